@@ -1,0 +1,141 @@
+"""Image writers for unbundling: a sparse file that gets its name only on commit, or nothing.
+
+Zero runs are skipped instead of written, so holes stay holes whether the archive stored a
+sparse map or a plain member full of zeros.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Protocol
+
+from .errors import OutputError
+
+log = logging.getLogger("bundler.imagewriter")
+
+HOLE_GRANULE = 64 * 1024
+_ZEROS = bytes(HOLE_GRANULE)
+
+
+class ImageWriter(Protocol):
+    def open(self, size: int, mode: int) -> None: ...
+
+    def write_at(self, offset: int, data: bytes) -> None: ...
+
+    def commit(self) -> Path | None: ...
+
+    def abort(self) -> None: ...
+
+
+class NullImageWriter:
+    """Discards the image: ``verify --decrypt`` runs the whole pipeline to nowhere."""
+
+    def open(self, size: int, mode: int) -> None:
+        self.size = size
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        pass
+
+    def commit(self) -> Path | None:
+        return None
+
+    def abort(self) -> None:
+        pass
+
+
+def _explain(exc: OSError, where: Path) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device holding {where}: free space or choose another --destination"
+    if exc.errno == errno.EFBIG:
+        return f"file size limit exceeded writing into {where} (ulimit -f)"
+    if exc.errno == errno.EDQUOT:
+        return f"disk quota exceeded writing into {where}"
+    return f"cannot write into {where}: {exc.strerror or exc}"
+
+
+class FileImageWriter:
+    """Writes ``destination/name`` via a hidden temporary file, renamed only by ``commit``."""
+
+    TEMP_PREFIX = ".ami-bundler-unbundle-"
+
+    def __init__(self, destination: Path, name: str, *, overwrite: bool = False) -> None:
+        self.destination = Path(destination)
+        self.final = self.destination / name
+        self.overwrite = overwrite
+        self.temp: Path | None = None
+        self.fd = -1
+        self.size = 0
+
+    def open(self, size: int, mode: int) -> None:
+        if not self.destination.is_dir():
+            raise OutputError(f"destination directory {self.destination} does not exist")
+        if not self.overwrite and (self.final.exists() or self.final.is_symlink()):
+            raise OutputError(f"{self.final} already exists: remove it, choose another -d, or pass --force")
+        self.size = size
+        self.temp = self.destination / f"{self.TEMP_PREFIX}{self.final.name}-{secrets.token_hex(4)}"
+        try:
+            self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                              (mode & 0o777) or 0o644)
+        except OSError as exc:
+            self.temp = None
+            raise OutputError(_explain(exc, self.destination)) from exc
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        pos = 0
+        end = len(view)
+        try:
+            while pos < end:
+                # Skip granule-aligned runs of zeros so the output stays sparse.
+                granule_end = min(end, pos + HOLE_GRANULE - (offset + pos) % HOLE_GRANULE)
+                piece = view[pos:granule_end]
+                if piece != _ZEROS[: len(piece)]:
+                    self._pwrite_all(piece, offset + pos)
+                pos = granule_end
+        except OSError as exc:
+            raise OutputError(_explain(exc, self.destination)) from exc
+
+    def _pwrite_all(self, piece: memoryview, at: int) -> None:
+        while piece:
+            n = os.pwrite(self.fd, piece, at)
+            piece = piece[n:]
+            at += n
+
+    def commit(self) -> Path:
+        assert self.temp is not None
+        try:
+            os.ftruncate(self.fd, self.size)
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+            if self.overwrite:
+                os.replace(self.temp, self.final)
+            else:
+                os.link(self.temp, self.final)
+                os.unlink(self.temp)
+        except FileExistsError:
+            self.abort()
+            raise OutputError(f"{self.final} appeared while unbundling (another run?); nothing was overwritten") from None
+        except OSError as exc:
+            self.abort()
+            raise OutputError(_explain(exc, self.destination)) from exc
+        self.temp = None
+        return self.final
+
+    def abort(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+        if self.temp is not None:
+            try:
+                os.unlink(self.temp)
+            except OSError:
+                pass
+            self.temp = None

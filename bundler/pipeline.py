@@ -1,0 +1,434 @@
+"""The streaming pipeline, both ways.
+
+Bundling, left to right, in one pass and bounded memory::
+
+    ImageSource → tar framing → SHA-1 → parallel gzip → AES-128-CBC → PartCutter → PartSink
+                                                                                   ↓
+                                        Manifest (signed) ───────────────────────→ commit (last)
+
+Unbundling is the same pipe backwards::
+
+    PartSource → per-part SHA-1 check → AES-128-CBC → gunzip → SHA-1 → tar reader → ImageWriter
+
+Nothing reaches the decryptor before its part's digest matched the (signature-verified)
+manifest, and the image gets its final name only after every check passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import padding as sym_padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from . import keys as keylib
+from .deflate import GzipDecoder, ParallelGzipWriter, compression_settings
+from .errors import ArchiveError, DecryptionError, IntegrityError, KeyFileError
+from .imagewriter import FileImageWriter, ImageWriter, NullImageWriter
+from .manifest import Manifest, ParsedManifest, PartEntry, part_names, validate_name
+from .parts import PART_SIZE, Part, PartSink, PartSource
+from .progress import NULL_PROGRESS, ProgressListener
+from .source import ImageSource
+from .tarstream import (
+    MemberInfo,
+    TarReader,
+    archive_size,
+    data_padding,
+    end_of_archive,
+    member_header,
+)
+
+log = logging.getLogger("bundler.pipeline")
+
+# Parts from other tools may differ in size, but a part this large is not a bundle part.
+MAX_PART_BYTES = 64 * 1024 * 1024
+# Slack allowed beyond the image size in the decompressed stream (headers, sparse maps,
+# padding); anything more is a gzip bomb or a lie, and reading stops there.
+STREAM_SLACK = 16 * 1024 * 1024
+
+
+@dataclass
+class BundleOptions:
+    """What goes into the manifest besides the data (classic bundle-image flags)."""
+
+    name: str
+    user: str
+    arch: str | None = "x86_64"
+    kernel_id: str | None = None
+    ramdisk_id: str | None = None
+    block_device_mapping: dict[str, str] = field(default_factory=dict)
+    product_codes: list[str] = field(default_factory=list)
+    ancestry: list[str] = field(default_factory=list)
+    compression: str | int = "default"
+    workers: int | None = None
+
+
+@dataclass
+class BundleKeys:
+    """The three keys bundling needs: sign with the user's key, wrap to user and EC2 certs."""
+
+    signing_key: object
+    user_public_key: object
+    ec2_public_key: object
+
+    @classmethod
+    def load(cls, cert: Path, private_key: Path, ec2cert: Path) -> BundleKeys:
+        signing_key = keylib.load_private_key(Path(private_key))
+        user_public = keylib.load_public_key(Path(cert))
+        if signing_key.public_key().public_numbers() != user_public.public_numbers():
+            # Classic tools do not notice; the bundle could then never be unbundled by its owner.
+            raise KeyFileError(f"certificate {cert} does not belong to private key {private_key}")
+        return cls(signing_key, user_public, keylib.load_public_key(Path(ec2cert)))
+
+
+@dataclass
+class BundleResult:
+    manifest: Manifest
+    manifest_name: str
+    manifest_bytes: bytes
+    part_names: list[str]
+    part_sizes: list[int]
+    size: int
+    bundled_size: int
+    digest: str
+    tar_size: int
+    seconds: float
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "name": self.manifest.name,
+            "manifest": self.manifest_name,
+            "parts": [{"name": n, "size": s, "sha1": p.digest}
+                      for n, s, p in zip(self.part_names, self.part_sizes, self.manifest.parts, strict=True)],
+            "size": self.size,
+            "bundled_size": self.bundled_size,
+            "digest": self.digest,
+            "tar_size": self.tar_size,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class PartCutter:
+    """Cuts the ciphertext into PART_SIZE parts, hashing each as it is cut, and hands them on."""
+
+    def __init__(self, sink: PartSink) -> None:
+        self.sink = sink
+        self.buffer = bytearray()
+        self.hasher = hashlib.sha1()
+        self.digests: list[str] = []
+        self.sizes: list[int] = []
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), PART_SIZE - len(self.buffer))
+            piece = view[:take]
+            self.buffer += piece
+            self.hasher.update(piece)
+            view = view[take:]
+            if len(self.buffer) == PART_SIZE:
+                self._emit()
+
+    def _emit(self) -> None:
+        part = Part(len(self.digests), bytes(self.buffer), self.hasher.hexdigest())
+        self.digests.append(part.sha1)
+        self.sizes.append(len(part.data))
+        self.buffer = bytearray()
+        self.hasher = hashlib.sha1()
+        self.sink.put_part(part)
+
+    def close(self) -> None:
+        if self.buffer or not self.digests:
+            self._emit()
+
+
+class AesCbcEncryptor:
+    """AES-128-CBC with PKCS#7, exactly what ``openssl enc -aes-128-cbc -K … -iv …`` writes."""
+
+    def __init__(self, key: bytes, iv: bytes, out: Callable[[bytes], None]) -> None:
+        self._cipher = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+        self._padder = sym_padding.PKCS7(128).padder()
+        self._out = out
+        self.bytes_out = 0
+
+    def write(self, data: bytes) -> None:
+        encrypted = self._cipher.update(self._padder.update(data))
+        if encrypted:
+            self.bytes_out += len(encrypted)
+            self._out(encrypted)
+
+    def close(self) -> None:
+        final = self._cipher.update(self._padder.finalize()) + self._cipher.finalize()
+        self.bytes_out += len(final)
+        self._out(final)
+
+
+def max_bundled_size(tar_size: int) -> int:
+    """An upper bound of the ciphertext size: deflate never grows data by more than a
+    stored-block header per 64 KiB plus a flush marker per block; gzip and PKCS#7 add < 64."""
+    return tar_size + tar_size // 8192 + 4096
+
+
+def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: BundleOptions,
+           progress: ProgressListener = NULL_PROGRESS) -> BundleResult:
+    """Bundle ``source`` into ``sink`` in one pass; the manifest is committed last."""
+    started = time.monotonic()
+    name = validate_name(options.name)
+    regions = source.regions()
+    info = MemberInfo(name=name, size=source.size, mode=source.mode & 0o7777, mtime=source.mtime)
+    tar_size = archive_size(info, regions)
+    stored = source.size if regions is None else sum(length for _, length in regions)
+    max_parts = math.ceil(max_bundled_size(tar_size) / PART_SIZE)
+    settings = compression_settings(options.compression)
+    key, iv = secrets.token_bytes(16), secrets.token_bytes(16)
+
+    if options.block_device_mapping and not {"ami", "root"} <= options.block_device_mapping.keys():
+        log.warning("block device mapping has no 'ami' or 'root' entry; EC2 may not find the root device")
+
+    sink.begin(name, max_parts)
+    cutter = PartCutter(sink)
+    encryptor = AesCbcEncryptor(key, iv, cutter.write)
+    gzip = ParallelGzipWriter(encryptor.write, settings, workers=options.workers)
+    tar_hash = hashlib.sha1()
+    written = 0
+
+    def emit(data: bytes) -> None:
+        nonlocal written
+        tar_hash.update(data)
+        gzip.write(data)
+        written += len(data)
+
+    progress.start("bundle", stored)
+    try:
+        emit(member_header(info, regions))
+        for chunk in source.chunks():
+            emit(chunk)
+            progress.advance("bundle", len(chunk))
+        emit(data_padding(stored))
+        emit(end_of_archive(written))
+        if written != tar_size:
+            raise ArchiveError(f"internal error: tar stream is {written} bytes, expected {tar_size}")
+        gzip.close()
+        encryptor.close()
+        cutter.close()
+
+        names = part_names(name, len(cutter.digests))
+        manifest = Manifest(
+            name=name,
+            user=options.user,
+            digest=tar_hash.hexdigest(),
+            size=source.size,
+            bundled_size=encryptor.bytes_out,
+            ec2_encrypted_key=keylib.wrap(keys.ec2_public_key, key),
+            user_encrypted_key=keylib.wrap(keys.user_public_key, key),
+            ec2_encrypted_iv=keylib.wrap(keys.ec2_public_key, iv),
+            user_encrypted_iv=keylib.wrap(keys.user_public_key, iv),
+            parts=[PartEntry(i, n, d) for i, (n, d) in enumerate(zip(names, cutter.digests, strict=True))],
+            arch=options.arch,
+            kernel_id=options.kernel_id,
+            ramdisk_id=options.ramdisk_id,
+            block_device_mapping=dict(options.block_device_mapping),
+            product_codes=list(options.product_codes),
+            ancestry=list(options.ancestry),
+        )
+        manifest_bytes = keylib.sign_manifest(manifest, keys.signing_key)
+        manifest_name = f"{name}.manifest.xml"
+        sink.commit(names, manifest_name, manifest_bytes)
+    except BaseException:
+        gzip.abort()
+        sink.abort()
+        raise
+    finally:
+        progress.finish("bundle")
+        source.close()
+    seconds = time.monotonic() - started
+    log.info("bundled %s: %d bytes → %d parts, %d bytes in %.2fs", name, source.size,
+             len(names), encryptor.bytes_out, seconds)
+    return BundleResult(manifest, manifest_name, manifest_bytes, names, cutter.sizes,
+                        source.size, encryptor.bytes_out, manifest.digest, tar_size, seconds)
+
+
+# --------------------------------------------------------------------------- unbundle
+
+
+@dataclass
+class UnbundleResult:
+    path: Path | None
+    name: str
+    size: int
+    digest: str
+    parts: int
+    bundled_size: int
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, object]:
+        return {"image": str(self.path) if self.path else None, "name": self.name, "size": self.size,
+                "digest": self.digest, "parts": self.parts, "bundled_size": self.bundled_size,
+                "seconds": round(self.seconds, 3)}
+
+
+def verified_parts(source: PartSource, entries: Sequence[PartEntry], bundled_size: int,
+                   progress: ProgressListener = NULL_PROGRESS) -> Iterator[bytes]:
+    """Each part's whole bytes, yielded only after its SHA-1 matched the manifest."""
+    total = 0
+    for entry, chunks in source.iter_parts(entries):
+        hasher = hashlib.sha1()
+        data = bytearray()
+        for chunk in chunks:
+            data += chunk
+            if len(data) > MAX_PART_BYTES:
+                raise IntegrityError(f"part {entry.filename} is larger than {MAX_PART_BYTES} bytes: not a bundle part")
+            total += len(chunk)
+            if total > bundled_size:
+                raise IntegrityError(
+                    f"part {entry.filename} goes past the manifest's bundled_size of {bundled_size} bytes"
+                )
+        hasher.update(data)
+        actual = hasher.hexdigest()
+        if actual != entry.digest.lower():
+            raise IntegrityError(
+                f"part {entry.filename} (index {entry.index}) is corrupt: SHA-1 {actual}, manifest says {entry.digest}"
+            )
+        progress.advance("unbundle", len(data))
+        yield bytes(data)
+    if total != bundled_size:
+        raise IntegrityError(f"parts hold {total} bytes but the manifest's bundled_size is {bundled_size}")
+
+
+class DecryptedStream:
+    """A read()-able view of the decompressed tar stream of verified ciphertext parts.
+
+    It hashes every byte it returns (the manifest digest covers the whole tar stream) and
+    refuses to produce more than ``limit`` bytes, so a gzip bomb ends in an error, not a full disk.
+    """
+
+    def __init__(self, ciphertext: Iterable[bytes], key: bytes, iv: bytes, limit: int) -> None:
+        self._chunks = iter(ciphertext)
+        self._decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+        self._unpadder = sym_padding.PKCS7(128).unpadder()
+        self._decoder = GzipDecoder()
+        self._buffer = bytearray()
+        self._input_done = False
+        self._limit = limit
+        self.sha1 = hashlib.sha1()
+        self.bytes_out = 0
+        self._started = False
+
+    def _pull(self) -> bool:
+        """Move more data into the buffer; False once everything is consumed."""
+        if self._decoder.pending():
+            self._buffer += self._decoder.feed(b"", 1 << 20)
+            return True
+        if self._input_done:
+            return False
+        try:
+            chunk = next(self._chunks)
+            plain = self._unpadder.update(self._decryptor.update(chunk))
+        except StopIteration:
+            self._input_done = True
+            try:
+                plain = self._unpadder.update(self._decryptor.finalize()) + self._unpadder.finalize()
+            except ValueError:
+                raise DecryptionError(
+                    "the decrypted bundle has invalid padding: wrong key, or the parts are not this manifest's"
+                ) from None
+        if plain:
+            if not self._started:
+                self._started = True
+                if plain[:2] != b"\x1f\x8b":
+                    raise DecryptionError(
+                        "the decrypted data is not gzip: the AES key does not fit these parts"
+                    )
+            self._buffer += self._decoder.feed(plain, 1 << 20)
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = 1 << 20
+        while len(self._buffer) < n and self._pull():
+            pass
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        self.bytes_out += len(out)
+        if self.bytes_out > self._limit:
+            raise ArchiveError(
+                f"the archive decompresses to more than the {self._limit} bytes the manifest allows (gzip bomb?)"
+            )
+        self.sha1.update(out)
+        return out
+
+    def finish(self) -> None:
+        """Everything must have been consumed, and the gzip trailer must check out."""
+        while self._pull():
+            if self._buffer:
+                raise ArchiveError("data follows the end of the tar archive")
+        self._decoder.finish()
+
+
+def check_member(member, manifest: Manifest) -> str:
+    """The one member a bundle may hold: a regular file with a plain name of the image's size."""
+    from .tarstream import is_regular
+
+    name = member.name
+    if not is_regular(member):
+        raise ArchiveError(f"archive member {name!r} is not a regular file (type {member.typeflag!r}); refusing it")
+    if not name or "/" in name.strip("/") or name in (".", "..") or "\\" in name or "\0" in name:
+        raise ArchiveError(f"archive member name {name!r} is not a plain file name; refusing to extract it")
+    name = name.strip("/")
+    if member.size != manifest.size:
+        raise ArchiveError(f"archive member {name} is {member.size} bytes but the manifest says {manifest.size}")
+    return name
+
+
+def unbundle(parsed: ParsedManifest, source: PartSource, destination: Path | None, private_key, *,
+             verify_key=None, overwrite: bool = False, progress: ProgressListener = NULL_PROGRESS,
+             writer: ImageWriter | None = None) -> UnbundleResult:
+    """Verify and extract a bundle; the image appears in ``destination`` only when all checks pass.
+
+    ``destination=None`` runs every check and discards the image (``verify --decrypt``).
+    """
+    started = time.monotonic()
+    manifest = parsed.manifest
+    keylib.verify_manifest(parsed, verify_key if verify_key is not None else private_key.public_key())
+    key, iv = keylib.unwrap_key_iv(private_key, manifest)
+    entries = sorted(manifest.parts, key=lambda e: e.index)
+    source.check_present(entries)
+
+    stream = DecryptedStream(verified_parts(source, entries, manifest.bundled_size, progress), key, iv,
+                             manifest.size + STREAM_SLACK)
+    reader = TarReader(stream)
+    progress.start("unbundle", manifest.bundled_size)
+    out: ImageWriter | None = writer
+    try:
+        member = reader.next_member()
+        if member is None:
+            raise ArchiveError("the archive holds no file")
+        name = check_member(member, manifest)
+        if out is None:
+            out = NullImageWriter() if destination is None else FileImageWriter(Path(destination), name, overwrite=overwrite)
+        out.open(member.size, member.mode)
+        for offset, data in reader.iter_data():
+            out.write_at(offset, data)
+        if reader.next_member() is not None:
+            raise ArchiveError("the archive holds more than one file; a bundle holds exactly one image")
+        reader.drain()
+        stream.finish()
+        digest = stream.sha1.hexdigest()
+        if digest != manifest.digest.lower():
+            raise IntegrityError(f"image digest mismatch: the tar stream hashes to {digest}, manifest says {manifest.digest}")
+        path = out.commit()
+    except BaseException:
+        if out is not None:
+            out.abort()
+        raise
+    finally:
+        progress.finish("unbundle")
+    return UnbundleResult(path, name, manifest.size, digest, len(entries), manifest.bundled_size,
+                          time.monotonic() - started)

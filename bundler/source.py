@@ -1,0 +1,185 @@
+"""Image sources: where the bytes of the image come from, and which ranges hold data.
+
+A source tells the pipeline the image's size and data regions before any data is read, so
+the tar header (with its sparse map) can be written first. Holes are found with
+SEEK_DATA/SEEK_HOLE, so zeros in holes are never read, hashed or compressed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from .errors import ImageError
+
+log = logging.getLogger("bundler.source")
+
+READ_SIZE = 1 << 20
+MAX_IMAGE_SIZE = 10 * 1024**3  # EC2's instance-store image limit
+
+
+class ImageSource(Protocol):
+    name: str
+    size: int
+    mode: int
+    mtime: int
+
+    def regions(self) -> list[tuple[int, int]] | None:
+        """Data regions as (offset, length), or None to store the image as a plain member."""
+
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes of the data regions (or of the whole image), in order."""
+
+    def close(self) -> None: ...
+
+
+def find_data_regions(fd: int, size: int) -> list[tuple[int, int]]:
+    """Data extents of an open file via SEEK_DATA/SEEK_HOLE; [(0, size)] where unsupported."""
+    if size == 0:
+        return []
+    if not hasattr(os, "SEEK_DATA"):
+        return [(0, size)]
+    regions: list[tuple[int, int]] = []
+    offset = 0
+    try:
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no data after offset: the rest is a hole
+                    break
+                raise
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            regions.append((start, end - start))
+            offset = end
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ESPIPE):
+            return [(0, size)]
+        raise
+    return regions
+
+
+@dataclass
+class FileImageSource:
+    """A regular file (or block device), read sparsely."""
+
+    path: Path
+    name: str
+    size: int
+    mode: int
+    mtime: int
+    _fd: int = field(repr=False, default=-1)
+    _regions: list[tuple[int, int]] = field(repr=False, default_factory=list)
+    sparse: bool = True
+
+    def regions(self) -> list[tuple[int, int]] | None:
+        if self._regions == [(0, self.size)]:
+            return None  # no holes: a plain member, as GNU tar writes for a dense file
+        return self._regions
+
+    def chunks(self) -> Iterator[bytes]:
+        spans = self._regions
+        for offset, length in spans:
+            end = offset + length
+            while offset < end:
+                want = min(READ_SIZE, end - offset)
+                try:
+                    data = os.pread(self._fd, want, offset)
+                except OSError as exc:
+                    raise ImageError(f"cannot read {self.path} at offset {offset}: {exc.strerror}") from exc
+                if not data:
+                    raise ImageError(f"{self.path} shrank while it was being bundled (short read at offset {offset})")
+                offset += len(data)
+                yield data
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def open_image(path: Path | str, *, name: str | None = None, sparse: bool = True,
+               allow_large: bool = False) -> FileImageSource:
+    """Open an image file for bundling; ImageError if it is missing, empty, unreadable or too big."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ImageError(f"image {path} does not exist") from None
+    except IsADirectoryError:
+        raise ImageError(f"image {path} is a directory: use bundle-vol for a root filesystem tree") from None
+    except PermissionError:
+        raise ImageError(f"image {path} is not readable (permission denied)") from None
+    except OSError as exc:
+        raise ImageError(f"cannot open image {path}: {exc.strerror}") from exc
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError(f"image {path} is a directory: use bundle-vol for a root filesystem tree")
+        if stat.S_ISBLK(st.st_mode):
+            size = os.lseek(fd, 0, os.SEEK_END)
+        elif stat.S_ISREG(st.st_mode):
+            size = st.st_size
+        else:
+            raise ImageError(f"image {path} is not a regular file or block device: use -i - with --image-size for a stream")
+        check_size(size, path, allow_large)
+        regions = find_data_regions(fd, size) if sparse else [(0, size)]
+        source = FileImageSource(path=path, name=name or path.name, size=size,
+                                 mode=stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o644,
+                                 mtime=int(st.st_mtime), _fd=fd, _regions=regions, sparse=sparse)
+    except BaseException:
+        os.close(fd)
+        raise
+    log.info("image %s: %d bytes, %d bytes in %d data regions", path, size,
+             sum(n for _, n in regions), len(regions))
+    return source
+
+
+def check_size(size: int, what: object, allow_large: bool) -> None:
+    if size <= 0:
+        raise ImageError(f"image {what} is empty (0 bytes): nothing to bundle")
+    if size > MAX_IMAGE_SIZE and not allow_large:
+        raise ImageError(
+            f"image {what} is {size} bytes, over EC2's 10 GiB instance-store limit "
+            "(pass --no-size-checks to bundle it anyway)"
+        )
+
+
+@dataclass
+class StreamImageSource:
+    """An image read from a pipe (``-i -``): its size must be declared, it is stored densely."""
+
+    stream: BinaryIO
+    size: int
+    name: str
+    mode: int = 0o644
+    mtime: int = 0
+    allow_large: bool = False
+
+    def __post_init__(self) -> None:
+        check_size(self.size, "on standard input", self.allow_large)
+
+    def regions(self) -> list[tuple[int, int]] | None:
+        return None
+
+    def chunks(self) -> Iterator[bytes]:
+        remaining = self.size
+        while remaining:
+            data = self.stream.read(min(READ_SIZE, remaining))
+            if not data:
+                raise ImageError(f"standard input ended after {self.size - remaining} bytes; --image-size said {self.size}")
+            remaining -= len(data)
+            yield data
+        if self.stream.read(1):
+            raise ImageError(f"standard input has more than the {self.size} bytes --image-size declared")
+
+    def close(self) -> None:
+        pass
