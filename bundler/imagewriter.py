@@ -100,10 +100,11 @@ class FileImageWriter:
             raise OutputError(_explain(exc, self.destination)) from exc
 
     def _pwrite_all(self, piece: memoryview, at: int) -> None:
+        # lseek+write rather than pwrite: fake filesystems in users' tests support only these.
+        os.lseek(self.fd, at, os.SEEK_SET)
         while piece:
-            n = os.pwrite(self.fd, piece, at)
+            n = os.write(self.fd, piece)
             piece = piece[n:]
-            at += n
 
     def commit(self) -> Path:
         assert self.temp is not None

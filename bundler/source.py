@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 import os
 import stat
 from collections.abc import Iterator
@@ -64,7 +65,39 @@ def find_data_regions(fd: int, size: int) -> list[tuple[int, int]]:
         if exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ESPIPE):
             return [(0, size)]
         raise
+    except ValueError:  # a filesystem layer (e.g. pyfakefs) that does not know SEEK_DATA
+        return [(0, size)]
     return regions
+
+
+ZERO_GRANULE = 64 * 1024
+_ZEROS = bytes(ZERO_GRANULE)
+
+
+def drop_zero_runs(read_at, regions: list[tuple[int, int]], granule: int = ZERO_GRANULE) -> list[tuple[int, int]]:
+    """Split data regions around granule-aligned runs of zeros.
+
+    Filesystems allocate blocks that hold only zeros (journals, preallocated or dd'd images);
+    storing them as holes means they are neither hashed, compressed nor encrypted, and the
+    extracted image is byte-for-byte the same (GNU tar's --hole-detection=raw does the same).
+    """
+    refined: list[tuple[int, int]] = []
+    for offset, length in regions:
+        end = offset + length
+        pos = offset
+        run_start = -1
+        while pos < end:
+            stop = min(end, (pos // granule + 1) * granule)
+            if read_at(pos, stop - pos) == _ZEROS[: stop - pos]:
+                if run_start >= 0:
+                    refined.append((run_start, pos - run_start))
+                    run_start = -1
+            elif run_start < 0:
+                run_start = pos
+            pos = stop
+        if run_start >= 0:
+            refined.append((run_start, end - run_start))
+    return refined
 
 
 @dataclass
@@ -79,35 +112,66 @@ class FileImageSource:
     _fd: int = field(repr=False, default=-1)
     _regions: list[tuple[int, int]] = field(repr=False, default_factory=list)
     sparse: bool = True
+    _map: mmap.mmap | None = field(repr=False, default=None)
 
     def regions(self) -> list[tuple[int, int]] | None:
-        if self._regions == [(0, self.size)]:
-            return None  # no holes: a plain member, as GNU tar writes for a dense file
+        # A dense file, or one too small to hold a whole hole, is a plain member, as GNU tar writes it.
+        if self._regions == [(0, self.size)] or self.size < 512:
+            if self._regions != [(0, self.size)]:
+                self._regions = [(0, self.size)]
+            return None
         return self._regions
 
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes at ``offset`` (lseek+read rather than pread: fake
+        filesystems in users' tests support only the former)."""
+        try:
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            return os.read(self._fd, length)
+        except OSError as exc:
+            raise ImageError(f"cannot read {self.path} at offset {offset}: {exc.strerror}") from exc
+
+    def peek_at(self, offset: int, length: int) -> bytes:
+        """Bytes for the zero scan: through a read-only map when possible (no copy into our
+        buffers), dropping scanned pages from our mapping so they don't count as our memory."""
+        if self._map is None:
+            return self.read_at(offset, length)
+        try:
+            data = self._map[offset:offset + length]
+            start = offset - offset % mmap.PAGESIZE
+            self._map.madvise(mmap.MADV_DONTNEED, start, offset + length - start)
+            return data
+        except (OSError, ValueError) as exc:
+            raise ImageError(f"cannot read {self.path} at offset {offset}: {exc}") from exc
+
     def chunks(self) -> Iterator[bytes]:
-        spans = self._regions
-        for offset, length in spans:
+        for offset, length in self._regions:
             end = offset + length
             while offset < end:
-                want = min(READ_SIZE, end - offset)
-                try:
-                    data = os.pread(self._fd, want, offset)
-                except OSError as exc:
-                    raise ImageError(f"cannot read {self.path} at offset {offset}: {exc.strerror}") from exc
+                data = self.read_at(offset, min(READ_SIZE, end - offset))
                 if not data:
                     raise ImageError(f"{self.path} shrank while it was being bundled (short read at offset {offset})")
                 offset += len(data)
                 yield data
 
     def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
 
 
+def _map_file(fd: int, size: int) -> mmap.mmap | None:
+    try:
+        return mmap.mmap(fd, size, prot=mmap.PROT_READ)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None  # e.g. a fake filesystem in tests, or a special file: plain reads work too
+
+
 def open_image(path: Path | str, *, name: str | None = None, sparse: bool = True,
-               allow_large: bool = False) -> FileImageSource:
+               allow_large: bool = False, zero_runs_as_holes: bool = True) -> FileImageSource:
     """Open an image file for bundling; ImageError if it is missing, empty, unreadable or too big."""
     path = Path(path)
     try:
@@ -134,9 +198,16 @@ def open_image(path: Path | str, *, name: str | None = None, sparse: bool = True
         regions = find_data_regions(fd, size) if sparse else [(0, size)]
         source = FileImageSource(path=path, name=name or path.name, size=size,
                                  mode=stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o644,
-                                 mtime=int(st.st_mtime), _fd=fd, _regions=regions, sparse=sparse)
+                                 mtime=int(st.st_mtime), _fd=fd, _regions=regions, sparse=sparse,
+                                 _map=_map_file(fd, size))
+        if sparse and zero_runs_as_holes:
+            source._regions = drop_zero_runs(source.peek_at, regions)
+        regions = source._regions
     except BaseException:
-        os.close(fd)
+        if "source" in locals():
+            source.close()
+        else:
+            os.close(fd)
         raise
     log.info("image %s: %d bytes, %d bytes in %d data regions", path, size,
              sum(n for _, n in regions), len(regions))
