@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import secrets
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -18,6 +19,9 @@ from .errors import OutputError
 log = logging.getLogger("bundler.imagewriter")
 
 HOLE_GRANULE = 64 * 1024
+# Written data is flushed in the background every this many bytes, so the final fsync (which
+# must happen before the rename) finds little left to write and disk I/O overlaps decompression.
+FLUSH_EVERY = 64 * 1024 * 1024
 _ZEROS = bytes(HOLE_GRANULE)
 
 
@@ -69,6 +73,29 @@ class FileImageWriter:
         self.temp: Path | None = None
         self.fd = -1
         self.size = 0
+        self._unflushed = 0
+        self._flusher: threading.Thread | None = None
+        self._flush_error: OSError | None = None
+
+    def _background_flush(self) -> None:
+        if self._flusher is not None and self._flusher.is_alive():
+            return  # still flushing the previous batch; the next write will try again
+        self._unflushed = 0
+        fd = self.fd
+
+        def flush() -> None:
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:  # reported at commit
+                self._flush_error = exc
+
+        self._flusher = threading.Thread(target=flush, name="ami-bundler-flush", daemon=True)
+        self._flusher.start()
+
+    def _join_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.join()
+            self._flusher = None
 
     def open(self, size: int, mode: int) -> None:
         if not self.destination.is_dir():
@@ -95,7 +122,10 @@ class FileImageWriter:
                 piece = view[pos:granule_end]
                 if piece != _ZEROS[: len(piece)]:
                     self._pwrite_all(piece, offset + pos)
+                    self._unflushed += len(piece)
                 pos = granule_end
+            if self._unflushed >= FLUSH_EVERY and hasattr(os, "fdatasync"):
+                self._background_flush()
         except OSError as exc:
             raise OutputError(_explain(exc, self.destination)) from exc
 
@@ -109,6 +139,9 @@ class FileImageWriter:
     def commit(self) -> Path:
         assert self.temp is not None
         try:
+            self._join_flusher()
+            if self._flush_error is not None:
+                raise self._flush_error
             os.ftruncate(self.fd, self.size)
             os.fsync(self.fd)
             os.close(self.fd)
@@ -128,6 +161,7 @@ class FileImageWriter:
         return self.final
 
     def abort(self) -> None:
+        self._join_flusher()
         if self.fd >= 0:
             try:
                 os.close(self.fd)

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Benchmark bundle-image and unbundle against the classic pipeline, in the same run.
+
+Classic bundling is what ec2-bundle-image runs (spec §1.9):
+    tar -c -h -S --owner 0 --group 0 IMG | tee >(sha1sum) | gzip -9 | openssl enc -aes-128-cbc -K … -iv … > IMG.tar.gz.enc
+    split -b 10M; sha1sum of every part
+and classic unbundling: cat parts | openssl enc -d | gunzip | tar -x.
+
+Usage: scripts/bench_bundle.py [--corpus /tmp/corpus] [--repeat 3]
+The corpus comes from ../shared/bench/make-corpus.sh (rootfs.img, random-512M.img, zeros-4G.img).
+Each command runs as its own process; times are the best of --repeat runs (warm page cache),
+peak RSS comes from wait4's rusage of that process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "bundler"]
+
+
+def timed(cmd: list[str] | str, *, shell: bool = False, cwd: Path | None = None) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one command, which must succeed."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, shell=shell, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            executable="/bin/bash" if shell else None)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {cmd}\n{err}")
+    return elapsed, usage.ru_maxrss
+
+
+def best(n: int, cmd: list[str] | str, fresh: Path, *, shell: bool = False) -> tuple[float, int]:
+    """Best wall time and worst peak RSS of ``n`` runs, each into an emptied ``fresh`` directory."""
+    runs = []
+    for _ in range(n):
+        shutil.rmtree(fresh, ignore_errors=True)
+        fresh.mkdir()
+        runs.append(timed(cmd, shell=shell))
+    return min(r[0] for r in runs), max(r[1] for r in runs)
+
+
+def dir_size(path: Path, pattern: str) -> int:
+    return sum(p.stat().st_size for p in path.glob(pattern))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, default=Path("/tmp/corpus"))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--images", nargs="*", default=["rootfs.img", "random-512M.img", "zeros-4G.img"])
+    args = ap.parse_args()
+    if not (args.corpus / "rootfs.img").exists():
+        raise SystemExit(f"no corpus in {args.corpus}: run sudo bash ../shared/bench/make-corpus.sh {args.corpus}")
+
+    work = Path(tempfile.mkdtemp(prefix="ami-bench-"))
+    try:
+        keys = work / "keys"
+        keys.mkdir()
+        for who in ("user", "ec2"):
+            subprocess.run([*CLI, "keygen", "--key", str(keys / f"{who}-key.pem"), "--cert", str(keys / f"{who}-cert.pem")],
+                           check=True, capture_output=True)
+        rows = []
+        for image_name in args.images:
+            image = args.corpus / image_name
+            if not image.exists():
+                continue
+            subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)  # warm the cache alike for both
+            key_hex, iv_hex = os.urandom(16).hex(), os.urandom(16).hex()
+            classic_dir = work / "classic"
+            classic = (
+                f"set -o pipefail; tar -c -h -S --owner 0 --group 0 -C {image.parent} {image.name} "
+                f"| tee >(sha1sum > {classic_dir}/digest) | gzip -9 "
+                f"| openssl enc -e -aes-128-cbc -K {key_hex} -iv {iv_hex} > {classic_dir}/b.tar.gz.enc "
+                f"&& split -b 10485760 -a 4 -d {classic_dir}/b.tar.gz.enc {classic_dir}/b.part. "
+                f"&& sha1sum {classic_dir}/b.part.* > /dev/null && rm {classic_dir}/b.tar.gz.enc"
+            )
+            c_time, c_rss = best(args.repeat, classic, classic_dir, shell=True)
+            c_size = dir_size(classic_dir, "b.part.*")
+            classic_out = work / "classic-out"
+            classic_un = (f"set -o pipefail; cat {classic_dir}/b.part.* | openssl enc -d -aes-128-cbc -K {key_hex} "
+                          f"-iv {iv_hex} | gunzip | tar -x -C {classic_out}")
+            cu_time, _ = best(args.repeat, classic_un, classic_out, shell=True)
+
+            for level in ("default", "fast"):
+                ours_dir = work / f"ours-{level}"
+                ours = [*CLI, "bundle-image", "-i", str(image), "-c", str(keys / "user-cert.pem"),
+                        "-k", str(keys / "user-key.pem"), "--ec2cert", str(keys / "ec2-cert.pem"),
+                        "-u", "123456789012", "-r", "x86_64", "-d", str(ours_dir), "-p", "b",
+                        "--compression", level, "-q"]
+                o_time, o_rss = best(args.repeat, ours, ours_dir)
+                o_size = dir_size(ours_dir, "b.part.*")
+                row = {"image": image_name, "level": level, "classic_s": c_time, "ours_s": o_time,
+                       "speedup": c_time / o_time, "classic_bytes": c_size, "ours_bytes": o_size,
+                       "size_ratio": o_size / c_size, "ours_rss_mib": o_rss / 1024, "classic_rss_mib": c_rss / 1024}
+                if level == "default":
+                    ours_out = work / "ours-out"
+                    ours_un = [*CLI, "unbundle", "-m", str(ours_dir / "b.manifest.xml"), "-k",
+                               str(keys / "user-key.pem"), "-d", str(ours_out), "-q"]
+                    u_time, u_rss = best(args.repeat, ours_un, ours_out)
+                    same = subprocess.run(["cmp", "-s", str(image), str(ours_out / "b")]).returncode == 0
+                    row.update(classic_unbundle_s=cu_time, ours_unbundle_s=u_time, unbundle_ratio=cu_time / u_time,
+                               unbundle_rss_mib=u_rss / 1024, identical=same)
+                rows.append(row)
+                print_row(row)
+                sys.stdout.flush()
+        print()
+        print("| image | level | classic bundle | ours | speed-up | size vs classic | peak RSS | classic unbundle | ours | ratio |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            unb = (f"{r['classic_unbundle_s']:.2f} s | {r['ours_unbundle_s']:.2f} s | {r['unbundle_ratio']:.1f}×"
+                   if "ours_unbundle_s" in r else "| |")
+            print(f"| {r['image']} | {r['level']} | {r['classic_s']:.2f} s | {r['ours_s']:.2f} s | {r['speedup']:.1f}× "
+                  f"| {r['size_ratio']:.3f} | {r['ours_rss_mib']:.0f} MiB | {unb} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def print_row(row: dict) -> None:
+    text = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+    print(re.sub(r"(\d+\.\d{3})\d*", r"\1", text))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
