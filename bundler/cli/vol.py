@@ -1,0 +1,161 @@
+"""bundle-vol (ec2-bundle-vol): a root filesystem directory or the live ``/`` → image → bundle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import MetadataError, UsageError
+from .common import Printer, add_bundle_options
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bundle-vol", help="build an ext4 image from a root filesystem and bundle it",
+        description="Build an ext4 image from a root filesystem directory (or the running system, "
+                    "-v /) without loop devices or mounts, leaving out virtual filesystems, other "
+                    "mounts and secrets, and bundle it (ec2-bundle-vol).")
+    g = p.add_argument_group("volume")
+    g.add_argument("-v", "--volume", type=Path, default=Path("/"),
+                   help="root filesystem directory to image (default: / , the running system; needs root)")
+    g.add_argument("-d", "--destination", type=Path, default=Path("/tmp"),
+                   help="output directory for parts, manifest and a kept image (default: %(default)s)")
+    # nargs="+" and commas: Packer's `-e {{.PrivatePath}}/*` arrives glob-expanded or not.
+    g.add_argument("-e", "--exclude", action="extend", nargs="+", default=[], metavar="PATH",
+                   help="paths/globs (relative to the volume, or absolute under it) to leave out; "
+                        "comma-separated lists and repeats allowed")
+    g.add_argument("-i", "--include", action="extend", nargs="+", default=[], metavar="PATH",
+                   help="paths/globs to keep despite -e or the secret filter (may reach into an "
+                        "excluded directory)")
+    g.add_argument("-a", "--all", action="store_true",
+                   help="also copy mounts of non-local filesystems (tmpfs, NFS, FUSE...)")
+    g.add_argument("-x", "--one-file-system", action="store_true",
+                   help="copy only the volume's own filesystem (not even local mounts under it)")
+    g.add_argument("--no-filter", action="store_true",
+                   help="do not leave out private keys, histories and other secrets")
+    g.add_argument("--list-excluded", action="store_true", help="print every left-out path and why")
+    g.add_argument("-s", "--size", type=int, metavar="MiB",
+                   help="image size in MiB (default: used space ×1.2 + 256 MiB; max 10240)")
+    g.add_argument("-P", "--partition", choices=["none", "mbr", "gpt"], default="none",
+                   help="partition table; the filesystem starts at 1 MiB for mbr/gpt "
+                        "(default: none — no bootloader is installed)")
+    g.add_argument("--fstab", type=Path, help="file to install as the image's /etc/fstab")
+    g.add_argument("--generate-fstab", action="store_true",
+                   help="install a generated /etc/fstab (root by LABEL/UUID)")
+    g.add_argument("--label", help="filesystem label (default: the source's, else cloudimg-rootfs)")
+    g.add_argument("--uuid", help="filesystem UUID (default: the source's, else a new one)")
+    g.add_argument("--image-dir", type=Path,
+                   help="where the temporary image and staging tree go (default: the destination; "
+                        "on the volume's filesystem files are hard-linked, not copied)")
+    g.add_argument("--keep-image", action="store_true", help="keep the image as DEST/PREFIX")
+    g.add_argument("--clone-only", action="store_true",
+                   help="only build the image DEST/PREFIX; no keys needed")
+    g.add_argument("--inherit", action=argparse.BooleanOptionalAction, default=None,
+                   help="take kernel, ramdisk, product codes, block device mapping and ancestry "
+                        "from instance metadata (default: when on EC2)")
+    g.add_argument("--region", help="region whose EC2 certificate wraps the key (default: us-east-1's)")
+    g.add_argument("-S", "--script", help=argparse.SUPPRESS)
+    g.add_argument("--grub-config", help=argparse.SUPPRESS)
+    add_bundle_options(p, image_flag=False)
+    p.set_defaults(func=run_bundle_vol)
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..volume import VolumeConfig
+
+    if args.script:
+        raise UsageError("-S/--script is not supported: there is no mounted image to run it on; "
+                         "customise the volume before bundling")
+    if args.grub_config:
+        raise UsageError("--grub-config is not supported yet: no bootloader is installed")
+    if args.fstab is not None and args.generate_fstab:
+        raise UsageError("--fstab and --generate-fstab are mutually exclusive")
+    if args.all and args.one_file_system:
+        raise UsageError("-a/--all and -x/--one-file-system are mutually exclusive")
+    return VolumeConfig(
+        volume=args.volume,
+        destination=args.destination,
+        prefix=args.prefix or "image",
+        image_dir=args.image_dir,
+        size_mib=args.size,
+        partition=args.partition,
+        excludes=list(args.exclude),
+        includes=list(args.include),
+        secret_filter=not args.no_filter,
+        mount_policy="all" if args.all else ("one-filesystem" if args.one_file_system else "local"),
+        fstab=args.fstab,
+        generate_fstab=args.generate_fstab,
+        # Classic: the legacy table only when -r i386 was given explicitly.
+        legacy_fstab=args.arch == "i386",
+        label=args.label,
+        uuid=args.uuid,
+        size_checks=not args.no_size_checks,
+        keep_image=args.keep_image,
+        clone_only=args.clone_only,
+    )
+
+
+def inherit_options(args: argparse.Namespace, options, printer: Printer):
+    """Merge instance metadata into the bundle options per spec §8.11 (--inherit/--no-inherit)."""
+    from ..volume.imds import fetch_metadata, merge_inherited
+
+    if args.inherit is False:
+        return options
+    try:
+        md = fetch_metadata()
+    except MetadataError as exc:
+        if args.inherit:
+            raise
+        printer.note(f"not inheriting instance metadata ({exc})")
+        return options
+    for what in md.unreadable:
+        printer.note(f"Unable to read instance meta-data for {what}")
+    return merge_inherited(options, md, kernel_given=bool(args.kernel),
+                           ramdisk_given=bool(args.ramdisk),
+                           productcodes_given=bool(args.productcodes),
+                           bdm_given=bool(args.block_device_mapping))
+
+
+def run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
+    from ..volume import bundle_volume, check_preconditions
+
+    config = config_from_args(args)
+    check_preconditions(config)
+    keys = options = None
+    if not config.clone_only:
+        from .core import bundle_options_from_args, resolve_bundle_keys
+
+        keys = resolve_bundle_keys(args)
+        options = bundle_options_from_args(args, config.prefix)
+        options = inherit_options(args, options, printer)
+
+    listed: list[dict[str, str]] = []
+
+    def on_selection(selection) -> None:
+        printer.note(f"Selected {len(selection.entries)} entries from {selection.volume}; "
+                     f"left out {len(selection.excluded)}")
+        for warning in selection.warnings:
+            printer.warn(warning)
+        if args.list_excluded:
+            for ex in selection.excluded:
+                listed.append({"path": ex.display(), "reason": ex.reason})
+                if not printer.json_mode:
+                    print(f"excluded {ex.display()}: {ex.reason}", file=printer.stdout)
+
+    result = bundle_volume(config, keys=keys, options=options, progress=printer.progress(),
+                           on_selection=on_selection)
+    data = result.summary()
+    if args.list_excluded:
+        data["excluded_paths"] = listed
+    human = [f"Image: {result.disk_bytes // (1024 * 1024)} MiB ext4 ({result.partition}), "
+             f"label {result.label}, UUID {result.uuid}"]
+    if result.image_path:
+        human.append(f"Image kept: {result.image_path}")
+    if result.bundle is not None:
+        from .core import bundle_human
+
+        manifest_path = Path(config.destination) / result.bundle.manifest_name
+        data["manifest_path"] = str(manifest_path)
+        human += bundle_human(result.bundle, str(manifest_path))
+    printer.result(data, human)
+    return 0

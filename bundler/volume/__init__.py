@@ -1,0 +1,280 @@
+"""bundle-vol: a root filesystem directory (or the live ``/``) → ext4 disk image → bundle.
+
+Steps (no loop devices, no mounts): select files (``selection``), stage them as a hard-link
+tree (``imagefs.stage``), install fstab, ``mke2fs -d`` the staging tree into a sparse image
+file (at 1 MiB when a partition table is asked for, written by ``partition``), ``e2fsck -fn``
+it, then stream the image through the core pipeline into parts. The image is a temporary file
+in the image directory, kept as DEST/PREFIX only with ``keep_image``/``clone_only``.
+
+Default partitioning is ``none``: no bootloader is installed (that is a later issue), and a
+partitioned disk without one does not boot, while a plain filesystem image is what PV-GRUB /
+``--kernel`` style instance-store AMIs use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutputError, UsageError, VolumeError
+from ..progress import NULL_PROGRESS, ProgressListener
+from . import fstab as fstablib
+from . import imagefs, partition
+from .partition import MIB, Scheme
+from .selection import (
+    LIVE_VIRTUAL_DIRS,
+    VIRTUAL_DIRS,
+    MountPolicy,
+    Selection,
+    SelectionConfig,
+    host_mounts,
+    host_swap_files,
+    select_files,
+)
+
+log = logging.getLogger("bundler.volume")
+
+__all__ = ["VolumeConfig", "VolumeResult", "bundle_volume", "select_volume", "plan_size",
+           "check_preconditions", "is_live_root"]
+
+
+@dataclass
+class VolumeConfig:
+    """Everything bundle-vol needs to know about the image (not about keys/manifest)."""
+
+    volume: Path = Path("/")
+    destination: Path = Path("/tmp")
+    prefix: str = "image"
+    image_dir: Path | None = None          # where the temporary image and staging tree go
+    size_mib: int | None = None            # whole disk image; default: used + headroom
+    partition: Scheme = "none"
+    excludes: list[str] = field(default_factory=list)
+    includes: list[str] = field(default_factory=list)
+    secret_filter: bool = True
+    mount_policy: MountPolicy = "local"
+    fstab: Path | None = None
+    generate_fstab: bool = False
+    legacy_fstab: bool = False
+    label: str | None = None
+    uuid: str | None = None
+    size_checks: bool = True
+    keep_image: bool = False
+    clone_only: bool = False
+    link_files: bool = True                # hard-link into staging (else always copy)
+    fsck: bool = True
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(self.image_dir or self.destination)
+
+    @property
+    def kept_image_path(self) -> Path:
+        return Path(self.destination) / self.prefix
+
+
+@dataclass
+class VolumeResult:
+    selection: Selection
+    image_path: Path | None     # the kept image (DEST/PREFIX), else None
+    disk_bytes: int
+    fs_bytes: int
+    partition: Scheme
+    label: str | None
+    uuid: str
+    stage: imagefs.StageStats
+    bundle: Any = None          # pipeline.BundleResult unless clone_only
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "volume": str(self.selection.volume),
+            "entries": len(self.selection.entries),
+            "excluded": len(self.selection.excluded),
+            "image": str(self.image_path) if self.image_path else None,
+            "image_size": self.disk_bytes,
+            "filesystem_size": self.fs_bytes,
+            "partition": self.partition,
+            "label": self.label,
+            "uuid": self.uuid,
+            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+        if self.bundle is not None:
+            data["bundle"] = self.bundle.summary()
+        return data
+
+
+def is_live_root(volume: Path) -> bool:
+    return os.path.realpath(volume) == "/"
+
+
+def check_preconditions(config: VolumeConfig) -> None:
+    """Fail early, with one actionable line, on everything knowable before reading the tree."""
+    volume = Path(config.volume)
+    if not volume.exists():
+        raise VolumeError(f"volume {volume} does not exist")
+    if not volume.is_dir():
+        raise VolumeError(f"volume {volume} is not a directory")
+    if is_live_root(volume) and os.geteuid() != 0:
+        raise VolumeError("bundling the running system (-v /) needs root: run it with sudo")
+    if not config.prefix or "/" in config.prefix or config.prefix in (".", ".."):
+        raise UsageError(f"prefix {config.prefix!r} must be a plain file name")
+    if config.fstab is not None and config.generate_fstab:
+        raise UsageError("--fstab and --generate-fstab are mutually exclusive")
+    for d, what in ((config.destination, "destination"), (config.work_dir, "image directory")):
+        if not Path(d).is_dir():
+            raise OutputError(f"{what} {d} does not exist or is not a directory")
+    if (config.keep_image or config.clone_only) and os.path.lexists(config.kept_image_path):
+        raise OutputError(f"image file {config.kept_image_path} already exists: remove it or "
+                          "choose another -p/--prefix")
+    if config.size_mib is not None:
+        if config.size_mib <= 0:
+            raise UsageError("-s/--size must be a positive number of MiB")
+        if config.size_mib > imagefs.MAX_IMAGE_MIB and config.size_checks:
+            raise UsageError(f"-s {config.size_mib} MiB is over EC2's {imagefs.MAX_IMAGE_MIB} MiB "
+                             "instance-store limit (pass --no-size-checks to build it anyway)")
+    if config.label:
+        imagefs.check_label(config.label)
+    if config.uuid:
+        imagefs.check_uuid(config.uuid)
+
+
+def select_volume(config: VolumeConfig, *, extra_hard_excludes: dict[Path, str] | None = None,
+                  mounts=None, swap_files=None) -> Selection:
+    """Run the file selection for ``config`` (host mounts and swaps read from /proc)."""
+    live = is_live_root(config.volume)
+    hard = {Path(config.destination).resolve(): "destination directory"}
+    if config.image_dir:
+        hard[Path(config.image_dir).resolve()] = "image directory"
+    hard.update(extra_hard_excludes or {})
+    sel_config = SelectionConfig(
+        volume=Path(os.path.realpath(config.volume)),
+        excludes=config.excludes,
+        includes=config.includes,
+        secret_filter=config.secret_filter,
+        hard_excludes=hard,
+        virtual_dirs=LIVE_VIRTUAL_DIRS if live else VIRTUAL_DIRS,
+        mounts=host_mounts() if mounts is None else mounts,
+        mount_policy=config.mount_policy,
+        swap_files=host_swap_files() if swap_files is None else swap_files,
+    )
+    return select_files(sel_config)
+
+
+def plan_size(config: VolumeConfig, selection: Selection) -> tuple[int, int]:
+    """(disk MiB, minimum disk MiB) for the selection; raises when -s is too small/large."""
+    overhead = partition.overhead_bytes(config.partition) // MIB
+    min_disk = imagefs.min_fs_mib(selection) + overhead
+    if config.size_mib is not None:
+        if config.size_mib < min_disk:
+            raise VolumeError(f"image size {config.size_mib} MiB is too small: the image needs at "
+                              f"least {min_disk} MiB for the selected files (use -s {min_disk} or more)")
+        return config.size_mib, min_disk
+    disk = imagefs.default_fs_mib(selection) + overhead
+    if disk > imagefs.MAX_IMAGE_MIB and config.size_checks:
+        raise VolumeError(f"the selected files need a {disk} MiB image, over EC2's "
+                          f"{imagefs.MAX_IMAGE_MIB} MiB instance-store limit: exclude more (-e) or "
+                          "pass --no-size-checks")
+    return disk, min_disk
+
+
+def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
+                  progress: ProgressListener = NULL_PROGRESS,
+                  on_selection=None) -> VolumeResult:
+    """Build the image for ``config`` and (unless clone_only) bundle it with ``keys``/``options``.
+
+    ``sink`` defaults to a DirectorySink on the destination; ``on_selection(selection)`` is
+    called once the file selection is known (the CLI prints --list-excluded there).
+    """
+    check_preconditions(config)
+    if not config.clone_only and (keys is None or options is None):
+        raise UsageError("bundling needs keys and bundle options (or use clone_only)")
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    work = config.work_dir.resolve()
+    token = secrets.token_hex(4)
+    tmp_image = work / f".{config.prefix}.{token}.img"
+    staging = work / f".{config.prefix}.{token}.staging"
+    mounts = host_mounts()
+    selection = select_volume(config, mounts=mounts, extra_hard_excludes={
+        tmp_image: "image being built", staging: "staging tree"})
+    timings["select"] = time.monotonic() - t0
+    log.info("%d entries selected, %d left out", len(selection.entries), len(selection.excluded))
+    if on_selection is not None:
+        on_selection(selection)
+
+    disk_mib, min_disk = plan_size(config, selection)
+    layout = partition.layout_for(config.partition, disk_mib)
+    identity = imagefs.source_identity(Path(config.volume), mounts)
+    label = config.label if config.label is not None else (identity.label or imagefs.DEFAULT_LABEL)
+    label = imagefs.check_label(label) if label else None
+    fs_uuid = imagefs.check_uuid(config.uuid or identity.uuid or str(uuidlib.uuid4()))
+    fstab_bytes = fstablib.choose_fstab(fstab_file=config.fstab, generate=config.generate_fstab,
+                                        label=label, uuid=fs_uuid, legacy=config.legacy_fstab)
+    root_st = selection.entries[0].st
+    kept = config.keep_image or config.clone_only
+    result: VolumeResult | None = None
+    cleaner: threading.Thread | None = None
+    try:
+        t = time.monotonic()
+        stats = imagefs.stage(selection, staging, link=config.link_files)
+        if fstab_bytes is not None:
+            fstablib.install_fstab(staging, fstab_bytes)
+        timings["stage"] = time.monotonic() - t
+
+        t = time.monotonic()
+        with open(tmp_image, "xb") as fh:
+            fh.truncate(layout.disk_bytes)
+        params = imagefs.FsParams(
+            size_bytes=layout.fs_bytes, label=label, uuid=fs_uuid,
+            root_uid=root_st.st_uid, root_gid=root_st.st_gid,
+            root_mode=root_st.st_mode & 0o7777, offset=layout.fs_offset,
+            inodes=imagefs.inodes_needed(selection) + 1024)
+        imagefs.make_filesystem(staging, tmp_image, params,
+                                min_mib=min_disk)
+        dev_nodes = any(e.rel == "dev" and e.kind == "dir" for e in selection.entries)
+        imagefs.touch_up(tmp_image, offset=layout.fs_offset, root_mode=params.root_mode,
+                         dev_nodes=dev_nodes)
+        partition.write_table(tmp_image, layout, disk_id=uuidlib.UUID(fs_uuid))
+        timings["mkfs"] = time.monotonic() - t
+        # Removing thousands of staged entries is slow metadata I/O; let it overlap with the
+        # CPU-bound bundling instead of adding to the wall time.
+        cleaner = threading.Thread(target=imagefs.remove_tree, args=(staging,),
+                                   name="staging-cleanup", daemon=True)
+        cleaner.start()
+        if config.fsck:
+            t = time.monotonic()
+            imagefs.fsck(tmp_image, offset=layout.fs_offset)
+            timings["fsck"] = time.monotonic() - t
+        log.info("image built: %d MiB (%s), label %s, UUID %s", disk_mib, layout.scheme, label,
+                 fs_uuid)
+
+        result = VolumeResult(selection, None, layout.disk_bytes, layout.fs_bytes,
+                              layout.scheme, label, fs_uuid, stats, timings=timings)
+        if not config.clone_only:
+            from ..parts import DirectorySink
+            from ..pipeline import bundle
+            from ..source import open_image
+
+            t = time.monotonic()
+            source = open_image(tmp_image, name=config.prefix, allow_large=not config.size_checks)
+            result.bundle = bundle(source, sink if sink is not None else DirectorySink(
+                Path(config.destination)), keys, options, progress)
+            timings["bundle"] = time.monotonic() - t
+        if kept:
+            os.rename(tmp_image, config.kept_image_path)
+            result.image_path = config.kept_image_path
+    finally:
+        if cleaner is not None:
+            cleaner.join()
+        imagefs.remove_tree(staging)
+        if tmp_image.exists() and (result is None or result.image_path is None):
+            tmp_image.unlink()
+    timings["total"] = time.monotonic() - t0
+    return result

@@ -1,0 +1,81 @@
+"""/etc/fstab for the image: generated text (pure) and installation into the staging tree.
+
+Classic generated ``/dev/sda1 / ext3``; device names are not stable on current EC2 (NVMe, Xen
+``xvda``), so the root is named by LABEL (or UUID when there is no label) and typed ext4, which
+is what this tool creates. The ephemeral ``/dev/sdb /mnt`` line of the classic default variant
+is left out: on NVMe instance types that device never appears and the boot would wait for it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import UsageError
+
+SUPPLIED_BY = "# Supplied by: ami-bundler (ec2-ami-tools-1.5-3 compatible)"
+
+
+def root_spec(label: str | None, uuid: str | None) -> str:
+    if label:
+        return f"LABEL={label}"
+    if uuid:
+        return f"UUID={uuid}"
+    return "/dev/sda1"
+
+
+def generate_fstab(*, label: str | None, uuid: str | None, fstype: str = "ext4",
+                   legacy: bool = False) -> str:
+    """The generated fstab text (spec §8.7), root by LABEL/UUID. Pure."""
+    root = root_spec(label, uuid)
+    rows = [(root, "/", fstype, "defaults", "1", "1")]
+    if legacy:
+        # Classic legacy (i386) layout kept as is: paravirtual instances with sda2/sda3.
+        rows += [("/dev/sda2", "/mnt", "ext3", "defaults,nofail", "0", "0"),
+                 ("/dev/sda3", "swap", "swap", "defaults,nofail", "0", "0")]
+    else:
+        rows += [("none", "/dev/pts", "devpts", "gid=5,mode=620", "0", "0")]
+    rows += [("none", "/proc", "proc", "defaults", "0", "0"),
+             ("none", "/sys", "sysfs", "defaults", "0", "0")]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    head = "# Legacy /etc/fstab" if legacy else "# Default /etc/fstab"
+    lines = [head, SUPPLIED_BY]
+    for r in rows:
+        lines.append(" ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + " " + r[5])
+    return "\n".join(lines) + "\n"
+
+
+def choose_fstab(*, fstab_file: Path | None, generate: bool, label: str | None,
+                 uuid: str | None, legacy: bool = False) -> bytes | None:
+    """The fstab bytes to install, or None to keep the volume's own (classic default)."""
+    if fstab_file is not None and generate:
+        raise UsageError("--fstab and --generate-fstab are mutually exclusive")
+    if fstab_file is not None:
+        try:
+            return Path(fstab_file).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read --fstab {fstab_file}: {exc.strerror}") from None
+    if generate:
+        return generate_fstab(label=label, uuid=uuid, legacy=legacy).encode()
+    return None
+
+
+def install_fstab(staging: Path, content: bytes) -> None:
+    """Write ``content`` as staging/etc/fstab, keeping the previous one as etc/fstab.old.
+
+    Staged files may be hard links to the source volume, so the old entry is only *renamed*
+    (a directory-entry operation in the staging tree) and the new file is created fresh with
+    O_EXCL: the source's fstab is never written through a link.
+    """
+    etc = staging / "etc"
+    if not etc.is_dir():
+        etc.mkdir(mode=0o755, exist_ok=True)
+    fstab = etc / "fstab"
+    if os.path.lexists(fstab):
+        os.replace(fstab, etc / "fstab.old")
+    fd = os.open(fstab, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(content)
+    os.chmod(fstab, 0o644)
+    if os.geteuid() == 0:
+        os.chown(fstab, 0, 0)
