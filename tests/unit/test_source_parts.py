@@ -1,0 +1,201 @@
+"""Image sources (data regions, zero runs), the part cutter and the directory sink (pyfakefs)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+
+import pytest
+
+from bundler.errors import ImageError, OutputError
+from bundler.parts import PART_SIZE, DirectorySink, Part, provisional_name
+from bundler.pipeline import AesCbcEncryptor, PartCutter, max_bundled_size
+from bundler.source import StreamImageSource, drop_zero_runs, find_data_regions, open_image
+
+G = 64 * 1024
+
+
+def reader(data: bytes):
+    return lambda offset, length: data[offset:offset + length]
+
+
+def test_drop_zero_runs_splits_around_zero_granules():
+    data = b"a" * G + bytes(3 * G) + b"b" * 10 + bytes(G - 10) + bytes(G) + b"c" * 5
+    regions = drop_zero_runs(reader(data), [(0, len(data))])
+    assert regions == [(0, G), (4 * G, G), (6 * G, 5)]
+    assert b"".join(data[o:o + n] for o, n in regions).replace(b"\0", b"") == b"a" * G + b"b" * 10 + b"c" * 5
+
+
+def test_drop_zero_runs_respects_unaligned_region_edges():
+    data = bytes(10 * G)
+    data = data[:G + 100] + b"x" + data[G + 101:]
+    # the region starts mid-granule: only the granule holding the x survives, clipped to the region
+    assert drop_zero_runs(reader(data), [(100, 3 * G)]) == [(G, G)]
+    assert drop_zero_runs(reader(data), [(G + 50, 100)]) == [(G + 50, 100)]
+
+
+def test_all_zero_and_empty():
+    assert drop_zero_runs(reader(bytes(5 * G)), [(0, 5 * G)]) == []
+    assert drop_zero_runs(reader(b""), []) == []
+
+
+def test_find_data_regions_on_a_real_sparse_file(tmp_path):
+    path = tmp_path / "sparse"
+    with open(path, "wb") as fh:
+        fh.truncate(64 << 20)
+        fh.seek(8 << 20)
+        fh.write(b"x" * 4096)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        regions = find_data_regions(fd, 64 << 20)
+    finally:
+        os.close(fd)
+    if regions == [(0, 64 << 20)]:
+        pytest.skip("this filesystem does not report holes")
+    assert sum(n for _, n in regions) < 1 << 20
+    assert any(o <= 8 << 20 < o + n for o, n in regions)
+
+
+def test_open_image_in_a_fake_filesystem_falls_back_to_dense(fs):
+    fs.create_file("/img", contents=b"abc" + bytes(200_000) + b"def")
+    src = open_image("/img")
+    try:
+        assert src.size == 200_006
+        # no SEEK_DATA in the fake: one region, then zero runs dropped
+        regions = src.regions()
+        assert regions is not None and regions[0][0] == 0 and regions[-1][0] + regions[-1][1] == 200_006
+        stored = b"".join(src.chunks())
+        assert stored.startswith(b"abc") and stored.endswith(b"def")
+        assert len(stored) < 200_006  # the zero granules in between are not stored
+    finally:
+        src.close()
+
+
+def test_small_and_dense_images_are_plain_members(fs):
+    fs.create_file("/tiny", contents=b"hello instance store\n")
+    src = open_image("/tiny")
+    assert src.regions() is None
+    assert b"".join(src.chunks()) == b"hello instance store\n"
+    src.close()
+
+
+def test_open_image_errors(fs):
+    fs.create_dir("/dir")
+    fs.create_file("/empty")
+    with pytest.raises(ImageError, match="does not exist"):
+        open_image("/missing")
+    with pytest.raises(ImageError, match="is a directory: use bundle-vol"):
+        open_image("/dir")
+    with pytest.raises(ImageError, match=r"is empty \(0 bytes\)"):
+        open_image("/empty")
+
+
+def test_image_over_10_gib_needs_no_size_checks(tmp_path):
+    path = tmp_path / "huge"
+    with open(path, "wb") as fh:
+        fh.truncate(10 * 1024**3 + 1)
+    with pytest.raises(ImageError, match="over EC2's 10 GiB"):
+        open_image(path)
+    src = open_image(path, allow_large=True)
+    assert src.size == 10 * 1024**3 + 1
+    src.close()
+
+
+def test_stream_source_checks_declared_size():
+    assert b"".join(StreamImageSource(io.BytesIO(b"x" * 10), 10, "s").chunks()) == b"x" * 10
+    with pytest.raises(ImageError, match="ended after 10 bytes"):
+        list(StreamImageSource(io.BytesIO(b"x" * 10), 11, "s").chunks())
+    with pytest.raises(ImageError, match="more than the 9 bytes"):
+        list(StreamImageSource(io.BytesIO(b"x" * 10), 9, "s").chunks())
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.parts: list[Part] = []
+
+    def put_part(self, part: Part) -> None:
+        self.parts.append(part)
+
+
+@pytest.mark.parametrize("total", [1, 16, PART_SIZE - 1, PART_SIZE, PART_SIZE + 1, 3 * PART_SIZE + 5])
+def test_part_cutter_cuts_exact_sizes_and_hashes(total):
+    sink = RecordingSink()
+    cutter = PartCutter(sink)
+    data = (b"0123456789abcdef" * (total // 16 + 1))[:total]
+    pos = 0
+    step = 777_777
+    while pos < total:
+        cutter.write(data[pos:pos + step])
+        pos += step
+    cutter.close()
+    assert [len(p.data) for p in sink.parts] == [PART_SIZE] * (total // PART_SIZE) + ([total % PART_SIZE] if total % PART_SIZE else [])
+    assert b"".join(p.data for p in sink.parts) == data
+    assert all(p.sha1 == hashlib.sha1(p.data).hexdigest() for p in sink.parts)
+    assert [p.index for p in sink.parts] == list(range(len(sink.parts)))
+    assert sink.parts[0].md5 == hashlib.md5(sink.parts[0].data).digest()
+
+
+def test_aes_matches_the_spec_vectors():
+    out: list[bytes] = []
+    enc = AesCbcEncryptor(bytes.fromhex("00112233445566778899aabbccddeeff"),
+                          bytes.fromhex("0102030405060708090a0b0c0d0e0f10"), out.append)
+    enc.write(b"abc")
+    enc.close()
+    assert b"".join(out).hex() == "aa75e5cde1c5d8069729bd6fff5fae52"
+    out.clear()
+    enc = AesCbcEncryptor(bytes.fromhex("00112233445566778899aabbccddeeff"),
+                          bytes.fromhex("0102030405060708090a0b0c0d0e0f10"), out.append)
+    enc.close()
+    assert b"".join(out).hex() == "b9ab5f90fd9ba09313c3f870427c1a78"
+
+
+def test_max_bundled_size_bounds_incompressible_data():
+    import zlib
+
+    data = os.urandom(3 << 20)
+    assert len(zlib.compress(data, 9)) + 16 <= max_bundled_size(len(data))
+
+
+def test_provisional_names():
+    assert provisional_name("img", 3, 9) == "img.part.3"
+    assert provisional_name("img", 3, 10) == "img.part.03"
+    assert provisional_name("img", 3, 1025) == "img.part.0003"
+
+
+def test_directory_sink_commit_and_abort(fs):
+    fs.create_dir("/out")
+    sink = DirectorySink("/out")
+    sink.begin("b", 2)
+    sink.put_part(Part.of(0, b"one"))
+    sink.put_part(Part.of(1, b"two"))
+    assert [n for n in os.listdir("/out") if not n.startswith(".")] == []
+    sink.commit(["b.part.0", "b.part.1"], "b.manifest.xml", b"<m/>")
+    assert sorted(os.listdir("/out")) == ["b.manifest.xml", "b.part.0", "b.part.1"]
+
+    other = DirectorySink("/out")
+    other.begin("b", 1)
+    other.put_part(Part.of(0, b"new"))
+    with pytest.raises(OutputError, match="already holds b.part.0"):
+        other.commit(["b.part.0"], "b.manifest.xml", b"<m2/>")
+    other.abort()
+    assert sorted(os.listdir("/out")) == ["b.manifest.xml", "b.part.0", "b.part.1"]
+    with open("/out/b.part.0", "rb") as fh:
+        assert fh.read() == b"one"
+
+    aborted = DirectorySink("/out")
+    aborted.begin("c", 1)
+    aborted.put_part(Part.of(0, b"x"))
+    aborted.abort()
+    assert sorted(os.listdir("/out")) == ["b.manifest.xml", "b.part.0", "b.part.1"]
+
+
+def test_directory_sink_overwrite(fs):
+    fs.create_dir("/out")
+    fs.create_file("/out/b.part.0", contents=b"old")
+    sink = DirectorySink("/out", overwrite=True)
+    sink.begin("b", 1)
+    sink.put_part(Part.of(0, b"new"))
+    sink.commit(["b.part.0"], "b.manifest.xml", b"<m/>")
+    with open("/out/b.part.0", "rb") as fh:
+        assert fh.read() == b"new"
