@@ -1,0 +1,273 @@
+"""AWS access through boto3 only: options, sessions, clients, and error translation.
+
+Credentials come from boto3's default chain (environment, profiles, SSO, container and IMDSv2
+instance roles) unless the classic ``-a/-s/-t`` flags override them. Retries for throttling,
+5xx and connection errors are botocore's (standard/adaptive mode); callers add their own
+per-object retry only for what botocore cannot see (a checksum mismatch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.exceptions as bexc
+from botocore.config import Config
+
+from .errors import BundlerError, EC2Error, S3Error, UsageError
+
+log = logging.getLogger("bundler.aws")
+
+DEFAULT_REGION = "us-east-1"
+DEFAULT_MAX_ATTEMPTS = 8
+RETRY_MODES = ("standard", "adaptive", "legacy")
+
+NO_CREDENTIALS = (
+    "no AWS credentials found: set AWS_PROFILE (or --profile), AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+    "run 'aws sso login', or run on an instance with an IAM role"
+)
+
+_AWS_HOST_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws", ".c2s.ic.gov", ".sc2s.sgov.gov")
+# A virtual-hosted bucket must be a DNS label sequence that also matches the TLS wildcard
+# certificate, so dots force path style as well (spec §6.3).
+_VIRTUAL_HOST_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-\d+$")
+
+
+@dataclass
+class AwsOptions:
+    """How to reach AWS; every field None means "boto3's default"."""
+
+    profile: str | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    retry_mode: str = "standard"
+    connect_timeout: float = 20.0
+    read_timeout: float = 60.0
+
+    def __repr__(self) -> str:  # never show secrets in logs or tracebacks
+        return (f"AwsOptions(profile={self.profile!r}, region={self.region!r}, "
+                f"endpoint_url={self.endpoint_url!r}, access_key={'set' if self.access_key else None}, "
+                f"max_attempts={self.max_attempts}, retry_mode={self.retry_mode!r})")
+
+
+def add_aws_options(parser: argparse.ArgumentParser) -> None:
+    """The AWS connection flags shared by every command that talks to AWS."""
+    g = parser.add_argument_group("AWS")
+    g.add_argument("--profile", help="named profile from ~/.aws/config (default: AWS_PROFILE or default chain)")
+    g.add_argument("--region", help="AWS region (default: profile/AWS_REGION, else us-east-1)")
+    g.add_argument("--endpoint-url", "--url", dest="endpoint_url", metavar="URL",
+                   help="custom endpoint, e.g. http://127.0.0.1:5000 (classic --url accepted)")
+    g.add_argument("-a", "--access-key", dest="access_key", metavar="AKID",
+                   help="access key id (prefer the environment or a profile)")
+    g.add_argument("-s", "--secret-key", dest="secret_key", metavar="SECRET",
+                   help="secret key (visible in ps: prefer AWS_SECRET_ACCESS_KEY or a profile)")
+    g.add_argument("-t", "--delegation-token", "--session-token", dest="session_token", metavar="TOKEN",
+                   help="session token for temporary credentials")
+    g.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS, metavar="N",
+                   help=f"botocore attempts per request (default {DEFAULT_MAX_ATTEMPTS})")
+    g.add_argument("--retry-mode", choices=RETRY_MODES, default="standard",
+                   help="botocore retry mode (default standard)")
+    g.add_argument("--sigv", choices=["2", "4"], default="4", help=argparse.SUPPRESS)
+
+
+def options_from_args(args: argparse.Namespace, warn: Callable[[str], None] | None = None) -> AwsOptions:
+    if getattr(args, "sigv", "4") == "2" and warn:
+        warn("--sigv 2 is not supported by S3 in new regions; signing with SigV4")
+    if getattr(args, "secret_key", None) and warn:
+        warn("-s/--secret-key is visible to other users in 'ps'; prefer AWS_SECRET_ACCESS_KEY or --profile")
+    if bool(getattr(args, "access_key", None)) != bool(getattr(args, "secret_key", None)):
+        raise UsageError("-a/--access-key and -s/--secret-key must be given together "
+                         "(or neither: use the environment or a profile)")
+    attempts = getattr(args, "max_attempts", DEFAULT_MAX_ATTEMPTS)
+    if attempts < 1:
+        raise UsageError("--max-attempts must be at least 1")
+    region = getattr(args, "region", None)
+    if region is not None:
+        check_region(region, "--region")
+    return AwsOptions(
+        profile=getattr(args, "profile", None),
+        region=region,
+        endpoint_url=getattr(args, "endpoint_url", None),
+        access_key=getattr(args, "access_key", None),
+        secret_key=getattr(args, "secret_key", None),
+        session_token=getattr(args, "session_token", None),
+        max_attempts=attempts,
+        retry_mode=getattr(args, "retry_mode", "standard"),
+    )
+
+
+def check_region(region: str, flag: str) -> str:
+    """A syntactic check only: any region botocore can sign for is accepted, known or not."""
+    if not _REGION_RE.match(region):
+        raise UsageError(f"{flag} {region!r} is not a region name like us-east-1 or eu-central-2")
+    return region
+
+
+def make_session(opts: AwsOptions) -> boto3.Session:
+    try:
+        return boto3.Session(
+            profile_name=opts.profile,
+            aws_access_key_id=opts.access_key,
+            aws_secret_access_key=opts.secret_key,
+            aws_session_token=opts.session_token,
+            region_name=opts.region,
+        )
+    except bexc.ProfileNotFound:
+        raise UsageError(f"AWS profile {opts.profile!r} not found in the AWS config files") from None
+    except bexc.BotoCoreError as exc:
+        raise UsageError(f"cannot set up AWS access: {exc}") from None
+
+
+def session_region(session: boto3.Session, opts: AwsOptions) -> str:
+    return opts.region or session.region_name or DEFAULT_REGION
+
+
+def require_credentials(session: boto3.Session) -> None:
+    """Fail early, with the fix, instead of on the first request of a long transfer."""
+    try:
+        creds = session.get_credentials()
+    except bexc.BotoCoreError as exc:
+        raise S3Error(f"cannot load AWS credentials: {_one_line(exc)}") from None
+    if creds is None:
+        raise S3Error(NO_CREDENTIALS)
+
+
+def is_aws_endpoint(url: str | None) -> bool:
+    if not url:
+        return True
+    host = (urlsplit(url if "://" in url else "https://" + url).hostname or "").lower()
+    return any(host.endswith(suffix) for suffix in _AWS_HOST_SUFFIXES)
+
+
+def needs_path_style(bucket: str | None, endpoint_url: str | None) -> bool:
+    """Path style for non-AWS endpoints (127.0.0.1, MinIO…) and bucket names that cannot be hosts."""
+    if not is_aws_endpoint(endpoint_url):
+        return True
+    return bool(bucket) and not _VIRTUAL_HOST_BUCKET.match(bucket or "")
+
+
+def _config(opts: AwsOptions, region: str, *, pool: int, path_style: bool) -> Config:
+    return Config(
+        region_name=region,
+        retries={"total_max_attempts": opts.max_attempts, "mode": opts.retry_mode},
+        max_pool_connections=pool,
+        connect_timeout=opts.connect_timeout,
+        read_timeout=opts.read_timeout,
+        s3={"addressing_style": "path" if path_style else "auto"},
+        # We send Content-MD5 from the digest computed while cutting the part and check SHA-1
+        # on the way back; extra CRC trailers would cost a pass and break some S3 clones.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        user_agent_extra="ami-bundler",
+    )
+
+
+def s3_client(opts: AwsOptions, *, session: boto3.Session | None = None, bucket: str | None = None,
+              region: str | None = None, pool: int = 10, check_credentials: bool = True):
+    session = session or make_session(opts)
+    if check_credentials:
+        require_credentials(session)
+    region = region or session_region(session, opts)
+    path_style = needs_path_style(bucket, opts.endpoint_url)
+    client = session.client("s3", endpoint_url=opts.endpoint_url,
+                            config=_config(opts, region, pool=pool, path_style=path_style))
+    # The endpoint may come from AWS_ENDPOINT_URL(_S3) or the profile rather than a flag.
+    if not path_style and not is_aws_endpoint(client.meta.endpoint_url):
+        client = session.client("s3", endpoint_url=opts.endpoint_url,
+                                config=_config(opts, region, pool=pool, path_style=True))
+    log.debug("s3 client: region %s endpoint %s", region, client.meta.endpoint_url)
+    return client
+
+
+def ec2_client(opts: AwsOptions, *, session: boto3.Session | None = None, region: str | None = None,
+               check_credentials: bool = True):
+    session = session or make_session(opts)
+    if check_credentials:
+        require_credentials(session)
+    region = region or session_region(session, opts)
+    client = session.client("ec2", endpoint_url=opts.endpoint_url,
+                            config=_config(opts, region, pool=10, path_style=False))
+    log.debug("ec2 client: region %s endpoint %s", region, client.meta.endpoint_url)
+    return client
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, bexc.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def response_header(exc: BaseException, name: str) -> str | None:
+    if isinstance(exc, bexc.ClientError):
+        headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
+        return headers.get(name.lower())
+    return None
+
+
+def common_error(exc: BaseException, what: str, cls: type[BundlerError] = S3Error) -> BundlerError | None:
+    """Credential and connection failures phrased the same way for S3 and EC2; None otherwise."""
+    if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError)):
+        return cls(NO_CREDENTIALS)
+    if isinstance(exc, (bexc.SSOTokenLoadError, bexc.UnauthorizedSSOTokenError, bexc.TokenRetrievalError)):
+        return cls(f"{what}: the SSO session has expired or is missing: run 'aws sso login'")
+    if isinstance(exc, bexc.EndpointConnectionError):
+        return cls(f"{what}: cannot connect to {exc.kwargs.get('endpoint_url', 'the endpoint')}: "
+                   "check the network, --region and --endpoint-url")
+    if isinstance(exc, (bexc.ConnectionError, bexc.ReadTimeoutError, bexc.ConnectTimeoutError)):
+        return cls(f"{what}: connection failed after retries ({type(exc).__name__}): "
+                   "check the network; re-run to resume")
+    code = error_code(exc)
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId",
+                "AuthFailure", "InvalidToken", "UnrecognizedClientException"):
+        return cls(f"{what}: AWS rejected the credentials ({code}): check the access key, secret and session token")
+    if code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"):
+        return cls(f"{what}: the credentials have expired ({code}): refresh them (e.g. 'aws sso login') and re-run")
+    return None
+
+
+def ec2_error(exc: BaseException, what: str) -> BundlerError:
+    common = common_error(exc, what, EC2Error)
+    if common is not None:
+        return common
+    if isinstance(exc, bexc.ClientError):
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message", "")
+        if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
+            return EC2Error(f"{what}: access denied ({code}): the credentials need the matching ec2: permission")
+        return EC2Error(f"{what}: {code}: {_one_line(Exception(message))}")
+    return EC2Error(f"{what}: {_one_line(exc)}")
+
+
+__all__ = [
+    "AwsOptions",
+    "DEFAULT_REGION",
+    "NO_CREDENTIALS",
+    "add_aws_options",
+    "check_region",
+    "common_error",
+    "ec2_client",
+    "ec2_error",
+    "error_code",
+    "is_aws_endpoint",
+    "make_session",
+    "needs_path_style",
+    "options_from_args",
+    "require_credentials",
+    "response_header",
+    "s3_client",
+    "session_region",
+]

@@ -1,0 +1,318 @@
+"""EC2 side of a bundle: preflight, RegisterImage, launch permissions, tags, deregister.
+
+RegisterImage only fails late and vaguely when the bundle is incomplete ("manifest not
+found" or an AMI that never becomes available), so ``preflight`` checks what EC2 will read
+— manifest present and parseable, every part present, total size = bundled_size, bucket in
+the same region — before the call.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import botocore.exceptions as bexc
+
+from .aws import ec2_error, error_code
+from .errors import EC2Error, IntegrityError, ManifestError, PartMissingError, UsageError
+from .manifest import Manifest, is_encrypted, parse_manifest
+from .s3 import S3Location, bucket_region, fetch_manifest, list_objects, split_manifest_location
+
+log = logging.getLogger("bundler.ec2")
+
+ARCHITECTURES = ("i386", "x86_64", "arm64", "x86_64_mac", "arm64_mac")
+VIRTUALIZATION_TYPES = ("paravirtual", "hvm")
+BOOT_MODES = ("legacy-bios", "uefi", "uefi-preferred")
+LOCATION_TAG = "ami-bundler:image-location"
+DEFAULT_WAIT_SECONDS = 900
+
+_EPHEMERAL = re.compile(r"^ephemeral[0-9]+$")
+_SNAPSHOT = re.compile(r"^snap-[0-9a-f]+$")
+_EBS_TYPES = ("standard", "gp2", "gp3", "io1", "io2", "sc1", "st1")
+
+
+@dataclass
+class RegisterOptions:
+    name: str
+    description: str | None = None
+    architecture: str | None = None  # None: EC2 takes the manifest's
+    virtualization_type: str | None = None
+    kernel_id: str | None = None
+    ramdisk_id: str | None = None
+    block_device_mappings: list[dict[str, Any]] = field(default_factory=list)
+    ena_support: bool | None = None
+    sriov_net_support: str | None = None
+    boot_mode: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    launch_permissions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PreflightReport:
+    image_location: str
+    bucket: str
+    key: str
+    manifest: Manifest
+    parts: int
+    bundled_size: int
+    bucket_region: str | None
+
+    def summary(self) -> dict[str, object]:
+        return {"image_location": self.image_location, "name": self.manifest.name, "parts": self.parts,
+                "bundled_size": self.bundled_size, "bucket_region": self.bucket_region,
+                "architecture": self.manifest.arch}
+
+
+def normalize_image_location(value: str) -> str:
+    location, name = split_manifest_location(value)
+    return location.image_location(name)
+
+
+def preflight(s3: Any, image_location: str, *, region: str | None = None) -> PreflightReport:
+    """Check the bundle EC2 is about to read; raise naming what is wrong and how to fix it."""
+    location, name = split_manifest_location(image_location)
+    key = location.key(name)
+    bucket_at = bucket_region(s3, location.bucket)
+    if bucket_at is None:
+        raise EC2Error(f"cannot register {image_location}: bucket {location.bucket} does not exist")
+    if region and bucket_at != region:
+        raise EC2Error(f"cannot register {image_location} in {region}: the bucket is in {bucket_at}; "
+                       f"EC2 registers bundles only in the bucket's region: pass --region {bucket_at}")
+    raw = fetch_manifest(s3, location.bucket, key)
+    if is_encrypted(raw):
+        raise ManifestError(f"{location.url(name)} is a legacy encrypted manifest: migrate it "
+                            "(ec2-migrate-manifest) before registering")
+    parsed = parse_manifest(raw, source=location.url(name))
+    manifest = parsed.manifest
+    _check_parts(s3, location, manifest)
+    return PreflightReport(location.image_location(name), location.bucket, key, manifest, len(manifest.parts),
+                           manifest.bundled_size, bucket_at)
+
+
+def _check_parts(s3: Any, location: S3Location, manifest: Manifest) -> None:
+    keys = [location.key(p.filename) for p in manifest.parts]
+    found = list_objects(s3, location.bucket, os.path.commonprefix(keys)) if keys else {}
+    missing = [p.filename for p, k in zip(manifest.parts, keys, strict=True) if k not in found]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise PartMissingError(
+            f"bundle {manifest.name} is incomplete in {location.url()}: part {missing[0]}{more} missing "
+            f"({len(manifest.parts) - len(missing)} of {len(manifest.parts)} present): re-run upload-bundle"
+        )
+    total = sum(found[k][0] for k in keys)
+    if total != manifest.bundled_size:
+        raise IntegrityError(
+            f"parts of {manifest.name} in {location.url()} hold {total} bytes but the manifest says "
+            f"bundled_size {manifest.bundled_size}: they belong to another bundle; re-run upload-bundle"
+        )
+
+
+# --------------------------------------------------------------------------- argument parsing
+
+
+def parse_tags(values: list[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--tag {value!r}: expected KEY=VALUE")
+        tags[key.strip()] = val
+    return tags
+
+
+def parse_launch_permissions(values: list[str]) -> list[str]:
+    out = []
+    for value in values:
+        v = value.strip()
+        if v.lower() == "all":
+            out.append("all")
+            continue
+        digits = v.replace("-", "")
+        if len(digits) != 12 or not digits.isdigit():
+            raise UsageError(f"--launch-permission {value!r}: expected a 12-digit account id or 'all'")
+        out.append(digits)
+    return out
+
+
+def parse_register_block_device_mappings(values: list[str]) -> list[dict[str, Any]]:
+    """``DEVICE=ephemeralN | none | [snap-id]:[size]:[delete-on-termination]:[type]:[iops]``
+    (repeatable, or comma-separated), as the EC2 API tools' ``-b``."""
+    result = []
+    for value in values:
+        for item in filter(None, (s.strip() for s in value.split(","))):
+            device, sep, spec = item.partition("=")
+            if not sep or not device or not spec:
+                raise UsageError(f"-b/--block-device-mapping {item!r}: expected DEVICE=ephemeralN|none|snap-id:size:…")
+            mapping: dict[str, Any] = {"DeviceName": device}
+            if _EPHEMERAL.match(spec):
+                mapping["VirtualName"] = spec
+            elif spec == "none":
+                mapping["NoDevice"] = ""
+            else:
+                mapping["Ebs"] = _ebs(spec, item)
+            result.append(mapping)
+    return result
+
+
+def _ebs(spec: str, item: str) -> dict[str, Any]:
+    fields = spec.split(":")
+    if len(fields) > 5:
+        raise UsageError(f"-b {item!r}: too many ':' fields (snap-id:size:delete:type:iops)")
+    fields += [""] * (5 - len(fields))
+    snap, size, delete, vtype, iops = fields
+    ebs: dict[str, Any] = {}
+    if snap:
+        if not _SNAPSHOT.match(snap):
+            raise UsageError(f"-b {item!r}: {snap!r} is not a snapshot id (snap-…)")
+        ebs["SnapshotId"] = snap
+    if size:
+        if not size.isdigit():
+            raise UsageError(f"-b {item!r}: size {size!r} must be GiB as a number")
+        ebs["VolumeSize"] = int(size)
+    if not snap and not size:
+        raise UsageError(f"-b {item!r}: an EBS mapping needs a snapshot id or a size")
+    if delete:
+        if delete not in ("true", "false"):
+            raise UsageError(f"-b {item!r}: delete-on-termination must be true or false")
+        ebs["DeleteOnTermination"] = delete == "true"
+    if vtype:
+        if vtype not in _EBS_TYPES:
+            raise UsageError(f"-b {item!r}: volume type must be one of {', '.join(_EBS_TYPES)}")
+        ebs["VolumeType"] = vtype
+    if iops:
+        if not iops.isdigit():
+            raise UsageError(f"-b {item!r}: iops must be a number")
+        ebs["Iops"] = int(iops)
+    return ebs
+
+
+# --------------------------------------------------------------------------- EC2 calls
+
+
+def register_image(ec2: Any, image_location: str, options: RegisterOptions) -> str:
+    """RegisterImage for an instance-store bundle; then tags and launch permissions."""
+    params: dict[str, Any] = {"ImageLocation": image_location, "Name": options.name}
+    optional = {
+        "Description": options.description,
+        "Architecture": options.architecture,
+        "VirtualizationType": options.virtualization_type,
+        "KernelId": options.kernel_id,
+        "RamdiskId": options.ramdisk_id,
+        "SriovNetSupport": options.sriov_net_support,
+        "BootMode": options.boot_mode,
+        "EnaSupport": options.ena_support,
+        "BlockDeviceMappings": options.block_device_mappings or None,
+    }
+    params.update({k: v for k, v in optional.items() if v is not None})
+    try:
+        image_id = ec2.register_image(**params)["ImageId"]
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        raise _register_error(exc, image_location) from None
+    log.info("registered %s as %s", image_location, image_id)
+    # The location tag lets deregister --delete-bundle find the bundle on endpoints that do not
+    # report ImageLocation; it is bookkeeping, so failing to set it only warns.
+    _tag(ec2, image_id, {LOCATION_TAG: image_location}, required=False)
+    if options.tags:
+        _tag(ec2, image_id, options.tags, required=True)
+    if options.launch_permissions:
+        add_launch_permissions(ec2, image_id, options.launch_permissions)
+    return image_id
+
+
+def _register_error(exc: BaseException, image_location: str) -> EC2Error:
+    code = error_code(exc)
+    if code == "InvalidManifest":
+        return EC2Error(f"EC2 rejected {image_location} (InvalidManifest): check that the manifest and parts "
+                        "carry the aws-exec-read ACL and the bundle was made with this region's --ec2cert")
+    if code == "InvalidAMIName.Duplicate":
+        return EC2Error("an AMI named like this already exists in the region: pick another -n/--name")
+    return ec2_error(exc, f"register {image_location}")  # type: ignore[return-value]
+
+
+def _tag(ec2: Any, image_id: str, tags: dict[str, str], *, required: bool) -> None:
+    try:
+        ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        if required:
+            raise ec2_error(exc, f"tag {image_id}") from None
+        log.info("could not add the %s tag to %s: %s", LOCATION_TAG, image_id, error_code(exc) or exc)
+
+
+def add_launch_permissions(ec2: Any, image_id: str, who: list[str]) -> None:
+    adds = [{"Group": "all"} if w == "all" else {"UserId": w} for w in who]
+    try:
+        ec2.modify_image_attribute(ImageId=image_id, Attribute="launchPermission",
+                                   LaunchPermission={"Add": adds})
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        raise ec2_error(exc, f"set launch permissions on {image_id}") from None
+
+
+def describe_image(ec2: Any, image_id: str) -> dict[str, Any]:
+    try:
+        images = ec2.describe_images(ImageIds=[image_id])["Images"]
+    except bexc.ClientError as exc:
+        if error_code(exc) in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable", "InvalidAMIID.Malformed"):
+            raise EC2Error(f"image {image_id} not found in this region (check --region)") from None
+        raise ec2_error(exc, f"describe {image_id}") from None
+    except bexc.BotoCoreError as exc:
+        raise ec2_error(exc, f"describe {image_id}") from None
+    if not images:
+        raise EC2Error(f"image {image_id} not found in this region (check --region)")
+    return images[0]
+
+
+def wait_available(ec2: Any, image_id: str, *, timeout: float = DEFAULT_WAIT_SECONDS, delay: float = 5.0) -> str:
+    """Poll until the image is available (or failed), for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = describe_image(ec2, image_id).get("State", "")
+        if state == "available":
+            return state
+        if state in ("failed", "invalid", "deregistered", "error"):
+            raise EC2Error(f"image {image_id} became {state}: check the bundle and the aws-exec-read ACL")
+        if time.monotonic() + delay > deadline:
+            raise EC2Error(f"image {image_id} is still {state or 'pending'} after {timeout:.0f}s: "
+                           "check later with describe-images")
+        time.sleep(delay)
+
+
+def image_location_of(image: dict[str, Any]) -> str | None:
+    location = image.get("ImageLocation")
+    if location and location.endswith(".manifest.xml"):
+        return location
+    for tag in image.get("Tags", []) or []:
+        if tag.get("Key") == LOCATION_TAG:
+            return tag.get("Value")
+    return None
+
+
+def deregister_image(ec2: Any, image_id: str) -> None:
+    try:
+        ec2.deregister_image(ImageId=image_id)
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        raise ec2_error(exc, f"deregister {image_id}") from None
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "BOOT_MODES",
+    "LOCATION_TAG",
+    "PreflightReport",
+    "RegisterOptions",
+    "VIRTUALIZATION_TYPES",
+    "add_launch_permissions",
+    "deregister_image",
+    "describe_image",
+    "image_location_of",
+    "normalize_image_location",
+    "parse_launch_permissions",
+    "parse_register_block_device_mappings",
+    "parse_tags",
+    "preflight",
+    "register_image",
+    "wait_available",
+]

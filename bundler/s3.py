@@ -1,0 +1,997 @@
+"""Bundles in S3: parallel upload with resume, streaming sink and source, download, delete.
+
+Layout and order follow spec §6: keys are ``keyprefix + file name``, every object gets the
+canned ACL ``aws-exec-read`` (EC2 must read them), parts go up before the manifest so that a
+visible manifest always means a complete bundle. Parts are ≤ 10 MiB, so every object is one
+PUT with Content-MD5 and its ETag is the MD5 of the bytes — which is what makes resume cheap:
+one listing tells which parts are already there intact.
+
+Transfers run on a bounded thread pool (boto3 clients are thread-safe); botocore retries
+throttling, 5xx and connection errors, and ``_with_attempts`` adds a few whole-object retries
+with jittered back-off for what botocore does not retry (BadDigest, a wrong ETag or SHA-1).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import random
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import botocore.exceptions as bexc
+
+from .aws import common_error, error_code, response_header
+from .errors import (
+    BundlerError,
+    IntegrityError,
+    ManifestError,
+    OutputError,
+    PartMissingError,
+    S3Error,
+    UsageError,
+)
+from .manifest import ParsedManifest, PartEntry, bucket_and_prefix, is_encrypted, parse_manifest
+from .parts import PART_SIZE, Part, provisional_name
+from .progress import NULL_PROGRESS, ProgressListener
+
+log = logging.getLogger("bundler.s3")
+
+DEFAULT_ACL = "aws-exec-read"
+ACLS = ("aws-exec-read", "public-read")
+DEFAULT_JOBS = 8
+DEFAULT_ATTEMPTS = 3
+RETRY_ATTEMPTS = 5  # classic --retry: up to 5 tries per object
+MANIFEST_SIZE_CAP = 16 * 1024 * 1024
+MAX_PART_BYTES = 64 * 1024 * 1024  # classic parts are 10 MiB; anything far larger is not a part
+DELETE_BATCH = 1000
+_BACKOFF_BASE = 0.2
+_BACKOFF_CAP = 10.0
+
+_PART_SUFFIX = re.compile(r"^\.part\.[0-9]+$")
+_MANIFEST_SUFFIX = re.compile(r"^\.manifest(\.xml)?$")
+# Errors worth another whole-object attempt after botocore's own retries: the bytes got
+# damaged on the way (BadDigest) or the service was briefly unhappy.
+_RETRYABLE_CODES = {"BadDigest", "InvalidDigest", "RequestTimeout", "InternalError", "SlowDown",
+                    "ServiceUnavailable", "503", "500", "RequestTimeTooSkewed", "XAmzContentSHA256Mismatch"}
+
+T = TypeVar("T")
+
+
+class BucketLocationError(S3Error):
+    """The bucket exists in another location than --location asked for (classic exit 10)."""
+
+    exit_code = 10
+
+
+class _Corrupt(Exception):
+    """An object's bytes did not match the digest we expected; retried, then IntegrityError."""
+
+
+# --------------------------------------------------------------------------- locations
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A bucket and a key prefix ("" or ending in "/")."""
+
+    bucket: str
+    prefix: str = ""
+
+    @classmethod
+    def parse(cls, value: str | None, flag: str = "-b/--bucket") -> S3Location:
+        if value is None or not value.strip().strip("/"):
+            raise UsageError(f"{flag} needs BUCKET[/PREFIX], got {value!r}")
+        if value.startswith("s3://"):
+            value = value[5:]
+        bucket, prefix = bucket_and_prefix(value)
+        return cls(bucket, prefix)
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def url(self, name: str = "") -> str:
+        return f"s3://{self.bucket}/{self.prefix}{name}"
+
+    def image_location(self, manifest_name: str) -> str:
+        """What RegisterImage wants (spec §6.1): BUCKET/KEYPREFIX + manifest name."""
+        return f"{self.bucket}/{self.prefix}{manifest_name}"
+
+
+def split_manifest_location(value: str) -> tuple[S3Location, str]:
+    """``[s3://]BUCKET/[PREFIX/]NAME.manifest.xml`` → (location, manifest name)."""
+    text = value[5:] if value.startswith("s3://") else value
+    text = text.strip()
+    head, sep, name = text.lstrip("/").rpartition("/")
+    if not sep or not head or not name:
+        raise UsageError(f"manifest location {value!r} must be BUCKET/[PREFIX/]NAME.manifest.xml")
+    if not name.endswith(".manifest.xml"):
+        raise UsageError(f"manifest location {value!r} does not end in .manifest.xml")
+    bucket, prefix = bucket_and_prefix(head)
+    return S3Location(bucket, prefix), name
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def s3_error(exc: BaseException, action: str, bucket: str, key: str | None = None, *,
+             acl: str | None = None) -> BundlerError:
+    """One actionable line for a failed S3 call; never includes credentials."""
+    where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+    what = f"{action} {where}"
+    if isinstance(exc, BundlerError):
+        return exc
+    common = common_error(exc, what)
+    if common is not None:
+        return common
+    if not isinstance(exc, bexc.ClientError):
+        return S3Error(f"{what} failed: {' '.join(str(exc).split()) or type(exc).__name__}")
+    code = error_code(exc)
+    message = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
+    region = response_header(exc, "x-amz-bucket-region") or exc.response.get("Error", {}).get("Region")
+    if code == "NoSuchBucket" or (code in ("404", "NotFound") and key is None):
+        return S3Error(f"{what}: bucket {bucket} does not exist (check -b, or --region/--endpoint-url)")
+    if code == "AccessControlListNotSupported":
+        return S3Error(
+            f"{what}: the bucket has ACLs disabled (Object Ownership: BucketOwnerEnforced) but EC2 needs "
+            f"{acl or DEFAULT_ACL}: enable ACLs on the bucket (Object Ownership: ObjectWriter or BucketOwnerPreferred)"
+        )
+    if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException",
+                "301", "400") and region:
+        return S3Error(f"{what}: bucket {bucket} is in region {region}: pass --region {region}")
+    if code in ("AccessDenied", "403", "AllAccessDisabled"):
+        if acl:
+            return S3Error(f"{what}: access denied: the credentials need s3:PutObject and s3:PutObjectAcl "
+                           f"(for --acl {acl}) on arn:aws:s3:::{bucket}/*")
+        return S3Error(f"{what}: access denied: check that the credentials' IAM policy allows it on {bucket}")
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return PartMissingError(f"{what}: no such object")
+    if code in ("BadDigest", "InvalidDigest"):
+        return IntegrityError(f"{what}: S3 kept rejecting the upload as corrupt ({code}): check memory/network")
+    return S3Error(f"{what} failed: {code}: {message}" if message else f"{what} failed: {code}")
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, _Corrupt):
+        return True
+    if isinstance(exc, bexc.ClientError):
+        return error_code(exc) in _RETRYABLE_CODES
+    return isinstance(exc, (bexc.ConnectionError, bexc.ReadTimeoutError, bexc.ResponseStreamingError,
+                            bexc.IncompleteReadError))
+
+
+def _backoff(attempt: int) -> float:
+    return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** attempt))
+
+
+def _with_attempts(fn: Callable[[], T], attempts: int, describe: str) -> T:
+    """Whole-object retries on top of botocore's per-request ones, with full-jitter back-off."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt >= attempts or not _retryable(exc):
+                raise
+            delay = _backoff(attempt)
+            reason = str(exc) if isinstance(exc, _Corrupt) else error_code(exc) or type(exc).__name__
+            log.warning("%s: %s; retrying in %.1fs (attempt %d of %d)", describe, reason,
+                        delay, attempt + 1, attempts)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- buckets
+
+
+def bucket_region(client: Any, bucket: str) -> str | None:
+    """The bucket's region, or None if it does not exist."""
+    try:
+        resp = client.head_bucket(Bucket=bucket)
+    except bexc.ClientError as exc:
+        code = error_code(exc)
+        region = response_header(exc, "x-amz-bucket-region")
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            return None
+        if region:  # a 301/400/403 still names the region
+            if code in ("403", "AccessDenied"):
+                log.info("no s3:ListBucket on %s; assuming it exists in %s", bucket, region)
+            return region
+        raise s3_error(exc, "check bucket", bucket) from None
+    except bexc.BotoCoreError as exc:
+        raise s3_error(exc, "check bucket", bucket) from None
+    headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return resp.get("BucketRegion") or headers.get("x-amz-bucket-region") or client.meta.region_name
+
+
+def location_region(location: str) -> str:
+    """Classic --location values: EU → eu-west-1, US → us-east-1, otherwise a region name."""
+    upper = location.upper()
+    if upper == "EU":
+        return "eu-west-1"
+    if upper == "US":
+        return "us-east-1"
+    from .aws import check_region
+
+    return check_region(location, "--location")
+
+
+def ensure_bucket(client: Any, bucket: str, *, location: str | None = None) -> bool:
+    """Create ``bucket`` if missing (LocationConstraint per spec §6.2); True when created.
+
+    An existing bucket in another place than an explicit --location is refused (classic exit 10).
+    """
+    region = bucket_region(client, bucket)
+    wanted = location_region(location) if location else None
+    if region is not None:
+        if wanted and region != wanted:
+            raise BucketLocationError(f"bucket {bucket} already exists in {region} and --location {location} "
+                                      "was given: drop --location or use another bucket")
+        return False
+    target = wanted or client.meta.region_name or "us-east-1"
+    params: dict[str, Any] = {"Bucket": bucket}
+    if target != "us-east-1":
+        params["CreateBucketConfiguration"] = {"LocationConstraint": target}
+    log.info("creating bucket %s in %s", bucket, target)
+    try:
+        client.create_bucket(**params)
+    except bexc.ClientError as exc:
+        if error_code(exc) in ("BucketAlreadyOwnedByYou",):
+            return False
+        if error_code(exc) == "BucketAlreadyExists":
+            raise S3Error(f"bucket name {bucket} is taken by another account: choose another -b") from None
+        raise s3_error(exc, "create bucket", bucket) from None
+    except bexc.BotoCoreError as exc:
+        raise s3_error(exc, "create bucket", bucket) from None
+    return True
+
+
+def list_objects(client: Any, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
+    """key → (size, ETag without quotes) for every key under ``prefix``, across all pages."""
+    found: dict[str, tuple[int, str]] = {}
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                found[obj["Key"]] = (int(obj["Size"]), str(obj.get("ETag", "")).strip('"').lower())
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        raise s3_error(exc, "list", bucket, prefix or None) from None
+    return found
+
+
+# --------------------------------------------------------------------------- object transfer
+
+
+def put_bytes(client: Any, bucket: str, key: str, data: bytes, *, md5: bytes | None = None,
+              acl: str | None = DEFAULT_ACL, attempts: int = DEFAULT_ATTEMPTS) -> str:
+    """One PUT with Content-MD5 and the canned ACL; returns the ETag (== hex MD5)."""
+    md5 = md5 or hashlib.md5(data).digest()
+    content_md5 = base64.b64encode(md5).decode("ascii")
+    params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": data, "ContentMD5": content_md5}
+    if acl:
+        params["ACL"] = acl
+
+    def attempt() -> str:
+        resp = client.put_object(**params)
+        etag = str(resp.get("ETag", "")).strip('"').lower()
+        # SSE-KMS objects have a non-MD5 ETag; S3 has already checked Content-MD5 then.
+        if etag != md5.hex() and resp.get("ServerSideEncryption") != "aws:kms" and "-" not in etag:
+            raise _Corrupt(f"ETag {etag} is not the MD5 {md5.hex()} of what was sent")
+        return etag
+
+    try:
+        return _with_attempts(attempt, attempts, f"upload s3://{bucket}/{key}")
+    except _Corrupt as exc:
+        raise IntegrityError(f"upload s3://{bucket}/{key}: {exc}; check memory/network") from None
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        raise s3_error(exc, "upload", bucket, key, acl=acl) from None
+
+
+def _get_raw(client: Any, bucket: str, key: str, limit: int, what: str) -> bytes:
+    """GetObject and read the body; botocore/transport exceptions propagate untranslated so
+    that ``_with_attempts`` can retry a reset or truncated body."""
+    resp = client.get_object(Bucket=bucket, Key=key)
+    body = resp["Body"]
+    try:
+        length = int(resp.get("ContentLength", 0))
+        if length > limit:
+            raise IntegrityError(f"{what} s3://{bucket}/{key} is {length} bytes, more than the {limit}-byte limit")
+        data = body.read(limit + 1)
+    finally:
+        body.close()
+    if len(data) > limit:
+        raise IntegrityError(f"{what} s3://{bucket}/{key} is larger than the {limit}-byte limit")
+    return data
+
+
+def _translate_get(exc: BaseException, bucket: str, key: str, what: str) -> BundlerError:
+    if error_code(exc) in ("NoSuchKey", "404"):
+        return PartMissingError(f"{what} s3://{bucket}/{key} does not exist")
+    return s3_error(exc, "download", bucket, key)
+
+
+def get_bytes(client: Any, bucket: str, key: str, *, limit: int, what: str = "object",
+              attempts: int = DEFAULT_ATTEMPTS) -> bytes:
+    try:
+        return _with_attempts(lambda: _get_raw(client, bucket, key, limit, what), attempts,
+                              f"download s3://{bucket}/{key}")
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        raise _translate_get(exc, bucket, key, what) from None
+
+
+def fetch_manifest(client: Any, bucket: str, key: str, *, cap: int = MANIFEST_SIZE_CAP) -> bytes:
+    """The manifest object's bytes (capped: a manifest is a few KiB; anything huge is hostile)."""
+    try:
+        return get_bytes(client, bucket, key, limit=cap, what="manifest")
+    except PartMissingError:
+        raise ManifestError(f"manifest s3://{bucket}/{key} does not exist: check -b/-m/-p "
+                            "(the manifest is uploaded last; an interrupted upload has none)") from None
+    except IntegrityError as exc:
+        raise ManifestError(str(exc)) from None
+
+
+def _fetch_part(client: Any, bucket: str, key: str, entry: PartEntry, attempts: int) -> bytes:
+    """A part's bytes, SHA-1 checked against the manifest; at least one retry on mismatch."""
+    what = f"part {entry.filename}"
+
+    def attempt() -> bytes:
+        data = _get_raw(client, bucket, key, MAX_PART_BYTES, what)
+        digest = hashlib.sha1(data).hexdigest()
+        if digest != entry.digest.lower():
+            raise _Corrupt(f"SHA-1 {digest}, manifest says {entry.digest}")
+        return data
+
+    try:
+        return _with_attempts(attempt, max(2, attempts), f"download {what}")
+    except _Corrupt as exc:
+        raise IntegrityError(f"part {entry.filename} (index {entry.index}) in s3://{bucket}/{key} "
+                             f"does not match the manifest: {exc}; the bundle in S3 is damaged or from "
+                             "another bundle: re-upload it") from None
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        err = _translate_get(exc, bucket, key, what)
+        if isinstance(err, PartMissingError):
+            prefix = key[: len(key) - len(entry.filename)]
+            err = PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from "
+                                   f"s3://{bucket}/{prefix}")
+        raise err from None
+
+
+# --------------------------------------------------------------------------- the pool
+
+
+class _Pool:
+    """A bounded thread pool: ``submit`` blocks while ``limit`` tasks are pending, the first
+    failure is kept and re-raised by the next ``submit``/``join`` (s3transfer's model)."""
+
+    def __init__(self, jobs: int, limit: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="ami-bundler-s3")
+        self._slots = threading.BoundedSemaphore(limit)
+        self._futures: list[Future[Any]] = []
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def _done(self, fut: Future[Any]) -> None:
+        self._slots.release()
+        if not fut.cancelled() and fut.exception() is not None:
+            with self._lock:
+                if self._error is None:
+                    self._error = fut.exception()
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        self.check()
+        self._slots.acquire()
+        try:
+            self.check()
+        except BaseException:
+            self._slots.release()
+            raise
+        fut = self._executor.submit(fn, *args)
+        self._futures.append(fut)
+        fut.add_done_callback(self._done)
+        return fut
+
+    def join(self) -> None:
+        """Wait for everything; on the first failure cancel what has not started and raise it."""
+        done, pending = wait(self._futures, return_when=FIRST_EXCEPTION)
+        if pending:
+            for fut in pending:
+                fut.cancel()
+            wait(pending)
+        self.check()
+        for fut in self._futures:
+            if not fut.cancelled() and fut.exception() is not None:
+                raise fut.exception()  # type: ignore[misc]
+
+    def shutdown(self, *, cancel: bool) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=cancel)
+
+
+def run_parallel(tasks: Sequence[Callable[[], T]], jobs: int) -> list[T]:
+    """Run callables on ``jobs`` threads; results in order; the first failure cancels the rest."""
+    if not tasks:
+        return []
+    if jobs <= 1 or len(tasks) == 1:
+        return [task() for task in tasks]
+    pool = _Pool(jobs, max(jobs * 2, 1))
+    futures: list[Future[T]] = []
+    try:
+        for task in tasks:
+            futures.append(pool.submit(task))
+        pool.join()
+    except BaseException:
+        pool.shutdown(cancel=True)
+        raise
+    pool.shutdown(cancel=False)
+    return [fut.result() for fut in futures]
+
+
+# --------------------------------------------------------------------------- upload-bundle
+
+
+@dataclass
+class LocalPart:
+    entry: PartEntry
+    path: Path
+    size: int
+    md5: bytes
+
+
+@dataclass
+class UploadResult:
+    bucket: str
+    prefix: str
+    manifest_key: str | None
+    image_location: str
+    parts_total: int
+    parts_uploaded: int
+    parts_skipped: int
+    bytes_uploaded: int
+    bucket_created: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "bucket": self.bucket, "prefix": self.prefix, "manifest_key": self.manifest_key,
+            "image_location": self.image_location, "parts": self.parts_total,
+            "parts_uploaded": self.parts_uploaded, "parts_skipped": self.parts_skipped,
+            "bytes_uploaded": self.bytes_uploaded, "bucket_created": self.bucket_created,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def read_local_manifest(path: Path) -> ParsedManifest:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"manifest {path} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read manifest {path}: {exc.strerror}") from None
+    if len(data) > MANIFEST_SIZE_CAP:
+        raise ManifestError(f"{path} is {len(data)} bytes: too large to be a manifest")
+    return parse_manifest(data, source=str(path))
+
+
+def verify_local_parts(parsed: ParsedManifest, directory: Path, *, jobs: int = DEFAULT_JOBS) -> list[LocalPart]:
+    """Every part file exists and its SHA-1 is the manifest's — checked before anything goes up."""
+    manifest = parsed.manifest
+    entries = sorted(manifest.parts, key=lambda e: e.index)
+
+    def check(entry: PartEntry) -> LocalPart:
+        path = directory / entry.filename
+        sha1, md5, size = hashlib.sha1(), hashlib.md5(), 0
+        try:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    sha1.update(chunk)
+                    md5.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from {directory}: "
+                                   "pass -d with the bundle directory") from None
+        except OSError as exc:
+            raise IntegrityError(f"cannot read part {path}: {exc.strerror}") from None
+        if sha1.hexdigest() != entry.digest.lower():
+            raise IntegrityError(
+                f"local part {path} does not match {parsed.source} (SHA-1 {sha1.hexdigest()}, manifest says "
+                f"{entry.digest}): the directory holds another bundle's parts; re-bundle or fix -d/-m"
+            )
+        return LocalPart(entry, path, size, md5.digest())
+
+    parts = run_parallel([lambda e=e: check(e) for e in entries], jobs)
+    total = sum(p.size for p in parts)
+    if total != manifest.bundled_size:
+        raise IntegrityError(f"local parts hold {total} bytes but {parsed.source} says bundled_size "
+                             f"{manifest.bundled_size}: re-bundle")
+    return parts
+
+
+def upload_bundle(
+    client: Any,
+    location: S3Location,
+    manifest_path: Path,
+    *,
+    directory: Path | None = None,
+    acl: str = DEFAULT_ACL,
+    jobs: int = DEFAULT_JOBS,
+    attempts: int = DEFAULT_ATTEMPTS,
+    start_part: int | None = None,
+    skip_manifest: bool = False,
+    resume: bool = True,
+    progress: ProgressListener = NULL_PROGRESS,
+) -> UploadResult:
+    """Upload a local bundle: verify parts, skip intact ones already in S3, PUT the rest in
+    parallel, then the manifest last (spec §6.6). The bucket must exist (see ensure_bucket)."""
+    started = time.monotonic()
+    manifest_path = Path(manifest_path)
+    parsed = read_local_manifest(manifest_path)
+    directory = Path(directory) if directory is not None else manifest_path.parent
+    parts = verify_local_parts(parsed, directory, jobs=jobs)
+
+    wanted = [p for p in parts if start_part is None or p.entry.index >= start_part]
+    skipped_by_flag = len(parts) - len(wanted)
+    existing: dict[str, tuple[int, str]] = {}
+    if resume and wanted:
+        common = os.path.commonprefix([location.key(p.entry.filename) for p in wanted])
+        existing = list_objects(client, location.bucket, common)
+    todo: list[LocalPart] = []
+    for part in wanted:
+        have = existing.get(location.key(part.entry.filename))
+        if have == (part.size, part.md5.hex()):
+            log.info("skipping %s: already in S3 with the same size and MD5", part.entry.filename)
+        else:
+            todo.append(part)
+    resumed = len(wanted) - len(todo)
+    if resumed:
+        log.info("resuming: %d of %d parts are already in %s", resumed, len(wanted), location.url())
+
+    total = sum(p.size for p in todo)
+    progress.start("upload", total)
+
+    def send(part: LocalPart) -> int:
+        data = part.path.read_bytes()
+        md5 = hashlib.md5(data).digest()
+        if md5 != part.md5:
+            raise IntegrityError(f"part {part.path} changed while uploading: re-bundle and re-run")
+        put_bytes(client, location.bucket, location.key(part.entry.filename), data, md5=md5,
+                  acl=acl, attempts=attempts)
+        progress.advance("upload", len(data))
+        return len(data)
+
+    try:
+        run_parallel([lambda p=p: send(p) for p in todo], jobs)
+        manifest_key = None
+        if not skip_manifest:
+            manifest_key = location.key(manifest_path.name)
+            put_bytes(client, location.bucket, manifest_key, parsed.raw, acl=acl, attempts=attempts)
+    finally:
+        progress.finish("upload")
+    return UploadResult(
+        bucket=location.bucket,
+        prefix=location.prefix,
+        manifest_key=manifest_key,
+        image_location=location.image_location(manifest_path.name),
+        parts_total=len(parts),
+        parts_uploaded=len(todo),
+        parts_skipped=resumed + skipped_by_flag,
+        bytes_uploaded=total,
+        seconds=time.monotonic() - started,
+    )
+
+
+# --------------------------------------------------------------------------- S3Sink
+
+
+class S3Sink:
+    """PartSink that PUTs parts as they are cut: a bounded queue in front of parallel PUTs.
+
+    ``put_part`` blocks while ``2 * jobs`` parts are in flight (so memory stays bounded at about
+    that many 10 MiB parts), a failed PUT surfaces at the next ``put_part``/``commit``, and
+    ``abort`` removes everything this sink created.
+    """
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "", *, acl: str = DEFAULT_ACL,
+                 jobs: int = DEFAULT_JOBS, attempts: int = DEFAULT_ATTEMPTS,
+                 progress: ProgressListener = NULL_PROGRESS) -> None:
+        self.client = client
+        self.location = S3Location(bucket, prefix)
+        self.acl = acl
+        self.jobs = max(1, jobs)
+        self.attempts = attempts
+        self.progress = progress
+        self._pool: _Pool | None = None
+        self._name = ""
+        self._max_parts = 0
+        self._keys: dict[int, str] = {}
+        self._created: set[str] = set()
+        self._created_lock = threading.Lock()
+        self.bytes_uploaded = 0
+        self.manifest_key: str | None = None
+
+    def describe(self) -> str:
+        return self.location.url()
+
+    def begin(self, name: str, max_parts: int) -> None:
+        self._name = name
+        self._max_parts = max_parts
+        self._pool = _Pool(self.jobs, self.jobs * 2)
+        self.progress.start("upload", None)
+
+    def _put(self, key: str, part: Part) -> None:
+        put_bytes(self.client, self.location.bucket, key, part.data, md5=part.md5, acl=self.acl,
+                  attempts=self.attempts)
+        with self._created_lock:
+            self._created.add(key)
+            self.bytes_uploaded += len(part.data)
+        self.progress.advance("upload", len(part.data))
+
+    def put_part(self, part: Part) -> None:
+        assert self._pool is not None, "begin() not called"
+        key = self.location.key(provisional_name(self._name, part.index, self._max_parts))
+        self._keys[part.index] = key
+        self._pool.submit(self._put, key, part)
+
+    def _copy(self, source: str, target: str) -> None:
+        def attempt() -> None:
+            resp = self.client.copy_object(
+                Bucket=self.location.bucket, Key=target, ACL=self.acl, MetadataDirective="COPY",
+                CopySource={"Bucket": self.location.bucket, "Key": source},
+            )
+            with self._created_lock:
+                self._created.add(target)
+            etag = str(resp.get("CopyObjectResult", {}).get("ETag", "")).strip('"')
+            log.debug("copied %s → %s (ETag %s)", source, target, etag)
+
+        try:
+            _with_attempts(attempt, self.attempts, f"copy s3://{self.location.bucket}/{source}")
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise s3_error(exc, "copy to", self.location.bucket, target, acl=self.acl) from None
+
+    def commit(self, names: Sequence[str], manifest_name: str, manifest: bytes) -> None:
+        assert self._pool is not None, "begin() not called"
+        try:
+            self._pool.join()
+        finally:
+            self._pool.shutdown(cancel=True)
+        if len(names) != len(self._keys):
+            raise S3Error(f"internal error: {len(self._keys)} parts uploaded, {len(names)} named")
+        renames = [(self._keys[i], self.location.key(n)) for i, n in enumerate(names)
+                   if self._keys[i] != self.location.key(n)]
+        if renames:
+            # The final index width is only known now; server-side copies are cheap and
+            # keep the bytes off this machine.
+            log.info("renaming %d parts to their final names", len(renames))
+            run_parallel([lambda s=s, t=t: self._copy(s, t) for s, t in renames], self.jobs)
+            stale = [s for s, _ in renames]
+            delete_keys(self.client, self.location.bucket, stale, attempts=self.attempts)
+            with self._created_lock:
+                self._created.difference_update(stale)
+        self.manifest_key = self.location.key(manifest_name)
+        put_bytes(self.client, self.location.bucket, self.manifest_key, manifest, acl=self.acl,
+                  attempts=self.attempts)
+        with self._created_lock:
+            self._created.add(self.manifest_key)
+        self.progress.finish("upload")
+
+    def abort(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel=True)
+        self.progress.finish("upload")
+        with self._created_lock:
+            keys = sorted(self._created)
+            self._created.clear()
+        if not keys:
+            return
+        try:
+            delete_keys(self.client, self.location.bucket, keys, attempts=self.attempts)
+        except BundlerError as exc:
+            log.warning("could not remove the partial upload from %s: %s", self.location.url(), exc)
+
+
+# --------------------------------------------------------------------------- S3PartSource
+
+
+class S3PartSource:
+    """PartSource reading parts from S3: a bounded window of parts fetched in parallel, yielded in
+    order, each SHA-1 checked (one retry on mismatch). Memory: about ``window`` parts."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "", *, jobs: int = 4,
+                 window: int | None = None, attempts: int = DEFAULT_ATTEMPTS) -> None:
+        self.client = client
+        self.location = S3Location(bucket, prefix)
+        self.jobs = max(1, jobs)
+        self.window = max(1, window or self.jobs + 2)
+        self.attempts = attempts
+
+    def describe(self) -> str:
+        return self.location.url()
+
+    def check_present(self, entries: Sequence[PartEntry]) -> None:
+        if not entries:
+            return
+        keys = [self.location.key(e.filename) for e in entries]
+        existing = list_objects(self.client, self.location.bucket, os.path.commonprefix(keys))
+        for entry, key in zip(entries, keys, strict=True):
+            if key not in existing:
+                raise PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from "
+                                       f"{self.location.url()}")
+
+    def iter_parts(self, entries: Sequence[PartEntry]) -> Iterator[tuple[PartEntry, Iterable[bytes]]]:
+        executor = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="ami-bundler-get")
+        pending: list[tuple[PartEntry, Future[bytes]]] = []
+        todo = iter(entries)
+
+        def fill() -> None:
+            while len(pending) < self.window:
+                entry = next(todo, None)
+                if entry is None:
+                    return
+                pending.append((entry, executor.submit(
+                    _fetch_part, self.client, self.location.bucket, self.location.key(entry.filename),
+                    entry, self.attempts)))
+
+        try:
+            fill()
+            while pending:
+                entry, fut = pending.pop(0)
+                data = fut.result()
+                fill()
+                yield entry, (data,)
+        finally:
+            # A consumer that stops early (error, Ctrl-C) must not leave downloads running.
+            for _, fut in pending:
+                fut.cancel()
+            executor.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- download-bundle
+
+
+@dataclass
+class DownloadResult:
+    directory: Path
+    manifest_path: Path
+    plaintext_path: Path | None
+    name: str
+    parts: int
+    parts_downloaded: int
+    parts_skipped: int
+    bytes_downloaded: int
+    verified_signature: bool
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "directory": str(self.directory), "manifest": str(self.manifest_path),
+            "plaintext_manifest": str(self.plaintext_path) if self.plaintext_path else None,
+            "name": self.name, "parts": self.parts, "parts_downloaded": self.parts_downloaded,
+            "parts_skipped": self.parts_skipped, "bytes_downloaded": self.bytes_downloaded,
+            "signature_verified": self.verified_signature, "seconds": round(self.seconds, 3),
+        }
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise OutputError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _local_part_ok(path: Path, entry: PartEntry) -> bool:
+    sha1 = hashlib.sha1()
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                sha1.update(chunk)
+    except OSError:
+        return False
+    return sha1.hexdigest() == entry.digest.lower()
+
+
+def load_remote_manifest(client: Any, location: S3Location, manifest_name: str, *,
+                         private_key: Any = None) -> tuple[ParsedManifest, bytes, bytes | None]:
+    """Fetch and parse ``manifest_name``; legacy encrypted manifests are decrypted with
+    ``private_key``. Returns (parsed, raw object bytes, plaintext if it was encrypted)."""
+    key = location.key(manifest_name)
+    raw = fetch_manifest(client, location.bucket, key)
+    plaintext = None
+    data = raw
+    if is_encrypted(raw):
+        if private_key is None:
+            raise UsageError(f"{location.url(manifest_name)} is a legacy encrypted manifest: pass -k PRIVATEKEY")
+        from .keys import decrypt_legacy_manifest
+
+        plaintext = data = decrypt_legacy_manifest(raw, private_key)
+    return parse_manifest(data, source=location.url(manifest_name)), raw, plaintext
+
+
+def download_bundle(
+    client: Any,
+    location: S3Location,
+    manifest_name: str,
+    directory: Path,
+    *,
+    private_key: Any = None,
+    verify_key: Any = None,
+    jobs: int = DEFAULT_JOBS,
+    attempts: int = DEFAULT_ATTEMPTS,
+    progress: ProgressListener = NULL_PROGRESS,
+) -> DownloadResult:
+    """Download a bundle to ``directory``: manifest checked (signature when a key is given),
+    parts fetched in parallel, each written under a temporary name and renamed into place only
+    after its SHA-1 matched. Parts already present and intact are kept. Manifest written last."""
+    started = time.monotonic()
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise OutputError(f"download directory {directory} does not exist")
+    parsed, raw, plaintext = load_remote_manifest(client, location, manifest_name, private_key=private_key)
+    verified = False
+    if verify_key is not None:
+        from .keys import verify_manifest
+
+        verify_manifest(parsed, verify_key)
+        verified = True
+    manifest = parsed.manifest
+    entries = sorted(manifest.parts, key=lambda e: e.index)
+    for entry in entries:
+        if "/" in entry.filename or entry.filename in (".", ".."):
+            raise ManifestError(f"{parsed.source}: part name {entry.filename!r} is not a plain file name")
+    todo = [e for e in entries if not _local_part_ok(directory / e.filename, e)]
+    progress.start("download", manifest.bundled_size if len(todo) == len(entries) else None)
+
+    def fetch(entry: PartEntry) -> int:
+        data = _fetch_part(client, location.bucket, location.key(entry.filename), entry, attempts)
+        _write_atomic(directory / entry.filename, data)
+        progress.advance("download", len(data))
+        return len(data)
+
+    try:
+        sizes = run_parallel([lambda e=e: fetch(e) for e in todo], jobs)
+    finally:
+        progress.finish("download")
+    manifest_path = directory / manifest_name
+    _write_atomic(manifest_path, raw)
+    plaintext_path = None
+    if plaintext is not None:
+        plaintext_path = directory / f"{manifest_name}.plaintext"
+        _write_atomic(plaintext_path, plaintext)
+    return DownloadResult(directory, manifest_path, plaintext_path, manifest.name, len(entries), len(todo),
+                          len(entries) - len(todo), sum(sizes), verified, time.monotonic() - started)
+
+
+# --------------------------------------------------------------------------- delete-bundle
+
+
+def keys_from_manifest(location: S3Location, manifest_name: str, parsed: ParsedManifest) -> list[str]:
+    """Exactly the manifest object and the parts it names (document order), spec §6.8."""
+    keys = [location.key(e.filename) for e in parsed.manifest.parts]
+    keys.append(location.key(manifest_name))
+    return keys
+
+
+def keys_by_prefix(client: Any, location: S3Location, name: str) -> list[str]:
+    """Keys ``keyprefix+NAME`` followed by ``.part.N`` or ``.manifest[.xml]`` (all pages)."""
+    base = location.key(name)
+    selected = []
+    for key in sorted(list_objects(client, location.bucket, base)):
+        rest = key[len(base):]
+        if _PART_SUFFIX.match(rest) or _MANIFEST_SUFFIX.match(rest):
+            selected.append(key)
+    return selected
+
+
+def existing_keys(client: Any, bucket: str, keys: Sequence[str]) -> list[str]:
+    if not keys:
+        return []
+    found = list_objects(client, bucket, os.path.commonprefix(list(keys)))
+    return [k for k in keys if k in found]
+
+
+def delete_keys(client: Any, bucket: str, keys: Sequence[str], *, attempts: int = DEFAULT_ATTEMPTS) -> int:
+    """DeleteObjects in batches of 1000; per-key failures are reported, not ignored."""
+    deleted = 0
+    for start in range(0, len(keys), DELETE_BATCH):
+        batch = list(keys[start:start + DELETE_BATCH])
+
+        def attempt(batch: list[str] = batch) -> Any:
+            return client.delete_objects(Bucket=bucket, Delete={
+                "Objects": [{"Key": k} for k in batch], "Quiet": True})
+
+        try:
+            resp = _with_attempts(attempt, attempts, f"delete from s3://{bucket}")
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise s3_error(exc, "delete from", bucket) from None
+        errors = resp.get("Errors", [])
+        if errors:
+            first = errors[0]
+            raise S3Error(f"could not delete {len(errors)} object(s) from s3://{bucket}, e.g. "
+                          f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip())
+        deleted += len(batch)
+    return deleted
+
+
+def delete_bucket_if_empty(client: Any, bucket: str) -> bool:
+    try:
+        resp = client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+        if resp.get("KeyCount", 0) or resp.get("Contents"):
+            return False
+        client.delete_bucket(Bucket=bucket)
+    except bexc.ClientError as exc:
+        if error_code(exc) == "BucketNotEmpty":
+            return False
+        raise s3_error(exc, "delete bucket", bucket) from None
+    except bexc.BotoCoreError as exc:
+        raise s3_error(exc, "delete bucket", bucket) from None
+    return True
+
+
+@dataclass
+class DeletePlan:
+    bucket: str
+    keys: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def plan_delete(client: Any, location: S3Location, *, manifest: tuple[str, ParsedManifest] | None = None,
+                name: str | None = None) -> DeletePlan:
+    """Which keys a delete-bundle removes: from a manifest (name, parsed) or by NAME listing."""
+    if manifest is not None:
+        wanted = keys_from_manifest(location, manifest[0], manifest[1])
+        present = set(existing_keys(client, location.bucket, wanted))
+        return DeletePlan(location.bucket, [k for k in wanted if k in present],
+                          [k for k in wanted if k not in present])
+    if not name:
+        raise UsageError("delete-bundle needs -m MANIFEST or -p PREFIX")
+    return DeletePlan(location.bucket, keys_by_prefix(client, location, name))
+
+
+__all__ = [
+    "ACLS",
+    "BucketLocationError",
+    "DEFAULT_ACL",
+    "DEFAULT_JOBS",
+    "DeletePlan",
+    "DownloadResult",
+    "MANIFEST_SIZE_CAP",
+    "PART_SIZE",
+    "S3Location",
+    "S3PartSource",
+    "S3Sink",
+    "UploadResult",
+    "bucket_region",
+    "delete_bucket_if_empty",
+    "delete_keys",
+    "download_bundle",
+    "ensure_bucket",
+    "fetch_manifest",
+    "keys_by_prefix",
+    "keys_from_manifest",
+    "list_objects",
+    "load_remote_manifest",
+    "location_region",
+    "plan_delete",
+    "put_bytes",
+    "read_local_manifest",
+    "run_parallel",
+    "s3_error",
+    "split_manifest_location",
+    "upload_bundle",
+    "verify_local_parts",
+]

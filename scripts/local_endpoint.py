@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""A local S3 + EC2 endpoint (moto in server mode) on 127.0.0.1 with an ephemeral port.
+
+    python scripts/local_endpoint.py --print-env          # prints export lines, stays in the foreground
+    python scripts/local_endpoint.py --env-file env.sh &   # writes them once the server is ready
+
+    from local_endpoint import start_local_endpoint
+    url, stop = start_local_endpoint()
+
+The environment it prints points boto3 (and so ami-bundler) at the endpoint with fake
+credentials; nothing leaves 127.0.0.1. Stop with Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+READY_TIMEOUT = 15.0
+
+
+def _wait_ready(host: str, port: int, timeout: float = READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=2)
+            conn.request("GET", "/moto-api/")
+            status = conn.getresponse().status
+            conn.close()
+            if status < 500:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"moto server on {host}:{port} did not become ready in {timeout}s")
+
+
+def start_local_endpoint() -> tuple[str, Callable[[], None]]:
+    """Start moto on 127.0.0.1:<ephemeral> in this process; returns (url, stop)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    _wait_ready(host, port)
+    return f"http://{host}:{port}", server.stop
+
+
+def env_lines(url: str, region: str = "us-east-1") -> list[str]:
+    return [
+        f"export AWS_ENDPOINT_URL={url}",
+        "export AWS_ACCESS_KEY_ID=testing",
+        "export AWS_SECRET_ACCESS_KEY=testing",
+        f"export AWS_DEFAULT_REGION={region}",
+        "export AWS_EC2_METADATA_DISABLED=true",
+        "unset AWS_PROFILE AWS_SESSION_TOKEN",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--print-env", action="store_true", help="print export lines for a shell")
+    ap.add_argument("--env-file", type=Path, help="write the export lines to this file once ready")
+    ap.add_argument("--region", default="us-east-1")
+    args = ap.parse_args(argv)
+    url, stop = start_local_endpoint()
+    lines = env_lines(url, args.region)
+    if args.env_file:
+        tmp = args.env_file.with_name(args.env_file.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, args.env_file)  # appears only complete: callers can poll for it
+    if args.print_env:
+        print("\n".join(lines), flush=True)
+    else:
+        print(url, flush=True)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Integration fixtures for the S3/EC2 layer: a moto server on 127.0.0.1 (HTTP, server mode),
+fake credentials with no real AWS configuration read, keys, buckets, a fault proxy."""
+
+from __future__ import annotations
+
+import http.client
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from tests.support.faultproxy import FaultProxy
+
+READY_TIMEOUT = 15.0
+
+
+def _wait_ready(host: str, port: int, timeout: float = READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=2)
+            conn.request("GET", "/moto-api/")
+            if conn.getresponse().status < 500:
+                conn.close()
+                return
+        except OSError as exc:
+            last = exc
+    raise RuntimeError(f"moto server on {host}:{port} not ready after {timeout}s: {last}")
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    _wait_ready(host, port)
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Fake credentials; no ~/.aws files, no instance metadata, no proxies, no endpoint env."""
+    nowhere = tmp_path_factory.getbasetemp() / "no-aws-config"
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_REGION",
+                "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_EC2", "AWS_ROLE_ARN",
+                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy",
+                "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(nowhere / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture
+def endpoint(moto_server: str, aws_env: None) -> str:
+    return moto_server
+
+
+def plain_client(service: str, endpoint_url: str, region: str = "us-east-1"):
+    """A plain boto3 client for checking outcomes independently of bundler.aws."""
+    return boto3.client(service, endpoint_url=endpoint_url, region_name=region,
+                        aws_access_key_id="testing", aws_secret_access_key="testing",
+                        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}))
+
+
+@pytest.fixture
+def s3(endpoint: str):
+    return plain_client("s3", endpoint)
+
+
+@pytest.fixture
+def ec2(endpoint: str):
+    return plain_client("ec2", endpoint)
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def proxy(moto_server: str) -> Iterator[FaultProxy]:
+    with FaultProxy(moto_server) as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def user_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(private key, certificate) made once per session."""
+    from bundler import keys as keylib
+
+    d = tmp_path_factory.mktemp("keys")
+    key, cert = d / "user-key.pem", d / "user-cert.pem"
+    keylib.keygen(key, cert)
+    return key, cert
+
+
+@pytest.fixture(scope="session")
+def ec2_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from bundler import keys as keylib
+
+    d = tmp_path_factory.mktemp("ec2keys")
+    key, cert = d / "ec2-key.pem", d / "ec2-cert.pem"
+    keylib.keygen(key, cert)
+    return key, cert
+
+
+@pytest.fixture(scope="session")
+def signing_key(user_keys):
+    from bundler import keys as keylib
+
+    return keylib.load_private_key(user_keys[0])

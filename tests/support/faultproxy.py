@@ -1,0 +1,300 @@
+"""A small fault-injecting HTTP proxy for tests and benchmarks (127.0.0.1, ephemeral port).
+
+Clients use it as their endpoint (``--endpoint-url http://127.0.0.1:PORT``); it forwards each
+request to the upstream (moto server) and records it. Rules make matching requests fail:
+
+* ``status``   answer with an S3-style error (default 503 SlowDown) without forwarding
+* ``reset``    read part of the request body, then reset the TCP connection (RST)
+* ``delay``    sleep, then forward
+* ``truncate`` forward, then send only half of the response body and close
+* ``corrupt``  forward, then flip one byte of the response body
+
+Each rule applies to the first ``times`` matching requests (None: all). The log records
+method, path, query, status, selected headers and the highest number of concurrent requests.
+
+Run standalone: ``python -m tests.support.faultproxy --upstream URL [--delay S] [--bandwidth B/s]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import re
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
+               "transfer-encoding", "upgrade", "expect", "content-length"}
+_RECORDED_HEADERS = ("x-amz-acl", "content-md5", "content-length", "x-amz-copy-source", "range")
+
+
+@dataclass
+class Rule:
+    action: str
+    pattern: str = ".*"
+    method: str | None = None
+    times: int | None = 1
+    status: int = 503
+    code: str = "SlowDown"
+    delay: float = 0.0
+    hits: int = 0
+
+    def matches(self, method: str, target: str) -> bool:
+        if self.times is not None and self.hits >= self.times:
+            return False
+        if self.method and self.method.upper() != method.upper():
+            return False
+        return re.search(self.pattern, target) is not None
+
+
+@dataclass
+class Record:
+    method: str
+    path: str
+    query: str
+    status: int | None = None
+    action: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    body_prefix: bytes = b""
+    started: float = 0.0
+    ended: float = 0.0
+
+    @property
+    def key(self) -> str:
+        """The S3 key of a path-style request (``/bucket/key`` → ``key``)."""
+        parts = self.path.lstrip("/").split("/", 1)
+        return parts[1] if len(parts) > 1 else ""
+
+
+class FaultProxy:
+    def __init__(self, upstream: str, *, delay: float = 0.0, bandwidth: float | None = None) -> None:
+        split = urlsplit(upstream)
+        self.upstream_host = split.hostname or "127.0.0.1"
+        self.upstream_port = split.port or 80
+        self.delay = delay
+        self.bandwidth = bandwidth
+        self.rules: list[Rule] = []
+        self.log: list[Record] = []
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}
+        self._max_in_flight: dict[str, int] = {}
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> str:
+        proxy = self
+
+        class Handler(_Handler):
+            owner = proxy
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="faultproxy", daemon=True)
+        self._thread.start()
+        return self.url
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FaultProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def add_rule(self, action: str, pattern: str = ".*", *, method: str | None = None, times: int | None = 1,
+                 **kw: object) -> Rule:
+        rule = Rule(action, pattern, method, times, **kw)  # type: ignore[arg-type]
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        """Forget rules, the log and the concurrency counters."""
+        with self._lock:
+            self.rules.clear()
+            self.log.clear()
+            self._max_in_flight.clear()
+
+    def max_in_flight(self, method: str = "*") -> int:
+        with self._lock:
+            return self._max_in_flight.get(method, 0)
+
+    def requests(self, method: str | None = None, pattern: str = ".*") -> list[Record]:
+        with self._lock:
+            return [r for r in self.log if (method is None or r.method == method)
+                    and re.search(pattern, r.path + ("?" + r.query if r.query else ""))]
+
+    # ------------------------------------------------------------------ used by the handler
+
+    def _rule_for(self, method: str, target: str) -> Rule | None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.matches(method, target):
+                    rule.hits += 1
+                    return rule
+        return None
+
+    def _enter(self, method: str) -> None:
+        with self._lock:
+            for k in (method, "*"):
+                self._in_flight[k] = self._in_flight.get(k, 0) + 1
+                self._max_in_flight[k] = max(self._max_in_flight.get(k, 0), self._in_flight[k])
+
+    def _leave(self, method: str) -> None:
+        with self._lock:
+            for k in (method, "*"):
+                self._in_flight[k] -= 1
+
+    def _record(self, record: Record) -> None:
+        with self._lock:
+            self.log.append(record)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FaultProxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep test output quiet
+        pass
+
+    def _handle(self) -> None:
+        proxy = self.owner
+        method = self.command
+        split = urlsplit(self.path)
+        record = Record(method, split.path, split.query, started=time.monotonic(),
+                        headers={h: self.headers[h] for h in _RECORDED_HEADERS if self.headers.get(h)})
+        proxy._enter(method)
+        done = False
+
+        def finish() -> None:
+            # Record before the last byte goes out: a client that got its response must
+            # find the request in the log.
+            nonlocal done
+            if not done:
+                done = True
+                record.ended = time.monotonic()
+                proxy._leave(method)
+                proxy._record(record)
+
+        try:
+            rule = proxy._rule_for(method, self.path)
+            record.action = rule.action if rule else None
+            length = int(self.headers.get("Content-Length") or 0)
+            if rule and rule.action == "reset":
+                self.rfile.read(length // 2)
+                finish()
+                self._reset()
+                return
+            body = self.rfile.read(length) if length else b""
+            record.body_prefix = body[:4096] if "amazonaws" not in split.path else b""
+            if proxy.bandwidth:
+                time.sleep(len(body) / proxy.bandwidth)
+            if proxy.delay:
+                time.sleep(proxy.delay)
+            if rule and rule.action == "delay":
+                time.sleep(rule.delay)
+            if rule and rule.action == "status":
+                payload = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{rule.code}</Code>"
+                           f"<Message>injected by faultproxy</Message></Error>").encode()
+                record.status = rule.status
+                finish()
+                self._send(rule.status, [("Content-Type", "application/xml")], payload, method)
+                return
+            status, headers, data = self._forward(method, body)
+            record.status = status
+            if rule and rule.action == "corrupt" and data:
+                data = data[:-1] + bytes([data[-1] ^ 0xFF])
+            if rule and rule.action == "truncate" and data:
+                finish()
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self._reset()
+                return
+            finish()
+            self._send(status, headers, data, method)
+        finally:
+            finish()
+
+    def _forward(self, method: str, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        proxy = self.owner
+        conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=120)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            headers["Content-Length"] = str(len(body))
+            conn.request(method, self.path, body=body if body or method in ("PUT", "POST") else None,
+                         headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
+            if method == "HEAD":
+                cl = resp.getheader("Content-Length")
+                if cl is not None:
+                    out.append(("Content-Length", cl))
+            return resp.status, out, data
+        finally:
+            conn.close()
+
+    def _send(self, status: int, headers: list[tuple[str, str]], data: bytes, method: str) -> None:
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        if method != "HEAD":
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if method != "HEAD" and data:
+            self.wfile.write(data)
+
+    def _reset(self) -> None:
+        # SO_LINGER 0 turns close() into a TCP RST: the client sees "connection reset".
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        except OSError:
+            pass
+        self.close_connection = True
+
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--upstream", required=True)
+    ap.add_argument("--delay", type=float, default=0.0, help="seconds added to every request")
+    ap.add_argument("--bandwidth", type=float, help="bytes/s per request body (simulates a per-stream WAN limit)")
+    args = ap.parse_args(argv)
+    proxy = FaultProxy(args.upstream, delay=args.delay, bandwidth=args.bandwidth)
+    print(proxy.start(), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    proxy.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
