@@ -89,7 +89,7 @@ def main() -> int:
         shutil.rmtree(rootfs, ignore_errors=True)
         planted = make_rootfs(rootfs)
         print(f"{rootfs}: {sum(1 for _ in rootfs.rglob('*'))} entries; planted secrets: "
-              + ", ".join(planted.get("must_exclude", [])))
+              + ", ".join(planted.get("filtered", [])))
 
         step("bundle-vol: root filesystem → ext4 image → bundle (no loop devices, no mounts)")
         out = work / "bundle"
@@ -97,9 +97,9 @@ def main() -> int:
         out.mkdir()
         vol = run("bundle-vol", "-v", rootfs, "-d", out, "-p", "demo", "--keep-image", "--generate-fstab",
                   "--no-inherit", *sign, "--json", env=env, capture_json=True)
-        image = out / "demo"
-        print(f"image {image} ({image.stat().st_size} bytes), {len(vol['parts'])} part(s), "
-              f"{vol.get('excluded_count', '?')} path(s) left out")
+        image = Path(vol["image"])
+        print(f"image {image} ({image.stat().st_size} bytes, ext4 {vol['uuid']}), "
+              f"{len(vol['bundle']['parts'])} part(s); {vol['entries']} entries kept, {vol['excluded']} left out")
 
         step("install: bundle the image, stream parts to S3, register the AMI — one run, no parts on disk")
         installed = run("install", "-i", image, "-p", "demo", *sign, "-b", f"{BUCKET}/amis", "-n", "ami-bundler-demo",
@@ -115,15 +115,17 @@ def main() -> int:
         ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=url, aws_access_key_id="demo",
                            aws_secret_access_key="demo")
         described = ec2.describe_images(ImageIds=[ami])["Images"][0]
-        for key in ("ImageId", "Name", "ImageLocation", "Architecture", "RootDeviceType", "State"):
+        for key in ("ImageId", "Name", "Description", "RootDeviceType", "State"):
             print(f"  {key:15} {described.get(key)}")
+        for tag in described.get("Tags", []):
+            print(f"  tag             {tag['Key']}={tag['Value']}")
 
         step("unbundle straight from S3 and compare with the image")
         restored = work / "restored"
         shutil.rmtree(restored, ignore_errors=True)
         restored.mkdir()
         run("unbundle", "--from-s3", "-m", location, "-k", keys / "user-key.pem", "-d", restored, env=env)
-        same = filecmp.cmp(image, restored / "demo", shallow=False)
+        same = filecmp.cmp(image, restored / image.name, shallow=False)
         print(f"restored image identical to the bundled one: {same}")
         if not same:
             raise SystemExit("demo: the restored image differs")
