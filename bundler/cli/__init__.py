@@ -18,7 +18,7 @@ from .common import Printer, add_global_options
 
 log = logging.getLogger("bundler.cli")
 
-COMMAND_MODULES = ("core", "aws", "vol")
+COMMAND_MODULES = ("core", "aws", "vol", "regions")
 
 
 def build_parser(prog: str = "ami-bundler") -> argparse.ArgumentParser:
@@ -112,3 +112,11 @@ def ec2_download_bundle() -> None:
 
 def ec2_delete_bundle() -> None:
     sys.exit(_classic("delete-bundle", "ec2-delete-bundle"))
+
+
+def ec2_migrate_manifest() -> None:
+    sys.exit(_classic("migrate-manifest", "ec2-migrate-manifest"))
+
+
+def ec2_migrate_bundle() -> None:
+    sys.exit(_classic("copy-bundle", "ec2-migrate-bundle"))
