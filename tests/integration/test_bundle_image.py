@@ -220,3 +220,37 @@ def test_classic_entry_point_and_no_traceback(tmp_path, user_key_pair, ec2_key_p
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"ec2-bundle-image: error: image {missing} does not exist"
+
+
+def test_region_selects_the_ec2_certificate(tmp_path, user_key_pair, ec2_key_pair, monkeypatch, capsys):
+    from tests.conftest import make_key_pair
+
+    china = make_key_pair(tmp_path, "china-ec2")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "cert-ec2.pem").write_bytes(ec2_key_pair.cert_path.read_bytes())
+    (certs / "cert-ec2-cn-north-1.pem").write_bytes(china.cert_path.read_bytes())
+    image = tmp_path / "r.img"
+    image.write_bytes(os.urandom(1000))
+    for region, pair, env in (("cn-north-1", china, False), ("eu-west-1", ec2_key_pair, True)):
+        dest = tmp_path / region
+        dest.mkdir()
+        if env:
+            monkeypatch.setenv("AMI_BUNDLER_EC2_CERT_DIR", str(certs))
+            where = []
+        else:
+            where = ["--ec2cert-dir", str(certs)]
+        run_cli("bundle-image", "-i", image, "-c", user_key_pair.cert_path, "-k", user_key_pair.key_path,
+                "-u", "123456789012", "-d", dest, "-r", "x86_64", "--region", region, "-q", *where)
+        xml = (dest / "r.img.manifest.xml").read_text()
+        assert openssl_unwrap(pair.key_path, field(xml, "ec2_encrypted_key")) == \
+            openssl_unwrap(user_key_pair.key_path, field(xml, "user_encrypted_key"))
+    monkeypatch.delenv("AMI_BUNDLER_EC2_CERT_DIR")
+    monkeypatch.delenv("EC2_AMITOOL_HOME", raising=False)
+    monkeypatch.delenv("EC2_HOME", raising=False)
+    capsys.readouterr()
+    code = main(["bundle-image", "-i", str(image), "-c", str(user_key_pair.cert_path), "-k", str(user_key_pair.key_path),
+                 "-u", "123456789012", "-d", str(tmp_path), "-r", "x86_64", "--region", "us-gov-west-1",
+                 "--ec2cert-dir", str(certs)])
+    err = capsys.readouterr().err
+    assert code != 0 and "cert-ec2-gov.pem" in err and str(certs) in err and "--ec2cert" in err
