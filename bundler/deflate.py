@@ -232,6 +232,28 @@ def _gzip_header(settings: CompressionSettings) -> bytes:
     return _GZIP_MAGIC + bytes([8, 0, 0, 0, 0, 0, xfl, _OS_UNIX])
 
 
+#: Levels at or above this search hard for matches: worth skipping on incompressible blocks.
+_SLOW_LEVEL = 4
+_SAMPLE = 16 * 1024
+_FAST_MODULE: ModuleType = _isal or _zlib_ng or zlib
+
+
+def _looks_incompressible(block: bytes | bytearray) -> bool:
+    """Whether three samples of the block (start, middle, end) all fail to shrink by 3%.
+
+    The decision depends only on the block's bytes, so output stays deterministic
+    whatever order the threads finish in.
+    """
+    if len(block) < 4 * _SAMPLE:
+        return False
+    view = memoryview(block)
+    for start in (0, len(block) // 2, len(block) - _SAMPLE):
+        piece = view[start:start + _SAMPLE]
+        if len(_FAST_MODULE.compress(piece, level=1, wbits=-15)) < _SAMPLE * 0.97:
+            return False
+    return True
+
+
 def _compress_block(
     module: ModuleType, level: int, block: bytes | bytearray, zdict: bytes, last: bool
 ) -> tuple[bytes, int]:
@@ -243,6 +265,10 @@ def _compress_block(
     Non-final blocks end with a sync flush so the next fragment starts on a
     byte boundary and no final-block bit is set; the last one with Z_FINISH.
     """
+    if level >= _SLOW_LEVEL and _looks_incompressible(block):
+        # Random or already-compressed data (encrypted volumes, packed archives) gains
+        # nothing from lazy matching; the fastest deflate stores it at the same size.
+        module, level = _FAST_MODULE, 1
     if zdict:
         comp = module.compressobj(level, zlib.DEFLATED, -15, zdict=zdict)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import random
 import shutil
 import subprocess
@@ -535,3 +536,20 @@ def test_crc32_combine_fallback_matches() -> None:
     a, b = _random(1000, seed=30), _random(3_000_000, seed=31)
     assert deflate._crc32_combine_py(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
     assert deflate._crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+def test_incompressible_blocks_take_the_fast_path():
+    from bundler.deflate import _looks_incompressible
+
+    random_block = os.urandom(1 << 20)
+    text_block = b"".join(b"word %d " % i for i in range(150_000))[: 1 << 20]
+    half = os.urandom(1 << 19) + bytes(1 << 19)  # the middle and end samples are zeros
+    assert _looks_incompressible(random_block)
+    assert not _looks_incompressible(text_block)
+    assert not _looks_incompressible(half)
+    assert not _looks_incompressible(os.urandom(1000))  # too small to judge
+    out: list[bytes] = []
+    writer = ParallelGzipWriter(out.append, compression_settings("best"))
+    writer.write(random_block + text_block)
+    writer.close()
+    assert gzip.decompress(b"".join(out)) == random_block + text_block

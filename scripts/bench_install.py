@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Streaming ``install`` vs ``bundle-image`` followed by ``upload-bundle``, measured in one run.
+
+    python scripts/bench_install.py [--image /tmp/corpus/random-512M.img] [--delay 0.02] [--bandwidth 16]
+
+A local moto server and a proxy adding per-request latency (and a per-stream bandwidth cap,
+standing in for a WAN) run in their own processes on 127.0.0.1. The three commands run as
+child processes; the report gives each wall time, install / (bundle + upload) (target ≤ 0.6)
+and install's peak RSS (target < 300 MiB whatever the image size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_upload import MIB, start  # noqa: E402
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise SystemExit(f"failed: {' '.join(cmd[3:6])} …\n{err}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--image", type=Path, default=Path("/tmp/corpus/random-512M.img"))
+    ap.add_argument("--delay", type=float, default=0.020)
+    ap.add_argument("--bandwidth", type=float, default=16.0, help="MiB/s per request stream; 0 = unlimited")
+    ap.add_argument("--jobs", type=int, default=8)
+    ap.add_argument("--compression", default="default")
+    args = ap.parse_args()
+    if not args.image.exists():
+        raise SystemExit(f"{args.image} not found: run ../shared/bench/make-corpus.sh or pass --image")
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
+    nowhere = tempfile.mkdtemp(prefix="bench-noaws-")
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+               AWS_CONFIG_FILE=f"{nowhere}/config", AWS_SHARED_CREDENTIALS_FILE=f"{nowhere}/credentials",
+               AWS_EC2_METADATA_DISABLED="true", PYTHONPATH=str(ROOT))
+    moto, moto_url = start([sys.executable, "scripts/local_endpoint.py"], env)
+    proxy_cmd = [sys.executable, "-m", "tests.support.faultproxy", "--upstream", moto_url, "--delay", str(args.delay)]
+    if args.bandwidth > 0:
+        proxy_cmd += ["--bandwidth", str(args.bandwidth * MIB)]
+    proxy, proxy_url = start(proxy_cmd, env)
+    cli = [sys.executable, "-m", "bundler"]
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-install-") as tmp:
+            work = Path(tmp)
+            for who in ("user", "ec2"):
+                subprocess.run([*cli, "keygen", "--key", str(work / f"{who}-key.pem"), "--cert",
+                                str(work / f"{who}-cert.pem")], check=True, capture_output=True, env=env)
+            sign = ["-c", str(work / "user-cert.pem"), "-k", str(work / "user-key.pem"), "-u", "123456789012",
+                    "--ec2cert", str(work / "ec2-cert.pem"), "-r", "x86_64", "--compression", args.compression]
+            s3 = ["--endpoint-url", proxy_url, "--jobs", str(args.jobs)]
+            out = work / "bundle"
+            out.mkdir()
+            subprocess.run(["cat", str(args.image)], stdout=subprocess.DEVNULL, check=True)
+            b_time, b_rss = timed([*cli, "bundle-image", "-i", str(args.image), "-p", "bench", "-d", str(out), *sign, "-q"], env)
+            u_time, u_rss = timed([*cli, "upload-bundle", "-b", "bench-separate/amis", "-m", str(out / "bench.manifest.xml"),
+                                   *s3, "-q"], env)
+            i_time, i_rss = timed([*cli, "install", "-i", str(args.image), "-p", "bench", *sign, "-b", "bench-stream/amis",
+                                   "-n", "bench", *s3, "-q"], env)
+            size = sum(p.stat().st_size for p in out.glob("bench.part.*"))
+            print(f"image {args.image} ({args.image.stat().st_size / MIB:.0f} MiB), bundle {size / MIB:.0f} MiB; "
+                  f"{args.delay * 1000:.0f} ms/request, "
+                  f"{'no cap' if args.bandwidth <= 0 else f'{args.bandwidth:g} MiB/s per stream'}, --jobs {args.jobs}")
+            print(f"bundle-image  {b_time:6.2f} s  peak RSS {b_rss:5.0f} MiB")
+            print(f"upload-bundle {u_time:6.2f} s  peak RSS {u_rss:5.0f} MiB")
+            print(f"install       {i_time:6.2f} s  peak RSS {i_rss:5.0f} MiB  (bundle + upload + register, streaming)")
+            print(f"install / (bundle + upload) = {i_time / (b_time + u_time):.2f}  (target ≤ 0.6; "
+                  f"ideal max/sum = {max(b_time, u_time) / (b_time + u_time):.2f})")
+    finally:
+        for proc in (proxy, moto):
+            proc.terminate()
+            proc.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
