@@ -100,3 +100,38 @@ def test_missing_destination(user_key_pair_pem, ec2_key_pair_pem, fs):
     fs.create_file("/img", contents=b"data")
     with pytest.raises(OutputError, match="destination directory /nowhere does not exist"):
         bundler.bundle_image("/img", "/nowhere", cert=cert, private_key=key, user="123456789012", ec2cert=ec2cert)
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, int | None]] = []
+
+    def start(self, stage: str, total: int | None) -> None:
+        self.events.append(("start", stage, total))
+
+    def advance(self, stage: str, amount: int) -> None:
+        self.events.append(("advance", stage, amount))
+
+    def finish(self, stage: str) -> None:
+        self.events.append(("finish", stage, None))
+
+
+def test_progress_events_cover_the_stored_bytes(user_key_pair_pem, ec2_key_pair_pem, fs):
+    key, cert = _write_pair(fs, "/k/u", user_key_pair_pem)
+    _, ec2cert = _write_pair(fs, "/k/e", ec2_key_pair_pem)
+    data = os.urandom(3 << 20)
+    fs.create_file("/img", contents=data)
+    fs.create_dir("/b")
+    progress = RecordingProgress()
+    result = bundler.bundle_image("/img", "/b", cert=cert, private_key=key, user="123456789012", ec2cert=ec2cert,
+                                  progress=progress)
+    assert progress.events[0] == ("start", "bundle", len(data))
+    assert sum(n for kind, _, n in progress.events if kind == "advance") == len(data)
+    assert progress.events[-1] == ("finish", "bundle", None)
+
+    progress = RecordingProgress()
+    fs.create_dir("/o")
+    bundler.unbundle("/b/img.manifest.xml", key, destination="/o", progress=progress)
+    assert progress.events[0] == ("start", "unbundle", result.bundled_size)
+    assert sum(n for kind, _, n in progress.events if kind == "advance") == result.bundled_size
+    assert progress.events[-1] == ("finish", "unbundle", None)
