@@ -876,6 +876,136 @@ def download_bundle(
                           len(entries) - len(todo), sum(sizes), verified, time.monotonic() - started)
 
 
+# --------------------------------------------------------------------------- copy-bundle
+
+
+@dataclass
+class CopyResult:
+    source: str
+    destination: S3Location
+    manifest_name: str
+    mode: str  # "server" (CopyObject) or "stream" (GET → PUT through this process)
+    parts_total: int
+    parts_copied: int
+    parts_skipped: int
+    bytes_copied: int
+    seconds: float = 0.0
+
+    @property
+    def image_location(self) -> str:
+        return self.destination.image_location(self.manifest_name)
+
+    def summary(self) -> dict[str, object]:
+        return {"source": self.source, "destination": self.destination.url(),
+                "image_location": self.image_location, "mode": self.mode, "parts": self.parts_total,
+                "parts_copied": self.parts_copied, "parts_skipped": self.parts_skipped,
+                "bytes_copied": self.bytes_copied, "seconds": round(self.seconds, 3)}
+
+
+def object_exists(client: Any, bucket: str, key: str) -> bool:
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except bexc.ClientError as exc:
+        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise s3_error(exc, "check", bucket, key) from None
+    except bexc.BotoCoreError as exc:
+        raise s3_error(exc, "check", bucket, key) from None
+    return True
+
+
+def copy_object(client: Any, source: tuple[str, str], bucket: str, key: str, *, etag: str | None,
+                acl: str | None = DEFAULT_ACL, attempts: int = DEFAULT_ATTEMPTS) -> None:
+    """Server-side CopyObject (sent to the destination's endpoint) with the canned ACL; the copy's
+    ETag must equal the source's (both are the MD5 of a single-PUT part)."""
+    params: dict[str, Any] = {"Bucket": bucket, "Key": key, "MetadataDirective": "COPY",
+                              "CopySource": {"Bucket": source[0], "Key": source[1]}}
+    if acl:
+        params["ACL"] = acl
+
+    def attempt() -> None:
+        resp = client.copy_object(**params)
+        got = str(resp.get("CopyObjectResult", {}).get("ETag", "")).strip('"').lower()
+        if etag and got and "-" not in etag and got != etag:
+            raise _Corrupt(f"copy has ETag {got}, source has {etag}")
+
+    try:
+        _with_attempts(attempt, attempts, f"copy s3://{source[0]}/{source[1]} to s3://{bucket}/{key}")
+    except _Corrupt as exc:
+        raise IntegrityError(f"copy to s3://{bucket}/{key}: {exc}") from None
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        if error_code(exc) in ("NoSuchKey", "404"):
+            raise PartMissingError(f"copy source s3://{source[0]}/{source[1]} does not exist") from None
+        raise s3_error(exc, "copy to", bucket, key, acl=acl) from None
+
+
+def copy_bundle(
+    src_client: Any,
+    source: S3Location,
+    manifest_name: str,
+    dst_client: Any,
+    destination: S3Location,
+    *,
+    manifest: bytes,
+    parsed: ParsedManifest,
+    server_side: bool = True,
+    acl: str = DEFAULT_ACL,
+    jobs: int = DEFAULT_JOBS,
+    attempts: int = DEFAULT_ATTEMPTS,
+    progress: ProgressListener = NULL_PROGRESS,
+) -> CopyResult:
+    """Copy the parts ``parsed`` names from ``source`` to ``destination``, then put ``manifest``
+    (the migrated one) there last.
+
+    Resumable: a part already at the destination with the source's size and ETag is skipped.
+    ``server_side`` uses CopyObject (no bytes through this machine; the buckets must be reachable
+    from one endpoint, i.e. the same partition); otherwise each part is streamed GET → SHA-1
+    check → PUT, at most ``jobs`` parts in memory at a time.
+    """
+    started = time.monotonic()
+    entries = sorted(parsed.manifest.parts, key=lambda e: e.index)
+    src_keys = [source.key(e.filename) for e in entries]
+    dst_keys = [destination.key(e.filename) for e in entries]
+    have_src = list_objects(src_client, source.bucket, os.path.commonprefix(src_keys))
+    missing = [e.filename for e, k in zip(entries, src_keys, strict=True) if k not in have_src]
+    if missing:
+        raise PartMissingError(f"cannot copy {parsed.source}: part {missing[0]} is missing from {source.url()} "
+                               f"({len(entries) - len(missing)} of {len(entries)} present)")
+    total = sum(have_src[k][0] for k in src_keys)
+    if total != parsed.manifest.bundled_size:
+        raise IntegrityError(f"parts in {source.url()} hold {total} bytes but {parsed.source} says bundled_size "
+                             f"{parsed.manifest.bundled_size}: they are not this bundle's parts")
+    have_dst = list_objects(dst_client, destination.bucket, os.path.commonprefix(dst_keys))
+    todo = [(e, s, d) for e, s, d in zip(entries, src_keys, dst_keys, strict=True) if have_dst.get(d) != have_src[s]]
+    skipped = len(entries) - len(todo)
+    if skipped:
+        log.info("resuming: %d of %d parts are already in %s", skipped, len(entries), destination.url())
+    progress.start("copy", sum(have_src[s][0] for _, s, _ in todo))
+
+    def server(entry: PartEntry, src_key: str, dst_key: str) -> int:
+        copy_object(dst_client, (source.bucket, src_key), destination.bucket, dst_key,
+                    etag=have_src[src_key][1], acl=acl, attempts=attempts)
+        progress.advance("copy", have_src[src_key][0])
+        return have_src[src_key][0]
+
+    def stream(entry: PartEntry, src_key: str, dst_key: str) -> int:
+        data = _fetch_part(src_client, source.bucket, src_key, entry, attempts)  # SHA-1 checked
+        put_bytes(dst_client, destination.bucket, dst_key, data, acl=acl, attempts=attempts)
+        progress.advance("copy", len(data))
+        return len(data)
+
+    copy = server if server_side else stream
+    try:
+        sizes = run_parallel([lambda t=t: copy(*t) for t in todo], jobs)
+        # Last: a visible manifest always means a complete bundle (spec §6.6).
+        put_bytes(dst_client, destination.bucket, destination.key(manifest_name), manifest, acl=acl,
+                  attempts=attempts)
+    finally:
+        progress.finish("copy")
+    return CopyResult(source.url(manifest_name), destination, manifest_name, "server" if server_side else "stream",
+                      len(entries), len(todo), skipped, sum(sizes), time.monotonic() - started)
+
+
 # --------------------------------------------------------------------------- delete-bundle
 
 
@@ -965,6 +1095,7 @@ def plan_delete(client: Any, location: S3Location, *, manifest: tuple[str, Parse
 __all__ = [
     "ACLS",
     "BucketLocationError",
+    "CopyResult",
     "DEFAULT_ACL",
     "DEFAULT_JOBS",
     "DeletePlan",
@@ -976,6 +1107,8 @@ __all__ = [
     "S3Sink",
     "UploadResult",
     "bucket_region",
+    "copy_bundle",
+    "copy_object",
     "delete_bucket_if_empty",
     "delete_keys",
     "download_bundle",
@@ -986,6 +1119,7 @@ __all__ = [
     "list_objects",
     "load_remote_manifest",
     "location_region",
+    "object_exists",
     "plan_delete",
     "put_bytes",
     "read_local_manifest",

@@ -121,18 +121,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--image", required=True, help="image file, or - for standard input (with --image-size)")
     p.add_argument("--image-size", type=int, help="bytes on standard input (required with -i -)")
     add_bundle_options(p, image_flag=True)
-    _s3_common(p)
+    _s3_common(p, multi=True)
     p.add_argument("--acl", choices=ACLS, default=DEFAULT_ACL, help="canned ACL (default: %(default)s)")
     p.add_argument("--location", help="bucket location if it must be created (EU, US or a region)")
     p.add_argument("-n", "--name", help="AMI name (default: the bundle name)")
     p.add_argument("--no-register", action="store_true", help="stop after the upload")
     _register_common(p, full=False)
+    from .regions import add_install_region_options
+
+    add_install_region_options(p)
     add_aws_options(p)
     p.set_defaults(func=run_install)
 
 
-def _s3_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-b", "--bucket", required=True, metavar="BUCKET[/PREFIX]", help="bucket and optional key prefix")
+def _s3_common(p: argparse.ArgumentParser, *, multi: bool = False) -> None:
+    if multi:
+        # install: one -b, or with --regions one REGION=BUCKET[/PREFIX] per region (repeatable).
+        p.add_argument("-b", "--bucket", action="append", metavar="BUCKET[/PREFIX]",
+                       help="bucket and optional key prefix; with --regions: REGION=BUCKET[/PREFIX] (repeatable)")
+    else:
+        p.add_argument("-b", "--bucket", required=True, metavar="BUCKET[/PREFIX]",
+                       help="bucket and optional key prefix")
     p.add_argument("--jobs", type=int, default=DEFAULT_JOBS, metavar="N",
                    help="parallel transfers (default: %(default)s)")
     p.add_argument("--retry", action="store_true", help="up to 5 tries per object (on top of botocore's retries)")
@@ -472,7 +481,16 @@ def run_install(args: argparse.Namespace, printer: Printer) -> int:
     from ..pipeline import bundle
     from .core import bundle_inputs
 
-    location = S3Location.parse(args.bucket)
+    if getattr(args, "regions", None):
+        from .regions import run_install_regions
+
+        return run_install_regions(args, printer)
+    if getattr(args, "bucket_template", None) or getattr(args, "region_endpoint", None):
+        raise UsageError("--bucket-template and --region-endpoint go with --regions")
+    if not args.bucket or len(args.bucket) != 1:
+        raise UsageError("install needs one -b BUCKET[/PREFIX] (or --regions R1,R2 with --bucket-template "
+                         "or -b REGION=BUCKET per region)")
+    location = S3Location.parse(args.bucket[0])
     aws = _Aws(args, printer)
     region = location_region(args.location) if args.location else None
     if region and aws.opts.region and region != aws.opts.region:
