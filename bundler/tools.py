@@ -27,6 +27,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "tar": "tar",
     "gzip": "gzip",
     "openssl": "openssl",
+    "grub-mkimage": "grub-common",
 }
 
 DEFAULT_TIMEOUT = 3600.0

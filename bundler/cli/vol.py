@@ -37,8 +37,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("-s", "--size", type=int, metavar="MiB",
                    help="image size in MiB (default: used space ×1.2 + 256 MiB; max 10240)")
     g.add_argument("-P", "--partition", choices=["none", "mbr", "gpt"], default="none",
-                   help="partition table; the filesystem starts at 1 MiB for mbr/gpt "
-                        "(default: none — no bootloader is installed)")
+                   help="partition table; the filesystem starts at 1 MiB for mbr/gpt, which get "
+                        "the volume's GRUB 2 (default: none — a plain filesystem for PV-GRUB)")
+    g.add_argument("--bootloader", choices=["auto", "grub2", "none"], default="auto",
+                   help="for -P mbr/gpt: install the volume's GRUB 2 for BIOS (auto: when the volume "
+                        "has GRUB 2 and a kernel, else warn that the image will not boot; grub2: "
+                        "fail instead) (default: %(default)s)")
+    g.add_argument("--kernel-cmdline", default="", metavar="ARGS",
+                   help="extra kernel arguments for the generated grub.cfg / menu.lst")
+    g.add_argument("--generate-menu-lst", action="store_true",
+                   help="write /boot/grub/menu.lst for PV-GRUB (AKI kernels) from the newest "
+                        "kernel when the volume has none")
     g.add_argument("--fstab", type=Path, help="file to install as the image's /etc/fstab")
     g.add_argument("--generate-fstab", action="store_true",
                    help="install a generated /etc/fstab (root by LABEL/UUID)")
@@ -67,7 +76,9 @@ def config_from_args(args: argparse.Namespace):
         raise UsageError("-S/--script is not supported: there is no mounted image to run it on; "
                          "customise the volume before bundling")
     if args.grub_config:
-        raise UsageError("--grub-config is not supported yet: no bootloader is installed")
+        raise UsageError("--grub-config (a GRUB Legacy menu) is not supported: -P mbr/gpt get a "
+                         "generated GRUB 2 grub.cfg (add arguments with --kernel-cmdline), -P none "
+                         "a PV-GRUB menu.lst with --generate-menu-lst")
     if args.fstab is not None and args.generate_fstab:
         raise UsageError("--fstab and --generate-fstab are mutually exclusive")
     if args.all and args.one_file_system:
@@ -92,6 +103,9 @@ def config_from_args(args: argparse.Namespace):
         size_checks=not args.no_size_checks,
         keep_image=args.keep_image,
         clone_only=args.clone_only,
+        bootloader=args.bootloader,
+        kernel_cmdline=args.kernel_cmdline,
+        generate_menu_lst=args.generate_menu_lst,
     )
 
 
@@ -149,6 +163,10 @@ def run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
         data["excluded_paths"] = listed
     human = [f"Image: {result.disk_bytes // (1024 * 1024)} MiB ext4 ({result.partition}), "
              f"label {result.label}, UUID {result.uuid}"]
+    if result.bootloader == "grub2":
+        human.append(f"Bootloader: GRUB 2 (kernel {result.kernel}, serial console ttyS0)")
+    if result.menu_lst:
+        human.append(f"PV-GRUB menu.lst written (kernel {result.kernel})")
     if result.image_path:
         human.append(f"Image kept: {result.image_path}")
     if result.bundle is not None:

@@ -6,9 +6,12 @@ file (at 1 MiB when a partition table is asked for, written by ``partition``), `
 it, then stream the image through the core pipeline into parts. The image is a temporary file
 in the image directory, kept as DEST/PREFIX only with ``keep_image``/``clone_only``.
 
-Default partitioning is ``none``: no bootloader is installed (that is a later issue), and a
-partitioned disk without one does not boot, while a plain filesystem image is what PV-GRUB /
-``--kernel`` style instance-store AMIs use.
+Default partitioning is ``none``: a plain filesystem image, what PV-GRUB / ``--kernel`` style
+instance-store AMIs use (``--generate-menu-lst`` writes PV-GRUB's menu.lst). With ``mbr``/``gpt``
+the volume's own GRUB 2 is installed when it has one and a kernel (``bootloader``): grub.cfg and
+modules go into the staging tree before mke2fs, boot.img/core.img into the disk image after the
+partition table, without a loop device. First-boot problems visible in the tree (no kernel, no
+init, no DHCP configuration, an fstab naming another filesystem) are warnings.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 from ..errors import OutputError, UsageError, VolumeError
 from ..progress import NULL_PROGRESS, ProgressListener
+from . import bootloader as bootlib
 from . import fstab as fstablib
 from . import imagefs, partition
 from .partition import MIB, Scheme
@@ -69,6 +73,15 @@ class VolumeConfig:
     clone_only: bool = False
     link_files: bool = True                # hard-link into staging (else always copy)
     fsck: bool = True
+    bootloader: bootlib.Bootloader = "auto"  # GRUB 2 for mbr/gpt: auto | grub2 | none
+    kernel_cmdline: str = ""               # extra kernel arguments (grub.cfg / menu.lst)
+    generate_menu_lst: bool = False        # /boot/grub/menu.lst for PV-GRUB when missing
+
+    @property
+    def boot_options(self) -> bootlib.BootOptions:
+        return bootlib.BootOptions(bootloader=self.bootloader,
+                                   kernel_cmdline=self.kernel_cmdline,
+                                   generate_menu_lst=self.generate_menu_lst)
 
     @property
     def work_dir(self) -> Path:
@@ -91,6 +104,10 @@ class VolumeResult:
     stage: imagefs.StageStats
     bundle: Any = None          # pipeline.BundleResult unless clone_only
     timings: dict[str, float] = field(default_factory=dict)
+    bootloader: str = "none"    # what was installed: "grub2" or "none"
+    kernel: str | None = None   # version of the kernel the bootloader boots by default
+    menu_lst: bool = False      # a PV-GRUB menu.lst was generated
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -103,6 +120,10 @@ class VolumeResult:
             "partition": self.partition,
             "label": self.label,
             "uuid": self.uuid,
+            "bootloader": self.bootloader,
+            "kernel": self.kernel,
+            "menu_lst_generated": self.menu_lst,
+            "warnings": list(self.warnings),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
         if self.bundle is not None:
@@ -143,6 +164,7 @@ def check_preconditions(config: VolumeConfig) -> None:
         imagefs.check_label(config.label)
     if config.uuid:
         imagefs.check_uuid(config.uuid)
+    bootlib.check_options(config.partition, config.boot_options)
 
 
 def select_volume(config: VolumeConfig, *, extra_hard_excludes: dict[Path, str] | None = None,
@@ -229,6 +251,18 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
         timings["stage"] = time.monotonic() - t
 
         t = time.monotonic()
+        boot_plan = bootlib.prepare(staging, layout, config.boot_options, fs_uuid=fs_uuid,
+                                    label=label, workdir=work)
+        fstab_path = bootlib.tree_resolve(staging, "etc/fstab")
+        fstab_text = (fstab_path.read_text(errors="replace")
+                      if fstab_path is not None and fstab_path.is_file() else None)
+        for warning in bootlib.sanity_warnings(staging, scheme=layout.scheme,
+                                               fstab_text=fstab_text, label=label,
+                                               fs_uuid=fs_uuid, plan=boot_plan):
+            boot_plan.warn(warning)
+        timings["bootloader"] = time.monotonic() - t
+
+        t = time.monotonic()
         with open(tmp_image, "xb") as fh:
             fh.truncate(layout.disk_bytes)
         params = imagefs.FsParams(
@@ -242,6 +276,8 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
         imagefs.touch_up(tmp_image, offset=layout.fs_offset, root_mode=params.root_mode,
                          dev_nodes=dev_nodes)
         partition.write_table(tmp_image, layout, disk_id=uuidlib.UUID(fs_uuid))
+        bootlib.check_filesystem(tmp_image, layout.fs_offset, boot_plan)
+        bootlib.install(tmp_image, layout, boot_plan)
         timings["mkfs"] = time.monotonic() - t
         # Removing thousands of staged entries is slow metadata I/O; let it overlap with the
         # CPU-bound bundling instead of adding to the wall time.
@@ -256,7 +292,10 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
                  fs_uuid)
 
         result = VolumeResult(selection, None, layout.disk_bytes, layout.fs_bytes,
-                              layout.scheme, label, fs_uuid, stats, timings=timings)
+                              layout.scheme, label, fs_uuid, stats, timings=timings,
+                              bootloader=boot_plan.installed,
+                              kernel=boot_plan.kernel.version if boot_plan.kernel else None,
+                              menu_lst=boot_plan.menu_lst, warnings=boot_plan.warnings)
         if not config.clone_only:
             from ..parts import DirectorySink
             from ..pipeline import bundle

@@ -79,3 +79,27 @@ def install_fstab(staging: Path, content: bytes) -> None:
     os.chmod(fstab, 0o644)
     if os.geteuid() == 0:
         os.chown(fstab, 0, 0)
+
+
+def check_root_entry(text: str, *, label: str | None, uuid: str | None) -> str | None:
+    """A one-line warning when the fstab mounts / from something that is not the image's
+    filesystem (a UUID/LABEL of the source system), else None. Pure."""
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[0].startswith("#") or fields[1] != "/":
+            continue
+        spec = fields[0]
+        key, _, value = spec.partition("=")
+        key = key.upper()
+        if key == "UUID" and uuid and value.strip("\"'").lower() != uuid.lower():
+            return (f"/etc/fstab mounts / from {spec} but the image's filesystem is UUID={uuid}: "
+                    "the boot will not find it (use --generate-fstab or --uuid)")
+        if key == "LABEL" and value.strip("\"'") != (label or ""):
+            have = f"LABEL={label}" if label else "unlabelled"
+            return (f"/etc/fstab mounts / from {spec} but the image's filesystem is {have}: "
+                    "the boot will not find it (use --generate-fstab or --label)")
+        if key in ("PARTUUID", "PARTLABEL"):
+            return (f"/etc/fstab mounts / from {spec}, which the image does not have "
+                    "(use --generate-fstab)")
+        return None
+    return None

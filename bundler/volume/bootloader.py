@@ -1,0 +1,570 @@
+"""Make the image boot: GRUB 2 for BIOS (HVM, ``-P mbr|gpt``) and menu.lst for PV-GRUB.
+
+Classic bundle-vol chrooted into a loop-mounted image and ran GRUB Legacy's shell (spec
+§8.9); current distributions ship GRUB 2 and we have neither loop devices nor mounts. GRUB 2
+for BIOS is three things, none of which needs a block device:
+
+1. files in the filesystem: ``/boot/grub/grub.cfg`` and the modules ``/boot/grub/i386-pc``.
+   They are written into the *staging tree* before ``mke2fs -d``, so they are ordinary
+   files of the image. The modules are the volume's own (``usr/lib/grub/i386-pc``),
+   hard-linked, so core.img and the modules it loads come from the same GRUB build.
+2. core.img, built by ``grub-mkimage`` (the volume's own binary run through the volume's own
+   dynamic loader, else the host's) from the volume's module directory, with the modules to
+   read the partition table and ext4 and a prefix ``(,msdos1)/boot/grub`` /
+   ``(,gpt1)/boot/grub``: the empty drive means "the disk the BIOS booted from", so the
+   image does not depend on how many disks the instance has.
+3. boot.img in sector 0 and core.img in the MBR gap (mbr) or the BIOS boot partition (gpt),
+   patched as grub-bios-setup does (``grubimg``), written into the image file after the
+   partition table.
+
+For ``-P none`` (paravirtual: an Amazon kernel image, AKI, runs PV-GRUB, which reads the
+image's ``/boot/grub/menu.lst``), ``--generate-menu-lst`` writes that file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import shutil
+import tempfile
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..errors import UsageError, VolumeError
+from ..tools import ToolError, run
+from . import grubimg
+from .partition import SECTOR, DiskLayout, Scheme, gpt_partitions
+
+log = logging.getLogger("bundler.volume.boot")
+
+Bootloader = Literal["auto", "grub2", "none"]
+
+GRUB_DIR = "usr/lib/grub/i386-pc"
+GRUB_IMAGES = ("boot.img", "diskboot.img", "kernel.img", "lzma_decompress.img")
+# Modules in core.img: BIOS disk access, the partition table, ext2/3/4.
+CORE_MODULES: dict[str, tuple[str, ...]] = {
+    "mbr": ("biosdisk", "part_msdos", "ext2"),
+    "gpt": ("biosdisk", "part_gpt", "ext2"),
+}
+PART_NAME = {"mbr": "msdos", "gpt": "gpt"}
+# Loaded from /boot/grub/i386-pc after core.img found the filesystem: without them no menu.
+RUNTIME_MODULES = ("normal", "linux", "serial", "terminal", "search", "search_fs_uuid", "gzio")
+MKIMAGE_NAMES = ("grub-mkimage", "grub2-mkimage")
+KERNEL_GLOBS = ("vmlinuz-*", "vmlinux-*", "kernel-*")
+INITRD_NAMES = ("initrd.img-{v}", "initramfs-{v}.img", "initrd-{v}", "initrd-{v}.img",
+                "initramfs-{v}")
+INIT_PATHS = ("sbin/init", "lib/systemd/systemd", "usr/lib/systemd/systemd")
+SERIAL_CONSOLE = "console=tty0 console=ttyS0,115200n8"
+PV_CONSOLE = "console=hvc0"
+MAX_SYMLINK_HOPS = 40
+
+
+@dataclass(frozen=True)
+class Kernel:
+    version: str
+    path: str                  # absolute path inside the image, e.g. /boot/vmlinuz-6.1.0-9-amd64
+    initrd: str | None         # likewise, or None
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    bootloader: Bootloader = "auto"
+    kernel_cmdline: str = ""
+    generate_menu_lst: bool = False
+
+
+@dataclass
+class BootPlan:
+    """What prepare() decided and built; install() writes the sectors from it."""
+
+    installed: str = "none"            # "grub2" or "none"
+    kernel: Kernel | None = None
+    boot_img: bytes = b""
+    core_img: bytes = b""
+    mkimage: str | None = None         # which grub-mkimage made core.img
+    menu_lst: bool = False             # generated /boot/grub/menu.lst
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.warnings.append(message)
+
+
+def check_options(scheme: Scheme, options: BootOptions) -> None:
+    """Inconsistent combinations, before any work is done."""
+    if options.bootloader == "grub2" and scheme == "none":
+        raise UsageError("--bootloader grub2 needs a partitioned image (-P mbr or -P gpt); "
+                         "-P none images boot through PV-GRUB (--generate-menu-lst)")
+    if "\n" in options.kernel_cmdline or "'" in options.kernel_cmdline:
+        raise UsageError("--kernel-cmdline must be one line without single quotes")
+
+
+# ------------------------------------------------------------------------------ tree lookups
+
+def tree_resolve(root: Path, rel: str) -> Path | None:
+    """``rel`` inside the tree ``root`` with symlinks resolved *inside* the tree (an absolute
+    link target means the tree's root, not the host's); None when it does not exist."""
+    parts = [p for p in rel.split("/") if p and p != "."]
+    resolved: list[str] = []
+    hops = 0
+    while parts:
+        name = parts.pop(0)
+        if name == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = root.joinpath(*resolved, name)
+        if os.path.islink(candidate):
+            hops += 1
+            if hops > MAX_SYMLINK_HOPS:
+                return None
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            continue
+        if not os.path.lexists(candidate):
+            return None
+        resolved.append(name)
+    return root.joinpath(*resolved)
+
+
+def _version_key(version: str) -> list[tuple[int, int | str]]:
+    # Numeric runs compare as numbers so 6.1.10 > 6.1.9; text sorts below numbers.
+    return [(1, int(t)) if t.isdigit() else (0, t) for t in re.findall(r"\d+|[a-z]+", version)]
+
+
+def find_kernels(tree: Path) -> list[Kernel]:
+    """Kernels in the tree's /boot, newest first (rescue kernels last)."""
+    boot = tree_resolve(tree, "boot")
+    if boot is None or not boot.is_dir():
+        return []
+    kernels: dict[str, Kernel] = {}
+    for pattern in KERNEL_GLOBS:
+        for path in boot.glob(pattern):
+            if path.is_symlink() or not path.is_file() or path.suffix in (".hmac", ".sig"):
+                continue
+            version = path.name.split("-", 1)[1]
+            if version in kernels:
+                continue
+            initrd = next((n.format(v=version) for n in INITRD_NAMES
+                           if (boot / n.format(v=version)).is_file()), None)
+            kernels[version] = Kernel(version, f"/boot/{path.name}",
+                                      f"/boot/{initrd}" if initrd else None)
+    return sorted(kernels.values(),
+                  key=lambda k: ("rescue" not in k.version, _version_key(k.version)),
+                  reverse=True)
+
+
+def os_name(tree: Path) -> str:
+    for rel in ("etc/os-release", "usr/lib/os-release"):
+        path = tree_resolve(tree, rel)
+        if path is not None and path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("PRETTY_NAME="):
+                    name = line.split("=", 1)[1].strip().strip("\"'")
+                    if name:
+                        return name
+    return "Linux"
+
+
+# ------------------------------------------------------------------------------ config text
+
+def kernel_args(*, root: str, console: str, extra: str) -> str:
+    return " ".join(a for a in (f"root={root}", "ro", console, extra.strip()) if a)
+
+
+def grub_cfg(kernels: list[Kernel], *, fs_uuid: str, scheme: Scheme, title: str,
+             extra_cmdline: str = "") -> str:
+    """The image's /boot/grub/grub.cfg: serial + VGA console, newest kernel first. Pure."""
+    args = kernel_args(root=f"UUID={fs_uuid}", console=SERIAL_CONSOLE, extra=extra_cmdline)
+    lines = [
+        "# Written by ami-bundler bundle-vol. update-grub / grub-mkconfig may replace it.",
+        "set default=0",
+        "set timeout=1",
+        "serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1",
+        "terminal_input serial console",
+        "terminal_output serial console",
+        f"insmod part_{PART_NAME[scheme]}",
+        "insmod ext2",
+        # The prefix already names the boot disk's partition; searching by UUID also finds
+        # the filesystem when the firmware numbers the disks differently.
+        f"search --no-floppy --fs-uuid --set=root {fs_uuid}",
+    ]
+    for k in kernels:
+        name = f"{title}, Linux {k.version}".replace("'", "")
+        lines += ["", f"menuentry '{name}' --id 'linux-{k.version}' {{",
+                  "\tinsmod gzio", f"\tlinux {k.path} {args}"]
+        if k.initrd:
+            lines.append(f"\tinitrd {k.initrd}")
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def menu_lst(kernels: list[Kernel], *, root: str, scheme: Scheme, title: str,
+             extra_cmdline: str = "") -> str:
+    """/boot/grub/menu.lst for PV-GRUB (AWS "user provided kernels" layout). Pure.
+
+    ``root (hd0)`` for a partitionless image, ``(hd0,0)`` for the first partition; the kernel
+    console of a Xen PV guest is hvc0.
+    """
+    grub_root = "(hd0)" if scheme == "none" else "(hd0,0)"
+    args = kernel_args(root=root, console=PV_CONSOLE, extra=extra_cmdline)
+    lines = ["# Written by ami-bundler bundle-vol for PV-GRUB.", "default 0", "timeout 0",
+             "hiddenmenu"]
+    for k in kernels:
+        lines += ["", f"title {title} ({k.version})", f"root {grub_root}",
+                  f"kernel {k.path} {args}"]
+        if k.initrd:
+            lines.append(f"initrd {k.initrd}")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ staging writes
+
+def _fresh_file(path: Path, content: bytes, mode: int = 0o644) -> None:
+    """Create ``path`` anew: a staged entry may be a hard link to the volume, so it is renamed
+    away or unlinked, never written through."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(content)
+    os.chmod(path, mode)
+    if os.geteuid() == 0:
+        os.chown(path, 0, 0)
+
+
+def _real_dir(staging: Path, rel: str) -> Path:
+    """A real directory staging/rel (a symlink there could point out of the staging tree)."""
+    path = staging
+    for name in rel.split("/"):
+        path = path / name
+        if path.is_symlink():
+            log.info("/%s is a symlink in the volume; the image gets a directory there",
+                     path.relative_to(staging))
+            path.unlink()
+        if not path.exists():
+            path.mkdir(mode=0o755)
+            if os.geteuid() == 0:
+                os.chown(path, 0, 0)
+        elif not path.is_dir():
+            raise VolumeError(f"/{path.relative_to(staging)} in the volume is not a directory: "
+                              "cannot install GRUB there")
+    return path
+
+
+def install_grub_files(staging: Path, moddir: Path, cfg: str) -> int:
+    """/boot/grub/grub.cfg (previous one kept as grub.cfg.orig) and the modules; returns the
+    number of module files."""
+    grub = _real_dir(staging, "boot/grub")
+    target = grub / "i386-pc"
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)  # staged hard links: removes directory entries only
+    target.mkdir(mode=0o755)
+    count = 0
+    for src in sorted(moddir.iterdir()):
+        if src.suffix not in (".mod", ".lst") or not src.is_file():
+            continue
+        dst = target / src.name
+        try:
+            os.link(src, dst, follow_symlinks=False)  # same data, no space used in the image
+        except OSError:
+            shutil.copyfile(src, dst)
+            os.chmod(dst, 0o644)
+        count += 1
+    cfg_path = grub / "grub.cfg"
+    if os.path.lexists(cfg_path):
+        os.replace(cfg_path, grub / "grub.cfg.orig")
+    _fresh_file(cfg_path, cfg.encode())
+    return count
+
+
+def install_menu_lst(staging: Path, text: str) -> bool:
+    """Write /boot/grub/menu.lst unless the volume has one (or grub.conf); True if written."""
+    grub = _real_dir(staging, "boot/grub")
+    for name in ("menu.lst", "grub.conf"):
+        if os.path.lexists(grub / name):
+            log.info("keeping the volume's /boot/grub/%s for PV-GRUB", name)
+            return False
+    _fresh_file(grub / "menu.lst", text.encode())
+    return True
+
+
+# ------------------------------------------------------------------------------ core image
+
+def mkimage_commands(tree: Path) -> list[tuple[str, list[str]]]:
+    """(description, argv prefix) of usable grub-mkimage programs, the volume's own first.
+
+    The volume's binary runs through the volume's dynamic loader and libraries (no chroot
+    needed), which only works for an x86-64 volume on an x86-64 host.
+    """
+    found: list[tuple[str, list[str]]] = []
+    if platform.machine() in ("x86_64", "AMD64"):
+        loader = next((p for p in (tree_resolve(tree, r) for r in (
+            "lib64/ld-linux-x86-64.so.2", "usr/lib64/ld-linux-x86-64.so.2",
+            "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")) if p is not None and p.is_file()), None)
+        libdirs = [str(p) for p in (tree_resolve(tree, r) for r in (
+            "lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64"))
+            if p is not None and p.is_dir()]
+        for name in MKIMAGE_NAMES:
+            prog = tree_resolve(tree, f"usr/bin/{name}")
+            if loader is not None and prog is not None and prog.is_file():
+                found.append((f"the volume's {name}",
+                              [str(loader), "--library-path", ":".join(dict.fromkeys(libdirs)),
+                               str(prog)]))
+                break
+    for name in MKIMAGE_NAMES:
+        host = shutil.which(name)
+        if host:
+            found.append((f"the host's {name}", [host]))
+            break
+    return found
+
+
+def build_core_img(tree: Path, moddir: Path, scheme: Scheme, workdir: Path) -> tuple[bytes, str]:
+    """core.img for ``scheme`` from the volume's modules; (bytes, which grub-mkimage)."""
+    commands = mkimage_commands(tree)
+    if not commands:
+        raise VolumeError("grub-mkimage not found in the volume or on this host: install "
+                          "grub-common (Debian/Ubuntu) or grub2-tools (RPM) on the host")
+    prefix = f"(,{PART_NAME[scheme]}1)/boot/grub"
+    errors = []
+    with tempfile.TemporaryDirectory(prefix=".grub-", dir=workdir) as tmp:
+        out = Path(tmp) / "core.img"
+        for what, argv in commands:
+            try:
+                run(argv + ["-O", "i386-pc", "-d", str(moddir), "-o", str(out), "-p", prefix,
+                            *CORE_MODULES[scheme]], timeout=120)
+                data = out.read_bytes()
+                log.info("core.img (%d bytes) built with %s", len(data), what)
+                return data, what
+            except ToolError as exc:
+                log.info("%s could not build core.img: %s", what, exc)
+                errors.append(f"{what}: {exc}")
+    raise VolumeError("cannot build GRUB's core.img: " + "; ".join(errors))
+
+
+def core_area(layout: DiskLayout) -> tuple[int, int]:
+    """(first LBA, exclusive limit LBA) where core.img goes for ``layout``."""
+    if layout.scheme == "mbr":
+        return 1, layout.fs_offset // SECTOR
+    if layout.scheme == "gpt":
+        dummy = (uuidlib.UUID(int=1), uuidlib.UUID(int=2))
+        bios = gpt_partitions(layout, dummy)[1]
+        return bios.first_lba, bios.last_lba + 1
+    raise ValueError("no core.img area without a partition table")
+
+
+# ------------------------------------------------------------------------------ prepare/install
+
+def missing_grub_parts(moddir: Path, scheme: Scheme) -> list[str]:
+    wanted = list(GRUB_IMAGES) + [f"{m}.mod" for m in CORE_MODULES[scheme] + RUNTIME_MODULES]
+    return [name for name in wanted if not (moddir / name).is_file()]
+
+
+def prepare(staging: Path, layout: DiskLayout, options: BootOptions, *, fs_uuid: str,
+            label: str | None, workdir: Path) -> BootPlan:
+    """Decide what to install, write grub.cfg/modules/menu.lst into the staging tree and
+    build core.img. Raises VolumeError when ``--bootloader grub2`` cannot be honoured."""
+    from .fstab import root_spec
+
+    plan = BootPlan()
+    scheme = layout.scheme
+    kernels = find_kernels(staging)
+    plan.kernel = kernels[0] if kernels else None
+    title = os_name(staging)
+
+    if options.generate_menu_lst:
+        if not kernels:
+            raise VolumeError("--generate-menu-lst: no kernel in the volume's /boot "
+                              "(vmlinuz-*): install one (e.g. linux-image-amd64)")
+        root = root_spec(label, fs_uuid) if scheme == "none" else f"UUID={fs_uuid}"
+        plan.menu_lst = install_menu_lst(staging, menu_lst(
+            kernels, root=root, scheme=scheme, title=title,
+            extra_cmdline=options.kernel_cmdline))
+
+    if scheme == "none" or options.bootloader == "none":
+        if scheme != "none":
+            plan.warn(f"no bootloader installed (--bootloader none): the -P {scheme} image "
+                      "will not boot by itself")
+        return plan
+
+    strict = options.bootloader == "grub2"
+    moddir = tree_resolve(staging, GRUB_DIR)
+
+    def cannot(reason: str) -> BootPlan:
+        if strict:
+            raise VolumeError(f"cannot install GRUB 2: {reason}")
+        plan.warn(f"no bootloader installed, the -P {scheme} image will not boot by itself: "
+                  f"{reason}")
+        return plan
+
+    if moddir is None or not moddir.is_dir():
+        return cannot(f"the volume has no GRUB 2 for BIOS (/{GRUB_DIR}): install grub-pc-bin "
+                      "(Debian/Ubuntu) or grub2-pc-modules (RPM) in it")
+    missing = missing_grub_parts(moddir, scheme)
+    if missing:
+        if "ext2.mod" in missing:
+            return cannot(f"/{GRUB_DIR} has no ext2.mod, so GRUB could not read the image's "
+                          "ext4 filesystem")
+        return cannot(f"/{GRUB_DIR} lacks {', '.join(missing)}")
+    if not kernels:
+        return cannot("no kernel in the volume's /boot (vmlinuz-*): install one "
+                      "(e.g. linux-image-amd64)")
+
+    core, plan.mkimage = build_core_img(staging, moddir, scheme, workdir)
+    first, limit = core_area(layout)
+    needed = grubimg.sectors_for(len(core))
+    if needed > limit - first:
+        where = "MBR gap" if scheme == "mbr" else "BIOS boot partition"
+        raise VolumeError(f"GRUB's core.img needs {needed} sectors but the {where} has only "
+                          f"{limit - first}")
+    plan.core_img = core
+    plan.boot_img = (moddir / "boot.img").read_bytes()
+    n = install_grub_files(staging, moddir, grub_cfg(
+        kernels, fs_uuid=fs_uuid, scheme=scheme, title=title,
+        extra_cmdline=options.kernel_cmdline))
+    plan.installed = "grub2"
+    log.info("GRUB 2 prepared: %d modules, kernel %s", n, plan.kernel.version)
+    return plan
+
+
+# ext4 incompatible features GRUB's ext2 driver refuses ("filesystem has unsupported
+# incompatible features"): mke2fs only sets them when the host's mke2fs.conf asks for them.
+GRUB_UNSUPPORTED_INCOMPAT = {0x0001: "compression", 0x0400: "ea_inode", 0x1000: "dirdata",
+                             0x8000: "inline_data", 0x20000: "casefold"}
+EXT4_MAGIC = 0xEF53
+
+
+def unsupported_features(superblock: bytes) -> list[str]:
+    """Names of the features in an ext2/3/4 superblock (1024 bytes) GRUB cannot read. Pure."""
+    magic = int.from_bytes(superblock[0x38:0x3A], "little")
+    if magic != EXT4_MAGIC:
+        raise VolumeError("the image's filesystem is not ext2/3/4: GRUB 2 cannot be installed")
+    incompat = int.from_bytes(superblock[0x60:0x64], "little")
+    return [name for bit, name in GRUB_UNSUPPORTED_INCOMPAT.items() if incompat & bit]
+
+
+def check_filesystem(image: Path, fs_offset: int, plan: BootPlan) -> None:
+    """Refuse an image whose filesystem GRUB could not read (call after mke2fs)."""
+    if plan.installed != "grub2":
+        return
+    with open(image, "rb") as fh:
+        fh.seek(fs_offset + 1024)
+        bad = unsupported_features(fh.read(1024))
+    if bad:
+        raise VolumeError(f"GRUB 2 cannot read the image's ext4 filesystem: feature(s) "
+                          f"{', '.join(bad)} (remove them from the ext4 features in "
+                          "/etc/mke2fs.conf, or use --bootloader none)")
+
+
+def install(image: Path, layout: DiskLayout, plan: BootPlan) -> None:
+    """Write boot.img into sector 0 (table and disk signature kept) and core.img into its area.
+    Call after partition.write_table."""
+    if plan.installed != "grub2":
+        return
+    first, limit = core_area(layout)
+    fd = os.open(image, os.O_RDWR)
+    try:
+        mbr = os.pread(fd, SECTOR, 0)
+        try:
+            sector0, core = grubimg.boot_sectors(plan.boot_img, plan.core_img, mbr, first, limit)
+        except grubimg.GrubImageError as exc:
+            raise VolumeError(f"cannot install GRUB 2: {exc}") from None
+        os.pwrite(fd, core, first * SECTOR)
+        os.pwrite(fd, sector0, 0)
+    finally:
+        os.close(fd)
+    log.info("GRUB 2 boot code written: core.img at sector %d (%d sectors)", first,
+             len(plan.core_img) // SECTOR + 1)
+
+
+# ------------------------------------------------------------------------------ sanity
+
+def has_init(tree: Path) -> bool:
+    return any((p := tree_resolve(tree, rel)) is not None and p.is_file() for rel in INIT_PATHS)
+
+
+_DHCP_VALUE = re.compile(r"^\s*DHCP\s*=\s*(yes|true|ipv4|both|1)\s*$", re.I | re.M)
+
+
+def network_config(tree: Path) -> str | None:
+    """What would configure the first interface by DHCP at first boot, or None."""
+    def exists(rel: str) -> Path | None:
+        return tree_resolve(tree, rel)
+
+    netdir = exists("etc/systemd/network")
+    if netdir is not None and netdir.is_dir():
+        for f in sorted(netdir.glob("*.network")):
+            if f.is_file() and _DHCP_VALUE.search(f.read_text(errors="replace")):
+                return f"systemd-networkd ({f.name})"
+    interfaces = [exists("etc/network/interfaces")]
+    idir = exists("etc/network/interfaces.d")
+    if idir is not None and idir.is_dir():
+        interfaces += sorted(idir.iterdir())
+    for f in interfaces:
+        if f is not None and f.is_file():
+            if re.search(r"^\s*iface\s+(?!lo\b)\S+\s+inet6?\s+(dhcp|auto)", f.read_text(
+                    errors="replace"), re.M):
+                return "ifupdown (/etc/network/interfaces)"
+    netplan = exists("etc/netplan")
+    if netplan is not None and netplan.is_dir():
+        for f in sorted(netplan.glob("*.y*ml")):
+            if f.is_file() and re.search(r"dhcp4\s*:\s*(true|yes|on)", f.read_text(
+                    errors="replace"), re.I):
+                return f"netplan ({f.name})"
+    for rel in ("etc/sysconfig/network-scripts", "etc/sysconfig/network"):
+        d = exists(rel)
+        if d is not None and d.is_dir():
+            for f in sorted(d.glob("ifcfg-*")):
+                if f.name != "ifcfg-lo" and f.is_file() and re.search(
+                        r"BOOTPROTO\s*=\s*['\"]?dhcp", f.read_text(errors="replace"), re.I):
+                    return f"ifcfg ({f.name})"
+    # Programs that configure DHCP on every Ethernet interface without a file of their own.
+    for rel, what in (("usr/bin/cloud-init", "cloud-init"),
+                      ("usr/sbin/NetworkManager", "NetworkManager"),
+                      ("usr/sbin/dhcpcd", "dhcpcd"), ("sbin/dhcpcd", "dhcpcd"),
+                      ("usr/sbin/wicked", "wicked")):
+        p = exists(rel)
+        if p is not None and p.is_file():
+            return what
+    return None
+
+
+def sanity_warnings(tree: Path, *, scheme: Scheme, fstab_text: str | None, label: str | None,
+                    fs_uuid: str, plan: BootPlan | None = None) -> list[str]:
+    """First-boot problems visible in the staged tree (each one line)."""
+    from .fstab import check_root_entry
+
+    warnings: list[str] = []
+    already = " ".join(plan.warnings) if plan is not None else ""
+    if not find_kernels(tree):
+        if "no kernel" not in already:
+            warnings.append("the volume has no kernel in /boot (vmlinuz-*): the image will not "
+                            "boot (install e.g. linux-image-amd64)")
+    elif plan is not None and plan.kernel is not None and plan.kernel.initrd is None:
+        warnings.append(f"kernel {plan.kernel.version} has no initramfs in /boot: it must have "
+                        "the disk driver and ext4 built in to find the root filesystem")
+    if not has_init(tree):
+        warnings.append("the volume has no init (/sbin/init or /lib/systemd/systemd): the "
+                        "kernel will panic at boot")
+    if network_config(tree) is None:
+        warnings.append("no DHCP network configuration found (systemd-networkd .network, "
+                        "/etc/network/interfaces, netplan, ifcfg, NetworkManager, cloud-init): "
+                        "the instance may be unreachable")
+    if fstab_text is not None:
+        problem = check_root_entry(fstab_text, label=label, uuid=fs_uuid)
+        if problem:
+            warnings.append(problem)
+    if scheme == "none" and plan is not None and not plan.menu_lst:
+        boot_grub = tree_resolve(tree, "boot/grub")
+        if boot_grub is None or not any(os.path.lexists(boot_grub / n)
+                                        for n in ("menu.lst", "grub.conf")):
+            warnings.append("no /boot/grub/menu.lst: PV-GRUB (AKI kernels) cannot boot the "
+                            "image (pass --generate-menu-lst)")
+    return warnings
