@@ -63,8 +63,10 @@ def bundle_image(
         block_device_mapping=dict(block_device_mapping or {}), product_codes=list(product_codes),
         compression=compression, workers=workers,
     )
+    sink = DirectorySink(Path(destination), overwrite=overwrite)
+    sink.check_clear(name)  # before reading a byte: an existing bundle would only clash at commit
     source = open_image(image, name=name, allow_large=allow_large)
-    return bundle(source, DirectorySink(Path(destination), overwrite=overwrite), keys, options, progress)
+    return bundle(source, sink, keys, options, progress)
 
 
 def read_manifest(path: Path | str, private_key: Path | str | None = None) -> ParsedManifest:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import threading
 from pathlib import Path
 from typing import Protocol
 
 from .errors import OutputError
+from .parts import TEMP_MARK, UNBUNDLE_KIND, DestinationLock, remove_stale, temp_name
 
 log = logging.getLogger("bundler.imagewriter")
 
@@ -62,9 +62,15 @@ def _explain(exc: OSError, where: Path) -> str:
 
 
 class FileImageWriter:
-    """Writes ``destination/name`` via a hidden temporary file, renamed only by ``commit``."""
+    """Writes ``destination/name`` via a hidden temporary file, renamed only by ``commit``.
 
-    TEMP_PREFIX = ".ami-bundler-unbundle-"
+    The temporary file is ``.ami-bundler-unbundle-<pid>-<name>-<token>``: a run that finds one
+    whose process is gone removes it. A lock on the image name, held from ``open`` to
+    ``commit``/``abort``, makes a second unbundle of the same image into the same directory
+    fail at once instead of racing.
+    """
+
+    TEMP_PREFIX = f"{TEMP_MARK}{UNBUNDLE_KIND}-"
 
     def __init__(self, destination: Path, name: str, *, overwrite: bool = False) -> None:
         self.destination = Path(destination)
@@ -76,6 +82,7 @@ class FileImageWriter:
         self._unflushed = 0
         self._flusher: threading.Thread | None = None
         self._flush_error: OSError | None = None
+        self._lock: DestinationLock | None = None
 
     def _background_flush(self) -> None:
         if self._flusher is not None and self._flusher.is_alive():
@@ -100,10 +107,21 @@ class FileImageWriter:
     def open(self, size: int, mode: int) -> None:
         if not self.destination.is_dir():
             raise OutputError(f"destination directory {self.destination} does not exist")
+        lock = DestinationLock(self.destination, f"image-{self.final.name}", f"image {self.final.name}")
+        lock.acquire()
+        try:
+            self._open_locked(size, mode, lock)
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
+
+    def _open_locked(self, size: int, mode: int, lock: DestinationLock) -> None:
+        remove_stale(self.destination, held=[lock])
         if not self.overwrite and (self.final.exists() or self.final.is_symlink()):
             raise OutputError(f"{self.final} already exists: remove it, choose another -d, or pass --force")
         self.size = size
-        self.temp = self.destination / f"{self.TEMP_PREFIX}{self.final.name}-{secrets.token_hex(4)}"
+        self.temp = self.destination / temp_name(UNBUNDLE_KIND, self.final.name)
         try:
             self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
                               (mode & 0o777) or 0o644)
@@ -158,6 +176,7 @@ class FileImageWriter:
             self.abort()
             raise OutputError(_explain(exc, self.destination)) from exc
         self.temp = None
+        self._release()
         return self.final
 
     def abort(self) -> None:
@@ -174,3 +193,9 @@ class FileImageWriter:
             except OSError:
                 pass
             self.temp = None
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

@@ -46,6 +46,10 @@ _INT_RE = re.compile(r"[0-9]{1,19}")
 _BUNDLE_NAME_RE = re.compile(r"[A-Za-z0-9._+-]+")
 _BUCKET_RE = re.compile(r"[A-Za-z0-9._-]{3,255}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# What a manifest value may not hold: control characters (XML 1.0 forbids most of them and
+# normalises the rest away, so the value read back would differ), lone surrogates (not
+# encodable) and the non-characters U+FFFE/U+FFFF.
+_UNWRITABLE_RE = re.compile("[\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 _XML_DECL_RE = re.compile(rb"\s*(<\?xml[^>]*\?>)")
 
 
@@ -178,9 +182,21 @@ def _escape(text: str) -> str:
     )
 
 
+def _checked(tag: str, text: str) -> str:
+    if not isinstance(text, str):
+        raise UsageError(f"manifest field {tag} must be text, not {type(text).__name__}")
+    bad = _UNWRITABLE_RE.search(text)
+    if bad:
+        raise UsageError(
+            f"manifest field {tag} value {_show(text)} contains the character "
+            f"U+{ord(bad.group()):04X}, which a manifest cannot carry"
+        )
+    return text
+
+
 def _el(tag: str, text: str, **attrs: str) -> str:
-    attr = "".join(f" {k}='{_escape(v)}'" for k, v in attrs.items())
-    return f"<{tag}{attr}>{_escape(text)}</{tag}>"
+    attr = "".join(f" {k}='{_escape(_checked(f'{tag}/@{k}', v))}'" for k, v in attrs.items())
+    return f"<{tag}{attr}>{_escape(_checked(tag, text))}</{tag}>"
 
 
 def _get_xml(xml: bytes, tag: bytes) -> bytes | None:

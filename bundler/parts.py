@@ -12,11 +12,18 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import secrets
 import shutil
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import IntegrityError, OutputError, PartMissingError
 from .manifest import PartEntry, part_names
@@ -25,6 +32,21 @@ log = logging.getLogger("bundler.parts")
 
 PART_SIZE = 10 * 1024 * 1024
 READ_CHUNK = 1 << 20
+# Parts from other tools may differ in size, but a part this large is not a bundle part.
+MAX_PART_BYTES = 64 * 1024 * 1024
+
+# Every temporary entry we create in a destination starts with this, carries the creating
+# process's PID and ends in a random token: ".ami-bundler-<kind>-<pid>-<name>-<token>".
+TEMP_MARK = ".ami-bundler-"
+STAGING_KIND = "staging"
+UNBUNDLE_KIND = "unbundle"
+LOCK_KIND = "lock"
+# Room for the mark, kind, PID and token within NAME_MAX (255) whatever the name's length.
+_TEMP_NAME_CHARS = 128  # the longest bundle name validate_name allows
+_TEMP_RE = re.compile(
+    r"\.ami-bundler-(?P<kind>staging|unbundle)-(?P<pid>[0-9]{1,10})-(?P<name>.+)-[0-9a-f]{8}\Z",
+    re.DOTALL,
+)
 
 
 class Part:
@@ -98,14 +120,218 @@ class PartSource(Protocol):
         """Yield each part's bytes as chunks, in the given order (sources may prefetch)."""
 
 
-class DirectorySink:
-    """Writes parts to a hidden staging directory in ``destination``; commit renames them in.
+# --------------------------------------------------------------------------- temporary entries
 
-    Staging in the destination keeps renames on one filesystem, so committing is cheap and a
-    crash leaves only a clearly named ``.ami-bundler-*`` directory, never a complete-looking bundle.
+
+def short_name(name: str) -> str:
+    """``name`` itself, or a recognisable prefix plus a hash when it is too long for a temp name."""
+    if len(name.encode("utf-8", "surrogateescape")) <= _TEMP_NAME_CHARS:
+        return name
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return name[:60] + "~" + digest
+
+
+def temp_name(kind: str, name: str) -> str:
+    """A hidden name for an in-progress entry owned by this process (see ``remove_stale``)."""
+    return f"{TEMP_MARK}{kind}-{os.getpid()}-{short_name(name)}-{secrets.token_hex(4)}"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists; unsure answers count as alive (never delete
+    what might still be in use)."""
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale(directory: Path, held: Iterable[DestinationLock] = ()) -> list[str]:
+    """Remove temporary entries in ``directory`` left by ami-bundler runs that died.
+
+    A staging directory whose owner is gone is rolled back: finals it had already linked in
+    (same inode) are removed unless its manifest made it in too, in which case the bundle was
+    complete and only the staging copy goes. Unlocked lock files are removed as well. Entries
+    of live processes, and entries without a PID (older versions), are left alone.
+
+    The PID is only meaningful on this host; on a directory shared with other hosts (NFS) the
+    entry's name lock, which every live run holds, is the second witness: an entry whose lock
+    someone holds is left alone. ``held`` are the locks the caller holds itself.
+    """
+    directory = Path(directory)
+    held_paths = {lock.path for lock in held}
+    removed: list[str] = []
+    try:
+        entries = [e.name for e in os.scandir(directory) if e.name.startswith(TEMP_MARK)]
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP_RE.match(entry)
+        if match is None:
+            if entry.startswith(f"{TEMP_MARK}{LOCK_KIND}-") and _remove_unlocked(directory / entry):
+                removed.append(entry)
+            continue
+        if pid_alive(int(match["pid"])):
+            continue
+        what = ("bundle-" if match["kind"] == STAGING_KIND else "image-") + match["name"]
+        lock = DestinationLock(directory, what, what)
+        if lock.path not in held_paths and not lock.try_acquire():
+            continue  # a live run (perhaps on another host) is writing that name
+        path = directory / entry
+        try:
+            if match["kind"] == STAGING_KIND:
+                _roll_back_staging(directory, path, match["name"])
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue  # another run cleaned it first
+        except OSError as exc:
+            log.warning("cannot remove stale %s: %s", path, exc.strerror or exc)
+            continue
+        finally:
+            lock.release()
+        log.info("removed %s, left by ami-bundler process %s which no longer runs", path, match["pid"])
+        removed.append(entry)
+    return removed
+
+
+def _inode(path: Path | str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
+def _roll_back_staging(directory: Path, staging: Path, name: str) -> None:
+    staged = {key for e in os.scandir(staging) if (key := _inode(e.path)) is not None}
+    staged_manifest = _inode(staging / "manifest")
+    # Finals are linked only after the staged manifest is written, and the manifest is linked
+    # last. So: no staged manifest means nothing was linked yet, or the commit finished and
+    # its clean-up had begun; the final manifest being the staged one means the commit
+    # finished. Only a staged manifest that is not (yet) the final one marks a half-done commit.
+    committed = staged_manifest is None or _inode(directory / f"{name}.manifest.xml") == staged_manifest
+    if not committed:
+        part_prefix = f"{name}.part."
+        for entry in os.scandir(directory):
+            if entry.name.startswith(part_prefix) and _inode(entry.path) in staged:
+                os.unlink(entry.path)
+                log.info("removed %s: half-committed by a run that died", entry.path)
+    shutil.rmtree(staging)
+
+
+def _remove_unlocked(path: Path) -> bool:
+    """Remove a lock file nobody holds (its owner died); False if it is in use or gone."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False
+    try:
+        if _same_file(fd, path):
+            os.unlink(path)
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class DestinationLock:
+    """An exclusive ``flock`` on ``DIR/.ami-bundler-lock-<what>`` from begin to commit.
+
+    Two runs writing the same bundle (or image) into the same directory would otherwise only
+    collide at the very end; the second one now fails at once. The file is removed by its
+    holder on release; a racing opener that locked the removed inode notices and retries.
+    The kernel drops the lock when the holder dies, so a crash never leaves it held.
     """
 
-    STAGING_PREFIX = ".ami-bundler-staging-"
+    def __init__(self, directory: Path, what: str, display: str) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / f"{TEMP_MARK}{LOCK_KIND}-{short_name(what)}"
+        self.display = display
+        self._fd = -1
+
+    def try_acquire(self) -> bool:
+        """Acquire if free; False if another run holds it."""
+        try:
+            self.acquire()
+        except OutputError:
+            return False
+        return True
+
+    def acquire(self) -> None:
+        if fcntl is None:  # pragma: no cover
+            return
+        for _ in range(100):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            except OSError as exc:
+                raise OutputError(f"cannot write to {self.directory}: {_why(exc)}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise OutputError(
+                    f"another ami-bundler run is writing {self.display} in {self.directory}; "
+                    "wait for it to finish or choose another name/destination"
+                ) from None
+            except OSError:
+                # No locking on this filesystem: go on unlocked; link() still refuses clashes.
+                self._fd = fd
+                return
+            if _same_file(fd, self.path):
+                self._fd = fd
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                except OSError:
+                    pass  # the PID is for people; the lock works without it
+                return
+            os.close(fd)  # we locked a file its holder had just removed; lock the new one
+        raise OutputError(f"cannot lock {self.path}: it keeps being replaced")
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            if _same_file(self._fd, self.path):
+                os.unlink(self.path)
+        except OSError:
+            pass
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class DirectorySink:
+    """Writes parts to a hidden staging directory in ``destination``; commit links them in.
+
+    Staging in the destination keeps links on one filesystem, so committing is cheap and a
+    crash leaves only a clearly named ``.ami-bundler-staging-<pid>-…`` directory, never a
+    complete-looking bundle; the next run in the destination rolls such leftovers back
+    (``remove_stale``). A lock held from ``begin`` to ``commit``/``abort`` makes a second run
+    writing the same bundle into the same directory fail at once.
+    """
+
+    STAGING_PREFIX = f"{TEMP_MARK}{STAGING_KIND}-"
 
     def __init__(self, destination: Path, *, overwrite: bool = False, fsync: bool = True) -> None:
         self.destination = Path(destination)
@@ -115,16 +341,56 @@ class DirectorySink:
         self._name = ""
         self._written: list[Path] = []
         self._committed: list[Path] = []
+        self._lock: DestinationLock | None = None
+
+    def check_clear(self, name: str) -> None:
+        """Fail before any work if the destination already holds a bundle called ``name``
+        (and ``overwrite`` is off); commit checks again, this is only to fail fast."""
+        if not self.destination.is_dir():
+            return
+        # Clean up after crashed runs first: a half-committed bundle is rolled back here,
+        # and must not count as a clash.
+        remove_stale(self.destination)
+        if self.overwrite:
+            return
+        clash = self._existing(name)
+        if clash:
+            raise OutputError(self._clash_message(clash))
+
+    def _existing(self, name: str) -> list[str]:
+        manifest = f"{name}.manifest.xml"
+        part_prefix = f"{name}.part."
+        try:
+            names = os.listdir(self.destination)
+        except OSError:
+            return []
+        return sorted(n for n in names if n == manifest or n.startswith(part_prefix))
+
+    def _clash_message(self, clash: Sequence[str]) -> str:
+        return (
+            f"{self.destination} already holds {clash[0]}"
+            + (f" and {len(clash) - 1} more" if len(clash) > 1 else "")
+            + ": remove the old bundle or choose another --prefix/--destination"
+        )
 
     def begin(self, name: str, max_parts: int) -> None:
         if not self.destination.is_dir():
             raise OutputError(f"destination directory {self.destination} does not exist")
         self._name = name
-        self._staging = self.destination / f"{self.STAGING_PREFIX}{name}-{secrets.token_hex(4)}"
+        lock = DestinationLock(self.destination, f"bundle-{name}", f"bundle {name}")
+        lock.acquire()
         try:
-            self._staging.mkdir(mode=0o700)
+            remove_stale(self.destination, held=[lock])
+            staging = self.destination / temp_name(STAGING_KIND, name)
+            staging.mkdir(mode=0o700)
         except OSError as exc:
+            lock.release()
             raise OutputError(f"cannot write to {self.destination}: {_why(exc)}") from exc
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
+        self._staging = staging
 
     def put_part(self, part: Part) -> None:
         assert self._staging is not None, "begin() not called"
@@ -155,6 +421,24 @@ class DirectorySink:
             except OSError as exc:
                 raise OutputError(f"cannot flush {path.name} to disk in {self.destination}: {_why(exc)}") from exc
 
+    def _remove_old_bundle(self, names: Sequence[str], manifest_name: str) -> None:
+        """--force: take the old bundle out, manifest first, before any new file goes in.
+
+        Replacing files one by one would leave the old manifest beside new parts if we died
+        half-way (a complete-looking bundle that does not verify); without a manifest, a
+        half-replaced set of parts is visibly incomplete and the next run rolls it back.
+        """
+        old = self._existing(self._name)
+        ordered = [manifest_name] if manifest_name in old else []
+        ordered += [n for n in old if n != manifest_name]
+        for name in ordered:
+            try:
+                os.unlink(self.destination / name)
+            except FileNotFoundError:
+                pass
+            if name == manifest_name and self.fsync:
+                _fsync_dir(self.destination)
+
     def commit(self, names: Sequence[str], manifest_name: str, manifest: bytes) -> None:
         assert self._staging is not None, "begin() not called"
         if len(names) != len(self._written):
@@ -163,23 +447,20 @@ class DirectorySink:
         if not self.overwrite:
             clash = [p.name for p in finals if p.exists() or p.is_symlink()]
             if clash:
-                raise OutputError(
-                    f"{self.destination} already holds {clash[0]}"
-                    + (f" and {len(clash) - 1} more" if len(clash) > 1 else "")
-                    + ": remove the old bundle or choose another --prefix/--destination"
-                )
+                raise OutputError(self._clash_message(clash))
         if self.fsync:
             self._sync_parts()
         staged_manifest = self._staging / "manifest"
         self._write_file(staged_manifest, manifest, sync=self.fsync)
         try:
+            if self.overwrite:
+                self._remove_old_bundle(names, manifest_name)
             for src, dst in zip([*self._written, staged_manifest], finals, strict=True):
-                if self.overwrite:
-                    os.replace(src, dst)
-                else:
-                    # link() refuses an existing name atomically: a concurrent run writing the
-                    # same bundle makes one of the two fail here instead of interleaving.
-                    os.link(src, dst)
+                # link() refuses an existing name atomically: a concurrent run writing the
+                # same bundle (despite the lock, e.g. on a filesystem without flock) makes
+                # one of the two fail here instead of interleaving. The staged copy keeps
+                # the inode, which is how a later run recognises a half-done commit.
+                os.link(src, dst)
                 self._committed.append(dst)
             if self.fsync:
                 _fsync_dir(self.destination)
@@ -189,20 +470,47 @@ class DirectorySink:
             ) from exc
         except OSError as exc:
             raise OutputError(f"cannot move the bundle into {self.destination}: {_why(exc)}") from exc
-        shutil.rmtree(self._staging, ignore_errors=True)
-        self._staging = None
+        self._remove_staging()
+        self._committed.clear()
+        self._release()
 
     def abort(self) -> None:
         # A failed commit must not leave a manifest without parts or parts without a manifest.
-        for path in self._committed:
+        # The manifest goes first so that no instant shows it beside missing parts.
+        for path in reversed(self._committed):
             try:
                 path.unlink()
             except OSError:
                 pass
         self._committed.clear()
-        if self._staging is not None:
+        self._remove_staging()
+        self._release()
+
+    def _remove_staging(self) -> None:
+        """Remove the staging directory by the names we put in it: unlink and rmdir need no
+        file descriptor, where rmtree needs two and fails quietly when they have run out."""
+        if self._staging is None:
+            return
+        for path in [*self._written, self._staging / "manifest"]:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        try:
+            os.rmdir(self._staging)
+        except FileNotFoundError:
+            pass
+        except OSError:
             shutil.rmtree(self._staging, ignore_errors=True)
-            self._staging = None
+            if self._staging.exists():
+                log.warning("could not remove %s; the next run in %s will", self._staging, self.destination)
+        self._written.clear()
+        self._staging = None
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def _why(exc: OSError) -> str:
@@ -241,9 +549,18 @@ class DirectorySource:
         return self.directory / entry.filename
 
     def check_present(self, entries: Sequence[PartEntry]) -> None:
+        """Every part is a regular file and none is absurdly large, before any byte is read."""
         for entry in entries:
-            if not self.path_of(entry).is_file():
+            try:
+                st = os.stat(self.path_of(entry))
+            except OSError:
+                st = None
+            if st is None or not stat.S_ISREG(st.st_mode):
                 raise PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from {self.directory}")
+            if st.st_size > MAX_PART_BYTES:
+                raise IntegrityError(
+                    f"part {entry.filename} is {st.st_size} bytes, larger than {MAX_PART_BYTES}: not a bundle part"
+                )
 
     def iter_parts(self, entries: Sequence[PartEntry]) -> Iterator[tuple[PartEntry, Iterable[bytes]]]:
         for entry in entries:
@@ -263,7 +580,11 @@ class DirectorySource:
 
 
 __all__ = [
+    "MAX_PART_BYTES",
     "PART_SIZE",
+    "DestinationLock",
+    "remove_stale",
+    "temp_name",
     "Part",
     "PartSink",
     "PartSource",

@@ -33,7 +33,7 @@ from .deflate import GzipDecoder, ParallelGzipWriter, compression_settings
 from .errors import ArchiveError, DecryptionError, IntegrityError, KeyFileError
 from .imagewriter import FileImageWriter, ImageWriter, NullImageWriter
 from .manifest import Manifest, ParsedManifest, PartEntry, part_names, validate_name
-from .parts import PART_SIZE, Part, PartSink, PartSource
+from .parts import MAX_PART_BYTES, PART_SIZE, Part, PartSink, PartSource
 from .progress import NULL_PROGRESS, ProgressListener
 from .source import ImageSource
 from .tarstream import (
@@ -47,8 +47,6 @@ from .tarstream import (
 
 log = logging.getLogger("bundler.pipeline")
 
-# Parts from other tools may differ in size, but a part this large is not a bundle part.
-MAX_PART_BYTES = 64 * 1024 * 1024
 # Slack allowed beyond the image size in the decompressed stream (headers, sparse maps,
 # padding); anything more is a gzip bomb or a lie, and reading stops there.
 STREAM_SLACK = 16 * 1024 * 1024
@@ -176,6 +174,18 @@ def max_bundled_size(tar_size: int) -> int:
     return tar_size + tar_size // 8192 + 4096
 
 
+def _preflight_manifest(name: str, options: BundleOptions) -> None:
+    """Render the manifest's option fields once up front, so a value the manifest cannot carry
+    fails before the image is read, not after every part was written."""
+    Manifest(
+        name=name, user=options.user, digest="0" * 40, size=0, bundled_size=0,
+        ec2_encrypted_key="00", user_encrypted_key="00", ec2_encrypted_iv="00", user_encrypted_iv="00",
+        parts=[], arch=options.arch, kernel_id=options.kernel_id, ramdisk_id=options.ramdisk_id,
+        block_device_mapping=dict(options.block_device_mapping), product_codes=list(options.product_codes),
+        ancestry=list(options.ancestry),
+    ).to_unsigned_xml()
+
+
 def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: BundleOptions,
            progress: ProgressListener = NULL_PROGRESS) -> BundleResult:
     """Bundle ``source`` into ``sink`` in one pass; the manifest is committed last."""
@@ -191,11 +201,18 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
 
     if options.block_device_mapping and not {"ami", "root"} <= options.block_device_mapping.keys():
         log.warning("block device mapping has no 'ami' or 'root' entry; EC2 may not find the root device")
-
-    sink.begin(name, max_parts)
     cutter = PartCutter(sink)
     encryptor = AesCbcEncryptor(key, iv, cutter.write)
-    gzip = ParallelGzipWriter(encryptor.write, settings, workers=options.workers)
+    gzip: ParallelGzipWriter | None = None
+    try:
+        _preflight_manifest(name, options)
+        gzip = ParallelGzipWriter(encryptor.write, settings, workers=options.workers)
+        sink.begin(name, max_parts)
+    except BaseException:
+        if gzip is not None:
+            gzip.abort()
+        source.close()
+        raise
     tar_hash = hashlib.sha1()
     written = 0
 

@@ -146,7 +146,13 @@ def run_keygen(args: argparse.Namespace, printer: Printer) -> int:
 
 def run_bundle_image(args: argparse.Namespace, printer: Printer) -> int:
     source, keys, options = bundle_inputs(args, printer)
-    result = bundle(source, DirectorySink(args.destination, overwrite=args.force), keys, options, printer.progress())
+    sink = DirectorySink(args.destination, overwrite=args.force)
+    try:
+        sink.check_clear(options.name)  # fail before reading the image, not at commit
+    except BaseException:
+        source.close()
+        raise
+    result = bundle(source, sink, keys, options, printer.progress())
     manifest_path = args.destination / result.manifest_name
     data = result.summary()
     data["manifest_path"] = str(manifest_path)

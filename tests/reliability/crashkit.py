@@ -1,0 +1,230 @@
+"""Crash-consistency kit: run the real CLI, kill it at random or chosen points, inspect.
+
+Used by tests/reliability/test_crash.py (a small fixed sample) and scripts/chaos.py (as many
+runs as the time allows). Two ways to crash a run:
+
+* ``kill_at_random``: ``python -m bundler …`` in a subprocess, SIGKILL after a random delay.
+* ``crash_at_step``: the CLI in a forked child whose N-th filesystem call (link, unlink,
+  rename, fsync, mkdir, open, rmtree, ftruncate …) is replaced by ``os._exit(137)``; walking
+  N = 1, 2, … visits every point between two filesystem operations of a run.
+
+Then ``inspect_*`` checks the destination: a manifest present ⇒ every part present and
+verifying and the image digest the original's; an image under its final name ⇒ identical to
+the original; anything else is a clearly named ``.ami-bundler-*`` temporary entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bundler.cli
+from bundler import api
+from bundler.errors import BundlerError
+from bundler.manifest import parse_manifest
+from bundler.parts import TEMP_MARK
+
+REPO = Path(__file__).resolve().parents[2]
+# Forked runs inherit what the parent imported: build the parser once so the command modules
+# (and boto3 behind them) are loaded here, not again in every child.
+bundler.cli.build_parser()
+CRASH_EXIT = 137
+# Filesystem calls a crash is injected before (module, attribute).
+STEP_FUNCTIONS: tuple[tuple[object, str], ...] = (
+    (os, "link"), (os, "unlink"), (os, "rename"), (os, "replace"), (os, "fsync"), (os, "fdatasync"),
+    (os, "mkdir"), (os, "open"), (os, "ftruncate"), (os, "rmdir"), (shutil, "rmtree"),
+)
+
+
+@dataclass
+class Workspace:
+    root: Path
+    image: Path
+    key: Path
+    cert: Path
+    ec2cert: Path
+    image_sha1: str
+    part_size: int | None = None  # forked runs only: smaller parts, more of them, faster
+    digest: str = ""  # tar-stream digest of a good bundle of ``image`` ("": not checked)
+
+    def bundle_args(self, dest: Path, name: str = "img", *extra: str) -> list[str]:
+        return ["bundle-image", "-i", str(self.image), "-c", str(self.cert), "-k", str(self.key),
+                "-u", "123456789012", "--ec2cert", str(self.ec2cert), "-d", str(dest), "-r", "x86_64",
+                "-p", name, "-q", "--jobs-compress", "2", *extra]
+
+    def unbundle_args(self, manifest: Path, out: Path, *extra: str) -> list[str]:
+        return ["unbundle", "-m", str(manifest), "-k", str(self.key), "-d", str(out), "-q", *extra]
+
+
+def make_workspace(root: Path, key: Path, cert: Path, ec2cert: Path, *, size: int = 11 << 20,
+                   seed: int = 1, part_size: int | None = None) -> Workspace:
+    """An image of ``size`` bytes (incompressible, with a hole) and a reference bundle."""
+    import random
+
+    root.mkdir(parents=True, exist_ok=True)
+    image = root / "source.img"
+    rnd = random.Random(seed)
+    with open(image, "wb") as fh:
+        fh.write(rnd.randbytes(size // 2))
+        fh.seek(size // 2 + (1 << 20))
+        fh.write(rnd.randbytes(size - fh.tell()))
+    ws = Workspace(root, image, key, cert, ec2cert, sha1_file(image), part_size)
+    ref = root / "reference"
+    clean_dir(ref)
+    result = run_cli(ws.bundle_args(ref), part_size)
+    assert result == 0, "reference bundle failed"
+    ws.digest = parse_manifest((ref / "img.manifest.xml").read_bytes()).manifest.digest
+    return ws
+
+
+def sha1_file(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def run_cli(argv: Sequence[str], part_size: int | None = None) -> int:
+    """The CLI in a forked child (fast: no interpreter start-up), its exit code."""
+    return crash_at_step(argv, 0, part_size)[1]
+
+
+def crash_at_step(argv: Sequence[str], step: int, part_size: int | None = None) -> tuple[bool, int]:
+    """Run the CLI in a forked child that dies before its ``step``-th filesystem call
+    (0: never). ``part_size`` shrinks the parts (more commit steps from a small image).
+    Returns (crashed, exit code)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        code = 70
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the child exits
+            if part_size:
+                import bundler.pipeline
+
+                bundler.pipeline.PART_SIZE = part_size
+            if step:
+                _arm(step)
+            from bundler.cli import main
+
+            code = main(list(argv))
+        except BaseException:  # noqa: BLE001 - the child must exit, whatever happened
+            code = 71
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return code == CRASH_EXIT, code
+
+
+def _arm(step: int) -> None:
+    calls = [0]
+
+    def wrap(original: Callable) -> Callable:
+        def crashing(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == step:
+                os._exit(CRASH_EXIT)
+            return original(*args, **kwargs)
+        return crashing
+
+    for module, name in STEP_FUNCTIONS:
+        if hasattr(module, name):
+            setattr(module, name, wrap(getattr(module, name)))
+
+
+def kill_at_random(argv: Sequence[str], delay: float, timeout: float = 120.0) -> tuple[bool, int]:
+    """``python -m bundler ARGV`` in a subprocess, SIGKILLed after ``delay`` seconds.
+    Returns (killed, exit code)."""
+    proc = subprocess.Popen([sys.executable, "-m", "bundler", *argv], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=delay)
+        return False, proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=timeout)
+        return True, proc.returncode
+
+
+# --------------------------------------------------------------------------- inspection
+
+
+@dataclass
+class Inspection:
+    wrong: list[str] = field(default_factory=list)      # complete-looking but wrong: must never happen
+    temporary: list[str] = field(default_factory=list)  # .ami-bundler-* entries
+    incomplete: list[str] = field(default_factory=list)  # parts with no manifest (visibly unfinished)
+    complete: list[str] = field(default_factory=list)   # verified bundles / identical images
+
+    @property
+    def ok(self) -> bool:
+        return not self.wrong
+
+
+def inspect_bundle_dir(dest: Path, ws: Workspace, *, decrypt: bool = False) -> Inspection:
+    seen = Inspection()
+    claimed: set[str] = set()
+    names = sorted(os.listdir(dest))
+    for name in names:
+        if name.startswith(TEMP_MARK):
+            seen.temporary.append(name)
+        elif name.endswith(".manifest.xml"):
+            path = dest / name
+            try:
+                parsed = api.read_manifest(path)
+                claimed.update(p.filename for p in parsed.manifest.parts)
+                api.verify(path, cert=ws.cert, private_key=ws.key if decrypt else None, decrypt=decrypt)
+            except BundlerError as exc:
+                seen.wrong.append(f"{name}: {exc}")
+                continue
+            if ws.digest and parsed.manifest.digest != ws.digest:
+                seen.wrong.append(f"{name}: digest {parsed.manifest.digest} is not the image's {ws.digest}")
+            else:
+                seen.complete.append(name)
+    for name in names:
+        if ".part." in name and not name.startswith(TEMP_MARK) and name not in claimed:
+            seen.incomplete.append(name)
+    return seen
+
+
+def inspect_image_dir(out: Path, ws: Workspace, name: str = "img") -> Inspection:
+    seen = Inspection()
+    for entry in sorted(os.listdir(out)):
+        if entry.startswith(TEMP_MARK):
+            seen.temporary.append(entry)
+        elif entry == name:
+            if sha1_file(out / entry) == ws.image_sha1:
+                seen.complete.append(entry)
+            else:
+                seen.wrong.append(f"{entry}: differs from the original image")
+        else:
+            seen.wrong.append(f"{entry}: unexpected file in the unbundle destination")
+    return seen
+
+
+def clean_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
