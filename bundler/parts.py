@@ -40,11 +40,12 @@ MAX_PART_BYTES = 64 * 1024 * 1024
 TEMP_MARK = ".ami-bundler-"
 STAGING_KIND = "staging"
 UNBUNDLE_KIND = "unbundle"
+VOLUME_KIND = "vol"  # bundle-vol's image being built and its staging tree
 LOCK_KIND = "lock"
 # Room for the mark, kind, PID and token within NAME_MAX (255) whatever the name's length.
 _TEMP_NAME_CHARS = 128  # the longest bundle name validate_name allows
 _TEMP_RE = re.compile(
-    r"\.ami-bundler-(?P<kind>staging|unbundle)-(?P<pid>[0-9]{1,10})-(?P<name>.+)-[0-9a-f]{8}\Z",
+    r"\.ami-bundler-(?P<kind>staging|unbundle|vol)-(?P<pid>[0-9]{1,10})-(?P<name>.+)-[0-9a-f]{8}\Z",
     re.DOTALL,
 )
 
@@ -185,6 +186,8 @@ def remove_stale(directory: Path, held: Iterable[DestinationLock] = ()) -> list[
         try:
             if match["kind"] == STAGING_KIND:
                 _roll_back_staging(directory, path, match["name"])
+            elif match["kind"] == VOLUME_KIND and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
             else:
                 path.unlink()
         except FileNotFoundError:

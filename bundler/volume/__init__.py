@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import threading
 import time
 import uuid as uuidlib
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, UsageError, VolumeError
+from ..parts import VOLUME_KIND, DirectorySink, remove_stale, temp_name
 from ..progress import NULL_PROGRESS, ProgressListener
 from . import bootloader as bootlib
 from . import fstab as fstablib
@@ -220,9 +220,13 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     work = config.work_dir.resolve()
-    token = secrets.token_hex(4)
-    tmp_image = work / f".{config.prefix}.{token}.img"
-    staging = work / f".{config.prefix}.{token}.staging"
+    # Work files carry our PID, so a run that died (kill -9, power loss) leaves entries the
+    # next run in the same directory recognises and removes.
+    remove_stale(work)
+    if not config.clone_only and sink is None:
+        DirectorySink(Path(config.destination)).check_clear(config.prefix)  # fail before the work
+    tmp_image = work / temp_name(VOLUME_KIND, f"{config.prefix}.img")
+    staging = work / temp_name(VOLUME_KIND, f"{config.prefix}.staging")
     mounts = host_mounts()
     selection = select_volume(config, mounts=mounts, extra_hard_excludes={
         tmp_image: "image being built", staging: "staging tree"})
@@ -297,7 +301,6 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
                               kernel=boot_plan.kernel.version if boot_plan.kernel else None,
                               menu_lst=boot_plan.menu_lst, warnings=boot_plan.warnings)
         if not config.clone_only:
-            from ..parts import DirectorySink
             from ..pipeline import bundle
             from ..source import open_image
 
@@ -307,13 +310,18 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
                 Path(config.destination)), keys, options, progress)
             timings["bundle"] = time.monotonic() - t
         if kept:
-            os.rename(tmp_image, config.kept_image_path)
+            try:
+                os.link(tmp_image, config.kept_image_path)  # never replaces an existing file
+            except FileExistsError:
+                raise OutputError(f"image file {config.kept_image_path} appeared while bundling; "
+                                  "the bundle is complete but the image was not kept") from None
+            tmp_image.unlink()
             result.image_path = config.kept_image_path
     finally:
         if cleaner is not None:
             cleaner.join()
         imagefs.remove_tree(staging)
-        if tmp_image.exists() and (result is None or result.image_path is None):
+        if tmp_image.exists():
             tmp_image.unlink()
     timings["total"] = time.monotonic() - t0
     return result

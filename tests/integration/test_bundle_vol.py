@@ -250,3 +250,22 @@ def test_packer_command_line(rootfs, tmp_path, user_key_pair, ec2_key_pair, monk
     argv2[argv2.index(str(dest))] = str(dest2)
     assert main(argv2) == 0
     assert "x509-key.pem" not in debugfs(dest2 / "packer", "ls /tmp").split()
+
+
+def test_existing_bundle_refused_up_front_and_stale_work_files_removed(rootfs, tmp_path, user_key_pair,
+                                                                       ec2_key_pair, capsys):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    # what a bundle-vol killed by a crash leaves behind: its PID no longer runs
+    stale_image = dest / ".ami-bundler-vol-999999999-image.img-0badcafe"
+    stale_image.write_bytes(b"half an image")
+    stale_tree = dest / ".ami-bundler-vol-999999999-image.staging-0badcafe"
+    (stale_tree / "etc").mkdir(parents=True)
+    assert main(bundle_args(user_key_pair, ec2_key_pair, dest, "-v", str(rootfs), "-q")) == 0
+    assert not stale_image.exists() and not stale_tree.exists()
+    before = sorted(os.listdir(dest))
+    capsys.readouterr()
+    assert main(bundle_args(user_key_pair, ec2_key_pair, dest, "-v", str(rootfs))) != 0
+    err = capsys.readouterr().err
+    assert "already holds image.manifest.xml" in err or "already holds image.part" in err
+    assert sorted(os.listdir(dest)) == before
