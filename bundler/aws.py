@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import boto3
@@ -25,6 +26,14 @@ log = logging.getLogger("bundler.aws")
 
 DEFAULT_REGION = "us-east-1"
 DEFAULT_MAX_ATTEMPTS = 8
+# Every request is bounded: a stalled connection (accepted, never answered) must end in a
+# ReadTimeoutError that botocore retries, never in a hang. Overridable per run (flags) or per
+# environment (tests and chaos runs set them short).
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 60.0
+CONNECT_TIMEOUT_ENV = "AMI_BUNDLER_CONNECT_TIMEOUT"
+READ_TIMEOUT_ENV = "AMI_BUNDLER_READ_TIMEOUT"
+_MAX_TIMEOUT = 3600.0
 RETRY_MODES = ("standard", "adaptive", "legacy")
 
 NO_CREDENTIALS = (
@@ -51,13 +60,35 @@ class AwsOptions:
     session_token: str | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     retry_mode: str = "standard"
-    connect_timeout: float = 20.0
-    read_timeout: float = 60.0
+    connect_timeout: float = field(default_factory=lambda: default_timeouts()[0])
+    read_timeout: float = field(default_factory=lambda: default_timeouts()[1])
 
     def __repr__(self) -> str:  # never show secrets in logs or tracebacks
         return (f"AwsOptions(profile={self.profile!r}, region={self.region!r}, "
                 f"endpoint_url={self.endpoint_url!r}, access_key={'set' if self.access_key else None}, "
-                f"max_attempts={self.max_attempts}, retry_mode={self.retry_mode!r})")
+                f"max_attempts={self.max_attempts}, retry_mode={self.retry_mode!r}, "
+                f"connect_timeout={self.connect_timeout}, read_timeout={self.read_timeout})")
+
+
+def _timeout_value(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{what} must be a number of seconds, got {text!r}") from None
+    if not 0 < value <= _MAX_TIMEOUT:  # also rejects nan
+        raise UsageError(f"{what} must be more than 0 and at most {_MAX_TIMEOUT:.0f} seconds, got {text!r}")
+    return value
+
+
+def default_timeouts() -> tuple[float, float]:
+    """(connect, read) seconds: the environment's $AMI_BUNDLER_CONNECT_TIMEOUT /
+    $AMI_BUNDLER_READ_TIMEOUT, else 10 s / 60 s."""
+    connect, read = DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
+    if os.environ.get(CONNECT_TIMEOUT_ENV):
+        connect = _timeout_value(os.environ[CONNECT_TIMEOUT_ENV], f"${CONNECT_TIMEOUT_ENV}")
+    if os.environ.get(READ_TIMEOUT_ENV):
+        read = _timeout_value(os.environ[READ_TIMEOUT_ENV], f"${READ_TIMEOUT_ENV}")
+    return connect, read
 
 
 def add_aws_options(parser: argparse.ArgumentParser) -> None:
@@ -77,6 +108,12 @@ def add_aws_options(parser: argparse.ArgumentParser) -> None:
                    help=f"botocore attempts per request (default {DEFAULT_MAX_ATTEMPTS})")
     g.add_argument("--retry-mode", choices=RETRY_MODES, default="standard",
                    help="botocore retry mode (default standard)")
+    g.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                   help=f"seconds to wait for a connection (default ${CONNECT_TIMEOUT_ENV} or "
+                        f"{DEFAULT_CONNECT_TIMEOUT:.0f})")
+    g.add_argument("--read-timeout", type=float, metavar="SECONDS",
+                   help=f"seconds to wait for data on a connection before retrying (default ${READ_TIMEOUT_ENV} "
+                        f"or {DEFAULT_READ_TIMEOUT:.0f})")
     g.add_argument("--sigv", choices=["2", "4"], default="4", help=argparse.SUPPRESS)
 
 
@@ -94,6 +131,11 @@ def options_from_args(args: argparse.Namespace, warn: Callable[[str], None] | No
     region = getattr(args, "region", None)
     if region is not None:
         check_region(region, "--region")
+    connect, read = default_timeouts()
+    if getattr(args, "connect_timeout", None) is not None:
+        connect = _timeout_value(str(args.connect_timeout), "--connect-timeout")
+    if getattr(args, "read_timeout", None) is not None:
+        read = _timeout_value(str(args.read_timeout), "--read-timeout")
     return AwsOptions(
         profile=getattr(args, "profile", None),
         region=region,
@@ -103,6 +145,8 @@ def options_from_args(args: argparse.Namespace, warn: Callable[[str], None] | No
         session_token=getattr(args, "session_token", None),
         max_attempts=attempts,
         retry_mode=getattr(args, "retry_mode", "standard"),
+        connect_timeout=connect,
+        read_timeout=read,
     )
 
 
@@ -259,6 +303,7 @@ __all__ = [
     "add_aws_options",
     "check_region",
     "common_error",
+    "default_timeouts",
     "ec2_client",
     "ec2_error",
     "error_code",

@@ -14,12 +14,15 @@ with jittered back-off for what botocore does not retry (BadDigest, a wrong ETag
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
+import json
 import logging
 import os
 import random
 import re
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,7 +44,7 @@ from .errors import (
     UsageError,
 )
 from .manifest import ParsedManifest, PartEntry, bucket_and_prefix, is_encrypted, parse_manifest
-from .parts import PART_SIZE, Part, provisional_name
+from .parts import PART_SIZE, Part, pid_alive, provisional_name
 from .progress import NULL_PROGRESS, ProgressListener
 
 log = logging.getLogger("bundler.s3")
@@ -59,6 +62,10 @@ _BACKOFF_CAP = 10.0
 
 _PART_SUFFIX = re.compile(r"^\.part\.[0-9]+$")
 _MANIFEST_SUFFIX = re.compile(r"^\.manifest(\.xml)?$")
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+# NAME.ami-bundler-lock under the prefix: the lease an upload of NAME holds (see UploadLock).
+LOCK_SUFFIX = ".ami-bundler-lock"
+LOCK_STALE_SECONDS = 300.0
 # Errors worth another whole-object attempt after botocore's own retries: the bytes got
 # damaged on the way (BadDigest) or the service was briefly unhappy.
 _RETRYABLE_CODES = {"BadDigest", "InvalidDigest", "RequestTimeout", "InternalError", "SlowDown",
@@ -75,6 +82,14 @@ class BucketLocationError(S3Error):
 
 class _Corrupt(Exception):
     """An object's bytes did not match the digest we expected; retried, then IntegrityError."""
+
+
+class _ShortBody(_Corrupt):
+    """The connection delivered fewer bytes than Content-Length (closed early); retried."""
+
+
+class ConcurrentUploadError(S3Error):
+    """Another run is writing the same bundle name into the same prefix."""
 
 
 # --------------------------------------------------------------------------- locations
@@ -195,7 +210,7 @@ def _with_attempts(fn: Callable[[], T], attempts: int, describe: str) -> T:
 def bucket_region(client: Any, bucket: str) -> str | None:
     """The bucket's region, or None if it does not exist."""
     try:
-        resp = client.head_bucket(Bucket=bucket)
+        resp = _with_attempts(lambda: client.head_bucket(Bucket=bucket), DEFAULT_ATTEMPTS, f"check s3://{bucket}")
     except bexc.ClientError as exc:
         code = error_code(exc)
         region = response_header(exc, "x-amz-bucket-region")
@@ -256,17 +271,27 @@ def ensure_bucket(client: Any, bucket: str, *, location: str | None = None) -> b
 
 def list_objects(client: Any, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
     """key → (size, ETag without quotes) for every key under ``prefix``, across all pages."""
-    found: dict[str, tuple[int, str]] = {}
-    try:
+    def attempt() -> dict[str, tuple[int, str]]:
+        found: dict[str, tuple[int, str]] = {}
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 found[obj["Key"]] = (int(obj["Size"]), str(obj.get("ETag", "")).strip('"').lower())
+        return found
+
+    try:
+        # A listing decides what is skipped and what gets published: worth whole-call retries
+        # on top of botocore's, like every object transfer.
+        return _with_attempts(attempt, DEFAULT_ATTEMPTS, f"list s3://{bucket}/{prefix}")
     except (bexc.ClientError, bexc.BotoCoreError) as exc:
         raise s3_error(exc, "list", bucket, prefix or None) from None
-    return found
 
 
 # --------------------------------------------------------------------------- object transfer
+
+
+def _etag_not_md5(resp: dict[str, Any]) -> bool:
+    """Whether S3 says the object's ETag is not its MD5 (SSE-KMS, SSE-C)."""
+    return resp.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse") or bool(resp.get("SSECustomerAlgorithm"))
 
 
 def put_bytes(client: Any, bucket: str, key: str, data: bytes, *, md5: bytes | None = None,
@@ -281,8 +306,9 @@ def put_bytes(client: Any, bucket: str, key: str, data: bytes, *, md5: bytes | N
     def attempt() -> str:
         resp = client.put_object(**params)
         etag = str(resp.get("ETag", "")).strip('"').lower()
-        # SSE-KMS objects have a non-MD5 ETag; S3 has already checked Content-MD5 then.
-        if etag != md5.hex() and resp.get("ServerSideEncryption") != "aws:kms" and "-" not in etag:
+        # SSE-KMS/SSE-C objects have a non-MD5 ETag; S3 has already checked Content-MD5 then.
+        # A single PUT never has a multipart ("-N") ETag, so one here is as wrong as any other.
+        if etag != md5.hex() and not _etag_not_md5(resp):
             raise _Corrupt(f"ETag {etag} is not the MD5 {md5.hex()} of what was sent")
         return etag
 
@@ -294,13 +320,18 @@ def put_bytes(client: Any, bucket: str, key: str, data: bytes, *, md5: bytes | N
         raise s3_error(exc, "upload", bucket, key, acl=acl) from None
 
 
-def _get_raw(client: Any, bucket: str, key: str, limit: int, what: str) -> bytes:
+def _get_raw(client: Any, bucket: str, key: str, limit: int, what: str, *, check_md5: bool = False) -> bytes:
     """GetObject and read the body; botocore/transport exceptions propagate untranslated so
-    that ``_with_attempts`` can retry a reset or truncated body."""
+    that ``_with_attempts`` can retry a reset or truncated body.
+
+    A body shorter than its Content-Length is a retryable ``_ShortBody`` even when the
+    connection closed cleanly; with ``check_md5`` the body's MD5 must be the object's ETag
+    (single-PUT objects without SSE-KMS/C), which catches bytes damaged in transit for objects
+    that, unlike parts, have no digest of their own to check."""
     resp = client.get_object(Bucket=bucket, Key=key)
     body = resp["Body"]
     try:
-        length = int(resp.get("ContentLength", 0))
+        length = int(resp.get("ContentLength", -1))
         if length > limit:
             raise IntegrityError(f"{what} s3://{bucket}/{key} is {length} bytes, more than the {limit}-byte limit")
         data = body.read(limit + 1)
@@ -308,6 +339,12 @@ def _get_raw(client: Any, bucket: str, key: str, limit: int, what: str) -> bytes
         body.close()
     if len(data) > limit:
         raise IntegrityError(f"{what} s3://{bucket}/{key} is larger than the {limit}-byte limit")
+    if 0 <= length != len(data):
+        raise _ShortBody(f"got {len(data)} of {length} bytes")
+    if check_md5:
+        etag = str(resp.get("ETag", "")).strip('"').lower()
+        if _MD5_ETAG.match(etag) and not _etag_not_md5(resp) and hashlib.md5(data).hexdigest() != etag:
+            raise _Corrupt(f"MD5 {hashlib.md5(data).hexdigest()} of the bytes received is not the ETag {etag}")
     return data
 
 
@@ -319,9 +356,13 @@ def _translate_get(exc: BaseException, bucket: str, key: str, what: str) -> Bund
 
 def get_bytes(client: Any, bucket: str, key: str, *, limit: int, what: str = "object",
               attempts: int = DEFAULT_ATTEMPTS) -> bytes:
+    """An object's bytes, checked against its length and (when it is one) its MD5 ETag."""
     try:
-        return _with_attempts(lambda: _get_raw(client, bucket, key, limit, what), attempts,
-                              f"download s3://{bucket}/{key}")
+        return _with_attempts(lambda: _get_raw(client, bucket, key, limit, what, check_md5=True),
+                              max(2, attempts), f"download s3://{bucket}/{key}")
+    except _Corrupt as exc:
+        raise IntegrityError(f"download {what} s3://{bucket}/{key}: kept arriving damaged ({exc}): "
+                             "check the network and re-run") from None
     except (bexc.ClientError, bexc.BotoCoreError) as exc:
         raise _translate_get(exc, bucket, key, what) from None
 
@@ -350,6 +391,9 @@ def _fetch_part(client: Any, bucket: str, key: str, entry: PartEntry, attempts: 
 
     try:
         return _with_attempts(attempt, max(2, attempts), f"download {what}")
+    except _ShortBody as exc:
+        raise IntegrityError(f"download {what} s3://{bucket}/{key}: the connection kept closing early ({exc}): "
+                             "check the network and re-run") from None
     except _Corrupt as exc:
         raise IntegrityError(f"part {entry.filename} (index {entry.index}) in s3://{bucket}/{key} "
                              f"does not match the manifest: {exc}; the bundle in S3 is damaged or from "
@@ -434,6 +478,252 @@ def run_parallel(tasks: Sequence[Callable[[], T]], jobs: int) -> list[T]:
         raise
     pool.shutdown(cancel=False)
     return [fut.result() for fut in futures]
+
+
+# --------------------------------------------------------------------------- the upload lock
+
+
+@dataclass
+class _Holder:
+    etag: str
+    info: dict[str, Any]
+    age: float  # seconds since the lock was last written, by the server's clock
+
+
+class UploadLock:
+    """A lease on a bundle name in a prefix: the object ``NAME.ami-bundler-lock``.
+
+    S3 has no transactions: two uploads of different bundles under one name would overwrite
+    each other's parts, and the manifest that lands last could name parts of the other bundle.
+    So an upload first creates the lock object with ``If-None-Match: *`` (atomic: one writer
+    wins), keeps it fresh while it runs, checks it is still its own right before the manifest
+    PUT and deletes it at the end. A lock left by a run that died is taken over with
+    ``If-Match`` on its ETag (again atomic): at once when it names a dead PID on this host,
+    otherwise when it has not been refreshed for ``stale_after`` seconds. S3 clones without
+    conditional writes (501 NotImplemented) get a warning and no lock.
+    """
+
+    def __init__(self, client: Any, location: S3Location, name: str, *, acl: str | None = DEFAULT_ACL,
+                 stale_after: float = LOCK_STALE_SECONDS, renew_every: float | None = None) -> None:
+        self.client = client
+        self.location = location
+        self.name = name
+        self.key = location.key(name + LOCK_SUFFIX)
+        self.acl = acl
+        self.stale_after = stale_after
+        self.renew_every = renew_every if renew_every is not None else max(1.0, stale_after / 5)
+        self.info = {"tool": "ami-bundler", "host": socket.gethostname(), "pid": os.getpid(),
+                     "token": secrets.token_hex(8), "started": time.time()}
+        self._body = json.dumps(self.info, sort_keys=True).encode()
+        self._etag: str | None = None
+        self._unsupported = False
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._etag is not None
+
+    @property
+    def lost(self) -> bool:
+        """Whether another run has taken the lock over while we held it (seen by check/renew)."""
+        return self._lost is not None
+
+    def _put(self, **condition: str) -> str:
+        params: dict[str, Any] = {"Bucket": self.location.bucket, "Key": self.key, "Body": self._body,
+                                  "ContentType": "application/json", **condition}
+        if self.acl:
+            params["ACL"] = self.acl
+        resp = self.client.put_object(**params)
+        return str(resp.get("ETag", "")).strip('"').lower()
+
+    def _holder(self) -> _Holder | None:
+        def get() -> tuple[dict[str, Any], bytes]:
+            resp = self.client.get_object(Bucket=self.location.bucket, Key=self.key)
+            return resp, resp["Body"].read(64 * 1024)
+
+        try:
+            resp, raw = _with_attempts(get, DEFAULT_ATTEMPTS, f"read lock {self.key}")
+        except bexc.ClientError as exc:
+            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        try:
+            info = json.loads(raw)
+            if not isinstance(info, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            info = {}
+        headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        age = 0.0
+        try:  # both times are the server's: no dependence on this machine's clock
+            now = email.utils.parsedate_to_datetime(headers["date"])
+            age = max(0.0, (now - resp["LastModified"]).total_seconds())
+        except (KeyError, TypeError, ValueError):
+            log.debug("no server time for %s; treating it as fresh", self.key)
+        return _Holder(str(resp.get("ETag", "")).strip('"').lower(), info, age)
+
+    def _stale(self, holder: _Holder) -> bool:
+        info = holder.info
+        if info.get("host") == self.info["host"] and isinstance(info.get("pid"), int):
+            return not pid_alive(info["pid"])
+        return holder.age > self.stale_after
+
+    def _busy(self, holder: _Holder) -> ConcurrentUploadError:
+        info = holder.info
+        who = f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
+        return ConcurrentUploadError(
+            f"another upload of {self.name} into {self.location.url()} is in progress ({who}, last seen "
+            f"{holder.age:.0f}s ago): run one upload of a name at a time; if that run is dead, re-run after "
+            f"{self.stale_after:.0f}s or delete {self.location.url(self.name + LOCK_SUFFIX)}")
+
+    def acquire(self) -> None:
+        what = f"lock {self.location.url(self.name + LOCK_SUFFIX)}"
+        try:
+            for _ in range(5):
+                try:
+                    self._etag = _with_attempts(lambda: self._put(IfNoneMatch="*"), DEFAULT_ATTEMPTS, what)
+                    break
+                except bexc.ClientError as exc:
+                    code = error_code(exc)
+                    if code in ("NotImplemented", "501"):
+                        log.warning("%s does not support conditional writes: concurrent uploads of %s are not "
+                                    "guarded", self.location.url(), self.name)
+                        self._unsupported = True
+                        return
+                    if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                        raise
+                holder = self._holder()
+                if holder is None:
+                    continue  # released in the meantime: try to create it again
+                if holder.info.get("token") == self.info["token"]:
+                    self._etag = holder.etag  # our own create went through, its answer was lost
+                    break
+                if not self._stale(holder):
+                    raise self._busy(holder)
+                log.info("taking over the stale lock of pid %s on %s (%.0fs old)", holder.info.get("pid"),
+                         holder.info.get("host"), holder.age)
+                try:
+                    self._etag = self._put(IfMatch=f'"{holder.etag}"')
+                    break
+                except bexc.ClientError as exc:
+                    if error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                        raise
+                    # another run took it over first: look again
+            else:
+                raise ConcurrentUploadError(f"could not lock {self.name} in {self.location.url()}: other runs "
+                                            "keep taking it; run one upload of a name at a time")
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise s3_error(exc, "lock", self.location.bucket, self.key, acl=self.acl) from None
+        self._thread = threading.Thread(target=self._renew, name="ami-bundler-lock", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.renew_every):
+            try:
+                self._etag = self._put(IfMatch=f'"{self._etag}"')
+            except bexc.ClientError as exc:
+                if error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                    self._lost = "another run took it over"
+                    return
+                log.warning("could not refresh %s: %s", self.key, error_code(exc))
+            except bexc.BotoCoreError as exc:
+                log.warning("could not refresh %s: %s", self.key, type(exc).__name__)
+
+    def _head(self) -> dict[str, Any]:
+        return _with_attempts(lambda: self.client.head_object(Bucket=self.location.bucket, Key=self.key),
+                              DEFAULT_ATTEMPTS, f"check lock {self.key}")
+
+    def check(self) -> None:
+        """Raise unless the lock is still ours (called right before the manifest goes up)."""
+        if self._unsupported or self._etag is None:
+            return
+        if self._lost is None:
+            try:
+                resp = self._head()
+                if str(resp.get("ETag", "")).strip('"').lower() != self._etag:
+                    self._lost = "another run replaced it"
+            except bexc.ClientError as exc:
+                if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+                    raise s3_error(exc, "check lock", self.location.bucket, self.key) from None
+                self._lost = "it was deleted"
+            except bexc.BotoCoreError as exc:
+                raise s3_error(exc, "check lock", self.location.bucket, self.key) from None
+        if self._lost is not None:
+            raise ConcurrentUploadError(f"lost the lock on {self.name} in {self.location.url()} ({self._lost}) "
+                                        "while uploading: another upload of the same name ran; re-run when it is done")
+
+    def release(self) -> None:
+        """Stop refreshing and delete the lock if it is still ours; never raises."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._etag is None or self._unsupported:
+            return
+        try:
+            resp = self._head()
+            if str(resp.get("ETag", "")).strip('"').lower() == self._etag:
+                _with_attempts(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=self.key),
+                               DEFAULT_ATTEMPTS, f"unlock {self.key}")
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            log.warning("could not remove the lock %s: %s (the next run takes it over)", self.key,
+                        error_code(exc) or type(exc).__name__)
+        self._etag = None
+
+    def __enter__(self) -> UploadLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _check_uploaded(client: Any, location: S3Location, expected: dict[str, tuple[int, str]]) -> None:
+    """Every key in ``expected`` is in S3 with that (size, MD5): called right before the manifest
+    PUT, so a part replaced or removed by someone else while we uploaded is never published."""
+    if not expected:
+        return
+    found = list_objects(client, location.bucket, os.path.commonprefix(list(expected)))
+    for key, (size, md5) in sorted(expected.items()):
+        have = found.get(key)
+        name = key[len(location.prefix):]
+        if have is None:
+            raise ConcurrentUploadError(f"{name} disappeared from {location.url()} while uploading (deleted by "
+                                        "another run?): the manifest was not uploaded; re-run")
+        if have != (size, md5):
+            raise ConcurrentUploadError(f"another upload replaced {name} in {location.url()} while uploading "
+                                        f"(it is now {have[0]} bytes, MD5 {have[1]}; ours: {size} bytes, MD5 {md5}): "
+                                        "the manifest was not uploaded; run one upload of a name at a time")
+
+
+def _orphan_parts(found: Iterable[str], location: S3Location, name: str, keep: Iterable[str]) -> list[str]:
+    """Keys NAME.part.N under the prefix that the new manifest does not name: provisional parts
+    of runs that died, or the tail of an older, longer bundle of the same name."""
+    base = location.key(name)
+    wanted = set(keep)
+    return sorted(k for k in found if k.startswith(base) and k not in wanted
+                  and _PART_SUFFIX.match(k[len(base):]))
+
+
+def _remove_orphans(client: Any, location: S3Location, name: str, keep: Sequence[str], attempts: int) -> int:
+    base = location.key(name) + ".part."
+    if not all(k.startswith(base) for k in keep):
+        return 0  # a manifest with unusual part names: what NAME.part.N belongs to is unclear
+    orphans = _orphan_parts(list_objects(client, location.bucket, location.key(name) + ".part."), location,
+                            name, keep)
+    if orphans:
+        log.info("removing %d stale part(s) of %s no manifest names, e.g. %s", len(orphans), name, orphans[0])
+        delete_keys(client, location.bucket, orphans, attempts=attempts)
+    return len(orphans)
+
+
+def _bundle_name(manifest_name: str) -> str:
+    for suffix in (".manifest.xml", ".manifest"):
+        if manifest_name.endswith(suffix):
+            return manifest_name[: -len(suffix)]
+    return manifest_name
 
 
 # --------------------------------------------------------------------------- upload-bundle
@@ -540,46 +830,67 @@ def upload_bundle(
 
     wanted = [p for p in parts if start_part is None or p.entry.index >= start_part]
     skipped_by_flag = len(parts) - len(wanted)
-    existing: dict[str, tuple[int, str]] = {}
-    if resume and wanted:
-        common = os.path.commonprefix([location.key(p.entry.filename) for p in wanted])
-        existing = list_objects(client, location.bucket, common)
-    todo: list[LocalPart] = []
-    for part in wanted:
-        have = existing.get(location.key(part.entry.filename))
-        if have == (part.size, part.md5.hex()):
-            log.info("skipping %s: already in S3 with the same size and MD5", part.entry.filename)
-        else:
-            todo.append(part)
-    resumed = len(wanted) - len(todo)
-    if resumed:
-        log.info("resuming: %d of %d parts are already in %s", resumed, len(wanted), location.url())
-
-    total = sum(p.size for p in todo)
-    progress.start("upload", total)
-
-    def send(part: LocalPart) -> int:
-        data = part.path.read_bytes()
-        md5 = hashlib.md5(data).digest()
-        if md5 != part.md5:
-            raise IntegrityError(f"part {part.path} changed while uploading: re-bundle and re-run")
-        put_bytes(client, location.bucket, location.key(part.entry.filename), data, md5=md5,
-                  acl=acl, attempts=attempts)
-        progress.advance("upload", len(data))
-        return len(data)
-
+    manifest_key = location.key(manifest_path.name)
+    name = _bundle_name(manifest_path.name)
+    part_keys = {location.key(p.entry.filename): p for p in parts}
+    lock = UploadLock(client, location, name, acl=acl)
+    lock.acquire()
     try:
-        run_parallel([lambda p=p: send(p) for p in todo], jobs)
-        manifest_key = None
-        if not skip_manifest:
-            manifest_key = location.key(manifest_path.name)
-            put_bytes(client, location.bucket, manifest_key, parsed.raw, acl=acl, attempts=attempts)
+        # One listing: what is there already (resume) and whether another bundle's manifest is.
+        existing = list_objects(client, location.bucket, os.path.commonprefix([*part_keys, manifest_key]))
+        todo: list[LocalPart] = []
+        for part in wanted:
+            have = existing.get(location.key(part.entry.filename))
+            if resume and have == (part.size, part.md5.hex()):
+                log.info("skipping %s: already in S3 with the same size and MD5", part.entry.filename)
+            else:
+                todo.append(part)
+        resumed = len(wanted) - len(todo)
+        if resumed:
+            log.info("resuming: %d of %d parts are already in %s", resumed, len(wanted), location.url())
+        ours = (len(parsed.raw), hashlib.md5(parsed.raw).hexdigest())
+        old_manifest = existing.get(manifest_key)
+        if todo and old_manifest is not None and old_manifest != ours:
+            # Its parts are about to be overwritten: a visible manifest must never name parts
+            # of another bundle, not even for the length of this upload (or after a crash).
+            log.info("removing %s: it is another bundle's manifest and its parts are being replaced",
+                     location.url(manifest_path.name))
+            delete_keys(client, location.bucket, [manifest_key], attempts=attempts)
+
+        total = sum(p.size for p in todo)
+        progress.start("upload", total)
+
+        def send(part: LocalPart) -> int:
+            data = part.path.read_bytes()
+            md5 = hashlib.md5(data).digest()
+            if md5 != part.md5:
+                raise IntegrityError(f"part {part.path} changed while uploading: re-bundle and re-run")
+            put_bytes(client, location.bucket, location.key(part.entry.filename), data, md5=md5,
+                      acl=acl, attempts=attempts)
+            progress.advance("upload", len(data))
+            return len(data)
+
+        try:
+            run_parallel([lambda p=p: send(p) for p in todo], jobs)
+            published = None
+            if not skip_manifest:
+                # Every part the manifest names must be there, ours, right before it goes up.
+                _check_uploaded(client, location, {k: (p.size, p.md5.hex()) for k, p in part_keys.items()})
+                lock.check()
+                put_bytes(client, location.bucket, manifest_key, parsed.raw, acl=acl, attempts=attempts)
+                published = manifest_key
+                _remove_orphans(client, location, name, list(part_keys), attempts)
+            else:
+                _check_uploaded(client, location, {location.key(p.entry.filename): (p.size, p.md5.hex())
+                                                   for p in wanted})
+        finally:
+            progress.finish("upload")
     finally:
-        progress.finish("upload")
+        lock.release()
     return UploadResult(
         bucket=location.bucket,
         prefix=location.prefix,
-        manifest_key=manifest_key,
+        manifest_key=published,
         image_location=location.image_location(manifest_path.name),
         parts_total=len(parts),
         parts_uploaded=len(todo),
@@ -615,6 +926,8 @@ class S3Sink:
         self._keys: dict[int, str] = {}
         self._created: set[str] = set()
         self._created_lock = threading.Lock()
+        self._sizes: dict[int, tuple[int, str]] = {}
+        self._lock: UploadLock | None = None
         self.bytes_uploaded = 0
         self.manifest_key: str | None = None
 
@@ -624,6 +937,19 @@ class S3Sink:
     def begin(self, name: str, max_parts: int) -> None:
         self._name = name
         self._max_parts = max_parts
+        lock = UploadLock(self.client, self.location, name, acl=self.acl)
+        lock.acquire()
+        try:
+            # A manifest of this name belongs to the bundle we are replacing; its parts are about
+            # to be overwritten, so it goes first (a visible manifest always means a whole bundle).
+            manifest_key = self.location.key(f"{name}.manifest.xml")
+            if manifest_key in list_objects(self.client, self.location.bucket, manifest_key):
+                log.info("removing %s: the bundle of that name is being replaced", self.location.url(manifest_key))
+                delete_keys(self.client, self.location.bucket, [manifest_key], attempts=self.attempts)
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
         self._pool = _Pool(self.jobs, self.jobs * 2)
         self.progress.start("upload", None)
 
@@ -632,6 +958,7 @@ class S3Sink:
                   attempts=self.attempts)
         with self._created_lock:
             self._created.add(key)
+            self._sizes[part.index] = (len(part.data), part.md5.hex())
             self.bytes_uploaded += len(part.data)
         self.progress.advance("upload", len(part.data))
 
@@ -676,17 +1003,44 @@ class S3Sink:
             delete_keys(self.client, self.location.bucket, stale, attempts=self.attempts)
             with self._created_lock:
                 self._created.difference_update(stale)
+        final = [self.location.key(n) for n in names]
+        _check_uploaded(self.client, self.location, {k: self._sizes[i] for i, k in enumerate(final)})
+        if self._lock is not None:
+            self._lock.check()
         self.manifest_key = self.location.key(manifest_name)
         put_bytes(self.client, self.location.bucket, self.manifest_key, manifest, acl=self.acl,
                   attempts=self.attempts)
         with self._created_lock:
             self._created.add(self.manifest_key)
+        try:
+            # Provisional parts of runs that were killed, or the tail of a longer older bundle.
+            _remove_orphans(self.client, self.location, self._name, final, self.attempts)
+        except BundlerError as exc:
+            log.warning("could not remove stale parts of %s: %s (delete-bundle -p %s removes them)",
+                        self._name, exc, self._name)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         self.progress.finish("upload")
 
     def abort(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel=True)
         self.progress.finish("upload")
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            try:
+                if lock.lost:
+                    # The parts under our keys may be another run's by now: leave them alone.
+                    log.warning("not removing the partial upload from %s: the lock was lost", self.location.url())
+                else:
+                    self._abort_uploads()
+            finally:
+                lock.release()
+            return
+        self._abort_uploads()
+
+    def _abort_uploads(self) -> None:
         with self._created_lock:
             keys = sorted(self._created)
             self._created.clear()
@@ -1017,12 +1371,13 @@ def keys_from_manifest(location: S3Location, manifest_name: str, parsed: ParsedM
 
 
 def keys_by_prefix(client: Any, location: S3Location, name: str) -> list[str]:
-    """Keys ``keyprefix+NAME`` followed by ``.part.N`` or ``.manifest[.xml]`` (all pages)."""
+    """Keys ``keyprefix+NAME`` followed by ``.part.N``, ``.manifest[.xml]`` or the upload lock
+    suffix (all pages): everything a bundle of that name, or an interrupted upload of it, left."""
     base = location.key(name)
     selected = []
     for key in sorted(list_objects(client, location.bucket, base)):
         rest = key[len(base):]
-        if _PART_SUFFIX.match(rest) or _MANIFEST_SUFFIX.match(rest):
+        if _PART_SUFFIX.match(rest) or _MANIFEST_SUFFIX.match(rest) or rest == LOCK_SUFFIX:
             selected.append(key)
     return selected
 
@@ -1095,6 +1450,7 @@ def plan_delete(client: Any, location: S3Location, *, manifest: tuple[str, Parse
 __all__ = [
     "ACLS",
     "BucketLocationError",
+    "ConcurrentUploadError",
     "CopyResult",
     "DEFAULT_ACL",
     "DEFAULT_JOBS",
@@ -1105,6 +1461,7 @@ __all__ = [
     "S3Location",
     "S3PartSource",
     "S3Sink",
+    "UploadLock",
     "UploadResult",
     "bucket_region",
     "copy_bundle",

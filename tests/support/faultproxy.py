@@ -6,11 +6,19 @@ request to the upstream (moto server) and records it. Rules make matching reques
 * ``status``   answer with an S3-style error (default 503 SlowDown) without forwarding
 * ``reset``    read part of the request body, then reset the TCP connection (RST)
 * ``delay``    sleep, then forward
-* ``truncate`` forward, then send only half of the response body and close
-* ``corrupt``  forward, then flip one byte of the response body
+* ``truncate`` forward, then send only half of the response body and reset the connection
+* ``short``    forward, then send only half of the response body and close cleanly (FIN): the
+               client sees nothing wrong but a body shorter than its Content-Length
+* ``corrupt``  forward, then flip one byte of the response body (headers, ETag included, intact)
+* ``etag``     forward, then replace the response's ETag header with another MD5-looking value
+* ``stall``    read the request, then never answer: hold the connection until ``delay`` seconds
+               (0: until the proxy stops), then close it without a response
 
-Each rule applies to the first ``times`` matching requests (None: all). The log records
-method, path, query, status, selected headers and the highest number of concurrent requests.
+Each rule applies to the first ``times`` matching requests (None: all), to a share of them
+(``probability``, drawn from the proxy's seeded RNG) and for a while (``seconds`` after it was
+added; None: for ever) — e.g. a 503 storm is ``add_rule("status", times=None, probability=0.3,
+seconds=5)``. The log records method, path, query, status, selected headers and the highest
+number of concurrent requests; ``faults_injected`` counts every fault since the proxy started.
 
 Run standalone: ``python -m tests.support.faultproxy --upstream URL [--delay S] [--bandwidth B/s]``.
 """
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import random
 import re
 import socket
 import struct
@@ -43,14 +52,21 @@ class Rule:
     status: int = 503
     code: str = "SlowDown"
     delay: float = 0.0
+    probability: float = 1.0
+    seconds: float | None = None
     hits: int = 0
+    added: float = field(default_factory=time.monotonic)
 
-    def matches(self, method: str, target: str) -> bool:
+    def matches(self, method: str, target: str, rng: random.Random | None = None) -> bool:
         if self.times is not None and self.hits >= self.times:
+            return False
+        if self.seconds is not None and time.monotonic() - self.added > self.seconds:
             return False
         if self.method and self.method.upper() != method.upper():
             return False
-        return re.search(self.pattern, target) is not None
+        if re.search(self.pattern, target) is None:
+            return False
+        return self.probability >= 1.0 or (rng or random).random() < self.probability
 
 
 @dataclass
@@ -73,7 +89,8 @@ class Record:
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, *, delay: float = 0.0, bandwidth: float | None = None) -> None:
+    def __init__(self, upstream: str, *, delay: float = 0.0, bandwidth: float | None = None,
+                 seed: int | None = None) -> None:
         split = urlsplit(upstream)
         self.upstream_host = split.hostname or "127.0.0.1"
         self.upstream_port = split.port or 80
@@ -86,16 +103,21 @@ class FaultProxy:
         self._max_in_flight: dict[str, int] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.rng = random.Random(seed)
+        self.faults_injected = 0
+        # Set on stop: releases every stalled connection so handler threads end.
+        self.released = threading.Event()
 
     # ------------------------------------------------------------------ control
 
     def start(self) -> str:
         proxy = self
+        self.released.clear()
 
         class Handler(_Handler):
             owner = proxy
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = _QuietServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="faultproxy", daemon=True)
@@ -108,6 +130,7 @@ class FaultProxy:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def stop(self) -> None:
+        self.released.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -138,6 +161,17 @@ class FaultProxy:
         with self._lock:
             return self._max_in_flight.get(method, 0)
 
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Poll until no request is in flight (e.g. after its client was killed, so that a PUT
+        still being forwarded has landed before the bucket is inspected)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._in_flight.get("*", 0):
+                    return True
+            time.sleep(0.01)
+        return False
+
     def requests(self, method: str | None = None, pattern: str = ".*") -> list[Record]:
         with self._lock:
             return [r for r in self.log if (method is None or r.method == method)
@@ -148,8 +182,10 @@ class FaultProxy:
     def _rule_for(self, method: str, target: str) -> Rule | None:
         with self._lock:
             for rule in self.rules:
-                if rule.matches(method, target):
+                if rule.matches(method, target, self.rng):
                     rule.hits += 1
+                    if rule.action != "delay":  # latency is the setting, not a fault
+                        self.faults_injected += 1
                     return rule
         return None
 
@@ -167,6 +203,13 @@ class FaultProxy:
     def _record(self, record: Record) -> None:
         with self._lock:
             self.log.append(record)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        # Clients we kill or time out hang up mid-request: expected here, not worth a traceback.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -205,6 +248,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reset()
                 return
             body = self.rfile.read(length) if length else b""
+            if rule and rule.action == "stall":
+                # Accepted and read, never answered: only the client's read timeout ends this.
+                proxy.released.wait(rule.delay or None)
+                finish()
+                self._reset()
+                return
             record.body_prefix = body[:4096] if "amazonaws" not in split.path else b""
             if proxy.bandwidth:
                 time.sleep(len(body) / proxy.bandwidth)
@@ -222,8 +271,13 @@ class _Handler(BaseHTTPRequestHandler):
             status, headers, data = self._forward(method, body)
             record.status = status
             if rule and rule.action == "corrupt" and data:
-                data = data[:-1] + bytes([data[-1] ^ 0xFF])
-            if rule and rule.action == "truncate" and data:
+                with proxy._lock:
+                    at = proxy.rng.randrange(len(data))
+                data = data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:]
+            if rule and rule.action == "etag":
+                fake = '"' + format(proxy.rng.getrandbits(128), "032x") + '"'
+                headers = [(k, fake if k.lower() == "etag" else v) for k, v in headers]
+            if rule and rule.action in ("truncate", "short") and data:
                 finish()
                 self.send_response(status)
                 for k, v in headers:
@@ -232,7 +286,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 self.wfile.write(data[: len(data) // 2])
                 self.wfile.flush()
-                self._reset()
+                if rule.action == "truncate":
+                    self._reset()
+                else:
+                    self._close()
                 return
             finish()
             self._send(status, headers, data, method)
@@ -267,6 +324,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if method != "HEAD" and data:
             self.wfile.write(data)
+
+    def _close(self) -> None:
+        # An orderly shutdown (FIN) after a short body: nothing at the TCP level tells the client.
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.close_connection = True
 
     def _reset(self) -> None:
         # SO_LINGER 0 turns close() into a TCP RST: the client sees "connection reset".

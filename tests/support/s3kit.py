@@ -1,0 +1,408 @@
+"""S3 crash/fault kit shared by tests/reliability/test_s3_*.py and scripts/chaos_s3.py.
+
+* ``MotoEndpoint``: a moto server on 127.0.0.1 (ephemeral port) that outlives the clients we kill.
+* ``run_cli``: the real CLI (``python -m bundler``) in a subprocess, optionally SIGKILLed.
+* ``inspect_bundles``: what is in a bucket prefix, checked object by object: every manifest
+  object present ⇒ every part it names present (list + HEAD) with the manifest's SHA-1 (GET),
+  else it is ``wrong`` — a visible bundle that is not whole must never happen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from bundler.errors import BundlerError
+from bundler.manifest import parse_manifest
+from bundler.s3 import LOCK_SUFFIX
+
+REPO = Path(__file__).resolve().parents[2]
+_PART = re.compile(r"\.part\.[0-9]+$")
+
+
+class MotoEndpoint:
+    """``with MotoEndpoint() as url:`` — a moto server in this process, on 127.0.0.1."""
+
+    def __init__(self, ready_timeout: float = 15.0) -> None:
+        self.ready_timeout = ready_timeout
+        self._server: Any = None
+        self.url = ""
+
+    def __enter__(self) -> str:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        deadline = time.monotonic() + self.ready_timeout
+        while True:  # poll until it answers: no fixed sleeps
+            try:
+                conn = http.client.HTTPConnection(host, port, timeout=2)
+                conn.request("GET", "/moto-api/")
+                if conn.getresponse().status < 500:
+                    conn.close()
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server on {host}:{port} not ready") from None
+                time.sleep(0.02)
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+
+def plain_s3(endpoint: str) -> Any:
+    """An independent client (not bundler.aws) for checking outcomes."""
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                        aws_secret_access_key="testing",
+                        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}))
+
+
+def cli_env(*, read_timeout: float = 5.0, connect_timeout: float = 2.0) -> dict[str, str]:
+    """Fake credentials, no AWS configuration read, no proxies, short timeouts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k.lower() not in
+           ("http_proxy", "https_proxy")}
+    env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true",
+                "NO_PROXY": "127.0.0.1,localhost", "AMI_BUNDLER_READ_TIMEOUT": str(read_timeout),
+                "AMI_BUNDLER_CONNECT_TIMEOUT": str(connect_timeout), "PYTHONPATH": str(REPO)})
+    return env
+
+
+@dataclass
+class CliRun:
+    killed: bool
+    returncode: int
+    stderr: str
+    seconds: float
+
+
+def run_cli(argv: list[str], env: dict[str, str], *, kill_after: float | None = None,
+            timeout: float = 120.0) -> CliRun:
+    """``python -m bundler ARGV``; SIGKILLed after ``kill_after`` seconds if still running."""
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "bundler", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed = False
+    try:
+        _, err = proc.communicate(timeout=kill_after if kill_after is not None else timeout)
+    except subprocess.TimeoutExpired:
+        if kill_after is None:
+            proc.kill()
+            proc.communicate()
+            raise
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=timeout)  # reaped: its PID is really gone
+        killed = True
+    return CliRun(killed, proc.returncode, err.decode(errors="replace"), time.monotonic() - started)
+
+
+@dataclass
+class Inspection:
+    wrong: list[str] = field(default_factory=list)      # a visible manifest that is not whole: never
+    complete: list[str] = field(default_factory=list)   # manifests whose parts all verify
+    manifests: dict[str, bytes] = field(default_factory=dict)
+    loose: list[str] = field(default_factory=list)      # parts no manifest names (unfinished upload)
+    locks: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.wrong
+
+
+def list_keys(s3: Any, bucket: str, prefix: str = "") -> dict[str, tuple[int, str]]:
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            out[o["Key"]] = (o["Size"], o["ETag"].strip('"'))
+    return out
+
+
+def inspect_bundles(s3: Any, bucket: str, prefix: str = "", *, known: dict[str, bytes] | None = None) -> Inspection:
+    """Check every manifest object under ``prefix``: list + HEAD + GET of each part it names,
+    SHA-1 against the manifest. ``known``: manifest name → the bytes one of our runs uploaded
+    (a manifest with other bytes is wrong too)."""
+    seen = Inspection()
+    listing = list_keys(s3, bucket, prefix)
+    claimed: set[str] = set()
+    for key in sorted(listing):
+        name = key[len(prefix):]
+        if name.endswith(LOCK_SUFFIX):
+            seen.locks.append(name)
+            continue
+        if not name.endswith(".manifest.xml"):
+            continue
+        raw = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        seen.manifests[name] = raw
+        if known is not None and raw not in known.values():
+            seen.wrong.append(f"{name}: not a manifest any run uploaded")
+            continue
+        try:
+            parsed = parse_manifest(raw, source=name)
+        except BundlerError as exc:
+            seen.wrong.append(f"{name}: unparsable: {exc}")
+            continue
+        problems = []
+        for entry in parsed.manifest.parts:
+            part_key = prefix + entry.filename
+            claimed.add(part_key)
+            if part_key not in listing:
+                problems.append(f"{entry.filename} not listed")
+                continue
+            try:
+                s3.head_object(Bucket=bucket, Key=part_key)
+                data = s3.get_object(Bucket=bucket, Key=part_key)["Body"].read()
+            except Exception as exc:  # noqa: BLE001 - any failure to read a named part is a finding
+                problems.append(f"{entry.filename}: {type(exc).__name__}")
+                continue
+            if hashlib.sha1(data).hexdigest() != entry.digest.lower():
+                problems.append(f"{entry.filename}: SHA-1 differs from the manifest")
+        if problems:
+            seen.wrong.append(f"{name}: " + "; ".join(problems))
+        else:
+            seen.complete.append(name)
+    seen.loose = sorted(k[len(prefix):] for k in listing if _PART.search(k) and k not in claimed)
+    return seen
+
+
+def one_line_error(stderr: str) -> str | None:
+    """The CLI's error line, if stderr ends in exactly one ``ami-bundler: error: …`` line and has
+    no traceback; None otherwise."""
+    if "Traceback" in stderr:
+        return None
+    errors = [line for line in stderr.splitlines() if line.startswith("ami-bundler: error: ")]
+    return errors[0] if len(errors) == 1 and errors[0].strip() != "ami-bundler: error:" else None
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclass
+class Tally:
+    faults_injected: int = 0
+    crashes_injected: int = 0
+    data_lost: int = 0
+    wrong_bytes_accepted: int = 0
+    runs: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def lost(self, what: str) -> None:
+        self.data_lost += 1
+        self.notes.append(f"lost: {what}")
+
+    def wrong(self, what: str) -> None:
+        self.wrong_bytes_accepted += 1
+        self.notes.append(f"wrong: {what}")
+
+    def as_dict(self) -> dict[str, int]:
+        return {"faults_injected": self.faults_injected, "crashes_injected": self.crashes_injected,
+                "data_lost": self.data_lost, "wrong_bytes_accepted": self.wrong_bytes_accepted, "runs": self.runs}
+
+
+@dataclass
+class World:
+    """A moto endpoint, a fault proxy in front of it, keys and an install image."""
+
+    endpoint: str
+    proxy: Any  # tests.support.faultproxy.FaultProxy
+    root: Path
+    key: Path
+    cert: Path
+    ec2cert: Path
+    signing_key: Any
+    env: dict[str, str]
+    image: Path | None = None
+    image_sha1: str = ""
+    counter: int = 0
+
+    @property
+    def s3(self) -> Any:
+        return plain_s3(self.endpoint)
+
+    def new_bucket(self) -> str:
+        self.counter += 1
+        name = f"chaos-{os.getpid()}-{self.counter}-{os.urandom(3).hex()}"
+        self.s3.create_bucket(Bucket=name)
+        return name
+
+    def install_image(self) -> Path:
+        """Random head (3 parts) + a long compressible tail, so the part-count bound has two
+        digits and the upload goes through provisional names and renames."""
+        if self.image is None:
+            self.image = self.root / "inst.img"
+            with open(self.image, "wb") as fh:
+                fh.write(os.urandom(22 * 1024 * 1024))
+                fh.write(b"ami-bundler chaos " * (5 * 1024 * 1024))
+            self.image_sha1 = hashlib.sha1(self.image.read_bytes()).hexdigest()
+        return self.image
+
+
+def make_world(endpoint: str, proxy: Any, root: Path) -> World:
+    from bundler import keys as keylib
+
+    root.mkdir(parents=True, exist_ok=True)
+    key, cert, ec2key, ec2cert = root / "k.pem", root / "c.pem", root / "ek.pem", root / "ec.pem"
+    keylib.keygen(key, cert)
+    keylib.keygen(ec2key, ec2cert)
+    return World(endpoint, proxy, root, key, cert, ec2cert, keylib.load_private_key(key), cli_env())
+
+
+def _md5s(bundle: Any) -> dict[str, tuple[int, str]]:
+    return {n: (len(p.data), hashlib.md5(p.data).hexdigest()) for n, p in zip(bundle.part_names, bundle.parts,
+                                                                               strict=True)}
+
+
+def upload_crash(world: World, rng: Any, tally: Tally, *, replace_old: bool | None = None) -> None:
+    """upload-bundle killed after a random delay (sometimes over an older bundle of the same
+    name), inspected, then re-run: it must complete, re-sending only the parts not intact."""
+    from tests.support.bundles import make_fake_bundle
+
+    bucket = world.new_bucket()
+    tag = os.urandom(3).hex()
+    bundle = make_fake_bundle(world.root / f"up-{tag}", "crash", [96 * 1024] * 8, world.signing_key)
+    known = {"crash.manifest.xml": bundle.manifest_bytes}
+    argv = ["upload-bundle", "-b", f"{bucket}/c", "-m", str(bundle.manifest_path), "--jobs", "2",
+            "--endpoint-url", world.proxy.url]
+    if replace_old if replace_old is not None else rng.random() < 0.5:
+        old = make_fake_bundle(world.root / f"old-{tag}", "crash", [96 * 1024] * 6, world.signing_key)
+        rc = run_cli(["upload-bundle", "-b", f"{bucket}/c", "-m", str(old.manifest_path),
+                      "--endpoint-url", world.endpoint], world.env)
+        tally.runs += 1
+        if rc.returncode != 0:
+            tally.lost(f"upload of the old bundle failed: {rc.stderr.strip()}")
+            return
+        known = {"crash.manifest.xml": bundle.manifest_bytes, "old": old.manifest_bytes}
+    world.proxy.clear()
+    world.proxy.add_rule("delay", r"\.part\.", method="PUT", times=None, delay=0.1)
+    first = run_cli(argv, world.env, kill_after=rng.uniform(0.35, 1.1))
+    tally.runs += 1
+    tally.crashes_injected += first.killed
+    world.proxy.wait_idle()
+    seen = inspect_bundles(world.s3, bucket, "c/", known=known)
+    for problem in seen.wrong:
+        tally.wrong(f"after killed upload-bundle: {problem}")
+    before = list_keys(world.s3, bucket, "c/")
+    intact = {n for n, v in _md5s(bundle).items() if before.get("c/" + n) == v}
+    world.proxy.clear()
+    again = run_cli(argv, world.env)
+    tally.runs += 1
+    if again.returncode != 0:
+        tally.lost(f"upload-bundle re-run failed: {again.stderr.strip()}")
+        return
+    sent = {r.key[len("c/"):] for r in world.proxy.requests("PUT", r"\.part\.")}
+    if sent != set(bundle.part_names) - intact:
+        tally.notes.append(f"resume sent {sorted(sent)}, expected {sorted(set(bundle.part_names) - intact)}")
+    seen = inspect_bundles(world.s3, bucket, "c/", known={"crash.manifest.xml": bundle.manifest_bytes})
+    for problem in seen.wrong:
+        tally.wrong(f"after re-run: {problem}")
+    if seen.complete != ["crash.manifest.xml"]:
+        tally.lost(f"re-run did not leave a complete bundle: {seen}")
+    if seen.loose or seen.locks:
+        tally.notes.append(f"leftovers after upload-bundle re-run: {seen.loose + seen.locks}")
+
+
+def install_crash(world: World, rng: Any, tally: Tally, *, verify_image: bool = False) -> None:
+    """install killed after a random delay; no manifest unless whole; a re-run completes and
+    leaves exactly the bundle (stale provisional parts and the lock gone)."""
+    bucket = world.new_bucket()
+    image = world.install_image()
+    argv = ["install", "-i", str(image), "-c", str(world.cert), "-k", str(world.key), "-u", "123456789012",
+            "-r", "x86_64", "--ec2cert", str(world.ec2cert), "-b", f"{bucket}/i", "--no-register", "--jobs", "3",
+            "--endpoint-url", world.proxy.url]
+    world.proxy.clear()
+    world.proxy.add_rule("delay", r"\.part\.", method="PUT", times=None, delay=0.3)
+    first = run_cli(argv, world.env, kill_after=rng.uniform(0.4, 2.0))
+    tally.runs += 1
+    tally.crashes_injected += first.killed
+    world.proxy.wait_idle()
+    seen = inspect_bundles(world.s3, bucket, "i/")
+    for problem in seen.wrong:
+        tally.wrong(f"after killed install: {problem}")
+    world.proxy.clear()
+    again = run_cli(argv, world.env)
+    tally.runs += 1
+    if again.returncode != 0:
+        tally.lost(f"install re-run failed: {again.stderr.strip()}")
+        return
+    seen = inspect_bundles(world.s3, bucket, "i/")
+    for problem in seen.wrong:
+        tally.wrong(f"after install re-run: {problem}")
+    if seen.complete != ["inst.img.manifest.xml"]:
+        tally.lost(f"install re-run did not leave a complete bundle: {seen.complete}")
+    if seen.loose or seen.locks:
+        tally.notes.append(f"leftovers after install re-run: {seen.loose + seen.locks}")
+    if verify_image:
+        out = world.root / f"unb-{os.urandom(3).hex()}"
+        out.mkdir()
+        rc = run_cli(["unbundle", "--from-s3", "-m", f"{bucket}/i/inst.img.manifest.xml", "-k", str(world.key),
+                      "-d", str(out), "--endpoint-url", world.endpoint], world.env)
+        tally.runs += 1
+        got = out / "inst.img"
+        if rc.returncode != 0 or hashlib.sha1(got.read_bytes()).hexdigest() != world.image_sha1:
+            tally.wrong(f"unbundle --from-s3 after install re-run: {rc.stderr.strip() or 'image differs'}")
+
+
+CONCURRENT_OK = ("another upload", "lost the lock", "disappeared from")
+
+
+def concurrent_uploads(world: World, rng: Any, tally: Tally) -> list[CliRun]:
+    """Two different bundles, one name, one prefix, at the same time: never an interleaved bundle;
+    a loser fails with a clear line; a sequential re-run of it then completes."""
+    from tests.support.bundles import make_fake_bundle
+
+    bucket = world.new_bucket()
+    tag = os.urandom(3).hex()
+    bundles = [make_fake_bundle(world.root / f"cc-{tag}-{i}", "dup", [64 * 1024] * 6, world.signing_key)
+               for i in range(2)]
+    known = {f"b{i}": b.manifest_bytes for i, b in enumerate(bundles)}
+    world.proxy.clear()
+    world.proxy.add_rule("delay", r"\.part\.", method="PUT", times=None, delay=0.05)
+    procs = []
+    for b in bundles:
+        argv = ["upload-bundle", "-b", f"{bucket}/d", "-m", str(b.manifest_path), "--jobs", "2",
+                "--endpoint-url", world.proxy.url]
+        procs.append(subprocess.Popen([sys.executable, "-m", "bundler", *argv], cwd=REPO, env=world.env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        time.sleep(rng.uniform(0, 0.3))  # a random head start, not a wait for anything
+    results = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        results.append(CliRun(False, proc.returncode, err.decode(errors="replace"), 0.0))
+    tally.runs += 2
+    world.proxy.wait_idle()
+    seen = inspect_bundles(world.s3, bucket, "d/", known=known)
+    for problem in seen.wrong:
+        tally.wrong(f"concurrent uploads: {problem}")
+    for res, b in zip(results, bundles, strict=True):
+        if res.returncode == 0:
+            continue
+        line = one_line_error(res.stderr) or ""
+        if not any(s in line for s in CONCURRENT_OK):
+            tally.notes.append(f"concurrent loser's error is unclear: {res.stderr.strip()!r}")
+        rerun = run_cli(["upload-bundle", "-b", f"{bucket}/d", "-m", str(b.manifest_path),
+                         "--endpoint-url", world.endpoint], world.env)
+        tally.runs += 1
+        if rerun.returncode != 0:
+            tally.lost(f"re-run of the concurrent loser failed: {rerun.stderr.strip()}")
+        seen = inspect_bundles(world.s3, bucket, "d/", known={"dup.manifest.xml": b.manifest_bytes})
+        if seen.wrong or seen.complete != ["dup.manifest.xml"]:
+            tally.wrong(f"after the loser's re-run: {seen.wrong or seen.complete}")
+    return results
