@@ -4,6 +4,7 @@ faults (full disk, few file descriptors, bombs, absurd manifests), and count wha
 
     .venv/bin/python scripts/chaos.py --seconds 120
 
+Includes the S3 half (scripts/chaos_s3.py) unless --no-s3.
 Prints a table: inputs tried (fuzz), crashes injected (os._exit at every filesystem step and
 SIGKILL of the real CLI after random delays), faults injected, data lost and wrong bytes
 accepted; the last two must be 0 (exit status 1 otherwise). Bounded by --seconds; local files
@@ -288,6 +289,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=120)
     parser.add_argument("--no-fuzz", action="store_true")
+    parser.add_argument("--no-s3", action="store_true", help="skip the S3 part (moto server on 127.0.0.1)")
     args = parser.parse_args()
     import logging
 
@@ -301,16 +303,29 @@ def main() -> int:
         keylib.keygen(work / "key.pem", work / "cert.pem")
         keylib.keygen(work / "ec2-key.pem", work / "ec2-cert.pem")
         keys = (work / "key.pem", work / "cert.pem", work / "ec2-cert.pem")
+        local_seconds = args.seconds if args.no_s3 else args.seconds * 0.6
         shares = (0.0, 0.65, 0.35) if args.no_fuzz else (0.35, 0.4, 0.25)
         if shares[0]:
-            fuzz(tally, args.seconds * shares[0])
-        crashes(tally, args.seconds * shares[1], work, keys)
-        faults(tally, max(1.0, args.seconds - (time.monotonic() - started)), work, keys)
+            fuzz(tally, local_seconds * shares[0])
+        crashes(tally, local_seconds * shares[1], work, keys)
+        faults(tally, max(1.0, local_seconds - (time.monotonic() - started)), work, keys)
+    if not args.no_s3:
+        # The S3 half: fault storms, stalls, short bodies and bad ETags through a proxy, and
+        # kill -9 of uploads and installs, against a moto server on 127.0.0.1.
+        sys.path.insert(0, str(REPO / "scripts"))
+        import chaos_s3
+
+        s3 = chaos_s3.run(max(10.0, args.seconds - (time.monotonic() - started)))
+        tally.crashes += s3["crashes_injected"]
+        tally.faults += s3["faults_injected"]
+        tally.data_lost += s3["data_lost"]
+        tally.wrong_accepted += s3["wrong_bytes_accepted"]
+        tally.notes.extend(s3.get("notes", []))
     rows = [
         ("inputs tried (fuzz)", tally.inputs),
         ("fuzz findings", tally.fuzz_findings),
         ("crashes injected (kill -9 / exit at a step)", tally.crashes),
-        ("faults injected (disk full, fds, bombs)", tally.faults),
+        ("faults injected (disk full, fds, bombs, S3 errors)", tally.faults),
         ("data lost", tally.data_lost),
         ("wrong bytes accepted", tally.wrong_accepted),
     ]
