@@ -14,13 +14,16 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import boto3
 import botocore.exceptions as bexc
-from botocore.config import Config
 
 from .errors import BundlerError, EC2Error, S3Error, UsageError
+
+if TYPE_CHECKING:  # boto3 and botocore.config cost ~0.15 s to import: only when AWS is used
+    import boto3
+    from botocore.config import Config
 
 log = logging.getLogger("bundler.aws")
 
@@ -158,6 +161,8 @@ def check_region(region: str, flag: str) -> str:
 
 
 def make_session(opts: AwsOptions) -> boto3.Session:
+    import boto3
+
     try:
         return boto3.Session(
             profile_name=opts.profile,
@@ -201,6 +206,8 @@ def needs_path_style(bucket: str | None, endpoint_url: str | None) -> bool:
 
 
 def _config(opts: AwsOptions, region: str, *, pool: int, path_style: bool) -> Config:
+    from botocore.config import Config
+
     return Config(
         region_name=region,
         retries={"total_max_attempts": opts.max_attempts, "mode": opts.retry_mode},

@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import queue
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -168,6 +170,65 @@ class AesCbcEncryptor:
         self._out(final)
 
 
+class BackgroundStage:
+    """Runs ``consume`` on each written item in its own thread, behind a bounded queue.
+
+    Encrypting, cutting, hashing and storing parts release the GIL, so moving them off the
+    thread that reads, hashes and dispatches the tar stream lets both run on their own core.
+    A failure in the thread surfaces at the next ``write`` or at ``close``.
+    """
+
+    _END = object()
+
+    def __init__(self, consume: Callable[[bytes], None], *, depth: int = 8, name: str = "ami-bundler-out") -> None:
+        self._consume = consume
+        self._queue: queue.Queue[object] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if self._error is None:
+                try:
+                    self._consume(item)  # type: ignore[arg-type]
+                except BaseException as exc:  # re-raised in the writer's thread
+                    self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def write(self, data: bytes) -> None:
+        self._raise()
+        while True:
+            try:
+                self._queue.put(data, timeout=0.5)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    raise RuntimeError("the output stage stopped") from None
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(self._END)
+            self._thread.join()
+        self._raise()
+
+    def abort(self) -> None:
+        self._error = self._error or RuntimeError("aborted")  # the thread skips the rest
+        if self._thread.is_alive():
+            try:
+                self._queue.put(self._END, timeout=5)
+            except queue.Full:
+                pass
+            self._thread.join(timeout=30)
+
+
 def max_bundled_size(tar_size: int) -> int:
     """An upper bound of the ciphertext size: deflate never grows data by more than a
     stored-block header per 64 KiB plus a flush marker per block; gzip and PKCS#7 add < 64."""
@@ -204,21 +265,29 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
     cutter = PartCutter(sink)
     encryptor = AesCbcEncryptor(key, iv, cutter.write)
     gzip: ParallelGzipWriter | None = None
+    output: BackgroundStage | None = None
     try:
         _preflight_manifest(name, options)
-        gzip = ParallelGzipWriter(encryptor.write, settings, workers=options.workers)
         sink.begin(name, max_parts)
+        output = BackgroundStage(encryptor.write)
+        gzip = ParallelGzipWriter(output.write, settings, workers=options.workers)
     except BaseException:
         if gzip is not None:
             gzip.abort()
+        if output is not None:
+            output.abort()
+        sink.abort()
         source.close()
         raise
     tar_hash = hashlib.sha1()
+    # The tar-stream digest is serial work of its own: give it a thread so reading and
+    # dispatching to the compressors never wait for it.
+    hashing = BackgroundStage(tar_hash.update, depth=16, name="ami-bundler-sha1")
     written = 0
 
     def emit(data: bytes) -> None:
         nonlocal written
-        tar_hash.update(data)
+        hashing.write(data)
         gzip.write(data)
         written += len(data)
 
@@ -232,7 +301,9 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
         emit(end_of_archive(written))
         if written != tar_size:
             raise ArchiveError(f"internal error: tar stream is {written} bytes, expected {tar_size}")
+        hashing.close()
         gzip.close()
+        output.close()
         encryptor.close()
         cutter.close()
 
@@ -259,7 +330,9 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
         manifest_name = f"{name}.manifest.xml"
         sink.commit(names, manifest_name, manifest_bytes)
     except BaseException:
+        hashing.abort()
         gzip.abort()
+        output.abort()
         sink.abort()
         raise
     finally:
@@ -319,51 +392,90 @@ def verified_parts(source: PartSource, entries: Sequence[PartEntry], bundled_siz
         raise IntegrityError(f"parts hold {total} bytes but the manifest's bundled_size is {bundled_size}")
 
 
+FEED_SLICE = 256 * 1024  # decrypted input handed to the inflater at a time
+OUTPUT_STEP = 1 << 20    # most decompressed bytes produced per step
+
+
 class DecryptedStream:
     """A read()-able view of the decompressed tar stream of verified ciphertext parts.
 
     It hashes every byte it returns (the manifest digest covers the whole tar stream) and
     refuses to produce more than ``limit`` bytes, so a gzip bomb ends in an error, not a full disk.
+    With ``threaded_hash`` the hashing runs in a thread of its own (call ``finish`` or
+    ``close`` to stop it).
     """
 
-    def __init__(self, ciphertext: Iterable[bytes], key: bytes, iv: bytes, limit: int) -> None:
+    def __init__(self, ciphertext: Iterable[bytes], key: bytes, iv: bytes, limit: int, *,
+                 threaded_hash: bool = False) -> None:
         self._chunks = iter(ciphertext)
         self._decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
-        self._unpadder = sym_padding.PKCS7(128).unpadder()
+        self._held = b""  # the last decrypted block: it holds the PKCS#7 padding
+        self._plain: list[memoryview] = []  # decrypted, not yet given to the inflater
         self._decoder = GzipDecoder()
         self._buffer = bytearray()
         self._input_done = False
         self._limit = limit
         self.sha1 = hashlib.sha1()
+        self._hashing = BackgroundStage(self.sha1.update, depth=32, name="ami-bundler-sha1") if threaded_hash else None
         self.bytes_out = 0
         self._started = False
 
-    def _pull(self) -> bool:
-        """Move more data into the buffer; False once everything is consumed."""
-        if self._decoder.pending():
-            self._buffer += self._decoder.feed(b"", 1 << 20)
-            return True
+    def _decrypt_next(self) -> bool:
+        """Decrypt the next chunk into ``_plain``; False when the ciphertext is exhausted."""
         if self._input_done:
             return False
         try:
             chunk = next(self._chunks)
-            plain = self._unpadder.update(self._decryptor.update(chunk))
         except StopIteration:
             self._input_done = True
-            try:
-                plain = self._unpadder.update(self._decryptor.finalize()) + self._unpadder.finalize()
-            except ValueError:
-                raise DecryptionError(
-                    "the decrypted bundle has invalid padding: wrong key, or the parts are not this manifest's"
-                ) from None
-        if plain:
+            self._strip_padding()
+            return True
+        # Hold back the last block (its padding is only known at the end) without copying the rest.
+        plain = self._held + self._decryptor.update(chunk) if self._held else self._decryptor.update(chunk)
+        if len(plain) >= 16:
+            self._held = plain[-16:]
+            self._plain.append(memoryview(plain)[:-16])
+        else:
+            self._held = plain
+        return True
+
+    def _strip_padding(self) -> None:
+        try:
+            tail = self._held + self._decryptor.finalize()
+        except ValueError:
+            raise DecryptionError("the ciphertext is not a whole number of AES blocks: a part is truncated") from None
+        pad = tail[-1] if len(tail) == 16 else 0
+        if not 1 <= pad <= 16 or tail[-pad:] != bytes([pad]) * pad:
+            raise DecryptionError(
+                "the decrypted bundle has invalid padding: wrong key, or the parts are not this manifest's"
+            )
+        self._held = b""
+        if pad < 16:
+            self._plain.append(memoryview(tail[:-pad]))
+
+    def _pull(self) -> bool:
+        """Move more decompressed data into the buffer; False once everything is consumed."""
+        if self._decoder.pending():
+            self._buffer += self._decoder.feed(b"", OUTPUT_STEP)
+            return True
+        while not self._plain:
+            if not self._decrypt_next():
+                return False
+        view = self._plain[0]
+        piece, rest = view[:FEED_SLICE], view[FEED_SLICE:]
+        if rest:
+            self._plain[0] = rest
+        else:
+            self._plain.pop(0)
+        if piece:
             if not self._started:
                 self._started = True
-                if plain[:2] != b"\x1f\x8b":
+                if bytes(piece[:2]) != b"\x1f\x8b":
                     raise DecryptionError(
                         "the decrypted data is not gzip: the AES key does not fit these parts"
                     )
-            self._buffer += self._decoder.feed(plain, 1 << 20)
+            # Small slices keep the inflater's unconsumed input (copied on every call) small.
+            self._buffer += self._decoder.feed(piece, OUTPUT_STEP)
         return True
 
     def read(self, n: int = -1) -> bytes:
@@ -378,7 +490,10 @@ class DecryptedStream:
             raise ArchiveError(
                 f"the archive decompresses to more than the {self._limit} bytes the manifest allows (gzip bomb?)"
             )
-        self.sha1.update(out)
+        if self._hashing is not None:
+            self._hashing.write(out)
+        else:
+            self.sha1.update(out)
         return out
 
     def finish(self) -> None:
@@ -387,6 +502,73 @@ class DecryptedStream:
             if self._buffer:
                 raise ArchiveError("data follows the end of the tar archive")
         self._decoder.finish()
+        if self._hashing is not None:
+            self._hashing.close()
+            self._hashing = None
+
+    def close(self) -> None:
+        """Stop the hashing thread on an error path."""
+        if self._hashing is not None:
+            self._hashing.abort()
+            self._hashing = None
+
+
+class Prefetch:
+    """Runs an iterator in a thread of its own, at most ``depth`` items ahead of the consumer.
+
+    Unbundling uses it to read and hash the next parts while the current one is decrypted.
+    An exception in the iterator is raised to the consumer at the item where it happened.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterable[object], *, depth: int = 2, name: str = "ami-bundler-parts") -> None:
+        self._items = items
+        self._queue: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, entry: tuple[object, BaseException | None]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                if not self._put((item, None)):
+                    return
+        except BaseException as exc:  # handed to the consumer
+            self._put((None, exc))
+            return
+        self._put((self._END, None))
+
+    def __iter__(self) -> Prefetch:
+        return self
+
+    def __next__(self) -> object:
+        item, error = self._queue.get()
+        if error is not None:
+            self.close()
+            raise error
+        if item is self._END:
+            self.close()
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=30)
 
 
 def check_member(member, manifest: Manifest) -> str:
@@ -418,11 +600,12 @@ def unbundle(parsed: ParsedManifest, source: PartSource, destination: Path | Non
     entries = sorted(manifest.parts, key=lambda e: e.index)
     source.check_present(entries)
 
-    stream = DecryptedStream(verified_parts(source, entries, manifest.bundled_size, progress), key, iv,
-                             manifest.size + STREAM_SLACK)
+    parts = Prefetch(verified_parts(source, entries, manifest.bundled_size, progress))
+    stream = DecryptedStream(parts, key, iv, manifest.size + STREAM_SLACK, threaded_hash=True)
     reader = TarReader(stream)
     progress.start("unbundle", manifest.bundled_size)
     out: ImageWriter | None = writer
+    writing: BackgroundStage | None = None
     try:
         member = reader.next_member()
         if member is None:
@@ -431,17 +614,25 @@ def unbundle(parsed: ParsedManifest, source: PartSource, destination: Path | Non
         if out is None:
             out = NullImageWriter() if destination is None else FileImageWriter(Path(destination), name, overwrite=overwrite)
         out.open(member.size, member.mode)
+        # Writing (zero checks, write calls) runs beside decryption and inflation.
+        image = out
+        writing = BackgroundStage(lambda item: image.write_at(*item), depth=8, name="ami-bundler-write")
         for offset, data in reader.iter_data():
-            out.write_at(offset, data)
+            writing.write((offset, data))
         if reader.next_member() is not None:
             raise ArchiveError("the archive holds more than one file; a bundle holds exactly one image")
         reader.drain()
         stream.finish()
+        writing.close()
         digest = stream.sha1.hexdigest()
         if digest != manifest.digest.lower():
             raise IntegrityError(f"image digest mismatch: the tar stream hashes to {digest}, manifest says {manifest.digest}")
         path = out.commit()
     except BaseException:
+        if writing is not None:
+            writing.abort()
+        stream.close()
+        parts.close()
         if out is not None:
             out.abort()
         raise
