@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -86,37 +87,52 @@ def _classic(command: str, prog: str) -> int:
     return main([command, *sys.argv[1:]], prog=prog)
 
 
+def _exit(code: int) -> None:
+    """Exit without the interpreter's teardown (~35 ms of module and GC clean-up).
+
+    Every file the commands write is closed and synced before they return, worker pools are
+    shut down, and output is flushed here, so there is nothing left for the teardown to do.
+    """
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+    logging.shutdown()
+    os._exit(code)
+
+
 def run() -> None:
-    sys.exit(main())
+    _exit(main())
 
 
 def ec2_bundle_image() -> None:
-    sys.exit(_classic("bundle-image", "ec2-bundle-image"))
+    _exit(_classic("bundle-image", "ec2-bundle-image"))
 
 
 def ec2_bundle_vol() -> None:
-    sys.exit(_classic("bundle-vol", "ec2-bundle-vol"))
+    _exit(_classic("bundle-vol", "ec2-bundle-vol"))
 
 
 def ec2_unbundle() -> None:
-    sys.exit(_classic("unbundle", "ec2-unbundle"))
+    _exit(_classic("unbundle", "ec2-unbundle"))
 
 
 def ec2_upload_bundle() -> None:
-    sys.exit(_classic("upload-bundle", "ec2-upload-bundle"))
+    _exit(_classic("upload-bundle", "ec2-upload-bundle"))
 
 
 def ec2_download_bundle() -> None:
-    sys.exit(_classic("download-bundle", "ec2-download-bundle"))
+    _exit(_classic("download-bundle", "ec2-download-bundle"))
 
 
 def ec2_delete_bundle() -> None:
-    sys.exit(_classic("delete-bundle", "ec2-delete-bundle"))
+    _exit(_classic("delete-bundle", "ec2-delete-bundle"))
 
 
 def ec2_migrate_manifest() -> None:
-    sys.exit(_classic("migrate-manifest", "ec2-migrate-manifest"))
+    _exit(_classic("migrate-manifest", "ec2-migrate-manifest"))
 
 
 def ec2_migrate_bundle() -> None:
-    sys.exit(_classic("copy-bundle", "ec2-migrate-bundle"))
+    _exit(_classic("copy-bundle", "ec2-migrate-bundle"))
