@@ -116,11 +116,16 @@ class BundleResult:
 
 
 class PartCutter:
-    """Cuts the ciphertext into PART_SIZE parts, hashing each as it is cut, and hands them on."""
+    """Cuts the ciphertext into PART_SIZE parts, hashing each as it is cut, and hands them on.
+
+    One buffer of PART_SIZE is filled in place for every part (no growing and re-allocating),
+    and each part costs exactly one allocation: the bytes handed to the sink.
+    """
 
     def __init__(self, sink: PartSink) -> None:
         self.sink = sink
-        self.buffer = bytearray()
+        self.buffer = bytearray(PART_SIZE)
+        self.fill = 0
         self.hasher = hashlib.sha1()
         self.digests: list[str] = []
         self.sizes: list[int] = []
@@ -128,24 +133,27 @@ class PartCutter:
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            take = min(len(view), PART_SIZE - len(self.buffer))
+            take = min(len(view), PART_SIZE - self.fill)
             piece = view[:take]
-            self.buffer += piece
+            self.buffer[self.fill:self.fill + take] = piece
             self.hasher.update(piece)
+            self.fill += take
             view = view[take:]
-            if len(self.buffer) == PART_SIZE:
+            if self.fill == PART_SIZE:
                 self._emit()
 
     def _emit(self) -> None:
-        part = Part(len(self.digests), bytes(self.buffer), self.hasher.hexdigest())
+        with memoryview(self.buffer) as filled:
+            data = bytes(filled[:self.fill])
+        part = Part(len(self.digests), data, self.hasher.hexdigest())
         self.digests.append(part.sha1)
         self.sizes.append(len(part.data))
-        self.buffer = bytearray()
+        self.fill = 0
         self.hasher = hashlib.sha1()
         self.sink.put_part(part)
 
     def close(self) -> None:
-        if self.buffer or not self.digests:
+        if self.fill or not self.digests:
             self._emit()
 
 

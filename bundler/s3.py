@@ -903,6 +903,23 @@ def upload_bundle(
 # --------------------------------------------------------------------------- S3Sink
 
 
+def _return_large_buffers_to_the_os() -> None:
+    """Have glibc map every part-sized buffer on its own and unmap it when freed.
+
+    Parts are made in one thread and freed in the uploader threads; glibc's default would
+    raise its mmap threshold after the first free and keep recycled 10 MiB chunks in
+    per-thread arenas, which adds up to well over the parts actually in flight.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        m_mmap_threshold = -3
+        libc.mallopt(m_mmap_threshold, 4 * 1024 * 1024)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
 class S3Sink:
     """PartSink that PUTs parts as they are cut: a bounded queue in front of parallel PUTs.
 
@@ -950,7 +967,10 @@ class S3Sink:
             lock.release()
             raise
         self._lock = lock
-        self._pool = _Pool(self.jobs, self.jobs * 2)
+        # Parts are 10 MiB in memory each: ``jobs`` uploading plus two ready keeps every
+        # uploader busy while bounding memory whatever the image size.
+        self._pool = _Pool(self.jobs, self.jobs + 2)
+        _return_large_buffers_to_the_os()
         self.progress.start("upload", None)
 
     def _put(self, key: str, part: Part) -> None:
