@@ -20,9 +20,18 @@ from .common import Printer, add_global_options
 log = logging.getLogger("bundler.cli")
 
 COMMAND_MODULES = ("core", "aws", "vol", "regions")
+# Which module defines each command: a run imports only the one it needs (the S3, EC2 and
+# volume modules cost start-up time that bundle-image and unbundle should not pay).
+COMMAND_MODULE = {
+    "keygen": "core", "bundle-image": "core", "unbundle": "core", "verify": "core", "inspect": "core",
+    "upload-bundle": "aws", "download-bundle": "aws", "delete-bundle": "aws", "register": "aws",
+    "deregister": "aws", "install": "aws", "bundle-vol": "vol",
+    "migrate-manifest": "regions", "copy-bundle": "regions",
+}
 
 
-def build_parser(prog: str = "ami-bundler") -> argparse.ArgumentParser:
+def build_parser(prog: str = "ami-bundler", command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for every command, or only for ``command`` when it is known."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Build, verify, upload and register EC2 instance-store AMI bundles.",
@@ -32,18 +41,21 @@ def build_parser(prog: str = "ami-bundler") -> argparse.ArgumentParser:
     sub.required = True
     import importlib
 
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as exc:
-            # A command module still being written must not take the whole CLI down.
-            if exc.name and exc.name.endswith(f"cli.{name}"):
-                continue
-            raise
-        module.register(sub)
+    wanted = [COMMAND_MODULE[command]] if command in COMMAND_MODULE else list(COMMAND_MODULES)
+    for name in wanted:
+        importlib.import_module(f".{name}", __name__).register(sub)
     for action in sub.choices.values():
         add_global_options(action)
     return parser
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg
+        if arg in ("-h", "--help", "--version"):
+            return None
+    return None
 
 
 def _configure_logging(args: argparse.Namespace) -> None:
@@ -65,7 +77,8 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "ami-bundler") -> int:
-    parser = build_parser(prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(prog, _command_of(argv))
     args = parser.parse_args(argv)
     _configure_logging(args)
     printer = Printer(json_mode=getattr(args, "json", False), quiet=getattr(args, "quiet", False))
