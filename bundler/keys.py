@@ -115,7 +115,7 @@ def load_private_key(path: Path) -> rsa.RSAPrivateKey:
             ) from exc
         raise KeyFileError(
             f"{path} is not a readable RSA private key (expected unencrypted PEM, "
-            "'BEGIN RSA PRIVATE KEY' or 'BEGIN PRIVATE KEY')"
+            "PKCS#1 or PKCS#8)"
         ) from exc
     if not isinstance(key, rsa.RSAPrivateKey):
         raise KeyFileError(f"private key {path} is not an RSA key; the AMI format needs RSA")

