@@ -111,6 +111,12 @@ class FanOutSink:
                 self._drop(label, exc)
         self._require_live()
 
+    def expect_parts(self, count: int) -> None:
+        for label in self.live:
+            expect = getattr(self.children[label], "expect_parts", None)
+            if expect is not None:
+                expect(count)
+
     def put_part(self, part: Part) -> None:
         # Sequential hand-off: each child's own pool uploads in parallel, and its bounded queue
         # is what applies back-pressure; the part's bytes are shared, not copied.

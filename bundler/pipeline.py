@@ -122,8 +122,9 @@ class PartCutter:
     and each part costs exactly one allocation: the bytes handed to the sink.
     """
 
-    def __init__(self, sink: PartSink) -> None:
+    def __init__(self, sink: PartSink, estimate: Callable[[], int] | None = None) -> None:
         self.sink = sink
+        self.estimate = estimate
         self.buffer = bytearray(PART_SIZE)
         self.fill = 0
         self.hasher = hashlib.sha1()
@@ -142,7 +143,12 @@ class PartCutter:
             if self.fill == PART_SIZE:
                 self._emit()
 
-    def _emit(self) -> None:
+    def _emit(self, *, last: bool = False) -> None:
+        if not self.digests:
+            # Sinks that must name parts before the count is known (S3) get an estimate.
+            expect = getattr(self.sink, "expect_parts", None)
+            if expect is not None:
+                expect(1 if last else self.estimate() if self.estimate else 0)
         with memoryview(self.buffer) as filled:
             data = bytes(filled[:self.fill])
         part = Part(len(self.digests), data, self.hasher.hexdigest())
@@ -154,7 +160,7 @@ class PartCutter:
 
     def close(self) -> None:
         if self.fill or not self.digests:
-            self._emit()
+            self._emit(last=True)
 
 
 class AesCbcEncryptor:
@@ -270,14 +276,28 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
 
     if options.block_device_mapping and not {"ami", "root"} <= options.block_device_mapping.keys():
         log.warning("block device mapping has no 'ami' or 'root' entry; EC2 may not find the root device")
-    cutter = PartCutter(sink)
+    compressed_blocks = 0
+
+    def estimate_parts() -> int:
+        # When the first part is full, the compressor has emitted about this many blocks of
+        # input: the ratio so far, applied to the whole tar stream, predicts the part count.
+        consumed = max(1, compressed_blocks * settings.block_size)
+        return max(1, math.ceil(tar_size / consumed))
+
+    cutter = PartCutter(sink, estimate_parts)
     encryptor = AesCbcEncryptor(key, iv, cutter.write)
+
+    def encrypt_block(block: bytes) -> None:
+        nonlocal compressed_blocks
+        compressed_blocks += 1
+        encryptor.write(block)
+
     gzip: ParallelGzipWriter | None = None
     output: BackgroundStage | None = None
     try:
         _preflight_manifest(name, options)
         sink.begin(name, max_parts)
-        output = BackgroundStage(encryptor.write)
+        output = BackgroundStage(encrypt_block)
         gzip = ParallelGzipWriter(output.write, settings, workers=options.workers)
     except BaseException:
         if gzip is not None:

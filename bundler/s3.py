@@ -940,6 +940,7 @@ class S3Sink:
         self._pool: _Pool | None = None
         self._name = ""
         self._max_parts = 0
+        self._width_parts = 0
         self._keys: dict[int, str] = {}
         self._created: set[str] = set()
         self._created_lock = threading.Lock()
@@ -954,6 +955,7 @@ class S3Sink:
     def begin(self, name: str, max_parts: int) -> None:
         self._name = name
         self._max_parts = max_parts
+        self._width_parts = max_parts
         lock = UploadLock(self.client, self.location, name, acl=self.acl)
         lock.acquire()
         try:
@@ -982,9 +984,16 @@ class S3Sink:
             self.bytes_uploaded += len(part.data)
         self.progress.advance("upload", len(part.data))
 
+    def expect_parts(self, count: int) -> None:
+        """The pipeline's estimate of the final part count, given before the first part: keys
+        get the index width it implies, so the rename in ``commit`` is only needed when the
+        estimate crossed a power of ten the wrong way."""
+        if not self._keys:
+            self._width_parts = max(1, min(count, self._max_parts))
+
     def put_part(self, part: Part) -> None:
         assert self._pool is not None, "begin() not called"
-        key = self.location.key(provisional_name(self._name, part.index, self._max_parts))
+        key = self.location.key(provisional_name(self._name, part.index, self._width_parts))
         self._keys[part.index] = key
         self._pool.submit(self._put, key, part)
 
