@@ -199,3 +199,41 @@ def test_directory_sink_overwrite(fs):
     sink.commit(["b.part.0"], "b.manifest.xml", b"<m/>")
     with open("/out/b.part.0", "rb") as fh:
         assert fh.read() == b"new"
+
+
+class EstimatingSink(RecordingSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.expected: list[tuple[int, int]] = []  # (estimate, parts already put)
+        self.max_parts = 0
+        self.committed: list[str] = []
+
+    def begin(self, name: str, max_parts: int) -> None:
+        self.max_parts = max_parts
+
+    def expect_parts(self, count: int) -> None:
+        self.expected.append((count, len(self.parts)))
+
+    def commit(self, names, manifest_name, manifest) -> None:
+        self.committed = list(names)
+
+    def abort(self) -> None:
+        pass
+
+
+def test_first_part_predicts_the_part_count(user_key_pair, ec2_key_pair):
+    """Streaming sinks must name parts before the count is known; the estimate given with the
+    first part must land in the right power of ten where the size bound would not."""
+    from bundler.pipeline import BundleKeys, BundleOptions, bundle
+
+    text = b"".join(b"line %08d of a very compressible image\n" % i for i in range(2_600_000))[: 100 << 20]
+    data = text + os.urandom(15 << 20)
+    source = StreamImageSource(io.BytesIO(data), len(data), "est")
+    sink = EstimatingSink()
+    keys = BundleKeys(user_key_pair.private_key, user_key_pair.public_key, ec2_key_pair.public_key)
+    result = bundle(source, sink, keys, BundleOptions(name="est", user="123456789012", compression="fast"))
+    assert sink.max_parts >= 10  # the bound alone would give two-digit names …
+    assert len(result.part_names) < 10  # … but there are fewer than ten parts
+    [(estimate, before)] = sink.expected
+    assert before == 0 and 1 <= estimate < 10
+    assert sink.committed == [f"est.part.{i}" for i in range(len(result.part_names))]
