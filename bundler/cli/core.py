@@ -74,6 +74,9 @@ def _add_s3_source_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--region", help="AWS region of the bucket")
     g.add_argument("--endpoint-url", "--url", dest="endpoint_url", help="S3 endpoint URL")
     g.add_argument("--jobs", type=int, default=8, help="parts fetched in parallel (default: %(default)s)")
+    g.add_argument("--max-attempts", type=int, default=8, metavar="N", help="botocore attempts per request (default: %(default)s)")
+    g.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="seconds to wait for a connection")
+    g.add_argument("--read-timeout", type=float, metavar="SECONDS", help="seconds to wait for data")
 
 
 # ------------------------------------------------------------------ shared with install / bundle-vol
