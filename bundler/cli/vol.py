@@ -30,7 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("-a", "--all", action="store_true",
                    help="also copy mounts of non-local filesystems (tmpfs, NFS, FUSE...)")
     g.add_argument("-x", "--one-file-system", action="store_true",
-                   help="copy only the volume's own filesystem (not even local mounts under it)")
+                   help="copy only the volume's own filesystem (not even local mounts under it; "
+                        "the default for the live /)")
+    g.add_argument("--local-mounts", action="store_true",
+                   help="also copy local disk filesystems mounted under the volume (the default for a "
+                        "directory; for the live / the default is its own filesystem only)")
     g.add_argument("--no-filter", action="store_true",
                    help="do not leave out private keys, histories and other secrets")
     g.add_argument("--list-excluded", action="store_true", help="print every left-out path and why")
@@ -83,6 +87,8 @@ def config_from_args(args: argparse.Namespace):
         raise UsageError("--fstab and --generate-fstab are mutually exclusive")
     if args.all and args.one_file_system:
         raise UsageError("-a/--all and -x/--one-file-system are mutually exclusive")
+    if args.local_mounts and (args.all or args.one_file_system):
+        raise UsageError("--local-mounts goes with neither -a/--all nor -x/--one-file-system")
     return VolumeConfig(
         volume=args.volume,
         destination=args.destination,
@@ -93,7 +99,7 @@ def config_from_args(args: argparse.Namespace):
         excludes=list(args.exclude),
         includes=list(args.include),
         secret_filter=not args.no_filter,
-        mount_policy="all" if args.all else ("one-filesystem" if args.one_file_system else "local"),
+        mount_policy=mount_policy(args),
         fstab=args.fstab,
         generate_fstab=args.generate_fstab,
         # Classic: the legacy table only when -r i386 was given explicitly.
@@ -177,3 +183,22 @@ def run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
         human += bundle_human(result.bundle, str(manifest_path))
     printer.result(data, human)
     return 0
+
+
+def mount_policy(args: argparse.Namespace) -> str:
+    """Which mounts under the volume are copied.
+
+    The running system (``-v /``) is read as one filesystem unless --all or --local-mounts:
+    mounts under / hold the host's state (containers, scratch disks), and a mount point
+    left out stays in the image as an empty directory, named in --list-excluded. A built
+    root filesystem directory keeps classic behaviour: local disk filesystems are crossed.
+    """
+    if args.all:
+        return "all"
+    if args.one_file_system:
+        return "one-filesystem"
+    if args.local_mounts:
+        return "local"
+    from ..volume import is_live_root
+
+    return "one-filesystem" if is_live_root(args.volume) else "local"
