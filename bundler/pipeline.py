@@ -628,10 +628,10 @@ def unbundle(parsed: ParsedManifest, source: PartSource, destination: Path | Non
     entries = sorted(manifest.parts, key=lambda e: e.index)
     source.check_present(entries)
 
+    progress.start("unbundle", manifest.bundled_size)  # before the part reader's thread reports
     parts = Prefetch(verified_parts(source, entries, manifest.bundled_size, progress))
     stream = DecryptedStream(parts, key, iv, manifest.size + STREAM_SLACK, threaded_hash=True)
     reader = TarReader(stream)
-    progress.start("unbundle", manifest.bundled_size)
     out: ImageWriter | None = writer
     writing: BackgroundStage | None = None
     try:
