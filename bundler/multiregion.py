@@ -114,8 +114,13 @@ class FanOutSink:
     def expect_parts(self, count: int) -> None:
         for label in self.live:
             expect = getattr(self.children[label], "expect_parts", None)
-            if expect is not None:
+            if expect is None:
+                continue
+            try:
                 expect(count)
+            except Exception as exc:
+                self._drop(label, exc)
+        self._require_live()
 
     def put_part(self, part: Part) -> None:
         # Sequential hand-off: each child's own pool uploads in parallel, and its bounded queue

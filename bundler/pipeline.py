@@ -213,9 +213,9 @@ class BackgroundStage:
                     self._error = exc
 
     def _raise(self) -> None:
+        # The error stays set: the thread keeps skipping whatever is still queued.
         if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+            raise self._error
 
     def write(self, data: bytes) -> None:
         self._raise()
@@ -236,6 +236,13 @@ class BackgroundStage:
     def abort(self) -> None:
         self._error = self._error or RuntimeError("aborted")  # the thread skips the rest
         if self._thread.is_alive():
+            # Drop what is queued so the end marker always fits: a consumer stuck in its
+            # current item (a slow PUT) still ends as soon as that item returns.
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
             try:
                 self._queue.put(self._END, timeout=5)
             except queue.Full:
@@ -292,14 +299,21 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
         compressed_blocks += 1
         encryptor.write(block)
 
+    tar_hash = hashlib.sha1()
     gzip: ParallelGzipWriter | None = None
     output: BackgroundStage | None = None
+    hashing: BackgroundStage | None = None
     try:
         _preflight_manifest(name, options)
         sink.begin(name, max_parts)
         output = BackgroundStage(encrypt_block)
         gzip = ParallelGzipWriter(output.write, settings, workers=options.workers)
+        # The tar-stream digest is serial work of its own: give it a thread so reading and
+        # dispatching to the compressors never wait for it.
+        hashing = BackgroundStage(tar_hash.update, depth=16, name="ami-bundler-sha1")
     except BaseException:
+        if hashing is not None:
+            hashing.abort()
         if gzip is not None:
             gzip.abort()
         if output is not None:
@@ -307,20 +321,20 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
         sink.abort()
         source.close()
         raise
-    tar_hash = hashlib.sha1()
-    # The tar-stream digest is serial work of its own: give it a thread so reading and
-    # dispatching to the compressors never wait for it.
-    hashing = BackgroundStage(tar_hash.update, depth=16, name="ami-bundler-sha1")
     written = 0
 
     def emit(data: bytes) -> None:
         nonlocal written
+        if not isinstance(data, bytes):
+            # The digest thread reads it later: a source that reuses its buffer must not
+            # change what gets hashed (the compressor copies what it is given at once).
+            data = bytes(data)
         hashing.write(data)
         gzip.write(data)
         written += len(data)
 
-    progress.start("bundle", stored)
     try:
+        progress.start("bundle", stored)
         emit(member_header(info, regions))
         for chunk in source.chunks():
             emit(chunk)
@@ -567,13 +581,23 @@ class Prefetch:
         return False
 
     def _run(self) -> None:
+        items = iter(self._items)
         try:
-            for item in self._items:
+            for item in items:
                 if not self._put((item, None)):
                     return
         except BaseException as exc:  # handed to the consumer
             self._put((None, exc))
             return
+        finally:
+            # A consumer that stopped early: close the iterator here, in the thread that ran
+            # it, so a source's own clean-up (its download threads, open files) runs now.
+            close = getattr(items, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.debug("closing the part reader failed", exc_info=True)
         self._put((self._END, None))
 
     def __iter__(self) -> Prefetch:
@@ -629,12 +653,14 @@ def unbundle(parsed: ParsedManifest, source: PartSource, destination: Path | Non
     source.check_present(entries)
 
     progress.start("unbundle", manifest.bundled_size)  # before the part reader's thread reports
-    parts = Prefetch(verified_parts(source, entries, manifest.bundled_size, progress))
-    stream = DecryptedStream(parts, key, iv, manifest.size + STREAM_SLACK, threaded_hash=True)
-    reader = TarReader(stream)
+    parts: Prefetch | None = None
+    stream: DecryptedStream | None = None
     out: ImageWriter | None = writer
     writing: BackgroundStage | None = None
     try:
+        parts = Prefetch(verified_parts(source, entries, manifest.bundled_size, progress))
+        stream = DecryptedStream(parts, key, iv, manifest.size + STREAM_SLACK, threaded_hash=True)
+        reader = TarReader(stream)
         member = reader.next_member()
         if member is None:
             raise ArchiveError("the archive holds no file")
@@ -659,8 +685,10 @@ def unbundle(parsed: ParsedManifest, source: PartSource, destination: Path | Non
     except BaseException:
         if writing is not None:
             writing.abort()
-        stream.close()
-        parts.close()
+        if stream is not None:
+            stream.close()
+        if parts is not None:
+            parts.close()
         if out is not None:
             out.abort()
         raise

@@ -608,9 +608,11 @@ class UploadLock:
                     self._etag = self._put(IfMatch=f'"{holder.etag}"')
                     break
                 except bexc.ClientError as exc:
-                    if error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    if error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409",
+                                               "NoSuchKey", "404", "NotFound"):
                         raise
-                    # another run took it over first: look again
+                    # another run took it over first, or its holder released it (and exited)
+                    # between our read and our take-over: look again
             else:
                 raise ConcurrentUploadError(f"could not lock {self.name} in {self.location.url()}: other runs "
                                             "keep taking it; run one upload of a name at a time")
@@ -923,7 +925,7 @@ def _return_large_buffers_to_the_os() -> None:
 class S3Sink:
     """PartSink that PUTs parts as they are cut: a bounded queue in front of parallel PUTs.
 
-    ``put_part`` blocks while ``2 * jobs`` parts are in flight (so memory stays bounded at about
+    ``put_part`` blocks while ``jobs + 2`` parts are in flight (so memory stays bounded at about
     that many 10 MiB parts), a failed PUT surfaces at the next ``put_part``/``commit``, and
     ``abort`` removes everything this sink created.
     """
