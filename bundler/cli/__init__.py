@@ -109,7 +109,9 @@ def _exit(code: int) -> None:
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-    except (BrokenPipeError, ValueError):
+    except BrokenPipeError:
+        code = code or 141  # the reader went away: the result was not delivered (128 + SIGPIPE)
+    except ValueError:  # a stream already closed
         pass
     logging.shutdown()
     os._exit(code)
