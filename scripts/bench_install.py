@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_upload import MIB, start  # noqa: E402
+from bench_upload import MIB, local_env, start  # noqa: E402
 
 
 def cpu_seconds(*procs: subprocess.Popen) -> float:
@@ -57,11 +57,7 @@ def main() -> int:
     if not args.image.exists():
         raise SystemExit(f"{args.image} not found: run ../shared/bench/make-corpus.sh or pass --image")
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
-    nowhere = tempfile.mkdtemp(prefix="bench-noaws-")
-    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-               AWS_CONFIG_FILE=f"{nowhere}/config", AWS_SHARED_CREDENTIALS_FILE=f"{nowhere}/credentials",
-               AWS_EC2_METADATA_DISABLED="true", PYTHONPATH=str(ROOT))
+    env = local_env()
     moto, moto_url = start([sys.executable, "scripts/local_endpoint.py"], env)
     proxy_cmd = [sys.executable, "-m", "tests.support.faultproxy", "--upstream", moto_url, "--delay", str(args.delay)]
     if args.bandwidth > 0:

@@ -27,19 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
-MIB = 1024 * 1024
-
-
-def start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    """Start a helper that prints its URL on the first stdout line."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.startswith("http://127.0.0.1:"):
-        proc.kill()
-        raise SystemExit(f"{cmd[1]} did not start: {line!r}")
-    return proc, line
+from bench_upload import MIB, local_env, start  # noqa: E402
 
 
 def make_image(path: Path, size: int) -> None:
@@ -103,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-multiregion-") as tmp:
         work = Path(tmp)
-        env = dict(os.environ, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                   AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true", PYTHONPATH=str(ROOT),
-                   AWS_CONFIG_FILE=str(work / "none"), AWS_SHARED_CREDENTIALS_FILE=str(work / "none"))
-        for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "HTTP_PROXY", "HTTPS_PROXY"):
-            env.pop(var, None)
+        env = local_env()
         helpers = []
         moto, url = start([sys.executable, "scripts/local_endpoint.py"], env)
         moto_url = url

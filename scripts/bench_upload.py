@@ -40,6 +40,17 @@ def start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     return proc, line
 
 
+def local_env() -> dict[str, str]:
+    """This environment minus any real AWS settings and proxies, with fake credentials: the
+    benchmarks only ever talk to the local endpoint."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
+    nowhere = tempfile.mkdtemp(prefix="bench-noaws-")
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+               AWS_CONFIG_FILE=f"{nowhere}/config", AWS_SHARED_CREDENTIALS_FILE=f"{nowhere}/credentials",
+               AWS_EC2_METADATA_DISABLED="true", PYTHONPATH=str(ROOT))
+    return env
+
+
 def make_bundle(directory: Path, size: int) -> Path:
     """Random parts written one at a time (never all in memory) and a signed manifest."""
     from bundler import keys as keylib
@@ -85,11 +96,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, nargs="*", default=[1, 8], help="job counts to compare (default 1 8)")
     args = ap.parse_args()
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
-    nowhere = tempfile.mkdtemp(prefix="bench-noaws-")
-    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-               AWS_CONFIG_FILE=f"{nowhere}/config", AWS_SHARED_CREDENTIALS_FILE=f"{nowhere}/credentials",
-               AWS_EC2_METADATA_DISABLED="true", PYTHONPATH=str(ROOT))
+    env = local_env()
 
     moto, moto_url = start([sys.executable, "scripts/local_endpoint.py"], env)
     proxy_cmd = [sys.executable, "-m", "tests.support.faultproxy", "--upstream", moto_url, "--delay", str(args.delay)]
