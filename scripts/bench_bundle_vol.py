@@ -19,7 +19,6 @@ Prints the seconds of each and the ratio (target: ours ≥ 5× faster).
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import secrets
 import shutil
@@ -33,26 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_keys(directory: Path) -> tuple[Path, Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+    """A signing key pair and a stand-in EC2 certificate in a fresh directory."""
+    from bundler.keys import keygen
 
-    paths = []
     for name in ("user", "ec2"):
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"bench {name}")])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(days=1))
-                .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-        (directory / f"{name}-key.pem").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
-        (directory / f"{name}-cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        paths.append(directory / f"{name}-key.pem")
-    return paths[0], directory / "user-cert.pem", directory / "ec2-cert.pem"
+        keygen(directory / f"{name}-key.pem", directory / f"{name}-cert.pem")
+    return directory / "user-key.pem", directory / "user-cert.pem", directory / "ec2-cert.pem"
 
 
 def run_ours(rootfs: Path, out: Path, keys: tuple[Path, Path, Path], size: int | None,

@@ -169,27 +169,11 @@ def customize(tree: Path) -> None:
 # ------------------------------------------------------------------------------ bundling
 
 def make_keys(directory: Path) -> tuple[Path, Path, Path]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+    """A signing key pair and a stand-in EC2 certificate in a fresh directory."""
+    from bundler.keys import keygen
 
     for name in ("user", "ec2"):
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"boot test {name}")])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(days=1))
-                .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
-        key_path = directory / f"{name}-key.pem"
-        key_path.write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
-        key_path.chmod(0o600)
-        (directory / f"{name}-cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        keygen(directory / f"{name}-key.pem", directory / f"{name}-cert.pem")
     return directory / "user-key.pem", directory / "user-cert.pem", directory / "ec2-cert.pem"
 
 
