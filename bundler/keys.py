@@ -437,7 +437,18 @@ def keygen(
 def ec2_cert_filename(region: str | None) -> str:
     if not region:
         return EC2_CERT_DEFAULT
-    return EC2_CERT_FILES.get(region.strip().lower(), EC2_CERT_DEFAULT)
+    region = region.strip().lower()
+    if region in EC2_CERT_FILES:
+        return EC2_CERT_FILES[region]
+    # Regions newer than the classic table go by partition (a new China or GovCloud region
+    # uses its partition's certificate), from botocore's data.
+    from .regions import cert_filename
+
+    try:
+        return cert_filename(region)
+    except Exception:  # botocore's data unreadable (e.g. under a fake filesystem)
+        log.debug("no partition data for %s; using %s", region, EC2_CERT_DEFAULT, exc_info=True)
+        return EC2_CERT_DEFAULT
 
 
 def ec2_cert_search_dirs(

@@ -183,28 +183,11 @@ def bucket_map(regions: Sequence[str], *, template: str | None = None,
 
 def find_ec2_cert(region: str | None, *, cert_dir: Path | None = None,
                   env: Mapping[str, str] | None = None) -> Path:
-    """The region's EC2 certificate in the places bundling looks (``keys.find_ec2_cert``).
-
-    ``keys`` knows the classic per-region names; this picks by partition so that a China or
-    GovCloud region botocore lists but ``keys`` does not still gets its partition's certificate.
-    """
+    """The region's EC2 certificate in the places bundling looks (``keys.find_ec2_cert``,
+    whose file name choice goes by partition for regions the classic table does not list)."""
     from . import keys as keylib
 
-    filename = cert_filename(region)
-    if keylib.ec2_cert_filename(region) == filename:
-        return keylib.find_ec2_cert(region, cert_dir=cert_dir, env=env)
-    dirs = keylib.ec2_cert_search_dirs(cert_dir, env)
-    for directory in dirs:
-        candidate = directory / filename
-        if candidate.is_file():
-            return candidate
-    from .errors import KeyFileError
-
-    raise KeyFileError(
-        f"EC2 certificate {filename} for region {region} (partition {partition_of(region or '')}) not found; "
-        f"looked in: {', '.join(str(d) for d in dirs)}. Pass --ec2cert PATH, or --ec2cert-dir DIR, or set "
-        f"{keylib.EC2_CERT_DIR_ENV}=DIR to the directory with the ec2-ami-tools certificates"
-    )
+    return keylib.find_ec2_cert(region, cert_dir=cert_dir, env=env)
 
 
 __all__ = [
