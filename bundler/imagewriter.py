@@ -6,7 +6,6 @@ sparse map or a plain member full of zeros.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
@@ -14,7 +13,14 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import OutputError
-from .parts import TEMP_MARK, UNBUNDLE_KIND, DestinationLock, remove_stale, temp_name
+from .parts import (
+    TEMP_MARK,
+    UNBUNDLE_KIND,
+    DestinationLock,
+    remove_stale,
+    temp_name,
+    why_write_failed,
+)
 
 log = logging.getLogger("bundler.imagewriter")
 
@@ -52,13 +58,7 @@ class NullImageWriter:
 
 
 def _explain(exc: OSError, where: Path) -> str:
-    if exc.errno == errno.ENOSPC:
-        return f"no space left on the device holding {where}: free space or choose another --destination"
-    if exc.errno == errno.EFBIG:
-        return f"file size limit exceeded writing into {where} (ulimit -f)"
-    if exc.errno == errno.EDQUOT:
-        return f"disk quota exceeded writing into {where}"
-    return f"cannot write into {where}: {exc.strerror or exc}"
+    return f"cannot write into {where}: {why_write_failed(exc)}"
 
 
 class FileImageWriter:

@@ -287,7 +287,7 @@ class DestinationLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
             except OSError as exc:
-                raise OutputError(f"cannot write to {self.directory}: {_why(exc)}") from exc
+                raise OutputError(f"cannot write to {self.directory}: {why_write_failed(exc)}") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -388,7 +388,7 @@ class DirectorySink:
             staging.mkdir(mode=0o700)
         except OSError as exc:
             lock.release()
-            raise OutputError(f"cannot write to {self.destination}: {_why(exc)}") from exc
+            raise OutputError(f"cannot write to {self.destination}: {why_write_failed(exc)}") from exc
         except BaseException:
             lock.release()
             raise
@@ -409,7 +409,7 @@ class DirectorySink:
                     fh.flush()
                     os.fsync(fh.fileno())
         except OSError as exc:
-            raise OutputError(f"cannot write {path.name} in {self.destination}: {_why(exc)}") from exc
+            raise OutputError(f"cannot write {path.name} in {self.destination}: {why_write_failed(exc)}") from exc
 
     def _sync_parts(self) -> None:
         # Parts are synced once at commit, not as they are cut: the kernel writes them back
@@ -422,7 +422,7 @@ class DirectorySink:
                 finally:
                     os.close(fd)
             except OSError as exc:
-                raise OutputError(f"cannot flush {path.name} to disk in {self.destination}: {_why(exc)}") from exc
+                raise OutputError(f"cannot flush {path.name} to disk in {self.destination}: {why_write_failed(exc)}") from exc
 
     def _remove_old_bundle(self, names: Sequence[str], manifest_name: str) -> None:
         """--force: take the old bundle out, manifest first, before any new file goes in.
@@ -472,7 +472,7 @@ class DirectorySink:
                 f"{exc.filename2 or exc.filename} appeared while bundling (another run writing the same bundle?)"
             ) from exc
         except OSError as exc:
-            raise OutputError(f"cannot move the bundle into {self.destination}: {_why(exc)}") from exc
+            raise OutputError(f"cannot move the bundle into {self.destination}: {why_write_failed(exc)}") from exc
         self._remove_staging()
         self._committed.clear()
         self._release()
@@ -516,7 +516,8 @@ class DirectorySink:
             self._lock = None
 
 
-def _why(exc: OSError) -> str:
+def why_write_failed(exc: OSError) -> str:
+    """A write error in words a user can act on (full disk, ulimit -f, quota)."""
     if exc.errno == errno.ENOSPC:
         return "no space left on the device (free some space or choose another --destination)"
     if exc.errno == errno.EFBIG:
