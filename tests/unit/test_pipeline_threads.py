@@ -461,7 +461,7 @@ def test_a_lock_released_between_reading_it_and_taking_it_over_is_taken_fresh(mo
 
     from bundler import s3
 
-    monkeypatch.setattr(s3, "pid_alive", lambda pid: False)
+    monkeypatch.setattr(s3.lock, "pid_alive", lambda pid: False)
     holder = {"tool": "ami-bundler", "host": socket.gethostname(), "pid": 1 << 22, "token": "theirs"}
     client = _LockBucket(holder)
     lock = s3.UploadLock(client, s3.S3Location("bucket", "d/"), "dup")

@@ -1,0 +1,232 @@
+"""The lease an upload holds on a bundle name in a prefix (the NAME.ami-bundler-lock object)."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import botocore.exceptions as bexc
+
+from ..aws import error_code
+from ..errors import S3Error
+from ..parts import pid_alive
+from .location import S3Location
+from .objects import DEFAULT_ACL, DEFAULT_ATTEMPTS, s3_error, with_attempts
+
+log = logging.getLogger("bundler.s3")
+
+
+# NAME.ami-bundler-lock under the prefix: the lease an upload of NAME holds (see UploadLock).
+LOCK_SUFFIX = ".ami-bundler-lock"
+LOCK_STALE_SECONDS = 300.0
+
+
+class ConcurrentUploadError(S3Error):
+    """Another run is writing the same bundle name into the same prefix."""
+
+
+@dataclass
+class _Holder:
+    etag: str
+    info: dict[str, Any]
+    age: float  # seconds since the lock was last written, by the server's clock
+
+
+class UploadLock:
+    """A lease on a bundle name in a prefix: the object ``NAME.ami-bundler-lock``.
+
+    S3 has no transactions: two uploads of different bundles under one name would overwrite
+    each other's parts, and the manifest that lands last could name parts of the other bundle.
+    So an upload first creates the lock object with ``If-None-Match: *`` (atomic: one writer
+    wins), keeps it fresh while it runs, checks it is still its own right before the manifest
+    PUT and deletes it at the end. A lock left by a run that died is taken over with
+    ``If-Match`` on its ETag (again atomic): at once when it names a dead PID on this host,
+    otherwise when it has not been refreshed for ``stale_after`` seconds. S3 clones without
+    conditional writes (501 NotImplemented) get a warning and no lock.
+    """
+
+    def __init__(self, client: Any, location: S3Location, name: str, *, acl: str | None = DEFAULT_ACL,
+                 stale_after: float = LOCK_STALE_SECONDS, renew_every: float | None = None) -> None:
+        self.client = client
+        self.location = location
+        self.name = name
+        self.key = location.key(name + LOCK_SUFFIX)
+        self.acl = acl
+        self.stale_after = stale_after
+        self.renew_every = renew_every if renew_every is not None else max(1.0, stale_after / 5)
+        self.info = {"tool": "ami-bundler", "host": socket.gethostname(), "pid": os.getpid(),
+                     "token": secrets.token_hex(8), "started": time.time()}
+        self._body = json.dumps(self.info, sort_keys=True).encode()
+        self._etag: str | None = None
+        self._unsupported = False
+        self._lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._etag is not None
+
+    @property
+    def lost(self) -> bool:
+        """Whether another run has taken the lock over while we held it (seen by check/renew)."""
+        return self._lost is not None
+
+    def _put(self, **condition: str) -> str:
+        params: dict[str, Any] = {"Bucket": self.location.bucket, "Key": self.key, "Body": self._body,
+                                  "ContentType": "application/json", **condition}
+        if self.acl:
+            params["ACL"] = self.acl
+        resp = self.client.put_object(**params)
+        return str(resp.get("ETag", "")).strip('"').lower()
+
+    def _holder(self) -> _Holder | None:
+        def get() -> tuple[dict[str, Any], bytes]:
+            resp = self.client.get_object(Bucket=self.location.bucket, Key=self.key)
+            return resp, resp["Body"].read(64 * 1024)
+
+        try:
+            resp, raw = with_attempts(get, DEFAULT_ATTEMPTS, f"read lock {self.key}")
+        except bexc.ClientError as exc:
+            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        try:
+            info = json.loads(raw)
+            if not isinstance(info, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            info = {}
+        headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        age = 0.0
+        try:  # both times are the server's: no dependence on this machine's clock
+            now = email.utils.parsedate_to_datetime(headers["date"])
+            age = max(0.0, (now - resp["LastModified"]).total_seconds())
+        except (KeyError, TypeError, ValueError):
+            log.debug("no server time for %s; treating it as fresh", self.key)
+        return _Holder(str(resp.get("ETag", "")).strip('"').lower(), info, age)
+
+    def _stale(self, holder: _Holder) -> bool:
+        info = holder.info
+        if info.get("host") == self.info["host"] and isinstance(info.get("pid"), int):
+            return not pid_alive(info["pid"])
+        return holder.age > self.stale_after
+
+    def _busy(self, holder: _Holder) -> ConcurrentUploadError:
+        info = holder.info
+        who = f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
+        return ConcurrentUploadError(
+            f"another upload of {self.name} into {self.location.url()} is in progress ({who}, last seen "
+            f"{holder.age:.0f}s ago): run one upload of a name at a time; if that run is dead, re-run after "
+            f"{self.stale_after:.0f}s or delete {self.location.url(self.name + LOCK_SUFFIX)}")
+
+    def acquire(self) -> None:
+        what = f"lock {self.location.url(self.name + LOCK_SUFFIX)}"
+        try:
+            for _ in range(5):
+                try:
+                    self._etag = with_attempts(lambda: self._put(IfNoneMatch="*"), DEFAULT_ATTEMPTS, what)
+                    break
+                except bexc.ClientError as exc:
+                    code = error_code(exc)
+                    if code in ("NotImplemented", "501"):
+                        log.warning("%s does not support conditional writes: concurrent uploads of %s are not "
+                                    "guarded", self.location.url(), self.name)
+                        self._unsupported = True
+                        return
+                    if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                        raise
+                holder = self._holder()
+                if holder is None:
+                    continue  # released in the meantime: try to create it again
+                if holder.info.get("token") == self.info["token"]:
+                    self._etag = holder.etag  # our own create went through, its answer was lost
+                    break
+                if not self._stale(holder):
+                    raise self._busy(holder)
+                log.info("taking over the stale lock of pid %s on %s (%.0fs old)", holder.info.get("pid"),
+                         holder.info.get("host"), holder.age)
+                try:
+                    self._etag = self._put(IfMatch=f'"{holder.etag}"')
+                    break
+                except bexc.ClientError as exc:
+                    if error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409",
+                                               "NoSuchKey", "404", "NotFound"):
+                        raise
+                    # another run took it over first, or its holder released it (and exited)
+                    # between our read and our take-over: look again
+            else:
+                raise ConcurrentUploadError(f"could not lock {self.name} in {self.location.url()}: other runs "
+                                            "keep taking it; run one upload of a name at a time")
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise s3_error(exc, "lock", self.location.bucket, self.key, acl=self.acl) from None
+        self._thread = threading.Thread(target=self._renew, name="ami-bundler-lock", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.renew_every):
+            try:
+                self._etag = self._put(IfMatch=f'"{self._etag}"')
+            except bexc.ClientError as exc:
+                if error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                    self._lost = "another run took it over"
+                    return
+                log.warning("could not refresh %s: %s", self.key, error_code(exc))
+            except bexc.BotoCoreError as exc:
+                log.warning("could not refresh %s: %s", self.key, type(exc).__name__)
+
+    def _head(self) -> dict[str, Any]:
+        return with_attempts(lambda: self.client.head_object(Bucket=self.location.bucket, Key=self.key),
+                              DEFAULT_ATTEMPTS, f"check lock {self.key}")
+
+    def check(self) -> None:
+        """Raise unless the lock is still ours (called right before the manifest goes up)."""
+        if self._unsupported or self._etag is None:
+            return
+        if self._lost is None:
+            try:
+                resp = self._head()
+                if str(resp.get("ETag", "")).strip('"').lower() != self._etag:
+                    self._lost = "another run replaced it"
+            except bexc.ClientError as exc:
+                if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
+                    raise s3_error(exc, "check lock", self.location.bucket, self.key) from None
+                self._lost = "it was deleted"
+            except bexc.BotoCoreError as exc:
+                raise s3_error(exc, "check lock", self.location.bucket, self.key) from None
+        if self._lost is not None:
+            raise ConcurrentUploadError(f"lost the lock on {self.name} in {self.location.url()} ({self._lost}) "
+                                        "while uploading: another upload of the same name ran; re-run when it is done")
+
+    def release(self) -> None:
+        """Stop refreshing and delete the lock if it is still ours; never raises."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._etag is None or self._unsupported:
+            return
+        try:
+            resp = self._head()
+            if str(resp.get("ETag", "")).strip('"').lower() == self._etag:
+                with_attempts(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=self.key),
+                               DEFAULT_ATTEMPTS, f"unlock {self.key}")
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            log.warning("could not remove the lock %s: %s (the next run takes it over)", self.key,
+                        error_code(exc) or type(exc).__name__)
+        self._etag = None
+
+    def __enter__(self) -> UploadLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,307 @@
+"""Single-object S3 calls: retries with back-off, error translation, PUT/GET/COPY/DELETE/list."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import botocore.exceptions as bexc
+
+from ..aws import common_error, error_code, response_header
+from ..errors import BundlerError, IntegrityError, ManifestError, PartMissingError, S3Error
+from ..manifest import PartEntry
+
+log = logging.getLogger("bundler.s3")
+
+
+DEFAULT_ACL = "aws-exec-read"
+ACLS = ("aws-exec-read", "public-read")
+DEFAULT_JOBS = 8
+DEFAULT_ATTEMPTS = 3
+RETRY_ATTEMPTS = 5  # classic --retry: up to 5 tries per object
+MANIFEST_SIZE_CAP = 16 * 1024 * 1024
+MAX_PART_BYTES = 64 * 1024 * 1024  # classic parts are 10 MiB; anything far larger is not a part
+DELETE_BATCH = 1000
+_BACKOFF_BASE = 0.2
+_BACKOFF_CAP = 10.0
+_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
+# Errors worth another whole-object attempt after botocore's own retries: the bytes got
+# damaged on the way (BadDigest) or the service was briefly unhappy.
+_RETRYABLE_CODES = {"BadDigest", "InvalidDigest", "RequestTimeout", "InternalError", "SlowDown",
+                    "ServiceUnavailable", "503", "500", "RequestTimeTooSkewed", "XAmzContentSHA256Mismatch"}
+T = TypeVar("T")
+
+
+class _Corrupt(Exception):
+    """An object's bytes did not match the digest we expected; retried, then IntegrityError."""
+
+
+class _ShortBody(_Corrupt):
+    """The connection delivered fewer bytes than Content-Length (closed early); retried."""
+
+
+def s3_error(exc: BaseException, action: str, bucket: str, key: str | None = None, *,
+             acl: str | None = None) -> BundlerError:
+    """One actionable line for a failed S3 call; never includes credentials."""
+    where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+    what = f"{action} {where}"
+    if isinstance(exc, BundlerError):
+        return exc
+    common = common_error(exc, what)
+    if common is not None:
+        return common
+    if not isinstance(exc, bexc.ClientError):
+        return S3Error(f"{what} failed: {' '.join(str(exc).split()) or type(exc).__name__}")
+    code = error_code(exc)
+    message = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
+    region = response_header(exc, "x-amz-bucket-region") or exc.response.get("Error", {}).get("Region")
+    if code == "NoSuchBucket" or (code in ("404", "NotFound") and key is None):
+        return S3Error(f"{what}: bucket {bucket} does not exist (check -b, or --region/--endpoint-url)")
+    if code == "AccessControlListNotSupported":
+        return S3Error(
+            f"{what}: the bucket has ACLs disabled (Object Ownership: BucketOwnerEnforced) but EC2 needs "
+            f"{acl or DEFAULT_ACL}: enable ACLs on the bucket (Object Ownership: ObjectWriter or BucketOwnerPreferred)"
+        )
+    if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException",
+                "301", "400") and region:
+        return S3Error(f"{what}: bucket {bucket} is in region {region}: pass --region {region}")
+    if code in ("AccessDenied", "403", "AllAccessDisabled"):
+        if acl:
+            return S3Error(f"{what}: access denied: the credentials need s3:PutObject and s3:PutObjectAcl "
+                           f"(for --acl {acl}) on arn:aws:s3:::{bucket}/*")
+        return S3Error(f"{what}: access denied: check that the credentials' IAM policy allows it on {bucket}")
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return PartMissingError(f"{what}: no such object")
+    if code in ("BadDigest", "InvalidDigest"):
+        return IntegrityError(f"{what}: S3 kept rejecting the upload as corrupt ({code}): check memory/network")
+    return S3Error(f"{what} failed: {code}: {message}" if message else f"{what} failed: {code}")
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, _Corrupt):
+        return True
+    if isinstance(exc, bexc.ClientError):
+        return error_code(exc) in _RETRYABLE_CODES
+    return isinstance(exc, (bexc.ConnectionError, bexc.ReadTimeoutError, bexc.ResponseStreamingError,
+                            bexc.IncompleteReadError))
+
+
+def _backoff(attempt: int) -> float:
+    return random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** attempt))
+
+
+def with_attempts(fn: Callable[[], T], attempts: int, describe: str) -> T:
+    """Whole-object retries on top of botocore's per-request ones, with full-jitter back-off."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt >= attempts or not _retryable(exc):
+                raise
+            delay = _backoff(attempt)
+            reason = str(exc) if isinstance(exc, _Corrupt) else error_code(exc) or type(exc).__name__
+            log.warning("%s: %s; retrying in %.1fs (attempt %d of %d)", describe, reason,
+                        delay, attempt + 1, attempts)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def list_objects(client: Any, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
+    """key → (size, ETag without quotes) for every key under ``prefix``, across all pages."""
+    def attempt() -> dict[str, tuple[int, str]]:
+        found: dict[str, tuple[int, str]] = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                found[obj["Key"]] = (int(obj["Size"]), str(obj.get("ETag", "")).strip('"').lower())
+        return found
+
+    try:
+        # A listing decides what is skipped and what gets published: worth whole-call retries
+        # on top of botocore's, like every object transfer.
+        return with_attempts(attempt, DEFAULT_ATTEMPTS, f"list s3://{bucket}/{prefix}")
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        raise s3_error(exc, "list", bucket, prefix or None) from None
+
+
+def _etag_not_md5(resp: dict[str, Any]) -> bool:
+    """Whether S3 says the object's ETag is not its MD5 (SSE-KMS, SSE-C)."""
+    return resp.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse") or bool(resp.get("SSECustomerAlgorithm"))
+
+
+def put_bytes(client: Any, bucket: str, key: str, data: bytes, *, md5: bytes | None = None,
+              acl: str | None = DEFAULT_ACL, attempts: int = DEFAULT_ATTEMPTS) -> str:
+    """One PUT with Content-MD5 and the canned ACL; returns the ETag (== hex MD5)."""
+    md5 = md5 or hashlib.md5(data).digest()
+    content_md5 = base64.b64encode(md5).decode("ascii")
+    params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": data, "ContentMD5": content_md5}
+    if acl:
+        params["ACL"] = acl
+
+    def attempt() -> str:
+        resp = client.put_object(**params)
+        etag = str(resp.get("ETag", "")).strip('"').lower()
+        # SSE-KMS/SSE-C objects have a non-MD5 ETag; S3 has already checked Content-MD5 then.
+        # A single PUT never has a multipart ("-N") ETag, so one here is as wrong as any other.
+        if etag != md5.hex() and not _etag_not_md5(resp):
+            raise _Corrupt(f"ETag {etag} is not the MD5 {md5.hex()} of what was sent")
+        return etag
+
+    try:
+        return with_attempts(attempt, attempts, f"upload s3://{bucket}/{key}")
+    except _Corrupt as exc:
+        raise IntegrityError(f"upload s3://{bucket}/{key}: {exc}; check memory/network") from None
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        raise s3_error(exc, "upload", bucket, key, acl=acl) from None
+
+
+def _get_raw(client: Any, bucket: str, key: str, limit: int, what: str, *, check_md5: bool = False) -> bytes:
+    """GetObject and read the body; botocore/transport exceptions propagate untranslated so
+    that ``with_attempts`` can retry a reset or truncated body.
+
+    A body shorter than its Content-Length is a retryable ``_ShortBody`` even when the
+    connection closed cleanly; with ``check_md5`` the body's MD5 must be the object's ETag
+    (single-PUT objects without SSE-KMS/C), which catches bytes damaged in transit for objects
+    that, unlike parts, have no digest of their own to check."""
+    resp = client.get_object(Bucket=bucket, Key=key)
+    body = resp["Body"]
+    try:
+        length = int(resp.get("ContentLength", -1))
+        if length > limit:
+            raise IntegrityError(f"{what} s3://{bucket}/{key} is {length} bytes, more than the {limit}-byte limit")
+        data = body.read(limit + 1)
+    finally:
+        body.close()
+    if len(data) > limit:
+        raise IntegrityError(f"{what} s3://{bucket}/{key} is larger than the {limit}-byte limit")
+    if 0 <= length != len(data):
+        raise _ShortBody(f"got {len(data)} of {length} bytes")
+    if check_md5:
+        etag = str(resp.get("ETag", "")).strip('"').lower()
+        if _MD5_ETAG.match(etag) and not _etag_not_md5(resp) and hashlib.md5(data).hexdigest() != etag:
+            raise _Corrupt(f"MD5 {hashlib.md5(data).hexdigest()} of the bytes received is not the ETag {etag}")
+    return data
+
+
+def _translate_get(exc: BaseException, bucket: str, key: str, what: str) -> BundlerError:
+    if error_code(exc) in ("NoSuchKey", "404"):
+        return PartMissingError(f"{what} s3://{bucket}/{key} does not exist")
+    return s3_error(exc, "download", bucket, key)
+
+
+def get_bytes(client: Any, bucket: str, key: str, *, limit: int, what: str = "object",
+              attempts: int = DEFAULT_ATTEMPTS) -> bytes:
+    """An object's bytes, checked against its length and (when it is one) its MD5 ETag."""
+    try:
+        return with_attempts(lambda: _get_raw(client, bucket, key, limit, what, check_md5=True),
+                              max(2, attempts), f"download s3://{bucket}/{key}")
+    except _Corrupt as exc:
+        raise IntegrityError(f"download {what} s3://{bucket}/{key}: kept arriving damaged ({exc}): "
+                             "check the network and re-run") from None
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        raise _translate_get(exc, bucket, key, what) from None
+
+
+def fetch_manifest(client: Any, bucket: str, key: str, *, cap: int = MANIFEST_SIZE_CAP) -> bytes:
+    """The manifest object's bytes (capped: a manifest is a few KiB; anything huge is hostile)."""
+    try:
+        return get_bytes(client, bucket, key, limit=cap, what="manifest")
+    except PartMissingError:
+        raise ManifestError(f"manifest s3://{bucket}/{key} does not exist: check -b/-m/-p "
+                            "(the manifest is uploaded last; an interrupted upload has none)") from None
+    except IntegrityError as exc:
+        raise ManifestError(str(exc)) from None
+
+
+def fetch_part(client: Any, bucket: str, key: str, entry: PartEntry, attempts: int) -> bytes:
+    """A part's bytes, SHA-1 checked against the manifest; at least one retry on mismatch."""
+    what = f"part {entry.filename}"
+
+    def attempt() -> bytes:
+        data = _get_raw(client, bucket, key, MAX_PART_BYTES, what)
+        digest = hashlib.sha1(data).hexdigest()
+        if digest != entry.digest.lower():
+            raise _Corrupt(f"SHA-1 {digest}, manifest says {entry.digest}")
+        return data
+
+    try:
+        return with_attempts(attempt, max(2, attempts), f"download {what}")
+    except _ShortBody as exc:
+        raise IntegrityError(f"download {what} s3://{bucket}/{key}: the connection kept closing early ({exc}): "
+                             "check the network and re-run") from None
+    except _Corrupt as exc:
+        raise IntegrityError(f"part {entry.filename} (index {entry.index}) in s3://{bucket}/{key} "
+                             f"does not match the manifest: {exc}; the bundle in S3 is damaged or from "
+                             "another bundle: re-upload it") from None
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        err = _translate_get(exc, bucket, key, what)
+        if isinstance(err, PartMissingError):
+            prefix = key[: len(key) - len(entry.filename)]
+            err = PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from "
+                                   f"s3://{bucket}/{prefix}")
+        raise err from None
+
+
+def object_exists(client: Any, bucket: str, key: str) -> bool:
+    try:
+        client.head_object(Bucket=bucket, Key=key)
+    except bexc.ClientError as exc:
+        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise s3_error(exc, "check", bucket, key) from None
+    except bexc.BotoCoreError as exc:
+        raise s3_error(exc, "check", bucket, key) from None
+    return True
+
+
+def copy_object(client: Any, source: tuple[str, str], bucket: str, key: str, *, etag: str | None,
+                acl: str | None = DEFAULT_ACL, attempts: int = DEFAULT_ATTEMPTS) -> None:
+    """Server-side CopyObject (sent to the destination's endpoint) with the canned ACL; the copy's
+    ETag must equal the source's (both are the MD5 of a single-PUT part)."""
+    params: dict[str, Any] = {"Bucket": bucket, "Key": key, "MetadataDirective": "COPY",
+                              "CopySource": {"Bucket": source[0], "Key": source[1]}}
+    if acl:
+        params["ACL"] = acl
+
+    def attempt() -> None:
+        resp = client.copy_object(**params)
+        got = str(resp.get("CopyObjectResult", {}).get("ETag", "")).strip('"').lower()
+        if etag and got and "-" not in etag and got != etag:
+            raise _Corrupt(f"copy has ETag {got}, source has {etag}")
+
+    try:
+        with_attempts(attempt, attempts, f"copy s3://{source[0]}/{source[1]} to s3://{bucket}/{key}")
+    except _Corrupt as exc:
+        raise IntegrityError(f"copy to s3://{bucket}/{key}: {exc}") from None
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        if error_code(exc) in ("NoSuchKey", "404"):
+            raise PartMissingError(f"copy source s3://{source[0]}/{source[1]} does not exist") from None
+        raise s3_error(exc, "copy to", bucket, key, acl=acl) from None
+
+
+def delete_keys(client: Any, bucket: str, keys: Sequence[str], *, attempts: int = DEFAULT_ATTEMPTS) -> int:
+    """DeleteObjects in batches of 1000; per-key failures are reported, not ignored."""
+    deleted = 0
+    for start in range(0, len(keys), DELETE_BATCH):
+        batch = list(keys[start:start + DELETE_BATCH])
+
+        def attempt(batch: list[str] = batch) -> Any:
+            return client.delete_objects(Bucket=bucket, Delete={
+                "Objects": [{"Key": k} for k in batch], "Quiet": True})
+
+        try:
+            resp = with_attempts(attempt, attempts, f"delete from s3://{bucket}")
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise s3_error(exc, "delete from", bucket) from None
+        errors = resp.get("Errors", [])
+        if errors:
+            first = errors[0]
+            raise S3Error(f"could not delete {len(errors)} object(s) from s3://{bucket}, e.g. "
+                          f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip())
+        deleted += len(batch)
+    return deleted

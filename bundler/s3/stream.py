@@ -1,0 +1,265 @@
+"""Streaming sink and source: parts PUT as the pipeline cuts them, parts read back in order."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import botocore.exceptions as bexc
+
+from ..errors import BundlerError, PartMissingError, S3Error
+from ..manifest import PartEntry
+from ..parts import Part, provisional_name
+from ..progress import NULL_PROGRESS, ProgressListener
+from .location import S3Location
+from .lock import UploadLock
+from .objects import (
+    DEFAULT_ACL,
+    DEFAULT_ATTEMPTS,
+    DEFAULT_JOBS,
+    delete_keys,
+    fetch_part,
+    list_objects,
+    put_bytes,
+    s3_error,
+    with_attempts,
+)
+from .pool import Pool, run_parallel
+from .publish import check_uploaded, remove_orphans
+
+log = logging.getLogger("bundler.s3")
+
+
+def _return_large_buffers_to_the_os() -> None:
+    """Have glibc map every part-sized buffer on its own and unmap it when freed.
+
+    Parts are made in one thread and freed in the uploader threads; glibc's default would
+    raise its mmap threshold after the first free and keep recycled 10 MiB chunks in
+    per-thread arenas, which adds up to well over the parts actually in flight.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        m_mmap_threshold = -3
+        libc.mallopt(m_mmap_threshold, 4 * 1024 * 1024)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+class S3Sink:
+    """PartSink that PUTs parts as they are cut: a bounded queue in front of parallel PUTs.
+
+    ``put_part`` blocks while ``jobs + 2`` parts are in flight (so memory stays bounded at about
+    that many 10 MiB parts), a failed PUT surfaces at the next ``put_part``/``commit``, and
+    ``abort`` removes everything this sink created.
+    """
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "", *, acl: str = DEFAULT_ACL,
+                 jobs: int = DEFAULT_JOBS, attempts: int = DEFAULT_ATTEMPTS,
+                 progress: ProgressListener = NULL_PROGRESS) -> None:
+        self.client = client
+        self.location = S3Location(bucket, prefix)
+        self.acl = acl
+        self.jobs = max(1, jobs)
+        self.attempts = attempts
+        self.progress = progress
+        self._pool: Pool | None = None
+        self._name = ""
+        self._max_parts = 0
+        self._width_parts = 0
+        self._keys: dict[int, str] = {}
+        self._created: set[str] = set()
+        self._created_lock = threading.Lock()
+        self._sizes: dict[int, tuple[int, str]] = {}
+        self._lock: UploadLock | None = None
+        self.bytes_uploaded = 0
+        self.manifest_key: str | None = None
+
+    def describe(self) -> str:
+        return self.location.url()
+
+    def begin(self, name: str, max_parts: int) -> None:
+        self._name = name
+        self._max_parts = max_parts
+        self._width_parts = max_parts
+        lock = UploadLock(self.client, self.location, name, acl=self.acl)
+        lock.acquire()
+        try:
+            # A manifest of this name belongs to the bundle we are replacing; its parts are about
+            # to be overwritten, so it goes first (a visible manifest always means a whole bundle).
+            manifest_key = self.location.key(f"{name}.manifest.xml")
+            if manifest_key in list_objects(self.client, self.location.bucket, manifest_key):
+                log.info("removing %s: the bundle of that name is being replaced", self.location.url(manifest_key))
+                delete_keys(self.client, self.location.bucket, [manifest_key], attempts=self.attempts)
+        except BaseException:
+            lock.release()
+            raise
+        self._lock = lock
+        # Parts are 10 MiB in memory each: ``jobs`` uploading plus two ready keeps every
+        # uploader busy while bounding memory whatever the image size.
+        self._pool = Pool(self.jobs, self.jobs + 2)
+        _return_large_buffers_to_the_os()
+        self.progress.start("upload", None)
+
+    def _put(self, key: str, part: Part) -> None:
+        put_bytes(self.client, self.location.bucket, key, part.data, md5=part.md5, acl=self.acl,
+                  attempts=self.attempts)
+        with self._created_lock:
+            self._created.add(key)
+            self._sizes[part.index] = (len(part.data), part.md5.hex())
+            self.bytes_uploaded += len(part.data)
+        self.progress.advance("upload", len(part.data))
+
+    def expect_parts(self, count: int) -> None:
+        """The pipeline's estimate of the final part count, given before the first part: keys
+        get the index width it implies, so the rename in ``commit`` is only needed when the
+        estimate crossed a power of ten the wrong way."""
+        if not self._keys:
+            self._width_parts = max(1, min(count, self._max_parts))
+
+    def put_part(self, part: Part) -> None:
+        assert self._pool is not None, "begin() not called"
+        key = self.location.key(provisional_name(self._name, part.index, self._width_parts))
+        self._keys[part.index] = key
+        self._pool.submit(self._put, key, part)
+
+    def _copy(self, source: str, target: str) -> None:
+        def attempt() -> None:
+            resp = self.client.copy_object(
+                Bucket=self.location.bucket, Key=target, ACL=self.acl, MetadataDirective="COPY",
+                CopySource={"Bucket": self.location.bucket, "Key": source},
+            )
+            with self._created_lock:
+                self._created.add(target)
+            etag = str(resp.get("CopyObjectResult", {}).get("ETag", "")).strip('"')
+            log.debug("copied %s → %s (ETag %s)", source, target, etag)
+
+        try:
+            with_attempts(attempt, self.attempts, f"copy s3://{self.location.bucket}/{source}")
+        except (bexc.ClientError, bexc.BotoCoreError) as exc:
+            raise s3_error(exc, "copy to", self.location.bucket, target, acl=self.acl) from None
+
+    def commit(self, names: Sequence[str], manifest_name: str, manifest: bytes) -> None:
+        assert self._pool is not None, "begin() not called"
+        try:
+            self._pool.join()
+        finally:
+            self._pool.shutdown(cancel=True)
+        if len(names) != len(self._keys):
+            raise S3Error(f"internal error: {len(self._keys)} parts uploaded, {len(names)} named")
+        renames = [(self._keys[i], self.location.key(n)) for i, n in enumerate(names)
+                   if self._keys[i] != self.location.key(n)]
+        if renames:
+            # The final index width is only known now; server-side copies are cheap and
+            # keep the bytes off this machine.
+            log.info("renaming %d parts to their final names", len(renames))
+            run_parallel([lambda s=s, t=t: self._copy(s, t) for s, t in renames], self.jobs)
+            stale = [s for s, _ in renames]
+            delete_keys(self.client, self.location.bucket, stale, attempts=self.attempts)
+            with self._created_lock:
+                self._created.difference_update(stale)
+        final = [self.location.key(n) for n in names]
+        check_uploaded(self.client, self.location, {k: self._sizes[i] for i, k in enumerate(final)})
+        if self._lock is not None:
+            self._lock.check()
+        self.manifest_key = self.location.key(manifest_name)
+        put_bytes(self.client, self.location.bucket, self.manifest_key, manifest, acl=self.acl,
+                  attempts=self.attempts)
+        with self._created_lock:
+            self._created.add(self.manifest_key)
+        try:
+            # Provisional parts of runs that were killed, or the tail of a longer older bundle.
+            remove_orphans(self.client, self.location, self._name, final, self.attempts)
+        except BundlerError as exc:
+            log.warning("could not remove stale parts of %s: %s (delete-bundle -p %s removes them)",
+                        self._name, exc, self._name)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self.progress.finish("upload")
+
+    def abort(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel=True)
+        self.progress.finish("upload")
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            try:
+                if lock.lost:
+                    # The parts under our keys may be another run's by now: leave them alone.
+                    log.warning("not removing the partial upload from %s: the lock was lost", self.location.url())
+                else:
+                    self._abort_uploads()
+            finally:
+                lock.release()
+            return
+        self._abort_uploads()
+
+    def _abort_uploads(self) -> None:
+        with self._created_lock:
+            keys = sorted(self._created)
+            self._created.clear()
+        if not keys:
+            return
+        try:
+            delete_keys(self.client, self.location.bucket, keys, attempts=self.attempts)
+        except BundlerError as exc:
+            log.warning("could not remove the partial upload from %s: %s", self.location.url(), exc)
+
+
+class S3PartSource:
+    """PartSource reading parts from S3: a bounded window of parts fetched in parallel, yielded in
+    order, each SHA-1 checked (one retry on mismatch). Memory: about ``window`` parts."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str = "", *, jobs: int = 4,
+                 window: int | None = None, attempts: int = DEFAULT_ATTEMPTS) -> None:
+        self.client = client
+        self.location = S3Location(bucket, prefix)
+        self.jobs = max(1, jobs)
+        self.window = max(1, window or self.jobs + 2)
+        self.attempts = attempts
+
+    def describe(self) -> str:
+        return self.location.url()
+
+    def check_present(self, entries: Sequence[PartEntry]) -> None:
+        if not entries:
+            return
+        keys = [self.location.key(e.filename) for e in entries]
+        existing = list_objects(self.client, self.location.bucket, os.path.commonprefix(keys))
+        for entry, key in zip(entries, keys, strict=True):
+            if key not in existing:
+                raise PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from "
+                                       f"{self.location.url()}")
+
+    def iter_parts(self, entries: Sequence[PartEntry]) -> Iterator[tuple[PartEntry, Iterable[bytes]]]:
+        executor = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="ami-bundler-get")
+        pending: list[tuple[PartEntry, Future[bytes]]] = []
+        todo = iter(entries)
+
+        def fill() -> None:
+            while len(pending) < self.window:
+                entry = next(todo, None)
+                if entry is None:
+                    return
+                pending.append((entry, executor.submit(
+                    fetch_part, self.client, self.location.bucket, self.location.key(entry.filename),
+                    entry, self.attempts)))
+
+        try:
+            fill()
+            while pending:
+                entry, fut = pending.pop(0)
+                data = fut.result()
+                fill()
+                yield entry, (data,)
+        finally:
+            # A consumer that stops early (error, Ctrl-C) must not leave downloads running.
+            for _, fut in pending:
+                fut.cancel()
+            executor.shutdown(wait=True, cancel_futures=True)

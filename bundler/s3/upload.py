@@ -1,0 +1,201 @@
+"""upload-bundle: a local bundle into S3, resumable, parts before the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import IntegrityError, ManifestError, PartMissingError, UsageError
+from ..manifest import ParsedManifest, PartEntry, parse_manifest
+from ..progress import NULL_PROGRESS, ProgressListener
+from .location import S3Location
+from .lock import UploadLock
+from .objects import (
+    DEFAULT_ACL,
+    DEFAULT_ATTEMPTS,
+    DEFAULT_JOBS,
+    MANIFEST_SIZE_CAP,
+    delete_keys,
+    list_objects,
+    put_bytes,
+)
+from .pool import run_parallel
+from .publish import bundle_name, check_uploaded, remove_orphans
+
+log = logging.getLogger("bundler.s3")
+
+
+@dataclass
+class LocalPart:
+    entry: PartEntry
+    path: Path
+    size: int
+    md5: bytes
+
+
+@dataclass
+class UploadResult:
+    bucket: str
+    prefix: str
+    manifest_key: str | None
+    image_location: str
+    parts_total: int
+    parts_uploaded: int
+    parts_skipped: int
+    bytes_uploaded: int
+    bucket_created: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "bucket": self.bucket, "prefix": self.prefix, "manifest_key": self.manifest_key,
+            "image_location": self.image_location, "parts": self.parts_total,
+            "parts_uploaded": self.parts_uploaded, "parts_skipped": self.parts_skipped,
+            "bytes_uploaded": self.bytes_uploaded, "bucket_created": self.bucket_created,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def read_local_manifest(path: Path) -> ParsedManifest:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"manifest {path} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read manifest {path}: {exc.strerror}") from None
+    if len(data) > MANIFEST_SIZE_CAP:
+        raise ManifestError(f"{path} is {len(data)} bytes: too large to be a manifest")
+    return parse_manifest(data, source=str(path))
+
+
+def verify_local_parts(parsed: ParsedManifest, directory: Path, *, jobs: int = DEFAULT_JOBS) -> list[LocalPart]:
+    """Every part file exists and its SHA-1 is the manifest's — checked before anything goes up."""
+    manifest = parsed.manifest
+    entries = sorted(manifest.parts, key=lambda e: e.index)
+
+    def check(entry: PartEntry) -> LocalPart:
+        path = directory / entry.filename
+        sha1, md5, size = hashlib.sha1(), hashlib.md5(), 0
+        try:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    sha1.update(chunk)
+                    md5.update(chunk)
+                    size += len(chunk)
+        except FileNotFoundError:
+            raise PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from {directory}: "
+                                   "pass -d with the bundle directory") from None
+        except OSError as exc:
+            raise IntegrityError(f"cannot read part {path}: {exc.strerror}") from None
+        if sha1.hexdigest() != entry.digest.lower():
+            raise IntegrityError(
+                f"local part {path} does not match {parsed.source} (SHA-1 {sha1.hexdigest()}, manifest says "
+                f"{entry.digest}): the directory holds another bundle's parts; re-bundle or fix -d/-m"
+            )
+        return LocalPart(entry, path, size, md5.digest())
+
+    parts = run_parallel([lambda e=e: check(e) for e in entries], jobs)
+    total = sum(p.size for p in parts)
+    if total != manifest.bundled_size:
+        raise IntegrityError(f"local parts hold {total} bytes but {parsed.source} says bundled_size "
+                             f"{manifest.bundled_size}: re-bundle")
+    return parts
+
+
+def upload_bundle(
+    client: Any,
+    location: S3Location,
+    manifest_path: Path,
+    *,
+    directory: Path | None = None,
+    acl: str = DEFAULT_ACL,
+    jobs: int = DEFAULT_JOBS,
+    attempts: int = DEFAULT_ATTEMPTS,
+    start_part: int | None = None,
+    skip_manifest: bool = False,
+    resume: bool = True,
+    progress: ProgressListener = NULL_PROGRESS,
+) -> UploadResult:
+    """Upload a local bundle: verify parts, skip intact ones already in S3, PUT the rest in
+    parallel, then the manifest last (spec §6.6). The bucket must exist (see ensure_bucket)."""
+    started = time.monotonic()
+    manifest_path = Path(manifest_path)
+    parsed = read_local_manifest(manifest_path)
+    directory = Path(directory) if directory is not None else manifest_path.parent
+    parts = verify_local_parts(parsed, directory, jobs=jobs)
+
+    wanted = [p for p in parts if start_part is None or p.entry.index >= start_part]
+    skipped_by_flag = len(parts) - len(wanted)
+    manifest_key = location.key(manifest_path.name)
+    name = bundle_name(manifest_path.name)
+    part_keys = {location.key(p.entry.filename): p for p in parts}
+    lock = UploadLock(client, location, name, acl=acl)
+    lock.acquire()
+    try:
+        # One listing: what is there already (resume) and whether another bundle's manifest is.
+        existing = list_objects(client, location.bucket, os.path.commonprefix([*part_keys, manifest_key]))
+        todo: list[LocalPart] = []
+        for part in wanted:
+            have = existing.get(location.key(part.entry.filename))
+            if resume and have == (part.size, part.md5.hex()):
+                log.info("skipping %s: already in S3 with the same size and MD5", part.entry.filename)
+            else:
+                todo.append(part)
+        resumed = len(wanted) - len(todo)
+        if resumed:
+            log.info("resuming: %d of %d parts are already in %s", resumed, len(wanted), location.url())
+        ours = (len(parsed.raw), hashlib.md5(parsed.raw).hexdigest())
+        old_manifest = existing.get(manifest_key)
+        if todo and old_manifest is not None and old_manifest != ours:
+            # Its parts are about to be overwritten: a visible manifest must never name parts
+            # of another bundle, not even for the length of this upload (or after a crash).
+            log.info("removing %s: it is another bundle's manifest and its parts are being replaced",
+                     location.url(manifest_path.name))
+            delete_keys(client, location.bucket, [manifest_key], attempts=attempts)
+
+        total = sum(p.size for p in todo)
+        progress.start("upload", total)
+
+        def send(part: LocalPart) -> int:
+            data = part.path.read_bytes()
+            md5 = hashlib.md5(data).digest()
+            if md5 != part.md5:
+                raise IntegrityError(f"part {part.path} changed while uploading: re-bundle and re-run")
+            put_bytes(client, location.bucket, location.key(part.entry.filename), data, md5=md5,
+                      acl=acl, attempts=attempts)
+            progress.advance("upload", len(data))
+            return len(data)
+
+        try:
+            run_parallel([lambda p=p: send(p) for p in todo], jobs)
+            published = None
+            if not skip_manifest:
+                # Every part the manifest names must be there, ours, right before it goes up.
+                check_uploaded(client, location, {k: (p.size, p.md5.hex()) for k, p in part_keys.items()})
+                lock.check()
+                put_bytes(client, location.bucket, manifest_key, parsed.raw, acl=acl, attempts=attempts)
+                published = manifest_key
+                remove_orphans(client, location, name, list(part_keys), attempts)
+            else:
+                check_uploaded(client, location, {location.key(p.entry.filename): (p.size, p.md5.hex())
+                                                   for p in wanted})
+        finally:
+            progress.finish("upload")
+    finally:
+        lock.release()
+    return UploadResult(
+        bucket=location.bucket,
+        prefix=location.prefix,
+        manifest_key=published,
+        image_location=location.image_location(manifest_path.name),
+        parts_total=len(parts),
+        parts_uploaded=len(todo),
+        parts_skipped=resumed + skipped_by_flag,
+        bytes_uploaded=total,
+        seconds=time.monotonic() - started,
+    )
