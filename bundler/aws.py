@@ -8,11 +8,9 @@ per-object retry only for what botocore cannot see (a checksum mismatch).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -73,7 +71,7 @@ class AwsOptions:
                 f"connect_timeout={self.connect_timeout}, read_timeout={self.read_timeout})")
 
 
-def _timeout_value(text: str, what: str) -> float:
+def timeout_value(text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -88,69 +86,10 @@ def default_timeouts() -> tuple[float, float]:
     $AMI_BUNDLER_READ_TIMEOUT, else 10 s / 60 s."""
     connect, read = DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
     if os.environ.get(CONNECT_TIMEOUT_ENV):
-        connect = _timeout_value(os.environ[CONNECT_TIMEOUT_ENV], f"${CONNECT_TIMEOUT_ENV}")
+        connect = timeout_value(os.environ[CONNECT_TIMEOUT_ENV], f"${CONNECT_TIMEOUT_ENV}")
     if os.environ.get(READ_TIMEOUT_ENV):
-        read = _timeout_value(os.environ[READ_TIMEOUT_ENV], f"${READ_TIMEOUT_ENV}")
+        read = timeout_value(os.environ[READ_TIMEOUT_ENV], f"${READ_TIMEOUT_ENV}")
     return connect, read
-
-
-def add_aws_options(parser: argparse.ArgumentParser) -> None:
-    """The AWS connection flags shared by every command that talks to AWS."""
-    g = parser.add_argument_group("AWS")
-    g.add_argument("--profile", help="named profile from ~/.aws/config (default: AWS_PROFILE or default chain)")
-    g.add_argument("--region", help="AWS region (default: profile/AWS_REGION, else us-east-1)")
-    g.add_argument("--endpoint-url", "--url", dest="endpoint_url", metavar="URL",
-                   help="custom endpoint, e.g. http://127.0.0.1:5000 (classic --url accepted)")
-    g.add_argument("-a", "--access-key", dest="access_key", metavar="AKID",
-                   help="access key id (prefer the environment or a profile)")
-    g.add_argument("-s", "--secret-key", dest="secret_key", metavar="SECRET",
-                   help="secret key (visible in ps: prefer AWS_SECRET_ACCESS_KEY or a profile)")
-    g.add_argument("-t", "--delegation-token", "--session-token", dest="session_token", metavar="TOKEN",
-                   help="session token for temporary credentials")
-    g.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS, metavar="N",
-                   help=f"botocore attempts per request (default {DEFAULT_MAX_ATTEMPTS})")
-    g.add_argument("--retry-mode", choices=RETRY_MODES, default="standard",
-                   help="botocore retry mode (default standard)")
-    g.add_argument("--connect-timeout", type=float, metavar="SECONDS",
-                   help=f"seconds to wait for a connection (default ${CONNECT_TIMEOUT_ENV} or "
-                        f"{DEFAULT_CONNECT_TIMEOUT:.0f})")
-    g.add_argument("--read-timeout", type=float, metavar="SECONDS",
-                   help=f"seconds to wait for data on a connection before retrying (default ${READ_TIMEOUT_ENV} "
-                        f"or {DEFAULT_READ_TIMEOUT:.0f})")
-    g.add_argument("--sigv", choices=["2", "4"], default="4", help=argparse.SUPPRESS)
-
-
-def options_from_args(args: argparse.Namespace, warn: Callable[[str], None] | None = None) -> AwsOptions:
-    if getattr(args, "sigv", "4") == "2" and warn:
-        warn("--sigv 2 is not supported by S3 in new regions; signing with SigV4")
-    if getattr(args, "secret_key", None) and warn:
-        warn("-s/--secret-key is visible to other users in 'ps'; prefer AWS_SECRET_ACCESS_KEY or --profile")
-    if bool(getattr(args, "access_key", None)) != bool(getattr(args, "secret_key", None)):
-        raise UsageError("-a/--access-key and -s/--secret-key must be given together "
-                         "(or neither: use the environment or a profile)")
-    attempts = getattr(args, "max_attempts", DEFAULT_MAX_ATTEMPTS)
-    if attempts < 1:
-        raise UsageError("--max-attempts must be at least 1")
-    region = getattr(args, "region", None)
-    if region is not None:
-        check_region(region, "--region")
-    connect, read = default_timeouts()
-    if getattr(args, "connect_timeout", None) is not None:
-        connect = _timeout_value(str(args.connect_timeout), "--connect-timeout")
-    if getattr(args, "read_timeout", None) is not None:
-        read = _timeout_value(str(args.read_timeout), "--read-timeout")
-    return AwsOptions(
-        profile=getattr(args, "profile", None),
-        region=region,
-        endpoint_url=getattr(args, "endpoint_url", None),
-        access_key=getattr(args, "access_key", None),
-        secret_key=getattr(args, "secret_key", None),
-        session_token=getattr(args, "session_token", None),
-        max_attempts=attempts,
-        retry_mode=getattr(args, "retry_mode", "standard"),
-        connect_timeout=connect,
-        read_timeout=read,
-    )
 
 
 def check_region(region: str, flag: str) -> str:
@@ -307,7 +246,6 @@ __all__ = [
     "AwsOptions",
     "DEFAULT_REGION",
     "NO_CREDENTIALS",
-    "add_aws_options",
     "check_region",
     "common_error",
     "default_timeouts",
@@ -317,9 +255,9 @@ __all__ = [
     "is_aws_endpoint",
     "make_session",
     "needs_path_style",
-    "options_from_args",
     "require_credentials",
     "response_header",
+    "timeout_value",
     "s3_client",
     "session_region",
 ]

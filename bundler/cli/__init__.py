@@ -19,15 +19,17 @@ from .common import Printer, add_global_options
 
 log = logging.getLogger("bundler.cli")
 
-COMMAND_MODULES = ("core", "aws", "vol", "regions")
-# Which module defines each command: a run imports only the one it needs (the S3, EC2 and
-# volume modules cost start-up time that bundle-image and unbundle should not pay).
+# The command table: which module defines each command. A run imports only the one it needs
+# (the S3, EC2 and volume modules cost start-up time that bundle-image and unbundle should not
+# pay). A new command goes in a new module with ``register(subparsers)``, listed here;
+# tests/unit/test_cli_structure.py checks the table against what each module registers.
 COMMAND_MODULE = {
     "keygen": "core", "bundle-image": "core", "unbundle": "core", "verify": "core", "inspect": "core",
     "upload-bundle": "aws", "download-bundle": "aws", "delete-bundle": "aws", "register": "aws",
-    "deregister": "aws", "install": "aws", "bundle-vol": "vol",
+    "deregister": "aws", "install": "install", "bundle-vol": "vol",
     "migrate-manifest": "regions", "copy-bundle": "regions",
 }
+COMMAND_MODULES = tuple(dict.fromkeys(COMMAND_MODULE.values()))
 
 
 def build_parser(prog: str = "ami-bundler", command: str | None = None) -> argparse.ArgumentParser:

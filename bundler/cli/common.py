@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: option groups reused by several commands, output, progress.
+"""Shared CLI plumbing: output, progress, the global flags and small flag checks.
 
 Commands live in sibling modules, each with ``register(subparsers)``; a handler takes the
 parsed args and a ``Printer`` and returns an exit code. Handlers raise BundlerError for user
@@ -12,7 +12,6 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import UsageError
@@ -66,26 +65,6 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--manual", action="store_true", help=argparse.SUPPRESS)
 
 
-def add_bundle_options(parser: argparse.ArgumentParser, *, image_flag: bool) -> None:
-    """The classic bundling flags shared by bundle-image, bundle-vol and install (spec §9.2)."""
-    g = parser.add_argument_group("bundle")
-    g.add_argument("-c", "--cert", type=Path, help="user X.509 certificate (PEM) the AES key is wrapped to")
-    g.add_argument("-k", "--privatekey", type=Path, help="user RSA private key (PEM) that signs the manifest")
-    g.add_argument("-u", "--user", help="AWS account id (12 digits, hyphens allowed)")
-    g.add_argument("-r", "--arch", choices=["i386", "x86_64", "arm64"], help="architecture (default: this machine's)")
-    g.add_argument("-p", "--prefix", help="bundle name (default: the image file name)" if image_flag else "bundle and image name (default: image)")
-    g.add_argument("--ec2cert", type=Path, help="EC2 certificate the AES key is also wrapped to (default: by --region)")
-    g.add_argument("--ec2cert-dir", type=Path, help="directory holding cert-ec2*.pem (also $AMI_BUNDLER_EC2_CERT_DIR)")
-    g.add_argument("--kernel", help="default kernel id (aki-…)")
-    g.add_argument("--ramdisk", help="default ramdisk id (ari-…)")
-    g.add_argument("-B", "--block-device-mapping", action="append", default=[], metavar="MAPS",
-                   help="virtual=device[,virtual=device…] (repeatable)")
-    g.add_argument("--productcodes", help="comma-separated product codes")
-    g.add_argument("--no-size-checks", action="store_true", help="allow images over 10 GiB")
-    g.add_argument("--compression", default="default", help="default | fast | best | 1-9")
-    g.add_argument("--jobs-compress", type=int, default=None, metavar="N", help="compression threads (default: all cores)")
-
-
 def require(args: argparse.Namespace, *names: str) -> None:
     missing = [n for n in names if getattr(args, n, None) in (None, "")]
     if missing:
@@ -110,3 +89,7 @@ def detect_arch() -> str:
     if len(machine) == 4 and machine.startswith("i") and machine.endswith("86"):
         return "i386"
     raise UsageError(f"cannot map this machine's architecture {machine!r}: pass -r/--arch")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+from typing import Any
 
 from .. import api
 from ..errors import UsageError
-from ..manifest import parse_block_device_mapping, parse_product_codes, validate_name
 from ..parts import DirectorySink
-from ..pipeline import BundleKeys, BundleOptions, BundleResult, bundle
-from ..source import ImageSource, StreamImageSource, open_image
-from .common import Printer, account_id, add_bundle_options, detect_arch, require
+from ..pipeline import bundle
+from .common import Printer
+from .context import AwsContext, add_aws_options, add_jobs_option
+from .inputs import (
+    add_bundle_options,
+    add_cert_region_option,
+    add_image_options,
+    bundle_human,
+    bundle_inputs,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,10 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bundle-image", help="bundle a disk image into parts and a signed manifest",
                        description="Bundle an image file (or standard input) into encrypted 10 MiB parts "
                                    "and a signed manifest, in one streaming pass (ec2-bundle-image).")
-    p.add_argument("-i", "--image", required=True, help="image file, or - for standard input (with --image-size)")
-    p.add_argument("--image-size", type=int, help="bytes on standard input (required with -i -)")
+    add_image_options(p)
     p.add_argument("-d", "--destination", type=Path, default=Path("/tmp"), help="output directory (default: %(default)s)")
-    p.add_argument("--region", help="region whose EC2 certificate wraps the key (default: us-east-1's)")
+    add_cert_region_option(p)
     p.add_argument("--force", action="store_true", help="replace an existing bundle of the same name")
     add_bundle_options(p, image_flag=True)
     p.set_defaults(func=run_bundle_image)
@@ -47,7 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-d", "--destination", type=Path, default=Path("."), help="output directory (default: current)")
     p.add_argument("--force", action="store_true", help="replace an existing image file")
     p.add_argument("--from-s3", action="store_true", help="stream the parts from S3 (-m BUCKET/PREFIX/NAME.manifest.xml)")
-    _add_s3_source_options(p)
+    # Long options only: unbundle's classic -s means --source, not --secret-key.
+    g = add_aws_options(p, credentials=False, title="S3 (with --from-s3; credentials from the usual AWS chain)",
+                        region_help="AWS region of the bucket")
+    add_jobs_option(g, help="parts fetched in parallel (default: %(default)s)")
     p.set_defaults(func=run_unbundle)
 
     p = sub.add_parser("verify", help="check a bundle's signature, parts and digests",
@@ -67,76 +75,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_inspect)
 
 
-def _add_s3_source_options(p: argparse.ArgumentParser) -> None:
-    # Long options only: unbundle's classic -s means --source, not --secret-key.
-    g = p.add_argument_group("S3 (with --from-s3; credentials from the usual AWS chain)")
-    g.add_argument("--profile", help="AWS profile")
-    g.add_argument("--region", help="AWS region of the bucket")
-    g.add_argument("--endpoint-url", "--url", dest="endpoint_url", help="S3 endpoint URL")
-    g.add_argument("--jobs", type=int, default=8, help="parts fetched in parallel (default: %(default)s)")
-    g.add_argument("--max-attempts", type=int, default=8, metavar="N", help="botocore attempts per request (default: %(default)s)")
-    g.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="seconds to wait for a connection")
-    g.add_argument("--read-timeout", type=float, metavar="SECONDS", help="seconds to wait for data")
-
-
-# ------------------------------------------------------------------ shared with install / bundle-vol
-
-
-def resolve_bundle_keys(args: argparse.Namespace) -> BundleKeys:
-    require(args, "cert", "privatekey")
-    ec2cert = api.resolve_ec2_cert(args.ec2cert, getattr(args, "region", None), args.ec2cert_dir)
-    return BundleKeys.load(args.cert, args.privatekey, ec2cert)
-
-
-def bundle_options_from_args(args: argparse.Namespace, name: str) -> BundleOptions:
-    require(args, "user")
-    return BundleOptions(
-        name=validate_name(name),
-        user=account_id(args.user),
-        arch=args.arch or detect_arch(),
-        kernel_id=args.kernel,
-        ramdisk_id=args.ramdisk,
-        block_device_mapping=parse_block_device_mapping(args.block_device_mapping),
-        product_codes=parse_product_codes(args.productcodes),
-        compression=args.compression,
-        workers=args.jobs_compress,
-    )
-
-
-def image_source_from_args(args: argparse.Namespace) -> ImageSource:
-    if args.image == "-":
-        if args.image_size is None:
-            raise UsageError("-i - (standard input) needs --image-size BYTES")
-        if not args.prefix:
-            raise UsageError("-i - (standard input) needs -p/--prefix to name the bundle")
-        return StreamImageSource(sys.stdin.buffer, args.image_size, validate_name(args.prefix),
-                                 allow_large=args.no_size_checks)
-    if args.image_size is not None:
-        raise UsageError("--image-size only goes with -i - (standard input)")
-    path = Path(args.image)
-    return open_image(path, name=validate_name(args.prefix or path.name), allow_large=args.no_size_checks)
-
-
-def bundle_inputs(args: argparse.Namespace, printer: Printer) -> tuple[ImageSource, BundleKeys, BundleOptions]:
-    """Everything bundle-image's flags resolve to; ``install`` uses it so the flags match."""
-    keys = resolve_bundle_keys(args)
-    source = image_source_from_args(args)
-    try:
-        options = bundle_options_from_args(args, source.name)
-    except BaseException:
-        source.close()
-        raise
-    return source, keys, options
-
-
-def bundle_human(result: BundleResult, where: str) -> list[str]:
-    return [
-        f"Bundled {result.manifest.name}: {result.size} bytes → {len(result.part_names)} part(s), "
-        f"{result.bundled_size} bytes in {result.seconds:.2f}s",
-        f"Manifest: {where}",
-    ]
-
-
 # ------------------------------------------------------------------ handlers
 
 
@@ -148,7 +86,7 @@ def run_keygen(args: argparse.Namespace, printer: Printer) -> int:
 
 
 def run_bundle_image(args: argparse.Namespace, printer: Printer) -> int:
-    source, keys, options = bundle_inputs(args, printer)
+    source, keys, options = bundle_inputs(args)
     sink = DirectorySink(args.destination, overwrite=args.force)
     try:
         sink.check_clear(options.name)  # fail before reading the image, not at commit
@@ -166,15 +104,30 @@ def run_bundle_image(args: argparse.Namespace, printer: Printer) -> int:
 
 def run_unbundle(args: argparse.Namespace, printer: Printer) -> int:
     if args.from_s3:
-        from .aws import unbundle_from_s3  # the S3 half lives with the other S3 commands
-
-        result = unbundle_from_s3(args, printer)
+        result = _unbundle_from_s3(args, printer)
     else:
         result = api.unbundle(args.manifest, args.privatekey, source=args.source, destination=args.destination,
                               cert=args.cert, overwrite=args.force, progress=printer.progress())
     printer.result(result.summary(), [f"Unbundled {result.path} ({result.size} bytes, sha1 of tar stream {result.digest})",
                                       "Unbundle complete."])
     return 0
+
+
+def _unbundle_from_s3(args: argparse.Namespace, printer: Printer) -> Any:
+    """``unbundle --from-s3 -m BUCKET/PREFIX/NAME.manifest.xml``: S3 → image, no parts on disk."""
+    from ..keys import load_private_key, load_public_key
+    from ..pipeline import unbundle
+    from ..s3 import S3PartSource, load_remote_manifest, split_manifest_location
+
+    location, name = split_manifest_location(str(args.manifest))
+    private_key = load_private_key(args.privatekey)
+    verify_key = load_public_key(args.cert) if getattr(args, "cert", None) else None
+    aws = AwsContext(args, printer)
+    client, _ = aws.s3_in_bucket_region(location.bucket)
+    parsed, _, _ = load_remote_manifest(client, location, name, private_key=private_key)
+    source = S3PartSource(client, location.bucket, location.prefix, jobs=aws.jobs, attempts=aws.attempts)
+    return unbundle(parsed, source, Path(args.destination), private_key, verify_key=verify_key,
+                    overwrite=getattr(args, "force", False), progress=printer.progress())
 
 
 def run_verify(args: argparse.Namespace, printer: Printer) -> int:

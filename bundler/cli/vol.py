@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import MetadataError, UsageError
-from .common import Printer, add_bundle_options
+from .common import Printer
+from .inputs import add_bundle_options, add_cert_region_option, bundle_human
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--inherit", action=argparse.BooleanOptionalAction, default=None,
                    help="take kernel, ramdisk, product codes, block device mapping and ancestry "
                         "from instance metadata (default: when on EC2)")
-    g.add_argument("--region", help="region whose EC2 certificate wraps the key (default: us-east-1's)")
+    add_cert_region_option(g)
     g.add_argument("-S", "--script", help=argparse.SUPPRESS)
     g.add_argument("--grub-config", help=argparse.SUPPRESS)
     add_bundle_options(p, image_flag=False)
@@ -143,7 +144,7 @@ def run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
     check_preconditions(config)
     keys = options = None
     if not config.clone_only:
-        from .core import bundle_options_from_args, resolve_bundle_keys
+        from .inputs import bundle_options_from_args, resolve_bundle_keys
 
         keys = resolve_bundle_keys(args)
         options = bundle_options_from_args(args, config.prefix)
@@ -176,8 +177,6 @@ def run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
     if result.image_path:
         human.append(f"Image kept: {result.image_path}")
     if result.bundle is not None:
-        from .core import bundle_human
-
         manifest_path = Path(config.destination) / result.bundle.manifest_name
         data["manifest_path"] = str(manifest_path)
         human += bundle_human(result.bundle, str(manifest_path))

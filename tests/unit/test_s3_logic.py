@@ -8,13 +8,8 @@ import time
 
 import pytest
 
-from bundler.aws import (
-    AwsOptions,
-    add_aws_options,
-    is_aws_endpoint,
-    needs_path_style,
-    options_from_args,
-)
+from bundler.aws import AwsOptions, is_aws_endpoint, needs_path_style
+from bundler.cli.context import add_aws_options, aws_options_from_args
 from bundler.ec2 import parse_launch_permissions, parse_register_block_device_mappings, parse_tags
 from bundler.errors import UsageError
 from bundler.s3 import S3Location, location_region, run_parallel, split_manifest_location
@@ -83,7 +78,7 @@ def parse_aws(*argv: str) -> argparse.Namespace:
 
 def test_options_from_args_and_secret_warning():
     warnings: list[str] = []
-    opts = options_from_args(parse_aws("--url", "http://127.0.0.1:1", "-a", "AK", "-s", "SECRET", "-t", "TOK",
+    opts = aws_options_from_args(parse_aws("--url", "http://127.0.0.1:1", "-a", "AK", "-s", "SECRET", "-t", "TOK",
                                        "--region", "eu-north-1", "--max-attempts", "4"), warnings.append)
     assert opts.endpoint_url == "http://127.0.0.1:1" and opts.region == "eu-north-1"
     assert (opts.access_key, opts.secret_key, opts.session_token) == ("AK", "SECRET", "TOK")
@@ -94,10 +89,10 @@ def test_options_from_args_and_secret_warning():
 
 def test_options_from_args_rejects_half_credentials_and_bad_region():
     with pytest.raises(UsageError):
-        options_from_args(parse_aws("-a", "AK"))
+        aws_options_from_args(parse_aws("-a", "AK"))
     with pytest.raises(UsageError):
-        options_from_args(parse_aws("--region", "moon"))
-    assert options_from_args(parse_aws()) == AwsOptions()
+        aws_options_from_args(parse_aws("--region", "moon"))
+    assert aws_options_from_args(parse_aws()) == AwsOptions()
 
 
 def test_register_block_device_mappings():

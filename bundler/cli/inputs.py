@@ -1,0 +1,120 @@
+"""Bundle inputs: the flags that say what to bundle and how, and what they resolve to
+(the image source, the keys, the bundle options).
+
+bundle-image, bundle-vol and install take the same bundling flags; they are declared and
+resolved only here, so the three commands cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .. import api
+from ..errors import UsageError
+from ..manifest import parse_block_device_mapping, parse_product_codes, validate_name
+from ..pipeline import BundleKeys, BundleOptions, BundleResult
+from ..source import ImageSource, StreamImageSource, open_image
+from .common import account_id, detect_arch, require
+
+CERT_REGION_HELP = "region whose EC2 certificate wraps the key (default: us-east-1's)"
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def add_image_options(parser: argparse.ArgumentParser) -> None:
+    """-i/--image and --image-size: a file, or standard input of a stated size."""
+    parser.add_argument("-i", "--image", required=True,
+                        help="image file, or - for standard input (with --image-size)")
+    parser.add_argument("--image-size", type=int, help="bytes on standard input (required with -i -)")
+
+
+def add_cert_region_option(parser: argparse._ActionsContainer) -> None:
+    """--region for commands that only bundle: it picks the EC2 certificate, nothing else."""
+    parser.add_argument("--region", help=CERT_REGION_HELP)
+
+
+def add_bundle_options(parser: argparse.ArgumentParser, *, image_flag: bool) -> None:
+    """The classic bundling flags shared by bundle-image, bundle-vol and install (spec §9.2)."""
+    g = parser.add_argument_group("bundle")
+    g.add_argument("-c", "--cert", type=Path, help="user X.509 certificate (PEM) the AES key is wrapped to")
+    g.add_argument("-k", "--privatekey", type=Path, help="user RSA private key (PEM) that signs the manifest")
+    g.add_argument("-u", "--user", help="AWS account id (12 digits, hyphens allowed)")
+    g.add_argument("-r", "--arch", choices=["i386", "x86_64", "arm64"], help="architecture (default: this machine's)")
+    g.add_argument("-p", "--prefix", help="bundle name (default: the image file name)" if image_flag else "bundle and image name (default: image)")
+    g.add_argument("--ec2cert", type=Path, help="EC2 certificate the AES key is also wrapped to (default: by --region)")
+    g.add_argument("--ec2cert-dir", type=Path, help="directory holding cert-ec2*.pem (also $AMI_BUNDLER_EC2_CERT_DIR)")
+    g.add_argument("--kernel", help="default kernel id (aki-…)")
+    g.add_argument("--ramdisk", help="default ramdisk id (ari-…)")
+    g.add_argument("-B", "--block-device-mapping", action="append", default=[], metavar="MAPS",
+                   help="virtual=device[,virtual=device…] (repeatable)")
+    g.add_argument("--productcodes", help="comma-separated product codes")
+    g.add_argument("--no-size-checks", action="store_true", help="allow images over 10 GiB")
+    g.add_argument("--compression", default="default", help="default | fast | best | 1-9")
+    g.add_argument("--jobs-compress", type=int, default=None, metavar="N", help="compression threads (default: all cores)")
+
+
+# --------------------------------------------------------------------------- flags → inputs
+
+
+def resolve_bundle_keys(args: argparse.Namespace) -> BundleKeys:
+    require(args, "cert", "privatekey")
+    ec2cert = api.resolve_ec2_cert(args.ec2cert, getattr(args, "region", None), args.ec2cert_dir)
+    return BundleKeys.load(args.cert, args.privatekey, ec2cert)
+
+
+def bundle_options_from_args(args: argparse.Namespace, name: str) -> BundleOptions:
+    require(args, "user")
+    return BundleOptions(
+        name=validate_name(name),
+        user=account_id(args.user),
+        arch=args.arch or detect_arch(),
+        kernel_id=args.kernel,
+        ramdisk_id=args.ramdisk,
+        block_device_mapping=parse_block_device_mapping(args.block_device_mapping),
+        product_codes=parse_product_codes(args.productcodes),
+        compression=args.compression,
+        workers=args.jobs_compress,
+    )
+
+
+def image_source_from_args(args: argparse.Namespace) -> ImageSource:
+    if args.image == "-":
+        if args.image_size is None:
+            raise UsageError("-i - (standard input) needs --image-size BYTES")
+        if not args.prefix:
+            raise UsageError("-i - (standard input) needs -p/--prefix to name the bundle")
+        return StreamImageSource(sys.stdin.buffer, args.image_size, validate_name(args.prefix),
+                                 allow_large=args.no_size_checks)
+    if args.image_size is not None:
+        raise UsageError("--image-size only goes with -i - (standard input)")
+    path = Path(args.image)
+    return open_image(path, name=validate_name(args.prefix or path.name), allow_large=args.no_size_checks)
+
+
+def source_and_options(args: argparse.Namespace) -> tuple[ImageSource, BundleOptions]:
+    """The image source and the bundle options; the source is closed if the options are bad."""
+    source = image_source_from_args(args)
+    try:
+        options = bundle_options_from_args(args, source.name)
+    except BaseException:
+        source.close()
+        raise
+    return source, options
+
+
+def bundle_inputs(args: argparse.Namespace) -> tuple[ImageSource, BundleKeys, BundleOptions]:
+    """Everything bundle-image's flags resolve to; ``install`` uses it so the flags match."""
+    keys = resolve_bundle_keys(args)
+    source, options = source_and_options(args)
+    return source, keys, options
+
+
+def bundle_human(result: BundleResult, where: str) -> list[str]:
+    return [
+        f"Bundled {result.manifest.name}: {result.size} bytes → {len(result.part_names)} part(s), "
+        f"{result.bundled_size} bytes in {result.seconds:.2f}s",
+        f"Manifest: {where}",
+    ]

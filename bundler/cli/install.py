@@ -1,0 +1,181 @@
+"""``install``: bundle an image, upload it and register the AMI in one streaming run, in one
+region (``bundler.install.install_bundle``) or several (``bundler.multiregion.install_regions``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from ..errors import S3Error, UsageError
+from ..s3 import ACLS, DEFAULT_ACL, S3Location, ensure_bucket, location_region
+from .common import Printer, plural
+from .context import AwsContext, add_aws_options, add_bucket_option, add_transfer_options
+from .inputs import add_bundle_options, add_image_options, bundle_inputs, source_and_options
+from .migration import COPY_MODES, add_allow_unknown_region_option, ec2_cert_for, validated_region
+from .registration import add_register_options, register_options_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("install", help="bundle an image, upload it and register the AMI in one run",
+                       description="bundle-image → upload-bundle → register, streaming: parts go from the "
+                                   "compressor straight to parallel PUTs, none touch the disk.")
+    add_image_options(p)
+    add_bundle_options(p, image_flag=True)
+    add_bucket_option(p, multi=True)
+    add_transfer_options(p)
+    p.add_argument("--acl", choices=ACLS, default=DEFAULT_ACL, help="canned ACL (default: %(default)s)")
+    p.add_argument("--location", help="bucket location if it must be created (EU, US or a region)")
+    p.add_argument("-n", "--name", help="AMI name (default: the bundle name)")
+    p.add_argument("--no-register", action="store_true", help="stop after the upload")
+    add_register_options(p, full=False)
+    add_region_options(p)
+    add_aws_options(p)
+    p.set_defaults(func=run_install)
+
+
+def add_region_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("several regions")
+    g.add_argument("--regions", metavar="R1,R2,…",
+                   help="bundle once, upload to a bucket in each of these regions and register in each")
+    g.add_argument("--bucket-template", metavar="TEMPLATE",
+                   help="bucket per region with --regions, e.g. 'my-amis-{region}' or 'my-amis-{region}/web'")
+    g.add_argument("--region-endpoint", action="append", default=[], metavar="REGION=URL",
+                   help="endpoint URL for one region's S3 and EC2 (repeatable; default: --endpoint-url)")
+    g.add_argument("--copy-mode", choices=COPY_MODES, default="auto",
+                   help="how a re-run completes a failed region from one that succeeded (default: auto)")
+    add_allow_unknown_region_option(g)
+
+
+def run_install(args: argparse.Namespace, printer: Printer) -> int:
+    if args.regions:
+        return _install_regions(args, printer)
+    if args.bucket_template or args.region_endpoint:
+        raise UsageError("--bucket-template and --region-endpoint go with --regions")
+    if not args.bucket or len(args.bucket) != 1:
+        raise UsageError("install needs one -b BUCKET[/PREFIX] (or --regions R1,R2 with --bucket-template "
+                         "or -b REGION=BUCKET per region)")
+    return _install_one(args, printer)
+
+
+# --------------------------------------------------------------------------- one region
+
+
+def _install_one(args: argparse.Namespace, printer: Printer) -> int:
+    from ..install import install_bundle
+
+    location = S3Location.parse(args.bucket[0])
+    aws = AwsContext(args, printer)
+    region = location_region(args.location) if args.location else None
+    if region and aws.opts.region and region != aws.opts.region:
+        raise UsageError(f"--location {args.location} is in {region} but --region is {aws.opts.region}")
+    # Everything that can fail cheaply (credentials, bucket, flags) fails before bundling.
+    client, at = aws.s3_in_bucket_region(location.bucket, must_exist=False)
+    if at is None:
+        if region and region != client.meta.region_name:
+            client = aws.s3(location.bucket, region=region)
+        if ensure_bucket(client, location.bucket, location=args.location):
+            printer.note(f"Created bucket {location.bucket} in {client.meta.region_name}")
+        at = client.meta.region_name
+    elif args.location:
+        ensure_bucket(client, location.bucket, location=args.location)
+    options = None
+    if not args.no_register:
+        options = register_options_from_args(args, args.name or "", full=False)
+    source, keys, bundle_options = bundle_inputs(args)
+    # The EC2 region follows the bucket's region unless --region says otherwise.
+    ec2 = None if options is None else aws.ec2(aws.opts.region or at)
+    result = install_bundle(source, keys, bundle_options, s3=client, location=location, ec2=ec2,
+                            register=options, wait=args.wait, wait_timeout=args.wait_timeout,
+                            acl=args.acl, jobs=aws.jobs, attempts=aws.attempts,
+                            progress=printer.progress())
+    b = result.bundle
+    data: dict[str, Any] = {**b.summary(), "image_location": result.image_location,
+                            "bytes_uploaded": result.bytes_uploaded}
+    human = [f"Bundled and uploaded {b.manifest.name}: {b.size} bytes → "
+             f"{plural(len(b.part_names), 'part')}, {b.bundled_size} bytes in {b.seconds:.2f}s",
+             f"Manifest uploaded to: {result.image_location}"]
+    if options is None:
+        printer.result(data, human)
+        return 0
+    data.update(image_id=result.image_id, name=options.name, region=result.region, state=result.state)
+    human += [f"Registered {result.image_id} ({options.name}) in {result.region}"
+              + (f": {result.state}" if result.state else ""), str(result.image_id)]
+    printer.result(data, human)
+    return 0
+
+
+# --------------------------------------------------------------------------- several regions
+
+
+def _region_endpoints(args: argparse.Namespace, regions: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in args.region_endpoint:
+        region, sep, url = pair.partition("=")
+        if not sep or not url.strip():
+            raise UsageError(f"--region-endpoint {pair!r}: expected REGION=URL")
+        region = validated_region(args, region, "--region-endpoint") or ""
+        if region not in regions:
+            raise UsageError(f"--region-endpoint {pair!r}: {region} is not in --regions")
+        out[region] = url.strip()
+    return out
+
+
+def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
+    from ..keys import load_public_key
+    from ..multiregion import RegionTarget, install_regions
+    from ..pipeline import BundleKeys
+    from ..regions import bucket_map, cert_filename, parse_regions
+
+    if args.region:
+        raise UsageError("--region and --regions do not go together: list every region in --regions")
+    if args.location:
+        raise UsageError("--location does not go with --regions: each bucket is created in its own region")
+    regions = parse_regions(args.regions, allow_unknown=args.allow_unknown_region)
+    buckets = bucket_map(regions, template=args.bucket_template, pairs=args.bucket or [])
+    endpoints = _region_endpoints(args, regions)
+    if args.ec2cert is not None and len({cert_filename(r) for r in regions}) > 1:
+        raise UsageError("--ec2cert would wrap the key to one certificate for regions of different partitions "
+                         "(which have different EC2 certificates): use --ec2cert-dir instead")
+    certs = {r: ec2_cert_for(args, r) for r in regions}  # every certificate found before any work
+    public = {path: load_public_key(path) for path in set(certs.values())}
+    if not args.cert or not args.privatekey:
+        raise UsageError("missing required option(s): --cert, --privatekey")
+    keys = BundleKeys.load(args.cert, args.privatekey, certs[regions[0]])
+
+    aws = AwsContext(args, printer)
+    targets = []
+    for region in regions:
+        opts = aws.opts if region not in endpoints else dataclasses.replace(aws.opts, endpoint_url=endpoints[region])
+        bucket, prefix = buckets[region]
+        targets.append(RegionTarget(
+            region=region, location=S3Location(bucket, prefix),
+            s3=aws.s3(bucket, region=region, opts=opts),
+            ec2=None if args.no_register else aws.ec2(region, opts=opts),
+            ec2_public_key=public[certs[region]], ec2_cert=str(certs[region]), endpoint=opts.endpoint_url))
+    source, options = source_and_options(args)
+    try:
+        register = None
+        if not args.no_register:
+            register = register_options_from_args(args, args.name or options.name, full=False)
+    except BaseException:
+        source.close()
+        raise
+    result = install_regions(targets, source=source, keys=keys, options=options, register=register, acl=args.acl,
+                             jobs=aws.jobs, attempts=aws.attempts, copy_mode=args.copy_mode,
+                             progress=printer.progress())
+    rows = [("REGION", "RESULT", "AMI", "IMAGE LOCATION")]
+    for o in result.outcomes:
+        what = o.action + (f" from {o.copied_from}" if o.copied_from else "")
+        rows.append((o.region, what, o.image_id or ("-" if o.ok else "FAILED"), o.image_location))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    human = ["  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)).rstrip() for row in rows]
+    printer.result(result.summary(), human)
+    for o in result.failed:
+        printer.warn(f"{o.region}: {o.error}")
+    if result.failed:
+        printer.warn(f"{len(result.failed)} of {len(result.outcomes)} region(s) failed; re-run the same command to "
+                     "complete them (they are copied from a region that has the bundle, not bundled again)")
+        return S3Error.exit_code
+    return 0
