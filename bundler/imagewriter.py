@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .errors import OutputError
+from .interrupts import critical
 from .parts import (
     TEMP_MARK,
     UNBUNDLE_KIND,
@@ -57,6 +58,18 @@ class NullImageWriter:
         pass
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (other threads may be creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def _explain(exc: OSError, where: Path) -> str:
     return f"cannot write into {where}: {why_write_failed(exc)}"
 
@@ -79,6 +92,7 @@ class FileImageWriter:
         self.temp: Path | None = None
         self.fd = -1
         self.size = 0
+        self.mode = 0o600
         self._unflushed = 0
         self._flusher: threading.Thread | None = None
         self._flush_error: OSError | None = None
@@ -110,21 +124,27 @@ class FileImageWriter:
         lock = DestinationLock(self.destination, f"image-{self.final.name}", f"image {self.final.name}")
         lock.acquire()
         try:
+            with critical():
+                self._lock = lock
             self._open_locked(size, mode, lock)
         except BaseException:
-            lock.release()
+            self.abort()
             raise
-        self._lock = lock
 
     def _open_locked(self, size: int, mode: int, lock: DestinationLock) -> None:
         remove_stale(self.destination, held=[lock])
         if not self.overwrite and (self.final.exists() or self.final.is_symlink()):
             raise OutputError(f"{self.final} already exists: remove it, choose another -d, or pass --force")
         self.size = size
-        self.temp = self.destination / temp_name(UNBUNDLE_KIND, self.final.name)
+        # The temporary file holds decrypted data: 0600 from creation; the image's own mode
+        # (the archive's, narrowed by the umask as a create would) comes only with its name.
+        self.mode = ((mode & 0o777) or 0o644) & ~_umask()
+        temp = self.destination / temp_name(UNBUNDLE_KIND, self.final.name)
         try:
-            self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                              (mode & 0o777) or 0o644)
+            with critical():  # created and recorded for clean-up as one step
+                self.temp = temp
+                self.fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
+                                  0o600)
         except OSError as exc:
             self.temp = None
             raise OutputError(_explain(exc, self.destination)) from exc
@@ -161,39 +181,42 @@ class FileImageWriter:
             if self._flush_error is not None:
                 raise self._flush_error
             os.ftruncate(self.fd, self.size)
+            os.fchmod(self.fd, self.mode)
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
-            if self.overwrite:
-                os.replace(self.temp, self.final)
-            else:
-                os.link(self.temp, self.final)
-                os.unlink(self.temp)
+            with critical():  # the image gets its name and loses its temporary one together
+                if self.overwrite:
+                    os.replace(self.temp, self.final)
+                else:
+                    os.link(self.temp, self.final)
+                    os.unlink(self.temp)
+                self.temp = None
         except FileExistsError:
             self.abort()
             raise OutputError(f"{self.final} appeared while unbundling (another run?); nothing was overwritten") from None
         except OSError as exc:
             self.abort()
             raise OutputError(_explain(exc, self.destination)) from exc
-        self.temp = None
         self._release()
         return self.final
 
     def abort(self) -> None:
-        self._join_flusher()
-        if self.fd >= 0:
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass
-            self.fd = -1
-        if self.temp is not None:
-            try:
-                os.unlink(self.temp)
-            except OSError:
-                pass
-            self.temp = None
-        self._release()
+        with critical():  # an interrupt waits for the roll-back
+            self._join_flusher()
+            if self.fd >= 0:
+                try:
+                    os.close(self.fd)
+                except OSError:
+                    pass
+                self.fd = -1
+            if self.temp is not None:
+                try:
+                    os.unlink(self.temp)
+                except OSError:
+                    pass
+                self.temp = None
+            self._release()
 
     def _release(self) -> None:
         if self._lock is not None:

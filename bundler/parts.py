@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
 from .errors import IntegrityError, OutputError, PartMissingError
+from .interrupts import critical
 from .manifest import PartEntry, part_names
 
 log = logging.getLogger("bundler.parts")
@@ -283,6 +284,14 @@ class DestinationLock:
     def acquire(self) -> None:
         if fcntl is None:  # pragma: no cover
             return
+        try:
+            with critical():  # an interrupt must not fall between creating and recording
+                self._acquire()
+        except BaseException:
+            self.release()
+            raise
+
+    def _acquire(self) -> None:
         for _ in range(100):
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
@@ -312,16 +321,17 @@ class DestinationLock:
         raise OutputError(f"cannot lock {self.path}: it keeps being replaced")
 
     def release(self) -> None:
-        if self._fd < 0:
-            return
-        try:
-            if _same_file(self._fd, self.path):
-                os.unlink(self.path)
-        except OSError:
-            pass
-        finally:
-            os.close(self._fd)
-            self._fd = -1
+        with critical():
+            if self._fd < 0:
+                return
+            try:
+                if _same_file(self._fd, self.path):
+                    os.unlink(self.path)
+            except OSError:
+                pass
+            finally:
+                os.close(self._fd)
+                self._fd = -1
 
 
 class DirectorySink:
@@ -383,23 +393,25 @@ class DirectorySink:
         lock = DestinationLock(self.destination, f"bundle-{name}", f"bundle {name}")
         lock.acquire()
         try:
-            remove_stale(self.destination, held=[lock])
-            staging = self.destination / temp_name(STAGING_KIND, name)
-            staging.mkdir(mode=0o700)
+            with critical():  # the lock and the staging directory are recorded before an interrupt
+                self._lock = lock
+                remove_stale(self.destination, held=[lock])
+                staging = self.destination / temp_name(STAGING_KIND, name)
+                staging.mkdir(mode=0o700)
+                self._staging = staging
         except OSError as exc:
-            lock.release()
+            self.abort()
             raise OutputError(f"cannot write to {self.destination}: {why_write_failed(exc)}") from exc
         except BaseException:
-            lock.release()
+            self.abort()
             raise
-        self._lock = lock
-        self._staging = staging
 
     def put_part(self, part: Part) -> None:
         assert self._staging is not None, "begin() not called"
         path = self._staging / f"part-{part.index}"
-        self._write_file(path, part.data, sync=False)
-        self._written.append(path)
+        with critical():
+            self._written.append(path)  # first: a half-written part is removed by name too
+            self._write_file(path, part.data, sync=False)
 
     def _write_file(self, path: Path, data: bytes, *, sync: bool) -> None:
         try:
@@ -458,13 +470,16 @@ class DirectorySink:
         try:
             if self.overwrite:
                 self._remove_old_bundle(names, manifest_name)
-            for src, dst in zip([*self._written, staged_manifest], finals, strict=True):
-                # link() refuses an existing name atomically: a concurrent run writing the
-                # same bundle (despite the lock, e.g. on a filesystem without flock) makes
-                # one of the two fail here instead of interleaving. The staged copy keeps
-                # the inode, which is how a later run recognises a half-done commit.
-                os.link(src, dst)
-                self._committed.append(dst)
+            # An interrupt during the links waits for them and then rolls all of them back
+            # (abort), rather than landing between a link and its record.
+            with critical():
+                for src, dst in zip([*self._written, staged_manifest], finals, strict=True):
+                    # link() refuses an existing name atomically: a concurrent run writing the
+                    # same bundle (despite the lock, e.g. on a filesystem without flock) makes
+                    # one of the two fail here instead of interleaving. The staged copy keeps
+                    # the inode, which is how a later run recognises a half-done commit.
+                    os.link(src, dst)
+                    self._committed.append(dst)
             if self.fsync:
                 _fsync_dir(self.destination)
         except FileExistsError as exc:
@@ -473,21 +488,23 @@ class DirectorySink:
             ) from exc
         except OSError as exc:
             raise OutputError(f"cannot move the bundle into {self.destination}: {why_write_failed(exc)}") from exc
-        self._remove_staging()
-        self._committed.clear()
-        self._release()
+        with critical():
+            self._remove_staging()
+            self._committed.clear()
+            self._release()
 
     def abort(self) -> None:
-        # A failed commit must not leave a manifest without parts or parts without a manifest.
-        # The manifest goes first so that no instant shows it beside missing parts.
-        for path in reversed(self._committed):
-            try:
-                path.unlink()
-            except OSError:
-                pass
-        self._committed.clear()
-        self._remove_staging()
-        self._release()
+        with critical():  # an interrupt waits for the roll-back
+            # A failed commit must not leave a manifest without parts or parts without a
+            # manifest. The manifest goes first so that no instant shows it beside missing parts.
+            for path in reversed(self._committed):
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
+            self._committed.clear()
+            self._remove_staging()
+            self._release()
 
     def _remove_staging(self) -> None:
         """Remove the staging directory by the names we put in it: unlink and rmdir need no

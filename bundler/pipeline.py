@@ -303,6 +303,20 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
     gzip: ParallelGzipWriter | None = None
     output: BackgroundStage | None = None
     hashing: BackgroundStage | None = None
+    written = 0
+
+    def emit(data: bytes) -> None:
+        nonlocal written
+        if not isinstance(data, bytes):
+            # The digest thread reads it later: a source that reuses its buffer must not
+            # change what gets hashed (the compressor copies what it is given at once).
+            data = bytes(data)
+        hashing.write(data)
+        gzip.write(data)
+        written += len(data)
+
+    # From begin() on, every way out (an interrupt included) goes through an abort below:
+    # nothing runs between the two try blocks.
     try:
         _preflight_manifest(name, options)
         sink.begin(name, max_parts)
@@ -321,18 +335,6 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
         sink.abort()
         source.close()
         raise
-    written = 0
-
-    def emit(data: bytes) -> None:
-        nonlocal written
-        if not isinstance(data, bytes):
-            # The digest thread reads it later: a source that reuses its buffer must not
-            # change what gets hashed (the compressor copies what it is given at once).
-            data = bytes(data)
-        hashing.write(data)
-        gzip.write(data)
-        written += len(data)
-
     try:
         progress.start("bundle", stored)
         emit(member_header(info, regions))

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import BundlerError
 from .common import Printer, add_global_options
+from .failure import ArgumentParser, report, wants_json
+from .signals import interrupts_roll_back
 
 log = logging.getLogger("bundler.cli")
 
@@ -34,7 +36,7 @@ COMMAND_MODULES = tuple(dict.fromkeys(COMMAND_MODULE.values()))
 
 def build_parser(prog: str = "ami-bundler", command: str | None = None) -> argparse.ArgumentParser:
     """The parser for every command, or only for ``command`` when it is known."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog,
         description="Build, verify, upload and register EC2 instance-store AMI bundles.",
     )
@@ -80,22 +82,22 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "ami-bundler") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(prog, _command_of(argv))
-    args = parser.parse_args(argv)
-    _configure_logging(args)
-    printer = Printer(json_mode=getattr(args, "json", False), quiet=getattr(args, "quiet", False))
-    try:
-        return int(args.func(args, printer) or 0)
-    except BundlerError as exc:
-        if getattr(args, "debug", False):
-            log.debug("traceback", exc_info=True)
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 141
+    json_mode, debug = wants_json(argv), "--debug" in argv
+    with interrupts_roll_back():
+        try:
+            parser = build_parser(prog, _command_of(argv))
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as exc:  # --help and --version: argparse printed them
+                return int(exc.code or 0) if not isinstance(exc.code, str) else 2
+            json_mode, debug = getattr(args, "json", False), getattr(args, "debug", False)
+            _configure_logging(args)
+            printer = Printer(json_mode=json_mode, quiet=getattr(args, "quiet", False))
+            return int(args.func(args, printer) or 0)
+        except (BundlerError, KeyboardInterrupt) as exc:
+            return report(exc, prog=prog, json_mode=json_mode, debug=debug)
+        except BrokenPipeError:
+            return 141
 
 
 def _classic(command: str, prog: str) -> int:

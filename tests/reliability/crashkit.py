@@ -130,20 +130,60 @@ def crash_at_step(argv: Sequence[str], step: int, part_size: int | None = None) 
     return code == CRASH_EXIT, code
 
 
-def _arm(step: int) -> None:
+def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int | None = None) -> tuple[bool, int]:
+    """Like ``crash_at_step``, but the child sends itself ``signum`` before its ``step``-th
+    filesystem call (from whichever thread makes it) and carries on. Returns (signalled,
+    exit code): not signalled means the run had fewer steps."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        code = 70
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the child exits
+            if part_size:
+                import bundler.pipeline
+
+                bundler.pipeline.PART_SIZE = part_size
+            fired = _arm(step, signum)
+            from bundler.cli import main
+
+            code = main(list(argv))
+            if not fired[0]:
+                code = 0 if code == 0 else 72  # finished before the step: not signalled
+            elif code == 0:
+                code = 73  # signalled, yet reported success
+        except BaseException:  # noqa: BLE001 - the child must exit, whatever happened
+            code = 71
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return code not in (0, 72), code
+
+
+def _arm(step: int, signum: int | None = None) -> list[bool]:
     calls = [0]
+    fired = [False]
 
     def wrap(original: Callable) -> Callable:
         def crashing(*args, **kwargs):
             calls[0] += 1
             if calls[0] == step:
-                os._exit(CRASH_EXIT)
+                if signum is None:
+                    os._exit(CRASH_EXIT)
+                fired[0] = True
+                os.kill(os.getpid(), signum)
             return original(*args, **kwargs)
         return crashing
 
     for module, name in STEP_FUNCTIONS:
         if hasattr(module, name):
             setattr(module, name, wrap(getattr(module, name)))
+    return fired
 
 
 def kill_at_random(argv: Sequence[str], delay: float, timeout: float = 120.0) -> tuple[bool, int]:

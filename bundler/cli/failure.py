@@ -1,0 +1,80 @@
+"""How a failed run ends: one ``PROG: error: …`` line (and at most a ``hint:`` line) on
+stderr, the same as ``{"error": {...}}`` on stdout under --json, and the exit code of the
+error's category (docs/json.md, the README's exit-code table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+from ..errors import BundlerError, Interrupted, UsageError
+
+log = logging.getLogger("bundler.cli")
+
+
+@dataclass(frozen=True)
+class Failure:
+    code: str
+    message: str
+    hint: str | None
+    exit_code: int
+
+    def envelope(self) -> dict[str, object]:
+        return {"error": {"code": self.code, "message": self.message, "hint": self.hint,
+                          "exit_code": self.exit_code}}
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def failure_of(exc: BaseException) -> Failure:
+    if isinstance(exc, Interrupted):
+        return Failure("interrupted", f"{exc}: stopped; nothing partial was kept",
+                       None, exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        return failure_of(Interrupted())
+    if isinstance(exc, BundlerError):
+        hint = getattr(exc, "hint", None)
+        return Failure(exc.code, _one_line(str(exc)) or type(exc).__name__,
+                       _one_line(hint) if hint else None, exc.exit_code)
+    raise TypeError(f"not a user-facing failure: {exc!r}")
+
+
+def report(exc: BaseException, *, prog: str, json_mode: bool, debug: bool,
+           stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Print the failure (traceback only with --debug) and return its exit code."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    failure = failure_of(exc)
+    if debug:
+        log.debug("traceback", exc_info=exc)
+    try:
+        print(f"{prog}: error: {failure.message}", file=stderr)
+        if failure.hint:
+            print(f"hint: {failure.hint}", file=stderr)
+        if json_mode:
+            json.dump(failure.envelope(), stdout, indent=2, sort_keys=True)
+            stdout.write("\n")
+            stdout.flush()
+    except BrokenPipeError:
+        pass  # the reader went away; the exit code still tells
+    return failure.exit_code
+
+
+def wants_json(argv: list[str]) -> bool:
+    """--json as given, before parsing: a usage error must be reported the same way."""
+    return "--json" in argv[: argv.index("--") if "--" in argv else len(argv)]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are UsageErrors, so they end like every other failure (one line,
+    a hint, JSON with --json) instead of argparse's usage block and exit."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UsageError(message, hint=f"see '{self.prog} --help'")
