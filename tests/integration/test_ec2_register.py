@@ -8,6 +8,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from bundler.errors import EC2Error
 from tests.integration.test_s3_upload import KIB, keys_in, run, upload
 from tests.support.bundles import make_fake_bundle
 
@@ -104,4 +105,4 @@ def test_register_block_device_mapping_is_parsed(capsys, proxy, bucket, uploaded
 
 def test_deregister_unknown_image(capsys, endpoint):
     code, _, err = run(capsys, "deregister", "ami-0123456789abcdef0", "--endpoint-url", endpoint)
-    assert code == 3 and "not found" in err
+    assert code == EC2Error.exit_code == 4 and "not found" in err

@@ -46,7 +46,7 @@ def test_persistently_corrupt_part_fails_naming_it_and_leaves_no_file(capsys, pr
     proxy.add_rule("corrupt", r"dl\.part\.2$", method="GET", times=None)
     dest = tmp_path / "d"
     code, _, err = download(capsys, proxy.url, bucket, dest)
-    assert code == 1
+    assert code == IntegrityError.exit_code
     assert "dl.part.2" in err and "does not match the manifest" in err
     assert not (dest / "dl.part.2").exists()
     assert not (dest / "dl.manifest.xml").exists()  # the manifest comes last, only when all parts are good
@@ -64,12 +64,12 @@ def test_manifest_from_another_bundle(capsys, endpoint, s3, bucket, uploaded, tm
     other = make_fake_bundle(tmp_path / "other", "dl", [512 * KIB, 512 * KIB, 100 * KIB], signing_key)
     s3.put_object(Bucket=bucket, Key="pre/dl.manifest.xml", Body=other.manifest_bytes)
     code, _, err = download(capsys, endpoint, bucket, tmp_path / "d")
-    assert code == 1 and "does not match the manifest" in err
+    assert code == 5 and "does not match the manifest" in err
 
 
 def test_signature_checked_with_cert(capsys, endpoint, bucket, uploaded, tmp_path, ec2_keys):
     code, _, err = download(capsys, endpoint, bucket, tmp_path / "d", "-c", str(ec2_keys[1]))
-    assert code == 1 and "signature" in err
+    assert code == 5 and "signature" in err
     assert not (tmp_path / "d" / "dl.part.0").exists()
 
 

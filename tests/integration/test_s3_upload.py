@@ -168,7 +168,7 @@ def test_part_and_skipmanifest_flags(capsys, proxy, s3, bucket, bundle3):
 def test_local_part_mismatch_is_refused_before_any_upload(capsys, proxy, s3, bucket, bundle3):
     (bundle3.directory / "img.part.1").write_bytes(b"other bundle" * 100)
     code, _, err = upload(capsys, proxy.url, bucket, bundle3)
-    assert code == 1
+    assert code == 5
     assert "img.part.1" in err and "does not match" in err
     assert proxy.requests("PUT") == []
     assert keys_in(s3, bucket) == {}
@@ -177,7 +177,7 @@ def test_local_part_mismatch_is_refused_before_any_upload(capsys, proxy, s3, buc
 def test_missing_local_part(capsys, endpoint, bucket, bundle3):
     (bundle3.directory / "img.part.2").unlink()
     code, _, err = upload(capsys, endpoint, bucket, bundle3)
-    assert code == 1 and "img.part.2" in err and "missing" in err
+    assert code == 5 and "img.part.2" in err and "missing" in err
 
 
 def test_bucket_is_created_with_location(capsys, endpoint, s3, bundle3):

@@ -99,7 +99,7 @@ def test_wrong_etag_on_put_is_retried_then_fails_clearly(capsys, proxy, s3, buck
     proxy.clear()
     proxy.add_rule("etag", r"flt\.part\.3$", method="PUT", times=None)
     code, _, err = upload(capsys, proxy.url, bucket, small)
-    assert code == 1
+    assert code == 5
     line = one_line_error(err)
     assert line and "flt.part.3" in line and "ETag" in line, err
     assert len(bundle_puts(proxy, r"flt\.part\.3$")) == 3
@@ -192,7 +192,7 @@ def test_unbundle_from_s3_never_accepts_a_flipped_byte(capsys, proxy, endpoint, 
     proxy.clear()
     proxy.add_rule("corrupt", r"\.part\.0$", method="GET", times=None)
     code, _, err = unbundle(tmp_path / "bad")
-    assert code == 1
+    assert code == 5
     line = one_line_error(err)
     assert line and "part.0" in line and "does not match" in line, err
     assert not (tmp_path / "bad" / "u.img").exists()
