@@ -178,3 +178,83 @@ def write_table(image: Path, layout: DiskLayout, *, disk_id: uuidlib.UUID | None
             os.pwrite(fd, tail, layout.disk_bytes - len(tail))
     finally:
         os.close(fd)
+
+
+# ------------------------------------------------------------------------------ reading
+
+ESP_GUID = uuidlib.UUID("C12A7328-F81F-11D2-BA4B-00A0C93EC93B")
+MBR_ESP_TYPE = 0xEF
+MBR_LINUX_TYPES = (0x83,)
+
+
+@dataclass(frozen=True)
+class FoundPartition:
+    number: int
+    first_lba: int
+    sectors: int
+    kind: str            # "linux", "bios-boot", "esp", "other"
+    type_id: str         # MBR type byte ("0x83") or the GPT type GUID
+
+
+def _gpt_kind(guid: uuidlib.UUID) -> str:
+    return {LINUX_FS_GUID: "linux", BIOS_BOOT_GUID: "bios-boot", ESP_GUID: "esp"}.get(guid, "other")
+
+
+def parse_mbr(sector0: bytes) -> list[FoundPartition] | None:
+    """The primary partitions of an MBR (None: no 55AA signature or a protective MBR). Pure."""
+    if len(sector0) < SECTOR or sector0[510:512] != b"\x55\xaa":
+        return None
+    found = []
+    for i in range(4):
+        e = sector0[446 + 16 * i: 446 + 16 * (i + 1)]
+        ptype = e[4]
+        first, count = struct.unpack_from("<II", e, 8)
+        if ptype == 0xEE:
+            return None
+        if ptype == 0 or count == 0:
+            continue
+        kind = ("linux" if ptype in MBR_LINUX_TYPES else "esp" if ptype == MBR_ESP_TYPE
+                else "other")
+        found.append(FoundPartition(i + 1, first, count, kind, f"0x{ptype:02x}"))
+    return found
+
+
+def parse_gpt(header: bytes, entries: bytes) -> list[FoundPartition] | None:
+    """The partitions of a GPT, given LBA 1 and the entry array (None: no valid header). Pure."""
+    if header[:8] != b"EFI PART":
+        return None
+    size = struct.unpack_from("<I", header, 12)[0]
+    if not 92 <= size <= SECTOR:
+        return None
+    raw = bytearray(header[:size])
+    raw[16:20] = b"\0\0\0\0"
+    if zlib.crc32(raw) & 0xFFFFFFFF != struct.unpack_from("<I", header, 16)[0]:
+        return None
+    count, entry_size = struct.unpack_from("<II", header, 80)
+    found = []
+    for i in range(min(count, len(entries) // max(entry_size, 1))):
+        e = entries[i * entry_size: i * entry_size + 128]
+        type_guid = uuidlib.UUID(bytes_le=bytes(e[:16]))
+        if type_guid.int == 0:
+            continue
+        first, last = struct.unpack_from("<QQ", e, 32)
+        found.append(FoundPartition(i + 1, first, last - first + 1, _gpt_kind(type_guid),
+                                    str(type_guid)))
+    return found
+
+
+def read_partitions(fd: int) -> tuple[Scheme, list[FoundPartition]]:
+    """("gpt"|"mbr", partitions) of a disk image, or ("none", []) when it has no table."""
+    head = os.pread(fd, 34 * SECTOR, 0)
+    if len(head) >= 2 * SECTOR:
+        gpt = parse_gpt(head[SECTOR:2 * SECTOR], b"")
+        if gpt is not None:
+            entries_lba = struct.unpack_from("<Q", head, SECTOR + 72)[0]
+            count, entry_size = struct.unpack_from("<II", head, SECTOR + 80)
+            entries = os.pread(fd, min(count * entry_size, 1024 * 1024), entries_lba * SECTOR)
+            parts = parse_gpt(head[SECTOR:2 * SECTOR], entries)
+            return "gpt", parts or []
+    mbr = parse_mbr(head[:SECTOR])
+    if mbr:
+        return "mbr", mbr
+    return "none", []
