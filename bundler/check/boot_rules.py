@@ -374,11 +374,11 @@ def rule_xen_drivers(ctx: BootContext) -> None:
     initrd_names: set[str] | None = None
     for driver, symbol, module, early in XEN_DRIVERS:
         value = _config_value(config, symbol)
-        if value == "y" or module in builtin:
+        if value == "y" or re.search(rf"^kernel/{re.escape(module)}$", builtin, re.M):
             continue
         module_file = next((f"{moddir}/kernel/{module}{s}" for s in MODULE_SUFFIXES
                             if ctx.tree.is_file(f"{moddir}/kernel/{module}{s}")), None)
-        if value in (None, "m") and module_file is None:
+        if module_file is None:
             if value is None and config is None and not builtin:
                 ctx.add("warning", "boot.xen-drivers", kernel.path,
                         f"cannot tell whether kernel {v} has the Xen {driver} driver (no "

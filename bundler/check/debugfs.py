@@ -339,3 +339,30 @@ class ImageTree(Tree):
 def _linked(e: Entry, target: bytes | None) -> Entry:
     text = target.decode("utf-8", "surrogateescape") if target else None
     return Entry(e.path, e.kind, e.mode, e.uid, e.gid, e.size, text, e.ref)
+
+
+def copy_out(tree: ImageTree, path: str, dest: Path) -> Path:
+    """Copy one file of the image to ``dest`` (created 0600), streamed through debugfs."""
+    e = tree.entry(path)
+    if e is None or e.kind != "file":
+        raise CheckSourceError(f"{path} is not a file in the image")
+    proc = tree.debugfs._popen([f"cat <{e.ref}>"])
+    assert proc.stdout is not None
+    stream = _Stream(proc.stdout)
+    if not stream.take_header(f"debugfs: cat <{e.ref}>\n".encode()):
+        proc.kill()
+        tree.debugfs._finish(proc)
+        raise CheckSourceError(f"cannot read {path} from the image")
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    written = 0
+    with os.fdopen(fd, "wb") as out:
+        out.write(stream.buf)
+        written += len(stream.buf)
+        stream.buf = b""
+        while chunk := proc.stdout.read(1024 * 1024):
+            out.write(chunk)
+            written += len(chunk)
+    tree.debugfs._finish(proc)
+    if written != e.size:
+        raise CheckSourceError(f"read {written} of {e.size} bytes of {path} from the image")
+    return dest

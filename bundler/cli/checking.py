@@ -1,0 +1,150 @@
+"""Shared by ``check``, ``boot-test`` and the commands that check what they build: the
+SOURCE options (directory, image, local or S3 bundle) and the findings table."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import BundlerError, UsageError
+from .common import Printer
+from .context import AwsContext, add_aws_options, add_jobs_option
+
+
+class CheckFailed(BundlerError):
+    """The check found errors (the findings were printed)."""
+
+
+def add_source_options(p: argparse.ArgumentParser, *, what: str) -> None:
+    p.add_argument("source", nargs="?", type=Path,
+                   help=f"root filesystem directory or disk image to {what} (or -m MANIFEST)")
+    g = p.add_argument_group("bundle source (instead of SOURCE)")
+    g.add_argument("-m", "--manifest",
+                   help="bundle manifest (BUCKET/PREFIX/NAME.manifest.xml with --from-s3)")
+    g.add_argument("-k", "--privatekey", type=Path, help="user private key that decrypts the bundle")
+    g.add_argument("-c", "--cert", type=Path,
+                   help="certificate to verify the manifest with (default: public half of -k)")
+    g.add_argument("-s", "--parts", dest="parts_dir", type=Path,
+                   help="directory with the parts (default: the manifest's)")
+    g.add_argument("--from-s3", action="store_true", help="read the bundle from S3")
+    g.add_argument("--work-dir", type=Path,
+                   help="where a bundle's image is unpacked, privately, while it is read "
+                        "(default: $TMPDIR)")
+    a = add_aws_options(p, credentials=False, title="S3 (with --from-s3)",
+                        region_help="AWS region of the bucket")
+    add_jobs_option(a, help="parts fetched in parallel (default: %(default)s)")
+
+
+def _bundle_inputs(args: argparse.Namespace, printer: Printer) -> tuple[Any, Any, Any, Any]:
+    """(parsed manifest, part source, private key, verify key) of -m/-k [--from-s3]."""
+    from ..keys import load_private_key, load_public_key
+
+    if args.privatekey is None:
+        raise UsageError("a bundle source (-m) needs -k PRIVATEKEY to decrypt it")
+    private_key = load_private_key(args.privatekey)
+    verify_key = load_public_key(args.cert) if args.cert else None
+    if args.from_s3:
+        from ..s3 import S3PartSource, load_remote_manifest, split_manifest_location
+
+        location, name = split_manifest_location(str(args.manifest))
+        aws = AwsContext(args, printer)
+        client, _ = aws.s3_in_bucket_region(location.bucket)
+        parsed, _, _ = load_remote_manifest(client, location, name, private_key=private_key)
+        source = S3PartSource(client, location.bucket, location.prefix, jobs=aws.jobs,
+                              attempts=aws.attempts)
+    else:
+        from .. import api
+        from ..parts import DirectorySource
+
+        manifest = Path(args.manifest)
+        parsed = api.read_manifest(manifest, args.privatekey)
+        source = DirectorySource(args.parts_dir or manifest.parent)
+    return parsed, source, private_key, verify_key
+
+
+def _check_exclusive(args: argparse.Namespace) -> None:
+    if args.source is not None and args.manifest:
+        raise UsageError("give either SOURCE or -m MANIFEST, not both")
+    if args.source is None and not args.manifest:
+        raise UsageError("give a SOURCE (directory or image) or -m MANIFEST -k KEY")
+    if args.from_s3 and not args.manifest:
+        raise UsageError("--from-s3 needs -m BUCKET/PREFIX/NAME.manifest.xml")
+
+
+@contextlib.contextmanager
+def open_source_tree(args: argparse.Namespace, printer: Printer) -> Iterator[Any]:
+    """The Tree of SOURCE or of the bundle (unpacked privately, removed on exit)."""
+    from ..check.sources import bundle_tree, open_tree
+
+    _check_exclusive(args)
+    if args.source is not None:
+        with open_tree(args.source) as tree:
+            yield tree
+        return
+    parsed, source, key, verify_key = _bundle_inputs(args, printer)
+    with bundle_tree(parsed, source, key, verify_key=verify_key, work_dir=args.work_dir,
+                     progress=printer.progress()) as tree:
+        yield tree
+
+
+@contextlib.contextmanager
+def open_source_image(args: argparse.Namespace, printer: Printer) -> Iterator[Path]:
+    """The image file of SOURCE or of the bundle (unpacked privately, removed on exit)."""
+    from ..check.sources import unbundled_image
+
+    _check_exclusive(args)
+    if args.source is not None:
+        if not Path(args.source).is_file():
+            raise UsageError(f"{args.source} is not an image file")
+        yield Path(args.source)
+        return
+    parsed, source, key, verify_key = _bundle_inputs(args, printer)
+    with unbundled_image(parsed, source, key, verify_key=verify_key, work_dir=args.work_dir,
+                         progress=printer.progress()) as image:
+        yield image
+
+
+# ------------------------------------------------------------------------------ output
+
+_MARK = {"error": "ERROR", "warning": "WARN", "note": "note"}
+
+
+def report_lines(report: Any, *, tty: bool, width: int = 100) -> list[str]:
+    """The findings as a table (on a terminal) or as one line each (for logs and pipes)."""
+    findings = report.findings
+    lines: list[str] = []
+    if tty and findings:
+        idw = max(len(f.id) for f in findings)
+        pathw = min(max(len(f.path or "-") for f in findings), 36)
+        lines.append(f"{'SEVERITY':8} {'ID':{idw}} {'PATH':{pathw}} MESSAGE")
+        for f in findings:
+            path = f.path or "-"
+            if len(path) > pathw:
+                path = "…" + path[-(pathw - 1):]
+            lines.append(f"{_MARK[f.severity]:8} {f.id:{idw}} {path:{pathw}} {f.message}")
+            lines.append(f"{'':8} {'':{idw}} {'':{pathw}} fix: {f.fix}")
+    else:
+        for f in findings:
+            lines.append(f"{f.severity}: {f.id}: {f.path or '-'}: {f.message} (fix: {f.fix})")
+    c = {s: sum(1 for f in findings if f.severity == s) for s in ("error", "warning", "note")}
+    verdict = "no errors" if report.ok else "NOT READY"
+    lines.append(f"{report.source}: {verdict}: {c['error']} error(s), {c['warning']} warning(s), "
+                 f"{c['note']} note(s) in {report.entries} entries ({report.seconds:.1f} s)")
+    return lines
+
+
+def print_report(report: Any, printer: Printer) -> None:
+    tty = printer.stdout.isatty()
+    width = shutil.get_terminal_size((100, 20)).columns
+    printer.result(report.summary(), report_lines(report, tty=tty, width=width))
+
+
+def warn_findings(report: Any, printer: Printer, *, what: str) -> None:
+    """For commands that check what they build: findings as warnings on stderr."""
+    for f in report.findings:
+        if f.severity != "note":
+            printer.warn(f"{what}: {f.id}: {f.path or '-'}: {f.message} (fix: {f.fix})")

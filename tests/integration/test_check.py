@@ -1,0 +1,136 @@
+"""check on real images: ext4 made with mke2fs -d (plain and inside an MBR partition), and
+the bundle of that image (unpacked privately by check itself)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid as uuidlib
+from pathlib import Path
+
+import pytest
+
+from bundler.volume import partition
+from tests.support import roots
+
+MKE2FS = shutil.which("mke2fs") or "/sbin/mke2fs"
+pytestmark = pytest.mark.skipif(not (os.path.exists(MKE2FS) and shutil.which("debugfs")),
+                                reason="needs e2fsprogs (mke2fs, debugfs)")
+ALL_PLANTED = {rule for _, rule in roots.PLANTED.values()}
+
+
+def cli(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bundler", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def mkfs(tree: Path, image: Path, *, size_mib: int = 24, offset: int = 0) -> Path:
+    if not image.exists():
+        with open(image, "wb") as fh:
+            fh.truncate(size_mib * 2**20 + offset)
+    extra = ["-E", f"offset={offset}"] if offset else []
+    subprocess.run([MKE2FS, "-q", "-F", "-t", "ext4", "-d", str(tree), "-U", roots.UUID,
+                    "-L", roots.LABEL, *extra, str(image), f"{size_mib}M"], check=True,
+                   capture_output=True)
+    return image
+
+
+def dirty_tree(base: Path) -> Path:
+    tree = roots.write_clean_root(base, pv=True)
+    roots.write_initramfs(tree, ["drivers/block/xen-blkfront.ko.xz"])
+    for plant, _ in roots.PLANTED.values():
+        plant(tree)
+    return tree
+
+
+def findings(proc: subprocess.CompletedProcess[str]) -> dict[str, dict]:
+    data = json.loads(proc.stdout)
+    return {f["id"]: f for f in data["findings"]}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("check")
+    clean = roots.write_clean_root(d / "clean", pv=True)
+    roots.write_initramfs(clean, ["drivers/block/xen-blkfront.ko.xz"])
+    return {"clean": mkfs(clean, d / "clean.img"),
+            "dirty": mkfs(dirty_tree(d / "dirty"), d / "dirty.img"), "dir": d}
+
+
+def test_clean_image_is_clean(images):
+    proc = cli("check", images["clean"], "--public", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["findings"] == [] and data["ok"]
+    assert data["filesystem"] == {"type": "ext4", "uuid": roots.UUID, "label": roots.LABEL}
+
+
+def test_every_planted_problem_in_the_image(images):
+    before = images["dirty"].read_bytes()
+    proc = cli("check", images["dirty"], "--json")
+    assert proc.returncode == 1, proc.stderr
+    found = findings(proc)
+    assert ALL_PLANTED <= set(found), ALL_PLANTED - set(found)
+    assert found["boot.fstab-root"]["severity"] == "error"
+    assert found["share.ssh-host-key"]["path"] == "/etc/ssh/ssh_host_ed25519_key"
+    assert images["dirty"].read_bytes() == before          # read, never written
+
+
+def test_public_makes_sharing_rules_errors_and_the_table(images):
+    proc = cli("check", images["dirty"], "--public")
+    assert proc.returncode == 1
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith("error: share.root-password: /etc/shadow: ") for line in lines)
+    assert "NOT READY" in lines[-1]
+
+
+def test_partitioned_image(images, tmp_path):
+    disk = tmp_path / "disk.img"
+    layout = partition.layout_for("mbr", 26)
+    with open(disk, "wb") as fh:
+        fh.truncate(layout.disk_bytes)
+    mkfs(images["dir"] / "clean", disk, size_mib=25, offset=layout.fs_offset)
+    partition.write_table(disk, layout, disk_id=uuidlib.UUID(roots.UUID))
+    proc = cli("check", disk, "--json", "--only", "boot")
+    data = json.loads(proc.stdout)
+    assert data["disk"]["partition_table"] == "mbr"
+    assert data["filesystem"]["uuid"] == roots.UUID
+    # menu.lst in the first partition is what PV-GRUB boots: no MBR code needed.
+    assert data["findings"] == [], data["findings"]
+
+
+def test_not_a_filesystem(tmp_path):
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(os.urandom(1 << 20))
+    proc = cli("check", junk)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("ami-bundler: error: ")
+    assert "no ext2/3/4 filesystem" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bundle_of_the_image(images, tmp_path):
+    from bundler import keys as keylib
+
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    keylib.keygen(key, cert)
+    for name in ("clean", "dirty"):
+        out = tmp_path / name
+        out.mkdir()
+        proc = cli("bundle-image", "-i", images[name], "-d", out, "-c", cert, "-k", key,
+                   "--ec2cert", cert, "-u", "123456789012", "-r", "x86_64", "-q")
+        assert proc.returncode == 0, proc.stderr
+        work = tmp_path / f"work-{name}"
+        work.mkdir()
+        proc = cli("check", "-m", out / f"{name}.img.manifest.xml", "-k", key, "--json",
+                   "--work-dir", work)
+        if name == "clean":
+            assert proc.returncode == 0 and findings(proc) == {}, proc.stdout + proc.stderr
+        else:
+            assert proc.returncode == 1
+            assert ALL_PLANTED <= set(findings(proc))
+        assert list(work.iterdir()) == []        # the private copy is gone
+    proc = cli("check", "-m", tmp_path / "clean/clean.img.manifest.xml", "-k", cert)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
