@@ -220,46 +220,6 @@ def bundle_and_unbundle(tree: Path, scheme: str, work: Path,
 
 # ------------------------------------------------------------------------------ qemu
 
-def kvm_usable() -> bool:
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
-
-
-def read_menu_lst(image: Path) -> dict[str, str]:
-    """kernel path, initrd path and cmdline of the first entry of /boot/grub/menu.lst."""
-    text = subprocess.run(["debugfs", "-R", "cat /boot/grub/menu.lst", str(image)],
-                          capture_output=True, text=True, check=True).stdout
-    entry: dict[str, str] = {}
-    for line in text.splitlines():
-        words = line.split(None, 1)
-        if not words:
-            continue
-        if words[0] == "title" and "title" in entry:
-            break
-        if words[0] in ("title", "root") and len(words) > 1:
-            entry[words[0]] = words[1].strip()
-        elif words[0] == "kernel" and len(words) > 1:
-            path, _, cmdline = words[1].strip().partition(" ")
-            entry["kernel"], entry["cmdline"] = path, cmdline
-        elif words[0] == "initrd" and len(words) > 1:
-            entry["initrd"] = words[1].strip()
-    if "kernel" not in entry:
-        raise RuntimeError(f"no kernel line in the generated menu.lst:\n{text}")
-    return entry
-
-
-def extract(image: Path, path: str, dest: Path) -> Path:
-    subprocess.run(["debugfs", "-R", f"dump {path} {dest}", str(image)], capture_output=True,
-                   check=True)
-    if not dest.is_file() or dest.stat().st_size == 0:
-        raise RuntimeError(f"cannot extract {path} from the image")
-    return dest
-
-
 @dataclass
 class BootResult:
     scheme: str
@@ -270,62 +230,27 @@ class BootResult:
 
 def boot(image: Path, scheme: str, uuid: str, work: Path, timeout: float,
          accel: str = "tcg") -> BootResult:
+    """Boot through bundler.boottest (what ``ami-bundler boot-test`` runs): mbr/gpt from the
+    disk, none with the kernel and cmdline of the generated menu.lst."""
+    from bundler.boottest import BootConfig, BootTestError, boot_image
+
     serial = work / f"serial-{scheme}.log"
-    qemu = shutil.which("qemu-system-x86_64")
-    if not qemu:
-        sys.exit("qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
-    if accel == "auto":
-        accel = "kvm" if kvm_usable() else "tcg"
-    cmd = [qemu, "-machine", f"pc,accel={accel}", "-m", "1024", "-smp", "1", "-nographic",
-           "-monitor", "none", "-serial", f"file:{serial}", "-no-reboot", "-nic", "none",
-           "-drive", f"file={image},format=raw,if=virtio"]
-    if scheme == "none":
-        menu = read_menu_lst(image)
-        kernel = extract(image, menu["kernel"], work / "vmlinuz")
-        cmd += ["-kernel", str(kernel)]
-        if "initrd" in menu:
-            cmd += ["-initrd", str(extract(image, menu["initrd"], work / "initrd.img"))]
-        # PV-GRUB passes the cmdline to a Xen kernel whose console is hvc0; qemu's is ttyS0.
-        cmdline = re.sub(r"\bconsole=hvc0\b", "console=ttyS0", menu["cmdline"])
-        cmd += ["-append", cmdline]
-        log(f"-P none: -kernel {menu['kernel']} -initrd {menu.get('initrd')} -append {cmdline!r}")
+    config = BootConfig(expect=rf"{MARKER} (\S+)", timeout=timeout, accel=accel,
+                        console_log=serial, work_dir=work)
     log(f"booting -P {scheme} ({accel}) ...")
-    started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    pattern = re.compile(rf"{MARKER} (\S+)")
-    found: str | None = None
     try:
-        while time.monotonic() - started < timeout:
-            try:
-                proc.wait(timeout=0.5)  # the wait is the poll interval: no sleeps
-            except subprocess.TimeoutExpired:
-                pass
-            text = serial.read_text(errors="replace") if serial.exists() else ""
-            m = pattern.search(text)
-            if m:
-                found = m.group(1)
-                break
-            if proc.returncode is not None:
-                break
-        elapsed = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            try:
-                proc.wait(timeout=30)  # the unit powers the guest off after the marker
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    if found is None:
-        tail = "\n".join(serial.read_text(errors="replace").splitlines()[-25:]) \
-            if serial.exists() else ""
-        why = (f"qemu exited ({proc.returncode}): {proc.stderr.read().decode().strip()}"
-               if proc.returncode not in (None, 0, -9) else f"no {MARKER} within {timeout:.0f} s")
-        return BootResult(scheme, False, elapsed, f"{why}; serial log tail:\n{tail}")
+        result = boot_image(image, config)
+    except BootTestError as exc:
+        sys.exit(str(exc))
+    if not result.booted:
+        tail = "\n".join(result.tail)
+        return BootResult(scheme, False, result.seconds,
+                          f"{result.reason}; serial log tail:\n{tail}")
+    found = result.groups[0] if result.groups else None
     if found != uuid:
-        return BootResult(scheme, False, elapsed, f"booted a filesystem with UUID {found}, "
-                                                  f"expected {uuid}")
-    return BootResult(scheme, True, elapsed, f"{MARKER} {found} ({accel})")
+        return BootResult(scheme, False, result.seconds,
+                          f"booted a filesystem with UUID {found}, expected {uuid}")
+    return BootResult(scheme, True, result.seconds, f"{MARKER} {found} ({result.accel})")
 
 
 # ------------------------------------------------------------------------------ main
