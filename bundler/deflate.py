@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from bundler.errors import ArchiveError, UsageError
+from bundler.stagetimes import NULL_TIMES, StageTimes
 
 log = logging.getLogger("bundler.deflate")
 
@@ -303,6 +304,7 @@ class ParallelGzipWriter:
         *,
         workers: int | None = None,
         max_pending: int | None = None,
+        timings: StageTimes = NULL_TIMES,
     ) -> None:
         if workers is None:
             workers = os.cpu_count() or 1
@@ -313,6 +315,7 @@ class ParallelGzipWriter:
         if max_pending < 1:
             raise UsageError(f"max_pending must be at least 1, not {max_pending}")
         self._out = out
+        self._timings = timings
         self._settings = settings
         self._module = _backend_module(settings.backend)
         self._block_size = settings.block_size
@@ -413,8 +416,7 @@ class ParallelGzipWriter:
             self._emit_oldest(final=False)
         block = self._buf
         self._buf = bytearray()  # hand the buffer over: no copy of the block
-        fut = self._executor.submit(_compress_block, self._module, self._settings.level,
-                                    block, self._window, last)
+        fut = self._executor.submit(self._timed_compress, block, self._window, last)
         self._pending.append((fut, len(block)))
         self.blocks += 1
         self.max_in_flight = max(self.max_in_flight, len(self._pending))
@@ -422,6 +424,10 @@ class ParallelGzipWriter:
             self._window = bytes(block[-WINDOW_SIZE:])
         else:  # tiny blocks: the window spans several of them
             self._window = (self._window + block)[-WINDOW_SIZE:]
+
+    def _timed_compress(self, block: bytearray, zdict: bytes, last: bool) -> tuple[bytes, int]:
+        with self._timings.measure("deflate", len(block)):
+            return _compress_block(self._module, self._settings.level, block, zdict, last)
 
     def _emit_done(self) -> None:
         # Pass on whatever has finished at the head of the queue so output

@@ -12,10 +12,12 @@ import errno
 import hashlib
 import logging
 import os
+import queue
 import re
 import secrets
 import shutil
 import stat
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -355,6 +357,7 @@ class DirectorySink:
         self._written: list[Path] = []
         self._committed: list[Path] = []
         self._lock: DestinationLock | None = None
+        self._syncer: _BackgroundSync | None = None
 
     def check_clear(self, name: str) -> None:
         """Fail before any work if the destination already holds a bundle called ``name``
@@ -411,30 +414,38 @@ class DirectorySink:
         path = self._staging / f"part-{part.index}"
         with critical():
             self._written.append(path)  # first: a half-written part is removed by name too
-            self._write_file(path, part.data, sync=False)
+            fd = self._write_file(path, part.data, sync=False, keep_open=self.fsync)
+            if fd >= 0:
+                # Durability is bought in the background while later parts are made; commit
+                # waits for every one of them before the manifest.
+                try:
+                    if self._syncer is None:
+                        self._syncer = _BackgroundSync(self.destination)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._syncer.submit(path, fd)
 
-    def _write_file(self, path: Path, data: bytes, *, sync: bool) -> None:
+    def _write_file(self, path: Path, data: bytes, *, sync: bool, keep_open: bool = False) -> int:
+        """Write ``data`` to a new file; with ``keep_open`` return a read-only descriptor of it
+        (for syncing it later), else -1."""
         try:
             with open(path, "wb") as fh:
                 fh.write(data)
                 if sync:
                     fh.flush()
                     os.fsync(fh.fileno())
+            return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)) if keep_open else -1
         except OSError as exc:
             raise OutputError(f"cannot write {path.name} in {self.destination}: {why_write_failed(exc)}") from exc
 
     def _sync_parts(self) -> None:
-        # Parts are synced once at commit, not as they are cut: the kernel writes them back
-        # meanwhile, and the manifest must not become visible before its parts are durable.
-        for path in self._written:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError as exc:
-                raise OutputError(f"cannot flush {path.name} to disk in {self.destination}: {why_write_failed(exc)}") from exc
+        # Every part was handed to the background syncer as it was written (so the disk
+        # works while later parts are still being made); the manifest must not become
+        # visible before all of them are durable, so wait here for the last one.
+        if self._syncer is not None:
+            syncer, self._syncer = self._syncer, None
+            syncer.finish()
 
     def _remove_old_bundle(self, names: Sequence[str], manifest_name: str) -> None:
         """--force: take the old bundle out, manifest first, before any new file goes in.
@@ -495,6 +506,9 @@ class DirectorySink:
 
     def abort(self) -> None:
         with critical():  # an interrupt waits for the roll-back
+            if self._syncer is not None:
+                self._syncer.abort()
+                self._syncer = None
             # A failed commit must not leave a manifest without parts or parts without a
             # manifest. The manifest goes first so that no instant shows it beside missing parts.
             for path in reversed(self._committed):
@@ -531,6 +545,65 @@ class DirectorySink:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+class _BackgroundSync:
+    """Flushes written parts to disk in a thread of its own, one at a time, in order.
+
+    ``finish`` waits for every submitted part and raises the first failure as OutputError;
+    ``abort`` stops after the current file and closes the rest unsynced. The queue is
+    bounded, so a disk slower than the pipeline holds the part writer back (and bounds the
+    descriptors kept open).
+    """
+
+    DEPTH = 4
+    _END = (None, -1)
+
+    def __init__(self, destination: Path) -> None:
+        self._destination = destination
+        self._queue: queue.Queue[tuple[Path | None, int]] = queue.Queue(self.DEPTH)
+        self._error: OutputError | None = None
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="ami-bundler-fsync", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sync = getattr(os, "fdatasync", os.fsync)
+        while True:
+            path, fd = self._queue.get()
+            if path is None:
+                return
+            try:
+                if self._error is None and not self._stop:
+                    sync(fd)
+            except OSError as exc:
+                self._error = OutputError(
+                    f"cannot flush {path.name} to disk in {self._destination}: {why_write_failed(exc)}")
+            finally:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def submit(self, path: Path, fd: int) -> None:
+        if self._error is not None:
+            os.close(fd)
+            raise self._error
+        self._queue.put((path, fd))
+
+    def finish(self) -> None:
+        self._queue.put(self._END)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        self._stop = True  # the thread closes what is still queued without syncing it
+        try:
+            self._queue.put(self._END, timeout=30)
+        except queue.Full:
+            return  # stuck in one sync (a hung disk): it is a daemon and ends after it
+        self._thread.join(timeout=30)
 
 
 def why_write_failed(exc: OSError) -> str:

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from . import keys as keylib
@@ -38,6 +37,7 @@ from .manifest import Manifest, ParsedManifest, PartEntry, part_names, validate_
 from .parts import MAX_PART_BYTES, PART_SIZE, Part, PartSink, PartSource
 from .progress import NULL_PROGRESS, ProgressListener
 from .source import ImageSource
+from .stagetimes import NULL_TIMES, StageTimes
 from .tarstream import (
     MemberInfo,
     TarReader,
@@ -115,73 +115,141 @@ class BundleResult:
         }
 
 
-class PartCutter:
-    """Cuts the ciphertext into PART_SIZE parts, hashing each as it is cut, and hands them on.
+AES_BLOCK = 16
 
-    One buffer of PART_SIZE is filled in place for every part (no growing and re-allocating),
-    and each part costs exactly one allocation: the bytes handed to the sink.
+
+class PartCutter:
+    """Cuts the ciphertext into PART_SIZE parts and hands them on, in index order.
+
+    The ciphertext lands in a reused part buffer: the encryptor writes into it in place
+    (``space``/``advance``), ``write`` copies into it. A full buffer goes to ``stage`` (a
+    BackgroundStage consuming with :meth:`store`), so hashing the part, copying it into the
+    bytes the sink keeps and storing it run beside encryption; without a stage they run in the
+    writer's thread. Each part costs one allocation: the bytes handed to the sink. The stage's
+    bounded queue bounds the buffers in use (its depth + 2).
     """
 
-    def __init__(self, sink: PartSink, estimate: Callable[[], int] | None = None) -> None:
+    def __init__(self, sink: PartSink, estimate: Callable[[], int] | None = None, *,
+                 timings: StageTimes = NULL_TIMES) -> None:
         self.sink = sink
         self.estimate = estimate
-        self.buffer = bytearray(PART_SIZE)
-        self.fill = 0
-        self.hasher = hashlib.sha1()
+        self.timings = timings
+        self.stage: BackgroundStage | None = None
         self.digests: list[str] = []
         self.sizes: list[int] = []
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._buffer = self._new_buffer()
+        self._fill = 0
+        self._count = 0
 
-    def write(self, data: bytes) -> None:
+    @staticmethod
+    def _new_buffer() -> bytearray:
+        # AES_BLOCK bytes of slack: update_into wants room for a block more than it writes.
+        return bytearray(PART_SIZE + AES_BLOCK)
+
+    @property
+    def room(self) -> int:
+        """Bytes until the current part is full."""
+        return PART_SIZE - self._fill
+
+    def space(self) -> memoryview:
+        """The unfilled rest of the current part buffer (``room`` plus the slack)."""
+        return memoryview(self._buffer)[self._fill:]
+
+    def advance(self, count: int) -> None:
+        """``count`` bytes were written into ``space()``."""
+        self._fill += count
+        if self._fill == PART_SIZE:
+            self._emit()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         while view:
-            take = min(len(view), PART_SIZE - self.fill)
-            piece = view[:take]
-            self.buffer[self.fill:self.fill + take] = piece
-            self.hasher.update(piece)
-            self.fill += take
+            take = min(len(view), PART_SIZE - self._fill)
+            self._buffer[self._fill:self._fill + take] = view[:take]
             view = view[take:]
-            if self.fill == PART_SIZE:
-                self._emit()
+            self.advance(take)
 
     def _emit(self, *, last: bool = False) -> None:
-        if not self.digests:
+        if not self._count:
             # Sinks that must name parts before the count is known (S3) get an estimate.
             expect = getattr(self.sink, "expect_parts", None)
             if expect is not None:
                 expect(1 if last else self.estimate() if self.estimate else 0)
-        with memoryview(self.buffer) as filled:
-            data = bytes(filled[:self.fill])
-        part = Part(len(self.digests), data, self.hasher.hexdigest())
+        item = (self._count, self._buffer, self._fill)
+        self._count += 1
+        self._fill = 0
+        if self.stage is None:
+            self.store(item)
+        else:
+            self.stage.write(item)
+        try:
+            self._buffer = self._free.get_nowait()
+        except queue.Empty:
+            self._buffer = self._new_buffer()
+
+    def store(self, item: tuple[int, bytearray, int]) -> None:
+        """Hash a full buffer's part, give the buffer back and put the part into the sink."""
+        index, buffer, size = item
+        with self.timings.measure("part sha1+copy", size):
+            with memoryview(buffer) as view:
+                data = bytes(view[:size])
+            self._free.put(buffer)
+            part = Part(index, data)
         self.digests.append(part.sha1)
-        self.sizes.append(len(part.data))
-        self.fill = 0
-        self.hasher = hashlib.sha1()
-        self.sink.put_part(part)
+        self.sizes.append(size)
+        with self.timings.measure("put_part", size):
+            self.sink.put_part(part)
 
     def close(self) -> None:
-        if self.fill or not self.digests:
+        if self._fill or not self._count:
             self._emit(last=True)
 
 
 class AesCbcEncryptor:
-    """AES-128-CBC with PKCS#7, exactly what ``openssl enc -aes-128-cbc -K … -iv …`` writes."""
+    """AES-128-CBC with PKCS#7, exactly what ``openssl enc -aes-128-cbc -K … -iv …`` writes.
 
-    def __init__(self, key: bytes, iv: bytes, out: Callable[[bytes], None]) -> None:
+    With a ``cutter`` the ciphertext is written straight into its part buffer (``update_into``,
+    fed exactly what fills a part: no intermediate copy); otherwise it goes to ``out``.
+    """
+
+    def __init__(self, key: bytes, iv: bytes, out: Callable[[bytes], None] | None = None, *,
+                 cutter: PartCutter | None = None) -> None:
+        if (out is None) == (cutter is None):
+            raise ValueError("give the encryptor either out or cutter")
         self._cipher = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-        self._padder = sym_padding.PKCS7(128).padder()
         self._out = out
+        self._cutter = cutter
+        self._held = 0  # input the cipher holds back until a block is complete
         self.bytes_out = 0
 
-    def write(self, data: bytes) -> None:
-        encrypted = self._cipher.update(self._padder.update(data))
-        if encrypted:
-            self.bytes_out += len(encrypted)
-            self._out(encrypted)
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        cutter = self._cutter
+        if cutter is None:
+            encrypted = self._cipher.update(data)
+            self._held = (self._held + len(data)) % AES_BLOCK
+            if encrypted:
+                self.bytes_out += len(encrypted)
+                self._out(encrypted)  # type: ignore[misc]
+            return
+        view = memoryview(data)
+        while view:
+            # The cipher emits whole blocks of held + input: this much input fills the part.
+            take = min(len(view), cutter.room - self._held)
+            written = self._cipher.update_into(view[:take], cutter.space())
+            self._held = self._held + take - written
+            self.bytes_out += written
+            view = view[take:]
+            cutter.advance(written)
 
     def close(self) -> None:
-        final = self._cipher.update(self._padder.finalize()) + self._cipher.finalize()
+        pad = AES_BLOCK - self._held  # PKCS#7: always 1..16 bytes of the pad length
+        final = self._cipher.update(bytes([pad]) * pad) + self._cipher.finalize()
         self.bytes_out += len(final)
-        self._out(final)
+        if self._cutter is not None:
+            self._cutter.write(final)
+        else:
+            self._out(final)  # type: ignore[misc]
 
 
 class BackgroundStage:
@@ -269,7 +337,7 @@ def _preflight_manifest(name: str, options: BundleOptions) -> None:
 
 
 def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: BundleOptions,
-           progress: ProgressListener = NULL_PROGRESS) -> BundleResult:
+           progress: ProgressListener = NULL_PROGRESS, timings: StageTimes = NULL_TIMES) -> BundleResult:
     """Bundle ``source`` into ``sink`` in one pass; the manifest is committed last."""
     started = time.monotonic()
     name = validate_name(options.name)
@@ -291,17 +359,33 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
         consumed = max(1, compressed_blocks * settings.block_size)
         return max(1, math.ceil(tar_size / consumed))
 
-    cutter = PartCutter(sink, estimate_parts)
-    encryptor = AesCbcEncryptor(key, iv, cutter.write)
+    # Left to right, each serial stage on a thread of its own so that they overlap each other
+    # and the parallel deflate: read + dispatch (this thread) → tar SHA-1 (ami-bundler-sha1)
+    # and deflate (pool) → AES into part buffers (ami-bundler-out) → part SHA-1 + store
+    # (ami-bundler-parts). hashlib, zlib/isal and cryptography release the GIL on big buffers.
+    cutter = PartCutter(sink, estimate_parts, timings=timings)
+    encryptor = AesCbcEncryptor(key, iv, cutter=cutter)
 
     def encrypt_block(block: bytes) -> None:
         nonlocal compressed_blocks
         compressed_blocks += 1
-        encryptor.write(block)
+        with timings.measure("aes", len(block)):
+            encryptor.write(block)
 
     tar_hash = hashlib.sha1()
+
+    def hash_block(data: bytes) -> None:
+        with timings.measure("tar sha1", len(data)):
+            tar_hash.update(data)
+
+    started_stages: list[BackgroundStage | ParallelGzipWriter] = []
+
+    def abort_all() -> None:
+        for stage in started_stages:
+            stage.abort()
+        sink.abort()
+
     gzip: ParallelGzipWriter | None = None
-    output: BackgroundStage | None = None
     hashing: BackgroundStage | None = None
     written = 0
 
@@ -311,8 +395,9 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
             # The digest thread reads it later: a source that reuses its buffer must not
             # change what gets hashed (the compressor copies what it is given at once).
             data = bytes(data)
-        hashing.write(data)
-        gzip.write(data)
+        with timings.measure("dispatch", len(data)):
+            hashing.write(data)
+            gzip.write(data)
         written += len(data)
 
     # From begin() on, every way out (an interrupt included) goes through an abort below:
@@ -320,64 +405,66 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
     try:
         _preflight_manifest(name, options)
         sink.begin(name, max_parts)
+        cutter.stage = BackgroundStage(cutter.store, depth=1, name="ami-bundler-parts")
+        started_stages.append(cutter.stage)
         output = BackgroundStage(encrypt_block)
-        gzip = ParallelGzipWriter(output.write, settings, workers=options.workers)
-        # The tar-stream digest is serial work of its own: give it a thread so reading and
-        # dispatching to the compressors never wait for it.
-        hashing = BackgroundStage(tar_hash.update, depth=16, name="ami-bundler-sha1")
+        started_stages.insert(0, output)
+        gzip = ParallelGzipWriter(output.write, settings, workers=options.workers, timings=timings)
+        started_stages.insert(0, gzip)
+        hashing = BackgroundStage(hash_block, depth=16, name="ami-bundler-sha1")
+        started_stages.insert(0, hashing)
     except BaseException:
-        if hashing is not None:
-            hashing.abort()
-        if gzip is not None:
-            gzip.abort()
-        if output is not None:
-            output.abort()
-        sink.abort()
+        abort_all()
         source.close()
         raise
     try:
         progress.start("bundle", stored)
-        emit(member_header(info, regions))
-        for chunk in source.chunks():
-            emit(chunk)
-            progress.advance("bundle", len(chunk))
-        emit(data_padding(stored))
-        emit(end_of_archive(written))
-        if written != tar_size:
-            raise ArchiveError(f"internal error: tar stream is {written} bytes, expected {tar_size}")
-        hashing.close()
-        gzip.close()
-        output.close()
-        encryptor.close()
-        cutter.close()
+        with timings.phase("data"):
+            emit(member_header(info, regions))
+            chunks = iter(source.chunks())
+            while True:
+                with timings.measure("read"):
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                emit(chunk)
+                progress.advance("bundle", len(chunk))
+            emit(data_padding(stored))
+            emit(end_of_archive(written))
+            if written != tar_size:
+                raise ArchiveError(f"internal error: tar stream is {written} bytes, expected {tar_size}")
+            hashing.close()
+            gzip.close()
+            output.close()
+            encryptor.close()
+            cutter.close()
+            cutter.stage.close()
 
-        names = part_names(name, len(cutter.digests))
-        manifest = Manifest(
-            name=name,
-            user=options.user,
-            digest=tar_hash.hexdigest(),
-            size=source.size,
-            bundled_size=encryptor.bytes_out,
-            ec2_encrypted_key=keylib.wrap(keys.ec2_public_key, key),
-            user_encrypted_key=keylib.wrap(keys.user_public_key, key),
-            ec2_encrypted_iv=keylib.wrap(keys.ec2_public_key, iv),
-            user_encrypted_iv=keylib.wrap(keys.user_public_key, iv),
-            parts=[PartEntry(i, n, d) for i, (n, d) in enumerate(zip(names, cutter.digests, strict=True))],
-            arch=options.arch,
-            kernel_id=options.kernel_id,
-            ramdisk_id=options.ramdisk_id,
-            block_device_mapping=dict(options.block_device_mapping),
-            product_codes=list(options.product_codes),
-            ancestry=list(options.ancestry),
-        )
-        manifest_bytes = keylib.sign_manifest(manifest, keys.signing_key)
-        manifest_name = f"{name}.manifest.xml"
-        sink.commit(names, manifest_name, manifest_bytes)
+        with timings.phase("manifest + commit"):
+            names = part_names(name, len(cutter.digests))
+            manifest = Manifest(
+                name=name,
+                user=options.user,
+                digest=tar_hash.hexdigest(),
+                size=source.size,
+                bundled_size=encryptor.bytes_out,
+                ec2_encrypted_key=keylib.wrap(keys.ec2_public_key, key),
+                user_encrypted_key=keylib.wrap(keys.user_public_key, key),
+                ec2_encrypted_iv=keylib.wrap(keys.ec2_public_key, iv),
+                user_encrypted_iv=keylib.wrap(keys.user_public_key, iv),
+                parts=[PartEntry(i, n, d) for i, (n, d) in enumerate(zip(names, cutter.digests, strict=True))],
+                arch=options.arch,
+                kernel_id=options.kernel_id,
+                ramdisk_id=options.ramdisk_id,
+                block_device_mapping=dict(options.block_device_mapping),
+                product_codes=list(options.product_codes),
+                ancestry=list(options.ancestry),
+            )
+            manifest_bytes = keylib.sign_manifest(manifest, keys.signing_key)
+            manifest_name = f"{name}.manifest.xml"
+            sink.commit(names, manifest_name, manifest_bytes)
     except BaseException:
-        hashing.abort()
-        gzip.abort()
-        output.abort()
-        sink.abort()
+        abort_all()
         raise
     finally:
         progress.finish("bundle")

@@ -6,10 +6,15 @@ Classic bundling is what ec2-bundle-image runs (spec §1.9):
     split -b 10M; sha1sum of every part
 and classic unbundling: cat parts | openssl enc -d | gunzip | tar -x.
 
-Usage: scripts/bench_bundle.py [--corpus /tmp/corpus] [--repeat 3]
+Usage: scripts/bench_bundle.py [--corpus /tmp/corpus] [--repeat 3] [--profile]
 The corpus comes from ../shared/bench/make-corpus.sh (rootfs.img, random-512M.img, zeros-4G.img).
 Each command runs as its own process; times are the best of --repeat runs (warm page cache),
 peak RSS comes from wait4's rusage of that process.
+
+--profile bundles each image once per level in a child process and prints, per pipeline stage
+and thread, its busy time (wall time inside the stage) and CPU seconds, each thread's CPU, and
+the cores used during the data phase. CPU seconds hardly depend on the load of other processes,
+so they are what to compare on a shared machine; wall times are not.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
 CLI = [sys.executable, "-m", "bundler"]
 
 
@@ -61,6 +67,8 @@ def main() -> int:
     ap.add_argument("--corpus", type=Path, default=Path("/tmp/corpus"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--images", nargs="*", default=["rootfs.img", "random-512M.img", "zeros-4G.img"])
+    ap.add_argument("--levels", nargs="*", default=["default", "fast"])
+    ap.add_argument("--profile", action="store_true", help="per-stage CPU and busy time instead of ratios")
     args = ap.parse_args()
     if not (args.corpus / "rootfs.img").exists():
         raise SystemExit(f"no corpus in {args.corpus}: run sudo bash ../shared/bench/make-corpus.sh {args.corpus}")
@@ -72,6 +80,8 @@ def main() -> int:
         for who in ("user", "ec2"):
             subprocess.run([*CLI, "keygen", "--key", str(keys / f"{who}-key.pem"), "--cert", str(keys / f"{who}-cert.pem")],
                            check=True, capture_output=True)
+        if args.profile:
+            return profile_all(args, keys, work)
         rows = []
         for image_name in args.images:
             image = args.corpus / image_name
@@ -94,7 +104,7 @@ def main() -> int:
                           f"-iv {iv_hex} | gunzip | tar -x -C {classic_out}")
             cu_time, _ = best(args.repeat, classic_un, classic_out, shell=True)
 
-            for level in ("default", "fast"):
+            for level in args.levels:
                 ours_dir = work / f"ours-{level}"
                 ours = [*CLI, "bundle-image", "-i", str(image), "-c", str(keys / "user-cert.pem"),
                         "-k", str(keys / "user-key.pem"), "--ec2cert", str(keys / "ec2-cert.pem"),
@@ -126,6 +136,25 @@ def main() -> int:
                   f"| {r['size_ratio']:.3f} | {r['ours_rss_mib']:.0f} MiB | {unb} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def profile_all(args: argparse.Namespace, keys: Path, work: Path) -> int:
+    from profile_bundle import profile_in_child
+
+    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} "
+          f"on {os.cpu_count()} cores")
+    for image_name in args.images:
+        image = args.corpus / image_name
+        if not image.exists():
+            continue
+        subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)
+        for level in args.levels:
+            out = work / f"profile-{level}"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            print()
+            print(profile_in_child(image, level, keys, out))
     return 0
 
 

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Profile one bundle-image run: per-stage busy time and CPU seconds, per-thread CPU, cores used.
+
+    python scripts/profile_bundle.py IMAGE LEVEL KEYDIR OUTDIR     (prints JSON)
+
+Used by ``scripts/bench_bundle.py --profile``, which runs it in a child process per image and
+level and prints the table. Stage totals come from the pipeline's own ``StageTimes`` hooks;
+per-thread CPU from sampling /proc/self/task (Linux) every 5 ms while the bundle runs, so a
+thread's CPU is counted even where no stage measures it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+STARTED = time.perf_counter()
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+class ThreadSampler(threading.Thread):
+    """CPU seconds of every thread of this process, by thread name (pool threads merged)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True, name="profile-sampler")
+        self.cpu: dict[int, float] = {}
+        self.names: dict[int, str] = {}
+        self.halt = threading.Event()
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def sample(self) -> None:
+        for thread in threading.enumerate():
+            if thread.native_id is not None:
+                self.names[thread.native_id] = thread.name
+        try:
+            tids = os.listdir("/proc/self/task")
+        except OSError:
+            return
+        for tid in tids:
+            try:
+                with open(f"/proc/self/task/{tid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the thread just ended; its last sample stands
+            self.cpu[int(tid)] = (int(fields[11]) + int(fields[12])) / self.tick
+
+    def run(self) -> None:
+        while not self.halt.wait(0.005):
+            self.sample()
+
+    def by_name(self) -> dict[str, float]:
+        merged: dict[str, float] = {}
+        for tid, cpu in self.cpu.items():
+            name = self.names.get(tid, f"tid {tid}")
+            if "_" in name and name.rsplit("_", 1)[1].isdigit():
+                name = name.rsplit("_", 1)[0] + "_*"  # a pool's threads together
+            merged[name] = merged.get(name, 0.0) + cpu
+        return dict(sorted(merged.items(), key=lambda kv: -kv[1]))
+
+
+def profile(image: Path, level: str, keys: Path, out: Path) -> dict:
+    imported = time.perf_counter()
+    from bundler.parts import DirectorySink
+    from bundler.pipeline import BundleKeys, BundleOptions, bundle
+    from bundler.source import open_image
+    from bundler.stagetimes import StageTimes
+
+    import_s = time.perf_counter() - imported
+    bundle_keys = BundleKeys.load(keys / "user-cert.pem", keys / "user-key.pem", keys / "ec2-cert.pem")
+    sampler = ThreadSampler()
+    sampler.start()
+    times = StageTimes()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    with times.phase("scan (open_image)"):
+        source = open_image(image, name="b")
+    result = bundle(source, DirectorySink(out), bundle_keys,
+                    BundleOptions(name="b", user="123456789012", compression=level), timings=times)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    sampler.halt.set()
+    sampler.join()
+    sampler.sample()
+    return {
+        "image": str(image), "level": level, "bundled_bytes": result.bundled_size,
+        "import_s": import_s, "startup_cpu_s": before.ru_utime + before.ru_stime,
+        "user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime,
+        "minor_faults": after.ru_minflt - before.ru_minflt, "peak_rss_mib": after.ru_maxrss / 1024,
+        "phases": [{"name": p.name, "wall": p.wall, "cpu": p.cpu, "cores": p.cores} for p in times.phases],
+        "stages": [{"stage": t.stage, "thread": t.thread, "calls": t.calls, "busy": t.busy, "cpu": t.cpu,
+                    "mib": t.nbytes / 2**20} for t in times.totals()],
+        "threads": sampler.by_name(),
+        "process_s": time.perf_counter() - STARTED,
+    }
+
+
+def profile_in_child(image: Path, level: str, keys: Path, out: Path) -> str:
+    """Run this script for one image and level in a fresh interpreter; the report as text."""
+    proc = subprocess.run([sys.executable, __file__, str(image), level, str(keys), str(out)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"profiling {image} at {level} failed:\n{proc.stderr}")
+    return render(json.loads(proc.stdout))
+
+
+def render(report: dict) -> str:
+    lines = [f"{Path(report['image']).name} at --compression {report['level']}: "
+             f"{report['bundled_bytes'] / 2**20:.1f} MiB bundle, peak RSS {report['peak_rss_mib']:.0f} MiB, "
+             f"{report['minor_faults']} minor faults; imports {report['import_s'] * 1000:.0f} ms"]
+    lines.append(f"  {'phase':28s} {'wall s':>8s} {'CPU s':>8s} {'cores':>6s}")
+    for phase in report["phases"]:
+        lines.append(f"  {phase['name']:28s} {phase['wall']:8.3f} {phase['cpu']:8.3f} {phase['cores']:6.2f}")
+    data = next((p for p in report["phases"] if p["name"] == "data"), None)
+    lines.append(f"  {'stage':16s} {'thread':22s} {'calls':>6s} {'MiB':>7s} {'busy s':>7s} {'CPU s':>7s}"
+                 + ("  busy/data wall" if data else ""))
+    for stage in report["stages"]:
+        share = f"  {stage['busy'] / data['wall']:6.0%}" if data and data["wall"] > 0 else ""
+        lines.append(f"  {stage['stage']:16s} {stage['thread']:22s} {stage['calls']:6d} {stage['mib']:7.1f} "
+                     f"{stage['busy']:7.3f} {stage['cpu']:7.3f}{share}")
+    lines.append("  CPU s by thread (from /proc): " + ", ".join(
+        f"{name} {cpu:.2f}" for name, cpu in report["threads"].items() if cpu >= 0.005))
+    lines.append(f"  process: user {report['user_s']:.2f} s + sys {report['sys_s']:.2f} s after start-up "
+                 f"(start-up and key loading {report['startup_cpu_s']:.2f} CPU-s)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    image, level, keys, out = sys.argv[1:5]
+    print(json.dumps(profile(Path(image), level, Path(keys), Path(out))))

@@ -1,0 +1,193 @@
+"""The bundling pipeline's stages as arranged for speed: AES written straight into part buffers,
+parts hashed and stored in a thread of their own, part durability in the background (and still
+before the manifest), and the stage timings the profile prints."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+
+import pytest
+
+from bundler import parts as parts_module
+from bundler import pipeline
+from bundler.errors import OutputError
+from bundler.parts import DirectorySink, Part
+from bundler.pipeline import AesCbcEncryptor, BackgroundStage, PartCutter
+from bundler.stagetimes import NULL_TIMES, StageTimes
+
+KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
+IV = bytes.fromhex("0102030405060708090a0b0c0d0e0f10")
+SMALL_PART = 4096
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.parts: list[Part] = []
+        self.threads: set[str] = set()
+
+    def put_part(self, part: Part) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.parts.append(part)
+
+
+def reference_ciphertext(data: bytes) -> bytes:
+    out: list[bytes] = []
+    enc = AesCbcEncryptor(KEY, IV, out.append)
+    enc.write(data)
+    enc.close()
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("total", [0, 1, 15, 16, SMALL_PART - 16, SMALL_PART - 1, SMALL_PART,
+                                   3 * SMALL_PART + 7])
+@pytest.mark.parametrize("threaded", [False, True])
+def test_aes_into_part_buffers_is_the_same_ciphertext_cut_exactly(monkeypatch, total, threaded):
+    monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
+    data = os.urandom(total)
+    sink = RecordingSink()
+    cutter = PartCutter(sink)
+    if threaded:
+        cutter.stage = BackgroundStage(cutter.store, depth=1, name="ami-bundler-parts")
+    enc = AesCbcEncryptor(KEY, IV, cutter=cutter)
+    pos = 0
+    for step in (1, 15, 17, 1000, 5000, 333):  # pieces that straddle blocks and parts
+        enc.write(data[pos:pos + step])
+        pos += step
+    enc.write(data[pos:])
+    enc.close()
+    cutter.close()
+    if cutter.stage is not None:
+        cutter.stage.close()
+    expected = reference_ciphertext(data)
+    assert b"".join(p.data for p in sink.parts) == expected
+    assert enc.bytes_out == len(expected)
+    assert [len(p.data) for p in sink.parts[:-1]] == [SMALL_PART] * (len(sink.parts) - 1)
+    assert 0 < len(sink.parts[-1].data) <= SMALL_PART
+    assert [p.index for p in sink.parts] == list(range(len(sink.parts)))
+    assert cutter.digests == [hashlib.sha1(p.data).hexdigest() for p in sink.parts]
+    assert cutter.sizes == [len(p.data) for p in sink.parts]
+    assert all(isinstance(p.data, bytes) for p in sink.parts)  # sinks may keep them
+    assert sink.threads == ({"ami-bundler-parts"} if threaded else {threading.current_thread().name})
+
+
+def test_a_failing_part_store_surfaces_in_the_encrypting_thread(monkeypatch):
+    monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
+
+    class FullDisk(RecordingSink):
+        def put_part(self, part: Part) -> None:
+            raise OSError("no space left on the device")
+
+    cutter = PartCutter(FullDisk())
+    cutter.stage = BackgroundStage(cutter.store, depth=1, name="ami-bundler-parts")
+    enc = AesCbcEncryptor(KEY, IV, cutter=cutter)
+    with pytest.raises(OSError, match="no space"):
+        for _ in range(50):
+            enc.write(os.urandom(SMALL_PART))
+        cutter.stage.close()
+    cutter.stage.abort()
+
+
+def test_encryptor_needs_exactly_one_destination():
+    with pytest.raises(ValueError):
+        AesCbcEncryptor(KEY, IV)
+    with pytest.raises(ValueError):
+        AesCbcEncryptor(KEY, IV, [].append, cutter=PartCutter(RecordingSink()))
+
+
+# --------------------------------------------------------------------------- durability
+
+
+def _bundle_into(sink: DirectorySink, count: int) -> None:
+    sink.begin("img", count)
+    for i in range(count):
+        sink.put_part(Part(i, os.urandom(1000)))
+    sink.commit([f"img.part.{i}" for i in range(count)], "img.manifest.xml", b"<manifest/>")
+
+
+def test_the_manifest_is_written_only_after_every_part_was_synced(tmp_path, monkeypatch):
+    events: list[str] = []
+    real_sync = getattr(os, "fdatasync", os.fsync)
+    gate = threading.Event()
+
+    def slow_sync(fd: int) -> None:
+        gate.wait(5)  # the disk is slow: syncing lags behind the writer
+        events.append(f"sync {os.readlink(f'/proc/self/fd/{fd}').rsplit('/', 1)[1]}")
+        real_sync(fd)
+
+    real_write = DirectorySink._write_file
+
+    def recording_write(self, path, data, *, sync, keep_open=False):
+        events.append(f"write {path.name}")
+        if path.name == "manifest":
+            assert sync
+        return real_write(self, path, data, sync=sync, keep_open=keep_open)
+
+    monkeypatch.setattr(os, "fdatasync", slow_sync, raising=False)
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_sync(fd))[1])
+    monkeypatch.setattr(DirectorySink, "_write_file", recording_write)
+    sink = DirectorySink(tmp_path)
+    sink.begin("img", 3)
+    for i in range(3):
+        sink.put_part(Part(i, os.urandom(1000)))
+    assert events == ["write part-0", "write part-1", "write part-2"]  # none synced yet
+    gate.set()
+    sink.commit([f"img.part.{i}" for i in range(3)], "img.manifest.xml", b"<manifest/>")
+    assert events[3:6] == ["sync part-0", "sync part-1", "sync part-2"]
+    assert events.index("write manifest") > events.index("sync part-2")
+    assert (tmp_path / "img.manifest.xml").read_bytes() == b"<manifest/>"
+    assert not [t for t in threading.enumerate() if t.name == "ami-bundler-fsync"]
+
+
+def test_a_part_that_cannot_be_synced_fails_the_commit_before_any_manifest(tmp_path, monkeypatch):
+    def failing_sync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_sync, raising=False)
+    monkeypatch.setattr(os, "fsync", failing_sync)
+    sink = DirectorySink(tmp_path)
+    with pytest.raises(OutputError, match="cannot flush part-0 to disk"):
+        _bundle_into(sink, 2)
+    sink.abort()
+    assert sorted(os.listdir(tmp_path)) == []  # no manifest, no parts, no staging, no lock
+    assert not [t for t in threading.enumerate() if t.name == "ami-bundler-fsync"]
+
+
+def test_without_fsync_no_sync_thread_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(parts_module, "_BackgroundSync", None)  # would fail if used
+    _bundle_into(DirectorySink(tmp_path, fsync=False), 2)
+    assert (tmp_path / "img.manifest.xml").exists()
+
+
+# --------------------------------------------------------------------------- timings
+
+
+def test_stage_times_add_up_per_stage_and_thread():
+    times = StageTimes()
+
+    def work(stage: str) -> None:
+        with times.measure(stage, 10):
+            hashlib.sha1(bytes(1 << 20)).digest()
+
+    with times.phase("all"):
+        work("a")
+        thread = threading.Thread(target=work, args=("a",), name="other")
+        thread.start()
+        thread.join()
+        work("b")
+    rows = {(t.stage, t.thread): t for t in times.totals()}
+    assert set(rows) == {("a", threading.current_thread().name), ("a", "other"),
+                         ("b", threading.current_thread().name)}
+    assert all(t.calls == 1 and t.nbytes == 10 and t.busy > 0 for t in rows.values())
+    merged = times.by_stage()
+    assert merged["a"].calls == 2 and merged["a"].thread == "2 thread(s)"
+    [phase] = times.phases
+    assert phase.name == "all" and phase.wall >= sum(t.busy for t in rows.values()) * 0.5
+    assert phase.cpu > 0 and phase.cores > 0
+
+
+def test_null_times_record_nothing():
+    with NULL_TIMES.measure("x", 5), NULL_TIMES.phase("y"):
+        pass
+    assert NULL_TIMES.totals() == [] and NULL_TIMES.phases == []
