@@ -89,6 +89,13 @@ class ImageError(BundlerError):
     code = "image"
 
 
+class ImageFormatError(ImageError):
+    """A virtual-disk or compressed image is malformed, hostile or uses an unsupported feature;
+    the message names the format, the structure and its offset in the file."""
+
+    code = "image-format"
+
+
 class OutputError(BundlerError):
     """The destination cannot be written (missing directory, disk full, exists already)."""
 

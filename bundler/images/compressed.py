@@ -1,0 +1,246 @@
+"""Compressed raw images (gzip, xz, zstd, bzip2) as streamed ImageSources.
+
+A stream has no allocation map and its size is recorded only by some formats, while the tar
+header (size and sparse map) must be written before the data. So:
+
+* size known (``--image-size``, the xz index, a zstd frame header): one pass, and the image
+  is stored densely (zeros included), like ``-i -``;
+* size unknown (gzip, whose ISIZE is modulo 4 GiB; bzip2; zstd without a content size): one
+  extra decompression pass learns the size and where the zero runs are, and the second pass
+  stores only the data, sparsely, as for a raw file. The cost is one more decompression.
+
+Nothing is written to disk either way, and memory is one read buffer plus the region list.
+"""
+
+from __future__ import annotations
+
+import bz2
+import io
+import logging
+import lzma
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import ImageError
+from ..source import MAX_IMAGE_SIZE, READ_SIZE, ZERO_GRANULE, check_size
+from .bounded import BoundedFile, fail
+
+log = logging.getLogger("bundler.images")
+
+STREAM_FORMATS = ("gz", "xz", "zst", "bz2")
+_ZEROS = bytes(ZERO_GRANULE)
+
+
+def open_stream(fmt: str, raw: BinaryIO) -> BinaryIO:
+    """A reader of the decompressed bytes of ``raw``."""
+    if fmt == "gz":
+        try:
+            from isal import igzip
+
+            return igzip.IGzipFile(fileobj=raw, mode="rb")  # the fast inflater the bundler uses
+        except ImportError:  # pragma: no cover - isal is a dependency
+            import gzip
+
+            return gzip.GzipFile(fileobj=raw, mode="rb")
+    if fmt == "xz":
+        return lzma.LZMAFile(raw, "rb")
+    if fmt == "bz2":
+        return bz2.BZ2File(raw, "rb")
+    if fmt == "zst":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+    raise ValueError(fmt)
+
+
+def _read(stream: BinaryIO, fmt: str, n: int, where: int) -> bytes:
+    try:
+        return stream.read(n)
+    except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
+        raise fail(fmt, "compressed stream", where, f"corrupt or truncated data ({exc})") from None
+    except Exception as exc:  # zstandard.ZstdError and the like
+        if type(exc).__name__ == "ZstdError":
+            raise fail(fmt, "compressed stream", where, f"corrupt or truncated data ({exc})") from None
+        raise
+
+
+def recorded_size(fmt: str, file: BoundedFile) -> int | None:
+    """The uncompressed size where the format records it reliably, else None."""
+    if fmt == "xz":
+        return _xz_size(file)
+    if fmt == "zst":
+        try:
+            import zstandard
+
+            head = file.read(0, min(file.size, 18), "zstd frame header")
+            size = zstandard.get_frame_parameters(head).content_size
+        except Exception:
+            return None
+        # One frame holding the whole file is what zstd(1) writes for a file; a size that
+        # turns out wrong is caught at the end of the pass.
+        return size if 0 < size < zstandard.CONTENTSIZE_UNKNOWN else None
+    return None
+
+
+def _vli(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    for i in range(9):
+        if pos >= len(data):
+            raise ValueError("truncated")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, pos
+        shift += 7
+        del i
+    raise ValueError("overlong integer")
+
+
+def _xz_size(file: BoundedFile) -> int | None:
+    """Sum of the uncompressed sizes in the xz index of a single-stream file."""
+    if file.size < 24:
+        return None
+    footer = file.read(file.size - 12, 12, "xz stream footer")
+    if footer[10:] != b"YZ":
+        return None  # stream padding or several streams: learn the size by reading
+    backward = (struct.unpack("<I", footer[4:8])[0] + 1) * 4
+    index_at = file.size - 12 - backward
+    if index_at < 12 or backward > 16 << 20:
+        return None
+    index = file.read(index_at, backward, "xz index")
+    try:
+        if index[0] != 0:
+            return None
+        count, pos = _vli(index, 1)
+        total = 0
+        for _ in range(count):
+            _unpadded, pos = _vli(index, pos)
+            size, pos = _vli(index, pos)
+            total += size
+    except (ValueError, IndexError):
+        return None
+    if index_at - 12 < 0 or file.read(0, 6, "xz header") != b"\xfd7zXZ\x00":
+        return None
+    return total or None
+
+
+@dataclass
+class CompressedImageSource:
+    path: Path
+    fmt: str
+    name: str
+    size: int
+    mode: int = 0o644
+    mtime: int = 0
+    sparse: bool = False
+    size_from: str = ""
+    _regions: list[tuple[int, int]] = field(default_factory=list, repr=False)
+
+    def regions(self) -> list[tuple[int, int]] | None:
+        if not self.sparse or self._regions == [(0, self.size)] or self.size < 512:
+            self._regions = [(0, self.size)]
+            return None
+        return self._regions
+
+    def _open(self) -> tuple[BinaryIO, BinaryIO]:
+        try:
+            raw = open(self.path, "rb")  # noqa: SIM115 - closed with the stream
+        except OSError as exc:
+            raise ImageError(f"cannot open image {self.path}: {exc.strerror}") from exc
+        return raw, open_stream(self.fmt, raw)
+
+    def chunks(self) -> Iterator[bytes]:
+        raw, stream = self._open()
+        try:
+            pos = 0
+            for offset, length in self._regions:
+                while pos < offset:  # a hole: decompressed, not stored
+                    data = _read(stream, self.fmt, min(READ_SIZE, offset - pos), raw.tell())
+                    if not data:
+                        break
+                    pos += len(data)
+                end = offset + length
+                while pos < end:
+                    data = _read(stream, self.fmt, min(READ_SIZE, end - pos), raw.tell())
+                    if not data:
+                        raise ImageError(f"{self.path}: the {self.fmt} stream ended after {pos} bytes; "
+                                         f"{self.size_from} said {self.size} (changed while being read?)")
+                    pos += len(data)
+                    yield data
+            while True:
+                more = _read(stream, self.fmt, READ_SIZE, raw.tell())
+                if not more:
+                    break
+                pos += len(more)
+                if pos > self.size:
+                    raise ImageError(f"{self.path}: the {self.fmt} stream holds more than the {self.size} "
+                                     f"bytes {self.size_from} said")
+        finally:
+            stream.close()
+            raw.close()
+
+    def close(self) -> None:
+        pass
+
+
+def scan(path: Path, fmt: str, limit: int | None) -> tuple[int, list[tuple[int, int]]]:
+    """One decompression pass: the size and the non-zero regions (64 KiB granules)."""
+    raw = open(path, "rb")
+    stream = open_stream(fmt, raw)
+    regions: list[tuple[int, int]] = []
+    pos = 0
+    try:
+        while True:
+            data = _read(stream, fmt, READ_SIZE, raw.tell())
+            if not data:
+                break
+            view = memoryview(data)
+            for start in range(0, len(data), ZERO_GRANULE):
+                piece = view[start:start + ZERO_GRANULE]
+                if piece == _ZEROS[:len(piece)]:
+                    continue
+                at = pos + start
+                if regions and regions[-1][0] + regions[-1][1] == at:
+                    regions[-1] = (regions[-1][0], regions[-1][1] + len(piece))
+                else:
+                    regions.append((at, len(piece)))
+            pos += len(data)
+            if limit is not None and pos > limit:
+                raise ImageError(f"image {path} decompresses to over {limit} bytes, over EC2's 10 GiB "
+                                 "instance-store limit (pass --no-size-checks to bundle it anyway)")
+    finally:
+        stream.close()
+        raw.close()
+    return pos, regions
+
+
+def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None = None,
+                    allow_large: bool = False) -> CompressedImageSource:
+    file = BoundedFile(path, fmt)
+    try:
+        recorded = recorded_size(fmt, file)
+        mtime = file.mtime
+        mode = os.fstat(file.fd).st_mode & 0o7777
+    finally:
+        file.close()
+    if image_size is not None or recorded is not None:
+        size = image_size if image_size is not None else recorded
+        size_from = "--image-size" if image_size is not None else f"the {fmt} header"
+        check_size(size, path, allow_large)
+        log.info("%s image %s: %d bytes (from %s), stored densely in one pass", fmt, path, size, size_from)
+        return CompressedImageSource(path, fmt, name, size, mode, mtime, False, size_from, [(0, size)])
+    log.info("%s image %s: size not recorded; one extra decompression pass learns it and its holes",
+             fmt, path)
+    size, regions = scan(path, fmt, None if allow_large else MAX_IMAGE_SIZE)
+    check_size(size, path, allow_large)
+    return CompressedImageSource(path, fmt, name, size, mode, mtime, True, "the first pass", regions)
+
+
+def stdin_source(stream: BinaryIO, fmt: str) -> BinaryIO:
+    """Standard input decompressed on the fly (its size still comes from --image-size)."""
+    return open_stream(fmt, io.BufferedReader(stream) if not hasattr(stream, "peek") else stream)
