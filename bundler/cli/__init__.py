@@ -30,7 +30,7 @@ COMMAND_MODULE = {
     "upload-bundle": "aws", "download-bundle": "aws", "delete-bundle": "aws", "register": "aws",
     "deregister": "aws", "install": "install", "bundle-vol": "vol",
     "migrate-manifest": "regions", "copy-bundle": "regions",
-    "check": "check", "boot-test": "check",
+    "check": "check", "boot-test": "check", "inspect-image": "images",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMAND_MODULE.values()))
 

@@ -13,9 +13,11 @@ from pathlib import Path
 
 from .. import api
 from ..errors import UsageError
+from ..images import FORMATS as IMAGE_FORMATS
+from ..images import open_source, stdin_stream
 from ..manifest import parse_block_device_mapping, parse_product_codes, validate_name
 from ..pipeline import BundleKeys, BundleOptions, BundleResult
-from ..source import ImageSource, StreamImageSource, open_image
+from ..source import ImageSource, StreamImageSource
 from .common import account_id, detect_arch, require
 
 CERT_REGION_HELP = "region whose EC2 certificate wraps the key (default: us-east-1's)"
@@ -28,7 +30,11 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
     """-i/--image and --image-size: a file, or standard input of a stated size."""
     parser.add_argument("-i", "--image", required=True,
                         help="image file, or - for standard input (with --image-size)")
-    parser.add_argument("--image-size", type=int, help="bytes on standard input (required with -i -)")
+    parser.add_argument("--image-size", type=int,
+                        help="bytes on standard input (required with -i -), or the decompressed size "
+                             "of a compressed image that does not record it (saves a read pass)")
+    parser.add_argument("--image-format", choices=IMAGE_FORMATS, metavar="FORMAT",
+                        help=f"{' | '.join(IMAGE_FORMATS)} (default: by content)")
 
 
 def add_cert_region_option(parser: argparse._ActionsContainer) -> None:
@@ -81,17 +87,17 @@ def bundle_options_from_args(args: argparse.Namespace, name: str) -> BundleOptio
 
 
 def image_source_from_args(args: argparse.Namespace) -> ImageSource:
+    fmt = getattr(args, "image_format", None)
     if args.image == "-":
         if args.image_size is None:
             raise UsageError("-i - (standard input) needs --image-size BYTES")
         if not args.prefix:
             raise UsageError("-i - (standard input) needs -p/--prefix to name the bundle")
-        return StreamImageSource(sys.stdin.buffer, args.image_size, validate_name(args.prefix),
-                                 allow_large=args.no_size_checks)
-    if args.image_size is not None:
-        raise UsageError("--image-size only goes with -i - (standard input)")
+        return StreamImageSource(stdin_stream(sys.stdin.buffer, fmt), args.image_size,
+                                 validate_name(args.prefix), allow_large=args.no_size_checks)
     path = Path(args.image)
-    return open_image(path, name=validate_name(args.prefix or path.name), allow_large=args.no_size_checks)
+    return open_source(path, name=args.prefix, fmt=fmt,
+                       image_size=args.image_size, allow_large=args.no_size_checks)
 
 
 def source_and_options(args: argparse.Namespace) -> tuple[ImageSource, BundleOptions]:

@@ -8,15 +8,17 @@ ImageSource the pipeline bundles.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import ImageFormatError, UsageError
+from ..manifest import validate_name
 from ..source import ImageSource, open_image
 from .bounded import BoundedFile
-from .compressed import STREAM_FORMATS, open_compressed
+from .compressed import STREAM_FORMATS, open_compressed, open_stream
 from .detect import FORMATS, detect
 from .disk import DiskImageSource, VirtualDisk
 
-__all__ = ["FORMATS", "open_disk", "open_source", "probe_format"]
+__all__ = ["FORMATS", "open_disk", "open_source", "probe_format", "stdin_stream"]
 
 
 def probe_format(path: Path, fmt: str | None = None) -> str:
@@ -68,11 +70,26 @@ def open_disk(path: Path, fmt: str) -> VirtualDisk:
     raise ValueError(fmt)
 
 
-def open_source(path: Path | str, *, name: str, fmt: str | None = None, image_size: int | None = None,
+SUFFIXES = {"qcow2": (".qcow2", ".qcow"), "vmdk": (".vmdk",), "vhd": (".vhd", ".vpc"), "vhdx": (".vhdx",),
+            "gz": (".gz",), "xz": (".xz",), "zst": (".zst", ".zstd"), "bz2": (".bz2",)}
+
+
+def default_name(path: Path, fmt: str) -> str:
+    """The bundle's default name: the file name without the container's suffix, since the
+    bundle holds the raw disk (debian-12.qcow2 → debian-12, disk.raw.xz → disk.raw)."""
+    name = path.name
+    for suffix in SUFFIXES.get(fmt, ()):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def open_source(path: Path | str, *, name: str | None = None, fmt: str | None = None, image_size: int | None = None,
                 allow_large: bool = False) -> ImageSource:
     """An ImageSource for any supported image file, by content unless ``fmt`` says."""
     path = Path(path)
     fmt = probe_format(path, fmt)
+    name = validate_name(name or default_name(path, fmt))
     if image_size is not None and fmt not in STREAM_FORMATS:
         raise UsageError(f"--image-size only goes with -i - or a compressed image; a {fmt} image "
                          "records its size")
@@ -81,3 +98,14 @@ def open_source(path: Path | str, *, name: str, fmt: str | None = None, image_si
     if fmt in STREAM_FORMATS:
         return open_compressed(path, fmt, name=name, image_size=image_size, allow_large=allow_large)
     return DiskImageSource.open(open_disk(path, fmt), name, allow_large=allow_large)
+
+
+def stdin_stream(stream: BinaryIO, fmt: str | None) -> BinaryIO:
+    """Standard input as the image's bytes: raw, or decompressed on the fly for a compressed
+    format (its size still comes from --image-size; nothing is detected on a pipe)."""
+    if fmt in (None, "raw"):
+        return stream
+    if fmt not in STREAM_FORMATS:
+        raise UsageError(f"a {fmt} image cannot be read from standard input (its tables need random "
+                         "access): give its path")
+    return open_stream(fmt, stream)

@@ -9,6 +9,7 @@ read, and a failure is one ImageFormatError naming the format, the structure and
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from ..errors import ImageError, ImageFormatError
@@ -45,11 +46,19 @@ class BoundedFile:
                 raise ImageError(f"cannot open image {self.path}: {exc.strerror}") from exc
         self.fd = fd
         try:
+            st = os.fstat(fd)
             self.size = os.lseek(fd, 0, os.SEEK_END)
-            self.mtime = int(os.fstat(fd).st_mtime)
+            self.mtime = int(st.st_mtime)
         except OSError as exc:
             self.close()
             raise ImageError(f"cannot read image {self.path}: {exc.strerror}") from exc
+        if stat.S_ISDIR(st.st_mode):
+            self.close()
+            raise ImageError(f"image {self.path} is a directory: use bundle-vol for a root filesystem tree")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            self.close()
+            raise ImageError(f"image {self.path} is not a regular file or block device: use -i - with "
+                             "--image-size for a stream")
 
     def fail(self, structure: str, offset: int, problem: str) -> ImageFormatError:
         return fail(self.fmt, structure, offset, problem)

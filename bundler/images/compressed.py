@@ -15,7 +15,6 @@ Nothing is written to disk either way, and memory is one read buffer plus the re
 from __future__ import annotations
 
 import bz2
-import io
 import logging
 import lzma
 import os
@@ -32,6 +31,7 @@ from .bounded import BoundedFile, fail
 log = logging.getLogger("bundler.images")
 
 STREAM_FORMATS = ("gz", "xz", "zst", "bz2")
+RECORDED_IN = {"xz": "the xz index", "zst": "the zstd frame header"}
 _ZEROS = bytes(ZERO_GRANULE)
 
 
@@ -230,7 +230,7 @@ def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None =
         file.close()
     if image_size is not None or recorded is not None:
         size = image_size if image_size is not None else recorded
-        size_from = "--image-size" if image_size is not None else f"the {fmt} header"
+        size_from = "--image-size" if image_size is not None else RECORDED_IN[fmt]
         check_size(size, path, allow_large)
         log.info("%s image %s: %d bytes (from %s), stored densely in one pass", fmt, path, size, size_from)
         return CompressedImageSource(path, fmt, name, size, mode, mtime, False, size_from, [(0, size)])
@@ -239,8 +239,3 @@ def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None =
     size, regions = scan(path, fmt, None if allow_large else MAX_IMAGE_SIZE)
     check_size(size, path, allow_large)
     return CompressedImageSource(path, fmt, name, size, mode, mtime, True, "the first pass", regions)
-
-
-def stdin_source(stream: BinaryIO, fmt: str) -> BinaryIO:
-    """Standard input decompressed on the fly (its size still comes from --image-size)."""
-    return open_stream(fmt, io.BufferedReader(stream) if not hasattr(stream, "peek") else stream)

@@ -155,6 +155,9 @@ class Qcow2Disk(VirtualDisk):
                     self.file.check(block.host, min(cluster, self.virtual_size - index * cluster),
                                     f"data cluster {index}")
                     ranges.add(block.host, cluster, "data")
+                elif block.kind != 0:
+                    # Packed compressed clusters may share a sector, never a start.
+                    ranges.add(block.host, 1, f"compressed cluster {index}")
                 if block.kind != 0:
                     yield index, block
         ranges.check()
