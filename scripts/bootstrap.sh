@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv in the repository root and install ami-bundler with its test extras, plus the
-# system tools the tests and the demo use (GNU tar, gzip, openssl, e2fsprogs, sfdisk).
+# system tools the tests and the demo use (GNU tar, gzip, openssl, e2fsprogs, sfdisk, qemu-img
+# and the xz/zstd/bzip2 compressors that make the image-format test inputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +9,7 @@ need=()
 # GRUB 2 for BIOS (boot.img, core modules) lets the bootloader tests run instead of skipping.
 [ -d /usr/lib/grub/i386-pc ] || need+=(grub-pc-bin grub2-common)
 for tool in tar:tar gzip:gzip openssl:openssl mke2fs:e2fsprogs debugfs:e2fsprogs sfdisk:fdisk \
-            grub-mkimage:grub-common; do
+            grub-mkimage:grub-common qemu-img:qemu-utils xz:xz-utils zstd:zstd bzip2:bzip2; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -5,6 +5,8 @@
     .venv/bin/python scripts/fuzz.py stream --seconds 60      # DecryptedStream + TarReader, and
                                                               # pipeline.unbundle with a fake PartSource
     .venv/bin/python scripts/fuzz.py unbundle --seconds 60    # only the latter
+    .venv/bin/python scripts/fuzz.py qcow2 --seconds 60       # an image reader: qcow2, vmdk, vhd,
+                                                              # vhdx, compressed (seeds: qemu-img)
 
 Every input must end in a BundlerError with a one-line message, or in a verified result
 (tests/reliability/harness.py states the contract); anything else is a crash that libFuzzer
@@ -29,9 +31,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+IMAGE_TARGETS = ("qcow2", "vmdk", "vhd", "vhdx", "compressed")
+
 
 def seeds(target: str) -> list[bytes]:
     """Valid inputs to start from: a signed manifest, tar streams (plain and sparse)."""
+    if target in IMAGE_TARGETS:
+        from tests.reliability.image_harness import seeds as image_seeds
+
+        return list(image_seeds(target))
     from bundler import keys as keylib
     from bundler.manifest import Manifest, PartEntry, part_names
     from bundler.tarstream import MemberInfo, data_padding, end_of_archive, member_header
@@ -61,6 +69,11 @@ def seeds(target: str) -> list[bytes]:
 def target_function(target: str):
     from tests.reliability import harness
 
+    if target in IMAGE_TARGETS:
+        from tests.reliability.image_harness import check_image
+
+        return lambda data: check_image(data, target)
+
     if target == "stream":
         def stream(data: bytes) -> str:
             # byte 0 % 4 == 3: the whole pipeline.unbundle; else a layer of the stream reader.
@@ -77,6 +90,11 @@ def run_atheris(target: str, seconds: int, rss_mb: int, corpus: Path) -> int:
     # Instrument before anything imports bundler (seeds() does), or there is no coverage.
     with atheris.instrument_imports(include=["bundler"]):
         import bundler.deflate  # noqa: F401
+        import bundler.images.compressed  # noqa: F401
+        import bundler.images.qcow2  # noqa: F401
+        import bundler.images.vhd  # noqa: F401
+        import bundler.images.vhdx  # noqa: F401
+        import bundler.images.vmdk  # noqa: F401
         import bundler.manifest  # noqa: F401
         import bundler.pipeline  # noqa: F401
         import bundler.tarstream  # noqa: F401
@@ -150,7 +168,7 @@ def main() -> int:
     # every input; that is not what a fuzz run is about.
     logging.disable(logging.CRITICAL)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("target", choices=["manifest", "stream", "unbundle"])
+    parser.add_argument("target", choices=["manifest", "stream", "unbundle", *IMAGE_TARGETS])
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--engine", choices=["atheris", "random"], default=None,
                         help="default: atheris when installed, else random")

@@ -19,6 +19,7 @@ import logging
 import lzma
 import os
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,15 +58,32 @@ def open_stream(fmt: str, raw: BinaryIO) -> BinaryIO:
     raise ValueError(fmt)
 
 
+def _stream_errors() -> tuple[type[BaseException], ...]:
+    """What the decompressors raise on corrupt or truncated input."""
+    errors: list[type[BaseException]] = [OSError, EOFError, lzma.LZMAError, ValueError, zlib.error]
+    try:
+        from isal import isal_zlib
+
+        errors.append(isal_zlib.error)
+    except ImportError:  # pragma: no cover
+        pass
+    import zstandard
+
+    errors.append(zstandard.ZstdError)
+    return tuple(errors)
+
+
+_ERRORS: tuple[type[BaseException], ...] = ()
+
+
 def _read(stream: BinaryIO, fmt: str, n: int, where: int) -> bytes:
+    global _ERRORS
+    if not _ERRORS:
+        _ERRORS = _stream_errors()
     try:
         return stream.read(n)
-    except (OSError, EOFError, lzma.LZMAError, ValueError) as exc:
+    except _ERRORS as exc:
         raise fail(fmt, "compressed stream", where, f"corrupt or truncated data ({exc})") from None
-    except Exception as exc:  # zstandard.ZstdError and the like
-        if type(exc).__name__ == "ZstdError":
-            raise fail(fmt, "compressed stream", where, f"corrupt or truncated data ({exc})") from None
-        raise
 
 
 def recorded_size(fmt: str, file: BoundedFile) -> int | None:
