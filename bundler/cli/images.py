@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", type=Path, help="image file")
     p.add_argument("--image-format", choices=FORMATS, metavar="FORMAT",
                    help=f"{' | '.join(FORMATS)} (default: by content)")
+    p.add_argument("--allow-backing-file", action="store_true",
+                   help="read a qcow2 image's backing files (only from the image's directory)")
     p.set_defaults(func=run_inspect_image)
 
 
@@ -34,7 +36,7 @@ def _fs(fs) -> str:
 def run_inspect_image(args: argparse.Namespace, printer: Printer) -> int:
     from ..images.inspect import inspect_image
 
-    report = inspect_image(args.image, args.image_format)
+    report = inspect_image(args.image, args.image_format, allow_backing=args.allow_backing_file)
     details = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.details.items())
     human = [
         f"Image         {report.path}",

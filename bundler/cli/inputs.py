@@ -35,6 +35,8 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
                              "of a compressed image that does not record it (saves a read pass)")
     parser.add_argument("--image-format", choices=IMAGE_FORMATS, metavar="FORMAT",
                         help=f"{' | '.join(IMAGE_FORMATS)} (default: by content)")
+    parser.add_argument("--allow-backing-file", action="store_true",
+                        help="read a qcow2 image's backing files (only from the image's directory)")
 
 
 def add_cert_region_option(parser: argparse._ActionsContainer) -> None:
@@ -97,7 +99,8 @@ def image_source_from_args(args: argparse.Namespace) -> ImageSource:
                                  validate_name(args.prefix), allow_large=args.no_size_checks)
     path = Path(args.image)
     return open_source(path, name=args.prefix, fmt=fmt,
-                       image_size=args.image_size, allow_large=args.no_size_checks)
+                       image_size=args.image_size, allow_large=args.no_size_checks,
+                       allow_backing=getattr(args, "allow_backing_file", False))
 
 
 def source_and_options(args: argparse.Namespace) -> tuple[ImageSource, BundleOptions]:

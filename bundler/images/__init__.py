@@ -40,14 +40,14 @@ def probe_format(path: Path, fmt: str | None = None) -> str:
     return found
 
 
-def open_disk(path: Path, fmt: str) -> VirtualDisk:
+def open_disk(path: Path, fmt: str, *, allow_backing: bool = False) -> VirtualDisk:
     """The VirtualDisk reader for a virtual-disk format."""
     file = BoundedFile(path, fmt)
     try:
         if fmt == "qcow2":
             from .qcow2 import Qcow2Disk
 
-            return Qcow2Disk(file)
+            return Qcow2Disk(file, allow_backing=allow_backing)
         if fmt == "vmdk":
             from .vmdk import DESCRIPTOR_MAGIC, VmdkDescriptorDisk, VmdkSparseDisk
 
@@ -85,8 +85,9 @@ def default_name(path: Path, fmt: str) -> str:
 
 
 def open_source(path: Path | str, *, name: str | None = None, fmt: str | None = None, image_size: int | None = None,
-                allow_large: bool = False) -> ImageSource:
-    """An ImageSource for any supported image file, by content unless ``fmt`` says."""
+                allow_large: bool = False, allow_backing: bool = False) -> ImageSource:
+    """An ImageSource for any supported image file, by content unless ``fmt`` says.
+    ``allow_backing`` reads a qcow2 image's backing files (only from the image's directory)."""
     path = Path(path)
     fmt = probe_format(path, fmt)
     name = validate_name(name or default_name(path, fmt))
@@ -97,7 +98,8 @@ def open_source(path: Path | str, *, name: str | None = None, fmt: str | None = 
         return open_image(path, name=name, allow_large=allow_large)
     if fmt in STREAM_FORMATS:
         return open_compressed(path, fmt, name=name, image_size=image_size, allow_large=allow_large)
-    return DiskImageSource.open(open_disk(path, fmt), name, allow_large=allow_large)
+    return DiskImageSource.open(open_disk(path, fmt, allow_backing=allow_backing), name,
+                                allow_large=allow_large)
 
 
 def stdin_stream(stream: BinaryIO, fmt: str | None) -> BinaryIO:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..source import READ_SIZE, ZERO_GRANULE, check_size, drop_zero_runs
+from ..source import READ_SIZE, ZERO_GRANULE, check_size, drop_zero_runs, find_data_regions
 from .bounded import BoundedFile
 
 log = logging.getLogger("bundler.images")
 
-HOLE, RAW, DEFLATE, ZLIB, ZSTD = range(5)
+HOLE, RAW, DEFLATE, ZLIB, ZSTD, BACKING = range(6)
 KIND_NAMES = {RAW: "raw", DEFLATE: "deflate", ZLIB: "zlib", ZSTD: "zstd"}
 
 # Contiguous host runs tracked for the overlap check; a sane 10 GiB image has a few thousand.
@@ -93,6 +93,10 @@ class VirtualDisk(ABC):
 
     # ------------------------------------------------------------------ shared reading
 
+    def backing_read(self, offset: int, length: int) -> bytes:
+        """Guest bytes a backing file holds (formats with backing files override this)."""
+        return bytes(length)
+
     _cache_index: int = -1
     _cache_data: bytes = b""
 
@@ -140,6 +144,16 @@ class VirtualDisk(ABC):
         self._cache_index, self._cache_data = index, out
         return out
 
+    def peek_at(self, offset: int, length: int) -> bytes:
+        """Bytes for the zero-run scan. A range touching a compressed block counts as data
+        without inflating it: writers compress only non-zero clusters (qemu-img leaves zero
+        ones unallocated), so a second inflate of every cluster would buy nothing."""
+        bs = self.block_size
+        for index in range(offset // bs, (offset + length - 1) // bs + 1):
+            if self.lookup(index).kind in (DEFLATE, ZLIB, ZSTD):
+                return b"\1"
+        return self.read_at(offset, length)
+
     def read_at(self, offset: int, length: int) -> bytes:
         """Guest bytes [offset, offset+length) clipped to the disk; zeros in holes."""
         end = min(offset + length, self.virtual_size)
@@ -153,6 +167,9 @@ class VirtualDisk(ABC):
             take = min(bs - inner, end - pos)
             if block.kind == HOLE:
                 parts.append(bytes(take))
+            elif block.kind == BACKING:
+                data = self.backing_read(pos, take)
+                parts.append(data + bytes(take - len(data)))
             elif block.kind == RAW:
                 # Host-contiguous raw blocks are read at once.
                 host = block.host + inner
@@ -199,6 +216,39 @@ def _zstd_block(data: bytes, limit: int) -> tuple[bytes, str]:
     return out, ""
 
 
+class RawDisk(VirtualDisk):
+    """A raw file as a VirtualDisk (a qcow2 image's raw backing file): holes by SEEK_HOLE."""
+
+    fmt = "raw"
+    block_size = ZERO_GRANULE
+
+    def __init__(self, file: BoundedFile) -> None:
+        self.file = file
+        self.virtual_size = file.size
+        self.details: dict[str, Any] = {}
+
+    def lookup(self, index: int) -> Block:
+        return Block(RAW, index * self.block_size, self.block_size)
+
+    def mapped(self) -> Iterator[tuple[int, Block]]:  # pragma: no cover - allocated is overridden
+        raise NotImplementedError
+
+    def allocated(self) -> list[tuple[int, int]]:
+        return find_data_regions(self.file.fd, self.file.size)
+
+
+def union(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Two sorted range lists merged into one."""
+    out: list[tuple[int, int]] = []
+    for offset, length in sorted(a + b):
+        if out and offset <= out[-1][0] + out[-1][1]:
+            s = out[-1][0]
+            out[-1] = (s, max(offset + length, s + out[-1][1]) - s)
+        else:
+            out.append((offset, length))
+    return out
+
+
 @dataclass
 class DiskImageSource:
     """An ImageSource over a VirtualDisk: its allocation map (at 64 KiB granules, zero runs
@@ -222,7 +272,7 @@ class DiskImageSource:
             used = sum(n for _, n in allocated)
             regions = coarsen(allocated, disk.virtual_size)
             if zero_runs_as_holes:
-                regions = drop_zero_runs(disk.read_at, regions)
+                regions = drop_zero_runs(disk.peek_at, regions)
         except BaseException:
             disk.close()
             raise

@@ -35,7 +35,7 @@ class ImageReport:
                 "notes": self.notes, **self.layout.to_dict()}
 
 
-def inspect_image(path: Path | str, fmt: str | None = None) -> ImageReport:
+def inspect_image(path: Path | str, fmt: str | None = None, *, allow_backing: bool = False) -> ImageReport:
     path = Path(path)
     fmt = probe_format(path, fmt)
     if fmt in STREAM_FORMATS:
@@ -54,10 +54,10 @@ def inspect_image(path: Path | str, fmt: str | None = None) -> ImageReport:
                                sum(n for _, n in regions), layout)
         finally:
             file.close()
-    disk = open_disk(path, fmt)
+    disk = open_disk(path, fmt, allow_backing=allow_backing)
     try:
         allocated = disk.allocated()
-        regions = drop_zero_runs(disk.read_at, coarsen(allocated, disk.virtual_size))
+        regions = drop_zero_runs(disk.peek_at, coarsen(allocated, disk.virtual_size))
         layout = probe(disk.read_at, disk.virtual_size)
         return ImageReport(str(path), fmt, disk.virtual_size, sum(n for _, n in allocated),
                            sum(n for _, n in regions), layout, dict(disk.details))

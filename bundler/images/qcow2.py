@@ -7,10 +7,23 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from .bounded import BoundedFile
-from .disk import DEFLATE, HOLE_BLOCK, RAW, ZSTD, Block, HostRanges, VirtualDisk
+from .disk import (
+    BACKING,
+    DEFLATE,
+    HOLE,
+    HOLE_BLOCK,
+    RAW,
+    ZSTD,
+    Block,
+    HostRanges,
+    RawDisk,
+    VirtualDisk,
+    union,
+)
 
 MAGIC = b"QFI\xfb"
 OFFSET_MASK = 0x00FFFFFFFFFFFE00
@@ -19,13 +32,17 @@ ZERO = 1
 INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE, INCOMPAT_COMPRESSION, INCOMPAT_EXTL2 = (
     1, 2, 4, 8, 16)
 KNOWN_INCOMPAT = 31
+MAX_CHAIN = 8
+BACKING_BLOCK = Block(BACKING)
 
 
 class Qcow2Disk(VirtualDisk):
     fmt = "qcow2"
 
-    def __init__(self, file: BoundedFile) -> None:
+    def __init__(self, file: BoundedFile, *, allow_backing: bool = False, root: Path | None = None,
+                 chain: tuple[Path, ...] = ()) -> None:
         self.file = file
+        self.backing: VirtualDisk | None = None
         head = file.read(0, 72, "header")
         (magic, version, backing_offset, backing_size, cluster_bits, size, crypt, l1_size,
          l1_offset, _rc_offset, _rc_clusters, snapshots, _snap_offset) = struct.unpack(">4sIQIIQIIQQIIQ", head)
@@ -37,6 +54,7 @@ class Qcow2Disk(VirtualDisk):
             raise file.fail("header", 20, f"cluster_bits {cluster_bits} is outside qcow2's 9..21")
         cluster = 1 << cluster_bits
         compression = "zlib"
+        header_length = 72
         if version == 3:
             ext = file.read(72, 32, "version 3 header")
             incompat, _compat, _autoclear, _refcount_order, header_length = struct.unpack(">QQQII", ext)
@@ -64,12 +82,15 @@ class Qcow2Disk(VirtualDisk):
         if crypt:
             raise file.fail("header", 32, "the image is encrypted (crypt_method "
                             f"{crypt}); decrypt it with qemu-img convert first")
+        backing_name = None
         if backing_offset:
-            name = ""
-            if 0 < backing_size <= 1023:
-                name = file.read(backing_offset, backing_size, "backing file name").decode("utf-8", "replace")
-            raise file.fail("header", 8, f"the image has a backing file {name!r}: its unallocated "
-                            "clusters live there; flatten it with qemu-img convert first")
+            if not 0 < backing_size <= 1023:
+                raise file.fail("header", 16, f"backing file name length {backing_size} is not 1..1023")
+            backing_name = file.read(backing_offset, backing_size, "backing file name").decode("utf-8", "replace")
+            if not allow_backing:
+                raise file.fail("header", 8, f"the image has a backing file {backing_name!r}: its unallocated "
+                                "clusters live there; flatten it with qemu-img convert first, or pass "
+                                "--allow-backing-file to read it (it must be in the image's directory)")
         self.cluster_bits = cluster_bits
         self.block_size = cluster
         self.virtual_size = size
@@ -90,6 +111,63 @@ class Qcow2Disk(VirtualDisk):
         self._l2: tuple[int, ...] = ()
         self.details: dict[str, Any] = {"version": version, "cluster_size": cluster,
                                         "compression_type": compression, "snapshots": snapshots}
+        if backing_name is not None:
+            self.details["backing_file"] = backing_name
+            self.backing = self._open_backing(backing_name, self._backing_format(header_length),
+                                              root or file.path.resolve().parent, chain)
+
+    def _backing_format(self, start: int) -> str | None:
+        """The backing file format header extension, if present."""
+        pos, end = start, min(self.file.size, self.block_size)
+        while pos + 8 <= end:
+            kind, length = struct.unpack(">II", self.file.read(pos, 8, "header extension"))
+            if kind == 0:
+                return None
+            if pos + 8 + length > end:
+                raise self.file.fail("header extension", pos, f"{length} bytes run past the header cluster")
+            if kind == 0xE2792ACA:
+                return self.file.read(pos + 8, length, "backing format extension").decode("ascii", "replace")
+            pos += 8 + length + (-length % 8)
+        return None
+
+    def _open_backing(self, name: str, fmt: str | None, root: Path, chain: tuple[Path, ...]) -> VirtualDisk:
+        path = (self.file.path.parent / name).resolve()
+        where = f"backing file {name!r}"
+        if not path.is_relative_to(root):
+            raise self.file.fail("header", 8, f"{where} is outside the image's directory {root}: refused")
+        if path in chain or path == self.file.path.resolve() or len(chain) >= MAX_CHAIN:
+            raise self.file.fail("header", 8, f"{where} makes a loop or a chain over {MAX_CHAIN} images")
+        from . import probe_format
+
+        fmt = fmt or probe_format(path)
+        if fmt not in ("qcow2", "raw"):
+            raise self.file.fail("header", 8, f"{where} is {fmt}; only qcow2 and raw backing files are read")
+        backing = BoundedFile(path, fmt)
+        try:
+            if fmt == "raw":
+                return RawDisk(backing)
+            return Qcow2Disk(backing, allow_backing=True, root=root,
+                             chain=(*chain, self.file.path.resolve()))
+        except BaseException:
+            backing.close()
+            raise
+
+    def backing_read(self, offset: int, length: int) -> bytes:
+        assert self.backing is not None
+        return self.backing.read_at(offset, length)
+
+    def allocated(self) -> list[tuple[int, int]]:
+        own = super().allocated()
+        if self.backing is None:
+            return own
+        size = self.virtual_size
+        below = [(o, min(n, size - o)) for o, n in self.backing.allocated() if o < size]
+        return union(own, below)
+
+    def close(self) -> None:
+        if self.backing is not None:
+            self.backing.close()
+        super().close()
 
     def _table(self, l1_index: int) -> tuple[int, ...] | None:
         entry = self.l1[l1_index]
@@ -118,7 +196,7 @@ class Qcow2Disk(VirtualDisk):
             return HOLE_BLOCK
         host = entry & OFFSET_MASK
         if not host:
-            return HOLE_BLOCK
+            return BACKING_BLOCK if self.backing is not None else HOLE_BLOCK
         if host % self.block_size:
             raise self.file.fail(f"data cluster {index}", host, "is not cluster-aligned")
         return Block(RAW, host, self.block_size)
@@ -126,10 +204,10 @@ class Qcow2Disk(VirtualDisk):
     def lookup(self, index: int) -> Block:
         l1_index, l2_index = divmod(index, self.l2_entries)
         if l1_index >= len(self.l1):
-            return HOLE_BLOCK
+            return BACKING_BLOCK if self.backing is not None else HOLE_BLOCK
         table = self._table(l1_index)
         if table is None:
-            return HOLE_BLOCK
+            return BACKING_BLOCK if self.backing is not None else HOLE_BLOCK
         return self._decode(table[l2_index], index)
 
     def mapped(self) -> Iterator[tuple[int, Block]]:
@@ -155,9 +233,9 @@ class Qcow2Disk(VirtualDisk):
                     self.file.check(block.host, min(cluster, self.virtual_size - index * cluster),
                                     f"data cluster {index}")
                     ranges.add(block.host, cluster, "data")
-                elif block.kind != 0:
+                elif block.kind not in (HOLE, BACKING):
                     # Packed compressed clusters may share a sector, never a start.
                     ranges.add(block.host, 1, f"compressed cluster {index}")
-                if block.kind != 0:
+                if block.kind not in (HOLE, BACKING):
                     yield index, block
         ranges.check()

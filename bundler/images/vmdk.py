@@ -209,6 +209,9 @@ class VmdkDescriptorDisk(VirtualDisk):
             out += [(start + o, min(n, length - o)) for o, n in found]
         return out
 
+    def peek_at(self, offset: int, length: int) -> bytes:
+        return self.read_at(offset, length)
+
     def read_at(self, offset: int, length: int) -> bytes:
         end = min(offset + length, self.virtual_size)
         parts = []

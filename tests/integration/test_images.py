@@ -164,12 +164,29 @@ def test_forced_format_and_unsupported_containers(images, tmp_path):
         open_source(images["disk.raw"], fmt="qcow2")
 
 
-def test_backing_file_is_refused_with_its_name(images, tmp_path):
+def test_backing_file_refused_unless_allowed_and_only_beside_the_image(images, tmp_path):
+    base = tmp_path / "base.qcow2"
+    shutil.copy(images["compressed.qcow2"], base)
     top = tmp_path / "top.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(images["plain.qcow2"]), "-F", "qcow2",
-                    str(top)], check=True)
-    with pytest.raises(ImageError, match="has a backing file .*plain.qcow2.*flatten it"):
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", str(top)],
+                   check=True)
+    # Guest writes over the backing data: the overlay holds only these clusters.
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 64k", "-c", "write -z 2M 64k",
+                    str(top)], check=True, capture_output=True)
+    with pytest.raises(ImageError, match="has a backing file 'base.qcow2'.*--allow-backing-file"):
         open_source(top)
+    source = open_source(top, allow_backing=True)
+    try:
+        assert reassemble(source) == qemu_raw(top, tmp_path)
+    finally:
+        source.close()
+    elsewhere = tmp_path / "sub"
+    elsewhere.mkdir()
+    outside = elsewhere / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "../base.qcow2", "-F", "qcow2",
+                    str(outside)], check=True)
+    with pytest.raises(ImageError, match="outside the image's directory"):
+        open_source(outside, allow_backing=True)
 
 
 def test_four_gib_qcow2_with_one_mib_of_data_stores_one_mib(tmp_path, user_key_pair, ec2_key_pair):
