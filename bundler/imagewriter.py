@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 from typing import Protocol
 
+from .concurrency import BackgroundTask
 from .errors import OutputError
 from .interrupts import critical
 from .parts import (
@@ -94,29 +94,15 @@ class FileImageWriter:
         self.size = 0
         self.mode = 0o600
         self._unflushed = 0
-        self._flusher: threading.Thread | None = None
-        self._flush_error: OSError | None = None
+        # fdatasync in the background bounds the dirty page cache without stalling the writes.
+        self._flusher = BackgroundTask(name="ami-bundler-flush")
         self._lock: DestinationLock | None = None
 
     def _background_flush(self) -> None:
-        if self._flusher is not None and self._flusher.is_alive():
-            return  # still flushing the previous batch; the next write will try again
-        self._unflushed = 0
         fd = self.fd
-
-        def flush() -> None:
-            try:
-                os.fdatasync(fd)
-            except OSError as exc:  # reported at commit
-                self._flush_error = exc
-
-        self._flusher = threading.Thread(target=flush, name="ami-bundler-flush", daemon=True)
-        self._flusher.start()
-
-    def _join_flusher(self) -> None:
-        if self._flusher is not None:
-            self._flusher.join()
-            self._flusher = None
+        # While the previous batch is still flushing, the next write tries again.
+        if self._flusher.start(lambda: os.fdatasync(fd)):
+            self._unflushed = 0
 
     def open(self, size: int, mode: int) -> None:
         if not self.destination.is_dir():
@@ -177,9 +163,9 @@ class FileImageWriter:
     def commit(self) -> Path:
         assert self.temp is not None
         try:
-            self._join_flusher()
-            if self._flush_error is not None:
-                raise self._flush_error
+            self._flusher.join()
+            if self._flusher.error is not None:  # reported here, at commit
+                raise self._flusher.error
             os.ftruncate(self.fd, self.size)
             os.fchmod(self.fd, self.mode)
             os.fsync(self.fd)
@@ -203,7 +189,7 @@ class FileImageWriter:
 
     def abort(self) -> None:
         with critical():  # an interrupt waits for the roll-back
-            self._join_flusher()
+            self._flusher.join()
             if self.fd >= 0:
                 try:
                     os.close(self.fd)

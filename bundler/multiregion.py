@@ -27,7 +27,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ import botocore.exceptions as bexc
 
 from . import migrate as migratelib
 from .aws import ec2_error
+from .concurrency import run_all
 from .errors import BundlerError, EC2Error, ManifestError, S3Error
 from .manifest import ParsedManifest, parse_manifest
 from .parts import Part, PartSink
@@ -138,9 +138,8 @@ class FanOutSink:
             self.children[label].commit(names, manifest_name, data)
 
         labels = self.live
-        with ThreadPoolExecutor(max_workers=len(labels), thread_name_prefix="ami-bundler-fanout") as pool:
-            futures = {label: pool.submit(one, label) for label in labels}
-        for label, fut in futures.items():
+        futures = run_all([lambda label=label: one(label) for label in labels], name="ami-bundler-fanout")
+        for label, fut in zip(labels, futures, strict=True):
             exc = fut.exception()
             if exc is None:
                 self.committed.append(label)
@@ -317,10 +316,8 @@ def _parallel(states: Sequence[_State], fn: Callable[[_State], None]) -> None:
             st.outcome.action = "failed"
             st.outcome.error = _message(exc)
 
-    if not states:
-        return
-    with ThreadPoolExecutor(max_workers=len(states), thread_name_prefix="ami-bundler-region") as pool:
-        list(pool.map(guarded, states))
+    for fut in run_all([lambda st=st: guarded(st) for st in states], name="ami-bundler-region"):
+        fut.result()  # guarded() keeps Exceptions; a KeyboardInterrupt is raised here
 
 
 def _probe(st: _State, manifest_name: str, keys: BundleKeys, image_size: int, register: Any | None) -> None:

@@ -21,7 +21,6 @@ import logging
 import math
 import queue
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from . import keys as keylib
+from .concurrency import BackgroundStage, Prefetch
 from .deflate import GzipDecoder, ParallelGzipWriter, compression_settings
 from .errors import ArchiveError, DecryptionError, IntegrityError, KeyFileError
 from .imagewriter import FileImageWriter, ImageWriter, NullImageWriter
@@ -250,72 +250,6 @@ class AesCbcEncryptor:
             self._cutter.write(final)
         else:
             self._out(final)  # type: ignore[misc]
-
-
-class BackgroundStage:
-    """Runs ``consume`` on each written item in its own thread, behind a bounded queue.
-
-    Encrypting, cutting, hashing and storing parts release the GIL, so moving them off the
-    thread that reads, hashes and dispatches the tar stream lets both run on their own core.
-    A failure in the thread surfaces at the next ``write`` or at ``close``.
-    """
-
-    _END = object()
-
-    def __init__(self, consume: Callable[[bytes], None], *, depth: int = 8, name: str = "ami-bundler-out") -> None:
-        self._consume = consume
-        self._queue: queue.Queue[object] = queue.Queue(depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                return
-            if self._error is None:
-                try:
-                    self._consume(item)  # type: ignore[arg-type]
-                except BaseException as exc:  # re-raised in the writer's thread
-                    self._error = exc
-
-    def _raise(self) -> None:
-        # The error stays set: the thread keeps skipping whatever is still queued.
-        if self._error is not None:
-            raise self._error
-
-    def write(self, data: bytes) -> None:
-        self._raise()
-        while True:
-            try:
-                self._queue.put(data, timeout=0.5)
-                return
-            except queue.Full:
-                if not self._thread.is_alive():
-                    raise RuntimeError("the output stage stopped") from None
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(self._END)
-            self._thread.join()
-        self._raise()
-
-    def abort(self) -> None:
-        self._error = self._error or RuntimeError("aborted")  # the thread skips the rest
-        if self._thread.is_alive():
-            # Drop what is queued so the end marker always fits: a consumer stuck in its
-            # current item (a slow PUT) still ends as soon as that item returns.
-            while True:
-                try:
-                    self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            try:
-                self._queue.put(self._END, timeout=5)
-            except queue.Full:
-                pass
-            self._thread.join(timeout=30)
 
 
 def max_bundled_size(tar_size: int) -> int:
@@ -642,74 +576,6 @@ class DecryptedStream:
         if self._hashing is not None:
             self._hashing.abort()
             self._hashing = None
-
-
-class Prefetch:
-    """Runs an iterator in a thread of its own, at most ``depth`` items ahead of the consumer.
-
-    Unbundling uses it to read and hash the next parts while the current one is decrypted.
-    An exception in the iterator is raised to the consumer at the item where it happened.
-    """
-
-    _END = object()
-
-    def __init__(self, items: Iterable[object], *, depth: int = 2, name: str = "ami-bundler-parts") -> None:
-        self._items = items
-        self._queue: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _put(self, entry: tuple[object, BaseException | None]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(entry, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        items = iter(self._items)
-        try:
-            for item in items:
-                if not self._put((item, None)):
-                    return
-        except BaseException as exc:  # handed to the consumer
-            self._put((None, exc))
-            return
-        finally:
-            # A consumer that stopped early: close the iterator here, in the thread that ran
-            # it, so a source's own clean-up (its download threads, open files) runs now.
-            close = getattr(items, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    log.debug("closing the part reader failed", exc_info=True)
-        self._put((self._END, None))
-
-    def __iter__(self) -> Prefetch:
-        return self
-
-    def __next__(self) -> object:
-        item, error = self._queue.get()
-        if error is not None:
-            self.close()
-            raise error
-        if item is self._END:
-            self.close()
-            raise StopIteration
-        return item
-
-    def close(self) -> None:
-        self._stop.set()
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self._thread.join(timeout=30)
 
 
 def check_member(member, manifest: Manifest) -> str:

@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from tests.support.threads import no_thread_left  # noqa: F401 - a fixture for every test
+
 # The golden vectors live in the shared folder beside the repository (never copied into it).
 GOLDEN_DIR = Path(os.environ.get("AMI_BUNDLER_VECTORS",
                                  Path(__file__).resolve().parents[1].parent / "shared" / "vectors"))

@@ -7,6 +7,7 @@ PUT with Content-MD5 and its ETag is the MD5 of the bytes — which is what make
 one listing tells which parts are already there intact.
 """
 
+from ..concurrency import run_parallel
 from ..parts import PART_SIZE
 from .buckets import (
     BucketLocationError,
@@ -38,7 +39,6 @@ from .objects import (
     put_bytes,
     s3_error,
 )
-from .pool import run_parallel
 from .stream import S3PartSource, S3Sink
 from .upload import LocalPart, UploadResult, read_local_manifest, upload_bundle, verify_local_parts
 

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..concurrency import run_parallel
 from ..errors import IntegrityError, PartMissingError
 from ..manifest import ParsedManifest, PartEntry
 from ..progress import NULL_PROGRESS, ProgressListener
@@ -21,7 +22,6 @@ from .objects import (
     list_objects,
     put_bytes,
 )
-from .pool import run_parallel
 
 log = logging.getLogger("bundler.s3")
 

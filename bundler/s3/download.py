@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..concurrency import run_parallel
 from ..errors import ManifestError, OutputError, UsageError
 from ..manifest import ParsedManifest, PartEntry, is_encrypted, parse_manifest
 from ..progress import NULL_PROGRESS, ProgressListener
 from .location import S3Location
 from .objects import DEFAULT_ATTEMPTS, DEFAULT_JOBS, fetch_manifest, fetch_part
-from .pool import run_parallel
 
 
 @dataclass

@@ -6,11 +6,12 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from typing import Any
 
 import botocore.exceptions as bexc
 
+from ..concurrency import BoundedExecutor, ordered_window, run_parallel
 from ..errors import BundlerError, PartMissingError, S3Error
 from ..manifest import PartEntry
 from ..parts import Part, provisional_name
@@ -28,7 +29,6 @@ from .objects import (
     s3_error,
     with_attempts,
 )
-from .pool import Pool, run_parallel
 from .publish import check_uploaded, remove_orphans
 
 log = logging.getLogger("bundler.s3")
@@ -68,7 +68,7 @@ class S3Sink:
         self.jobs = max(1, jobs)
         self.attempts = attempts
         self.progress = progress
-        self._pool: Pool | None = None
+        self._pool: BoundedExecutor | None = None
         self._name = ""
         self._max_parts = 0
         self._width_parts = 0
@@ -102,7 +102,7 @@ class S3Sink:
         self._lock = lock
         # Parts are 10 MiB in memory each: ``jobs`` uploading plus two ready keeps every
         # uploader busy while bounding memory whatever the image size.
-        self._pool = Pool(self.jobs, self.jobs + 2)
+        self._pool = BoundedExecutor(self.jobs, self.jobs + 2, name="ami-bundler-s3")
         _return_large_buffers_to_the_os()
         self.progress.start("upload", None)
 
@@ -238,28 +238,13 @@ class S3PartSource:
                                        f"{self.location.url()}")
 
     def iter_parts(self, entries: Sequence[PartEntry]) -> Iterator[tuple[PartEntry, Iterable[bytes]]]:
-        executor = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="ami-bundler-get")
-        pending: list[tuple[PartEntry, Future[bytes]]] = []
-        todo = iter(entries)
+        def fetch(entry: PartEntry) -> bytes:
+            return fetch_part(self.client, self.location.bucket, self.location.key(entry.filename),
+                              entry, self.attempts)
 
-        def fill() -> None:
-            while len(pending) < self.window:
-                entry = next(todo, None)
-                if entry is None:
-                    return
-                pending.append((entry, executor.submit(
-                    fetch_part, self.client, self.location.bucket, self.location.key(entry.filename),
-                    entry, self.attempts)))
-
-        try:
-            fill()
-            while pending:
-                entry, fut = pending.pop(0)
-                data = fut.result()
-                fill()
+        # A consumer that stops early (error, Ctrl-C) must not leave downloads running:
+        # closing the window cancels and waits for them.
+        with closing(ordered_window(fetch, entries, jobs=self.jobs, window=self.window,
+                                    name="ami-bundler-get")) as fetched:
+            for entry, data in fetched:
                 yield entry, (data,)
-        finally:
-            # A consumer that stops early (error, Ctrl-C) must not leave downloads running.
-            for _, fut in pending:
-                fut.cancel()
-            executor.shutdown(wait=True, cancel_futures=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..concurrency import run_parallel
 from ..errors import IntegrityError, ManifestError, PartMissingError, UsageError
 from ..manifest import ParsedManifest, PartEntry, parse_manifest
 from ..progress import NULL_PROGRESS, ProgressListener
@@ -24,7 +25,6 @@ from .objects import (
     list_objects,
     put_bytes,
 )
-from .pool import run_parallel
 from .publish import bundle_name, check_uploaded, remove_orphans
 
 log = logging.getLogger("bundler.s3")

@@ -6,10 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -19,31 +17,9 @@ from bundler import pipeline
 from bundler.errors import IntegrityError
 from bundler.manifest import parse_manifest
 from bundler.parts import Part
-from bundler.pipeline import BackgroundStage, BundleKeys, BundleOptions, bundle, unbundle
+from bundler.pipeline import BundleKeys, BundleOptions, bundle, unbundle
 
 SMALL_PART = 64 * 1024  # many parts from a small image
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        pause.wait(0.005)
-    return True
-
-
-@pytest.fixture
-def no_thread_left():
-    """Fails the test if an ``ami-bundler-*`` thread it started is still alive at the end."""
-    before = set(threading.enumerate())
-
-    def check() -> list[str]:
-        return sorted(t.name for t in threading.enumerate()
-                      if t not in before and t.is_alive() and t.name.startswith("ami-bundler"))
-
-    return check
 
 
 @pytest.fixture
@@ -343,60 +319,6 @@ def test_unbundle_round_trip_leaves_no_thread(small_parts, keys, user_key_pair, 
     unbundle(parsed, FakePartSource(sink.parts), None, user_key_pair.private_key, writer=writer, progress=progress)
     assert bytes(writer.image) == data
     assert progress.events[0] == ("start", "unbundle") and progress.events[-1] == ("finish", "unbundle")
-    assert no_thread_left() == []
-
-
-# --------------------------------------------------------------------------- BackgroundStage
-
-
-class _ImpatientQueue(queue.Queue):
-    """A timed put gives up at once: stands for a consumer stuck (a slow PUT) for longer than
-    abort() waits to hand over its end marker."""
-
-    def __init__(self, maxsize: int = 0) -> None:
-        super().__init__(maxsize)
-        self.gave_up = threading.Event()
-
-    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
-        try:
-            super().put(item, block, None if timeout is None else min(timeout, 0.01))
-        except queue.Full:
-            self.gave_up.set()
-            raise
-
-
-def test_abort_ends_the_thread_of_a_consumer_that_was_stuck_behind_a_full_queue(monkeypatch, no_thread_left):
-    monkeypatch.setattr(pipeline.queue, "Queue", _ImpatientQueue)
-    entered, release = threading.Event(), threading.Event()
-    seen: list[bytes] = []
-
-    def consume(item: bytes) -> None:
-        seen.append(item)
-        if item == b"first":
-            entered.set()
-            release.wait(5)
-
-    stage = BackgroundStage(consume, depth=2, name="ami-bundler-test")
-    q = stage._queue
-    assert isinstance(q, _ImpatientQueue)
-    stage.write(b"first")
-    assert entered.wait(5)
-    stage.write(b"a")
-    stage.write(b"b")  # the queue is full behind the stuck consumer
-    aborter = threading.Thread(target=stage.abort, name="test-aborter", daemon=True)
-    aborter.start()
-    try:
-        # abort() has either handed over its end marker or given up doing so
-        assert wait_until(lambda: q.gave_up.is_set() or any(i is BackgroundStage._END for i in list(q.queue)))
-        release.set()  # the slow item finishes at last
-        assert wait_until(lambda: not stage._thread.is_alive(), timeout=2), \
-            "the stage's thread outlived abort() (it waits for an end marker that never comes)"
-        assert seen == [b"first"]  # nothing after the abort was consumed
-    finally:
-        release.set()
-        if stage._thread.is_alive():
-            queue.Queue.put(q, BackgroundStage._END)
-        aborter.join(5)
     assert no_thread_left() == []
 
 

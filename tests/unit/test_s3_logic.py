@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import threading
-import time
 
 import pytest
 
@@ -12,7 +10,7 @@ from bundler.aws import AwsOptions, is_aws_endpoint, needs_path_style
 from bundler.cli.context import add_aws_options, aws_options_from_args
 from bundler.ec2 import parse_launch_permissions, parse_register_block_device_mappings, parse_tags
 from bundler.errors import UsageError
-from bundler.s3 import S3Location, location_region, run_parallel, split_manifest_location
+from bundler.s3 import S3Location, location_region, split_manifest_location
 
 
 @pytest.mark.parametrize("value, bucket, prefix", [
@@ -117,33 +115,3 @@ def test_tags_and_launch_permissions():
         parse_launch_permissions(["12345"])
 
 
-def test_run_parallel_keeps_order_and_runs_concurrently():
-    active, peak, lock = 0, 0, threading.Lock()
-
-    def task(i: int) -> int:
-        nonlocal active, peak
-        with lock:
-            active += 1
-            peak = max(peak, active)
-        time.sleep(0.02)
-        with lock:
-            active -= 1
-        return i * i
-
-    assert run_parallel([lambda i=i: task(i) for i in range(12)], 4) == [i * i for i in range(12)]
-    assert 2 <= peak <= 4
-
-
-def test_run_parallel_stops_at_first_failure():
-    started: list[int] = []
-
-    def task(i: int) -> int:
-        started.append(i)
-        if i == 1:
-            raise UsageError("boom")
-        time.sleep(0.01)
-        return i
-
-    with pytest.raises(UsageError, match="boom"):
-        run_parallel([lambda i=i: task(i) for i in range(200)], 2)
-    assert len(started) < 200

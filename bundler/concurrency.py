@@ -1,0 +1,368 @@
+"""The threads ami-bundler runs, built once: a bounded executor, a background stage, a
+prefetching iterator, an ordered window of parallel calls, fan-out, and a background task.
+
+Every primitive keeps the same promises, which the tests in tests/unit/test_concurrency.py
+state one by one:
+
+* **No thread outlives a failure.** Whatever fails (a task, the caller, a KeyboardInterrupt),
+  by the time the error reaches the caller every thread the primitive started has ended or
+  is ending on its own after the item it is busy with; nothing new starts.
+* **The first failure wins and sticks.** It is raised to the caller at its next call (or at
+  ``join``/``close``), later work is skipped, not run.
+* **Bounded memory.** Producers block when ``limit``/``depth``/``window`` items are queued.
+* **Threads are named** ``ami-bundler-*`` (tests look for leftovers by that prefix) and are
+  daemons, so an interpreter exit is never held up by one stuck in a system call.
+
+Model: s3transfer's ``futures.BoundedExecutor`` and ``TransferCoordinator``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger("bundler.concurrency")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+# How long a stopping primitive waits for its thread: a thread stuck in one item (a slow PUT,
+# a hung NFS write) longer than this is left to end on its own (it is a daemon and skips
+# everything after that item).
+JOIN_TIMEOUT = 30.0
+
+
+# --------------------------------------------------------------------------- bounded executor
+
+
+class BoundedExecutor:
+    """A thread pool whose ``submit`` blocks while ``limit`` tasks are pending.
+
+    The first failure is kept and re-raised by the next ``submit``/``check``/``join``; tasks
+    not started yet are cancelled by ``join`` after a failure and by ``shutdown(cancel=True)``.
+    As a context manager it joins on success and cancels on an exception.
+    """
+
+    def __init__(self, jobs: int, limit: int | None = None, *, name: str = "ami-bundler-pool") -> None:
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1, not {jobs}")
+        self._executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix=name)
+        self._slots = threading.BoundedSemaphore(limit if limit is not None else 2 * jobs)
+        self._futures: list[Future[Any]] = []
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def _done(self, fut: Future[Any]) -> None:
+        self._slots.release()
+        if not fut.cancelled() and fut.exception() is not None:
+            with self._lock:
+                if self._error is None:
+                    self._error = fut.exception()
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    def check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        self.check()
+        self._slots.acquire()
+        try:
+            self.check()
+            fut = self._executor.submit(fn, *args)
+        except BaseException:
+            self._slots.release()
+            raise
+        self._futures.append(fut)
+        fut.add_done_callback(self._done)
+        return fut
+
+    def join(self) -> None:
+        """Wait for everything; on the first failure cancel what has not started and raise it."""
+        _, pending = wait(self._futures, return_when=FIRST_EXCEPTION)
+        if pending:
+            for fut in pending:
+                fut.cancel()
+            wait(pending)
+        self.check()
+        for fut in self._futures:
+            if not fut.cancelled() and fut.exception() is not None:
+                raise fut.exception()  # type: ignore[misc]  # not None: checked on the line above
+
+    def shutdown(self, *, cancel: bool) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=cancel)
+
+    def __enter__(self) -> BoundedExecutor:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.shutdown(cancel=True)
+            return
+        try:
+            self.join()
+        except BaseException:
+            self.shutdown(cancel=True)
+            raise
+        self.shutdown(cancel=False)
+
+
+def run_parallel(tasks: Sequence[Callable[[], T]], jobs: int, *, name: str = "ami-bundler-s3") -> list[T]:
+    """Run callables on ``jobs`` threads; results in order; the first failure cancels the rest."""
+    if not tasks:
+        return []
+    if jobs <= 1 or len(tasks) == 1:
+        return [task() for task in tasks]
+    futures: list[Future[T]] = []
+    with BoundedExecutor(jobs, max(jobs * 2, 1), name=name) as pool:
+        for task in tasks:
+            futures.append(pool.submit(task))
+    return [fut.result() for fut in futures]
+
+
+def run_all(tasks: Sequence[Callable[[], T]], *, name: str = "ami-bundler-fanout") -> list[Future[T]]:
+    """Run every callable at once, each on its own thread, and wait for all of them.
+
+    Unlike ``run_parallel`` a failure does not stop the others (one region failing must not
+    stop the rest): every returned future is done; read ``exception()`` for each outcome.
+    """
+    if not tasks:
+        return []
+    with ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix=name) as pool:
+        return [pool.submit(task) for task in tasks]
+
+
+# --------------------------------------------------------------------------- ordered window
+
+
+def ordered_window(fn: Callable[[T], R], items: Iterable[T], *, jobs: int, window: int,
+                   name: str = "ami-bundler-get") -> Iterator[tuple[T, R]]:
+    """``(item, fn(item))`` in the items' order, with up to ``window`` calls running or done
+    ahead of the consumer on ``jobs`` threads.
+
+    A failing call raises at its item. A consumer that stops early (an error, Ctrl-C, or
+    ``close()`` on the generator) cancels what has not started and waits for what has.
+    """
+    if window < 1:
+        raise ValueError(f"window must be at least 1, not {window}")
+    executor = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix=name)
+    pending: list[tuple[T, Future[R]]] = []
+    todo = iter(items)
+    end = object()
+
+    def fill() -> None:
+        while len(pending) < window:
+            item = next(todo, end)
+            if item is end:
+                return
+            pending.append((item, executor.submit(fn, item)))  # type: ignore[arg-type]  # not end
+
+    try:
+        fill()
+        while pending:
+            item, fut = pending.pop(0)
+            result = fut.result()
+            fill()
+            yield item, result
+    finally:
+        for _, fut in pending:
+            fut.cancel()
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- background stage
+
+
+class BackgroundStage(Generic[T]):
+    """Runs ``consume`` on each written item in its own thread, behind a bounded queue.
+
+    A failure in the thread surfaces at the next ``write`` or at ``close``; after it the
+    thread skips whatever is still queued. ``abort`` always ends the thread: it drops the
+    queue so its end marker fits, and a consumer stuck in its current item ends as soon as
+    that item returns.
+    """
+
+    _END = object()
+
+    def __init__(self, consume: Callable[[T], object], *, depth: int = 8, name: str = "ami-bundler-out") -> None:
+        self._consume = consume
+        self._queue: queue.Queue[object] = queue.Queue(depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if self._error is None:
+                try:
+                    self._consume(item)  # type: ignore[arg-type]  # only write() puts items
+                except BaseException as exc:  # re-raised in the writer's thread
+                    self._error = exc
+
+    def _raise(self) -> None:
+        # The error stays set: the thread keeps skipping whatever is still queued.
+        if self._error is not None:
+            raise self._error
+
+    def write(self, item: T) -> None:
+        self._raise()
+        while True:
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if not self._thread.is_alive():
+                    raise RuntimeError("the output stage stopped") from None
+
+    def close(self) -> None:
+        """Wait until everything written is consumed; raise the stage's failure, if any."""
+        if self._thread.is_alive():
+            self._queue.put(self._END)
+            self._thread.join()
+        self._raise()
+
+    def abort(self) -> None:
+        self._error = self._error or RuntimeError("aborted")  # the thread skips the rest
+        if self._thread.is_alive():
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            try:
+                self._queue.put(self._END, timeout=5)
+            except queue.Full:
+                pass
+            self._thread.join(timeout=JOIN_TIMEOUT)
+
+
+# --------------------------------------------------------------------------- prefetch
+
+
+class Prefetch(Generic[T]):
+    """Runs an iterator in a thread of its own, at most ``depth`` items ahead of the consumer.
+
+    An exception in the iterator is raised to the consumer at the item where it happened.
+    ``close`` (also called at the end and on that exception) stops the thread, and the
+    iterator's own ``close`` runs in the thread that ran it, so a generator's clean-up (its
+    download threads, open files) happens before ``close`` returns.
+    """
+
+    _END = object()
+
+    def __init__(self, items: Iterable[T], *, depth: int = 2, name: str = "ami-bundler-parts") -> None:
+        self._items = items
+        self._queue: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, entry: tuple[object, BaseException | None]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        items = iter(self._items)
+        try:
+            for item in items:
+                if not self._put((item, None)):
+                    return
+        except BaseException as exc:  # handed to the consumer
+            self._put((None, exc))
+            return
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.debug("closing the prefetched iterator failed", exc_info=True)
+        self._put((self._END, None))
+
+    def __iter__(self) -> Prefetch[T]:
+        return self
+
+    def __next__(self) -> T:
+        item, error = self._queue.get()
+        if error is not None:
+            self.close()
+            raise error
+        if item is self._END:
+            self.close()
+            raise StopIteration
+        return item  # type: ignore[return-value]  # anything but the end marker is a T
+
+    def close(self) -> None:
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=JOIN_TIMEOUT)
+
+
+# --------------------------------------------------------------------------- background task
+
+
+class BackgroundTask:
+    """At most one call at a time in the background (e.g. fdatasync of what was written so
+    far): ``start`` does nothing while the previous call runs, ``join`` waits for it, and the
+    first failure is kept in ``error`` for the owner to report when it chooses."""
+
+    def __init__(self, *, name: str = "ami-bundler-task") -> None:
+        self._name = name
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, fn: Callable[[], object]) -> bool:
+        """Run ``fn`` in the background unless a call is still running; True if it started."""
+        if self.running:
+            return False
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # reported by the owner
+                if self.error is None:
+                    self.error = exc
+
+        self._thread = threading.Thread(target=run, name=self._name, daemon=True)
+        self._thread.start()
+        return True
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+
+__all__ = [
+    "JOIN_TIMEOUT",
+    "BackgroundStage",
+    "BackgroundTask",
+    "BoundedExecutor",
+    "Prefetch",
+    "ordered_window",
+    "run_all",
+    "run_parallel",
+]
