@@ -160,12 +160,16 @@ class FileImageWriter:
             n = os.write(self.fd, piece)
             piece = piece[n:]
 
+    def wait_flushed(self) -> None:
+        """Wait for the background flush; raise its failure (reported at commit, not at write)."""
+        self._flusher.join()
+        if self._flusher.error is not None:
+            raise self._flusher.error
+
     def commit(self) -> Path:
         assert self.temp is not None
         try:
-            self._flusher.join()
-            if self._flusher.error is not None:  # reported here, at commit
-                raise self._flusher.error
+            self.wait_flushed()
             os.ftruncate(self.fd, self.size)
             os.fchmod(self.fd, self.mode)
             os.fsync(self.fd)

@@ -31,9 +31,7 @@ class _PrivateImageWriter(FileImageWriter):
 
     def commit(self) -> Path:
         assert self.temp is not None
-        self._join_flusher()
-        if self._flush_error is not None:
-            raise self._flush_error
+        self.wait_flushed()
         os.ftruncate(self.fd, self.size)
         os.close(self.fd)
         self.fd = -1
