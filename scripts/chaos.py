@@ -176,7 +176,8 @@ def random_kill_vol(tally: Tally, ws, work: Path, rng: random.Random) -> None:
     dest = work / "vol"
     crashkit.clean_dir(dest)
     argv = ["bundle-vol", "-v", str(root), "-d", str(dest), "-p", "vol", "-c", str(ws.cert), "-k", str(ws.key),
-            "-u", "123456789012", "--ec2cert", str(ws.ec2cert), "-r", "x86_64", "--no-inherit", "-q", "-s", "64"]
+            "-u", "123456789012", "--ec2cert", str(ws.ec2cert), "-r", "x86_64", "--no-inherit", "-q", "-s", "64",
+            "--no-check"]
     killed, _ = crashkit.kill_at_random(argv, rng.uniform(0.5, 3.0))
     tally.crashes += killed
     vol = crashkit.Workspace(ws.root, root, ws.key, ws.cert, ws.ec2cert, "")

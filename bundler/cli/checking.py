@@ -148,3 +148,33 @@ def warn_findings(report: Any, printer: Printer, *, what: str) -> None:
     for f in report.findings:
         if f.severity != "note":
             printer.warn(f"{what}: {f.id}: {f.path or '-'}: {f.message} (fix: {f.fix})")
+
+
+# ------------------------------------------------------------------------------ gates
+
+def add_no_check_option(p: argparse.ArgumentParser, *, what: str) -> None:
+    p.add_argument("--no-check", action="store_true",
+                   help=f"do not stop on errors found by the checks of {what} (ami-bundler check)")
+
+
+def check_image_file(image: Path, printer: Printer, *, what: str, no_check: bool,
+                     boot: bool = True, public: bool = False, stop: bool = True) -> Any:
+    """Run ``check``'s rules on an image this command builds or ships, print the findings as
+    warnings, and raise CheckFailed on an error unless ``no_check`` (or not ``stop``).
+    An image check cannot read (not ext2/3/4) is a warning, not a failure."""
+    from ..check import check_tree
+    from ..check.debugfs import CheckSourceError, ImageTree
+
+    try:
+        with ImageTree(image) as tree:
+            report = check_tree(tree, public=public, boot=boot, share=public)
+    except CheckSourceError as exc:
+        printer.warn(f"{what}: not checked: {exc}")
+        return None
+    warn_findings(report, printer, what=what)
+    errors = report.errors()
+    if errors and stop and not no_check:
+        first = errors[0]
+        raise CheckFailed(f"{what}: {len(errors)} check error(s), first: {first.id}: "
+                          f"{first.message} (fix: {first.fix}); pass --no-check to go on anyway")
+    return report

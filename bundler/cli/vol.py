@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import MetadataError, UsageError
+from .checking import add_no_check_option
 from .common import Printer
 from .inputs import add_bundle_options, add_cert_region_option, bundle_human
 
@@ -68,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="take kernel, ramdisk, product codes, block device mapping and ancestry "
                         "from instance metadata (default: when on EC2)")
     add_cert_region_option(g)
+    add_no_check_option(g, what="the image (boot rules; with --clone-only they only warn)")
     g.add_argument("-S", "--script", help=argparse.SUPPRESS)
     g.add_argument("--grub-config", help=argparse.SUPPRESS)
     add_bundle_options(p, image_flag=False)
@@ -163,8 +165,14 @@ def run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
                 if not printer.json_mode:
                     print(f"excluded {ex.display()}: {ex.reason}", file=printer.stdout)
 
+    def on_image(image: Path) -> None:
+        from .checking import check_image_file
+
+        check_image_file(image, printer, what="bundle-vol", no_check=args.no_check,
+                         stop=not config.clone_only)
+
     result = bundle_volume(config, keys=keys, options=options, progress=printer.progress(),
-                           on_selection=on_selection)
+                           on_selection=on_selection, on_image=on_image)
     data = result.summary()
     if args.list_excluded:
         data["excluded_paths"] = listed

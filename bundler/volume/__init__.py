@@ -208,11 +208,13 @@ def plan_size(config: VolumeConfig, selection: Selection) -> tuple[int, int]:
 
 def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
                   progress: ProgressListener = NULL_PROGRESS,
-                  on_selection=None) -> VolumeResult:
+                  on_selection=None, on_image=None) -> VolumeResult:
     """Build the image for ``config`` and (unless clone_only) bundle it with ``keys``/``options``.
 
     ``sink`` defaults to a DirectorySink on the destination; ``on_selection(selection)`` is
-    called once the file selection is known (the CLI prints --list-excluded there).
+    called once the file selection is known (the CLI prints --list-excluded there);
+    ``on_image(path)`` once the image is complete, before it is bundled or kept: raising
+    there (the CLI's boot check) stops the run with nothing written.
     """
     check_preconditions(config)
     if not config.clone_only and (keys is None or options is None):
@@ -295,6 +297,8 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
         log.info("image built: %d MiB (%s), label %s, UUID %s", disk_mib, layout.scheme, label,
                  fs_uuid)
 
+        if on_image is not None:
+            on_image(tmp_image)
         result = VolumeResult(selection, None, layout.disk_bytes, layout.fs_bytes,
                               layout.scheme, label, fs_uuid, stats, timings=timings,
                               bootloader=boot_plan.installed,

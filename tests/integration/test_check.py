@@ -134,3 +134,41 @@ def test_bundle_of_the_image(images, tmp_path):
         assert list(work.iterdir()) == []        # the private copy is gone
     proc = cli("check", "-m", tmp_path / "clean/clean.img.manifest.xml", "-k", cert)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------ bundle-vol
+
+@pytest.fixture
+def signing(tmp_path) -> list[str]:
+    from bundler import keys as keylib
+
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    keylib.keygen(key, cert)
+    return ["-k", str(key), "-c", str(cert), "--ec2cert", str(cert), "-u", "123456789012",
+            "-r", "x86_64", "--no-inherit", "--batch"]
+
+
+def test_bundle_vol_checks_what_it_builds(tmp_path, signing):
+    tree = roots.write_clean_root(tmp_path / "root", pv=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    base = ["bundle-vol", "-v", tree, "-d", out, "-P", "none", "-s", "32", "--uuid", roots.UUID,
+            "--label", roots.LABEL, *signing]
+    proc = cli(*base, "-p", "good")
+    assert proc.returncode == 0, proc.stderr
+    assert "bundle-vol: boot." not in proc.stderr
+    assert (out / "good.manifest.xml").is_file()
+
+    for f in (tree / "boot").glob("vmlinuz-*"):
+        f.unlink()
+    proc = cli(*base, "-p", "bad")
+    assert proc.returncode == 1
+    assert "warning: bundle-vol: boot.kernel: /boot: no kernel" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ami-bundler: error: bundle-vol: ") and "--no-check" in last
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("bad")) == []
+
+    proc = cli(*base, "-p", "cloned", "--clone-only")        # the image is the output: warn only
+    assert proc.returncode == 0 and "boot.kernel" in proc.stderr
+    proc = cli(*base, "-p", "forced", "--no-check")
+    assert proc.returncode == 0 and (out / "forced.manifest.xml").is_file()
