@@ -27,6 +27,7 @@ from ..s3 import (
     split_manifest_location,
     upload_bundle,
 )
+from .checking import add_no_check_option, check_registered_bundle
 from .common import Printer, plural
 from .context import (
     AwsContext,
@@ -99,6 +100,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-b", "--block-device-mapping", action="append", default=[], metavar="DEV=SPEC",
                    help="DEVICE=ephemeralN|none|snap-id:size:delete:type (repeatable)")
     add_register_options(p, full=True)
+    g = p.add_argument_group("check before --launch-permission all")
+    g.add_argument("-k", "--privatekey", type=Path,
+                   help="user private key: decrypt the bundle and check it (check --public) "
+                        "before making it public")
+    g.add_argument("--work-dir", type=Path, help="where the checked image is unpacked, privately")
+    add_no_check_option(g, what="the bundle")
     add_aws_options(p)
     p.set_defaults(func=run_register)
 
@@ -280,6 +287,7 @@ def run_register(args: argparse.Namespace, printer: Printer) -> int:
         if options.architecture is None and report.manifest.arch:
             options.architecture = report.manifest.arch
         extra["preflight"] = report.summary()
+    check_registered_bundle(args, printer, client, image_location)
     return register_and_report(aws, region, image_location, options, args, extra, printer, [])
 
 

@@ -178,3 +178,51 @@ def check_image_file(image: Path, printer: Printer, *, what: str, no_check: bool
         raise CheckFailed(f"{what}: {len(errors)} check error(s), first: {first.id}: "
                           f"{first.message} (fix: {first.fix}); pass --no-check to go on anyway")
     return report
+
+
+def going_public(args: argparse.Namespace) -> bool:
+    return any(p.strip().lower() == "all" for p in getattr(args, "launch_permission", []) or [])
+
+
+def check_install_image(args: argparse.Namespace, printer: Printer) -> None:
+    """install: the boot rules on the image it bundles, and the sharing rules as errors too
+    when it will be public (--launch-permission all)."""
+    image = getattr(args, "image", None)
+    public = going_public(args)
+    if image in (None, "-"):
+        if public and not args.no_check:
+            raise UsageError("--launch-permission all: an image on standard input cannot be "
+                             "checked before it is made public; give a file or pass --no-check")
+        return
+    check_image_file(Path(image), printer, what="install", no_check=args.no_check,
+                     public=public)
+
+
+def check_registered_bundle(args: argparse.Namespace, printer: Printer, client: Any,
+                            image_location: str) -> None:
+    """register --launch-permission all -k KEY: the sharing rules on the bundle in S3 first."""
+    if not going_public(args) or args.no_check:
+        return
+    if args.privatekey is None:
+        printer.warn("register: the image is made public unchecked: pass -k PRIVATEKEY to check "
+                     "it first (ami-bundler check --public)")
+        return
+    from ..check import check_tree
+    from ..check.sources import bundle_tree
+    from ..keys import load_private_key
+    from ..s3 import S3PartSource, load_remote_manifest, split_manifest_location
+
+    location, name = split_manifest_location(image_location)
+    key = load_private_key(args.privatekey)
+    parsed, _, _ = load_remote_manifest(client, location, name, private_key=key)
+    source = S3PartSource(client, location.bucket, location.prefix)
+    printer.note(f"checking {image_location} before making it public ...")
+    with bundle_tree(parsed, source, key, work_dir=args.work_dir,
+                     progress=printer.progress()) as tree:
+        report = check_tree(tree, public=True, boot=False)
+    warn_findings(report, printer, what="register")
+    errors = report.errors()
+    if errors:
+        raise CheckFailed(f"register: {len(errors)} error(s) for a public AMI, first: "
+                          f"{errors[0].id}: {errors[0].path or '-'}: {errors[0].message}; "
+                          "nothing was registered (pass --no-check to register anyway)")

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import S3Error, UsageError
 from ..s3 import ACLS, DEFAULT_ACL, S3Location, ensure_bucket, location_region
+from .checking import add_no_check_option, check_install_image
 from .common import Printer, plural
 from .context import AwsContext, add_aws_options, add_bucket_option, add_transfer_options
 from .inputs import add_bundle_options, add_image_options, bundle_inputs, source_and_options
@@ -29,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--location", help="bucket location if it must be created (EU, US or a region)")
     p.add_argument("-n", "--name", help="AMI name (default: the bundle name)")
     p.add_argument("--no-register", action="store_true", help="stop after the upload")
+    add_no_check_option(p, what="the image (boot rules; sharing rules too with "
+                              "--launch-permission all)")
     add_register_options(p, full=False)
     add_region_options(p)
     add_aws_options(p)
@@ -84,6 +87,7 @@ def _install_one(args: argparse.Namespace, printer: Printer) -> int:
     if not args.no_register:
         options = register_options_from_args(args, args.name or "", full=False)
     source, keys, bundle_options = bundle_inputs(args)
+    check_install_image(args, printer)
     # The EC2 region follows the bucket's region unless --region says otherwise.
     ec2 = None if options is None else aws.ec2(aws.opts.region or at)
     result = install_bundle(source, keys, bundle_options, s3=client, location=location, ec2=ec2,
@@ -155,6 +159,7 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
             ec2=None if args.no_register else aws.ec2(region, opts=opts),
             ec2_public_key=public[certs[region]], ec2_cert=str(certs[region]), endpoint=opts.endpoint_url))
     source, options = source_and_options(args)
+    check_install_image(args, printer)
     try:
         register = None
         if not args.no_register:
