@@ -157,7 +157,10 @@ def boot_image(image: Path, config: BootConfig) -> BootResult:
                                 f"{made.stderr.strip()}")
         serial = tmp / "console.log"
         cmd = [qemu, "-machine", f"pc,accel={accel}", "-m", str(config.memory_mib),
-               "-smp", "1", "-nographic", "-monitor", "none", "-serial", f"file:{serial}",
+               # -nodefaults: no floppy/CD-ROM/VGA for the initramfs to probe while it
+               # waits for the root disk.
+               "-smp", "1", "-nodefaults", "-nographic", "-monitor", "none",
+               "-serial", f"file:{serial}",
                "-no-reboot", "-nic", "none",
                "-drive", f"file={overlay},format=qcow2,if=virtio"]
         if not _partitioned(image):

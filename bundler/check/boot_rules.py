@@ -54,7 +54,7 @@ class BootEntry:
         out: dict[str, str] = {}
         for word in self.cmdline.split():
             key, _, value = word.partition("=")
-            out.setdefault(key, value)
+            out[key] = value        # the kernel takes the last root=, init=, ...
         return out
 
     @property

@@ -205,3 +205,36 @@ def test_boots_under_qemu(scheme: str):
     [result] = boot_test.run_boot_test([scheme], timeout=timeout)
     assert result.booted, result.detail
     print(f"-P {scheme} booted in {result.seconds:.1f} s")
+
+
+@pytest.mark.boot
+@pytest.mark.skipif(os.environ.get("AMI_BUNDLER_BOOT_TEST") != "1",
+                    reason="qemu boot test: set AMI_BUNDLER_BOOT_TEST=1 (root, debootstrap, qemu)")
+@pytest.mark.skipif(os.geteuid() != 0, reason="the boot test needs root")
+def test_boot_test_command_shows_why_a_wrong_root_does_not_boot(tmp_path: Path):
+    """boot-test on the same Debian tree built with a root= naming another filesystem: the
+    initramfs gives up, and the command says so with the console lines (nothing is waited for
+    until the timeout)."""
+    boot_test = _boot_test_module()
+    timeout = float(os.environ.get("AMI_BUNDLER_BOOT_TIMEOUT", "600"))
+    tree = boot_test.build_rootfs(boot_test.DEFAULT_CACHE)
+    boot_test.customize(tree)
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = "11111111-2222-4333-8444-555555555555"
+    built = subprocess.run([sys.executable, "-m", "bundler", "bundle-vol", "-v", str(tree),
+                            "-d", str(out), "--image-dir", str(tree.parent), "-p", "badroot",
+                            "-P", "none", "--generate-fstab", "--generate-menu-lst",
+                            "--kernel-cmdline", f"root=UUID={foreign}", "--clone-only",
+                            "--no-inherit", "--batch", "-q"], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    assert "boot.cmdline-root: /boot/grub/menu.lst: the kernel command line" in built.stderr
+    log = tmp_path / "console.log"
+    proc = subprocess.run([sys.executable, "-m", "bundler", "boot-test", str(out / "badroot"),
+                           "--expect", r"BOOT-OK (\S+)", "--timeout", str(timeout),
+                           "--accel", boot_test.DEFAULT_ACCEL, "--console-log", str(log)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "did not boot (root device not found" in proc.stdout
+    assert f"ALERT!  UUID={foreign} does not exist" in proc.stdout
+    assert "BOOT-OK" not in log.read_text(errors="replace")

@@ -260,3 +260,9 @@ def test_report_lines_table_and_plain(root):
     plain = report_lines(report, tty=False)
     assert plain[0].startswith("error: share.shell-history: /root/.bash_history: ")
     assert "NOT READY: 1 error(s)" in plain[-1]
+
+
+def test_last_root_on_the_command_line_wins(root):
+    cfg = root / "boot/grub/grub.cfg"
+    cfg.write_text(cfg.read_text().replace(" ro ", f" ro root=UUID={roots.FOREIGN_UUID} "))
+    assert "boot.cmdline-root" in ids(severity="error")
