@@ -13,8 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import keys as keylib
-from .errors import IntegrityError, ManifestError, OutputError, PartMissingError, UsageError
-from .manifest import MAX_MANIFEST_BYTES, ParsedManifest, parse_manifest, validate_name
+from .errors import (
+    IntegrityError,
+    ManifestError,
+    OutputError,
+    PartMissingError,
+    SignatureError,
+    UsageError,
+)
+from .manifest import (
+    MAX_MANIFEST_BYTES,
+    ParsedManifest,
+    is_encrypted,
+    parse_manifest,
+    part_mismatch,
+    validate_name,
+)
 from .parts import DirectorySink, DirectorySource
 from .pipeline import BundleKeys, BundleOptions, BundleResult, UnbundleResult, bundle
 from .pipeline import unbundle as unbundle_parts
@@ -87,8 +101,7 @@ def read_manifest(path: Path | str, private_key: Path | str | None = None) -> Pa
 def parse_manifest_bytes(data: bytes, source: str, private_key: Path | str | None = None) -> ParsedManifest:
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"manifest {source} is larger than {MAX_MANIFEST_BYTES} bytes")
-    stripped = data.lstrip()
-    if stripped and not stripped.startswith(b"<"):
+    if is_encrypted(data):
         if private_key is None:
             raise ManifestError(f"manifest {source} is encrypted (legacy format): pass -k to decrypt it")
         data = keylib.decrypt_legacy_manifest(data, keylib.load_private_key(Path(private_key)))
@@ -112,7 +125,8 @@ def unbundle(
     parsed = read_manifest(manifest, private_key)
     parts_dir = Path(source) if source is not None else manifest.parent
     return unbundle_parts(parsed, DirectorySource(parts_dir), Path(destination), key,
-                          verify_key=verify_key, overwrite=overwrite, progress=progress)
+                          verify_key=verify_key, overwrite=overwrite, progress=progress,
+                          verify_name=f"certificate {cert}" if cert else None)
 
 
 @dataclass
@@ -156,9 +170,15 @@ def verify(
     parsed = read_manifest(manifest, private_key)
     m = parsed.manifest
     public = keylib.load_public_key(Path(cert)) if cert else keylib.load_private_key(Path(private_key)).public_key()
-    keylib.verify_manifest(parsed, public)
+    public_name = (f"certificate {cert}" if cert
+                   else f"the public half of private key {private_key} (no -c given)")
     parts_dir = Path(source) if source is not None else manifest.parent
     result = VerifyResult(str(manifest), m.name, "valid", len(m.parts), m.bundled_size)
+    try:
+        keylib.verify_manifest(parsed, public, cert_name=public_name)
+    except SignatureError as exc:  # reported with every other problem below
+        result.signature = "invalid"
+        result.problems.append(str(exc))
     directory = DirectorySource(parts_dir)
     total = 0
     for entry, chunks in directory.iter_parts(sorted(m.parts, key=lambda e: e.index)):
@@ -171,16 +191,21 @@ def verify(
             result.problems.append(str(exc))
             continue
         if hasher.hexdigest() != entry.digest.lower():
-            result.problems.append(f"part {entry.filename} is corrupt: SHA-1 {hasher.hexdigest()}, manifest says {entry.digest}")
-    if not result.problems and total != m.bundled_size:
+            result.problems.append(part_mismatch(entry, hasher.hexdigest(), m.parts))
+    if len(result.problems) == (result.signature == "invalid") and total != m.bundled_size:
         result.problems.append(f"parts hold {total} bytes but the manifest's bundled_size is {m.bundled_size}")
     if result.problems:
-        raise IntegrityError("; ".join(result.problems[:5]) + (f" (and {len(result.problems) - 5} more)" if len(result.problems) > 5 else ""))
+        more = len(result.problems) - 5
+        kind = SignatureError if result.signature == "invalid" else IntegrityError
+        error = kind("; ".join(result.problems[:5]) + (f" (and {more} more)" if more > 0 else ""))
+        error.result = result.summary()  # --json reports every problem, not only the message
+        raise error
     if decrypt:
         if private_key is None:
             raise UsageError("verify --decrypt needs -k PRIVATEKEY")
         key = keylib.load_private_key(Path(private_key))
-        unbundled = unbundle_parts(parsed, directory, None, key, verify_key=public, progress=progress)
+        unbundled = unbundle_parts(parsed, directory, None, key, verify_key=public, progress=progress,
+                                   verify_name=public_name)
         result.decrypted = True
         result.image_digest = unbundled.digest
     return result

@@ -71,6 +71,28 @@ class AwsOptions:
                 f"connect_timeout={self.connect_timeout}, read_timeout={self.read_timeout})")
 
 
+def endpoint_url_value(text: str | None, what: str = "--endpoint-url") -> str | None:
+    """An endpoint URL botocore will take: http(s)://HOST[:PORT][/PATH], checked here so a
+    missing scheme is a usage error and not botocore's ValueError at the first request."""
+    if text is None:
+        return None
+    from urllib.parse import urlsplit
+
+    value = text.strip()
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise UsageError(f"{what} {value!r} is not a URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        hint = f"write it as https://{value} (or http:// for a local endpoint)" if "://" not in value else None
+        raise UsageError(f"{what} {value!r} needs a scheme: http:// or https://", hint=hint)
+    if not parts.hostname or any(c.isspace() for c in value) or not value.isprintable():
+        raise UsageError(f"{what} {value!r} names no host")
+    del port
+    return value
+
+
 def timeout_value(text: str, what: str) -> float:
     try:
         value = float(text)

@@ -29,6 +29,9 @@ class BundlerError(Exception):
     def __init__(self, *args: object, hint: str | None = None) -> None:
         super().__init__(*args)
         self.hint = hint
+        # What a command had found when it failed (verify's problems): --json prints it
+        # beside the error.
+        self.result: dict[str, object] | None = None
 
 
 class UsageError(BundlerError):

@@ -35,6 +35,7 @@ from bundler.manifest import (
     ParsedManifest,
     insert_signature,
     is_encrypted,
+    is_xml,
     rexml_signed_data,
     signed_data,
     signed_region_matches,
@@ -500,7 +501,7 @@ def find_ec2_cert(
 def decrypt_legacy_manifest(data: bytes, private_key: rsa.RSAPrivateKey) -> bytes:
     """Decrypt a whole-manifest encryption scheme v1/v2 file (spec §2.4); read-only."""
     data = bytes(data)
-    if not is_encrypted(data):
+    if is_xml(data):
         raise ManifestError("manifest is not encrypted (it starts with '<'); parse it directly")
     if len(data) < 3:
         raise ManifestError("encrypted manifest is truncated (shorter than its header)")

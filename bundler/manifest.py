@@ -9,13 +9,14 @@ import dataclasses
 import logging
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import defusedxml
 import defusedxml.ElementTree as DET
 
 from bundler.errors import ManifestError, UsageError
+from bundler.s3names import bucket_and_prefix  # noqa: F401 - re-exported; the rules live in s3names
 
 log = logging.getLogger("bundler.manifest")
 
@@ -44,7 +45,6 @@ _MAX_BUNDLE_NAME = 128
 _HEX_RE = re.compile(r"[0-9a-fA-F]+")
 _INT_RE = re.compile(r"[0-9]{1,19}")
 _BUNDLE_NAME_RE = re.compile(r"[A-Za-z0-9._+-]+")
-_BUCKET_RE = re.compile(r"[A-Za-z0-9._-]{3,255}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # What a manifest value may not hold: control characters (XML 1.0 forbids most of them and
 # normalises the rest away, so the value read back would differ), lone surrogates (not
@@ -55,6 +55,17 @@ _XML_DECL_RE = re.compile(rb"\s*(<\?xml[^>]*\?>)")
 
 class EncryptedManifestError(ManifestError):
     """The manifest uses the legacy whole-file encryption (spec §2.4); decrypt it first."""
+
+
+def part_mismatch(entry: PartEntry, actual: str, entries: Sequence[PartEntry], where: str = "") -> str:
+    """Why a part's SHA-1 is not the manifest's, in words: another part's data (parts renamed
+    or given out of order) or just different bytes (corrupt or from another bundle)."""
+    what = f"part {where or entry.filename} (index {entry.index})"
+    for other in entries:
+        if other.index != entry.index and other.digest.lower() == actual:
+            return (f"{what} holds the data of {other.filename} (index {other.index}): the parts were "
+                    "renamed or given out of order; give each part its own name")
+    return f"{what} is corrupt: SHA-1 {actual}, manifest says {entry.digest}"
 
 
 @dataclass(frozen=True)
@@ -302,12 +313,24 @@ def _signed_view(manifest: Manifest) -> Manifest:
 # --------------------------------------------------------------------------- parsing
 
 
-def is_encrypted(data: bytes) -> bool:
-    """Classic downloader rule (spec §2.4), relaxed to accept a bare ``<manifest>`` too."""
+def is_xml(data: bytes) -> bool:
+    """Starts like an XML document (after blanks and a UTF-8 byte order mark)."""
     stripped = data.lstrip()
     if stripped.startswith(b"\xef\xbb\xbf"):
         stripped = stripped[3:].lstrip()
-    return not stripped.startswith(b"<")
+    return stripped.startswith(b"<")
+
+
+def is_encrypted(data: bytes) -> bool:
+    """A legacy whole-file encrypted manifest (spec §2.4): not XML, and starting as one does
+    (scheme byte 1 or 2, a plausible RSA block length). Anything else that is not XML is left
+    to the XML parser, which says it is not a manifest."""
+    if is_xml(data):
+        return False
+    if len(data) < 3 or data[0] not in (1, 2):
+        return False
+    rsa_len, offset = (data[1], 2) if data[0] == 1 else (int.from_bytes(data[1:3], "big"), 3)
+    return 0 < rsa_len <= 2048  # a short or misframed one is reported by the decrypter
 
 
 def _one_line(exc: BaseException) -> str:
@@ -322,6 +345,12 @@ def _parse_tree(data: bytes, source: str) -> ET.Element:
     except defusedxml.DefusedXmlException as exc:
         raise ManifestError(f"{source}: hostile XML: {_one_line(exc)}; refusing to parse") from exc
     except ET.ParseError as exc:
+        head = data.lstrip()
+        if not head.startswith((b"<", b"\xef\xbb\xbf")):
+            raise ManifestError(
+                f"{source} is not a manifest: neither XML (it does not start with '<') nor a legacy "
+                "encrypted manifest", hint="a manifest is the NAME.manifest.xml file of a bundle"
+            ) from None
         raise ManifestError(
             f"{source}: not well-formed XML ({_one_line(exc)}); the manifest is truncated or corrupt"
         ) from exc
@@ -650,16 +679,3 @@ def parse_product_codes(value: str | None) -> list[str]:
     return [code.strip() for code in value.split(",") if code.strip()]
 
 
-def bucket_and_prefix(value: str) -> tuple[str, str]:
-    """``BUCKET[/KEY/PREFIX]`` → (bucket, "key/prefix/" or "") as classic split_container."""
-    segments = value.strip("/").split("/")
-    bucket = segments[0]
-    if not bucket:
-        raise UsageError(f"empty bucket in --bucket {_show(value)}; expected BUCKET[/PREFIX]")
-    if not _BUCKET_RE.fullmatch(bucket):
-        raise UsageError(
-            f"invalid bucket name {_show(bucket)} in --bucket {_show(value)}: "
-            "use 3-255 characters from a-z 0-9 . - (legacy names: also A-Z and _)"
-        )
-    prefix = "/".join(segments[1:])
-    return bucket, prefix + "/" if prefix else ""

@@ -190,7 +190,7 @@ def write_manifest_with_backup(manifest_path: Path, original: bytes, new: bytes)
     try:
         _write_new(manifest_path, new, exclusive=False)
     except BaseException:
-        bak.unlink(missing_ok=True)  # the manifest is untouched, so the backup is not needed
+        _discard(bak)  # the manifest is untouched, so the backup is not needed
         raise
     return bak
 
@@ -216,11 +216,21 @@ def _write_new(path: Path, data: bytes, *, exclusive: bool) -> None:
         else:
             os.replace(tmp, path)
     except FileExistsError:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise BackupExistsError(f"{path} already exists; refusing to overwrite it") from None
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        _discard(tmp)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}",
+                          hint="migrate a copy of the manifest in a writable directory") from None
+
+
+def _discard(path: Path) -> None:
+    """Clean-up that cannot fail: on a read-only filesystem even removing a file that was
+    never created is an error (EROFS), and it must not hide the real one."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 __all__ = [

@@ -33,7 +33,7 @@ from .concurrency import BackgroundStage, Prefetch
 from .deflate import GzipDecoder, ParallelGzipWriter, compression_settings
 from .errors import ArchiveError, DecryptionError, IntegrityError, KeyFileError
 from .imagewriter import FileImageWriter, ImageWriter, NullImageWriter
-from .manifest import Manifest, ParsedManifest, PartEntry, part_names, validate_name
+from .manifest import Manifest, ParsedManifest, PartEntry, part_mismatch, part_names, validate_name
 from .parts import MAX_PART_BYTES, PART_SIZE, Part, PartSink, PartSource
 from .progress import NULL_PROGRESS, ProgressListener
 from .source import ImageSource
@@ -448,9 +448,7 @@ def verified_parts(source: PartSource, entries: Sequence[PartEntry], bundled_siz
         hasher.update(data)
         actual = hasher.hexdigest()
         if actual != entry.digest.lower():
-            raise IntegrityError(
-                f"part {entry.filename} (index {entry.index}) is corrupt: SHA-1 {actual}, manifest says {entry.digest}"
-            )
+            raise IntegrityError(part_mismatch(entry, actual, entries))
         progress.advance("unbundle", len(data))
         yield bytes(data)
     if total != bundled_size:
@@ -537,7 +535,9 @@ class DecryptedStream:
                 self._started = True
                 if bytes(piece[:2]) != b"\x1f\x8b":
                     raise DecryptionError(
-                        "the decrypted data is not gzip: the AES key does not fit these parts"
+                        "the first part decrypts to data that is not gzip although every part's "
+                        "SHA-1 matched: the manifest lists its parts out of order (e.g. sorted as "
+                        "text, part.10 before part.2) or holds another bundle's AES key"
                     )
             # Small slices keep the inflater's unconsumed input (copied on every call) small.
             self._buffer += self._decoder.feed(piece, OUTPUT_STEP)
@@ -595,14 +595,16 @@ def check_member(member, manifest: Manifest) -> str:
 
 def unbundle(parsed: ParsedManifest, source: PartSource, destination: Path | None, private_key, *,
              verify_key=None, overwrite: bool = False, progress: ProgressListener = NULL_PROGRESS,
-             writer: ImageWriter | None = None) -> UnbundleResult:
+             writer: ImageWriter | None = None, verify_name: str | None = None) -> UnbundleResult:
     """Verify and extract a bundle; the image appears in ``destination`` only when all checks pass.
 
     ``destination=None`` runs every check and discards the image (``verify --decrypt``).
     """
     started = time.monotonic()
     manifest = parsed.manifest
-    keylib.verify_manifest(parsed, verify_key if verify_key is not None else private_key.public_key())
+    if verify_key is None:
+        verify_key, verify_name = private_key.public_key(), "the public half of the private key (-k; no -c given)"
+    keylib.verify_manifest(parsed, verify_key, cert_name=verify_name or "the certificate (-c)")
     key, iv = keylib.unwrap_key_iv(private_key, manifest)
     entries = sorted(manifest.parts, key=lambda e: e.index)
     source.check_present(entries)

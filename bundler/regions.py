@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from .errors import UsageError
-from .manifest import bucket_and_prefix
+from .s3names import bucket_and_prefix
 
 log = logging.getLogger("bundler.regions")
 

@@ -24,11 +24,12 @@ from ..s3 import (
     load_remote_manifest,
     location_region,
     plan_delete,
+    prepare_upload,
     split_manifest_location,
     upload_bundle,
 )
 from .checking import add_no_check_option, check_registered_bundle
-from .common import Printer, plural
+from .common import Printer, count, ensure_directory, plural, remove_if_empty
 from .context import (
     AwsContext,
     add_aws_options,
@@ -36,6 +37,7 @@ from .context import (
     add_jobs_option,
     add_retry_option,
     add_transfer_options,
+    jobs_from_args,
 )
 from .registration import add_register_options, register_and_report, register_options_from_args
 
@@ -56,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-d", "--directory", type=Path, help="directory with the parts (default: the manifest's)")
     p.add_argument("--acl", choices=ACLS, default=DEFAULT_ACL, help="canned ACL (default: %(default)s)")
     p.add_argument("--location", help="bucket location if it must be created (EU, US or a region)")
-    p.add_argument("--part", type=int, metavar="N", help="start at part index N (classic; resume is automatic)")
+    p.add_argument("--part", type=count(0, 99_999, "part index"), metavar="N", help="start at part index N (classic; resume is automatic)")
     p.add_argument("--skipmanifest", action="store_true", help="do not upload the manifest")
     p.add_argument("--no-resume", action="store_true", help="re-upload parts that are already in S3")
     add_aws_options(p)
@@ -70,7 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("-m", "--manifest", help="manifest object name (no '/')")
     g.add_argument("-p", "--prefix", help="bundle name (default: image)")
-    p.add_argument("-d", "--directory", type=Path, default=Path("."), help="download directory (default: current)")
+    p.add_argument("-d", "--directory", type=Path, default=Path("."),
+                   help="download directory, created when missing (default: current)")
     p.add_argument("-k", "--privatekey", type=Path, help="user private key: decrypts legacy manifests, verifies the signature")
     p.add_argument("-c", "--cert", type=Path, help="certificate to verify the manifest signature with")
     p.add_argument("--no-verify", action="store_true", help="do not check the manifest signature")
@@ -140,6 +143,8 @@ def run_upload_bundle(args: argparse.Namespace, printer: Printer) -> int:
     location = S3Location.parse(args.bucket)
     if args.part is not None and args.part < 0:
         raise UsageError("--part must be 0 or more")
+    # The local bundle first: a bad one fails before anything remote (no bucket made for it).
+    prepared = prepare_upload(args.manifest, args.directory, jobs=jobs_from_args(args))
     aws = AwsContext(args, printer)
     region = location_region(args.location) if args.location else None
     if region and aws.opts.region and region != aws.opts.region:
@@ -156,7 +161,8 @@ def run_upload_bundle(args: argparse.Namespace, printer: Printer) -> int:
         ensure_bucket(client, location.bucket, location=args.location)  # raises on a location conflict
     result = upload_bundle(client, location, args.manifest, directory=args.directory, acl=args.acl,
                            jobs=aws.jobs, attempts=aws.attempts, start_part=args.part,
-                           skip_manifest=args.skipmanifest, resume=not args.no_resume, progress=printer.progress())
+                           skip_manifest=args.skipmanifest, resume=not args.no_resume, progress=printer.progress(),
+                           prepared=prepared)
     result.bucket_created = created
     human = []
     if result.parts_skipped:
@@ -187,24 +193,40 @@ def run_download_bundle(args: argparse.Namespace, printer: Printer) -> int:
 
     location = S3Location.parse(args.bucket)
     name = _manifest_object_name(args)
+    if "/" in name:
+        # -p x/img: the manifest is BUCKET/x/img.manifest.xml, and its parts are beside it.
+        folder, _, name = name.rpartition("/")
+        location = S3Location.parse(f"{location.bucket}/{location.prefix}{folder}", "-b/--bucket with -p")
     private_key = load_private_key(args.privatekey) if args.privatekey else None
-    verify_key = None
+    verify_key = verify_name = None
     if not args.no_verify:
         if args.cert:
-            verify_key = load_public_key(args.cert)
+            verify_key, verify_name = load_public_key(args.cert), f"certificate {args.cert}"
         elif private_key is not None:
             verify_key = private_key.public_key()
+            verify_name = f"the public half of private key {args.privatekey} (no -c given)"
     aws = AwsContext(args, printer)
     client, _ = aws.s3_in_bucket_region(location.bucket)
-    result = download_bundle(client, location, name, args.directory, private_key=private_key,
-                             verify_key=verify_key, jobs=aws.jobs, attempts=aws.attempts,
-                             progress=printer.progress())
+    created = ensure_directory(args.directory, "-d/--directory")
+    try:
+        result = download_bundle(client, location, name, args.directory, private_key=private_key,
+                                 verify_key=verify_key, verify_name=verify_name, jobs=aws.jobs, attempts=aws.attempts,
+                                 progress=printer.progress())
+    except BaseException:
+        if created:
+            remove_if_empty(args.directory)
+        raise
     human = [f"Downloaded {plural(result.parts_downloaded, 'part')} ({result.bytes_downloaded} bytes) "
              f"in {result.seconds:.2f}s" + (f", {result.parts_skipped} already present" if result.parts_skipped else ""),
-             f"Every part matches the manifest{' (signature verified)' if result.verified_signature else ''}",
+             "Every part matches the manifest" + (" (signature verified)" if result.verified_signature
+                                                   else " (signature NOT checked)"),
              f"Manifest: {result.manifest_path}"]
     if result.plaintext_path:
         human.append(f"Decrypted manifest: {result.plaintext_path}")
+    if not result.verified_signature:
+        why = "--no-verify" if args.no_verify else "no -c CERT or -k PRIVATEKEY given"
+        printer.warn(f"the manifest signature was not checked ({why}): the parts match the manifest, but "
+                     f"nothing shows who made it; check with: ami-bundler verify -c CERT {result.manifest_path}")
     printer.result(result.summary(), human)
     return 0
 

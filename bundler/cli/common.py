@@ -12,9 +12,10 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import UsageError
+from ..errors import OutputError, UsageError
 from ..progress import NULL_PROGRESS, ProgressListener
 
 
@@ -93,3 +94,61 @@ def detect_arch() -> str:
 
 def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def count(minimum: int = 1, maximum: int | None = None, what: str = "number"):
+    """An argparse type: a whole number in [minimum, maximum], so a nonsensical value is a
+    usage error naming the flag instead of a confusing failure later."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip().replace("_", ""), 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole {what}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"{text!r}: the {what} must be {bound}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0 or value > 7 * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be more than 0 and at most a week")
+    return value
+
+
+def ensure_directory(path: Path, flag: str, *, mode: int = 0o755) -> bool:
+    """Create the output directory ``path`` (and its parents) when missing, the last one with
+    ``mode`` (exactly: the umask does not widen or narrow it). True if it was created, so a
+    failed run can take it away again (``remove_if_empty``)."""
+    path = Path(path)
+    if path.is_dir():
+        return False
+    if path.exists() or path.is_symlink():
+        raise OutputError(f"{flag} {path} exists and is not a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=mode)
+        os.chmod(path, mode)
+    except FileExistsError:
+        return False  # made by someone else meanwhile
+    except OSError as exc:
+        raise OutputError(f"cannot create {flag} {path}: {exc.strerror}") from None
+    return True
+
+
+def remove_if_empty(path: Path) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass

@@ -25,13 +25,14 @@ from ..aws import (
     check_region,
     default_timeouts,
     ec2_client,
+    endpoint_url_value,
     make_session,
     s3_client,
     timeout_value,
 )
 from ..errors import S3Error, UsageError
 from ..s3 import DEFAULT_ATTEMPTS, DEFAULT_JOBS, RETRY_ATTEMPTS, bucket_region
-from .common import Printer
+from .common import Printer, count, seconds
 
 log = logging.getLogger("bundler.cli")
 
@@ -60,14 +61,14 @@ def add_aws_options(parser: argparse.ArgumentParser, *, credentials: bool = True
                        help="secret key (visible in ps: prefer AWS_SECRET_ACCESS_KEY or a profile)")
         g.add_argument("-t", "--delegation-token", "--session-token", dest="session_token", metavar="TOKEN",
                        help="session token for temporary credentials")
-    g.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS, metavar="N",
+    g.add_argument("--max-attempts", type=count(1, 100, "attempt count"), default=DEFAULT_MAX_ATTEMPTS, metavar="N",
                    help=f"botocore attempts per request (default {DEFAULT_MAX_ATTEMPTS})")
     g.add_argument("--retry-mode", choices=RETRY_MODES, default="standard",
                    help="botocore retry mode (default standard)")
-    g.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+    g.add_argument("--connect-timeout", type=seconds, metavar="SECONDS",
                    help=f"seconds to wait for a connection (default ${CONNECT_TIMEOUT_ENV} or "
                         f"{DEFAULT_CONNECT_TIMEOUT:.0f})")
-    g.add_argument("--read-timeout", type=float, metavar="SECONDS",
+    g.add_argument("--read-timeout", type=seconds, metavar="SECONDS",
                    help=f"seconds to wait for data on a connection before retrying (default ${READ_TIMEOUT_ENV} "
                         f"or {DEFAULT_READ_TIMEOUT:.0f})")
     if credentials:
@@ -77,7 +78,7 @@ def add_aws_options(parser: argparse.ArgumentParser, *, credentials: bool = True
 
 def add_jobs_option(parser: Any, *, help: str = "parallel transfers (default: %(default)s)",
                     metavar: str | None = "N") -> None:
-    parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS, metavar=metavar, help=help)
+    parser.add_argument("--jobs", type=count(1, 256, "job count"), default=DEFAULT_JOBS, metavar=metavar, help=help)
 
 
 def add_retry_option(parser: Any, *, help: str = "up to 5 tries per object") -> None:
@@ -128,7 +129,7 @@ def aws_options_from_args(args: argparse.Namespace,
     return AwsOptions(
         profile=getattr(args, "profile", None),
         region=region,
-        endpoint_url=getattr(args, "endpoint_url", None),
+        endpoint_url=endpoint_url_value(getattr(args, "endpoint_url", None)),
         access_key=getattr(args, "access_key", None),
         secret_key=getattr(args, "secret_key", None),
         session_token=getattr(args, "session_token", None),

@@ -10,7 +10,7 @@ from .. import api
 from ..errors import UsageError
 from ..parts import DirectorySink
 from ..pipeline import bundle
-from .common import Printer
+from .common import Printer, count, ensure_directory, remove_if_empty
 from .context import AwsContext, add_aws_options, add_jobs_option
 from .inputs import (
     add_bundle_options,
@@ -29,14 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cert", type=Path, default=Path("ami-bundler-cert.pem"), help="certificate path (default: %(default)s)")
     p.add_argument("--bits", type=int, default=2048, choices=[2048, 3072, 4096])
     p.add_argument("--common-name", default="ami-bundler", help="certificate subject CN")
-    p.add_argument("--days", type=int, default=3650, help="certificate validity in days")
+    p.add_argument("--days", type=count(1, 36500, "day count"), default=3650, help="certificate validity in days")
     p.set_defaults(func=run_keygen)
 
     p = sub.add_parser("bundle-image", help="bundle a disk image into parts and a signed manifest",
                        description="Bundle an image file (or standard input) into encrypted 10 MiB parts "
                                    "and a signed manifest, in one streaming pass (ec2-bundle-image).")
     add_image_options(p)
-    p.add_argument("-d", "--destination", type=Path, default=Path("/tmp"), help="output directory (default: %(default)s)")
+    p.add_argument("-d", "--destination", type=Path, default=Path("/tmp"),
+                   help="output directory, created when missing (default: %(default)s)")
     add_cert_region_option(p)
     p.add_argument("--force", action="store_true", help="replace an existing bundle of the same name")
     add_bundle_options(p, image_flag=True)
@@ -49,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", "--privatekey", type=Path, required=True, help="user private key")
     p.add_argument("-c", "--cert", type=Path, help="certificate to verify the signature with (default: public half of -k)")
     p.add_argument("-s", "--source", type=Path, help="directory with the parts (default: the manifest's)")
-    p.add_argument("-d", "--destination", type=Path, default=Path("."), help="output directory (default: current)")
+    p.add_argument("-d", "--destination", type=Path, default=Path("."),
+                   help="output directory, created mode 0700 when missing (default: current)")
     p.add_argument("--force", action="store_true", help="replace an existing image file")
     p.add_argument("--from-s3", action="store_true", help="stream the parts from S3 (-m BUCKET/PREFIX/NAME.manifest.xml)")
     # Long options only: unbundle's classic -s means --source, not --secret-key.
@@ -88,12 +90,16 @@ def run_keygen(args: argparse.Namespace, printer: Printer) -> int:
 def run_bundle_image(args: argparse.Namespace, printer: Printer) -> int:
     source, keys, options = bundle_inputs(args)
     sink = DirectorySink(args.destination, overwrite=args.force)
+    created = False
     try:
+        created = ensure_directory(args.destination, "-d/--destination")
         sink.check_clear(options.name)  # fail before reading the image, not at commit
+        result = bundle(source, sink, keys, options, printer.progress())
     except BaseException:
         source.close()
+        if created:
+            remove_if_empty(args.destination)
         raise
-    result = bundle(source, sink, keys, options, printer.progress())
     manifest_path = args.destination / result.manifest_name
     data = result.summary()
     data["manifest_path"] = str(manifest_path)
@@ -103,11 +109,19 @@ def run_bundle_image(args: argparse.Namespace, printer: Printer) -> int:
 
 
 def run_unbundle(args: argparse.Namespace, printer: Printer) -> int:
-    if args.from_s3:
-        result = _unbundle_from_s3(args, printer)
-    else:
-        result = api.unbundle(args.manifest, args.privatekey, source=args.source, destination=args.destination,
-                              cert=args.cert, overwrite=args.force, progress=printer.progress())
+    # Created private: it is about to hold the decrypted image.
+    created = ensure_directory(args.destination, "-d/--destination", mode=0o700)
+    try:
+        if args.from_s3:
+            result = _unbundle_from_s3(args, printer)
+        else:
+            result = api.unbundle(args.manifest, args.privatekey, source=args.source,
+                                  destination=args.destination, cert=args.cert, overwrite=args.force,
+                                  progress=printer.progress())
+    except BaseException:
+        if created:
+            remove_if_empty(args.destination)
+        raise
     printer.result(result.summary(), [f"Unbundled {result.path} ({result.size} bytes, sha1 of tar stream {result.digest})",
                                       "Unbundle complete."])
     return 0
@@ -127,7 +141,8 @@ def _unbundle_from_s3(args: argparse.Namespace, printer: Printer) -> Any:
     parsed, _, _ = load_remote_manifest(client, location, name, private_key=private_key)
     source = S3PartSource(client, location.bucket, location.prefix, jobs=aws.jobs, attempts=aws.attempts)
     return unbundle(parsed, source, Path(args.destination), private_key, verify_key=verify_key,
-                    overwrite=getattr(args, "force", False), progress=printer.progress())
+                    overwrite=getattr(args, "force", False), progress=printer.progress(),
+                    verify_name=f"certificate {args.cert}" if verify_key is not None else None)
 
 
 def run_verify(args: argparse.Namespace, printer: Printer) -> int:

@@ -18,7 +18,7 @@ from ..images import open_source, stdin_stream
 from ..manifest import parse_block_device_mapping, parse_product_codes, validate_name
 from ..pipeline import BundleKeys, BundleOptions, BundleResult
 from ..source import ImageSource, StreamImageSource
-from .common import account_id, detect_arch, require
+from .common import account_id, count, detect_arch, require
 
 CERT_REGION_HELP = "region whose EC2 certificate wraps the key (default: us-east-1's)"
 
@@ -30,7 +30,7 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
     """-i/--image and --image-size: a file, or standard input of a stated size."""
     parser.add_argument("-i", "--image", required=True,
                         help="image file, or - for standard input (with --image-size)")
-    parser.add_argument("--image-size", type=int,
+    parser.add_argument("--image-size", type=count(1, 1 << 62, "byte count"),
                         help="bytes on standard input (required with -i -), or the decompressed size "
                              "of a compressed image that does not record it (saves a read pass)")
     parser.add_argument("--image-format", choices=IMAGE_FORMATS, metavar="FORMAT",
@@ -61,7 +61,7 @@ def add_bundle_options(parser: argparse.ArgumentParser, *, image_flag: bool) -> 
     g.add_argument("--productcodes", help="comma-separated product codes")
     g.add_argument("--no-size-checks", action="store_true", help="allow images over 10 GiB")
     g.add_argument("--compression", default="default", help="default | fast | best | 1-9")
-    g.add_argument("--jobs-compress", type=int, default=None, metavar="N", help="compression threads (default: all cores)")
+    g.add_argument("--jobs-compress", type=count(1, 1024, "thread count"), default=None, metavar="N", help="compression threads (default: all cores)")
 
 
 # --------------------------------------------------------------------------- flags → inputs

@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 from typing import Any
 
+from ..aws import endpoint_url_value
 from ..errors import S3Error, UsageError
 from ..s3 import ACLS, DEFAULT_ACL, S3Location, ensure_bucket, location_region
 from .checking import add_no_check_option, check_install_image
@@ -103,7 +104,7 @@ def _install_one(args: argparse.Namespace, printer: Printer) -> int:
     if options is None:
         printer.result(data, human)
         return 0
-    data.update(image_id=result.image_id, name=options.name, region=result.region, state=result.state)
+    data.update(image_id=result.image_id, ami_name=options.name, region=result.region, state=result.state)
     human += [f"Registered {result.image_id} ({options.name}) in {result.region}"
               + (f": {result.state}" if result.state else ""), str(result.image_id)]
     printer.result(data, human)
@@ -151,7 +152,8 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
     aws = AwsContext(args, printer)
     targets = []
     for region in regions:
-        opts = aws.opts if region not in endpoints else dataclasses.replace(aws.opts, endpoint_url=endpoints[region])
+        opts = aws.opts if region not in endpoints else dataclasses.replace(
+            aws.opts, endpoint_url=endpoint_url_value(endpoints[region], "--region-endpoint"))
         bucket, prefix = buckets[region]
         targets.append(RegionTarget(
             region=region, location=S3Location(bucket, prefix),

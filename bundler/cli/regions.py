@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from ..aws import endpoint_url_value
 from ..errors import S3Error, UsageError
 from ..s3 import ACLS, DEFAULT_ACL, S3Location, bucket_region, ensure_bucket, location_region
 from .common import Printer
@@ -122,7 +123,8 @@ def run_migrate_manifest(args: argparse.Namespace, printer: Printer) -> int:
 def _source_client(aws: AwsContext, args: argparse.Namespace, bucket: str) -> tuple[Any, str]:
     opts = aws.opts
     if args.source_endpoint_url:
-        opts = dataclasses.replace(opts, endpoint_url=args.source_endpoint_url)
+        opts = dataclasses.replace(opts, endpoint_url=endpoint_url_value(args.source_endpoint_url,
+                                                                          "--source-endpoint-url"))
     region = validated_region(args, args.source_region, "--source-region")
     client = aws.s3(bucket, region=region, opts=opts)
     at = bucket_region(client, bucket)

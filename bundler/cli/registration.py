@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import Printer
+from .common import Printer, seconds
 from .context import AwsContext
 
 
@@ -28,7 +28,7 @@ def add_register_options(p: argparse.ArgumentParser, *, full: bool) -> None:
     g.add_argument("--launch-permission", action="append", default=[], metavar="ACCOUNT|all",
                    help="allow an account (or all) to launch it (repeatable)")
     g.add_argument("--wait", action="store_true", help="wait until the AMI is available")
-    g.add_argument("--wait-timeout", type=float, default=900, metavar="SECONDS", help="(default: %(default)s)")
+    g.add_argument("--wait-timeout", type=seconds, default=900, metavar="SECONDS", help="(default: %(default)s)")
 
 
 def register_options_from_args(args: argparse.Namespace, name: str, *, full: bool) -> Any:
@@ -65,7 +65,7 @@ def register_and_report(aws: AwsContext, region: str | None, image_location: str
     state = None
     if args.wait:
         state = wait_available(ec2, image_id, timeout=args.wait_timeout)
-    data = {**extra, "image_id": image_id, "image_location": image_location, "name": options.name,
+    data = {**extra, "image_id": image_id, "image_location": image_location, "ami_name": options.name,
             "region": ec2.meta.region_name, "state": state}
     printer.result(data, [*human, f"Registered {image_id} ({options.name}) in {ec2.meta.region_name}"
                           + (f": {state}" if state else ""), image_id])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import MetadataError, UsageError
 from .checking import add_no_check_option
-from .common import Printer
+from .common import Printer, count, ensure_directory, remove_if_empty
 from .inputs import add_bundle_options, add_cert_region_option, bundle_human
 
 
@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("-v", "--volume", type=Path, default=Path("/"),
                    help="root filesystem directory to image (default: / , the running system; needs root)")
     g.add_argument("-d", "--destination", type=Path, default=Path("/tmp"),
-                   help="output directory for parts, manifest and a kept image (default: %(default)s)")
+                   help="output directory for parts, manifest and a kept image, created when missing "
+                        "(default: %(default)s)")
     # nargs="+" and commas: Packer's `-e {{.PrivatePath}}/*` arrives glob-expanded or not.
     g.add_argument("-e", "--exclude", action="extend", nargs="+", default=[], metavar="PATH",
                    help="paths/globs (relative to the volume, or absolute under it) to leave out; "
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-filter", action="store_true",
                    help="do not leave out private keys, histories and other secrets")
     g.add_argument("--list-excluded", action="store_true", help="print every left-out path and why")
-    g.add_argument("-s", "--size", type=int, metavar="MiB",
+    g.add_argument("-s", "--size", type=count(1, 10 << 20, "size in MiB"), metavar="MiB",
                    help="image size in MiB (default: used space ×1.2 + 256 MiB; max 10240)")
     g.add_argument("-P", "--partition", choices=["none", "mbr", "gpt"], default="none",
                    help="partition table; the filesystem starts at 1 MiB for mbr/gpt, which get "
@@ -140,6 +141,16 @@ def inherit_options(args: argparse.Namespace, options, printer: Printer):
 
 
 def run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
+    created = ensure_directory(args.destination, "-d/--destination")
+    try:
+        return _run_bundle_vol(args, printer)
+    except BaseException:
+        if created:
+            remove_if_empty(args.destination)
+        raise
+
+
+def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
     from ..volume import bundle_volume, check_preconditions
 
     config = config_from_args(args)

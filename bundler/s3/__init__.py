@@ -40,7 +40,14 @@ from .objects import (
     s3_error,
 )
 from .stream import S3PartSource, S3Sink
-from .upload import LocalPart, UploadResult, read_local_manifest, upload_bundle, verify_local_parts
+from .upload import (
+    LocalPart,
+    UploadResult,
+    prepare_upload,
+    read_local_manifest,
+    upload_bundle,
+    verify_local_parts,
+)
 
 __all__ = [
     "ACLS",
@@ -87,6 +94,7 @@ __all__ = [
     "run_parallel",
     "s3_error",
     "split_manifest_location",
+    "prepare_upload",
     "upload_bundle",
     "verify_local_parts",
 ]

@@ -91,6 +91,7 @@ def download_bundle(
     *,
     private_key: Any = None,
     verify_key: Any = None,
+    verify_name: str | None = None,
     jobs: int = DEFAULT_JOBS,
     attempts: int = DEFAULT_ATTEMPTS,
     progress: ProgressListener = NULL_PROGRESS,
@@ -107,7 +108,7 @@ def download_bundle(
     if verify_key is not None:
         from ..keys import verify_manifest
 
-        verify_manifest(parsed, verify_key)
+        verify_manifest(parsed, verify_key, cert_name=verify_name)
         verified = True
     manifest = parsed.manifest
     entries = sorted(manifest.parts, key=lambda e: e.index)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..manifest import bucket_and_prefix
+from ..s3names import bucket_and_prefix
 
 
 @dataclass(frozen=True)

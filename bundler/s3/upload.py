@@ -12,7 +12,7 @@ from typing import Any
 
 from ..concurrency import run_parallel
 from ..errors import IntegrityError, ManifestError, PartMissingError, UsageError
-from ..manifest import ParsedManifest, PartEntry, parse_manifest
+from ..manifest import ParsedManifest, PartEntry, parse_manifest, part_mismatch
 from ..progress import NULL_PROGRESS, ProgressListener
 from .location import S3Location
 from .lock import UploadLock
@@ -94,9 +94,8 @@ def verify_local_parts(parsed: ParsedManifest, directory: Path, *, jobs: int = D
             raise IntegrityError(f"cannot read part {path}: {exc.strerror}") from None
         if sha1.hexdigest() != entry.digest.lower():
             raise IntegrityError(
-                f"local part {path} does not match {parsed.source} (SHA-1 {sha1.hexdigest()}, manifest says "
-                f"{entry.digest}): the directory holds another bundle's parts; re-bundle or fix -d/-m"
-            )
+                f"{part_mismatch(entry, sha1.hexdigest(), entries, str(path))} ({parsed.source}); nothing "
+                "was uploaded", hint="re-bundle, or point -d/-m at the bundle these parts belong to")
         return LocalPart(entry, path, size, md5.digest())
 
     parts = run_parallel([lambda e=e: check(e) for e in entries], jobs)
@@ -105,6 +104,16 @@ def verify_local_parts(parsed: ParsedManifest, directory: Path, *, jobs: int = D
         raise IntegrityError(f"local parts hold {total} bytes but {parsed.source} says bundled_size "
                              f"{manifest.bundled_size}: re-bundle")
     return parts
+
+
+def prepare_upload(manifest_path: Path, directory: Path | None = None, *,
+                   jobs: int = DEFAULT_JOBS) -> tuple[ParsedManifest, list[LocalPart]]:
+    """The local half of an upload, before anything remote: the manifest parsed, every part
+    present with the manifest's SHA-1."""
+    manifest_path = Path(manifest_path)
+    parsed = read_local_manifest(manifest_path)
+    directory = Path(directory) if directory is not None else manifest_path.parent
+    return parsed, verify_local_parts(parsed, directory, jobs=jobs)
 
 
 def upload_bundle(
@@ -120,14 +129,17 @@ def upload_bundle(
     skip_manifest: bool = False,
     resume: bool = True,
     progress: ProgressListener = NULL_PROGRESS,
+    prepared: tuple[ParsedManifest, list[LocalPart]] | None = None,
 ) -> UploadResult:
     """Upload a local bundle: verify parts, skip intact ones already in S3, PUT the rest in
-    parallel, then the manifest last (spec §6.6). The bucket must exist (see ensure_bucket)."""
+    parallel, then the manifest last (spec §6.6). The bucket must exist (see ensure_bucket).
+    ``prepared`` is ``prepare_upload``'s result when the caller checked the local side first
+    (before creating the bucket, so a bad bundle leaves nothing behind in S3)."""
     started = time.monotonic()
     manifest_path = Path(manifest_path)
-    parsed = read_local_manifest(manifest_path)
-    directory = Path(directory) if directory is not None else manifest_path.parent
-    parts = verify_local_parts(parsed, directory, jobs=jobs)
+    parsed, parts = prepared or prepare_upload(manifest_path, directory, jobs=jobs)
+    if start_part is not None and not 0 <= start_part < len(parts):
+        raise UsageError(f"--part {start_part}: {manifest_path.name} has parts 0 to {len(parts) - 1}")
 
     wanted = [p for p in parts if start_part is None or p.entry.index >= start_part]
     skipped_by_flag = len(parts) - len(wanted)
@@ -139,6 +151,15 @@ def upload_bundle(
     try:
         # One listing: what is there already (resume) and whether another bundle's manifest is.
         existing = list_objects(client, location.bucket, os.path.commonprefix([*part_keys, manifest_key]))
+        if start_part and not skip_manifest:
+            absent = [p.entry.filename for p in parts if p.entry.index < start_part
+                      and existing.get(location.key(p.entry.filename)) != (p.size, p.md5.hex())]
+            if absent:
+                more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+                raise UsageError(
+                    f"--part {start_part} skips {absent[0]}{more}, but {location.url()} does not hold "
+                    "them as they are here: nothing was uploaded",
+                    hint="drop --part: a re-run skips by itself the parts already in S3")
         todo: list[LocalPart] = []
         for part in wanted:
             have = existing.get(location.key(part.entry.filename))

@@ -281,6 +281,12 @@ def make_filesystem(staging: Path, image: Path, p: FsParams, *, min_mib: int) ->
         run(mke2fs_command(staging, image, p))
     except ToolError as exc:
         low = exc.stderr.lower()
+        if "no space left on device" in low or "file too large" in low:
+            # The disk holding the image file is full (or ulimit -f): no -s helps.
+            raise VolumeError(
+                f"no space left in {image.parent} for the {p.size_bytes // MIB} MiB image file: "
+                "free space there or put it elsewhere with --image-dir"
+            ) from exc
         if any(s in low for s in ("could not allocate block", "no space left",
                                   "could not allocate inode", "no free space")):
             raise VolumeError(
