@@ -169,7 +169,7 @@ def test_local_part_mismatch_is_refused_before_any_upload(capsys, proxy, s3, buc
     (bundle3.directory / "img.part.1").write_bytes(b"other bundle" * 100)
     code, _, err = upload(capsys, proxy.url, bucket, bundle3)
     assert code == 5
-    assert "img.part.1" in err and "does not match" in err
+    assert "img.part.1" in err and "is corrupt" in err
     assert proxy.requests("PUT") == []
     assert keys_in(s3, bucket) == {}
 
