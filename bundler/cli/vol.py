@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import MetadataError, UsageError
+from ..volume.safefs import display
 from .checking import add_no_check_option
 from .common import Printer, count, ensure_directory, remove_if_empty
 from .inputs import add_bundle_options, add_cert_region_option, bundle_human
@@ -31,13 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="paths/globs to keep despite -e or the secret filter (may reach into an "
                         "excluded directory)")
     g.add_argument("-a", "--all", action="store_true",
-                   help="also copy mounts of non-local filesystems (tmpfs, NFS, FUSE...)")
+                   help="also copy every mount under the volume: bind mounts, tmpfs, NFS, FUSE...")
     g.add_argument("-x", "--one-file-system", action="store_true",
-                   help="copy only the volume's own filesystem (not even local mounts under it; "
-                        "the default for the live /)")
+                   help="copy only the volume's own filesystem, no mount under it (the default)")
     g.add_argument("--local-mounts", action="store_true",
-                   help="also copy local disk filesystems mounted under the volume (the default for a "
-                        "directory; for the live / the default is its own filesystem only)")
+                   help="also copy local disk filesystems mounted under the volume (bind mounts "
+                        "only with --all); by default only the volume's own filesystem is read")
     g.add_argument("--no-filter", action="store_true",
                    help="do not leave out private keys, histories and other secrets")
     g.add_argument("--list-excluded", action="store_true", help="print every left-out path and why")
@@ -61,9 +61,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--label", help="filesystem label (default: the source's, else cloudimg-rootfs)")
     g.add_argument("--uuid", help="filesystem UUID (default: the source's, else a new one)")
     g.add_argument("--image-dir", type=Path,
-                   help="where the temporary image and staging tree go (default: the destination; "
-                        "on the volume's filesystem files are hard-linked, not copied)")
-    g.add_argument("--keep-image", action="store_true", help="keep the image as DEST/PREFIX")
+                   help="where the temporary image and staging tree go, in a private 0700 "
+                        "directory (default: the destination; on a filesystem with reflinks "
+                        "the staging copy takes no space)")
+    g.add_argument("--keep-image", action="store_true",
+                   help="keep the (unencrypted, mode 0600) image as DEST/PREFIX")
+    g.add_argument("--drop-oversize-xattrs", action="store_true",
+                   help="leave out extended attributes too large for an ext4 inode and one "
+                        "block, reporting each file (default: keep them with ext4 ea_inode when "
+                        "no GRUB 2 is installed, else fail)")
     g.add_argument("--clone-only", action="store_true",
                    help="only build the image DEST/PREFIX; no keys needed")
     g.add_argument("--inherit", action=argparse.BooleanOptionalAction, default=None,
@@ -116,6 +122,7 @@ def config_from_args(args: argparse.Namespace):
         bootloader=args.bootloader,
         kernel_cmdline=args.kernel_cmdline,
         generate_menu_lst=args.generate_menu_lst,
+        drop_oversize_xattrs=args.drop_oversize_xattrs,
     )
 
 
@@ -166,12 +173,13 @@ def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
     listed: list[dict[str, str]] = []
 
     def on_selection(selection) -> None:
-        printer.note(f"Selected {len(selection.entries)} entries from {selection.volume}; "
+        printer.note(f"Selected {len(selection.entries)} entries from {display(str(selection.volume))}; "
                      f"left out {len(selection.excluded)}")
         for warning in selection.warnings:
             printer.warn(warning)
         if args.list_excluded:
             for ex in selection.excluded:
+                # display(): printable and lossless for names that are not UTF-8.
                 listed.append({"path": ex.display(), "reason": ex.reason})
                 if not printer.json_mode:
                     print(f"excluded {ex.display()}: {ex.reason}", file=printer.stdout)
@@ -206,17 +214,14 @@ def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
 def mount_policy(args: argparse.Namespace) -> str:
     """Which mounts under the volume are copied.
 
-    The running system (``-v /``) is read as one filesystem unless --all or --local-mounts:
-    mounts under / hold the host's state (containers, scratch disks), and a mount point
-    left out stays in the image as an empty directory, named in --list-excluded. A built
-    root filesystem directory keeps classic behaviour: local disk filesystems are crossed.
+    By default none (a built tree and the live / alike): a mount below the volume holds
+    something else (the host's state, a scratch disk, a bind mount of a host directory or
+    file) and is left out — an empty directory for a directory mount point, nothing for a
+    file — and named in --list-excluded. --local-mounts crosses local disk filesystems (not
+    bind mounts), --all everything.
     """
     if args.all:
         return "all"
-    if args.one_file_system:
-        return "one-filesystem"
     if args.local_mounts:
         return "local"
-    from ..volume import is_live_root
-
-    return "one-filesystem" if is_live_root(args.volume) else "local"
+    return "one-filesystem"

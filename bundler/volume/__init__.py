@@ -1,7 +1,7 @@
 """bundle-vol: a root filesystem directory (or the live ``/``) → ext4 disk image → bundle.
 
-Steps (no loop devices, no mounts): select files (``selection``), stage them as a hard-link
-tree (``imagefs.stage``), install fstab, ``mke2fs -d`` the staging tree into a sparse image
+Steps (no loop devices, no mounts): select files (``selection``), copy them into a private
+staging tree (``staging``; reflinks where possible), install fstab, ``mke2fs -d`` the staging tree into a sparse image
 file (at 1 MiB when a partition table is asked for, written by ``partition``), ``e2fsck -fn``
 it, then stream the image through the core pipeline into parts. The image is a temporary file
 in the image directory, kept as DEST/PREFIX only with ``keep_image``/``clone_only``.
@@ -16,6 +16,7 @@ init, no DHCP configuration, an fstab naming another filesystem) are warnings.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -31,7 +32,9 @@ from ..progress import NULL_PROGRESS, ProgressListener
 from . import bootloader as bootlib
 from . import fstab as fstablib
 from . import imagefs, partition
+from . import staging as stagelib
 from .partition import MIB, Scheme
+from .safefs import display
 from .selection import (
     LIVE_VIRTUAL_DIRS,
     VIRTUAL_DIRS,
@@ -62,7 +65,7 @@ class VolumeConfig:
     excludes: list[str] = field(default_factory=list)
     includes: list[str] = field(default_factory=list)
     secret_filter: bool = True
-    mount_policy: MountPolicy = "local"
+    mount_policy: MountPolicy = "one-filesystem"
     fstab: Path | None = None
     generate_fstab: bool = False
     legacy_fstab: bool = False
@@ -71,7 +74,7 @@ class VolumeConfig:
     size_checks: bool = True
     keep_image: bool = False
     clone_only: bool = False
-    link_files: bool = True                # hard-link into staging (else always copy)
+    drop_oversize_xattrs: bool = False     # else kept with ea_inode (no GRUB 2) or refused
     fsck: bool = True
     bootloader: bootlib.Bootloader = "auto"  # GRUB 2 for mbr/gpt: auto | grub2 | none
     kernel_cmdline: str = ""               # extra kernel arguments (grub.cfg / menu.lst)
@@ -110,10 +113,28 @@ class VolumeResult:
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
+        reasons: dict[str, int] = {}
+        for ex in self.selection.excluded:
+            key = ex.reason.split(" (", 1)[0]
+            key = key if not key.startswith("excluded by -e") else "excluded by -e"
+            reasons[key] = reasons.get(key, 0) + 1
+        for _, why in self.stage.skipped:
+            reasons[why] = reasons.get(why, 0) + 1
         data: dict[str, Any] = {
-            "volume": str(self.selection.volume),
-            "entries": len(self.selection.entries),
-            "excluded": len(self.selection.excluded),
+            # Paths are text with non-UTF-8 bytes as \xNN and "\" as "\\" (docs/json.md).
+            "volume": display(str(self.selection.volume)),
+            "entries": len(self.selection.entries) - len(self.stage.skipped),
+            "excluded": len(self.selection.excluded) + len(self.stage.skipped),
+            "excluded_reasons": reasons,
+            "unmatched_excludes": [display(p) for p in self.selection.unmatched_excludes],
+            "unmatched_includes": [display(p) for p in self.selection.unmatched_includes],
+            "staged": {"copied": self.stage.copied, "reflinked": self.stage.reflinked,
+                       "hard_links": self.stage.linked, "bytes": self.stage.copied_bytes,
+                       "inode_flags": len(self.stage.flags),
+                       "oversize_xattrs_kept": len({x.rel for x in self.stage.pending_xattrs}),
+                       "oversize_xattrs_dropped": [
+                           {"path": "/" + display(r), "xattrs": n}
+                           for r, n in self.stage.dropped_xattrs]},
             "image": str(self.image_path) if self.image_path else None,
             "image_size": self.disk_bytes,
             "filesystem_size": self.fs_bytes,
@@ -182,6 +203,7 @@ def select_volume(config: VolumeConfig, *, extra_hard_excludes: dict[Path, str] 
         secret_filter=config.secret_filter,
         hard_excludes=hard,
         virtual_dirs=LIVE_VIRTUAL_DIRS if live else VIRTUAL_DIRS,
+        volume_aliases=[Path(os.path.abspath(config.volume))],
         mounts=host_mounts() if mounts is None else mounts,
         mount_policy=config.mount_policy,
         swap_files=host_swap_files() if swap_files is None else swap_files,
@@ -227,11 +249,14 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
     remove_stale(work)
     if not config.clone_only and sink is None:
         DirectorySink(Path(config.destination)).check_clear(config.prefix)  # fail before the work
-    tmp_image = work / temp_name(VOLUME_KIND, f"{config.prefix}.img")
-    staging = work / temp_name(VOLUME_KIND, f"{config.prefix}.staging")
+    # One private directory (0700 from creation) holds the unencrypted image, the staging
+    # tree and spooled xattrs: nothing in it is readable by other users even in /tmp.
+    private = work / temp_name(VOLUME_KIND, f"{config.prefix}.work")
+    tmp_image = private / "image"
+    staging = private / "staging"
     mounts = host_mounts()
-    selection = select_volume(config, mounts=mounts, extra_hard_excludes={
-        tmp_image: "image being built", staging: "staging tree"})
+    selection = select_volume(config, mounts=mounts,
+                              extra_hard_excludes={private: "bundle-vol work directory"})
     timings["select"] = time.monotonic() - t0
     log.info("%d entries selected, %d left out", len(selection.entries), len(selection.excluded))
     if on_selection is not None:
@@ -249,45 +274,61 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
     kept = config.keep_image or config.clone_only
     result: VolumeResult | None = None
     cleaner: threading.Thread | None = None
+    # GRUB 2 cannot read ea_inode filesystems; without it, oversize xattrs are kept that way.
+    grub_possible = config.partition != "none" and config.bootloader != "none"
+    os.mkdir(private, 0o700)
     try:
         t = time.monotonic()
-        stats = imagefs.stage(selection, staging, link=config.link_files)
+        spool = private / "xattrs"
+        os.mkdir(spool, 0o700)
+        xpolicy = stagelib.XattrPolicy(keep=not config.drop_oversize_xattrs, spool_dir=spool)
+        stats = stagelib.stage(selection, staging, xattrs=xpolicy)
+        check_staged(stats, config, grub_possible)
         if fstab_bytes is not None:
             fstablib.install_fstab(staging, fstab_bytes)
         timings["stage"] = time.monotonic() - t
 
         t = time.monotonic()
         boot_plan = bootlib.prepare(staging, layout, config.boot_options, fs_uuid=fs_uuid,
-                                    label=label, workdir=work)
+                                    label=label, workdir=private)
         fstab_path = bootlib.tree_resolve(staging, "etc/fstab")
-        fstab_text = (fstab_path.read_text(errors="replace")
-                      if fstab_path is not None and fstab_path.is_file() else None)
+        fstab_text = bootlib.read_text(fstab_path) if fstab_path is not None else None
         for warning in bootlib.sanity_warnings(staging, scheme=layout.scheme,
                                                fstab_text=fstab_text, label=label,
                                                fs_uuid=fs_uuid, plan=boot_plan):
             boot_plan.warn(warning)
+        for rel, names in stats.dropped_xattrs:
+            boot_plan.warn(f"/{display(rel)}: extended attributes {', '.join(names)} left out "
+                           "(too large for an ext4 inode and one block; --drop-oversize-xattrs)")
         timings["bootloader"] = time.monotonic() - t
 
         t = time.monotonic()
-        with open(tmp_image, "xb") as fh:
-            fh.truncate(layout.disk_bytes)
+        fd = os.open(tmp_image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, layout.disk_bytes)
+        finally:
+            os.close(fd)
         params = imagefs.FsParams(
             size_bytes=layout.fs_bytes, label=label, uuid=fs_uuid,
             root_uid=root_st.st_uid, root_gid=root_st.st_gid,
             root_mode=root_st.st_mode & 0o7777, offset=layout.fs_offset,
-            inodes=imagefs.inodes_needed(selection) + 1024)
+            inodes=imagefs.inodes_needed(selection) + 1024,
+            ea_inode=bool(stats.pending_xattrs))
         imagefs.make_filesystem(staging, tmp_image, params,
                                 min_mib=min_disk)
         dev_nodes = any(e.rel == "dev" and e.kind == "dir" for e in selection.entries)
-        imagefs.touch_up(tmp_image, offset=layout.fs_offset, root_mode=params.root_mode,
-                         dev_nodes=dev_nodes)
+        for warning in imagefs.touch_up(tmp_image, offset=layout.fs_offset,
+                                        root_mode=params.root_mode, dev_nodes=dev_nodes,
+                                        stats=stats):
+            boot_plan.warn(warning)
         partition.write_table(tmp_image, layout, disk_id=uuidlib.UUID(fs_uuid))
         bootlib.check_filesystem(tmp_image, layout.fs_offset, boot_plan)
         bootlib.install(tmp_image, layout, boot_plan)
         timings["mkfs"] = time.monotonic() - t
         # Removing thousands of staged entries is slow metadata I/O; let it overlap with the
         # CPU-bound bundling instead of adding to the wall time.
-        cleaner = threading.Thread(target=imagefs.remove_tree, args=(staging,),
+        cleaner = threading.Thread(target=stagelib.remove_tree, args=(staging,),
                                    name="staging-cleanup", daemon=True)
         cleaner.start()
         if config.fsck:
@@ -314,18 +355,62 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
                 Path(config.destination)), keys, options, progress)
             timings["bundle"] = time.monotonic() - t
         if kept:
-            try:
-                os.link(tmp_image, config.kept_image_path)  # never replaces an existing file
-            except FileExistsError:
-                raise OutputError(f"image file {config.kept_image_path} appeared while bundling; "
-                                  "the bundle is complete but the image was not kept") from None
-            tmp_image.unlink()
+            keep_image_file(tmp_image, config.kept_image_path)
             result.image_path = config.kept_image_path
     finally:
         if cleaner is not None:
             cleaner.join()
-        imagefs.remove_tree(staging)
-        if tmp_image.exists():
-            tmp_image.unlink()
+        stagelib.remove_tree(private)
     timings["total"] = time.monotonic() - t0
     return result
+
+
+def check_staged(stats: stagelib.StageStats, config: VolumeConfig, grub_possible: bool) -> None:
+    """Oversize xattrs need ext4 ea_inode, which GRUB 2 cannot read: refuse to build an image
+    that would not boot, naming the files, unless told to drop them."""
+    if stats.pending_xattrs and grub_possible:
+        files = stats.oversize_xattr_files
+        names = ", ".join("/" + display(r) for r in files[:5]) + (" ..." if len(files) > 5 else "")
+        raise VolumeError(f"{len(files)} file(s) have extended attributes too large for an "
+                          f"ext4 inode and one block ({names}): keeping them needs the ea_inode "
+                          "feature, which GRUB 2 cannot read; pass --drop-oversize-xattrs to "
+                          "leave those attributes out (each file is reported), or "
+                          "--bootloader none")
+
+
+def keep_image_file(tmp_image: Path, final: Path) -> None:
+    """Give the finished image its final name without ever replacing a file; across
+    filesystems (--image-dir elsewhere) it is copied to a temporary name first, so a
+    visible DEST/PREFIX is always complete. The image stays 0600."""
+    try:
+        os.link(tmp_image, final)  # never replaces an existing file
+        return
+    except FileExistsError:
+        raise OutputError(f"image file {final} appeared while bundling; the bundle is complete "
+                          "but the image was not kept") from None
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise OutputError(f"cannot keep the image as {final}: {exc.strerror}") from None
+    temp = final.parent / temp_name(VOLUME_KIND, final.name)
+    src = os.open(tmp_image, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        dst = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600)
+        try:
+            stagelib.copy_data(src, dst)
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+    except OSError as exc:
+        if os.path.lexists(temp):
+            os.unlink(temp)
+        raise OutputError(f"cannot copy the image to {final}: {exc.strerror}") from None
+    finally:
+        os.close(src)
+    try:
+        os.link(temp, final)
+    except FileExistsError:
+        raise OutputError(f"image file {final} appeared while bundling; the bundle is complete "
+                          "but the image was not kept") from None
+    finally:
+        os.unlink(temp)

@@ -8,11 +8,13 @@ for BIOS is three things, none of which needs a block device:
    They are written into the *staging tree* before ``mke2fs -d``, so they are ordinary
    files of the image. The modules are the volume's own (``usr/lib/grub/i386-pc``),
    hard-linked, so core.img and the modules it loads come from the same GRUB build.
-2. core.img, built by ``grub-mkimage`` (the volume's own binary run through the volume's own
-   dynamic loader, else the host's) from the volume's module directory, with the modules to
-   read the partition table and ext4 and a prefix ``(,msdos1)/boot/grub`` /
+2. core.img, built by the *host's* ``grub-mkimage`` from the volume's module directory, with
+   the modules to read the partition table and ext4 and a prefix ``(,msdos1)/boot/grub`` /
    ``(,gpt1)/boot/grub``: the empty drive means "the disk the BIOS booted from", so the
-   image does not depend on how many disks the instance has.
+   image does not depend on how many disks the instance has. Nothing from the volume is ever
+   executed on the host (an earlier version ran the volume's grub-mkimage through the
+   volume's own dynamic loader, as root: a planted ``ld-linux`` ran with host privileges);
+   the volume's modules are only data to grub-mkimage (docs/security.md).
 3. boot.img in sector 0 and core.img in the MBR gap (mbr) or the BIOS boot partition (gpt),
    patched as grub-bios-setup does (``grubimg``), written into the image file after the
    partition table.
@@ -25,9 +27,9 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import re
 import shutil
+import stat
 import tempfile
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -61,6 +63,9 @@ INIT_PATHS = ("sbin/init", "lib/systemd/systemd", "usr/lib/systemd/systemd")
 SERIAL_CONSOLE = "console=tty0 console=ttyS0,115200n8"
 PV_CONSOLE = "console=hvc0"
 MAX_SYMLINK_HOPS = 40
+# Caps on what is parsed from the tree (os-release, network configs, grub images).
+TEXT_CAP = 1024 * 1024
+IMAGE_CAP = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,22 @@ def tree_resolve(root: Path, rel: str) -> Path | None:
     return root.joinpath(*resolved)
 
 
+def read_capped(path: Path, cap: int = TEXT_CAP) -> bytes | None:
+    """At most ``cap`` bytes of the regular file ``path`` of the (private) staging tree; None
+    when it is not a regular file. Opened without following a symlink or blocking on a FIFO."""
+    from . import safefs
+
+    try:
+        return safefs.read_capped(safefs.CWD, str(path), cap)
+    except OSError:
+        return None
+
+
+def read_text(path: Path, cap: int = TEXT_CAP) -> str | None:
+    data = read_capped(path, cap)
+    return None if data is None else data.decode("utf-8", "replace")
+
+
 def _version_key(version: str) -> list[tuple[int, int | str]]:
     # Numeric runs compare as numbers so 6.1.10 > 6.1.9; text sorts below numbers.
     return [(1, int(t)) if t.isdigit() else (0, t) for t in re.findall(r"\d+|[a-z]+", version)]
@@ -163,8 +184,9 @@ def find_kernels(tree: Path) -> list[Kernel]:
 def os_name(tree: Path) -> str:
     for rel in ("etc/os-release", "usr/lib/os-release"):
         path = tree_resolve(tree, rel)
-        if path is not None and path.is_file():
-            for line in path.read_text(errors="replace").splitlines():
+        text = read_text(path) if path is not None else None
+        if text is not None:
+            for line in text.splitlines():
                 if line.startswith("PRETTY_NAME="):
                     name = line.split("=", 1)[1].strip().strip("\"'")
                     if name:
@@ -226,112 +248,78 @@ def menu_lst(kernels: list[Kernel], *, root: str, scheme: Scheme, title: str,
 
 # ------------------------------------------------------------------------------ staging writes
 
-def _fresh_file(path: Path, content: bytes, mode: int = 0o644) -> None:
-    """Create ``path`` anew: a staged entry may be a hard link to the volume, so it is renamed
-    away or unlinked, never written through."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(content)
-    os.chmod(path, mode)
-    if os.geteuid() == 0:
-        os.chown(path, 0, 0)
-
-
-def _real_dir(staging: Path, rel: str) -> Path:
-    """A real directory staging/rel (a symlink there could point out of the staging tree)."""
-    path = staging
-    for name in rel.split("/"):
-        path = path / name
-        if path.is_symlink():
-            log.info("/%s is a symlink in the volume; the image gets a directory there",
-                     path.relative_to(staging))
-            path.unlink()
-        if not path.exists():
-            path.mkdir(mode=0o755)
-            if os.geteuid() == 0:
-                os.chown(path, 0, 0)
-        elif not path.is_dir():
-            raise VolumeError(f"/{path.relative_to(staging)} in the volume is not a directory: "
-                              "cannot install GRUB there")
-    return path
-
-
 def install_grub_files(staging: Path, moddir: Path, cfg: str) -> int:
     """/boot/grub/grub.cfg (previous one kept as grub.cfg.orig) and the modules; returns the
     number of module files."""
-    grub = _real_dir(staging, "boot/grub")
-    target = grub / "i386-pc"
-    if target.is_symlink() or target.is_file():
-        target.unlink()
-    elif target.is_dir():
-        shutil.rmtree(target)  # staged hard links: removes directory entries only
-    target.mkdir(mode=0o755)
-    count = 0
-    for src in sorted(moddir.iterdir()):
-        if src.suffix not in (".mod", ".lst") or not src.is_file():
-            continue
-        dst = target / src.name
+    from .staging import private_dir, write_file
+
+    gfd = private_dir(staging, "boot/grub")
+    try:
         try:
-            os.link(src, dst, follow_symlinks=False)  # same data, no space used in the image
-        except OSError:
-            shutil.copyfile(src, dst)
-            os.chmod(dst, 0o644)
-        count += 1
-    cfg_path = grub / "grub.cfg"
-    if os.path.lexists(cfg_path):
-        os.replace(cfg_path, grub / "grub.cfg.orig")
-    _fresh_file(cfg_path, cfg.encode())
+            st = os.lstat("i386-pc", dir_fd=gfd)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            # The staging tree is private and boot/grub a real directory: a path is safe here.
+            shutil.rmtree(staging / "boot/grub/i386-pc")
+        elif st is not None:
+            os.unlink("i386-pc", dir_fd=gfd)
+        os.mkdir("i386-pc", 0o755, dir_fd=gfd)
+        tfd = os.open("i386-pc", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=gfd)
+    finally:
+        os.close(gfd)
+    count = 0
+    try:
+        for src in sorted(moddir.iterdir()):
+            if src.suffix not in (".mod", ".lst") or src.is_symlink() or not src.is_file():
+                continue
+            # A staging-internal hard link: same data, no space used in the image.
+            os.link(src, src.name, dst_dir_fd=tfd, follow_symlinks=False)
+            count += 1
+    finally:
+        os.close(tfd)
+    write_file(staging, "boot/grub/grub.cfg", cfg.encode(), keep_old="grub.cfg.orig")
     return count
 
 
 def install_menu_lst(staging: Path, text: str) -> bool:
     """Write /boot/grub/menu.lst unless the volume has one (or grub.conf); True if written."""
-    grub = _real_dir(staging, "boot/grub")
-    for name in ("menu.lst", "grub.conf"):
-        if os.path.lexists(grub / name):
+    from .staging import private_dir, write_file
+
+    gfd = private_dir(staging, "boot/grub")
+    try:
+        for name in ("menu.lst", "grub.conf"):
+            try:
+                os.lstat(name, dir_fd=gfd)
+            except FileNotFoundError:
+                continue
             log.info("keeping the volume's /boot/grub/%s for PV-GRUB", name)
             return False
-    _fresh_file(grub / "menu.lst", text.encode())
+    finally:
+        os.close(gfd)
+    write_file(staging, "boot/grub/menu.lst", text.encode())
     return True
 
 
 # ------------------------------------------------------------------------------ core image
 
-def mkimage_commands(tree: Path) -> list[tuple[str, list[str]]]:
-    """(description, argv prefix) of usable grub-mkimage programs, the volume's own first.
-
-    The volume's binary runs through the volume's dynamic loader and libraries (no chroot
-    needed), which only works for an x86-64 volume on an x86-64 host.
-    """
-    found: list[tuple[str, list[str]]] = []
-    if platform.machine() in ("x86_64", "AMD64"):
-        loader = next((p for p in (tree_resolve(tree, r) for r in (
-            "lib64/ld-linux-x86-64.so.2", "usr/lib64/ld-linux-x86-64.so.2",
-            "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")) if p is not None and p.is_file()), None)
-        libdirs = [str(p) for p in (tree_resolve(tree, r) for r in (
-            "lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64"))
-            if p is not None and p.is_dir()]
-        for name in MKIMAGE_NAMES:
-            prog = tree_resolve(tree, f"usr/bin/{name}")
-            if loader is not None and prog is not None and prog.is_file():
-                found.append((f"the volume's {name}",
-                              [str(loader), "--library-path", ":".join(dict.fromkeys(libdirs)),
-                               str(prog)]))
-                break
+def mkimage_commands() -> list[tuple[str, list[str]]]:
+    """(description, argv) of the host's grub-mkimage. Never the volume's: running the tree's
+    binary (or its loader) would run the tree's code with the host's privileges."""
     for name in MKIMAGE_NAMES:
         host = shutil.which(name)
         if host:
-            found.append((f"the host's {name}", [host]))
-            break
-    return found
+            return [(f"the host's {name}", [host])]
+    return []
 
 
 def build_core_img(tree: Path, moddir: Path, scheme: Scheme, workdir: Path) -> tuple[bytes, str]:
     """core.img for ``scheme`` from the volume's modules; (bytes, which grub-mkimage)."""
-    commands = mkimage_commands(tree)
+    commands = mkimage_commands()
     if not commands:
-        raise VolumeError("grub-mkimage not found in the volume or on this host: install "
-                          "grub-common (Debian/Ubuntu) or grub2-tools (RPM) on the host")
+        raise VolumeError("grub-mkimage not found on this host (the volume's own is never run "
+                          "on the host): install grub-common (Debian/Ubuntu) or grub2-tools "
+                          "(RPM) on the host")
     prefix = f"(,{PART_NAME[scheme]}1)/boot/grub"
     errors = []
     with tempfile.TemporaryDirectory(prefix=".grub-", dir=workdir) as tmp:
@@ -340,7 +328,7 @@ def build_core_img(tree: Path, moddir: Path, scheme: Scheme, workdir: Path) -> t
             try:
                 run(argv + ["-O", "i386-pc", "-d", str(moddir), "-o", str(out), "-p", prefix,
                             *CORE_MODULES[scheme]], timeout=120)
-                data = out.read_bytes()
+                data = read_capped(out, IMAGE_CAP) or b""
                 log.info("core.img (%d bytes) built with %s", len(data), what)
                 return data, what
             except ToolError as exc:
@@ -425,7 +413,7 @@ def prepare(staging: Path, layout: DiskLayout, options: BootOptions, *, fs_uuid:
         raise VolumeError(f"GRUB's core.img needs {needed} sectors but the {where} has only "
                           f"{limit - first}")
     plan.core_img = core
-    plan.boot_img = (moddir / "boot.img").read_bytes()
+    plan.boot_img = read_capped(moddir / "boot.img", SECTOR + 1) or b""
     n = install_grub_files(staging, moddir, grub_cfg(
         kernels, fs_uuid=fs_uuid, scheme=scheme, title=title,
         extra_cmdline=options.kernel_cmdline))
@@ -501,29 +489,28 @@ def network_config(tree: Path) -> str | None:
     netdir = exists("etc/systemd/network")
     if netdir is not None and netdir.is_dir():
         for f in sorted(netdir.glob("*.network")):
-            if f.is_file() and _DHCP_VALUE.search(f.read_text(errors="replace")):
+            if _DHCP_VALUE.search(read_text(f) or ""):
                 return f"systemd-networkd ({f.name})"
     interfaces = [exists("etc/network/interfaces")]
     idir = exists("etc/network/interfaces.d")
     if idir is not None and idir.is_dir():
         interfaces += sorted(idir.iterdir())
     for f in interfaces:
-        if f is not None and f.is_file():
-            if re.search(r"^\s*iface\s+(?!lo\b)\S+\s+inet6?\s+(dhcp|auto)", f.read_text(
-                    errors="replace"), re.M):
+        if f is not None:
+            if re.search(r"^\s*iface\s+(?!lo\b)\S+\s+inet6?\s+(dhcp|auto)",
+                         read_text(f) or "", re.M):
                 return "ifupdown (/etc/network/interfaces)"
     netplan = exists("etc/netplan")
     if netplan is not None and netplan.is_dir():
         for f in sorted(netplan.glob("*.y*ml")):
-            if f.is_file() and re.search(r"dhcp4\s*:\s*(true|yes|on)", f.read_text(
-                    errors="replace"), re.I):
+            if re.search(r"dhcp4\s*:\s*(true|yes|on)", read_text(f) or "", re.I):
                 return f"netplan ({f.name})"
     for rel in ("etc/sysconfig/network-scripts", "etc/sysconfig/network"):
         d = exists(rel)
         if d is not None and d.is_dir():
             for f in sorted(d.glob("ifcfg-*")):
-                if f.name != "ifcfg-lo" and f.is_file() and re.search(
-                        r"BOOTPROTO\s*=\s*['\"]?dhcp", f.read_text(errors="replace"), re.I):
+                if f.name != "ifcfg-lo" and re.search(
+                        r"BOOTPROTO\s*=\s*['\"]?dhcp", read_text(f) or "", re.I):
                     return f"ifcfg ({f.name})"
     # Programs that configure DHCP on every Ethernet interface without a file of their own.
     for rel, what in (("usr/bin/cloud-init", "cloud-init"),

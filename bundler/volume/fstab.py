@@ -8,11 +8,11 @@ is left out: on NVMe instance types that device never appears and the boot would
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import UsageError
 
+FSTAB_CAP = 1024 * 1024
 SUPPLIED_BY = "# Supplied by: ami-bundler (ec2-ami-tools-1.5-3 compatible)"
 
 
@@ -52,9 +52,13 @@ def choose_fstab(*, fstab_file: Path | None, generate: bool, label: str | None,
         raise UsageError("--fstab and --generate-fstab are mutually exclusive")
     if fstab_file is not None:
         try:
-            return Path(fstab_file).read_bytes()
+            with open(fstab_file, "rb") as fh:
+                data = fh.read(FSTAB_CAP + 1)
         except OSError as exc:
             raise UsageError(f"cannot read --fstab {fstab_file}: {exc.strerror}") from None
+        if len(data) > FSTAB_CAP:
+            raise UsageError(f"--fstab {fstab_file} is over {FSTAB_CAP // 1024} KiB: not an fstab")
+        return data
     if generate:
         return generate_fstab(label=label, uuid=uuid, legacy=legacy).encode()
     return None
@@ -63,22 +67,12 @@ def choose_fstab(*, fstab_file: Path | None, generate: bool, label: str | None,
 def install_fstab(staging: Path, content: bytes) -> None:
     """Write ``content`` as staging/etc/fstab, keeping the previous one as etc/fstab.old.
 
-    Staged files may be hard links to the source volume, so the old entry is only *renamed*
-    (a directory-entry operation in the staging tree) and the new file is created fresh with
-    O_EXCL: the source's fstab is never written through a link.
+    ``staging.write_file`` writes into the real directory staging/etc only: a volume whose
+    ``etc`` is a symlink (which could point at the build host's own /etc) is an error.
     """
-    etc = staging / "etc"
-    if not etc.is_dir():
-        etc.mkdir(mode=0o755, exist_ok=True)
-    fstab = etc / "fstab"
-    if os.path.lexists(fstab):
-        os.replace(fstab, etc / "fstab.old")
-    fd = os.open(fstab, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(content)
-    os.chmod(fstab, 0o644)
-    if os.geteuid() == 0:
-        os.chown(fstab, 0, 0)
+    from .staging import write_file
+
+    write_file(staging, "etc/fstab", content, mode=0o644, keep_old="fstab.old")
 
 
 def check_root_entry(text: str, *, label: str | None, uuid: str | None) -> str | None:

@@ -1,30 +1,27 @@
-"""Filesystem image building: staging tree, size estimate, ``mke2fs -d``, debugfs touch-ups.
+"""Filesystem image building: size estimate, ``mke2fs -d`` of the staging tree, debugfs
+touch-ups.
 
-Why a staging tree: ``mke2fs -d DIR`` copies a directory as is, so the selection (excludes,
-secret filter, mount points) has to exist as a directory. The alternatives were worse:
-populating from the source and deleting afterwards would leave excluded secrets in the image's
-free blocks; a userspace ext4 writer is a project of its own. The staging tree is built from
-*hard links* to the source files (no data copied, owner/mode/xattrs/times are the source's own
-inode) with fresh directories and symlinks; only where a link is impossible (another
-filesystem, ``fs.protected_hardlinks`` for a non-root user) is a file copied, sparsely. Files
-are never written through a staged link: fstab edits rename the link away and create a new
-file. Side effect: linking updates the source inodes' ctime (as any ``ln`` would).
+The population step takes the staging tree (``staging``, a private copy of the selection) and
+writes the filesystem: for ext4 ``mke2fs -d``, then debugfs for what mke2fs -d does not carry
+(the root's mode, classic /dev nodes, inode flags such as ``chattr +i``, and extended attributes
+too large for an inode and one block, which need ``ea_inode``). Another filesystem type plugs
+in as another ``make_filesystem`` taking the same staging tree and ``StageStats``.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import shutil
-import stat
 import uuid as uuidlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VolumeError
 from ..tools import ToolError, run
-from .selection import Entry, Selection
+from . import mke2fsconf
+from .safefs import display
+from .selection import Selection
+from .staging import StageStats
 
 log = logging.getLogger("bundler.volume")
 
@@ -66,10 +63,15 @@ def inodes_needed(selection: Selection) -> int:
     return selection.inode_count + 64
 
 
-def fs_overhead(fs_bytes: int, inodes: int) -> int:
+def inode_ratio(fs_bytes: int, conf: dict | None = None) -> int:
+    """Bytes per inode mke2fs will use for this size (mke2fs.conf's usage types)."""
+    return mke2fsconf.geometry(conf if conf is not None else mke2fsconf.load(), fs_bytes).ratio
+
+
+def fs_overhead(fs_bytes: int, inodes: int, conf: dict | None = None) -> int:
     """Metadata mke2fs spends on a filesystem of ``fs_bytes`` (journal, inode tables, bitmaps,
     group descriptors and resize reserve), slightly overestimated."""
-    inode_count = max(fs_bytes // 16384, inodes)
+    inode_count = max(fs_bytes // inode_ratio(fs_bytes, conf), inodes)
     groups = max(1, fs_bytes // (128 * MIB) + 1)
     return (default_journal_bytes(fs_bytes) + inode_count * INODE_SIZE
             + groups * 3 * BLOCK + fs_bytes // 256 + 4 * MIB)
@@ -79,171 +81,19 @@ def min_fs_mib(selection: Selection) -> int:
     """Smallest filesystem (MiB) the selection fits in, estimated before running mke2fs."""
     used = selection.used_bytes
     inodes = inodes_needed(selection)
+    conf = mke2fsconf.load()
     size = used
-    for _ in range(6):  # fixed point: the overhead grows with the size
-        size = used + fs_overhead(size, inodes)
-    return -(-size // MIB)
+    for _ in range(12):  # fixed point: the overhead grows with the size
+        size = used + fs_overhead(size, inodes, conf)
+    # The usage type changes at 512 MiB: just below it inodes are four times denser, so a
+    # size the loop settled on below the boundary is checked once more with its own ratio.
+    return -(-max(size, used + fs_overhead(size, inodes, conf)) // MIB)
 
 
 def default_fs_mib(selection: Selection) -> int:
     """Used space plus headroom for the first boot (logs, package updates)."""
     used_mib = -(-selection.used_bytes // MIB)
     return max(min_fs_mib(selection), -(-(used_mib * 12) // 10) + 256)
-
-
-# ------------------------------------------------------------------------------- staging
-
-@dataclass
-class StageStats:
-    linked: int = 0
-    copied: int = 0
-    copied_bytes: int = 0
-    created: int = 0
-    skipped: list[str] = field(default_factory=list)
-
-
-def stage(selection: Selection, staging: Path, *, link: bool = True) -> StageStats:
-    """Materialise the selection as a directory tree at ``staging`` (which must not exist)."""
-    stats = StageStats()
-    volume = selection.volume
-    staging.mkdir(mode=0o700)
-    root_dev = os.stat(staging).st_dev
-    is_root = os.geteuid() == 0
-    copied_inodes: dict[tuple[int, int], Path] = {}
-    dirs: list[tuple[Path, Path, os.stat_result]] = []
-    for entry in selection.entries:
-        if not entry.rel:
-            continue
-        src = volume / entry.rel
-        dst = staging / entry.rel
-        mode = entry.st.st_mode
-        try:
-            if stat.S_ISDIR(mode):
-                os.mkdir(dst, 0o700)
-                dirs.append((src, dst, entry.st))
-                stats.created += 1
-            elif stat.S_ISLNK(mode):
-                os.symlink(os.readlink(src), dst)
-                _copy_meta(src, dst, entry.st, is_root, symlink=True)
-                stats.created += 1
-            elif link and entry.st.st_dev == root_dev and _try_link(src, dst):
-                stats.linked += 1
-            else:
-                _copy_entry(src, dst, entry, copied_inodes, is_root, stats)
-        except OSError as exc:
-            if stat.S_ISDIR(mode):
-                raise VolumeError(f"cannot stage directory /{entry.rel}: {exc.strerror}") from exc
-            log.warning("cannot stage /%s (%s): left out", entry.rel, exc.strerror)
-            stats.skipped.append(entry.rel)
-    # Directory metadata last (deepest first): a read-only mode must not block creating
-    # children, and adding children would reset the mtime.
-    for src, dst, st in reversed(dirs):
-        _copy_meta(src, dst, st, is_root, symlink=False)
-    if stats.copied:
-        log.warning("staging copied %d files (%d MiB) instead of hard-linking them: put the "
-                    "image directory on the volume's filesystem to avoid the copy",
-                    stats.copied, stats.copied_bytes // MIB)
-    log.info("staged %d links, %d copies, %d dirs/symlinks", stats.linked, stats.copied,
-             stats.created)
-    return stats
-
-
-def _try_link(src: Path, dst: Path) -> bool:
-    try:
-        os.link(src, dst, follow_symlinks=False)
-        return True
-    except OSError as exc:
-        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP):
-            return False
-        raise
-
-
-def _copy_entry(src: Path, dst: Path, entry: Entry, copied: dict[tuple[int, int], Path],
-                is_root: bool, stats: StageStats) -> None:
-    st = entry.st
-    key = (st.st_dev, st.st_ino)
-    if st.st_nlink > 1 and key in copied:
-        os.link(copied[key], dst)  # keep hard links among copied files
-        stats.linked += 1
-        return
-    mode = st.st_mode
-    if stat.S_ISREG(mode):
-        stats.copied_bytes += copy_sparse(src, dst)
-    elif stat.S_ISFIFO(mode):
-        os.mkfifo(dst, 0o600)
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        os.mknod(dst, stat.S_IFMT(mode) | 0o600, st.st_rdev)
-    else:
-        raise OSError(errno.ENOTSUP, "unsupported file type")
-    _copy_meta(src, dst, st, is_root, symlink=False)
-    copied[key] = dst
-    stats.copied += 1
-
-
-def copy_sparse(src: Path, dst: Path) -> int:
-    """Copy a regular file's data ranges only (holes stay holes); returns bytes copied."""
-    copied = 0
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
-        size = os.fstat(fin.fileno()).st_size
-        pos = 0
-        while pos < size:
-            try:
-                data = os.lseek(fin.fileno(), pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # only a hole remains
-                    break
-                data = pos  # SEEK_DATA unsupported: copy everything
-            try:
-                hole = os.lseek(fin.fileno(), data, os.SEEK_HOLE)
-            except OSError:
-                hole = size
-            fin.seek(data)
-            fout.seek(data)
-            remaining = hole - data
-            while remaining > 0:
-                chunk = fin.read(min(remaining, 4 * MIB))
-                if not chunk:
-                    break
-                fout.write(chunk)
-                remaining -= len(chunk)
-                copied += len(chunk)
-            pos = hole
-        fout.truncate(size)
-    return copied
-
-
-def _copy_meta(src: Path, dst: Path, st: os.stat_result, is_root: bool, *, symlink: bool) -> None:
-    """Owner, mode, xattrs and times of ``st`` onto a freshly created staging entry."""
-    if is_root:
-        os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-    if not symlink:
-        os.chmod(dst, stat.S_IMODE(st.st_mode))
-    try:
-        names = os.listxattr(src, follow_symlinks=False)
-    except OSError:
-        names = []
-    for name in names:
-        try:
-            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False),
-                        follow_symlinks=False)
-        except OSError as exc:
-            log.debug("xattr %s of %s not copied: %s", name, src, exc.strerror)
-    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a staging tree even where a read-only directory mode was copied onto it."""
-    if not path.exists():
-        return
-    for dirpath, dirnames, _ in os.walk(path):
-        for d in dirnames:
-            p = os.path.join(dirpath, d)
-            if not os.path.islink(p):
-                try:
-                    os.chmod(p, 0o700)
-                except OSError:
-                    pass
-    shutil.rmtree(path, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------- mke2fs
@@ -258,6 +108,7 @@ class FsParams:
     root_mode: int = 0o755
     offset: int = 0
     inodes: int | None = None
+    ea_inode: bool = False     # xattrs larger than a block (GRUB cannot read such a filesystem)
 
 
 def mke2fs_command(staging: Path, image: Path, p: FsParams) -> list[str]:
@@ -265,11 +116,15 @@ def mke2fs_command(staging: Path, image: Path, p: FsParams) -> list[str]:
     ext = [f"root_owner={p.root_uid}:{p.root_gid}"]
     if p.offset:
         ext.append(f"offset={p.offset}")
-    cmd = ["mke2fs", "-q", "-F", "-t", "ext4", "-b", str(BLOCK), "-U", p.uuid,
-           "-E", ",".join(ext), "-d", str(staging)]
+    # -I 256 whatever mke2fs.conf says for small sizes: 128-byte inodes have no room for
+    # nanosecond timestamps or in-inode xattrs.
+    cmd = ["mke2fs", "-q", "-F", "-t", "ext4", "-b", str(BLOCK), "-I", str(INODE_SIZE),
+           "-U", p.uuid, "-E", ",".join(ext), "-d", str(staging)]
+    if p.ea_inode:
+        cmd += ["-O", "ea_inode"]
     if p.label:
         cmd += ["-L", p.label]
-    if p.inodes and p.inodes > p.size_bytes // 16384:
+    if p.inodes and p.inodes > p.size_bytes // inode_ratio(p.size_bytes):
         cmd += ["-N", str(p.inodes)]
     cmd += [str(image), f"{p.size_bytes // 1024}k"]
     return cmd
@@ -289,16 +144,32 @@ def make_filesystem(staging: Path, image: Path, p: FsParams, *, min_mib: int) ->
             ) from exc
         if any(s in low for s in ("could not allocate block", "no space left",
                                   "could not allocate inode", "no free space")):
+            need = max(min_mib, -(-(p.size_bytes * 11 // 10) // MIB))
             raise VolumeError(
                 f"image too small: the {p.size_bytes // MIB} MiB filesystem filled up; the image "
-                f"needs at least {max(min_mib, p.size_bytes // MIB + 1)} MiB (use -s/--size)"
-            ) from exc
+                f"needs at least {need} MiB (use -s/--size)") from exc
         raise
 
 
-def debugfs_script(*, root_mode: int, dev_nodes: bool) -> str:
-    """debugfs commands for what mke2fs -d does not do: root mode, classic /dev nodes. Pure."""
-    lines = []
+# ext4 inode flag that mke2fs sets on every extent-mapped file and directory; ``sif flags``
+# replaces the whole field, so it is kept alongside the copied flags.
+EXTENTS_FL = 0x80000
+
+
+def debugfs_quote(rel: str) -> str | None:
+    """An image path as one debugfs argument, or None when debugfs cannot take it (a double
+    quote or a line break in the name)."""
+    path = "/" + rel
+    if '"' in path or "\n" in path or "\r" in path:
+        return None
+    return f'"{path}"'
+
+
+def debugfs_script(*, root_mode: int, dev_nodes: bool, stats: StageStats | None = None,
+                   unwritable: list[str] | None = None) -> bytes:
+    """debugfs commands for what mke2fs -d does not do: root mode, classic /dev nodes, inode
+    flags and oversize xattrs. Paths that debugfs cannot name go to ``unwritable``. Pure."""
+    lines: list[str] = []
     if root_mode != 0o755:
         lines.append(f"sif / mode 0{0o40000 | root_mode:o}")
     if dev_nodes:
@@ -307,15 +178,41 @@ def debugfs_script(*, root_mode: int, dev_nodes: bool) -> str:
             lines.append(f"mknod {name} {kind} {major} {minor}")
             lines.append(f"sif {name} mode 0{0o20000 | mode:o}")
         lines.append("cd /")
-    return "\n".join(lines) + ("\n" if lines else "")
+    if stats is not None:
+        for rel, name, value_file in ((x.rel, x.name, x.value_file) for x in stats.pending_xattrs):
+            q = debugfs_quote(rel)
+            if q is None or '"' in name or '"' in str(value_file):
+                (unwritable if unwritable is not None else []).append(rel)
+                continue
+            lines.append(f'ea_set -f "{value_file}" {q} "{name}"')
+        for rel, flags in stats.flags:
+            q = debugfs_quote(rel)
+            if q is None:
+                (unwritable if unwritable is not None else []).append(rel)
+                continue
+            lines.append(f"sif {q} flags {flags | EXTENTS_FL:#x}")
+    text = "\n".join(lines) + ("\n" if lines else "")
+    return os.fsencode(text)
 
 
-def touch_up(image: Path, *, offset: int, root_mode: int, dev_nodes: bool) -> None:
-    script = debugfs_script(root_mode=root_mode, dev_nodes=dev_nodes)
+def touch_up(image: Path, *, offset: int, root_mode: int, dev_nodes: bool,
+             stats: StageStats | None = None) -> list[str]:
+    """Run the debugfs script; returns warnings (paths whose flags/xattrs could not be set)."""
+    unwritable: list[str] = []
+    script = debugfs_script(root_mode=root_mode, dev_nodes=dev_nodes, stats=stats,
+                            unwritable=unwritable)
+    warnings = [f"/{display(rel)}: inode flags or extended attributes not set in the image "
+                "(debugfs cannot name this path)" for rel in dict.fromkeys(unwritable)]
     if not script:
-        return
+        return warnings
     target = f"{image}?offset={offset}" if offset else str(image)
-    run(["debugfs", "-w", "-f", "-", target], input=script.encode())
+    out = run(["debugfs", "-w", "-f", "-", target], input=script)
+    # debugfs reports failed commands on stderr but exits 0.
+    err = out.stderr.decode(errors="replace") if out.stderr else ""
+    bad = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("debugfs ")]
+    if bad:
+        raise VolumeError("debugfs could not finish the image: " + "; ".join(bad[:3]))
+    return warnings
 
 
 def fsck(image: Path, *, offset: int = 0) -> None:

@@ -10,7 +10,6 @@ private-key block or an OpenPGP secret-key packet. Certificates and public keyri
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import stat
@@ -142,24 +141,20 @@ class UnreadableError(Exception):
     """A file the filter must judge but cannot read."""
 
 
-def scan_file(path: str, rel: str) -> str | None:
-    """Read the bounded prefix of ``path`` and classify it; raises UnreadableError."""
+def scan_file(dir_fd: int, name: str, rel: str, expect=None) -> str | None:
+    """Read the bounded prefix of ``name`` in directory ``dir_fd`` (never through a symlink,
+    never blocking on a FIFO swapped in) and classify it; raises UnreadableError, or
+    ``safefs.TreeChanged`` when it is no longer the file ``expect`` describes."""
+    from . import safefs
+
     try:
-        # O_NOFOLLOW: the walk never follows symlinks, and the file could have become one since.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NOATIME", 0)
-                     | getattr(os, "O_CLOEXEC", 0))
-    except PermissionError:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # O_NOATIME needs ownership
-        except OSError as exc:
-            raise UnreadableError(exc.strerror or str(exc)) from exc
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return None
-        raise UnreadableError(exc.strerror or str(exc)) from exc
-    try:
-        with os.fdopen(fd, "rb") as fh:
-            data = fh.read(SCAN_PREFIX)
+        fd = safefs.open_file(dir_fd, name, rel, expect)
     except OSError as exc:
         raise UnreadableError(exc.strerror or str(exc)) from exc
+    try:
+        data = os.read(fd, SCAN_PREFIX)  # a fresh fd reads from 0
+    except OSError as exc:
+        raise UnreadableError(exc.strerror or str(exc)) from exc
+    finally:
+        os.close(fd)
     return private_key_in(data, rel.rsplit("/", 1)[-1].lower())

@@ -1,16 +1,19 @@
 """Which files of a volume go into the image, and why the others do not.
 
-``select_files`` walks a directory tree (never following symlinks) and returns the kept entries
-in parent-before-child order plus the exclusions with a reason each. It only reads the tree
-(lstat, scandir and, for the secret filter, the first bytes of plausible key files), so it runs
-unchanged under pyfakefs.
+``select_files`` walks a directory tree and returns the kept entries in parent-before-child
+order (each directory's children together) plus the exclusions with a reason each. It reads
+the tree only through directory file descriptors (``safefs``): no symlink is followed at any
+component, and the identity (device, inode, type) of every entry is recorded for the staging
+step to check against. Reads are lstat, scandir and, for the secret filter and the swap check,
+a bounded prefix of a file. It runs unchanged under pyfakefs.
 
 Rules, in order of strength:
 
 1. *Hard* exclusions, which ``-i`` cannot override: the destination / image / staging paths,
-   the contents of the virtual-filesystem directories (``dev proc sys media mnt``, plus ``run``
-   and ``tmp`` for the live root) and of mount points the mount policy leaves out. The
-   directories themselves are kept, empty, as mount points.
+   the contents of the virtual-filesystem directories (``dev proc sys``, plus ``media mnt run
+   tmp`` for the live root) and of every mount below the volume the mount policy leaves out. A
+   directory mount point is kept, empty; a *file* mount point (``mount --bind FILE``) is left
+   out. Bind mounts (mountinfo's root field is not ``/``) are only crossed with ``--all``.
 2. Sockets (stale in an image) and swap files (recognised by their signature).
 3. User ``-e`` patterns, then the secret filter (unless ``--no-filter``).
 
@@ -18,36 +21,48 @@ Rules, in order of strength:
 one) and, unlike classic rsync, can also reach *into* a directory that rule 3 excludes: that
 directory is then kept as a skeleton holding only the included paths.
 
-Patterns are volume-relative paths (a leading ``/`` or the volume's own host path is stripped),
-matched component by component with shell globs (``*`` never crosses ``/``).
+Patterns are volume-relative paths (a leading ``/`` or the volume's own host path, as given or
+resolved, is stripped), matched component by component with shell globs (``*`` never crosses
+``/``). A pattern that matches nothing is a warning.
+
+Names are ``str`` with Python's surrogate escapes for bytes that are not UTF-8 (what
+``os.scandir`` returns); ``safefs.display`` is their printable, lossless form.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
+from collections import deque
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
-from . import secrets_filter
+from ..errors import VolumeError
+from . import safefs, secrets_filter
+from .safefs import Identity, display
 
 log = logging.getLogger("bundler.volume")
 
-VIRTUAL_DIRS: tuple[str, ...] = ("dev", "media", "mnt", "proc", "sys")
-LIVE_VIRTUAL_DIRS: tuple[str, ...] = VIRTUAL_DIRS + ("run", "tmp")
+VIRTUAL_DIRS: tuple[str, ...] = ("dev", "proc", "sys")
+LIVE_VIRTUAL_DIRS: tuple[str, ...] = VIRTUAL_DIRS + ("media", "mnt", "run", "tmp")
 
-# Filesystems that hold on-disk data of the system being imaged; mounts of these under the
-# volume are copied (flattened) like classic did. Classic missed btrfs (spec §10 item 15).
+# Filesystems that hold on-disk data of the system being imaged; with --local-mounts, mounts of
+# these under the volume are copied (flattened) like classic did. Classic missed btrfs.
 LOCAL_FS_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "jfs", "reiserfs", "btrfs", "f2fs",
                             "vfat", "exfat"})
 
 MountPolicy = Literal["local", "one-filesystem", "all"]
 
 _SWAP_MAGIC_OFFSETS = (4086, 8182, 16374, 65526)  # page size - 10, for 4/8/16/64 KiB pages
+MOUNTINFO_CAP = 16 * 1024 * 1024
+SCAN_WORKERS = 4          # the secret scan's readers (I/O overlaps; the regex holds the GIL)
+SCAN_QUEUE = 256          # directories with a scan in flight, at most
 
 
 @dataclass(frozen=True)
@@ -57,18 +72,52 @@ class Mount:
     mount_point: str
     fstype: str
     source: str = ""
+    root: str = "/"           # the mounted directory inside its filesystem; not "/" for binds
+
+    @property
+    def is_bind(self) -> bool:
+        return self.root != "/"
 
 
-@dataclass(frozen=True)
 class Entry:
-    """A kept path: ``rel`` is volume-relative without a leading slash ("" is the root)."""
+    """A kept path: ``rel`` is volume-relative without a leading slash ("" is the root).
 
-    rel: str
-    st: os.stat_result
+    The stat fields are copied into slots (an ``os.stat_result`` costs ~1 KiB; at 400 000
+    entries that alone was most of the memory); ``st`` is the entry itself, which has the
+    ``st_*`` attributes the rest of the code reads.
+    """
+
+    __slots__ = ("rel", "st_mode", "st_uid", "st_gid", "st_size", "st_blocks", "st_dev",
+                 "st_ino", "st_nlink", "st_rdev", "st_atime_ns", "st_mtime_ns")
+
+    def __init__(self, rel: str, st) -> None:
+        self.rel = rel
+        self.st_mode = st.st_mode
+        self.st_uid = st.st_uid
+        self.st_gid = st.st_gid
+        self.st_size = st.st_size
+        self.st_blocks = getattr(st, "st_blocks", None)
+        self.st_dev = st.st_dev
+        self.st_ino = st.st_ino
+        self.st_nlink = st.st_nlink
+        self.st_rdev = getattr(st, "st_rdev", 0)
+        self.st_atime_ns = st.st_atime_ns
+        self.st_mtime_ns = st.st_mtime_ns
+
+    @property
+    def st(self) -> Entry:
+        return self
 
     @property
     def kind(self) -> str:
-        return _kind(self.st.st_mode)
+        return _kind(self.st_mode)
+
+    @property
+    def identity(self) -> Identity:
+        return Identity.of(self)
+
+    def __repr__(self) -> str:
+        return f"Entry({self.rel!r}, {self.kind})"
 
 
 @dataclass(frozen=True)
@@ -77,7 +126,8 @@ class Exclusion:
     reason: str
 
     def display(self) -> str:
-        return f"/{self.rel}"
+        """Printable and lossless (see ``safefs.display``)."""
+        return "/" + display(self.rel)
 
 
 @dataclass
@@ -90,9 +140,12 @@ class SelectionConfig:
     hard_excludes: dict[Path, str] = field(default_factory=dict)
     virtual_dirs: Sequence[str] = VIRTUAL_DIRS
     mounts: Sequence[Mount] = ()
-    mount_policy: MountPolicy = "local"
+    mount_policy: MountPolicy = "one-filesystem"
     # Host paths of active swap files (/proc/swaps), on top of signature detection.
     swap_files: Sequence[str] = ()
+    # Other spellings of the volume's host path (as the user gave it, before symlinks were
+    # resolved) that absolute patterns may start with.
+    volume_aliases: Sequence[Path] = ()
 
 
 @dataclass
@@ -102,6 +155,7 @@ class Selection:
     excluded: list[Exclusion]
     warnings: list[str]
     unmatched_excludes: list[str]
+    unmatched_includes: list[str] = field(default_factory=list)
 
     @property
     def used_bytes(self) -> int:
@@ -109,22 +163,25 @@ class Selection:
         seen: set[tuple[int, int]] = set()
         total = 0
         for e in self.entries:
-            if e.st.st_nlink > 1 and not stat.S_ISDIR(e.st.st_mode):
-                key = (e.st.st_dev, e.st.st_ino)
+            if e.st_nlink > 1 and not stat.S_ISDIR(e.st_mode):
+                key = (e.st_dev, e.st_ino)
                 if key in seen:
                     continue
                 seen.add(key)
-            if stat.S_ISREG(e.st.st_mode) or stat.S_ISDIR(e.st.st_mode) or stat.S_ISLNK(e.st.st_mode):
-                total += _allocated(e.st)
+            if stat.S_ISREG(e.st_mode) or stat.S_ISDIR(e.st_mode) or stat.S_ISLNK(e.st_mode):
+                total += _allocated(e)
         return total
 
     @property
     def inode_count(self) -> int:
-        return len({(e.st.st_dev, e.st.st_ino) for e in self.entries})
+        links = {(e.st_dev, e.st_ino) for e in self.entries
+                 if e.st_nlink > 1 and not stat.S_ISDIR(e.st_mode)}
+        singles = sum(1 for e in self.entries if e.st_nlink <= 1 or stat.S_ISDIR(e.st_mode))
+        return singles + len(links)
 
 
-def _allocated(st: os.stat_result) -> int:
-    blocks = getattr(st, "st_blocks", None)
+def _allocated(st) -> int:
+    blocks = st.st_blocks
     if blocks is None:  # pragma: no cover - non-POSIX
         return st.st_size
     return blocks * 512
@@ -149,20 +206,23 @@ def split_patterns(values: Iterable[str]) -> list[str]:
     return out
 
 
-def normalize_pattern(pattern: str, volume: Path) -> str:
+def normalize_pattern(pattern: str, volume: Path, aliases: Sequence[Path] = ()) -> str:
     """A volume-relative pattern without leading/trailing slashes.
 
-    An absolute pattern under the volume's host path is made relative to it (Packer passes
-    host paths); any other absolute pattern is taken as relative to the volume root.
+    An absolute pattern under the volume's host path (or one of its ``aliases``, e.g. the
+    path as given before symlinks were resolved) is made relative to it (Packer passes host
+    paths); any other absolute pattern is taken as relative to the volume root.
     """
-    vol = str(volume).rstrip("/")
     p = pattern.strip()
-    if vol and p.startswith(vol + "/"):
-        p = p[len(vol):]
-    elif vol and p == vol:
-        p = ""
-    p = "/".join(c for c in p.split("/") if c not in ("", "."))
-    return p
+    for root in (volume, *aliases):
+        vol = str(root).rstrip("/")
+        if vol and p.startswith(vol + "/"):
+            p = p[len(vol):]
+            break
+        if vol and p == vol:
+            p = ""
+            break
+    return "/".join(c for c in p.split("/") if c not in ("", "."))
 
 
 def _components(rel: str) -> list[str]:
@@ -180,44 +240,60 @@ def pattern_may_match_below(pattern: str, rel: str) -> bool:
     return len(pc) > len(rc) and all(fnmatchcase(r, p) for p, r in zip(pc, rc, strict=False))
 
 
-def parse_mountinfo(text: str) -> list[Mount]:
-    """Mount points and types from /proc/self/mountinfo text (octal escapes decoded). Pure."""
+# ---------------------------------------------------------------------------------- /proc
+
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape(value: str | bytes) -> str:
+    """mountinfo / swaps octal escapes (space, tab, newline, backslash) decoded; bytes that are
+    not UTF-8 kept as surrogate escapes, so the result compares equal to scandir's names."""
+    raw = value if isinstance(value, bytes) else os.fsencode(value)
+    return os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m.group(1), 8)]), raw))
+
+
+def parse_mountinfo(text: str | bytes) -> list[Mount]:
+    """Mount points, types, sources and roots from /proc/self/mountinfo. Pure."""
+    raw = text if isinstance(text, bytes) else os.fsencode(text)
     mounts = []
-    for line in text.splitlines():
+    for line in raw.splitlines():
         fields = line.split()
-        if "-" not in fields or len(fields) < 7:
+        if b"-" not in fields or len(fields) < 7:
             continue
-        sep = fields.index("-")
+        sep = fields.index(b"-")
         if len(fields) < sep + 3:
             continue
-        mounts.append(Mount(_unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2])))
+        mounts.append(Mount(_unescape(fields[4]), os.fsdecode(fields[sep + 1]),
+                            _unescape(fields[sep + 2]), _unescape(fields[3])))
     return mounts
 
 
-def _unescape(value: str) -> str:
-    return value.encode("latin-1", "backslashreplace").decode("unicode_escape") if "\\" in value else value
-
-
-def parse_swaps(text: str) -> list[str]:
+def parse_swaps(text: str | bytes) -> list[str]:
     """File-backed swap areas from /proc/swaps text. Pure."""
+    raw = text if isinstance(text, bytes) else os.fsencode(text)
     out = []
-    for line in text.splitlines()[1:]:
+    for line in raw.splitlines()[1:]:
         fields = line.split()
-        if len(fields) >= 2 and fields[1] == "file":
+        if len(fields) >= 2 and fields[1] == b"file":
             out.append(_unescape(fields[0]))
     return out
 
 
+def _read_proc(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(MOUNTINFO_CAP)
+
+
 def host_mounts(proc_root: Path = Path("/proc")) -> list[Mount]:
     try:
-        return parse_mountinfo((proc_root / "self/mountinfo").read_text())
+        return parse_mountinfo(_read_proc(proc_root / "self/mountinfo"))
     except OSError:
         return []
 
 
 def host_swap_files(proc_root: Path = Path("/proc")) -> list[str]:
     try:
-        return parse_swaps((proc_root / "swaps").read_text())
+        return parse_swaps(_read_proc(proc_root / "swaps"))
     except OSError:
         return []
 
@@ -228,31 +304,43 @@ class _Walker:
     def __init__(self, config: SelectionConfig) -> None:
         self.c = config
         self.volume = Path(os.path.abspath(config.volume))
-        self.excludes = [normalize_pattern(p, self.volume) for p in split_patterns(config.excludes)]
-        self.includes = [normalize_pattern(p, self.volume) for p in split_patterns(config.includes)]
+        aliases = [Path(os.path.abspath(a)) for a in config.volume_aliases]
+        self.excludes = [normalize_pattern(p, self.volume, aliases)
+                         for p in split_patterns(config.excludes)]
+        self.includes = [normalize_pattern(p, self.volume, aliases)
+                         for p in split_patterns(config.includes)]
         self.exclude_hits = dict.fromkeys(self.excludes, 0)
-        self.hard_by_path = {os.path.abspath(p): r for p, r in config.hard_excludes.items()}
+        self.include_hits = dict.fromkeys(self.includes, 0)
+        vol = str(self.volume).rstrip("/")
+        self.hard_by_rel: dict[str, str] = {}
         self.hard_by_inode: dict[tuple[int, int], str] = {}
-        for p, reason in self.hard_by_path.items():
+        for p, reason in config.hard_excludes.items():
+            ap = os.path.abspath(p)
+            if ap.startswith(vol + "/"):
+                self.hard_by_rel[ap[len(vol) + 1:]] = reason
             try:
-                st = os.stat(p)
+                st = os.stat(ap)
             except OSError:
                 continue
             self.hard_by_inode[(st.st_dev, st.st_ino)] = reason
-        vol = str(self.volume).rstrip("/")
         self.mounts: dict[str, Mount] = {}
         for m in config.mounts:
             mp = m.mount_point.rstrip("/") or "/"
             if mp != "/" and mp.startswith(vol + "/"):
-                self.mounts[mp[len(vol) + 1:]] = m
-        self.swap_files = {os.path.abspath(p) for p in config.swap_files}
+                self.mounts[mp[len(vol) + 1:]] = m   # the last (topmost) mount wins
+        self.swap_rels = set()
+        for sp in config.swap_files:
+            ap = os.path.abspath(sp)
+            if ap.startswith(vol + "/"):
+                self.swap_rels.add(ap[len(vol) + 1:])
         self.entries: list[Entry] = []
         self.excluded: list[Exclusion] = []
         self.warnings: list[str] = []
         self.root_dev = 0
-
-    def host(self, rel: str) -> str:
-        return str(self.volume / rel) if rel else str(self.volume)
+        self.dir_ids: dict[str, Identity] = {}
+        self.pool: ThreadPoolExecutor | None = None
+        self.scans: deque[Future] = deque()
+        self.scan_results: list[tuple[str, str | None, str | None]] = []
 
     def exclude(self, rel: str, reason: str) -> None:
         self.excluded.append(Exclusion(rel, reason))
@@ -262,161 +350,252 @@ class _Walker:
         self.warnings.append(message)
 
     def included(self, rel: str) -> bool:
-        return any(pattern_matches(p, rel) for p in self.includes)
+        hit = False
+        for p in self.includes:
+            if pattern_matches(p, rel):
+                self.include_hits[p] += 1
+                hit = True
+        return hit
 
     def include_below(self, rel: str) -> bool:
         return any(pattern_may_match_below(p, rel) for p in self.includes)
 
     def run(self) -> Selection:
         try:
-            st = os.lstat(self.volume)
-        except FileNotFoundError:
-            from ..errors import VolumeError
-
-            raise VolumeError(f"volume {self.volume} does not exist") from None
-        if not stat.S_ISDIR(st.st_mode):
-            from ..errors import VolumeError
-
-            raise VolumeError(f"volume {self.volume} is not a directory")
-        self.root_dev = st.st_dev
-        self.entries.append(Entry("", st))
-        self.walk_dir("", skeleton=False)
+            root_fd = safefs.open_root(self.volume)
+        except VolumeError:
+            if not os.path.lexists(self.volume):
+                raise VolumeError(f"volume {self.volume} does not exist") from None
+            raise VolumeError(f"volume {self.volume} is not a directory") from None
+        try:
+            st = os.fstat(root_fd)
+            self.root_dev = st.st_dev
+            self.entries.append(Entry("", st))
+            self.dir_ids[""] = Identity.of(st)
+            cursor = safefs.DirCursor(root_fd, self.dir_ids.get)
+            if self.c.secret_filter:
+                self.pool = ThreadPoolExecutor(SCAN_WORKERS, thread_name_prefix="secret-scan")
+            try:
+                self.walk(cursor)
+                self.finish_scans()
+            finally:
+                cursor.close()
+                if self.pool is not None:
+                    self.pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            os.close(root_fd)
         unmatched = [p for p, n in self.exclude_hits.items() if n == 0]
         for p in unmatched:
-            log.info("exclude pattern %r matched nothing under %s", p, self.volume)
-        return Selection(self.volume, self.entries, self.excluded, self.warnings, unmatched)
+            self.warn(f"-e {display(p)} matched nothing under {display(str(self.volume))}")
+        unmatched_inc = [p for p, n in self.include_hits.items() if n == 0]
+        for p in unmatched_inc:
+            self.warn(f"-i {display(p)} matched nothing under {display(str(self.volume))}")
+        return Selection(self.volume, self.entries, self.excluded, self.warnings, unmatched,
+                         unmatched_inc)
 
-    def walk_dir(self, rel: str, *, skeleton: bool) -> None:
-        """Walk directory ``rel`` iteratively (deep trees must not hit the recursion limit)."""
-        stack: list[tuple[str, bool]] = [(rel, skeleton)]
+    def walk(self, cursor: safefs.DirCursor) -> None:
+        """Walk iteratively (deep trees must not hit the recursion limit)."""
+        stack: list[tuple[str, bool]] = [("", False)]
         while stack:
             d, skel = stack.pop()
             try:
-                with os.scandir(self.host(d)) as it:
+                fd = cursor.fd_for(d)
+                with os.scandir(fd) as it:
                     names = sorted(e.name for e in it)
             except OSError as exc:
-                self.warn(f"cannot read directory /{d}: {exc.strerror}; kept empty")
+                self.warn(f"cannot read directory /{display(d)}: {exc.strerror}; kept empty")
                 continue
             children: list[tuple[str, bool]] = []
+            scan: list[tuple[str, str, Identity]] = []
+            parent_dev = os.fstat(fd).st_dev
             for name in names:
                 child = f"{d}/{name}" if d else name
-                descend = self.visit(child, skel)
+                descend = self.visit(fd, parent_dev, name, child, skel, scan)
                 if descend is not None:
                     children.append((child, descend))
+            if scan:
+                self.submit_scan(fd, scan)
             # Reverse so the stack pops children in name order (parents always precede children).
             stack.extend(reversed(children))
 
-    def visit(self, rel: str, skeleton: bool) -> bool | None:
+    def visit(self, dir_fd: int, parent_dev: int, name: str, rel: str, skeleton: bool,
+              scan: list[tuple[str, str, Identity]]) -> bool | None:
         """Decide on one path; returns None (don't descend) or the skeleton flag for its walk."""
-        host = self.host(rel)
         try:
-            st = os.lstat(host)
+            st = os.lstat(name, dir_fd=dir_fd)
         except OSError as exc:
-            self.warn(f"cannot stat /{rel}: {exc.strerror}; left out")
+            self.warn(f"cannot stat /{display(rel)}: {exc.strerror}; left out")
+            self.exclude(rel, f"cannot stat ({exc.strerror})")
             return None
         is_dir = stat.S_ISDIR(st.st_mode)
 
         # 1. hard exclusions
-        reason = self.hard_by_path.get(host) or self.hard_by_inode.get((st.st_dev, st.st_ino))
+        reason = self.hard_by_rel.get(rel) or self.hard_by_inode.get((st.st_dev, st.st_ino))
         if reason:
             self.exclude(rel, reason)
             return None
         if rel in self.c.virtual_dirs and is_dir:
-            self.keep_empty(rel, st, "virtual filesystem contents (directory kept as mount point)")
+            self.keep_empty(dir_fd, name, rel, st,
+                            "virtual filesystem contents (directory kept as mount point)")
             return None
-        if is_dir:
-            mount = self.mounts.get(rel)
-            policy = self.c.mount_policy
-            if mount is not None and policy != "all" and (
-                policy == "one-filesystem" or mount.fstype not in LOCAL_FS_TYPES):
-                self.keep_empty(rel, st, f"mount point of {mount.fstype} {mount.source}".rstrip()
-                                + " (directory kept; use --all to include)")
-                return None
-            if policy == "one-filesystem" and st.st_dev != self.root_dev:
-                self.keep_empty(rel, st, "another filesystem (directory kept; use --all to include)")
-                return None
+        mount = self.mounts.get(rel)
+        policy = self.c.mount_policy
+        if mount is not None and not (policy == "all" or (
+                policy == "local" and mount.fstype in LOCAL_FS_TYPES and not mount.is_bind)):
+            what = (f"bind mount of {display(mount.root)} from {mount.fstype} "
+                    f"{display(mount.source)}" if mount.is_bind
+                    else f"mount point of {mount.fstype} {display(mount.source)}".rstrip())
+            if is_dir:
+                self.keep_empty(dir_fd, name, rel, st, what + " (directory kept; use "
+                                + ("--all" if mount.is_bind or mount.fstype not in LOCAL_FS_TYPES
+                                   else "--local-mounts or --all") + " to include)")
+            else:
+                self.exclude(rel, what + " (a file mount: left out; use --all to include)")
+            return None
+        if is_dir and policy != "all" and st.st_dev != parent_dev and mount is None:
+            self.keep_empty(dir_fd, name, rel, st,
+                            "another filesystem (directory kept; use --all to include)")
+            return None
 
         # 2. things that make no sense in an image
         if stat.S_ISSOCK(st.st_mode):
             self.exclude(rel, "socket")
             return None
-        if stat.S_ISREG(st.st_mode) and (host in self.swap_files or _is_swap(host, st)):
+        if stat.S_ISREG(st.st_mode) and (rel in self.swap_rels or _is_swap(dir_fd, name, st)):
             self.exclude(rel, "swap file")
             return None
 
         # 3. user excludes and the secret filter, which -i overrides
         if self.included(rel):
-            self.entries.append(Entry(rel, st))
+            self.keep(rel, st)
             # An included directory comes with everything below, minus the hard exclusions.
             return False if is_dir else None
         soft = self.soft_reason(rel, st)
         if soft is not None:
             if is_dir and self.include_below(rel):
-                self.entries.append(Entry(rel, st))
+                self.keep(rel, st)
                 return True
             self.exclude(rel, soft)
             return None
         if skeleton:
             if is_dir and self.include_below(rel):
-                self.entries.append(Entry(rel, st))
+                self.keep(rel, st)
                 return True
             self.exclude(rel, "inside an excluded directory (not matched by -i)")
             return None
         if stat.S_ISREG(st.st_mode) and self.c.secret_filter \
                 and secrets_filter.worth_scanning(rel, st):
-            try:
-                kind = secrets_filter.scan_file(host, rel)
-            except secrets_filter.UnreadableError as exc:
-                self.warn(f"cannot read /{rel} ({exc}): left out, it could not be checked for keys")
-                self.exclude(rel, f"unreadable ({exc})")
-                return None
-            if kind:
-                self.exclude(rel, f"secret: {kind}")
-                return None
-        elif stat.S_ISREG(st.st_mode) and not os.access(host, os.R_OK):
-            self.warn(f"cannot read /{rel} (permission denied): left out")
+            scan.append((name, rel, Identity.of(st)))   # decided when the scan returns
+        elif stat.S_ISREG(st.st_mode) and not _readable(dir_fd, name):
+            self.warn(f"cannot read /{display(rel)} (permission denied): left out")
             self.exclude(rel, "unreadable (permission denied)")
             return None
-        self.entries.append(Entry(rel, st))
+        self.keep(rel, st)
         return False if is_dir else None
 
-    def soft_reason(self, rel: str, st: os.stat_result) -> str | None:
+    def keep(self, rel: str, st) -> None:
+        self.entries.append(Entry(rel, st))
+        if stat.S_ISDIR(st.st_mode):
+            self.dir_ids[rel] = Identity.of(st)
+
+    def soft_reason(self, rel: str, st) -> str | None:
         for p in self.excludes:
             if pattern_matches(p, rel):
                 self.exclude_hits[p] += 1
-                return f"excluded by -e {p}"
+                return f"excluded by -e {display(p)}"
         if self.c.secret_filter and not stat.S_ISDIR(st.st_mode):
             reason = secrets_filter.secret_by_name(rel)
             if reason:
                 return f"secret: {reason}"
         return None
 
-    def keep_empty(self, rel: str, st: os.stat_result, reason: str) -> None:
-        self.entries.append(Entry(rel, st))
+    def keep_empty(self, dir_fd: int, name: str, rel: str, st, reason: str) -> None:
+        self.keep(rel, st)
         try:
-            with os.scandir(self.host(rel)) as it:
-                nonempty = any(True for _ in it)
+            fd = safefs.open_dir(dir_fd, name, rel)
+            try:
+                with os.scandir(fd) as it:
+                    nonempty = any(True for _ in it)
+            finally:
+                os.close(fd)
         except OSError:
             nonempty = False
         if nonempty:
             self.exclude(rel + "/*", reason)
 
+    # ------------------------------------------------------------------ the secret scan
 
-def _is_swap(host: str, st: os.stat_result) -> bool:
+    def submit_scan(self, dir_fd: int, jobs: list[tuple[str, str, Identity]]) -> None:
+        """Scan one directory's candidates on the pool (its own fd: the walk moves on)."""
+        if self.pool is None:
+            self.scan_results.extend(_scan_batch(dir_fd, jobs, close=False))
+            return
+        self.scans.append(self.pool.submit(_scan_batch, os.dup(dir_fd), jobs))
+        while len(self.scans) > SCAN_QUEUE:
+            self.scan_results.extend(self.scans.popleft().result())
+
+    def finish_scans(self) -> None:
+        while self.scans:
+            self.scan_results.extend(self.scans.popleft().result())
+        drop: set[str] = set()
+        for rel, kind, error in self.scan_results:
+            if error is not None:
+                self.warn(f"cannot read /{display(rel)} ({error}): left out, it could not be "
+                          "checked for keys")
+                self.exclude(rel, f"unreadable ({error})")
+                drop.add(rel)
+            elif kind:
+                self.exclude(rel, f"secret: {kind}")
+                drop.add(rel)
+        if drop:
+            self.entries = [e for e in self.entries if e.rel not in drop]
+
+
+def _scan_batch(dir_fd: int, jobs: list[tuple[str, str, Identity]], *,
+                close: bool = True) -> list[tuple[str, str | None, str | None]]:
+    """(rel, secret kind or None, error or None) for each candidate of one directory."""
+    out: list[tuple[str, str | None, str | None]] = []
+    try:
+        for name, rel, ident in jobs:
+            try:
+                kind = secrets_filter.scan_file(dir_fd, name, rel, ident)
+            except secrets_filter.UnreadableError as exc:
+                out.append((rel, None, str(exc)))
+                continue
+            out.append((rel, kind, None))
+    finally:
+        if close:
+            os.close(dir_fd)
+    return out
+
+
+def _readable(dir_fd: int, name: str) -> bool:
+    try:
+        return os.access(name, os.R_OK, dir_fd=dir_fd, follow_symlinks=False)
+    except (OSError, NotImplementedError):  # pragma: no cover - faccessat without AT_SYMLINK
+        return os.access(name, os.R_OK, dir_fd=dir_fd)
+
+
+def _is_swap(dir_fd: int, name: str, st) -> bool:
     """A swap area keeps its signature in the last 10 bytes of the first page."""
     # mkswap needs at least 10 pages and always writes whole pages.
     if st.st_size < 40 * 1024 or st.st_size % 4096:
         return False
     try:
-        with open(host, "rb", buffering=0) as fh:
-            for off in _SWAP_MAGIC_OFFSETS:
-                if off + 10 > st.st_size:
-                    break
-                fh.seek(off)
-                if fh.read(10) in (b"SWAPSPACE2", b"SWAP-SPACE"):
-                    return True
+        fd = safefs.open_file(dir_fd, name, name, Identity.of(st))
     except OSError:
         return False
+    try:
+        for off in _SWAP_MAGIC_OFFSETS:
+            if off + 10 > st.st_size:
+                break
+            os.lseek(fd, off, os.SEEK_SET)
+            if os.read(fd, 10) in (b"SWAPSPACE2", b"SWAP-SPACE"):
+                return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return False
 
 
@@ -424,5 +603,5 @@ def select_files(config: SelectionConfig) -> Selection:
     """Walk ``config.volume`` and decide for every path whether it goes into the image."""
     selection = _Walker(config).run()
     log.info("selected %d entries from %s, left out %d", len(selection.entries),
-             selection.volume, len(selection.excluded))
+             display(str(selection.volume)), len(selection.excluded))
     return selection

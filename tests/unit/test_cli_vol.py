@@ -1,4 +1,4 @@
-"""bundle-vol's mount policy: the live / is one filesystem unless asked otherwise."""
+"""bundle-vol's mount policy: one filesystem unless asked otherwise (live / and trees)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ def args(volume: str, **flags: bool) -> argparse.Namespace:
     ("/", {}, "one-filesystem"),
     ("/", {"all": True}, "all"),
     ("/", {"local_mounts": True}, "local"),
-    ("/srv/rootfs", {}, "local"),
+    ("/srv/rootfs", {}, "one-filesystem"),      # no mount below the volume by default
+    ("/srv/rootfs", {"local_mounts": True}, "local"),
     ("/srv/rootfs", {"one_file_system": True}, "one-filesystem"),
     ("/srv/rootfs", {"all": True}, "all"),
 ])

@@ -84,10 +84,12 @@ def tree(fs):
 
 def test_virtual_dirs_kept_empty(tree):
     kept, excluded, _ = run()
-    for d in ("proc", "sys", "dev", "mnt", "media"):
+    for d in ("proc", "sys", "dev"):
         assert d in kept
         assert excluded[f"{d}/*"].startswith("virtual filesystem")
-    assert not any(k.startswith(("proc/", "sys/", "dev/", "mnt/", "media/")) for k in kept)
+    assert not any(k.startswith(("proc/", "sys/", "dev/")) for k in kept)
+    # A built tree's mnt and media are its own content (only the live / mounts things there).
+    assert {"mnt/data/file", "media/cdrom/file"} <= kept
 
 
 def test_secret_filter_removes_keys_keeps_public_material(tree):
@@ -199,7 +201,10 @@ def test_mount_policies(fs):
     make(fs, {"boot/vmlinuz": "k", "home/u/f": "x", "net/share/f": "x", "run/lock/x": "x"})
     mounts = [Mount(str(VOL / "boot"), "ext4", "/dev/sda2"), Mount(str(VOL / "net"), "nfs4", "srv:/x"),
               Mount(str(VOL / "run"), "tmpfs", "tmpfs"), Mount("/elsewhere", "ext4", "/dev/sdb")]
-    kept, excluded, _ = run(mounts=mounts)
+    kept, excluded, _ = run(mounts=mounts)                # default: no mount below the volume
+    assert "boot" in kept and "boot/vmlinuz" not in kept
+    assert "--local-mounts" in excluded["boot/*"]
+    kept, excluded, _ = run(mounts=mounts, mount_policy="local")
     assert "boot/vmlinuz" in kept                         # local disk fs: crossed (classic)
     assert "net" in kept and "net/share" not in kept      # nfs: mount point kept empty
     assert "use --all" in excluded["net/*"]
