@@ -14,6 +14,17 @@ invocation, same machine, same image size:
            ``split -b 10M``, ``sha1sum`` of the parts.
 
 Prints the seconds of each and the ratio (target: ours ≥ 5× faster).
+
+    scripts/bench_bundle_vol.py --files 100000,400000 [--workdir DIR]
+
+Scale mode: for each count, a synthetic tree of that many entries (small files of 0-8 KiB in
+directories of 200, some symlinks and hard links) is built once, then ``mke2fs -d`` of the
+tree alone and ``bundle-vol --clone-only`` of it (selection, staging, mke2fs -d, debugfs,
+e2fsck) are timed on the same image size. Prints a table with bundle-vol's phases, its peak
+RSS (its own process; mke2fs runs as a child and is reported separately), the temporary disk
+it used (staged bytes + image blocks) against the image size, and the growth between the first
+and the last count (targets at 400k: wall ≤ 2× mke2fs -d, growth 100k→400k ≤ 4.5×, RSS < 300
+MiB, temporary disk ≤ image size).
 """
 
 from __future__ import annotations
@@ -87,16 +98,121 @@ def run_classic(rootfs: Path, out: Path, size_mib: int) -> float:
     return elapsed
 
 
+def make_tree(root: Path, count: int) -> None:
+    """A deterministic tree of ``count`` entries (files, dirs, symlinks, a few hard links)."""
+    import random
+
+    rng = random.Random(count)
+    blob = os.urandom(9000)
+    root.mkdir(parents=True)
+    made = 0
+    d = 0
+    while made < count:
+        top = root / f"d{d // 200:04d}" / f"s{d % 200:03d}"
+        top.mkdir(parents=True)
+        made += 1 if d % 200 else 2
+        for i in range(min(200, count - made)):
+            p = top / f"f{i:03d}.dat"
+            if i % 50 == 49:
+                os.symlink(f"f{i - 1:03d}.dat", p)
+            elif i % 100 == 98:
+                os.link(top / f"f{i - 1:03d}.dat", p)
+            else:
+                n = rng.randrange(0, 8192)
+                off = rng.randrange(0, 800)
+                p.write_bytes(blob[off:off + n])
+            made += 1
+        d += 1
+
+
+RSS_WRAPPER = ("import resource, runpy, sys; sys.argv = ['ami-bundler'] + sys.argv[1:]\n"
+               "try:\n    runpy.run_module('bundler', run_name='__main__')\n"
+               "finally:\n    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+               "    c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+               "    print(f'RSS {r} {c}', file=sys.stderr)")
+
+
+def scale_row(tree: Path, work: Path, count: int) -> dict:
+    import json
+
+    out = work / f"out-{count}"
+    out.mkdir()
+    cmd = [sys.executable, "-c", RSS_WRAPPER, "bundle-vol", "-v", str(tree), "-d", str(out),
+           "--clone-only", "--no-inherit", "--batch", "--json", "-q"]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    ours = time.monotonic() - started
+    if proc.returncode:
+        sys.exit(f"bundle-vol failed: {proc.stderr.strip()[-2000:]}")
+    data = json.loads(proc.stdout)
+    rss, child_rss = (int(x) for x in proc.stderr.rsplit("RSS ", 1)[1].split()[:2])
+    image = out / "image"
+    image_blocks = os.stat(image).st_blocks * 512
+    size_mib = data["image_size"] // 2**20
+    image.unlink()
+    alone = work / f"alone-{count}.img"
+    with open(alone, "wb") as fh:
+        fh.truncate(size_mib * 2**20)
+    started = time.monotonic()
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(alone)],
+                   check=True, capture_output=True)
+    mke2fs = time.monotonic() - started
+    alone.unlink()
+    return {"count": count, "entries": data["entries"], "ours": ours, "mke2fs": mke2fs,
+            "timings": data["timings"], "rss": rss // 1024, "child_rss": child_rss // 1024,
+            "temp": (data["staged"]["bytes"] + image_blocks) // 2**20, "size": size_mib}
+
+
+def scale(counts: list[int], workdir: Path | None, keep_trees: Path | None) -> int:
+    base = keep_trees or Path(tempfile.mkdtemp(prefix="bench-vol-trees-", dir=workdir))
+    work = Path(tempfile.mkdtemp(prefix="bench-vol-", dir=workdir))
+    rows = []
+    try:
+        for count in counts:
+            tree = base / f"tree-{count}"
+            if not tree.is_dir():
+                started = time.monotonic()
+                make_tree(tree, count)
+                print(f"built a {count}-entry tree in {time.monotonic() - started:.1f} s",
+                      flush=True)
+            rows.append(scale_row(tree, work, count))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if keep_trees is None:
+            shutil.rmtree(base, ignore_errors=True)
+    print(f"\nbundle-vol --clone-only vs mke2fs -d alone ({os.cpu_count()} CPUs; load "
+          f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f})")
+    print("| entries | mke2fs -d | bundle-vol | ratio | select | stage | mkfs | fsck "
+          "| peak RSS (mke2fs) | temp disk / image |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t = r["timings"]
+        print(f"| {r['entries']} | {r['mke2fs']:.1f} s | {r['ours']:.1f} s | "
+              f"{r['ours'] / r['mke2fs']:.2f}× | {t.get('select', 0):.1f} | "
+              f"{t.get('stage', 0):.1f} | {t.get('mkfs', 0):.1f} | {t.get('fsck', 0):.1f} | "
+              f"{r['rss']} MiB ({r['child_rss']} MiB) | {r['temp']} / {r['size']} MiB |")
+    if len(rows) > 1:
+        a, b = rows[0], rows[-1]
+        print(f"growth {a['entries']} → {b['entries']} entries: bundle-vol "
+              f"{b['ours'] / a['ours']:.2f}×, mke2fs -d {b['mke2fs'] / a['mke2fs']:.2f}× "
+              f"(entries {b['entries'] / a['entries']:.2f}×)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", help="scale mode: comma-separated entry counts")
+    parser.add_argument("--keep-trees", type=Path, default=None,
+                        help="scale mode: build/reuse the synthetic trees here")
     parser.add_argument("rootfs", type=Path, nargs="?", default=Path("/tmp/corpus/rootfs"))
     parser.add_argument("--workdir", type=Path, default=None,
-                        help="scratch directory (default: a temp dir next to the rootfs, so "
-                             "staging can hard-link)")
+                        help="scratch directory (default: a temp dir next to the rootfs)")
     parser.add_argument("--size", type=int, default=None, help="image MiB (default: bundle-vol's)")
     parser.add_argument("--compression", default="default",
                         help="bundle-vol --compression (default: %(default)s; classic is gzip -9)")
     args = parser.parse_args(argv)
+    if args.files:
+        return scale([int(n) for n in args.files.split(",")], args.workdir, args.keep_trees)
     if not args.rootfs.is_dir():
         sys.exit(f"{args.rootfs} not found: build it with /work/shared/bench/make-corpus.sh")
     work = Path(tempfile.mkdtemp(prefix="bench-vol-", dir=args.workdir or args.rootfs.parent))
