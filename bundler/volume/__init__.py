@@ -320,7 +320,7 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
         dev_nodes = any(e.rel == "dev" and e.kind == "dir" for e in selection.entries)
         for warning in imagefs.touch_up(tmp_image, offset=layout.fs_offset,
                                         root_mode=params.root_mode, dev_nodes=dev_nodes,
-                                        stats=stats):
+                                        selection=selection, stats=stats, workdir=private):
             boot_plan.warn(warning)
         partition.write_table(tmp_image, layout, disk_id=uuidlib.UUID(fs_uuid))
         bootlib.check_filesystem(tmp_image, layout.fs_offset, boot_plan)

@@ -295,7 +295,7 @@ class _Stager:
         with self.lock:
             self.stats.oversize_xattr_files.append(rel)
             if not self.xattrs.keep or self.xattrs.spool_dir is None:
-                self.stats.dropped_xattrs.append((rel, [n for n, _ in values]))
+                self.stats.dropped_xattrs.append((rel, sorted(n for n, _ in values)))
                 return
             for name, value in values:
                 self.spooled += 1
