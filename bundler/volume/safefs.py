@@ -144,11 +144,7 @@ def open_file(parent_fd: int | None, name: str, rel: str, expect: Identity | Non
             raise OSError(errno.EINVAL, "not a regular file")
         raise TreeChanged(rel, "replaced by another file" if stat.S_ISREG(st.st_mode)
                           else "no longer a regular file")
-    try:
-        # Back to blocking reads: O_NONBLOCK only had to protect the open itself.
-        os.set_blocking(fd, True)
-    except OSError:  # pragma: no cover - pyfakefs
-        pass
+    # O_NONBLOCK only had to protect the open itself; on a regular file it changes nothing.
     return fd
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from fnmatch import fnmatchcase
+from fnmatch import fnmatchcase, translate
 
 # How much of a file the content check reads; keys sit at the top of the files that hold them.
 SCAN_PREFIX = 64 * 1024
@@ -85,15 +85,20 @@ _PEM_PRIVATE = re.compile(
 _OPENPGP_SECRET_TAGS = (5, 7)  # Secret-Key and Secret-Subkey packets
 
 
+# All name rules as one regular expression (one match per file instead of 32 fnmatch calls: at
+# 400 000 files that was seconds); group rN is rule N.
+_NAME_RE = re.compile("|".join(f"(?P<r{i}>{translate(p)})" for i, (p, _) in enumerate(_NAME_RULES)))
+
+
 def secret_by_name(rel: str) -> str | None:
     """The reason a volume-relative path is secret by its name alone, else None."""
     parts = rel.rsplit("/", 2)
     name = parts[-1]
     if name.endswith(_PUBLIC_SUFFIXES):
         return None
-    for pattern, reason in _NAME_RULES:
-        if fnmatchcase(name, pattern):
-            return reason
+    m = _NAME_RE.match(name)
+    if m is not None:
+        return _NAME_RULES[int(m.lastgroup[1:])][1]
     if len(parts) >= 2:
         parent = parts[-2]
         for dir_pattern, name_pattern, reason in _PARENT_RULES:

@@ -49,7 +49,8 @@ log = logging.getLogger("bundler.volume")
 
 MIB = 1024 * 1024
 COPY_WORKERS = 2
-IN_FLIGHT = 64           # copies queued at most (each holds two fds)
+BATCH = 32               # copies per pool task
+IN_FLIGHT = 8            # batches queued at most (each file in one holds two fds)
 FICLONE = 0x40049409
 FS_IOC_GETFLAGS = 0x80086601
 # Inode flags worth carrying into the image (chattr letters S i a d A D T).
@@ -114,6 +115,7 @@ class _Stager:
         self.is_root = os.geteuid() == 0
         self.lock = threading.Lock()
         self.spooled = 0
+        self.clone = True     # try FICLONE until it fails once
 
     def run(self) -> StageStats:
         os.mkdir(self.staging, 0o700)
@@ -125,6 +127,7 @@ class _Stager:
         pool = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="stage-copy")
         pending: deque[Future] = deque()
         dirs: list[tuple[str, Entry]] = []
+        batch: list[tuple[int, int, Entry]] = []
         try:
             if not dir_ids[""].matches(os.fstat(src_root)):
                 raise TreeChanged("", "the volume's top directory was replaced")
@@ -146,14 +149,19 @@ class _Stager:
                                 follow_symlinks=False)
                         self.stats.linked += 1
                         continue
-                    job = self.open_copy(sfd, dfd, name, entry)
+                    batch.append(self.open_copy(sfd, dfd, name, entry))
                     if entry.st_nlink > 1:
                         first_copy[key] = entry.rel
-                    pending.append(pool.submit(self.copy, *job))
-                    while len(pending) > IN_FLIGHT:
-                        pending.popleft().result()
+                    if len(batch) >= BATCH:
+                        pending.append(pool.submit(self.copy_batch, batch))
+                        batch = []
+                        while len(pending) > IN_FLIGHT:
+                            pending.popleft().result()
                 else:
                     self.make_special(sfd, dfd, name, entry)
+            if batch:
+                pending.append(pool.submit(self.copy_batch, batch))
+                batch = []
             while pending:
                 pending.popleft().result()
             # Directory modes and times last, deepest first: a read-only mode must not block
@@ -172,6 +180,9 @@ class _Stager:
             for f in pending:
                 f.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
+            for sfd_, dfd_, _ in batch:     # opened but never handed to a worker
+                os.close(sfd_)
+                os.close(dfd_)
             src.close()
             dst.close()
             os.close(src_root)
@@ -206,9 +217,23 @@ class _Stager:
             raise
         return src, dst, entry
 
+    def copy_batch(self, batch: list[tuple[int, int, Entry]]) -> None:
+        """Copy a batch (one pool task per batch: a Future per file costs more than its copy).
+        Every fd of the batch is closed, whatever happens."""
+        for i, (src, dst, entry) in enumerate(batch):
+            try:
+                self.copy(src, dst, entry)
+            except BaseException:
+                for s2, d2, _ in batch[i + 1:]:
+                    os.close(s2)
+                    os.close(d2)
+                raise
+
     def copy(self, src: int, dst: int, entry: Entry) -> None:
         try:
-            reflinked, n = copy_data(src, dst)
+            reflinked, n = copy_data(src, dst, entry.st_size, entry.st_blocks, self.clone)
+            if not reflinked:
+                self.clone = False   # the filesystem has no reflinks: stop trying
             self.meta_from_fd(src, dst, entry.rel, entry)
             with self.lock:
                 self.stats.copied += 1
@@ -252,7 +277,7 @@ class _Stager:
     def meta_from_fd(self, src: int, dst: int, rel: str, entry: Entry, *,
                      owner_only: bool = False) -> None:
         """Owner, xattrs, inode flags (and unless ``owner_only`` mode and times)."""
-        if self.is_root:
+        if self.is_root and (entry.st_uid or entry.st_gid):   # created root's already
             os.chown(dst, entry.st_uid, entry.st_gid)
         self.copy_xattrs(src, dst, rel)
         flags = inode_flags(src) & KEPT_FLAGS
@@ -260,7 +285,8 @@ class _Stager:
             with self.lock:
                 self.stats.flags.append((rel, flags))
         if not owner_only:
-            os.chmod(dst, stat.S_IMODE(entry.st_mode))
+            if stat.S_IMODE(entry.st_mode) != 0o600:
+                os.chmod(dst, stat.S_IMODE(entry.st_mode))
             os.utime(dst, ns=(entry.st_atime_ns, entry.st_mtime_ns))
 
     def copy_xattrs(self, src: int | str | None, dst: int | str | None, rel: str) -> None:
@@ -332,16 +358,21 @@ def inode_flags(fd: int) -> int:
     return struct.unpack_from("<i", buf)[0] & 0xFFFFFFFF
 
 
-def copy_data(src: int, dst: int) -> tuple[int, int]:
+def copy_data(src: int, dst: int, size: int | None = None, blocks: int | None = None,
+              clone: bool = True) -> tuple[int, int]:
     """(1 if reflinked else 0, bytes copied): data ranges only, holes stay holes."""
-    size = os.fstat(src).st_size
+    size = os.fstat(src).st_size if size is None else size
     if size == 0:
         return 0, 0
-    try:
-        fcntl.ioctl(dst, FICLONE, src)
-        return 1, size
-    except OSError:
-        pass
+    if clone:
+        try:
+            fcntl.ioctl(dst, FICLONE, src)
+            return 1, size
+        except OSError:
+            pass
+    if blocks is not None and blocks * 512 >= size and hasattr(os, "copy_file_range"):
+        # Not sparse (the common case): one kernel copy, no hole search.
+        return 0, _copy_range(src, dst, 0, size)
     copied = 0
     pos = 0
     kernel_copy = hasattr(os, "copy_file_range")
@@ -378,6 +409,24 @@ def copy_data(src: int, dst: int) -> tuple[int, int]:
         pos = hole
     os.ftruncate(dst, size)
     return 0, copied
+
+
+def _copy_range(src: int, dst: int, off: int, end: int) -> int:
+    copied = 0
+    while off < end:
+        try:
+            n = os.copy_file_range(src, dst, end - off, off, off)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP,
+                                 errno.EPERM):
+                raise
+            chunk = os.pread(src, min(end - off, 4 * MIB), off)
+            n = os.pwrite(dst, chunk, off) if chunk else 0
+        if n == 0:
+            break   # the file shrank: what is there is copied
+        off += n
+        copied += n
+    return copied
 
 
 def remove_tree(path: Path) -> None:
