@@ -21,7 +21,8 @@ Scale mode: for each count, a synthetic tree of that many entries (small files o
 directories of 200, some symlinks and hard links) is built once, then ``mke2fs -d`` of the
 tree alone and ``bundle-vol --clone-only`` of it (selection, staging, mke2fs -d, debugfs,
 e2fsck) are timed on the same image size. Prints a table with bundle-vol's phases, its peak
-RSS (its own process; mke2fs runs as a child and is reported separately), the temporary disk
+RSS (its own process; a child's ru_maxrss starts from its parent's, so mke2fs's is not shown),
+the temporary disk
 it used (staged bytes + image blocks) against the image size, and the growth between the first
 and the last count (targets at 400k: wall ≤ 2× mke2fs -d, growth 100k→400k ≤ 4.5×, RSS < 300
 MiB, temporary disk ≤ image size).
@@ -125,11 +126,10 @@ def make_tree(root: Path, count: int) -> None:
         d += 1
 
 
-RSS_WRAPPER = ("import resource, runpy, sys; sys.argv = ['ami-bundler'] + sys.argv[1:]\n"
-               "try:\n    runpy.run_module('bundler', run_name='__main__')\n"
-               "finally:\n    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-               "    c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-               "    print(f'RSS {r} {c}', file=sys.stderr)")
+RSS_WRAPPER = ("import resource, sys\nfrom bundler.cli import main\n"
+               "code = main(sys.argv[1:])\n"
+               "r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+               "print(f'RSS {r}', file=sys.stderr)\nsys.exit(code)")
 
 
 def scale_row(tree: Path, work: Path, count: int) -> dict:
@@ -145,21 +145,25 @@ def scale_row(tree: Path, work: Path, count: int) -> dict:
     if proc.returncode:
         sys.exit(f"bundle-vol failed: {proc.stderr.strip()[-2000:]}")
     data = json.loads(proc.stdout)
-    rss, child_rss = (int(x) for x in proc.stderr.rsplit("RSS ", 1)[1].split()[:2])
+    rss = int(proc.stderr.rsplit("RSS ", 1)[1].split()[0])
     image = out / "image"
     image_blocks = os.stat(image).st_blocks * 512
     size_mib = data["image_size"] // 2**20
+    header = subprocess.run(["dumpe2fs", "-h", str(image)], capture_output=True,
+                            text=True).stdout
+    inodes = int(header.split("Inode count:")[1].split()[0])
     image.unlink()
     alone = work / f"alone-{count}.img"
     with open(alone, "wb") as fh:
         fh.truncate(size_mib * 2**20)
     started = time.monotonic()
-    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(alone)],
-                   check=True, capture_output=True)
+    # The same size and inode count as ours: only the population differs.
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-N", str(inodes), "-d", str(tree),
+                    str(alone)], check=True, capture_output=True)
     mke2fs = time.monotonic() - started
     alone.unlink()
     return {"count": count, "entries": data["entries"], "ours": ours, "mke2fs": mke2fs,
-            "timings": data["timings"], "rss": rss // 1024, "child_rss": child_rss // 1024,
+            "timings": data["timings"], "rss": rss // 1024,
             "temp": (data["staged"]["bytes"] + image_blocks) // 2**20, "size": size_mib}
 
 
@@ -183,14 +187,16 @@ def scale(counts: list[int], workdir: Path | None, keep_trees: Path | None) -> i
     print(f"\nbundle-vol --clone-only vs mke2fs -d alone ({os.cpu_count()} CPUs; load "
           f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f})")
     print("| entries | mke2fs -d | bundle-vol | ratio | select | stage | mkfs | fsck "
-          "| peak RSS (mke2fs) | temp disk / image |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| other | peak RSS | temp disk / image |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["timings"]
         print(f"| {r['entries']} | {r['mke2fs']:.1f} s | {r['ours']:.1f} s | "
               f"{r['ours'] / r['mke2fs']:.2f}× | {t.get('select', 0):.1f} | "
               f"{t.get('stage', 0):.1f} | {t.get('mkfs', 0):.1f} | {t.get('fsck', 0):.1f} | "
-              f"{r['rss']} MiB ({r['child_rss']} MiB) | {r['temp']} / {r['size']} MiB |")
+              f"{r['ours'] - sum(t.get(k, 0) for k in ('select', 'stage', 'mkfs', 'fsck')):.1f}"
+              f" | {r['rss']} MiB | {r['temp']} / {r['size']} MiB |")
+        print(f"  phases: {t}", flush=True)
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         print(f"growth {a['entries']} → {b['entries']} entries: bundle-vol "

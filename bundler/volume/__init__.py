@@ -358,9 +358,11 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
             keep_image_file(tmp_image, config.kept_image_path)
             result.image_path = config.kept_image_path
     finally:
+        t = time.monotonic()
         if cleaner is not None:
             cleaner.join()
         stagelib.remove_tree(private)
+        timings["cleanup"] = time.monotonic() - t
     timings["total"] = time.monotonic() - t0
     return result
 

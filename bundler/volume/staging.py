@@ -49,7 +49,7 @@ log = logging.getLogger("bundler.volume")
 
 MIB = 1024 * 1024
 COPY_WORKERS = 2
-BATCH = 32               # copies per pool task
+BATCH = 256              # files per pool task (one directory's, so workers rarely share one)
 IN_FLIGHT = 8            # batches queued at most (each file in one holds two fds)
 FICLONE = 0x40049409
 FS_IOC_GETFLAGS = 0x80086601
@@ -127,7 +127,22 @@ class _Stager:
         pool = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="stage-copy")
         pending: deque[Future] = deque()
         dirs: list[tuple[str, Entry]] = []
-        batch: list[tuple[int, int, Entry]] = []
+        # Files are opened, created and copied by the workers, a batch of one directory's
+        # files per task with its own duplicates of the two directory fds (creating a file is
+        # the slowest step: it must not be serial). Hard links to a copy are made at the end,
+        # once every copy exists.
+        batch: list[tuple[str, Entry]] = []
+        batch_parent: str | None = None
+        links: list[tuple[str, str]] = []
+
+        def flush() -> None:
+            nonlocal batch
+            if batch:
+                fds = (os.dup(src.fd_for(batch_parent)), os.dup(dst.fd_for(batch_parent)))
+                pending.append(pool.submit(self.copy_batch, fds, batch))
+                batch = []
+                while len(pending) > IN_FLIGHT:
+                    pending.popleft().result()
         try:
             if not dir_ids[""].matches(os.fstat(src_root)):
                 raise TreeChanged("", "the volume's top directory was replaced")
@@ -137,33 +152,33 @@ class _Stager:
                 parent, name = split_rel(entry.rel)
                 if STAGE_HOOK is not None:
                     STAGE_HOOK(entry.rel)
-                sfd, dfd = src.fd_for(parent), dst.fd_for(parent)
                 kind = entry.kind
+                if kind == "file":
+                    key = (entry.st_dev, entry.st_ino)
+                    if entry.st_nlink > 1:
+                        if key in first_copy:
+                            links.append((first_copy[key], entry.rel))
+                            continue
+                        first_copy[key] = entry.rel
+                    if parent != batch_parent or len(batch) >= BATCH:
+                        flush()
+                        batch_parent = parent
+                    batch.append((name, entry))
+                    continue
+                sfd, dfd = src.fd_for(parent), dst.fd_for(parent)
                 if kind == "dir":
                     self.make_dir(sfd, dfd, name, entry)
                     dirs.append((entry.rel, entry))
-                elif kind == "file":
-                    key = (entry.st_dev, entry.st_ino)
-                    if entry.st_nlink > 1 and key in first_copy:
-                        os.link(first_copy[key], name, src_dir_fd=dst_root, dst_dir_fd=dfd,
-                                follow_symlinks=False)
-                        self.stats.linked += 1
-                        continue
-                    batch.append(self.open_copy(sfd, dfd, name, entry))
-                    if entry.st_nlink > 1:
-                        first_copy[key] = entry.rel
-                    if len(batch) >= BATCH:
-                        pending.append(pool.submit(self.copy_batch, batch))
-                        batch = []
-                        while len(pending) > IN_FLIGHT:
-                            pending.popleft().result()
                 else:
                     self.make_special(sfd, dfd, name, entry)
-            if batch:
-                pending.append(pool.submit(self.copy_batch, batch))
-                batch = []
+            flush()
             while pending:
                 pending.popleft().result()
+            for target, rel in links:
+                parent, name = split_rel(rel)
+                os.link(target, name, src_dir_fd=dst_root, dst_dir_fd=dst.fd_for(parent),
+                        follow_symlinks=False)
+                self.stats.linked += 1
             # Directory modes and times last, deepest first: a read-only mode must not block
             # creating children, and adding children would reset the mtime.
             for rel, entry in reversed(dirs):
@@ -180,9 +195,6 @@ class _Stager:
             for f in pending:
                 f.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
-            for sfd_, dfd_, _ in batch:     # opened but never handed to a worker
-                os.close(sfd_)
-                os.close(dfd_)
             src.close()
             dst.close()
             os.close(src_root)
@@ -207,27 +219,23 @@ class _Stager:
             os.close(src)
         self.stats.created += 1
 
-    def open_copy(self, sfd: int, dfd: int, name: str, entry: Entry) -> tuple[int, int, Entry]:
-        src = safefs.open_file(sfd, name, entry.rel, entry.identity)
+    def copy_batch(self, fds: tuple[int, int], batch: list[tuple[str, Entry]]) -> None:
+        """Open (checked against the selection), create and copy each file of one directory;
+        the two directory fds are this task's own and closed here."""
+        sfd, dfd = fds
         try:
-            dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                          | os.O_CLOEXEC, 0o600, dir_fd=dfd)
-        except BaseException:
-            os.close(src)
-            raise
-        return src, dst, entry
-
-    def copy_batch(self, batch: list[tuple[int, int, Entry]]) -> None:
-        """Copy a batch (one pool task per batch: a Future per file costs more than its copy).
-        Every fd of the batch is closed, whatever happens."""
-        for i, (src, dst, entry) in enumerate(batch):
-            try:
+            for name, entry in batch:
+                src = safefs.open_file(sfd, name, entry.rel, entry.identity)
+                try:
+                    dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                  | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+                except BaseException:
+                    os.close(src)
+                    raise
                 self.copy(src, dst, entry)
-            except BaseException:
-                for s2, d2, _ in batch[i + 1:]:
-                    os.close(s2)
-                    os.close(d2)
-                raise
+        finally:
+            os.close(sfd)
+            os.close(dfd)
 
     def copy(self, src: int, dst: int, entry: Entry) -> None:
         try:
