@@ -9,7 +9,6 @@ per-object retry only for what botocore cannot see (a checksum mismatch).
 from __future__ import annotations
 
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 import botocore.exceptions as bexc
 
 from .errors import BundlerError, EC2Error, S3Error, UsageError
+from .transfer import DEFAULT_MAX_ATTEMPTS, default_timeouts
 
 if TYPE_CHECKING:  # boto3 and botocore.config cost ~0.15 s to import: only when AWS is used
     import boto3
@@ -26,17 +26,6 @@ if TYPE_CHECKING:  # boto3 and botocore.config cost ~0.15 s to import: only when
 log = logging.getLogger("bundler.aws")
 
 DEFAULT_REGION = "us-east-1"
-DEFAULT_MAX_ATTEMPTS = 8
-# Every request is bounded: a stalled connection (accepted, never answered) must end in a
-# ReadTimeoutError that botocore retries, never in a hang. Overridable per run (flags) or per
-# environment (tests and chaos runs set them short).
-DEFAULT_CONNECT_TIMEOUT = 10.0
-DEFAULT_READ_TIMEOUT = 60.0
-CONNECT_TIMEOUT_ENV = "AMI_BUNDLER_CONNECT_TIMEOUT"
-READ_TIMEOUT_ENV = "AMI_BUNDLER_READ_TIMEOUT"
-_MAX_TIMEOUT = 3600.0
-RETRY_MODES = ("standard", "adaptive", "legacy")
-
 NO_CREDENTIALS = (
     "no AWS credentials found: set AWS_PROFILE (or --profile), AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
     "run 'aws sso login', or run on an instance with an IAM role"
@@ -91,27 +80,6 @@ def endpoint_url_value(text: str | None, what: str = "--endpoint-url") -> str | 
         raise UsageError(f"{what} {value!r} names no host")
     del port
     return value
-
-
-def timeout_value(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"{what} must be a number of seconds, got {text!r}") from None
-    if not 0 < value <= _MAX_TIMEOUT:  # also rejects nan
-        raise UsageError(f"{what} must be more than 0 and at most {_MAX_TIMEOUT:.0f} seconds, got {text!r}")
-    return value
-
-
-def default_timeouts() -> tuple[float, float]:
-    """(connect, read) seconds: the environment's $AMI_BUNDLER_CONNECT_TIMEOUT /
-    $AMI_BUNDLER_READ_TIMEOUT, else 10 s / 60 s."""
-    connect, read = DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT
-    if os.environ.get(CONNECT_TIMEOUT_ENV):
-        connect = timeout_value(os.environ[CONNECT_TIMEOUT_ENV], f"${CONNECT_TIMEOUT_ENV}")
-    if os.environ.get(READ_TIMEOUT_ENV):
-        read = timeout_value(os.environ[READ_TIMEOUT_ENV], f"${READ_TIMEOUT_ENV}")
-    return connect, read
 
 
 def check_region(region: str, flag: str) -> str:
@@ -279,7 +247,6 @@ __all__ = [
     "needs_path_style",
     "require_credentials",
     "response_header",
-    "timeout_value",
     "s3_client",
     "session_region",
 ]

@@ -12,31 +12,30 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..aws import (
+from ..errors import S3Error, UsageError
+from ..transfer import (
     CONNECT_TIMEOUT_ENV,
+    DEFAULT_ATTEMPTS,
     DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_JOBS,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_READ_TIMEOUT,
     READ_TIMEOUT_ENV,
+    RETRY_ATTEMPTS,
     RETRY_MODES,
-    AwsOptions,
-    check_region,
+    TransferConfig,
+    check_jobs,
     default_timeouts,
-    ec2_client,
-    endpoint_url_value,
-    make_session,
-    s3_client,
     timeout_value,
 )
-from ..errors import S3Error, UsageError
-from ..s3 import DEFAULT_ATTEMPTS, DEFAULT_JOBS, RETRY_ATTEMPTS, bucket_region
 from .common import Printer, count, seconds
 
-log = logging.getLogger("bundler.cli")
+if TYPE_CHECKING:
+    from ..aws import AwsOptions
 
-MAX_JOBS = 256
+log = logging.getLogger("bundler.cli")
 
 
 # --------------------------------------------------------------------------- flags
@@ -78,7 +77,7 @@ def add_aws_options(parser: argparse.ArgumentParser, *, credentials: bool = True
 
 def add_jobs_option(parser: Any, *, help: str = "parallel transfers (default: %(default)s)",
                     metavar: str | None = "N") -> None:
-    parser.add_argument("--jobs", type=count(1, 256, "job count"), default=DEFAULT_JOBS, metavar=metavar, help=help)
+    parser.add_argument("--jobs", type=count(1, MAX_JOBS, "job count"), default=DEFAULT_JOBS, metavar=metavar, help=help)
 
 
 def add_retry_option(parser: Any, *, help: str = "up to 5 tries per object") -> None:
@@ -108,6 +107,10 @@ def add_bucket_option(parser: argparse.ArgumentParser, *, multi: bool = False) -
 
 def aws_options_from_args(args: argparse.Namespace,
                           warn: Callable[[str], None] | None = None) -> AwsOptions:
+    # bundler.aws (botocore) is imported only by the commands that use AWS: bundle-image and
+    # unbundle declare AWS flags but must not pay for botocore at start-up.
+    from ..aws import AwsOptions, check_region, endpoint_url_value
+
     if getattr(args, "sigv", "4") == "2" and warn:
         warn("--sigv 2 is not supported by S3 in new regions; signing with SigV4")
     if getattr(args, "secret_key", None) and warn:
@@ -146,10 +149,14 @@ def attempts_from_args(args: argparse.Namespace) -> int:
 
 
 def jobs_from_args(args: argparse.Namespace) -> int:
-    jobs = getattr(args, "jobs", DEFAULT_JOBS)
-    if jobs is None or jobs < 1 or jobs > MAX_JOBS:
-        raise UsageError(f"--jobs must be between 1 and {MAX_JOBS}")
-    return int(jobs)
+    return check_jobs(getattr(args, "jobs", DEFAULT_JOBS))
+
+
+def transfer_from_args(args: argparse.Namespace, printer: Printer) -> TransferConfig:
+    """--jobs, --retry and --acl (where the command has them) and the printer's progress."""
+    return TransferConfig(jobs=jobs_from_args(args), attempts=attempts_from_args(args),
+                          acl=getattr(args, "acl", None) or TransferConfig.acl,
+                          progress=printer.progress())
 
 
 # --------------------------------------------------------------------------- the run's AWS access
@@ -159,18 +166,25 @@ class AwsContext:
     """Lazily made session and clients for one command, in the bucket's region."""
 
     def __init__(self, args: argparse.Namespace, printer: Printer) -> None:
+        from ..aws import make_session
+
         self.opts: AwsOptions = aws_options_from_args(args, printer.warn)
         self.session = make_session(self.opts)
-        self.jobs = jobs_from_args(args) if hasattr(args, "jobs") else DEFAULT_JOBS
-        self.attempts = attempts_from_args(args)
+        self.transfer = transfer_from_args(args, printer)
+        self.jobs = self.transfer.jobs
+        self.attempts = self.transfer.attempts
 
     def s3(self, bucket: str, *, region: str | None = None, opts: AwsOptions | None = None) -> Any:
+        from ..aws import s3_client
+
         return s3_client(opts or self.opts, session=self.session, bucket=bucket, region=region,
-                         pool=self.jobs + 4)
+                         pool=self.transfer.pool_size)
 
     def s3_in_bucket_region(self, bucket: str, *, must_exist: bool = True) -> tuple[Any, str | None]:
         """A client in the bucket's region; an explicit --region that disagrees is an error,
         because the AMI must later be registered in the bucket's region."""
+        from ..s3 import bucket_region
+
         client = self.s3(bucket)
         region = bucket_region(client, bucket)
         if region is None:
@@ -186,11 +200,12 @@ class AwsContext:
         return client, region
 
     def ec2(self, region: str | None, *, opts: AwsOptions | None = None) -> Any:
+        from ..aws import ec2_client
+
         return ec2_client(opts or self.opts, session=self.session, region=region)
 
 
 __all__ = [
-    "MAX_JOBS",
     "AwsContext",
     "add_aws_options",
     "add_bucket_option",
@@ -200,4 +215,5 @@ __all__ = [
     "attempts_from_args",
     "aws_options_from_args",
     "jobs_from_args",
+    "transfer_from_args",
 ]

@@ -17,14 +17,16 @@ from ..aws import common_error, error_code, response_header
 from ..errors import BundlerError, IntegrityError, ManifestError, PartMissingError, S3Error
 from ..manifest import PartEntry
 
+# The transfer defaults are owned by bundler.transfer; re-exported for the S3 modules.
+from ..transfer import ACLS as ACLS
+from ..transfer import DEFAULT_ACL as DEFAULT_ACL
+from ..transfer import DEFAULT_ATTEMPTS as DEFAULT_ATTEMPTS
+from ..transfer import DEFAULT_JOBS as DEFAULT_JOBS
+from ..transfer import RETRY_ATTEMPTS as RETRY_ATTEMPTS
+
 log = logging.getLogger("bundler.s3")
 
 
-DEFAULT_ACL = "aws-exec-read"
-ACLS = ("aws-exec-read", "public-read")
-DEFAULT_JOBS = 8
-DEFAULT_ATTEMPTS = 3
-RETRY_ATTEMPTS = 5  # classic --retry: up to 5 tries per object
 MANIFEST_SIZE_CAP = 16 * 1024 * 1024
 MAX_PART_BYTES = 64 * 1024 * 1024  # classic parts are 10 MiB; anything far larger is not a part
 DELETE_BATCH = 1000

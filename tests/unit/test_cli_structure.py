@@ -6,7 +6,11 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import bundler.cli as cli
 
@@ -71,3 +75,12 @@ def test_shared_cli_modules_import_no_command_module():
     shared = [p for p in CLI_DIR.glob("*.py") if p.stem not in commands and p.stem != "__init__"]
     assert shared, "the shared CLI modules were not found"
     assert {p.stem: cli_imports(p) & commands for p in shared if cli_imports(p) & commands} == {}
+
+
+@pytest.mark.parametrize("command", ["bundle-image", "unbundle", "verify"])
+def test_local_commands_do_not_load_botocore_to_parse_their_flags(command):
+    # unbundle declares the AWS flags (for --from-s3): declaring them must stay cheap.
+    code = (f"import sys, bundler.cli as c; c.build_parser(command={command!r}); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
