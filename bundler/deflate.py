@@ -53,6 +53,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import struct
 import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -235,8 +236,6 @@ def _gzip_header(settings: CompressionSettings) -> bytes:
     return _GZIP_MAGIC + bytes([8, 0, 0, 0, 0, 0, xfl, _OS_UNIX])
 
 
-#: Levels at or above this search hard for matches: worth skipping on incompressible blocks.
-_SLOW_LEVEL = 4
 _SAMPLE = 16 * 1024
 _FAST_MODULE: ModuleType = _isal or _zlib_ng or zlib
 
@@ -257,6 +256,29 @@ def _looks_incompressible(block: bytes | bytearray) -> bool:
     return True
 
 
+_STORED_MAX = 0xFFFF
+
+
+def _stored(block: bytes | bytearray, last: bool) -> bytes:
+    """``block`` as deflate stored blocks (RFC 1951 3.2.4), BFINAL on the last one if ``last``.
+
+    Every fragment starts and ends on a byte boundary (after the header, or after the previous
+    fragment's sync flush), so stored blocks fit between compressed fragments as they are; the
+    next fragment's dictionary is the plain input either way.
+    """
+    view = memoryview(block)
+    pieces: list[bytes | memoryview] = []
+    start = 0
+    while True:
+        piece = view[start:start + _STORED_MAX]
+        start += len(piece)
+        final = last and start >= len(view)
+        pieces.append(struct.pack("<BHH", 1 if final else 0, len(piece), len(piece) ^ 0xFFFF))
+        pieces.append(piece)
+        if start >= len(view):
+            return b"".join(pieces)
+
+
 def _compress_block(
     module: ModuleType, level: int, block: bytes | bytearray, zdict: bytes, last: bool
 ) -> tuple[bytes, int]:
@@ -268,10 +290,10 @@ def _compress_block(
     Non-final blocks end with a sync flush so the next fragment starts on a
     byte boundary and no final-block bit is set; the last one with Z_FINISH.
     """
-    if level >= _SLOW_LEVEL and _looks_incompressible(block):
-        # Random or already-compressed data (encrypted volumes, packed archives) gains
-        # nothing from lazy matching; the fastest deflate stores it at the same size.
-        module, level = _FAST_MODULE, 1
+    if _looks_incompressible(block):
+        # Random or already-compressed data (encrypted volumes, packed archives): every
+        # deflate stores it anyway, after searching for matches; storing it at once is a copy.
+        return _stored(block, last), _crc32(block)
     if zdict:
         comp = module.compressobj(level, zlib.DEFLATED, -15, zdict=zdict)
     else:

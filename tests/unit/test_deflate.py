@@ -553,3 +553,33 @@ def test_incompressible_blocks_take_the_fast_path():
     writer.write(random_block + text_block)
     writer.close()
     assert gzip.decompress(b"".join(out)) == random_block + text_block
+
+
+@pytest.mark.parametrize("level", ["fast", "default", "best"])
+def test_incompressible_blocks_are_stored_and_decode_with_gzip(level, tmp_path):
+    random_a, random_b = os.urandom((1 << 20) + 12345), os.urandom(200_000)
+    text = b"".join(b"line %d of text\n" % i for i in range(80_000))
+    data = random_a + text + random_b  # stored, compressed (primed by stored input), stored + final
+    out: list[bytes] = []
+    writer = ParallelGzipWriter(out.append, CompressionSettings(compression_settings(level).backend,
+                                                                compression_settings(level).level,
+                                                                block_size=256 * 1024))
+    writer.write(data)
+    writer.close()
+    stream = b"".join(out)
+    assert gzip.decompress(stream) == data
+    (tmp_path / "s.gz").write_bytes(stream)
+    assert subprocess.run(["gzip", "-dc", str(tmp_path / "s.gz")], capture_output=True, check=True).stdout == data
+    # stored: the random parts cost 5 bytes per 64 KiB, not a deflate search
+    assert len(stream) < len(random_a) + len(random_b) + len(text) // 2
+
+
+def test_stored_fragments_mark_only_the_last_block_final():
+    from bundler.deflate import _stored
+
+    for size, last in ((0, True), (0, False), (1, True), (0xFFFF, True), (0x10000, False), (300_000, True)):
+        block = os.urandom(size)
+        fragment = _stored(block, last)
+        decoder = zlib.decompressobj(-15)
+        assert decoder.decompress(fragment) == block
+        assert decoder.eof == last
