@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""What users wait for, image file to registered AMI: the classic way against ``install``, in one run.
+
+    python scripts/bench_end_to_end.py [--corpus /tmp/corpus] [--images rootfs.img random-512M.img]
+                                       [--delay 0.02] [--bandwidth 16]
+
+Both sides talk to the same local endpoint (moto, scripts/local_endpoint.py) through the same
+proxy (tests/support/faultproxy.py) adding per-request latency and a per-stream bandwidth cap,
+standing in for a WAN; nothing leaves 127.0.0.1.
+
+* classic: the classic pipeline exactly as scripts/bench_bundle.py times it (tar | tee sha1sum |
+  gzip -9 | openssl enc, split, sha1sum), then what ec2-upload-bundle does: one part after the
+  other, each PUT on a new connection with Content-MD5, the manifest last, then RegisterImage.
+* ours: ``ami-bundler install`` (bundle, parallel upload and register in one streaming run).
+
+Then the way back: ``unbundle --from-s3`` against ``download-bundle`` followed by ``unbundle``.
+Every step runs as its own process; the report gives wall times, the ratios and each side's CPU
+seconds (from wait4), plus the CPU the endpoint and the proxy used meanwhile, with the load
+average: on a shared machine the wall times are only as good as the load lets them be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_install import cpu_seconds  # noqa: E402
+from bench_upload import MIB, local_env, start  # noqa: E402
+
+CLI = [sys.executable, "-m", "bundler"]
+USER = "123456789012"
+
+
+@dataclass
+class Step:
+    name: str
+    wall: float
+    cpu: float
+    rss_mib: float
+
+
+def run(name: str, cmd: list[str] | str, env: dict[str, str], *, shell: bool = False) -> Step:
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, shell=shell, executable="/bin/bash" if shell else None,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise SystemExit(f"{name} failed:\n{err}")
+    return Step(name, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+# --------------------------------------------------------------------------- the classic upload
+
+
+def classic_upload(directory: Path, prefix: str, bucket: str, endpoint: str) -> None:
+    """ec2-upload-bundle's way, then ec2-register's: serial PUTs, each on a new connection with
+    Content-MD5 and the aws-exec-read ACL, the manifest last; RegisterImage."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(s3={"addressing_style": "path"}, max_pool_connections=1, retries={"max_attempts": 1})
+    s3 = boto3.client("s3", endpoint_url=endpoint, config=config)
+    manifest = directory / f"{prefix}.manifest.xml"
+    parts = sorted(p for p in directory.iterdir() if p.name.startswith(f"{prefix}.part."))
+    for path in [*parts, manifest]:
+        data = path.read_bytes()
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        s3.put_object(Bucket=bucket, Key=path.name, Body=data, ContentMD5=md5, ACL="aws-exec-read")
+        s3._endpoint.http_session.close()  # the next request opens a new connection
+    ec2 = boto3.client("ec2", endpoint_url=endpoint)
+    ec2.register_image(ImageLocation=f"{bucket}/{manifest.name}", Name=f"classic-{prefix}-{os.getpid()}",
+                       Architecture="x86_64")
+
+
+def classic_manifest(directory: Path, prefix: str, image: Path, keys: Path) -> None:
+    """The manifest ec2-bundle-image writes beside its parts (RSA work of a few milliseconds,
+    made here untimed): signed, naming every part with its SHA-1."""
+    from bundler import keys as keylib
+    from bundler.manifest import Manifest, PartEntry
+
+    parts = sorted(p for p in directory.iterdir() if p.name.startswith(f"{prefix}.part."))
+    digest = (directory / "digest").read_text().split()[0]
+    entries = [PartEntry(i, p.name, hashlib.sha1(p.read_bytes()).hexdigest()) for i, p in enumerate(parts)]
+    wrapped = keylib.wrap(keylib.load_public_key(keys / "user-cert.pem"), os.urandom(16))
+    manifest = Manifest(name=prefix, user=USER, digest=digest, size=image.stat().st_size,
+                        bundled_size=sum(p.stat().st_size for p in parts), ec2_encrypted_key=wrapped,
+                        user_encrypted_key=wrapped, ec2_encrypted_iv=wrapped, user_encrypted_iv=wrapped,
+                        parts=entries)
+    (directory / f"{prefix}.manifest.xml").write_bytes(
+        keylib.sign_manifest(manifest, keylib.load_private_key(keys / "user-key.pem")))
+
+
+def classic_pipeline(image: Path, out: Path) -> str:
+    key_hex, iv_hex = os.urandom(16).hex(), os.urandom(16).hex()
+    return (
+        f"set -o pipefail; tar -c -h -S --owner 0 --group 0 -C {image.parent} {image.name} "
+        f"| tee >(sha1sum > {out}/digest) | gzip -9 "
+        f"| openssl enc -e -aes-128-cbc -K {key_hex} -iv {iv_hex} > {out}/b.tar.gz.enc "
+        f"&& split -b 10485760 -a 2 -d {out}/b.tar.gz.enc {out}/classic.part. "
+        f"&& sha1sum {out}/classic.part.* > /dev/null && rm {out}/b.tar.gz.enc"
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", type=Path, default=Path("/tmp/corpus"))
+    ap.add_argument("--images", nargs="*", default=["rootfs.img", "random-512M.img"])
+    ap.add_argument("--delay", type=float, default=0.020, help="seconds added per request (default 0.020)")
+    ap.add_argument("--bandwidth", type=float, default=16.0, help="MiB/s per request stream; 0 = unlimited")
+    ap.add_argument("--jobs", type=int, default=8)
+    ap.add_argument("--compression", default="default")
+    ap.add_argument("--classic-upload", nargs=4, metavar=("DIR", "PREFIX", "BUCKET", "ENDPOINT"),
+                    help=argparse.SUPPRESS)  # the classic upload, run as a child process
+    args = ap.parse_args()
+    if args.classic_upload:
+        directory, prefix, bucket, endpoint = args.classic_upload
+        classic_upload(Path(directory), prefix, bucket, endpoint)
+        return 0
+
+    env = local_env()
+    moto, moto_url = start([sys.executable, "scripts/local_endpoint.py"], env)
+    proxy_cmd = [sys.executable, "-m", "tests.support.faultproxy", "--upstream", moto_url, "--delay", str(args.delay)]
+    if args.bandwidth > 0:
+        proxy_cmd += ["--bandwidth", str(args.bandwidth * MIB)]
+    proxy, proxy_url = start(proxy_cmd, env)
+    env = {**env, "AWS_ENDPOINT_URL": proxy_url}
+    work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    rows: list[str] = []
+    try:
+        import boto3
+        from botocore.config import Config
+
+        s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing", config=Config(s3={"addressing_style": "path"}))
+        keys = work / "keys"
+        keys.mkdir()
+        for who in ("user", "ec2"):
+            subprocess.run([*CLI, "keygen", "--key", str(keys / f"{who}-key.pem"), "--cert",
+                            str(keys / f"{who}-cert.pem")], check=True, capture_output=True, env=env, cwd=ROOT)
+        sign = ["-c", str(keys / "user-cert.pem"), "-k", str(keys / "user-key.pem"), "-u", USER,
+                "--ec2cert", str(keys / "ec2-cert.pem"), "-r", "x86_64"]
+        s3_flags = ["--endpoint-url", proxy_url, "--jobs", str(args.jobs)]
+        conditions = (f"{args.delay * 1000:.0f} ms per request, "
+                      f"{'no bandwidth cap' if args.bandwidth <= 0 else f'{args.bandwidth:g} MiB/s per stream'}, "
+                      f"--jobs {args.jobs}, --compression {args.compression}, {os.cpu_count()} cores")
+        print(f"end to end through a local endpoint: {conditions}", flush=True)
+        for image_name in args.images:
+            image = args.corpus / image_name
+            if not image.exists():
+                print(f"{image} not found: run ../shared/bench/make-corpus.sh", flush=True)
+                continue
+            tag = image_name.split(".")[0].lower()
+            subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)
+            load = os.getloadavg()[0]
+            endpoint_before = cpu_seconds(moto, proxy)
+
+            # classic: bundle, then serial upload + register
+            classic_dir = work / f"classic-{tag}"
+            classic_dir.mkdir()
+            c_bundle = run("classic bundle", classic_pipeline(image, classic_dir), env, shell=True)
+            classic_manifest(classic_dir, "classic", image, keys)
+            bucket = f"e2e-classic-{tag}-{os.getpid()}"
+            s3.create_bucket(Bucket=bucket)
+            c_upload = run("classic upload + register", [sys.executable, __file__, "--classic-upload",
+                                                          str(classic_dir), "classic", bucket, proxy_url], env)
+            endpoint_mid = cpu_seconds(moto, proxy)
+
+            # ours: install
+            our_bucket = f"e2e-ours-{tag}-{os.getpid()}"
+            ours = run("install", [*CLI, "install", "-i", str(image), "-p", tag, *sign, "--compression",
+                                   args.compression, "-b", our_bucket, "-n", f"ours-{tag}-{os.getpid()}",
+                                   *s3_flags, "-q"], env)
+            endpoint_after = cpu_seconds(moto, proxy)
+            classic_total = c_bundle.wall + c_upload.wall
+            size = sum(p.stat().st_size for p in classic_dir.glob("classic.part.*"))
+            shutil.rmtree(classic_dir)
+            print(f"\n{image_name} ({image.stat().st_size / MIB:.0f} MiB, classic bundle {size / MIB:.0f} MiB), "
+                  f"load average {load:.2f}", flush=True)
+            for step in (c_bundle, c_upload):
+                print(f"  {step.name:28s} {step.wall:7.2f} s wall  {step.cpu:6.2f} CPU-s", flush=True)
+            print(f"  {'classic total':28s} {classic_total:7.2f} s wall  {c_bundle.cpu + c_upload.cpu:6.2f} CPU-s"
+                  f"  (endpoint + proxy {endpoint_mid - endpoint_before:.1f} CPU-s)")
+            print(f"  {'ami-bundler install':28s} {ours.wall:7.2f} s wall  {ours.cpu:6.2f} CPU-s"
+                  f"  (endpoint + proxy {endpoint_after - endpoint_mid:.1f} CPU-s), peak RSS {ours.rss_mib:.0f} MiB")
+            print(f"  image → AMI: {classic_total / ours.wall:.1f}× faster", flush=True)
+
+            # the way back
+            down = work / f"down-{tag}"
+            down.mkdir()
+            manifest = f"{tag}.manifest.xml"
+            dl = run("download-bundle", [*CLI, "download-bundle", "-b", our_bucket, "-m", manifest, "-d", str(down),
+                                         "-k", str(keys / "user-key.pem"), *s3_flags, "-q"], env)
+            un = run("unbundle", [*CLI, "unbundle", "-m", str(down / manifest), "-k", str(keys / "user-key.pem"),
+                                  "-d", str(down), "-q"], env)
+            shutil.rmtree(down)
+            streamed = work / f"streamed-{tag}"
+            streamed.mkdir()
+            st = run("unbundle --from-s3", [*CLI, "unbundle", "--from-s3", "-m", f"{our_bucket}/{manifest}", "-k",
+                                            str(keys / "user-key.pem"), "-d", str(streamed), *s3_flags[:2], "-q"], env)
+            same = subprocess.run(["cmp", "-s", str(image), str(streamed / tag)]).returncode == 0
+            shutil.rmtree(streamed)
+            print(f"  download-bundle + unbundle   {dl.wall + un.wall:7.2f} s wall  {dl.cpu + un.cpu:6.2f} CPU-s")
+            print(f"  unbundle --from-s3           {st.wall:7.2f} s wall  {st.cpu:6.2f} CPU-s, peak RSS "
+                  f"{st.rss_mib:.0f} MiB, image identical: {same}")
+            print(f"  S3 → image: {(dl.wall + un.wall) / st.wall:.1f}× faster", flush=True)
+            rows.append(f"| {image_name} | {classic_total:.1f} s ({c_bundle.wall:.1f} + {c_upload.wall:.1f}) "
+                        f"| {ours.wall:.1f} s | {classic_total / ours.wall:.1f}× | {c_bundle.cpu + c_upload.cpu:.1f} "
+                        f"/ {ours.cpu:.1f} | {dl.wall + un.wall:.1f} s | {st.wall:.1f} s "
+                        f"| {(dl.wall + un.wall) / st.wall:.1f}× | {load:.1f} |")
+        print("\n| image | classic: bundle + serial upload + register | install | ratio | CPU-s classic / ours "
+              "| download-bundle + unbundle | unbundle --from-s3 | ratio | load |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
+    finally:
+        for proc in (proxy, moto):
+            proc.terminate()
+            proc.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
