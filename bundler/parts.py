@@ -12,12 +12,10 @@ import errno
 import hashlib
 import logging
 import os
-import queue
 import re
 import secrets
 import shutil
 import stat
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +25,7 @@ try:
 except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
+from .concurrency import BackgroundStage
 from .errors import IntegrityError, OutputError, PartMissingError
 from .interrupts import critical
 from .manifest import PartEntry, part_names
@@ -357,7 +356,7 @@ class DirectorySink:
         self._written: list[Path] = []
         self._committed: list[Path] = []
         self._lock: DestinationLock | None = None
-        self._syncer: _BackgroundSync | None = None
+        self._syncer: BackgroundStage[tuple[Path, Path]] | None = None
 
     def check_clear(self, name: str) -> None:
         """Fail before any work if the destination already holds a bundle called ``name``
@@ -414,28 +413,21 @@ class DirectorySink:
         path = self._staging / f"part-{part.index}"
         with critical():
             self._written.append(path)  # first: a half-written part is removed by name too
-            fd = self._write_file(path, part.data, sync=False, keep_open=self.fsync)
-            if fd >= 0:
-                # Durability is bought in the background while later parts are made; commit
-                # waits for every one of them before the manifest.
-                try:
-                    if self._syncer is None:
-                        self._syncer = _BackgroundSync(self.destination)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                self._syncer.submit(path, fd)
+            self._write_file(path, part.data, sync=False)
+        if self.fsync:
+            # Durability is bought in the background while later parts are made (a bounded
+            # queue: a slow disk holds the writer back); commit waits for every part.
+            if self._syncer is None:
+                self._syncer = BackgroundStage(_sync_part, depth=4, name="ami-bundler-fsync")
+            self._syncer.write((self.destination, path))
 
-    def _write_file(self, path: Path, data: bytes, *, sync: bool, keep_open: bool = False) -> int:
-        """Write ``data`` to a new file; with ``keep_open`` return a read-only descriptor of it
-        (for syncing it later), else -1."""
+    def _write_file(self, path: Path, data: bytes, *, sync: bool) -> None:
         try:
             with open(path, "wb") as fh:
                 fh.write(data)
                 if sync:
                     fh.flush()
                     os.fsync(fh.fileno())
-            return os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)) if keep_open else -1
         except OSError as exc:
             raise OutputError(f"cannot write {path.name} in {self.destination}: {why_write_failed(exc)}") from exc
 
@@ -445,7 +437,7 @@ class DirectorySink:
         # visible before all of them are durable, so wait here for the last one.
         if self._syncer is not None:
             syncer, self._syncer = self._syncer, None
-            syncer.finish()
+            syncer.close()
 
     def _remove_old_bundle(self, names: Sequence[str], manifest_name: str) -> None:
         """--force: take the old bundle out, manifest first, before any new file goes in.
@@ -547,63 +539,19 @@ class DirectorySink:
             self._lock = None
 
 
-class _BackgroundSync:
-    """Flushes written parts to disk in a thread of its own, one at a time, in order.
-
-    ``finish`` waits for every submitted part and raises the first failure as OutputError;
-    ``abort`` stops after the current file and closes the rest unsynced. The queue is
-    bounded, so a disk slower than the pipeline holds the part writer back (and bounds the
-    descriptors kept open).
-    """
-
-    DEPTH = 4
-    _END = (None, -1)
-
-    def __init__(self, destination: Path) -> None:
-        self._destination = destination
-        self._queue: queue.Queue[tuple[Path | None, int]] = queue.Queue(self.DEPTH)
-        self._error: OutputError | None = None
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="ami-bundler-fsync", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        sync = getattr(os, "fdatasync", os.fsync)
-        while True:
-            path, fd = self._queue.get()
-            if path is None:
-                return
-            try:
-                if self._error is None and not self._stop:
-                    sync(fd)
-            except OSError as exc:
-                self._error = OutputError(
-                    f"cannot flush {path.name} to disk in {self._destination}: {why_write_failed(exc)}")
-            finally:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-
-    def submit(self, path: Path, fd: int) -> None:
-        if self._error is not None:
-            os.close(fd)
-            raise self._error
-        self._queue.put((path, fd))
-
-    def finish(self) -> None:
-        self._queue.put(self._END)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-    def abort(self) -> None:
-        self._stop = True  # the thread closes what is still queued without syncing it
+def _sync_part(item: tuple[Path, Path]) -> None:
+    """Flush one written part to disk (the background syncer's work, by path: a part the
+    syncer skips after a failure or an abort holds no descriptor)."""
+    destination, path = item
+    sync = getattr(os, "fdatasync", os.fsync)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
-            self._queue.put(self._END, timeout=30)
-        except queue.Full:
-            return  # stuck in one sync (a hung disk): it is a daemon and ends after it
-        self._thread.join(timeout=30)
+            sync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"cannot flush {path.name} to disk in {destination}: {why_write_failed(exc)}") from exc
 
 
 def why_write_failed(exc: OSError) -> str:

@@ -118,11 +118,11 @@ def test_the_manifest_is_written_only_after_every_part_was_synced(tmp_path, monk
 
     real_write = DirectorySink._write_file
 
-    def recording_write(self, path, data, *, sync, keep_open=False):
+    def recording_write(self, path, data, *, sync):
         events.append(f"write {path.name}")
         if path.name == "manifest":
             assert sync
-        return real_write(self, path, data, sync=sync, keep_open=keep_open)
+        return real_write(self, path, data, sync=sync)
 
     monkeypatch.setattr(os, "fdatasync", slow_sync, raising=False)
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_sync(fd))[1])
@@ -155,7 +155,7 @@ def test_a_part_that_cannot_be_synced_fails_the_commit_before_any_manifest(tmp_p
 
 
 def test_without_fsync_no_sync_thread_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(parts_module, "_BackgroundSync", None)  # would fail if used
+    monkeypatch.setattr(parts_module, "BackgroundStage", None)  # would fail if used
     _bundle_into(DirectorySink(tmp_path, fsync=False), 2)
     assert (tmp_path / "img.manifest.xml").exists()
 
