@@ -30,7 +30,7 @@ VARIANTS = {
     "qcow2": (["qemu-img", "convert", "-O", "qcow2"], "qemu"),
     "qcow2 (compressed)": (["qemu-img", "convert", "-c", "-O", "qcow2"], "qemu"),
     "vmdk (streamOptimized)": (["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized"], "qemu"),
-    "raw.xz": (["xz", "-T0", "-3", "-c"], "xz"),
+    "raw.xz": (["xz", "-T0", "-1", "-c"], "xz"),
 }
 
 

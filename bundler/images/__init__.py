@@ -14,7 +14,7 @@ from ..errors import ImageFormatError, UsageError
 from ..manifest import validate_name
 from ..source import ImageSource, open_image
 from .bounded import BoundedFile
-from .compressed import STREAM_FORMATS, open_compressed, open_stream
+from .compressed import STREAM_FORMATS, CheckedStream, open_compressed, open_stream
 from .detect import FORMATS, detect
 from .disk import DiskImageSource, VirtualDisk
 
@@ -110,4 +110,4 @@ def stdin_stream(stream: BinaryIO, fmt: str | None) -> BinaryIO:
     if fmt not in STREAM_FORMATS:
         raise UsageError(f"a {fmt} image cannot be read from standard input (its tables need random "
                          "access): give its path")
-    return open_stream(fmt, stream)
+    return CheckedStream(open_stream(fmt, stream), fmt)  # type: ignore[return-value]

@@ -257,3 +257,17 @@ def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None =
     size, regions = scan(path, fmt, None if allow_large else MAX_IMAGE_SIZE)
     check_size(size, path, allow_large)
     return CompressedImageSource(path, fmt, name, size, mode, mtime, True, "the first pass", regions)
+
+
+class CheckedStream:
+    """A decompressing reader whose corrupt-input errors are ImageFormatErrors (for ``-i -``)."""
+
+    def __init__(self, stream: BinaryIO, fmt: str) -> None:
+        self._stream = stream
+        self._fmt = fmt
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = _read(self._stream, self._fmt, n, self._pos)
+        self._pos += len(data)
+        return data

@@ -50,7 +50,8 @@ class HostRanges:
     def add(self, start: int, length: int, structure: str) -> None:
         if length <= 0:
             return
-        if self._runs and self._runs[-1][1] == start and structure == "data":
+        if (structure == "data" and self._runs and self._runs[-1][1] == start
+                and self._names[self._runs[-1][2]] == "data"):
             self._runs[-1][1] = start + length
             return
         if len(self._runs) >= MAX_HOST_RUNS:

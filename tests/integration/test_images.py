@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -234,3 +235,30 @@ def test_inspect_image_reports_partitions_and_filesystems(images, tmp_path, caps
     if "disk.raw.gz" in images:
         report = inspect_image(images["disk.raw.gz"])
         assert report.virtual_size == SIZE and report.layout.filesystem.type == "ext4"
+
+
+def test_compressed_image_on_standard_input(images, tmp_path, user_key_pair, ec2_key_pair):
+    if "disk.raw.zst" not in images:
+        pytest.skip("zstd not installed")
+    repo = Path(__file__).resolve().parents[2]
+    dest = tmp_path / "b"
+    dest.mkdir()
+    args = [sys.executable, "-m", "bundler", "bundle-image", "-i", "-", "--image-format", "zst",
+            "--image-size", str(SIZE), "-p", "piped", "-c", str(user_key_pair.cert_path),
+            "-k", str(user_key_pair.key_path), "-u", "123456789012", "--ec2cert", str(ec2_key_pair.cert_path),
+            "-d", str(dest), "-r", "x86_64", "-q"]
+    with open(images["disk.raw.zst"], "rb") as stdin:
+        done = subprocess.run(args, stdin=stdin, cwd=repo, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    classic_extract(dest, dest / "piped.manifest.xml", user_key_pair.key_path, tmp_path / "out")
+    assert (tmp_path / "out" / "piped").read_bytes() == images["disk.raw"].read_bytes()
+    # A corrupt stream is one line naming the format, and no manifest appears.
+    broken = tmp_path / "broken.zst"
+    broken.write_bytes(images["disk.raw.zst"].read_bytes()[:-4000] + b"\xff" * 4000)
+    (tmp_path / "b2").mkdir()
+    with open(broken, "rb") as stdin:
+        done = subprocess.run([*args[:-5], "-d", str(tmp_path / "b2"), "-r", "x86_64", "-q", "-p", "broken"],
+                              stdin=stdin, cwd=repo, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "zst image: compressed stream" in done.stderr and "Traceback" not in done.stderr
+    assert not list(tmp_path.glob("b2/*.manifest.xml"))
