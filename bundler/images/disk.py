@@ -8,10 +8,13 @@ tar framing needs are here, once.
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,9 @@ log = logging.getLogger("bundler.images")
 
 HOLE, RAW, DEFLATE, ZLIB, ZSTD, BACKING = range(6)
 KIND_NAMES = {RAW: "raw", DEFLATE: "deflate", ZLIB: "zlib", ZSTD: "zstd"}
+
+INFLATE_THREADS = max(1, min(4, os.cpu_count() or 1))
+INFLATE_AHEAD = 2 * INFLATE_THREADS
 
 # Contiguous host runs tracked for the overlap check; a sane 10 GiB image has a few thousand.
 MAX_HOST_RUNS = 1_000_000
@@ -100,12 +106,15 @@ class VirtualDisk(ABC):
 
     _cache_index: int = -1
     _cache_data: bytes = b""
+    has_compressed: bool = False
 
     def allocated(self) -> list[tuple[int, int]]:
         """Guest ranges holding data, merged, clipped to the virtual size."""
         out: list[tuple[int, int]] = []
         bs = self.block_size
-        for index, _block in self.mapped():
+        for index, block in self.mapped():
+            if block.kind in (DEFLATE, ZLIB, ZSTD):
+                self.has_compressed = True
             start = index * bs
             end = min(start + bs, self.virtual_size)
             if start >= end:
@@ -117,8 +126,13 @@ class VirtualDisk(ABC):
         return out
 
     def _block_bytes(self, index: int, block: Block) -> bytes:
-        if index == self._cache_index:
-            return self._cache_data
+        if index != self._cache_index:
+            self._cache_data = self.inflate(index, block)
+            self._cache_index = index
+        return self._cache_data
+
+    def inflate(self, index: int, block: Block) -> bytes:
+        """A compressed block's bytes; touches no shared state, so threads may call it."""
         bs = self.block_size
         want = min(bs, self.virtual_size - index * bs)
         where = f"block {index} (guest offset {index * bs})"
@@ -141,9 +155,7 @@ class VirtualDisk(ABC):
         if len(out) < want:
             raise self.file.fail(f"compressed {where}", block.host,
                                  f"inflates to {len(out)} bytes, not the block's {want}")
-        out = out[:bs]
-        self._cache_index, self._cache_data = index, out
-        return out
+        return out[:bs]
 
     def peek_at(self, offset: int, length: int) -> bytes:
         """Bytes for the zero-run scan. A range touching a compressed block counts as data
@@ -157,9 +169,14 @@ class VirtualDisk(ABC):
 
     def read_at(self, offset: int, length: int) -> bytes:
         """Guest bytes [offset, offset+length) clipped to the disk; zeros in holes."""
+        return self.fetch(self.plan(offset, length), cached=True)
+
+    def plan(self, offset: int, length: int) -> list[tuple]:
+        """What reading [offset, offset+length) takes: table lookups (and backing-file reads)
+        happen here, in the caller's thread; ``fetch`` then does only file reads and inflates."""
         end = min(offset + length, self.virtual_size)
         bs = self.block_size
-        parts: list[bytes] = []
+        steps: list[tuple] = []
         pos = offset
         while pos < end:
             index = pos // bs
@@ -167,13 +184,12 @@ class VirtualDisk(ABC):
             inner = pos - index * bs
             take = min(bs - inner, end - pos)
             if block.kind == HOLE:
-                parts.append(bytes(take))
+                steps.append((HOLE, take))
             elif block.kind == BACKING:
                 data = self.backing_read(pos, take)
-                parts.append(data + bytes(take - len(data)))
+                steps.append((BACKING, data + bytes(take - len(data))))
             elif block.kind == RAW:
                 # Host-contiguous raw blocks are read at once.
-                host = block.host + inner
                 run = take
                 nxt = index + 1
                 while pos + run < end:
@@ -182,11 +198,29 @@ class VirtualDisk(ABC):
                         break
                     run += min(bs, end - pos - run)
                     nxt += 1
-                parts.append(self.file.read(host, run, f"data block {index} (guest offset {index * bs})"))
+                steps.append((RAW, block.host + inner, run, index))
                 take = run
             else:
-                parts.append(self._block_bytes(index, block)[inner:inner + take])
+                steps.append((DEFLATE, index, block, inner, take))
             pos += take
+        return steps
+
+    def fetch(self, steps: list[tuple], *, cached: bool = False) -> bytes:
+        bs = self.block_size
+        parts: list[bytes] = []
+        for step in steps:
+            kind = step[0]
+            if kind == HOLE:
+                parts.append(bytes(step[1]))
+            elif kind == BACKING:
+                parts.append(step[1])
+            elif kind == RAW:
+                _, host, run, index = step
+                parts.append(self.file.read(host, run, f"data block {index} (guest offset {index * bs})"))
+            else:
+                _, index, block, inner, take = step
+                data = self._block_bytes(index, block) if cached else self.inflate(index, block)
+                parts.append(data[inner:inner + take])
         return b"".join(parts)
 
 
@@ -289,12 +323,27 @@ class DiskImageSource:
         return self._regions
 
     def chunks(self) -> Iterator[bytes]:
-        for offset, length in self._regions:
-            end = offset + length
-            while offset < end:
-                data = self.disk.read_at(offset, min(READ_SIZE, end - offset))
-                offset += len(data)
-                yield data
+        pieces = ((offset, min(READ_SIZE, start + length - offset))
+                  for start, length in self._regions
+                  for offset in range(start, start + length, READ_SIZE))
+        if not self.disk.has_compressed:
+            for offset, n in pieces:
+                yield self.disk.read_at(offset, n)
+            return
+        # Compressed clusters inflate on worker threads (zlib and zstd release the GIL), a few
+        # pieces ahead of the pipeline and in guest order; memory: INFLATE_AHEAD pieces.
+        with ThreadPoolExecutor(max_workers=INFLATE_THREADS, thread_name_prefix="ami-bundler-inflate") as pool:
+            ahead: collections.deque = collections.deque()
+            try:
+                for offset, n in pieces:
+                    ahead.append(pool.submit(self.disk.fetch, self.disk.plan(offset, n)))
+                    if len(ahead) >= INFLATE_AHEAD:
+                        yield ahead.popleft().result()
+                while ahead:
+                    yield ahead.popleft().result()
+            finally:
+                for future in ahead:
+                    future.cancel()
 
     def close(self) -> None:
         self.disk.close()
