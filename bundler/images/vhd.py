@@ -8,6 +8,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
+from ..source import find_data_regions
 from .bounded import BoundedFile
 from .disk import HOLE_BLOCK, RAW, Block, HostRanges, VirtualDisk
 
@@ -104,6 +105,11 @@ class VhdDisk(VirtualDisk):
         if index >= len(self.bat):
             return HOLE_BLOCK
         return self._block(index, self.bat[index])
+
+    def allocated(self) -> list[tuple[int, int]]:
+        if not self.bat:  # a fixed disk is a raw file plus a footer: its holes are the file's
+            return find_data_regions(self.file.fd, self.virtual_size)
+        return super().allocated()
 
     def mapped(self) -> Iterator[tuple[int, Block]]:
         blocks = -(-self.virtual_size // self.block_size)
