@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -185,6 +187,14 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+# "No such thing" as S3 and EC2 say it, named once. A HEAD answer has no body, so S3 can only
+# say 404 there (botocore calls it NotFound); GET/PUT/COPY name the missing object or bucket.
+NO_SUCH_OBJECT = frozenset({"NoSuchKey", "404", "NotFound"})
+NO_SUCH_BUCKET = frozenset({"NoSuchBucket", "404", "NotFound"})
+NO_SUCH_IMAGE = frozenset({"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable", "InvalidAMIID.Malformed"})
+BOTO_ERRORS = (bexc.ClientError, bexc.BotoCoreError)
+
+
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, bexc.ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
@@ -219,6 +229,29 @@ def common_error(exc: BaseException, what: str, cls: type[BundlerError] = S3Erro
     return None
 
 
+def is_not_found(exc: BaseException, codes: frozenset[str] = NO_SUCH_OBJECT) -> bool:
+    return error_code(exc) in codes
+
+
+@contextmanager
+def translate_errors(translate: Callable[[BaseException], BaseException]) -> Iterator[None]:
+    """Every boto failure in the block leaves it as ``translate(exc)`` (one line for the user,
+    no botocore chain); anything else, our own errors included, passes unchanged.
+
+    The one shape of boto error handling (httpx's exception mapping): a caller that treats a
+    code specially (a 404 that means "absent") catches it inside the block and re-raises the rest.
+    """
+    try:
+        yield
+    except BOTO_ERRORS as exc:
+        raise translate(exc) from None
+
+
+def ec2_errors(what: str) -> AbstractContextManager[None]:
+    """``translate_errors`` for EC2 calls: ``ec2_error(exc, what)``."""
+    return translate_errors(lambda exc: ec2_error(exc, what))
+
+
 def ec2_error(exc: BaseException, what: str) -> BundlerError:
     common = common_error(exc, what, EC2Error)
     if common is not None:
@@ -237,10 +270,17 @@ __all__ = [
     "DEFAULT_REGION",
     "NO_CREDENTIALS",
     "check_region",
+    "BOTO_ERRORS",
+    "NO_SUCH_BUCKET",
+    "NO_SUCH_IMAGE",
+    "NO_SUCH_OBJECT",
     "common_error",
     "default_timeouts",
     "ec2_client",
     "ec2_error",
+    "ec2_errors",
+    "is_not_found",
+    "translate_errors",
     "error_code",
     "is_aws_endpoint",
     "make_session",

@@ -17,7 +17,7 @@ from typing import Any
 
 import botocore.exceptions as bexc
 
-from .aws import ec2_error, error_code
+from .aws import NO_SUCH_IMAGE, ec2_error, ec2_errors, error_code, is_not_found, translate_errors
 from .errors import EC2Error, IntegrityError, ManifestError, PartMissingError, UsageError
 from .manifest import Manifest, is_encrypted, parse_manifest
 from .s3 import S3Location, bucket_region, fetch_manifest, list_objects, split_manifest_location
@@ -208,10 +208,8 @@ def register_image(ec2: Any, image_location: str, options: RegisterOptions) -> s
         "BlockDeviceMappings": options.block_device_mappings or None,
     }
     params.update({k: v for k, v in optional.items() if v is not None})
-    try:
+    with translate_errors(lambda exc: _register_error(exc, image_location)):
         image_id = ec2.register_image(**params)["ImageId"]
-    except (bexc.ClientError, bexc.BotoCoreError) as exc:
-        raise _register_error(exc, image_location) from None
     log.info("registered %s as %s", image_location, image_id)
     # The location tag lets deregister --delete-bundle find the bundle on endpoints that do not
     # report ImageLocation; it is bookkeeping, so failing to set it only warns.
@@ -235,31 +233,29 @@ def _register_error(exc: BaseException, image_location: str) -> EC2Error:
 
 def _tag(ec2: Any, image_id: str, tags: dict[str, str], *, required: bool) -> None:
     try:
-        ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
-    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        with ec2_errors(f"tag {image_id}"):
+            ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+    except EC2Error as exc:
         if required:
-            raise ec2_error(exc, f"tag {image_id}") from None
-        log.info("could not add the %s tag to %s: %s", LOCATION_TAG, image_id, error_code(exc) or exc)
+            raise
+        log.info("could not add the %s tag to %s: %s", LOCATION_TAG, image_id, exc)
 
 
 def add_launch_permissions(ec2: Any, image_id: str, who: list[str]) -> None:
     adds = [{"Group": "all"} if w == "all" else {"UserId": w} for w in who]
-    try:
+    with ec2_errors(f"set launch permissions on {image_id}"):
         ec2.modify_image_attribute(ImageId=image_id, Attribute="launchPermission",
                                    LaunchPermission={"Add": adds})
-    except (bexc.ClientError, bexc.BotoCoreError) as exc:
-        raise ec2_error(exc, f"set launch permissions on {image_id}") from None
 
 
 def describe_image(ec2: Any, image_id: str) -> dict[str, Any]:
-    try:
-        images = ec2.describe_images(ImageIds=[image_id])["Images"]
-    except bexc.ClientError as exc:
-        if error_code(exc) in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable", "InvalidAMIID.Malformed"):
-            raise EC2Error(f"image {image_id} not found in this region (check --region)") from None
-        raise ec2_error(exc, f"describe {image_id}") from None
-    except bexc.BotoCoreError as exc:
-        raise ec2_error(exc, f"describe {image_id}") from None
+    with ec2_errors(f"describe {image_id}"):
+        try:
+            images = ec2.describe_images(ImageIds=[image_id])["Images"]
+        except bexc.ClientError as exc:
+            if not is_not_found(exc, NO_SUCH_IMAGE):
+                raise
+            images = []
     if not images:
         raise EC2Error(f"image {image_id} not found in this region (check --region)")
     return images[0]
@@ -291,10 +287,8 @@ def image_location_of(image: dict[str, Any]) -> str | None:
 
 
 def deregister_image(ec2: Any, image_id: str) -> None:
-    try:
+    with ec2_errors(f"deregister {image_id}"):
         ec2.deregister_image(ImageId=image_id)
-    except (bexc.ClientError, bexc.BotoCoreError) as exc:
-        raise ec2_error(exc, f"deregister {image_id}") from None
 
 
 __all__ = [

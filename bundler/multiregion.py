@@ -30,10 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import botocore.exceptions as bexc
-
 from . import migrate as migratelib
-from .aws import ec2_error
+from .aws import ec2_errors
 from .concurrency import run_all
 from .errors import BundlerError, EC2Error, ManifestError, S3Error
 from .manifest import ParsedManifest, parse_manifest
@@ -247,10 +245,8 @@ def find_registered(ec2: Any, name: str, image_location: str) -> str | None:
     name for another bundle is an error (names are unique per region and account)."""
     from .ec2 import image_location_of
 
-    try:
+    with ec2_errors(f"look up AMI {name}"):
         images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
-    except (bexc.ClientError, bexc.BotoCoreError) as exc:
-        raise ec2_error(exc, f"look up AMI {name}") from None
     for image in images:
         if image.get("State") in ("deregistered",):
             continue

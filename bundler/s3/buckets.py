@@ -7,9 +7,9 @@ from typing import Any
 
 import botocore.exceptions as bexc
 
-from ..aws import error_code, response_header
+from ..aws import NO_SUCH_BUCKET, error_code, response_header
 from ..errors import S3Error
-from .objects import DEFAULT_ATTEMPTS, s3_error, with_attempts
+from .objects import DEFAULT_ATTEMPTS, s3_errors, with_attempts
 
 log = logging.getLogger("bundler.s3")
 
@@ -22,20 +22,20 @@ class BucketLocationError(S3Error):
 
 def bucket_region(client: Any, bucket: str) -> str | None:
     """The bucket's region, or None if it does not exist."""
-    try:
-        resp = with_attempts(lambda: client.head_bucket(Bucket=bucket), DEFAULT_ATTEMPTS, f"check s3://{bucket}")
-    except bexc.ClientError as exc:
-        code = error_code(exc)
-        region = response_header(exc, "x-amz-bucket-region")
-        if code in ("404", "NoSuchBucket", "NotFound"):
-            return None
-        if region:  # a 301/400/403 still names the region
-            if code in ("403", "AccessDenied"):
+    with s3_errors("check bucket", bucket):
+        try:
+            resp = with_attempts(lambda: client.head_bucket(Bucket=bucket), DEFAULT_ATTEMPTS,
+                                 f"check s3://{bucket}")
+        except bexc.ClientError as exc:
+            code = error_code(exc)
+            region = response_header(exc, "x-amz-bucket-region")
+            if code in NO_SUCH_BUCKET:
+                return None
+            if not region:
+                raise
+            if code in ("403", "AccessDenied"):  # a 301/400/403 still names the region
                 log.info("no s3:ListBucket on %s; assuming it exists in %s", bucket, region)
             return region
-        raise s3_error(exc, "check bucket", bucket) from None
-    except bexc.BotoCoreError as exc:
-        raise s3_error(exc, "check bucket", bucket) from None
     headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
     return resp.get("BucketRegion") or headers.get("x-amz-bucket-region") or client.meta.region_name
 
@@ -69,29 +69,27 @@ def ensure_bucket(client: Any, bucket: str, *, location: str | None = None) -> b
     if target != "us-east-1":
         params["CreateBucketConfiguration"] = {"LocationConstraint": target}
     log.info("creating bucket %s in %s", bucket, target)
-    try:
-        client.create_bucket(**params)
-    except bexc.ClientError as exc:
-        if error_code(exc) in ("BucketAlreadyOwnedByYou",):
-            return False
-        if error_code(exc) == "BucketAlreadyExists":
-            raise S3Error(f"bucket name {bucket} is taken by another account: choose another -b") from None
-        raise s3_error(exc, "create bucket", bucket) from None
-    except bexc.BotoCoreError as exc:
-        raise s3_error(exc, "create bucket", bucket) from None
+    with s3_errors("create bucket", bucket):
+        try:
+            client.create_bucket(**params)
+        except bexc.ClientError as exc:
+            if error_code(exc) in ("BucketAlreadyOwnedByYou",):
+                return False
+            if error_code(exc) == "BucketAlreadyExists":
+                raise S3Error(f"bucket name {bucket} is taken by another account: choose another -b") from None
+            raise
     return True
 
 
 def delete_bucket_if_empty(client: Any, bucket: str) -> bool:
-    try:
-        resp = client.list_objects_v2(Bucket=bucket, MaxKeys=1)
-        if resp.get("KeyCount", 0) or resp.get("Contents"):
-            return False
-        client.delete_bucket(Bucket=bucket)
-    except bexc.ClientError as exc:
-        if error_code(exc) == "BucketNotEmpty":
-            return False
-        raise s3_error(exc, "delete bucket", bucket) from None
-    except bexc.BotoCoreError as exc:
-        raise s3_error(exc, "delete bucket", bucket) from None
+    with s3_errors("delete bucket", bucket):
+        try:
+            resp = client.list_objects_v2(Bucket=bucket, MaxKeys=1)
+            if resp.get("KeyCount", 0) or resp.get("Contents"):
+                return False
+            client.delete_bucket(Bucket=bucket)
+        except bexc.ClientError as exc:
+            if error_code(exc) == "BucketNotEmpty":
+                return False
+            raise
     return True

@@ -15,11 +15,11 @@ from typing import Any
 
 import botocore.exceptions as bexc
 
-from ..aws import error_code
+from ..aws import NO_SUCH_OBJECT, error_code, is_not_found
 from ..errors import S3Error
 from ..parts import pid_alive
 from .location import S3Location
-from .objects import DEFAULT_ACL, DEFAULT_ATTEMPTS, s3_error, with_attempts
+from .objects import DEFAULT_ACL, DEFAULT_ATTEMPTS, s3_errors, with_attempts
 
 log = logging.getLogger("bundler.s3")
 
@@ -96,7 +96,7 @@ class UploadLock:
         try:
             resp, raw = with_attempts(get, DEFAULT_ATTEMPTS, f"read lock {self.key}")
         except bexc.ClientError as exc:
-            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+            if is_not_found(exc, NO_SUCH_OBJECT):
                 return None
             raise
         try:
@@ -129,54 +129,58 @@ class UploadLock:
             f"{self.stale_after:.0f}s or delete {self.location.url(self.name + LOCK_SUFFIX)}")
 
     def acquire(self) -> None:
-        what = f"lock {self.location.url(self.name + LOCK_SUFFIX)}"
-        try:
-            for _ in range(5):
-                try:
-                    self._etag = with_attempts(lambda: self._put(IfNoneMatch="*"), DEFAULT_ATTEMPTS, what)
-                    break
-                except bexc.ClientError as exc:
-                    code = error_code(exc)
-                    if code in ("NotImplemented", "501"):
-                        log.warning("%s does not support conditional writes: concurrent uploads of %s are not "
-                                    "guarded", self.location.url(), self.name)
-                        self._unsupported = True
-                        return
-                    if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                        raise
-                holder = self._holder()
-                if holder is None:
-                    continue  # released in the meantime: try to create it again
-                if holder.info.get("token") == self.info["token"]:
-                    self._etag = holder.etag  # our own create went through, its answer was lost
-                    break
-                if not self._stale(holder):
-                    raise self._busy(holder)
-                log.info("taking over the stale lock of pid %s on %s (%.0fs old)", holder.info.get("pid"),
-                         holder.info.get("host"), holder.age)
-                try:
-                    self._etag = self._put(IfMatch=f'"{holder.etag}"')
-                    break
-                except bexc.ClientError as exc:
-                    if error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409",
-                                               "NoSuchKey", "404", "NotFound"):
-                        raise
-                    # another run took it over first, or its holder released it (and exited)
-                    # between our read and our take-over: look again
-            else:
-                raise ConcurrentUploadError(f"could not lock {self.name} in {self.location.url()}: other runs "
-                                            "keep taking it; run one upload of a name at a time")
-        except (bexc.ClientError, bexc.BotoCoreError) as exc:
-            raise s3_error(exc, "lock", self.location.bucket, self.key, acl=self.acl) from None
+        with s3_errors("lock", self.location.bucket, self.key, acl=self.acl):
+            if not self._take():
+                return
         self._thread = threading.Thread(target=self._renew, name="ami-bundler-lock", daemon=True)
         self._thread.start()
+
+    def _take(self) -> bool:
+        """Create the lock or take over a stale one; False when the endpoint cannot guard it."""
+        what = f"lock {self.location.url(self.name + LOCK_SUFFIX)}"
+        for _ in range(5):
+            try:
+                self._etag = with_attempts(lambda: self._put(IfNoneMatch="*"), DEFAULT_ATTEMPTS, what)
+                break
+            except bexc.ClientError as exc:
+                code = error_code(exc)
+                if code in ("NotImplemented", "501"):
+                    log.warning("%s does not support conditional writes: concurrent uploads of %s are not "
+                                "guarded", self.location.url(), self.name)
+                    self._unsupported = True
+                    return False
+                if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    raise
+            holder = self._holder()
+            if holder is None:
+                continue  # released in the meantime: try to create it again
+            if holder.info.get("token") == self.info["token"]:
+                self._etag = holder.etag  # our own create went through, its answer was lost
+                break
+            if not self._stale(holder):
+                raise self._busy(holder)
+            log.info("taking over the stale lock of pid %s on %s (%.0fs old)", holder.info.get("pid"),
+                     holder.info.get("host"), holder.age)
+            try:
+                self._etag = self._put(IfMatch=f'"{holder.etag}"')
+                break
+            except bexc.ClientError as exc:
+                if error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict",
+                                           "409", *NO_SUCH_OBJECT):
+                    raise
+                # another run took it over first, or its holder released it (and exited)
+                # between our read and our take-over: look again
+        else:
+            raise ConcurrentUploadError(f"could not lock {self.name} in {self.location.url()}: other runs "
+                                        "keep taking it; run one upload of a name at a time")
+        return True
 
     def _renew(self) -> None:
         while not self._stop.wait(self.renew_every):
             try:
                 self._etag = self._put(IfMatch=f'"{self._etag}"')
             except bexc.ClientError as exc:
-                if error_code(exc) in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                if error_code(exc) in ("PreconditionFailed", "412", *NO_SUCH_OBJECT):
                     self._lost = "another run took it over"
                     return
                 log.warning("could not refresh %s: %s", self.key, error_code(exc))
@@ -192,16 +196,15 @@ class UploadLock:
         if self._unsupported or self._etag is None:
             return
         if self._lost is None:
-            try:
-                resp = self._head()
-                if str(resp.get("ETag", "")).strip('"').lower() != self._etag:
-                    self._lost = "another run replaced it"
-            except bexc.ClientError as exc:
-                if error_code(exc) not in ("404", "NoSuchKey", "NotFound"):
-                    raise s3_error(exc, "check lock", self.location.bucket, self.key) from None
-                self._lost = "it was deleted"
-            except bexc.BotoCoreError as exc:
-                raise s3_error(exc, "check lock", self.location.bucket, self.key) from None
+            with s3_errors("check lock", self.location.bucket, self.key):
+                try:
+                    resp = self._head()
+                    if str(resp.get("ETag", "")).strip('"').lower() != self._etag:
+                        self._lost = "another run replaced it"
+                except bexc.ClientError as exc:
+                    if not is_not_found(exc, NO_SUCH_OBJECT):
+                        raise
+                    self._lost = "it was deleted"
         if self._lost is not None:
             raise ConcurrentUploadError(f"lost the lock on {self.name} in {self.location.url()} ({self._lost}) "
                                         "while uploading: another upload of the same name ran; re-run when it is done")

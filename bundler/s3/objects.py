@@ -9,11 +9,20 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import botocore.exceptions as bexc
 
-from ..aws import common_error, error_code, response_header
+from ..aws import (
+    NO_SUCH_BUCKET,
+    NO_SUCH_OBJECT,
+    common_error,
+    error_code,
+    is_not_found,
+    response_header,
+    translate_errors,
+)
 from ..errors import BundlerError, IntegrityError, ManifestError, PartMissingError, S3Error
 from ..manifest import PartEntry
 
@@ -63,7 +72,7 @@ def s3_error(exc: BaseException, action: str, bucket: str, key: str | None = Non
     code = error_code(exc)
     message = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
     region = response_header(exc, "x-amz-bucket-region") or exc.response.get("Error", {}).get("Region")
-    if code == "NoSuchBucket" or (code in ("404", "NotFound") and key is None):
+    if code == "NoSuchBucket" or (code in NO_SUCH_BUCKET and key is None):
         return S3Error(f"{what}: bucket {bucket} does not exist (check -b, or --region/--endpoint-url)")
     if code == "AccessControlListNotSupported":
         return S3Error(
@@ -78,11 +87,17 @@ def s3_error(exc: BaseException, action: str, bucket: str, key: str | None = Non
             return S3Error(f"{what}: access denied: the credentials need s3:PutObject and s3:PutObjectAcl "
                            f"(for --acl {acl}) on arn:aws:s3:::{bucket}/*")
         return S3Error(f"{what}: access denied: check that the credentials' IAM policy allows it on {bucket}")
-    if code in ("NoSuchKey", "404", "NotFound"):
+    if code in NO_SUCH_OBJECT:
         return PartMissingError(f"{what}: no such object")
     if code in ("BadDigest", "InvalidDigest"):
         return IntegrityError(f"{what}: S3 kept rejecting the upload as corrupt ({code}): check memory/network")
     return S3Error(f"{what} failed: {code}: {message}" if message else f"{what} failed: {code}")
+
+
+def s3_errors(action: str, bucket: str, key: str | None = None, *,
+              acl: str | None = None) -> AbstractContextManager[None]:
+    """``aws.translate_errors`` for S3 calls: a boto failure in the block becomes ``s3_error``."""
+    return translate_errors(lambda exc: s3_error(exc, action, bucket, key, acl=acl))
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -123,12 +138,10 @@ def list_objects(client: Any, bucket: str, prefix: str) -> dict[str, tuple[int, 
                 found[obj["Key"]] = (int(obj["Size"]), str(obj.get("ETag", "")).strip('"').lower())
         return found
 
-    try:
+    with s3_errors("list", bucket, prefix or None):
         # A listing decides what is skipped and what gets published: worth whole-call retries
         # on top of botocore's, like every object transfer.
         return with_attempts(attempt, DEFAULT_ATTEMPTS, f"list s3://{bucket}/{prefix}")
-    except (bexc.ClientError, bexc.BotoCoreError) as exc:
-        raise s3_error(exc, "list", bucket, prefix or None) from None
 
 
 def _etag_not_md5(resp: dict[str, Any]) -> bool:
@@ -154,12 +167,11 @@ def put_bytes(client: Any, bucket: str, key: str, data: bytes, *, md5: bytes | N
             raise _Corrupt(f"ETag {etag} is not the MD5 {md5.hex()} of what was sent")
         return etag
 
-    try:
-        return with_attempts(attempt, attempts, f"upload s3://{bucket}/{key}")
-    except _Corrupt as exc:
-        raise IntegrityError(f"upload s3://{bucket}/{key}: {exc}; check memory/network") from None
-    except (bexc.ClientError, bexc.BotoCoreError) as exc:
-        raise s3_error(exc, "upload", bucket, key, acl=acl) from None
+    with s3_errors("upload", bucket, key, acl=acl):
+        try:
+            return with_attempts(attempt, attempts, f"upload s3://{bucket}/{key}")
+        except _Corrupt as exc:
+            raise IntegrityError(f"upload s3://{bucket}/{key}: {exc}; check memory/network") from None
 
 
 def _get_raw(client: Any, bucket: str, key: str, limit: int, what: str, *, check_md5: bool = False) -> bytes:
@@ -191,7 +203,7 @@ def _get_raw(client: Any, bucket: str, key: str, limit: int, what: str, *, check
 
 
 def _translate_get(exc: BaseException, bucket: str, key: str, what: str) -> BundlerError:
-    if error_code(exc) in ("NoSuchKey", "404"):
+    if is_not_found(exc, NO_SUCH_OBJECT):
         return PartMissingError(f"{what} s3://{bucket}/{key} does not exist")
     return s3_error(exc, "download", bucket, key)
 
@@ -199,14 +211,13 @@ def _translate_get(exc: BaseException, bucket: str, key: str, what: str) -> Bund
 def get_bytes(client: Any, bucket: str, key: str, *, limit: int, what: str = "object",
               attempts: int = DEFAULT_ATTEMPTS) -> bytes:
     """An object's bytes, checked against its length and (when it is one) its MD5 ETag."""
-    try:
-        return with_attempts(lambda: _get_raw(client, bucket, key, limit, what, check_md5=True),
-                              max(2, attempts), f"download s3://{bucket}/{key}")
-    except _Corrupt as exc:
-        raise IntegrityError(f"download {what} s3://{bucket}/{key}: kept arriving damaged ({exc}): "
-                             "check the network and re-run") from None
-    except (bexc.ClientError, bexc.BotoCoreError) as exc:
-        raise _translate_get(exc, bucket, key, what) from None
+    with translate_errors(lambda exc: _translate_get(exc, bucket, key, what)):
+        try:
+            return with_attempts(lambda: _get_raw(client, bucket, key, limit, what, check_md5=True),
+                                  max(2, attempts), f"download s3://{bucket}/{key}")
+        except _Corrupt as exc:
+            raise IntegrityError(f"download {what} s3://{bucket}/{key}: kept arriving damaged ({exc}): "
+                                 "check the network and re-run") from None
 
 
 def fetch_manifest(client: Any, bucket: str, key: str, *, cap: int = MANIFEST_SIZE_CAP) -> bytes:
@@ -231,6 +242,19 @@ def fetch_part(client: Any, bucket: str, key: str, entry: PartEntry, attempts: i
             raise _Corrupt(f"SHA-1 {digest}, manifest says {entry.digest}")
         return data
 
+    def translate(exc: BaseException) -> BundlerError:
+        if is_not_found(exc, NO_SUCH_OBJECT):
+            prefix = key[: len(key) - len(entry.filename)]
+            return PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from "
+                                    f"s3://{bucket}/{prefix}")
+        return _translate_get(exc, bucket, key, what)
+
+    with translate_errors(translate):
+        return _fetch_checked(attempt, attempts, bucket, key, entry, what)
+
+
+def _fetch_checked(attempt: Callable[[], bytes], attempts: int, bucket: str, key: str,
+                   entry: PartEntry, what: str) -> bytes:
     try:
         return with_attempts(attempt, max(2, attempts), f"download {what}")
     except _ShortBody as exc:
@@ -240,24 +264,16 @@ def fetch_part(client: Any, bucket: str, key: str, entry: PartEntry, attempts: i
         raise IntegrityError(f"part {entry.filename} (index {entry.index}) in s3://{bucket}/{key} "
                              f"does not match the manifest: {exc}; the bundle in S3 is damaged or from "
                              "another bundle: re-upload it") from None
-    except (bexc.ClientError, bexc.BotoCoreError) as exc:
-        err = _translate_get(exc, bucket, key, what)
-        if isinstance(err, PartMissingError):
-            prefix = key[: len(key) - len(entry.filename)]
-            err = PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from "
-                                   f"s3://{bucket}/{prefix}")
-        raise err from None
 
 
 def object_exists(client: Any, bucket: str, key: str) -> bool:
-    try:
-        client.head_object(Bucket=bucket, Key=key)
-    except bexc.ClientError as exc:
-        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise s3_error(exc, "check", bucket, key) from None
-    except bexc.BotoCoreError as exc:
-        raise s3_error(exc, "check", bucket, key) from None
+    with s3_errors("check", bucket, key):
+        try:
+            client.head_object(Bucket=bucket, Key=key)
+        except bexc.ClientError as exc:
+            if is_not_found(exc, NO_SUCH_OBJECT):
+                return False
+            raise
     return True
 
 
@@ -276,14 +292,15 @@ def copy_object(client: Any, source: tuple[str, str], bucket: str, key: str, *, 
         if etag and got and "-" not in etag and got != etag:
             raise _Corrupt(f"copy has ETag {got}, source has {etag}")
 
-    try:
-        with_attempts(attempt, attempts, f"copy s3://{source[0]}/{source[1]} to s3://{bucket}/{key}")
-    except _Corrupt as exc:
-        raise IntegrityError(f"copy to s3://{bucket}/{key}: {exc}") from None
-    except (bexc.ClientError, bexc.BotoCoreError) as exc:
-        if error_code(exc) in ("NoSuchKey", "404"):
-            raise PartMissingError(f"copy source s3://{source[0]}/{source[1]} does not exist") from None
-        raise s3_error(exc, "copy to", bucket, key, acl=acl) from None
+    with s3_errors("copy to", bucket, key, acl=acl):
+        try:
+            with_attempts(attempt, attempts, f"copy s3://{source[0]}/{source[1]} to s3://{bucket}/{key}")
+        except _Corrupt as exc:
+            raise IntegrityError(f"copy to s3://{bucket}/{key}: {exc}") from None
+        except bexc.ClientError as exc:
+            if is_not_found(exc, NO_SUCH_OBJECT):
+                raise PartMissingError(f"copy source s3://{source[0]}/{source[1]} does not exist") from None
+            raise
 
 
 def delete_keys(client: Any, bucket: str, keys: Sequence[str], *, attempts: int = DEFAULT_ATTEMPTS) -> int:
@@ -296,10 +313,8 @@ def delete_keys(client: Any, bucket: str, keys: Sequence[str], *, attempts: int 
             return client.delete_objects(Bucket=bucket, Delete={
                 "Objects": [{"Key": k} for k in batch], "Quiet": True})
 
-        try:
+        with s3_errors("delete from", bucket):
             resp = with_attempts(attempt, attempts, f"delete from s3://{bucket}")
-        except (bexc.ClientError, bexc.BotoCoreError) as exc:
-            raise s3_error(exc, "delete from", bucket) from None
         errors = resp.get("Errors", [])
         if errors:
             first = errors[0]

@@ -9,8 +9,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from typing import Any
 
-import botocore.exceptions as bexc
-
 from ..concurrency import BoundedExecutor, ordered_window, run_parallel
 from ..errors import BundlerError, PartMissingError, S3Error
 from ..manifest import PartEntry
@@ -26,7 +24,7 @@ from .objects import (
     fetch_part,
     list_objects,
     put_bytes,
-    s3_error,
+    s3_errors,
     with_attempts,
 )
 from .publish import check_uploaded, remove_orphans
@@ -139,10 +137,8 @@ class S3Sink:
             etag = str(resp.get("CopyObjectResult", {}).get("ETag", "")).strip('"')
             log.debug("copied %s → %s (ETag %s)", source, target, etag)
 
-        try:
+        with s3_errors("copy to", self.location.bucket, target, acl=self.acl):
             with_attempts(attempt, self.attempts, f"copy s3://{self.location.bucket}/{source}")
-        except (bexc.ClientError, bexc.BotoCoreError) as exc:
-            raise s3_error(exc, "copy to", self.location.bucket, target, acl=self.acl) from None
 
     def commit(self, names: Sequence[str], manifest_name: str, manifest: bytes) -> None:
         assert self._pool is not None, "begin() not called"
