@@ -184,15 +184,19 @@ def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
                 if not printer.json_mode:
                     print(f"excluded {ex.display()}: {ex.reason}", file=printer.stdout)
 
+    checked: list = []
+
     def on_image(image: Path) -> None:
         from .checking import check_image_file
 
-        check_image_file(image, printer, what="bundle-vol", no_check=args.no_check,
-                         stop=not config.clone_only)
+        checked.append(check_image_file(image, printer, what="bundle-vol",
+                                        no_check=args.no_check, stop=not config.clone_only))
 
     result = bundle_volume(config, keys=keys, options=options, progress=printer.progress(),
                            on_selection=on_selection, on_image=on_image)
     data = result.summary()
+    if checked and checked[0] is not None:
+        data["check"] = checked[0].summary()
     if args.list_excluded:
         data["excluded_paths"] = listed
     human = [f"Image: {result.disk_bytes // (1024 * 1024)} MiB ext4 ({result.partition}), "

@@ -10,8 +10,9 @@ Default partitioning is ``none``: a plain filesystem image, what PV-GRUB / ``--k
 instance-store AMIs use (``--generate-menu-lst`` writes PV-GRUB's menu.lst). With ``mbr``/``gpt``
 the volume's own GRUB 2 is installed when it has one and a kernel (``bootloader``): grub.cfg and
 modules go into the staging tree before mke2fs, boot.img/core.img into the disk image after the
-partition table, without a loop device. First-boot problems visible in the tree (no kernel, no
-init, no DHCP configuration, an fstab naming another filesystem) are warnings.
+partition table, without a loop device. First-boot problems (no kernel, no init, no DHCP
+configuration, an fstab naming another filesystem, ...) are ``bundler.check``'s: the CLI runs
+its boot rules on the finished image through ``on_image``.
 """
 
 from __future__ import annotations
@@ -291,12 +292,6 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
         t = time.monotonic()
         boot_plan = bootlib.prepare(staging, layout, config.boot_options, fs_uuid=fs_uuid,
                                     label=label, workdir=private)
-        fstab_path = bootlib.tree_resolve(staging, "etc/fstab")
-        fstab_text = bootlib.read_text(fstab_path) if fstab_path is not None else None
-        for warning in bootlib.sanity_warnings(staging, scheme=layout.scheme,
-                                               fstab_text=fstab_text, label=label,
-                                               fs_uuid=fs_uuid, plan=boot_plan):
-            boot_plan.warn(warning)
         for rel, names in stats.dropped_xattrs:
             boot_plan.warn(f"/{display(rel)}: extended attributes {', '.join(names)} left out "
                            "(too large for an ext4 inode and one block; --drop-oversize-xattrs)")

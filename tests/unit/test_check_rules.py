@@ -266,3 +266,46 @@ def test_last_root_on_the_command_line_wins(root):
     cfg = root / "boot/grub/grub.cfg"
     cfg.write_text(cfg.read_text().replace(" ro ", f" ro root=UUID={roots.FOREIGN_UUID} "))
     assert "boot.cmdline-root" in ids(severity="error")
+
+
+@pytest.mark.parametrize("rel,content,expect", [
+    ("etc/systemd/network/10-eth.network", "[Match]\nName=eth0\n[Network]\nDHCP=ipv4\n",
+     "systemd-networkd"),
+    ("etc/network/interfaces", "auto lo\niface lo inet loopback\nauto eth0\niface eth0 inet dhcp\n",
+     "ifupdown"),
+    ("etc/network/interfaces.d/eth0", "iface eth0 inet6 auto\n", "ifupdown"),
+    ("etc/netplan/50-cloud.yaml", "network:\n  ethernets:\n    eth0:\n      dhcp4: true\n", "netplan"),
+    ("etc/sysconfig/network-scripts/ifcfg-eth0", 'DEVICE=eth0\nBOOTPROTO="dhcp"\n', "ifcfg"),
+    ("usr/sbin/NetworkManager", "elf", "NetworkManager"),
+    ("usr/bin/cloud-init", "#!", "cloud-init"),
+])
+def test_network_config_found(fs, rel: str, content: str, expect: str):
+    from bundler.check.boot_rules import network_config
+
+    fs.create_file(ROOT / rel, contents=content)
+    assert expect in (network_config(DirTree(ROOT)) or "")
+
+
+def test_network_config_missing(fs):
+    from bundler.check.boot_rules import network_config
+
+    fs.create_file(ROOT / "etc/network/interfaces", contents="auto lo\niface lo inet loopback\n")
+    fs.create_file(ROOT / "etc/systemd/network/x.network",
+                   contents="[Network]\nAddress=10.0.0.2/24\n")
+    assert network_config(DirTree(ROOT)) is None
+
+
+def test_tree_resolves_symlinks_inside_the_tree(fs):
+    fs.create_file(ROOT / "usr/lib/systemd/systemd", contents="x")
+    fs.create_file(ROOT / "etc/hostname", contents="h\n")
+    fs.create_symlink(ROOT / "sbin", "usr/sbin")
+    fs.create_symlink(ROOT / "usr/sbin/init", "/usr/lib/systemd/systemd")
+    fs.create_symlink(ROOT / "etc/escape", "/etc/passwd")    # absolute: the tree's /etc/passwd
+    fs.create_symlink(ROOT / "etc/up", "../../../../etc/hostname")
+    fs.create_symlink(ROOT / "etc/loop", "loop")
+    tree = DirTree(ROOT)
+    assert tree.resolve("/sbin/init") == "/usr/lib/systemd/systemd"
+    assert tree.is_file("/sbin/init") and tree.entry("/sbin/init", follow=False).kind == "symlink"
+    assert tree.resolve("/etc/escape") is None
+    assert tree.read("/etc/up") == b"h\n"
+    assert tree.resolve("/etc/loop") is None
