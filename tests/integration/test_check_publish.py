@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 
@@ -50,6 +51,12 @@ def test_register_public_checks_the_bundle_with_k(capsys, endpoint, s3, ec2, buc
                                              "--no-register"))
     assert code == 0, err
     location = f"{bucket}/pub/disk.manifest.xml"
+    code, out, err = run(capsys, "check", "--from-s3", "-m", location, "-k", str(key),
+                         "--endpoint-url", endpoint, "--json", "--public")
+    assert code == 1, err
+    found = {f["id"] for f in json.loads(out)["findings"]}
+    assert {"share.root-password", "share.ssh-host-key", "share.aws-credentials"} <= found
+    assert not any(i.startswith("boot.") for i in found)
     base = ["register", location, "-n", "leaky", "--endpoint-url", endpoint,
             "--launch-permission", "all"]
     code, _, err = run(capsys, *base, "-k", str(key))
