@@ -120,12 +120,17 @@ def _direct_kernel(image: Path, tmp: Path, extra: str) -> list[str]:
     return args + ["-append", f"{cmdline} {extra}".strip()]
 
 
+# bundler.images format names → qemu's block driver names (what qemu reads natively).
+QEMU_FORMATS = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhd": "vpc", "vhdx": "vhdx"}
+
+
 def _partitioned(image: Path) -> bool:
-    from .volume.partition import read_partitions
+    from .images.probe import probe
 
     fd = os.open(image, os.O_RDONLY)
     try:
-        return read_partitions(fd)[0] != "none"
+        size = os.fstat(fd).st_size
+        return probe(lambda offset, length: os.pread(fd, length, offset), size).table is not None
     finally:
         os.close(fd)
 
@@ -139,6 +144,11 @@ def boot_image(image: Path, config: BootConfig) -> BootResult:
         raise UsageError(f"--expect is not a valid regular expression: {exc}") from None
     if not image.is_file():
         raise UsageError(f"{image} is not an image file")
+    from .images import probe_format
+
+    fmt = probe_format(image)
+    if fmt not in QEMU_FORMATS:
+        raise UsageError(f"{image} is compressed ({fmt}): decompress it first")
     qemu = _tool("qemu-system-x86_64", "qemu-system-x86 (Debian/Ubuntu) or qemu-kvm / "
                                        "qemu-system-x86 (Fedora/RHEL)")
     qemu_img = _tool("qemu-img", "qemu-utils (Debian/Ubuntu) or qemu-img (Fedora/RHEL)")
@@ -150,8 +160,9 @@ def boot_image(image: Path, config: BootConfig) -> BootResult:
     tmp = Path(tempfile.mkdtemp(prefix="ami-bundler-boot-", dir=config.work_dir))
     try:
         overlay = tmp / "overlay.qcow2"
-        made = subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
-                               str(image.resolve()), str(overlay)], capture_output=True, text=True)
+        made = subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-F", QEMU_FORMATS[fmt],
+                               "-b", str(image.resolve()), str(overlay)],
+                              capture_output=True, text=True)
         if made.returncode:
             raise BootTestError(f"qemu-img cannot make an overlay on {image}: "
                                 f"{made.stderr.strip()}")
@@ -163,7 +174,7 @@ def boot_image(image: Path, config: BootConfig) -> BootResult:
                "-serial", f"file:{serial}",
                "-no-reboot", "-nic", "none",
                "-drive", f"file={overlay},format=qcow2,if=virtio"]
-        if not _partitioned(image):
+        if fmt == "raw" and not _partitioned(image):
             cmd += _direct_kernel(image, tmp, config.extra_cmdline)
         result = _run(cmd, serial, expect, config.timeout)
         result.accel = accel

@@ -18,7 +18,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -29,8 +28,7 @@ from .tree import Entry, Tree, VolumeFacts, join, kind_of
 
 log = logging.getLogger("bundler.check")
 
-EXT_MAGIC = 0xEF53
-SB_OFFSET = 1024
+EXT_TYPES = ("ext2", "ext3", "ext4")
 _LS_P = re.compile(rb"/(\d+)/([0-7]{6})/(\d+)/(\d+)/([^/]*)/(\d*)/\n")
 _FAST_LINK = re.compile(rb'^\s*Fast link dest: "(.*)"\s*$', re.M)
 BATCH = 2000          # commands per debugfs run
@@ -49,94 +47,64 @@ def debugfs_binary() -> str:
                            "mounting it)")
 
 
-# ------------------------------------------------------------------------------ superblock
-
-def ext_superblock(data: bytes) -> dict[str, object] | None:
-    """Type, UUID and label of an ext2/3/4 superblock (the 1024 bytes at offset 1024). Pure."""
-    if len(data) < 1024 or int.from_bytes(data[56:58], "little") != EXT_MAGIC:
-        return None
-    compat = int.from_bytes(data[92:96], "little")
-    incompat = int.from_bytes(data[96:100], "little")
-    ro_compat = int.from_bytes(data[100:104], "little")
-    if incompat & 0x02C0 or ro_compat & 0x0008 or incompat & 0x0040:   # extents, 64bit, flex_bg..
-        fs_type = "ext4"
-    elif compat & 0x0004:                                               # has_journal
-        fs_type = "ext3"
-    else:
-        fs_type = "ext2"
-    log_block = int.from_bytes(data[24:28], "little")
-    blocks = int.from_bytes(data[4:8], "little")
-    if incompat & 0x0080:
-        blocks |= int.from_bytes(data[336:340], "little") << 32
-    label = data[120:136].split(b"\0", 1)[0].decode("utf-8", "replace") or None
-    return {"type": fs_type, "uuid": str(uuidlib.UUID(bytes=bytes(data[104:120]))),
-            "label": label, "bytes": blocks * (1024 << log_block)}
-
-
-def other_filesystem(data: bytes) -> str | None:
-    """The name of a filesystem this reader does not handle, from its first 64 KiB."""
-    if data[:4] == b"XFSB":
-        return "XFS"
-    if data[0x10040:0x10048] == b"_BHRfS_M":
-        return "btrfs"
-    if data[:4] == b"QFI\xfb":
-        return "qcow2 (convert it with qemu-img convert -O raw)"
-    if data[:4] == b"KDMV":
-        return "VMDK (convert it with qemu-img convert -O raw)"
-    return None
-
+# ------------------------------------------------------------------------------ the disk
 
 def disk_facts(image: Path) -> tuple[VolumeFacts, int]:
-    """What the disk holds and where the root filesystem starts: (facts, byte offset)."""
+    """What the disk holds and where the root filesystem starts: (facts, byte offset).
+
+    The partition table and filesystems come from the image probe (``bundler.images.probe``);
+    this adds what only booting cares about: the MBR's boot code and GRUB 2's core.img."""
+    from ..images import probe_format
+    from ..images.probe import probe
+
+    fmt = probe_format(image)
+    if fmt != "raw":
+        raise CheckSourceError(f"{image} is a {fmt} image: check reads raw disks (check its "
+                               "bundle, or qemu-img convert -O raw it first)")
     fd = os.open(image, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
-        size = os.fstat(fd).st_size
-        if stat.S_ISBLK(os.fstat(fd).st_mode):
-            size = os.lseek(fd, 0, os.SEEK_END)
-        facts = VolumeFacts(kind="image", description=str(image), disk_bytes=size)
-        scheme, parts = partlib.read_partitions(fd)
-        facts.scheme = scheme
-        facts.partitions = [f"{p.number}: {p.kind} ({p.type_id})" for p in parts]
-        facts.bios_boot_partition = any(p.kind == "bios-boot" for p in parts)
-        facts.esp = any(p.kind == "esp" for p in parts)
-        candidates = [0] if scheme == "none" else [
-            p.first_lba * partlib.SECTOR for p in parts if p.kind in ("linux", "other")]
-        offset = None
-        for start in candidates:
-            sb = ext_superblock(os.pread(fd, 1024, start + SB_OFFSET))
-            if sb is not None:
-                offset = start
-                facts.fs_type, facts.uuid, facts.label = sb["type"], sb["uuid"], sb["label"]
-                break
-        if offset is None:
-            first = candidates[0] if candidates else 0
-            other = other_filesystem(os.pread(fd, 0x10100, first))
-            if other:
-                raise CheckSourceError(f"{image}: the root filesystem is {other}; check reads "
-                                       "ext2/3/4 images (or check the root directory instead)")
-            where = "" if scheme == "none" else f" in its {scheme.upper()} partitions"
+        st = os.fstat(fd)
+        size = os.lseek(fd, 0, os.SEEK_END) if stat.S_ISBLK(st.st_mode) else st.st_size
+        layout = probe(lambda offset, length: os.pread(fd, length, offset), size)
+        facts = VolumeFacts(kind="image", description=str(image), disk_bytes=size,
+                            scheme=layout.table or "none")
+        facts.partitions = [f"{p.number}: {p.type}"
+                            + (f" ({p.filesystem.type})" if p.filesystem else "")
+                            for p in layout.partitions]
+        facts.bios_boot_partition = any(p.type == "BIOS boot" for p in layout.partitions)
+        facts.esp = any(p.type == "EFI system" for p in layout.partitions)
+        found = ([(0, layout.filesystem)] if layout.table is None else
+                 [(p.start, p.filesystem) for p in layout.partitions])
+        root = next(((start, fs) for start, fs in found
+                     if fs is not None and fs.type in EXT_TYPES), None)
+        if root is None:
+            others = sorted({fs.type for _, fs in found if fs is not None})
+            if others:
+                raise CheckSourceError(f"{image}: the filesystem is {', '.join(others)}; check "
+                                       "reads ext2/3/4 (check the root directory instead)")
+            where = "" if layout.table is None else f" in its {layout.table.upper()} partitions"
             raise CheckSourceError(f"{image}: no ext2/3/4 filesystem found{where}")
-        if scheme != "none":
-            sector0 = os.pread(fd, partlib.SECTOR, 0)
-            code = sector0[:440]
+        offset, fs = root
+        facts.fs_type, facts.uuid, facts.label = fs.type, fs.uuid, fs.label
+        if layout.table is not None:
+            code = os.pread(fd, partlib.SECTOR, 0)[:440]
             facts.boot_code = ("none" if not code.strip(b"\0") else
                                "grub2" if b"GRUB" in code else "other")
-            facts.grub_core = _grub_core_present(fd, scheme, parts)
+            bios = [p for p in layout.partitions if p.type == "BIOS boot"]
+            if layout.table == "gpt":
+                core_at = bios[0].start if bios else None
+            else:
+                core_at = partlib.SECTOR
+            facts.grub_core = core_at is not None and _grub_core(os.pread(fd, 1024, core_at))
         return facts, offset
     finally:
         os.close(fd)
 
 
-def _grub_core_present(fd: int, scheme: str, parts: list[partlib.FoundPartition]) -> bool:
-    """GRUB 2's core.img (diskboot.img's signature) where boot.img looks for it."""
-    if scheme == "gpt":
-        bios = [p for p in parts if p.kind == "bios-boot"]
-        if not bios:
-            return False
-        data = os.pread(fd, partlib.SECTOR * 2, bios[0].first_lba * partlib.SECTOR)
-    else:
-        data = os.pread(fd, partlib.SECTOR * 2, partlib.SECTOR)
-    return bool(data.strip(b"\0")) and (b"GRUB" in data or b"\xbe\x1b" in data[:512]
+def _grub_core(data: bytes) -> bool:
+    """GRUB 2's core.img (diskboot.img, then lzma_decompress.img) in these two sectors."""
+    # diskboot.img begins "push %dx; push %si; mov $..., %si" (52 56 be 1b) in GRUB 2.0x.
+    return bool(data.strip(b"\0")) and (b"GRUB" in data or data[:4] == b"\x52\x56\xbe\x1b"
                                         or data[:2] == b"\x52\xe8")
 
 

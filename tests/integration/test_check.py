@@ -172,3 +172,26 @@ def test_bundle_vol_checks_what_it_builds(tmp_path, signing):
     assert proc.returncode == 0 and "boot.kernel" in proc.stderr
     proc = cli(*base, "-p", "forced", "--no-check")
     assert proc.returncode == 0 and (out / "forced.manifest.xml").is_file()
+
+
+HOST_GRUB = Path("/usr/lib/grub/i386-pc")
+
+
+@pytest.mark.skipif(not (HOST_GRUB / "boot.img").is_file() or not (
+    shutil.which("grub-mkimage") or shutil.which("grub2-mkimage")), reason="needs grub-pc-bin")
+@pytest.mark.parametrize("scheme", ["mbr", "gpt"])
+def test_bundle_vol_grub_images_pass_the_boot_rules(tmp_path, scheme):
+    """GRUB 2 installed by bundle-vol is what check looks for: boot code, core.img, grub.cfg."""
+    tree = roots.write_clean_root(tmp_path / "root")
+    shutil.copytree(HOST_GRUB, tree / "usr/lib/grub/i386-pc")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = cli("bundle-vol", "-v", tree, "-d", out, "-P", scheme, "-s", "48", "--uuid",
+               roots.UUID, "--generate-fstab", "--clone-only", "-p", "disk", "--batch",
+               "--no-inherit", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["check"]["findings"] == []
+    proc = cli("check", out / "disk", "--json", "--only", "boot")
+    data = json.loads(proc.stdout)
+    assert proc.returncode == 0 and data["findings"] == [], data["findings"]
+    assert data["disk"]["boot_code"] == "grub2" and data["disk"]["partition_table"] == scheme
