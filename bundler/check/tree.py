@@ -223,7 +223,9 @@ class DirTree(Tree):
 
     def _read(self, entry: Entry, limit: int) -> bytes | None:
         try:
-            fd = os.open(str(entry.ref), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            # O_NONBLOCK: a regular file swapped for a FIFO since the walk must not hang us.
+            fd = os.open(str(entry.ref), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0))
         except OSError:
             return None
         try:
