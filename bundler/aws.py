@@ -94,6 +94,14 @@ def check_region(region: str, flag: str) -> str:
 def make_session(opts: AwsOptions) -> boto3.Session:
     import boto3
 
+    # boto3 takes a half-given key pair (or a token alone) silently and fails inside request
+    # signing; classic -a/-s/-t go together.
+    if opts.session_token and not (opts.access_key and opts.secret_key):
+        raise UsageError("-t/--session-token needs -a/--access-key and -s/--secret-key too")
+    if bool(opts.access_key) != bool(opts.secret_key):
+        given, other = ("-a/--access-key", "-s/--secret-key") if opts.access_key else ("-s/--secret-key",
+                                                                                       "-a/--access-key")
+        raise UsageError(f"{given} needs {other} too (or use a profile or the environment)")
     try:
         return boto3.Session(
             profile_name=opts.profile,

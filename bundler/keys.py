@@ -72,7 +72,12 @@ def _read_key_file(path: Path, what: str) -> bytes:
         size = path.stat().st_size
         if size > _MAX_KEY_FILE_BYTES:
             raise KeyFileError(f"{what} {path} is {size} bytes; that is not a key or certificate")
-        return path.read_bytes()
+        with open(path, "rb") as fh:  # bounded: a device (/dev/zero) has no size to check
+            data = fh.read(_MAX_KEY_FILE_BYTES + 1)
+        if len(data) > _MAX_KEY_FILE_BYTES:
+            raise KeyFileError(f"{what} {path} holds more than {_MAX_KEY_FILE_BYTES} bytes; "
+                               "that is not a key or certificate")
+        return data
     except FileNotFoundError as exc:
         raise KeyFileError(f"{what} {path} does not exist; check the path") from exc
     except IsADirectoryError as exc:

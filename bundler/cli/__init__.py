@@ -51,6 +51,9 @@ def build_parser(prog: str = "ami-bundler", command: str | None = None) -> argpa
         importlib.import_module(f".{name}", __name__).register(sub)
     for action in sub.choices.values():
         add_global_options(action)
+    if prog != "ami-bundler" and command in sub.choices:
+        # An ec2-* alias: its usage, help and errors name the alias, as the classic tool's do.
+        sub.choices[command].prog = prog
     return parser
 
 
@@ -95,10 +98,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "ami-bundler") -> int
             _configure_logging(args)
             printer = Printer(json_mode=json_mode, quiet=getattr(args, "quiet", False))
             return int(args.func(args, printer) or 0)
-        except (BundlerError, KeyboardInterrupt) as exc:
-            return report(exc, prog=prog, json_mode=json_mode, debug=debug)
         except BrokenPipeError:
             return 141
+        except (BundlerError, KeyboardInterrupt, OSError) as exc:
+            return report(exc, prog=prog, json_mode=json_mode, debug=debug)
 
 
 def _classic(command: str, prog: str) -> int:

@@ -126,8 +126,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _confirm(question: str, printer: Printer, args: argparse.Namespace) -> bool:
-    if getattr(args, "yes", False) or getattr(args, "batch", False):
+    # Classic meanings: -y answers yes; --batch only means "never prompt", so without -y
+    # nothing is deleted (the classic tool asked anyway and, with no answer, skipped).
+    if getattr(args, "yes", False):
         return True
+    if getattr(args, "batch", False):
+        raise UsageError("--batch never prompts, so it deletes nothing without -y/--yes",
+                         hint="add -y to delete; --dry-run lists what would go")
     if not sys.stdin.isatty():
         raise UsageError("refusing to delete without confirmation on a non-interactive input: pass -y/--yes")
     printer.stderr.write(f"{question} [y/N] ")
@@ -256,6 +261,18 @@ def run_delete_bundle(args: argparse.Namespace, printer: Printer) -> int:
             key = load_private_key(args.privatekey) if args.privatekey else None
             parsed, _, _ = load_remote_manifest(client, location, name, private_key=key)
         plan = plan_delete(client, location, manifest=(name, parsed))
+        # Objects of the same bundle name that this manifest does not list (S3 holds another
+        # version of the bundle than the local manifest describes) are kept: say so.
+        from ..s3 import keys_by_prefix
+        from ..s3.publish import bundle_name
+
+        listed = set(plan.keys) | set(plan.missing)
+        kept = [k for k in keys_by_prefix(client, location, bundle_name(name)) if k not in listed]
+        if kept:
+            printer.warn(f"{plural(len(kept), 'other object')} of bundle {bundle_name(name)} in "
+                         f"{location.url()} {'is' if len(kept) == 1 else 'are'} not named by {args.manifest} "
+                         f"and kept (e.g. {kept[0]}): S3 holds another version of this bundle; "
+                         f"see them with: delete-bundle -b {args.bucket} -p {bundle_name(name)} --dry-run")
     else:
         plan = plan_delete(client, location, name=args.prefix)
 

@@ -62,8 +62,27 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress or notes")
     g.add_argument("--verbose", action="store_true", help="informational logging")
     g.add_argument("--json", action="store_true", help="print a machine-readable result")
-    g.add_argument("--batch", action="store_true", help="never prompt (classic flag; prompts are never needed)")
-    g.add_argument("--manual", action="store_true", help=argparse.SUPPRESS)
+    g.add_argument("--batch", action="store_true",
+                   help="never prompt (classic): a step that would ask is refused instead; -y still answers yes")
+    from .. import __version__
+
+    g.add_argument("--version", action="version",
+                   version=f"%(prog)s: ami-bundler {__version__} (bundle manifest version 2007-10-10)",
+                   help="show the version and exit (classic)")
+    g.add_argument("--manual", action=_Manual, nargs=0, help="show the manual for this command and exit (classic)")
+
+
+class _Manual(argparse.Action):
+    """Classic ``--manual``: the command's whole manual (here: its description and every flag,
+    and where the differences from the classic tool are written down), then exit 0."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        text = parser.format_help()
+        text += ("\nami-bundler keeps the classic flags of the ec2-ami-tools; how each classic command and "
+                 "flag maps\nand what behaves differently (and why) is in docs/migrating.md; "
+                 "--json output in docs/json.md.\n")
+        parser._print_message(text, sys.stdout)
+        parser.exit(0)
 
 
 def require(args: argparse.Namespace, *names: str) -> None:

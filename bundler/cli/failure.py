@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-from ..errors import BundlerError, Interrupted, UsageError
+from ..errors import EXIT_INPUT, BundlerError, Interrupted, UsageError
 
 log = logging.getLogger("bundler.cli")
 
@@ -40,6 +40,15 @@ def failure_of(exc: BaseException) -> Failure:
                        None, exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
         return failure_of(Interrupted())
+    if isinstance(exc, OSError):
+        # A system call on a path the user gave failed where no check expected it (a name too
+        # long, a device, an I/O error): still one line naming the file, exit code "input".
+        from ..parts import why_write_failed
+
+        where = exc.filename if exc.filename is not None else ""
+        shown = str(where) if len(str(where)) <= 120 else str(where)[:120] + "…"
+        reason = why_write_failed(exc) if exc.errno else (exc.strerror or str(exc))
+        return Failure("os", _one_line(f"{shown}: {reason}" if shown else reason), None, EXIT_INPUT)
     if isinstance(exc, BundlerError):
         hint = getattr(exc, "hint", None)
         return Failure(exc.code, _one_line(str(exc)) or type(exc).__name__,

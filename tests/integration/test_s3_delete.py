@@ -38,8 +38,13 @@ def test_delete_with_local_manifest_removes_exactly_its_objects(capsys, endpoint
     assert upload(capsys, endpoint, f"{bucket}/p", bundle)[0] == 0
     s3.put_object(Bucket=bucket, Key="p/lm.part.9", Body=b"not in the manifest")
     code, out, err = delete(capsys, endpoint, f"{bucket}/p", "-m", str(bundle.manifest_path), "--batch")
+    assert code == 2 and "--batch never prompts" in err  # classic: --batch is not "yes"
+    assert len(keys_in(s3, bucket)) == 5
+    code, out, err = delete(capsys, endpoint, f"{bucket}/p", "-m", str(bundle.manifest_path), "--batch", "-y")
     assert code == 0, err
     assert set(keys_in(s3, bucket)) == {"p/lm.part.9"}
+    # the object of the same bundle name that this manifest does not list is kept, out loud
+    assert "1 other object of bundle lm" in err and "p/lm.part.9" in err
 
 
 def test_delete_with_remote_manifest_name(capsys, endpoint, s3, bucket, tmp_path, signing_key):
