@@ -127,6 +127,8 @@ def main() -> int:
     ap.add_argument("--bandwidth", type=float, default=16.0, help="MiB/s per request stream; 0 = unlimited")
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--compression", default="default")
+    ap.add_argument("--check", action="store_true",
+                    help="let install run its boot checks (the corpus images do not boot; classic checks nothing)")
     ap.add_argument("--classic-upload", nargs=4, metavar=("DIR", "PREFIX", "BUCKET", "ENDPOINT"),
                     help=argparse.SUPPRESS)  # the classic upload, run as a child process
     args = ap.parse_args()
@@ -187,7 +189,7 @@ def main() -> int:
             our_bucket = f"e2e-ours-{tag}-{os.getpid()}"
             ours = run("install", [*CLI, "install", "-i", str(image), "-p", tag, *sign, "--compression",
                                    args.compression, "-b", our_bucket, "-n", f"ours-{tag}-{os.getpid()}",
-                                   *s3_flags, "-q"], env)
+                                   *s3_flags, "-q", *([] if args.check else ["--no-check"])], env)
             endpoint_after = cpu_seconds(moto, proxy)
             classic_total = c_bundle.wall + c_upload.wall
             size = sum(p.stat().st_size for p in classic_dir.glob("classic.part.*"))
