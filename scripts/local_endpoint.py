@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A local S3 + EC2 endpoint (moto in server mode) on 127.0.0.1 with an ephemeral port.
+"""The strict local AWS (S3 + EC2: moto in server mode, patched as ``tests/support/strictaws``
+describes) on 127.0.0.1 with an ephemeral port.
 
     python scripts/local_endpoint.py --print-env          # prints export lines, stays in the foreground
     python scripts/local_endpoint.py --env-file env.sh &   # writes them once the server is ready
@@ -14,46 +15,25 @@ credentials; nothing leaves 127.0.0.1. Stop with Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-READY_TIMEOUT = 15.0
-
-
-def _wait_ready(host: str, port: int, timeout: float = READY_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            conn = http.client.HTTPConnection(host, port, timeout=2)
-            conn.request("GET", "/moto-api/")
-            status = conn.getresponse().status
-            conn.close()
-            if status < 500:
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"moto server on {host}:{port} did not become ready in {timeout}s")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def start_local_endpoint() -> tuple[str, Callable[[], None]]:
-    """Start moto on 127.0.0.1:<ephemeral> in this process; returns (url, stop)."""
-    import logging
+    """Start the strict local AWS on 127.0.0.1:<ephemeral> in this process; returns (url, stop)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from tests.support.strictaws import StrictEndpoint
 
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    _wait_ready(host, port)
-    return f"http://{host}:{port}", server.stop
+    endpoint = StrictEndpoint()
+    url = endpoint.start()
+    return url, endpoint.stop
 
 
 def env_lines(url: str, region: str = "us-east-1") -> list[str]:

@@ -1,10 +1,8 @@
-"""Integration fixtures for the S3/EC2 layer: a moto server on 127.0.0.1 (HTTP, server mode),
+"""Integration fixtures for the S3/EC2 layer: the strict local AWS on 127.0.0.1 (HTTP, server mode),
 fake credentials with no real AWS configuration read, keys, buckets, a fault proxy."""
 
 from __future__ import annotations
 
-import http.client
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,35 +12,14 @@ import pytest
 from botocore.config import Config
 
 from tests.support.faultproxy import FaultProxy
-
-READY_TIMEOUT = 15.0
-
-
-def _wait_ready(host: str, port: int, timeout: float = READY_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection(host, port, timeout=2)
-            conn.request("GET", "/moto-api/")
-            if conn.getresponse().status < 500:
-                conn.close()
-                return
-        except OSError as exc:
-            last = exc
-    raise RuntimeError(f"moto server on {host}:{port} not ready after {timeout}s: {last}")
+from tests.support.strictaws import StrictEndpoint
 
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    _wait_ready(host, port)
-    yield f"http://{host}:{port}"
-    server.stop()
+    """The strict local AWS (moto patched to behave as AWS does where bundles break)."""
+    with StrictEndpoint() as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """S3 crash/fault kit shared by tests/reliability/test_s3_*.py and scripts/chaos_s3.py.
 
-* ``MotoEndpoint``: a moto server on 127.0.0.1 (ephemeral port) that outlives the clients we kill.
+* ``MotoEndpoint``: the strict local AWS (moto) on 127.0.0.1 (ephemeral port) that outlives the clients we kill.
 * ``run_cli``: the real CLI (``python -m bundler``) in a subprocess, optionally SIGKILLed.
 * ``inspect_bundles``: what is in a bucket prefix, checked object by object: every manifest
   object present ⇒ every part it names present (list + HEAD) with the manifest's SHA-1 (GET),
@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import hashlib
-import http.client
-import logging
 import os
 import re
 import signal
@@ -28,44 +26,15 @@ from botocore.config import Config
 from bundler.errors import BundlerError
 from bundler.manifest import parse_manifest
 from bundler.s3 import LOCK_SUFFIX
+from tests.support.strictaws import StrictEndpoint
 
 REPO = Path(__file__).resolve().parents[2]
 _PART = re.compile(r"\.part\.[0-9]+$")
 
 
-class MotoEndpoint:
-    """``with MotoEndpoint() as url:`` — a moto server in this process, on 127.0.0.1."""
-
-    def __init__(self, ready_timeout: float = 15.0) -> None:
-        self.ready_timeout = ready_timeout
-        self._server: Any = None
-        self.url = ""
-
-    def __enter__(self) -> str:
-        from moto.server import ThreadedMotoServer
-
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._server.start()
-        host, port = self._server.get_host_and_port()
-        deadline = time.monotonic() + self.ready_timeout
-        while True:  # poll until it answers: no fixed sleeps
-            try:
-                conn = http.client.HTTPConnection(host, port, timeout=2)
-                conn.request("GET", "/moto-api/")
-                if conn.getresponse().status < 500:
-                    conn.close()
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server on {host}:{port} not ready") from None
-                time.sleep(0.02)
-        self.url = f"http://{host}:{port}"
-        return self.url
-
-    def __exit__(self, *exc: object) -> None:
-        if self._server is not None:
-            self._server.stop()
+class MotoEndpoint(StrictEndpoint):
+    """``with MotoEndpoint() as url:`` — the strict local AWS (``tests.support.strictaws``) in
+    this process, on 127.0.0.1."""
 
 
 def plain_s3(endpoint: str) -> Any:

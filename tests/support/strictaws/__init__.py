@@ -1,0 +1,77 @@
+"""The strict local AWS: moto (pinned in pyproject) on 127.0.0.1, patched where moto is more
+lenient than AWS exactly where instance-store bundles break.
+
+Choice: the patches live in the server process (``install()`` wraps moto's S3 and EC2 response
+handlers before the server starts) rather than in a proxy in front of moto, because the EC2
+checks need the S3 state (objects, ACLs) that only the server holds, and one process keeps the
+stand-in fast. Everything that starts a local endpoint — the integration fixtures,
+``tests/support/s3kit.MotoEndpoint``, ``scripts/local_endpoint.py`` (benchmarks, demo) — goes
+through ``StrictEndpoint``. See ``s3rules`` and ``ec2images`` for what is enforced.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import time
+from typing import Any
+
+READY_TIMEOUT = 15.0
+
+
+def install() -> None:
+    """Patch moto in this process (idempotent)."""
+    from . import ec2images, s3rules
+
+    s3rules.install()
+    ec2images.install()
+
+
+def wait_ready(host: str, port: int, timeout: float = READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:  # poll until it answers: no fixed sleeps
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=2)
+            conn.request("GET", "/moto-api/")
+            status = conn.getresponse().status
+            conn.close()
+            if status < 500:
+                return
+        except OSError as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"local AWS on {host}:{port} not ready after {timeout}s: {last}")
+        time.sleep(0.02)
+
+
+class StrictEndpoint:
+    """``with StrictEndpoint() as url:`` — the strict local AWS on 127.0.0.1:<ephemeral>."""
+
+    def __init__(self, ready_timeout: float = READY_TIMEOUT) -> None:
+        self.ready_timeout = ready_timeout
+        self._server: Any = None
+        self.url = ""
+
+    def start(self) -> str:
+        install()
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        wait_ready(host, port, self.ready_timeout)
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
