@@ -116,7 +116,7 @@ def main() -> int:
             results = {}
             for jobs in args.jobs:
                 bucket = f"bench-{jobs}-{os.getpid()}"
-                s3.create_bucket(Bucket=bucket)
+                s3.create_bucket(Bucket=bucket, ObjectOwnership="ObjectWriter")
                 seconds, wall, rss = upload(manifest, proxy_url, bucket, jobs, env)
                 results[jobs] = seconds
                 print(f"--jobs {jobs:>2}: {seconds:7.2f}s  {size / MIB / seconds:7.1f} MiB/s  "

@@ -65,7 +65,9 @@ def ensure_bucket(client: Any, bucket: str, *, location: str | None = None) -> b
                                       "was given: drop --location or use another bucket")
         return False
     target = wanted or client.meta.region_name or "us-east-1"
-    params: dict[str, Any] = {"Bucket": bucket}
+    # Since April 2023 a new bucket has ACLs disabled (BucketOwnerEnforced); EC2 reads bundles
+    # through the aws-exec-read grant, so the bucket must take ACLs from the object writer.
+    params: dict[str, Any] = {"Bucket": bucket, "ObjectOwnership": "ObjectWriter"}
     if target != "us-east-1":
         params["CreateBucketConfiguration"] = {"LocationConstraint": target}
     log.info("creating bucket %s in %s", bucket, target)

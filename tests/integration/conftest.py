@@ -65,8 +65,9 @@ def ec2(endpoint: str):
 
 @pytest.fixture
 def bucket(s3) -> str:
+    """A bucket prepared for bundles: ACLs enabled (EC2 reads through the aws-exec-read grant)."""
     name = f"test-{uuid.uuid4().hex[:16]}"
-    s3.create_bucket(Bucket=name)
+    s3.create_bucket(Bucket=name, ObjectOwnership="ObjectWriter")
     return name
 
 

@@ -82,6 +82,7 @@ def test_upload_layout_acl_and_download_round_trip(capsys, endpoint, proxy, s3, 
 
 
 def test_public_read_acl_is_stored(capsys, endpoint, s3, bucket, bundle3):
+    s3.delete_public_access_block(Bucket=bucket)  # a bucket whose owner allows public objects
     code, _, err = upload(capsys, endpoint, bucket, bundle3, "--acl", "public-read")
     assert code == 0, err
     grants = s3.get_object_acl(Bucket=bucket, Key="img.part.0")["Grants"]
@@ -196,7 +197,8 @@ def test_wrong_explicit_region_names_the_right_one(capsys, endpoint, bundle3):
 
     eu = plain_client("s3", endpoint, "eu-central-1")
     name = "eu-" + bundle3.parts[0].sha1[:12]
-    eu.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"})
+    eu.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"},
+                     ObjectOwnership="ObjectWriter")
     code, _, err = upload(capsys, endpoint, name, bundle3, "--region", "us-west-2")
     assert code == 3 and "--region eu-central-1" in err
     # Without --region the bucket's region is used.

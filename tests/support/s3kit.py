@@ -209,7 +209,7 @@ class World:
     def new_bucket(self) -> str:
         self.counter += 1
         name = f"chaos-{os.getpid()}-{self.counter}-{os.urandom(3).hex()}"
-        self.s3.create_bucket(Bucket=name)
+        self.s3.create_bucket(Bucket=name, ObjectOwnership="ObjectWriter")  # ACLs on: EC2 needs them
         return name
 
     def install_image(self) -> Path:

@@ -97,17 +97,18 @@ def install() -> None:
         def imds(self) -> Any:
             return self.imds_support
 
-        def get_filter_value(self, filter_name: str, method_name: str | None = None) -> Any:
-            if filter_name == "manifest-location":
-                return self.image_location
-            if filter_name == "root-device-type":
-                return self.root_device_type
-            if filter_name == "ramdisk-id":
-                return self.ramdisk_id
-            if filter_name == "is-public":
-                return str(self.is_public).lower()
-            return super().get_filter_value(filter_name, method_name)
+    orig_filter = Ami.get_filter_value
 
+    def get_filter_value(self: Any, filter_name: str, method_name: str | None = None) -> Any:
+        if filter_name == "manifest-location":
+            return self.image_location
+        if filter_name == "root-device-type":
+            return self.root_device_type
+        if filter_name == "ramdisk-id":
+            return getattr(self, "ramdisk_id", None)
+        return orig_filter(self, filter_name, method_name)
+
+    Ami.get_filter_value = get_filter_value
     orig_register = AmisResponse.register_image
 
     def register_image(self: Any) -> Any:

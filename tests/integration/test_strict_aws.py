@@ -1,0 +1,133 @@
+"""The strict local AWS itself: S3 and EC2 refuse what the real services refuse (checked with a
+plain boto3 client, independent of bundler.aws)."""
+
+from __future__ import annotations
+
+import uuid
+
+import botocore.exceptions as bexc
+import pytest
+
+from tests.support.strictaws.s3rules import EC2_CANONICAL_ID
+
+
+def _code(exc: pytest.ExceptionInfo) -> tuple[str, int]:
+    err = exc.value.response
+    return err["Error"]["Code"], err["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def _name() -> str:
+    return f"strict-{uuid.uuid4().hex[:12]}"
+
+
+def test_new_bucket_has_acls_disabled_and_public_access_blocked(s3):
+    name = _name()
+    s3.create_bucket(Bucket=name)
+    rules = s3.get_bucket_ownership_controls(Bucket=name)["OwnershipControls"]["Rules"]
+    assert rules == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    pab = s3.get_public_access_block(Bucket=name)["PublicAccessBlockConfiguration"]
+    assert all(pab[k] for k in ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy",
+                                "RestrictPublicBuckets"))
+    for call in (lambda: s3.put_object(Bucket=name, Key="a", Body=b"x", ACL="aws-exec-read"),
+                 lambda: s3.create_multipart_upload(Bucket=name, Key="b", ACL="aws-exec-read"),
+                 lambda: s3.put_bucket_acl(Bucket=name, ACL="private")):
+        with pytest.raises(bexc.ClientError) as exc:
+            call()
+        assert _code(exc) == ("AccessControlListNotSupported", 400)
+    assert "Contents" not in s3.list_objects_v2(Bucket=name)  # refused before anything was stored
+    s3.put_object(Bucket=name, Key="plain", Body=b"x")  # no ACL: fine
+    s3.put_object(Bucket=name, Key="full", Body=b"x", ACL="bucket-owner-full-control")
+    with pytest.raises(bexc.ClientError) as exc:
+        s3.put_object_acl(Bucket=name, Key="plain", ACL="aws-exec-read")
+    assert _code(exc) == ("AccessControlListNotSupported", 400)
+    assert s3.get_object_acl(Bucket=name, Key="plain")["Grants"]  # reading ACLs still works
+
+
+def test_ownership_can_be_changed_and_grants_are_recorded(s3):
+    name = _name()
+    s3.create_bucket(Bucket=name)
+    s3.put_bucket_ownership_controls(Bucket=name, OwnershipControls={
+        "Rules": [{"ObjectOwnership": "BucketOwnerPreferred"}]})
+    s3.put_object(Bucket=name, Key="m.manifest.xml", Body=b"x", ACL="aws-exec-read")
+    grants = s3.get_object_acl(Bucket=name, Key="m.manifest.xml")["Grants"]
+    assert {"Grantee": {"ID": EC2_CANONICAL_ID, "DisplayName": "za-team", "Type": "CanonicalUser"},
+            "Permission": "READ"} in grants
+    with pytest.raises(bexc.ClientError) as exc:  # Block Public Access is still on
+        s3.put_object(Bucket=name, Key="p", Body=b"x", ACL="public-read")
+    assert _code(exc) == ("AccessDenied", 403)
+    s3.delete_public_access_block(Bucket=name)
+    s3.put_object(Bucket=name, Key="p", Body=b"x", ACL="public-read")
+
+
+def test_create_bucket_with_acl_enabling_ownership(s3):
+    name = _name()
+    s3.create_bucket(Bucket=name, ObjectOwnership="ObjectWriter")
+    rules = s3.get_bucket_ownership_controls(Bucket=name)["OwnershipControls"]["Rules"]
+    assert rules == [{"ObjectOwnership": "ObjectWriter"}]
+    s3.put_object(Bucket=name, Key="a", Body=b"x", ACL="aws-exec-read")
+    with pytest.raises(bexc.ClientError) as exc:
+        s3.create_bucket(Bucket=_name(), ACL="public-read")
+    assert _code(exc)[0] == "InvalidBucketAclWithObjectOwnership"
+
+
+def _manifest(s3, bucket: str, arch: str = "x86_64") -> str:
+    body = (f"<manifest><version>2007-10-10</version><machine_configuration><architecture>{arch}"
+            "</architecture></machine_configuration><image><parts count='0'/></image></manifest>")
+    s3.put_object(Bucket=bucket, Key="img/a.manifest.xml", Body=body.encode(), ACL="aws-exec-read")
+    return f"{bucket}/img/a.manifest.xml"
+
+
+def test_register_image_keeps_what_ec2_reports(s3, ec2, bucket):
+    location = _manifest(s3, bucket, "x86_64")
+    image_id = ec2.register_image(
+        ImageLocation=location, Name=_name(), VirtualizationType="hvm", ImdsSupport="v2.0",
+        KernelId="aki-12345678", BootMode="uefi",
+        BlockDeviceMappings=[{"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"}],
+        TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": "team", "Value": "os"}]}])["ImageId"]
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    assert image["ImageLocation"] == location
+    assert image["Architecture"] == "x86_64"  # from the manifest
+    assert image["VirtualizationType"] == "hvm"
+    assert image["RootDeviceType"] == "instance-store"
+    assert image["KernelId"] == "aki-12345678"
+    assert image["ImdsSupport"] == "v2.0"
+    assert image["BlockDeviceMappings"] == [{"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"}]
+    assert image["Tags"] == [{"Key": "team", "Value": "os"}]
+    for filters in ([{"Name": "manifest-location", "Values": [location]}],
+                    [{"Name": "name", "Values": [image["Name"]]}],
+                    [{"Name": "owner-id", "Values": [image["OwnerId"]]},
+                     {"Name": "tag:team", "Values": ["os"]}]):
+        assert [i["ImageId"] for i in ec2.describe_images(Filters=filters)["Images"]] == [image_id]
+    assert ec2.describe_images(Filters=[{"Name": "manifest-location", "Values": ["x/y.manifest.xml"]}])[
+        "Images"] == []
+
+    ec2.enable_image_deprecation(ImageId=image_id, DeprecateAt="2030-01-02T03:04:00Z")
+    ec2.enable_image_deregistration_protection(ImageId=image_id)
+    image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+    assert image["DeprecationTime"].startswith("2030-01-02T03:04")
+    assert image["DeregistrationProtection"] == "enabled"
+    with pytest.raises(bexc.ClientError):
+        ec2.deregister_image(ImageId=image_id)
+    ec2.disable_image_deregistration_protection(ImageId=image_id)
+    ec2.deregister_image(ImageId=image_id)
+
+
+def test_register_image_refuses_what_ec2_refuses(s3, ec2, bucket):
+    with pytest.raises(bexc.ClientError) as exc:
+        ec2.register_image(ImageLocation=f"{bucket}/missing.manifest.xml", Name=_name())
+    assert _code(exc)[0] == "InvalidManifest"
+    location = _manifest(s3, bucket)
+    name = _name()
+    ec2.register_image(ImageLocation=location, Name=name)
+    with pytest.raises(bexc.ClientError) as exc:
+        ec2.register_image(ImageLocation=location, Name=name)
+    assert _code(exc)[0] == "InvalidAMIName.Duplicate"
+
+
+def test_block_public_access_for_amis_refuses_sharing_with_all(s3, ec2, bucket):
+    image_id = ec2.register_image(ImageLocation=_manifest(s3, bucket), Name=_name())["ImageId"]
+    assert ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"] == "block-new-sharing"
+    with pytest.raises(bexc.ClientError) as exc:
+        ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"Group": "all"}]})
+    assert _code(exc)[0] == "OperationNotPermitted"
+    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"UserId": "210987654321"}]})
