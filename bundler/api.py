@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import ec2certs
 from . import keys as keylib
 from .errors import (
     IntegrityError,
@@ -40,10 +41,8 @@ log = logging.getLogger("bundler.api")
 
 def resolve_ec2_cert(ec2cert: Path | str | None, region: str | None = None,
                      ec2cert_dir: Path | str | None = None) -> Path:
-    """``--ec2cert`` if given, else the certificate for ``region`` from the usual places."""
-    if ec2cert is not None:
-        return Path(ec2cert)
-    return keylib.find_ec2_cert(region, cert_dir=Path(ec2cert_dir) if ec2cert_dir else None)
+    """``--ec2cert`` if given, else the certificate for ``region`` (``ec2certs.find``)."""
+    return ec2certs.find(region, ec2cert=ec2cert, cert_dir=ec2cert_dir).path
 
 
 def bundle_image(
@@ -71,7 +70,8 @@ def bundle_image(
     """Bundle an image file into ``destination`` (parts + manifest), like ec2-bundle-image."""
     image = Path(image)
     name = validate_name(prefix or image.name)
-    keys = BundleKeys.load(Path(cert), Path(private_key), resolve_ec2_cert(ec2cert, region, ec2cert_dir))
+    keys = BundleKeys.load(Path(cert), Path(private_key),
+                           ec2certs.find(region, ec2cert=ec2cert, cert_dir=ec2cert_dir))
     options = BundleOptions(
         name=name, user=user, arch=arch, kernel_id=kernel_id, ramdisk_id=ramdisk_id,
         block_device_mapping=dict(block_device_mapping or {}), product_codes=list(product_codes),

@@ -1,4 +1,5 @@
-"""RSA key handling: loading, AES key wrapping, manifest signing/verification, EC2 certs.
+"""RSA key handling: loading, AES key wrapping, manifest signing/verification (EC2 certificates
+and their lookup: ``ec2certs``).
 
 Everything here is dictated by the classic format (spec §2, §4, §7.4): PKCS#1 v1.5 for both
 encryption and signatures, SHA-1, and a wrapped *hex string* rather than raw key bytes.
@@ -11,7 +12,6 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Mapping
 from pathlib import Path
 
 from cryptography import x509
@@ -46,23 +46,6 @@ log = logging.getLogger("bundler.keys")
 KEY_BITS = (2048, 3072, 4096)
 AES_KEY_BYTES = 16
 _MAX_KEY_FILE_BYTES = 1024 * 1024  # key/cert files are a few KB; refuse to slurp anything huge
-
-EC2_CERT_DEFAULT = "cert-ec2.pem"
-EC2_CERT_FILES: dict[str, str] = {
-    "cn-north-1": "cert-ec2-cn-north-1.pem",
-    "cn-northwest-1": "cert-ec2-cn-north-1.pem",
-    "us-gov-west-1": "cert-ec2-gov.pem",
-    "us-gov-east-1": "cert-ec2-gov.pem",
-}
-EC2_CERT_DIR_ENV = "AMI_BUNDLER_EC2_CERT_DIR"
-# Strings, not Path objects, so that Paths are built at call time (keeps pyfakefs honest).
-_CLASSIC_CERT_SUBDIR = "etc/ec2/amitools"
-_SYSTEM_CERT_DIRS = (
-    "/opt/aws/amitools/ec2/etc/ec2/amitools",
-    "/usr/local/ec2/amitools/etc/ec2/amitools",
-    "/etc/ec2/amitools",
-)
-
 
 # --------------------------------------------------------------------------- loading
 
@@ -435,69 +418,6 @@ def keygen(
             raise OutputError(f"{cert_path} already exists; refusing to overwrite it") from exc
         raise OutputError(f"cannot write certificate {cert_path}: {exc.strerror or exc}") from exc
     log.info("wrote %d-bit RSA key %s and certificate %s", bits, key_path, cert_path)
-
-
-# --------------------------------------------------------------------------- EC2 certificates
-
-
-def ec2_cert_filename(region: str | None) -> str:
-    if not region:
-        return EC2_CERT_DEFAULT
-    region = region.strip().lower()
-    if region in EC2_CERT_FILES:
-        return EC2_CERT_FILES[region]
-    # Regions newer than the classic table go by partition (a new China or GovCloud region
-    # uses its partition's certificate), from botocore's data.
-    from .regions import cert_filename
-
-    try:
-        return cert_filename(region)
-    except Exception:  # botocore's data unreadable (e.g. under a fake filesystem)
-        log.debug("no partition data for %s; using %s", region, EC2_CERT_DEFAULT, exc_info=True)
-        return EC2_CERT_DEFAULT
-
-
-def ec2_cert_search_dirs(
-    cert_dir: Path | None = None, env: Mapping[str, str] | None = None
-) -> list[Path]:
-    env = os.environ if env is None else env
-    dirs: list[Path] = []
-    if cert_dir is not None:
-        dirs.append(Path(cert_dir))
-    if env.get(EC2_CERT_DIR_ENV):
-        dirs.append(Path(env[EC2_CERT_DIR_ENV]))
-    for var in ("EC2_AMITOOL_HOME", "EC2_HOME"):
-        if env.get(var):
-            dirs.append(Path(env[var]) / _CLASSIC_CERT_SUBDIR)
-    dirs.extend(Path(d) for d in _SYSTEM_CERT_DIRS)
-    unique: list[Path] = []
-    for d in dirs:
-        if d not in unique:
-            unique.append(d)
-    return unique
-
-
-def find_ec2_cert(
-    region: str | None = None,
-    *,
-    cert_dir: Path | None = None,
-    env: Mapping[str, str] | None = None,
-) -> Path:
-    """Locate the region's EC2 certificate in the places the classic tools install it."""
-    filename = ec2_cert_filename(region)
-    dirs = ec2_cert_search_dirs(cert_dir, env)
-    for directory in dirs:
-        candidate = directory / filename
-        if candidate.is_file():
-            log.debug("using EC2 certificate %s", candidate)
-            return candidate
-    region_text = f" for region {region}" if region else ""
-    raise KeyFileError(
-        f"EC2 certificate {filename}{region_text} not found; looked in: "
-        f"{', '.join(str(d) for d in dirs)}. Pass --ec2cert PATH, or --ec2cert-dir DIR, or set "
-        f"{EC2_CERT_DIR_ENV}=DIR to the directory with the ec2-ami-tools certificates "
-        "(etc/ec2/amitools of an ec2-ami-tools install)"
-    )
 
 
 # --------------------------------------------------------------------------- legacy manifests

@@ -28,9 +28,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from . import ec2certs
 from . import keys as keylib
 from .concurrency import BackgroundStage, Prefetch
 from .deflate import GzipDecoder, ParallelGzipWriter, compression_settings
+from .ec2certs import EC2Certificate
 from .errors import ArchiveError, DecryptionError, IntegrityError, KeyFileError
 from .imagewriter import FileImageWriter, ImageWriter, NullImageWriter
 from .manifest import Manifest, ParsedManifest, PartEntry, part_mismatch, part_names, validate_name
@@ -77,15 +79,19 @@ class BundleKeys:
     signing_key: object
     user_public_key: object
     ec2_public_key: object
+    ec2_certificate: EC2Certificate | None = None  # reported in results; None for a bare key
 
     @classmethod
-    def load(cls, cert: Path, private_key: Path, ec2cert: Path) -> BundleKeys:
+    def load(cls, cert: Path, private_key: Path, ec2cert: Path | EC2Certificate) -> BundleKeys:
         signing_key = keylib.load_private_key(Path(private_key))
         user_public = keylib.load_public_key(Path(cert))
         if signing_key.public_key().public_numbers() != user_public.public_numbers():
             # Classic tools do not notice; the bundle could then never be unbundled by its owner.
             raise KeyFileError(f"certificate {cert} does not belong to private key {private_key}")
-        return cls(signing_key, user_public, keylib.load_public_key(Path(ec2cert)))
+        chosen = ec2cert if isinstance(ec2cert, EC2Certificate) else ec2certs.describe(Path(ec2cert))
+        log.info("EC2 certificate %s (subject %s, sha256 %s)", chosen.path, chosen.subject or "-",
+                 chosen.sha256)
+        return cls(signing_key, user_public, keylib.load_public_key(chosen.path), chosen)
 
 
 @dataclass
@@ -100,8 +106,10 @@ class BundleResult:
     digest: str
     tar_size: int
     seconds: float
+    ec2_certificate: EC2Certificate | None = None
 
     def summary(self) -> dict[str, object]:
+        cert = {"ec2_certificate": self.ec2_certificate.as_json()} if self.ec2_certificate else {}
         return {
             "name": self.manifest.name,
             "manifest": self.manifest_name,
@@ -112,6 +120,7 @@ class BundleResult:
             "digest": self.digest,
             "tar_size": self.tar_size,
             "seconds": round(self.seconds, 3),
+            **cert,
         }
 
 
@@ -407,7 +416,8 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
     log.info("bundled %s: %d bytes → %d parts, %d bytes in %.2fs", name, source.size,
              len(names), encryptor.bytes_out, seconds)
     return BundleResult(manifest, manifest_name, manifest_bytes, names, cutter.sizes,
-                        source.size, encryptor.bytes_out, manifest.digest, tar_size, seconds)
+                        source.size, encryptor.bytes_out, manifest.digest, tar_size, seconds,
+                        keys.ec2_certificate)
 
 
 # --------------------------------------------------------------------------- unbundle

@@ -1,9 +1,9 @@
-"""Region names, partitions and EC2 certificates — from botocore's data, not a hard-coded table.
+"""Region names and partitions — from botocore's data, not a hard-coded table.
 
 Pure logic apart from reading botocore's bundled ``endpoints`` data (cached): which regions exist,
-which partition (``aws``, ``aws-cn``, ``aws-us-gov``, …) a region belongs to, which EC2
-certificate file wraps bundle keys there (spec §7.4), and how ``install --regions`` maps each
-region to a bucket.
+which partition (``aws``, ``aws-cn``, ``aws-us-gov``, …) a region belongs to, and how
+``install --regions`` maps each region to a bucket. Which EC2 certificate wraps bundle keys in a
+region is ``ec2certs``'s.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import difflib
 import functools
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 
 from .errors import UsageError
 from .s3names import bucket_and_prefix
@@ -21,13 +20,6 @@ from .s3names import bucket_and_prefix
 log = logging.getLogger("bundler.regions")
 
 DEFAULT_PARTITION = "aws"
-# Spec §7.4: China and GovCloud have their own EC2 certificates; every other region (including
-# regions launched after the classic tools) uses cert-ec2.pem unless AWS documents otherwise.
-CERT_DEFAULT = "cert-ec2.pem"
-PARTITION_CERTS: dict[str, str] = {
-    "aws-cn": "cert-ec2-cn-north-1.pem",
-    "aws-us-gov": "cert-ec2-gov.pem",
-}
 _SHAPE = re.compile(r"^[a-z]{2,}(-[a-z0-9]+)+-\d+$")
 _TEMPLATE_FIELD = "{region}"
 
@@ -78,13 +70,6 @@ def partition_of(region: str) -> str:
 
 def same_partition(a: str, b: str) -> bool:
     return partition_of(a) == partition_of(b)
-
-
-def cert_filename(region: str | None) -> str:
-    """The classic EC2 certificate file name for ``region`` (by partition, spec §7.4)."""
-    if not region:
-        return CERT_DEFAULT
-    return PARTITION_CERTS.get(partition_of(region), CERT_DEFAULT)
 
 
 def validate_region(name: str, flag: str = "--region", *, allow_unknown: bool = False) -> str:
@@ -181,21 +166,8 @@ def bucket_map(regions: Sequence[str], *, template: str | None = None,
     return out
 
 
-def find_ec2_cert(region: str | None, *, cert_dir: Path | None = None,
-                  env: Mapping[str, str] | None = None) -> Path:
-    """The region's EC2 certificate in the places bundling looks (``keys.find_ec2_cert``,
-    whose file name choice goes by partition for regions the classic table does not list)."""
-    from . import keys as keylib
-
-    return keylib.find_ec2_cert(region, cert_dir=cert_dir, env=env)
-
-
 __all__ = [
-    "CERT_DEFAULT",
-    "PARTITION_CERTS",
     "bucket_map",
-    "cert_filename",
-    "find_ec2_cert",
     "known_regions",
     "parse_regions",
     "partition_of",

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import api
+from .. import ec2certs
 from ..errors import UsageError
 from ..images import FORMATS as IMAGE_FORMATS
 from ..images import open_source, stdin_stream
@@ -69,7 +69,7 @@ def add_bundle_options(parser: argparse.ArgumentParser, *, image_flag: bool) -> 
 
 def resolve_bundle_keys(args: argparse.Namespace) -> BundleKeys:
     require(args, "cert", "privatekey")
-    ec2cert = api.resolve_ec2_cert(args.ec2cert, getattr(args, "region", None), args.ec2cert_dir)
+    ec2cert = ec2certs.find(getattr(args, "region", None), ec2cert=args.ec2cert, cert_dir=args.ec2cert_dir)
     return BundleKeys.load(args.cert, args.privatekey, ec2cert)
 
 

@@ -15,7 +15,12 @@ from .checking import add_no_check_option, check_install_image
 from .common import Printer, plural
 from .context import AwsContext, add_aws_options, add_bucket_option, add_transfer_options
 from .inputs import add_bundle_options, add_image_options, bundle_inputs, source_and_options
-from .migration import COPY_MODES, add_allow_unknown_region_option, ec2_cert_for, validated_region
+from .migration import (
+    COPY_MODES,
+    add_allow_unknown_region_option,
+    ec2_certificate_for,
+    validated_region,
+)
 from .registration import add_register_options, register_options_from_args
 
 
@@ -128,10 +133,11 @@ def _region_endpoints(args: argparse.Namespace, regions: list[str]) -> dict[str,
 
 
 def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
+    from ..ec2certs import partition_cert_name
     from ..keys import load_public_key
     from ..multiregion import RegionTarget, install_regions
     from ..pipeline import BundleKeys
-    from ..regions import bucket_map, cert_filename, parse_regions
+    from ..regions import bucket_map, parse_regions
 
     if args.region:
         raise UsageError("--region and --regions do not go together: list every region in --regions")
@@ -140,14 +146,15 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
     regions = parse_regions(args.regions, allow_unknown=args.allow_unknown_region)
     buckets = bucket_map(regions, template=args.bucket_template, pairs=args.bucket or [])
     endpoints = _region_endpoints(args, regions)
-    if args.ec2cert is not None and len({cert_filename(r) for r in regions}) > 1:
+    if args.ec2cert is not None and len({partition_cert_name(r) for r in regions}) > 1:
         raise UsageError("--ec2cert would wrap the key to one certificate for regions of different partitions "
                          "(which have different EC2 certificates): use --ec2cert-dir instead")
-    certs = {r: ec2_cert_for(args, r) for r in regions}  # every certificate found before any work
+    chosen = {r: ec2_certificate_for(args, r) for r in regions}  # every certificate found before any work
+    certs = {r: c.path for r, c in chosen.items()}
     public = {path: load_public_key(path) for path in set(certs.values())}
     if not args.cert or not args.privatekey:
         raise UsageError("missing required option(s): --cert, --privatekey")
-    keys = BundleKeys.load(args.cert, args.privatekey, certs[regions[0]])
+    keys = BundleKeys.load(args.cert, args.privatekey, chosen[regions[0]])
 
     aws = AwsContext(args, printer)
     targets = []
@@ -178,7 +185,10 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
         rows.append((o.region, what, o.image_id or ("-" if o.ok else "FAILED"), o.image_location))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     human = ["  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)).rstrip() for row in rows]
-    printer.result(result.summary(), human)
+    data = result.summary()
+    for region, outcome in data["regions"].items():  # type: ignore[union-attr]
+        outcome["ec2_certificate"] = chosen[region].as_json()
+    printer.result(data, human)
     for o in result.failed:
         printer.warn(f"{o.region}: {o.error}")
     if result.failed:

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from .common import Printer
+
+if TYPE_CHECKING:
+    from ..ec2certs import EC2Certificate
 
 COPY_MODES = ("auto", "server", "stream")
 
@@ -33,14 +36,16 @@ def add_target_options(p: argparse.ArgumentParser, *, with_region: bool = True) 
     add_allow_unknown_region_option(g)
 
 
-def ec2_cert_for(args: argparse.Namespace, region: str | None) -> Path:
-    from ..regions import find_ec2_cert
+def ec2_certificate_for(args: argparse.Namespace, region: str | None) -> EC2Certificate:
+    from .. import ec2certs
 
-    if args.ec2cert is not None:
-        return Path(args.ec2cert)
-    if not region:
+    if args.ec2cert is None and not region:
         raise UsageError("name the target: --region REGION (its EC2 certificate wraps the key) or --ec2cert PATH")
-    return find_ec2_cert(region, cert_dir=args.ec2cert_dir)
+    return ec2certs.find(region, ec2cert=args.ec2cert, cert_dir=args.ec2cert_dir)
+
+
+def ec2_cert_for(args: argparse.Namespace, region: str | None) -> Path:
+    return ec2_certificate_for(args, region).path
 
 
 def migration_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -35,10 +35,7 @@ from bundler.errors import (
     UsageError,
 )
 from bundler.keys import (
-    EC2_CERT_FILES,
     decrypt_legacy_manifest,
-    ec2_cert_filename,
-    find_ec2_cert,
     keygen,
     load_private_key,
     load_public_key,
@@ -573,90 +570,6 @@ def test_keygen_argument_errors(tmp_path: Path) -> None:
         keygen(tmp_path / "k.pem", tmp_path / "k.pem")
     with pytest.raises(OutputError, match="does not exist"):
         keygen(tmp_path / "no" / "k.pem", tmp_path / "c.pem")
-
-
-# --------------------------------------------------------------------------- EC2 certificates
-
-
-def test_ec2_cert_filenames() -> None:
-    assert ec2_cert_filename(None) == "cert-ec2.pem"
-    assert ec2_cert_filename("us-east-1") == "cert-ec2.pem"
-    assert ec2_cert_filename("eu-south-2") == "cert-ec2.pem"
-    assert ec2_cert_filename("cn-north-1") == "cert-ec2-cn-north-1.pem"
-    assert ec2_cert_filename("cn-northwest-1") == "cert-ec2-cn-north-1.pem"
-    assert ec2_cert_filename("us-gov-west-1") == "cert-ec2-gov.pem"
-    assert ec2_cert_filename("US-GOV-EAST-1") == "cert-ec2-gov.pem"
-    assert set(EC2_CERT_FILES.values()) == {"cert-ec2-cn-north-1.pem", "cert-ec2-gov.pem"}
-
-
-def test_find_ec2_cert_search_order(fs) -> None:  # noqa: ANN001
-    env = {
-        "AMI_BUNDLER_EC2_CERT_DIR": "/env/certs",
-        "EC2_AMITOOL_HOME": "/amitool",
-        "EC2_HOME": "/ec2home",
-    }
-    dirs = [
-        "/cli/certs",
-        "/env/certs",
-        "/amitool/etc/ec2/amitools",
-        "/ec2home/etc/ec2/amitools",
-        "/opt/aws/amitools/ec2/etc/ec2/amitools",
-        "/usr/local/ec2/amitools/etc/ec2/amitools",
-        "/etc/ec2/amitools",
-    ]
-    for d in dirs:
-        fs.create_file(f"{d}/cert-ec2.pem")
-    # Remove them from the front one at a time: each removal exposes the next directory.
-    for i, d in enumerate(dirs):
-        found = find_ec2_cert("us-east-1", cert_dir=Path("/cli/certs"), env=env)
-        assert found == Path(d, "cert-ec2.pem"), i
-        os.remove(found)
-    with pytest.raises(KeyFileError):
-        find_ec2_cert(cert_dir=Path("/cli/certs"), env=env)
-
-
-def test_find_ec2_cert_by_region(fs) -> None:  # noqa: ANN001
-    fs.create_file("/etc/ec2/amitools/cert-ec2.pem")
-    fs.create_file("/etc/ec2/amitools/cert-ec2-gov.pem")
-    assert find_ec2_cert("us-gov-west-1", env={}) == Path("/etc/ec2/amitools/cert-ec2-gov.pem")
-    assert find_ec2_cert(None, env={}) == Path("/etc/ec2/amitools/cert-ec2.pem")
-    # A directory of the same name is not a certificate.
-    fs.create_dir("/x/cert-ec2-cn-north-1.pem")
-    with pytest.raises(
-        KeyFileError, match="cert-ec2-cn-north-1.pem for region cn-north-1 not found"
-    ):
-        find_ec2_cert("cn-north-1", cert_dir=Path("/x"), env={})
-
-
-def test_find_ec2_cert_not_found_message_lists_every_directory(fs) -> None:  # noqa: ANN001
-    env = {"AMI_BUNDLER_EC2_CERT_DIR": "/env/certs", "EC2_AMITOOL_HOME": "/amitool", "EC2_HOME": ""}
-    with pytest.raises(KeyFileError) as info:
-        find_ec2_cert("eu-west-1", cert_dir=Path("/cli"), env=env)
-    message = str(info.value)
-    assert "\n" not in message
-    assert message.startswith(
-        "EC2 certificate cert-ec2.pem for region eu-west-1 not found; looked in: "
-    )
-    expected = [
-        "/cli",
-        "/env/certs",
-        "/amitool/etc/ec2/amitools",
-        "/opt/aws/amitools/ec2/etc/ec2/amitools",
-        "/usr/local/ec2/amitools/etc/ec2/amitools",
-        "/etc/ec2/amitools",
-    ]
-    positions = [
-        message.index(d + ",") if d != expected[-1] else message.index(d + ".") for d in expected
-    ]
-    assert positions == sorted(positions)
-    assert "--ec2cert PATH" in message and "--ec2cert-dir DIR" in message
-    assert "AMI_BUNDLER_EC2_CERT_DIR" in message
-
-
-def test_find_ec2_cert_uses_os_environ_by_default(fs, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    fs.create_file("/from/env/cert-ec2.pem")
-    monkeypatch.setenv("AMI_BUNDLER_EC2_CERT_DIR", "/from/env")
-    assert find_ec2_cert() == Path("/from/env/cert-ec2.pem")
 
 
 # --------------------------------------------------------------------------- legacy manifests

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bundler import regions
-from bundler.errors import KeyFileError, S3Error, UsageError
+from bundler import ec2certs, regions
+from bundler.errors import S3Error, UsageError
 from bundler.multiregion import FanOutSink
 from bundler.parts import Part
 
@@ -30,14 +30,7 @@ def test_regions_come_from_botocore():
 ])
 def test_partition_and_certificate(region, partition, cert):
     assert regions.partition_of(region) == partition
-    assert regions.cert_filename(region) == cert
-
-
-def test_certificates_agree_with_keys_for_the_classic_regions():
-    from bundler import keys as keylib
-
-    for region in ("us-east-1", "cn-north-1", "us-gov-west-1", None):
-        assert regions.cert_filename(region) == keylib.ec2_cert_filename(region)
+    assert ec2certs.partition_cert_name(region) == cert
 
 
 @pytest.mark.parametrize(("typo", "suggestion"), [
@@ -72,15 +65,6 @@ def test_parse_regions_and_bucket_map():
         regions.bucket_map(rs, pairs=["us-east-1=same", "eu-west-1=same"])
     with pytest.raises(UsageError, match="not in --regions"):
         regions.bucket_map(rs, template="a-{region}", pairs=["ap-south-1=x-bucket"])
-
-
-def test_missing_certificate_names_where_it_looked(tmp_path):
-    with pytest.raises(KeyFileError) as info:
-        regions.find_ec2_cert("cn-north-1", cert_dir=tmp_path, env={})
-    text = str(info.value)
-    assert "cert-ec2-cn-north-1.pem" in text and str(tmp_path) in text and "--ec2cert" in text
-    (tmp_path / "cert-ec2-gov.pem").write_text("x")
-    assert regions.find_ec2_cert("us-gov-east-1", cert_dir=tmp_path, env={}) == tmp_path / "cert-ec2-gov.pem"
 
 
 class RecordingSink:
