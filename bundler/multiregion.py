@@ -50,6 +50,7 @@ from .s3 import (
     load_remote_manifest,
     object_exists,
 )
+from .s3.ownership import check_bucket_for_bundles
 from .source import ImageSource
 
 log = logging.getLogger("bundler.multiregion")
@@ -270,6 +271,7 @@ def install_regions(
     attempts: int = DEFAULT_ATTEMPTS,
     copy_mode: str = "auto",
     progress: ProgressListener = NULL_PROGRESS,
+    enable_bucket_acls: bool = False,
 ) -> MultiRegionResult:
     """Bundle ``source`` once into every target region (or complete an earlier run), register.
 
@@ -283,7 +285,8 @@ def install_regions(
     bundled = False
     bundle_summary = None
     try:
-        _parallel(states, lambda st: _probe(st, manifest_name, keys, source.size, register))
+        _parallel(states, lambda st: _probe(st, manifest_name, keys, source.size, register, acl,
+                                            enable_bucket_acls))
         alive = [st for st in states if st.outcome.ok]
         have = [st for st in alive if st.parsed is not None]
         need = [st for st in alive if st.parsed is None]
@@ -316,9 +319,12 @@ def _parallel(states: Sequence[_State], fn: Callable[[_State], None]) -> None:
         fut.result()  # guarded() keeps Exceptions; a KeyboardInterrupt is raised here
 
 
-def _probe(st: _State, manifest_name: str, keys: BundleKeys, image_size: int, register: Any | None) -> None:
+def _probe(st: _State, manifest_name: str, keys: BundleKeys, image_size: int, register: Any | None,
+           acl: str = DEFAULT_ACL, enable_bucket_acls: bool = False) -> None:
     t = st.target
     ensure_bucket(t.s3, t.location.bucket, location=t.region)
+    # Before the first part is bundled: a bucket that cannot take the ACL fails its region here.
+    check_bucket_for_bundles(t.s3, t.location.bucket, acl=acl, enable_acls=enable_bucket_acls)
     if not object_exists(t.s3, t.location.bucket, t.location.key(manifest_name)):
         return
     parsed, _, _ = load_remote_manifest(t.s3, t.location, manifest_name)

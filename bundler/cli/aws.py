@@ -14,8 +14,6 @@ from typing import Any
 
 from ..errors import ManifestError, S3Error, UsageError
 from ..s3 import (
-    ACLS,
-    DEFAULT_ACL,
     S3Location,
     delete_bucket_if_empty,
     delete_keys,
@@ -28,10 +26,12 @@ from ..s3 import (
     split_manifest_location,
     upload_bundle,
 )
+from ..s3.ownership import check_bucket_for_bundles
 from .checking import add_no_check_option, check_registered_bundle
 from .common import Printer, count, ensure_directory, plural, remove_if_empty
 from .context import (
     AwsContext,
+    add_acl_options,
     add_aws_options,
     add_bucket_option,
     add_jobs_option,
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_transfer_options(p)
     p.add_argument("-m", "--manifest", type=Path, required=True, help="local manifest path")
     p.add_argument("-d", "--directory", type=Path, help="directory with the parts (default: the manifest's)")
-    p.add_argument("--acl", choices=ACLS, default=DEFAULT_ACL, help="canned ACL (default: %(default)s)")
+    add_acl_options(p)
     p.add_argument("--location", help="bucket location if it must be created (EU, US or a region)")
     p.add_argument("--part", type=count(0, 99_999, "part index"), metavar="N", help="start at part index N (classic; resume is automatic)")
     p.add_argument("--skipmanifest", action="store_true", help="do not upload the manifest")
@@ -164,6 +164,7 @@ def run_upload_bundle(args: argparse.Namespace, printer: Printer) -> int:
             printer.note(f"Created bucket {location.bucket} in {region or client.meta.region_name}")
     elif args.location:
         ensure_bucket(client, location.bucket, location=args.location)  # raises on a location conflict
+    check_bucket_for_bundles(client, location.bucket, acl=args.acl, enable_acls=args.enable_bucket_acls)
     result = upload_bundle(client, location, args.manifest, directory=args.directory, acl=args.acl,
                            jobs=aws.jobs, attempts=aws.attempts, start_part=args.part,
                            skip_manifest=args.skipmanifest, resume=not args.no_resume, progress=printer.progress(),

@@ -103,6 +103,16 @@ def add_bucket_option(parser: argparse.ArgumentParser, *, multi: bool = False) -
                             help="bucket and optional key prefix")
 
 
+def add_acl_options(parser: argparse.ArgumentParser, *, what: str = "canned ACL") -> None:
+    """--acl and --enable-bucket-acls: what EC2 reads the bundle through, and the bucket side of it."""
+    from ..s3 import ACLS, DEFAULT_ACL
+
+    parser.add_argument("--acl", choices=ACLS, default=DEFAULT_ACL, help=f"{what} (default: %(default)s)")
+    parser.add_argument("--enable-bucket-acls", action="store_true",
+                        help="if the bucket has ACLs disabled (BucketOwnerEnforced), set its Object Ownership "
+                             "to BucketOwnerPreferred so the ACL EC2 needs can be set")
+
+
 # --------------------------------------------------------------------------- flags → values
 
 

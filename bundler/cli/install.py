@@ -10,10 +10,17 @@ from typing import Any
 
 from ..aws import endpoint_url_value
 from ..errors import S3Error, UsageError
-from ..s3 import ACLS, DEFAULT_ACL, S3Location, ensure_bucket, location_region
+from ..s3 import S3Location, ensure_bucket, location_region
+from ..s3.ownership import check_bucket_for_bundles
 from .checking import add_no_check_option, check_install_image
 from .common import Printer, plural
-from .context import AwsContext, add_aws_options, add_bucket_option, add_transfer_options
+from .context import (
+    AwsContext,
+    add_acl_options,
+    add_aws_options,
+    add_bucket_option,
+    add_transfer_options,
+)
 from .inputs import add_bundle_options, add_image_options, bundle_inputs, source_and_options
 from .migration import (
     COPY_MODES,
@@ -32,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_bundle_options(p, image_flag=True)
     add_bucket_option(p, multi=True)
     add_transfer_options(p)
-    p.add_argument("--acl", choices=ACLS, default=DEFAULT_ACL, help="canned ACL (default: %(default)s)")
+    add_acl_options(p)
     p.add_argument("--location", help="bucket location if it must be created (EU, US or a region)")
     p.add_argument("-n", "--name", help="AMI name (default: the bundle name)")
     p.add_argument("--no-register", action="store_true", help="stop after the upload")
@@ -89,6 +96,7 @@ def _install_one(args: argparse.Namespace, printer: Printer) -> int:
         at = client.meta.region_name
     elif args.location:
         ensure_bucket(client, location.bucket, location=args.location)
+    check_bucket_for_bundles(client, location.bucket, acl=args.acl, enable_acls=args.enable_bucket_acls)
     options = None
     if not args.no_register:
         options = register_options_from_args(args, args.name or "", full=False)
@@ -178,7 +186,7 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
         raise
     result = install_regions(targets, source=source, keys=keys, options=options, register=register, acl=args.acl,
                              jobs=aws.jobs, attempts=aws.attempts, copy_mode=args.copy_mode,
-                             progress=printer.progress())
+                             progress=printer.progress(), enable_bucket_acls=args.enable_bucket_acls)
     rows = [("REGION", "RESULT", "AMI", "IMAGE LOCATION")]
     for o in result.outcomes:
         what = o.action + (f" from {o.copied_from}" if o.copied_from else "")

@@ -18,9 +18,10 @@ from typing import Any
 
 from ..aws import endpoint_url_value
 from ..errors import S3Error, UsageError
-from ..s3 import ACLS, DEFAULT_ACL, S3Location, bucket_region, ensure_bucket, location_region
+from ..s3 import S3Location, bucket_region, ensure_bucket, location_region
+from ..s3.ownership import check_bucket_for_bundles
 from .common import Printer
-from .context import AwsContext, add_aws_options, add_jobs_option, add_retry_option
+from .context import AwsContext, add_acl_options, add_aws_options, add_jobs_option, add_retry_option
 from .migration import (
     COPY_MODES,
     add_target_options,
@@ -63,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-b", "--bucket", required=True, metavar="SRC[/PREFIX]", help="source bucket and key prefix")
     p.add_argument("-d", "--destination-bucket", required=True, metavar="DST[/PREFIX]",
                    help="destination bucket and key prefix (created if missing)")
-    p.add_argument("--acl", choices=ACLS, default=DEFAULT_ACL, help="canned ACL of the copies (default: %(default)s)")
+    add_acl_options(p, what="canned ACL of the copies")
     p.add_argument("--location", help="destination bucket location if it must be created (EU, US or a region)")
     p.add_argument("--source-region", help="region of the source bucket (default: asked from S3)")
     p.add_argument("--source-endpoint-url", metavar="URL", help="S3 endpoint of the source (default: --endpoint-url)")
@@ -176,6 +177,7 @@ def run_copy_bundle(args: argparse.Namespace, printer: Printer) -> int:
     created = ensure_bucket(dst_client, destination.bucket, location=args.location or target)
     if created:
         printer.note(f"Created bucket {destination.bucket} in {target}")
+    check_bucket_for_bundles(dst_client, destination.bucket, acl=args.acl, enable_acls=args.enable_bucket_acls)
 
     private_key, cert_key = load_user_keys(args)
     parsed, _, _ = load_remote_manifest(src_client, source, name, private_key=private_key)

@@ -36,6 +36,8 @@ from ..transfer import RETRY_ATTEMPTS as RETRY_ATTEMPTS
 log = logging.getLogger("bundler.s3")
 
 
+# ACLs that make objects public: Block Public Access refuses them.
+PUBLIC_ACLS = ("public-read", "public-read-write", "authenticated-read")
 MANIFEST_SIZE_CAP = 16 * 1024 * 1024
 MAX_PART_BYTES = 64 * 1024 * 1024  # classic parts are 10 MiB; anything far larger is not a part
 DELETE_BATCH = 1000
@@ -57,6 +59,19 @@ class _ShortBody(_Corrupt):
     """The connection delivered fewer bytes than Content-Length (closed early); retried."""
 
 
+def acls_disabled(bucket: str, acl: str | None) -> str:
+    """Why a bucket with ACLs disabled cannot hold a bundle, and the exact fix."""
+    return (f"bucket {bucket} has ACLs disabled (Object Ownership BucketOwnerEnforced) but EC2 reads bundles "
+            f"through the {acl or DEFAULT_ACL} ACL: run `aws s3api put-bucket-ownership-controls --bucket {bucket} "
+            "--ownership-controls 'Rules=[{ObjectOwnership=BucketOwnerPreferred}]'` or pass --enable-bucket-acls")
+
+
+def public_blocked(bucket: str, acl: str) -> str:
+    return (f"Block Public Access on bucket {bucket} (or on the account) refuses --acl {acl}: keep the default "
+            f"--acl {DEFAULT_ACL} and share the AMI with --launch-permission, or lift it with `aws s3api "
+            f"delete-public-access-block --bucket {bucket}`")
+
+
 def s3_error(exc: BaseException, action: str, bucket: str, key: str | None = None, *,
              acl: str | None = None) -> BundlerError:
     """One actionable line for a failed S3 call; never includes credentials."""
@@ -75,14 +90,14 @@ def s3_error(exc: BaseException, action: str, bucket: str, key: str | None = Non
     if code == "NoSuchBucket" or (code in NO_SUCH_BUCKET and key is None):
         return S3Error(f"{what}: bucket {bucket} does not exist (check -b, or --region/--endpoint-url)")
     if code == "AccessControlListNotSupported":
-        return S3Error(
-            f"{what}: the bucket has ACLs disabled (Object Ownership: BucketOwnerEnforced) but EC2 needs "
-            f"{acl or DEFAULT_ACL}: enable ACLs on the bucket (Object Ownership: ObjectWriter or BucketOwnerPreferred)"
-        )
+        return S3Error(f"{what}: {acls_disabled(bucket, acl)}")
     if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException",
                 "301", "400") and region:
         return S3Error(f"{what}: bucket {bucket} is in region {region}: pass --region {region}")
     if code in ("AccessDenied", "403", "AllAccessDisabled"):
+        if acl in PUBLIC_ACLS:
+            return S3Error(f"{what}: access denied: {public_blocked(bucket, acl)}, or the credentials lack "
+                           f"s3:PutObjectAcl on arn:aws:s3:::{bucket}/*")
         if acl:
             return S3Error(f"{what}: access denied: the credentials need s3:PutObject and s3:PutObjectAcl "
                            f"(for --acl {acl}) on arn:aws:s3:::{bucket}/*")
