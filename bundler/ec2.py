@@ -1,5 +1,9 @@
 """EC2 side of a bundle: preflight, RegisterImage, launch permissions, tags, deregister.
 
+RegisterImage as EC2 has it today: tags applied at registration (TagSpecifications: no untagged
+AMI ever exists), IMDSv2-only, deprecation, deregistration protection, launch permissions to
+accounts, ``all``, organizations and OUs. EC2 reports the bundle of an AMI as ImageLocation.
+
 RegisterImage only fails late and vaguely when the bundle is incomplete ("manifest not
 found" or an AMI that never becomes available), so ``preflight`` checks what EC2 will read
 — manifest present and parseable, every part present, total size = bundled_size, bucket in
@@ -8,6 +12,7 @@ the same region — before the call.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import re
@@ -27,12 +32,15 @@ log = logging.getLogger("bundler.ec2")
 ARCHITECTURES = ("i386", "x86_64", "arm64", "x86_64_mac", "arm64_mac")
 VIRTUALIZATION_TYPES = ("paravirtual", "hvm")
 BOOT_MODES = ("legacy-bios", "uefi", "uefi-preferred")
-LOCATION_TAG = "ami-bundler:image-location"
 DEFAULT_WAIT_SECONDS = 900
+IMDS_SUPPORT = ("v2.0",)
+MAX_DEPRECATION_YEARS = 10  # EC2 refuses a DeprecateAt further out
 
 _EPHEMERAL = re.compile(r"^ephemeral[0-9]+$")
 _SNAPSHOT = re.compile(r"^snap-[0-9a-f]+$")
 _EBS_TYPES = ("standard", "gp2", "gp3", "io1", "io2", "sc1", "st1")
+_ORG_ARN = re.compile(r"^arn:aws[a-z-]*:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}$")
+_OU_ARN = re.compile(r"^arn:aws[a-z-]*:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$")
 
 
 @dataclass
@@ -48,7 +56,10 @@ class RegisterOptions:
     sriov_net_support: str | None = None
     boot_mode: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
-    launch_permissions: list[str] = field(default_factory=list)
+    launch_permissions: list[str] = field(default_factory=list)  # "all", account ids, org/OU ARNs
+    imds_support: str | None = None  # "v2.0": instances launched from it require IMDSv2
+    deprecate_at: datetime.datetime | None = None
+    deregistration_protection: bool = False
 
 
 @dataclass
@@ -125,17 +136,55 @@ def parse_tags(values: list[str]) -> dict[str, str]:
 
 
 def parse_launch_permissions(values: list[str]) -> list[str]:
+    """``all``, 12-digit account ids (hyphens allowed), organization and OU ARNs."""
     out = []
     for value in values:
         v = value.strip()
         if v.lower() == "all":
             out.append("all")
             continue
+        if v.startswith("arn:"):
+            if not (_ORG_ARN.match(v) or _OU_ARN.match(v)):
+                raise UsageError(f"--launch-permission {value!r}: expected an organization ARN "
+                                 "(arn:aws:organizations::ACCOUNT:organization/o-…) or an OU ARN "
+                                 "(arn:aws:organizations::ACCOUNT:ou/o-…/ou-…)")
+            out.append(v)
+            continue
         digits = v.replace("-", "")
         if len(digits) != 12 or not digits.isdigit():
-            raise UsageError(f"--launch-permission {value!r}: expected a 12-digit account id or 'all'")
+            raise UsageError(f"--launch-permission {value!r}: expected a 12-digit account id, 'all', "
+                             "or an organization/OU ARN")
         out.append(digits)
     return out
+
+
+def launch_permission(who: str) -> dict[str, str]:
+    if who == "all":
+        return {"Group": "all"}
+    if _ORG_ARN.match(who):
+        return {"OrganizationArn": who}
+    if _OU_ARN.match(who):
+        return {"OrganizationalUnitArn": who}
+    return {"UserId": who}
+
+
+def parse_deprecate_at(value: str, *, now: datetime.datetime | None = None) -> datetime.datetime:
+    """``--deprecate-at``: an ISO 8601 time (UTC unless it says otherwise) or a date, in the future
+    and at most 10 years ahead, as EC2 requires."""
+    text = value.strip()
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--deprecate-at {value!r}: expected a time like 2027-01-31T00:00:00Z or a date "
+                         "like 2027-01-31") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    if when <= now:
+        raise UsageError(f"--deprecate-at {value}: that is not in the future")
+    if when > now + datetime.timedelta(days=365 * MAX_DEPRECATION_YEARS + 2):
+        raise UsageError(f"--deprecate-at {value}: EC2 allows at most {MAX_DEPRECATION_YEARS} years ahead")
+    return when.astimezone(datetime.timezone.utc)
 
 
 def parse_register_block_device_mappings(values: list[str]) -> list[dict[str, Any]]:
@@ -194,7 +243,10 @@ def _ebs(spec: str, item: str) -> dict[str, Any]:
 
 
 def register_image(ec2: Any, image_location: str, options: RegisterOptions) -> str:
-    """RegisterImage for an instance-store bundle; then tags and launch permissions."""
+    """RegisterImage for an instance-store bundle (tags included), then deprecation,
+    deregistration protection and launch permissions."""
+    if "all" in options.launch_permissions:
+        check_public_sharing_allowed(ec2)  # before the AMI exists, not after
     params: dict[str, Any] = {"ImageLocation": image_location, "Name": options.name}
     optional = {
         "Description": options.description,
@@ -205,47 +257,75 @@ def register_image(ec2: Any, image_location: str, options: RegisterOptions) -> s
         "SriovNetSupport": options.sriov_net_support,
         "BootMode": options.boot_mode,
         "EnaSupport": options.ena_support,
+        "ImdsSupport": options.imds_support,
         "BlockDeviceMappings": options.block_device_mappings or None,
+        "TagSpecifications": [{"ResourceType": "image", "Tags": [{"Key": k, "Value": v}
+                                                                  for k, v in options.tags.items()]}]
+        if options.tags else None,
     }
     params.update({k: v for k, v in optional.items() if v is not None})
     with translate_errors(lambda exc: _register_error(exc, image_location)):
         image_id = ec2.register_image(**params)["ImageId"]
     log.info("registered %s as %s", image_location, image_id)
-    # The location tag lets deregister --delete-bundle find the bundle on endpoints that do not
-    # report ImageLocation; it is bookkeeping, so failing to set it only warns.
-    _tag(ec2, image_id, {LOCATION_TAG: image_location}, required=False)
-    if options.tags:
-        _tag(ec2, image_id, options.tags, required=True)
+    if options.deprecate_at is not None:
+        _after(ec2, image_id, "set its deprecation time", lambda: ec2.enable_image_deprecation(
+            ImageId=image_id, DeprecateAt=options.deprecate_at))
+    if options.deregistration_protection:
+        _after(ec2, image_id, "turn on deregistration protection",
+               lambda: ec2.enable_image_deregistration_protection(ImageId=image_id))
     if options.launch_permissions:
         add_launch_permissions(ec2, image_id, options.launch_permissions)
     return image_id
 
 
+def _after(ec2: Any, image_id: str, what: str, call: Any) -> None:
+    try:
+        call()
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        err = ec2_error(exc, what)
+        raise EC2Error(f"registered {image_id} but could not {what}: {err}; fix it and set it on "
+                       f"{image_id} with the aws CLI, or deregister it") from None
+
+
 def _register_error(exc: BaseException, image_location: str) -> EC2Error:
     code = error_code(exc)
     if code == "InvalidManifest":
-        return EC2Error(f"EC2 rejected {image_location} (InvalidManifest): check that the manifest and parts "
-                        "carry the aws-exec-read ACL and the bundle was made with this region's --ec2cert")
+        detail = " ".join(str(getattr(exc, "response", {}).get("Error", {}).get("Message", "")).split())
+        return EC2Error(f"EC2 rejected {image_location} (InvalidManifest{': ' + detail if detail else ''}): "
+                        "check that the manifest and parts carry the aws-exec-read ACL and the bundle was "
+                        "made with this region's EC2 certificate (--region/--ec2cert)")
     if code == "InvalidAMIName.Duplicate":
         return EC2Error("an AMI named like this already exists in the region: pick another -n/--name")
     return ec2_error(exc, f"register {image_location}")  # type: ignore[return-value]
 
 
-def _tag(ec2: Any, image_id: str, tags: dict[str, str], *, required: bool) -> None:
+def check_public_sharing_allowed(ec2: Any) -> None:
+    """Block public access for AMIs (on by default for new accounts) refuses ``all``."""
+    region = ec2.meta.region_name
     try:
-        with ec2_errors(f"tag {image_id}"):
-            ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
-    except EC2Error as exc:
-        if required:
-            raise
-        log.info("could not add the %s tag to %s: %s", LOCATION_TAG, image_id, exc)
+        state = ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"]
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        log.info("cannot read the block-public-access-for-AMIs state of %s: %s", region, error_code(exc) or exc)
+        return
+    if state == "block-new-sharing":
+        raise EC2Error(_public_blocked(region))
+
+
+def _public_blocked(region: str) -> str:
+    return (f"block public access for AMIs is on in {region}: the AMI cannot be shared with all; share it with "
+            "accounts or an organization (--launch-permission ACCOUNT|ARN), or turn the block off with "
+            f"`aws ec2 disable-image-block-public-access --region {region}`")
 
 
 def add_launch_permissions(ec2: Any, image_id: str, who: list[str]) -> None:
-    adds = [{"Group": "all"} if w == "all" else {"UserId": w} for w in who]
-    with ec2_errors(f"set launch permissions on {image_id}"):
+    adds = [launch_permission(w) for w in who]
+    try:
         ec2.modify_image_attribute(ImageId=image_id, Attribute="launchPermission",
                                    LaunchPermission={"Add": adds})
+    except (bexc.ClientError, bexc.BotoCoreError) as exc:
+        if error_code(exc) == "OperationNotPermitted" and "all" in who:
+            raise EC2Error(f"registered {image_id} but " + _public_blocked(ec2.meta.region_name)) from None
+        raise ec2_error(exc, f"set launch permissions on {image_id}") from None
 
 
 def describe_image(ec2: Any, image_id: str) -> dict[str, Any]:
@@ -277,12 +357,10 @@ def wait_available(ec2: Any, image_id: str, *, timeout: float = DEFAULT_WAIT_SEC
 
 
 def image_location_of(image: dict[str, Any]) -> str | None:
+    """The bundle an instance-store AMI was registered from, as EC2 reports it."""
     location = image.get("ImageLocation")
     if location and location.endswith(".manifest.xml"):
         return location
-    for tag in image.get("Tags", []) or []:
-        if tag.get("Key") == LOCATION_TAG:
-            return tag.get("Value")
     return None
 
 
@@ -294,15 +372,18 @@ def deregister_image(ec2: Any, image_id: str) -> None:
 __all__ = [
     "ARCHITECTURES",
     "BOOT_MODES",
-    "LOCATION_TAG",
+    "IMDS_SUPPORT",
     "PreflightReport",
     "RegisterOptions",
     "VIRTUALIZATION_TYPES",
     "add_launch_permissions",
+    "check_public_sharing_allowed",
     "deregister_image",
     "describe_image",
     "image_location_of",
+    "launch_permission",
     "normalize_image_location",
+    "parse_deprecate_at",
     "parse_launch_permissions",
     "parse_register_block_device_mappings",
     "parse_tags",

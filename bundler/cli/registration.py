@@ -25,8 +25,13 @@ def add_register_options(p: argparse.ArgumentParser, *, full: bool) -> None:
     g.add_argument("--sriov-net-support", choices=["simple"])
     g.add_argument("--boot-mode", choices=["legacy-bios", "uefi", "uefi-preferred"])
     g.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="tag the AMI (repeatable)")
-    g.add_argument("--launch-permission", action="append", default=[], metavar="ACCOUNT|all",
-                   help="allow an account (or all) to launch it (repeatable)")
+    g.add_argument("--launch-permission", action="append", default=[], metavar="ACCOUNT|all|ARN",
+                   help="allow an account, all, an organization or an OU (arn:aws:organizations::…) to "
+                        "launch it (repeatable)")
+    g.add_argument("--imds-support", choices=["v2.0"], help="instances launched from it require IMDSv2")
+    g.add_argument("--deprecate-at", metavar="TIME", help="deprecate the AMI at TIME (ISO 8601, UTC by default)")
+    g.add_argument("--deregistration-protection", action="store_true",
+                   help="turn on deregistration protection (DeregisterImage refused until it is off)")
     g.add_argument("--wait", action="store_true", help="wait until the AMI is available")
     g.add_argument("--wait-timeout", type=seconds, default=900, metavar="SECONDS", help="(default: %(default)s)")
 
@@ -34,6 +39,7 @@ def add_register_options(p: argparse.ArgumentParser, *, full: bool) -> None:
 def register_options_from_args(args: argparse.Namespace, name: str, *, full: bool) -> Any:
     from ..ec2 import (
         RegisterOptions,
+        parse_deprecate_at,
         parse_launch_permissions,
         parse_register_block_device_mappings,
         parse_tags,
@@ -52,6 +58,9 @@ def register_options_from_args(args: argparse.Namespace, name: str, *, full: boo
         boot_mode=args.boot_mode,
         tags=parse_tags(args.tag),
         launch_permissions=parse_launch_permissions(args.launch_permission),
+        imds_support=args.imds_support,
+        deprecate_at=parse_deprecate_at(args.deprecate_at) if args.deprecate_at else None,
+        deregistration_protection=args.deregistration_protection,
     )
 
 
