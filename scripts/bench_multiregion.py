@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         env = local_env()
         helpers = []
-        moto, url = start([sys.executable, "scripts/local_endpoint.py"], env)
+        certs = work / "certs"  # the stand-in EC2's certificates: RegisterImage decrypts with its keys
+        moto, url = start([sys.executable, "scripts/local_endpoint.py", "--ec2-certs", str(certs)], env)
         moto_url = url
         helpers.append(moto)
         if args.delay:
@@ -104,9 +105,6 @@ def main(argv: list[str] | None = None) -> int:
             helpers.append(proxy)
         try:
             keylib.keygen(work / "key.pem", work / "cert.pem")
-            certs = work / "certs"
-            certs.mkdir()
-            keylib.keygen(work / "ec2-key.pem", certs / "cert-ec2.pem")
             image = work / "bench.img"
             make_image(image, args.size_mib * MIB)
             common = ["-i", str(image), "-p", "bench", "-c", str(work / "cert.pem"), "-k", str(work / "key.pem"),

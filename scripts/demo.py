@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """The main job, end to end, on the embedded default: no AWS account needed.
 
-1. start a local S3+EC2 endpoint (moto in server mode on 127.0.0.1, an ephemeral port);
-2. generate a signing key pair (and a stand-in for the EC2 service certificate);
+1. start the strict local AWS (S3+EC2: moto patched as AWS behaves, 127.0.0.1, ephemeral port),
+   whose EC2 has key pairs of its own; the tool finds their certificates through
+   $AMI_BUNDLER_EC2_CERT_DIR, as it would an ec2-ami-tools directory;
+2. generate a signing key pair;
 3. build a small root filesystem directory (with planted secrets that must not ship);
 4. bundle-vol it into an ext4 image and a bundle (keeping the image to compare against);
-5. install: bundle the image, stream the parts to S3 and register the AMI, in one run;
+5. install: bundle the image, stream the parts to S3 and register the AMI, in one run — the
+   stand-in EC2 reads the bundle as EC2 does (grants, its own key, digests, gzip'd tar);
 6. describe the AMI; unbundle it straight from S3 and show the image is identical;
 7. deregister the AMI and delete its bundle.
 
@@ -68,21 +71,22 @@ def main() -> int:
     from local_endpoint import start_local_endpoint
     from make_sample_rootfs import make_rootfs
 
-    step("start a local S3+EC2 endpoint")
+    step("start the strict local AWS (S3 + EC2)")
     url, stop = start_local_endpoint()
-    print(f"endpoint: {url}")
+    import local_endpoint
+
+    print(f"endpoint: {url}; its EC2 certificates: {local_endpoint.CERT_DIR}")
     env = dict(os.environ, AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo", AWS_DEFAULT_REGION="us-east-1",
-               AWS_ENDPOINT_URL=url, AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+               AWS_ENDPOINT_URL=url, AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+               AMI_BUNDLER_EC2_CERT_DIR=str(local_endpoint.CERT_DIR))
     env.pop("AWS_PROFILE", None)
     try:
         keys = work / "keys"
         keys.mkdir(exist_ok=True)
-        step("generate a signing key and certificate (and a stand-in EC2 certificate)")
-        for who in ("user", "ec2-standin"):
-            if not (keys / f"{who}-key.pem").exists():
-                run("keygen", "--key", keys / f"{who}-key.pem", "--cert", keys / f"{who}-cert.pem", env=env)
-        sign = ["-c", keys / "user-cert.pem", "-k", keys / "user-key.pem", "-u", ACCOUNT,
-                "--ec2cert", keys / "ec2-standin-cert.pem", "-r", "x86_64"]
+        step("generate a signing key and certificate")
+        if not (keys / "user-key.pem").exists():
+            run("keygen", "--key", keys / "user-key.pem", "--cert", keys / "user-cert.pem", env=env)
+        sign = ["-c", keys / "user-cert.pem", "-k", keys / "user-key.pem", "-u", ACCOUNT, "-r", "x86_64"]
 
         step("build a small root filesystem directory")
         rootfs = work / "rootfs"
@@ -107,7 +111,15 @@ def main() -> int:
                         env=env, capture_json=True)
         ami = installed["image_id"]
         location = installed["image_location"]
+        cert = installed["ec2_certificate"]
+        print(f"key wrapped to {cert['path']} ({cert['subject']}, sha256 {cert['sha256'][:23]}…)")
         print(f"registered {ami} from {location}")
+        from tests.support.strictaws.bundlecheck import CHECKED
+
+        seen = CHECKED[location]
+        print(f"the stand-in EC2 decrypted ec2_encrypted_key with the private key of its own {seen.key}, "
+              f"checked {seen.parts} part(s) against their SHA-1 and the aws-exec-read grant, and read the "
+              f"gzip'd tar: {seen.members} member(s), {seen.tar_bytes} bytes")
 
         step("describe the AMI")
         import boto3
@@ -115,7 +127,7 @@ def main() -> int:
         ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=url, aws_access_key_id="demo",
                            aws_secret_access_key="demo")
         described = ec2.describe_images(ImageIds=[ami])["Images"][0]
-        for key in ("ImageId", "Name", "Description", "RootDeviceType", "State"):
+        for key in ("ImageId", "Name", "Description", "ImageLocation", "Architecture", "RootDeviceType", "State"):
             print(f"  {key:15} {described.get(key)}")
         for tag in described.get("Tags", []):
             print(f"  tag             {tag['Key']}={tag['Value']}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -33,11 +34,19 @@ def start_local_endpoint() -> tuple[str, Callable[[], None]]:
 
     endpoint = StrictEndpoint()
     url = endpoint.start()
+    global CERT_DIR
+    CERT_DIR = endpoint.keys.cert_dir
     return url, endpoint.stop
 
 
+CERT_DIR: Path | None = None  # the stand-in EC2's certificates, once started
+
+
 def env_lines(url: str, region: str = "us-east-1") -> list[str]:
+    # The tool finds the stand-in EC2's certificates as it would an ec2-ami-tools directory.
+    certs = [f"export AMI_BUNDLER_EC2_CERT_DIR={CERT_DIR}"] if CERT_DIR else []
     return [
+        *certs,
         f"export AWS_ENDPOINT_URL={url}",
         "export AWS_ACCESS_KEY_ID=testing",
         "export AWS_SECRET_ACCESS_KEY=testing",
@@ -52,8 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--print-env", action="store_true", help="print export lines for a shell")
     ap.add_argument("--env-file", type=Path, help="write the export lines to this file once ready")
     ap.add_argument("--region", default="us-east-1")
+    ap.add_argument("--ec2-certs", type=Path, metavar="DIR",
+                    help="copy the stand-in EC2's certificates (cert-ec2*.pem) into DIR before printing the URL")
     args = ap.parse_args(argv)
     url, stop = start_local_endpoint()
+    if args.ec2_certs and CERT_DIR:
+        args.ec2_certs.mkdir(parents=True, exist_ok=True)
+        for cert in CERT_DIR.glob("cert-ec2*.pem"):
+            shutil.copyfile(cert, args.ec2_certs / cert.name)
     lines = env_lines(url, args.region)
     if args.env_file:
         tmp = args.env_file.with_name(args.env_file.name + ".tmp")

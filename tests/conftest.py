@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +73,15 @@ def golden_dir() -> Path:
     if not (GOLDEN_DIR / "tiny" / "tiny.manifest.xml").is_file():
         pytest.skip(f"golden vectors not found in {GOLDEN_DIR} (set AMI_BUNDLER_VECTORS)")
     return GOLDEN_DIR
+
+
+@pytest.fixture(scope="session")
+def strict_aws() -> Iterator[object]:
+    """The strict local AWS (tests/support/strictaws: moto patched to behave as AWS does where
+    bundles break) on 127.0.0.1, one per session; its ``keys`` are the stand-in EC2's key pairs."""
+    from tests.support.strictaws import StrictEndpoint
+
+    endpoint = StrictEndpoint()
+    endpoint.start()
+    yield endpoint
+    endpoint.stop()

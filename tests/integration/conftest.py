@@ -16,10 +16,8 @@ from tests.support.strictaws import StrictEndpoint
 
 
 @pytest.fixture(scope="session")
-def moto_server() -> Iterator[str]:
-    """The strict local AWS (moto patched to behave as AWS does where bundles break)."""
-    with StrictEndpoint() as url:
-        yield url
+def moto_server(strict_aws: StrictEndpoint) -> str:
+    return strict_aws.url
 
 
 @pytest.fixture
@@ -89,13 +87,16 @@ def user_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def ec2_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from bundler import keys as keylib
+def ec2_keys(strict_aws: StrictEndpoint) -> tuple[Path, Path]:
+    """(private key, certificate) of the stand-in EC2 in us-east-1: bundles wrapped to it pass
+    RegisterImage's checks there."""
+    return strict_aws.keys.key_path("us-east-1"), strict_aws.keys.cert_path("us-east-1")
 
-    d = tmp_path_factory.mktemp("ec2keys")
-    key, cert = d / "ec2-key.pem", d / "ec2-cert.pem"
-    keylib.keygen(key, cert)
-    return key, cert
+
+@pytest.fixture(scope="session")
+def ec2_cert_dir(strict_aws: StrictEndpoint) -> Path:
+    """The stand-in EC2's certificates under their classic names (for --ec2cert-dir)."""
+    return strict_aws.keys.cert_dir
 
 
 @pytest.fixture(scope="session")

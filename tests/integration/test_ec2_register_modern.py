@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
+import pytest
+
 from tests.integration.test_ec2_register import ami_name, images_named, register, uploaded  # noqa: F401
-from tests.integration.test_s3_upload import keys_in, run
+from tests.integration.test_s3_upload import KIB, keys_in, run, upload
+from tests.support.bundles import make_fake_bundle
 
 ORG = "arn:aws:organizations::123456789012:organization/o-abcdefghij"
 OU = "arn:aws:organizations::123456789012:ou/o-abcdefghij/ou-ab12-cdefghij"
@@ -70,3 +73,28 @@ def test_bad_register_flags(capsys, endpoint, bucket, uploaded):  # noqa: F811
                         (["--launch-permission", "arn:aws:iam::123456789012:root"], "organization ARN")):
         code, _, err = register(capsys, endpoint, location, ami_name(), *flags)
         assert code == 2 and text in err, err
+
+
+@pytest.mark.parametrize(("damage", "detail"), [
+    ("other-region", "another region's EC2 certificate"),
+    ("grant", "aws-exec-read grant"),
+    ("tampered", "does not match its digest"),
+])
+def test_register_fails_clearly_for_a_bundle_ec2_cannot_use(capsys, endpoint, s3, ec2, bucket, tmp_path,
+                                                          signing_key, strict_aws, damage, detail):
+    other = strict_aws.keys.private_key("af-south-1").public_key() if damage == "other-region" else None
+    bundle = make_fake_bundle(tmp_path / "b", "bad", [64 * KIB, 16 * KIB], signing_key, ec2_public_key=other)
+    code, _, err = upload(capsys, endpoint, f"{bucket}/amis", bundle)
+    assert code == 0, err
+    if damage == "grant":
+        s3.put_object(Bucket=bucket, Key="amis/bad.part.1", Body=bundle.parts[1].data)  # no ACL
+    if damage == "tampered":
+        data = bytearray(bundle.parts[0].data)
+        data[7] ^= 0xFF
+        s3.put_object(Bucket=bucket, Key="amis/bad.part.0", Body=bytes(data), ACL="aws-exec-read")
+    name = ami_name()
+    code, _, err = register(capsys, endpoint, f"{bucket}/amis/bad.manifest.xml", name)
+    assert code != 0 and "Traceback" not in err
+    [line] = [x for x in err.splitlines() if x.startswith("ami-bundler: error:")]
+    assert "InvalidManifest" in line and detail in line
+    assert images_named(ec2, name) == []

@@ -3,11 +3,15 @@ plain boto3 client, independent of bundler.aws)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import uuid
 
 import botocore.exceptions as bexc
 import pytest
 
+from tests.support.bundles import make_fake_bundle
+from tests.support.strictaws.keyring import keyring
 from tests.support.strictaws.s3rules import EC2_CANONICAL_ID
 
 
@@ -70,15 +74,25 @@ def test_create_bucket_with_acl_enabling_ownership(s3):
     assert _code(exc)[0] == "InvalidBucketAclWithObjectOwnership"
 
 
-def _manifest(s3, bucket: str, arch: str = "x86_64") -> str:
-    body = (f"<manifest><version>2007-10-10</version><machine_configuration><architecture>{arch}"
-            "</architecture></machine_configuration><image><parts count='0'/></image></manifest>")
-    s3.put_object(Bucket=bucket, Key="img/a.manifest.xml", Body=body.encode(), ACL="aws-exec-read")
+@pytest.fixture
+def bundle(tmp_path, signing_key):
+    return make_fake_bundle(tmp_path / "b", "a", [64 * 1024, 20 * 1024], signing_key)
+
+
+def put_bundle(s3, bucket: str, bundle, *, acl: str = "aws-exec-read", skip_grant: str = "") -> str:
+    for name, part in zip(bundle.part_names, bundle.parts, strict=True):
+        extra = {} if name == skip_grant else {"ACL": acl}
+        s3.put_object(Bucket=bucket, Key=f"img/{name}", Body=part.data, **extra)
+    s3.put_object(Bucket=bucket, Key="img/a.manifest.xml", Body=bundle.manifest_bytes, ACL=acl)
     return f"{bucket}/img/a.manifest.xml"
 
 
-def test_register_image_keeps_what_ec2_reports(s3, ec2, bucket):
-    location = _manifest(s3, bucket, "x86_64")
+def _manifest(s3, bucket: str, bundle) -> str:
+    return put_bundle(s3, bucket, bundle)
+
+
+def test_register_image_keeps_what_ec2_reports(s3, ec2, bucket, bundle):
+    location = _manifest(s3, bucket, bundle)
     image_id = ec2.register_image(
         ImageLocation=location, Name=_name(), VirtualizationType="hvm", ImdsSupport="v2.0",
         KernelId="aki-12345678", BootMode="uefi",
@@ -112,11 +126,11 @@ def test_register_image_keeps_what_ec2_reports(s3, ec2, bucket):
     ec2.deregister_image(ImageId=image_id)
 
 
-def test_register_image_refuses_what_ec2_refuses(s3, ec2, bucket):
+def test_register_image_refuses_what_ec2_refuses(s3, ec2, bucket, bundle):
     with pytest.raises(bexc.ClientError) as exc:
         ec2.register_image(ImageLocation=f"{bucket}/missing.manifest.xml", Name=_name())
     assert _code(exc)[0] == "InvalidManifest"
-    location = _manifest(s3, bucket)
+    location = _manifest(s3, bucket, bundle)
     name = _name()
     ec2.register_image(ImageLocation=location, Name=name)
     with pytest.raises(bexc.ClientError) as exc:
@@ -124,10 +138,39 @@ def test_register_image_refuses_what_ec2_refuses(s3, ec2, bucket):
     assert _code(exc)[0] == "InvalidAMIName.Duplicate"
 
 
-def test_block_public_access_for_amis_refuses_sharing_with_all(s3, ec2, bucket):
-    image_id = ec2.register_image(ImageLocation=_manifest(s3, bucket), Name=_name())["ImageId"]
+def test_block_public_access_for_amis_refuses_sharing_with_all(s3, ec2, bucket, bundle):
+    image_id = ec2.register_image(ImageLocation=_manifest(s3, bucket, bundle), Name=_name())["ImageId"]
     assert ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"] == "block-new-sharing"
     with pytest.raises(bexc.ClientError) as exc:
         ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"Group": "all"}]})
     assert _code(exc)[0] == "OperationNotPermitted"
     ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"UserId": "210987654321"}]})
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("other-region", "another region's EC2 certificate"),
+    ("grant", "lacks the aws-exec-read grant"),
+    ("tampered", "does not match its digest"),
+    ("garbage", "gzip"),
+])
+def test_register_checks_the_bundle_as_ec2_does(s3, ec2, bucket, tmp_path, signing_key, damage, message):
+    sizes = [64 * 1024, 20 * 1024]
+    if damage == "other-region":  # wrapped to Cape Town's certificate, registered in us-east-1
+        bundle = make_fake_bundle(tmp_path / "b", "a", sizes, signing_key,
+                                  ec2_public_key=keyring().private_key("af-south-1").public_key())
+    else:
+        bundle = make_fake_bundle(tmp_path / "b", "a", sizes, signing_key)
+    location = put_bundle(s3, bucket, bundle, skip_grant="a.part.1" if damage == "grant" else "")
+    if damage == "tampered":
+        data = bytearray(bundle.parts[1].data)
+        data[100] ^= 1
+        s3.put_object(Bucket=bucket, Key="img/a.part.1", Body=bytes(data), ACL="aws-exec-read")
+    if damage == "garbage":  # digests match, but the bytes are not an encrypted gzip stream
+        junk = os.urandom(len(bundle.parts[0].data))
+        s3.put_object(Bucket=bucket, Key="img/a.part.0", Body=junk, ACL="aws-exec-read")
+        manifest = bundle.manifest_bytes.replace(bundle.parts[0].sha1.encode(), hashlib.sha1(junk).hexdigest().encode())
+        s3.put_object(Bucket=bucket, Key="img/a.manifest.xml", Body=manifest, ACL="aws-exec-read")
+    with pytest.raises(bexc.ClientError) as exc:
+        ec2.register_image(ImageLocation=location, Name=_name())
+    assert _code(exc)[0] == "InvalidManifest"
+    assert message in exc.value.response["Error"]["Message"]

@@ -6,7 +6,9 @@ handlers before the server starts) rather than in a proxy in front of moto, beca
 checks need the S3 state (objects, ACLs) that only the server holds, and one process keeps the
 stand-in fast. Everything that starts a local endpoint — the integration fixtures,
 ``tests/support/s3kit.MotoEndpoint``, ``scripts/local_endpoint.py`` (benchmarks, demo) — goes
-through ``StrictEndpoint``. See ``s3rules`` and ``ec2images`` for what is enforced.
+through ``StrictEndpoint``. See ``s3rules``, ``ec2images`` and ``bundlecheck`` for what is
+enforced, and ``keyring`` for the stand-in EC2's own key pairs (one per partition and one
+opt-in region), whose certificates the tool gets through ``--ec2cert-dir``.
 """
 
 from __future__ import annotations
@@ -53,8 +55,17 @@ class StrictEndpoint:
         self._server: Any = None
         self.url = ""
 
+    @property
+    def keys(self) -> Any:
+        """The stand-in EC2's key ring: ``keys.cert_dir`` is what the tool's ``--ec2cert-dir``
+        (or ``$AMI_BUNDLER_EC2_CERT_DIR``) should name."""
+        from .keyring import keyring
+
+        return keyring()
+
     def start(self) -> str:
         install()
+        self.keys  # noqa: B018 - make the key pairs before the first RegisterImage needs them
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise

@@ -1,24 +1,46 @@
 """What EC2 checks of an instance-store bundle at RegisterImage, against the stand-in's S3.
 
-EC2 reads the manifest at ImageLocation with its own identity (so it needs the aws-exec-read
-grant), parses it, decrypts ``ec2_encrypted_key``/``_iv`` with the private key of the region's
-EC2 certificate, and reads the parts. Anything it cannot do is ``InvalidManifest``.
-This checker is independent of the product's reader (its own XML parsing, OpenSSL-compatible
-primitives from ``cryptography``, the standard library's gzip and tarfile).
+EC2 reads the manifest at ImageLocation and every part with its own identity, so each object
+needs the ``aws-exec-read`` grant; it parses the manifest, decrypts ``ec2_encrypted_key`` and
+``ec2_encrypted_iv`` with the private key of *that region's* EC2 certificate (``keyring``),
+and reads the parts: each must match its SHA-1 and together they must decrypt to a valid gzip'd
+tar stream. Anything else is ``InvalidManifest``. Independent of the product's reader: its own
+XML walk (defusedxml), ``cryptography`` for RSA/AES, the standard library's zlib and tarfile.
+A bundle that passed is remembered by its objects' ETags, so registering it again is cheap.
 """
 
 from __future__ import annotations
 
+import hashlib
+import tarfile
+import threading
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from defusedxml import ElementTree
+
+from .keyring import keyring
+from .s3rules import object_grants_ec2_read
 
 
 @dataclass
 class Checked:
+    """What the check found, kept per ImageLocation in ``CHECKED`` (the README demo shows it)."""
+
     architecture: str | None
     parts: int
+    key: str = ""  # which of the stand-in's EC2 keys decrypted ec2_encrypted_key
+    members: int = 0
+    tar_bytes: int = 0
+
+
+_passed: dict[tuple[str, ...], Checked] = {}
+CHECKED: dict[str, Checked] = {}
+_lock = threading.Lock()
 
 
 def _invalid(message: str) -> Exception:
@@ -35,25 +57,128 @@ def s3_backend(account: str, region: str) -> Any:
 
 
 def read_object(account: str, region: str, bucket: str, key: str) -> Any:
-    backend = s3_backend(account, region)
     try:
-        obj = backend.get_object(bucket, key)
+        return s3_backend(account, region).get_object(bucket, key)
     except Exception:  # noqa: BLE001 - NoSuchBucket / NoSuchKey alike: EC2 cannot read it
-        obj = None
+        return None
+
+
+def _readable(account: str, region: str, bucket: str, key: str, what: str) -> Any:
+    obj = read_object(account, region, bucket, key)
+    if obj is None:
+        raise _invalid(f"{what} not found: {bucket}/{key}")
+    if not object_grants_ec2_read(obj):
+        raise _invalid(f"EC2 cannot read {what} {bucket}/{key}: it lacks the aws-exec-read grant")
     return obj
+
+
+def _unwrap(key: Any, hex_text: str | None, what: str) -> bytes:
+    try:
+        plain = key.decrypt(bytes.fromhex((hex_text or "").strip()), asym_padding.PKCS1v15())
+        value = bytes.fromhex(plain.decode("ascii"))  # the classic format wraps the hex string
+    except ValueError:
+        raise _invalid(f"Unable to decrypt {what} with this region's EC2 key: the bundle was made for "
+                       "another region's EC2 certificate") from None
+    if len(value) != 16:
+        raise _invalid(f"{what} does not decrypt to an AES-128 value")
+    return value
+
+
+class _Plain:
+    """The decrypted, decompressed stream of the parts, read as a file by tarfile."""
+
+    size = 0
+
+    def __init__(self, chunks: Any, key: bytes, iv: bytes) -> None:
+        self._chunks = chunks
+        self._decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+        self._unpadder = padding.PKCS7(128).unpadder()
+        self._gunzip = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._buf = bytearray()
+        self._done = False
+
+    def _feed(self) -> None:
+        chunk = next(self._chunks, None)
+        try:
+            if chunk is None:
+                data = self._unpadder.update(self._decryptor.finalize()) + self._unpadder.finalize()
+                self._done = True
+            else:
+                data = self._unpadder.update(self._decryptor.update(chunk))
+            self._buf += self._gunzip.decompress(data)
+            if self._done:
+                self._buf += self._gunzip.flush()
+                if not self._gunzip.eof:
+                    raise _invalid("the image is not a complete gzip stream")
+        except ValueError:
+            raise _invalid("the parts do not decrypt to a gzip stream (bad padding or bad data)") from None
+        except zlib.error:
+            raise _invalid("the decrypted parts are not a valid gzip stream") from None
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._done and (n < 0 or len(self._buf) < n):
+            self._feed()
+        n = len(self._buf) if n < 0 else min(n, len(self._buf))
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        self.size += len(out)
+        return out
 
 
 def check_bundle(account: str, region: str, image_location: str) -> Checked:
     bucket, _, key = image_location.partition("/")
     if not bucket or not key.endswith(".manifest.xml"):
         raise _invalid(f"Invalid manifest location {image_location}")
-    obj = read_object(account, region, bucket, key)
-    if obj is None:
-        raise _invalid(f"Manifest not found: {image_location}")
+    manifest = _readable(account, region, bucket, key, "the manifest")
     try:
-        root = ElementTree.fromstring(obj.value)
+        root = ElementTree.fromstring(manifest.value)
     except Exception:  # noqa: BLE001 - any parse failure is what EC2 reports as InvalidManifest
         raise _invalid(f"Unable to parse manifest {image_location}") from None
+    prefix = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+    parts = []
+    for part in root.findall("image/parts/part"):
+        name, digest = part.findtext("filename"), part.findtext("digest")
+        if not name or "/" in name or not digest:
+            raise _invalid(f"manifest {image_location} names a part without a plain file name or digest")
+        parts.append((prefix + name, digest.strip().lower()))
+    if not parts:
+        raise _invalid(f"manifest {image_location} names no parts")
+    objects = [_readable(account, region, bucket, k, "part") for k, _ in parts]
     arch = root.findtext("machine_configuration/architecture")
-    parts = root.findall("image/parts/part")
-    return Checked(arch, len(parts))
+    memo = (account, region, image_location, manifest.etag, *(o.etag for o in objects))
+    with _lock:
+        if memo in _passed:
+            return _passed[memo]
+    ring = keyring()
+    ec2_key = ring.private_key(region)
+    if ec2_key is None:
+        raise _invalid(f"the stand-in has no EC2 key for {region}")
+    aes_key = _unwrap(ec2_key, root.findtext("image/ec2_encrypted_key"), "ec2_encrypted_key")
+    aes_iv = _unwrap(ec2_key, root.findtext("image/ec2_encrypted_iv"), "ec2_encrypted_iv")
+
+    def chunks() -> Any:
+        for (name, digest), obj in zip(parts, objects, strict=True):
+            data = obj.value
+            if hashlib.sha1(data).hexdigest() != digest:
+                raise _invalid(f"part {name} does not match its digest in the manifest")
+            yield data
+
+    plain = _Plain(chunks(), aes_key, aes_iv)
+    try:
+        with tarfile.open(fileobj=plain, mode="r|") as tar:  # type: ignore[arg-type]
+            members = 0
+            for member in tar:
+                members += 1
+                if member.isfile():
+                    f = tar.extractfile(member)
+                    while f is not None and f.read(1 << 20):
+                        pass
+    except tarfile.TarError:
+        raise _invalid("the decrypted image is not a valid tar stream") from None
+    if not members:
+        raise _invalid("the decrypted image is an empty tar stream")
+    found = Checked(arch, len(parts), ring.cert_path(region).name, members, plain.size)
+    with _lock:
+        _passed[memo] = found
+        CHECKED[image_location] = found
+    return found
