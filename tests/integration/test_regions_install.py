@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -49,6 +50,8 @@ def test_three_regions_one_failing_then_resume(capsys, endpoint, proxy, s3, tmp_
     result = json.loads(out)
     regions = result["regions"]
     assert result["bundled"] is True and result["failed"] == ["eu-west-1"]
+    assert Path(regions["cn-north-1"]["ec2_certificate"]["path"]).name == "cert-ec2-cn-north-1.pem"
+    assert Path(regions["us-east-1"]["ec2_certificate"]["path"]).name == "cert-ec2.pem"
     assert "access denied" in regions["eu-west-1"]["error"]
     assert "eu-west-1" in err and "re-run" in err
     images = {}

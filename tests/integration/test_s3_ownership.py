@@ -100,3 +100,16 @@ def test_install_refuses_an_acl_disabled_bucket_before_bundling(capsys, proxy, s
     assert code != 0
     assert "--enable-bucket-acls" in err
     assert keys_in(s3, name) == {}
+
+
+def test_copy_bundle_refuses_an_acl_disabled_destination(capsys, endpoint, proxy, s3, bucket, bundle2, user_keys,
+                                                        ec2_keys):
+    code, _, err = upload(capsys, endpoint, f"{bucket}/src", bundle2)
+    assert code == 0, err
+    key, cert = user_keys
+    dest = acl_disabled_bucket(s3)
+    code, _, err = run(capsys, "copy-bundle", "-c", str(cert), "-k", str(key), "-m", "own.manifest.xml",
+                       "-b", f"{bucket}/src", "-d", f"{dest}/copied", "--region", "us-east-1",
+                       "--ec2cert", str(ec2_keys[1]), "--endpoint-url", proxy.url)
+    assert code != 0 and "--enable-bucket-acls" in one_line(err)
+    assert not proxy.requests("PUT") and keys_in(s3, dest) == {}
