@@ -63,5 +63,10 @@ def test_register_public_checks_the_bundle_with_k(capsys, endpoint, s3, ec2, buc
     assert code == 1
     assert "share.root-password" in err and "nothing was registered" in err
     assert all(i["Name"] != "leaky" for i in ec2.describe_images(Owners=["self"])["Images"])
-    code, _, err = run(capsys, *base, "--no-check")
+    # Sharing with all needs block public access for AMIs off (it is on for new accounts).
+    ec2.disable_image_block_public_access()
+    try:
+        code, _, err = run(capsys, *base, "--no-check")
+    finally:
+        ec2.enable_image_block_public_access(ImageBlockPublicAccessState="block-new-sharing")
     assert code == 0, err
