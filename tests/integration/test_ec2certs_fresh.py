@@ -93,11 +93,11 @@ def test_opt_in_region_refused_then_its_own_certificate_used(fresh, user_key_pai
 
 def test_packer_default_bundle_vol_command_needs_no_ec2cert(fresh, user_key_pair, tmp_path):
     """ec2-bundle-vol -k … -u … -c … -r x86_64 -e PRIVATE/* -d DEST -p image-… --batch --no-filter
-    (plus -v: the test bundles a small tree, not this host's /)."""
+    (plus -v and the image's identity: the test bundles a small bootable PV tree, not this host's /)."""
+    from tests.support import roots
+
     _, env, _ = fresh
-    volume = tmp_path / "vol"
-    (volume / "etc").mkdir(parents=True)
-    (volume / "etc/hostname").write_text("packer\n")
+    volume = roots.write_clean_root(tmp_path / "vol", pv=True)
     private = volume / "tmp"
     private.mkdir()
     for name in ("x509-cert.pem", "x509-key.pem"):
@@ -106,6 +106,7 @@ def test_packer_default_bundle_vol_command_needs_no_ec2cert(fresh, user_key_pair
     dest.mkdir()
     done = run(env, "-k", user_key_pair.key_path, "-u", "123456789012", "-c", user_key_pair.cert_path,
                "-r", "x86_64", "-e", f"{private}/*", "-d", dest, "-p", "image-1733000000", "--batch",
-               "--no-filter", "-v", volume, entry="ec2_bundle_vol")
+               "--no-filter", "-v", volume, "-P", "none", "-s", "32", "--uuid", roots.UUID, "--label", roots.LABEL,
+               entry="ec2_bundle_vol")
     assert done.returncode == 0, done.stderr
     assert (dest / "image-1733000000.manifest.xml").is_file()
