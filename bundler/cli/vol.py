@@ -197,6 +197,8 @@ def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
     data = result.summary()
     if checked and checked[0] is not None:
         data["check"] = checked[0].summary()
+    if keys is not None and keys.ec2_certificate is not None:  # where every bundling result has it
+        data["ec2_certificate"] = keys.ec2_certificate.as_json()
     if args.list_excluded:
         data["excluded_paths"] = listed
     human = [f"Image: {result.disk_bytes // (1024 * 1024)} MiB ext4 ({result.partition}), "

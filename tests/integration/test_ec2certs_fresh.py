@@ -107,6 +107,8 @@ def test_packer_default_bundle_vol_command_needs_no_ec2cert(fresh, user_key_pair
     done = run(env, "-k", user_key_pair.key_path, "-u", "123456789012", "-c", user_key_pair.cert_path,
                "-r", "x86_64", "-e", f"{private}/*", "-d", dest, "-p", "image-1733000000", "--batch",
                "--no-filter", "-v", volume, "-P", "none", "-s", "32", "--uuid", roots.UUID, "--label", roots.LABEL,
-               entry="ec2_bundle_vol")
+               "--json", entry="ec2_bundle_vol")
     assert done.returncode == 0, done.stderr
     assert (dest / "image-1733000000.manifest.xml").is_file()
+    chosen = json.loads(done.stdout)["ec2_certificate"]
+    assert chosen["sha256"] == ec2certs.SHIPPED_FINGERPRINTS["cert-ec2.pem"]
