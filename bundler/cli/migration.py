@@ -44,9 +44,6 @@ def ec2_certificate_for(args: argparse.Namespace, region: str | None) -> EC2Cert
     return ec2certs.find(region, ec2cert=args.ec2cert, cert_dir=args.ec2cert_dir)
 
 
-def ec2_cert_for(args: argparse.Namespace, region: str | None) -> Path:
-    return ec2_certificate_for(args, region).path
-
 
 def migration_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     from ..migrate import KEEP, read_mapping_file

@@ -25,7 +25,7 @@ from .context import AwsContext, add_acl_options, add_aws_options, add_jobs_opti
 from .migration import (
     COPY_MODES,
     add_target_options,
-    ec2_cert_for,
+    ec2_certificate_for,
     load_user_keys,
     migration_kwargs,
     validated_region,
@@ -90,7 +90,8 @@ def run_migrate_manifest(args: argparse.Namespace, printer: Printer) -> int:
     from ..migrate import backup_path, migrate, write_manifest_with_backup
 
     region = validated_region(args, args.region, "--region")
-    ec2cert = ec2_cert_for(args, region)
+    chosen = ec2_certificate_for(args, region)
+    ec2cert = chosen.path
     path = Path(args.manifest)
     bak = backup_path(path)
     if bak.exists() or bak.is_symlink():
@@ -112,7 +113,7 @@ def run_migrate_manifest(args: argparse.Namespace, printer: Printer) -> int:
     warn_kept_ids(printer, parsed.manifest, migration.manifest, args)
     write_manifest_with_backup(path, original, migration.xml)
     data = {**migration.summary(), "manifest": str(path), "backup": str(bak), "region": region,
-            "ec2cert": str(ec2cert)}
+            "ec2cert": str(ec2cert), "ec2_certificate": chosen.as_json()}
     printer.result(data, [f"Backed up {path} to {bak}", *migration.changes,
                           f"Migrated manifest {path}" + (f" for {region}" if region else "")])
     return 0
@@ -172,7 +173,8 @@ def run_copy_bundle(args: argparse.Namespace, printer: Printer) -> int:
     elif existing is not None and existing != target:
         raise S3Error(f"destination bucket {destination.bucket} is in {existing}, not {target}: EC2 registers a "
                       f"bundle only from its bucket's region; use another -d or --region {existing}")
-    ec2cert = ec2_cert_for(args, target)
+    chosen = ec2_certificate_for(args, target)
+    ec2cert = chosen.path
     dst_client = aws.s3(destination.bucket, region=target)
     created = ensure_bucket(dst_client, destination.bucket, location=args.location or target)
     if created:
@@ -195,7 +197,8 @@ def run_copy_bundle(args: argparse.Namespace, printer: Printer) -> int:
                          server_side=server_side, acl=args.acl, jobs=aws.jobs, attempts=aws.attempts,
                          progress=printer.progress())
     data: dict[str, Any] = {**result.summary(), **migration.summary(), "source_region": src_region,
-                            "region": target, "ec2cert": str(ec2cert), "bucket_created": created}
+                            "region": target, "ec2cert": str(ec2cert), "ec2_certificate": chosen.as_json(),
+                            "bucket_created": created}
     human = [f"Copied {result.parts_copied} part(s) ({result.bytes_copied} bytes, {result.mode}-side) in "
              f"{result.seconds:.2f}s" + (f", {result.parts_skipped} already there" if result.parts_skipped else ""),
              *migration.changes, f"Migrated manifest uploaded to: {result.image_location}"]
