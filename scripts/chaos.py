@@ -36,6 +36,8 @@ class Tally:
     inputs: int = 0
     fuzz_findings: int = 0
     crashes: int = 0
+    signals: int = 0
+    left_behind: int = 0  # staging, temporary files or locks left by a signalled run
     faults: int = 0
     data_lost: int = 0
     wrong_accepted: int = 0
@@ -83,6 +85,8 @@ def crashes(tally: Tally, seconds: float, work: Path, keys: tuple[Path, Path, Pa
         kind, ws = walks[round_ % len(walks)]
         if round_ < len(walks):
             walk(tally, kind, ws, work, deadline)  # every crash point, once each
+            if kind != "bundle-image --force":
+                signal_walk(tally, kind, ws, work, deadline, rng)  # and a signal at each
         else:
             random_kill(tally, rng.choice(["bundle-image", "unbundle"]), big, work, rng)
         if round_ % 5 == 4 and shutil.which("mke2fs"):
@@ -98,6 +102,41 @@ def _check_bundle(tally: Tally, dest: Path, ws, when: str, allowed: tuple[str, .
         if not any(a in wrong for a in allowed):
             tally.problem("wrong", f"{when}: {wrong}")
     return seen
+
+
+def signal_walk(tally: Tally, kind: str, ws, work: Path, deadline: float, rng: random.Random) -> None:
+    """SIGINT, SIGTERM or SIGHUP (at random) before every filesystem step: the run must exit
+    128+signal and leave no staging, temporary file or lock, and nothing wrong."""
+    import signal
+
+    from tests.reliability import crashkit
+
+    dest = work / "signal-walk"
+    manifest = ws.root / "reference" / "img.manifest.xml"
+    for step in range(1, 500):
+        if time.monotonic() > deadline:
+            return
+        crashkit.clean_dir(dest)
+        argv = ws.unbundle_args(manifest, dest) if kind == "unbundle" else ws.bundle_args(dest)
+        signum = rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+        signalled, code = crashkit.signal_at_step(argv, step, signum, ws.part_size)
+        if not signalled:
+            return
+        tally.signals += 1
+        when = f"{kind}, {signal.Signals(signum).name} before step {step}"
+        if code != 128 + signum:
+            tally.notes.append(f"{when}: exit {code}, not {128 + signum}")
+            tally.left_behind += 1
+        if kind == "unbundle":
+            seen = crashkit.inspect_image_dir(dest, ws)
+        else:
+            seen = _check_bundle(tally, dest, ws, when)
+        for wrong in seen.wrong if kind == "unbundle" else []:
+            tally.problem("wrong", f"{when}: {wrong}")
+        leftovers = seen.temporary + getattr(seen, "incomplete", [])
+        if leftovers:
+            tally.left_behind += 1
+            tally.notes.append(f"{when}: left {leftovers}")
 
 
 def walk(tally: Tally, kind: str, ws, work: Path, deadline: float) -> None:
@@ -326,6 +365,8 @@ def main() -> int:
         ("inputs tried (fuzz)", tally.inputs),
         ("fuzz findings", tally.fuzz_findings),
         ("crashes injected (kill -9 / exit at a step)", tally.crashes),
+        ("signals injected (INT/TERM/HUP at a step)", tally.signals),
+        ("left behind after a signal (or wrong exit)", tally.left_behind),
         ("faults injected (disk full, fds, bombs, S3 errors)", tally.faults),
         ("data lost", tally.data_lost),
         ("wrong bytes accepted", tally.wrong_accepted),
@@ -337,7 +378,7 @@ def main() -> int:
         print(f"{label:<{width}}  {value:>10}")
     for note in tally.notes[:20]:
         print(f"  {note}")
-    return 1 if tally.data_lost or tally.wrong_accepted or tally.fuzz_findings else 0
+    return 1 if tally.data_lost or tally.wrong_accepted or tally.fuzz_findings or tally.left_behind else 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ once a chosen stage is visible on disk or on the wire.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -203,3 +204,30 @@ def test_upload_bundle_signalled_while_sending_parts(world, signum, after_puts):
     assert not seen.wrong and seen.complete == [], seen
     assert seen.locks == [], f"the upload lock was left behind: {seen.locks}"
     assert "s/sig.manifest.xml" not in list_keys(world.s3, bucket)
+
+
+@pytest.mark.skipif(shutil.which("mke2fs") is None and not Path("/sbin/mke2fs").exists(),
+                    reason="e2fsprogs not installed")
+@pytest.mark.parametrize("signum", (signal.SIGTERM, signal.SIGHUP), ids=lambda s: signal.Signals(s).name)
+def test_real_bundle_vol_signalled_while_building(ws, tmp_path, signum):
+    """bundle-vol's work (staging tree, image being built, mke2fs running) goes with the signal."""
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hostname").write_text("sig\n")
+    (root / "blob").write_bytes(os.urandom(24 << 20))
+    dest = tmp_path / "dest"
+    argv = ["bundle-vol", "-v", str(root), "-d", str(dest), "-p", "vol", "-c", str(ws.cert), "-k", str(ws.key),
+            "-u", "123456789012", "--ec2cert", str(ws.ec2cert), "-r", "x86_64", "--no-inherit", "-q", "-s", "64",
+            "--no-check"]
+    proc = start(argv)
+    try:
+        busy = wait_for(lambda: dest.is_dir() and any(os.scandir(dest)), 60)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert busy, "bundle-vol wrote nothing"
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal landed")
+    assert proc.returncode == 128 + signum, err
+    assert not dest.exists() or os.listdir(dest) == [], os.listdir(dest)
