@@ -8,17 +8,17 @@ tar framing needs are here, once.
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import logging
 import os
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..concurrency import ordered_window
 from ..source import READ_SIZE, ZERO_GRANULE, check_size, drop_zero_runs, find_data_regions
 from .bounded import BoundedFile
 
@@ -331,19 +331,13 @@ class DiskImageSource:
                 yield self.disk.read_at(offset, n)
             return
         # Compressed clusters inflate on worker threads (zlib and zstd release the GIL), a few
-        # pieces ahead of the pipeline and in guest order; memory: INFLATE_AHEAD pieces.
-        with ThreadPoolExecutor(max_workers=INFLATE_THREADS, thread_name_prefix="ami-bundler-inflate") as pool:
-            ahead: collections.deque = collections.deque()
-            try:
-                for offset, n in pieces:
-                    ahead.append(pool.submit(self.disk.fetch, self.disk.plan(offset, n)))
-                    if len(ahead) >= INFLATE_AHEAD:
-                        yield ahead.popleft().result()
-                while ahead:
-                    yield ahead.popleft().result()
-            finally:
-                for future in ahead:
-                    future.cancel()
+        # pieces ahead of the pipeline and in guest order; the plans (table lookups) are made
+        # here, in the reading thread, as the window refills.
+        plans = (self.disk.plan(offset, n) for offset, n in pieces)
+        with contextlib.closing(ordered_window(self.disk.fetch, plans, jobs=INFLATE_THREADS,
+                                               window=INFLATE_AHEAD, name="ami-bundler-inflate")) as done:
+            for _plan, data in done:
+                yield data
 
     def close(self) -> None:
         self.disk.close()
