@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from ..errors import ImageError
 from ..source import MAX_IMAGE_SIZE, READ_SIZE, ZERO_GRANULE, check_size
@@ -36,7 +36,15 @@ RECORDED_IN = {"xz": "the xz index", "zst": "the zstd frame header"}
 _ZEROS = bytes(ZERO_GRANULE)
 
 
-def open_stream(fmt: str, raw: BinaryIO) -> BinaryIO:
+class Reader(Protocol):
+    """What the decompressing readers have in common."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def open_stream(fmt: str, raw: BinaryIO) -> Reader:
     """A reader of the decompressed bytes of ``raw``."""
     if fmt == "gz":
         try:
@@ -64,7 +72,7 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
     try:
         from isal import isal_zlib
 
-        errors.append(isal_zlib.error)
+        errors.append(getattr(isal_zlib, "error"))  # noqa: B009 - typed as an instance in the stubs
     except ImportError:  # pragma: no cover
         pass
     import zstandard
@@ -76,7 +84,7 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
 _ERRORS: tuple[type[BaseException], ...] = ()
 
 
-def _read(stream: BinaryIO, fmt: str, n: int, where: int) -> bytes:
+def _read(stream: Reader, fmt: str, n: int, where: int) -> bytes:
     global _ERRORS
     if not _ERRORS:
         _ERRORS = _stream_errors()
@@ -165,7 +173,7 @@ class CompressedImageSource:
             return None
         return self._regions
 
-    def _open(self) -> tuple[BinaryIO, BinaryIO]:
+    def _open(self) -> tuple[BinaryIO, Reader]:
         try:
             raw = open(self.path, "rb")  # noqa: SIM115 - closed with the stream
         except OSError as exc:
@@ -246,9 +254,12 @@ def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None =
         mode = os.fstat(file.fd).st_mode & 0o7777
     finally:
         file.close()
-    if image_size is not None or recorded is not None:
-        size = image_size if image_size is not None else recorded
-        size_from = "--image-size" if image_size is not None else RECORDED_IN[fmt]
+    size: int | None = None
+    if image_size is not None:
+        size, size_from = image_size, "--image-size"
+    elif recorded is not None:
+        size, size_from = recorded, RECORDED_IN[fmt]
+    if size is not None:
         check_size(size, path, allow_large)
         log.info("%s image %s: %d bytes (from %s), stored densely in one pass", fmt, path, size, size_from)
         return CompressedImageSource(path, fmt, name, size, mode, mtime, False, size_from, [(0, size)])
@@ -262,7 +273,7 @@ def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None =
 class CheckedStream:
     """A decompressing reader whose corrupt-input errors are ImageFormatErrors (for ``-i -``)."""
 
-    def __init__(self, stream: BinaryIO, fmt: str) -> None:
+    def __init__(self, stream: Reader, fmt: str) -> None:
         self._stream = stream
         self._fmt = fmt
         self._pos = 0
