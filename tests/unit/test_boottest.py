@@ -85,3 +85,28 @@ def test_missing_qemu_names_the_package(tmp_path, monkeypatch, disk):
     with pytest.raises(BootTestError, match="install qemu-system-x86"):
         boot_image(disk, BootConfig(accel="tcg"))
 
+
+
+def test_cli_boots_a_bundle_and_removes_its_copy(tmp_path, monkeypatch, disk):
+    import json
+    import subprocess
+
+    from bundler import keys as keylib
+
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    keylib.keygen(key, cert)
+    out = tmp_path / "bundle"
+    out.mkdir()
+    base = [sys.executable, "-m", "bundler"]
+    subprocess.run(base + ["bundle-image", "-i", str(disk), "-d", str(out), "-c", str(cert),
+                           "-k", str(key), "--ec2cert", str(cert), "-u", "123456789012", "-r",
+                           "x86_64", "-q"], check=True, capture_output=True)
+    fake_tools(tmp_path, monkeypatch, "GRUB\nhost login: ")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run(base + ["boot-test", "-m", str(out / "disk.img.manifest.xml"), "-k",
+                                  str(key), "--accel", "tcg", "--timeout", "30", "--work-dir",
+                                  str(work), "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["marker"] == "host login:"
+    assert list(work.iterdir()) == []
