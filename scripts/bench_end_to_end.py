@@ -87,7 +87,7 @@ def classic_upload(directory: Path, prefix: str, bucket: str, endpoint: str) -> 
                        Architecture="x86_64")
 
 
-def classic_manifest(directory: Path, prefix: str, image: Path, keys: Path) -> None:
+def classic_manifest(directory: Path, prefix: str, image: Path, keys: Path, ec2cert: Path) -> None:
     """The manifest ec2-bundle-image writes beside its parts (RSA work of a few milliseconds,
     made here untimed): signed, naming every part with its SHA-1."""
     from bundler import keys as keylib
@@ -96,17 +96,24 @@ def classic_manifest(directory: Path, prefix: str, image: Path, keys: Path) -> N
     parts = sorted(p for p in directory.iterdir() if p.name.startswith(f"{prefix}.part."))
     digest = (directory / "digest").read_text().split()[0]
     entries = [PartEntry(i, p.name, hashlib.sha1(p.read_bytes()).hexdigest()) for i, p in enumerate(parts)]
-    wrapped = keylib.wrap(keylib.load_public_key(keys / "user-cert.pem"), os.urandom(16))
+    # The key and IV the pipeline encrypted with, wrapped to the user and to the (stand-in) EC2
+    # certificate: RegisterImage decrypts the bundle as EC2 does.
+    key, iv = (bytes.fromhex(v) for v in (directory / "aes").read_text().split())
+    (directory / "aes").unlink()
+    user, ec2 = keylib.load_public_key(keys / "user-cert.pem"), keylib.load_public_key(ec2cert)
     manifest = Manifest(name=prefix, user=USER, digest=digest, size=image.stat().st_size,
-                        bundled_size=sum(p.stat().st_size for p in parts), ec2_encrypted_key=wrapped,
-                        user_encrypted_key=wrapped, ec2_encrypted_iv=wrapped, user_encrypted_iv=wrapped,
-                        parts=entries)
+                        bundled_size=sum(p.stat().st_size for p in parts), ec2_encrypted_key=keylib.wrap(ec2, key),
+                        user_encrypted_key=keylib.wrap(user, key), ec2_encrypted_iv=keylib.wrap(ec2, iv),
+                        user_encrypted_iv=keylib.wrap(user, iv), parts=entries)
     (directory / f"{prefix}.manifest.xml").write_bytes(
         keylib.sign_manifest(manifest, keylib.load_private_key(keys / "user-key.pem")))
 
 
 def classic_pipeline(image: Path, out: Path) -> str:
     key_hex, iv_hex = os.urandom(16).hex(), os.urandom(16).hex()
+    fd = os.open(out / "aes", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # for the manifest, untimed
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{key_hex} {iv_hex}\n")
     return (
         f"set -o pipefail; tar -c -h -S --owner 0 --group 0 -C {image.parent} {image.name} "
         f"| tee >(sha1sum > {out}/digest) | gzip -9 "
@@ -138,13 +145,14 @@ def main() -> int:
         return 0
 
     env = local_env()
-    moto, moto_url = start([sys.executable, "scripts/local_endpoint.py"], env)
+    work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    ec2certs = work / "ec2-certs"  # the stand-in EC2's certificates: RegisterImage decrypts with its keys
+    moto, moto_url = start([sys.executable, "scripts/local_endpoint.py", "--ec2-certs", str(ec2certs)], env)
     proxy_cmd = [sys.executable, "-m", "tests.support.faultproxy", "--upstream", moto_url, "--delay", str(args.delay)]
     if args.bandwidth > 0:
         proxy_cmd += ["--bandwidth", str(args.bandwidth * MIB)]
     proxy, proxy_url = start(proxy_cmd, env)
     env = {**env, "AWS_ENDPOINT_URL": proxy_url}
-    work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     rows: list[str] = []
     try:
         import boto3
@@ -154,11 +162,10 @@ def main() -> int:
                           aws_secret_access_key="testing", config=Config(s3={"addressing_style": "path"}))
         keys = work / "keys"
         keys.mkdir()
-        for who in ("user", "ec2"):
-            subprocess.run([*CLI, "keygen", "--key", str(keys / f"{who}-key.pem"), "--cert",
-                            str(keys / f"{who}-cert.pem")], check=True, capture_output=True, env=env, cwd=ROOT)
+        subprocess.run([*CLI, "keygen", "--key", str(keys / "user-key.pem"), "--cert",
+                        str(keys / "user-cert.pem")], check=True, capture_output=True, env=env, cwd=ROOT)
         sign = ["-c", str(keys / "user-cert.pem"), "-k", str(keys / "user-key.pem"), "-u", USER,
-                "--ec2cert", str(keys / "ec2-cert.pem"), "-r", "x86_64"]
+                "--ec2cert-dir", str(ec2certs), "-r", "x86_64"]
         s3_flags = ["--endpoint-url", proxy_url, "--jobs", str(args.jobs)]
         conditions = (f"{args.delay * 1000:.0f} ms per request, "
                       f"{'no bandwidth cap' if args.bandwidth <= 0 else f'{args.bandwidth:g} MiB/s per stream'}, "
@@ -178,9 +185,9 @@ def main() -> int:
             classic_dir = work / f"classic-{tag}"
             classic_dir.mkdir()
             c_bundle = run("classic bundle", classic_pipeline(image, classic_dir), env, shell=True)
-            classic_manifest(classic_dir, "classic", image, keys)
+            classic_manifest(classic_dir, "classic", image, keys, ec2certs / "cert-ec2.pem")
             bucket = f"e2e-classic-{tag}-{os.getpid()}"
-            s3.create_bucket(Bucket=bucket)
+            s3.create_bucket(Bucket=bucket, ObjectOwnership="ObjectWriter")  # ACLs on, as EC2 needs
             c_upload = run("classic upload + register", [sys.executable, __file__, "--classic-upload",
                                                           str(classic_dir), "classic", bucket, proxy_url], env)
             endpoint_mid = cpu_seconds(moto, proxy)
