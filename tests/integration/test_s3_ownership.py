@@ -113,3 +113,21 @@ def test_copy_bundle_refuses_an_acl_disabled_destination(capsys, endpoint, proxy
                        "--ec2cert", str(ec2_keys[1]), "--endpoint-url", proxy.url)
     assert code != 0 and "--enable-bucket-acls" in one_line(err)
     assert not proxy.requests("PUT") and keys_in(s3, dest) == {}
+
+
+def test_install_into_a_new_bucket_registers_and_every_object_has_the_grant(capsys, endpoint, s3, ec2, tmp_path,
+                                                                              user_keys, ec2_keys):
+    key, cert = user_keys
+    image = tmp_path / "n.img"
+    image.write_bytes(os.urandom(300 * KIB))
+    name = f"fresh-{uuid.uuid4().hex[:12]}"
+    code, _, err = run(capsys, "install", "-i", str(image), "-c", str(cert), "-k", str(key), "-u", "123456789012",
+                       "-r", "x86_64", "--ec2cert", str(ec2_keys[1]), "-b", f"{name}/i", "-n", name,
+                       "--no-check", "--endpoint-url", endpoint)
+    assert code == 0, err
+    assert s3.get_bucket_ownership_controls(Bucket=name)["OwnershipControls"]["Rules"] == [
+        {"ObjectOwnership": "ObjectWriter"}]
+    stored = keys_in(s3, name, "i/")
+    assert stored and all(ec2_can_read(s3, name, k) for k in stored)
+    [image_desc] = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
+    assert image_desc["ImageLocation"] == f"{name}/i/n.img.manifest.xml"
