@@ -16,17 +16,13 @@ from . import ec2certs
 from . import keys as keylib
 from .errors import (
     IntegrityError,
-    ManifestError,
     OutputError,
     PartMissingError,
     SignatureError,
     UsageError,
 )
+from .localmanifest import read_manifest
 from .manifest import (
-    MAX_MANIFEST_BYTES,
-    ParsedManifest,
-    is_encrypted,
-    parse_manifest,
     part_mismatch,
     validate_name,
 )
@@ -81,31 +77,6 @@ def bundle_image(
     sink.check_clear(name)  # before reading a byte: an existing bundle would only clash at commit
     source = open_image(image, name=name, allow_large=allow_large)
     return bundle(source, sink, keys, options, progress)
-
-
-def read_manifest(path: Path | str, private_key: Path | str | None = None) -> ParsedManifest:
-    """Read and parse a local manifest, decrypting a legacy encrypted one with ``private_key``."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_MANIFEST_BYTES + 1)
-    except FileNotFoundError:
-        raise ManifestError(f"manifest {path} does not exist") from None
-    except IsADirectoryError:
-        raise ManifestError(f"manifest {path} is a directory") from None
-    except OSError as exc:
-        raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from exc
-    return parse_manifest_bytes(data, str(path), private_key)
-
-
-def parse_manifest_bytes(data: bytes, source: str, private_key: Path | str | None = None) -> ParsedManifest:
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"manifest {source} is larger than {MAX_MANIFEST_BYTES} bytes")
-    if is_encrypted(data):
-        if private_key is None:
-            raise ManifestError(f"manifest {source} is encrypted (legacy format): pass -k to decrypt it")
-        data = keylib.decrypt_legacy_manifest(data, keylib.load_private_key(Path(private_key)))
-    return parse_manifest(data, source=source)
 
 
 def unbundle(

@@ -84,9 +84,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_migrate_manifest(args: argparse.Namespace, printer: Printer) -> int:
-    from ..api import parse_manifest_bytes
     from ..keys import load_public_key
-    from ..manifest import MAX_MANIFEST_BYTES
+    from ..localmanifest import parse_manifest_bytes, read_manifest_bytes
     from ..migrate import backup_path, migrate, write_manifest_with_backup
 
     region = validated_region(args, args.region, "--region")
@@ -99,13 +98,7 @@ def run_migrate_manifest(args: argparse.Namespace, printer: Printer) -> int:
 
         raise BackupExistsError(f"backup {bak} already exists: a previous migration left it; move it away "
                                 "(or restore it over the manifest) and re-run")
-    try:
-        with open(path, "rb") as fh:
-            original = fh.read(MAX_MANIFEST_BYTES + 1)
-    except FileNotFoundError:
-        raise UsageError(f"manifest {path} does not exist") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read manifest {path}: {exc.strerror or exc}") from None
+    original = read_manifest_bytes(path, error=UsageError)
     parsed = parse_manifest_bytes(original, str(path), args.privatekey)
     private_key, cert_key = load_user_keys(args)
     migration = migrate(parsed, private_key=private_key, verify_key=cert_key, ec2_public_key=load_public_key(ec2cert),

@@ -24,7 +24,8 @@ from ..aws import (
     translate_errors,
 )
 from ..errors import BundlerError, IntegrityError, ManifestError, PartMissingError, S3Error
-from ..manifest import PartEntry
+from ..manifest import MAX_MANIFEST_BYTES, PartEntry
+from ..parts import MAX_PART_BYTES as MAX_PART_BYTES
 
 # The transfer defaults are owned by bundler.transfer; re-exported for the S3 modules.
 from ..transfer import ACLS as ACLS
@@ -38,8 +39,8 @@ log = logging.getLogger("bundler.s3")
 
 # ACLs that make objects public: Block Public Access refuses them.
 PUBLIC_ACLS = ("public-read", "public-read-write", "authenticated-read")
-MANIFEST_SIZE_CAP = 16 * 1024 * 1024
-MAX_PART_BYTES = 64 * 1024 * 1024  # classic parts are 10 MiB; anything far larger is not a part
+# The size caps are the manifest's and the parts' own (one owner each).
+MANIFEST_SIZE_CAP = MAX_MANIFEST_BYTES
 DELETE_BATCH = 1000
 _BACKOFF_BASE = 0.2
 _BACKOFF_CAP = 10.0

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..concurrency import run_parallel
-from ..errors import IntegrityError, ManifestError, PartMissingError, UsageError
+from ..errors import IntegrityError, PartMissingError, UsageError
+from ..localmanifest import read_manifest_bytes
 from ..manifest import ParsedManifest, PartEntry, parse_manifest, part_mismatch
 from ..progress import NULL_PROGRESS, ProgressListener
 from .location import S3Location
@@ -20,7 +21,6 @@ from .objects import (
     DEFAULT_ACL,
     DEFAULT_ATTEMPTS,
     DEFAULT_JOBS,
-    MANIFEST_SIZE_CAP,
     delete_keys,
     list_objects,
     put_bytes,
@@ -62,15 +62,9 @@ class UploadResult:
 
 
 def read_local_manifest(path: Path) -> ParsedManifest:
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"manifest {path} does not exist") from None
-    except OSError as exc:
-        raise UsageError(f"cannot read manifest {path}: {exc.strerror}") from None
-    if len(data) > MANIFEST_SIZE_CAP:
-        raise ManifestError(f"{path} is {len(data)} bytes: too large to be a manifest")
-    return parse_manifest(data, source=str(path))
+    """The manifest to upload (as it is: a legacy encrypted one is refused by the parser);
+    a missing -m file is a usage error."""
+    return parse_manifest(read_manifest_bytes(path, error=UsageError), source=str(path))
 
 
 def verify_local_parts(parsed: ParsedManifest, directory: Path, *, jobs: int = DEFAULT_JOBS) -> list[LocalPart]:
