@@ -140,7 +140,11 @@ def verify(
         raise UsageError("verify needs -c CERT or -k PRIVATEKEY to check the manifest signature")
     parsed = read_manifest(manifest, private_key)
     m = parsed.manifest
-    public = keylib.load_public_key(Path(cert)) if cert else keylib.load_private_key(Path(private_key)).public_key()
+    if cert:
+        public = keylib.load_public_key(Path(cert))
+    else:
+        assert private_key is not None  # one of the two, checked above
+        public = keylib.load_private_key(Path(private_key)).public_key()
     public_name = (f"certificate {cert}" if cert
                    else f"the public half of private key {private_key} (no -c given)")
     parts_dir = Path(source) if source is not None else manifest.parent
@@ -189,3 +193,14 @@ def keygen(key_path: Path | str, cert_path: Path | str, *, bits: int = 2048,
     if key_path == cert_path:
         raise OutputError("key and certificate paths must differ")
     keylib.keygen(key_path, cert_path, bits=bits, common_name=common_name, days=days)
+
+
+__all__ = [
+    "VerifyResult",
+    "bundle_image",
+    "keygen",
+    "read_manifest",
+    "resolve_ec2_cert",
+    "unbundle",
+    "verify",
+]

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import botocore.exceptions as bexc
@@ -149,7 +149,8 @@ def _config(opts: AwsOptions, region: str, *, pool: int, path_style: bool) -> Co
 
     return Config(
         region_name=region,
-        retries={"total_max_attempts": opts.max_attempts, "mode": opts.retry_mode},
+        # mode is one of RETRY_MODES (checked where the flag is parsed)
+        retries={"total_max_attempts": opts.max_attempts, "mode": opts.retry_mode},  # type: ignore[arg-type]
         max_pool_connections=pool,
         connect_timeout=opts.connect_timeout,
         read_timeout=opts.read_timeout,
@@ -163,7 +164,7 @@ def _config(opts: AwsOptions, region: str, *, pool: int, path_style: bool) -> Co
 
 
 def s3_client(opts: AwsOptions, *, session: boto3.Session | None = None, bucket: str | None = None,
-              region: str | None = None, pool: int = 10, check_credentials: bool = True):
+              region: str | None = None, pool: int = 10, check_credentials: bool = True) -> Any:
     session = session or make_session(opts)
     if check_credentials:
         require_credentials(session)
@@ -180,7 +181,7 @@ def s3_client(opts: AwsOptions, *, session: boto3.Session | None = None, bucket:
 
 
 def ec2_client(opts: AwsOptions, *, session: boto3.Session | None = None, region: str | None = None,
-               check_credentials: bool = True):
+               check_credentials: bool = True) -> Any:
     session = session or make_session(opts)
     if check_credentials:
         require_credentials(session)

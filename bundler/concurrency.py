@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, Generic, TypeVar
 
@@ -47,7 +47,9 @@ class BoundedExecutor:
     As a context manager it joins on success and cancels on an exception.
     """
 
-    def __init__(self, jobs: int, limit: int | None = None, *, name: str = "ami-bundler-pool") -> None:
+    def __init__(
+        self, jobs: int, limit: int | None = None, *, name: str = "ami-bundler-pool"
+    ) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, not {jobs}")
         self._executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix=name)
@@ -114,7 +116,9 @@ class BoundedExecutor:
         self.shutdown(cancel=False)
 
 
-def run_parallel(tasks: Sequence[Callable[[], T]], jobs: int, *, name: str = "ami-bundler-s3") -> list[T]:
+def run_parallel(
+    tasks: Sequence[Callable[[], T]], jobs: int, *, name: str = "ami-bundler-s3"
+) -> list[T]:
     """Run callables on ``jobs`` threads; results in order; the first failure cancels the rest."""
     if not tasks:
         return []
@@ -127,7 +131,9 @@ def run_parallel(tasks: Sequence[Callable[[], T]], jobs: int, *, name: str = "am
     return [fut.result() for fut in futures]
 
 
-def run_all(tasks: Sequence[Callable[[], T]], *, name: str = "ami-bundler-fanout") -> list[Future[T]]:
+def run_all(
+    tasks: Sequence[Callable[[], T]], *, name: str = "ami-bundler-fanout"
+) -> list[Future[T]]:
     """Run every callable at once, each on its own thread, and wait for all of them.
 
     Unlike ``run_parallel`` a failure does not stop the others (one region failing must not
@@ -142,8 +148,14 @@ def run_all(tasks: Sequence[Callable[[], T]], *, name: str = "ami-bundler-fanout
 # --------------------------------------------------------------------------- ordered window
 
 
-def ordered_window(fn: Callable[[T], R], items: Iterable[T], *, jobs: int, window: int,
-                   name: str = "ami-bundler-get") -> Iterator[tuple[T, R]]:
+def ordered_window(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    *,
+    jobs: int,
+    window: int,
+    name: str = "ami-bundler-get",
+) -> Generator[tuple[T, R], None, None]:
     """``(item, fn(item))`` in the items' order, with up to ``window`` calls running or done
     ahead of the consumer on ``jobs`` threads.
 
@@ -191,7 +203,9 @@ class BackgroundStage(Generic[T]):
 
     _END = object()
 
-    def __init__(self, consume: Callable[[T], object], *, depth: int = 8, name: str = "ami-bundler-out") -> None:
+    def __init__(
+        self, consume: Callable[[T], object], *, depth: int = 8, name: str = "ami-bundler-out"
+    ) -> None:
         self._consume = consume
         self._queue: queue.Queue[object] = queue.Queue(depth)
         self._error: BaseException | None = None
@@ -260,7 +274,9 @@ class Prefetch(Generic[T]):
 
     _END = object()
 
-    def __init__(self, items: Iterable[T], *, depth: int = 2, name: str = "ami-bundler-parts") -> None:
+    def __init__(
+        self, items: Iterable[T], *, depth: int = 2, name: str = "ami-bundler-parts"
+    ) -> None:
         self._items = items
         self._queue: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(depth)
         self._stop = threading.Event()

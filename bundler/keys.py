@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -126,7 +127,7 @@ def load_public_key(path: Path) -> rsa.RSAPublicKey:
                 f"{path} is a private key, not a certificate; pass the X.509 certificate "
                 "(-c/--cert or --ec2cert) here"
             )
-        attempts = (
+        attempts: tuple[Callable[[], object], ...] = (
             lambda: x509.load_pem_x509_certificate(data).public_key(),
             lambda: serialization.load_pem_public_key(data),
         )
@@ -278,7 +279,9 @@ def verify_manifest(
             f"{parsed.source}: manifest {state}; re-bundle or re-sign it with the user private key"
         )
     mismatch = False
-    for candidate in (lambda: signed_data(parsed.raw), lambda: rexml_signed_data(parsed)):
+    candidates: tuple[Callable[[], bytes], ...] = (lambda: signed_data(parsed.raw),
+                                                   lambda: rexml_signed_data(parsed))
+    for candidate in candidates:
         try:
             data = candidate()
         except ManifestError:

@@ -28,17 +28,25 @@ def read_manifest_bytes(path: Path | str, *, error: type[BundlerError] = Manifes
         raise error(f"cannot read manifest {path}: {exc.strerror or exc}") from None
 
 
-def parse_manifest_bytes(data: bytes, source: str, private_key: Path | str | None = None) -> ParsedManifest:
+def parse_manifest_bytes(
+    data: bytes, source: str, private_key: Path | str | None = None
+) -> ParsedManifest:
     """Parse a manifest's bytes, decrypting a legacy encrypted one with ``private_key``
     (``parse_manifest`` owns the size limit and every other check)."""
     if is_encrypted(data):
         if private_key is None:
-            raise ManifestError(f"manifest {source} is encrypted (legacy format): pass -k to decrypt it")
+            raise ManifestError(
+                f"manifest {source} is encrypted (legacy format): pass -k to decrypt it"
+            )
         data = keylib.decrypt_legacy_manifest(data, keylib.load_private_key(Path(private_key)))
     return parse_manifest(data, source=source)
 
 
-def read_manifest(path: Path | str, private_key: Path | str | None = None, *,
-                  error: type[BundlerError] = ManifestError) -> ParsedManifest:
-    """Read and parse a local manifest (see ``read_manifest_bytes`` and ``parse_manifest_bytes``)."""
+def read_manifest(
+    path: Path | str,
+    private_key: Path | str | None = None,
+    *,
+    error: type[BundlerError] = ManifestError,
+) -> ParsedManifest:
+    """Read and parse a local manifest (``read_manifest_bytes``, ``parse_manifest_bytes``)."""
     return parse_manifest_bytes(read_manifest_bytes(path, error=error), str(path), private_key)

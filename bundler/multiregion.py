@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from . import migrate as migratelib
@@ -137,7 +138,7 @@ class FanOutSink:
             self.children[label].commit(names, manifest_name, data)
 
         labels = self.live
-        futures = run_all([lambda label=label: one(label) for label in labels], name="ami-bundler-fanout")
+        futures = run_all([partial(one, label) for label in labels], name="ami-bundler-fanout")
         for label, fut in zip(labels, futures, strict=True):
             exc = fut.exception()
             if exc is None:
@@ -315,7 +316,7 @@ def _parallel(states: Sequence[_State], fn: Callable[[_State], None]) -> None:
             st.outcome.action = "failed"
             st.outcome.error = _message(exc)
 
-    for fut in run_all([lambda st=st: guarded(st) for st in states], name="ami-bundler-region"):
+    for fut in run_all([partial(guarded, st) for st in states], name="ami-bundler-region"):
         fut.result()  # guarded() keeps Exceptions; a KeyboardInterrupt is raised here
 
 
@@ -395,9 +396,9 @@ def _bundle_to(need: Sequence[_State], source: ImageSource, keys: BundleKeys, op
                 st.outcome.action = "failed"
                 st.outcome.error = _message(cause)
         return None
-    for region, exc in fan.failures.items():
+    for region, failure in fan.failures.items():
         by_region[region].outcome.action = "failed"
-        by_region[region].outcome.error = _message(exc)
+        by_region[region].outcome.error = _message(failure)
     for region in fan.committed:
         st = by_region[region]
         st.outcome.action = "bundled"

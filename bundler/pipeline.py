@@ -25,7 +25,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from . import ec2certs
@@ -76,9 +78,9 @@ class BundleOptions:
 class BundleKeys:
     """The three keys bundling needs: sign with the user's key, wrap to user and EC2 certs."""
 
-    signing_key: object
-    user_public_key: object
-    ec2_public_key: object
+    signing_key: rsa.RSAPrivateKey
+    user_public_key: rsa.RSAPublicKey
+    ec2_public_key: rsa.RSAPublicKey
     ec2_certificate: EC2Certificate | None = None  # reported in results; None for a bare key
 
     @classmethod
@@ -143,7 +145,7 @@ class PartCutter:
         self.sink = sink
         self.estimate = estimate
         self.timings = timings
-        self.stage: BackgroundStage | None = None
+        self.stage: BackgroundStage[tuple[int, bytearray, int]] | None = None
         self.digests: list[str] = []
         self.sizes: list[int] = []
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
@@ -321,7 +323,7 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
         with timings.measure("tar sha1", len(data)):
             tar_hash.update(data)
 
-    started_stages: list[BackgroundStage | ParallelGzipWriter] = []
+    started_stages: list[BackgroundStage[Any] | ParallelGzipWriter] = []
 
     def abort_all() -> None:
         for stage in started_stages:
@@ -329,11 +331,12 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
         sink.abort()
 
     gzip: ParallelGzipWriter | None = None
-    hashing: BackgroundStage | None = None
+    hashing: BackgroundStage[bytes] | None = None
     written = 0
 
     def emit(data: bytes) -> None:
         nonlocal written
+        assert hashing is not None and gzip is not None  # both started before the first read
         if not isinstance(data, bytes):
             # The digest thread reads it later: a source that reuses its buffer must not
             # change what gets hashed (the compressor copies what it is given at once).
@@ -588,7 +591,7 @@ class DecryptedStream:
             self._hashing = None
 
 
-def check_member(member, manifest: Manifest) -> str:
+def check_member(member: Any, manifest: Manifest) -> str:
     """The one member a bundle may hold: a regular file with a plain name of the image's size."""
     from .tarstream import is_regular
 
@@ -603,8 +606,8 @@ def check_member(member, manifest: Manifest) -> str:
     return name
 
 
-def unbundle(parsed: ParsedManifest, source: PartSource, destination: Path | None, private_key, *,
-             verify_key=None, overwrite: bool = False, progress: ProgressListener = NULL_PROGRESS,
+def unbundle(parsed: ParsedManifest, source: PartSource, destination: Path | None,
+             private_key: rsa.RSAPrivateKey, *, verify_key: rsa.RSAPublicKey | None = None, overwrite: bool = False, progress: ProgressListener = NULL_PROGRESS,
              writer: ImageWriter | None = None, verify_name: str | None = None) -> UnbundleResult:
     """Verify and extract a bundle; the image appears in ``destination`` only when all checks pass.
 
@@ -620,10 +623,10 @@ def unbundle(parsed: ParsedManifest, source: PartSource, destination: Path | Non
     source.check_present(entries)
 
     progress.start("unbundle", manifest.bundled_size)  # before the part reader's thread reports
-    parts: Prefetch | None = None
+    parts: Prefetch[bytes] | None = None
     stream: DecryptedStream | None = None
     out: ImageWriter | None = writer
-    writing: BackgroundStage | None = None
+    writing: BackgroundStage[tuple[int, bytes]] | None = None
     try:
         parts = Prefetch(verified_parts(source, entries, manifest.bundled_size, progress))
         stream = DecryptedStream(parts, key, iv, manifest.size + STREAM_SLACK, threaded_hash=True)

@@ -11,7 +11,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -73,7 +73,7 @@ ZERO_GRANULE = 64 * 1024
 _ZEROS = bytes(ZERO_GRANULE)
 
 
-def drop_zero_runs(read_at, regions: list[tuple[int, int]], granule: int = ZERO_GRANULE) -> list[tuple[int, int]]:
+def drop_zero_runs(read_at: Callable[[int, int], bytes], regions: list[tuple[int, int]], granule: int = ZERO_GRANULE) -> list[tuple[int, int]]:
     """Split data regions around granule-aligned runs of zeros.
 
     Filesystems allocate blocks that hold only zeros (journals, preallocated or dd'd images);

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Protocol
 
 from bundler.errors import ArchiveError, UsageError
 
@@ -364,10 +364,16 @@ def _check_map(
     return regions
 
 
+class Readable(Protocol):
+    """All a tar reader needs from its stream (a file, a pipe, the decrypted bundle stream)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class TarReader:
     """Streaming tar reader: ``next_member()``, then ``iter_data()``, repeat; ``drain()`` at end."""
 
-    def __init__(self, stream: BinaryIO, *, max_header_blocks: int = 4096) -> None:
+    def __init__(self, stream: Readable, *, max_header_blocks: int = 4096) -> None:
         self._stream = stream
         self._max_blocks = max_header_blocks
         self._pos = 0  # bytes consumed from the stream

@@ -40,7 +40,9 @@ def timeout_value(text: str, what: str) -> float:
     except ValueError:
         raise UsageError(f"{what} must be a number of seconds, got {text!r}") from None
     if not 0 < value <= MAX_TIMEOUT:  # also rejects nan
-        raise UsageError(f"{what} must be more than 0 and at most {MAX_TIMEOUT:.0f} seconds, got {text!r}")
+        raise UsageError(
+            f"{what} must be more than 0 and at most {MAX_TIMEOUT:.0f} seconds, got {text!r}"
+        )
     return value
 
 

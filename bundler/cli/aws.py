@@ -47,7 +47,7 @@ log = logging.getLogger("bundler.cli")
 # --------------------------------------------------------------------------- parser
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("upload-bundle", help="upload a bundle to S3 (parallel, resumable)",
                        description="Upload the parts (in parallel, each checked against the manifest first) and "
                                    "then the manifest to BUCKET/PREFIX with the aws-exec-read ACL "
@@ -103,12 +103,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-b", "--block-device-mapping", action="append", default=[], metavar="DEV=SPEC",
                    help="DEVICE=ephemeralN|none|snap-id:size:delete:type (repeatable)")
     add_register_options(p, full=True)
-    g = p.add_argument_group("check before --launch-permission all")
-    g.add_argument("-k", "--privatekey", type=Path,
-                   help="user private key: decrypt the bundle and check it (check --public) "
-                        "before making it public")
-    g.add_argument("--work-dir", type=Path, help="where the checked image is unpacked, privately")
-    add_no_check_option(g, what="the bundle")
+    checks = p.add_argument_group("check before --launch-permission all")
+    checks.add_argument("-k", "--privatekey", type=Path,
+                        help="user private key: decrypt the bundle and check it (check --public) "
+                             "before making it public")
+    checks.add_argument("--work-dir", type=Path, help="where the checked image is unpacked, privately")
+    add_no_check_option(checks, what="the bundle")
     add_aws_options(p)
     p.set_defaults(func=run_register)
 
@@ -294,8 +294,8 @@ def run_delete_bundle(args: argparse.Namespace, printer: Printer) -> int:
                        + [f"{plural(len(plan.keys), 'object')} would be deleted (dry run)"])
         return 0
     if not (args.yes or args.batch):
-        for key in plan.keys:
-            printer.note(f"  s3://{location.bucket}/{key}")
+        for object_key in plan.keys:
+            printer.note(f"  s3://{location.bucket}/{object_key}")
     if not _confirm(f"Delete {plural(len(plan.keys), 'object')} from s3://{location.bucket}?", printer, args):
         printer.result(data, "Nothing deleted.")
         return 1

@@ -11,7 +11,7 @@ from .checking import add_source_options, open_source_image, open_source_tree, p
 from .common import Printer
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "check", help="will an image boot on EC2 instance-store types, is it safe to share",
         description="Check a root filesystem directory, a disk image (ext2/3/4, partitioned or "

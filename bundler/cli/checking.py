@@ -8,10 +8,13 @@ import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BundlerError, UsageError
 from .common import Printer
+
+if TYPE_CHECKING:
+    from ..parts import PartSource
 from .context import AwsContext, add_aws_options, add_jobs_option
 
 
@@ -54,7 +57,7 @@ def _bundle_inputs(args: argparse.Namespace, printer: Printer) -> tuple[Any, Any
         aws = AwsContext(args, printer)
         client, _ = aws.s3_in_bucket_region(location.bucket)
         parsed, _, _ = load_remote_manifest(client, location, name, private_key=private_key)
-        source = S3PartSource(client, location.bucket, location.prefix, jobs=aws.jobs,
+        source: PartSource = S3PartSource(client, location.bucket, location.prefix, jobs=aws.jobs,
                               attempts=aws.attempts)
     else:
         from .. import api
@@ -152,7 +155,7 @@ def warn_findings(report: Any, printer: Printer, *, what: str) -> None:
 
 # ------------------------------------------------------------------------------ gates
 
-def add_no_check_option(p: argparse.ArgumentParser, *, what: str) -> None:
+def add_no_check_option(p: argparse._ActionsContainer, *, what: str) -> None:
     p.add_argument("--no-check", action="store_true",
                    help=f"do not stop on errors found by the checks of {what} (ami-bundler check)")
 

@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -115,7 +115,7 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def count(minimum: int = 1, maximum: int | None = None, what: str = "number"):
+def count(minimum: int = 1, maximum: int | None = None, what: str = "number") -> Callable[[str], int]:
     """An argparse type: a whole number in [minimum, maximum], so a nonsensical value is a
     usage error naming the flag instead of a confusing failure later."""
 

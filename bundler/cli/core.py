@@ -21,7 +21,7 @@ from .inputs import (
 )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("keygen", help="create a signing key and self-signed certificate",
                        description="Create an RSA key (mode 0600) and a self-signed X.509 certificate for "
                                    "signing bundles; AWS no longer issues these.")

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from ..errors import EXIT_INPUT, BundlerError, Interrupted, UsageError
 
@@ -86,5 +86,5 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are UsageErrors, so they end like every other failure (one line,
     a hint, JSON with --json) instead of argparse's usage block and exit."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UsageError(message, hint=f"see '{self.prog} --help'")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ..images import FORMATS
 from .common import Printer
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("inspect-image", help="show an image's format, size, allocation and partitions",
                        description="Read an image (raw, qcow2, VMDK, VHD, VHDX or a compressed raw "
                                    "stream) and show what bundle-image would store: its format, virtual "
@@ -26,7 +27,7 @@ def _mib(n: int) -> str:
     return f"{n} bytes ({n / (1 << 20):.1f} MiB)"
 
 
-def _fs(fs) -> str:
+def _fs(fs: Any) -> str:
     if fs is None:
         return "no filesystem recognised"
     extra = [f"label {fs.label!r}" if fs.label else "", f"UUID {fs.uuid}" if fs.uuid else ""]

@@ -31,10 +31,13 @@ from .migration import (
 from .registration import add_register_options, register_options_from_args
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("install", help="bundle an image, upload it and register the AMI in one run",
-                       description="bundle-image → upload-bundle → register, streaming: parts go from the "
-                                   "compressor straight to parallel PUTs, none touch the disk.")
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "install",
+        help="bundle an image, upload it and register the AMI in one run",
+        description="bundle-image → upload-bundle → register, streaming: parts go from the "
+        "compressor straight to parallel PUTs, none touch the disk.",
+    )
     add_image_options(p)
     add_bundle_options(p, image_flag=True)
     add_bucket_option(p, multi=True)
@@ -43,8 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--location", help="bucket location if it must be created (EU, US or a region)")
     p.add_argument("-n", "--name", help="AMI name (default: the bundle name)")
     p.add_argument("--no-register", action="store_true", help="stop after the upload")
-    add_no_check_option(p, what="the image (boot rules; sharing rules too with "
-                              "--launch-permission all)")
+    add_no_check_option(
+        p, what="the image (boot rules; sharing rules too with --launch-permission all)"
+    )
     add_register_options(p, full=False)
     add_region_options(p)
     add_aws_options(p)
@@ -53,14 +57,29 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_region_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("several regions")
-    g.add_argument("--regions", metavar="R1,R2,…",
-                   help="bundle once, upload to a bucket in each of these regions and register in each")
-    g.add_argument("--bucket-template", metavar="TEMPLATE",
-                   help="bucket per region with --regions, e.g. 'my-amis-{region}' or 'my-amis-{region}/web'")
-    g.add_argument("--region-endpoint", action="append", default=[], metavar="REGION=URL",
-                   help="endpoint URL for one region's S3 and EC2 (repeatable; default: --endpoint-url)")
-    g.add_argument("--copy-mode", choices=COPY_MODES, default="auto",
-                   help="how a re-run completes a failed region from one that succeeded (default: auto)")
+    g.add_argument(
+        "--regions",
+        metavar="R1,R2,…",
+        help="bundle once, upload to a bucket in each of these regions and register in each",
+    )
+    g.add_argument(
+        "--bucket-template",
+        metavar="TEMPLATE",
+        help="bucket per region with --regions, e.g. 'my-amis-{region}' or 'my-amis-{region}/web'",
+    )
+    g.add_argument(
+        "--region-endpoint",
+        action="append",
+        default=[],
+        metavar="REGION=URL",
+        help="endpoint URL for one region's S3 and EC2 (repeatable; default: --endpoint-url)",
+    )
+    g.add_argument(
+        "--copy-mode",
+        choices=COPY_MODES,
+        default="auto",
+        help="how a re-run completes a failed region from one that succeeded (default: auto)",
+    )
     add_allow_unknown_region_option(g)
 
 
@@ -70,8 +89,10 @@ def run_install(args: argparse.Namespace, printer: Printer) -> int:
     if args.bucket_template or args.region_endpoint:
         raise UsageError("--bucket-template and --region-endpoint go with --regions")
     if not args.bucket or len(args.bucket) != 1:
-        raise UsageError("install needs one -b BUCKET[/PREFIX] (or --regions R1,R2 with --bucket-template "
-                         "or -b REGION=BUCKET per region)")
+        raise UsageError(
+            "install needs one -b BUCKET[/PREFIX] (or --regions R1,R2 with --bucket-template "
+            "or -b REGION=BUCKET per region)"
+        )
     return _install_one(args, printer)
 
 
@@ -85,7 +106,9 @@ def _install_one(args: argparse.Namespace, printer: Printer) -> int:
     aws = AwsContext(args, printer)
     region = location_region(args.location) if args.location else None
     if region and aws.opts.region and region != aws.opts.region:
-        raise UsageError(f"--location {args.location} is in {region} but --region is {aws.opts.region}")
+        raise UsageError(
+            f"--location {args.location} is in {region} but --region is {aws.opts.region}"
+        )
     # Everything that can fail cheaply (credentials, bucket, flags) fails before bundling.
     client, at = aws.s3_in_bucket_region(location.bucket, must_exist=False)
     if at is None:
@@ -96,7 +119,9 @@ def _install_one(args: argparse.Namespace, printer: Printer) -> int:
         at = client.meta.region_name
     elif args.location:
         ensure_bucket(client, location.bucket, location=args.location)
-    check_bucket_for_bundles(client, location.bucket, acl=args.acl, enable_acls=args.enable_bucket_acls)
+    check_bucket_for_bundles(
+        client, location.bucket, acl=args.acl, enable_acls=args.enable_bucket_acls
+    )
     options = None
     if not args.no_register:
         options = register_options_from_args(args, args.name or "", full=False)
@@ -104,22 +129,43 @@ def _install_one(args: argparse.Namespace, printer: Printer) -> int:
     check_install_image(args, printer)
     # The EC2 region follows the bucket's region unless --region says otherwise.
     ec2 = None if options is None else aws.ec2(aws.opts.region or at)
-    result = install_bundle(source, keys, bundle_options, s3=client, location=location, ec2=ec2,
-                            register=options, wait=args.wait, wait_timeout=args.wait_timeout,
-                            acl=args.acl, jobs=aws.jobs, attempts=aws.attempts,
-                            progress=printer.progress())
+    result = install_bundle(
+        source,
+        keys,
+        bundle_options,
+        s3=client,
+        location=location,
+        ec2=ec2,
+        register=options,
+        wait=args.wait,
+        wait_timeout=args.wait_timeout,
+        acl=args.acl,
+        jobs=aws.jobs,
+        attempts=aws.attempts,
+        progress=printer.progress(),
+    )
     b = result.bundle
-    data: dict[str, Any] = {**b.summary(), "image_location": result.image_location,
-                            "bytes_uploaded": result.bytes_uploaded}
-    human = [f"Bundled and uploaded {b.manifest.name}: {b.size} bytes → "
-             f"{plural(len(b.part_names), 'part')}, {b.bundled_size} bytes in {b.seconds:.2f}s",
-             f"Manifest uploaded to: {result.image_location}"]
+    data: dict[str, Any] = {
+        **b.summary(),
+        "image_location": result.image_location,
+        "bytes_uploaded": result.bytes_uploaded,
+    }
+    human = [
+        f"Bundled and uploaded {b.manifest.name}: {b.size} bytes → "
+        f"{plural(len(b.part_names), 'part')}, {b.bundled_size} bytes in {b.seconds:.2f}s",
+        f"Manifest uploaded to: {result.image_location}",
+    ]
     if options is None:
         printer.result(data, human)
         return 0
-    data.update(image_id=result.image_id, ami_name=options.name, region=result.region, state=result.state)
-    human += [f"Registered {result.image_id} ({options.name}) in {result.region}"
-              + (f": {result.state}" if result.state else ""), str(result.image_id)]
+    data.update(
+        image_id=result.image_id, ami_name=options.name, region=result.region, state=result.state
+    )
+    human += [
+        f"Registered {result.image_id} ({options.name}) in {result.region}"
+        + (f": {result.state}" if result.state else ""),
+        str(result.image_id),
+    ]
     printer.result(data, human)
     return 0
 
@@ -148,16 +194,24 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
     from ..regions import bucket_map, parse_regions
 
     if args.region:
-        raise UsageError("--region and --regions do not go together: list every region in --regions")
+        raise UsageError(
+            "--region and --regions do not go together: list every region in --regions"
+        )
     if args.location:
-        raise UsageError("--location does not go with --regions: each bucket is created in its own region")
+        raise UsageError(
+            "--location does not go with --regions: each bucket is created in its own region"
+        )
     regions = parse_regions(args.regions, allow_unknown=args.allow_unknown_region)
     buckets = bucket_map(regions, template=args.bucket_template, pairs=args.bucket or [])
     endpoints = _region_endpoints(args, regions)
     if args.ec2cert is not None and len({partition_cert_name(r) for r in regions}) > 1:
-        raise UsageError("--ec2cert would wrap the key to one certificate for regions of different partitions "
-                         "(which have different EC2 certificates): use --ec2cert-dir instead")
-    chosen = {r: ec2_certificate_for(args, r) for r in regions}  # every certificate found before any work
+        raise UsageError(
+            "--ec2cert would wrap the key to one certificate for regions of different partitions "
+            "(which have different EC2 certificates): use --ec2cert-dir instead"
+        )
+    chosen = {
+        r: ec2_certificate_for(args, r) for r in regions
+    }  # every certificate found before any work
     certs = {r: c.path for r, c in chosen.items()}
     public = {path: load_public_key(path) for path in set(certs.values())}
     if not args.cert or not args.privatekey:
@@ -167,14 +221,25 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
     aws = AwsContext(args, printer)
     targets = []
     for region in regions:
-        opts = aws.opts if region not in endpoints else dataclasses.replace(
-            aws.opts, endpoint_url=endpoint_url_value(endpoints[region], "--region-endpoint"))
+        opts = (
+            aws.opts
+            if region not in endpoints
+            else dataclasses.replace(
+                aws.opts, endpoint_url=endpoint_url_value(endpoints[region], "--region-endpoint")
+            )
+        )
         bucket, prefix = buckets[region]
-        targets.append(RegionTarget(
-            region=region, location=S3Location(bucket, prefix),
-            s3=aws.s3(bucket, region=region, opts=opts),
-            ec2=None if args.no_register else aws.ec2(region, opts=opts),
-            ec2_public_key=public[certs[region]], ec2_cert=str(certs[region]), endpoint=opts.endpoint_url))
+        targets.append(
+            RegionTarget(
+                region=region,
+                location=S3Location(bucket, prefix),
+                s3=aws.s3(bucket, region=region, opts=opts),
+                ec2=None if args.no_register else aws.ec2(region, opts=opts),
+                ec2_public_key=public[certs[region]],
+                ec2_cert=str(certs[region]),
+                endpoint=opts.endpoint_url,
+            )
+        )
     source, options = source_and_options(args)
     check_install_image(args, printer)
     try:
@@ -184,23 +249,41 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
     except BaseException:
         source.close()
         raise
-    result = install_regions(targets, source=source, keys=keys, options=options, register=register, acl=args.acl,
-                             jobs=aws.jobs, attempts=aws.attempts, copy_mode=args.copy_mode,
-                             progress=printer.progress(), enable_bucket_acls=args.enable_bucket_acls)
+    result = install_regions(
+        targets,
+        source=source,
+        keys=keys,
+        options=options,
+        register=register,
+        acl=args.acl,
+        jobs=aws.jobs,
+        attempts=aws.attempts,
+        copy_mode=args.copy_mode,
+        progress=printer.progress(),
+        enable_bucket_acls=args.enable_bucket_acls,
+    )
     rows = [("REGION", "RESULT", "AMI", "IMAGE LOCATION")]
     for o in result.outcomes:
         what = o.action + (f" from {o.copied_from}" if o.copied_from else "")
         rows.append((o.region, what, o.image_id or ("-" if o.ok else "FAILED"), o.image_location))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    human = ["  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)).rstrip() for row in rows]
+    human = [
+        "  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)).rstrip()
+        for row in rows
+    ]
     data = result.summary()
-    for region, outcome in data["regions"].items():  # type: ignore[union-attr]
+    by_region = data["regions"]
+    assert isinstance(by_region, dict)  # MultiRegionResult.summary: region → outcome
+    for region, outcome in by_region.items():
         outcome["ec2_certificate"] = chosen[region].as_json()
     printer.result(data, human)
     for o in result.failed:
         printer.warn(f"{o.region}: {o.error}")
     if result.failed:
-        printer.warn(f"{len(result.failed)} of {len(result.outcomes)} region(s) failed; re-run the same command to "
-                     "complete them (they are copied from a region that has the bundle, not bundled again)")
+        printer.warn(
+            f"{len(result.failed)} of {len(result.outcomes)} region(s) failed; "
+            "re-run the same command to "
+            "complete them (they are copied from a region that has the bundle, not bundled again)"
+        )
         return S3Error.exit_code
     return 0

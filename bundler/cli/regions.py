@@ -38,7 +38,7 @@ log = logging.getLogger("bundler.cli")
 # --------------------------------------------------------------------------- parser
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "migrate-manifest", help="re-wrap a manifest's key for another region's EC2 certificate",
         description="Verify the manifest's signature, re-wrap its AES key and IV to the target region's EC2 "

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 from .. import interrupts
 from ..errors import Interrupted
@@ -49,7 +50,7 @@ def interrupts_roll_back() -> Iterator[None]:
         return
     state = _State()
     interrupts.clear()
-    previous: dict[int, object] = {}
+    previous: dict[int, Any] = {}  # signal.getsignal's answer, given back as it was
     for signum in HANDLED:
         old = signal.getsignal(signum)
         if old is signal.SIG_IGN:
@@ -59,5 +60,5 @@ def interrupts_roll_back() -> Iterator[None]:
     try:
         yield
     finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)  # type: ignore[arg-type]
+        for number, old in previous.items():
+            signal.signal(number, old)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TextIO
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
@@ -10,7 +10,7 @@ from tqdm import tqdm
 class TqdmProgress:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self.bars: dict[str, tqdm] = {}
+        self.bars: dict[str, tqdm[Any]] = {}
 
     def start(self, stage: str, total: int | None) -> None:
         self.bars[stage] = tqdm(total=total, desc=stage, unit="B", unit_scale=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MetadataError, UsageError
 from ..volume.safefs import display
@@ -11,8 +12,13 @@ from .checking import add_no_check_option
 from .common import Printer, count, ensure_directory, remove_if_empty
 from .inputs import add_bundle_options, add_cert_region_option, bundle_human
 
+if TYPE_CHECKING:  # the volume package loads only when bundle-vol runs
+    from ..pipeline import BundleOptions
+    from ..volume import VolumeConfig
+    from ..volume.selection import Selection
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "bundle-vol", help="build an ext4 image from a root filesystem and bundle it",
         description="Build an ext4 image from a root filesystem directory (or the running system, "
@@ -83,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_bundle_vol)
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace) -> VolumeConfig:
     from ..volume import VolumeConfig
 
     if args.script:
@@ -109,7 +115,7 @@ def config_from_args(args: argparse.Namespace):
         excludes=list(args.exclude),
         includes=list(args.include),
         secret_filter=not args.no_filter,
-        mount_policy=mount_policy(args),
+        mount_policy=mount_policy(args),  # type: ignore[arg-type]  # one of MountPolicy's values
         fstab=args.fstab,
         generate_fstab=args.generate_fstab,
         # Classic: the legacy table only when -r i386 was given explicitly.
@@ -126,7 +132,7 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
-def inherit_options(args: argparse.Namespace, options, printer: Printer):
+def inherit_options(args: argparse.Namespace, options: BundleOptions, printer: Printer) -> BundleOptions:
     """Merge instance metadata into the bundle options per spec §8.11 (--inherit/--no-inherit)."""
     from ..volume.imds import fetch_metadata, merge_inherited
 
@@ -172,7 +178,7 @@ def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
 
     listed: list[dict[str, str]] = []
 
-    def on_selection(selection) -> None:
+    def on_selection(selection: Selection) -> None:
         printer.note(f"Selected {len(selection.entries)} entries from {display(str(selection.volume))}; "
                      f"left out {len(selection.excluded)}")
         for warning in selection.warnings:
@@ -184,7 +190,7 @@ def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
                 if not printer.json_mode:
                     print(f"excluded {ex.display()}: {ex.reason}", file=printer.stdout)
 
-    checked: list = []
+    checked: list[Any] = []
 
     def on_image(image: Path) -> None:
         from .checking import check_image_file

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from ..concurrency import run_parallel
@@ -106,7 +107,7 @@ def copy_bundle(
 
     copy = server if server_side else stream
     try:
-        sizes = run_parallel([lambda t=t: copy(*t) for t in todo], jobs)
+        sizes = run_parallel([partial(copy, *t) for t in todo], jobs)
         # Last: a visible manifest always means a complete bundle (spec §6.6).
         put_bytes(dst_client, destination.bucket, destination.key(manifest_name), manifest, acl=acl,
                   attempts=attempts)

@@ -7,6 +7,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ def download_bundle(
         return len(data)
 
     try:
-        sizes = run_parallel([lambda e=e: fetch(e) for e in todo], jobs)
+        sizes = run_parallel([partial(fetch, e) for e in todo], jobs)
     finally:
         progress.finish("download")
     manifest_path = directory / manifest_name

@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
+from functools import partial
 from typing import Any
 
 from ..concurrency import BoundedExecutor, ordered_window, run_parallel
@@ -154,7 +155,7 @@ class S3Sink:
             # The final index width is only known now; server-side copies are cheap and
             # keep the bytes off this machine.
             log.info("renaming %d parts to their final names", len(renames))
-            run_parallel([lambda s=s, t=t: self._copy(s, t) for s, t in renames], self.jobs)
+            run_parallel([partial(self._copy, s, t) for s, t in renames], self.jobs)
             stale = [s for s, _ in renames]
             delete_keys(self.client, self.location.bucket, stale, attempts=self.attempts)
             with self._created_lock:

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,7 @@ def verify_local_parts(parsed: ParsedManifest, directory: Path, *, jobs: int = D
                 "was uploaded", hint="re-bundle, or point -d/-m at the bundle these parts belong to")
         return LocalPart(entry, path, size, md5.digest())
 
-    parts = run_parallel([lambda e=e: check(e) for e in entries], jobs)
+    parts = run_parallel([partial(check, e) for e in entries], jobs)
     total = sum(p.size for p in parts)
     if total != manifest.bundled_size:
         raise IntegrityError(f"local parts hold {total} bytes but {parsed.source} says bundled_size "
@@ -187,7 +188,7 @@ def upload_bundle(
             return len(data)
 
         try:
-            run_parallel([lambda p=p: send(p) for p in todo], jobs)
+            run_parallel([partial(send, p) for p in todo], jobs)
             published = None
             if not skip_manifest:
                 # Every part the manifest names must be there, ours, right before it goes up.

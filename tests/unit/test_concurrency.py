@@ -292,7 +292,9 @@ class _ImpatientQueue(queue.Queue):
             raise
 
 
-def test_abort_ends_the_thread_of_a_consumer_that_was_stuck_behind_a_full_queue(monkeypatch, no_thread_left):
+def test_abort_ends_the_thread_of_a_consumer_that_was_stuck_behind_a_full_queue(
+    monkeypatch, no_thread_left
+):
     monkeypatch.setattr(concurrency.queue, "Queue", _ImpatientQueue)
     entered, release = threading.Event(), threading.Event()
     seen: list[bytes] = []
@@ -314,10 +316,13 @@ def test_abort_ends_the_thread_of_a_consumer_that_was_stuck_behind_a_full_queue(
     aborter.start()
     try:
         # abort() has either handed over its end marker or given up doing so
-        assert wait_until(lambda: q.gave_up.is_set() or any(i is BackgroundStage._END for i in list(q.queue)))
+        assert wait_until(
+            lambda: q.gave_up.is_set() or any(i is BackgroundStage._END for i in list(q.queue))
+        )
         release.set()  # the slow item finishes at last
-        assert wait_until(lambda: not stage._thread.is_alive(), timeout=2), \
+        assert wait_until(lambda: not stage._thread.is_alive(), timeout=2), (
             "the stage's thread outlived abort() (it waits for an end marker that never comes)"
+        )
         assert seen == [b"first"]  # nothing after the abort was consumed
     finally:
         release.set()
