@@ -301,3 +301,53 @@ def test_private_key_detection_pure():
     assert secret_by_name("home/u/.ssh/id_rsa.pub") is None
     assert secret_by_name("home/u/.ssh/authorized_keys") == "ssh authorized_keys"
     assert secret_by_name("etc/ssl/certs/a.pem") is None
+
+
+def test_unmatched_patterns_warn(tree):
+    sel = select_files(SelectionConfig(volume=VOL, excludes=["no/such/*"], includes=["nor/this"]))
+    assert sel.unmatched_excludes == ["no/such/*"] and sel.unmatched_includes == ["nor/this"]
+    assert any("-e no/such/* matched nothing" in w for w in sel.warnings)
+    assert any("-i nor/this matched nothing" in w for w in sel.warnings)
+
+
+def test_bind_mounts_and_file_mounts_left_out(fs):
+    make(fs, {"srv/data/x": "host data", "etc/resolv.conf": "nameserver\n", "boot/k": "k"})
+    mounts = [Mount(str(VOL / "srv"), "ext4", "/dev/vda", root="/home/alice"),
+              Mount(str(VOL / "etc/resolv.conf"), "ext4", "/dev/vda", root="/etc/shadow"),
+              Mount(str(VOL / "boot"), "ext4", "/dev/sda2")]
+    for policy in ("one-filesystem", "local"):
+        kept, excluded, _ = run(mounts=mounts, mount_policy=policy)
+        assert "srv" in kept and "srv/data" not in kept
+        assert "bind mount of /home/alice" in excluded["srv/*"]
+        assert "etc/resolv.conf" not in kept and "file mount" in excluded["etc/resolv.conf"]
+    assert "boot/k" in kept                     # --local-mounts crosses a real local mount
+    kept, _, _ = run(mounts=mounts, mount_policy="all")
+    assert {"srv/data/x", "etc/resolv.conf", "boot/k"} <= kept
+
+
+def test_non_utf8_names_and_mount_points(fs):
+    bad = os.fsdecode(b"caf\xe9")
+    make(fs, {f"{bad}/x": "x", "mnt/ok": "x"})
+    text = os.fsencode(f"40 27 8:2 / {VOL}/") + b"caf\\351 rw - tmpfs none rw\n"
+    mounts = parse_mountinfo(text)
+    assert mounts == [Mount(f"{VOL}/{bad}", "tmpfs", "none")]
+    sel = select_files(SelectionConfig(volume=VOL, mounts=mounts))
+    ex = {x.rel: x for x in sel.excluded}
+    assert ex[f"{bad}/*"].display() == "/caf\\xe9/*"
+    assert "mnt/ok" in {e.rel for e in sel.entries}
+
+
+def test_display_is_lossless():
+    from bundler.volume.safefs import display, undisplay
+
+    for name in ("plain/path", os.fsdecode(b"a\xff\xfeb"), "back\\slash", "tab\there", "é€"):
+        shown = display(name)
+        assert shown.isprintable() and undisplay(shown) == name
+        shown.encode("utf-8")                   # always printable as UTF-8
+    assert display(os.fsdecode(b"\xff")) == "\\xff"
+
+
+def test_parse_mountinfo_root_field():
+    text = "36 35 98:0 /mnt1 /srv/bind rw,noatime master:1 - ext3 /dev/root rw\n"
+    assert parse_mountinfo(text) == [Mount("/srv/bind", "ext3", "/dev/root", root="/mnt1")]
+    assert parse_mountinfo(text)[0].is_bind
