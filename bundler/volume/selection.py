@@ -35,6 +35,7 @@ import logging
 import os
 import re
 import stat
+import struct
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,30 +80,55 @@ class Mount:
         return self.root != "/"
 
 
+_PACK = struct.Struct("<qqQqqQ")   # atime_ns mtime_ns ino size blocks rdev
+_DEVS: dict[int, int] = {}         # one int object per device number
+
+
 class Entry:
     """A kept path: ``rel`` is volume-relative without a leading slash ("" is the root).
 
-    The stat fields are copied into slots (an ``os.stat_result`` costs ~1 KiB; at 400 000
-    entries that alone was most of the memory); ``st`` is the entry itself, which has the
+    Memory matters at 400 000 entries (an ``os.stat_result`` is ~1 KiB): the fields are slots,
+    the large numbers packed into one bytes object; ``st`` is the entry itself, which has the
     ``st_*`` attributes the rest of the code reads.
     """
 
-    __slots__ = ("rel", "st_mode", "st_uid", "st_gid", "st_size", "st_blocks", "st_dev",
-                 "st_ino", "st_nlink", "st_rdev", "st_atime_ns", "st_mtime_ns")
+    __slots__ = ("rel", "st_mode", "st_uid", "st_gid", "st_nlink", "st_dev", "_packed")
 
     def __init__(self, rel: str, st) -> None:
         self.rel = rel
         self.st_mode = st.st_mode
         self.st_uid = st.st_uid
         self.st_gid = st.st_gid
-        self.st_size = st.st_size
-        self.st_blocks = getattr(st, "st_blocks", None)
-        self.st_dev = st.st_dev
-        self.st_ino = st.st_ino
         self.st_nlink = st.st_nlink
-        self.st_rdev = getattr(st, "st_rdev", 0)
-        self.st_atime_ns = st.st_atime_ns
-        self.st_mtime_ns = st.st_mtime_ns
+        self.st_dev = _DEVS.setdefault(st.st_dev, st.st_dev)
+        blocks = getattr(st, "st_blocks", None)
+        self._packed = _PACK.pack(st.st_atime_ns, st.st_mtime_ns, st.st_ino, st.st_size,
+                                  -1 if blocks is None else blocks, getattr(st, "st_rdev", 0))
+
+    @property
+    def st_atime_ns(self) -> int:
+        return _PACK.unpack(self._packed)[0]
+
+    @property
+    def st_mtime_ns(self) -> int:
+        return _PACK.unpack(self._packed)[1]
+
+    @property
+    def st_ino(self) -> int:
+        return _PACK.unpack(self._packed)[2]
+
+    @property
+    def st_size(self) -> int:
+        return _PACK.unpack(self._packed)[3]
+
+    @property
+    def st_blocks(self) -> int | None:
+        blocks = _PACK.unpack(self._packed)[4]
+        return None if blocks < 0 else blocks
+
+    @property
+    def st_rdev(self) -> int:
+        return _PACK.unpack(self._packed)[5]
 
     @property
     def st(self) -> Entry:
@@ -537,6 +563,7 @@ class _Walker:
     def finish_scans(self) -> None:
         while self.scans:
             self.scan_results.extend(self.scans.popleft().result())
+        self.scans.clear()
         drop: set[str] = set()
         for rel, kind, error in self.scan_results:
             if error is not None:
@@ -562,7 +589,8 @@ def _scan_batch(dir_fd: int, jobs: list[tuple[str, str, Identity]], *,
             except secrets_filter.UnreadableError as exc:
                 out.append((rel, None, str(exc)))
                 continue
-            out.append((rel, kind, None))
+            if kind:    # only what must be left out is kept (memory at 400 000 files)
+                out.append((rel, kind, None))
     finally:
         if close:
             os.close(dir_fd)
