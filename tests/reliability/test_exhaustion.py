@@ -103,9 +103,10 @@ def test_disk_full_while_unbundling(ws, small_disk):
 # --------------------------------------------------------------------------- few file descriptors
 
 
-@pytest.mark.parametrize("nofile", [20, 7])
+@pytest.mark.parametrize("nofile", [20, 7, 6])
 def test_few_file_descriptors(ws, tmp_path, nofile):
-    """20 works; 7 is as low as a bundle can go; below that, one clear error and no debris."""
+    """20 works; at 6 or 7 a run either completes or fails with one clear error and no debris
+    (whether 6 suffices depends on when the background part sync closes its descriptor)."""
     dest, out = tmp_path / "dest", tmp_path / "out"
     dest.mkdir()
     out.mkdir()
@@ -122,7 +123,7 @@ def test_few_file_descriptors(ws, tmp_path, nofile):
     assert seen.complete == ["img"] and not seen.temporary
 
 
-@pytest.mark.parametrize("nofile", [5, 6])
+@pytest.mark.parametrize("nofile", [5])
 def test_too_few_file_descriptors_fail_cleanly(ws, tmp_path, nofile):
     proc = cli(ws.bundle_args(tmp_path), nofile=nofile)
     assert "Too many open files" in one_line_error(proc)
