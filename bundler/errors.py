@@ -148,3 +148,15 @@ class Interrupted(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class ReplaceRefusedError(BundlerError):
+    """The target already holds a different bundle of that name and --force was not given."""
+
+    code = "bundle-exists"
+
+
+class BundleInUseError(ReplaceRefusedError):
+    """A registered AMI uses the bundle that would be replaced or deleted."""
+
+    code = "bundle-in-use"

@@ -13,8 +13,11 @@ Design (see also README "Several regions"):
   no change; multi-region and ``migrate-manifest`` share one code path.
 * **Resume without re-bundling.** A re-bundle would draw a fresh random AES key, so parts from
   an earlier run could not be reused. A re-run therefore first probes every region: a region
-  whose manifest is in its bucket and whose AMI (same name, same image location) is registered
-  is done; a region with the manifest but no AMI only gets registered; a region without the
+  whose manifest is in its bucket, proved to hold this very image (``rerun.existing_bundle``:
+  signature, size and the recomputed tar-stream SHA-1), and whose AMI (same name, same image
+  location) is registered is done; a region holding a *different* bundle fails unless
+  ``force`` (and always while an AMI uses it: ``s3.check_replaceable``), with ``force`` it is
+  bundled again; a region with the manifest but no AMI only gets registered; a region without the
   manifest is completed with ``copy_bundle`` from a region that has it — server-side CopyObject
   within a partition and endpoint, a bounded GET→PUT stream otherwise — plus its migrated
   manifest (resumable itself: parts already there are skipped). Only when no region has the
@@ -34,22 +37,23 @@ from typing import Any
 from . import migrate as migratelib
 from .aws import ec2_errors
 from .concurrency import run_all
-from .errors import BundlerError, EC2Error, ManifestError, S3Error
+from .errors import BundlerError, EC2Error, S3Error
 from .manifest import ParsedManifest, parse_manifest
 from .parts import Part, PartSink
 from .pipeline import BundleKeys, BundleOptions, bundle
 from .progress import NULL_PROGRESS, ProgressListener
 from .regions import same_partition
+from .rerun import ImageFingerprint, existing_bundle
 from .s3 import (
     DEFAULT_ACL,
     DEFAULT_ATTEMPTS,
     DEFAULT_JOBS,
+    InUseLookup,
     S3Location,
     S3Sink,
+    check_replaceable,
     copy_bundle,
     ensure_bucket,
-    load_remote_manifest,
-    object_exists,
 )
 from .s3.ownership import check_bucket_for_bundles
 from .source import ImageSource
@@ -171,6 +175,7 @@ class RegionTarget:
     ec2_public_key: Any
     ec2_cert: str = "EC2 certificate"  # for messages
     endpoint: str | None = None  # the S3 endpoint override, if any (decides server-side copy)
+    in_use: InUseLookup | None = None  # which AMIs use a bundle there (see bundler.inuse)
 
 
 @dataclass
@@ -219,7 +224,8 @@ class MultiRegionResult:
 class _State:
     target: RegionTarget
     outcome: RegionOutcome
-    parsed: ParsedManifest | None = None  # the region's manifest, when it is in the bucket
+    parsed: ParsedManifest | None = None  # the region's manifest, when it holds this image
+    different: bool = False  # the region holds a bundle of that name that is not this image
 
 
 def _message(exc: BaseException) -> str:
@@ -271,6 +277,7 @@ def install_regions(
     jobs: int = DEFAULT_JOBS,
     attempts: int = DEFAULT_ATTEMPTS,
     copy_mode: str = "auto",
+    force: bool = False,
     progress: ProgressListener = NULL_PROGRESS,
     enable_bucket_acls: bool = False,
 ) -> MultiRegionResult:
@@ -278,6 +285,7 @@ def install_regions(
 
     Never raises for one region's failure: it is in that region's outcome. ``register`` is an
     ``ec2.RegisterOptions`` (None: upload only). ``copy_mode``: auto | server | stream.
+    ``force``: replace a different bundle of that name (never one a registered AMI uses).
     """
     started = time.monotonic()
     name = options.name
@@ -285,18 +293,22 @@ def install_regions(
     states = [_State(t, RegionOutcome(t.region, t.location.image_location(manifest_name))) for t in targets]
     bundled = False
     bundle_summary = None
+    image = ImageFingerprint(source, name)
     try:
-        _parallel(states, lambda st: _probe(st, manifest_name, keys, source.size, register, acl,
-                                            enable_bucket_acls))
+        _parallel(states, lambda st: _probe(st, manifest_name, keys, image, register, acl, enable_bucket_acls))
+        _parallel([st for st in states if st.outcome.ok and st.different],
+                  lambda st: check_replaceable(st.target.location, manifest_name, force=force,
+                                               in_use=st.target.in_use))
         alive = [st for st in states if st.outcome.ok]
         have = [st for st in alive if st.parsed is not None]
         need = [st for st in alive if st.parsed is None]
         if need and have:
             log.info("%s already in %s: copying it to %s instead of bundling again", name,
                      ", ".join(st.target.region for st in have), ", ".join(st.target.region for st in need))
-            _parallel(need, lambda st: _copy_from(st, have, manifest_name, keys, acl, jobs, attempts, copy_mode))
+            _parallel(need, lambda st: _copy_from(st, have, manifest_name, keys, acl, jobs, attempts, copy_mode,
+                                                  force))
         elif need:
-            bundle_summary = _bundle_to(need, source, keys, options, acl, jobs, attempts, progress)
+            bundle_summary = _bundle_to(need, source, keys, options, acl, jobs, attempts, force, progress)
             bundled = True
     finally:
         source.close()  # bundle() closes it too; closing twice is harmless, leaking it is not
@@ -320,22 +332,19 @@ def _parallel(states: Sequence[_State], fn: Callable[[_State], None]) -> None:
         fut.result()  # guarded() keeps Exceptions; a KeyboardInterrupt is raised here
 
 
-def _probe(st: _State, manifest_name: str, keys: BundleKeys, image_size: int, register: Any | None,
+def _probe(st: _State, manifest_name: str, keys: BundleKeys, image: ImageFingerprint, register: Any | None,
            acl: str = DEFAULT_ACL, enable_bucket_acls: bool = False) -> None:
     t = st.target
     ensure_bucket(t.s3, t.location.bucket, location=t.region)
     # Before the first part is bundled: a bucket that cannot take the ACL fails its region here.
     check_bucket_for_bundles(t.s3, t.location.bucket, acl=acl, enable_acls=enable_bucket_acls)
-    if not object_exists(t.s3, t.location.bucket, t.location.key(manifest_name)):
+    existing = existing_bundle(t.s3, t.location, manifest_name, image, keys.user_public_key)
+    if existing is None:
         return
-    parsed, _, _ = load_remote_manifest(t.s3, t.location, manifest_name)
-    from .keys import verify_manifest
-
-    verify_manifest(parsed, keys.user_public_key, cert_name="the user certificate (-c)")
-    if parsed.manifest.size != image_size:
-        raise ManifestError(f"{parsed.source} is a bundle of a {parsed.manifest.size}-byte image, not of this "
-                            f"{image_size}-byte one: delete that bundle or use another -p/--prefix or bucket")
-    st.parsed = parsed
+    if not existing.same_image or existing.parsed is None:
+        st.different = True
+        return
+    st.parsed = existing.parsed
     st.outcome.action = "present"
     if register is not None and t.ec2 is not None:
         image_id = find_registered(t.ec2, register.name, st.outcome.image_location)
@@ -354,16 +363,17 @@ def _server_side(src: RegionTarget, dst: RegionTarget, mode: str) -> bool:
 
 
 def _copy_from(st: _State, have: Sequence[_State], manifest_name: str, keys: BundleKeys, acl: str,
-               jobs: int, attempts: int, copy_mode: str) -> None:
+               jobs: int, attempts: int, copy_mode: str, force: bool) -> None:
     t = st.target
     # Prefer a source that allows a server-side copy.
     ranked = sorted(have, key=lambda h: not _server_side(h.target, t, copy_mode))
     src = ranked[0]
     assert src.parsed is not None
     data = region_manifest(src.parsed, keys, t)
+    # The copy's own publish protocol decides again about a different bundle there.
     result = copy_bundle(src.target.s3, src.target.location, manifest_name, t.s3, t.location, manifest=data,
                          parsed=src.parsed, server_side=_server_side(src.target, t, copy_mode), acl=acl,
-                         jobs=jobs, attempts=attempts)
+                         jobs=jobs, attempts=attempts, force=force, in_use=t.in_use)
     st.parsed = parse_manifest(data, source=t.location.url(manifest_name))
     st.outcome.action = "copied"
     st.outcome.copied_from = src.target.region
@@ -372,12 +382,13 @@ def _copy_from(st: _State, have: Sequence[_State], manifest_name: str, keys: Bun
 
 
 def _bundle_to(need: Sequence[_State], source: ImageSource, keys: BundleKeys, options: BundleOptions, acl: str,
-               jobs: int, attempts: int, progress: ProgressListener) -> dict[str, object] | None:
+               jobs: int, attempts: int, force: bool, progress: ProgressListener) -> dict[str, object] | None:
     by_region = {st.target.region: st for st in need}
     first = need[0].target
     bundle_keys = BundleKeys(keys.signing_key, keys.user_public_key, first.ec2_public_key)
     sinks = {st.target.region: S3Sink(st.target.s3, st.target.location.bucket, st.target.location.prefix,
-                                      acl=acl, jobs=jobs, attempts=attempts) for st in need}
+                                      acl=acl, jobs=jobs, attempts=attempts, force=force,
+                                      in_use=st.target.in_use) for st in need}
 
     def manifest_for(region: str, data: bytes) -> bytes:
         parsed = parse_manifest(data, source=by_region[region].outcome.image_location)

@@ -36,6 +36,7 @@ from .concurrency import BackgroundStage, Prefetch
 from .deflate import GzipDecoder, ParallelGzipWriter, compression_settings
 from .ec2certs import EC2Certificate
 from .errors import ArchiveError, DecryptionError, IntegrityError, KeyFileError
+from .imagetar import member_info
 from .imagewriter import FileImageWriter, ImageWriter, NullImageWriter
 from .manifest import Manifest, ParsedManifest, PartEntry, part_mismatch, part_names, validate_name
 from .parts import MAX_PART_BYTES, PART_SIZE, Part, PartSink, PartSource
@@ -43,7 +44,6 @@ from .progress import NULL_PROGRESS, ProgressListener
 from .source import ImageSource
 from .stagetimes import NULL_TIMES, StageTimes
 from .tarstream import (
-    MemberInfo,
     TarReader,
     archive_size,
     data_padding,
@@ -287,7 +287,8 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
     started = time.monotonic()
     name = validate_name(options.name)
     regions = source.regions()
-    info = MemberInfo(name=name, size=source.size, mode=source.mode & 0o7777, mtime=source.mtime)
+    # The member's metadata as imagetar has it: re-runs recompute this stream's digest there.
+    info = member_info(source, name)
     tar_size = archive_size(info, regions)
     stored = source.size if regions is None else sum(length for _, length in regions)
     max_parts = math.ceil(max_bundled_size(tar_size) / PART_SIZE)

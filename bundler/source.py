@@ -14,7 +14,7 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, ClassVar, Protocol
 
 from .errors import ImageError
 
@@ -111,6 +111,8 @@ class FileImageSource:
     _fd: int = field(repr=False, default=-1)
     _regions: list[tuple[int, int]] = field(repr=False, default_factory=list)
     sparse: bool = True
+    _identity: tuple[int, ...] | None = field(repr=False, default=None)  # see _fingerprint
+    rereadable: ClassVar[bool] = True
 
     def regions(self) -> list[tuple[int, int]] | None:
         # A dense file, or one too small to hold a whole hole, is a plain member, as GNU tar writes it.
@@ -141,14 +143,35 @@ class FileImageSource:
             while offset < end:
                 data = self.read_at(offset, min(READ_SIZE, end - offset))
                 if not data:
-                    raise ImageError(f"{self.path} shrank while it was being bundled (short read at offset {offset})")
+                    raise ImageError(f"{self.path} shrank while it was being read (short read at offset {offset}): "
+                                     "nothing was kept; bundle an image nothing writes to (a copy or a snapshot)")
                 offset += len(data)
                 yield data
+        self.check_unchanged()
+
+    def check_unchanged(self) -> None:
+        """Raise if the file changed since it was opened (size, mtime, ctime; a device's size):
+        what was read may mix old and new bytes, like GNU tar's "file changed as we read it"."""
+        if self._identity is None or self._fd < 0:
+            return
+        now = _fingerprint(self._fd)
+        if now != self._identity:
+            what = "grew or shrank" if now[0] != self._identity[0] else "was modified"
+            raise ImageError(f"{self.path} {what} while it was being read: nothing was kept; bundle an image "
+                             "nothing writes to (a copy or a snapshot)")
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _fingerprint(fd: int) -> tuple[int, ...]:
+    """(size, mtime_ns, ctime_ns) of an open file; a block device's size is its end offset."""
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        return (os.lseek(fd, 0, os.SEEK_END), st.st_mtime_ns, st.st_ctime_ns)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _advise_sequential(fd: int) -> None:
@@ -189,7 +212,8 @@ def open_image(path: Path | str, *, name: str | None = None, sparse: bool = True
         regions = find_data_regions(fd, size) if sparse else [(0, size)]
         source = FileImageSource(path=path, name=name or path.name, size=size,
                                  mode=stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o644,
-                                 mtime=int(st.st_mtime), _fd=fd, _regions=regions, sparse=sparse)
+                                 mtime=int(st.st_mtime), _fd=fd, _regions=regions, sparse=sparse,
+                                 _identity=_fingerprint(fd))
         if sparse and zero_runs_as_holes:
             source._regions = drop_zero_runs(source.peek_at, regions)
         regions = source._regions
@@ -224,6 +248,7 @@ class StreamImageSource:
     mode: int = 0o644
     mtime: int = 0
     allow_large: bool = False
+    rereadable: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         check_size(self.size, "on standard input", self.allow_large)

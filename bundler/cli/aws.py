@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ManifestError, S3Error, UsageError
+from ..errors import BundleInUseError, ManifestError, S3Error, UsageError
+from ..inuse import InUse
 from ..s3 import (
     S3Location,
     delete_bucket_if_empty,
@@ -61,6 +63,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--part", type=count(0, 99_999, "part index"), metavar="N", help="start at part index N (classic; resume is automatic)")
     p.add_argument("--skipmanifest", action="store_true", help="do not upload the manifest")
     p.add_argument("--no-resume", action="store_true", help="re-upload parts that are already in S3")
+    p.add_argument("--force", action="store_true",
+                   help="replace a different bundle of the same name (never one a registered AMI uses)")
     add_aws_options(p)
     p.set_defaults(func=run_upload_bundle)
 
@@ -92,6 +96,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--clear", action="store_true", help="delete the bucket afterwards if it is empty")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
+    p.add_argument("--force", action="store_true", help="delete it even though a registered AMI uses it")
     add_aws_options(p)
     p.set_defaults(func=run_delete_bundle)
 
@@ -167,8 +172,9 @@ def run_upload_bundle(args: argparse.Namespace, printer: Printer) -> int:
     check_bucket_for_bundles(client, location.bucket, acl=args.acl, enable_acls=args.enable_bucket_acls)
     result = upload_bundle(client, location, args.manifest, directory=args.directory, acl=args.acl,
                            jobs=aws.jobs, attempts=aws.attempts, start_part=args.part,
-                           skip_manifest=args.skipmanifest, resume=not args.no_resume, progress=printer.progress(),
-                           prepared=prepared)
+                           skip_manifest=args.skipmanifest, resume=not args.no_resume, force=args.force,
+                           in_use=InUse(lambda: aws.ec2(at or client.meta.region_name), warn=printer.warn),
+                           progress=printer.progress(), prepared=prepared)
     result.bucket_created = created
     human = []
     if result.parts_skipped:
@@ -279,6 +285,7 @@ def run_delete_bundle(args: argparse.Namespace, printer: Printer) -> int:
 
     data: dict[str, Any] = {"bucket": location.bucket, "keys": plan.keys, "missing": plan.missing,
                             "dry_run": bool(args.dry_run), "deleted": 0, "bucket_deleted": False}
+    data["in_use_by"] = _refuse_deleting_in_use(aws, client, location, plan.keys, args, printer)
     if not plan.keys:
         human = [f"Nothing to delete in {location.url()}"]
         if args.clear and not args.dry_run:
@@ -307,6 +314,33 @@ def run_delete_bundle(args: argparse.Namespace, printer: Printer) -> int:
                      else f"Bucket {location.bucket} is not empty: kept")
     printer.result(data, human)
     return 0
+
+
+def _refuse_deleting_in_use(aws: AwsContext, client: Any, location: S3Location, keys: Sequence[str],
+                            args: argparse.Namespace, printer: Printer) -> list[str]:
+    """EC2 first: the manifests among ``keys`` that a registered AMI uses are refused without
+    --force (with it, a warning names the AMIs). Returns the AMI ids."""
+    lookup = InUse(lambda: aws.ec2(client.meta.region_name), warn=printer.warn)
+    users: list[str] = []
+    for key in keys:
+        if not key.endswith((".manifest.xml", ".manifest")):
+            continue
+        ids = lookup(f"{location.bucket}/{key}") or []
+        if not ids:
+            continue
+        users.extend(ids)
+        where, amis = f"s3://{location.bucket}/{key}", ", ".join(ids)
+        if args.force:
+            printer.warn(f"{where} is the bundle of the registered AMI(s) {amis}: deleting it anyway (--force); "
+                         "they will fail to launch")
+        elif args.dry_run:
+            printer.warn(f"{where} is the bundle of the registered AMI(s) {amis}: delete-bundle refuses it "
+                         "without --force")
+        else:
+            raise BundleInUseError(f"{where} is the bundle of the registered AMI(s) {amis}: nothing was deleted; "
+                                   "deregister them first (ami-bundler deregister AMI --delete-bundle), or pass "
+                                   "--force to delete it anyway")
+    return sorted(set(users))
 
 
 # --------------------------------------------------------------------------- register / deregister
@@ -348,7 +382,15 @@ def run_deregister(args: argparse.Namespace, printer: Printer) -> int:
     data: dict[str, Any] = {"image_id": args.image_id, "deregistered": True, "image_location": image_location,
                             "deleted": 0}
     human = [f"Deregistered {args.image_id}"]
+    others: list[str] = []
     if image_location:
+        # Another AMI registered from the same manifest still launches from it: keep the bundle.
+        others = InUse(lambda: ec2, exclude=[args.image_id], warn=printer.warn)(image_location) or []
+        data["kept_for"] = others
+    if others:
+        human.append(f"Kept the bundle {image_location}: the registered AMI(s) {', '.join(others)} still use it "
+                     "(deregister them with --delete-bundle to delete it)")
+    elif image_location:
         location, name = split_manifest_location(image_location)
         client, _ = aws.s3_in_bucket_region(location.bucket)
         try:

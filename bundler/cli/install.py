@@ -10,6 +10,7 @@ from typing import Any
 
 from ..aws import endpoint_url_value
 from ..errors import S3Error, UsageError
+from ..inuse import InUse
 from ..s3 import S3Location, ensure_bucket, location_region
 from ..s3.ownership import check_bucket_for_bundles
 from .checking import add_no_check_option, check_install_image
@@ -48,6 +49,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--no-register", action="store_true", help="stop after the upload")
     add_no_check_option(
         p, what="the image (boot rules; sharing rules too with --launch-permission all)"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a different bundle of the same name (never one a registered AMI uses)",
     )
     add_register_options(p, full=False)
     add_region_options(p)
@@ -142,30 +148,37 @@ def _install_one(args: argparse.Namespace, printer: Printer) -> int:
         acl=args.acl,
         jobs=aws.jobs,
         attempts=aws.attempts,
+        force=args.force,
+        in_use=InUse(lambda: aws.ec2(aws.opts.region or at), warn=printer.warn),
         progress=printer.progress(),
     )
     b = result.bundle
-    data: dict[str, Any] = {
-        **b.summary(),
-        "image_location": result.image_location,
-        "bytes_uploaded": result.bytes_uploaded,
-    }
-    human = [
-        f"Bundled and uploaded {b.manifest.name}: {b.size} bytes → "
-        f"{plural(len(b.part_names), 'part')}, {b.bundled_size} bytes in {b.seconds:.2f}s",
-        f"Manifest uploaded to: {result.image_location}",
-    ]
+    data: dict[str, Any] = result.summary()
+    if b is None:
+        human = [f"{result.image_location} already holds this image: nothing bundled or uploaded"]
+    else:
+        human = [
+            f"Bundled and uploaded {b.manifest.name}: {b.size} bytes → "
+            f"{plural(len(b.part_names), 'part')}, {b.bundled_size} bytes in {b.seconds:.2f}s",
+            f"Manifest uploaded to: {result.image_location}",
+        ]
     if options is None:
         printer.result(data, human)
         return 0
     data.update(
         image_id=result.image_id, ami_name=options.name, region=result.region, state=result.state
     )
-    human += [
-        f"Registered {result.image_id} ({options.name}) in {result.region}"
-        + (f": {result.state}" if result.state else ""),
-        str(result.image_id),
-    ]
+    if result.registered == "existing":
+        human += [
+            f"Already registered as {result.image_id} ({options.name}) in {result.region}",
+            str(result.image_id),
+        ]
+    else:
+        human += [
+            f"Registered {result.image_id} ({options.name}) in {result.region}"
+            + (f": {result.state}" if result.state else ""),
+            str(result.image_id),
+        ]
     printer.result(data, human)
     return 0
 
@@ -238,6 +251,9 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
                 ec2_public_key=public[certs[region]],
                 ec2_cert=str(certs[region]),
                 endpoint=opts.endpoint_url,
+                in_use=InUse(
+                    lambda opts=opts, region=region: aws.ec2(region, opts=opts), warn=printer.warn
+                ),
             )
         )
     source, options = source_and_options(args)
@@ -259,6 +275,7 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
         jobs=aws.jobs,
         attempts=aws.attempts,
         copy_mode=args.copy_mode,
+        force=args.force,
         progress=printer.progress(),
         enable_bucket_acls=args.enable_bucket_acls,
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..aws import endpoint_url_value
 from ..errors import S3Error, UsageError
+from ..inuse import InUse
 from ..s3 import S3Location, bucket_region, ensure_bucket, location_region
 from ..s3.ownership import check_bucket_for_bundles
 from .common import Printer
@@ -74,6 +75,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_jobs_option(p, help="parallel copies (default: %(default)s)")
     add_retry_option(p)
     p.add_argument("--register", action="store_true", help="register the AMI in the target region afterwards")
+    p.add_argument("--force", action="store_true",
+                   help="replace a different bundle of that name at the destination (never one a registered AMI uses)")
     p.add_argument("-n", "--name", help="AMI name with --register (default: the bundle name)")
     add_target_options(p, with_region=False)
     add_aws_options(p)
@@ -188,6 +191,7 @@ def run_copy_bundle(args: argparse.Namespace, printer: Printer) -> int:
         printer.note(f"Copying through this machine ({src_region} → {target}: different partition or endpoint)")
     result = copy_bundle(src_client, source, name, dst_client, destination, manifest=migration.xml, parsed=parsed,
                          server_side=server_side, acl=args.acl, jobs=aws.jobs, attempts=aws.attempts,
+                         force=args.force, in_use=InUse(lambda: aws.ec2(target), warn=printer.warn),
                          progress=printer.progress())
     data: dict[str, Any] = {**result.summary(), **migration.summary(), "source_region": src_region,
                             "region": target, "ec2cert": str(ec2cert), "ec2_certificate": chosen.as_json(),

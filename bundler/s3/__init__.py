@@ -39,6 +39,7 @@ from .objects import (
     put_bytes,
     s3_error,
 )
+from .publish import InUseLookup, Publication, bundle_identity, check_replaceable
 from .stream import S3PartSource, S3Sink
 from .upload import (
     LocalPart,
@@ -51,6 +52,10 @@ from .upload import (
 
 __all__ = [
     "ACLS",
+    "InUseLookup",
+    "Publication",
+    "bundle_identity",
+    "check_replaceable",
     "BucketLocationError",
     "ConcurrentUploadError",
     "CopyResult",

@@ -23,6 +23,7 @@ from .objects import (
     list_objects,
     put_bytes,
 )
+from .publish import InUseLookup, Publication
 
 log = logging.getLogger("bundler.s3")
 
@@ -63,15 +64,19 @@ def copy_bundle(
     acl: str = DEFAULT_ACL,
     jobs: int = DEFAULT_JOBS,
     attempts: int = DEFAULT_ATTEMPTS,
+    force: bool = False,
+    in_use: InUseLookup | None = None,
     progress: ProgressListener = NULL_PROGRESS,
 ) -> CopyResult:
     """Copy the parts ``parsed`` names from ``source`` to ``destination``, then put ``manifest``
-    (the migrated one) there last.
+    (the migrated one) there last, through the publish protocol (publish.py): lease, a different
+    bundle at the destination refused unless ``force`` (never while ``in_use`` names an AMI) and
+    its manifest retired before the first part, every part re-checked before the manifest.
 
-    Resumable: a part already at the destination with the source's size and ETag is skipped.
-    ``server_side`` uses CopyObject (no bytes through this machine; the buckets must be reachable
-    from one endpoint, i.e. the same partition); otherwise each part is streamed GET → SHA-1
-    check → PUT, at most ``jobs`` parts in memory at a time.
+    Resumable: a part of the same bundle already at the destination with the source's size and
+    ETag is skipped. ``server_side`` uses CopyObject (no bytes through this machine; the buckets
+    must be reachable from one endpoint, i.e. the same partition); otherwise each part is streamed
+    GET → SHA-1 check → PUT, at most ``jobs`` parts in memory at a time.
     """
     started = time.monotonic()
     entries = sorted(parsed.manifest.parts, key=lambda e: e.index)
@@ -86,32 +91,41 @@ def copy_bundle(
     if total != parsed.manifest.bundled_size:
         raise IntegrityError(f"parts in {source.url()} hold {total} bytes but {parsed.source} says bundled_size "
                              f"{parsed.manifest.bundled_size}: they are not this bundle's parts")
-    have_dst = list_objects(dst_client, destination.bucket, os.path.commonprefix(dst_keys))
-    todo = [(e, s, d) for e, s, d in zip(entries, src_keys, dst_keys, strict=True) if have_dst.get(d) != have_src[s]]
-    skipped = len(entries) - len(todo)
-    if skipped:
-        log.info("resuming: %d of %d parts are already in %s", skipped, len(entries), destination.url())
-    progress.start("copy", sum(have_src[s][0] for _, s, _ in todo))
-
-    def server(entry: PartEntry, src_key: str, dst_key: str) -> int:
-        copy_object(dst_client, (source.bucket, src_key), destination.bucket, dst_key,
-                    etag=have_src[src_key][1], acl=acl, attempts=attempts)
-        progress.advance("copy", have_src[src_key][0])
-        return have_src[src_key][0]
-
-    def stream(entry: PartEntry, src_key: str, dst_key: str) -> int:
-        data = fetch_part(src_client, source.bucket, src_key, entry, attempts)  # SHA-1 checked
-        put_bytes(dst_client, destination.bucket, dst_key, data, acl=acl, attempts=attempts)
-        progress.advance("copy", len(data))
-        return len(data)
-
-    copy = server if server_side else stream
+    publication = Publication(dst_client, destination, manifest_name, acl=acl, attempts=attempts, force=force,
+                              in_use=in_use)
+    target = publication.open(parsed)
     try:
-        sizes = run_parallel([partial(copy, *t) for t in todo], jobs)
-        # Last: a visible manifest always means a complete bundle (spec §6.6).
-        put_bytes(dst_client, destination.bucket, destination.key(manifest_name), manifest, acl=acl,
-                  attempts=attempts)
+        todo = [(e, s, d) for e, s, d in zip(entries, src_keys, dst_keys, strict=True)
+                if not target.has(d, *have_src[s])]
+        skipped = len(entries) - len(todo)
+        if skipped:
+            log.info("resuming: %d of %d parts are already in %s", skipped, len(entries), destination.url())
+        progress.start("copy", sum(have_src[s][0] for _, s, _ in todo))
+
+        def server(entry: PartEntry, src_key: str, dst_key: str) -> tuple[int, str]:
+            size, etag = have_src[src_key]
+            got = copy_object(dst_client, (source.bucket, src_key), destination.bucket, dst_key,
+                              etag=etag, acl=acl, attempts=attempts)
+            progress.advance("copy", size)
+            return size, got or etag
+
+        def stream(entry: PartEntry, src_key: str, dst_key: str) -> tuple[int, str]:
+            data = fetch_part(src_client, source.bucket, src_key, entry, attempts)  # SHA-1 checked
+            etag = put_bytes(dst_client, destination.bucket, dst_key, data, acl=acl, attempts=attempts)
+            progress.advance("copy", len(data))
+            return len(data), etag
+
+        copy = server if server_side else stream
+        try:
+            copied = run_parallel([partial(copy, *t) for t in todo], jobs)
+            # What is at the destination now (what we copied, or what matched the source), re-checked
+            # with the lease right before the manifest goes up last.
+            expected = {d: have_src[s] for s, d in zip(src_keys, dst_keys, strict=True)}
+            expected.update({d: got for (_, _, d), got in zip(todo, copied, strict=True)})
+            publication.publish(manifest, expected)
+        finally:
+            progress.finish("copy")
     finally:
-        progress.finish("copy")
+        publication.close()
     return CopyResult(source.url(manifest_name), destination, manifest_name, "server" if server_side else "stream",
-                      len(entries), len(todo), skipped, sum(sizes), time.monotonic() - started)
+                      len(entries), len(todo), skipped, sum(size for size, _ in copied), time.monotonic() - started)

@@ -294,23 +294,24 @@ def object_exists(client: Any, bucket: str, key: str) -> bool:
 
 
 def copy_object(client: Any, source: tuple[str, str], bucket: str, key: str, *, etag: str | None,
-                acl: str | None = DEFAULT_ACL, attempts: int = DEFAULT_ATTEMPTS) -> None:
+                acl: str | None = DEFAULT_ACL, attempts: int = DEFAULT_ATTEMPTS) -> str:
     """Server-side CopyObject (sent to the destination's endpoint) with the canned ACL; the copy's
-    ETag must equal the source's (both are the MD5 of a single-PUT part)."""
+    ETag must equal the source's (both are the MD5 of a single-PUT part). Returns the copy's ETag."""
     params: dict[str, Any] = {"Bucket": bucket, "Key": key, "MetadataDirective": "COPY",
                               "CopySource": {"Bucket": source[0], "Key": source[1]}}
     if acl:
         params["ACL"] = acl
 
-    def attempt() -> None:
+    def attempt() -> str:
         resp = client.copy_object(**params)
         got = str(resp.get("CopyObjectResult", {}).get("ETag", "")).strip('"').lower()
         if etag and got and "-" not in etag and got != etag:
             raise _Corrupt(f"copy has ETag {got}, source has {etag}")
+        return got
 
     with s3_errors("copy to", bucket, key, acl=acl):
         try:
-            with_attempts(attempt, attempts, f"copy s3://{source[0]}/{source[1]} to s3://{bucket}/{key}")
+            return with_attempts(attempt, attempts, f"copy s3://{source[0]}/{source[1]} to s3://{bucket}/{key}")
         except _Corrupt as exc:
             raise IntegrityError(f"copy to s3://{bucket}/{key}: {exc}") from None
         except bexc.ClientError as exc:

@@ -1,22 +1,188 @@
-"""Publishing a bundle: parts re-checked before the manifest goes up, orphans removed after."""
+"""The one publish protocol every writer of a bundle follows (upload, streaming install, copy,
+multi-region fan-out, migrate-bundle).
+
+S3 has no transactions, and an instance-store AMI *is* its bundle: EC2 reads the parts at every
+launch. So a writer, through :class:`Publication`:
+
+1. takes the lease on the bundle name (``lock.UploadLock``);
+2. looks at what is at the target: nothing, the same bundle (same parts: resume, keep what is
+   intact) or a different bundle — refused unless ``force``, and refused even then while a
+   registered AMI uses it (``in_use``, asked of EC2 by the caller's lookup);
+3. retires a different bundle's manifest before its first part is written, so a visible
+   manifest never names parts of another bundle, not even after a crash;
+4. re-checks every part and the lease right before the manifest, which goes up last;
+5. after publishing, removes parts no manifest names — a failure there only warns: the bundle
+   is published and whole.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import BundleInUseError, BundlerError, PartMissingError, ReplaceRefusedError
+from ..manifest import ParsedManifest, parse_manifest
 from .location import S3Location
-from .lock import ConcurrentUploadError
-from .objects import delete_keys, list_objects
+from .lock import ConcurrentUploadError, UploadLock
+from .objects import (
+    DEFAULT_ACL,
+    DEFAULT_ATTEMPTS,
+    MANIFEST_SIZE_CAP,
+    delete_keys,
+    get_bytes,
+    list_objects,
+    put_bytes,
+)
 
 log = logging.getLogger("bundler.s3")
 
 
 PART_SUFFIX = re.compile(r"^\.part\.[0-9]+$")
 MANIFEST_SUFFIX = re.compile(r"^\.manifest(\.xml)?$")
+
+# image location (BUCKET/PREFIX/NAME.manifest.xml) → ids of the registered AMIs that use it, or
+# None when that could not be asked (the lookup has warned): see bundler.inuse.
+InUseLookup = Callable[[str], "Sequence[str] | None"]
+
+NOTHING, SAME, DIFFERENT = "nothing", "same", "different"
+
+
+def bundle_identity(parsed: ParsedManifest) -> tuple[int, tuple[tuple[str, str], ...]]:
+    """What makes two manifests the same bundle: the same parts with the same digests. The
+    wrapping of the key and the signature may differ (a migrated copy), the bytes may not."""
+    entries = sorted(parsed.manifest.parts, key=lambda e: e.index)
+    return parsed.manifest.bundled_size, tuple((e.filename, e.digest.lower()) for e in entries)
+
+
+@dataclass
+class Target:
+    """What a writer found at its target when it opened its publication."""
+
+    state: str  # NOTHING | SAME | DIFFERENT (already retired when the writer gets it)
+    listing: dict[str, tuple[int, str]] = field(default_factory=dict)  # key → (size, MD5) under NAME
+
+    def has(self, key: str, size: int, md5: str) -> bool:
+        """Whether ``key`` is already there intact (only ever true of the same bundle's parts)."""
+        return self.state != DIFFERENT and self.listing.get(key) == (size, md5)
+
+
+class Publication:
+    """One bundle being written to one location, in the order the module docstring gives.
+
+    ``open`` (lease, target, retire), then the writer's parts, then ``publish`` (re-check,
+    manifest last, orphans); ``close`` on every path (idempotent, never raises).
+    """
+
+    def __init__(self, client: Any, location: S3Location, manifest_name: str, *, acl: str = DEFAULT_ACL,
+                 attempts: int = DEFAULT_ATTEMPTS, force: bool = False, in_use: InUseLookup | None = None) -> None:
+        self.client = client
+        self.location = location
+        self.manifest_name = manifest_name
+        self.manifest_key = location.key(manifest_name)
+        self.name = bundle_name(manifest_name)
+        self.acl = acl
+        self.attempts = attempts
+        self.force = force
+        self.in_use = in_use
+        self.lock = UploadLock(client, location, self.name, acl=acl)
+        self.target: Target | None = None
+        self.published = False
+
+    def open(self, new: ParsedManifest | None = None) -> Target:
+        """Lease, decide, retire. ``new`` is the bundle to be published when it is known (upload,
+        copy); a streaming writer passes None: its fresh AES key makes any bundle there another one."""
+        self.lock.acquire()
+        try:
+            listing = list_objects(self.client, self.location.bucket, self.location.key(self.name))
+            state = self._compare(new) if self.manifest_key in listing else NOTHING
+            if state == DIFFERENT:
+                self._may_replace()
+                # Its parts are about to be overwritten: its manifest goes first, so that no
+                # visible manifest ever names parts of another bundle, whenever we die.
+                log.info("removing %s: the different bundle of that name is being replaced",
+                         self.location.url(self.manifest_name))
+                delete_keys(self.client, self.location.bucket, [self.manifest_key], attempts=self.attempts)
+                listing.pop(self.manifest_key, None)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.target = Target(state, listing)
+        return self.target
+
+    def _compare(self, new: ParsedManifest | None) -> str:
+        if new is None:
+            return DIFFERENT
+        try:
+            raw = get_bytes(self.client, self.location.bucket, self.manifest_key, limit=MANIFEST_SIZE_CAP,
+                            what="manifest", attempts=self.attempts)
+        except PartMissingError:
+            return NOTHING  # removed since the listing
+        if raw == new.raw:
+            return SAME
+        try:
+            old = parse_manifest(raw, source=self.location.url(self.manifest_name))
+        except BundlerError:
+            return DIFFERENT  # a legacy encrypted or damaged manifest: not provably the same
+        return SAME if bundle_identity(old) == bundle_identity(new) else DIFFERENT
+
+    def _may_replace(self) -> None:
+        check_replaceable(self.location, self.manifest_name, force=self.force, in_use=self.in_use)
+
+    def check_parts(self, expected: Mapping[str, tuple[int, str]]) -> None:
+        """Every key in ``expected`` is there with that (size, MD5), and the lease is still ours."""
+        check_uploaded(self.client, self.location, dict(expected))
+        self.lock.check()
+
+    def publish(self, manifest: bytes, expected: Mapping[str, tuple[int, str]]) -> str:
+        """Re-check every part and the lease, PUT the manifest (last), then remove orphans (a failure
+        there warns: the bundle is published and whole). Releases the lease; returns the key."""
+        self.check_parts(expected)
+        put_bytes(self.client, self.location.bucket, self.manifest_key, manifest, acl=self.acl,
+                  attempts=self.attempts)
+        self.published = True
+        try:
+            # Provisional parts of runs that were killed, or the tail of a longer older bundle.
+            remove_orphans(self.client, self.location, self.name, list(expected), self.attempts)
+        except BundlerError as exc:
+            log.warning("could not remove stale parts of %s: %s (delete-bundle -p %s removes them)",
+                        self.name, exc, self.name)
+        self.close()
+        return self.manifest_key
+
+    @property
+    def lost(self) -> bool:
+        return self.lock.lost
+
+    def close(self) -> None:
+        self.lock.release()
+
+
+def check_replaceable(location: S3Location, manifest_name: str, *, force: bool,
+                      in_use: InUseLookup | None) -> None:
+    """The rule for replacing the different bundle at ``location``: never while a registered AMI
+    uses it, otherwise only with ``force``. Raises BundleInUseError / ReplaceRefusedError."""
+    url = location.url(manifest_name)
+    users: Sequence[str] | None = None
+    if in_use is not None:
+        try:
+            users = in_use(location.image_location(manifest_name))
+        except BundlerError:
+            if force:
+                raise  # about to destroy it: not knowing whether an AMI uses it is an error
+    if users:
+        raise BundleInUseError(
+            f"{url} holds a different bundle that the registered AMI(s) {', '.join(users)} use: it is "
+            "never replaced, not even with --force; deregister them first (ami-bundler deregister AMI) "
+            "or publish under another name (-p), prefix or bucket")
+    if not force:
+        raise ReplaceRefusedError(
+            f"{url} already holds a different bundle named {bundle_name(manifest_name)}: nothing was changed; "
+            "pass --force to replace it, or use another name (-p), prefix or bucket")
+    log.warning("replacing the different bundle at %s (--force)", url)
 
 
 def check_uploaded(client: Any, location: S3Location, expected: dict[str, tuple[int, str]]) -> None:

@@ -16,7 +16,6 @@ from ..manifest import PartEntry
 from ..parts import Part, provisional_name
 from ..progress import NULL_PROGRESS, ProgressListener
 from .location import S3Location
-from .lock import UploadLock
 from .objects import (
     DEFAULT_ACL,
     DEFAULT_ATTEMPTS,
@@ -28,7 +27,7 @@ from .objects import (
     s3_errors,
     with_attempts,
 )
-from .publish import check_uploaded, remove_orphans
+from .publish import InUseLookup, Publication
 
 log = logging.getLogger("bundler.s3")
 
@@ -59,9 +58,11 @@ class S3Sink:
     """
 
     def __init__(self, client: Any, bucket: str, prefix: str = "", *, acl: str = DEFAULT_ACL,
-                 jobs: int = DEFAULT_JOBS, attempts: int = DEFAULT_ATTEMPTS,
-                 progress: ProgressListener = NULL_PROGRESS) -> None:
+                 jobs: int = DEFAULT_JOBS, attempts: int = DEFAULT_ATTEMPTS, force: bool = False,
+                 in_use: InUseLookup | None = None, progress: ProgressListener = NULL_PROGRESS) -> None:
         self.client = client
+        self.force = force
+        self.in_use = in_use
         self.location = S3Location(bucket, prefix)
         self.acl = acl
         self.jobs = max(1, jobs)
@@ -75,7 +76,7 @@ class S3Sink:
         self._created: set[str] = set()
         self._created_lock = threading.Lock()
         self._sizes: dict[int, tuple[int, str]] = {}
-        self._lock: UploadLock | None = None
+        self._publication: Publication | None = None
         self.bytes_uploaded = 0
         self.manifest_key: str | None = None
 
@@ -86,19 +87,10 @@ class S3Sink:
         self._name = name
         self._max_parts = max_parts
         self._width_parts = max_parts
-        lock = UploadLock(self.client, self.location, name, acl=self.acl)
-        lock.acquire()
-        try:
-            # A manifest of this name belongs to the bundle we are replacing; its parts are about
-            # to be overwritten, so it goes first (a visible manifest always means a whole bundle).
-            manifest_key = self.location.key(f"{name}.manifest.xml")
-            if manifest_key in list_objects(self.client, self.location.bucket, manifest_key):
-                log.info("removing %s: the bundle of that name is being replaced", self.location.url(manifest_key))
-                delete_keys(self.client, self.location.bucket, [manifest_key], attempts=self.attempts)
-        except BaseException:
-            lock.release()
-            raise
-        self._lock = lock
+        publication = Publication(self.client, self.location, f"{name}.manifest.xml", acl=self.acl,
+                                  attempts=self.attempts, force=self.force, in_use=self.in_use)
+        publication.open(None)  # lease; a bundle already there is another one: refused or retired
+        self._publication = publication
         # Parts are 10 MiB in memory each: ``jobs`` uploading plus two ready keeps every
         # uploader busy while bounding memory whatever the image size.
         self._pool = BoundedExecutor(self.jobs, self.jobs + 2, name="ami-bundler-s3")
@@ -161,39 +153,27 @@ class S3Sink:
             with self._created_lock:
                 self._created.difference_update(stale)
         final = [self.location.key(n) for n in names]
-        check_uploaded(self.client, self.location, {k: self._sizes[i] for i, k in enumerate(final)})
-        if self._lock is not None:
-            self._lock.check()
-        self.manifest_key = self.location.key(manifest_name)
-        put_bytes(self.client, self.location.bucket, self.manifest_key, manifest, acl=self.acl,
-                  attempts=self.attempts)
+        assert self._publication is not None and manifest_name == self._publication.manifest_name
+        self.manifest_key = self._publication.publish(manifest, {k: self._sizes[i] for i, k in enumerate(final)})
         with self._created_lock:
             self._created.add(self.manifest_key)
-        try:
-            # Provisional parts of runs that were killed, or the tail of a longer older bundle.
-            remove_orphans(self.client, self.location, self._name, final, self.attempts)
-        except BundlerError as exc:
-            log.warning("could not remove stale parts of %s: %s (delete-bundle -p %s removes them)",
-                        self._name, exc, self._name)
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        self._publication = None
         self.progress.finish("upload")
 
     def abort(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel=True)
         self.progress.finish("upload")
-        if self._lock is not None:
-            lock, self._lock = self._lock, None
+        if self._publication is not None:
+            publication, self._publication = self._publication, None
             try:
-                if lock.lost:
+                if publication.lost:
                     # The parts under our keys may be another run's by now: leave them alone.
                     log.warning("not removing the partial upload from %s: the lock was lost", self.location.url())
                 else:
                     self._abort_uploads()
             finally:
-                lock.release()
+                publication.close()
             return
         self._abort_uploads()
 

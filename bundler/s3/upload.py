@@ -17,16 +17,14 @@ from ..localmanifest import read_manifest_bytes
 from ..manifest import ParsedManifest, PartEntry, parse_manifest, part_mismatch
 from ..progress import NULL_PROGRESS, ProgressListener
 from .location import S3Location
-from .lock import UploadLock
 from .objects import (
     DEFAULT_ACL,
     DEFAULT_ATTEMPTS,
     DEFAULT_JOBS,
-    delete_keys,
     list_objects,
     put_bytes,
 )
-from .publish import bundle_name, check_uploaded, remove_orphans
+from .publish import InUseLookup, Publication
 
 log = logging.getLogger("bundler.s3")
 
@@ -123,11 +121,15 @@ def upload_bundle(
     start_part: int | None = None,
     skip_manifest: bool = False,
     resume: bool = True,
+    force: bool = False,
+    in_use: InUseLookup | None = None,
     progress: ProgressListener = NULL_PROGRESS,
     prepared: tuple[ParsedManifest, list[LocalPart]] | None = None,
 ) -> UploadResult:
     """Upload a local bundle: verify parts, skip intact ones already in S3, PUT the rest in
-    parallel, then the manifest last (spec §6.6). The bucket must exist (see ensure_bucket).
+    parallel, then the manifest last (spec §6.6), through the publish protocol (publish.py): a
+    different bundle of that name is replaced only with ``force`` and never while ``in_use``
+    names an AMI using it. The bucket must exist (see ensure_bucket).
     ``prepared`` is ``prepare_upload``'s result when the caller checked the local side first
     (before creating the bucket, so a bad bundle leaves nothing behind in S3)."""
     started = time.monotonic()
@@ -138,41 +140,31 @@ def upload_bundle(
 
     wanted = [p for p in parts if start_part is None or p.entry.index >= start_part]
     skipped_by_flag = len(parts) - len(wanted)
-    manifest_key = location.key(manifest_path.name)
-    name = bundle_name(manifest_path.name)
     part_keys = {location.key(p.entry.filename): p for p in parts}
-    lock = UploadLock(client, location, name, acl=acl)
-    lock.acquire()
+    if start_part and not skip_manifest:
+        # Checked before the publication opens: a refusal here must leave S3 as it was.
+        existing = list_objects(client, location.bucket, os.path.commonprefix(list(part_keys)))
+        absent = [p.entry.filename for p in parts if p.entry.index < start_part
+                  and existing.get(location.key(p.entry.filename)) != (p.size, p.md5.hex())]
+        if absent:
+            more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+            raise UsageError(
+                f"--part {start_part} skips {absent[0]}{more}, but {location.url()} does not hold "
+                "them as they are here: nothing was uploaded",
+                hint="drop --part: a re-run skips by itself the parts already in S3")
+    publication = Publication(client, location, manifest_path.name, acl=acl, attempts=attempts, force=force,
+                              in_use=in_use)
+    target = publication.open(parsed)
     try:
-        # One listing: what is there already (resume) and whether another bundle's manifest is.
-        existing = list_objects(client, location.bucket, os.path.commonprefix([*part_keys, manifest_key]))
-        if start_part and not skip_manifest:
-            absent = [p.entry.filename for p in parts if p.entry.index < start_part
-                      and existing.get(location.key(p.entry.filename)) != (p.size, p.md5.hex())]
-            if absent:
-                more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
-                raise UsageError(
-                    f"--part {start_part} skips {absent[0]}{more}, but {location.url()} does not hold "
-                    "them as they are here: nothing was uploaded",
-                    hint="drop --part: a re-run skips by itself the parts already in S3")
         todo: list[LocalPart] = []
         for part in wanted:
-            have = existing.get(location.key(part.entry.filename))
-            if resume and have == (part.size, part.md5.hex()):
+            if resume and target.has(location.key(part.entry.filename), part.size, part.md5.hex()):
                 log.info("skipping %s: already in S3 with the same size and MD5", part.entry.filename)
             else:
                 todo.append(part)
         resumed = len(wanted) - len(todo)
         if resumed:
             log.info("resuming: %d of %d parts are already in %s", resumed, len(wanted), location.url())
-        ours = (len(parsed.raw), hashlib.md5(parsed.raw).hexdigest())
-        old_manifest = existing.get(manifest_key)
-        if todo and old_manifest is not None and old_manifest != ours:
-            # Its parts are about to be overwritten: a visible manifest must never name parts
-            # of another bundle, not even for the length of this upload (or after a crash).
-            log.info("removing %s: it is another bundle's manifest and its parts are being replaced",
-                     location.url(manifest_path.name))
-            delete_keys(client, location.bucket, [manifest_key], attempts=attempts)
 
         total = sum(p.size for p in todo)
         progress.start("upload", total)
@@ -191,19 +183,13 @@ def upload_bundle(
             run_parallel([partial(send, p) for p in todo], jobs)
             published = None
             if not skip_manifest:
-                # Every part the manifest names must be there, ours, right before it goes up.
-                check_uploaded(client, location, {k: (p.size, p.md5.hex()) for k, p in part_keys.items()})
-                lock.check()
-                put_bytes(client, location.bucket, manifest_key, parsed.raw, acl=acl, attempts=attempts)
-                published = manifest_key
-                remove_orphans(client, location, name, list(part_keys), attempts)
+                published = publication.publish(parsed.raw, {k: (p.size, p.md5.hex()) for k, p in part_keys.items()})
             else:
-                check_uploaded(client, location, {location.key(p.entry.filename): (p.size, p.md5.hex())
-                                                   for p in wanted})
+                publication.check_parts({location.key(p.entry.filename): (p.size, p.md5.hex()) for p in wanted})
         finally:
             progress.finish("upload")
     finally:
-        lock.release()
+        publication.close()
     return UploadResult(
         bucket=location.bucket,
         prefix=location.prefix,

@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import plain_client
 from tests.integration.test_ec2_install import sparse_image
-from tests.integration.test_s3_upload import MIB, keys_in, run
+from tests.integration.test_s3_upload import MIB, bundle_puts, keys_in, run
 
 REGION_B = "af-south-1"  # the stand-in EC2 has a key pair of its own there (an opt-in region)
 
@@ -53,7 +53,7 @@ def test_copy_round_trip_server_side(capsys, endpoint, proxy, s3, bucket, source
     assert result["image_location"] == f"{dest_bucket}/copied/disk.manifest.xml"
     assert plain_client("s3", endpoint, REGION_B).get_bucket_location(Bucket=dest_bucket)["LocationConstraint"] == REGION_B
 
-    puts = proxy.requests("PUT", f"/{dest_bucket}/")
+    puts = bundle_puts(proxy, f"/{dest_bucket}/")
     copies = [r for r in puts if r.headers.get("x-amz-copy-source")]
     assert sorted(r.key for r in copies) == sorted(f"copied/{p['name']}" for p in parts)
     assert all(r.headers["x-amz-copy-source"].startswith(f"{bucket}/src/") for r in copies)
@@ -86,7 +86,7 @@ def test_copy_resumes_with_only_what_is_missing(capsys, endpoint, proxy, s3, buc
     assert code == 0, err
     result = json.loads(out)
     assert (result["parts_copied"], result["parts_skipped"]) == (1, len(parts) - 1)
-    assert [r.key for r in proxy.requests("PUT", f"/{dest_bucket}/")] == [parts[1]["name"], "disk.manifest.xml"]
+    assert [r.key for r in bundle_puts(proxy, f"/{dest_bucket}/")] == [parts[1]["name"], "disk.manifest.xml"]
     assert set(keys_in(s3, dest_bucket)) == {p["name"] for p in parts} | {"disk.manifest.xml"}
 
 
