@@ -74,7 +74,7 @@ def bundle_image(
         compression=compression, workers=workers,
     )
     sink = DirectorySink(Path(destination), overwrite=overwrite)
-    sink.check_clear(name)  # before reading a byte: an existing bundle would only clash at commit
+    sink.check_clear(name, inputs=[image])  # before reading a byte: a clash would only show at commit
     source = open_image(image, name=name, allow_large=allow_large)
     return bundle(source, sink, keys, options, progress)
 

@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - not on Windows
     fcntl = None  # type: ignore[assignment]
 
 from .concurrency import BackgroundStage
-from .errors import IntegrityError, OutputError, PartMissingError
+from .errors import IntegrityError, OutputError, PartMissingError, UsageError
 from .interrupts import critical
 from .manifest import PartEntry, part_names
 
@@ -358,11 +358,14 @@ class DirectorySink:
         self._lock: DestinationLock | None = None
         self._syncer: BackgroundStage[tuple[Path, Path]] | None = None
 
-    def check_clear(self, name: str) -> None:
+    def check_clear(self, name: str, *, inputs: Sequence[Path | str] = ()) -> None:
         """Fail before any work if the destination already holds a bundle called ``name``
-        (and ``overwrite`` is off); commit checks again, this is only to fail fast."""
+        (and ``overwrite`` is off); commit checks again, this is only to fail fast. An input
+        that is one of the files the run would write is refused even with ``overwrite``."""
         if not self.destination.is_dir():
             return
+        for path in inputs:
+            self._refuse_input(name, Path(path))
         # Clean up after crashed runs first: a half-committed bundle is rolled back here,
         # and must not count as a clash.
         remove_stale(self.destination)
@@ -371,6 +374,21 @@ class DirectorySink:
         clash = self._existing(name)
         if clash:
             raise OutputError(self._clash_message(clash))
+
+    def _refuse_input(self, name: str, path: Path) -> None:
+        own = None
+        try:
+            if path.resolve().parent == self.destination.resolve() and (
+                    path.name == f"{name}.manifest.xml" or path.name.startswith(f"{name}.part.")):
+                own = path.name
+            for existing in self._existing(name):
+                if own is None and os.path.samefile(path, self.destination / existing):
+                    own = existing
+        except OSError:
+            return  # an input that cannot be looked at fails when it is opened, not here
+        if own is not None:
+            raise UsageError(f"input {path} is {self.destination / own}, one of the files this run would write: "
+                             "nothing was written; bundle into another --destination or --prefix")
 
     def _existing(self, name: str) -> list[str]:
         manifest = f"{name}.manifest.xml"

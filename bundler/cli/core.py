@@ -93,7 +93,8 @@ def run_bundle_image(args: argparse.Namespace, printer: Printer) -> int:
     created = False
     try:
         created = ensure_directory(args.destination, "-d/--destination")
-        sink.check_clear(options.name)  # fail before reading the image, not at commit
+        # Fail before reading the image, not at commit; never write over the input itself.
+        sink.check_clear(options.name, inputs=[] if args.image == "-" else [args.image])
         result = bundle(source, sink, keys, options, printer.progress())
     except BaseException:
         source.close()

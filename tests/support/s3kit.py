@@ -251,6 +251,7 @@ def upload_crash(world: World, rng: Any, tally: Tally, *, replace_old: bool | No
     argv = ["upload-bundle", "-b", f"{bucket}/c", "-m", str(bundle.manifest_path), "--jobs", "2",
             "--endpoint-url", world.proxy.url]
     if replace_old if replace_old is not None else rng.random() < 0.5:
+        argv.append("--force")  # a different bundle of that name is replaced only when told
         old = make_fake_bundle(world.root / f"old-{tag}", "crash", [96 * 1024] * 6, world.signing_key)
         rc = run_cli(["upload-bundle", "-b", f"{bucket}/c", "-m", str(old.manifest_path),
                       "--endpoint-url", world.endpoint], world.env)
@@ -329,7 +330,7 @@ def install_crash(world: World, rng: Any, tally: Tally, *, verify_image: bool = 
             tally.wrong(f"unbundle --from-s3 after install re-run: {rc.stderr.strip() or 'image differs'}")
 
 
-CONCURRENT_OK = ("another upload", "lost the lock", "disappeared from")
+CONCURRENT_OK = ("another upload", "lost the lock", "disappeared from", "already holds a different bundle")
 
 
 def concurrent_uploads(world: World, rng: Any, tally: Tally) -> list[CliRun]:
@@ -366,7 +367,8 @@ def concurrent_uploads(world: World, rng: Any, tally: Tally) -> list[CliRun]:
         line = one_line_error(res.stderr) or ""
         if not any(s in line for s in CONCURRENT_OK):
             tally.notes.append(f"concurrent loser's error is unclear: {res.stderr.strip()!r}")
-        rerun = run_cli(["upload-bundle", "-b", f"{bucket}/d", "-m", str(b.manifest_path),
+        # The winner's bundle is there now: replacing it takes --force.
+        rerun = run_cli(["upload-bundle", "-b", f"{bucket}/d", "-m", str(b.manifest_path), "--force",
                          "--endpoint-url", world.endpoint], world.env)
         tally.runs += 1
         if rerun.returncode != 0:
