@@ -14,6 +14,8 @@ the time is up picks one of:
   and only re-sends what is not intact;
 * install killed at a random moment, then re-run: same checks, and no stale parts or lock left;
 * two upload-bundle runs of different bundles under one name at once: never an interleaved bundle.
+* copy-bundle (into an empty place, or --force over another bundle) and upload-bundle --force
+  killed right before one of their writes, then re-run: a visible manifest is always a whole bundle.
 
 ``run(seconds)`` returns the counts; ``data_lost`` and ``wrong_bytes_accepted`` must be 0 (the
 script exits 1 otherwise). scripts/chaos.py calls ``run`` for the S3 half of its table.
@@ -39,10 +41,12 @@ from tests.support.s3kit import (  # noqa: E402
     Tally,
     World,
     concurrent_uploads,
+    copy_kills,
     inspect_bundles,
     install_crash,
     make_world,
     one_line_error,
+    replace_kills,
     run_cli,
     upload_crash,
 )
@@ -110,6 +114,10 @@ SCENARIOS = (
     (lambda w, r, t: upload_crash(w, r, t), 3),
     (lambda w, r, t: install_crash(w, r, t, verify_image=r.random() < 0.25), 2),
     (concurrent_uploads, 1),
+    # kill -9 right before one write of a copy (into an empty place or --force over another
+    # bundle) or of a forced replacement; a step past the last write is an uninterrupted run.
+    (lambda w, r, t: copy_kills(w, t, replace=r.random() < 0.7, steps=[r.randrange(7)]), 2),
+    (lambda w, r, t: replace_kills(w, t, steps=[r.randrange(8)]), 2),
 )
 
 

@@ -14,7 +14,16 @@ from bundler.s3 import LOCK_SUFFIX
 from tests.integration.conftest import moto_server  # noqa: F401 - fixture
 from tests.integration.test_s3_upload import run
 from tests.support.faultproxy import FaultProxy
-from tests.support.s3kit import Tally, World, install_crash, list_keys, make_world, upload_crash
+from tests.support.s3kit import (
+    Tally,
+    World,
+    copy_kills,
+    install_crash,
+    list_keys,
+    make_world,
+    replace_kills,
+    upload_crash,
+)
 
 SEED = 20261127
 
@@ -76,3 +85,26 @@ def test_stale_lock_of_a_dead_run_is_taken_over(capsys, world: World, monkeypatc
                        "--endpoint-url", world.endpoint)
     assert code == 0, err
     assert set(list_keys(s3, bucket)) == {"lk.part.0", "lk.part.1", "lk.manifest.xml"}
+
+
+def test_copy_bundle_over_another_bundle_killed_before_every_write(world: World) -> None:
+    tally = Tally()
+    writes = copy_kills(world, tally, replace=True)
+    assert writes == 7  # lease, retire the old manifest, 2 parts, manifest, orphans, release
+    assert tally.crashes_injected == writes
+    assert_clean(tally)
+
+
+def test_copy_bundle_into_an_empty_place_killed_between_parts_and_before_the_manifest(world: World) -> None:
+    tally = Tally()
+    assert copy_kills(world, tally, replace=False, steps=[2, 3]) == 5  # lease, 2 parts, manifest, release
+    assert tally.crashes_injected == 2
+    assert_clean(tally)
+
+
+def test_forced_replacement_killed_before_every_write(world: World) -> None:
+    tally = Tally()
+    writes = replace_kills(world, tally)
+    assert writes == 8  # lease, retire, 3 parts, manifest, orphans, release
+    assert tally.crashes_injected == writes
+    assert_clean(tally)

@@ -54,7 +54,9 @@ class Rule:
     delay: float = 0.0
     probability: float = 1.0
     seconds: float | None = None
+    skip: int = 0  # let the first ``skip`` matching requests through (kill at step N)
     hits: int = 0
+    skipped: int = 0
     added: float = field(default_factory=time.monotonic)
 
     def matches(self, method: str, target: str, rng: random.Random | None = None) -> bool:
@@ -62,7 +64,7 @@ class Rule:
             return False
         if self.seconds is not None and time.monotonic() - self.added > self.seconds:
             return False
-        if self.method and self.method.upper() != method.upper():
+        if self.method and method.upper() not in self.method.upper().split("|"):  # "PUT|POST|DELETE"
             return False
         if re.search(self.pattern, target) is None:
             return False
@@ -183,6 +185,9 @@ class FaultProxy:
         with self._lock:
             for rule in self.rules:
                 if rule.matches(method, target, self.rng):
+                    if rule.skipped < rule.skip:
+                        rule.skipped += 1
+                        continue
                     rule.hits += 1
                     if rule.action != "delay":  # latency is the setting, not a fault
                         self.faults_injected += 1

@@ -201,6 +201,7 @@ class World:
     image: Path | None = None
     image_sha1: str = ""
     counter: int = 0
+    copy_source: tuple[str, str] | None = None  # (bucket, prefix) of a real bundle "src"
 
     @property
     def s3(self) -> Any:
@@ -377,3 +378,162 @@ def concurrent_uploads(world: World, rng: Any, tally: Tally) -> list[CliRun]:
         if seen.wrong or seen.complete != ["dup.manifest.xml"]:
             tally.wrong(f"after the loser's re-run: {seen.wrong or seen.complete}")
     return results
+
+
+# --------------------------------------------------------------------------- kill at every step
+
+WRITES = "PUT|POST|DELETE"
+
+
+def run_cli_killed_at(rule: Any, argv: list[str], env: dict[str, str], *, timeout: float = 120.0) -> CliRun:
+    """``python -m bundler ARGV``, SIGKILLed the moment the proxy ``rule`` holds one of its
+    requests (the request never reaches S3): a kill right before that step. If the run ends
+    first, it is not killed."""
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "bundler", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed = False
+    while proc.poll() is None:
+        if rule.hits:
+            proc.send_signal(signal.SIGKILL)
+            killed = True
+            break
+        if time.monotonic() - started > timeout:
+            proc.kill()
+            break
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=timeout)
+    return CliRun(killed, proc.returncode, err.decode(errors="replace"), time.monotonic() - started)
+
+
+def run_cli_here(argv: list[str], env: dict[str, str]) -> CliRun:
+    """The CLI in this process (a re-run needs no fresh interpreter: faster), with ``env``."""
+    import contextlib
+    import io
+
+    from bundler.cli import main
+
+    saved = dict(os.environ)
+    err = io.StringIO()
+    started = time.monotonic()
+    try:
+        os.environ.clear()
+        os.environ.update(env)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return CliRun(False, code, err.getvalue(), time.monotonic() - started)
+
+
+def _put_fake(world: World, bucket: str, prefix: str, bundle: Any) -> None:
+    for name, part in zip(bundle.part_names, bundle.parts, strict=True):
+        world.s3.put_object(Bucket=bucket, Key=prefix + name, Body=part.data, ACL="aws-exec-read")
+    world.s3.put_object(Bucket=bucket, Key=prefix + bundle.manifest_path.name, Body=bundle.manifest_bytes,
+                        ACL="aws-exec-read")
+
+
+def kill_at_every_step(world: World, tally: Tally, what: str, *, prepare: Any, argv_for: Any, prefix: str,
+                       final: str, steps: list[int] | None = None) -> int:
+    """Run ``argv_for(bucket, url)`` once to count its writes into a fresh bucket (``prepare``d:
+    returns the manifests already there, name → bytes), then once per write N, killed right
+    before write N: every visible manifest must be a whole bundle we know (the old one or the
+    new one), never one over foreign parts; a re-run must leave exactly ``final``, complete.
+    Returns the number of writes."""
+    bucket = world.new_bucket()
+    prepare(bucket)
+    world.proxy.clear()
+    clean = run_cli(argv_for(bucket, world.proxy.url), world.env)
+    tally.runs += 1
+    if clean.returncode != 0:
+        tally.lost(f"{what}: the uninterrupted run failed: {clean.stderr.strip()}")
+        return 0
+    count = len([r for r in world.proxy.requests() if r.method in WRITES.split("|")
+                 and (r.path.startswith(f"/{bucket}/") or (r.path == f"/{bucket}" and r.method == "POST"))])
+    for n in steps if steps is not None else range(count):
+        bucket = world.new_bucket()
+        known = prepare(bucket) or None
+        world.proxy.clear()
+        # Object writes and DeleteObjects (POST /bucket?delete); not the bucket itself.
+        rule = world.proxy.add_rule("stall", f"^/{bucket}(/|\\?)", method=WRITES, skip=n, delay=0.5)
+        first = run_cli_killed_at(rule, argv_for(bucket, world.proxy.url), world.env)
+        tally.runs += 1
+        tally.crashes_injected += first.killed
+        world.proxy.wait_idle()
+        after = inspect_bundles(world.s3, bucket, prefix, known=known)
+        for problem in after.wrong:
+            tally.wrong(f"{what} killed before write {n + 1} of {count}: {problem}")
+        again = run_cli_here(argv_for(bucket, world.endpoint), world.env)
+        tally.runs += 1
+        if again.returncode != 0:
+            tally.lost(f"{what} re-run after a kill before write {n + 1}: {again.stderr.strip()}")
+            continue
+        done = inspect_bundles(world.s3, bucket, prefix)
+        if done.wrong or done.complete != [final] or done.loose or done.locks:
+            tally.wrong(f"{what} re-run after a kill before write {n + 1}: {done}")
+    return count
+
+
+def _copy_source(world: World) -> tuple[str, str]:
+    """A real bundle ``src`` (2 parts) installed once per world."""
+    if world.copy_source is None:
+        image = world.root / "src"
+        with open(image, "wb") as fh:
+            fh.write(os.urandom(12 * 1024 * 1024))
+        bucket = world.new_bucket()
+        rc = run_cli(["install", "-i", str(image), "-c", str(world.cert), "-k", str(world.key), "-u", "123456789012",
+                      "-r", "x86_64", "--ec2cert", str(world.ec2cert), "-b", f"{bucket}/s", "--no-register",
+                      "--endpoint-url", world.endpoint], world.env)
+        if rc.returncode != 0:
+            raise RuntimeError(f"install of the copy source failed: {rc.stderr.strip()}")
+        world.copy_source = (bucket, "s/")
+    return world.copy_source
+
+
+def copy_kills(world: World, tally: Tally, *, replace: bool, steps: list[int] | None = None) -> int:
+    """copy-bundle (server-side) killed before each of its writes, into an empty destination or
+    (``replace``, with --force) over a different bundle of the same name."""
+    from tests.support.bundles import make_fake_bundle
+
+    src_bucket, src_prefix = _copy_source(world)
+    old = make_fake_bundle(world.root / f"copy-old-{os.urandom(3).hex()}", "src", [64 * 1024] * 4,
+                           world.signing_key)
+
+    def prepare(bucket: str) -> None:
+        # The new manifest is made (migrated) by the run itself: whether a visible one is whole
+        # is what inspect_bundles checks, part by part.
+        if replace:
+            _put_fake(world, bucket, "d/", old)
+
+    def argv_for(bucket: str, url: str) -> list[str]:
+        return ["copy-bundle", "-c", str(world.cert), "-k", str(world.key), "-m", "src.manifest.xml",
+                "-b", f"{src_bucket}/{src_prefix}", "-d", f"{bucket}/d", "--region", "us-east-1",
+                "--ec2cert", str(world.ec2cert), "--jobs", "2", "--endpoint-url", url,
+                *(["--force"] if replace else [])]
+
+    return kill_at_every_step(world, tally, "copy-bundle" + (" --force over another bundle" if replace else ""),
+                              prepare=prepare, argv_for=argv_for, prefix="d/", final="src.manifest.xml",
+                              steps=steps)
+
+
+def replace_kills(world: World, tally: Tally, *, steps: list[int] | None = None) -> int:
+    """upload-bundle --force of bundle B over a different bundle A of the same name, killed before
+    each of its writes."""
+    from tests.support.bundles import make_fake_bundle
+
+    tag = os.urandom(3).hex()
+    old = make_fake_bundle(world.root / f"rep-old-{tag}", "rep", [64 * 1024] * 5, world.signing_key)
+    new = make_fake_bundle(world.root / f"rep-new-{tag}", "rep", [64 * 1024] * 3, world.signing_key)
+
+    def prepare(bucket: str) -> dict[str, bytes]:
+        _put_fake(world, bucket, "r/", old)
+        return {"old": old.manifest_bytes, "new": new.manifest_bytes}
+
+    def argv_for(bucket: str, url: str) -> list[str]:
+        return ["upload-bundle", "-b", f"{bucket}/r", "-m", str(new.manifest_path), "--force", "--jobs", "2",
+                "--endpoint-url", url]
+
+    return kill_at_every_step(world, tally, "upload-bundle --force", prepare=prepare, argv_for=argv_for,
+                              prefix="r/", final="rep.manifest.xml", steps=steps)
+
