@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, ClassVar, Protocol
 
 from ..errors import ImageError
 from ..source import MAX_IMAGE_SIZE, READ_SIZE, ZERO_GRANULE, check_size
@@ -165,6 +165,7 @@ class CompressedImageSource:
     mtime: int = 0
     sparse: bool = False
     size_from: str = ""
+    rereadable: ClassVar[bool] = True  # re-runs compare it with a bundle, then bundle it
     _regions: list[tuple[int, int]] = field(default_factory=list, repr=False)
 
     def regions(self) -> list[tuple[int, int]] | None:

@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..concurrency import ordered_window
 from ..source import READ_SIZE, ZERO_GRANULE, check_size, drop_zero_runs, find_data_regions
@@ -296,6 +296,7 @@ class DiskImageSource:
     mtime: int = 0
     size: int = 0
     allocated_bytes: int = 0
+    rereadable: ClassVar[bool] = True  # re-runs compare it with a bundle, then bundle it
     _regions: list[tuple[int, int]] = field(default_factory=list, repr=False)
 
     @classmethod
