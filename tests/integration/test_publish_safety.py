@@ -10,6 +10,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from tests.integration.test_regions_copy import region_b, source_bundle  # noqa: F401 - fixtures
 from tests.integration.test_s3_upload import KIB, keys_in, run, upload
 from tests.support.bundles import make_fake_bundle
 from tests.support.s3kit import inspect_bundles, one_line_error
@@ -173,3 +174,26 @@ def test_orphan_cleanup_failing_after_publishing_only_warns(capsys, endpoint, pr
     assert "Manifest uploaded to" in out
     seen = inspect_bundles(s3, bucket, "amis/", known={"m": a.manifest_bytes})
     assert seen.ok and seen.complete == ["web.manifest.xml"] and seen.loose == ["web.part.7"]
+
+
+def test_registered_ami_protects_its_bundle_from_copy_bundle(capsys, endpoint, s3, bucket, tmp_path, signing_key,
+                                                             source_bundle, user_keys, region_b):  # noqa: F811
+    key, cert = user_keys
+    dest = f"dst-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=dest, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"},
+                     ObjectOwnership="ObjectWriter")
+    there = make_fake_bundle(tmp_path / "there", "disk", [64 * KIB, 5 * KIB], signing_key)
+    assert upload(capsys, endpoint, f"{dest}/amis", there, "--region", "eu-west-1")[0] == 0
+    argv = ["copy-bundle", "-c", str(cert), "-k", str(key), "-m", "disk.manifest.xml", "-b", f"{bucket}/src",
+            "-d", f"{dest}/amis", "--region", "eu-west-1", "--ec2cert", str(region_b.cert_path),
+            "--endpoint-url", endpoint]
+    code, _, err = run(capsys, *argv)
+    line = one_line_error(err)
+    assert code == 1 and line and "different bundle" in line and "--force" in line
+    ami = register(capsys, endpoint, f"{dest}/amis/disk.manifest.xml")
+    before = keys_in(s3, dest)
+    code, _, err = run(capsys, *argv, "--force")
+    line = one_line_error(err)
+    assert code == 1 and line and ami in line and "deregister" in line
+    assert keys_in(s3, dest) == before
+    only_bundle(s3, dest, "amis/", there)
