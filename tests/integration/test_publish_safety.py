@@ -17,7 +17,7 @@ from tests.support.s3kit import inspect_bundles, one_line_error
 
 
 def register(capsys, endpoint: str, location: str) -> str:
-    code, out, err = run(capsys, "register", location, "-n", f"pub-{uuid.uuid4().hex[:10]}", "--endpoint-url",
+    code, out, err = run(capsys, "register", location, "-n", f"in-use-{uuid.uuid4().hex[:10]}", "--endpoint-url",
                          endpoint, "--json")
     assert code == 0, err
     return json.loads(out)["image_id"]
