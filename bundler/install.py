@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .ec2 import RegisterOptions, register_image, wait_available
-from .multiregion import find_registered
 from .pipeline import BundleKeys, BundleOptions, BundleResult, bundle
 from .progress import NULL_PROGRESS, ProgressListener
-from .rerun import ImageFingerprint, existing_bundle
+from .rerun import ImageFingerprint, existing_bundle, find_registered
 from .s3 import DEFAULT_ACL, DEFAULT_ATTEMPTS, DEFAULT_JOBS, InUseLookup, S3Location, S3Sink
 from .source import ImageSource
 

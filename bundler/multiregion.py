@@ -35,15 +35,14 @@ from functools import partial
 from typing import Any
 
 from . import migrate as migratelib
-from .aws import ec2_errors
 from .concurrency import run_all
-from .errors import BundlerError, EC2Error, S3Error
+from .errors import BundlerError, S3Error
 from .manifest import ParsedManifest, parse_manifest
 from .parts import Part, PartSink
 from .pipeline import BundleKeys, BundleOptions, bundle
 from .progress import NULL_PROGRESS, ProgressListener
 from .regions import same_partition
-from .rerun import ImageFingerprint, existing_bundle
+from .rerun import ImageFingerprint, existing_bundle, find_registered
 from .s3 import (
     DEFAULT_ACL,
     DEFAULT_ATTEMPTS,
@@ -246,24 +245,6 @@ def region_manifest(parsed: ParsedManifest, keys: BundleKeys, target: RegionTarg
         return parsed.raw
     return migratelib.migrate(parsed, private_key=keys.signing_key, verify_key=keys.user_public_key,
                               ec2_public_key=target.ec2_public_key, ec2_cert_name=target.ec2_cert).xml
-
-
-def find_registered(ec2: Any, name: str, image_location: str) -> str | None:
-    """The id of our AMI called ``name`` in this region, None if there is none; an AMI of that
-    name for another bundle is an error (names are unique per region and account)."""
-    from .ec2 import image_location_of
-
-    with ec2_errors(f"look up AMI {name}"):
-        images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
-    for image in images:
-        if image.get("State") in ("deregistered",):
-            continue
-        where = image_location_of(image)
-        if where == image_location:
-            return image["ImageId"]
-        raise EC2Error(f"an AMI named {name} ({image['ImageId']}) already exists for another bundle "
-                       f"({where or 'unknown location'}): pick another -n/--name or deregister it")
-    return None
 
 
 def install_regions(

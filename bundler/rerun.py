@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from .aws import ec2_errors
+from .errors import EC2Error
 from .imagetar import rereadable, tar_digest
 from .manifest import ParsedManifest
 from .progress import NULL_PROGRESS, ProgressListener
@@ -81,4 +83,26 @@ def existing_bundle(
     return ExistingBundle(parsed, image.matches(parsed))
 
 
-__all__ = ["ExistingBundle", "ImageFingerprint", "existing_bundle"]
+def find_registered(ec2: Any, name: str, image_location: str) -> str | None:
+    """The id of our AMI called ``name`` in this region, None if there is none; an AMI of that
+    name for another bundle is an error (names are unique per region and account)."""
+    from .ec2 import image_location_of
+
+    with ec2_errors(f"look up AMI {name}"):
+        images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])[
+            "Images"
+        ]
+    for image in images:
+        if image.get("State") in ("deregistered",):
+            continue
+        where = image_location_of(image)
+        if where == image_location:
+            return image["ImageId"]
+        raise EC2Error(
+            f"an AMI named {name} ({image['ImageId']}) already exists for another bundle "
+            f"({where or 'unknown location'}): pick another -n/--name or deregister it"
+        )
+    return None
+
+
+__all__ = ["ExistingBundle", "ImageFingerprint", "existing_bundle", "find_registered"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from functools import partial
 from typing import Any
 
 from ..aws import endpoint_url_value
@@ -251,9 +252,7 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
                 ec2_public_key=public[certs[region]],
                 ec2_cert=str(certs[region]),
                 endpoint=opts.endpoint_url,
-                in_use=InUse(
-                    lambda opts=opts, region=region: aws.ec2(region, opts=opts), warn=printer.warn
-                ),
+                in_use=InUse(partial(aws.ec2, region, opts=opts), warn=printer.warn),
             )
         )
     source, options = source_and_options(args)

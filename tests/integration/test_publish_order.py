@@ -22,11 +22,15 @@ from tests.support.s3kit import inspect_bundles
 
 
 def check_order(records, bucket: str, prefix: str, name: str, *, replaced: bool) -> None:
-    recs = sorted((r for r in records if r.path.startswith(f"/{bucket}/") or r.path == f"/{bucket}"),
-                  key=lambda r: r.started)
+    recs = sorted(
+        (r for r in records if r.path.startswith(f"/{bucket}/") or r.path == f"/{bucket}"),
+        key=lambda r: r.started,
+    )
     lock, manifest = f"{prefix}{name}{LOCK_SUFFIX}", f"{prefix}{name}.manifest.xml"
     [lock_put, *_] = [r for r in recs if r.method == "PUT" and r.key == lock]
-    writes = [r for r in recs if r.method in ("PUT", "POST", "DELETE") and r.key not in (lock, "")]  # not the bucket
+    writes = [
+        r for r in recs if r.method in ("PUT", "POST", "DELETE") and r.key not in (lock, "")
+    ]  # not the bucket
     assert writes and all(r.started >= lock_put.ended for r in writes), "a write before the lease"
     [manifest_put] = [r for r in recs if r.method == "PUT" and r.key == manifest]
     part_writes = [r for r in recs if r.method == "PUT" and ".part." in r.key]
@@ -34,15 +38,25 @@ def check_order(records, bucket: str, prefix: str, name: str, *, replaced: bool)
     assert all(p.ended <= manifest_put.started for p in part_writes), "a part after the manifest"
     last_part = max(p.ended for p in part_writes)
     between = [r for r in recs if r.started >= last_part and r.ended <= manifest_put.started]
-    assert any(r.method == "GET" and "list-type=2" in r.query for r in between), "parts not re-checked"
+    assert any(r.method == "GET" and "list-type=2" in r.query for r in between), (
+        "parts not re-checked"
+    )
     assert any(r.method == "HEAD" and r.key == lock for r in between), "lease not re-checked"
-    retired = [r for r in recs if r.method == "POST" and "delete" in r.query and manifest.encode() in r.body_prefix]
+    retired = [
+        r
+        for r in recs
+        if r.method == "POST" and "delete" in r.query and manifest.encode() in r.body_prefix
+    ]
     if replaced:
-        assert retired and retired[0].ended <= min(p.started for p in part_writes), "old manifest not retired first"
+        assert retired and retired[0].ended <= min(p.started for p in part_writes), (
+            "old manifest not retired first"
+        )
     else:
         assert not retired
     released = [r for r in recs if r.method == "DELETE" and r.key == lock]
-    assert released and released[-1].started >= manifest_put.ended, "lease released before the manifest"
+    assert released and released[-1].started >= manifest_put.ended, (
+        "lease released before the manifest"
+    )
 
 
 def bundle_ok(s3, bucket: str, prefix: str, manifest: str) -> None:
@@ -61,64 +75,149 @@ def test_upload_bundle_order(capsys, endpoint, proxy, s3, bucket, tmp_path, sign
     bundle_ok(s3, bucket, "u/", "web.manifest.xml")
 
 
-def test_install_order_streaming_sink(capsys, endpoint, proxy, s3, bucket, tmp_path, signing_key, user_keys,
-                                      ec2_keys):
+def test_install_order_streaming_sink(
+    capsys, endpoint, proxy, s3, bucket, tmp_path, signing_key, user_keys, ec2_keys
+):
     key, cert = user_keys
     old = make_fake_bundle(tmp_path / "old", "disk", [64 * KIB] * 2, signing_key)
     assert upload(capsys, endpoint, f"{bucket}/i", old)[0] == 0
     image = tmp_path / "disk"
     sparse_image(image, 24 * MIB)
     proxy.clear()
-    code, _, err = run(capsys, "install", "-i", str(image), "-c", str(cert), "-k", str(key), "-u", "123456789012",
-                       "-r", "x86_64", "--ec2cert", str(ec2_keys[1]), "-b", f"{bucket}/i", "--no-register",
-                       "--force", "--endpoint-url", proxy.url)
+    code, _, err = run(
+        capsys,
+        "install",
+        "-i",
+        str(image),
+        "-c",
+        str(cert),
+        "-k",
+        str(key),
+        "-u",
+        "123456789012",
+        "-r",
+        "x86_64",
+        "--ec2cert",
+        str(ec2_keys[1]),
+        "-b",
+        f"{bucket}/i",
+        "--no-register",
+        "--force",
+        "--endpoint-url",
+        proxy.url,
+    )
     assert code == 0, err
     check_order(proxy.requests(), bucket, "i/", "disk", replaced=True)
     bundle_ok(s3, bucket, "i/", "disk.manifest.xml")
 
 
-def test_copy_bundle_order(capsys, endpoint, proxy, s3, bucket, tmp_path, signing_key, user_keys, ec2_keys,
-                           region_b):  # noqa: F811
+def test_copy_bundle_order(
+    capsys, endpoint, proxy, s3, bucket, tmp_path, signing_key, user_keys, ec2_keys, region_b  # noqa: F811
+):
     key, cert = user_keys
     image = tmp_path / "disk"
     sparse_image(image, 24 * MIB)
-    code, _, err = run(capsys, "install", "-i", str(image), "-c", str(cert), "-k", str(key), "-u", "123456789012",
-                       "-r", "x86_64", "--ec2cert", str(ec2_keys[1]), "-b", f"{bucket}/src", "--no-register",
-                       "--endpoint-url", endpoint)
+    code, _, err = run(
+        capsys,
+        "install",
+        "-i",
+        str(image),
+        "-c",
+        str(cert),
+        "-k",
+        str(key),
+        "-u",
+        "123456789012",
+        "-r",
+        "x86_64",
+        "--ec2cert",
+        str(ec2_keys[1]),
+        "-b",
+        f"{bucket}/src",
+        "--no-register",
+        "--endpoint-url",
+        endpoint,
+    )
     assert code == 0, err
     dest = f"dst-{uuid.uuid4().hex[:12]}"
     for mode in ("server", "stream"):
         old = make_fake_bundle(tmp_path / f"old-{mode}", "disk", [64 * KIB] * 5, signing_key)
         if mode == "server":
-            s3.create_bucket(Bucket=dest, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"},
-                             ObjectOwnership="ObjectWriter")
+            s3.create_bucket(
+                Bucket=dest,
+                CreateBucketConfiguration={"LocationConstraint": "eu-west-1"},
+                ObjectOwnership="ObjectWriter",
+            )
         assert upload(capsys, endpoint, f"{dest}/{mode}", old, "--region", "eu-west-1")[0] == 0
         proxy.clear()
-        code, _, err = run(capsys, "copy-bundle", "-c", str(cert), "-k", str(key), "-m", "disk.manifest.xml",
-                           "-b", f"{bucket}/src", "-d", f"{dest}/{mode}", "--region", "eu-west-1", "--ec2cert",
-                           str(region_b.cert_path), "--copy-mode", mode, "--force", "--endpoint-url", proxy.url)
+        code, _, err = run(
+            capsys,
+            "copy-bundle",
+            "-c",
+            str(cert),
+            "-k",
+            str(key),
+            "-m",
+            "disk.manifest.xml",
+            "-b",
+            f"{bucket}/src",
+            "-d",
+            f"{dest}/{mode}",
+            "--region",
+            "eu-west-1",
+            "--ec2cert",
+            str(region_b.cert_path),
+            "--copy-mode",
+            mode,
+            "--force",
+            "--endpoint-url",
+            proxy.url,
+        )
         assert code == 0, err
         check_order(proxy.requests(), dest, f"{mode}/", "disk", replaced=True)
 
 
-def test_install_regions_order_fan_out_then_copy(capsys, endpoint, proxy, s3, tmp_path, user_keys,
-                                                 cert_dir):  # noqa: F811
+def test_install_regions_order_fan_out_then_copy(
+    capsys, endpoint, proxy, s3, tmp_path, user_keys, cert_dir  # noqa: F811
+):
     certs, _ = cert_dir
     key, cert = user_keys
     image = tmp_path / "disk"
     sparse_image(image, 24 * MIB)
     tag = uuid.uuid4().hex[:8]
     regions = ("us-east-1", "eu-west-1")
-    argv = ["install", "-i", str(image), "-c", str(cert), "-k", str(key), "-u", "123456789012", "-r", "x86_64",
-            "--regions", ",".join(regions), "--bucket-template", f"order-{tag}-{{region}}/amis", "--ec2cert-dir",
-            str(certs), "--no-register", "--endpoint-url", proxy.url, "--json"]
+    argv = [
+        "install",
+        "-i",
+        str(image),
+        "-c",
+        str(cert),
+        "-k",
+        str(key),
+        "-u",
+        "123456789012",
+        "-r",
+        "x86_64",
+        "--regions",
+        ",".join(regions),
+        "--bucket-template",
+        f"order-{tag}-{{region}}/amis",
+        "--ec2cert-dir",
+        str(certs),
+        "--no-register",
+        "--endpoint-url",
+        proxy.url,
+        "--json",
+    ]
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     for region in regions:
         check_order(proxy.requests(), f"order-{tag}-{region}", "amis/", "disk", replaced=False)
     # Lose one region's bundle: the re-run completes it by copy, in the same order.
     lost = s3.list_objects_v2(Bucket=f"order-{tag}-eu-west-1")["Contents"]
-    s3.delete_objects(Bucket=f"order-{tag}-eu-west-1", Delete={"Objects": [{"Key": o["Key"]} for o in lost]})
+    s3.delete_objects(
+        Bucket=f"order-{tag}-eu-west-1", Delete={"Objects": [{"Key": o["Key"]} for o in lost]}
+    )
     proxy.clear()
     code, out, err = run(capsys, *argv)
     assert code == 0, err

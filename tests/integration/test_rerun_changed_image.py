@@ -14,10 +14,35 @@ from tests.support.s3kit import inspect_bundles
 
 def install(capsys, endpoint, image, template, certs, user_keys, regions, *extra):
     key, cert = user_keys
-    return run(capsys, "install", "-i", str(image), "-p", "disk", "-c", str(cert), "-k", str(key),
-               "-u", "123456789012", "-r", "x86_64", "--regions", ",".join(regions), "--bucket-template", template,
-               "--ec2cert-dir", str(certs), "--no-register", "--endpoint-url", endpoint, "--max-attempts", "1",
-               "--json", *extra)
+    return run(
+        capsys,
+        "install",
+        "-i",
+        str(image),
+        "-p",
+        "disk",
+        "-c",
+        str(cert),
+        "-k",
+        str(key),
+        "-u",
+        "123456789012",
+        "-r",
+        "x86_64",
+        "--regions",
+        ",".join(regions),
+        "--bucket-template",
+        template,
+        "--ec2cert-dir",
+        str(certs),
+        "--no-register",
+        "--endpoint-url",
+        endpoint,
+        "--max-attempts",
+        "1",
+        "--json",
+        *extra,
+    )
 
 
 def rewrite_same_size_same_mtime(path) -> None:
@@ -35,8 +60,9 @@ def digest_in(s3, bucket: str) -> str:
     return parse_manifest(raw, source="m").manifest.digest
 
 
-def test_changed_image_is_not_present_and_never_copied_to_a_new_region(capsys, endpoint, s3, tmp_path, user_keys,
-                                                                         cert_dir):  # noqa: F811
+def test_changed_image_is_not_present_and_never_copied_to_a_new_region(
+    capsys, endpoint, s3, tmp_path, user_keys, cert_dir  # noqa: F811
+):
     certs, _ = cert_dir
     image = tmp_path / "disk.img"
     with open(image, "wb") as fh:
@@ -45,40 +71,67 @@ def test_changed_image_is_not_present_and_never_copied_to_a_new_region(capsys, e
     tag = uuid.uuid4().hex[:8]
     template = f"rerun-{tag}-{{region}}/amis"
     bucket = {r: f"rerun-{tag}-{r}" for r in ("us-east-1", "eu-west-1", "cn-north-1")}
-    code, out, err = install(capsys, endpoint, image, template, certs, user_keys, ["us-east-1", "eu-west-1"])
+    code, out, err = install(
+        capsys, endpoint, image, template, certs, user_keys, ["us-east-1", "eu-west-1"]
+    )
     assert code == 0, err
     old_digest = digest_in(s3, bucket["us-east-1"])
 
     # Unchanged: present everywhere, nothing bundled.
-    code, out, err = install(capsys, endpoint, image, template, certs, user_keys, ["us-east-1", "eu-west-1"])
+    code, out, err = install(
+        capsys, endpoint, image, template, certs, user_keys, ["us-east-1", "eu-west-1"]
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["bundled"] is False
-    assert {r: v["action"] for r, v in result["regions"].items()} == {"us-east-1": "present", "eu-west-1": "present"}
+    assert {r: v["action"] for r, v in result["regions"].items()} == {
+        "us-east-1": "present",
+        "eu-west-1": "present",
+    }
 
     # Changed in place, same size and mtime: the old regions hold a different bundle now (refused
     # without --force), and the new region gets the new image, bundled, not the old one copied.
     rewrite_same_size_same_mtime(image)
-    code, out, err = install(capsys, endpoint, image, template, certs, user_keys,
-                             ["us-east-1", "eu-west-1", "cn-north-1"])
+    code, out, err = install(
+        capsys,
+        endpoint,
+        image,
+        template,
+        certs,
+        user_keys,
+        ["us-east-1", "eu-west-1", "cn-north-1"],
+    )
     assert code == 3
     result = json.loads(out)
     regions = result["regions"]
     assert sorted(result["failed"]) == ["eu-west-1", "us-east-1"]
-    assert all("different bundle" in regions[r]["error"] and "--force" in regions[r]["error"]
-               for r in ("us-east-1", "eu-west-1"))
+    assert all(
+        "different bundle" in regions[r]["error"] and "--force" in regions[r]["error"]
+        for r in ("us-east-1", "eu-west-1")
+    )
     assert regions["cn-north-1"]["action"] == "bundled" and result["bundled"] is True
     new_digest = digest_in(s3, bucket["cn-north-1"])
     assert new_digest != old_digest
     assert digest_in(s3, bucket["us-east-1"]) == digest_in(s3, bucket["eu-west-1"]) == old_digest
 
     # With --force (no AMI uses them) the old regions are re-bundled with the new image.
-    code, out, err = install(capsys, endpoint, image, template, certs, user_keys,
-                             ["us-east-1", "eu-west-1", "cn-north-1"], "--force")
+    code, out, err = install(
+        capsys,
+        endpoint,
+        image,
+        template,
+        certs,
+        user_keys,
+        ["us-east-1", "eu-west-1", "cn-north-1"],
+        "--force",
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["regions"]["cn-north-1"]["action"] == "present"
-    assert {result["regions"][r]["action"] for r in ("us-east-1", "eu-west-1")} <= {"bundled", "copied"}
+    assert {result["regions"][r]["action"] for r in ("us-east-1", "eu-west-1")} <= {
+        "bundled",
+        "copied",
+    }
     for b in bucket.values():
         assert digest_in(s3, b) == new_digest
         seen = inspect_bundles(s3, b, "amis/")

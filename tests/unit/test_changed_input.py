@@ -38,11 +38,18 @@ def test_tar_digest_is_the_manifest_digest_without_compressing(tmp_path, keys):
     image = sparse(tmp_path / "disk.img")
     out = tmp_path / "out"
     out.mkdir()
-    result = bundle(open_image(image, name="disk"), DirectorySink(out), keys, BundleOptions(name="disk", user="123456789012"))
+    result = bundle(
+        open_image(image, name="disk"),
+        DirectorySink(out),
+        keys,
+        BundleOptions(name="disk", user="123456789012"),
+    )
     source = open_image(image, name="disk")
     try:
         assert tar_digest(source, "disk") == result.manifest.digest
-        assert tar_digest(source, "other") != result.manifest.digest  # the member name is in the stream
+        assert (
+            tar_digest(source, "other") != result.manifest.digest
+        )  # the member name is in the stream
     finally:
         source.close()
 
@@ -74,31 +81,67 @@ def test_bundle_image_refuses_its_own_output_as_input(tmp_path, user_key_pair, e
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.img").write_bytes(os.urandom(100_000))
-    base = [sys.executable, "-m", "bundler", "bundle-image", "-d", str(out), "-p", "a", "-c",
-            str(user_key_pair.cert_path), "-k", str(user_key_pair.key_path), "-u", "123456789012",
-            "--ec2cert", str(ec2_key_pair.cert_path)]
-    done = subprocess.run([*base, "-i", str(out / "a.img")], cwd=REPO, capture_output=True, text=True)
+    base = [
+        sys.executable,
+        "-m",
+        "bundler",
+        "bundle-image",
+        "-d",
+        str(out),
+        "-p",
+        "a",
+        "-c",
+        str(user_key_pair.cert_path),
+        "-k",
+        str(user_key_pair.key_path),
+        "-u",
+        "123456789012",
+        "--ec2cert",
+        str(ec2_key_pair.cert_path),
+    ]
+    done = subprocess.run(
+        [*base, "-i", str(out / "a.img")], cwd=REPO, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     os.link(out / "a.part.0", tmp_path / "elsewhere")  # the same file under another name
     for victim in (out / "a.part.0", out / "a.manifest.xml", tmp_path / "elsewhere"):
-        done = subprocess.run([*base, "-i", str(victim), "--force"], cwd=REPO, capture_output=True, text=True)
+        done = subprocess.run(
+            [*base, "-i", str(victim), "--force"], cwd=REPO, capture_output=True, text=True
+        )
         assert done.returncode == 2
-        assert "one of the files this run would write" in done.stderr and "Traceback" not in done.stderr
+        assert (
+            "one of the files this run would write" in done.stderr
+            and "Traceback" not in done.stderr
+        )
         assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_describe_images_denied_is_unknown_not_an_error():
     import boto3
 
-    ec2 = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    ec2 = boto3.client(
+        "ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
     warnings = []
     with Stubber(ec2) as stub:
-        stub.add_client_error("describe_images", service_error_code="UnauthorizedOperation", http_status_code=403)
+        stub.add_client_error(
+            "describe_images", service_error_code="UnauthorizedOperation", http_status_code=403
+        )
         assert images_using(ec2, "b/p/x.manifest.xml", warn=warnings.append) is None
-        stub.add_response("describe_images", {"Images": [
-            {"ImageId": "ami-1", "State": "available"}, {"ImageId": "ami-2", "State": "deregistered"},
-            {"ImageId": "ami-3", "State": "available"}]},
-            {"Owners": ["self"], "Filters": [{"Name": "manifest-location", "Values": ["b/p/x.manifest.xml"]}]})
+        stub.add_response(
+            "describe_images",
+            {
+                "Images": [
+                    {"ImageId": "ami-1", "State": "available"},
+                    {"ImageId": "ami-2", "State": "deregistered"},
+                    {"ImageId": "ami-3", "State": "available"},
+                ]
+            },
+            {
+                "Owners": ["self"],
+                "Filters": [{"Name": "manifest-location", "Values": ["b/p/x.manifest.xml"]}],
+            },
+        )
         assert images_using(ec2, "b/p/x.manifest.xml", exclude=["ami-3"]) == ["ami-1"]
     assert warnings and "ec2:DescribeImages denied" in warnings[0]
