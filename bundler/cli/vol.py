@@ -207,8 +207,16 @@ def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
         data["ec2_certificate"] = keys.ec2_certificate.as_json()
     if args.list_excluded:
         data["excluded_paths"] = listed
-    human = [f"Image: {result.disk_bytes // (1024 * 1024)} MiB ext4 ({result.partition}), "
-             f"label {result.label}, UUID {result.uuid}"]
+    human = [f"Image: {result.disk_bytes // (1024 * 1024)} MiB {result.fs_type} "
+             f"({result.partition}), label {result.label}, UUID {result.uuid}"]
+    if result.fstab_change is not None:
+        change = result.fstab_change
+        human.append(f"/etc/fstab root entry rewritten ({'; '.join(change.reasons)}):")
+        human.append(f"  was: {change.old}")
+        human.append(f"  now: {change.new}")
+        if change.dropped_options:
+            human.append(f"  dropped options ext4 does not accept: "
+                         f"{','.join(change.dropped_options)}")
     if result.bootloader == "grub2":
         human.append(f"Bootloader: GRUB 2 (kernel {result.kernel}, serial console ttyS0)")
     if result.menu_lst:

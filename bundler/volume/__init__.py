@@ -34,6 +34,7 @@ from . import bootloader as bootlib
 from . import fstab as fstablib
 from . import imagefs, partition
 from . import staging as stagelib
+from .devices import DeviceName
 from .partition import MIB, Scheme
 from .safefs import display
 from .selection import (
@@ -112,6 +113,9 @@ class VolumeResult:
     kernel: str | None = None   # version of the kernel the bootloader boots by default
     menu_lst: bool = False      # a PV-GRUB menu.lst was generated
     warnings: list[str] = field(default_factory=list)
+    fs_type: str = imagefs.FS_TYPE
+    fstab_change: fstablib.RootEntryChange | None = None  # the kept fstab's root line, fixed
+    source_device: DeviceName | None = None               # the device the volume is mounted from
 
     def summary(self) -> dict[str, Any]:
         reasons: dict[str, int] = {}
@@ -142,6 +146,9 @@ class VolumeResult:
             "partition": self.partition,
             "label": self.label,
             "uuid": self.uuid,
+            "filesystem": self.fs_type,
+            "source_device": self.source_device.summary() if self.source_device else None,
+            "fstab_root_changed": self.fstab_change.summary() if self.fstab_change else None,
             "bootloader": self.bootloader,
             "kernel": self.kernel,
             "menu_lst_generated": self.menu_lst,
@@ -285,13 +292,21 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
         xpolicy = stagelib.XattrPolicy(keep=not config.drop_oversize_xattrs, spool_dir=spool)
         stats = stagelib.stage(selection, staging, xattrs=xpolicy)
         check_staged(stats, config, grub_possible)
+        fstab_change = fstab_warning = None
         if fstab_bytes is not None:
             fstablib.install_fstab(staging, fstab_bytes)
+        else:
+            # The volume's own fstab names the source's filesystem (xfs on Amazon Linux 2 and
+            # RHEL, another UUID for a plain directory): the image's root must mount anyway.
+            fstab_change, fstab_warning = fstablib.rewrite_root_entry(
+                staging, fstype=imagefs.FS_TYPE, label=label, uuid=fs_uuid)
         timings["stage"] = time.monotonic() - t
 
         t = time.monotonic()
         boot_plan = bootlib.prepare(staging, layout, config.boot_options, fs_uuid=fs_uuid,
                                     label=label, workdir=private)
+        if fstab_warning:
+            boot_plan.warn(fstab_warning)
         for rel, names in stats.dropped_xattrs:
             boot_plan.warn(f"/{display(rel)}: extended attributes {', '.join(names)} left out "
                            "(too large for an ext4 inode and one block; --drop-oversize-xattrs)")
@@ -339,7 +354,8 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
                               layout.scheme, label, fs_uuid, stats, timings=timings,
                               bootloader=boot_plan.installed,
                               kernel=boot_plan.kernel.version if boot_plan.kernel else None,
-                              menu_lst=boot_plan.menu_lst, warnings=boot_plan.warnings)
+                              menu_lst=boot_plan.menu_lst, warnings=boot_plan.warnings,
+                              fstab_change=fstab_change, source_device=identity.device_name)
         if not config.clone_only:
             from ..pipeline import bundle
             from ..source import open_image

@@ -8,9 +8,14 @@ is left out: on NVMe instance types that device never appears and the boot would
 
 from __future__ import annotations
 
+import os
+import re
+import stat
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ..errors import UsageError
+from ..errors import UsageError, VolumeError
 
 FSTAB_CAP = 1024 * 1024
 SUPPLIED_BY = "# Supplied by: ami-bundler (ec2-ami-tools-1.5-3 compatible)"
@@ -97,3 +102,143 @@ def check_root_entry(text: str, *, label: str | None, uuid: str | None) -> str |
                     "(use --generate-fstab)")
         return None
     return None
+
+
+# ------------------------------------------------------------------ the kept fstab's root
+
+# Mount options that mean the same on every Linux filesystem, plus ext4's own: a root entry
+# retyped to ext4 keeps these and drops the rest (xfs's inode64/logbufs/allocsize/nouuid,
+# btrfs's subvol/compress/space_cache...), which ext4 would refuse and so fail the boot.
+_GENERIC_OPTIONS = frozenset("""
+    defaults rw ro auto noauto user nouser users owner group exec noexec suid nosuid dev nodev
+    sync async dirsync atime noatime relatime norelatime strictatime nostrictatime lazytime
+    nolazytime diratime nodiratime iversion noiversion silent loud nofail _netdev
+    acl noacl user_xattr nouser_xattr discard nodiscard barrier nobarrier quota noquota
+    usrquota grpquota prjquota grpid bsdgroups nogrpid sysvgroups norecovery noload dax
+    journal_checksum nojournal_checksum journal_async_commit delalloc nodelalloc
+    auto_da_alloc noauto_da_alloc block_validity noblock_validity
+""".split())
+_GENERIC_VALUED = ("x-", "comment=", "context=", "fscontext=", "defcontext=", "rootcontext=",
+                   "errors=", "data=", "commit=", "barrier=", "stripe=", "dax=",
+                   "resuid=", "resgid=", "sb=", "journal_ioprio=", "init_itable",
+                   "noinit_itable", "max_batch_time=", "min_batch_time=", "inode_readahead_blks=")
+# Same meaning, other spelling.
+_RENAMED = {"uquota": "usrquota", "gquota": "grpquota", "pquota": "prjquota",
+            "discard=async": "discard", "discard=sync": "discard"}
+
+
+@dataclass(frozen=True)
+class RootEntryChange:
+    """The root line of the volume's own fstab, rewritten to mount the image's filesystem."""
+    old: str
+    new: str
+    reasons: tuple[str, ...]
+    dropped_options: tuple[str, ...] = ()
+
+    def summary(self) -> dict[str, Any]:
+        return {"path": "/etc/fstab", "old": self.old, "new": self.new,
+                "reasons": list(self.reasons), "dropped_options": list(self.dropped_options)}
+
+
+def ext4_options(options: str) -> tuple[str, list[str]]:
+    """(options ext4 accepts, the ones dropped) for an entry written for another type. Pure."""
+    kept: list[str] = []
+    dropped: list[str] = []
+    for opt in options.split(","):
+        if not opt:
+            continue
+        opt = _RENAMED.get(opt, opt)
+        if opt in _GENERIC_OPTIONS or opt.startswith(_GENERIC_VALUED):
+            if opt not in kept:
+                kept.append(opt)
+        else:
+            dropped.append(opt)
+    return ",".join(kept) or "defaults", dropped
+
+
+def _names_image(spec: str, *, label: str | None, uuid: str) -> bool:
+    key, _, value = spec.partition("=")
+    value = value.strip("\"'")
+    if key.upper() == "UUID":
+        return value.lower() == uuid.lower()
+    if key.upper() == "LABEL":
+        return bool(label) and value == label
+    return False
+
+
+def retarget_root(text: str, *, fstype: str, label: str | None, uuid: str
+                  ) -> tuple[str, RootEntryChange | None]:
+    """``text`` with its root entry mounting the image's filesystem: type ``fstype``, named by
+    its UUID (or LABEL, in the style the entry already used). Every other line, comments and
+    spacing are kept. Returns the text and the change, None when the entry already matched
+    (or there is no root entry to fix). Pure."""
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        tokens = re.split(r"(\s+)", line.strip())
+        fields = tokens[::2]
+        if len(fields) < 3 or fields[0].startswith("#") or fields[1] != "/":
+            continue
+        spec, kind = fields[0], fields[2]
+        reasons: list[str] = []
+        dropped: list[str] = []
+        if not _names_image(spec, label=label, uuid=uuid):
+            use_label = spec.upper().startswith("LABEL=") and bool(label)
+            fields[0] = f"LABEL={label}" if use_label else f"UUID={uuid}"
+            reasons.append(f"the image's filesystem is {fields[0]}, not {spec}")
+        if kind not in (fstype, "auto"):
+            fields[2] = fstype
+            reasons.append(f"the image's filesystem is {fstype}, not {kind}")
+            options, dropped = ext4_options(fields[3] if len(fields) > 3 else "defaults")
+            fields[3:4] = [options]
+            while len(fields) < 6:
+                fields.append("0")
+            if fields[5] == "0":
+                fields[5] = "1"  # xfs/btrfs roots say 0 (no boot-time fsck); ext4's is 1
+        if not reasons:
+            return text, None
+        seps = tokens[1::2] + [" "] * (len(fields) - 1 - len(tokens[1::2]))
+        indent = line[:len(line) - len(line.lstrip())]
+        new = indent + "".join(f + s for f, s in zip(fields, seps + [""], strict=False))
+        lines[i] = new
+        change = RootEntryChange(line.strip(), new.strip(), tuple(reasons), tuple(dropped))
+        return "\n".join(lines), change
+    return text, None
+
+
+def rewrite_root_entry(staging: Path, *, fstype: str, label: str | None, uuid: str
+                       ) -> tuple[RootEntryChange | None, str | None]:
+    """Make the staged (volume's own) /etc/fstab mount the image's filesystem.
+
+    Returns (the change made or None, a warning or None). The file is read without following
+    a link and written through ``staging.write_file`` (real directories only), keeping the
+    volume's version as etc/fstab.old like an installed fstab.
+    """
+    from . import safefs
+    from .staging import private_dir, write_file
+
+    try:
+        dfd = private_dir(staging, "etc", create=False)
+    except VolumeError:
+        return None, None  # no /etc (or a symlink to elsewhere): nothing of ours to fix
+    try:
+        try:
+            st = os.lstat("fstab", dir_fd=dfd)
+        except FileNotFoundError:
+            return None, None
+        if stat.S_ISLNK(st.st_mode):
+            return None, ("/etc/fstab is a symlink: not checked against the image's filesystem "
+                          "(make it a file, or pass --fstab/--generate-fstab)")
+        data = safefs.read_capped(dfd, "fstab", FSTAB_CAP + 1, "etc/fstab")
+    finally:
+        os.close(dfd)
+    if data is None or len(data) > FSTAB_CAP:
+        return None, ("/etc/fstab is not a readable regular file of at most "
+                      f"{FSTAB_CAP // 1024} KiB: not checked against the image's filesystem")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "/etc/fstab not checked against the image's filesystem: not UTF-8 text"
+    new_text, change = retarget_root(text, fstype=fstype, label=label, uuid=uuid)
+    if change is not None:
+        write_file(staging, "etc/fstab", new_text.encode(), mode=0o644, keep_old="fstab.old")
+    return change, None

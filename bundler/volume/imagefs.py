@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import VolumeError
 from ..tools import ToolError, run
 from . import mke2fsconf
+from .devices import DeviceName, split_device
 from .safefs import display
 from .selection import Selection
 from .staging import StageStats
@@ -30,6 +31,7 @@ BLOCK = 4096
 INODE_SIZE = 256
 MAX_IMAGE_MIB = 10240
 DEFAULT_LABEL = "cloudimg-rootfs"
+FS_TYPE = "ext4"   # the type of every image make_filesystem writes
 # Classic device nodes every image gets in /dev (spec §8.5), for the boot before devtmpfs.
 CLASSIC_DEV_NODES = (("null", "c", 1, 3, 0o666), ("zero", "c", 1, 5, 0o666),
                      ("tty", "c", 5, 0, 0o666), ("console", "c", 5, 1, 0o600))
@@ -293,6 +295,11 @@ class FsIdentity:
     fstype: str | None
     device: str | None
 
+    @property
+    def device_name(self) -> DeviceName | None:
+        """The source device split into disk and partition (any naming: NVMe, Xen, md, dm)."""
+        return split_device(self.device) if self.device else None
+
 
 def source_identity(volume: Path, mounts: list) -> FsIdentity:
     """Label/UUID of the filesystem mounted *at* the volume (classic clones them); a plain
@@ -307,6 +314,9 @@ def source_identity(volume: Path, mounts: list) -> FsIdentity:
         log.info("no filesystem label/UUID for %s: %s", mount.source, exc)
         return FsIdentity(None, None, mount.fstype, mount.source)
     tags = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    name = split_device(mount.source)
+    log.info("source filesystem on %s: disk %s, %s", mount.source, name.disk,
+             f"partition {name.partition}" if name.partition else "whole device")
     return FsIdentity(tags.get("LABEL"), tags.get("UUID"), tags.get("TYPE", mount.fstype),
                       mount.source)
 
