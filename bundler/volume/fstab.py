@@ -216,10 +216,13 @@ def rewrite_root_entry(staging: Path, *, fstype: str, label: str | None, uuid: s
     from . import safefs
     from .staging import private_dir, write_file
 
+    if not os.path.lexists(staging / "etc"):
+        return None, None  # a tree without /etc: no fstab to fix
     try:
         dfd = private_dir(staging, "etc", create=False)
-    except VolumeError:
-        return None, None  # no /etc (or a symlink to elsewhere): nothing of ours to fix
+    except VolumeError as exc:
+        # /etc is a symlink (which may name the build host's /etc) or not a directory.
+        return None, f"{exc}; /etc/fstab not checked against the image's filesystem"
     try:
         try:
             st = os.lstat("fstab", dir_fd=dfd)

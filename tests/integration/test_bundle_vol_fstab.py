@@ -98,3 +98,21 @@ def test_matching_fstab_untouched_and_symlinked_fstab_warned(tree, tmp_path, cap
     assert data["fstab_root_changed"] is None
     assert any("/etc/fstab is a symlink" in w for w in data["warnings"])
     assert host.read_text() == XFS_FSTAB
+
+
+def test_symlinked_etc_is_not_followed(tree, tmp_path, capsys):
+    victim = tmp_path / "host-etc"
+    victim.mkdir()
+    (victim / "fstab").write_text(XFS_FSTAB)
+    (tree / "etc/fstab").unlink()
+    (tree / "etc/hostname").unlink()
+    (tree / "etc").rmdir()
+    os.symlink(victim, tree / "etc")
+    dest = tmp_path / "out"
+    dest.mkdir()
+    data, _ = clone(tree, dest, capsys)
+    assert data["fstab_root_changed"] is None
+    assert any("/etc in the volume is a symlink" in w and "not checked" in w
+               for w in data["warnings"])
+    assert sorted(p.name for p in victim.iterdir()) == ["fstab"]
+    assert (victim / "fstab").read_text() == XFS_FSTAB
