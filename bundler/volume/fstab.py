@@ -198,8 +198,9 @@ def retarget_root(text: str, *, fstype: str, label: str | None, uuid: str
             return text, None
         seps = tokens[1::2] + [" "] * (len(fields) - 1 - len(tokens[1::2]))
         indent = line[:len(line) - len(line.lstrip())]
+        trailing = line[len(line.rstrip()):]  # a CRLF file keeps its "\r"
         new = indent + "".join(f + s for f, s in zip(fields, seps + [""], strict=False))
-        lines[i] = new
+        lines[i] = new + trailing
         change = RootEntryChange(line.strip(), new.strip(), tuple(reasons), tuple(dropped))
         return "\n".join(lines), change
     return text, None

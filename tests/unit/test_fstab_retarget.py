@@ -64,3 +64,10 @@ def test_ext4_options():
         ["nouuid", "allocsize=64m"])
     assert ext4_options("inode64") == ("defaults", ["inode64"])
     assert ext4_options("gquota,pquota,grpquota") == ("grpquota,prjquota", [])
+
+
+def test_crlf_file_keeps_its_line_ends():
+    src = "# c\r\nUUID=x / xfs defaults 0 0\r\nproc /proc proc defaults 0 0\r\n"
+    text, change = retarget_root(src, fstype="ext4", label=None, uuid=UUID)
+    assert text == f"# c\r\nUUID={UUID} / ext4 defaults 0 1\r\nproc /proc proc defaults 0 0\r\n"
+    assert change.new == f"UUID={UUID} / ext4 defaults 0 1"
