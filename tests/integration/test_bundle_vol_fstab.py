@@ -12,8 +12,9 @@ import pytest
 
 from bundler.cli import main
 
-pytestmark = pytest.mark.skipif(shutil.which("mke2fs") is None and not Path("/sbin/mke2fs").exists(),
-                                reason="e2fsprogs not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("mke2fs") is None and not Path("/sbin/mke2fs").exists(),
+    reason="e2fsprogs not installed")
 
 UUID = "6a1f2b3c-4d5e-4f60-8172-8394a5b6c7d8"
 XFS_FSTAB = ("# /etc/fstab of an Amazon Linux 2 root\n"

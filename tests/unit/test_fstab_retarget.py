@@ -5,7 +5,7 @@ UUID = "0b1c2d3e-4f50-4617-8283-94a5b6c7d8e9"
 AL2 = """#
 # /etc/fstab
 # Created by anaconda
-UUID=0b1c2d3e-4f50-4617-8283-94a5b6c7d8e9     /           xfs    defaults,noatime,inode64,logbufs=8  1   1
+UUID=0b1c2d3e-4f50-4617-8283-94a5b6c7d8e9   /     xfs   defaults,noatime,inode64,logbufs=8  1 1
 /dev/xvdb\t/data\text4\tdefaults,nofail\t0\t2
 tmpfs /tmp tmpfs size=1g 0 0
 """
@@ -28,7 +28,8 @@ def test_xfs_root_line_becomes_ext4_other_lines_kept():
 
 
 def test_rhel_device_root_gets_uuid_and_fsck_pass():
-    src = "/dev/mapper/rhel-root   /   xfs   defaults,uquota   0 0\n/dev/sda1 /boot xfs defaults 0 0\n"
+    src = ("/dev/mapper/rhel-root   /   xfs   defaults,uquota   0 0\n"
+           "/dev/sda1 /boot xfs defaults 0 0\n")
     text, change = retarget_root(src, fstype="ext4", label="cloudimg-rootfs", uuid=UUID)
     first, second = text.split("\n")[:2]
     assert first.split() == [f"UUID={UUID}", "/", "ext4", "defaults,usrquota", "0", "1"]
