@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
+import mmap
 import os
 import re
 import secrets
@@ -357,6 +358,9 @@ class DirectorySink:
         self._committed: list[Path] = []
         self._lock: DestinationLock | None = None
         self._syncer: BackgroundStage[tuple[Path, Path]] | None = None
+        # Parts are written once and synced before the manifest: with fsync on, write them
+        # past the page cache (where this is possible), which costs a fraction of the CPU.
+        self._direct: DirectWriter | None = DirectWriter() if fsync and DirectWriter.available() else None
 
     def check_clear(self, name: str, *, inputs: Sequence[Path | str] = ()) -> None:
         """Fail before any work if the destination already holds a bundle called ``name``
@@ -431,13 +435,27 @@ class DirectorySink:
         path = self._staging / f"part-{part.index}"
         with critical():
             self._written.append(path)  # first: a half-written part is removed by name too
-            self._write_file(path, part.data, sync=False)
+            self._write_part(path, part.data)
         if self.fsync:
             # Durability is bought in the background while later parts are made (a bounded
             # queue: a slow disk holds the writer back); commit waits for every part.
             if self._syncer is None:
                 self._syncer = BackgroundStage(_sync_part, depth=4, name="ami-bundler-fsync")
             self._syncer.write((self.destination, path))
+
+    def _write_part(self, path: Path, data: bytes) -> None:
+        if self._direct is not None:
+            try:
+                self._direct.write(path, data)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+                    raise OutputError(f"cannot write {path.name} in {self.destination}: "
+                                      f"{why_write_failed(exc)}") from exc
+                log.debug("%s does not take direct I/O (%s): writing parts through the page cache",
+                          self.destination, exc.strerror)
+                self._direct = None
+        self._write_file(path, data, sync=False)
 
     def _write_file(self, path: Path, data: bytes, *, sync: bool) -> None:
         try:
@@ -555,6 +573,61 @@ class DirectorySink:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+class DirectWriter:
+    """Writes files with O_DIRECT from one reused, page-aligned buffer.
+
+    Copying into the kernel's page cache is most of what writing a part costs (more than
+    hashing it, in a VM); direct I/O moves the bytes to the device without that copy. The
+    aligned head of the file goes direct, an unaligned tail through a plain descriptor
+    (different pages, so the two never overlap). Filesystems that refuse O_DIRECT raise
+    EINVAL, and the caller falls back to plain writes.
+    """
+
+    ALIGN = 4096
+
+    def __init__(self) -> None:
+        self._buffer: mmap.mmap | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return hasattr(os, "O_DIRECT")
+
+    def _aligned(self, size: int) -> mmap.mmap:
+        want = -(-max(size, 1) // self.ALIGN) * self.ALIGN
+        if self._buffer is None or len(self._buffer) < want:
+            if self._buffer is not None:
+                self._buffer.close()
+            self._buffer = mmap.mmap(-1, want)  # anonymous maps are page-aligned
+        return self._buffer
+
+    def write(self, path: Path, data: bytes) -> None:
+        buffer = self._aligned(len(data))
+        buffer[:len(data)] = data
+        head = len(data) - len(data) % self.ALIGN
+        with memoryview(buffer) as view:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0),
+                         0o666)
+            try:
+                _write_all(fd, view[:head])
+            finally:
+                os.close(fd)
+            if head < len(data):
+                fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+                try:
+                    os.lseek(fd, head, os.SEEK_SET)
+                    _write_all(fd, view[head:len(data)])
+                finally:
+                    os.close(fd)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "the write made no progress")
+        view = view[written:]
 
 
 def _sync_part(item: tuple[Path, Path]) -> None:

@@ -4,6 +4,7 @@ before the manifest), and the stage timings the profile prints."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -116,17 +117,21 @@ def test_the_manifest_is_written_only_after_every_part_was_synced(tmp_path, monk
         events.append(f"sync {os.readlink(f'/proc/self/fd/{fd}').rsplit('/', 1)[1]}")
         real_sync(fd)
 
-    real_write = DirectorySink._write_file
+    real_write, real_write_part = DirectorySink._write_file, DirectorySink._write_part
 
     def recording_write(self, path, data, *, sync):
         events.append(f"write {path.name}")
-        if path.name == "manifest":
-            assert sync
+        assert path.name == "manifest" and sync
         return real_write(self, path, data, sync=sync)
+
+    def recording_write_part(self, path, data):
+        events.append(f"write {path.name}")
+        return real_write_part(self, path, data)
 
     monkeypatch.setattr(os, "fdatasync", slow_sync, raising=False)
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_sync(fd))[1])
     monkeypatch.setattr(DirectorySink, "_write_file", recording_write)
+    monkeypatch.setattr(DirectorySink, "_write_part", recording_write_part)
     sink = DirectorySink(tmp_path)
     sink.begin("img", 3)
     for i in range(3):
@@ -152,6 +157,42 @@ def test_a_part_that_cannot_be_synced_fails_the_commit_before_any_manifest(tmp_p
     sink.abort()
     assert sorted(os.listdir(tmp_path)) == []  # no manifest, no parts, no staging, no lock
     assert not [t for t in threading.enumerate() if t.name == "ami-bundler-fsync"]
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 5, 1 << 20])
+def test_direct_writes_store_every_byte_of_aligned_and_unaligned_parts(tmp_path, size):
+    writer = parts_module.DirectWriter()
+    data = os.urandom(size)
+    try:
+        writer.write(tmp_path / "p", data)
+    except OSError as exc:  # e.g. a tmpfs without O_DIRECT: the sink falls back, see below
+        pytest.skip(f"no direct I/O on {tmp_path}: {exc}")
+    assert (tmp_path / "p").read_bytes() == data
+    writer.write(tmp_path / "p", data[: size // 2])  # rewritten shorter: truncated
+    assert (tmp_path / "p").read_bytes() == data[: size // 2]
+
+
+def test_a_filesystem_without_direct_io_gets_plain_writes(tmp_path, monkeypatch):
+    def refuse(self, path, data):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(parts_module.DirectWriter, "write", refuse)
+    sink = DirectorySink(tmp_path)
+    _bundle_into(sink, 3)
+    assert sink._direct is None  # given up after the first refusal
+    assert len([n for n in os.listdir(tmp_path) if ".part." in n]) == 3
+
+
+def test_a_full_disk_during_a_direct_write_is_one_clear_error(tmp_path, monkeypatch):
+    def full(self, path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(parts_module.DirectWriter, "write", full)
+    sink = DirectorySink(tmp_path)
+    with pytest.raises(OutputError, match="no space left"):
+        _bundle_into(sink, 1)
+    sink.abort()
+    assert os.listdir(tmp_path) == []
 
 
 def test_without_fsync_no_sync_thread_runs(tmp_path, monkeypatch):
