@@ -215,34 +215,41 @@ class CompressedImageSource:
         pass
 
 
+def decompressed(path: Path, fmt: str) -> Iterator[bytes]:
+    """The decompressed stream of ``path`` in pieces of up to READ_SIZE bytes."""
+    with open(path, "rb") as raw:
+        stream = open_stream(fmt, raw)
+        try:
+            while data := _read(stream, fmt, READ_SIZE, raw.tell()):
+                yield data
+        finally:
+            stream.close()
+
+
+def nonzero_granules(data: bytes, at: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) of each 64 KiB granule of ``data`` (found at offset ``at``) that holds a
+    non-zero byte."""
+    view = memoryview(data)
+    for start in range(0, len(data), ZERO_GRANULE):
+        piece = view[start:start + ZERO_GRANULE]
+        if piece != _ZEROS[:len(piece)]:
+            yield at + start, len(piece)
+
+
 def scan(path: Path, fmt: str, limit: int | None) -> tuple[int, list[tuple[int, int]]]:
     """One decompression pass: the size and the non-zero regions (64 KiB granules)."""
-    raw = open(path, "rb")
-    stream = open_stream(fmt, raw)
     regions: list[tuple[int, int]] = []
     pos = 0
-    try:
-        while True:
-            data = _read(stream, fmt, READ_SIZE, raw.tell())
-            if not data:
-                break
-            view = memoryview(data)
-            for start in range(0, len(data), ZERO_GRANULE):
-                piece = view[start:start + ZERO_GRANULE]
-                if piece == _ZEROS[:len(piece)]:
-                    continue
-                at = pos + start
-                if regions and regions[-1][0] + regions[-1][1] == at:
-                    regions[-1] = (regions[-1][0], regions[-1][1] + len(piece))
-                else:
-                    regions.append((at, len(piece)))
-            pos += len(data)
-            if limit is not None and pos > limit:
-                raise ImageError(f"image {path} decompresses to over {limit} bytes, over EC2's 10 GiB "
-                                 "instance-store limit (pass --no-size-checks to bundle it anyway)")
-    finally:
-        stream.close()
-        raw.close()
+    for data in decompressed(path, fmt):
+        for at, length in nonzero_granules(data, pos):
+            if regions and regions[-1][0] + regions[-1][1] == at:
+                regions[-1] = (regions[-1][0], regions[-1][1] + length)
+            else:
+                regions.append((at, length))
+        pos += len(data)
+        if limit is not None and pos > limit:
+            raise ImageError(f"image {path} decompresses to over {limit} bytes, over EC2's 10 GiB "
+                             "instance-store limit (pass --no-size-checks to bundle it anyway)")
     return pos, regions
 
 

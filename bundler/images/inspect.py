@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..source import MAX_IMAGE_SIZE, READ_SIZE, ZERO_GRANULE, drop_zero_runs, find_data_regions
+from ..source import MAX_IMAGE_SIZE, drop_zero_runs, find_data_regions
 from . import open_disk, probe_format
 from .bounded import BoundedFile
-from .compressed import STREAM_FORMATS, open_stream, recorded_size
+from .compressed import STREAM_FORMATS, decompressed, nonzero_granules, recorded_size
 from .disk import coarsen
 from .probe import HEAD_BYTES, PROBE_BYTES, DiskLayout, filesystem_at, partitions_in, probe
 
@@ -79,37 +79,22 @@ def _inspect_stream(path: Path, fmt: str) -> ImageReport:
     parts: list = []
     parsed = False
     pos = nonzero = 0
-    zeros = bytes(ZERO_GRANULE)
-    with open(path, "rb") as raw:
-        stream = open_stream(fmt, raw)
-        try:
-            from .compressed import _read
-
-            while True:
-                data = _read(stream, fmt, READ_SIZE, raw.tell())
-                if not data:
-                    break
-                view = memoryview(data)
-                for start in range(0, len(data), ZERO_GRANULE):
-                    piece = view[start:start + ZERO_GRANULE]
-                    if piece != zeros[:len(piece)]:
-                        nonzero += len(piece)
-                end = pos + len(data)
-                if not parsed:
-                    head += data  # everything so far, until the table is parsed
-                for w in wanted:
-                    lo, hi = max(pos, w[0] + len(w[2])), min(end, w[0] + w[1])
-                    if lo < hi:
-                        w[2] += data[lo - pos:hi - pos]
-                pos = end
-                if not parsed and len(head) >= HEAD_KEEP:
-                    parsed = True
-                    table, parts = partitions_in(bytes(head[:HEAD_BYTES]), recorded or 1 << 62)
-                    wanted = [[p.start, min(PROBE_BYTES, p.size), bytearray(head[p.start:p.start + PROBE_BYTES]), p]
-                              for p in parts]
-                    del head[PROBE_BYTES:]
-        finally:
-            stream.close()
+    for data in decompressed(path, fmt):
+        nonzero += sum(length for _, length in nonzero_granules(data, pos))
+        end = pos + len(data)
+        if not parsed:
+            head += data  # everything so far, until the table is parsed
+        for w in wanted:
+            lo, hi = max(pos, w[0] + len(w[2])), min(end, w[0] + w[1])
+            if lo < hi:
+                w[2] += data[lo - pos:hi - pos]
+        pos = end
+        if not parsed and len(head) >= HEAD_KEEP:
+            parsed = True
+            table, parts = partitions_in(bytes(head[:HEAD_BYTES]), recorded or 1 << 62)
+            wanted = [[p.start, min(PROBE_BYTES, p.size), bytearray(head[p.start:p.start + PROBE_BYTES]), p]
+                      for p in parts]
+            del head[PROBE_BYTES:]
     if not parsed:  # a stream shorter than HEAD_KEEP
         table, parts = partitions_in(bytes(head[:HEAD_BYTES]), pos)
         wanted = [[p.start, 0, bytearray(head[p.start:p.start + min(PROBE_BYTES, p.size)]), p] for p in parts]
