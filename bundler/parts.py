@@ -101,6 +101,11 @@ class PartSink(Protocol):
     def begin(self, name: str, max_parts: int) -> None:
         """Called once before any part; ``max_parts`` bounds the final count from above."""
 
+    def expect_parts(self, count: int) -> None:
+        """The pipeline's estimate of the final part count, given once, before the first part
+        (0: unknown). Sinks that name parts before the count is known (S3) use it; others
+        ignore it."""
+
     def put_part(self, part: Part) -> None:
         """Called in index order; may block to apply back-pressure."""
 
@@ -429,6 +434,9 @@ class DirectorySink:
         except BaseException:
             self.abort()
             raise
+
+    def expect_parts(self, count: int) -> None:
+        pass  # parts are named at commit, when the count is known
 
     def put_part(self, part: Part) -> None:
         assert self._staging is not None, "begin() not called"

@@ -184,9 +184,7 @@ class PartCutter:
     def _emit(self, *, last: bool = False) -> None:
         if not self._count:
             # Sinks that must name parts before the count is known (S3) get an estimate.
-            expect = getattr(self.sink, "expect_parts", None)
-            if expect is not None:
-                expect(1 if last else self.estimate() if self.estimate else 0)
+            self.sink.expect_parts(1 if last else self.estimate() if self.estimate else 0)
         item = (self._count, self._buffer, self._fill)
         self._count += 1
         self._fill = 0

@@ -17,20 +17,11 @@ from bundler.errors import OutputError
 from bundler.parts import DirectorySink, Part
 from bundler.pipeline import AesCbcEncryptor, BackgroundStage, PartCutter
 from bundler.stagetimes import NULL_TIMES, StageTimes
+from tests.support.sinks import MemorySink
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 IV = bytes.fromhex("0102030405060708090a0b0c0d0e0f10")
 SMALL_PART = 4096
-
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.parts: list[Part] = []
-        self.threads: set[str] = set()
-
-    def put_part(self, part: Part) -> None:
-        self.threads.add(threading.current_thread().name)
-        self.parts.append(part)
 
 
 def reference_ciphertext(data: bytes) -> bytes:
@@ -47,7 +38,7 @@ def reference_ciphertext(data: bytes) -> bytes:
 def test_aes_into_part_buffers_is_the_same_ciphertext_cut_exactly(monkeypatch, total, threaded):
     monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
     data = os.urandom(total)
-    sink = RecordingSink()
+    sink = MemorySink()
     cutter = PartCutter(sink)
     if threaded:
         cutter.stage = BackgroundStage(cutter.store, depth=1, name="ami-bundler-parts")
@@ -76,11 +67,7 @@ def test_aes_into_part_buffers_is_the_same_ciphertext_cut_exactly(monkeypatch, t
 def test_a_failing_part_store_surfaces_in_the_encrypting_thread(monkeypatch):
     monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
 
-    class FullDisk(RecordingSink):
-        def put_part(self, part: Part) -> None:
-            raise OSError("no space left on the device")
-
-    cutter = PartCutter(FullDisk())
+    cutter = PartCutter(MemorySink(fail_put=0))
     cutter.stage = BackgroundStage(cutter.store, depth=1, name="ami-bundler-parts")
     enc = AesCbcEncryptor(KEY, IV, cutter=cutter)
     with pytest.raises(OSError, match="no space"):
@@ -94,7 +81,7 @@ def test_encryptor_needs_exactly_one_destination():
     with pytest.raises(ValueError):
         AesCbcEncryptor(KEY, IV)
     with pytest.raises(ValueError):
-        AesCbcEncryptor(KEY, IV, [].append, cutter=PartCutter(RecordingSink()))
+        AesCbcEncryptor(KEY, IV, [].append, cutter=PartCutter(MemorySink()))
 
 
 # --------------------------------------------------------------------------- durability

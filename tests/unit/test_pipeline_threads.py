@@ -16,8 +16,8 @@ import pytest
 from bundler import pipeline
 from bundler.errors import IntegrityError
 from bundler.manifest import parse_manifest
-from bundler.parts import Part
 from bundler.pipeline import BundleKeys, BundleOptions, bundle, unbundle
+from tests.support.sinks import MemorySink
 
 SMALL_PART = 64 * 1024  # many parts from a small image
 
@@ -59,31 +59,6 @@ class FakeSource:
 
     def close(self) -> None:
         self.closed = True
-
-
-class FakeSink:
-    def __init__(self, *, fail_put: int | None = None, fail_commit: bool = False) -> None:
-        self.parts: dict[int, bytes] = {}
-        self.fail_put = fail_put
-        self.fail_commit = fail_commit
-        self.aborted = False
-        self.manifest: bytes | None = None
-
-    def begin(self, name: str, max_parts: int) -> None:
-        pass
-
-    def put_part(self, part: Part) -> None:
-        if self.fail_put is not None and part.index >= self.fail_put:
-            raise OSError("no space left on the device")
-        self.parts[part.index] = part.data
-
-    def commit(self, names, manifest_name: str, manifest: bytes) -> None:
-        if self.fail_commit:
-            raise OSError("the manifest could not be written")
-        self.manifest = manifest
-
-    def abort(self) -> None:
-        self.aborted = True
 
 
 class RecordingProgress:
@@ -169,8 +144,8 @@ class FakeWriter:
         self.aborted = True
 
 
-def make_bundle(keys: BundleKeys, data: bytes) -> tuple[FakeSink, object]:
-    sink = FakeSink()
+def make_bundle(keys: BundleKeys, data: bytes) -> tuple[MemorySink, object]:
+    sink = MemorySink()
     bundle(FakeSource(data), sink, keys, options())
     assert sink.manifest is not None
     return sink, parse_manifest(sink.manifest)
@@ -184,7 +159,7 @@ def test_a_failing_bundle_aborts_the_sink_and_leaves_no_thread(small_parts, keys
     data = os.urandom(1 << 20)
     source = FakeSource(data, fail_at=(1 << 19) if failure in ("source", "interrupt") else None,
                         exc=KeyboardInterrupt if failure == "interrupt" else RuntimeError)
-    sink = FakeSink(fail_put=3 if failure == "put_part" else None, fail_commit=failure == "commit")
+    sink = MemorySink(fail_put=3 if failure == "put_part" else None, fail_commit=failure == "commit")
     progress = RecordingProgress()
     expected = {"source": RuntimeError, "interrupt": KeyboardInterrupt, "put_part": OSError, "commit": OSError}
     with pytest.raises(expected[failure]):
@@ -198,7 +173,7 @@ def test_a_failing_bundle_aborts_the_sink_and_leaves_no_thread(small_parts, keys
 def test_a_progress_listener_that_fails_to_start_aborts_the_bundle(keys, no_thread_left):
     # e.g. a progress bar on a terminal that went away: the threads and the sink's staging
     # area (its lock, in S3 the lock object) must not be left behind.
-    sink = FakeSink()
+    sink = MemorySink()
     source = FakeSource(os.urandom(100_000))
     with pytest.raises(BrokenPipeError):
         bundle(source, sink, keys, options(), RecordingProgress(fail_start=True))
@@ -219,7 +194,7 @@ def _refuse_to_start(monkeypatch, name: str) -> None:
 
 def test_bundle_cleans_up_when_the_digest_thread_cannot_start(keys, monkeypatch, no_thread_left):
     _refuse_to_start(monkeypatch, "ami-bundler-sha1")
-    sink = FakeSink()
+    sink = MemorySink()
     source = FakeSource(os.urandom(100_000))
     with pytest.raises(RuntimeError, match="can't start new thread"):
         bundle(source, sink, keys, options())
@@ -260,11 +235,11 @@ def test_a_source_that_reuses_its_buffer_is_hashed_as_it_was_read(small_parts, k
             buffer[:] = bytes(chunk)
             gate.set()
 
-    sink = FakeSink()
+    sink = MemorySink()
     result = bundle(ReusingSource(expected), sink, keys, options())
     monkeypatch.undo()
     writer = FakeWriter()
-    unbundle(parse_manifest(sink.manifest), FakePartSource(sink.parts), None, user_key_pair.private_key,
+    unbundle(parse_manifest(sink.manifest), FakePartSource(sink.data), None, user_key_pair.private_key,
              writer=writer)
     assert bytes(writer.image) == expected
     assert result.digest == parse_manifest(sink.manifest).manifest.digest
@@ -285,7 +260,7 @@ def test_a_failing_unbundle_stops_the_part_reader_and_leaves_no_thread(small_par
     # The writer fails on the first 1 MiB of the image; the reader waits at a part well past it
     # until then, so the failure is seen while many parts are still unread.
     hold = (24, writer.failed) if failure == "write" else None
-    source = FakePartSource(sink.parts, corrupt={"corrupt_first": 0, "corrupt_later": 5}.get(failure), hold=hold)
+    source = FakePartSource(sink.data, corrupt={"corrupt_first": 0, "corrupt_later": 5}.get(failure), hold=hold)
     progress = RecordingProgress()
     expected = {"corrupt_first": IntegrityError, "corrupt_later": IntegrityError,
                 "write": OSError, "open_interrupt": KeyboardInterrupt, "commit": OSError}
@@ -303,7 +278,7 @@ def test_unbundle_stops_the_part_reader_when_the_digest_thread_cannot_start(smal
                                                                            monkeypatch, no_thread_left):
     sink, parsed = make_bundle(keys, os.urandom(1 << 20))
     _refuse_to_start(monkeypatch, "ami-bundler-sha1")
-    source = FakePartSource(sink.parts)
+    source = FakePartSource(sink.data)
     progress = RecordingProgress()
     with pytest.raises(RuntimeError, match="can't start new thread"):
         unbundle(parsed, source, None, user_key_pair.private_key, writer=FakeWriter(), progress=progress)
@@ -316,7 +291,7 @@ def test_unbundle_round_trip_leaves_no_thread(small_parts, keys, user_key_pair, 
     sink, parsed = make_bundle(keys, data)
     writer = FakeWriter()
     progress = RecordingProgress()
-    unbundle(parsed, FakePartSource(sink.parts), None, user_key_pair.private_key, writer=writer, progress=progress)
+    unbundle(parsed, FakePartSource(sink.data), None, user_key_pair.private_key, writer=writer, progress=progress)
     assert bytes(writer.image) == data
     assert progress.events[0] == ("start", "unbundle") and progress.events[-1] == ("finish", "unbundle")
     assert no_thread_left() == []

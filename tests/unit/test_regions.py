@@ -8,6 +8,11 @@ from bundler import ec2certs, regions
 from bundler.errors import S3Error, UsageError
 from bundler.multiregion import FanOutSink
 from bundler.parts import Part
+from tests.support.sinks import MemorySink
+
+
+def injected() -> Exception:
+    return S3Error("injected")
 
 
 def test_regions_come_from_botocore():
@@ -67,36 +72,14 @@ def test_parse_regions_and_bucket_map():
         regions.bucket_map(rs, template="a-{region}", pairs=["ap-south-1=x-bucket"])
 
 
-class RecordingSink:
-    def __init__(self, fail_at: int | None = None) -> None:
-        self.fail_at = fail_at
-        self.parts: list[int] = []
-        self.committed: tuple | None = None
-        self.aborted = False
-
-    def begin(self, name, max_parts):
-        self.name = name
-
-    def put_part(self, part):
-        if self.fail_at is not None and part.index >= self.fail_at:
-            raise S3Error("injected")
-        self.parts.append(part.index)
-
-    def commit(self, names, manifest_name, manifest):
-        self.committed = (list(names), manifest_name, manifest)
-
-    def abort(self):
-        self.aborted = True
-
-
 def test_fanout_drops_a_failing_child_and_gives_each_its_manifest():
-    a, b, c = RecordingSink(), RecordingSink(fail_at=1), RecordingSink()
+    a, b, c = MemorySink(), MemorySink(fail_put=1, put_error=injected), MemorySink()
     fan = FanOutSink({"a": a, "b": b, "c": c}, manifest_for=lambda label, data: data + label.encode())
     fan.begin("img", 9)
     for i in range(3):
         fan.put_part(Part.of(i, bytes([i]) * 10))
     fan.commit(["p0", "p1", "p2"], "img.manifest.xml", b"M-")
-    assert a.parts == c.parts == [0, 1, 2] and b.parts == [0]
+    assert a.indices == c.indices == [0, 1, 2] and b.indices == [0]
     assert b.aborted and not a.aborted
     assert a.committed == (["p0", "p1", "p2"], "img.manifest.xml", b"M-a")
     assert c.committed[2] == b"M-c" and b.committed is None
@@ -104,7 +87,7 @@ def test_fanout_drops_a_failing_child_and_gives_each_its_manifest():
 
 
 def test_fanout_fails_when_every_child_failed():
-    fan = FanOutSink({"a": RecordingSink(fail_at=0), "b": RecordingSink(fail_at=0)})
+    fan = FanOutSink({"a": MemorySink(fail_put=0, put_error=injected), "b": MemorySink(fail_put=0, put_error=injected)})
     fan.begin("img", 1)
     with pytest.raises(S3Error, match="every destination failed: a: injected; b: injected"):
         fan.put_part(Part.of(0, b"x"))

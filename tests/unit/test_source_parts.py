@@ -12,6 +12,7 @@ from bundler.errors import ImageError, OutputError
 from bundler.parts import PART_SIZE, DirectorySink, Part, provisional_name
 from bundler.pipeline import AesCbcEncryptor, PartCutter, max_bundled_size
 from bundler.source import StreamImageSource, drop_zero_runs, find_data_regions, open_image
+from tests.support.sinks import MemorySink
 
 G = 64 * 1024
 
@@ -110,17 +111,9 @@ def test_stream_source_checks_declared_size():
         list(StreamImageSource(io.BytesIO(b"x" * 10), 9, "s").chunks())
 
 
-class RecordingSink:
-    def __init__(self) -> None:
-        self.parts: list[Part] = []
-
-    def put_part(self, part: Part) -> None:
-        self.parts.append(part)
-
-
 @pytest.mark.parametrize("total", [1, 16, PART_SIZE - 1, PART_SIZE, PART_SIZE + 1, 3 * PART_SIZE + 5])
 def test_part_cutter_cuts_exact_sizes_and_hashes(total):
-    sink = RecordingSink()
+    sink = MemorySink()
     cutter = PartCutter(sink)
     data = (b"0123456789abcdef" * (total // 16 + 1))[:total]
     pos = 0
@@ -201,26 +194,6 @@ def test_directory_sink_overwrite(fs):
         assert fh.read() == b"new"
 
 
-class EstimatingSink(RecordingSink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.expected: list[tuple[int, int]] = []  # (estimate, parts already put)
-        self.max_parts = 0
-        self.committed: list[str] = []
-
-    def begin(self, name: str, max_parts: int) -> None:
-        self.max_parts = max_parts
-
-    def expect_parts(self, count: int) -> None:
-        self.expected.append((count, len(self.parts)))
-
-    def commit(self, names, manifest_name, manifest) -> None:
-        self.committed = list(names)
-
-    def abort(self) -> None:
-        pass
-
-
 def test_first_part_predicts_the_part_count(user_key_pair, ec2_key_pair):
     """Streaming sinks must name parts before the count is known; the estimate given with the
     first part must land in the right power of ten where the size bound would not."""
@@ -229,11 +202,11 @@ def test_first_part_predicts_the_part_count(user_key_pair, ec2_key_pair):
     text = b"".join(b"line %08d of a very compressible image\n" % i for i in range(2_600_000))[: 100 << 20]
     data = text + os.urandom(15 << 20)
     source = StreamImageSource(io.BytesIO(data), len(data), "est")
-    sink = EstimatingSink()
+    sink = MemorySink()
     keys = BundleKeys(user_key_pair.private_key, user_key_pair.public_key, ec2_key_pair.public_key)
     result = bundle(source, sink, keys, BundleOptions(name="est", user="123456789012", compression="fast"))
     assert sink.max_parts >= 10  # the bound alone would give two-digit names …
     assert len(result.part_names) < 10  # … but there are fewer than ten parts
     [(estimate, before)] = sink.expected
     assert before == 0 and 1 <= estimate < 10
-    assert sink.committed == [f"est.part.{i}" for i in range(len(result.part_names))]
+    assert sink.names == [f"est.part.{i}" for i in range(len(result.part_names))]
