@@ -1,115 +1,348 @@
-"""``install`` in one region: bundle → parallel PUTs → RegisterImage, in one streaming run.
+"""``install``: bundle → parallel PUTs → RegisterImage in one streaming run, into one region or
+many — one region is one target.
 
-Parts go from the compressor straight to S3 (none touch the disk); the AMI is registered only
-after the manifest is in the bucket. A re-run whose bundle is proved to hold this very image
-(``rerun.existing_bundle``) uploads nothing and registers only if needed; a different bundle of
-that name is the publish protocol's to refuse (``force``, ``in_use``). Several regions:
-``multiregion.install_regions``.
+Design (see also README "Several regions"):
+
+* **Bundle once.** ``multiregion.FanOutSink`` hands every part, as it is cut, to one ``S3Sink``
+  per region that needs it; parts go from the compressor straight to S3 (none touch the disk)
+  and are identical everywhere. A region whose sink fails is recorded and dropped; the others
+  carry on.
+* **One manifest per region.** ``bundle()`` signs one manifest, wrapped to the first region's
+  EC2 certificate; at commit ``multiregion.region_manifest`` migrates it (re-wraps the AES key
+  to each region's EC2 certificate, re-signs). The key never leaves ``bundle()``.
+* **Resume without re-bundling.** A re-bundle would draw a fresh random AES key, so parts from
+  an earlier run could not be reused. A run therefore first probes every region: a region whose
+  manifest is in its bucket, proved to hold this very image (``rerun.existing_bundle``:
+  signature, size and the recomputed tar-stream SHA-1), and whose AMI (same name, same image
+  location) is registered is done; a region holding a *different* bundle fails unless ``force``
+  (and always while an AMI uses it: ``s3.check_replaceable``), with ``force`` it is bundled
+  again; a region with the manifest but no AMI only gets registered; a region without the
+  manifest is completed with ``copy_bundle`` from a region that has it — server-side
+  CopyObject within a partition and endpoint, a bounded GET→PUT stream otherwise — plus its
+  migrated manifest (resumable itself). Only when no region has the bundle is the image
+  bundled again.
+* **Register last.** Only after a region's manifest is in its bucket (``ec2.preflight`` reads
+  it back), once per region, optionally waiting until the AMI is available.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING
 
-from .ec2 import RegisterOptions, register_image, wait_available
+from .concurrency import run_all
+from .ec2 import RegisterOptions, preflight, register_image, wait_available
+from .errors import BundlerError, UsageError
+from .manifest import ParsedManifest, parse_manifest
+from .multiregion import FanOutSink, region_manifest
+from .parts import PartSink
 from .pipeline import BundleKeys, BundleOptions, BundleResult, bundle
-from .progress import NULL_PROGRESS, ProgressListener
+from .progress import NULL_PROGRESS
+from .regions import same_partition
 from .rerun import ImageFingerprint, existing_bundle, find_registered
-from .s3 import DEFAULT_ACL, DEFAULT_ATTEMPTS, DEFAULT_JOBS, InUseLookup, S3Location, S3Sink
+from .s3 import InUseLookup, S3Location, S3Sink, check_replaceable, copy_bundle, ensure_bucket
+from .s3.ownership import check_bucket_for_bundles
 from .source import ImageSource
+from .transfer import COPY_MODES, DEFAULT_TRANSFER, TransferConfig
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger("bundler.install")
+
+DEFAULT_WAIT_SECONDS = 900.0
+
+
+@dataclass
+class RegionTarget:
+    """Where one region's copy goes and how to reach it."""
+
+    region: str
+    location: S3Location
+    s3: S3Client
+    ec2: EC2Client | None  # None: upload only in this region
+    ec2_public_key: RSAPublicKey  # the region's EC2 certificate key the manifest is wrapped to
+    ec2_cert: str = "EC2 certificate"  # for messages
+    endpoint: str | None = None  # the S3 endpoint override, if any (decides server-side copy)
+    in_use: InUseLookup | None = None  # which AMIs use a bundle there (see bundler.inuse)
+
+
+@dataclass
+class RegionOutcome:
+    region: str
+    image_location: str
+    action: str = "pending"  # bundled | copied | present | failed
+    image_id: str | None = None
+    registered: str = "no"  # new | existing | no
+    state: str | None = None  # with wait: the AMI's final state
+    error: str | None = None
+    copied_from: str | None = None
+    parts_transferred: int = 0
+    parts_skipped: int = 0
+    bytes_uploaded: int = 0
+    # What failed, for a caller that reports one region's failure as its own error (the CLI's
+    # single-region install keeps each error's exit code).
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def fail(self, exc: BaseException) -> None:
+        self.action = "failed"
+        self.error = _message(exc)
+        self.exception = exc
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "region": self.region, "image_location": self.image_location, "action": self.action,
+            "image_id": self.image_id, "registered": self.registered, "error": self.error,
+            "copied_from": self.copied_from, "parts_transferred": self.parts_transferred,
+            "parts_skipped": self.parts_skipped, "state": self.state,
+        }
 
 
 @dataclass
 class InstallResult:
-    bundle: BundleResult | None  # None when the bundle was already there (action "present")
-    image_location: str
-    bytes_uploaded: int
-    image_id: str | None = None
-    region: str | None = None  # where the AMI was registered
-    state: str | None = None  # with wait: the final state
-    action: str = "bundled"  # bundled | present
-    registered: str = "no"  # new | existing | no
+    name: str
+    outcomes: list[RegionOutcome]
+    bundled: bool  # this run bundled the image (False: every region had it or copied it)
+    seconds: float
+    bundle: BundleResult | None = None
 
-    def summary(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            **(self.bundle.summary() if self.bundle else {}),
-            "image_location": self.image_location,
-            "bytes_uploaded": self.bytes_uploaded,
-            "action": self.action,
-            "registered": self.registered,
+    @property
+    def failed(self) -> list[RegionOutcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "name": self.name, "bundled": self.bundled, "seconds": round(self.seconds, 3),
+            "regions": {o.region: o.summary() for o in self.outcomes},
+            "failed": [o.region for o in self.failed],
+            "bundle": self.bundle.summary() if self.bundle else None,
         }
-        if self.image_id is not None:
-            data.update(image_id=self.image_id, region=self.region, state=self.state)
-        return data
 
 
-def install_bundle(
+@dataclass
+class _State:
+    target: RegionTarget
+    outcome: RegionOutcome
+    parsed: ParsedManifest | None = None  # the region's manifest, when it holds this image
+    different: bool = False  # the region holds a bundle of that name that is not this image
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, BundlerError):
+        return str(exc)
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def install(
     source: ImageSource,
     keys: BundleKeys,
     options: BundleOptions,
+    targets: Sequence[RegionTarget],
     *,
-    s3: Any,
-    location: S3Location,
-    ec2: Any | None = None,
+    transfer: TransferConfig = DEFAULT_TRANSFER,
     register: RegisterOptions | None = None,
     wait: bool = False,
-    wait_timeout: float = 900,
-    acl: str = DEFAULT_ACL,
-    jobs: int = DEFAULT_JOBS,
-    attempts: int = DEFAULT_ATTEMPTS,
+    wait_timeout: float = DEFAULT_WAIT_SECONDS,
+    copy_mode: str = "auto",
     force: bool = False,
-    in_use: InUseLookup | None = None,
-    progress: ProgressListener = NULL_PROGRESS,
+    enable_bucket_acls: bool = False,
 ) -> InstallResult:
-    """Bundle ``source`` into ``location`` and, with ``register`` (and ``ec2``), register it.
+    """Bundle ``source`` once into every target (or complete an earlier run) and register it.
 
-    ``register.name`` empty means the bundle's name. ``force``: replace a different bundle of that
-    name (never one a registered AMI uses, as ``in_use`` tells).
+    Never raises for one region's failure: it is in that region's outcome (``error``, and the
+    exception itself). ``keys``: the signing key and the user's certificate; each target's
+    ``ec2_public_key`` is what its manifest is wrapped to. ``register`` None: upload only;
+    an empty ``register.name`` means the bundle's name. ``wait``: until each new AMI is
+    available. ``copy_mode``: how a region is completed from one that has the bundle (auto |
+    server | stream). ``force``: replace a different bundle of that name (never one a
+    registered AMI uses). ``source`` is closed.
     """
-    manifest_name = f"{options.name}.manifest.xml"
+    started = time.monotonic()
     try:
-        existing = existing_bundle(
-            s3,
-            location,
-            manifest_name,
-            ImageFingerprint(source, options.name),
-            keys.user_public_key,
-        )
+        if not targets:
+            raise UsageError("install needs at least one target region")
+        if copy_mode not in COPY_MODES:
+            raise UsageError(f"copy mode must be one of {', '.join(COPY_MODES)}, not {copy_mode!r}")
     except BaseException:
         source.close()
         raise
-    if existing is not None and existing.same_image:
-        source.close()
-        out = InstallResult(None, location.image_location(manifest_name), 0, action="present")
-    else:
-        sink = S3Sink(
-            s3,
-            location.bucket,
-            location.prefix,
-            acl=acl,
-            jobs=jobs,
-            attempts=attempts,
-            force=force,
-            in_use=in_use,
-            progress=progress,
-        )
-        result = bundle(source, sink, keys, options, progress)
-        out = InstallResult(
-            result, location.image_location(result.manifest_name), sink.bytes_uploaded
-        )
-    if register is None or ec2 is None:
-        return out
-    if not register.name:
-        register.name = options.name
-    out.region = ec2.meta.region_name
-    if out.action == "present":
-        out.image_id = find_registered(ec2, register.name, out.image_location)
-    if out.image_id is not None:
-        out.registered = "existing"
-        return out
-    out.image_id = register_image(ec2, out.image_location, register)
-    out.registered = "new"
+    name = options.name
+    manifest_name = f"{name}.manifest.xml"
+    if register is not None and not register.name:
+        register = dataclasses.replace(register, name=name)
+    states = [
+        _State(t, RegionOutcome(t.region, t.location.image_location(manifest_name)))
+        for t in targets
+    ]
+    result = InstallResult(name, [st.outcome for st in states], False, 0.0)
+    image = ImageFingerprint(source, name)
+    try:
+        _parallel(states, lambda st: _probe(st, manifest_name, keys, image, register, transfer,
+                                            enable_bucket_acls))
+        _parallel([st for st in states if st.outcome.ok and st.different],
+                  lambda st: check_replaceable(st.target.location, manifest_name, force=force,
+                                               in_use=st.target.in_use))
+        alive = [st for st in states if st.outcome.ok]
+        have = [st for st in alive if st.parsed is not None]
+        need = [st for st in alive if st.parsed is None]
+        if need and have:
+            log.info("%s already in %s: copying it to %s instead of bundling again", name,
+                     ", ".join(st.target.region for st in have),
+                     ", ".join(st.target.region for st in need))
+            # Parallel copies would interleave on one progress display: they stay quiet.
+            quiet = dataclasses.replace(transfer, progress=NULL_PROGRESS)
+            _parallel(need, lambda st: _copy_from(st, have, manifest_name, keys, quiet, copy_mode,
+                                                  force))
+        elif need:
+            result.bundle = _bundle_to(need, source, keys, options, transfer, force)
+            result.bundled = True
+    finally:
+        source.close()  # bundle() closes it too; closing twice is harmless, leaking it is not
+    if register is not None:
+        chosen = register
+        _parallel([st for st in states if st.outcome.ok],
+                  lambda st: _register(st, chosen, wait, wait_timeout))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _parallel(states: Sequence[_State], fn: Callable[[_State], None]) -> None:
+    """Run ``fn`` per region in parallel; an exception becomes that region's failure."""
+    def guarded(st: _State) -> None:
+        try:
+            fn(st)
+        except Exception as exc:
+            log.debug("%s failed", st.target.region, exc_info=True)
+            st.outcome.fail(exc)
+
+    for fut in run_all([partial(guarded, st) for st in states], name="ami-bundler-region"):
+        fut.result()  # guarded() keeps Exceptions; a KeyboardInterrupt is raised here
+
+
+def _probe(st: _State, manifest_name: str, keys: BundleKeys, image: ImageFingerprint,
+           register: RegisterOptions | None, transfer: TransferConfig,
+           enable_bucket_acls: bool) -> None:
+    t = st.target
+    ensure_bucket(t.s3, t.location.bucket, location=t.region)
+    # Before the first part is bundled: a bucket that cannot take the ACL fails its region here.
+    check_bucket_for_bundles(t.s3, t.location.bucket, acl=transfer.acl,
+                             enable_acls=enable_bucket_acls)
+    existing = existing_bundle(t.s3, t.location, manifest_name, image, keys.user_public_key)
+    if existing is None:
+        return
+    if not existing.same_image or existing.parsed is None:
+        st.different = True
+        return
+    st.parsed = existing.parsed
+    st.outcome.action = "present"
+    if register is not None and t.ec2 is not None:
+        image_id = find_registered(t.ec2, register.name, st.outcome.image_location)
+        if image_id:
+            st.outcome.image_id = image_id
+            st.outcome.registered = "existing"
+
+
+def _server_side(src: RegionTarget, dst: RegionTarget, mode: str) -> bool:
+    if mode == "server":
+        return True
+    if mode == "stream":
+        return False
+    # CopyObject needs one endpoint that sees both buckets: same partition, same endpoint.
+    return same_partition(src.region, dst.region) and src.endpoint == dst.endpoint
+
+
+def _copy_from(st: _State, have: Sequence[_State], manifest_name: str, keys: BundleKeys,
+               transfer: TransferConfig, copy_mode: str, force: bool) -> None:
+    t = st.target
+    # Prefer a source that allows a server-side copy.
+    src = sorted(have, key=lambda h: not _server_side(h.target, t, copy_mode))[0]
+    assert src.parsed is not None
+    data = region_manifest(src.parsed, keys, t.ec2_public_key, t.ec2_cert)
+    # The copy's own publish protocol decides again about a different bundle there.
+    copied = copy_bundle(
+        src.target.s3, src.target.location, manifest_name, t.s3, t.location, manifest=data,
+        parsed=src.parsed, server_side=_server_side(src.target, t, copy_mode), transfer=transfer,
+        force=force, in_use=t.in_use,
+    )
+    st.parsed = parse_manifest(data, source=t.location.url(manifest_name))
+    st.outcome.action = "copied"
+    st.outcome.copied_from = src.target.region
+    st.outcome.parts_transferred = copied.parts_copied
+    st.outcome.parts_skipped = copied.parts_skipped
+    st.outcome.bytes_uploaded = copied.bytes_copied
+
+
+def _bundle_to(need: Sequence[_State], source: ImageSource, keys: BundleKeys,
+               options: BundleOptions, transfer: TransferConfig,
+               force: bool) -> BundleResult | None:
+    by_region = {st.target.region: st for st in need}
+    first = need[0].target
+    bundle_keys = BundleKeys(keys.signing_key, keys.user_public_key, first.ec2_public_key,
+                             keys.ec2_certificate)
+    # One region's upload progress is the run's; several would interleave on one display.
+    sink_transfer = (transfer if len(need) == 1
+                     else dataclasses.replace(transfer, progress=NULL_PROGRESS))
+    sinks = {
+        st.target.region: S3Sink(st.target.s3, st.target.location, transfer=sink_transfer,
+                                 force=force, in_use=st.target.in_use)
+        for st in need
+    }
+
+    def manifest_for(region: str, data: bytes) -> bytes:
+        target = by_region[region].target
+        parsed = parse_manifest(data, source=by_region[region].outcome.image_location)
+        return region_manifest(parsed, bundle_keys, target.ec2_public_key, target.ec2_cert,
+                               wrapped_to=first.ec2_public_key)
+
+    children: dict[str, PartSink] = dict(sinks)
+    fan = FanOutSink(children, manifest_for=manifest_for)
+    try:
+        bundled = bundle(source, fan, bundle_keys, options, transfer.progress)
+    except Exception as exc:
+        # Every sink failed (or bundling itself did): every region fails with the reason.
+        for st in need:
+            if st.outcome.ok:
+                st.outcome.fail(fan.failures.get(st.target.region, exc))
+        return None
+    for region, failure in fan.failures.items():
+        by_region[region].outcome.fail(failure)
+    for region in fan.committed:
+        outcome = by_region[region].outcome
+        outcome.action = "bundled"
+        outcome.parts_transferred = len(bundled.part_names)
+        outcome.bytes_uploaded = sinks[region].bytes_uploaded
+    return bundled
+
+
+def _register(st: _State, register: RegisterOptions, wait: bool, wait_timeout: float) -> None:
+    t = st.target
+    if st.outcome.image_id or t.ec2 is None:
+        return
+    report = preflight(t.s3, st.outcome.image_location, region=t.region)
+    options = dataclasses.replace(register, tags=dict(register.tags),
+                                  launch_permissions=list(register.launch_permissions))
+    if options.architecture is None and report.manifest.arch:
+        options.architecture = report.manifest.arch
+    st.outcome.image_id = register_image(t.ec2, st.outcome.image_location, options)
+    st.outcome.registered = "new"
     if wait:
-        out.state = wait_available(ec2, out.image_id, timeout=wait_timeout)
-    return out
+        st.outcome.state = wait_available(t.ec2, st.outcome.image_id, timeout=wait_timeout)
+
+
+__all__ = [
+    "InstallResult",
+    "RegionOutcome",
+    "RegionTarget",
+    "install",
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Literal
 
 from .errors import UsageError
 from .progress import NULL_PROGRESS, ProgressListener
@@ -18,8 +19,14 @@ DEFAULT_JOBS = 8
 MAX_JOBS = 256
 DEFAULT_ATTEMPTS = 3
 RETRY_ATTEMPTS = 5  # classic --retry: up to 5 tries per object
-DEFAULT_ACL = "aws-exec-read"
-ACLS = ("aws-exec-read", "public-read")
+# The canned ACLs a bundle may get: EC2 reads parts through aws-exec-read; public-read is the
+# classic tools' other choice.
+CannedAcl = Literal["aws-exec-read", "public-read"]
+DEFAULT_ACL: CannedAcl = "aws-exec-read"
+ACLS: tuple[CannedAcl, ...] = ("aws-exec-read", "public-read")
+# How a bundle moves between buckets: CopyObject (no bytes through this machine), a GET → PUT
+# stream, or "auto": server-side within one partition and endpoint, streamed otherwise.
+COPY_MODES = ("auto", "server", "stream")
 
 # Per request (botocore): attempts, retry mode, and timeouts. Every request is bounded: a
 # stalled connection (accepted, never answered) must end in a ReadTimeoutError that botocore
@@ -57,6 +64,13 @@ def default_timeouts() -> tuple[float, float]:
     return connect, read
 
 
+def canned_acl(text: str) -> CannedAcl:
+    for acl in ACLS:
+        if text == acl:
+            return acl
+    raise UsageError(f"--acl must be one of {', '.join(ACLS)}, not {text!r}")
+
+
 def check_jobs(jobs: int | None) -> int:
     if jobs is None or not 1 <= jobs <= MAX_JOBS:
         raise UsageError(f"--jobs must be between 1 and {MAX_JOBS}")
@@ -72,17 +86,20 @@ class TransferConfig:
 
     jobs: int = DEFAULT_JOBS
     attempts: int = DEFAULT_ATTEMPTS
-    acl: str = DEFAULT_ACL
+    acl: CannedAcl = DEFAULT_ACL
     progress: ProgressListener = field(default=NULL_PROGRESS, compare=False)
 
     def __post_init__(self) -> None:
         check_jobs(self.jobs)
         if self.attempts < 1:
             raise UsageError(f"attempts must be at least 1, not {self.attempts}")
-        if self.acl not in ACLS:
-            raise UsageError(f"--acl must be one of {', '.join(ACLS)}, not {self.acl!r}")
+        canned_acl(self.acl)
 
     @property
     def pool_size(self) -> int:
         """HTTP connections a client needs: every job plus the calls around them."""
         return self.jobs + 4
+
+
+# The default run: shared as a default argument (the config is frozen).
+DEFAULT_TRANSFER = TransferConfig()

@@ -170,11 +170,12 @@ def run_upload_bundle(args: argparse.Namespace, printer: Printer) -> int:
     elif args.location:
         ensure_bucket(client, location.bucket, location=args.location)  # raises on a location conflict
     check_bucket_for_bundles(client, location.bucket, acl=args.acl, enable_acls=args.enable_bucket_acls)
-    result = upload_bundle(client, location, args.manifest, directory=args.directory, acl=args.acl,
-                           jobs=aws.jobs, attempts=aws.attempts, start_part=args.part,
-                           skip_manifest=args.skipmanifest, resume=not args.no_resume, force=args.force,
-                           in_use=InUse(lambda: aws.ec2(at or client.meta.region_name), warn=printer.warn),
-                           progress=printer.progress(), prepared=prepared)
+    result = upload_bundle(
+        client, location, args.manifest, transfer=aws.transfer, directory=args.directory,
+        start_part=args.part, skip_manifest=args.skipmanifest, resume=not args.no_resume,
+        force=args.force, prepared=prepared,
+        in_use=InUse(lambda: aws.ec2(at or client.meta.region_name), warn=printer.warn),
+    )
     result.bucket_created = created
     human = []
     if result.parts_skipped:
@@ -222,8 +223,8 @@ def run_download_bundle(args: argparse.Namespace, printer: Printer) -> int:
     created = ensure_directory(args.directory, "-d/--directory")
     try:
         result = download_bundle(client, location, name, args.directory, private_key=private_key,
-                                 verify_key=verify_key, verify_name=verify_name, jobs=aws.jobs, attempts=aws.attempts,
-                                 progress=printer.progress())
+                                 verify_key=verify_key, verify_name=verify_name,
+                                 transfer=aws.transfer)
     except BaseException:
         if created:
             remove_if_empty(args.directory)

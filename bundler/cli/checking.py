@@ -57,8 +57,7 @@ def _bundle_inputs(args: argparse.Namespace, printer: Printer) -> tuple[Any, Any
         aws = AwsContext(args, printer)
         client, _ = aws.s3_in_bucket_region(location.bucket)
         parsed, _, _ = load_remote_manifest(client, location, name, private_key=private_key)
-        source: PartSource = S3PartSource(client, location.bucket, location.prefix, jobs=aws.jobs,
-                              attempts=aws.attempts)
+        source: PartSource = S3PartSource(client, location, transfer=aws.transfer)
     else:
         from .. import api
         from ..parts import DirectorySource
@@ -218,7 +217,7 @@ def check_registered_bundle(args: argparse.Namespace, printer: Printer, client: 
     location, name = split_manifest_location(image_location)
     key = load_private_key(args.privatekey)
     parsed, _, _ = load_remote_manifest(client, location, name, private_key=key)
-    source = S3PartSource(client, location.bucket, location.prefix)
+    source = S3PartSource(client, location)
     printer.note(f"checking {image_location} before making it public ...")
     with bundle_tree(parsed, source, key, work_dir=args.work_dir,
                      progress=printer.progress()) as tree:

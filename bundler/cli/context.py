@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import S3Error, UsageError
 from ..transfer import (
     CONNECT_TIMEOUT_ENV,
+    DEFAULT_ACL,
     DEFAULT_ATTEMPTS,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_JOBS,
@@ -27,6 +28,7 @@ from ..transfer import (
     RETRY_ATTEMPTS,
     RETRY_MODES,
     TransferConfig,
+    canned_acl,
     check_jobs,
     default_timeouts,
     timeout_value,
@@ -177,7 +179,7 @@ def add_bucket_option(parser: argparse.ArgumentParser, *, multi: bool = False) -
 
 def add_acl_options(parser: argparse.ArgumentParser, *, what: str = "canned ACL") -> None:
     """--acl and --enable-bucket-acls: what EC2 reads the bundle through, and the bucket side."""
-    from ..transfer import ACLS, DEFAULT_ACL
+    from ..transfer import ACLS
 
     parser.add_argument(
         "--acl", choices=ACLS, default=DEFAULT_ACL, help=f"{what} (default: %(default)s)"
@@ -251,7 +253,7 @@ def transfer_from_args(args: argparse.Namespace, printer: Printer) -> TransferCo
     return TransferConfig(
         jobs=jobs_from_args(args),
         attempts=attempts_from_args(args),
-        acl=getattr(args, "acl", None) or TransferConfig.acl,
+        acl=canned_acl(getattr(args, "acl", None) or DEFAULT_ACL),
         progress=printer.progress(),
     )
 

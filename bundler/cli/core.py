@@ -140,7 +140,7 @@ def _unbundle_from_s3(args: argparse.Namespace, printer: Printer) -> Any:
     aws = AwsContext(args, printer)
     client, _ = aws.s3_in_bucket_region(location.bucket)
     parsed, _, _ = load_remote_manifest(client, location, name, private_key=private_key)
-    source = S3PartSource(client, location.bucket, location.prefix, jobs=aws.jobs, attempts=aws.attempts)
+    source = S3PartSource(client, location, transfer=aws.transfer)
     return unbundle(parsed, source, Path(args.destination), private_key, verify_key=verify_key,
                     overwrite=getattr(args, "force", False), progress=printer.progress(),
                     verify_name=f"certificate {args.cert}" if verify_key is not None else None)

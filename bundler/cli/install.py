@@ -1,5 +1,5 @@
 """``install``: bundle an image, upload it and register the AMI in one streaming run, in one
-region (``bundler.install.install_bundle``) or several (``bundler.multiregion.install_regions``).
+region or several — both through ``bundler.install.install`` (one region is one target).
 """
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..aws import endpoint_url_value
 from ..errors import S3Error, UsageError
 from ..inuse import InUse
 from ..s3 import S3Location, ensure_bucket, location_region
-from ..s3.ownership import check_bucket_for_bundles
+from ..transfer import COPY_MODES
 from .checking import add_no_check_option, check_install_image
 from .common import Printer, plural
 from .context import (
@@ -25,12 +25,14 @@ from .context import (
 )
 from .inputs import add_bundle_options, add_image_options, bundle_inputs, source_and_options
 from .migration import (
-    COPY_MODES,
     add_allow_unknown_region_option,
     ec2_certificate_for,
     validated_region,
 )
 from .registration import add_register_options, register_options_from_args
+
+if TYPE_CHECKING:
+    from ..install import InstallResult
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -107,7 +109,7 @@ def run_install(args: argparse.Namespace, printer: Printer) -> int:
 
 
 def _install_one(args: argparse.Namespace, printer: Printer) -> int:
-    from ..install import install_bundle
+    from ..install import RegionTarget, install
 
     location = S3Location.parse(args.bucket[0])
     aws = AwsContext(args, printer)
@@ -116,7 +118,8 @@ def _install_one(args: argparse.Namespace, printer: Printer) -> int:
         raise UsageError(
             f"--location {args.location} is in {region} but --region is {aws.opts.region}"
         )
-    # Everything that can fail cheaply (credentials, bucket, flags) fails before bundling.
+    # Everything that can fail cheaply (credentials, bucket, flags) fails before bundling; the
+    # bucket's fitness for bundles (ACLs) is install()'s first step, before the first part.
     client, at = aws.s3_in_bucket_region(location.bucket, must_exist=False)
     if at is None:
         if region and region != client.meta.region_name:
@@ -126,62 +129,91 @@ def _install_one(args: argparse.Namespace, printer: Printer) -> int:
         at = client.meta.region_name
     elif args.location:
         ensure_bucket(client, location.bucket, location=args.location)
-    check_bucket_for_bundles(
-        client, location.bucket, acl=args.acl, enable_acls=args.enable_bucket_acls
-    )
-    options = None
-    if not args.no_register:
-        options = register_options_from_args(args, args.name or "", full=False)
     source, keys, bundle_options = bundle_inputs(args)
-    check_install_image(args, printer)
+    try:
+        options = None
+        if not args.no_register:
+            options = register_options_from_args(
+                args, args.name or bundle_options.name, full=False
+            )
+        check_install_image(args, printer)
+    except BaseException:
+        source.close()
+        raise
     # The EC2 region follows the bucket's region unless --region says otherwise.
-    ec2 = None if options is None else aws.ec2(aws.opts.region or at)
-    result = install_bundle(
+    ec2_region = aws.opts.region or at
+    cert = keys.ec2_certificate
+    target = RegionTarget(
+        region=ec2_region,
+        location=location,
+        s3=client,
+        ec2=None if options is None else aws.ec2(ec2_region),
+        ec2_public_key=keys.ec2_public_key,
+        ec2_cert=str(cert.path) if cert else "EC2 certificate",
+        endpoint=aws.opts.endpoint_url,
+        in_use=InUse(lambda: aws.ec2(ec2_region), warn=printer.warn),
+    )
+    result = install(
         source,
         keys,
         bundle_options,
-        s3=client,
-        location=location,
-        ec2=ec2,
+        [target],
+        transfer=aws.transfer,
         register=options,
         wait=args.wait,
         wait_timeout=args.wait_timeout,
-        acl=args.acl,
-        jobs=aws.jobs,
-        attempts=aws.attempts,
         force=args.force,
-        in_use=InUse(lambda: aws.ec2(aws.opts.region or at), warn=printer.warn),
-        progress=printer.progress(),
+        enable_bucket_acls=args.enable_bucket_acls,
     )
+    outcome = result.outcomes[0]
+    if outcome.exception is not None:
+        raise outcome.exception  # one region: its failure is the command's, with its exit code
     b = result.bundle
-    data: dict[str, Any] = result.summary()
+    data = _one_region_summary(result)
     if b is None:
-        human = [f"{result.image_location} already holds this image: nothing bundled or uploaded"]
+        human = [f"{outcome.image_location} already holds this image: nothing bundled or uploaded"]
     else:
         human = [
             f"Bundled and uploaded {b.manifest.name}: {b.size} bytes → "
             f"{plural(len(b.part_names), 'part')}, {b.bundled_size} bytes in {b.seconds:.2f}s",
-            f"Manifest uploaded to: {result.image_location}",
+            f"Manifest uploaded to: {outcome.image_location}",
         ]
     if options is None:
         printer.result(data, human)
         return 0
     data.update(
-        image_id=result.image_id, ami_name=options.name, region=result.region, state=result.state
+        image_id=outcome.image_id, ami_name=options.name, region=outcome.region,
+        state=outcome.state,
     )
-    if result.registered == "existing":
+    if outcome.registered == "existing":
         human += [
-            f"Already registered as {result.image_id} ({options.name}) in {result.region}",
-            str(result.image_id),
+            f"Already registered as {outcome.image_id} ({options.name}) in {outcome.region}",
+            str(outcome.image_id),
         ]
     else:
         human += [
-            f"Registered {result.image_id} ({options.name}) in {result.region}"
-            + (f": {result.state}" if result.state else ""),
-            str(result.image_id),
+            f"Registered {outcome.image_id} ({options.name}) in {outcome.region}"
+            + (f": {outcome.state}" if outcome.state else ""),
+            str(outcome.image_id),
         ]
     printer.result(data, human)
     return 0
+
+
+def _one_region_summary(result: InstallResult) -> dict[str, Any]:
+    """``install`` without --regions reports flat: the bundle's summary (when it bundled) and
+    where it went."""
+    outcome = result.outcomes[0]
+    data: dict[str, Any] = {
+        **(result.bundle.summary() if result.bundle else {}),
+        "image_location": outcome.image_location,
+        "bytes_uploaded": outcome.bytes_uploaded,
+        "action": outcome.action,
+        "registered": outcome.registered,
+    }
+    if outcome.image_id is not None:
+        data.update(image_id=outcome.image_id, region=outcome.region, state=outcome.state)
+    return data
 
 
 # --------------------------------------------------------------------------- several regions
@@ -202,8 +234,8 @@ def _region_endpoints(args: argparse.Namespace, regions: list[str]) -> dict[str,
 
 def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
     from ..ec2certs import partition_cert_name
+    from ..install import RegionTarget, install
     from ..keys import load_public_key
-    from ..multiregion import RegionTarget, install_regions
     from ..pipeline import BundleKeys
     from ..regions import bucket_map, parse_regions
 
@@ -264,18 +296,17 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
     except BaseException:
         source.close()
         raise
-    result = install_regions(
+    result = install(
+        source,
+        keys,
+        options,
         targets,
-        source=source,
-        keys=keys,
-        options=options,
+        transfer=aws.transfer,
         register=register,
-        acl=args.acl,
-        jobs=aws.jobs,
-        attempts=aws.attempts,
+        wait=args.wait,
+        wait_timeout=args.wait_timeout,
         copy_mode=args.copy_mode,
         force=args.force,
-        progress=printer.progress(),
         enable_bucket_acls=args.enable_bucket_acls,
     )
     rows = [("REGION", "RESULT", "AMI", "IMAGE LOCATION")]

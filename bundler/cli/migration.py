@@ -14,8 +14,6 @@ from .common import Printer
 if TYPE_CHECKING:
     from ..ec2certs import EC2Certificate
 
-COPY_MODES = ("auto", "server", "stream")
-
 
 def add_allow_unknown_region_option(parser: argparse._ActionsContainer) -> None:
     parser.add_argument(

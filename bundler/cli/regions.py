@@ -21,10 +21,10 @@ from ..errors import S3Error, UsageError
 from ..inuse import InUse
 from ..s3 import S3Location, bucket_region, ensure_bucket, location_region
 from ..s3.ownership import check_bucket_for_bundles
+from ..transfer import COPY_MODES
 from .common import Printer
 from .context import AwsContext, add_acl_options, add_aws_options, add_jobs_option, add_retry_option
 from .migration import (
-    COPY_MODES,
     add_target_options,
     ec2_certificate_for,
     load_user_keys,
@@ -189,10 +189,11 @@ def run_copy_bundle(args: argparse.Namespace, printer: Printer) -> int:
         server_side = args.copy_mode == "server"
     if not server_side:
         printer.note(f"Copying through this machine ({src_region} → {target}: different partition or endpoint)")
-    result = copy_bundle(src_client, source, name, dst_client, destination, manifest=migration.xml, parsed=parsed,
-                         server_side=server_side, acl=args.acl, jobs=aws.jobs, attempts=aws.attempts,
-                         force=args.force, in_use=InUse(lambda: aws.ec2(target), warn=printer.warn),
-                         progress=printer.progress())
+    result = copy_bundle(
+        src_client, source, name, dst_client, destination, manifest=migration.xml, parsed=parsed,
+        server_side=server_side, transfer=aws.transfer, force=args.force,
+        in_use=InUse(lambda: aws.ec2(target), warn=printer.warn),
+    )
     data: dict[str, Any] = {**result.summary(), **migration.summary(), "source_region": src_region,
                             "region": target, "ec2cert": str(ec2cert), "ec2_certificate": chosen.as_json(),
                             "bucket_created": created}

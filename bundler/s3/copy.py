@@ -7,23 +7,18 @@ import os
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..concurrency import run_parallel
 from ..errors import IntegrityError, PartMissingError
 from ..manifest import ParsedManifest, PartEntry
-from ..progress import NULL_PROGRESS, ProgressListener
+from ..transfer import DEFAULT_TRANSFER, TransferConfig
 from .location import S3Location
-from .objects import (
-    DEFAULT_ACL,
-    DEFAULT_ATTEMPTS,
-    DEFAULT_JOBS,
-    copy_object,
-    fetch_part,
-    list_objects,
-    put_bytes,
-)
+from .objects import copy_object, fetch_part, list_objects, put_bytes
 from .publish import InUseLookup, Publication
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger("bundler.s3")
 
@@ -52,21 +47,18 @@ class CopyResult:
 
 
 def copy_bundle(
-    src_client: Any,
+    src_client: S3Client,
     source: S3Location,
     manifest_name: str,
-    dst_client: Any,
+    dst_client: S3Client,
     destination: S3Location,
     *,
     manifest: bytes,
     parsed: ParsedManifest,
     server_side: bool = True,
-    acl: str = DEFAULT_ACL,
-    jobs: int = DEFAULT_JOBS,
-    attempts: int = DEFAULT_ATTEMPTS,
+    transfer: TransferConfig = DEFAULT_TRANSFER,
     force: bool = False,
     in_use: InUseLookup | None = None,
-    progress: ProgressListener = NULL_PROGRESS,
 ) -> CopyResult:
     """Copy the parts ``parsed`` names from ``source`` to ``destination``, then put ``manifest``
     (the migrated one) there last, through the publish protocol (publish.py): lease, a different
@@ -79,6 +71,7 @@ def copy_bundle(
     GET → SHA-1 check → PUT, at most ``jobs`` parts in memory at a time.
     """
     started = time.monotonic()
+    acl, jobs, attempts, progress = transfer.acl, transfer.jobs, transfer.attempts, transfer.progress
     entries = sorted(parsed.manifest.parts, key=lambda e: e.index)
     src_keys = [source.key(e.filename) for e in entries]
     dst_keys = [destination.key(e.filename) for e in entries]

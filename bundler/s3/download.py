@@ -9,14 +9,17 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..concurrency import run_parallel
 from ..errors import ManifestError, OutputError, UsageError
 from ..manifest import ParsedManifest, PartEntry, is_encrypted, parse_manifest
-from ..progress import NULL_PROGRESS, ProgressListener
+from ..transfer import DEFAULT_TRANSFER, TransferConfig
 from .location import S3Location
-from .objects import DEFAULT_ATTEMPTS, DEFAULT_JOBS, fetch_manifest, fetch_part
+from .objects import fetch_manifest, fetch_part
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @dataclass
@@ -67,7 +70,7 @@ def _local_part_ok(path: Path, entry: PartEntry) -> bool:
     return sha1.hexdigest() == entry.digest.lower()
 
 
-def load_remote_manifest(client: Any, location: S3Location, manifest_name: str, *,
+def load_remote_manifest(client: S3Client, location: S3Location, manifest_name: str, *,
                          private_key: Any = None) -> tuple[ParsedManifest, bytes, bytes | None]:
     """Fetch and parse ``manifest_name``; legacy encrypted manifests are decrypted with
     ``private_key``. Returns (parsed, raw object bytes, plaintext if it was encrypted)."""
@@ -85,7 +88,7 @@ def load_remote_manifest(client: Any, location: S3Location, manifest_name: str, 
 
 
 def download_bundle(
-    client: Any,
+    client: S3Client,
     location: S3Location,
     manifest_name: str,
     directory: Path,
@@ -93,14 +96,13 @@ def download_bundle(
     private_key: Any = None,
     verify_key: Any = None,
     verify_name: str | None = None,
-    jobs: int = DEFAULT_JOBS,
-    attempts: int = DEFAULT_ATTEMPTS,
-    progress: ProgressListener = NULL_PROGRESS,
+    transfer: TransferConfig = DEFAULT_TRANSFER,
 ) -> DownloadResult:
     """Download a bundle to ``directory``: manifest checked (signature when a key is given),
     parts fetched in parallel, each written under a temporary name and renamed into place only
     after its SHA-1 matched. Parts already present and intact are kept. Manifest written last."""
     started = time.monotonic()
+    jobs, attempts, progress = transfer.jobs, transfer.attempts, transfer.progress
     directory = Path(directory)
     if not directory.is_dir():
         raise OutputError(f"download directory {directory} does not exist")

@@ -8,18 +8,15 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..concurrency import BoundedExecutor, ordered_window, run_parallel
 from ..errors import BundlerError, PartMissingError, S3Error
 from ..manifest import PartEntry
 from ..parts import Part, provisional_name
-from ..progress import NULL_PROGRESS, ProgressListener
+from ..transfer import DEFAULT_TRANSFER, TransferConfig
 from .location import S3Location
 from .objects import (
-    DEFAULT_ACL,
-    DEFAULT_ATTEMPTS,
-    DEFAULT_JOBS,
     delete_keys,
     fetch_part,
     list_objects,
@@ -28,6 +25,9 @@ from .objects import (
     with_attempts,
 )
 from .publish import InUseLookup, Publication
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger("bundler.s3")
 
@@ -54,20 +54,28 @@ class S3Sink:
 
     ``put_part`` blocks while ``jobs + 2`` parts are in flight (so memory stays bounded at about
     that many 10 MiB parts), a failed PUT surfaces at the next ``put_part``/``commit``, and
-    ``abort`` removes everything this sink created.
+    ``abort`` removes everything this sink created. ``transfer`` gives the jobs, whole-object
+    attempts, ACL and the progress listener ("upload").
     """
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "", *, acl: str = DEFAULT_ACL,
-                 jobs: int = DEFAULT_JOBS, attempts: int = DEFAULT_ATTEMPTS, force: bool = False,
-                 in_use: InUseLookup | None = None, progress: ProgressListener = NULL_PROGRESS) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        location: S3Location,
+        *,
+        transfer: TransferConfig = DEFAULT_TRANSFER,
+        force: bool = False,
+        in_use: InUseLookup | None = None,
+    ) -> None:
         self.client = client
         self.force = force
         self.in_use = in_use
-        self.location = S3Location(bucket, prefix)
-        self.acl = acl
-        self.jobs = max(1, jobs)
-        self.attempts = attempts
-        self.progress = progress
+        self.location = location
+        self.transfer = transfer
+        self.acl = transfer.acl
+        self.jobs = transfer.jobs
+        self.attempts = transfer.attempts
+        self.progress = transfer.progress
         self._pool: BoundedExecutor | None = None
         self._name = ""
         self._max_parts = 0
@@ -193,13 +201,19 @@ class S3PartSource:
     """PartSource reading parts from S3: a bounded window of parts fetched in parallel, yielded in
     order, each SHA-1 checked (one retry on mismatch). Memory: about ``window`` parts."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str = "", *, jobs: int = 4,
-                 window: int | None = None, attempts: int = DEFAULT_ATTEMPTS) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        location: S3Location,
+        *,
+        transfer: TransferConfig = DEFAULT_TRANSFER,
+        window: int | None = None,
+    ) -> None:
         self.client = client
-        self.location = S3Location(bucket, prefix)
-        self.jobs = max(1, jobs)
+        self.location = location
+        self.jobs = transfer.jobs
         self.window = max(1, window or self.jobs + 2)
-        self.attempts = attempts
+        self.attempts = transfer.attempts
 
     def describe(self) -> str:
         return self.location.url()

@@ -9,22 +9,19 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..concurrency import run_parallel
 from ..errors import IntegrityError, PartMissingError, UsageError
 from ..localmanifest import read_manifest_bytes
 from ..manifest import ParsedManifest, PartEntry, parse_manifest, part_mismatch
-from ..progress import NULL_PROGRESS, ProgressListener
+from ..transfer import DEFAULT_JOBS, DEFAULT_TRANSFER, TransferConfig
 from .location import S3Location
-from .objects import (
-    DEFAULT_ACL,
-    DEFAULT_ATTEMPTS,
-    DEFAULT_JOBS,
-    list_objects,
-    put_bytes,
-)
+from .objects import list_objects, put_bytes
 from .publish import InUseLookup, Publication
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger("bundler.s3")
 
@@ -110,20 +107,17 @@ def prepare_upload(manifest_path: Path, directory: Path | None = None, *,
 
 
 def upload_bundle(
-    client: Any,
+    client: S3Client,
     location: S3Location,
     manifest_path: Path,
     *,
+    transfer: TransferConfig = DEFAULT_TRANSFER,
     directory: Path | None = None,
-    acl: str = DEFAULT_ACL,
-    jobs: int = DEFAULT_JOBS,
-    attempts: int = DEFAULT_ATTEMPTS,
     start_part: int | None = None,
     skip_manifest: bool = False,
     resume: bool = True,
     force: bool = False,
     in_use: InUseLookup | None = None,
-    progress: ProgressListener = NULL_PROGRESS,
     prepared: tuple[ParsedManifest, list[LocalPart]] | None = None,
 ) -> UploadResult:
     """Upload a local bundle: verify parts, skip intact ones already in S3, PUT the rest in
@@ -133,6 +127,7 @@ def upload_bundle(
     ``prepared`` is ``prepare_upload``'s result when the caller checked the local side first
     (before creating the bucket, so a bad bundle leaves nothing behind in S3)."""
     started = time.monotonic()
+    acl, jobs, attempts, progress = transfer.acl, transfer.jobs, transfer.attempts, transfer.progress
     manifest_path = Path(manifest_path)
     parsed, parts = prepared or prepare_upload(manifest_path, directory, jobs=jobs)
     if start_part is not None and not 0 <= start_part < len(parts):

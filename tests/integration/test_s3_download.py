@@ -11,7 +11,8 @@ from bundler.aws import AwsOptions, s3_client
 from bundler.errors import IntegrityError, ManifestError, PartMissingError, S3Error
 from bundler.manifest import parse_manifest, part_names
 from bundler.parts import Part, provisional_name
-from bundler.s3 import S3PartSource, S3Sink, fetch_manifest
+from bundler.s3 import S3Location, S3PartSource, S3Sink, fetch_manifest
+from bundler.transfer import TransferConfig
 from tests.integration.test_s3_upload import KIB, MIB, keys_in, run, upload
 from tests.support.bundles import make_fake_bundle
 
@@ -102,7 +103,7 @@ def test_fetch_manifest_size_cap(endpoint, s3, bucket):
 def test_s3_part_source_streams_in_order_with_a_bounded_window(proxy, bucket, uploaded):
     client = client_for(proxy.url, bucket)
     parsed = parse_manifest(uploaded.manifest_bytes)
-    source = S3PartSource(client, bucket, "pre/", jobs=2, window=2)
+    source = S3PartSource(client, S3Location(bucket, "pre/"), transfer=TransferConfig(jobs=2), window=2)
     source.check_present(parsed.manifest.parts)
     got = [(e.index, b"".join(chunks)) for e, chunks in source.iter_parts(parsed.manifest.parts)]
     assert got == [(i, p.data) for i, p in enumerate(uploaded.parts)]
@@ -113,7 +114,7 @@ def test_s3_part_source_missing_and_corrupt(proxy, s3, bucket, uploaded):
     client = client_for(proxy.url, bucket)
     entries = parse_manifest(uploaded.manifest_bytes).manifest.parts
     s3.put_object(Bucket=bucket, Key="pre/dl.part.1", Body=b"junk")
-    source = S3PartSource(client, bucket, "pre/", jobs=2)
+    source = S3PartSource(client, S3Location(bucket, "pre/"), transfer=TransferConfig(jobs=2))
     with pytest.raises(IntegrityError, match="dl.part.1"):
         list(source.iter_parts(entries))
     s3.delete_object(Bucket=bucket, Key="pre/dl.part.2")
@@ -130,7 +131,7 @@ def sink_parts(count: int, size: int = 64 * KIB) -> list[Part]:
 
 def test_s3_sink_renames_to_final_names_and_puts_manifest_last(proxy, s3, bucket):
     client = client_for(proxy.url, bucket)
-    sink = S3Sink(client, bucket, "inst/", jobs=3)
+    sink = S3Sink(client, S3Location(bucket, "inst/"), transfer=TransferConfig(jobs=3))
     parts = sink_parts(5)
     sink.begin("sk", 120)  # provisional names have 3 digits, final ones 1
     for part in parts:
@@ -149,7 +150,7 @@ def test_s3_sink_renames_to_final_names_and_puts_manifest_last(proxy, s3, bucket
 
 def test_s3_sink_same_width_needs_no_copy(proxy, s3, bucket):
     client = client_for(proxy.url, bucket)
-    sink = S3Sink(client, bucket, "", jobs=2)
+    sink = S3Sink(client, S3Location(bucket, ""), transfer=TransferConfig(jobs=2))
     sink.begin("w", 9)
     for part in sink_parts(3):
         sink.put_part(part)
@@ -162,7 +163,7 @@ def test_s3_sink_same_width_needs_no_copy(proxy, s3, bucket):
 def test_s3_sink_error_surfaces_and_abort_cleans_up(proxy, s3, bucket):
     client = client_for(proxy.url, bucket)
     proxy.add_rule("status", r"\.part\.02$", method="PUT", times=None, status=403, code="AccessDenied")
-    sink = S3Sink(client, bucket, "", jobs=2)
+    sink = S3Sink(client, S3Location(bucket, ""), transfer=TransferConfig(jobs=2))
     sink.begin("ab", 20)
     with pytest.raises(S3Error, match="s3:PutObjectAcl"):
         for part in sink_parts(12):
@@ -175,7 +176,7 @@ def test_s3_sink_error_surfaces_and_abort_cleans_up(proxy, s3, bucket):
 def test_s3_sink_back_pressure_bounds_pending_parts(proxy, bucket):
     client = client_for(proxy.url, bucket)
     proxy.add_rule("delay", r"\.part\.", method="PUT", times=None, delay=0.1)
-    sink = S3Sink(client, bucket, "", jobs=2)
+    sink = S3Sink(client, S3Location(bucket, ""), transfer=TransferConfig(jobs=2))
     sink.begin("bp", 9)
     pending_seen = []
     for part in sink_parts(8, 16 * KIB):

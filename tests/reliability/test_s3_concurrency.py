@@ -17,6 +17,7 @@ from bundler.aws import AwsOptions, s3_client
 from bundler.errors import BundlerError
 from bundler.progress import NULL_PROGRESS
 from bundler.s3 import LOCK_SUFFIX, ConcurrentUploadError, S3Location, upload_bundle
+from bundler.transfer import TransferConfig
 from tests.integration.conftest import moto_server  # noqa: F401 - fixture
 from tests.integration.test_s3_upload import run
 from tests.support.bundles import make_fake_bundle
@@ -91,8 +92,9 @@ def test_part_replaced_behind_our_back_blocks_the_manifest(world: World, env, tm
     bundle = make_fake_bundle(tmp_path / "b", "race", [3000] * 4, world.signing_key)
     client = s3_client(AwsOptions(endpoint_url=world.endpoint, max_attempts=2), bucket=bucket)
     with pytest.raises(ConcurrentUploadError, match=r"another upload replaced race\.part\.2") as info:
-        upload_bundle(client, S3Location(bucket, ""), bundle.manifest_path, jobs=1,
-                      progress=_Intruder(world.s3, bucket, "race.part.2", 4))
+        upload_bundle(client, S3Location(bucket, ""), bundle.manifest_path,
+                      transfer=TransferConfig(jobs=1,
+                                              progress=_Intruder(world.s3, bucket, "race.part.2", 4)))
     assert isinstance(info.value, BundlerError) and "\n" not in str(info.value)
     assert any(s in str(info.value) for s in CONCURRENT_OK)
     seen = inspect_bundles(world.s3, bucket)
