@@ -70,7 +70,7 @@ def test_three_regions_one_failing_then_resume(capsys, endpoint, proxy, s3, tmp_
 
     # Re-run with the endpoint healed: only eu-west-1 is completed, by server-side copy.
     proxy.clear()
-    code, out, err = install(capsys, proxy, image, template, certs, user_keys, name)
+    code, out, err = install(capsys, proxy, image, template, certs, user_keys, name, "--wait")
     assert code == 0, err
     result = json.loads(out)
     regions = result["regions"]
@@ -79,6 +79,8 @@ def test_three_regions_one_failing_then_resume(capsys, endpoint, proxy, s3, tmp_
     assert regions["us-east-1"]["registered"] == regions["cn-north-1"]["registered"] == "existing"
     eu = regions["eu-west-1"]
     assert eu["action"] == "copied" and eu["registered"] == "new" and eu["copied_from"] in ("us-east-1", "cn-north-1")
+    # --wait waits for the AMI it registered, per region; the ones already there are not polled.
+    assert eu["state"] == "available" and regions["us-east-1"]["state"] is None
     puts = proxy.requests("PUT")
     # Nothing went to the two complete regions; eu-west-1 got its bucket, copies, then the manifest.
     assert {r.path.split("/")[1] for r in puts} == {bucket["eu-west-1"]}
