@@ -38,7 +38,7 @@ def tar_size(source: ImageSource, name: str) -> int:
 
 def tar_digest(source: ImageSource, name: str, progress: ProgressListener = NULL_PROGRESS) -> str:
     """The SHA-1 the manifest of a bundle of ``source`` as ``name`` carries (the source must be
-    readable again afterwards to be bundled: see ``rereadable``)."""
+    readable again afterwards to be bundled: see ``ImageSource.rereadable``)."""
     sha1 = hashlib.sha1()
     progress.start("compare", None)
     try:
@@ -51,9 +51,4 @@ def tar_digest(source: ImageSource, name: str, progress: ProgressListener = NULL
     return sha1.hexdigest()
 
 
-def rereadable(source: ImageSource) -> bool:
-    """Whether ``source`` can be read twice (a file or device; not a pipe)."""
-    return bool(getattr(source, "rereadable", False))
-
-
-__all__ = ["member_info", "rereadable", "tar_digest", "tar_size", "tar_stream"]
+__all__ = ["member_info", "tar_digest", "tar_size", "tar_stream"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from .aws import ec2_errors
 from .errors import EC2Error
-from .imagetar import rereadable, tar_digest
+from .imagetar import tar_digest
 from .manifest import ParsedManifest
 from .progress import NULL_PROGRESS, ProgressListener
 from .s3 import S3Location, load_remote_manifest, object_exists
@@ -41,7 +41,7 @@ class ImageFingerprint:
         manifest = parsed.manifest
         if manifest.size != self.source.size:
             return False
-        if not rereadable(self.source):
+        if not self.source.rereadable:
             log.info(
                 "%s: the image comes from a stream and cannot be compared before bundling",
                 parsed.source,

@@ -29,6 +29,9 @@ class ImageSource(Protocol):
     size: int
     mode: int
     mtime: int
+    # Whether chunks() may be iterated again (a file: yes; a pipe: no). Re-runs read the image
+    # once to compare it with an existing bundle, and only then bundle it.
+    rereadable: ClassVar[bool]
 
     def regions(self) -> list[tuple[int, int]] | None:
         """Data regions as (offset, length), or None to store the image as a plain member."""
@@ -111,7 +114,7 @@ class FileImageSource:
     _fd: int = field(repr=False, default=-1)
     _regions: list[tuple[int, int]] = field(repr=False, default_factory=list)
     sparse: bool = True
-    _identity: tuple[int, ...] | None = field(repr=False, default=None)  # see _fingerprint
+    _stamp: FileStamp | None = field(repr=False, default=None)
     rereadable: ClassVar[bool] = True
 
     def regions(self) -> list[tuple[int, int]] | None:
@@ -150,15 +153,8 @@ class FileImageSource:
         self.check_unchanged()
 
     def check_unchanged(self) -> None:
-        """Raise if the file changed since it was opened (size, mtime, ctime; a device's size):
-        what was read may mix old and new bytes, like GNU tar's "file changed as we read it"."""
-        if self._identity is None or self._fd < 0:
-            return
-        now = _fingerprint(self._fd)
-        if now != self._identity:
-            what = "grew or shrank" if now[0] != self._identity[0] else "was modified"
-            raise ImageError(f"{self.path} {what} while it was being read: nothing was kept; bundle an image "
-                             "nothing writes to (a copy or a snapshot)")
+        if self._stamp is not None and self._fd >= 0:
+            self._stamp.check(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -166,12 +162,43 @@ class FileImageSource:
             self._fd = -1
 
 
-def _fingerprint(fd: int) -> tuple[int, ...]:
-    """(size, mtime_ns, ctime_ns) of an open file; a block device's size is its end offset."""
-    st = os.fstat(fd)
-    if stat.S_ISBLK(st.st_mode):
-        return (os.lseek(fd, 0, os.SEEK_END), st.st_mtime_ns, st.st_ctime_ns)
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+@dataclass(frozen=True)
+class FileStamp:
+    """What an image file looked like when it was opened: the one owner of "did it change while
+    it was read". Size, mtime and ctime (a rewrite in place keeping size and mtime still moves
+    ctime), and device and inode (a reopened path may name a replaced file); a block device's
+    size is its end offset. Reads change none of them."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    dev: int
+    ino: int
+
+    @classmethod
+    def of(cls, fd: int, path: Path) -> FileStamp:
+        st = os.fstat(fd)
+        size = os.lseek(fd, 0, os.SEEK_END) if stat.S_ISBLK(st.st_mode) else st.st_size
+        return cls(path, size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+
+    def check(self, fd: int) -> None:
+        """ImageError if the open file ``fd`` is not the file, as it was, that this stamp saw:
+        what was read may then mix old and new bytes (GNU tar's "file changed as we read it")."""
+        try:
+            now = FileStamp.of(fd, self.path)
+        except OSError as exc:
+            raise ImageError(f"cannot stat {self.path}: {exc.strerror}") from exc
+        if now == self:
+            return
+        if (now.dev, now.ino) != (self.dev, self.ino):
+            what = "was replaced by another file"
+        elif now.size != self.size:
+            what = "grew or shrank"
+        else:
+            what = "was modified"
+        raise ImageError(f"{self.path} {what} while it was being read: nothing was kept; bundle an "
+                         "image nothing writes to (a copy or a snapshot)")
 
 
 def _advise_sequential(fd: int) -> None:
@@ -213,7 +240,7 @@ def open_image(path: Path | str, *, name: str | None = None, sparse: bool = True
         source = FileImageSource(path=path, name=name or path.name, size=size,
                                  mode=stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o644,
                                  mtime=int(st.st_mtime), _fd=fd, _regions=regions, sparse=sparse,
-                                 _identity=_fingerprint(fd))
+                                 _stamp=FileStamp.of(fd, path))
         if sparse and zero_runs_as_holes:
             source._regions = drop_zero_runs(source.peek_at, regions)
         regions = source._regions

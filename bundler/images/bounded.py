@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 
 from ..errors import ImageError, ImageFormatError
+from ..source import FileStamp
 
 # Metadata (L1/L2 tables, grain directories, BATs) held in memory at once. A 10 GiB image
 # needs at most ~1.3 MiB of qcow2 L2 entries at 64 KiB clusters and 160 MiB at qcow2's
@@ -49,6 +50,7 @@ class BoundedFile:
             st = os.fstat(fd)
             self.size = os.lseek(fd, 0, os.SEEK_END)
             self.mtime = int(st.st_mtime)
+            self.stamp = FileStamp.of(fd, self.path)
         except OSError as exc:
             self.close()
             raise ImageError(f"cannot read image {self.path}: {exc.strerror}") from exc
@@ -93,6 +95,11 @@ class BoundedFile:
     def read_table(self, offset: int, length: int, structure: str) -> bytes:
         self.check_table(offset, length, structure)
         return self.read(offset, length, structure)
+
+    def check_unchanged(self) -> None:
+        """ImageError if the file changed since it was opened (see FileStamp)."""
+        if self.fd >= 0:
+            self.stamp.check(self.fd)
 
     def close(self) -> None:
         if self._own and self.fd >= 0:

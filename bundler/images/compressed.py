@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, ClassVar, Protocol
 
 from ..errors import ImageError
-from ..source import MAX_IMAGE_SIZE, READ_SIZE, ZERO_GRANULE, check_size
+from ..source import MAX_IMAGE_SIZE, READ_SIZE, ZERO_GRANULE, FileStamp, check_size
 from .bounded import BoundedFile, fail
 
 log = logging.getLogger("bundler.images")
@@ -167,6 +167,9 @@ class CompressedImageSource:
     size_from: str = ""
     rereadable: ClassVar[bool] = True  # re-runs compare it with a bundle, then bundle it
     _regions: list[tuple[int, int]] = field(default_factory=list, repr=False)
+    # The file as first opened: the size pass, the compare of a re-run and the data pass must
+    # all read that file, unchanged.
+    stamp: FileStamp | None = field(default=None, repr=False)
 
     def regions(self) -> list[tuple[int, int]] | None:
         if not self.sparse or self._regions == [(0, self.size)] or self.size < 512:
@@ -179,7 +182,16 @@ class CompressedImageSource:
             raw = open(self.path, "rb")  # noqa: SIM115 - closed with the stream
         except OSError as exc:
             raise ImageError(f"cannot open image {self.path}: {exc.strerror}") from exc
+        try:
+            self._check(raw)
+        except BaseException:
+            raw.close()
+            raise
         return raw, open_stream(self.fmt, raw)
+
+    def _check(self, raw: BinaryIO) -> None:
+        if self.stamp is not None:
+            self.stamp.check(raw.fileno())
 
     def chunks(self) -> Iterator[bytes]:
         raw, stream = self._open()
@@ -207,6 +219,7 @@ class CompressedImageSource:
                 if pos > self.size:
                     raise ImageError(f"{self.path}: the {self.fmt} stream holds more than the {self.size} "
                                      f"bytes {self.size_from} said")
+            self._check(raw)
         finally:
             stream.close()
             raw.close()
@@ -260,6 +273,7 @@ def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None =
         recorded = recorded_size(fmt, file)
         mtime = file.mtime
         mode = os.fstat(file.fd).st_mode & 0o7777
+        stamp = file.stamp
     finally:
         file.close()
     size: int | None = None
@@ -270,12 +284,13 @@ def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None =
     if size is not None:
         check_size(size, path, allow_large)
         log.info("%s image %s: %d bytes (from %s), stored densely in one pass", fmt, path, size, size_from)
-        return CompressedImageSource(path, fmt, name, size, mode, mtime, False, size_from, [(0, size)])
+        return CompressedImageSource(path, fmt, name, size, mode, mtime, False, size_from, [(0, size)],
+                                     stamp)
     log.info("%s image %s: size not recorded; one extra decompression pass learns it and its holes",
              fmt, path)
     size, regions = scan(path, fmt, None if allow_large else MAX_IMAGE_SIZE)
     check_size(size, path, allow_large)
-    return CompressedImageSource(path, fmt, name, size, mode, mtime, True, "the first pass", regions)
+    return CompressedImageSource(path, fmt, name, size, mode, mtime, True, "the first pass", regions, stamp)
 
 
 class CheckedStream:

@@ -95,6 +95,15 @@ class VirtualDisk(ABC):
     def mapped(self) -> Iterator[tuple[int, Block]]:
         """Every block that is not a hole, ascending, after checking the tables' layout."""
 
+    def files(self) -> list[BoundedFile]:
+        """Every file the guest's bytes are read from (the image, backing files, extents)."""
+        return [self.file]
+
+    def check_unchanged(self) -> None:
+        """ImageError naming the first of the disk's files that changed since it was opened."""
+        for file in self.files():
+            file.check_unchanged()
+
     def close(self) -> None:
         self.file.close()
 
@@ -330,6 +339,7 @@ class DiskImageSource:
         if not self.disk.has_compressed:
             for offset, n in pieces:
                 yield self.disk.read_at(offset, n)
+            self.disk.check_unchanged()
             return
         # Compressed clusters inflate on worker threads (zlib and zstd release the GIL), a few
         # pieces ahead of the pipeline and in guest order; the plans (table lookups) are made
@@ -339,6 +349,7 @@ class DiskImageSource:
                                                window=INFLATE_AHEAD, name="ami-bundler-inflate")) as done:
             for _plan, data in done:
                 yield data
+        self.disk.check_unchanged()
 
     def close(self) -> None:
         self.disk.close()

@@ -164,6 +164,9 @@ class Qcow2Disk(VirtualDisk):
         below = [(o, min(n, size - o)) for o, n in self.backing.allocated() if o < size]
         return union(own, below)
 
+    def files(self) -> list[BoundedFile]:
+        return [self.file, *(self.backing.files() if self.backing is not None else ())]
+
     def close(self) -> None:
         if self.backing is not None:
             self.backing.close()

@@ -227,6 +227,15 @@ class VmdkDescriptorDisk(VirtualDisk):
                 parts.append(source.read_at(lo - start, hi - lo))
         return b"".join(parts)
 
+    def files(self) -> list[BoundedFile]:
+        out = [self.file]
+        for _s, _l, source, _o in self.extents:
+            if isinstance(source, BoundedFile):
+                out.append(source)
+            elif source is not None:
+                out += source.files()
+        return out
+
     def close(self) -> None:
         for _s, _l, source, _o in self.extents:
             if source is not None:

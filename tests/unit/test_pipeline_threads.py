@@ -38,6 +38,7 @@ def options() -> BundleOptions:
 
 class FakeSource:
     name = "img"
+    rereadable = False
     mode = 0o644
     mtime = 0
 
