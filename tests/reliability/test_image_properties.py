@@ -12,7 +12,7 @@ from tests.reliability.image_harness import IMAGE_TARGETS, check_image, seeds
 from tests.reliability.test_fuzz_properties import SLOWER, no_hang
 
 damage = st.tuples(
-    st.integers(0, 1),  # which seed
+    st.integers(0, 4),  # which seed
     st.lists(st.tuples(st.floats(0, 1), st.binary(min_size=1, max_size=8)), max_size=6),
     st.one_of(st.none(), st.floats(0, 1)),  # truncate at this fraction
     st.booleans(),  # bias writes towards the metadata at the start

@@ -1,0 +1,133 @@
+"""The xz index of a single-stream .xz file, and its blocks decoded independently.
+
+``xz -T`` (and every multi-threaded xz writer) cuts the stream into blocks that each hold their
+own sizes in the index at the end of the file. A block can then be decoded on its own, so
+the blocks of an image inflate on several cores at once, in guest order, where one LZMA
+decoder would keep one core busy and leave the other to the rest of the pipeline.
+
+Each block is decoded by liblzma itself as a one-block xz stream made from the file's stream
+header, the block's bytes and a one-record index: liblzma checks the block's integrity check
+(CRC32/CRC64/SHA-256) and that it decodes to exactly the size the index gives, so a hostile
+index or block fails there, never silently. The index is parsed only as far as trusting
+offsets and sizes inside the file: anything unusual returns None and the caller reads the
+stream serially, which liblzma checks end to end.
+"""
+
+from __future__ import annotations
+
+import lzma
+import struct
+import zlib
+from dataclasses import dataclass
+
+from .bounded import BoundedFile
+
+HEADER_MAGIC = b"\xfd7zXZ\x00"
+FOOTER_MAGIC = b"YZ"
+MAX_INDEX_BYTES = 16 << 20
+MAX_BLOCKS = 1 << 20
+
+
+@dataclass(frozen=True)
+class XzBlock:
+    offset: int  # of the block header in the file
+    unpadded: int  # header + compressed data + check, without the padding
+    size: int  # uncompressed bytes
+
+    @property
+    def stored(self) -> int:
+        return self.unpadded + (-self.unpadded % 4)
+
+
+@dataclass(frozen=True)
+class XzIndex:
+    header: bytes  # the 12-byte stream header (magic, flags, CRC32)
+    blocks: tuple[XzBlock, ...]
+
+    @property
+    def size(self) -> int:
+        return sum(b.size for b in self.blocks)
+
+    @property
+    def largest(self) -> int:
+        return max((b.size for b in self.blocks), default=0)
+
+
+def vli(data: bytes, pos: int) -> tuple[int, int]:
+    """An xz variable-length integer at ``pos``: (value, position after it)."""
+    value = 0
+    for i in range(9):
+        if pos >= len(data):
+            raise ValueError("truncated")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            return value, pos
+    raise ValueError("overlong integer")
+
+
+def encode_vli(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def read_index(file: BoundedFile) -> XzIndex | None:
+    """The blocks of a file holding exactly one xz stream, or None (several streams, stream
+    padding, or an index that does not tile the file: the serial reader decides then)."""
+    if file.size < 32:
+        return None
+    header = file.read(0, 12, "xz stream header")
+    footer = file.read(file.size - 12, 12, "xz stream footer")
+    if header[:6] != HEADER_MAGIC or footer[10:] != FOOTER_MAGIC or footer[8:10] != header[6:8]:
+        return None
+    backward = (struct.unpack("<I", footer[4:8])[0] + 1) * 4
+    index_at = file.size - 12 - backward
+    if index_at < 12 or backward > MAX_INDEX_BYTES:
+        return None
+    index = file.read(index_at, backward, "xz index")
+    if index[0] != 0 or struct.unpack("<I", index[-4:])[0] != zlib.crc32(index[:-4]):
+        return None
+    try:
+        count, pos = vli(index, 1)
+        if count > MAX_BLOCKS:
+            return None
+        blocks = []
+        offset = 12
+        for _ in range(count):
+            unpadded, pos = vli(index, pos)
+            size, pos = vli(index, pos)
+            block = XzBlock(offset, unpadded, size)
+            if unpadded < 5:  # the smallest block header plus nothing
+                return None
+            blocks.append(block)
+            offset += block.stored
+    except ValueError:
+        return None
+    if offset != index_at or pos + (-pos % 4) + 4 != backward:
+        return None
+    return XzIndex(header, tuple(blocks))
+
+
+def decode_block(file: BoundedFile, index: XzIndex, block: XzBlock) -> bytes:
+    """One block's bytes, checked by liblzma (see the module's doc); ImageFormatError if not."""
+    data = file.read(block.offset, block.stored, "block")
+    record = b"\x00" + encode_vli(1) + encode_vli(block.unpadded) + encode_vli(block.size)
+    record += bytes(-len(record) % 4)
+    record += struct.pack("<I", zlib.crc32(record))
+    flags = index.header[6:8]
+    tail = struct.pack("<I", len(record) // 4 - 1) + flags
+    footer = struct.pack("<I", zlib.crc32(tail)) + tail + FOOTER_MAGIC
+    decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+    try:
+        out = decoder.decompress(index.header + data + record + footer, block.size + 1)
+    except lzma.LZMAError as exc:
+        raise file.fail("block", block.offset, f"corrupt data ({exc})") from None
+    if len(out) != block.size or not decoder.eof:
+        raise file.fail("block", block.offset, f"decodes to {len(out)}+ bytes, the index says "
+                        f"{block.size}")
+    return out
