@@ -443,26 +443,30 @@ class UnbundleResult:
 
 def verified_parts(source: PartSource, entries: Sequence[PartEntry], bundled_size: int,
                    progress: ProgressListener = NULL_PROGRESS) -> Iterator[bytes]:
-    """Each part's whole bytes, yielded only after its SHA-1 matched the manifest."""
+    """Each part's bytes, in the chunks the source gave, yielded only after the whole part's
+    SHA-1 matched the manifest (the chunks are held, never copied into one buffer)."""
     total = 0
     for entry, chunks in source.iter_parts(entries):
         hasher = hashlib.sha1()
-        data = bytearray()
+        held: list[bytes] = []
+        size = 0
         for chunk in chunks:
-            data += chunk
-            if len(data) > MAX_PART_BYTES:
+            held.append(chunk)
+            hasher.update(chunk)
+            size += len(chunk)
+            if size > MAX_PART_BYTES:
                 raise IntegrityError(f"part {entry.filename} is larger than {MAX_PART_BYTES} bytes: not a bundle part")
             total += len(chunk)
             if total > bundled_size:
                 raise IntegrityError(
                     f"part {entry.filename} goes past the manifest's bundled_size of {bundled_size} bytes"
                 )
-        hasher.update(data)
         actual = hasher.hexdigest()
         if actual != entry.digest.lower():
             raise IntegrityError(part_mismatch(entry, actual, entries))
-        progress.advance("unbundle", len(data))
-        yield bytes(data)
+        progress.advance("unbundle", size)
+        while held:
+            yield held.pop(0)
     if total != bundled_size:
         raise IntegrityError(f"parts hold {total} bytes but the manifest's bundled_size is {bundled_size}")
 
@@ -505,13 +509,20 @@ class DecryptedStream:
             self._input_done = True
             self._strip_padding()
             return True
-        # Hold back the last block (its padding is only known at the end) without copying the rest.
-        plain = self._held + self._decryptor.update(chunk) if self._held else self._decryptor.update(chunk)
+        # Hold back the last block (its padding is only known at the end) without copying
+        # the rest: the held block goes ahead of the new plaintext as a piece of its own.
+        plain = self._decryptor.update(chunk)
         if len(plain) >= 16:
+            if self._held:
+                self._plain.append(memoryview(self._held))
             self._held = plain[-16:]
             self._plain.append(memoryview(plain)[:-16])
         else:
-            self._held = plain
+            held = self._held + plain
+            if len(held) > 16:
+                self._plain.append(memoryview(held)[:-16])
+                held = held[-16:]
+            self._held = held
         return True
 
     def _strip_padding(self) -> None:

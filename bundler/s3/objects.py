@@ -190,27 +190,50 @@ def put_bytes(client: Any, bucket: str, key: str, data: bytes, *, md5: bytes | N
             raise IntegrityError(f"upload s3://{bucket}/{key}: {exc}; check memory/network") from None
 
 
-def _get_raw(client: Any, bucket: str, key: str, limit: int, what: str, *, check_md5: bool = False) -> bytes:
-    """GetObject and read the body; botocore/transport exceptions propagate untranslated so
-    that ``with_attempts`` can retry a reset or truncated body.
+# A body is read in pieces of this size: each read allocates only its own piece, where one
+# read of the whole (a part of 10 MiB) would allocate it twice (http.client's buffer and
+# the bytes copied out of it) for every download in flight.
+BODY_PIECE = 1 << 20
 
-    A body shorter than its Content-Length is a retryable ``_ShortBody`` even when the
-    connection closed cleanly; with ``check_md5`` the body's MD5 must be the object's ETag
-    (single-PUT objects without SSE-KMS/C), which catches bytes damaged in transit for objects
-    that, unlike parts, have no digest of their own to check."""
+
+def _get_pieces(client: Any, bucket: str, key: str, limit: int,
+                what: str) -> tuple[dict[str, Any], list[bytes]]:
+    """GetObject and read the body in pieces; botocore/transport exceptions propagate
+    untranslated so that ``with_attempts`` can retry a reset or truncated body. A body shorter
+    than its Content-Length is a retryable ``_ShortBody`` even when the connection closed
+    cleanly."""
     resp = client.get_object(Bucket=bucket, Key=key)
     body = resp["Body"]
+    pieces: list[bytes] = []
+    got = 0
     try:
         length = int(resp.get("ContentLength", -1))
         if length > limit:
             raise IntegrityError(f"{what} s3://{bucket}/{key} is {length} bytes, more than the {limit}-byte limit")
-        data = body.read(limit + 1)
+        want = limit + 1 if length < 0 else length
+        try:
+            while got < want and (piece := body.read(min(BODY_PIECE, want - got))):
+                pieces.append(piece)
+                got += len(piece)
+            if length >= 0 and got == length and body.read(1):
+                got += 1  # more than Content-Length said: as wrong as less
+        except bexc.IncompleteReadError:
+            pass  # botocore's own length check on an early end: reported below, as one
     finally:
         body.close()
-    if len(data) > limit:
+    if got > limit:
         raise IntegrityError(f"{what} s3://{bucket}/{key} is larger than the {limit}-byte limit")
-    if 0 <= length != len(data):
-        raise _ShortBody(f"got {len(data)} of {length} bytes")
+    if 0 <= length != got:
+        raise _ShortBody(f"got {got} of {length} bytes")
+    return resp, pieces
+
+
+def _get_raw(client: Any, bucket: str, key: str, limit: int, what: str, *, check_md5: bool = False) -> bytes:
+    """``_get_pieces`` joined; with ``check_md5`` the body's MD5 must be the object's ETag
+    (single-PUT objects without SSE-KMS/C), which catches bytes damaged in transit for objects
+    that, unlike parts, have no digest of their own to check."""
+    resp, pieces = _get_pieces(client, bucket, key, limit, what)
+    data = b"".join(pieces)
     if check_md5:
         etag = str(resp.get("ETag", "")).strip('"').lower()
         if _MD5_ETAG.match(etag) and not _etag_not_md5(resp) and hashlib.md5(data).hexdigest() != etag:
@@ -249,14 +272,23 @@ def fetch_manifest(client: Any, bucket: str, key: str, *, cap: int = MANIFEST_SI
 
 def fetch_part(client: Any, bucket: str, key: str, entry: PartEntry, attempts: int) -> bytes:
     """A part's bytes, SHA-1 checked against the manifest; at least one retry on mismatch."""
+    return b"".join(fetch_part_pieces(client, bucket, key, entry, attempts))
+
+
+def fetch_part_pieces(client: Any, bucket: str, key: str, entry: PartEntry,
+                      attempts: int) -> list[bytes]:
+    """``fetch_part`` as the pieces the body was read in (never copied into one buffer)."""
     what = f"part {entry.filename}"
 
-    def attempt() -> bytes:
-        data = _get_raw(client, bucket, key, MAX_PART_BYTES, what)
-        digest = hashlib.sha1(data).hexdigest()
+    def attempt() -> list[bytes]:
+        _, pieces = _get_pieces(client, bucket, key, MAX_PART_BYTES, what)
+        sha1 = hashlib.sha1()
+        for piece in pieces:
+            sha1.update(piece)
+        digest = sha1.hexdigest()
         if digest != entry.digest.lower():
             raise _Corrupt(f"SHA-1 {digest}, manifest says {entry.digest}")
-        return data
+        return pieces
 
     def translate(exc: BaseException) -> BundlerError:
         if is_not_found(exc, NO_SUCH_OBJECT):
@@ -269,8 +301,8 @@ def fetch_part(client: Any, bucket: str, key: str, entry: PartEntry, attempts: i
         return _fetch_checked(attempt, attempts, bucket, key, entry, what)
 
 
-def _fetch_checked(attempt: Callable[[], bytes], attempts: int, bucket: str, key: str,
-                   entry: PartEntry, what: str) -> bytes:
+def _fetch_checked(attempt: Callable[[], T], attempts: int, bucket: str, key: str,
+                   entry: PartEntry, what: str) -> T:
     try:
         return with_attempts(attempt, max(2, attempts), f"download {what}")
     except _ShortBody as exc:

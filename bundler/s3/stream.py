@@ -18,7 +18,7 @@ from ..transfer import DEFAULT_TRANSFER, TransferConfig
 from .location import S3Location
 from .objects import (
     delete_keys,
-    fetch_part,
+    fetch_part_pieces,
     list_objects,
     put_bytes,
     s3_errors,
@@ -229,13 +229,12 @@ class S3PartSource:
                                        f"{self.location.url()}")
 
     def iter_parts(self, entries: Sequence[PartEntry]) -> Iterator[tuple[PartEntry, Iterable[bytes]]]:
-        def fetch(entry: PartEntry) -> bytes:
-            return fetch_part(self.client, self.location.bucket, self.location.key(entry.filename),
+        def fetch(entry: PartEntry) -> list[bytes]:
+            return fetch_part_pieces(self.client, self.location.bucket, self.location.key(entry.filename),
                               entry, self.attempts)
 
         # A consumer that stops early (error, Ctrl-C) must not leave downloads running:
         # closing the window cancels and waits for them.
         with closing(ordered_window(fetch, entries, jobs=self.jobs, window=self.window,
                                     name="ami-bundler-get")) as fetched:
-            for entry, data in fetched:
-                yield entry, (data,)
+            yield from fetched
