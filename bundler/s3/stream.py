@@ -230,8 +230,8 @@ class S3PartSource:
 
     def iter_parts(self, entries: Sequence[PartEntry]) -> Iterator[tuple[PartEntry, Iterable[bytes]]]:
         def fetch(entry: PartEntry) -> list[bytes]:
-            return fetch_part_pieces(self.client, self.location.bucket, self.location.key(entry.filename),
-                              entry, self.attempts)
+            return fetch_part_pieces(self.client, self.location.bucket,
+                                     self.location.key(entry.filename), entry, self.attempts)
 
         # A consumer that stops early (error, Ctrl-C) must not leave downloads running:
         # closing the window cancels and waits for them.
