@@ -9,7 +9,9 @@ need=()
 # GRUB 2 for BIOS (boot.img, core modules) lets the bootloader tests run instead of skipping.
 [ -d /usr/lib/grub/i386-pc ] || need+=(grub-pc-bin grub2-common)
 for tool in tar:tar gzip:gzip openssl:openssl mke2fs:e2fsprogs debugfs:e2fsprogs sfdisk:fdisk \
-            grub-mkimage:grub-common qemu-img:qemu-utils xz:xz-utils zstd:zstd bzip2:bzip2; do
+            grub-mkimage:grub-common qemu-img:qemu-utils xz:xz-utils zstd:zstd bzip2:bzip2 \
+            mkfs.xfs:xfsprogs xfs_repair:xfsprogs mkfs.btrfs:btrfs-progs setfattr:attr \
+            setfacl:acl losetup:mount; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

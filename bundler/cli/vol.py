@@ -20,10 +20,11 @@ if TYPE_CHECKING:  # the volume package loads only when bundle-vol runs
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "bundle-vol", help="build an ext4 image from a root filesystem and bundle it",
-        description="Build an ext4 image from a root filesystem directory (or the running system, "
-                    "-v /) without loop devices or mounts, leaving out virtual filesystems, other "
-                    "mounts and secrets, and bundle it (ec2-bundle-vol).")
+        "bundle-vol", help="build an image from a root filesystem and bundle it",
+        description="Build an ext4, XFS or btrfs image from a root filesystem directory (or the "
+                    "running system, -v /), leaving out virtual filesystems, other mounts and "
+                    "secrets, and bundle it (ec2-bundle-vol). ext4 and btrfs need no loop "
+                    "devices or mounts; XFS needs root and a loop device.")
     g = p.add_argument_group("volume")
     g.add_argument("-v", "--volume", type=Path, default=Path("/"),
                    help="root filesystem directory to image (default: / , the running system; needs root)")
@@ -64,7 +65,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.add_argument("--fstab", type=Path, help="file to install as the image's /etc/fstab")
     g.add_argument("--generate-fstab", action="store_true",
                    help="install a generated /etc/fstab (root by LABEL/UUID)")
-    g.add_argument("--label", help="filesystem label (default: the source's, else cloudimg-rootfs)")
+    g.add_argument("--fs-type", choices=["auto", "ext4", "xfs", "btrfs"], default="auto",
+                   help="the image's filesystem (default: auto — the source root's type when the "
+                        "volume is a mounted filesystem or /, ext4 for a plain directory); fstab "
+                        "and bootloader follow it")
+    g.add_argument("--label", help="filesystem label (default: the source's, else "
+                                   "cloudimg-rootfs; rootfs for XFS)")
     g.add_argument("--uuid", help="filesystem UUID (default: the source's, else a new one)")
     g.add_argument("--image-dir", type=Path,
                    help="where the temporary image and staging tree go, in a private 0700 "
@@ -129,6 +135,7 @@ def config_from_args(args: argparse.Namespace) -> VolumeConfig:
         kernel_cmdline=args.kernel_cmdline,
         generate_menu_lst=args.generate_menu_lst,
         drop_oversize_xattrs=args.drop_oversize_xattrs,
+        fs_type=args.fs_type,
     )
 
 
@@ -208,14 +215,15 @@ def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
     if args.list_excluded:
         data["excluded_paths"] = listed
     human = [f"Image: {result.disk_bytes // (1024 * 1024)} MiB {result.fs_type} "
-             f"({result.partition}), label {result.label}, UUID {result.uuid}"]
+             f"({result.partition}), label {result.label}, UUID {result.uuid}"
+             + (f" ({result.fs_type_reason})" if result.fs_type_reason else "")]
     if result.fstab_change is not None:
         change = result.fstab_change
         human.append(f"/etc/fstab root entry rewritten ({'; '.join(change.reasons)}):")
         human.append(f"  was: {change.old}")
         human.append(f"  now: {change.new}")
         if change.dropped_options:
-            human.append(f"  dropped options ext4 does not accept: "
+            human.append(f"  dropped options {result.fs_type} does not accept: "
                          f"{','.join(change.dropped_options)}")
     if result.bootloader == "grub2":
         human.append(f"Bootloader: GRUB 2 (kernel {result.kernel}, serial console ttyS0)")

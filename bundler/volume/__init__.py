@@ -1,10 +1,14 @@
-"""bundle-vol: a root filesystem directory (or the live ``/``) → ext4 disk image → bundle.
+"""bundle-vol: a root filesystem directory (or the live ``/``) → ext4/XFS/btrfs disk image →
+bundle.
 
-Steps (no loop devices, no mounts): select files (``selection``), copy them into a private
-staging tree (``staging``; reflinks where possible), install fstab, ``mke2fs -d`` the staging tree into a sparse image
-file (at 1 MiB when a partition table is asked for, written by ``partition``), ``e2fsck -fn``
-it, then stream the image through the core pipeline into parts. The image is a temporary file
-in the image directory, kept as DEST/PREFIX only with ``keep_image``/``clone_only``.
+Steps: select files (``selection``), copy them into a private staging tree (``staging``;
+reflinks where possible), install fstab, write the filesystem of the type ``fstype`` chose
+(``imagefs.make_filesystem``: ext4 by ``mke2fs -d`` and btrfs by ``mkfs.btrfs --rootdir``
+without devices or mounts, XFS through a loop-mounted image, see ``xfs``) into a sparse
+image file (at 1 MiB when a partition table is asked for, written by ``partition``), check
+it (``e2fsck -fn`` / ``xfs_repair -n`` / ``btrfs check``), then stream the image through the
+core pipeline into parts. The image is a temporary file in the image directory, kept as
+DEST/PREFIX only with ``keep_image``/``clone_only``.
 
 Default partitioning is ``none``: a plain filesystem image, what PV-GRUB / ``--kernel`` style
 instance-store AMIs use (``--generate-menu-lst`` writes PV-GRUB's menu.lst). With ``mbr``/``gpt``
@@ -32,7 +36,8 @@ from ..parts import VOLUME_KIND, DirectorySink, remove_stale, temp_name
 from ..progress import NULL_PROGRESS, ProgressListener
 from . import bootloader as bootlib
 from . import fstab as fstablib
-from . import imagefs, partition
+from . import fstype as fstypelib
+from . import imagefs, loopdev, partition
 from . import staging as stagelib
 from .devices import DeviceName
 from .partition import MIB, Scheme
@@ -81,6 +86,7 @@ class VolumeConfig:
     bootloader: bootlib.Bootloader = "auto"  # GRUB 2 for mbr/gpt: auto | grub2 | none
     kernel_cmdline: str = ""               # extra kernel arguments (grub.cfg / menu.lst)
     generate_menu_lst: bool = False        # /boot/grub/menu.lst for PV-GRUB when missing
+    fs_type: fstypelib.FsChoice = "auto"   # auto = the source root's type, ext4 for a directory
 
     @property
     def boot_options(self) -> bootlib.BootOptions:
@@ -114,6 +120,7 @@ class VolumeResult:
     menu_lst: bool = False      # a PV-GRUB menu.lst was generated
     warnings: list[str] = field(default_factory=list)
     fs_type: str = imagefs.FS_TYPE
+    fs_type_reason: str = ""    # why this type (--fs-type, the source's type, a directory)
     fstab_change: fstablib.RootEntryChange | None = None  # the kept fstab's root line, fixed
     source_device: DeviceName | None = None               # the device the volume is mounted from
 
@@ -147,6 +154,7 @@ class VolumeResult:
             "label": self.label,
             "uuid": self.uuid,
             "filesystem": self.fs_type,
+            "filesystem_reason": self.fs_type_reason,
             "source_device": self.source_device.summary() if self.source_device else None,
             "fstab_root_changed": self.fstab_change.summary() if self.fstab_change else None,
             "bootloader": self.bootloader,
@@ -189,8 +197,12 @@ def check_preconditions(config: VolumeConfig) -> None:
         if config.size_mib > imagefs.MAX_IMAGE_MIB and config.size_checks:
             raise UsageError(f"-s {config.size_mib} MiB is over EC2's {imagefs.MAX_IMAGE_MIB} MiB "
                              "instance-store limit (pass --no-size-checks to build it anyway)")
+    if config.fs_type not in fstypelib.CHOICES:
+        raise UsageError(f"--fs-type {config.fs_type!r}: choose one of "
+                         f"{', '.join(fstypelib.CHOICES)}")
     if config.label:
-        imagefs.check_label(config.label)
+        # With auto the type is known once the source is looked at; the loosest limit here.
+        imagefs.check_label(config.label, "btrfs" if config.fs_type == "auto" else config.fs_type)
     if config.uuid:
         imagefs.check_uuid(config.uuid)
     bootlib.check_options(config.partition, config.boot_options)
@@ -219,16 +231,17 @@ def select_volume(config: VolumeConfig, *, extra_hard_excludes: dict[Path, str] 
     return select_files(sel_config)
 
 
-def plan_size(config: VolumeConfig, selection: Selection) -> tuple[int, int]:
+def plan_size(config: VolumeConfig, selection: Selection,
+              fs_type: str = imagefs.FS_TYPE) -> tuple[int, int]:
     """(disk MiB, minimum disk MiB) for the selection; raises when -s is too small/large."""
     overhead = partition.overhead_bytes(config.partition) // MIB
-    min_disk = imagefs.min_fs_mib(selection) + overhead
+    min_disk = imagefs.min_fs_mib(selection, fs_type) + overhead
     if config.size_mib is not None:
         if config.size_mib < min_disk:
             raise VolumeError(f"image size {config.size_mib} MiB is too small: the image needs at "
                               f"least {min_disk} MiB for the selected files (use -s {min_disk} or more)")
         return config.size_mib, min_disk
-    disk = imagefs.default_fs_mib(selection) + overhead
+    disk = imagefs.default_fs_mib(selection, fs_type) + overhead
     if disk > imagefs.MAX_IMAGE_MIB and config.size_checks:
         raise VolumeError(f"the selected files need a {disk} MiB image, over EC2's "
                           f"{imagefs.MAX_IMAGE_MIB} MiB instance-store limit: exclude more (-e) or "
@@ -254,6 +267,7 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
     work = config.work_dir.resolve()
     # Work files carry our PID, so a run that died (kill -9, power loss) leaves entries the
     # next run in the same directory recognises and removes.
+    loopdev.release_stale(work)   # a killed XFS run's mount, before its directory goes
     remove_stale(work)
     if not config.clone_only and sink is None:
         DirectorySink(Path(config.destination)).check_clear(config.prefix)  # fail before the work
@@ -263,6 +277,10 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
     tmp_image = private / "image"
     staging = private / "staging"
     mounts = host_mounts()
+    identity = imagefs.source_identity(Path(config.volume), mounts)
+    fs_type, fs_why = fstypelib.resolve(config.fs_type, identity.fstype)
+    fstypelib.require(fs_type, fs_why)   # before reading the tree: the type is never changed
+    log.info("image filesystem: %s (%s)", fs_type, fs_why)
     selection = select_volume(config, mounts=mounts,
                               extra_hard_excludes={private: "bundle-vol work directory"})
     timings["select"] = time.monotonic() - t0
@@ -270,20 +288,22 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
     if on_selection is not None:
         on_selection(selection)
 
-    disk_mib, min_disk = plan_size(config, selection)
+    disk_mib, min_disk = plan_size(config, selection, fs_type)
     layout = partition.layout_for(config.partition, disk_mib)
-    identity = imagefs.source_identity(Path(config.volume), mounts)
-    label = config.label if config.label is not None else (identity.label or imagefs.DEFAULT_LABEL)
-    label = imagefs.check_label(label) if label else None
+    label = config.label if config.label is not None else (
+        identity.label or fstypelib.DEFAULT_LABELS[fs_type])
+    label = imagefs.check_label(label, fs_type) if label else None
     fs_uuid = imagefs.check_uuid(config.uuid or identity.uuid or str(uuidlib.uuid4()))
     fstab_bytes = fstablib.choose_fstab(fstab_file=config.fstab, generate=config.generate_fstab,
-                                        label=label, uuid=fs_uuid, legacy=config.legacy_fstab)
+                                        label=label, uuid=fs_uuid, legacy=config.legacy_fstab,
+                                        fstype=fs_type)
     root_st = selection.entries[0].st
     kept = config.keep_image or config.clone_only
     result: VolumeResult | None = None
     cleaner: threading.Thread | None = None
     # GRUB 2 cannot read ea_inode filesystems; without it, oversize xattrs are kept that way.
-    grub_possible = config.partition != "none" and config.bootloader != "none"
+    grub_possible = (config.partition != "none" and config.bootloader != "none"
+                     and fs_type == "ext4")
     os.mkdir(private, 0o700)
     try:
         t = time.monotonic()
@@ -299,12 +319,12 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
             # The volume's own fstab names the source's filesystem (xfs on Amazon Linux 2 and
             # RHEL, another UUID for a plain directory): the image's root must mount anyway.
             fstab_change, fstab_warning = fstablib.rewrite_root_entry(
-                staging, fstype=imagefs.FS_TYPE, label=label, uuid=fs_uuid)
+                staging, fstype=fs_type, label=label, uuid=fs_uuid)
         timings["stage"] = time.monotonic() - t
 
         t = time.monotonic()
         boot_plan = bootlib.prepare(staging, layout, config.boot_options, fs_uuid=fs_uuid,
-                                    label=label, workdir=private)
+                                    label=label, workdir=private, fs_type=fs_type)
         if fstab_warning:
             boot_plan.warn(fstab_warning)
         for rel, names in stats.dropped_xattrs:
@@ -324,16 +344,20 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
             root_uid=root_st.st_uid, root_gid=root_st.st_gid,
             root_mode=root_st.st_mode & 0o7777, offset=layout.fs_offset,
             inodes=imagefs.inodes_needed(selection) + 1024,
-            ea_inode=bool(stats.pending_xattrs))
-        imagefs.make_filesystem(staging, tmp_image, params,
-                                min_mib=min_disk)
+            ea_inode=bool(stats.pending_xattrs) and fs_type == "ext4", fs_type=fs_type)
         dev_nodes = any(e.rel == "dev" and e.kind == "dir" for e in selection.entries)
-        for warning in imagefs.touch_up(tmp_image, offset=layout.fs_offset,
-                                        root_mode=params.root_mode, dev_nodes=dev_nodes,
-                                        selection=selection, stats=stats, workdir=private):
+        for warning in imagefs.make_filesystem(staging, tmp_image, params, min_mib=min_disk,
+                                               stats=stats, workdir=private,
+                                               dev_nodes=dev_nodes, check=config.fsck,
+                                               selection=selection):
             boot_plan.warn(warning)
+        if fs_type == "ext4":
+            for warning in imagefs.touch_up(tmp_image, offset=layout.fs_offset,
+                                            root_mode=params.root_mode, dev_nodes=dev_nodes,
+                                            selection=selection, stats=stats, workdir=private):
+                boot_plan.warn(warning)
         partition.write_table(tmp_image, layout, disk_id=uuidlib.UUID(fs_uuid))
-        bootlib.check_filesystem(tmp_image, layout.fs_offset, boot_plan)
+        bootlib.check_filesystem(tmp_image, layout.fs_offset, boot_plan, fs_type=fs_type)
         bootlib.install(tmp_image, layout, boot_plan)
         timings["mkfs"] = time.monotonic() - t
         # Removing thousands of staged entries is slow metadata I/O; let it overlap with the
@@ -343,10 +367,10 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
         cleaner.start()
         if config.fsck:
             t = time.monotonic()
-            imagefs.fsck(tmp_image, offset=layout.fs_offset)
+            imagefs.fsck(tmp_image, offset=layout.fs_offset, fs_type=fs_type)
             timings["fsck"] = time.monotonic() - t
-        log.info("image built: %d MiB (%s), label %s, UUID %s", disk_mib, layout.scheme, label,
-                 fs_uuid)
+        log.info("image built: %d MiB %s (%s), label %s, UUID %s", disk_mib, fs_type,
+                 layout.scheme, label, fs_uuid)
 
         if on_image is not None:
             on_image(tmp_image)
@@ -355,7 +379,8 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
                               bootloader=boot_plan.installed,
                               kernel=boot_plan.kernel.version if boot_plan.kernel else None,
                               menu_lst=boot_plan.menu_lst, warnings=boot_plan.warnings,
-                              fstab_change=fstab_change, source_device=identity.device_name)
+                              fstab_change=fstab_change, source_device=identity.device_name,
+                              fs_type=fs_type, fs_type_reason=fs_why)
         if not config.clone_only:
             from ..pipeline import bundle
             from ..source import open_image

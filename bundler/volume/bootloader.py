@@ -47,11 +47,19 @@ Bootloader = Literal["auto", "grub2", "none"]
 
 GRUB_DIR = "usr/lib/grub/i386-pc"
 GRUB_IMAGES = ("boot.img", "diskboot.img", "kernel.img", "lzma_decompress.img")
-# Modules in core.img: BIOS disk access, the partition table, ext2/3/4.
+# Modules in core.img: BIOS disk access, the partition table, the filesystem (ext4's is
+# ext2; FS_MODULES for the others — grub-mkimage adds what they depend on, e.g. btrfs's
+# decompressors).
 CORE_MODULES: dict[str, tuple[str, ...]] = {
     "mbr": ("biosdisk", "part_msdos", "ext2"),
     "gpt": ("biosdisk", "part_gpt", "ext2"),
 }
+FS_MODULES = {"ext4": "ext2", "xfs": "xfs", "btrfs": "btrfs"}
+
+
+def core_modules(scheme: str, fs_type: str = "ext4") -> tuple[str, ...]:
+    """core.img's modules for ``scheme`` and the image's filesystem type. Pure."""
+    return tuple(FS_MODULES[fs_type] if m == "ext2" else m for m in CORE_MODULES[scheme])
 PART_NAME = {"mbr": "msdos", "gpt": "gpt"}
 # Loaded from /boot/grub/i386-pc after core.img found the filesystem: without them no menu.
 RUNTIME_MODULES = ("normal", "linux", "serial", "terminal", "search", "search_fs_uuid", "gzio")
@@ -196,14 +204,16 @@ def os_name(tree: Path) -> str:
 
 # ------------------------------------------------------------------------------ config text
 
-def kernel_args(*, root: str, console: str, extra: str) -> str:
-    return " ".join(a for a in (f"root={root}", "ro", console, extra.strip()) if a)
+def kernel_args(*, root: str, console: str, extra: str, fs_type: str = "ext4") -> str:
+    return " ".join(a for a in (f"root={root}", f"rootfstype={fs_type}", "ro", console,
+                                extra.strip()) if a)
 
 
 def grub_cfg(kernels: list[Kernel], *, fs_uuid: str, scheme: Scheme, title: str,
-             extra_cmdline: str = "") -> str:
+             extra_cmdline: str = "", fs_type: str = "ext4") -> str:
     """The image's /boot/grub/grub.cfg: serial + VGA console, newest kernel first. Pure."""
-    args = kernel_args(root=f"UUID={fs_uuid}", console=SERIAL_CONSOLE, extra=extra_cmdline)
+    args = kernel_args(root=f"UUID={fs_uuid}", console=SERIAL_CONSOLE, extra=extra_cmdline,
+                       fs_type=fs_type)
     lines = [
         "# Written by ami-bundler bundle-vol. update-grub / grub-mkconfig may replace it.",
         "set default=0",
@@ -212,7 +222,7 @@ def grub_cfg(kernels: list[Kernel], *, fs_uuid: str, scheme: Scheme, title: str,
         "terminal_input serial console",
         "terminal_output serial console",
         f"insmod part_{PART_NAME[scheme]}",
-        "insmod ext2",
+        f"insmod {FS_MODULES[fs_type]}",
         # The prefix already names the boot disk's partition; searching by UUID also finds
         # the filesystem when the firmware numbers the disks differently.
         f"search --no-floppy --fs-uuid --set=root {fs_uuid}",
@@ -228,14 +238,14 @@ def grub_cfg(kernels: list[Kernel], *, fs_uuid: str, scheme: Scheme, title: str,
 
 
 def menu_lst(kernels: list[Kernel], *, root: str, scheme: Scheme, title: str,
-             extra_cmdline: str = "") -> str:
+             extra_cmdline: str = "", fs_type: str = "ext4") -> str:
     """/boot/grub/menu.lst for PV-GRUB (AWS "user provided kernels" layout). Pure.
 
     ``root (hd0)`` for a partitionless image, ``(hd0,0)`` for the first partition; the kernel
     console of a Xen PV guest is hvc0.
     """
     grub_root = "(hd0)" if scheme == "none" else "(hd0,0)"
-    args = kernel_args(root=root, console=PV_CONSOLE, extra=extra_cmdline)
+    args = kernel_args(root=root, console=PV_CONSOLE, extra=extra_cmdline, fs_type=fs_type)
     lines = ["# Written by ami-bundler bundle-vol for PV-GRUB.", "default 0", "timeout 0",
              "hiddenmenu"]
     for k in kernels:
@@ -313,7 +323,8 @@ def mkimage_commands() -> list[tuple[str, list[str]]]:
     return []
 
 
-def build_core_img(tree: Path, moddir: Path, scheme: Scheme, workdir: Path) -> tuple[bytes, str]:
+def build_core_img(tree: Path, moddir: Path, scheme: Scheme, workdir: Path,
+                   fs_type: str = "ext4") -> tuple[bytes, str]:
     """core.img for ``scheme`` from the volume's modules; (bytes, which grub-mkimage)."""
     commands = mkimage_commands()
     if not commands:
@@ -327,7 +338,7 @@ def build_core_img(tree: Path, moddir: Path, scheme: Scheme, workdir: Path) -> t
         for what, argv in commands:
             try:
                 run(argv + ["-O", "i386-pc", "-d", str(moddir), "-o", str(out), "-p", prefix,
-                            *CORE_MODULES[scheme]], timeout=120)
+                            *core_modules(scheme, fs_type)], timeout=120)
                 data = read_capped(out, IMAGE_CAP) or b""
                 log.info("core.img (%d bytes) built with %s", len(data), what)
                 return data, what
@@ -350,13 +361,14 @@ def core_area(layout: DiskLayout) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------ prepare/install
 
-def missing_grub_parts(moddir: Path, scheme: Scheme) -> list[str]:
-    wanted = list(GRUB_IMAGES) + [f"{m}.mod" for m in CORE_MODULES[scheme] + RUNTIME_MODULES]
+def missing_grub_parts(moddir: Path, scheme: Scheme, fs_type: str = "ext4") -> list[str]:
+    wanted = list(GRUB_IMAGES) + [f"{m}.mod" for m in core_modules(scheme, fs_type)
+                                  + RUNTIME_MODULES]
     return [name for name in wanted if not (moddir / name).is_file()]
 
 
 def prepare(staging: Path, layout: DiskLayout, options: BootOptions, *, fs_uuid: str,
-            label: str | None, workdir: Path) -> BootPlan:
+            label: str | None, workdir: Path, fs_type: str = "ext4") -> BootPlan:
     """Decide what to install, write grub.cfg/modules/menu.lst into the staging tree and
     build core.img. Raises VolumeError when ``--bootloader grub2`` cannot be honoured."""
     from .fstab import root_spec
@@ -374,7 +386,7 @@ def prepare(staging: Path, layout: DiskLayout, options: BootOptions, *, fs_uuid:
         root = root_spec(label, fs_uuid) if scheme == "none" else f"UUID={fs_uuid}"
         plan.menu_lst = install_menu_lst(staging, menu_lst(
             kernels, root=root, scheme=scheme, title=title,
-            extra_cmdline=options.kernel_cmdline))
+            extra_cmdline=options.kernel_cmdline, fs_type=fs_type))
 
     if scheme == "none" or options.bootloader == "none":
         if scheme != "none":
@@ -395,17 +407,18 @@ def prepare(staging: Path, layout: DiskLayout, options: BootOptions, *, fs_uuid:
     if moddir is None or not moddir.is_dir():
         return cannot(f"the volume has no GRUB 2 for BIOS (/{GRUB_DIR}): install grub-pc-bin "
                       "(Debian/Ubuntu) or grub2-pc-modules (RPM) in it")
-    missing = missing_grub_parts(moddir, scheme)
+    missing = missing_grub_parts(moddir, scheme, fs_type)
     if missing:
-        if "ext2.mod" in missing:
-            return cannot(f"/{GRUB_DIR} has no ext2.mod, so GRUB could not read the image's "
-                          "ext4 filesystem")
+        fsmod = f"{FS_MODULES[fs_type]}.mod"
+        if fsmod in missing:
+            return cannot(f"/{GRUB_DIR} has no {fsmod}, so GRUB could not read the image's "
+                          f"{fs_type} filesystem")
         return cannot(f"/{GRUB_DIR} lacks {', '.join(missing)}")
     if not kernels:
         return cannot("no kernel in the volume's /boot (vmlinuz-*): install one "
                       "(e.g. linux-image-amd64)")
 
-    core, plan.mkimage = build_core_img(staging, moddir, scheme, workdir)
+    core, plan.mkimage = build_core_img(staging, moddir, scheme, workdir, fs_type)
     first, limit = core_area(layout)
     needed = grubimg.sectors_for(len(core))
     if needed > limit - first:
@@ -416,7 +429,7 @@ def prepare(staging: Path, layout: DiskLayout, options: BootOptions, *, fs_uuid:
     plan.boot_img = read_capped(moddir / "boot.img", SECTOR + 1) or b""
     n = install_grub_files(staging, moddir, grub_cfg(
         kernels, fs_uuid=fs_uuid, scheme=scheme, title=title,
-        extra_cmdline=options.kernel_cmdline))
+        extra_cmdline=options.kernel_cmdline, fs_type=fs_type))
     plan.installed = "grub2"
     log.info("GRUB 2 prepared: %d modules, kernel %s", n, plan.kernel.version)
     return plan
@@ -438,9 +451,11 @@ def unsupported_features(superblock: bytes) -> list[str]:
     return [name for bit, name in GRUB_UNSUPPORTED_INCOMPAT.items() if incompat & bit]
 
 
-def check_filesystem(image: Path, fs_offset: int, plan: BootPlan) -> None:
-    """Refuse an image whose filesystem GRUB could not read (call after mke2fs)."""
-    if plan.installed != "grub2":
+def check_filesystem(image: Path, fs_offset: int, plan: BootPlan,
+                     fs_type: str = "ext4") -> None:
+    """Refuse an ext4 image whose features GRUB could not read (call after mke2fs). XFS and
+    btrfs are made with their tools' default features, which GRUB 2.06+ reads."""
+    if plan.installed != "grub2" or fs_type != "ext4":
         return
     with open(image, "rb") as fh:
         fh.seek(fs_offset + 1024)

@@ -1,8 +1,8 @@
 """/etc/fstab for the image: generated text (pure) and installation into the staging tree.
 
 Classic generated ``/dev/sda1 / ext3``; device names are not stable on current EC2 (NVMe, Xen
-``xvda``), so the root is named by LABEL (or UUID when there is no label) and typed ext4, which
-is what this tool creates. The ephemeral ``/dev/sdb /mnt`` line of the classic default variant
+``xvda``), so the root is named by LABEL (or UUID when there is no label) and typed as the
+image is (ext4, XFS or btrfs). The ephemeral ``/dev/sdb /mnt`` line of the classic default variant
 is left out: on NVMe instance types that device never appears and the boot would wait for it.
 """
 
@@ -33,7 +33,9 @@ def generate_fstab(*, label: str | None, uuid: str | None, fstype: str = "ext4",
                    legacy: bool = False) -> str:
     """The generated fstab text (spec §8.7), root by LABEL/UUID. Pure."""
     root = root_spec(label, uuid)
-    rows = [(root, "/", fstype, "defaults", "1", "1")]
+    # fsck.xfs and fsck.btrfs do nothing at boot: their roots are passno 0.
+    rows = [(root, "/", fstype, "defaults", "1" if fstype == "ext4" else "0",
+             "1" if fstype == "ext4" else "0")]
     if legacy:
         # Classic legacy (i386) layout kept as is: paravirtual instances with sda2/sda3.
         rows += [("/dev/sda2", "/mnt", "ext3", "defaults,nofail", "0", "0"),
@@ -51,7 +53,7 @@ def generate_fstab(*, label: str | None, uuid: str | None, fstype: str = "ext4",
 
 
 def choose_fstab(*, fstab_file: Path | None, generate: bool, label: str | None,
-                 uuid: str | None, legacy: bool = False) -> bytes | None:
+                 uuid: str | None, legacy: bool = False, fstype: str = "ext4") -> bytes | None:
     """The fstab bytes to install, or None to keep the volume's own (classic default)."""
     if fstab_file is not None and generate:
         raise UsageError("--fstab and --generate-fstab are mutually exclusive")
@@ -65,7 +67,7 @@ def choose_fstab(*, fstab_file: Path | None, generate: bool, label: str | None,
             raise UsageError(f"--fstab {fstab_file} is over {FSTAB_CAP // 1024} KiB: not an fstab")
         return data
     if generate:
-        return generate_fstab(label=label, uuid=uuid, legacy=legacy).encode()
+        return generate_fstab(label=label, uuid=uuid, legacy=legacy, fstype=fstype).encode()
     return None
 
 
@@ -122,6 +124,37 @@ _GENERIC_VALUED = ("x-", "comment=", "context=", "fscontext=", "defcontext=", "r
                    "errors=", "data=", "commit=", "barrier=", "stripe=", "dax=",
                    "resuid=", "resgid=", "sb=", "journal_ioprio=", "init_itable",
                    "noinit_itable", "max_batch_time=", "min_batch_time=", "inode_readahead_blks=")
+# Each type's own options: kept when the entry is (re)typed to that type.
+_TYPE_OPTIONS: dict[str, frozenset[str]] = {
+    "ext4": frozenset(),   # ext4's are in the generic lists above (the historical default)
+    "xfs": frozenset("""
+        inode32 inode64 largeio nolargeio swalloc noalign attr2 noattr2 ikeep noikeep wsync
+        filestreams nouuid uqnoenforce gqnoenforce pqnoenforce qnoenforce norecovery
+        uquota gquota pquota discard=async discard=sync
+    """.split()),
+    "btrfs": frozenset("""
+        ssd nossd ssd_spread nossd_spread autodefrag noautodefrag space_cache nospace_cache
+        datacow nodatacow datasum nodatasum compress compress-force degraded
+        flushoncommit noflushoncommit treelog notreelog clear_cache rescan_uuid_tree
+        skip_balance discard=async
+    """.split()),
+}
+_TYPE_VALUED: dict[str, tuple[str, ...]] = {
+    "ext4": (),
+    "xfs": ("logbufs=", "logbsize=", "allocsize=", "sunit=", "swidth=", "logdev=", "rtdev=",
+            "inode64=", "uquota=", "gquota="),
+    "btrfs": ("subvol=", "subvolid=", "compress=", "compress-force=", "space_cache=",
+              "thread_pool=", "commit=", "max_inline=", "metadata_ratio=", "device=",
+              "fatal_errors=", "rescue="),
+}
+# Options only ext4 (and ext2/3) accept: dropped when the entry is typed to XFS or btrfs.
+_EXT4_ONLY = frozenset("""
+    user_xattr nouser_xattr grpid bsdgroups nogrpid sysvgroups noload journal_checksum
+    nojournal_checksum journal_async_commit delalloc nodelalloc auto_da_alloc noauto_da_alloc
+    block_validity noblock_validity init_itable noinit_itable
+""".split())
+_EXT4_ONLY_VALUED = ("data=", "journal_ioprio=", "resuid=", "resgid=", "sb=", "stripe=",
+                     "max_batch_time=", "min_batch_time=", "inode_readahead_blks=")
 # Same meaning, other spelling.
 _RENAMED = {"uquota": "usrquota", "gquota": "grpquota", "pquota": "prjquota",
             "discard=async": "discard", "discard=sync": "discard"}
@@ -142,13 +175,24 @@ class RootEntryChange:
 
 def ext4_options(options: str) -> tuple[str, list[str]]:
     """(options ext4 accepts, the ones dropped) for an entry written for another type. Pure."""
+    return options_for(options, "ext4")
+
+
+def options_for(options: str, fstype: str) -> tuple[str, list[str]]:
+    """(options ``fstype`` accepts, the ones dropped) for an entry written for another type.
+    Pure."""
     kept: list[str] = []
     dropped: list[str] = []
+    own = _TYPE_OPTIONS.get(fstype, frozenset())
+    own_valued = _TYPE_VALUED.get(fstype, ())
     for opt in options.split(","):
         if not opt:
             continue
-        opt = _RENAMED.get(opt, opt)
-        if opt in _GENERIC_OPTIONS or opt.startswith(_GENERIC_VALUED):
+        if fstype == "ext4":
+            opt = _RENAMED.get(opt, opt)
+        ext4_only = fstype != "ext4" and (opt in _EXT4_ONLY or opt.startswith(_EXT4_ONLY_VALUED))
+        generic = opt in _GENERIC_OPTIONS or opt.startswith(_GENERIC_VALUED)
+        if (generic and not ext4_only) or opt in own or opt.startswith(own_valued):
             if opt not in kept:
                 kept.append(opt)
         else:
@@ -188,12 +232,14 @@ def retarget_root(text: str, *, fstype: str, label: str | None, uuid: str
         if kind not in (fstype, "auto"):
             fields[2] = fstype
             reasons.append(f"the image's filesystem is {fstype}, not {kind}")
-            options, dropped = ext4_options(fields[3] if len(fields) > 3 else "defaults")
+            options, dropped = options_for(fields[3] if len(fields) > 3 else "defaults", fstype)
             fields[3:4] = [options]
             while len(fields) < 6:
                 fields.append("0")
-            if fields[5] == "0":
+            if fstype == "ext4" and fields[5] == "0":
                 fields[5] = "1"  # xfs/btrfs roots say 0 (no boot-time fsck); ext4's is 1
+            elif fstype != "ext4" and fields[5] != "0":
+                fields[5] = "0"  # fsck.xfs/fsck.btrfs do nothing at boot: the usual 0
         if not reasons:
             return text, None
         seps = tokens[1::2] + [" "] * (len(fields) - 1 - len(tokens[1::2]))

@@ -4,14 +4,17 @@ touch-ups.
 The population step takes the staging tree (``staging``, a private copy of the selection) and
 writes the filesystem: for ext4 ``mke2fs -d``, then debugfs for what mke2fs -d does not carry
 (the root's mode, classic /dev nodes, inode flags such as ``chattr +i``, and extended attributes
-too large for an inode and one block, which need ``ea_inode``). Another filesystem type plugs
-in as another ``make_filesystem`` taking the same staging tree and ``StageStats``.
+too large for an inode and one block, which need ``ea_inode``). XFS and btrfs have modules
+of their own (``xfs``: a loop-mounted image filled by ``treecopy``; ``btrfs``: ``mkfs.btrfs
+--rootdir``); ``make_filesystem``, ``min_fs_mib`` and ``fsck`` dispatch on
+``FsParams.fs_type``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +34,7 @@ BLOCK = 4096
 INODE_SIZE = 256
 MAX_IMAGE_MIB = 10240
 DEFAULT_LABEL = "cloudimg-rootfs"
-FS_TYPE = "ext4"   # the type of every image make_filesystem writes
+FS_TYPE = "ext4"   # the default type (fstype.resolve picks the one a run makes)
 # Classic device nodes every image gets in /dev (spec §8.5), for the boot before devtmpfs.
 CLASSIC_DEV_NODES = (("null", "c", 1, 3, 0o666), ("zero", "c", 1, 5, 0o666),
                      ("tty", "c", 5, 0, 0o666), ("console", "c", 5, 1, 0o600))
@@ -79,8 +82,15 @@ def fs_overhead(fs_bytes: int, inodes: int, conf: dict | None = None) -> int:
             + groups * 3 * BLOCK + fs_bytes // 256 + 4 * MIB)
 
 
-def min_fs_mib(selection: Selection) -> int:
-    """Smallest filesystem (MiB) the selection fits in, estimated before running mke2fs."""
+def min_fs_mib(selection: Selection, fs_type: str = FS_TYPE) -> int:
+    """Smallest filesystem (MiB) of ``fs_type`` the selection fits in, estimated before
+    running mkfs."""
+    if fs_type == "xfs":
+        from . import xfs
+        return xfs.min_fs_mib(selection)
+    if fs_type == "btrfs":
+        from . import btrfs
+        return btrfs.min_fs_mib(selection)
     used = selection.used_bytes
     inodes = inodes_needed(selection)
     conf = mke2fsconf.load()
@@ -92,10 +102,10 @@ def min_fs_mib(selection: Selection) -> int:
     return -(-max(size, used + fs_overhead(size, inodes, conf)) // MIB)
 
 
-def default_fs_mib(selection: Selection) -> int:
+def default_fs_mib(selection: Selection, fs_type: str = FS_TYPE) -> int:
     """Used space plus headroom for the first boot (logs, package updates)."""
     used_mib = -(-selection.used_bytes // MIB)
-    return max(min_fs_mib(selection), -(-(used_mib * 12) // 10) + 256)
+    return max(min_fs_mib(selection, fs_type), -(-(used_mib * 12) // 10) + 256)
 
 
 # ------------------------------------------------------------------------------- mke2fs
@@ -111,6 +121,7 @@ class FsParams:
     offset: int = 0
     inodes: int | None = None
     ea_inode: bool = False     # xattrs larger than a block (GRUB cannot read such a filesystem)
+    fs_type: str = FS_TYPE     # ext4 | xfs | btrfs
 
 
 def mke2fs_command(staging: Path, image: Path, p: FsParams) -> list[str]:
@@ -132,8 +143,45 @@ def mke2fs_command(staging: Path, image: Path, p: FsParams) -> list[str]:
     return cmd
 
 
-def make_filesystem(staging: Path, image: Path, p: FsParams, *, min_mib: int) -> None:
-    """Run mke2fs -d into ``image`` (at ``p.offset``); 'no space' becomes a sizing message."""
+def make_filesystem(staging: Path, image: Path, p: FsParams, *, min_mib: int,
+                    stats: StageStats | None = None, workdir: Path | None = None,
+                    dev_nodes: bool = False, check: bool = True,
+                    selection: Selection | None = None) -> list[str]:
+    """Write the filesystem ``p.fs_type`` of the staging tree into ``image`` (at
+    ``p.offset``); 'no space' becomes a sizing message. Returns warnings (what the type could
+    not keep). ext4's touch-up (``touch_up``) and check (``fsck``) are separate steps; XFS
+    and btrfs are checked here (``check``), before the image leaves the loop device or the
+    file it was built in."""
+    if p.fs_type == "ext4":
+        _mke2fs(staging, image, p, min_mib=min_mib)
+        return []
+    work = workdir or image.parent
+    flags = list(stats.flags) if stats is not None else []
+    pending = list(stats.pending_xattrs) if stats is not None else []
+    if p.fs_type == "xfs":
+        from . import xfs
+        return xfs.make_filesystem(
+            staging, image, offset=p.offset, size_bytes=p.size_bytes, uuid=p.uuid,
+            label=p.label, root_uid=p.root_uid, root_gid=p.root_gid, root_mode=p.root_mode,
+            min_mib=min_mib, workdir=work, flags=flags, pending_xattrs=pending,
+            dev_nodes=dev_nodes, check=check)
+    if p.fs_type == "btrfs":
+        from . import btrfs
+        entries = selection.entries if selection is not None else []
+        ns = sum(1 for e in entries if e.st_mtime_ns % 1_000_000_000)
+        sparse = sum(1 for e in entries if e.kind == "file" and e.st_blocks is not None
+                     and e.st_blocks * 512 < e.st_size)
+        nodes = sum(1 for e in entries if stat.S_ISCHR(e.st_mode) or stat.S_ISBLK(e.st_mode))
+        return btrfs.make_filesystem(
+            staging, image, offset=p.offset, size_bytes=p.size_bytes, uuid=p.uuid,
+            label=p.label, root_uid=p.root_uid, root_gid=p.root_gid, root_mode=p.root_mode,
+            min_mib=min_mib, workdir=work, flags=flags, pending_xattrs=pending,
+            dev_nodes=dev_nodes, ns_mtimes=ns, sparse_files=sparse, device_nodes=nodes,
+            check=check)
+    raise VolumeError(f"unknown filesystem type {p.fs_type!r}")
+
+
+def _mke2fs(staging: Path, image: Path, p: FsParams, *, min_mib: int) -> None:
     try:
         run(mke2fs_command(staging, image, p))
     except ToolError as exc:
@@ -280,8 +328,11 @@ def touch_up(image: Path, *, offset: int, root_mode: int, dev_nodes: bool,
     return warnings
 
 
-def fsck(image: Path, *, offset: int = 0) -> None:
-    """e2fsck -fn the fresh filesystem: a failure here is our bug, not the user's."""
+def fsck(image: Path, *, offset: int = 0, fs_type: str = FS_TYPE) -> None:
+    """e2fsck -fn the fresh filesystem: a failure here is our bug, not the user's. XFS and
+    btrfs were checked by make_filesystem (xfs_repair -n / btrfs check)."""
+    if fs_type != "ext4":
+        return
     target = f"{image}?offset={offset}" if offset else str(image)
     run(["e2fsck", "-f", "-n", target])
 
@@ -309,7 +360,9 @@ def source_identity(volume: Path, mounts: list) -> FsIdentity:
     if mount is None or not mount.source.startswith("/dev/"):
         return FsIdentity(None, None, getattr(mount, "fstype", None), None)
     try:
-        out = run(["blkid", "-o", "export", mount.source], timeout=10).stdout.decode()
+        # -p: the device's own superblock, not the blkid cache (a loop device reused since
+        # the cache was written names another filesystem there).
+        out = run(["blkid", "-p", "-o", "export", mount.source], timeout=10).stdout.decode()
     except VolumeError as exc:
         log.info("no filesystem label/UUID for %s: %s", mount.source, exc)
         return FsIdentity(None, None, mount.fstype, mount.source)
@@ -317,14 +370,15 @@ def source_identity(volume: Path, mounts: list) -> FsIdentity:
     name = split_device(mount.source)
     log.info("source filesystem on %s: disk %s, %s", mount.source, name.disk,
              f"partition {name.partition}" if name.partition else "whole device")
-    return FsIdentity(tags.get("LABEL"), tags.get("UUID"), tags.get("TYPE", mount.fstype),
+    # The type the kernel mounted is the truth; blkid's answer only where /proc has none.
+    return FsIdentity(tags.get("LABEL"), tags.get("UUID"), mount.fstype or tags.get("TYPE"),
                       mount.source)
 
 
-def check_label(label: str) -> str:
-    if len(label.encode()) > 16:
-        raise VolumeError(f"filesystem label {label!r} is longer than 16 bytes (ext4 limit)")
-    return label
+def check_label(label: str, fs_type: str = FS_TYPE) -> str:
+    from .fstype import check_label as check
+
+    return check(label, fs_type)
 
 
 def check_uuid(value: str) -> str:

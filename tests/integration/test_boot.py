@@ -108,7 +108,7 @@ def test_mbr_image_has_grub(tree: Path, tmp_path: Path):
     assert disk[(1 + used) * 512:2048 * 512] == bytes((2047 - used) * 512)  # nothing else in the gap
     cfg = debugfs(image, "cat /boot/grub/grub.cfg")
     assert f"search --no-floppy --fs-uuid --set=root {UUID}" in cfg and "insmod part_msdos" in cfg
-    assert (f"linux /boot/vmlinuz-{KERNEL} root=UUID={UUID} ro console=tty0 "
+    assert (f"linux /boot/vmlinuz-{KERNEL} root=UUID={UUID} rootfstype=ext4 ro console=tty0 "
             "console=ttyS0,115200n8 nvme_core.io_timeout=255") in cfg
     assert f"initrd /boot/initrd.img-{KERNEL}" in cfg
     assert debugfs(image, "cat /boot/grub/grub.cfg.orig") == "# the source system's own config\n"
@@ -148,7 +148,7 @@ def test_menu_lst_for_pv(tree: Path, tmp_path: Path):
     text = subprocess.run(["debugfs", "-R", "cat /boot/grub/menu.lst", str(result.image_path)],
                           capture_output=True, text=True, check=True).stdout
     assert "root (hd0)\n" in text
-    assert f"kernel /boot/vmlinuz-{KERNEL} root=LABEL=cloudimg-rootfs ro console=hvc0" in text
+    assert f"kernel /boot/vmlinuz-{KERNEL} root=LABEL=cloudimg-rootfs rootfstype=ext4 ro console=hvc0" in text
     assert result.image_path.read_bytes()[:1024] == bytes(1024)  # no boot code: plain ext4
 
 

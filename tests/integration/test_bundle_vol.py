@@ -205,7 +205,7 @@ def test_mke2fs_full_is_translated(rootfs, tmp_path, monkeypatch):
     from bundler.volume import imagefs
 
     (rootfs / "var/lib/blob").write_bytes(os.urandom(12 * 1024 * 1024))
-    monkeypatch.setattr(imagefs, "min_fs_mib", lambda selection: 1)
+    monkeypatch.setattr(imagefs, "min_fs_mib", lambda selection, fs_type="ext4": 1)
     with pytest.raises(VolumeError, match=r"filled up; the image needs at least \d+ MiB"):
         bundle_volume(VolumeConfig(volume=rootfs, destination=tmp_path, clone_only=True, size_mib=6))
 

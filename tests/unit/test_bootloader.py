@@ -172,7 +172,7 @@ def test_grub_cfg():
     assert f"search --no-floppy --fs-uuid --set=root {UUID}" in cfg
     assert "terminal_output serial console" in cfg
     linux = [ln.strip() for ln in cfg.splitlines() if ln.strip().startswith("linux ")]
-    assert linux[0] == (f"linux /boot/vmlinuz-6.2 root=UUID={UUID} ro console=tty0 "
+    assert linux[0] == (f"linux /boot/vmlinuz-6.2 root=UUID={UUID} rootfstype=ext4 ro console=tty0 "
                         "console=ttyS0,115200n8 nvme_core.io_timeout=4294967295")
     assert linux[1].startswith("linux /boot/vmlinuz-6.1 ")
     assert cfg.count("initrd ") == 1
@@ -185,7 +185,7 @@ def test_menu_lst():
     text = bl.menu_lst(kernels, root="LABEL=cloudimg-rootfs", scheme="none", title="Deb")
     assert text.splitlines()[1:4] == ["default 0", "timeout 0", "hiddenmenu"]
     assert "title Deb (6.1)\nroot (hd0)\n" in text
-    assert "kernel /boot/vmlinuz-6.1 root=LABEL=cloudimg-rootfs ro console=hvc0\n" in text
+    assert "kernel /boot/vmlinuz-6.1 root=LABEL=cloudimg-rootfs rootfstype=ext4 ro console=hvc0\n" in text
     assert "initrd /boot/initrd.img-6.1\n" in text
     assert "root (hd0,0)" in bl.menu_lst(kernels, root="UUID=x", scheme="mbr", title="D")
 
@@ -290,7 +290,7 @@ def test_prepare_writes_grub_files_without_touching_links(tmp_path: Path, monkey
     assert source.read_text() == "old config\n"
     assert (tree / "boot/grub/grub.cfg.orig").read_text() == "old config\n"
     cfg = (tree / "boot/grub/grub.cfg").read_text()
-    assert f"root=UUID={UUID} ro console=tty0 console=ttyS0,115200n8 quiet" in cfg
+    assert f"root=UUID={UUID} rootfstype=ext4 ro console=tty0 console=ttyS0,115200n8 quiet" in cfg
     mods = sorted(p.name for p in (tree / "boot/grub/i386-pc").iterdir())
     assert "stale.mod" not in mods and "normal.mod" in mods and "command.lst" in mods
     assert "boot.img" not in mods
@@ -302,7 +302,7 @@ def test_prepare_menu_lst(tmp_path: Path):
     plan = prepare(tree, scheme="none", generate_menu_lst=True)
     assert plan.menu_lst and plan.installed == "none" and plan.warnings == []
     text = (tree / "boot/grub/menu.lst").read_text()
-    assert "root=LABEL=cloudimg-rootfs ro console=hvc0" in text and "root (hd0)\n" in text
+    assert "root=LABEL=cloudimg-rootfs rootfstype=ext4 ro console=hvc0" in text and "root (hd0)\n" in text
     (tree / "boot/grub/menu.lst").write_text("mine\n")
     assert not prepare(tree, scheme="none", generate_menu_lst=True).menu_lst
     assert (tree / "boot/grub/menu.lst").read_text() == "mine\n"
