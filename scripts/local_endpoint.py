@@ -34,19 +34,24 @@ def start_local_endpoint() -> tuple[str, Callable[[], None]]:
 
     endpoint = StrictEndpoint()
     url = endpoint.start()
-    global CERT_DIR
+    global CERT_DIR, SECOND_ROLE_ARN
     CERT_DIR = endpoint.keys.cert_dir
+    # a second account, reached with AssumeRole from the `testing` credentials' account
+    SECOND_ROLE_ARN = endpoint.make_role("210987654321")
     return url, endpoint.stop
 
 
 CERT_DIR: Path | None = None  # the stand-in EC2's certificates, once started
+SECOND_ROLE_ARN: str | None = None  # a role in a second account that the first may assume
 
 
 def env_lines(url: str, region: str = "us-east-1") -> list[str]:
     # The tool finds the stand-in EC2's certificates as it would an ec2-ami-tools directory.
-    certs = [f"export AMI_BUNDLER_EC2_CERT_DIR={CERT_DIR}"] if CERT_DIR else []
+    extra = [f"export AMI_BUNDLER_EC2_CERT_DIR={CERT_DIR}"] if CERT_DIR else []
+    if SECOND_ROLE_ARN:  # for plans with two accounts (not read by the tool itself)
+        extra.append(f"export LOCAL_AWS_SECOND_ROLE_ARN={SECOND_ROLE_ARN}")
     return [
-        *certs,
+        *extra,
         f"export AWS_ENDPOINT_URL={url}",
         "export AWS_ACCESS_KEY_ID=testing",
         "export AWS_SECRET_ACCESS_KEY=testing",

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -90,3 +91,26 @@ def strict_aws() -> Iterator[object]:
     endpoint.start()
     yield endpoint
     endpoint.stop()
+
+
+@dataclass(frozen=True)
+class StrictAccounts:
+    """Two accounts in the strict local AWS: ``base`` (the fake ``testing`` credentials' account)
+    and ``second``, reached by assuming ``role_arn`` (its trust policy names ``base``);
+    ``untrusted_role_arn`` exists in ``second`` but trusts nobody (AssumeRole → AccessDenied)."""
+
+    endpoint: object
+    base: str
+    second: str
+    role_arn: str
+    untrusted_role_arn: str
+
+
+@pytest.fixture(scope="session")
+def strict_aws_accounts(strict_aws: Any) -> StrictAccounts:
+    from tests.support.strictaws import accounts
+
+    role = strict_aws.make_role(accounts.SECOND_ACCOUNT, accounts.PUBLISH_ROLE)
+    untrusted = strict_aws.make_role(accounts.SECOND_ACCOUNT, accounts.UNTRUSTED_ROLE, trusted=())
+    return StrictAccounts(strict_aws, accounts.BASE_ACCOUNT, accounts.SECOND_ACCOUNT, role,
+                          untrusted)

@@ -7,8 +7,9 @@ checks need the S3 state (objects, ACLs) that only the server holds, and one pro
 stand-in fast. Everything that starts a local endpoint — the integration fixtures,
 ``tests/support/s3kit.MotoEndpoint``, ``scripts/local_endpoint.py`` (benchmarks, demo) — goes
 through ``StrictEndpoint``. See ``s3rules``, ``ec2images`` and ``bundlecheck`` for what is
-enforced, and ``keyring`` for the stand-in EC2's own key pairs (one per partition and one
-opt-in region), whose certificates the tool gets through ``--ec2cert-dir``.
+enforced, ``accounts`` for several accounts (STS AssumeRole, per-account S3 and images, launch
+permissions across accounts), and ``keyring`` for the stand-in EC2's own key pairs (one per
+partition and one opt-in region), whose certificates the tool gets through ``--ec2cert-dir``.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ READY_TIMEOUT = 15.0
 
 def install() -> None:
     """Patch moto in this process (idempotent)."""
-    from . import ec2images, s3rules
+    from . import accounts, ec2images, s3rules
 
     s3rules.install()
     ec2images.install()
+    accounts.install()  # after both: it wraps their S3 handlers and replaces DescribeImages
 
 
 def wait_ready(host: str, port: int, timeout: float = READY_TIMEOUT) -> None:
@@ -62,6 +64,16 @@ class StrictEndpoint:
         from .keyring import keyring
 
         return keyring()
+
+    def make_role(self, account: str, name: str = "ami-bundler-publish", *,
+                  trusted: tuple[str, ...] = ("123456789012",), external_id: str | None = None,
+                  max_session: int = 3600) -> str:
+        """A role in ``account`` that ``trusted`` (account ids or principal ARNs) may assume
+        (see ``accounts``); returns its ARN. The server must be running in this process."""
+        from .accounts import make_role
+
+        return make_role(account, name, trusted=trusted, external_id=external_id,
+                         max_session=max_session)
 
     def start(self) -> str:
         install()
