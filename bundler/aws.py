@@ -192,6 +192,18 @@ def ec2_client(opts: AwsOptions, *, session: boto3.Session | None = None, region
     return client
 
 
+def sts_client(opts: AwsOptions, *, session: boto3.Session | None = None,
+               region: str | None = None) -> Any:
+    """STS in ``region``, at that region's own endpoint (botocore's default
+    ``sts_regional_endpoints = regional``): no dependency on us-east-1 being reachable."""
+    session = session or make_session(opts)
+    region = region or session_region(session, opts)
+    client = session.client("sts", endpoint_url=opts.endpoint_url,
+                            config=_config(opts, region, pool=2, path_style=False))
+    log.debug("sts client: region %s endpoint %s", region, client.meta.endpoint_url)
+    return client
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -298,4 +310,5 @@ __all__ = [
     "response_header",
     "s3_client",
     "session_region",
+    "sts_client",
 ]

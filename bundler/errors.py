@@ -119,6 +119,13 @@ class EC2Error(BundlerError):
     code = "ec2"
 
 
+class AccountError(EC2Error):
+    """An account cannot be reached as itself: AssumeRole refused, or the credentials (or the
+    role) belong to another account than the one named. Exit 4 with the other AWS API errors."""
+
+    code = "account"
+
+
 class VolumeError(BundlerError):
     """Building a disk image from a root filesystem failed."""
 

@@ -42,6 +42,14 @@ def _iso(value: Any) -> str:
     return when.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
+def set_creation_date(account: str, region: str, image_id: str,
+                      when: datetime.datetime) -> None:
+    """Backdate an image (a test's setup: retention by age needs AMIs of different ages)."""
+    from moto.ec2.models import ec2_backends
+
+    ec2_backends[account][region].amis[image_id].creation_date = when
+
+
 def install() -> None:
     global _installed
     if _installed:
