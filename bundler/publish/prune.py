@@ -207,8 +207,9 @@ def plan_images(ec2: Any, plan: str, plan_tag: str) -> list[dict[str, Any]]:
 
 
 def _protected(image: Mapping[str, Any]) -> bool:
-    # "disabled", "enabled", "enabled-with-cooldown" (and a date suffix while cooling down)
-    return not str(image.get("DeregistrationProtection") or "disabled").startswith("disabled")
+    # "enabled-without-cooldown", "enabled-with-cooldown", or "disabled"; anything else (a
+    # cooldown still running) is treated as protected: DeregisterImage would refuse it anyway
+    return str(image.get("DeregistrationProtection") or "disabled") != "disabled"
 
 
 class _Bundles:

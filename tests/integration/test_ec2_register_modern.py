@@ -33,7 +33,7 @@ def test_modern_register(capsys, endpoint, proxy, s3, ec2, bucket, uploaded):  #
     assert sorted((t["Key"], t["Value"]) for t in image["Tags"]) == [("os", "debian"), ("team", "infra")]
     assert image["ImdsSupport"] == "v2.0"
     assert image["DeprecationTime"].startswith("2031-05-06T07:08")
-    assert image["DeregistrationProtection"] == "enabled"
+    assert image["DeregistrationProtection"] == "enabled-without-cooldown"
     perms = ec2.describe_image_attribute(ImageId=image["ImageId"], Attribute="launchPermission")["LaunchPermissions"]
     assert {"UserId": "111122223333"} in perms
     assert {"OrganizationArn": ORG} in perms and {"OrganizationalUnitArn": OU} in perms

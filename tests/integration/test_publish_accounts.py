@@ -36,7 +36,8 @@ def test_own_account_and_an_assumed_one(base, opts, strict_aws_accounts):
     s3_client(opts, session=other.session).create_bucket(Bucket=bucket)
     names = [b["Name"] for b in s3_client(opts, session=other.session).list_buckets()["Buckets"]]
     assert bucket in names
-    assert bucket not in [b["Name"] for b in s3_client(opts, session=base).list_buckets()["Buckets"]]
+    mine = s3_client(opts, session=base).list_buckets()["Buckets"]
+    assert bucket not in [b["Name"] for b in mine]
 
 
 def test_credentials_refresh_before_they_expire(base, opts, strict_aws_accounts):

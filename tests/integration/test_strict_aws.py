@@ -119,7 +119,7 @@ def test_register_image_keeps_what_ec2_reports(s3, ec2, bucket, bundle):
     ec2.enable_image_deregistration_protection(ImageId=image_id)
     image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
     assert image["DeprecationTime"].startswith("2030-01-02T03:04")
-    assert image["DeregistrationProtection"] == "enabled"
+    assert image["DeregistrationProtection"] == "enabled-without-cooldown"
     with pytest.raises(bexc.ClientError):
         ec2.deregister_image(ImageId=image_id)
     ec2.disable_image_deregistration_protection(ImageId=image_id)

@@ -178,7 +178,8 @@ def install() -> None:
         self.error_on_dryrun()
         image = _image(self)
         cooldown = self._get_bool_param("WithCooldown") or False
-        image.deregistration_protection = "enabled-with-cooldown" if cooldown else "enabled"
+        image.deregistration_protection = ("enabled-with-cooldown" if cooldown
+                                           else "enabled-without-cooldown")  # as EC2 says it
         return ActionResult({"Return": image.deregistration_protection})
 
     def disable_image_deregistration_protection(self: Any) -> Any:
