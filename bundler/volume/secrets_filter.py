@@ -109,7 +109,10 @@ def secret_by_name(rel: str) -> str | None:
 
 def private_key_in(data: bytes, name: str = "") -> str | None:
     """What kind of private key ``data`` (a file's first bytes) holds, or None. Pure."""
-    match = _PEM_PRIVATE.search(data)
+    # Every armored form names "PRIVATE KEY" or PuTTY's header: two substring searches (C
+    # speed) spare nearly every file the regular expression, which was most of the scan's time.
+    match = (_PEM_PRIVATE.search(data)
+             if b"PRIVATE KEY" in data or b"PuTTY-User-Key-File-" in data else None)
     if match:
         text = match.group(0)
         if text.startswith(b"PuTTY"):
