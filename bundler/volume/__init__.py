@@ -35,9 +35,9 @@ from ..errors import OutputError, UsageError, VolumeError
 from ..parts import VOLUME_KIND, DirectorySink, remove_stale, temp_name
 from ..progress import NULL_PROGRESS, ProgressListener
 from . import bootloader as bootlib
+from . import ext4feed, imagefs, loopdev, partition
 from . import fstab as fstablib
 from . import fstype as fstypelib
-from . import imagefs, loopdev, partition
 from . import staging as stagelib
 from .devices import DeviceName
 from .partition import MIB, Scheme
@@ -50,6 +50,7 @@ from .selection import (
     SelectionConfig,
     host_mounts,
     host_swap_files,
+    scan_deferred,
     select_files,
 )
 
@@ -87,6 +88,9 @@ class VolumeConfig:
     kernel_cmdline: str = ""               # extra kernel arguments (grub.cfg / menu.lst)
     generate_menu_lst: bool = False        # /boot/grub/menu.lst for PV-GRUB when missing
     fs_type: fstypelib.FsChoice = "auto"   # auto = the source root's type, ext4 for a directory
+    # ext4 population: "auto" streams the selection into debugfs (ext4feed) where it can,
+    # "staging" always copies the selection into a staging tree for mke2fs -d.
+    population: str = "auto"
 
     @property
     def boot_options(self) -> bootlib.BootOptions:
@@ -142,6 +146,8 @@ class VolumeResult:
             "unmatched_includes": [display(p) for p in self.selection.unmatched_includes],
             "staged": {"copied": self.stage.copied, "reflinked": self.stage.reflinked,
                        "hard_links": self.stage.linked, "bytes": self.stage.copied_bytes,
+                       # written straight from the source by the ext4 feed (no copy)
+                       "fed": self.stage.fed, "fed_bytes": self.stage.fed_bytes,
                        "inode_flags": len(self.stage.flags),
                        "oversize_xattrs_kept": len({x.rel for x in self.stage.pending_xattrs}),
                        "oversize_xattrs_dropped": [
@@ -209,7 +215,7 @@ def check_preconditions(config: VolumeConfig) -> None:
 
 
 def select_volume(config: VolumeConfig, *, extra_hard_excludes: dict[Path, str] | None = None,
-                  mounts=None, swap_files=None) -> Selection:
+                  mounts=None, swap_files=None, defer_scan: bool = False) -> Selection:
     """Run the file selection for ``config`` (host mounts and swaps read from /proc)."""
     live = is_live_root(config.volume)
     hard = {Path(config.destination).resolve(): "destination directory"}
@@ -227,6 +233,7 @@ def select_volume(config: VolumeConfig, *, extra_hard_excludes: dict[Path, str] 
         mounts=host_mounts() if mounts is None else mounts,
         mount_policy=config.mount_policy,
         swap_files=host_swap_files() if swap_files is None else swap_files,
+        defer_scan=defer_scan,
     )
     return select_files(sel_config)
 
@@ -281,11 +288,20 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
     fs_type, fs_why = fstypelib.resolve(config.fs_type, identity.fstype)
     fstypelib.require(fs_type, fs_why)   # before reading the tree: the type is never changed
     log.info("image filesystem: %s (%s)", fs_type, fs_why)
-    selection = select_volume(config, mounts=mounts,
+    # The ext4 feed writes a plain ext4 image (no GRUB: its files need the whole tree staged)
+    # and scans for secrets on the descriptors it opens for the copy.
+    feed = config.population != "staging" and config.partition == "none" and fs_type == "ext4"
+    selection = select_volume(config, mounts=mounts, defer_scan=feed,
                               extra_hard_excludes={private: "bundle-vol work directory"})
+    why_not = ext4feed.unsupported(selection) if feed else None
+    if why_not is not None:
+        log.info("populating through a staging tree: %s", why_not)
+        feed = False
+    if not feed:
+        scan_deferred(selection)
     timings["select"] = time.monotonic() - t0
     log.info("%d entries selected, %d left out", len(selection.entries), len(selection.excluded))
-    if on_selection is not None:
+    if on_selection is not None and not feed:
         on_selection(selection)
 
     disk_mib, min_disk = plan_size(config, selection, fs_type)
@@ -310,7 +326,12 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
         spool = private / "xattrs"
         os.mkdir(spool, 0o700)
         xpolicy = stagelib.XattrPolicy(keep=not config.drop_oversize_xattrs, spool_dir=spool)
-        stats = stagelib.stage(selection, staging, xattrs=xpolicy)
+        if feed:
+            # Only what the tool reads or rewrites is staged; the feed writes the rest.
+            scan_deferred(selection, lambda rel: ext4feed.staged(rel, False))
+            stats = stagelib.stage(ext4feed.staged_subset(selection), staging, xattrs=xpolicy)
+        else:
+            stats = stagelib.stage(selection, staging, xattrs=xpolicy)
         check_staged(stats, config, grub_possible)
         fstab_change = fstab_warning = None
         if fstab_bytes is not None:
@@ -346,15 +367,31 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
             inodes=imagefs.inodes_needed(selection) + 1024,
             ea_inode=bool(stats.pending_xattrs) and fs_type == "ext4", fs_type=fs_type)
         dev_nodes = any(e.rel == "dev" and e.kind == "dir" for e in selection.entries)
-        for warning in imagefs.make_filesystem(staging, tmp_image, params, min_mib=min_disk,
-                                               stats=stats, workdir=private,
+        for warning in imagefs.make_filesystem(None if feed else staging, tmp_image, params,
+                                               min_mib=min_disk, stats=stats, workdir=private,
                                                dev_nodes=dev_nodes, check=config.fsck,
                                                selection=selection):
             boot_plan.warn(warning)
+        if feed:
+            try:
+                left_out, warnings = ext4feed.populate(selection, staging, tmp_image,
+                                                       offset=layout.fs_offset, stats=stats,
+                                                       xattrs=xpolicy)
+            except ext4feed.DebugfsError as exc:
+                full = imagefs.explain_full(exc.stderr, tmp_image, params, min_mib=min_disk)
+                if full is not None:
+                    raise full from exc
+                raise
+            drop_entries(selection, left_out, warnings)
+            check_staged(stats, config, grub_possible)
+            if on_selection is not None:
+                on_selection(selection)
         if fs_type == "ext4":
+            # The feed set mtimes and flags itself; the staged ones' flags are in stats.
             for warning in imagefs.touch_up(tmp_image, offset=layout.fs_offset,
                                             root_mode=params.root_mode, dev_nodes=dev_nodes,
-                                            selection=selection, stats=stats, workdir=private):
+                                            selection=None if feed else selection, stats=stats,
+                                            workdir=private):
                 boot_plan.warn(warning)
         partition.write_table(tmp_image, layout, disk_id=uuidlib.UUID(fs_uuid))
         bootlib.check_filesystem(tmp_image, layout.fs_offset, boot_plan, fs_type=fs_type)
@@ -401,6 +438,17 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
         timings["cleanup"] = time.monotonic() - t
     timings["total"] = time.monotonic() - t0
     return result
+
+
+def drop_entries(selection: Selection, left_out: list, warnings: list[str]) -> None:
+    """Entries the population left out (the feed's secret scan) move to the exclusions."""
+    for message in warnings:
+        log.warning("%s", message)
+    selection.warnings.extend(warnings)
+    if left_out:
+        selection.excluded.extend(left_out)
+        drop = {x.rel for x in left_out}
+        selection.entries = [e for e in selection.entries if e.rel not in drop]
 
 
 def check_staged(stats: stagelib.StageStats, config: VolumeConfig, grub_possible: bool) -> None:

@@ -124,15 +124,18 @@ class FsParams:
     fs_type: str = FS_TYPE     # ext4 | xfs | btrfs
 
 
-def mke2fs_command(staging: Path, image: Path, p: FsParams) -> list[str]:
-    """The mke2fs argv (pure): ext4, 4 KiB blocks, populated from the staging tree."""
+def mke2fs_command(staging: Path | None, image: Path, p: FsParams) -> list[str]:
+    """The mke2fs argv (pure): ext4, 4 KiB blocks, populated from the staging tree (empty
+    without one: ``ext4feed`` populates it then)."""
     ext = [f"root_owner={p.root_uid}:{p.root_gid}"]
     if p.offset:
         ext.append(f"offset={p.offset}")
     # -I 256 whatever mke2fs.conf says for small sizes: 128-byte inodes have no room for
     # nanosecond timestamps or in-inode xattrs.
     cmd = ["mke2fs", "-q", "-F", "-t", "ext4", "-b", str(BLOCK), "-I", str(INODE_SIZE),
-           "-U", p.uuid, "-E", ",".join(ext), "-d", str(staging)]
+           "-U", p.uuid, "-E", ",".join(ext)]
+    if staging is not None:
+        cmd += ["-d", str(staging)]
     if p.ea_inode:
         cmd += ["-O", "ea_inode"]
     if p.label:
@@ -143,7 +146,7 @@ def mke2fs_command(staging: Path, image: Path, p: FsParams) -> list[str]:
     return cmd
 
 
-def make_filesystem(staging: Path, image: Path, p: FsParams, *, min_mib: int,
+def make_filesystem(staging: Path | None, image: Path, p: FsParams, *, min_mib: int,
                     stats: StageStats | None = None, workdir: Path | None = None,
                     dev_nodes: bool = False, check: bool = True,
                     selection: Selection | None = None) -> list[str]:
@@ -151,10 +154,12 @@ def make_filesystem(staging: Path, image: Path, p: FsParams, *, min_mib: int,
     ``p.offset``); 'no space' becomes a sizing message. Returns warnings (what the type could
     not keep). ext4's touch-up (``touch_up``) and check (``fsck``) are separate steps; XFS
     and btrfs are checked here (``check``), before the image leaves the loop device or the
-    file it was built in."""
+    file it was built in. ``staging`` None: an empty ext4 filesystem, for ``ext4feed``."""
     if p.fs_type == "ext4":
         _mke2fs(staging, image, p, min_mib=min_mib)
         return []
+    if staging is None:
+        raise VolumeError(f"internal error: {p.fs_type} is populated from a staging tree")
     work = workdir or image.parent
     flags = list(stats.flags) if stats is not None else []
     pending = list(stats.pending_xattrs) if stats is not None else []
@@ -181,24 +186,32 @@ def make_filesystem(staging: Path, image: Path, p: FsParams, *, min_mib: int,
     raise VolumeError(f"unknown filesystem type {p.fs_type!r}")
 
 
-def _mke2fs(staging: Path, image: Path, p: FsParams, *, min_mib: int) -> None:
+def _mke2fs(staging: Path | None, image: Path, p: FsParams, *, min_mib: int) -> None:
     try:
         run(mke2fs_command(staging, image, p))
     except ToolError as exc:
-        low = exc.stderr.lower()
-        if "no space left on device" in low or "file too large" in low:
-            # The disk holding the image file is full (or ulimit -f): no -s helps.
-            raise VolumeError(
-                f"no space left in {image.parent} for the {p.size_bytes // MIB} MiB image file: "
-                "free space there or put it elsewhere with --image-dir"
-            ) from exc
-        if any(s in low for s in ("could not allocate block", "no space left",
-                                  "could not allocate inode", "no free space")):
-            need = max(min_mib, -(-(p.size_bytes * 11 // 10) // MIB))
-            raise VolumeError(
-                f"image too small: the {p.size_bytes // MIB} MiB filesystem filled up; the image "
-                f"needs at least {need} MiB (use -s/--size)") from exc
+        full = explain_full(exc.stderr, image, p, min_mib=min_mib)
+        if full is not None:
+            raise full from exc
         raise
+
+
+def explain_full(stderr: str, image: Path, p: FsParams, *, min_mib: int) -> VolumeError | None:
+    """The sizing message for a population that ran out of space (mke2fs -d or the ext4 feed),
+    or None when ``stderr`` says something else."""
+    low = stderr.lower()
+    if "no space left on device" in low or "file too large" in low:
+        # The disk holding the image file is full (or ulimit -f): no -s helps.
+        return VolumeError(
+            f"no space left in {image.parent} for the {p.size_bytes // MIB} MiB image file: "
+            "free space there or put it elsewhere with --image-dir")
+    if any(s in low for s in ("could not allocate block", "no space left",
+                              "could not allocate inode", "no free space")):
+        need = max(min_mib, -(-(p.size_bytes * 11 // 10) // MIB))
+        return VolumeError(
+            f"image too small: the {p.size_bytes // MIB} MiB filesystem filled up; the image "
+            f"needs at least {need} MiB (use -s/--size)")
+    return None
 
 
 # ext4 inode flag that mke2fs sets on every extent-mapped file and directory; ``sif flags``
@@ -231,6 +244,8 @@ def debugfs_lines(*, root_mode: int, dev_nodes: bool, selection: Selection | Non
     xattrs. Entries debugfs cannot name go to ``unwritable``. Pure, a generator: at 400 000
     entries the script is tens of MiB and is streamed to a file."""
     bad = unwritable if unwritable is not None else []
+    if stats is not None and stats.pending_xattrs:
+        yield "feature ea_inode"    # mke2fs -O set it already; the ext4 feed finds them late
     if root_mode != 0o755:
         yield f"sif / mode 0{0o40000 | root_mode:o}"
     if dev_nodes:

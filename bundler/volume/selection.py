@@ -92,10 +92,11 @@ class Entry:
     ``st_*`` attributes the rest of the code reads.
     """
 
-    __slots__ = ("rel", "st_mode", "st_uid", "st_gid", "st_nlink", "st_dev", "_packed")
+    __slots__ = ("rel", "st_mode", "st_uid", "st_gid", "st_nlink", "st_dev", "_packed", "scan")
 
     def __init__(self, rel: str, st) -> None:
         self.rel = rel
+        self.scan = False      # a secret-scan candidate not scanned yet (defer_scan)
         self.st_mode = st.st_mode
         self.st_uid = st.st_uid
         self.st_gid = st.st_gid
@@ -172,6 +173,9 @@ class SelectionConfig:
     # Other spellings of the volume's host path (as the user gave it, before symlinks were
     # resolved) that absolute patterns may start with.
     volume_aliases: Sequence[Path] = ()
+    # Mark secret-scan candidates (Entry.scan) instead of reading them here: the ext4 feed scans
+    # each on the descriptor it opens for the copy anyway (or scan_deferred() does).
+    defer_scan: bool = False
 
 
 @dataclass
@@ -511,6 +515,10 @@ class _Walker:
             return None
         if stat.S_ISREG(st.st_mode) and self.c.secret_filter \
                 and secrets_filter.worth_scanning(rel, st):
+            if self.c.defer_scan:
+                self.keep(rel, st)
+                self.entries[-1].scan = True
+                return None
             scan.append((name, rel, Identity.of(st)))   # decided when the scan returns
         elif stat.S_ISREG(st.st_mode) and not _readable(dir_fd, name):
             self.warn(f"cannot read /{display(rel)} (permission denied): left out")
@@ -625,6 +633,39 @@ def _is_swap(dir_fd: int, name: str, st) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def scan_deferred(selection: Selection, wanted=None) -> None:
+    """Run the secret scan for the candidates a ``defer_scan`` selection marked (those whose
+    rel ``wanted`` accepts, default all): secrets and unreadable candidates move from the
+    entries to the exclusions, as the scan during the walk does."""
+    jobs = [e for e in selection.entries if e.scan and (wanted is None or wanted(e.rel))]
+    if not jobs:
+        return
+    dir_ids = {e.rel: e.identity for e in selection.entries if e.kind == "dir"}
+    root = safefs.open_root(selection.volume)
+    cursor = safefs.DirCursor(root, dir_ids.get)
+    drop: set[str] = set()
+    try:
+        for e in jobs:
+            parent, _, name = e.rel.rpartition("/")
+            for rel, kind, error in _scan_batch(cursor.fd_for(parent), [(name, e.rel, e.identity)],
+                                                close=False):
+                if error is not None:
+                    msg = (f"cannot read /{display(rel)} ({error}): left out, it could not be "
+                           "checked for keys")
+                    log.warning("%s", msg)
+                    selection.warnings.append(msg)
+                    selection.excluded.append(Exclusion(rel, f"unreadable ({error})"))
+                else:
+                    selection.excluded.append(Exclusion(rel, f"secret: {kind}"))
+                drop.add(rel)
+            e.scan = False
+    finally:
+        cursor.close()
+        os.close(root)
+    if drop:
+        selection.entries = [e for e in selection.entries if e.rel not in drop]
 
 
 def select_files(config: SelectionConfig) -> Selection:

@@ -83,6 +83,8 @@ class StageStats:
     oversize_xattr_files: list[str] = field(default_factory=list)
     dropped_xattrs: list[tuple[str, list[str]]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)   # (rel, reason)
+    fed: int = 0               # files the ext4 feed wrote from the source (no staging copy)
+    fed_bytes: int = 0
 
     @property
     def linked_files(self) -> int:  # kept for callers of the previous API

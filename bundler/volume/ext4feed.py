@@ -1,0 +1,533 @@
+"""ext4 population without a copy of the tree: the selection streamed into one ``debugfs``.
+
+Why not ``mke2fs -d``: it reads a directory, so the selection (excludes, secret filter, mount
+points) had to exist as a staging copy first — temporary disk of the tree's size on top of the
+image, and creating, copying and deleting every file cost more than mke2fs itself (e2fsprogs
+1.47.0, what Debian 12 ships, reads no tarball). Here mke2fs makes the empty filesystem and one
+``debugfs -w -f -`` receives commands on a pipe while this process walks the selection:
+``mkdir``/``symlink``/``mknod``/``ln`` for entries, ``write`` for file data (the same libext2fs
+code ``mke2fs -d`` runs: holes and zero blocks stay sparse), ``set_inode_field`` for owner,
+times and inode flags, ``ea_set`` for extended attributes.
+
+No name in the tree is resolved by debugfs: each file is opened by this process through
+directory fds and checked against the identity the selection recorded (``safefs``), and
+debugfs reads it through ``/proc/PID/fd/N``, which reopens that very inode. The descriptor stays
+open until debugfs has started the command after it: in ``-f`` mode debugfs echoes every
+command unbuffered before running it, so the echo of command k+1 means command k is done.
+Names are addressed as ``./NAME`` (a bare ``<12>`` would name inode 12) in double quotes
+(``""`` is a literal quote).
+
+The secret scan of each candidate runs here, on the descriptor already open for the copy,
+while debugfs writes the previous files on the other core. Trees debugfs cannot take (a line
+break in a name, a command line over its 8 KiB buffer, device numbers over 65535) get a reason
+from :func:`unsupported`; the caller then builds a staging tree for ``mke2fs -d`` instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import stat
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import VolumeError
+from ..tools import which
+from . import safefs, secrets_filter
+from . import staging as stagelib
+from .safefs import TreeChanged, display, split_rel
+from .selection import Entry, Exclusion, Selection
+from .staging import (
+    KEPT_FLAGS,
+    XATTR_INLINE_LIMIT,
+    PendingXattr,
+    StageStats,
+    XattrPolicy,
+    inode_flags,
+    xattr_cost,
+)
+
+log = logging.getLogger("bundler.volume")
+
+LINE_MAX = 8000          # debugfs reads each command with fgets() into an 8 KiB (BUFSIZ) buffer
+MAX_OPEN = 256           # source files open at once (written, debugfs not done with them yet)
+FLUSH_BYTES = 1 << 16    # commands are written to the pipe in chunks of this size
+EXTENTS_FL = 0x80000     # set on every extent-mapped inode; "sif flags" replaces the field
+_ECHO = b"\ndebugfs: "
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-:/=+,@")
+
+
+def quote(text: str) -> str:
+    """One debugfs argument (``ss_parse``: inside double quotes ``""`` is a literal quote)."""
+    return '"' + text.replace('"', '""') + '"'
+
+
+def here(name: str) -> str:
+    """A name in the current directory for commands that resolve it: never an ``<ino>``."""
+    return quote("./" + name)
+
+
+def escape_value(value: bytes) -> str:
+    """An xattr value for ``ea_set`` (``parse_c_string``: ``\\xHH`` for anything unusual)."""
+    return "".join(chr(b) if b in _SAFE else f"\\x{b:02x}" for b in value)
+
+
+def time_extra(sec_ns: int) -> int:
+    """ext4's ``*_extra`` field: nanoseconds << 2 | epoch bits (seconds beyond 32 bits)."""
+    sec, ns = divmod(sec_ns, 1_000_000_000)
+    low = ((sec + 2 ** 31) % 2 ** 32) - 2 ** 31
+    return (ns << 2) | (((sec - low) >> 32) & 3)
+
+
+def time_field(field: str, sec: int) -> str:
+    """``FIELD @SECONDS`` (epoch bits included), but -1 is debugfs's parse error: its low word."""
+    return f"{field} @{sec}" if sec != -1 else f"{field}_lo 0xffffffff"
+
+
+def unsupported(selection: Selection) -> str | None:
+    """Why debugfs cannot take this selection (the caller stages it for mke2fs -d), or None."""
+    for e in selection.entries:
+        if "\n" in e.rel or "\r" in e.rel:
+            return f"/{display(e.rel)}: a line break in the name"
+        # A path is quoted in full by "cd" and "ln"; each quote doubles in the worst case.
+        if 2 * len(os.fsencode(e.rel)) + 64 > LINE_MAX:
+            return f"/{display(e.rel)}: a path longer than debugfs commands can hold"
+        if stat.S_ISCHR(e.st_mode) or stat.S_ISBLK(e.st_mode):
+            if os.major(e.st_rdev) > 65535 or os.minor(e.st_rdev) > 65535:
+                return f"/{display(e.rel)}: a device number debugfs cannot make"
+    return None
+
+
+class DebugfsError(VolumeError):
+    """debugfs reported failed commands (``stderr`` holds the first of them)."""
+
+    def __init__(self, message: str, stderr: str) -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
+class Debugfs:
+    """One ``debugfs -w -f -`` fed through a pipe; counts the commands it has started."""
+
+    def __init__(self, target: str) -> None:
+        self.proc = subprocess.Popen([which("debugfs"), "-w", "-f", "-", target],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.sent = 0
+        self.started = 0
+        self.eof = False
+        self.errors: list[str] = []
+        self.error_count = 0
+        self.cond = threading.Condition()
+        self.buf: list[bytes] = []
+        self.buf_len = 0
+        self.threads = [threading.Thread(target=f, name=f"ami-bundler-debugfs-{n}", daemon=True)
+                        for n, f in (("out", self._read_out), ("err", self._read_err))]
+        for t in self.threads:
+            t.start()
+
+    def send(self, line: str) -> int:
+        """Queue one command; returns its number."""
+        data = line.encode("utf-8", "surrogateescape") + b"\n"
+        if len(data) > LINE_MAX:
+            raise VolumeError(f"internal error: a debugfs command of {len(data)} bytes")
+        self.buf.append(data)
+        self.buf_len += len(data)
+        self.sent += 1
+        if self.buf_len >= FLUSH_BYTES:
+            self.flush()
+        return self.sent - 1
+
+    def flush(self) -> None:
+        if not self.buf:
+            return
+        data = b"".join(self.buf)
+        self.buf.clear()
+        self.buf_len = 0
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            self.proc.wait()
+            raise self.failure() from None
+
+    def done(self, index: int) -> bool:
+        """Whether command ``index`` has finished (debugfs started the next one or exited)."""
+        return self.started > index + 1 or self.eof
+
+    def wait_done(self, index: int) -> None:
+        self.flush()
+        with self.cond:
+            while not self.done(index):
+                self.cond.wait(1.0)
+
+    def close(self) -> None:
+        """Send the rest, let debugfs finish; raise when any command failed."""
+        self.flush()
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        code = self.proc.wait()
+        for t in self.threads:
+            t.join()
+        if code or self.error_count:
+            raise self.failure()
+
+    def failure(self) -> DebugfsError:
+        return DebugfsError(f"debugfs could not populate the image ({self.error_count} "
+                            f"error(s)): {self.error_summary()}", "\n".join(self.errors))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for t in self.threads:
+            t.join()
+
+    def error_summary(self) -> str:
+        return "; ".join(self.errors[:3]) or f"exit {self.proc.returncode}"
+
+    def _read_out(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        tail = b"\n"
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            # Echo lines start with "debugfs: "; names hold no line break (unsupported()).
+            n = (tail + chunk).count(_ECHO)
+            tail = chunk[-(len(_ECHO) - 1):]
+            if n:
+                with self.cond:
+                    self.started += n
+                    self.cond.notify_all()
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").strip()
+            if not line or line.startswith("debugfs "):   # the version banner
+                continue
+            self.error_count += 1
+            if len(self.errors) < 20:
+                self.errors.append(line)
+
+
+class Feed:
+    """Writes entries of a tree into the image through :class:`Debugfs`."""
+
+    def __init__(self, db: Debugfs, stats: StageStats, xattrs: XattrPolicy) -> None:
+        self.db = db
+        self.stats = stats
+        self.xattrs = xattrs
+        self.pid = os.getpid()
+        self.pending: collections.deque[tuple[int, int]] = collections.deque()
+        self.cwd: str | None = None
+        self.spooled = 0
+        self.excluded: list[Exclusion] = []
+        self.warnings: list[str] = []
+
+    def run(self, selection: Selection, *, skip: Callable[[str, bool], bool] | None = None,
+            existing: Callable[[str, bool], bool] | None = None, count: bool = True) -> None:
+        """Feed ``selection`` (read from its volume). ``skip(rel, is_dir)``: entries another
+        feed writes; ``existing(rel, is_dir)``: directories already in the image."""
+        dir_ids = {e.rel: e.identity for e in selection.entries if e.kind == "dir"}
+        root = safefs.open_root(selection.volume)
+        src = safefs.DirCursor(root, dir_ids.get)
+        first: dict[tuple[int, int], str] = {}
+        links: dict[str, int] = {}
+        try:
+            if not dir_ids[""].matches(os.fstat(root)):
+                raise TreeChanged("", "the volume's top directory was replaced")
+            if existing is None or not existing("", True):
+                self.meta_root(selection.entries[0])
+            for e in selection.entries[1:]:
+                is_dir = stat.S_ISDIR(e.st_mode)
+                if skip is not None and skip(e.rel, is_dir):
+                    continue
+                if is_dir and existing is not None and existing(e.rel, True):
+                    continue
+                parent, name = split_rel(e.rel)
+                if count and stagelib.STAGE_HOOK is not None:
+                    stagelib.STAGE_HOOK(e.rel)     # tests: swap things at exactly this moment
+                if parent != self.cwd:
+                    self.db.send(f"cd {quote('/' + parent)}")
+                    self.cwd = parent
+                if is_dir:
+                    self.directory(src.fd_for(parent), name, e)
+                elif stat.S_ISREG(e.st_mode):
+                    key = (e.st_dev, e.st_ino)
+                    if e.st_nlink > 1 and key in first:
+                        self.db.send(f"ln {quote('/' + first[key])} {quote(name)}")
+                        links[first[key]] += 1
+                        self.stats.linked += count
+                        continue
+                    if self.file(src.fd_for(parent), name, e, count) and e.st_nlink > 1:
+                        first[key] = e.rel
+                        links[e.rel] = 1
+                else:
+                    self.special(src.fd_for(parent), name, e)
+                self.reap()
+            # debugfs "ln" leaves the link count alone.
+            for rel, n in links.items():
+                if n > 1:
+                    self.db.send(f"sif {quote('/' + rel)} links_count {n}")
+            self.db.send("cd /")
+            self.cwd = ""
+            self.db.flush()
+        finally:
+            src.close()
+            os.close(root)
+
+    def finish(self) -> None:
+        self.db.close()
+        self.close_all()
+
+    def close_all(self) -> None:
+        while self.pending:
+            os.close(self.pending.popleft()[1])
+
+    def reap(self) -> None:
+        """Close the files debugfs is done with; wait when too many are open. A failed
+        command stops the feed (debugfs would go on with the rest)."""
+        if self.db.error_count:
+            self.db.flush()
+            raise self.db.failure()
+        while self.pending and self.db.done(self.pending[0][0]):
+            os.close(self.pending.popleft()[1])
+        if len(self.pending) >= MAX_OPEN:
+            self.db.wait_done(self.pending[0][0])
+            self.reap()
+
+    # ------------------------------------------------------------------ entries
+
+    def meta_root(self, e: Entry) -> None:
+        self.db.send("cd /")
+        self.cwd = ""
+        self.times("/", e)
+
+    def directory(self, pfd: int, name: str, e: Entry) -> None:
+        fd = safefs.open_dir(pfd, name, e.rel, e.identity)
+        try:
+            values = read_xattrs(fd, e.rel)
+            flags = inode_flags(fd) & KEPT_FLAGS
+        finally:
+            os.close(fd)
+        if e.rel == "lost+found":
+            pass                    # mke2fs made it; its metadata is the tree's below
+        else:
+            self.db.send(f"mkdir {quote(name)}")
+        self.stats.created += 1
+        self.meta(name, e, mode=True, flags=flags, values=values)
+
+    def file(self, pfd: int, name: str, e: Entry, count: bool) -> bool:
+        """Write one regular file; False when it is left out (a secret, or unreadable)."""
+        try:
+            fd = safefs.open_file(pfd, name, e.rel, e.identity)
+        except PermissionError as exc:
+            if not getattr(e, "scan", False):
+                raise VolumeError(f"cannot read /{display(e.rel)}: {exc.strerror}") from None
+            return self.leave_out(e.rel, exc.strerror or "permission denied")
+        try:
+            if getattr(e, "scan", False):
+                try:
+                    data = os.pread(fd, secrets_filter.SCAN_PREFIX, 0)
+                except OSError as exc:
+                    return self.leave_out(e.rel, exc.strerror or str(exc))
+                kind = secrets_filter.private_key_in(data, name.lower())
+                if kind:
+                    self.excluded.append(Exclusion(e.rel, f"secret: {kind}"))
+                    return False
+            values = read_xattrs(fd, e.rel)
+            flags = inode_flags(fd) & KEPT_FLAGS
+            if self.lost_found_clash(e.rel):
+                self.db.send('rmdir "lost+found"')
+            index = self.db.send(f"write /proc/{self.pid}/fd/{fd} {quote(name)}")
+        except BaseException:
+            os.close(fd)
+            raise
+        self.pending.append((index, fd))
+        if count:
+            self.stats.fed += 1
+            self.stats.fed_bytes += e.st_size
+        self.meta(name, e, mode=False, flags=flags, values=values)
+        return True
+
+    def special(self, pfd: int, name: str, e: Entry) -> None:
+        try:
+            st = os.lstat(name, dir_fd=pfd)
+        except FileNotFoundError:
+            raise TreeChanged(e.rel, "removed") from None
+        if not e.identity.matches(st):
+            raise TreeChanged(e.rel, "replaced")
+        mode = e.st_mode
+        if self.lost_found_clash(e.rel):
+            self.db.send('rmdir "lost+found"')
+        if stat.S_ISLNK(mode):
+            target = os.readlink(name, dir_fd=pfd)
+            line = f"symlink {quote(name)} {quote(target)}"
+            if "\n" in target or "\r" in target or len(os.fsencode(line)) + 1 > LINE_MAX:
+                raise VolumeError(f"/{display(e.rel)}: a symlink target debugfs cannot take "
+                                  "(a line break or over 4000 bytes)")
+            self.db.send(line)
+        elif stat.S_ISFIFO(mode):
+            self.db.send(f"mknod {quote(name)} p")
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            kind = "c" if stat.S_ISCHR(mode) else "b"
+            self.db.send(f"mknod {quote(name)} {kind} {os.major(e.st_rdev)} "
+                         f"{os.minor(e.st_rdev)}")
+        else:
+            self.stats.skipped.append((e.rel, f"unsupported file type {e.kind}"))
+            return
+        path = f"/proc/self/fd/{pfd}/{name}"
+        values = read_xattrs(path, e.rel)
+        self.stats.created += 1
+        self.meta(name, e, mode=not stat.S_ISLNK(mode), flags=0, values=values)
+
+    def lost_found_clash(self, rel: str) -> bool:
+        return rel == "lost+found"      # a non-directory of that name replaces mke2fs's
+
+    def leave_out(self, rel: str, error: str) -> bool:
+        """A scan candidate that cannot be read is left out, as the selection's scan does."""
+        self.warnings.append(f"cannot read /{display(rel)} ({error}): left out, it could not "
+                             "be checked for keys")
+        self.excluded.append(Exclusion(rel, f"unreadable ({error})"))
+        return False
+
+    # ------------------------------------------------------------------ metadata
+
+    def meta(self, name: str, e: Entry, *, mode: bool, flags: int,
+             values: list[tuple[str, bytes]]) -> None:
+        t = here(name)
+        send = self.db.send
+        if mode:
+            send(f"sif {t} mode 0{e.st_mode:o}")
+        if e.st_uid:
+            send(f"sif {t} uid {e.st_uid}")
+        if e.st_gid:
+            send(f"sif {t} gid {e.st_gid}")
+        self.times(t, e)
+        if flags:
+            send(f"sif {t} flags {flags | EXTENTS_FL:#x}")
+        if values:
+            self.set_xattrs(t, e.rel, values)
+
+    def times(self, t: str, e: Entry) -> None:
+        mtime = e.st_mtime_ns
+        sec = mtime // 1_000_000_000
+        self.db.send(f"sif {t} {time_field('mtime', sec)}")
+        if mtime % 1_000_000_000 or not 0 <= sec < 2 ** 31:
+            self.db.send(f"sif {t} mtime_extra {time_extra(mtime):#x}")
+        self.db.send(f"sif {t} {time_field('atime', e.st_atime_ns // 1_000_000_000)}")
+
+    def set_xattrs(self, t: str, rel: str, values: list[tuple[str, bytes]]) -> None:
+        if xattr_cost(values) > XATTR_INLINE_LIMIT:
+            self.oversize(rel, values)
+            return
+        for name, value in values:
+            line = f"ea_set {t} {quote(name)} {quote(escape_value(value))}"
+            if len(line) + 1 > LINE_MAX:
+                path = self.spool(value)
+                line = f"ea_set -f {quote(str(path))} {t} {quote(name)}"
+            self.db.send(line)
+
+    def oversize(self, rel: str, values: list[tuple[str, bytes]]) -> None:
+        """Too large for an inode and one block: set later with ea_inode, or reported."""
+        self.stats.oversize_xattr_files.append(rel)
+        if not self.xattrs.keep or self.xattrs.spool_dir is None:
+            self.stats.dropped_xattrs.append((rel, sorted(n for n, _ in values)))
+            return
+        for name, value in values:
+            self.stats.pending_xattrs.append(PendingXattr(rel, name, self.spool(value)))
+
+    def spool(self, value: bytes) -> Path:
+        if self.xattrs.spool_dir is None:
+            raise VolumeError("internal error: no directory for extended attribute values")
+        self.spooled += 1
+        path = self.xattrs.spool_dir / f"feed-xattr-{self.spooled}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(value)
+        return path
+
+
+def read_xattrs(src: int | str, rel: str) -> list[tuple[str, bytes]]:
+    """(name, value) of every readable extended attribute (a path is not followed)."""
+    nofollow = {"follow_symlinks": False} if isinstance(src, str) else {}
+    try:
+        names = os.listxattr(src, **nofollow)
+    except OSError:
+        return []
+    values: list[tuple[str, bytes]] = []
+    for name in names:
+        try:
+            values.append((name, os.getxattr(src, name, **nofollow)))
+        except OSError as exc:
+            log.debug("xattr %s of /%s unreadable: %s", name, display(rel), exc.strerror)
+    return values
+
+
+def image_target(image: Path, offset: int) -> str:
+    return f"{image}?offset={offset}" if offset else str(image)
+
+
+# ------------------------------------------------------------------------------ the staged part
+
+# What the tool reads or rewrites (fstab, os-release, kernels, menu.lst, /.autorelabel) lives in
+# a small staging tree of the same kind mke2fs -d reads: the tops below and every root-level
+# non-directory. The feed writes those entries from there; everything else from the source.
+STAGED_TOPS = ("etc", "boot")
+STAGED_FILES = ("usr/lib/os-release",)
+
+
+def staged(rel: str, is_dir: bool) -> bool:
+    """Whether ``rel`` is written from the small staging tree rather than from the source."""
+    if not rel:
+        return False
+    if rel.split("/", 1)[0] in STAGED_TOPS or rel in STAGED_FILES:
+        return True
+    return "/" not in rel and not is_dir
+
+
+def staged_subset(selection: Selection) -> Selection:
+    """The entries to stage: the root, the staged ones and the directories above them."""
+    parents = {f.rpartition("/")[0] for f in STAGED_FILES}
+    parents |= {p.rpartition("/")[0] for p in parents}
+    entries = [e for e in selection.entries
+               if not e.rel or e.rel in parents or staged(e.rel, stat.S_ISDIR(e.st_mode))]
+    return Selection(selection.volume, entries, [], [], [])
+
+
+def populate(selection: Selection, staging: Path, image: Path, *, offset: int,
+             stats: StageStats, xattrs: XattrPolicy) -> tuple[list[Exclusion], list[str]]:
+    """Write the selection into the empty ext4 filesystem of ``image``: the staged entries
+    from ``staging``, the rest from the source. Returns the entries the secret scan left out
+    and warnings; ``stats`` gets the counts, flags and oversize xattrs."""
+    from .selection import SelectionConfig, select_files
+
+    db = Debugfs(image_target(image, offset))
+    feed = Feed(db, stats, xattrs)
+    try:
+        feed.run(selection, skip=staged)
+        ours = select_files(SelectionConfig(volume=staging, secret_filter=False,
+                                            mount_policy="all", virtual_dirs=()))
+        feed.run(ours, existing=lambda rel, is_dir: is_dir and not staged(rel, True),
+                 count=False)
+        feed.finish()
+    except BaseException:
+        db.kill()
+        feed.close_all()
+        raise
+    log.info("fed %d files (%d MiB) to debugfs, %d hard links, %d dirs/symlinks/nodes",
+             stats.fed, stats.fed_bytes // (1024 * 1024), stats.linked, stats.created)
+    return feed.excluded, feed.warnings
