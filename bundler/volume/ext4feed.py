@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import stat
 import subprocess
 import threading
@@ -53,10 +54,11 @@ from .staging import (
 log = logging.getLogger("bundler.volume")
 
 LINE_MAX = 8000          # debugfs reads each command with fgets() into an 8 KiB (BUFSIZ) buffer
-MAX_OPEN = 256           # source files open at once (written, debugfs not done with them yet)
-FLUSH_BYTES = 1 << 16    # commands are written to the pipe in chunks of this size
+MAX_OPEN = 512           # source files open at once (written, debugfs not done with them yet)
+FLUSH_BYTES = 1 << 15    # commands are written to the pipe in chunks of this size
 EXTENTS_FL = 0x80000     # set on every extent-mapped inode; "sif flags" replaces the field
-_ECHO = b"\ndebugfs: "
+# Lines debugfs prints: the echo of each command, and "write"'s new inode number.
+_OUTPUT = re.compile(rb"\n(?:debugfs: |Allocated inode: (\d+))")
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-:/=+,@")
 
 
@@ -118,11 +120,12 @@ class Debugfs:
                                      stderr=subprocess.PIPE)
         self.sent = 0
         self.started = 0
+        self.inodes: dict[int, int] = {}    # command number of a "write" -> its new inode
         self.eof = False
         self.errors: list[str] = []
         self.error_count = 0
         self.cond = threading.Condition()
-        self.buf: list[bytes] = []
+        self.buf: list[str] = []
         self.buf_len = 0
         self.threads = [threading.Thread(target=f, name=f"ami-bundler-debugfs-{n}", daemon=True)
                         for n, f in (("out", self._read_out), ("err", self._read_err))]
@@ -131,11 +134,11 @@ class Debugfs:
 
     def send(self, line: str) -> int:
         """Queue one command; returns its number."""
-        data = line.encode("utf-8", "surrogateescape") + b"\n"
-        if len(data) > LINE_MAX:
-            raise VolumeError(f"internal error: a debugfs command of {len(data)} bytes")
-        self.buf.append(data)
-        self.buf_len += len(data)
+        # A character is at most 4 bytes of UTF-8 (a surrogate escape is 1).
+        if 4 * len(line) >= LINE_MAX and len(line.encode("utf-8", "surrogateescape")) >= LINE_MAX:
+            raise VolumeError(f"internal error: a debugfs command of {len(line)} characters")
+        self.buf.append(line)
+        self.buf_len += len(line)
         self.sent += 1
         if self.buf_len >= FLUSH_BYTES:
             self.flush()
@@ -144,7 +147,8 @@ class Debugfs:
     def flush(self) -> None:
         if not self.buf:
             return
-        data = b"".join(self.buf)
+        self.buf.append("")
+        data = "\n".join(self.buf).encode("utf-8", "surrogateescape")
         self.buf.clear()
         self.buf_len = 0
         assert self.proc.stdin is not None
@@ -160,6 +164,8 @@ class Debugfs:
         return self.started > index + 1 or self.eof
 
     def wait_done(self, index: int) -> None:
+        if index + 1 >= self.sent:
+            self.send("cd .")    # a command after it, whose echo says it is done
         self.flush()
         with self.cond:
             while not self.done(index):
@@ -196,18 +202,27 @@ class Debugfs:
     def _read_out(self) -> None:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        tail = b"\n"
+        carry = b"\n"
         while True:
             chunk = os.read(fd, 1 << 16)
             if not chunk:
                 break
-            # Echo lines start with "debugfs: "; names hold no line break (unsupported()).
-            n = (tail + chunk).count(_ECHO)
-            tail = chunk[-(len(_ECHO) - 1):]
-            if n:
-                with self.cond:
-                    self.started += n
-                    self.cond.notify_all()
+            # Whole lines only; names hold no line break (unsupported()), so a line that
+            # starts with "debugfs: " is an echo.
+            data = carry + chunk
+            end = data.rfind(b"\n")
+            carry = data[end:]
+            started = self.started
+            found: list[tuple[int, int]] = []
+            for m in _OUTPUT.finditer(data, 0, end):
+                if m.group(1) is None:
+                    started += 1
+                else:
+                    found.append((started - 1, int(m.group(1))))
+            with self.cond:
+                self.inodes.update(found)
+                self.started = started
+                self.cond.notify_all()
         with self.cond:
             self.eof = True
             self.cond.notify_all()
@@ -251,6 +266,8 @@ class Feed:
                 raise TreeChanged("", "the volume's top directory was replaced")
             if existing is None or not existing("", True):
                 self.meta_root(selection.entries[0])
+            self.cwd = None         # "cd" first, and the parent's fd with it
+            pfd = root
             for e in selection.entries[1:]:
                 is_dir = stat.S_ISDIR(e.st_mode)
                 if skip is not None and skip(e.rel, is_dir):
@@ -263,8 +280,9 @@ class Feed:
                 if parent != self.cwd:
                     self.db.send(f"cd {quote('/' + parent)}")
                     self.cwd = parent
+                    pfd = src.fd_for(parent)
                 if is_dir:
-                    self.directory(src.fd_for(parent), name, e)
+                    self.directory(pfd, name, e)
                 elif stat.S_ISREG(e.st_mode):
                     key = (e.st_dev, e.st_ino)
                     if e.st_nlink > 1 and key in first:
@@ -272,12 +290,13 @@ class Feed:
                         links[first[key]] += 1
                         self.stats.linked += count
                         continue
-                    if self.file(src.fd_for(parent), name, e, count) and e.st_nlink > 1:
+                    if self.file(pfd, name, e, count) and e.st_nlink > 1:
                         first[key] = e.rel
                         links[e.rel] = 1
                 else:
-                    self.special(src.fd_for(parent), name, e)
+                    self.special(pfd, name, e)
                 self.reap()
+            self.drain()
             # debugfs "ln" leaves the link count alone.
             for rel, n in links.items():
                 if n > 1:
@@ -304,10 +323,26 @@ class Feed:
             self.db.flush()
             raise self.db.failure()
         while self.pending and self.db.done(self.pending[0][0]):
-            os.close(self.pending.popleft()[1])
+            self.written(*self.pending.popleft())
         if len(self.pending) >= MAX_OPEN:
             self.db.wait_done(self.pending[0][0])
             self.reap()
+
+    def drain(self) -> None:
+        """Wait for every pending write and send its metadata."""
+        while self.pending:
+            self.db.wait_done(self.pending[-1][0])
+            self.reap()
+
+    def written(self, index: int, fd: int, e: Entry, flags: int,
+                values: list[tuple[str, bytes]]) -> None:
+        os.close(fd)
+        with self.db.cond:
+            ino = self.db.inodes.pop(index, None)
+        if ino is None:
+            self.db.flush()
+            raise self.db.failure()
+        self.meta(f"<{ino}>", e, mode=False, flags=flags, values=values, named=False)
 
     # ------------------------------------------------------------------ entries
 
@@ -356,11 +391,12 @@ class Feed:
         except BaseException:
             os.close(fd)
             raise
-        self.pending.append((index, fd))
+        # Its metadata follows once debugfs has said which inode it made: addressed as <ino>,
+        # set_inode_field skips the name lookup, most of its cost in a large directory.
+        self.pending.append((index, fd, e, flags, values))
         if count:
             self.stats.fed += 1
             self.stats.fed_bytes += e.st_size
-        self.meta(name, e, mode=False, flags=flags, values=values)
         return True
 
     def special(self, pfd: int, name: str, e: Entry) -> None:
@@ -407,8 +443,8 @@ class Feed:
     # ------------------------------------------------------------------ metadata
 
     def meta(self, name: str, e: Entry, *, mode: bool, flags: int,
-             values: list[tuple[str, bytes]]) -> None:
-        t = here(name)
+             values: list[tuple[str, bytes]], named: bool = True) -> None:
+        t = here(name) if named else name
         send = self.db.send
         if mode:
             send(f"sif {t} mode 0{e.st_mode:o}")
