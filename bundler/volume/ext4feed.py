@@ -246,7 +246,9 @@ class Feed:
         self.stats = stats
         self.xattrs = xattrs
         self.pid = os.getpid()
-        self.pending: collections.deque[tuple[int, int]] = collections.deque()
+        # (command number, fd, entry, inode flags, xattrs) of each write not yet done
+        self.pending: collections.deque[tuple[int, int, Entry, int, list[tuple[str, bytes]]]] = \
+            collections.deque()
         self.cwd: str | None = None
         self.spooled = 0
         self.excluded: list[Exclusion] = []
