@@ -15,8 +15,9 @@ import pytest
 
 from bundler.volume import VolumeConfig, bundle_volume, ext4feed
 
-pytestmark = pytest.mark.skipif(shutil.which("debugfs") is None and not Path("/sbin/debugfs").exists(),
-                                reason="e2fsprogs not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("debugfs") is None and not Path("/sbin/debugfs").exists(),
+    reason="e2fsprogs not installed")
 is_root = os.geteuid() == 0
 LABEL = b"OPENSSH " + b"PRIVATE KEY"  # assembled so that no repository file looks like a key
 PRIVATE = b"-----BEGIN " + LABEL + b"-----\nb3BlbnNzaC1rZXktdjE=\n-----END " + LABEL + b"-----\n"
