@@ -19,8 +19,9 @@ Prints the seconds of each and the ratio (target: ours ≥ 5× faster).
 
 Scale mode: for each count, a synthetic tree of that many entries (small files of 0-8 KiB in
 directories of 200, some symlinks and hard links) is built once, then ``mke2fs -d`` of the
-tree alone and ``bundle-vol --clone-only`` of it (selection, staging, mke2fs -d, debugfs,
-e2fsck) are timed on the same image size. Prints a table with bundle-vol's phases, its peak
+tree alone and ``bundle-vol --clone-only`` of it (selection; staging of etc/boot; mke2fs of an
+empty filesystem and the ext4 feed into debugfs, in the "mkfs" column; e2fsck) are timed on the
+same image size. Prints a table with bundle-vol's phases, its peak
 RSS (its own process; a child's ru_maxrss starts from its parent's, so mke2fs's is not shown),
 the temporary disk
 it used (staged bytes + image blocks) against the image size, and the growth between the first
