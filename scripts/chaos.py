@@ -72,7 +72,7 @@ def fuzz(tally: Tally, seconds: float) -> None:
 
 
 def crashes(tally: Tally, seconds: float, work: Path, keys: tuple[Path, Path, Path]) -> None:
-    from tests.reliability import crashkit
+    from tests.support import crashkit
 
     key, cert, ec2cert = keys
     small = crashkit.make_workspace(work / "small", key, cert, ec2cert, size=3 << 20, part_size=1 << 20)
@@ -95,7 +95,7 @@ def crashes(tally: Tally, seconds: float, work: Path, keys: tuple[Path, Path, Pa
 
 
 def _check_bundle(tally: Tally, dest: Path, ws, when: str, allowed: tuple[str, ...] = ()) -> object:
-    from tests.reliability import crashkit
+    from tests.support import crashkit
 
     seen = crashkit.inspect_bundle_dir(dest, ws)
     for wrong in seen.wrong:
@@ -109,7 +109,7 @@ def signal_walk(tally: Tally, kind: str, ws, work: Path, deadline: float, rng: r
     128+signal and leave no staging, temporary file or lock, and nothing wrong."""
     import signal
 
-    from tests.reliability import crashkit
+    from tests.support import crashkit
 
     dest = work / "signal-walk"
     manifest = ws.root / "reference" / "img.manifest.xml"
@@ -140,7 +140,7 @@ def signal_walk(tally: Tally, kind: str, ws, work: Path, deadline: float, rng: r
 
 
 def walk(tally: Tally, kind: str, ws, work: Path, deadline: float) -> None:
-    from tests.reliability import crashkit
+    from tests.support import crashkit
 
     dest = work / "walk"
     source_sha1 = crashkit.sha1_file(ws.image)
@@ -178,7 +178,7 @@ def walk(tally: Tally, kind: str, ws, work: Path, deadline: float) -> None:
 
 
 def random_kill(tally: Tally, kind: str, ws, work: Path, rng: random.Random) -> None:
-    from tests.reliability import crashkit
+    from tests.support import crashkit
 
     dest = work / "kill"
     crashkit.clean_dir(dest)
@@ -205,7 +205,7 @@ def random_kill(tally: Tally, kind: str, ws, work: Path, rng: random.Random) -> 
 
 
 def random_kill_vol(tally: Tally, ws, work: Path, rng: random.Random) -> None:
-    from tests.reliability import crashkit
+    from tests.support import crashkit
 
     root = work / "rootfs"
     if not root.exists():
@@ -240,7 +240,7 @@ def random_kill_vol(tally: Tally, ws, work: Path, rng: random.Random) -> None:
 def faults(tally: Tally, seconds: float, work: Path, keys: tuple[Path, Path, Path]) -> None:
     import resource
 
-    from tests.reliability import crashkit, harness
+    from tests.support import crashkit, harness
 
     key, cert, ec2cert = keys
     ws = crashkit.make_workspace(work / "faults", key, cert, ec2cert, size=11 << 20)

@@ -9,7 +9,7 @@
                                                               # vhdx, compressed (seeds: qemu-img)
 
 Every input must end in a BundlerError with a one-line message, or in a verified result
-(tests/reliability/harness.py states the contract); anything else is a crash that libFuzzer
+(tests/support/harness.py states the contract); anything else is a crash that libFuzzer
 saves as ``crash-*`` in the working directory. Bounded: ``--seconds``, a per-input timeout and an
 RSS limit. Not run in CI (the property tests in tests/reliability are the CI subset).
 
@@ -37,13 +37,13 @@ IMAGE_TARGETS = ("qcow2", "vmdk", "vhd", "vhdx", "compressed")
 def seeds(target: str) -> list[bytes]:
     """Valid inputs to start from: a signed manifest, tar streams (plain and sparse)."""
     if target in IMAGE_TARGETS:
-        from tests.reliability.image_harness import seeds as image_seeds
+        from tests.support.image_harness import seeds as image_seeds
 
         return list(image_seeds(target))
     from bundler import keys as keylib
     from bundler.manifest import Manifest, PartEntry, part_names
     from bundler.tarstream import MemberInfo, data_padding, end_of_archive, member_header
-    from tests.reliability import harness
+    from tests.support import harness
 
     def tar(data: bytes, regions=None, size=None) -> bytes:
         head = member_header(MemberInfo("img", size or len(data)), regions)
@@ -67,10 +67,10 @@ def seeds(target: str) -> list[bytes]:
 
 
 def target_function(target: str):
-    from tests.reliability import harness
+    from tests.support import harness
 
     if target in IMAGE_TARGETS:
-        from tests.reliability.image_harness import check_image
+        from tests.support.image_harness import check_image
 
         return lambda data: check_image(data, target)
 
@@ -139,7 +139,7 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
 
 
 def run_random(target: str, seconds: int, seed: int) -> int:
-    from tests.reliability.harness import Finding
+    from tests.support.harness import Finding
 
     check = target_function(target)
     rng = random.Random(seed)

@@ -59,7 +59,7 @@ def unbundle(manifest: Path, key: Path, out: Path, *extra: object) -> subprocess
 
 
 def test_wrong_key(bundled, ec2_key_pair, tmp_path):
-    from tests.conftest import make_key_pair
+    from tests.support.keypairs import make_key_pair
 
     _, _, manifest, out = bundled
     stranger = make_key_pair(tmp_path, "stranger")
@@ -69,7 +69,7 @@ def test_wrong_key(bundled, ec2_key_pair, tmp_path):
 
 
 def test_wrong_key_with_signers_cert(bundled, user_key_pair, tmp_path):
-    from tests.conftest import make_key_pair
+    from tests.support.keypairs import make_key_pair
 
     _, _, manifest, out = bundled
     stranger = make_key_pair(tmp_path, "stranger2")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bundler.cli import main
+from tests.support.classic import classic_extract, field, openssl_unwrap
 
 PART = 10 * 1024 * 1024
 
@@ -40,35 +41,6 @@ def bundle(tmp_path: Path, image: Path, user, ec2, *extra: str, dest: Path | Non
     run_cli("bundle-image", "-i", image, "-c", user.cert_path, "-k", user.key_path, "-u", "1234-5678-9012",
             "--ec2cert", ec2.cert_path, "-d", dest, "-r", "x86_64", "-q", *extra)
     return dest
-
-
-def field(xml: str, tag: str) -> str:
-    m = re.search(rf"<{tag}(?: [^>]*)?>([^<]*)</{tag}>", xml)
-    assert m, tag
-    return m.group(1)
-
-
-def openssl_unwrap(key_path: Path, hex_ciphertext: str) -> str:
-    out = subprocess.run(["openssl", "pkeyutl", "-decrypt", "-inkey", str(key_path)],
-                         input=bytes.fromhex(hex_ciphertext), capture_output=True, check=True).stdout
-    return out.decode()
-
-
-def classic_extract(bundle_dir: Path, manifest: Path, key_path: Path, out_dir: Path) -> bytes:
-    """What ec2-unbundle does, with the command-line tools only: returns the tar stream."""
-    xml = manifest.read_text()
-    key = openssl_unwrap(key_path, field(xml, "user_encrypted_key"))
-    iv = openssl_unwrap(key_path, field(xml, "user_encrypted_iv"))
-    assert re.fullmatch(r"[0-9a-f]{32}", key) and re.fullmatch(r"[0-9a-f]{32}", iv)
-    parts = re.findall(r"<filename>([^<]+)</filename>", xml)
-    cat = subprocess.run(["cat", *[str(bundle_dir / p) for p in parts]], capture_output=True, check=True).stdout
-    # The key goes to openssl through a file descriptor here only because this is a test of the format.
-    plain = subprocess.run(["openssl", "enc", "-d", "-aes-128-cbc", "-K", key, "-iv", iv],
-                           input=cat, capture_output=True, check=True).stdout
-    tar_stream = subprocess.run(["gzip", "-dc"], input=plain, capture_output=True, check=True).stdout
-    out_dir.mkdir()
-    subprocess.run(["tar", "-xf", "-", "-C", str(out_dir)], input=tar_stream, check=True)
-    return tar_stream
 
 
 @pytest.mark.parametrize("layout", ["sparse", "dense", "tiny", "two-parts"])
@@ -223,7 +195,7 @@ def test_classic_entry_point_and_no_traceback(tmp_path, user_key_pair, ec2_key_p
 
 
 def test_region_selects_the_ec2_certificate(tmp_path, user_key_pair, ec2_key_pair, monkeypatch, capsys):
-    from tests.conftest import make_key_pair
+    from tests.support.keypairs import make_key_pair
 
     china = make_key_pair(tmp_path, "china-ec2")
     certs = tmp_path / "certs"

@@ -15,8 +15,9 @@ import pytest
 
 from bundler.volume import partition
 from tests.support import roots
+from tests.support.ext4images import MKE2FS, mkfs
+from tests.support.roots import dirty_tree
 
-MKE2FS = shutil.which("mke2fs") or "/sbin/mke2fs"
 pytestmark = pytest.mark.skipif(not (os.path.exists(MKE2FS) and shutil.which("debugfs")),
                                 reason="needs e2fsprogs (mke2fs, debugfs)")
 ALL_PLANTED = {rule for _, rule in roots.PLANTED.values()}
@@ -25,25 +26,6 @@ ALL_PLANTED = {rule for _, rule in roots.PLANTED.values()}
 def cli(*args: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bundler", *map(str, args)],
                           capture_output=True, text=True, timeout=120)
-
-
-def mkfs(tree: Path, image: Path, *, size_mib: int = 24, offset: int = 0) -> Path:
-    if not image.exists():
-        with open(image, "wb") as fh:
-            fh.truncate(size_mib * 2**20 + offset)
-    extra = ["-E", f"offset={offset}"] if offset else []
-    subprocess.run([MKE2FS, "-q", "-F", "-t", "ext4", "-d", str(tree), "-U", roots.UUID,
-                    "-L", roots.LABEL, *extra, str(image), f"{size_mib}M"], check=True,
-                   capture_output=True)
-    return image
-
-
-def dirty_tree(base: Path) -> Path:
-    tree = roots.write_clean_root(base, pv=True)
-    roots.write_initramfs(tree, ["drivers/block/xen-blkfront.ko.xz"])
-    for plant, _ in roots.PLANTED.values():
-        plant(tree)
-    return tree
 
 
 def findings(proc: subprocess.CompletedProcess[str]) -> dict[str, dict]:

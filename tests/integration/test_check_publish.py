@@ -8,9 +8,10 @@ import uuid
 
 import pytest
 
-from tests.integration.test_check import dirty_tree, mkfs
-from tests.integration.test_s3_upload import keys_in, run
 from tests.support import roots
+from tests.support.cli import keys_in, run
+from tests.support.ext4images import mkfs
+from tests.support.roots import dirty_tree
 
 pytestmark = pytest.mark.skipif(not shutil.which("debugfs"), reason="needs e2fsprogs")
 

@@ -4,21 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
-from pathlib import Path
 
-from tests.integration.test_s3_upload import MIB, keys_in, run
-
-
-def sparse_image(path: Path, size: int) -> str:
-    """Random data in a few places, holes elsewhere; returns its SHA-1."""
-    with open(path, "wb") as fh:
-        fh.truncate(size)
-        for offset, length in ((0, 300_000), (5 * MIB, 11 * MIB), (size - 4096, 4096)):
-            fh.seek(offset)
-            fh.write(os.urandom(length))
-    return hashlib.sha1(path.read_bytes()).hexdigest()
+from tests.support.cli import MIB, keys_in, run, sparse_image
 
 
 def test_install_then_download_and_unbundle(capsys, endpoint, proxy, s3, ec2, bucket, tmp_path, user_keys, ec2_keys):

@@ -3,37 +3,15 @@
 from __future__ import annotations
 
 import json
-import uuid
 from urllib.parse import parse_qs
 
 import pytest
 
 from bundler.errors import EC2Error
-from tests.integration.test_s3_upload import KIB, keys_in, run, upload
-from tests.support.bundles import make_fake_bundle
+from tests.support.cli import ami_name, images_named, keys_in, register, run
 
 
-@pytest.fixture
-def uploaded(capsys, endpoint, bucket, tmp_path, signing_key):
-    bundle = make_fake_bundle(tmp_path / "b", "reg", [64 * KIB, 64 * KIB, 10 * KIB], signing_key)
-    code, _, err = upload(capsys, endpoint, f"{bucket}/amis", bundle)
-    assert code == 0, err
-    return bundle
-
-
-def ami_name() -> str:
-    return f"ami-bundler-test-{uuid.uuid4().hex[:10]}"
-
-
-def images_named(ec2, name: str) -> list[dict]:
-    return ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
-
-
-def register(capsys, url, location, name, *extra):
-    return run(capsys, "register", location, "-n", name, "--endpoint-url", url, *extra)
-
-
-def test_register_tags_permissions_and_deregister_with_bundle(capsys, endpoint, proxy, s3, ec2, bucket, uploaded):
+def test_register_tags_permissions_and_deregister_with_bundle(capsys, endpoint, proxy, s3, ec2, bucket, reg_bundle):
     name = ami_name()
     code, out, err = register(capsys, proxy.url, f"{bucket}/amis/reg.manifest.xml", name, "--json", "--wait",
                               "--tag", "team=infra", "--launch-permission", "1111-2222-3333",
@@ -66,7 +44,7 @@ def test_register_tags_permissions_and_deregister_with_bundle(capsys, endpoint, 
     ("part", "reg.part.1 missing"),
     ("size", "bundled_size"),
 ])
-def test_preflight_blocks_register(capsys, endpoint, s3, ec2, bucket, uploaded, damage, message):
+def test_preflight_blocks_register(capsys, endpoint, s3, ec2, bucket, reg_bundle, damage, message):
     if damage == "manifest":
         s3.delete_object(Bucket=bucket, Key="amis/reg.manifest.xml")
     elif damage == "part":
@@ -80,7 +58,7 @@ def test_preflight_blocks_register(capsys, endpoint, s3, ec2, bucket, uploaded, 
     assert images_named(ec2, name) == []
 
 
-def test_register_in_wrong_region_is_refused(capsys, endpoint, ec2, bucket, uploaded):
+def test_register_in_wrong_region_is_refused(capsys, endpoint, ec2, bucket, reg_bundle):
     name = ami_name()
     code, _, err = register(capsys, endpoint, f"{bucket}/amis/reg.manifest.xml", name, "--region", "eu-west-1")
     assert code == 3 and "--region us-east-1" in err
@@ -92,7 +70,7 @@ def test_register_bad_location(capsys, endpoint):
     assert code == 2 and "NAME.manifest.xml" in err
 
 
-def test_register_block_device_mapping_is_parsed(capsys, proxy, bucket, uploaded):
+def test_register_block_device_mapping_is_parsed(capsys, proxy, bucket, reg_bundle):
     code, _, err = register(capsys, proxy.url, f"{bucket}/amis/reg.manifest.xml", ami_name(),
                             "-b", "/dev/sdb=ephemeral0", "-b", "/dev/sdc=none,/dev/sdd=:20:true:gp3")
     assert code == 0, err

@@ -8,15 +8,14 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from tests.integration.test_ec2_register import ami_name, images_named, register, uploaded  # noqa: F401
-from tests.integration.test_s3_upload import KIB, keys_in, run, upload
 from tests.support.bundles import make_fake_bundle
+from tests.support.cli import KIB, ami_name, images_named, keys_in, register, run, upload
 
 ORG = "arn:aws:organizations::123456789012:organization/o-abcdefghij"
 OU = "arn:aws:organizations::123456789012:ou/o-abcdefghij/ou-ab12-cdefghij"
 
 
-def test_modern_register(capsys, endpoint, proxy, s3, ec2, bucket, uploaded):  # noqa: F811
+def test_modern_register(capsys, endpoint, proxy, s3, ec2, bucket, reg_bundle):
     name = ami_name()
     location = f"{bucket}/amis/reg.manifest.xml"
     code, out, err = register(capsys, proxy.url, location, name, "--json", "--tag", "team=infra",
@@ -48,7 +47,7 @@ def test_modern_register(capsys, endpoint, proxy, s3, ec2, bucket, uploaded):  #
     assert keys_in(s3, bucket) == {}
 
 
-def test_sharing_with_all_under_block_public_access(capsys, endpoint, ec2, bucket, uploaded):  # noqa: F811
+def test_sharing_with_all_under_block_public_access(capsys, endpoint, ec2, bucket, reg_bundle):
     name = ami_name()
     assert ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"] == "block-new-sharing"
     code, _, err = register(capsys, endpoint, f"{bucket}/amis/reg.manifest.xml", name, "--launch-permission", "all")
@@ -66,7 +65,7 @@ def test_sharing_with_all_under_block_public_access(capsys, endpoint, ec2, bucke
         ec2.enable_image_block_public_access(ImageBlockPublicAccessState="block-new-sharing")
 
 
-def test_bad_register_flags(capsys, endpoint, bucket, uploaded):  # noqa: F811
+def test_bad_register_flags(capsys, endpoint, bucket, reg_bundle):
     location = f"{bucket}/amis/reg.manifest.xml"
     for flags, text in ((["--deprecate-at", "2001-01-01"], "not in the future"),
                         (["--deprecate-at", "soon"], "expected a time"),

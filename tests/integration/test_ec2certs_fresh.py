@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bundler import ec2certs
-from tests.integration.test_bundle_image import field, openssl_unwrap
+from tests.support.classic import field, openssl_unwrap
 
 REPO = Path(__file__).resolve().parents[2]
 CLASSIC_DIRS = ("/opt/aws/amitools/ec2/etc/ec2/amitools", "/usr/local/ec2/amitools/etc/ec2/amitools",
@@ -67,7 +67,7 @@ def test_shipped_certificates_are_used(fresh, user_key_pair, region, name):
 
 
 def test_opt_in_region_refused_then_its_own_certificate_used(fresh, user_key_pair, tmp_path):
-    from tests.conftest import make_key_pair
+    from tests.support.keypairs import make_key_pair
 
     root, env, image = fresh
     dest = tmp_path / "out"

@@ -19,17 +19,10 @@ import pytest
 
 from bundler.cli import main
 from bundler.errors import EXIT_INPUT, EXIT_INTEGRITY, EXIT_USAGE
-from tests.integration.test_s3_upload import keys_in
 from tests.support.bundles import make_fake_bundle
+from tests.support.cli import keys_in, run
 
 ACCOUNT = "123456789012"
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def error_line(err: str) -> str:

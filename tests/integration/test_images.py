@@ -18,7 +18,7 @@ from bundler.cli import main
 from bundler.errors import ImageError
 from bundler.images import open_source
 from bundler.images.inspect import inspect_image
-from tests.integration.test_bundle_image import classic_extract
+from tests.support.classic import classic_extract
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-img") or not shutil.which("mke2fs"),
                                 reason="needs qemu-img (qemu-utils) and mke2fs")

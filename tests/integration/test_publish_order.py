@@ -13,11 +13,8 @@ import json
 import uuid
 
 from bundler.s3 import LOCK_SUFFIX
-from tests.integration.test_ec2_install import sparse_image
-from tests.integration.test_regions_copy import region_b  # noqa: F401 - fixture
-from tests.integration.test_regions_install import cert_dir  # noqa: F401 - fixture
-from tests.integration.test_s3_upload import KIB, MIB, run, upload
 from tests.support.bundles import make_fake_bundle
+from tests.support.cli import KIB, MIB, install_argv, run, sparse_image, upload
 from tests.support.s3kit import inspect_bundles
 
 
@@ -78,66 +75,28 @@ def test_upload_bundle_order(capsys, endpoint, proxy, s3, bucket, tmp_path, sign
 def test_install_order_streaming_sink(
     capsys, endpoint, proxy, s3, bucket, tmp_path, signing_key, user_keys, ec2_keys
 ):
-    key, cert = user_keys
     old = make_fake_bundle(tmp_path / "old", "disk", [64 * KIB] * 2, signing_key)
     assert upload(capsys, endpoint, f"{bucket}/i", old)[0] == 0
     image = tmp_path / "disk"
     sparse_image(image, 24 * MIB)
     proxy.clear()
-    code, _, err = run(
-        capsys,
-        "install",
-        "-i",
-        str(image),
-        "-c",
-        str(cert),
-        "-k",
-        str(key),
-        "-u",
-        "123456789012",
-        "-r",
-        "x86_64",
-        "--ec2cert",
-        str(ec2_keys[1]),
-        "-b",
-        f"{bucket}/i",
-        "--no-register",
-        "--force",
-        "--endpoint-url",
-        proxy.url,
-    )
+    argv = install_argv(image, user_keys, proxy.url, bucket=f"{bucket}/i", ec2cert=ec2_keys[1],
+                        register=False)
+    code, _, err = run(capsys, *argv, "--force")
     assert code == 0, err
     check_order(proxy.requests(), bucket, "i/", "disk", replaced=True)
     bundle_ok(s3, bucket, "i/", "disk.manifest.xml")
 
 
 def test_copy_bundle_order(
-    capsys, endpoint, proxy, s3, bucket, tmp_path, signing_key, user_keys, ec2_keys, region_b  # noqa: F811
+    capsys, endpoint, proxy, s3, bucket, tmp_path, signing_key, user_keys, ec2_keys, region_b
 ):
     key, cert = user_keys
     image = tmp_path / "disk"
     sparse_image(image, 24 * MIB)
-    code, _, err = run(
-        capsys,
-        "install",
-        "-i",
-        str(image),
-        "-c",
-        str(cert),
-        "-k",
-        str(key),
-        "-u",
-        "123456789012",
-        "-r",
-        "x86_64",
-        "--ec2cert",
-        str(ec2_keys[1]),
-        "-b",
-        f"{bucket}/src",
-        "--no-register",
-        "--endpoint-url",
-        endpoint,
-    )
+    argv = install_argv(image, user_keys, endpoint, bucket=f"{bucket}/src", ec2cert=ec2_keys[1],
+                        register=False)
+    code, _, err = run(capsys, *argv)
     assert code == 0, err
     dest = f"dst-{uuid.uuid4().hex[:12]}"
     for mode in ("server", "stream"):
@@ -178,37 +137,16 @@ def test_copy_bundle_order(
 
 
 def test_install_regions_order_fan_out_then_copy(
-    capsys, endpoint, proxy, s3, tmp_path, user_keys, cert_dir  # noqa: F811
+    capsys, endpoint, proxy, s3, tmp_path, user_keys, cert_dir
 ):
     certs, _ = cert_dir
-    key, cert = user_keys
     image = tmp_path / "disk"
     sparse_image(image, 24 * MIB)
     tag = uuid.uuid4().hex[:8]
     regions = ("us-east-1", "eu-west-1")
-    argv = [
-        "install",
-        "-i",
-        str(image),
-        "-c",
-        str(cert),
-        "-k",
-        str(key),
-        "-u",
-        "123456789012",
-        "-r",
-        "x86_64",
-        "--regions",
-        ",".join(regions),
-        "--bucket-template",
-        f"order-{tag}-{{region}}/amis",
-        "--ec2cert-dir",
-        str(certs),
-        "--no-register",
-        "--endpoint-url",
-        proxy.url,
-        "--json",
-    ]
+    argv = install_argv(image, user_keys, proxy.url, regions=regions,
+                        template=f"order-{tag}-{{region}}/amis", cert_dir=certs, register=False)
+    argv.append("--json")
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     for region in regions:

@@ -10,9 +10,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from tests.integration.test_regions_copy import region_b, source_bundle  # noqa: F401 - fixtures
-from tests.integration.test_s3_upload import KIB, keys_in, run, upload
 from tests.support.bundles import make_fake_bundle
+from tests.support.cli import KIB, install_argv, keys_in, run, upload
 from tests.support.s3kit import inspect_bundles, one_line_error
 
 
@@ -150,31 +149,10 @@ def test_deregister_delete_bundle_keeps_it_while_a_sibling_ami_uses_it(
 def test_install_twice_with_a_changed_image_never_breaks_the_first_ami(
     capsys, endpoint, s3, ec2, bucket, tmp_path, user_keys, ec2_keys
 ):
-    key, cert = user_keys
     image = tmp_path / "web.img"
     image.write_bytes(b"first image " * 40_000)
-    argv = [
-        "install",
-        "-i",
-        str(image),
-        "-c",
-        str(cert),
-        "-k",
-        str(key),
-        "-u",
-        "123456789012",
-        "-r",
-        "x86_64",
-        "--ec2cert",
-        str(ec2_keys[1]),
-        "-b",
-        f"{bucket}/web",
-        "--endpoint-url",
-        endpoint,
-        "--json",
-        "-n",
-        f"web-{uuid.uuid4().hex[:8]}",
-    ]
+    argv = install_argv(image, user_keys, endpoint, bucket=f"{bucket}/web", ec2cert=ec2_keys[1])
+    argv += ["--json", "-n", f"web-{uuid.uuid4().hex[:8]}"]
     code, out, err = run(capsys, *argv)
     assert code == 0, err
     first = json.loads(out)
@@ -243,7 +221,7 @@ def test_orphan_cleanup_failing_after_publishing_only_warns(
 
 
 def test_registered_ami_protects_its_bundle_from_copy_bundle(
-    capsys, endpoint, s3, bucket, tmp_path, signing_key, source_bundle, user_keys, region_b  # noqa: F811
+    capsys, endpoint, s3, bucket, tmp_path, signing_key, source_bundle, user_keys, region_b
 ):
     key, cert = user_keys
     dest = f"dst-{uuid.uuid4().hex[:12]}"
@@ -269,7 +247,7 @@ def test_registered_ami_protects_its_bundle_from_copy_bundle(
         "--region",
         "eu-west-1",
         "--ec2cert",
-        str(region_b.cert_path),  # noqa: F811
+        str(region_b.cert_path),
         "--endpoint-url",
         endpoint,
     ]

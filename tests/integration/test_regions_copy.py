@@ -6,34 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from types import SimpleNamespace
 
-import pytest
-
-from tests.integration.conftest import plain_client
-from tests.integration.test_ec2_install import sparse_image
-from tests.integration.test_s3_upload import MIB, bundle_puts, keys_in, run
-
-REGION_B = "af-south-1"  # the stand-in EC2 has a key pair of its own there (an opt-in region)
-
-
-@pytest.fixture(scope="module")
-def region_b(strict_aws):
-    """Region B's EC2 key pair: the stand-in's, so RegisterImage there can decrypt the copy."""
-    return SimpleNamespace(cert_path=strict_aws.keys.cert_path(REGION_B), key_path=strict_aws.keys.key_path(REGION_B))
-
-
-@pytest.fixture
-def source_bundle(capsys, endpoint, s3, bucket, tmp_path, user_keys, ec2_keys):
-    """A real bundle (3 parts) installed in ``bucket/src`` in us-east-1."""
-    key, cert = user_keys
-    image = tmp_path / "disk.img"
-    digest = sparse_image(image, 24 * MIB)
-    code, out, err = run(capsys, "install", "-i", str(image), "-p", "disk", "-c", str(cert), "-k", str(key),
-                         "-u", "123456789012", "-r", "x86_64", "--ec2cert", str(ec2_keys[1]), "-b", f"{bucket}/src",
-                         "--no-register", "--endpoint-url", endpoint, "--json")
-    assert code == 0, err
-    return digest, json.loads(out)["parts"]
+from tests.support.awsfixtures import REGION_B, plain_client
+from tests.support.cli import bundle_puts, keys_in, run
 
 
 def copy(capsys, proxy, bucket, dest, cert, key, region_b, *extra):

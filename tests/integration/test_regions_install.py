@@ -9,22 +9,11 @@ import json
 import uuid
 from pathlib import Path
 
-import pytest
-
 from bundler.s3 import LOCK_SUFFIX
-from tests.integration.conftest import plain_client
-from tests.integration.test_ec2_install import sparse_image
-from tests.integration.test_s3_upload import MIB, keys_in, run
+from tests.support.awsfixtures import plain_client
+from tests.support.cli import MIB, keys_in, run, sparse_image
 
 REGIONS = ("us-east-1", "eu-west-1", "cn-north-1")
-
-
-@pytest.fixture(scope="module")
-def cert_dir(strict_aws):
-    """The stand-in EC2's certificate directory: the commercial cert, and China's own (a different
-    key pair); RegisterImage in each region decrypts with that region's key."""
-    keys = strict_aws.keys
-    return keys.cert_dir, {r: keys.key_path(r) for r in REGIONS}
 
 
 def install(capsys, proxy, image, template, cert_dir, user_keys, name, *extra):

@@ -9,9 +9,8 @@ import os
 
 import pytest
 
-from tests.conftest import make_key_pair
-from tests.integration.test_ec2_install import sparse_image
-from tests.integration.test_s3_upload import MIB, run
+from tests.support.cli import MIB, run, sparse_image
+from tests.support.keypairs import make_key_pair
 
 
 @pytest.fixture

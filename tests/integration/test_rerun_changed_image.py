@@ -7,42 +7,14 @@ import json
 import os
 import uuid
 
-from tests.integration.test_regions_install import cert_dir  # noqa: F401 - fixture
-from tests.integration.test_s3_upload import MIB, run
+from tests.support.cli import MIB, install_argv, run
 from tests.support.s3kit import inspect_bundles
 
 
 def install(capsys, endpoint, image, template, certs, user_keys, regions, *extra):
-    key, cert = user_keys
-    return run(
-        capsys,
-        "install",
-        "-i",
-        str(image),
-        "-p",
-        "disk",
-        "-c",
-        str(cert),
-        "-k",
-        str(key),
-        "-u",
-        "123456789012",
-        "-r",
-        "x86_64",
-        "--regions",
-        ",".join(regions),
-        "--bucket-template",
-        template,
-        "--ec2cert-dir",
-        str(certs),
-        "--no-register",
-        "--endpoint-url",
-        endpoint,
-        "--max-attempts",
-        "1",
-        "--json",
-        *extra,
-    )
+    argv = install_argv(image, user_keys, endpoint, name="disk", regions=regions,
+                        template=template, cert_dir=certs, register=False)
+    return run(capsys, *argv, "--max-attempts", "1", "--json", *extra)
 
 
 def rewrite_same_size_same_mtime(path) -> None:
@@ -61,7 +33,7 @@ def digest_in(s3, bucket: str) -> str:
 
 
 def test_changed_image_is_not_present_and_never_copied_to_a_new_region(
-    capsys, endpoint, s3, tmp_path, user_keys, cert_dir  # noqa: F811
+    capsys, endpoint, s3, tmp_path, user_keys, cert_dir
 ):
     certs, _ = cert_dir
     image = tmp_path / "disk.img"

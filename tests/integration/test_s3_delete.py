@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.integration.test_s3_upload import KIB, keys_in, run, upload
 from tests.support.bundles import make_fake_bundle
+from tests.support.cli import KIB, keys_in, run, upload
 
 
 def delete(capsys, endpoint, target, *extra):

@@ -13,8 +13,8 @@ from bundler.manifest import parse_manifest, part_names
 from bundler.parts import Part, provisional_name
 from bundler.s3 import S3Location, S3PartSource, S3Sink, fetch_manifest
 from bundler.transfer import TransferConfig
-from tests.integration.test_s3_upload import KIB, MIB, keys_in, run, upload
 from tests.support.bundles import make_fake_bundle
+from tests.support.cli import KIB, MIB, keys_in, run, upload
 
 
 @pytest.fixture

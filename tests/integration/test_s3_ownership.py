@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from tests.integration.test_s3_upload import KIB, keys_in, run, upload
 from tests.support.bundles import make_fake_bundle
+from tests.support.cli import KIB, keys_in, run, upload
 from tests.support.strictaws.s3rules import EC2_CANONICAL_ID
 
 

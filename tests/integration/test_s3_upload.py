@@ -8,42 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from bundler.cli import main
-from bundler.s3 import LOCK_SUFFIX
 from tests.support.bundles import FakeBundle, make_fake_bundle
-
-KIB = 1024
-MIB = 1024 * 1024
-
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def upload(capsys, endpoint: str, target: str, bundle: FakeBundle, *extra: str) -> tuple[int, str, str]:
-    return run(capsys, "upload-bundle", "-b", target, "-m", str(bundle.manifest_path),
-               "--endpoint-url", endpoint, *extra)
+from tests.support.cli import KIB, MIB, bundle_puts, keys_in, run, upload
 
 
 @pytest.fixture
 def bundle3(tmp_path: Path, signing_key) -> FakeBundle:
     return make_fake_bundle(tmp_path / "bundle", "img", [MIB, MIB, 300 * KIB], signing_key)
-
-
-def bundle_puts(proxy, pattern: str = ".*"):
-    """PUTs of bundle objects (not of the upload's lock object, see bundler.s3.UploadLock)."""
-    return [r for r in proxy.requests("PUT", pattern) if not r.path.endswith(LOCK_SUFFIX)]
-
-
-def keys_in(s3, bucket: str, prefix: str = "") -> dict[str, tuple[int, str]]:
-    out = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for o in page.get("Contents", []):
-            out[o["Key"]] = (o["Size"], o["ETag"].strip('"'))
-    return out
 
 
 def test_upload_layout_acl_and_download_round_trip(capsys, endpoint, proxy, s3, bucket, bundle3, tmp_path, user_keys):
@@ -193,7 +164,7 @@ def test_bucket_is_created_with_location(capsys, endpoint, s3, bundle3):
 
 
 def test_wrong_explicit_region_names_the_right_one(capsys, endpoint, bundle3):
-    from tests.integration.conftest import plain_client
+    from tests.support.awsfixtures import plain_client
 
     eu = plain_client("s3", endpoint, "eu-central-1")
     name = "eu-" + bundle3.parts[0].sha1[:12]

@@ -13,8 +13,8 @@ import pytest
 from bundler.errors import OutputError
 from bundler.imagewriter import FileImageWriter
 from bundler.parts import DestinationLock, DirectorySink, Part, remove_stale, temp_name
-from tests.reliability import crashkit
-from tests.reliability.crashkit import REPO, inspect_bundle_dir, inspect_image_dir
+from tests.support import crashkit
+from tests.support.crashkit import REPO, inspect_bundle_dir, inspect_image_dir
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability import crashkit
-from tests.reliability.crashkit import (
+from tests.support import crashkit
+from tests.support.crashkit import (
     clean_dir,
     crash_at_step,
     inspect_bundle_dir,

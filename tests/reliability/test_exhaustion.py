@@ -22,8 +22,8 @@ from bundler.manifest import parse_manifest
 from bundler.parts import DirectorySource
 from bundler.pipeline import STREAM_SLACK, unbundle
 from bundler.tarstream import MemberInfo, data_padding, end_of_archive, member_header
-from tests.reliability import crashkit, harness
-from tests.reliability.crashkit import REPO, inspect_bundle_dir, inspect_image_dir
+from tests.support import crashkit, harness
+from tests.support.crashkit import REPO, inspect_bundle_dir, inspect_image_dir
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,12 @@ runs the same harness coverage-guided for as long as you like.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import io
-import os
-import signal
 import string
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bundler import keys as keylib
@@ -42,30 +39,8 @@ from bundler.tarstream import (
     end_of_archive,
     member_header,
 )
-from tests.reliability import harness
-
-# AMI_BUNDLER_FUZZ_EXAMPLES=5000 (and _RANDOM=1 for fresh seeds) turns CI's quick pass into a hunt.
-EXAMPLES = int(os.environ.get("AMI_BUNDLER_FUZZ_EXAMPLES", "60"))
-FAST = settings(max_examples=EXAMPLES, derandomize=not os.environ.get("AMI_BUNDLER_FUZZ_RANDOM"),
-                deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-SLOWER = settings(FAST, max_examples=max(1, EXAMPLES // 2))
-
-
-@contextlib.contextmanager
-def no_hang(seconds: float = 10.0):
-    """Turn a hang into a test failure instead of a stuck CI job."""
-    def alarm(signum, frame):
-        raise harness.Finding(f"no result after {seconds}s: a hang")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
+from tests.support import harness
+from tests.support.properties import FAST, SLOWER, no_hang
 
 # --------------------------------------------------------------------------- strategies
 

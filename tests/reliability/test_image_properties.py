@@ -1,6 +1,6 @@
 """Property tests for the image readers: seeds made by qemu-img and the compressors, damaged
 by hypothesis (bytes overwritten, truncated), must end in a verified read or one clear
-BundlerError line (tests/reliability/image_harness.py states the contract)."""
+BundlerError line (tests/support/image_harness.py states the contract)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.reliability.image_harness import IMAGE_TARGETS, check_image, seeds
-from tests.reliability.test_fuzz_properties import SLOWER, no_hang
+from tests.support.image_harness import IMAGE_TARGETS, check_image, seeds
+from tests.support.properties import SLOWER, no_hang
 
 damage = st.tuples(
     st.integers(0, 4),  # which seed

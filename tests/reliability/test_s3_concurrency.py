@@ -18,9 +18,8 @@ from bundler.errors import BundlerError
 from bundler.progress import NULL_PROGRESS
 from bundler.s3 import LOCK_SUFFIX, ConcurrentUploadError, S3Location, upload_bundle
 from bundler.transfer import TransferConfig
-from tests.integration.conftest import moto_server  # noqa: F401 - fixture
-from tests.integration.test_s3_upload import run
 from tests.support.bundles import make_fake_bundle
+from tests.support.cli import run
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3kit import (
     CONCURRENT_OK,
@@ -35,7 +34,7 @@ SEED = 4242
 
 
 @pytest.fixture(scope="module")
-def world(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:  # noqa: F811
+def world(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with FaultProxy(moto_server, seed=SEED) as proxy:
         yield make_world(moto_server, proxy, tmp_path_factory.mktemp("s3conc"))
 

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from bundler.s3 import LOCK_SUFFIX
-from tests.integration.conftest import moto_server  # noqa: F401 - fixture
-from tests.integration.test_s3_upload import run
+from tests.support.cli import run
 from tests.support.faultproxy import FaultProxy
 from tests.support.s3kit import (
     Tally,
@@ -29,7 +28,7 @@ SEED = 20261127
 
 
 @pytest.fixture(scope="module")
-def world(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:  # noqa: F811
+def world(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with FaultProxy(moto_server, seed=SEED) as proxy:
         yield make_world(moto_server, proxy, tmp_path_factory.mktemp("s3crash"))
 

@@ -10,19 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (  # noqa: F401 - fixtures
-    aws_env,
-    bucket,
-    ec2_keys,
-    endpoint,
-    moto_server,
-    proxy,
-    s3,
-    signing_key,
-    user_keys,
-)
-from tests.integration.test_s3_upload import KIB, bundle_puts, keys_in, run
 from tests.support.bundles import FakeBundle, make_fake_bundle
+from tests.support.cli import KIB, bundle_puts, keys_in, run
 from tests.support.s3kit import inspect_bundles, one_line_error
 
 
@@ -33,34 +22,34 @@ def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def small(tmp_path: Path, signing_key) -> FakeBundle:  # noqa: F811
+def small(tmp_path: Path, signing_key) -> FakeBundle:
     return make_fake_bundle(tmp_path / "b", "flt", [200 * KIB] * 4 + [50 * KIB], signing_key)
 
 
-def upload(capsys, url: str, bucket: str, bundle: FakeBundle, *extra: str):  # noqa: F811
+def upload(capsys, url: str, bucket: str, bundle: FakeBundle, *extra: str):
     return run(capsys, "upload-bundle", "-b", f"{bucket}/f", "-m", str(bundle.manifest_path), "--endpoint-url", url,
                "--max-attempts", "3", *extra)
 
 
-def download(capsys, url: str, bucket: str, dest: Path, *extra: str):  # noqa: F811
+def download(capsys, url: str, bucket: str, dest: Path, *extra: str):
     dest.mkdir(exist_ok=True)
     return run(capsys, "download-bundle", "-b", f"{bucket}/f", "-p", "flt", "-d", str(dest), "--endpoint-url", url,
                "--max-attempts", "3", *extra)
 
 
-def assert_stored(s3, bucket: str, bundle: FakeBundle) -> None:  # noqa: F811
+def assert_stored(s3, bucket: str, bundle: FakeBundle) -> None:
     seen = inspect_bundles(s3, bucket, "f/", known={"flt.manifest.xml": bundle.manifest_bytes})
     assert seen.ok and seen.complete == ["flt.manifest.xml"], seen
     assert not seen.locks
 
 
-def assert_nothing_published(s3, bucket: str) -> None:  # noqa: F811
+def assert_nothing_published(s3, bucket: str) -> None:
     seen = inspect_bundles(s3, bucket, "f/")
     assert seen.ok and not seen.manifests, seen
     assert not seen.locks  # a failed run releases its lock
 
 
-def test_5xx_storm_then_verified_round_trip(capsys, proxy, s3, bucket, small, tmp_path):  # noqa: F811
+def test_5xx_storm_then_verified_round_trip(capsys, proxy, s3, bucket, small, tmp_path):
     # 30 % of all requests answer 500 or 503 for a while: botocore and whole-object retries ride it out.
     proxy.add_rule("status", times=None, probability=0.2, seconds=4, status=500, code="InternalError")
     proxy.add_rule("status", times=None, probability=0.125, seconds=4, status=503, code="ServiceUnavailable")
@@ -74,7 +63,7 @@ def test_5xx_storm_then_verified_round_trip(capsys, proxy, s3, bucket, small, tm
         assert (tmp_path / "d" / name).read_bytes() == part.data
 
 
-def test_persistent_throttling_fails_in_one_line_and_bounded_time(capsys, proxy, s3, bucket, small):  # noqa: F811
+def test_persistent_throttling_fails_in_one_line_and_bounded_time(capsys, proxy, s3, bucket, small):
     proxy.add_rule("status", r"flt\.part\.2$", method="PUT", times=None, status=503, code="SlowDown")
     started = time.monotonic()
     code, _, err = upload(capsys, proxy.url, bucket, small, "--max-attempts", "2")
@@ -87,7 +76,7 @@ def test_persistent_throttling_fails_in_one_line_and_bounded_time(capsys, proxy,
     assert_nothing_published(s3, bucket)
 
 
-def test_wrong_etag_on_put_is_retried_then_fails_clearly(capsys, proxy, s3, bucket, small):  # noqa: F811
+def test_wrong_etag_on_put_is_retried_then_fails_clearly(capsys, proxy, s3, bucket, small):
     proxy.add_rule("etag", r"flt\.part\.1$", method="PUT", times=1)
     code, _, err = upload(capsys, proxy.url, bucket, small)
     assert code == 0, err
@@ -106,7 +95,7 @@ def test_wrong_etag_on_put_is_retried_then_fails_clearly(capsys, proxy, s3, buck
     assert_nothing_published(s3, bucket)
 
 
-def test_stalled_connections_time_out_and_are_retried(capsys, proxy, s3, bucket, small, tmp_path,  # noqa: F811
+def test_stalled_connections_time_out_and_are_retried(capsys, proxy, s3, bucket, small, tmp_path,
                                                        monkeypatch):
     monkeypatch.setenv("AMI_BUNDLER_READ_TIMEOUT", "0.5")
     proxy.add_rule("stall", r"flt\.part\.0$", method="PUT", times=2)
@@ -129,7 +118,7 @@ def test_stalled_connections_time_out_and_are_retried(capsys, proxy, s3, bucket,
 
 
 @pytest.mark.parametrize("action", ["truncate", "short"])
-def test_truncated_bodies(capsys, proxy, s3, bucket, small, tmp_path, action):  # noqa: F811
+def test_truncated_bodies(capsys, proxy, s3, bucket, small, tmp_path, action):
     code, _, err = upload(capsys, proxy.url, bucket, small)
     assert code == 0, err
     proxy.add_rule(action, r"flt\.part\.1$", method="GET", times=1)
@@ -149,7 +138,7 @@ def test_truncated_bodies(capsys, proxy, s3, bucket, small, tmp_path, action):  
     assert not (tmp_path / "bad" / "flt.manifest.xml").exists()
 
 
-def test_corrupted_manifest_body_is_caught_by_its_etag(capsys, proxy, s3, bucket, small, tmp_path):  # noqa: F811
+def test_corrupted_manifest_body_is_caught_by_its_etag(capsys, proxy, s3, bucket, small, tmp_path):
     code, _, err = upload(capsys, proxy.url, bucket, small)
     assert code == 0, err
     proxy.add_rule("corrupt", r"flt\.manifest\.xml$", method="GET", times=1)
@@ -165,8 +154,8 @@ def test_corrupted_manifest_body_is_caught_by_its_etag(capsys, proxy, s3, bucket
     assert not list((tmp_path / "bad").iterdir())
 
 
-def test_unbundle_from_s3_never_accepts_a_flipped_byte(capsys, proxy, endpoint, s3, bucket, tmp_path,  # noqa: F811
-                                                       user_keys, ec2_keys):  # noqa: F811
+def test_unbundle_from_s3_never_accepts_a_flipped_byte(capsys, proxy, endpoint, s3, bucket, tmp_path,
+                                                       user_keys, ec2_keys):
     key, cert = user_keys
     image = tmp_path / "u.img"
     image.write_bytes(bytes(range(256)) * 4096 + hashlib.sha512(b"x").digest() * 40_000)

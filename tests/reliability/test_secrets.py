@@ -18,8 +18,8 @@ from bundler import keys as keylib
 from bundler.cli import main
 from bundler.errors import OutputError
 from bundler.manifest import parse_manifest
-from tests.reliability import crashkit
-from tests.reliability.crashkit import REPO
+from tests.support import crashkit
+from tests.support.crashkit import REPO
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_debug_output_and_files_never_show_the_secrets(ws, tmp_path):
 
 def test_decryption_failure_messages_hold_no_key_material(tmp_path):
     """A signed bundle whose ciphertext is garbage: the error names the problem, not the key."""
-    from tests.reliability import harness
+    from tests.support import harness
 
     manifest, parts = harness.signed_bundle(b"", 10, gzip_data=os.urandom(5000))
     from bundler.errors import BundlerError

@@ -23,9 +23,8 @@ from pathlib import Path
 import pytest
 
 from bundler.parts import TEMP_MARK
-from tests.integration.conftest import moto_server  # noqa: F401 - fixture
-from tests.reliability import crashkit
-from tests.reliability.crashkit import (
+from tests.support import crashkit
+from tests.support.crashkit import (
     REPO,
     clean_dir,
     inspect_bundle_dir,
@@ -170,7 +169,7 @@ def test_real_unbundle_gives_the_image_its_archived_mode(big_ws, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def world(moto_server: str, tmp_path_factory) -> Iterator:  # noqa: F811
+def world(moto_server: str, tmp_path_factory) -> Iterator:
     from tests.support.faultproxy import FaultProxy
     from tests.support.s3kit import make_world
 

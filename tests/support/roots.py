@@ -171,3 +171,12 @@ def initramfs(modules: list[str], *, early: bool = True) -> bytes:
 
 def write_initramfs(root: Path, modules: list[str]) -> None:
     _write(root, f"boot/initrd.img-{KERNEL}", initramfs(modules))
+
+
+def dirty_tree(base: Path) -> Path:
+    """A clean root with every PLANTED problem in it."""
+    tree = write_clean_root(base, pv=True)
+    write_initramfs(tree, ["drivers/block/xen-blkfront.ko.xz"])
+    for plant, _ in PLANTED.values():
+        plant(tree)
+    return tree

@@ -76,7 +76,7 @@ def test_lookup_order(fs):
 
 
 def test_a_damaged_shipped_certificate_is_refused(tmp_path, monkeypatch):
-    from tests.conftest import make_key_pair
+    from tests.support.keypairs import make_key_pair
 
     copy = tmp_path / "certs"
     shutil.copytree(SHIPPED, copy)

@@ -54,7 +54,7 @@ from bundler.manifest import (
     parse_manifest,
     signed_data,
 )
-from tests.conftest import KeyPair
+from tests.support.keypairs import KeyPair
 
 GOLDEN = ("tiny", "two-part", "sparse")
 OPENSSL = shutil.which("openssl")

@@ -18,7 +18,7 @@ from bundler.migrate import (
     read_mapping_file,
     write_manifest_with_backup,
 )
-from tests.conftest import make_key_pair
+from tests.support.keypairs import make_key_pair
 
 KEY, IV = bytes(range(16)), bytes(range(16, 32))
 

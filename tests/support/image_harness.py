@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bundler.errors import BundlerError
 from bundler.images import open_source
-from tests.reliability.harness import Finding, check_error
+from tests.support.harness import Finding, check_error
 
 IMAGE_TARGETS = ("qcow2", "vmdk", "vhd", "vhdx", "compressed")
 # Output consumed per input: enough for the seeds, a bound for hostile maps.

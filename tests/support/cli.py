@@ -1,0 +1,108 @@
+"""Running the CLI in-process from a test, and what the S3/EC2 tests look at afterwards: one
+place for the helpers the integration and reliability tests share."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from bundler.cli import main
+from bundler.s3 import LOCK_SUFFIX
+from tests.support.bundles import FakeBundle
+
+KIB = 1024
+MIB = 1024 * 1024
+ACCOUNT = "123456789012"
+
+
+def run(capsys, *argv: object) -> tuple[int, str, str]:
+    """``ami-bundler ARGV`` in this process (paths and numbers as strings): (exit code, stdout,
+    stderr)."""
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def upload(
+    capsys, endpoint: str, target: str, bundle: FakeBundle, *extra: str
+) -> tuple[int, str, str]:
+    """``upload-bundle`` of a local bundle to ``target`` (BUCKET[/PREFIX])."""
+    return run(capsys, "upload-bundle", "-b", target, "-m", str(bundle.manifest_path),
+               "--endpoint-url", endpoint, *extra)
+
+
+def install_argv(
+    image: Path,
+    user_keys: tuple[Path, Path],
+    endpoint: str,
+    *,
+    bucket: str | None = None,
+    ec2cert: Path | None = None,
+    regions: Sequence[str] = (),
+    template: str | None = None,
+    cert_dir: Path | None = None,
+    name: str | None = None,
+    register: bool = True,
+) -> list[str]:
+    """``install`` of ``image`` signed with ``user_keys`` (key, cert) for account ACCOUNT, x86_64:
+    into ``bucket`` with ``ec2cert``, or into ``regions`` by ``template`` with ``cert_dir``."""
+    key, cert = user_keys
+    argv = ["install", "-i", str(image), "-c", str(cert), "-k", str(key), "-u", ACCOUNT,
+            "-r", "x86_64"]
+    if name is not None:
+        argv += ["-p", name]
+    if bucket is not None:
+        argv += ["-b", bucket]
+    if ec2cert is not None:
+        argv += ["--ec2cert", str(ec2cert)]
+    if regions:
+        argv += ["--regions", ",".join(regions)]
+    if template is not None:
+        argv += ["--bucket-template", template]
+    if cert_dir is not None:
+        argv += ["--ec2cert-dir", str(cert_dir)]
+    if not register:
+        argv.append("--no-register")
+    return argv + ["--endpoint-url", endpoint]
+
+
+def register(capsys, url: str, location: str, name: str, *extra: str) -> tuple[int, str, str]:
+    return run(capsys, "register", location, "-n", name, "--endpoint-url", url, *extra)
+
+
+def ami_name() -> str:
+    """A fresh AMI name (names are unique per region and account)."""
+    return f"ami-bundler-test-{uuid.uuid4().hex[:10]}"
+
+
+def images_named(ec2, name: str) -> list[dict]:
+    filters = [{"Name": "name", "Values": [name]}]
+    return ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
+
+
+def bundle_puts(proxy, pattern: str = ".*"):
+    """PUTs of bundle objects (not of the upload's lock object, see bundler.s3.UploadLock)."""
+    return [r for r in proxy.requests("PUT", pattern) if not r.path.endswith(LOCK_SUFFIX)]
+
+
+def keys_in(s3, bucket: str, prefix: str = "") -> dict[str, tuple[int, str]]:
+    """key → (size, ETag) under ``prefix``, read with a plain client."""
+    out = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            out[o["Key"]] = (o["Size"], o["ETag"].strip('"'))
+    return out
+
+
+def sparse_image(path: Path, size: int) -> str:
+    """Random data in a few places, holes elsewhere; returns its SHA-1."""
+    with open(path, "wb") as fh:
+        fh.truncate(size)
+        for offset, length in ((0, 300_000), (5 * MIB, 11 * MIB), (size - 4096, 4096)):
+            fh.seek(offset)
+            fh.write(os.urandom(length))
+    return hashlib.sha1(path.read_bytes()).hexdigest()
