@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from .concurrency import run_all
 from .ec2 import RegisterOptions, preflight, register_image, wait_available
-from .errors import BundlerError, UsageError
+from .errors import BundlerError, S3Error, UsageError
 from .manifest import ParsedManifest, parse_manifest
 from .multiregion import FanOutSink, region_manifest
 from .parts import PartSink
@@ -72,6 +73,12 @@ class RegionTarget:
     ec2_cert: str = "EC2 certificate"  # for messages
     endpoint: str | None = None  # the S3 endpoint override, if any (decides server-side copy)
     in_use: InUseLookup | None = None  # which AMIs use a bundle there (see bundler.inuse)
+    account: str | None = None  # whose bucket and AMI (publish plans: several accounts)
+
+    @property
+    def label(self) -> str:
+        """How results and messages name it: the region, or ACCOUNT/REGION with accounts."""
+        return f"{self.account}/{self.region}" if self.account else self.region
 
 
 @dataclass
@@ -87,26 +94,37 @@ class RegionOutcome:
     parts_transferred: int = 0
     parts_skipped: int = 0
     bytes_uploaded: int = 0
+    account: str | None = None
+    exit_code: int | None = None  # of the error, when it failed (BundlerError.exit_code)
     # What failed, for a caller that reports one region's failure as its own error (the CLI's
-    # single-region install keeps each error's exit code).
+    # single-region install re-raises it).
     exception: BaseException | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
-    def fail(self, exc: BaseException) -> None:
+    @property
+    def label(self) -> str:
+        return f"{self.account}/{self.region}" if self.account else self.region
+
+    def failed(self, exc: BaseException | str, exit_code: int = S3Error.exit_code) -> None:
         self.action = "failed"
-        self.error = _message(exc)
-        self.exception = exc
+        self.error = exc if isinstance(exc, str) else _message(exc)
+        self.exit_code = getattr(exc, "exit_code", exit_code)
+        if isinstance(exc, BaseException):
+            self.exception = exc
 
     def summary(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "region": self.region, "image_location": self.image_location, "action": self.action,
             "image_id": self.image_id, "registered": self.registered, "error": self.error,
             "copied_from": self.copied_from, "parts_transferred": self.parts_transferred,
             "parts_skipped": self.parts_skipped, "state": self.state,
         }
+        if self.account:
+            out["account"] = self.account
+        return out
 
 
 @dataclass
@@ -124,8 +142,8 @@ class InstallResult:
     def summary(self) -> dict[str, object]:
         return {
             "name": self.name, "bundled": self.bundled, "seconds": round(self.seconds, 3),
-            "regions": {o.region: o.summary() for o in self.outcomes},
-            "failed": [o.region for o in self.failed],
+            "regions": {o.label: o.summary() for o in self.outcomes},
+            "failed": [o.label for o in self.failed],
             "bundle": self.bundle.summary() if self.bundle else None,
         }
 
@@ -157,6 +175,8 @@ def install(
     copy_mode: str = "auto",
     force: bool = False,
     enable_bucket_acls: bool = False,
+    max_regions: int | None = None,
+    fingerprint: ImageFingerprint | None = None,
 ) -> InstallResult:
     """Bundle ``source`` once into every target (or complete an earlier run) and register it.
 
@@ -166,12 +186,17 @@ def install(
     an empty ``register.name`` means the bundle's name. ``wait``: until each new AMI is
     available. ``copy_mode``: how a region is completed from one that has the bundle (auto |
     server | stream). ``force``: replace a different bundle of that name (never one a
-    registered AMI uses). ``source`` is closed.
+    registered AMI uses). ``max_regions``: at most this many targets worked on at once;
+    bundling fans out to the first ones and the others are copied from them (None: all at
+    once). ``fingerprint``: the image's, when the caller has computed it already (it reads the
+    whole image). ``source`` is closed.
     """
     started = time.monotonic()
     try:
         if not targets:
             raise UsageError("install needs at least one target region")
+        if max_regions is not None and max_regions < 1:
+            raise UsageError(f"max_regions must be at least 1, not {max_regions}")
         if copy_mode not in COPY_MODES:
             raise UsageError(f"copy mode must be one of {', '.join(COPY_MODES)}, not {copy_mode!r}")
     except BaseException:
@@ -182,11 +207,14 @@ def install(
     if register is not None and not register.name:
         register = dataclasses.replace(register, name=name)
     states = [
-        _State(t, RegionOutcome(t.region, t.location.image_location(manifest_name)))
+        _State(t, RegionOutcome(t.region, t.location.image_location(manifest_name),
+                                account=t.account))
         for t in targets
     ]
     result = InstallResult(name, [st.outcome for st in states], False, 0.0)
-    image = ImageFingerprint(source, name)
+    limit = threading.BoundedSemaphore(max_regions) if max_regions else None
+    _parallel = partial(_in_parallel, limit=limit)
+    image = fingerprint or ImageFingerprint(source, name)
     try:
         _parallel(states, lambda st: _probe(st, manifest_name, keys, image, register, transfer,
                                             enable_bucket_acls))
@@ -196,17 +224,23 @@ def install(
         alive = [st for st in states if st.outcome.ok]
         have = [st for st in alive if st.parsed is not None]
         need = [st for st in alive if st.parsed is None]
-        if need and have:
+        if need and not have:
+            first, need = (need[:max_regions], need[max_regions:]) if max_regions else (need, [])
+            result.bundle = _bundle_to(first, source, keys, options, transfer, force)
+            result.bundled = True
+            have = [st for st in first if st.outcome.ok and st.parsed is not None]
+            if need and not have:
+                for st in need:
+                    st.outcome.failed("not bundled: every target it was bundled to first failed")
+                need = []
+        if need:
             log.info("%s already in %s: copying it to %s instead of bundling again", name,
-                     ", ".join(st.target.region for st in have),
-                     ", ".join(st.target.region for st in need))
+                     ", ".join(st.target.label for st in have),
+                     ", ".join(st.target.label for st in need))
             # Parallel copies would interleave on one progress display: they stay quiet.
             quiet = dataclasses.replace(transfer, progress=NULL_PROGRESS)
             _parallel(need, lambda st: _copy_from(st, have, manifest_name, keys, quiet, copy_mode,
                                                   force))
-        elif need:
-            result.bundle = _bundle_to(need, source, keys, options, transfer, force)
-            result.bundled = True
     finally:
         source.close()  # bundle() closes it too; closing twice is harmless, leaking it is not
     if register is not None:
@@ -217,14 +251,20 @@ def install(
     return result
 
 
-def _parallel(states: Sequence[_State], fn: Callable[[_State], None]) -> None:
-    """Run ``fn`` per region in parallel; an exception becomes that region's failure."""
+def _in_parallel(states: Sequence[_State], fn: Callable[[_State], None], *,
+                 limit: threading.BoundedSemaphore | None = None) -> None:
+    """Run ``fn`` per region in parallel (at most ``limit`` at once); an exception becomes that
+    region's failure."""
     def guarded(st: _State) -> None:
         try:
-            fn(st)
+            if limit is None:
+                fn(st)
+            else:
+                with limit:
+                    fn(st)
         except Exception as exc:
-            log.debug("%s failed", st.target.region, exc_info=True)
-            st.outcome.fail(exc)
+            log.debug("%s failed", st.target.label, exc_info=True)
+            st.outcome.failed(exc)
 
     for fut in run_all([partial(guarded, st) for st in states], name="ami-bundler-region"):
         fut.result()  # guarded() keeps Exceptions; a KeyboardInterrupt is raised here
@@ -258,8 +298,10 @@ def _server_side(src: RegionTarget, dst: RegionTarget, mode: str) -> bool:
         return True
     if mode == "stream":
         return False
-    # CopyObject needs one endpoint that sees both buckets: same partition, same endpoint.
-    return same_partition(src.region, dst.region) and src.endpoint == dst.endpoint
+    # CopyObject needs one endpoint that sees both buckets (same partition, same endpoint) and
+    # credentials that can read the source: the destination's account's, so the same account.
+    return (same_partition(src.region, dst.region) and src.endpoint == dst.endpoint
+            and src.account == dst.account)
 
 
 def _copy_from(st: _State, have: Sequence[_State], manifest_name: str, keys: BundleKeys,
@@ -277,7 +319,7 @@ def _copy_from(st: _State, have: Sequence[_State], manifest_name: str, keys: Bun
     )
     st.parsed = parse_manifest(data, source=t.location.url(manifest_name))
     st.outcome.action = "copied"
-    st.outcome.copied_from = src.target.region
+    st.outcome.copied_from = src.target.label
     st.outcome.parts_transferred = copied.parts_copied
     st.outcome.parts_skipped = copied.parts_skipped
     st.outcome.bytes_uploaded = copied.bytes_copied
@@ -286,7 +328,7 @@ def _copy_from(st: _State, have: Sequence[_State], manifest_name: str, keys: Bun
 def _bundle_to(need: Sequence[_State], source: ImageSource, keys: BundleKeys,
                options: BundleOptions, transfer: TransferConfig,
                force: bool) -> BundleResult | None:
-    by_region = {st.target.region: st for st in need}
+    by_label = {st.target.label: st for st in need}
     first = need[0].target
     bundle_keys = BundleKeys(keys.signing_key, keys.user_public_key, first.ec2_public_key,
                              keys.ec2_certificate)
@@ -294,16 +336,19 @@ def _bundle_to(need: Sequence[_State], source: ImageSource, keys: BundleKeys,
     sink_transfer = (transfer if len(need) == 1
                      else dataclasses.replace(transfer, progress=NULL_PROGRESS))
     sinks = {
-        st.target.region: S3Sink(st.target.s3, st.target.location, transfer=sink_transfer,
+        st.target.label: S3Sink(st.target.s3, st.target.location, transfer=sink_transfer,
                                  force=force, in_use=st.target.in_use)
         for st in need
     }
 
-    def manifest_for(region: str, data: bytes) -> bytes:
-        target = by_region[region].target
-        parsed = parse_manifest(data, source=by_region[region].outcome.image_location)
-        return region_manifest(parsed, bundle_keys, target.ec2_public_key, target.ec2_cert,
-                               wrapped_to=first.ec2_public_key)
+    def manifest_for(label: str, data: bytes) -> bytes:
+        st = by_label[label]
+        parsed = parse_manifest(data, source=st.outcome.image_location)
+        out = region_manifest(parsed, bundle_keys, st.target.ec2_public_key, st.target.ec2_cert,
+                              wrapped_to=first.ec2_public_key)
+        # Later targets are copied from this one: they need its own manifest.
+        st.parsed = parse_manifest(out, source=st.outcome.image_location)
+        return out
 
     children: dict[str, PartSink] = dict(sinks)
     fan = FanOutSink(children, manifest_for=manifest_for)
@@ -313,15 +358,15 @@ def _bundle_to(need: Sequence[_State], source: ImageSource, keys: BundleKeys,
         # Every sink failed (or bundling itself did): every region fails with the reason.
         for st in need:
             if st.outcome.ok:
-                st.outcome.fail(fan.failures.get(st.target.region, exc))
+                st.outcome.failed(fan.failures.get(st.target.label, exc))
         return None
-    for region, failure in fan.failures.items():
-        by_region[region].outcome.fail(failure)
-    for region in fan.committed:
-        outcome = by_region[region].outcome
+    for label, failure in fan.failures.items():
+        by_label[label].outcome.failed(failure)
+    for label in fan.committed:
+        outcome = by_label[label].outcome
         outcome.action = "bundled"
         outcome.parts_transferred = len(bundled.part_names)
-        outcome.bytes_uploaded = sinks[region].bytes_uploaded
+        outcome.bytes_uploaded = sinks[label].bytes_uploaded
     return bundled
 
 

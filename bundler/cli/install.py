@@ -168,6 +168,8 @@ def _install_one(args: argparse.Namespace, printer: Printer) -> int:
     outcome = result.outcomes[0]
     if outcome.exception is not None:
         raise outcome.exception  # one region: its failure is the command's, with its exit code
+    if not outcome.ok:
+        raise S3Error(outcome.error or "install failed")
     b = result.bundle
     data = _one_region_summary(result)
     if b is None:
