@@ -23,8 +23,8 @@ def cli(*args: object, limit_fsize: int | None = None,
         if limit_fsize is not None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (limit_fsize, limit_fsize))
 
-    return subprocess.run([sys.executable, "-m", "bundler", *map(str, args)], capture_output=True, text=True,
-                          preexec_fn=limits, input=input)
+    return subprocess.run([sys.executable, "-m", "bundler", *map(str, args)], capture_output=True,
+                          text=True, preexec_fn=limits, input=input)
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -46,8 +46,10 @@ def bundled(tmp_path, user_key_pair, ec2_key_pair):
     image.write_bytes(os.urandom(PART + 5000))
     dest = tmp_path / "bundle"
     dest.mkdir()
-    proc = cli("bundle-image", "-i", image, "-c", user_key_pair.cert_path, "-k", user_key_pair.key_path,
-               "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path, "-d", dest, "-r", "x86_64")
+    proc = cli("bundle-image", "-i", image, "-c", user_key_pair.cert_path,
+               "-k", user_key_pair.key_path,
+               "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path, "-d", dest,
+               "-r", "x86_64")
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "out"
     out.mkdir()
@@ -156,7 +158,9 @@ def test_part_named_outside_the_source(bundled, user_key_pair, tmp_path):
     m.parts[1] = PartEntry(1, "../x", m.parts[1].digest)
     evil = dest / "evil.manifest.xml"
     unsigned = m.to_unsigned_xml()
-    evil.write_bytes(insert_signature(unsigned, keylib.sign(user_key_pair.private_key, signed_data(unsigned))))
+    evil.write_bytes(insert_signature(unsigned,
+                                      keylib.sign(user_key_pair.private_key,
+                                                            signed_data(unsigned))))
     (tmp_path / "x").write_bytes((dest / "img.part.1").read_bytes())
     err = one_line_error(unbundle(evil, user_key_pair.key_path, out))
     assert "unsafe part name" in err and "../x" in err
@@ -176,9 +180,10 @@ def test_destination_disk_full_on_bundle(tmp_path, user_key_pair, ec2_key_pair):
     image.write_bytes(os.urandom(3 * PART))
     dest = tmp_path / "b"
     dest.mkdir()
-    proc = cli("bundle-image", "-i", image, "-c", user_key_pair.cert_path, "-k", user_key_pair.key_path,
-               "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path, "-d", dest, "-r", "x86_64",
-               limit_fsize=PART // 2)
+    proc = cli("bundle-image", "-i", image, "-c", user_key_pair.cert_path,
+               "-k", user_key_pair.key_path,
+               "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path, "-d", dest,
+               "-r", "x86_64", limit_fsize=PART // 2)
     err = one_line_error(proc)
     assert "file size limit exceeded" in err or "no space left" in err
     assert leftovers(dest) == []
@@ -186,7 +191,8 @@ def test_destination_disk_full_on_bundle(tmp_path, user_key_pair, ec2_key_pair):
 
 def test_missing_image(tmp_path, user_key_pair, ec2_key_pair):
     proc = cli("bundle-image", "-i", tmp_path / "none.img", "-c", user_key_pair.cert_path, "-k",
-               user_key_pair.key_path, "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path, "-d", tmp_path)
+               user_key_pair.key_path, "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path,
+               "-d", tmp_path)
     assert one_line_error(proc) == f"ami-bundler: error: image {tmp_path / 'none.img'} does not exist"
 
 
@@ -195,7 +201,8 @@ def test_empty_image(tmp_path, user_key_pair, ec2_key_pair):
     dest = tmp_path / "b"
     dest.mkdir()
     proc = cli("bundle-image", "-i", tmp_path / "empty.img", "-c", user_key_pair.cert_path, "-k",
-               user_key_pair.key_path, "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path, "-d", dest)
+               user_key_pair.key_path, "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path,
+               "-d", dest)
     assert "is empty (0 bytes)" in one_line_error(proc)
     assert leftovers(dest) == []
 
@@ -203,8 +210,10 @@ def test_empty_image(tmp_path, user_key_pair, ec2_key_pair):
 def test_existing_bundle_is_not_overwritten(bundled, user_key_pair, ec2_key_pair):
     image, dest, manifest, _ = bundled
     before = {p.name: p.read_bytes() for p in dest.iterdir()}
-    proc = cli("bundle-image", "-i", image, "-c", user_key_pair.cert_path, "-k", user_key_pair.key_path,
-               "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path, "-d", dest, "-r", "x86_64")
+    proc = cli("bundle-image", "-i", image, "-c", user_key_pair.cert_path,
+               "-k", user_key_pair.key_path,
+               "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path, "-d", dest,
+               "-r", "x86_64")
     assert "already holds" in one_line_error(proc)
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
 
@@ -212,13 +221,14 @@ def test_existing_bundle_is_not_overwritten(bundled, user_key_pair, ec2_key_pair
 def test_mismatched_cert_and_key(tmp_path, user_key_pair, ec2_key_pair):
     image = tmp_path / "i.img"
     image.write_bytes(b"abc" * 1000)
-    proc = cli("bundle-image", "-i", image, "-c", ec2_key_pair.cert_path, "-k", user_key_pair.key_path,
+    proc = cli("bundle-image", "-i", image, "-c", ec2_key_pair.cert_path,
+               "-k", user_key_pair.key_path,
                "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path, "-d", tmp_path)
     assert "does not belong to private key" in one_line_error(proc)
 
 
 def test_debug_shows_traceback(tmp_path, user_key_pair, ec2_key_pair):
     proc = cli("bundle-image", "-i", tmp_path / "none.img", "-c", user_key_pair.cert_path, "-k",
-               user_key_pair.key_path, "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path, "-d", tmp_path,
-               "--debug")
+               user_key_pair.key_path, "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path,
+               "-d", tmp_path, "--debug")
     assert proc.returncode == 1 and "Traceback" in proc.stderr

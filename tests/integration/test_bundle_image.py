@@ -38,7 +38,8 @@ def run_cli(*args: str | Path, check: int | None = 0, capsys=None) -> int:
 def bundle(tmp_path: Path, image: Path, user, ec2, *extra: str, dest: Path | None = None) -> Path:
     dest = dest or tmp_path / "bundle"
     dest.mkdir(exist_ok=True)
-    run_cli("bundle-image", "-i", image, "-c", user.cert_path, "-k", user.key_path, "-u", "1234-5678-9012",
+    run_cli("bundle-image", "-i", image, "-c", user.cert_path, "-k", user.key_path,
+            "-u", "1234-5678-9012",
             "--ec2cert", ec2.cert_path, "-d", dest, "-r", "x86_64", "-q", *extra)
     return dest
 
@@ -48,7 +49,8 @@ def test_bundle_is_readable_by_the_classic_toolchain(tmp_path, user_key_pair, ec
     rnd = os.urandom
     if layout == "sparse":
         image = make_sparse_image(tmp_path / "disk.img", 64 << 20,
-                                  [(0, rnd(300_000)), (5 << 20, rnd(1 << 20)), ((64 << 20) - 4096, rnd(4096))])
+                                  [(0, rnd(300_000)), (5 << 20, rnd(1 << 20)),
+                                   ((64 << 20) - 4096, rnd(4096))])
     elif layout == "dense":
         image = tmp_path / "disk.img"
         image.write_bytes(rnd(3 << 20) + b"\0" * (1 << 20) + b"x" * 1000)
@@ -58,7 +60,8 @@ def test_bundle_is_readable_by_the_classic_toolchain(tmp_path, user_key_pair, ec
     else:
         image = tmp_path / "disk.img"
         image.write_bytes(rnd(PART + 4097))  # incompressible: must spill into a second part
-    dest = bundle(tmp_path, image, user_key_pair, ec2_key_pair, "-B", "ami=sda1,root=/dev/sda1", "--kernel", "aki-12345678")
+    dest = bundle(tmp_path, image, user_key_pair, ec2_key_pair, "-B", "ami=sda1,root=/dev/sda1",
+                  "--kernel", "aki-12345678")
     manifest = dest / "disk.img.manifest.xml"
     xml = manifest.read_text()
     assert xml.startswith("<?xml version='1.0'?><manifest><version>2007-10-10</version>")
@@ -71,7 +74,9 @@ def test_bundle_is_readable_by_the_classic_toolchain(tmp_path, user_key_pair, ec
         assert names == ["disk.img.part.0", "disk.img.part.1"]
         assert (dest / names[0]).stat().st_size == PART
     assert sum((dest / n).stat().st_size for n in names) == int(field(xml, "bundled_size"))
-    for name, digest in zip(names, re.findall(r"</filename><digest algorithm='SHA1'>([0-9a-f]{40})<", xml), strict=True):
+    for name, digest in zip(names,
+                            re.findall(r"</filename><digest algorithm='SHA1'>([0-9a-f]{40})<", xml),
+                            strict=True):
         assert hashlib.sha1((dest / name).read_bytes()).hexdigest() == digest
 
     tar_stream = classic_extract(dest, manifest, user_key_pair.key_path, tmp_path / "x")
@@ -86,11 +91,14 @@ def test_bundle_is_readable_by_the_classic_toolchain(tmp_path, user_key_pair, ec
         re.search(r"(<image>.*</image>)", xml).group(1)
     (tmp_path / "signed").write_bytes(signed.encode())
     (tmp_path / "sig").write_bytes(bytes.fromhex(field(xml, "signature")))
-    pub = subprocess.run(["openssl", "x509", "-pubkey", "-noout", "-in", str(user_key_pair.cert_path)],
+    pub = subprocess.run(["openssl", "x509",
+                          "-pubkey", "-noout", "-in", str(user_key_pair.cert_path)],
                          capture_output=True, check=True).stdout
     (tmp_path / "pub.pem").write_bytes(pub)
-    verified = subprocess.run(["openssl", "dgst", "-sha1", "-verify", str(tmp_path / "pub.pem"), "-signature",
-                               str(tmp_path / "sig"), str(tmp_path / "signed")], capture_output=True, text=True)
+    verified = subprocess.run(["openssl", "dgst", "-sha1", "-verify", str(tmp_path / "pub.pem"),
+                               "-signature",
+                               str(tmp_path / "sig"), str(tmp_path / "signed")],
+                              capture_output=True, text=True)
     assert verified.stdout.strip() == "Verified OK"
 
     # and our own reader gives the same image back, holes kept
@@ -103,13 +111,15 @@ def test_bundle_is_readable_by_the_classic_toolchain(tmp_path, user_key_pair, ec
 
 
 def test_holes_and_zero_runs_are_not_stored(tmp_path, user_key_pair, ec2_key_pair):
-    image = make_sparse_image(tmp_path / "zeros.img", 1 << 30, [(512 << 20, b"\0" * (8 << 20)), (600 << 20, b"data")])
+    image = make_sparse_image(tmp_path / "zeros.img", 1 << 30,
+                              [(512 << 20, b"\0" * (8 << 20)), (600 << 20, b"data")])
     dest = bundle(tmp_path, image, user_key_pair, ec2_key_pair)
     parts = [p for p in dest.iterdir() if ".part." in p.name]
     assert len(parts) == 1 and parts[0].stat().st_size < 64 * 1024
     out = tmp_path / "out"
     out.mkdir()
-    run_cli("unbundle", "-m", dest / "zeros.img.manifest.xml", "-k", user_key_pair.key_path, "-d", out, "-q")
+    run_cli("unbundle", "-m", dest / "zeros.img.manifest.xml", "-k", user_key_pair.key_path,
+            "-d", out, "-q")
     got = out / "zeros.img"
     assert got.stat().st_size == 1 << 30
     with open(got, "rb") as fh:
@@ -124,7 +134,8 @@ def test_part_naming_and_json_result(tmp_path, user_key_pair, ec2_key_pair, caps
     dest = tmp_path / "b"
     dest.mkdir()
     capsys.readouterr()
-    run_cli("bundle-image", "-i", image, "-c", user_key_pair.cert_path, "-k", user_key_pair.key_path,
+    run_cli("bundle-image", "-i", image, "-c", user_key_pair.cert_path,
+            "-k", user_key_pair.key_path,
             "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path, "-d", dest, "-r", "x86_64",
             "-p", "web", "--compression", "fast", "--json")
     result = json.loads(capsys.readouterr().out)
@@ -140,14 +151,17 @@ def test_stdin_image(tmp_path, user_key_pair, ec2_key_pair):
     dest.mkdir()
 
     def cmd(size: int, prefix: str) -> list[str]:
-        return [sys.executable, "-m", "bundler", "bundle-image", "-i", "-", "--image-size", str(size), "-p", prefix,
-                "-c", str(user_key_pair.cert_path), "-k", str(user_key_pair.key_path), "-u", "123456789012",
+        return [sys.executable, "-m", "bundler", "bundle-image",
+                "-i", "-", "--image-size", str(size), "-p", prefix,
+                "-c", str(user_key_pair.cert_path), "-k", str(user_key_pair.key_path),
+                "-u", "123456789012",
                 "--ec2cert", str(ec2_key_pair.cert_path), "-d", str(dest), "-r", "x86_64"]
 
     subprocess.run(cmd(len(data), "piped"), input=data, check=True, capture_output=True)
     out = tmp_path / "out"
     out.mkdir()
-    run_cli("unbundle", "-m", dest / "piped.manifest.xml", "-k", user_key_pair.key_path, "-d", out, "-q")
+    run_cli("unbundle", "-m", dest / "piped.manifest.xml", "-k", user_key_pair.key_path, "-d", out,
+            "-q")
     assert (out / "piped").read_bytes() == data
     short = subprocess.run(cmd(len(data) + 1, "piped2"), input=data, capture_output=True)
     assert short.returncode != 0
@@ -162,7 +176,8 @@ def test_compression_levels_roundtrip(tmp_path, user_key_pair, ec2_key_pair, lev
     dest = bundle(tmp_path, image, user_key_pair, ec2_key_pair, "--compression", level)
     out = tmp_path / "out"
     out.mkdir()
-    run_cli("unbundle", "-m", dest / "text.img.manifest.xml", "-k", user_key_pair.key_path, "-d", out, "-q")
+    run_cli("unbundle", "-m", dest / "text.img.manifest.xml", "-k", user_key_pair.key_path,
+            "-d", out, "-q")
     assert (out / "text.img").read_bytes() == image.read_bytes()
 
 
@@ -185,16 +200,20 @@ def test_verify_and_inspect(tmp_path, user_key_pair, ec2_key_pair, capsys):
 def test_classic_entry_point_and_no_traceback(tmp_path, user_key_pair, ec2_key_pair):
     """A user error through the installed script: one line on stderr, exit 1, no traceback."""
     missing = tmp_path / "nope.img"
-    proc = subprocess.run([sys.executable, "-c", "import sys; from bundler.cli import ec2_bundle_image; "
+    proc = subprocess.run([sys.executable,
+                           "-c", "import sys; from bundler.cli import ec2_bundle_image; "
                            "sys.argv[0]='ec2-bundle-image'; ec2_bundle_image()",
-                           "-i", str(missing), "-c", str(user_key_pair.cert_path), "-k", str(user_key_pair.key_path),
-                           "-u", "123456789012", "--ec2cert", str(ec2_key_pair.cert_path), "-d", str(tmp_path), "--batch"],
+                           "-i", str(missing), "-c", str(user_key_pair.cert_path),
+                           "-k", str(user_key_pair.key_path),
+                           "-u", "123456789012", "--ec2cert", str(ec2_key_pair.cert_path),
+                           "-d", str(tmp_path), "--batch"],
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip() == f"ec2-bundle-image: error: image {missing} does not exist"
 
 
-def test_region_selects_the_ec2_certificate(tmp_path, user_key_pair, ec2_key_pair, monkeypatch, capsys):
+def test_region_selects_the_ec2_certificate(tmp_path, user_key_pair, ec2_key_pair, monkeypatch,
+                                            capsys):
     from tests.support.keypairs import make_key_pair
 
     china = make_key_pair(tmp_path, "china-ec2")
@@ -212,7 +231,8 @@ def test_region_selects_the_ec2_certificate(tmp_path, user_key_pair, ec2_key_pai
             where = []
         else:
             where = ["--ec2cert-dir", str(certs)]
-        run_cli("bundle-image", "-i", image, "-c", user_key_pair.cert_path, "-k", user_key_pair.key_path,
+        run_cli("bundle-image", "-i", image, "-c", user_key_pair.cert_path,
+                "-k", user_key_pair.key_path,
                 "-u", "123456789012", "-d", dest, "-r", "x86_64", "--region", region, "-q", *where)
         xml = (dest / "r.img.manifest.xml").read_text()
         assert openssl_unwrap(pair.key_path, field(xml, "ec2_encrypted_key")) == \
@@ -221,8 +241,9 @@ def test_region_selects_the_ec2_certificate(tmp_path, user_key_pair, ec2_key_pai
     monkeypatch.delenv("EC2_AMITOOL_HOME", raising=False)
     monkeypatch.delenv("EC2_HOME", raising=False)
     capsys.readouterr()
-    code = main(["bundle-image", "-i", str(image), "-c", str(user_key_pair.cert_path), "-k", str(user_key_pair.key_path),
-                 "-u", "123456789012", "-d", str(tmp_path), "-r", "x86_64", "--region", "af-south-1",
-                 "--ec2cert-dir", str(certs)])
+    code = main(["bundle-image", "-i", str(image), "-c", str(user_key_pair.cert_path),
+                 "-k", str(user_key_pair.key_path),
+                 "-u", "123456789012", "-d", str(tmp_path), "-r", "x86_64",
+                 "--region", "af-south-1", "--ec2cert-dir", str(certs)])
     err = capsys.readouterr().err  # an opt-in region needs a certificate of its own
     assert code != 0 and "cert-ec2-af-south-1.pem" in err and "--ec2cert" in err

@@ -9,12 +9,14 @@ import uuid
 from tests.support.cli import MIB, keys_in, run, sparse_image
 
 
-def test_install_then_download_and_unbundle(capsys, endpoint, proxy, s3, ec2, bucket, tmp_path, user_keys, ec2_keys):
+def test_install_then_download_and_unbundle(capsys, endpoint, proxy, s3, ec2, bucket, tmp_path,
+                                            user_keys, ec2_keys):
     key, cert = user_keys
     image = tmp_path / "disk.img"
     digest = sparse_image(image, 40 * MIB)
     name = f"install-{uuid.uuid4().hex[:8]}"
-    code, out, err = run(capsys, "install", "-i", str(image), "-p", "disk", "-c", str(cert), "-k", str(key),
+    code, out, err = run(capsys, "install", "-i", str(image), "-p", "disk", "-c", str(cert),
+                         "-k", str(key),
                          "-u", "123456789012", "-r", "x86_64", "--ec2cert", str(ec2_keys[1]),
                          "-b", f"{bucket}/inst", "-n", name, "--jobs", "4", "--wait",
                          "--endpoint-url", proxy.url, "--json")
@@ -37,35 +39,39 @@ def test_install_then_download_and_unbundle(capsys, endpoint, proxy, s3, ec2, bu
     # Download the bundle, then unbundle it locally: the very same image comes back.
     dl = tmp_path / "dl"
     dl.mkdir()
-    code, _, err = run(capsys, "download-bundle", "-b", f"{bucket}/inst", "-p", "disk", "-d", str(dl), "-k", str(key),
-                       "--endpoint-url", endpoint)
+    code, _, err = run(capsys, "download-bundle", "-b", f"{bucket}/inst", "-p", "disk",
+                       "-d", str(dl), "-k", str(key), "--endpoint-url", endpoint)
     assert code == 0, err
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    code, _, err = run(capsys, "unbundle", "-m", str(dl / "disk.manifest.xml"), "-k", str(key), "-d", str(out_dir))
+    code, _, err = run(capsys, "unbundle", "-m", str(dl / "disk.manifest.xml"), "-k", str(key),
+                       "-d", str(out_dir))
     assert code == 0, err
     assert hashlib.sha1((out_dir / "disk").read_bytes()).hexdigest() == digest
 
     # And straight from S3, no parts on disk.
     direct = tmp_path / "direct"
     direct.mkdir()
-    code, _, err = run(capsys, "unbundle", "--from-s3", "-m", f"{bucket}/inst/disk.manifest.xml", "-k", str(key),
-                       "-d", str(direct), "--endpoint-url", endpoint)
+    code, _, err = run(capsys, "unbundle", "--from-s3", "-m", f"{bucket}/inst/disk.manifest.xml",
+                       "-k", str(key), "-d", str(direct), "--endpoint-url", endpoint)
     assert code == 0, err
     assert hashlib.sha1((direct / "disk").read_bytes()).hexdigest() == digest
 
-    code, out, err = run(capsys, "deregister", result["image_id"], "--delete-bundle", "--endpoint-url", endpoint)
+    code, out, err = run(capsys, "deregister", result["image_id"],
+                         "--delete-bundle", "--endpoint-url", endpoint)
     assert code == 0, err
     assert keys_in(s3, bucket) == {}
 
 
-def test_install_failure_leaves_nothing_behind(capsys, proxy, s3, ec2, bucket, tmp_path, user_keys, ec2_keys):
+def test_install_failure_leaves_nothing_behind(capsys, proxy, s3, ec2, bucket, tmp_path, user_keys,
+                                               ec2_keys):
     key, cert = user_keys
     image = tmp_path / "fail.img"
     sparse_image(image, 30 * MIB)
     proxy.add_rule("status", r"\.part\.", method="PUT", times=None, status=403, code="AccessDenied")
     name = f"install-{uuid.uuid4().hex[:8]}"
-    code, _, err = run(capsys, "install", "-i", str(image), "-c", str(cert), "-k", str(key), "-u", "123456789012",
+    code, _, err = run(capsys, "install", "-i", str(image), "-c", str(cert), "-k", str(key),
+                       "-u", "123456789012",
                        "-r", "x86_64", "--ec2cert", str(ec2_keys[1]), "-b", bucket, "-n", name,
                        "--endpoint-url", proxy.url)
     assert code == 3 and "s3:PutObjectAcl" in err

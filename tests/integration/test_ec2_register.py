@@ -11,9 +11,11 @@ from bundler.errors import EC2Error
 from tests.support.cli import ami_name, images_named, keys_in, register, run
 
 
-def test_register_tags_permissions_and_deregister_with_bundle(capsys, endpoint, proxy, s3, ec2, bucket, reg_bundle):
+def test_register_tags_permissions_and_deregister_with_bundle(capsys, endpoint, proxy, s3, ec2,
+                                                              bucket, reg_bundle):
     name = ami_name()
-    code, out, err = register(capsys, proxy.url, f"{bucket}/amis/reg.manifest.xml", name, "--json", "--wait",
+    code, out, err = register(capsys, proxy.url, f"{bucket}/amis/reg.manifest.xml", name,
+                              "--json", "--wait",
                               "--tag", "team=infra", "--launch-permission", "1111-2222-3333",
                               "--description", "test image")
     assert code == 0, err
@@ -32,7 +34,8 @@ def test_register_tags_permissions_and_deregister_with_bundle(capsys, endpoint, 
     assert form["ImageLocation"] == [f"{bucket}/amis/reg.manifest.xml"]
     assert form["Architecture"] == ["x86_64"]
 
-    code, out, err = run(capsys, "deregister", image_id, "--delete-bundle", "--endpoint-url", endpoint)
+    code, out, err = run(capsys, "deregister", image_id,
+                         "--delete-bundle", "--endpoint-url", endpoint)
     assert code == 0, err
     assert "Deleted 4 objects" in out
     assert images_named(ec2, name) == []
@@ -60,7 +63,8 @@ def test_preflight_blocks_register(capsys, endpoint, s3, ec2, bucket, reg_bundle
 
 def test_register_in_wrong_region_is_refused(capsys, endpoint, ec2, bucket, reg_bundle):
     name = ami_name()
-    code, _, err = register(capsys, endpoint, f"{bucket}/amis/reg.manifest.xml", name, "--region", "eu-west-1")
+    code, _, err = register(capsys, endpoint, f"{bucket}/amis/reg.manifest.xml", name,
+                            "--region", "eu-west-1")
     assert code == 3 and "--region us-east-1" in err
     assert images_named(ec2, name) == []
 
@@ -72,7 +76,8 @@ def test_register_bad_location(capsys, endpoint):
 
 def test_register_block_device_mapping_is_parsed(capsys, proxy, bucket, reg_bundle):
     code, _, err = register(capsys, proxy.url, f"{bucket}/amis/reg.manifest.xml", ami_name(),
-                            "-b", "/dev/sdb=ephemeral0", "-b", "/dev/sdc=none,/dev/sdd=:20:true:gp3")
+                            "-b", "/dev/sdb=ephemeral0",
+                            "-b", "/dev/sdc=none,/dev/sdd=:20:true:gp3")
     assert code == 0, err
     [call] = [r for r in proxy.requests("POST") if b"Action=RegisterImage" in r.body_prefix]
     form = parse_qs(call.body_prefix.decode())

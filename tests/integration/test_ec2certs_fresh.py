@@ -16,8 +16,8 @@ from bundler import ec2certs
 from tests.support.classic import field, openssl_unwrap
 
 REPO = Path(__file__).resolve().parents[2]
-CLASSIC_DIRS = ("/opt/aws/amitools/ec2/etc/ec2/amitools", "/usr/local/ec2/amitools/etc/ec2/amitools",
-                "/etc/ec2/amitools")
+CLASSIC_DIRS = ("/opt/aws/amitools/ec2/etc/ec2/amitools",
+                "/usr/local/ec2/amitools/etc/ec2/amitools", "/etc/ec2/amitools")
 
 
 def fresh_env(home: Path) -> dict[str, str]:
@@ -28,9 +28,10 @@ def fresh_env(home: Path) -> dict[str, str]:
 
 def run(env: dict[str, str], *argv: str | Path, entry: str = "") -> subprocess.CompletedProcess:
     cmd = ([sys.executable, "-c", f"import sys; from bundler.cli import {entry}; sys.argv[0] = "
-            f"'{entry.replace('_', '-')}'; sys.exit({entry}())"] if entry else [sys.executable, "-m", "bundler"])
-    return subprocess.run([*cmd, *map(str, argv)], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120)
+            f"'{entry.replace('_', '-')}'; sys.exit({entry}())"] if entry else [sys.executable,
+                                                                                "-m", "bundler"])
+    return subprocess.run([*cmd, *map(str, argv)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +51,10 @@ def test_shipped_certificates_are_used(fresh, user_key_pair, region, name):
     root, env, image = fresh
     dest = root / region
     dest.mkdir()
-    done = run(env, "bundle-image", "-i", image, "-c", user_key_pair.cert_path, "-k", user_key_pair.key_path,
-               "-u", "123456789012", "-r", "x86_64", "-d", dest, "--region", region, "--json", "--verbose")
+    done = run(env, "bundle-image", "-i", image, "-c", user_key_pair.cert_path,
+               "-k", user_key_pair.key_path,
+               "-u", "123456789012", "-r", "x86_64", "-d", dest, "--region", region,
+               "--json", "--verbose")
     assert done.returncode == 0, done.stderr
     chosen = json.loads(done.stdout)["ec2_certificate"]
     assert chosen["sha256"] == ec2certs.SHIPPED_FINGERPRINTS[name]
@@ -62,7 +65,8 @@ def test_shipped_certificates_are_used(fresh, user_key_pair, region, name):
     from cryptography import x509
 
     cert = x509.load_pem_x509_certificate(Path(chosen["path"]).read_bytes())
-    wrapped = bytes.fromhex(field((dest / "small.img.manifest.xml").read_text(), "ec2_encrypted_key"))
+    wrapped = bytes.fromhex(field((dest / "small.img.manifest.xml").read_text(),
+                                  "ec2_encrypted_key"))
     assert len(wrapped) == cert.public_key().key_size // 8
 
 
@@ -72,7 +76,8 @@ def test_opt_in_region_refused_then_its_own_certificate_used(fresh, user_key_pai
     root, env, image = fresh
     dest = tmp_path / "out"
     dest.mkdir()
-    argv = ["bundle-image", "-i", image, "-c", user_key_pair.cert_path, "-k", user_key_pair.key_path,
+    argv = ["bundle-image", "-i", image, "-c", user_key_pair.cert_path,
+            "-k", user_key_pair.key_path,
             "-u", "123456789012", "-r", "x86_64", "-d", dest, "--region", "af-south-1", "--json"]
     refused = run(env, *argv)
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
@@ -104,10 +109,12 @@ def test_packer_default_bundle_vol_command_needs_no_ec2cert(fresh, user_key_pair
         (private / name).write_bytes(user_key_pair.cert_path.read_bytes())
     dest = tmp_path / "dest"
     dest.mkdir()
-    done = run(env, "-k", user_key_pair.key_path, "-u", "123456789012", "-c", user_key_pair.cert_path,
-               "-r", "x86_64", "-e", f"{private}/*", "-d", dest, "-p", "image-1733000000", "--batch",
-               "--no-filter", "-v", volume, "-P", "none", "-s", "32", "--uuid", roots.UUID, "--label", roots.LABEL,
-               "--json", entry="ec2_bundle_vol")
+    done = run(env, "-k", user_key_pair.key_path, "-u", "123456789012",
+               "-c", user_key_pair.cert_path,
+               "-r", "x86_64", "-e", f"{private}/*", "-d", dest, "-p", "image-1733000000",
+               "--batch",
+               "--no-filter", "-v", volume, "-P", "none", "-s", "32", "--uuid", roots.UUID,
+               "--label", roots.LABEL, "--json", entry="ec2_bundle_vol")
     assert done.returncode == 0, done.stderr
     assert (dest / "image-1733000000.manifest.xml").is_file()
     chosen = json.loads(done.stdout)["ec2_certificate"]

@@ -62,8 +62,8 @@ def our_bundle(tmp_path, user_key_pair, ec2_key_pair):
     dest = tmp_path / "b"
     dest.mkdir()
     assert main(["bundle-image", "-i", str(image), "-c", str(user_key_pair.cert_path), "-k", str(user_key_pair.key_path),
-                 "-u", "123456789012", "--ec2cert", str(ec2_key_pair.cert_path), "-d", str(dest), "-r", "x86_64",
-                 "-B", "ami=sda1,root=/dev/sda1", "-q"]) == 0
+                 "-u", "123456789012", "--ec2cert", str(ec2_key_pair.cert_path), "-d", str(dest),
+                 "-r", "x86_64", "-B", "ami=sda1,root=/dev/sda1", "-q"]) == 0
     return image, dest, dest / "img.manifest.xml"
 
 
@@ -104,22 +104,24 @@ def test_v3_manifest_signed_over_image_only(our_bundle, user_key_pair, tmp_path)
     assert main(["inspect", str(v3), "--json"]) == 0
 
 
-def test_parts_are_taken_in_index_order_not_name_order(our_bundle, user_key_pair, tmp_path, ec2_key_pair):
+def test_parts_are_taken_in_index_order_not_name_order(our_bundle, user_key_pair, tmp_path,
+                                                       ec2_key_pair):
     """Part order comes from the manifest's indexes only (euca2ools names sort wrongly past 99)."""
     image = tmp_path / "big"
     image.write_bytes(os.urandom(25 << 20))  # 3 parts
     dest = tmp_path / "b3"
     dest.mkdir()
     assert main(["bundle-image", "-i", str(image), "-c", str(user_key_pair.cert_path), "-k", str(user_key_pair.key_path),
-                 "-u", "123456789012", "--ec2cert", str(ec2_key_pair.cert_path), "-d", str(dest), "-r", "x86_64",
-                 "--compression", "fast", "-q"]) == 0
+                 "-u", "123456789012", "--ec2cert", str(ec2_key_pair.cert_path), "-d", str(dest),
+                 "-r", "x86_64", "--compression", "fast", "-q"]) == 0
     manifest = dest / "big.manifest.xml"
     text = manifest.read_bytes()
     # rename the parts so that name order differs from index order, and list them out of order
     renames = {b"big.part.0": b"z-first", b"big.part.1": b"a-second", b"big.part.2": b"m-third"}
     for old, new in renames.items():
         (dest / old.decode()).rename(dest / new.decode())
-        text = text.replace(b"<filename>" + old + b"</filename>", b"<filename>" + new + b"</filename>")
+        text = text.replace(b"<filename>" + old + b"</filename>",
+                            b"<filename>" + new + b"</filename>")
     parts = re.findall(rb"<part index='\d'>.*?</part>", text)
     text = text.replace(b"".join(parts), b"".join(reversed(parts)))
     manifest.write_bytes(_resign(text, user_key_pair.private_key))

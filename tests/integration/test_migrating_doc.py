@@ -42,8 +42,8 @@ def classic_flags() -> dict[str, tuple[str, list[str]]]:
 def test_every_classic_command_is_in_the_doc():
     tables = classic_flags()
     assert {alias for alias, _ in tables.values() if alias} == {
-        "ec2-bundle-image", "ec2-bundle-vol", "ec2-unbundle", "ec2-upload-bundle", "ec2-download-bundle",
-        "ec2-delete-bundle", "ec2-migrate-manifest", "ec2-migrate-bundle"}
+        "ec2-bundle-image", "ec2-bundle-vol", "ec2-unbundle", "ec2-upload-bundle",
+        "ec2-download-bundle", "ec2-delete-bundle", "ec2-migrate-manifest", "ec2-migrate-bundle"}
     assert all(len(flags) >= 3 for flags in (f for _, f in tables.values()))
 
 

@@ -23,12 +23,15 @@ def test_wheel_and_sdist_carry_the_certificates(tmp_path):
     shutil.copytree(REPO / "bundler", src / "bundler", ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path / "dist"
     # The wheel as pip builds it (isolated build environment); the sdist by the same backend.
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check",
-                           "-w", str(out), "."], cwd=src, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel",
+                           "-q", "--no-deps", "--disable-pip-version-check",
+                           "-w", str(out), "."], cwd=src, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    done = subprocess.run([sys.executable, "-c", "import sys; from setuptools import build_meta as b; "
-                           "print(b.build_sdist(sys.argv[1]))", str(out)], cwd=src, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run([sys.executable,
+                           "-c", "import sys; from setuptools import build_meta as b; "
+                           "print(b.build_sdist(sys.argv[1]))", str(out)], cwd=src,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     (wheel,) = out.glob("*.whl")
     sdist = out / done.stdout.strip().splitlines()[-1]

@@ -37,7 +37,8 @@ def typical_use() -> tuple[list[list[str]], list[list[str]]]:
     return first, alternative
 
 
-@pytest.mark.skipif(shutil.which("mke2fs") is None and not Path("/sbin/mke2fs").exists(), reason="needs e2fsprogs")
+@pytest.mark.skipif(shutil.which("mke2fs") is None and not Path("/sbin/mke2fs").exists(),
+                    reason="needs e2fsprogs")
 def test_readme_typical_use_runs(capsys, tmp_path, endpoint, monkeypatch, ec2_cert_dir, ec2):
     first, alternative = typical_use()
     assert [c[1] for c in first] == ["keygen", "bundle-vol", "upload-bundle", "register"]

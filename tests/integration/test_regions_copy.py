@@ -13,15 +13,17 @@ from tests.support.cli import bundle_puts, keys_in, run
 
 def copy(capsys, proxy, bucket, dest, cert, key, region_b, *extra):
     return run(capsys, "copy-bundle", "-c", str(cert), "-k", str(key), "-m", "disk.manifest.xml",
-               "-b", f"{bucket}/src", "-d", dest, "--region", REGION_B, "--ec2cert", str(region_b.cert_path),
-               "--endpoint-url", proxy.url, "--json", *extra)
+               "-b", f"{bucket}/src", "-d", dest, "--region", REGION_B,
+               "--ec2cert", str(region_b.cert_path), "--endpoint-url", proxy.url, "--json", *extra)
 
 
-def test_copy_round_trip_server_side(capsys, endpoint, proxy, s3, bucket, source_bundle, tmp_path, user_keys, region_b):
+def test_copy_round_trip_server_side(capsys, endpoint, proxy, s3, bucket, source_bundle, tmp_path,
+                                     user_keys, region_b):
     digest, parts = source_bundle
     key, cert = user_keys
     dest_bucket = f"dst-{uuid.uuid4().hex[:12]}"
-    code, out, err = copy(capsys, proxy, bucket, f"{dest_bucket}/copied", cert, key, region_b, "--register")
+    code, out, err = copy(capsys, proxy, bucket, f"{dest_bucket}/copied", cert, key, region_b,
+                          "--register")
     assert code == 0, err
     result = json.loads(out)
     assert result["mode"] == "server" and result["parts_copied"] == len(parts) and result["region"] == REGION_B
@@ -40,7 +42,8 @@ def test_copy_round_trip_server_side(capsys, endpoint, proxy, s3, bucket, source
     for name, k in (("user", key), ("ec2b", region_b.key_path)):
         dest = tmp_path / name
         dest.mkdir()
-        code, _, err = run(capsys, "unbundle", "--from-s3", "-m", result["image_location"], "-k", str(k),
+        code, _, err = run(capsys, "unbundle", "--from-s3", "-m", result["image_location"],
+                           "-k", str(k),
                            "-c", str(cert), "-d", str(dest), "--endpoint-url", endpoint)
         assert code == 0, err
         assert hashlib.sha1((dest / "disk").read_bytes()).hexdigest() == digest
@@ -48,14 +51,16 @@ def test_copy_round_trip_server_side(capsys, endpoint, proxy, s3, bucket, source
     assert image["Name"] == "disk"
 
 
-def test_copy_resumes_with_only_what_is_missing(capsys, endpoint, proxy, s3, bucket, source_bundle, user_keys, region_b):
+def test_copy_resumes_with_only_what_is_missing(capsys, endpoint, proxy, s3, bucket, source_bundle,
+                                                user_keys, region_b):
     _, parts = source_bundle
     key, cert = user_keys
     dest_bucket = f"dst-{uuid.uuid4().hex[:12]}"
     code, _, err = copy(capsys, proxy, bucket, dest_bucket, cert, key, region_b)
     assert code == 0, err
     # Lose one part and the manifest (as if interrupted), corrupt nothing else.
-    s3.delete_objects(Bucket=dest_bucket, Delete={"Objects": [{"Key": parts[1]["name"]}, {"Key": "disk.manifest.xml"}]})
+    s3.delete_objects(Bucket=dest_bucket,
+                      Delete={"Objects": [{"Key": parts[1]["name"]}, {"Key": "disk.manifest.xml"}]})
     proxy.clear()
     code, out, err = copy(capsys, proxy, bucket, dest_bucket, cert, key, region_b)
     assert code == 0, err
@@ -65,12 +70,14 @@ def test_copy_resumes_with_only_what_is_missing(capsys, endpoint, proxy, s3, buc
     assert set(keys_in(s3, dest_bucket)) == {p["name"] for p in parts} | {"disk.manifest.xml"}
 
 
-def test_stream_mode_between_endpoints(capsys, endpoint, proxy, s3, bucket, source_bundle, tmp_path, user_keys, region_b):
+def test_stream_mode_between_endpoints(capsys, endpoint, proxy, s3, bucket, source_bundle, tmp_path,
+                                       user_keys, region_b):
     digest, parts = source_bundle
     key, cert = user_keys
     dest_bucket = f"dst-{uuid.uuid4().hex[:12]}"
     # A different source endpoint means no single endpoint sees both buckets: GET → PUT.
-    code, out, err = copy(capsys, proxy, bucket, dest_bucket, cert, key, region_b, "--source-endpoint-url", endpoint)
+    code, out, err = copy(capsys, proxy, bucket, dest_bucket, cert, key, region_b,
+                          "--source-endpoint-url", endpoint)
     assert code == 0, err
     assert json.loads(out)["mode"] == "stream"
     puts = proxy.requests("PUT", f"/{dest_bucket}/")
@@ -78,16 +85,20 @@ def test_stream_mode_between_endpoints(capsys, endpoint, proxy, s3, bucket, sour
     assert sorted(r.key for r in puts if ".part." in r.key) == sorted(p["name"] for p in parts)
     dest = tmp_path / "out"
     dest.mkdir()
-    code, _, err = run(capsys, "unbundle", "--from-s3", "-m", f"{dest_bucket}/disk.manifest.xml", "-k",
-                       str(region_b.key_path), "-c", str(cert), "-d", str(dest), "--endpoint-url", endpoint)
+    code, _, err = run(capsys, "unbundle", "--from-s3", "-m", f"{dest_bucket}/disk.manifest.xml",
+                       "-k",
+                       str(region_b.key_path), "-c", str(cert), "-d", str(dest),
+                       "--endpoint-url", endpoint)
     assert code == 0, err
     assert hashlib.sha1((dest / "disk").read_bytes()).hexdigest() == digest
 
 
-def test_tampered_source_manifest_copies_nothing(capsys, endpoint, proxy, s3, bucket, source_bundle, user_keys, region_b):
+def test_tampered_source_manifest_copies_nothing(capsys, endpoint, proxy, s3, bucket, source_bundle,
+                                                 user_keys, region_b):
     key, cert = user_keys
     body = s3.get_object(Bucket=bucket, Key="src/disk.manifest.xml")["Body"].read()
-    s3.put_object(Bucket=bucket, Key="src/disk.manifest.xml", Body=body.replace(b"<size>", b"<size>1"))
+    s3.put_object(Bucket=bucket, Key="src/disk.manifest.xml",
+                  Body=body.replace(b"<size>", b"<size>1"))
     dest_bucket = f"dst-{uuid.uuid4().hex[:12]}"
     code, _, err = copy(capsys, proxy, bucket, dest_bucket, cert, key, region_b)
     assert code != 0 and "signature does not verify" in err
@@ -98,7 +109,9 @@ def test_classic_name_and_bad_manifest_name(capsys, endpoint, bucket, user_keys,
     from bundler.cli import main
 
     key, cert = user_keys
-    code = main(["copy-bundle", "-c", str(cert), "-k", str(key), "-m", "a/disk.manifest.xml", "-b", bucket,
-                 "-d", "other-bucket", "--region", "eu-west-1", "--endpoint-url", endpoint], prog="ec2-migrate-bundle")
+    code = main(["copy-bundle", "-c", str(cert), "-k", str(key), "-m", "a/disk.manifest.xml",
+                 "-b", bucket,
+                 "-d", "other-bucket", "--region", "eu-west-1", "--endpoint-url", endpoint],
+                prog="ec2-migrate-bundle")
     assert code == 2
     assert "ec2-migrate-bundle: error: -m 'a/disk.manifest.xml' must be the manifest object name" in capsys.readouterr().err

@@ -19,12 +19,14 @@ REGIONS = ("us-east-1", "eu-west-1", "cn-north-1")
 def install(capsys, proxy, image, template, cert_dir, user_keys, name, *extra):
     key, cert = user_keys
     return run(capsys, "install", "-i", str(image), "-p", "disk", "-c", str(cert), "-k", str(key),
-               "-u", "123456789012", "-r", "x86_64", "--regions", ",".join(REGIONS), "--bucket-template", template,
-               "--ec2cert-dir", str(cert_dir), "-n", name, "--jobs", "4", "--endpoint-url", proxy.url,
-               "--max-attempts", "1", "--json", *extra)
+               "-u", "123456789012", "-r", "x86_64", "--regions", ",".join(REGIONS),
+               "--bucket-template", template,
+               "--ec2cert-dir", str(cert_dir), "-n", name, "--jobs", "4",
+               "--endpoint-url", proxy.url, "--max-attempts", "1", "--json", *extra)
 
 
-def test_three_regions_one_failing_then_resume(capsys, endpoint, proxy, s3, tmp_path, user_keys, cert_dir):
+def test_three_regions_one_failing_then_resume(capsys, endpoint, proxy, s3, tmp_path, user_keys,
+                                               cert_dir):
     certs, ec2_keys = cert_dir
     image = tmp_path / "disk.img"
     digest = sparse_image(image, 24 * MIB)
@@ -84,8 +86,10 @@ def test_three_regions_one_failing_then_resume(capsys, endpoint, proxy, s3, tmp_
     for region in REGIONS:
         dest = tmp_path / f"out-{region}"
         dest.mkdir()
-        code, _, err = run(capsys, "unbundle", "--from-s3", "-m", f"{bucket[region]}/amis/disk.manifest.xml",
-                           "-k", str(ec2_keys[region]), "-c", str(cert), "-d", str(dest), "--endpoint-url", endpoint)
+        code, _, err = run(capsys, "unbundle",
+                           "--from-s3", "-m", f"{bucket[region]}/amis/disk.manifest.xml",
+                           "-k", str(ec2_keys[region]), "-c", str(cert), "-d", str(dest),
+                           "--endpoint-url", endpoint)
         assert code == 0, (region, err)
         assert hashlib.sha1((dest / "disk").read_bytes()).hexdigest() == digest
 
@@ -104,10 +108,13 @@ def test_bad_region_list(capsys, endpoint, proxy, tmp_path, user_keys, cert_dir)
     key, cert = user_keys
     base = ["install", "-i", str(image), "-c", str(cert), "-k", str(key), "-u", "123456789012",
             "--ec2cert-dir", str(certs), "--endpoint-url", proxy.url]
-    code, _, err = run(capsys, *base, "--regions", "us-east-1,eu-wset-1", "--bucket-template", "b-{region}")
+    code, _, err = run(capsys, *base, "--regions", "us-east-1,eu-wset-1",
+                       "--bucket-template", "b-{region}")
     assert code == 2 and "did you mean eu-west-1?" in err
-    code, _, err = run(capsys, *base, "--regions", "us-east-1,eu-west-1", "-b", "us-east-1=only-one")
+    code, _, err = run(capsys, *base, "--regions", "us-east-1,eu-west-1",
+                       "-b", "us-east-1=only-one")
     assert code == 2 and "no bucket for region eu-west-1" in err
-    code, _, err = run(capsys, *base, "--regions", "us-east-1,me-south-1", "--bucket-template", "b-{region}")
+    code, _, err = run(capsys, *base, "--regions", "us-east-1,me-south-1",
+                       "--bucket-template", "b-{region}")
     assert code != 0 and "cert-ec2-me-south-1.pem" in err and "--ec2cert" in err  # opt-in: its own certificate
     assert not proxy.requests()  # all of it caught before any request

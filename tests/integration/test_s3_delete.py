@@ -15,7 +15,8 @@ def delete(capsys, endpoint, target, *extra):
 
 def test_delete_by_prefix_paginates_past_1000_keys(capsys, proxy, s3, bucket):
     names = [f"k/big.part.{i:04d}" for i in range(1003)] + ["k/big.manifest.xml", "k/big.manifest"]
-    decoys = ["k/big.part.x", "k/bigger.part.1", "k/big.part.1.bak", "k/other.manifest.xml", "big.part.1"]
+    decoys = ["k/big.part.x", "k/bigger.part.1", "k/big.part.1.bak", "k/other.manifest.xml",
+              "big.part.1"]
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=b"."), names + decoys))
 
@@ -33,14 +34,17 @@ def test_delete_by_prefix_paginates_past_1000_keys(capsys, proxy, s3, bucket):
     assert len(batches) == 2  # DeleteObjects takes at most 1000 keys
 
 
-def test_delete_with_local_manifest_removes_exactly_its_objects(capsys, endpoint, s3, bucket, tmp_path, signing_key):
+def test_delete_with_local_manifest_removes_exactly_its_objects(capsys, endpoint, s3, bucket,
+                                                                tmp_path, signing_key):
     bundle = make_fake_bundle(tmp_path / "b", "lm", [10 * KIB] * 3, signing_key)
     assert upload(capsys, endpoint, f"{bucket}/p", bundle)[0] == 0
     s3.put_object(Bucket=bucket, Key="p/lm.part.9", Body=b"not in the manifest")
-    code, out, err = delete(capsys, endpoint, f"{bucket}/p", "-m", str(bundle.manifest_path), "--batch")
+    code, out, err = delete(capsys, endpoint, f"{bucket}/p", "-m", str(bundle.manifest_path),
+                            "--batch")
     assert code == 2 and "--batch never prompts" in err  # classic: --batch is not "yes"
     assert len(keys_in(s3, bucket)) == 5
-    code, out, err = delete(capsys, endpoint, f"{bucket}/p", "-m", str(bundle.manifest_path), "--batch", "-y")
+    code, out, err = delete(capsys, endpoint, f"{bucket}/p", "-m", str(bundle.manifest_path),
+                            "--batch", "-y")
     assert code == 0, err
     assert set(keys_in(s3, bucket)) == {"p/lm.part.9"}
     # the object of the same bundle name that this manifest does not list is kept, out loud
@@ -66,7 +70,8 @@ def test_clear_keeps_non_empty_bucket(capsys, endpoint, s3, bucket, tmp_path, si
     assert set(keys_in(s3, bucket)) == {"keep-me"}
 
 
-def test_non_interactive_without_yes_refuses(capsys, endpoint, s3, bucket, tmp_path, signing_key, monkeypatch):
+def test_non_interactive_without_yes_refuses(capsys, endpoint, s3, bucket, tmp_path, signing_key,
+                                             monkeypatch):
     import io
 
     monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))

@@ -19,7 +19,8 @@ from tests.support.cli import KIB, MIB, keys_in, run, upload
 
 @pytest.fixture
 def uploaded(capsys, endpoint, bucket, tmp_path, signing_key):
-    bundle = make_fake_bundle(tmp_path / "src", "dl", [512 * KIB, 512 * KIB, 100 * KIB], signing_key)
+    bundle = make_fake_bundle(tmp_path / "src", "dl", [512 * KIB, 512 * KIB, 100 * KIB],
+                              signing_key)
     code, _, err = upload(capsys, endpoint, f"{bucket}/pre", bundle)
     assert code == 0, err
     return bundle
@@ -43,7 +44,8 @@ def test_corrupted_part_in_transit_is_retried(capsys, proxy, bucket, uploaded, t
     assert len(proxy.requests("GET", r"dl\.part\.1$")) == 2
 
 
-def test_persistently_corrupt_part_fails_naming_it_and_leaves_no_file(capsys, proxy, bucket, uploaded, tmp_path):
+def test_persistently_corrupt_part_fails_naming_it_and_leaves_no_file(capsys, proxy, bucket,
+                                                                      uploaded, tmp_path):
     proxy.add_rule("corrupt", r"dl\.part\.2$", method="GET", times=None)
     dest = tmp_path / "d"
     code, _, err = download(capsys, proxy.url, bucket, dest)
@@ -61,8 +63,10 @@ def test_truncated_response_is_retried(capsys, proxy, bucket, uploaded, tmp_path
     assert (tmp_path / "d" / "dl.part.0").read_bytes() == uploaded.parts[0].data
 
 
-def test_manifest_from_another_bundle(capsys, endpoint, s3, bucket, uploaded, tmp_path, signing_key):
-    other = make_fake_bundle(tmp_path / "other", "dl", [512 * KIB, 512 * KIB, 100 * KIB], signing_key)
+def test_manifest_from_another_bundle(capsys, endpoint, s3, bucket, uploaded, tmp_path,
+                                      signing_key):
+    other = make_fake_bundle(tmp_path / "other", "dl", [512 * KIB, 512 * KIB, 100 * KIB],
+                             signing_key)
     s3.put_object(Bucket=bucket, Key="pre/dl.manifest.xml", Body=other.manifest_bytes)
     code, _, err = download(capsys, endpoint, bucket, tmp_path / "d")
     assert code == 5 and "does not match the manifest" in err
@@ -75,20 +79,20 @@ def test_signature_checked_with_cert(capsys, endpoint, bucket, uploaded, tmp_pat
 
 
 def test_unknown_bucket(capsys, endpoint, tmp_path):
-    code, _, err = run(capsys, "download-bundle", "-b", "no-such-bucket-xyz", "-p", "x", "-d", str(tmp_path),
-                       "--endpoint-url", endpoint)
+    code, _, err = run(capsys, "download-bundle", "-b", "no-such-bucket-xyz", "-p", "x",
+                       "-d", str(tmp_path), "--endpoint-url", endpoint)
     assert code == 3 and "no-such-bucket-xyz does not exist" in err
 
 
 def test_missing_manifest(capsys, endpoint, bucket, tmp_path):
-    code, _, err = run(capsys, "download-bundle", "-b", bucket, "-p", "nothing", "-d", str(tmp_path),
-                       "--endpoint-url", endpoint)
+    code, _, err = run(capsys, "download-bundle", "-b", bucket, "-p", "nothing",
+                       "-d", str(tmp_path), "--endpoint-url", endpoint)
     assert code == 1 and "nothing.manifest.xml does not exist" in err
 
 
 def test_manifest_name_with_slash_is_refused(capsys, endpoint, bucket, tmp_path):
-    code, _, err = run(capsys, "download-bundle", "-b", bucket, "-m", "a/b.manifest.xml", "-d", str(tmp_path),
-                       "--endpoint-url", endpoint)
+    code, _, err = run(capsys, "download-bundle", "-b", bucket, "-m", "a/b.manifest.xml",
+                       "-d", str(tmp_path), "--endpoint-url", endpoint)
     assert code == 2
 
 
@@ -103,7 +107,8 @@ def test_fetch_manifest_size_cap(endpoint, s3, bucket):
 def test_s3_part_source_streams_in_order_with_a_bounded_window(proxy, bucket, uploaded):
     client = client_for(proxy.url, bucket)
     parsed = parse_manifest(uploaded.manifest_bytes)
-    source = S3PartSource(client, S3Location(bucket, "pre/"), transfer=TransferConfig(jobs=2), window=2)
+    source = S3PartSource(client, S3Location(bucket, "pre/"), transfer=TransferConfig(jobs=2),
+                          window=2)
     source.check_present(parsed.manifest.parts)
     got = [(e.index, b"".join(chunks)) for e, chunks in source.iter_parts(parsed.manifest.parts)]
     assert got == [(i, p.data) for i, p in enumerate(uploaded.parts)]
@@ -162,7 +167,8 @@ def test_s3_sink_same_width_needs_no_copy(proxy, s3, bucket):
 
 def test_s3_sink_error_surfaces_and_abort_cleans_up(proxy, s3, bucket):
     client = client_for(proxy.url, bucket)
-    proxy.add_rule("status", r"\.part\.02$", method="PUT", times=None, status=403, code="AccessDenied")
+    proxy.add_rule("status", r"\.part\.02$", method="PUT", times=None, status=403,
+                   code="AccessDenied")
     sink = S3Sink(client, S3Location(bucket, ""), transfer=TransferConfig(jobs=2))
     sink.begin("ab", 20)
     with pytest.raises(S3Error, match="s3:PutObjectAcl"):
@@ -193,6 +199,7 @@ def test_large_part_round_trip(capsys, endpoint, s3, bucket, tmp_path, signing_k
     assert code == 0, err
     dest = tmp_path / "d"
     dest.mkdir()
-    code, _, err = run(capsys, "download-bundle", "-b", bucket, "-p", "big", "-d", str(dest), "--endpoint-url", endpoint)
+    code, _, err = run(capsys, "download-bundle", "-b", bucket, "-p", "big", "-d", str(dest),
+                       "--endpoint-url", endpoint)
     assert code == 0, err
     assert (dest / "big.part.0").read_bytes() == bundle.parts[0].data

@@ -38,7 +38,8 @@ def one_line(err: str) -> str:
     return lines[0]
 
 
-def test_new_bucket_is_created_with_acls_and_every_object_has_the_grant(capsys, endpoint, s3, bundle2):
+def test_new_bucket_is_created_with_acls_and_every_object_has_the_grant(capsys, endpoint, s3,
+                                                                        bundle2):
     name = f"new-{uuid.uuid4().hex[:12]}"
     code, _, err = upload(capsys, endpoint, f"{name}/p", bundle2)
     assert code == 0, err
@@ -75,14 +76,16 @@ def test_public_read_under_block_public_access_is_a_clear_error(capsys, proxy, s
 
 
 def test_missing_permission_to_read_ownership_warns_and_goes_on(capsys, proxy, s3, bucket, bundle2):
-    proxy.add_rule("status", r"\?ownershipControls", method="GET", times=None, status=403, code="AccessDenied")
+    proxy.add_rule("status", r"\?ownershipControls", method="GET", times=None, status=403,
+                   code="AccessDenied")
     code, _, err = upload(capsys, proxy.url, bucket, bundle2)
     assert code == 0, err
     assert "s3:GetBucketOwnershipControls" in err
     assert len(keys_in(s3, bucket)) == 3
 
 
-def test_install_refuses_an_acl_disabled_bucket_before_bundling(capsys, proxy, s3, tmp_path, user_keys, ec2_keys):
+def test_install_refuses_an_acl_disabled_bucket_before_bundling(capsys, proxy, s3, tmp_path,
+                                                                user_keys, ec2_keys):
     key, cert = user_keys
     image = tmp_path / "i.img"
     image.write_bytes(os.urandom(100 * KIB))
@@ -102,26 +105,30 @@ def test_install_refuses_an_acl_disabled_bucket_before_bundling(capsys, proxy, s
     assert keys_in(s3, name) == {}
 
 
-def test_copy_bundle_refuses_an_acl_disabled_destination(capsys, endpoint, proxy, s3, bucket, bundle2, user_keys,
+def test_copy_bundle_refuses_an_acl_disabled_destination(capsys, endpoint, proxy, s3, bucket,
+                                                         bundle2, user_keys,
                                                         ec2_keys):
     code, _, err = upload(capsys, endpoint, f"{bucket}/src", bundle2)
     assert code == 0, err
     key, cert = user_keys
     dest = acl_disabled_bucket(s3)
-    code, _, err = run(capsys, "copy-bundle", "-c", str(cert), "-k", str(key), "-m", "own.manifest.xml",
+    code, _, err = run(capsys, "copy-bundle", "-c", str(cert), "-k", str(key),
+                       "-m", "own.manifest.xml",
                        "-b", f"{bucket}/src", "-d", f"{dest}/copied", "--region", "us-east-1",
                        "--ec2cert", str(ec2_keys[1]), "--endpoint-url", proxy.url)
     assert code != 0 and "--enable-bucket-acls" in one_line(err)
     assert not proxy.requests("PUT") and keys_in(s3, dest) == {}
 
 
-def test_install_into_a_new_bucket_registers_and_every_object_has_the_grant(capsys, endpoint, s3, ec2, tmp_path,
+def test_install_into_a_new_bucket_registers_and_every_object_has_the_grant(capsys, endpoint, s3,
+                                                                            ec2, tmp_path,
                                                                               user_keys, ec2_keys):
     key, cert = user_keys
     image = tmp_path / "n.img"
     image.write_bytes(os.urandom(300 * KIB))
     name = f"fresh-{uuid.uuid4().hex[:12]}"
-    code, _, err = run(capsys, "install", "-i", str(image), "-c", str(cert), "-k", str(key), "-u", "123456789012",
+    code, _, err = run(capsys, "install", "-i", str(image), "-c", str(cert), "-k", str(key),
+                       "-u", "123456789012",
                        "-r", "x86_64", "--ec2cert", str(ec2_keys[1]), "-b", f"{name}/i", "-n", name,
                        "--no-check", "--endpoint-url", endpoint)
     assert code == 0, err

@@ -17,7 +17,8 @@ def bundle3(tmp_path: Path, signing_key) -> FakeBundle:
     return make_fake_bundle(tmp_path / "bundle", "img", [MIB, MIB, 300 * KIB], signing_key)
 
 
-def test_upload_layout_acl_and_download_round_trip(capsys, endpoint, proxy, s3, bucket, bundle3, tmp_path, user_keys):
+def test_upload_layout_acl_and_download_round_trip(capsys, endpoint, proxy, s3, bucket, bundle3,
+                                                   tmp_path, user_keys):
     code, out, err = upload(capsys, proxy.url, f"/{bucket}/amis/web/", bundle3)
     assert code == 0, err
     assert f"Manifest uploaded to: {bucket}/amis/web/img.manifest.xml" in out
@@ -25,7 +26,8 @@ def test_upload_layout_acl_and_download_round_trip(capsys, endpoint, proxy, s3, 
     stored = keys_in(s3, bucket)
     expected = {f"amis/web/{n}": (len(p.data), hashlib.md5(p.data).hexdigest())
                 for n, p in zip(bundle3.part_names, bundle3.parts, strict=True)}
-    expected["amis/web/img.manifest.xml"] = (len(bundle3.manifest_bytes), hashlib.md5(bundle3.manifest_bytes).hexdigest())
+    expected["amis/web/img.manifest.xml"] = (len(bundle3.manifest_bytes),
+                                             hashlib.md5(bundle3.manifest_bytes).hexdigest())
     assert stored == expected
 
     puts = bundle_puts(proxy, r"/amis/web/")
@@ -40,7 +42,8 @@ def test_upload_layout_acl_and_download_round_trip(capsys, endpoint, proxy, s3, 
 
     dest = tmp_path / "down"
     dest.mkdir()
-    code, out, err = run(capsys, "download-bundle", "-b", f"{bucket}/amis/web", "-p", "img", "-d", str(dest),
+    code, out, err = run(capsys, "download-bundle", "-b", f"{bucket}/amis/web", "-p", "img",
+                         "-d", str(dest),
                          "-k", str(user_keys[0]), "--endpoint-url", endpoint, "--json")
     assert code == 0, err
     result = json.loads(out)
@@ -79,7 +82,8 @@ def test_jobs_1_is_sequential(capsys, proxy, bucket, tmp_path, signing_key):
     assert proxy.max_in_flight("PUT") == 1
 
 
-def test_throttling_and_connection_resets_are_retried(capsys, proxy, endpoint, s3, bucket, bundle3, tmp_path, user_keys):
+def test_throttling_and_connection_resets_are_retried(capsys, proxy, endpoint, s3, bucket, bundle3,
+                                                      tmp_path, user_keys):
     proxy.add_rule("status", r"\.part\.", method="PUT", times=3, status=503, code="SlowDown")
     proxy.add_rule("reset", r"\.part\.1", method="PUT", times=2)
     proxy.add_rule("status", r"\.part\.2", method="PUT", times=1, status=400, code="BadDigest")
@@ -93,10 +97,12 @@ def test_throttling_and_connection_resets_are_retried(capsys, proxy, endpoint, s
         assert s3.get_object(Bucket=bucket, Key=name)["Body"].read() == part.data
 
 
-def test_interrupted_upload_resumes_with_only_missing_parts(capsys, proxy, s3, bucket, tmp_path, signing_key):
+def test_interrupted_upload_resumes_with_only_missing_parts(capsys, proxy, s3, bucket, tmp_path,
+                                                            signing_key):
     bundle = make_fake_bundle(tmp_path / "b", "res", [128 * KIB] * 6, signing_key)
     # Part 3 fails permanently (403 is not retried): the run dies with parts 0-2, 4-5 possibly up.
-    proxy.add_rule("status", r"\.part\.3$", method="PUT", times=None, status=403, code="AccessDenied")
+    proxy.add_rule("status", r"\.part\.3$", method="PUT", times=None, status=403,
+                   code="AccessDenied")
     code, _, err = upload(capsys, proxy.url, bucket, bundle, "--jobs", "1")
     assert code == 3
     assert "s3:PutObjectAcl" in err
@@ -178,7 +184,8 @@ def test_wrong_explicit_region_names_the_right_one(capsys, endpoint, bundle3):
 
 
 def test_acl_disabled_bucket_names_the_fix(capsys, proxy, bucket, bundle3):
-    proxy.add_rule("status", r"\.part\.", method="PUT", times=None, status=400, code="AccessControlListNotSupported")
+    proxy.add_rule("status", r"\.part\.", method="PUT", times=None, status=400,
+                   code="AccessControlListNotSupported")
     code, _, err = upload(capsys, proxy.url, bucket, bundle3)
     assert code == 3  # S3 said so at the PUT (e.g. ownership changed after the check)
     assert "put-bucket-ownership-controls" in err and "--enable-bucket-acls" in err
@@ -198,11 +205,12 @@ def test_no_credentials(capsys, endpoint, bundle3, monkeypatch, bucket):
     assert "no AWS credentials found" in err and "AWS_PROFILE" in err
 
 
-def test_secret_on_command_line_warns_and_is_not_echoed(capsys, endpoint, bucket, bundle3, monkeypatch):
+def test_secret_on_command_line_warns_and_is_not_echoed(capsys, endpoint, bucket, bundle3,
+                                                        monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    code, out, err = upload(capsys, endpoint, bucket, bundle3, "-a", "AKIDEXAMPLE", "-s", "sekrit-value-123",
-                            "--debug")
+    code, out, err = upload(capsys, endpoint, bucket, bundle3, "-a", "AKIDEXAMPLE",
+                            "-s", "sekrit-value-123", "--debug")
     assert code == 0, err
     assert "visible to other users" in err
     assert "sekrit-value-123" not in out + err

@@ -197,7 +197,8 @@ def test_identical_long_name(src, tmp_path):
     name = "image-" + "x" * 140
     image = src / name
     make_sparse(image, 300 * KiB, [(0, 4096), (200 * KiB, 4096)])
-    gnu = subprocess.run([TAR, "-c", "-h", "-S", "--owner", "0", "--group", "0", "-C", str(src), name],
+    gnu = subprocess.run([TAR, "-c", "-h", "-S", "--owner", "0", "--group", "0", "-C", str(src),
+                          name],
                          capture_output=True, check=True).stdout
     assert our_archive(image, data_regions(image)) == gnu
 

@@ -24,15 +24,16 @@ def ws(tmp_path_factory, user_key_pair, ec2_key_pair) -> crashkit.Workspace:
 
 
 def cli(argv) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bundler", *argv], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "bundler", *argv], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def test_second_sink_for_the_same_bundle_fails_at_once(tmp_path):
     first = DirectorySink(tmp_path)
     first.begin("b", 1)
     second = DirectorySink(tmp_path)
-    with pytest.raises(OutputError, match=f"another ami-bundler run is writing bundle b in {tmp_path}"):
+    with pytest.raises(OutputError,
+                       match=f"another ami-bundler run is writing bundle b in {tmp_path}"):
         second.begin("b", 1)
     other_name = DirectorySink(tmp_path)
     other_name.begin("c", 1)  # another bundle in the same directory is no conflict
@@ -68,7 +69,8 @@ def test_unbundle_fails_fast_while_another_run_writes_the_image(ws, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-OK_LOSER_MESSAGES = ("another ami-bundler run is writing", "already holds", "already exists", "appeared while")
+OK_LOSER_MESSAGES = ("another ami-bundler run is writing", "already holds", "already exists",
+                     "appeared while")
 
 
 @pytest.mark.parametrize("round_", range(2))
@@ -125,8 +127,8 @@ sys.stdin.read()
 
 
 def test_lock_of_a_killed_holder_is_free_and_its_file_is_cleaned(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], cwd=REPO, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], cwd=REPO,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     lock = DestinationLock(tmp_path, "bundle-x", "bundle x")
     with pytest.raises(OutputError, match="another ami-bundler run is writing bundle x"):

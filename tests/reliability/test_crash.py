@@ -52,7 +52,8 @@ def walk_crash_points(ws, argv, dest: Path, check, reset, limit: int = 300) -> i
             return step - 1
         check(f"after a crash before step {step}", rerun=False)
         code = run_cli(argv, ws.part_size)
-        check(f"after the re-run following a crash before step {step} (exit {code})", rerun=True, code=code)
+        check(f"after the re-run following a crash before step {step} (exit {code})", rerun=True,
+              code=code)
     raise AssertionError(f"the run still had filesystem steps after {limit}")
 
 
@@ -132,7 +133,8 @@ def test_bundle_image_and_unbundle_survive_kill_9(big_ws, tmp_path, seed):
     seen = inspect_bundle_dir(dest, ws)
     assert seen.complete == ["img.manifest.xml"] and not seen.temporary and not seen.incomplete, (killed, rerun, seen)
 
-    killed, code = crashkit.kill_at_random(ws.unbundle_args(dest / "img.manifest.xml", out), rng.uniform(0.3, 1.8))
+    killed, code = crashkit.kill_at_random(ws.unbundle_args(dest / "img.manifest.xml", out),
+                                           rng.uniform(0.3, 1.8))
     assert inspect_image_dir(out, ws).ok
     if "img" not in os.listdir(out):
         assert run_cli(ws.unbundle_args(dest / "img.manifest.xml", out)) == 0
@@ -152,9 +154,10 @@ def test_bundle_vol_survives_kill_9(ws, tmp_path):
     (root / "blob").write_bytes(random.Random(3).randbytes(12 << 20))
     dest = tmp_path / "dest"
     dest.mkdir()
-    argv = ["bundle-vol", "-v", str(root), "-d", str(dest), "-p", "vol", "-c", str(ws.cert), "-k", str(ws.key),
-            "-u", "123456789012", "--ec2cert", str(ws.ec2cert), "-r", "x86_64", "--no-inherit", "-q", "-s", "64",
-            "--no-check"]
+    argv = ["bundle-vol", "-v", str(root), "-d", str(dest), "-p", "vol", "-c", str(ws.cert),
+            "-k", str(ws.key),
+            "-u", "123456789012", "--ec2cert", str(ws.ec2cert), "-r", "x86_64",
+            "--no-inherit", "-q", "-s", "64", "--no-check"]
     # Every build has a fresh filesystem UUID, so bundles are checked for "verifies", not a digest.
     vol = crashkit.Workspace(ws.root, root, ws.key, ws.cert, ws.ec2cert, "")
     rng = random.Random(11)

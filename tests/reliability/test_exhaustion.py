@@ -37,8 +37,8 @@ def cli(argv, *, nofile: int | None = None) -> subprocess.CompletedProcess:
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-    return subprocess.run([sys.executable, "-m", "bundler", *argv], cwd=REPO, capture_output=True, text=True,
-                          preexec_fn=limits, timeout=120)
+    return subprocess.run([sys.executable, "-m", "bundler", *argv], cwd=REPO, capture_output=True,
+                          text=True, preexec_fn=limits, timeout=120)
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -62,7 +62,8 @@ def small_disk(tmp_path):
     def make(size: int) -> Path:
         point = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
         point.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(point)],
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
+                               str(point)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
@@ -170,7 +171,8 @@ def test_absurd_sizes_in_a_signed_manifest(tmp_path):
     edited.bundled_size = 10**18
     resigned = keylib.sign_manifest(edited, harness.fuzz_key())
     with pytest.raises(IntegrityError, match="bundled_size"):
-        unbundle(parse_manifest(resigned), harness.MemoryPartSource(parts), tmp_path, harness.fuzz_key())
+        unbundle(parse_manifest(resigned), harness.MemoryPartSource(parts), tmp_path,
+                 harness.fuzz_key())
     assert os.listdir(tmp_path) == []
 
 
@@ -188,8 +190,8 @@ def test_part_larger_than_10_mib_is_fine_when_signed(tmp_path):
     tar = small_tar(data)
     manifest, parts = harness.signed_bundle(tar, len(data), part_size=12 << 20)
     assert len(parts) == 1 and len(next(iter(parts.values()))) > 10 << 20
-    result = unbundle(parse_manifest(manifest), harness.MemoryPartSource(parts, chunk=1 << 20), tmp_path,
-                      harness.fuzz_key())
+    result = unbundle(parse_manifest(manifest), harness.MemoryPartSource(parts, chunk=1 << 20),
+                      tmp_path, harness.fuzz_key())
     assert hashlib.sha1((tmp_path / "img").read_bytes()).digest() == hashlib.sha1(data).digest()
     assert result.size == len(data)
 
@@ -232,8 +234,8 @@ def bomb_gzip(prefix: bytes, zeros: int) -> bytes:
 
 def unbundle_memory(tar: bytes, size: int, destination: Path, *, gzip_data: bytes | None = None):
     manifest, parts = harness.signed_bundle(tar, size, gzip_data=gzip_data, part_size=1 << 20)
-    return unbundle(parse_manifest(manifest), harness.MemoryPartSource(parts, chunk=1 << 20), destination,
-                    harness.fuzz_key())
+    return unbundle(parse_manifest(manifest), harness.MemoryPartSource(parts, chunk=1 << 20),
+                    destination, harness.fuzz_key())
 
 
 def test_gzip_bomb_after_the_archive_stops_at_the_declared_size(tmp_path):

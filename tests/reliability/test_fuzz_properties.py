@@ -98,7 +98,8 @@ def test_manifest_serialize_parse_round_trip(manifest):
 
 
 @FAST
-@given(manifests(), st.text(min_size=1, max_size=8), st.sampled_from(["kernel_id", "ramdisk_id", "product_codes"]))
+@given(manifests(), st.text(min_size=1, max_size=8),
+       st.sampled_from(["kernel_id", "ramdisk_id", "product_codes"]))
 def test_manifest_values_that_xml_cannot_carry_fail_clearly(manifest, text, field_name):
     value = [text] if field_name == "product_codes" else text
     manifest = dataclasses.replace(manifest, **{field_name: value})
@@ -128,7 +129,8 @@ def valid_manifest(user_key_pair) -> bytes:
     m = Manifest(
         name="img", user="123456789012", digest="1" * 40, size=5 << 20, bundled_size=3 << 20,
         ec2_encrypted_key="ab" * 128, user_encrypted_key="cd" * 128, ec2_encrypted_iv="ef" * 128,
-        user_encrypted_iv="01" * 128, parts=[PartEntry(i, n, f"{i}" * 40) for i, n in enumerate(part_names("img", 3))],
+        user_encrypted_iv="01" * 128,
+        parts=[PartEntry(i, n, f"{i}" * 40) for i, n in enumerate(part_names("img", 3))],
         kernel_id="aki-12345678", block_device_mapping={"ami": "sda1", "root": "/dev/sda1"},
         product_codes=["abc123"], ancestry=["ami-1"],
     )
@@ -154,7 +156,8 @@ def test_mutated_manifest_parses_or_fails_clearly(valid_manifest, edits):
 
 @FAST
 @given(mutations, st.booleans())
-def test_signature_covers_everything_the_manifest_says(valid_manifest, user_key_pair, edits, splice):
+def test_signature_covers_everything_the_manifest_says(valid_manifest, user_key_pair, edits,
+                                                       splice):
     """Any edit either breaks parsing/verification or leaves the signed meaning unchanged."""
     original = parse_manifest(valid_manifest).manifest
     data = mutate(valid_manifest, edits)
@@ -190,7 +193,8 @@ def members(draw) -> tuple[MemberInfo, list[tuple[int, int]] | None]:
     size = draw(st.integers(0, 1 << 40))
     name = draw(st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)),
                         min_size=1, max_size=150).filter(lambda n: n not in (".", "..")))
-    info = MemberInfo(name=name, size=size, mode=draw(st.integers(0, 0o7777)), mtime=draw(st.integers(0, 2**33)))
+    info = MemberInfo(name=name, size=size, mode=draw(st.integers(0, 0o7777)),
+                      mtime=draw(st.integers(0, 2**33)))
     if not draw(st.booleans()):
         return info, None
     cuts = sorted(draw(st.lists(st.integers(0, size), max_size=60)))
@@ -337,7 +341,8 @@ def test_bucket_and_prefix(value):
 
 
 @FAST
-@given(st.lists(st.tuples(tokens.filter(lambda t: "=" not in t), tokens.filter(lambda t: "=" not in t)),
+@given(st.lists(st.tuples(tokens.filter(lambda t: "=" not in t),
+                          tokens.filter(lambda t: "=" not in t)),
                 min_size=1, max_size=5))
 def test_block_device_mapping_round_trip(pairs):
     text = ",".join(f"{v}={d}" for v, d in pairs)

@@ -59,7 +59,8 @@ def test_delete_bundle_removes_what_a_killed_install_left(capsys, world: World, 
         monkeypatch.setenv(k, v)
     s3 = world.s3
     bucket = world.new_bucket()
-    for key in ("x/inst.img.part.00", "x/inst.img.part.01", "x/inst.img" + LOCK_SUFFIX, "x/other.part.0"):
+    for key in ("x/inst.img.part.00", "x/inst.img.part.01", "x/inst.img" + LOCK_SUFFIX,
+                "x/other.part.0"):
         s3.put_object(Bucket=bucket, Key=key, Body=b"left by a killed run")
     code, _, err = run(capsys, "delete-bundle", "-b", f"{bucket}/x", "-p", "inst.img", "-y",
                        "--endpoint-url", world.endpoint)
@@ -78,7 +79,8 @@ def test_stale_lock_of_a_dead_run_is_taken_over(capsys, world: World, monkeypatc
     s3 = world.s3
     bucket = world.new_bucket()
     bundle = make_fake_bundle(tmp_path / "b", "lk", [1000, 2000], world.signing_key)
-    dead = {"tool": "ami-bundler", "host": socket.gethostname(), "pid": 2**22 + 12345, "token": "dead"}
+    dead = {"tool": "ami-bundler", "host": socket.gethostname(), "pid": 2**22 + 12345,
+            "token": "dead"}
     s3.put_object(Bucket=bucket, Key="lk" + LOCK_SUFFIX, Body=json.dumps(dead).encode())
     code, _, err = run(capsys, "upload-bundle", "-b", bucket, "-m", str(bundle.manifest_path),
                        "--endpoint-url", world.endpoint)

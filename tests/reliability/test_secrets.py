@@ -34,7 +34,8 @@ def secrets_of(manifest: Path, key_path: Path) -> list[bytes]:
     m = parse_manifest(manifest.read_bytes()).manifest
     private = keylib.load_private_key(key_path)
     key, iv = keylib.unwrap_key_iv(private, m)
-    spelled = [v for raw in (key, iv) for v in (raw, raw.hex().encode(), raw.hex().upper().encode())]
+    spelled = [v for raw in (key, iv) for v in (raw, raw.hex().encode(),
+                                                raw.hex().upper().encode())]
     pem_lines = [line for line in key_path.read_bytes().splitlines() if line and not line.startswith(b"-----")]
     assert len(pem_lines) > 10
     return spelled + pem_lines
@@ -55,8 +56,8 @@ def forbid_subprocesses(monkeypatch):
         raise NoSubprocess(f"a subprocess was started: {args[:2]!r}")
 
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
-    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "execv", "execve", "execvp",
-                 "execvpe", "popen"):
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system", "execv", "execve",
+                 "execvp", "execvpe", "popen"):
         if hasattr(os, name):
             monkeypatch.setattr(os, name, refuse)
 
@@ -72,7 +73,8 @@ def test_bundle_and_unbundle_start_no_process(ws, tmp_path, forbid_subprocesses,
 
 
 def run(argv) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bundler", *argv], cwd=REPO, capture_output=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "bundler", *argv], cwd=REPO, capture_output=True,
+                          timeout=120)
 
 
 def test_debug_output_and_files_never_show_the_secrets(ws, tmp_path):
@@ -109,7 +111,8 @@ def test_decryption_failure_messages_hold_no_key_material(tmp_path):
     from bundler.pipeline import unbundle
 
     with pytest.raises(BundlerError) as info:
-        unbundle(parse_manifest(manifest), harness.MemoryPartSource(parts), tmp_path, harness.fuzz_key())
+        unbundle(parse_manifest(manifest), harness.MemoryPartSource(parts), tmp_path,
+                 harness.fuzz_key())
     text = str(info.value).encode() + repr(info.value).encode()
     for secret in (harness.KEY, harness.IV):
         assert secret not in text and secret.hex().encode() not in text
@@ -122,7 +125,8 @@ def test_decryption_failure_messages_hold_no_key_material(tmp_path):
 def test_loose_private_key_permissions_are_warned_about(user_key_pair, tmp_path, caplog):
     loose = tmp_path / "loose.pem"
     loose.write_bytes(user_key_pair.key_path.read_bytes())
-    for mode, warned in ((0o600, False), (0o400, False), (0o640, True), (0o604, True), (0o644, True)):
+    for mode, warned in ((0o600, False), (0o400, False), (0o640, True), (0o604, True),
+                         (0o644, True)):
         loose.chmod(mode)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="bundler.keys"):
@@ -182,7 +186,8 @@ def test_keygen_certificate_failure_removes_the_fresh_key(tmp_path, monkeypatch)
         return real_link(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "link", link)
-    monkeypatch.setattr(os, "rename", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
+    monkeypatch.setattr(os, "rename", lambda *a,
+                        **k: (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")))
     with pytest.raises(OutputError):
         keylib.keygen(key, cert)
     assert os.listdir(tmp_path) == []

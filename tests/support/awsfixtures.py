@@ -10,13 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
-import boto3
 import pytest
-from botocore.config import Config
 
 from tests.support.bundles import make_fake_bundle
 from tests.support.cli import KIB, MIB, install_argv, run, sparse_image, upload
 from tests.support.faultproxy import FaultProxy
+from tests.support.s3kit import plain_client
 from tests.support.strictaws import StrictEndpoint
 
 REGION_B = "af-south-1"  # the stand-in EC2 has a key pair of its own there (an opt-in region)
@@ -52,14 +51,6 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture
 def endpoint(moto_server: str, aws_env: None) -> str:
     return moto_server
-
-
-def plain_client(service: str, endpoint_url: str, region: str = "us-east-1"):
-    """A plain boto3 client for checking outcomes independently of bundler.aws."""
-    return boto3.client(service, endpoint_url=endpoint_url, region_name=region,
-                        aws_access_key_id="testing", aws_secret_access_key="testing",
-                        config=Config(s3={"addressing_style": "path"},
-                                      retries={"total_max_attempts": 1}))
 
 
 @pytest.fixture

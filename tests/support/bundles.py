@@ -79,8 +79,8 @@ def encrypted_stream(total: int, name: str, rnd) -> tuple[bytes, bytes, bytes, b
     return data, key, iv, tar
 
 
-def make_fake_bundle(directory: Path, name: str, sizes: list[int], signing_key, *, seed: int | None = None,
-                     ec2_public_key=None) -> FakeBundle:
+def make_fake_bundle(directory: Path, name: str, sizes: list[int], signing_key, *,
+                     seed: int | None = None, ec2_public_key=None) -> FakeBundle:
     """A signed manifest and parts of exactly the given sizes. When the sizes add up to whole AES
     blocks the parts are a real bundle — AES-128-CBC of a gzip'd tar, the key wrapped to the user
     and to ``ec2_public_key`` (default: the strict local AWS's key for us-east-1), so EC2's

@@ -12,10 +12,12 @@ from pathlib import Path
 from bundler.cli import main
 from bundler.s3 import LOCK_SUFFIX
 from tests.support.bundles import FakeBundle
+from tests.support.s3kit import list_keys
 
 KIB = 1024
 MIB = 1024 * 1024
 ACCOUNT = "123456789012"
+keys_in = list_keys  # key → (size, ETag) under a prefix: the tests' name for it
 
 
 def run(capsys, *argv: object) -> tuple[int, str, str]:
@@ -87,15 +89,6 @@ def images_named(ec2, name: str) -> list[dict]:
 def bundle_puts(proxy, pattern: str = ".*"):
     """PUTs of bundle objects (not of the upload's lock object, see bundler.s3.UploadLock)."""
     return [r for r in proxy.requests("PUT", pattern) if not r.path.endswith(LOCK_SUFFIX)]
-
-
-def keys_in(s3, bucket: str, prefix: str = "") -> dict[str, tuple[int, str]]:
-    """key → (size, ETag) under ``prefix``, read with a plain client."""
-    out = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for o in page.get("Contents", []):
-            out[o["Key"]] = (o["Size"], o["ETag"].strip('"'))
-    return out
 
 
 def sparse_image(path: Path, size: int) -> str:

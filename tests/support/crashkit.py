@@ -102,24 +102,6 @@ def crash_at_step(argv: Sequence[str], step: int, part_size: int | None = None) 
     """Run the CLI in a forked child that dies before its ``step``-th filesystem call
     (0: never). ``part_size`` shrinks the parts (more commit steps from a small image).
     Returns (crashed, exit code)."""
-    code = _forked_cli(argv, step, None, part_size)
-    return code == CRASH_EXIT, code
-
-
-def signal_at_step(argv: Sequence[str], step: int, signum: int,
-                   part_size: int | None = None) -> tuple[bool, int]:
-    """Like ``crash_at_step``, but the child sends itself ``signum`` before its ``step``-th
-    filesystem call (from whichever thread makes it) and carries on. Returns (signalled,
-    exit code): not signalled means the run had fewer steps."""
-    code = _forked_cli(argv, step, signum, part_size)
-    return code not in (0, 72), code
-
-
-def _forked_cli(argv: Sequence[str], step: int, signum: int | None, part_size: int | None) -> int:
-    """The CLI in a forked child (fast: no interpreter start-up), armed at ``step`` (0: never)
-    to die (``signum`` None) or to signal itself; the child's exit code. Codes of our own: 70
-    the child could not start, 71 it raised, 72 it finished before the signal's step with an
-    error, 73 it was signalled yet reported success."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -134,21 +116,53 @@ def _forked_cli(argv: Sequence[str], step: int, signum: int | None, part_size: i
                 import bundler.pipeline
 
                 bundler.pipeline.PART_SIZE = part_size
-            fired = _arm(step, signum) if step else [False]
+            if step:
+                _arm(step)
             from bundler.cli import main
 
             code = main(list(argv))
-            if signum is not None:
-                if not fired[0]:
-                    code = 0 if code == 0 else 72  # finished before the step: not signalled
-                elif code == 0:
-                    code = 73  # signalled, yet reported success
         except BaseException:  # noqa: BLE001 - the child must exit, whatever happened
             code = 71
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    code = os.waitstatus_to_exitcode(status)
+    return code == CRASH_EXIT, code
+
+
+def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int | None = None) -> tuple[bool, int]:
+    """Like ``crash_at_step``, but the child sends itself ``signum`` before its ``step``-th
+    filesystem call (from whichever thread makes it) and carries on. Returns (signalled,
+    exit code): not signalled means the run had fewer steps."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # child: never returns
+        code = 70
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the child exits
+            if part_size:
+                import bundler.pipeline
+
+                bundler.pipeline.PART_SIZE = part_size
+            fired = _arm(step, signum)
+            from bundler.cli import main
+
+            code = main(list(argv))
+            if not fired[0]:
+                code = 0 if code == 0 else 72  # finished before the step: not signalled
+            elif code == 0:
+                code = 73  # signalled, yet reported success
+        except BaseException:  # noqa: BLE001 - the child must exit, whatever happened
+            code = 71
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return code not in (0, 72), code
 
 
 def _arm(step: int, signum: int | None = None) -> list[bool]:

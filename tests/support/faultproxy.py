@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-               "transfer-encoding", "upgrade", "expect", "content-length"}
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+               "trailers", "transfer-encoding", "upgrade", "expect", "content-length"}
 _RECORDED_HEADERS = ("x-amz-acl", "content-md5", "content-length", "x-amz-copy-source", "range")
 
 
@@ -145,8 +145,8 @@ class FaultProxy:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def add_rule(self, action: str, pattern: str = ".*", *, method: str | None = None, times: int | None = 1,
-                 **kw: object) -> Rule:
+    def add_rule(self, action: str, pattern: str = ".*", *, method: str | None = None,
+                 times: int | None = 1, **kw: object) -> Rule:
         rule = Rule(action, pattern, method, times, **kw)  # type: ignore[arg-type]
         with self._lock:
             self.rules.append(rule)
@@ -307,8 +307,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
             headers["Content-Length"] = str(len(body))
-            conn.request(method, self.path, body=body if body or method in ("PUT", "POST") else None,
-                         headers=headers)
+            conn.request(method, self.path,
+                         body=body if body or method in ("PUT", "POST") else None, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
             out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--upstream", required=True)
     ap.add_argument("--delay", type=float, default=0.0, help="seconds added to every request")
-    ap.add_argument("--bandwidth", type=float, help="bytes/s per request body (simulates a per-stream WAN limit)")
+    ap.add_argument("--bandwidth", type=float,
+                    help="bytes/s per request body (simulates a per-stream WAN limit)")
     args = ap.parse_args(argv)
     proxy = FaultProxy(args.upstream, delay=args.delay, bandwidth=args.bandwidth)
     print(proxy.start(), flush=True)

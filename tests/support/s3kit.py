@@ -1,6 +1,7 @@
 """S3 crash/fault kit shared by tests/reliability/test_s3_*.py and scripts/chaos_s3.py.
 
-* ``MotoEndpoint``: the strict local AWS (moto) on 127.0.0.1 (ephemeral port) that outlives the clients we kill.
+* ``MotoEndpoint``: the strict local AWS (moto) on 127.0.0.1 (ephemeral port) that outlives the
+  clients we kill.
 * ``run_cli``: the real CLI (``python -m bundler``) in a subprocess, optionally SIGKILLed.
 * ``inspect_bundles``: what is in a bucket prefix, checked object by object: every manifest
   object present ⇒ every part it names present (list + HEAD) with the manifest's SHA-1 (GET),
@@ -37,11 +38,16 @@ class MotoEndpoint(StrictEndpoint):
     this process, on 127.0.0.1."""
 
 
+def plain_client(service: str, endpoint_url: str, region: str = "us-east-1") -> Any:
+    """A plain boto3 client for checking outcomes independently of bundler.aws."""
+    return boto3.client(service, endpoint_url=endpoint_url, region_name=region,
+                        aws_access_key_id="testing", aws_secret_access_key="testing",
+                        config=Config(s3={"addressing_style": "path"},
+                                      retries={"total_max_attempts": 1}))
+
+
 def plain_s3(endpoint: str) -> Any:
-    """An independent client (not bundler.aws) for checking outcomes."""
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing",
-                        config=Config(s3={"addressing_style": "path"}, retries={"total_max_attempts": 1}))
+    return plain_client("s3", endpoint)
 
 
 def cli_env(*, read_timeout: float = 5.0, connect_timeout: float = 2.0) -> dict[str, str]:
@@ -86,10 +92,10 @@ def run_cli(argv: list[str], env: dict[str, str], *, kill_after: float | None = 
 
 @dataclass
 class Inspection:
-    wrong: list[str] = field(default_factory=list)      # a visible manifest that is not whole: never
-    complete: list[str] = field(default_factory=list)   # manifests whose parts all verify
+    wrong: list[str] = field(default_factory=list)  # a visible manifest that is not whole: never
+    complete: list[str] = field(default_factory=list)  # manifests whose parts all verify
     manifests: dict[str, bytes] = field(default_factory=dict)
-    loose: list[str] = field(default_factory=list)      # parts no manifest names (unfinished upload)
+    loose: list[str] = field(default_factory=list)  # parts no manifest names (unfinished upload)
     locks: list[str] = field(default_factory=list)
 
     @property
@@ -98,6 +104,7 @@ class Inspection:
 
 
 def list_keys(s3: Any, bucket: str, prefix: str = "") -> dict[str, tuple[int, str]]:
+    """key → (size, ETag) under ``prefix``, read with a plain client."""
     out = {}
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for o in page.get("Contents", []):
@@ -105,7 +112,8 @@ def list_keys(s3: Any, bucket: str, prefix: str = "") -> dict[str, tuple[int, st
     return out
 
 
-def inspect_bundles(s3: Any, bucket: str, prefix: str = "", *, known: dict[str, bytes] | None = None) -> Inspection:
+def inspect_bundles(s3: Any, bucket: str, prefix: str = "", *,
+                    known: dict[str, bytes] | None = None) -> Inspection:
     """Check every manifest object under ``prefix``: list + HEAD + GET of each part it names,
     SHA-1 against the manifest. ``known``: manifest name → the bytes one of our runs uploaded
     (a manifest with other bytes is wrong too)."""
@@ -183,7 +191,8 @@ class Tally:
 
     def as_dict(self) -> dict[str, int]:
         return {"faults_injected": self.faults_injected, "crashes_injected": self.crashes_injected,
-                "data_lost": self.data_lost, "wrong_bytes_accepted": self.wrong_bytes_accepted, "runs": self.runs}
+                "data_lost": self.data_lost, "wrong_bytes_accepted": self.wrong_bytes_accepted,
+                "runs": self.runs}
 
 
 @dataclass
@@ -210,7 +219,8 @@ class World:
     def new_bucket(self) -> str:
         self.counter += 1
         name = f"chaos-{os.getpid()}-{self.counter}-{os.urandom(3).hex()}"
-        self.s3.create_bucket(Bucket=name, ObjectOwnership="ObjectWriter")  # ACLs on: EC2 needs them
+        # ACLs on: EC2 reads bundles through their grant.
+        self.s3.create_bucket(Bucket=name, ObjectOwnership="ObjectWriter")
         return name
 
     def install_image(self) -> Path:
@@ -236,8 +246,8 @@ def make_world(endpoint: str, proxy: Any, root: Path) -> World:
 
 
 def _md5s(bundle: Any) -> dict[str, tuple[int, str]]:
-    return {n: (len(p.data), hashlib.md5(p.data).hexdigest()) for n, p in zip(bundle.part_names, bundle.parts,
-                                                                               strict=True)}
+    named = zip(bundle.part_names, bundle.parts, strict=True)
+    return {n: (len(p.data), hashlib.md5(p.data).hexdigest()) for n, p in named}
 
 
 def upload_crash(world: World, rng: Any, tally: Tally, *, replace_old: bool | None = None) -> None:
@@ -253,7 +263,8 @@ def upload_crash(world: World, rng: Any, tally: Tally, *, replace_old: bool | No
             "--endpoint-url", world.proxy.url]
     if replace_old if replace_old is not None else rng.random() < 0.5:
         argv.append("--force")  # a different bundle of that name is replaced only when told
-        old = make_fake_bundle(world.root / f"old-{tag}", "crash", [96 * 1024] * 6, world.signing_key)
+        old = make_fake_bundle(world.root / f"old-{tag}", "crash", [96 * 1024] * 6,
+                               world.signing_key)
         rc = run_cli(["upload-bundle", "-b", f"{bucket}/c", "-m", str(old.manifest_path),
                       "--endpoint-url", world.endpoint], world.env)
         tally.runs += 1
@@ -280,8 +291,10 @@ def upload_crash(world: World, rng: Any, tally: Tally, *, replace_old: bool | No
         return
     sent = {r.key[len("c/"):] for r in world.proxy.requests("PUT", r"\.part\.")}
     if sent != set(bundle.part_names) - intact:
-        tally.notes.append(f"resume sent {sorted(sent)}, expected {sorted(set(bundle.part_names) - intact)}")
-    seen = inspect_bundles(world.s3, bucket, "c/", known={"crash.manifest.xml": bundle.manifest_bytes})
+        expected = sorted(set(bundle.part_names) - intact)
+        tally.notes.append(f"resume sent {sorted(sent)}, expected {expected}")
+    seen = inspect_bundles(world.s3, bucket, "c/",
+                           known={"crash.manifest.xml": bundle.manifest_bytes})
     for problem in seen.wrong:
         tally.wrong(f"after re-run: {problem}")
     if seen.complete != ["crash.manifest.xml"]:
@@ -295,9 +308,10 @@ def install_crash(world: World, rng: Any, tally: Tally, *, verify_image: bool = 
     leaves exactly the bundle (stale provisional parts and the lock gone)."""
     bucket = world.new_bucket()
     image = world.install_image()
-    argv = ["install", "-i", str(image), "-c", str(world.cert), "-k", str(world.key), "-u", "123456789012",
-            "-r", "x86_64", "--ec2cert", str(world.ec2cert), "-b", f"{bucket}/i", "--no-register", "--jobs", "3",
-            "--endpoint-url", world.proxy.url]
+    argv = ["install", "-i", str(image), "-c", str(world.cert), "-k", str(world.key),
+            "-u", "123456789012",
+            "-r", "x86_64", "--ec2cert", str(world.ec2cert), "-b", f"{bucket}/i",
+            "--no-register", "--jobs", "3", "--endpoint-url", world.proxy.url]
     world.proxy.clear()
     world.proxy.add_rule("delay", r"\.part\.", method="PUT", times=None, delay=0.3)
     first = run_cli(argv, world.env, kill_after=rng.uniform(0.4, 2.0))
@@ -323,15 +337,18 @@ def install_crash(world: World, rng: Any, tally: Tally, *, verify_image: bool = 
     if verify_image:
         out = world.root / f"unb-{os.urandom(3).hex()}"
         out.mkdir()
-        rc = run_cli(["unbundle", "--from-s3", "-m", f"{bucket}/i/inst.img.manifest.xml", "-k", str(world.key),
-                      "-d", str(out), "--endpoint-url", world.endpoint], world.env)
+        rc = run_cli(["unbundle", "--from-s3", "-m", f"{bucket}/i/inst.img.manifest.xml",
+                      "-k", str(world.key), "-d", str(out), "--endpoint-url", world.endpoint],
+                     world.env)
         tally.runs += 1
         got = out / "inst.img"
         if rc.returncode != 0 or hashlib.sha1(got.read_bytes()).hexdigest() != world.image_sha1:
-            tally.wrong(f"unbundle --from-s3 after install re-run: {rc.stderr.strip() or 'image differs'}")
+            why = rc.stderr.strip() or "image differs"
+            tally.wrong(f"unbundle --from-s3 after install re-run: {why}")
 
 
-CONCURRENT_OK = ("another upload", "lost the lock", "disappeared from", "already holds a different bundle")
+CONCURRENT_OK = ("another upload", "lost the lock", "disappeared from",
+                 "already holds a different bundle")
 
 
 def concurrent_uploads(world: World, rng: Any, tally: Tally) -> list[CliRun]:
@@ -341,7 +358,8 @@ def concurrent_uploads(world: World, rng: Any, tally: Tally) -> list[CliRun]:
 
     bucket = world.new_bucket()
     tag = os.urandom(3).hex()
-    bundles = [make_fake_bundle(world.root / f"cc-{tag}-{i}", "dup", [64 * 1024] * 6, world.signing_key)
+    bundles = [make_fake_bundle(world.root / f"cc-{tag}-{i}", "dup", [64 * 1024] * 6,
+                                world.signing_key)
                for i in range(2)]
     known = {f"b{i}": b.manifest_bytes for i, b in enumerate(bundles)}
     world.proxy.clear()
@@ -350,7 +368,8 @@ def concurrent_uploads(world: World, rng: Any, tally: Tally) -> list[CliRun]:
     for b in bundles:
         argv = ["upload-bundle", "-b", f"{bucket}/d", "-m", str(b.manifest_path), "--jobs", "2",
                 "--endpoint-url", world.proxy.url]
-        procs.append(subprocess.Popen([sys.executable, "-m", "bundler", *argv], cwd=REPO, env=world.env,
+        procs.append(subprocess.Popen([sys.executable, "-m", "bundler", *argv], cwd=REPO,
+                                      env=world.env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         time.sleep(rng.uniform(0, 0.3))  # a random head start, not a wait for anything
     results = []
@@ -369,8 +388,8 @@ def concurrent_uploads(world: World, rng: Any, tally: Tally) -> list[CliRun]:
         if not any(s in line for s in CONCURRENT_OK):
             tally.notes.append(f"concurrent loser's error is unclear: {res.stderr.strip()!r}")
         # The winner's bundle is there now: replacing it takes --force.
-        rerun = run_cli(["upload-bundle", "-b", f"{bucket}/d", "-m", str(b.manifest_path), "--force",
-                         "--endpoint-url", world.endpoint], world.env)
+        rerun = run_cli(["upload-bundle", "-b", f"{bucket}/d", "-m", str(b.manifest_path),
+                         "--force", "--endpoint-url", world.endpoint], world.env)
         tally.runs += 1
         if rerun.returncode != 0:
             tally.lost(f"re-run of the concurrent loser failed: {rerun.stderr.strip()}")
@@ -385,7 +404,8 @@ def concurrent_uploads(world: World, rng: Any, tally: Tally) -> list[CliRun]:
 WRITES = "PUT|POST|DELETE"
 
 
-def run_cli_killed_at(rule: Any, argv: list[str], env: dict[str, str], *, timeout: float = 120.0) -> CliRun:
+def run_cli_killed_at(rule: Any, argv: list[str], env: dict[str, str], *,
+                      timeout: float = 120.0) -> CliRun:
     """``python -m bundler ARGV``, SIGKILLed the moment the proxy ``rule`` holds one of its
     requests (the request never reaches S3): a kill right before that step. If the run ends
     first, it is not killed."""
@@ -430,12 +450,12 @@ def run_cli_here(argv: list[str], env: dict[str, str]) -> CliRun:
 def _put_fake(world: World, bucket: str, prefix: str, bundle: Any) -> None:
     for name, part in zip(bundle.part_names, bundle.parts, strict=True):
         world.s3.put_object(Bucket=bucket, Key=prefix + name, Body=part.data, ACL="aws-exec-read")
-    world.s3.put_object(Bucket=bucket, Key=prefix + bundle.manifest_path.name, Body=bundle.manifest_bytes,
-                        ACL="aws-exec-read")
+    world.s3.put_object(Bucket=bucket, Key=prefix + bundle.manifest_path.name,
+                        Body=bundle.manifest_bytes, ACL="aws-exec-read")
 
 
-def kill_at_every_step(world: World, tally: Tally, what: str, *, prepare: Any, argv_for: Any, prefix: str,
-                       final: str, steps: list[int] | None = None) -> int:
+def kill_at_every_step(world: World, tally: Tally, what: str, *, prepare: Any, argv_for: Any,
+                       prefix: str, final: str, steps: list[int] | None = None) -> int:
     """Run ``argv_for(bucket, url)`` once to count its writes into a fresh bucket (``prepare``d:
     returns the manifests already there, name → bytes), then once per write N, killed right
     before write N: every visible manifest must be a whole bundle we know (the old one or the
@@ -449,8 +469,11 @@ def kill_at_every_step(world: World, tally: Tally, what: str, *, prepare: Any, a
     if clean.returncode != 0:
         tally.lost(f"{what}: the uninterrupted run failed: {clean.stderr.strip()}")
         return 0
-    count = len([r for r in world.proxy.requests() if r.method in WRITES.split("|")
-                 and (r.path.startswith(f"/{bucket}/") or (r.path == f"/{bucket}" and r.method == "POST"))])
+    def into_bucket(r: Any) -> bool:  # an object write, or a bucket-level POST (DeleteObjects)
+        return r.path.startswith(f"/{bucket}/") or (r.path == f"/{bucket}" and r.method == "POST")
+
+    count = len([r for r in world.proxy.requests()
+                 if r.method in WRITES.split("|") and into_bucket(r)])
     for n in steps if steps is not None else range(count):
         bucket = world.new_bucket()
         known = prepare(bucket) or None
@@ -482,9 +505,10 @@ def _copy_source(world: World) -> tuple[str, str]:
         with open(image, "wb") as fh:
             fh.write(os.urandom(12 * 1024 * 1024))
         bucket = world.new_bucket()
-        rc = run_cli(["install", "-i", str(image), "-c", str(world.cert), "-k", str(world.key), "-u", "123456789012",
-                      "-r", "x86_64", "--ec2cert", str(world.ec2cert), "-b", f"{bucket}/s", "--no-register",
-                      "--endpoint-url", world.endpoint], world.env)
+        rc = run_cli(["install", "-i", str(image), "-c", str(world.cert), "-k", str(world.key),
+                      "-u", "123456789012",
+                      "-r", "x86_64", "--ec2cert", str(world.ec2cert), "-b", f"{bucket}/s",
+                      "--no-register", "--endpoint-url", world.endpoint], world.env)
         if rc.returncode != 0:
             raise RuntimeError(f"install of the copy source failed: {rc.stderr.strip()}")
         world.copy_source = (bucket, "s/")
@@ -507,14 +531,16 @@ def copy_kills(world: World, tally: Tally, *, replace: bool, steps: list[int] | 
             _put_fake(world, bucket, "d/", old)
 
     def argv_for(bucket: str, url: str) -> list[str]:
-        return ["copy-bundle", "-c", str(world.cert), "-k", str(world.key), "-m", "src.manifest.xml",
+        return ["copy-bundle", "-c", str(world.cert), "-k", str(world.key),
+                "-m", "src.manifest.xml",
                 "-b", f"{src_bucket}/{src_prefix}", "-d", f"{bucket}/d", "--region", "us-east-1",
                 "--ec2cert", str(world.ec2cert), "--jobs", "2", "--endpoint-url", url,
                 *(["--force"] if replace else [])]
 
-    return kill_at_every_step(world, tally, "copy-bundle" + (" --force over another bundle" if replace else ""),
-                              prepare=prepare, argv_for=argv_for, prefix="d/", final="src.manifest.xml",
-                              steps=steps)
+    return kill_at_every_step(world, tally,
+                              "copy-bundle" + (" --force over another bundle" if replace else ""),
+                              prepare=prepare, argv_for=argv_for, prefix="d/",
+                              final="src.manifest.xml", steps=steps)
 
 
 def replace_kills(world: World, tally: Tally, *, steps: list[int] | None = None) -> int:
@@ -531,9 +557,9 @@ def replace_kills(world: World, tally: Tally, *, steps: list[int] | None = None)
         return {"old": old.manifest_bytes, "new": new.manifest_bytes}
 
     def argv_for(bucket: str, url: str) -> list[str]:
-        return ["upload-bundle", "-b", f"{bucket}/r", "-m", str(new.manifest_path), "--force", "--jobs", "2",
-                "--endpoint-url", url]
+        return ["upload-bundle", "-b", f"{bucket}/r", "-m", str(new.manifest_path),
+                "--force", "--jobs", "2", "--endpoint-url", url]
 
-    return kill_at_every_step(world, tally, "upload-bundle --force", prepare=prepare, argv_for=argv_for,
-                              prefix="r/", final="rep.manifest.xml", steps=steps)
+    return kill_at_every_step(world, tally, "upload-bundle --force", prepare=prepare,
+                              argv_for=argv_for, prefix="r/", final="rep.manifest.xml", steps=steps)
 

@@ -21,7 +21,8 @@ def _write_pair(fs, directory: str, pem: tuple[bytes, bytes]) -> tuple[str, str]
 
 
 def _pem(pair) -> tuple[bytes, bytes]:
-    key = pair.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    key = pair.private_key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
                                          serialization.NoEncryption())
     return key, pair.cert_path.read_bytes()
 
@@ -44,8 +45,10 @@ def test_bundle_and_unbundle_in_a_fake_filesystem(user_key_pair_pem, ec2_key_pai
     fs.create_file("/images/root.img", contents=image)
     fs.create_dir("/out")
 
-    result = bundler.bundle_image("/images/root.img", "/out", cert=cert, private_key=key, user="123456789012",
-                                  ec2cert=ec2cert, prefix="root", arch="x86_64", block_device_mapping={"ami": "sda1"})
+    result = bundler.bundle_image("/images/root.img", "/out", cert=cert, private_key=key,
+                                  user="123456789012",
+                                  ec2cert=ec2cert, prefix="root", arch="x86_64",
+                                  block_device_mapping={"ami": "sda1"})
     assert result.part_names == ["root.part.0"]
     assert sorted(os.listdir("/out")) == ["root.manifest.xml", "root.part.0"]
 
@@ -69,7 +72,8 @@ def test_tampered_part_in_a_fake_filesystem(user_key_pair_pem, ec2_key_pair_pem,
     _, ec2cert = _write_pair(fs, "/k/e", ec2_key_pair_pem)
     fs.create_file("/img", contents=os.urandom(5000))
     fs.create_dir("/b")
-    bundler.bundle_image("/img", "/b", cert=cert, private_key=key, user="123456789012", ec2cert=ec2cert)
+    bundler.bundle_image("/img", "/b", cert=cert, private_key=key, user="123456789012",
+                         ec2cert=ec2cert)
     with open("/b/img.part.0", "r+b") as fh:
         fh.seek(10)
         fh.write(b"X")
@@ -90,7 +94,8 @@ def test_unreadable_image_is_a_clear_error(user_key_pair_pem, ec2_key_pair_pem, 
     os.chmod("/secret.img", 0o000)
     fs.create_dir("/b")
     with pytest.raises(ImageError, match="is not readable"):
-        bundler.bundle_image("/secret.img", "/b", cert=cert, private_key=key, user="123456789012", ec2cert=ec2cert)
+        bundler.bundle_image("/secret.img", "/b", cert=cert, private_key=key, user="123456789012",
+                             ec2cert=ec2cert)
     assert os.listdir("/b") == []
 
 
@@ -99,7 +104,8 @@ def test_missing_destination(user_key_pair_pem, ec2_key_pair_pem, fs):
     _, ec2cert = _write_pair(fs, "/k/e", ec2_key_pair_pem)
     fs.create_file("/img", contents=b"data")
     with pytest.raises(OutputError, match="destination directory /nowhere does not exist"):
-        bundler.bundle_image("/img", "/nowhere", cert=cert, private_key=key, user="123456789012", ec2cert=ec2cert)
+        bundler.bundle_image("/img", "/nowhere", cert=cert, private_key=key, user="123456789012",
+                             ec2cert=ec2cert)
 
 
 class RecordingProgress:
@@ -123,8 +129,8 @@ def test_progress_events_cover_the_stored_bytes(user_key_pair_pem, ec2_key_pair_
     fs.create_file("/img", contents=data)
     fs.create_dir("/b")
     progress = RecordingProgress()
-    result = bundler.bundle_image("/img", "/b", cert=cert, private_key=key, user="123456789012", ec2cert=ec2cert,
-                                  progress=progress)
+    result = bundler.bundle_image("/img", "/b", cert=cert, private_key=key, user="123456789012",
+                                  ec2cert=ec2cert, progress=progress)
     assert progress.events[0] == ("start", "bundle", len(data))
     assert sum(n for kind, _, n in progress.events if kind == "advance") == len(data)
     assert progress.events[-1] == ("finish", "bundle", None)

@@ -35,7 +35,9 @@ def test_fingerprints_match_the_shared_readme_and_the_files_are_expired():
     assert cert.not_valid_after_utc.year == 2006  # expired long ago, still EC2's key: never rejected
 
 
-@pytest.mark.parametrize("region", ["af-south-1", "me-south-1", "il-central-1", "ap-southeast-5", "eu-south-2"])
+@pytest.mark.parametrize("region",
+                         ["af-south-1", "me-south-1", "il-central-1", "ap-southeast-5",
+                                    "eu-south-2"])
 def test_opt_in_regions_are_refused_without_their_own_certificate(region):
     assert ec2certs.is_opt_in(region)
     with pytest.raises(KeyFileError) as info:
@@ -52,7 +54,8 @@ def test_default_enabled_regions_are_not_opt_in():
 def test_lookup_order(fs):
     fs.add_real_directory(str(SHIPPED))
     real = (SHIPPED / "cert-ec2.pem").read_bytes()
-    env = {"AMI_BUNDLER_EC2_CERT_DIR": "/env/certs", "EC2_AMITOOL_HOME": "/amitool", "EC2_HOME": "/ec2home"}
+    env = {"AMI_BUNDLER_EC2_CERT_DIR": "/env/certs", "EC2_AMITOOL_HOME": "/amitool",
+           "EC2_HOME": "/ec2home"}
     dirs = ["/cli/certs", "/env/certs", "/amitool/etc/ec2/amitools", "/ec2home/etc/ec2/amitools",
             "/opt/aws/amitools/ec2/etc/ec2/amitools", "/usr/local/ec2/amitools/etc/ec2/amitools",
             "/etc/ec2/amitools"]

@@ -32,24 +32,30 @@ def other_ec2(tmp_path_factory):
 def signed(user, ec2, **changes) -> bytes:
     manifest = Manifest(
         name="web", user="123456789012", digest="ab" * 20, size=12345, bundled_size=678,
-        ec2_encrypted_key=keylib.wrap(ec2.public_key, KEY), user_encrypted_key=keylib.wrap(user.public_key, KEY),
-        ec2_encrypted_iv=keylib.wrap(ec2.public_key, IV), user_encrypted_iv=keylib.wrap(user.public_key, IV),
+        ec2_encrypted_key=keylib.wrap(ec2.public_key, KEY),
+        user_encrypted_key=keylib.wrap(user.public_key, KEY),
+        ec2_encrypted_iv=keylib.wrap(ec2.public_key, IV),
+        user_encrypted_iv=keylib.wrap(user.public_key, IV),
         parts=[PartEntry(0, "web.part.0", "11" * 20), PartEntry(1, "web.part.1", "22" * 20)],
-        kernel_id="aki-1111aaaa", ramdisk_id="ari-2222bbbb", block_device_mapping={"ami": "sda1", "root": "/dev/sda1"},
-        product_codes=["ABCD1234"], ancestry=["ami-00000001"], bundler=("ec2-ami-tools", "1.5.3", "20071010"),
+        kernel_id="aki-1111aaaa", ramdisk_id="ari-2222bbbb",
+        block_device_mapping={"ami": "sda1", "root": "/dev/sda1"},
+        product_codes=["ABCD1234"], ancestry=["ami-00000001"],
+        bundler=("ec2-ami-tools", "1.5.3", "20071010"),
     )
     return keylib.sign_manifest(dataclasses.replace(manifest, **changes), user.private_key)
 
 
-def test_rewraps_to_the_new_ec2_key_and_keeps_everything_else(user_key_pair, ec2_key_pair, other_ec2):
+def test_rewraps_to_the_new_ec2_key_and_keeps_everything_else(user_key_pair, ec2_key_pair,
+                                                              other_ec2):
     parsed = parse_manifest(signed(user_key_pair, ec2_key_pair))
-    result = migrate(parsed, private_key=user_key_pair.private_key, verify_key=user_key_pair.public_key,
-                     ec2_public_key=other_ec2.public_key)
+    result = migrate(parsed, private_key=user_key_pair.private_key,
+                     verify_key=user_key_pair.public_key, ec2_public_key=other_ec2.public_key)
     again = parse_manifest(result.xml)
     keylib.verify_manifest(again, user_key_pair.public_key)
     old, new = parsed.manifest, again.manifest
     # Only the target region's EC2 private key opens the ec2_* pair now.
-    user_only = dataclasses.replace(new, user_encrypted_key=new.ec2_encrypted_key, user_encrypted_iv=new.ec2_encrypted_iv)
+    user_only = dataclasses.replace(new, user_encrypted_key=new.ec2_encrypted_key,
+                                    user_encrypted_iv=new.ec2_encrypted_iv)
     assert keylib.unwrap_key_iv(other_ec2.private_key, user_only) == (KEY, IV)
     assert keylib.unwrap(other_ec2.private_key, new.ec2_encrypted_key) == KEY
     # The old EC2 key no longer opens it (implicit rejection may yield random bytes, never the key).
@@ -58,8 +64,10 @@ def test_rewraps_to_the_new_ec2_key_and_keeps_everything_else(user_key_pair, ec2
     except DecryptionError:
         pass
     assert (new.user_encrypted_key, new.user_encrypted_iv) == (old.user_encrypted_key, old.user_encrypted_iv)
-    for name in ("name", "user", "digest", "size", "bundled_size", "parts", "kernel_id", "ramdisk_id",
-                 "block_device_mapping", "product_codes", "ancestry", "bundler", "arch", "image_type"):
+    for name in ("name", "user", "digest", "size", "bundled_size", "parts", "kernel_id",
+                 "ramdisk_id",
+                 "block_device_mapping", "product_codes", "ancestry", "bundler", "arch",
+                 "image_type"):
         assert getattr(new, name) == getattr(old, name), name
     assert new.ec2_encrypted_key != old.ec2_encrypted_key
     assert result.changes[0].startswith("AES key and IV re-wrapped")
@@ -83,7 +91,8 @@ def test_kernel_ramdisk_explicit_mapping_and_removal(user_key_pair, ec2_key_pair
 def test_tampered_manifest_is_refused(user_key_pair, ec2_key_pair, other_ec2):
     data = signed(user_key_pair, ec2_key_pair).replace(b"<size>12345</size>", b"<size>12346</size>")
     with pytest.raises(SignatureError, match="does not verify"):
-        migrate(parse_manifest(data), private_key=user_key_pair.private_key, ec2_public_key=other_ec2.public_key)
+        migrate(parse_manifest(data), private_key=user_key_pair.private_key,
+                ec2_public_key=other_ec2.public_key)
 
 
 def test_private_key_must_match_certificate(user_key_pair, ec2_key_pair, other_ec2):
@@ -95,10 +104,12 @@ def test_private_key_must_match_certificate(user_key_pair, ec2_key_pair, other_e
 
 def test_older_version_is_written_as_2007_10_10(user_key_pair, ec2_key_pair, other_ec2):
     # <version> is outside the signed region, so this is still a validly signed 2007-08-29 manifest.
-    data = signed(user_key_pair, ec2_key_pair).replace(b"<version>2007-10-10</version>", b"<version>2007-08-29</version>")
+    data = signed(user_key_pair, ec2_key_pair).replace(b"<version>2007-10-10</version>",
+                                                       b"<version>2007-08-29</version>")
     parsed = parse_manifest(data)
     assert parsed.manifest.version == "2007-08-29"
-    result = migrate(parsed, private_key=user_key_pair.private_key, ec2_public_key=other_ec2.public_key)
+    result = migrate(parsed, private_key=user_key_pair.private_key,
+                     ec2_public_key=other_ec2.public_key)
     assert b"<version>2007-10-10</version>" in result.xml
     assert "manifest version 2007-08-29 → 2007-10-10" in result.changes
 

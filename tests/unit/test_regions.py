@@ -39,7 +39,8 @@ def test_partition_and_certificate(region, partition, cert):
 
 
 @pytest.mark.parametrize(("typo", "suggestion"), [
-    ("eu-wset-1", "eu-west-1"), ("us-est-1", "us-east-1"), ("cn-north1", "cn-north-1"), ("US-EAST-1 ", None),
+    ("eu-wset-1", "eu-west-1"), ("us-est-1", "us-east-1"), ("cn-north1", "cn-north-1"),
+    ("US-EAST-1 ", None),
 ])
 def test_typos_get_a_suggestion(typo, suggestion):
     if suggestion is None:
@@ -74,7 +75,8 @@ def test_parse_regions_and_bucket_map():
 
 def test_fanout_drops_a_failing_child_and_gives_each_its_manifest():
     a, b, c = MemorySink(), MemorySink(fail_put=1, put_error=injected), MemorySink()
-    fan = FanOutSink({"a": a, "b": b, "c": c}, manifest_for=lambda label, data: data + label.encode())
+    fan = FanOutSink({"a": a, "b": b, "c": c}, manifest_for=lambda label,
+                     data: data + label.encode())
     fan.begin("img", 9)
     for i in range(3):
         fan.put_part(Part.of(i, bytes([i]) * 10))
@@ -87,7 +89,8 @@ def test_fanout_drops_a_failing_child_and_gives_each_its_manifest():
 
 
 def test_fanout_fails_when_every_child_failed():
-    fan = FanOutSink({"a": MemorySink(fail_put=0, put_error=injected), "b": MemorySink(fail_put=0, put_error=injected)})
+    fan = FanOutSink({"a": MemorySink(fail_put=0, put_error=injected),
+                      "b": MemorySink(fail_put=0, put_error=injected)})
     fan.begin("img", 1)
     with pytest.raises(S3Error, match="every destination failed: a: injected; b: injected"):
         fan.put_part(Part.of(0, b"x"))

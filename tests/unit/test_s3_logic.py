@@ -76,8 +76,10 @@ def parse_aws(*argv: str) -> argparse.Namespace:
 
 def test_options_from_args_and_secret_warning():
     warnings: list[str] = []
-    opts = aws_options_from_args(parse_aws("--url", "http://127.0.0.1:1", "-a", "AK", "-s", "SECRET", "-t", "TOK",
-                                       "--region", "eu-north-1", "--max-attempts", "4"), warnings.append)
+    opts = aws_options_from_args(parse_aws("--url", "http://127.0.0.1:1", "-a", "AK",
+                                           "-s", "SECRET", "-t", "TOK",
+                                       "--region", "eu-north-1", "--max-attempts", "4"),
+                                 warnings.append)
     assert opts.endpoint_url == "http://127.0.0.1:1" and opts.region == "eu-north-1"
     assert (opts.access_key, opts.secret_key, opts.session_token) == ("AK", "SECRET", "TOK")
     assert opts.max_attempts == 4
@@ -94,14 +96,17 @@ def test_options_from_args_rejects_half_credentials_and_bad_region():
 
 
 def test_register_block_device_mappings():
-    got = parse_register_block_device_mappings(["/dev/sdb=ephemeral0,/dev/sdc=none", "/dev/sdd=snap-0abc:8:false:io2:3000"])
+    got = parse_register_block_device_mappings(["/dev/sdb=ephemeral0,/dev/sdc=none",
+                                                "/dev/sdd=snap-0abc:8:false:io2:3000"])
     assert got == [
         {"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"},
         {"DeviceName": "/dev/sdc", "NoDevice": ""},
-        {"DeviceName": "/dev/sdd", "Ebs": {"SnapshotId": "snap-0abc", "VolumeSize": 8, "DeleteOnTermination": False,
+        {"DeviceName": "/dev/sdd",
+         "Ebs": {"SnapshotId": "snap-0abc", "VolumeSize": 8, "DeleteOnTermination": False,
                                            "VolumeType": "io2", "Iops": 3000}},
     ]
-    for bad in ("nodevice", "/dev/sdb=", "/dev/sdb=:", "/dev/sdb=snap-x", "/dev/sdb=:big", "/dev/sdb=:8:maybe"):
+    for bad in ("nodevice", "/dev/sdb=", "/dev/sdb=:", "/dev/sdb=snap-x", "/dev/sdb=:big",
+                "/dev/sdb=:8:maybe"):
         with pytest.raises(UsageError):
             parse_register_block_device_mappings([bad])
 

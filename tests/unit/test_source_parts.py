@@ -111,7 +111,8 @@ def test_stream_source_checks_declared_size():
         list(StreamImageSource(io.BytesIO(b"x" * 10), 9, "s").chunks())
 
 
-@pytest.mark.parametrize("total", [1, 16, PART_SIZE - 1, PART_SIZE, PART_SIZE + 1, 3 * PART_SIZE + 5])
+@pytest.mark.parametrize("total",
+                         [1, 16, PART_SIZE - 1, PART_SIZE, PART_SIZE + 1, 3 * PART_SIZE + 5])
 def test_part_cutter_cuts_exact_sizes_and_hashes(total):
     sink = MemorySink()
     cutter = PartCutter(sink)
@@ -204,7 +205,8 @@ def test_first_part_predicts_the_part_count(user_key_pair, ec2_key_pair):
     source = StreamImageSource(io.BytesIO(data), len(data), "est")
     sink = MemorySink()
     keys = BundleKeys(user_key_pair.private_key, user_key_pair.public_key, ec2_key_pair.public_key)
-    result = bundle(source, sink, keys, BundleOptions(name="est", user="123456789012", compression="fast"))
+    result = bundle(source, sink, keys,
+                    BundleOptions(name="est", user="123456789012", compression="fast"))
     assert sink.max_parts >= 10  # the bound alone would give two-digit names …
     assert len(result.part_names) < 10  # … but there are fewer than ten parts
     [(estimate, before)] = sink.expected

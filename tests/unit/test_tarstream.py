@@ -654,7 +654,8 @@ def test_extension_chain_limit():
 
 
 def test_huge_long_name_rejected_without_reading():
-    block = ustar_block(b"././@LongLink", 0, b"L", size_field=b"\x80" + (1 << 60).to_bytes(11, "big"))
+    block = ustar_block(b"././@LongLink", 0, b"L",
+                        size_field=b"\x80" + (1 << 60).to_bytes(11, "big"))
     with pytest.raises(ArchiveError, match="blocks of tar metadata"):
         consume(block + bytes(1024))
 
