@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import botocore.exceptions as bexc
@@ -24,6 +24,8 @@ from .transfer import DEFAULT_MAX_ATTEMPTS, default_timeouts
 if TYPE_CHECKING:  # boto3 and botocore.config cost ~0.15 s to import: only when AWS is used
     import boto3
     from botocore.config import Config
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger("bundler.aws")
 
@@ -164,14 +166,16 @@ def _config(opts: AwsOptions, region: str, *, pool: int, path_style: bool) -> Co
 
 
 def s3_client(opts: AwsOptions, *, session: boto3.Session | None = None, bucket: str | None = None,
-              region: str | None = None, pool: int = 10, check_credentials: bool = True) -> Any:
+              region: str | None = None, pool: int = 10,
+              check_credentials: bool = True) -> S3Client:
     session = session or make_session(opts)
     if check_credentials:
         require_credentials(session)
     region = region or session_region(session, opts)
     path_style = needs_path_style(bucket, opts.endpoint_url)
-    client = session.client("s3", endpoint_url=opts.endpoint_url,
-                            config=_config(opts, region, pool=pool, path_style=path_style))
+    client: S3Client = session.client(
+        "s3", endpoint_url=opts.endpoint_url,
+        config=_config(opts, region, pool=pool, path_style=path_style))
     # The endpoint may come from AWS_ENDPOINT_URL(_S3) or the profile rather than a flag.
     if not path_style and not is_aws_endpoint(client.meta.endpoint_url):
         client = session.client("s3", endpoint_url=opts.endpoint_url,
@@ -180,14 +184,15 @@ def s3_client(opts: AwsOptions, *, session: boto3.Session | None = None, bucket:
     return client
 
 
-def ec2_client(opts: AwsOptions, *, session: boto3.Session | None = None, region: str | None = None,
-               check_credentials: bool = True) -> Any:
+def ec2_client(opts: AwsOptions, *, session: boto3.Session | None = None,
+               region: str | None = None, check_credentials: bool = True) -> EC2Client:
     session = session or make_session(opts)
     if check_credentials:
         require_credentials(session)
     region = region or session_region(session, opts)
-    client = session.client("ec2", endpoint_url=opts.endpoint_url,
-                            config=_config(opts, region, pool=10, path_style=False))
+    client: EC2Client = session.client(
+        "ec2", endpoint_url=opts.endpoint_url,
+        config=_config(opts, region, pool=10, path_style=False))
     log.debug("ec2 client: region %s endpoint %s", region, client.meta.endpoint_url)
     return client
 

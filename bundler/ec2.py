@@ -18,7 +18,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions as bexc
 
@@ -26,6 +26,11 @@ from .aws import NO_SUCH_IMAGE, ec2_error, ec2_errors, error_code, is_not_found,
 from .errors import EC2Error, IntegrityError, ManifestError, PartMissingError, UsageError
 from .manifest import Manifest, is_encrypted, parse_manifest
 from .s3 import S3Location, bucket_region, fetch_manifest, list_objects, split_manifest_location
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_ec2.type_defs import ImageTypeDef, LaunchPermissionTypeDef
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger("bundler.ec2")
 
@@ -83,7 +88,7 @@ def normalize_image_location(value: str) -> str:
     return location.image_location(name)
 
 
-def preflight(s3: Any, image_location: str, *, region: str | None = None) -> PreflightReport:
+def preflight(s3: S3Client, image_location: str, *, region: str | None = None) -> PreflightReport:
     """Check the bundle EC2 is about to read; raise naming what is wrong and how to fix it."""
     location, name = split_manifest_location(image_location)
     key = location.key(name)
@@ -104,7 +109,7 @@ def preflight(s3: Any, image_location: str, *, region: str | None = None) -> Pre
                            manifest.bundled_size, bucket_at)
 
 
-def _check_parts(s3: Any, location: S3Location, manifest: Manifest) -> None:
+def _check_parts(s3: S3Client, location: S3Location, manifest: Manifest) -> None:
     keys = [location.key(p.filename) for p in manifest.parts]
     found = list_objects(s3, location.bucket, os.path.commonprefix(keys)) if keys else {}
     missing = [p.filename for p, k in zip(manifest.parts, keys, strict=True) if k not in found]
@@ -158,7 +163,7 @@ def parse_launch_permissions(values: list[str]) -> list[str]:
     return out
 
 
-def launch_permission(who: str) -> dict[str, str]:
+def launch_permission(who: str) -> LaunchPermissionTypeDef:
     if who == "all":
         return {"Group": "all"}
     if _ORG_ARN.match(who):
@@ -242,7 +247,7 @@ def _ebs(spec: str, item: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- EC2 calls
 
 
-def register_image(ec2: Any, image_location: str, options: RegisterOptions) -> str:
+def register_image(ec2: EC2Client, image_location: str, options: RegisterOptions) -> str:
     """RegisterImage for an instance-store bundle (tags included), then deprecation,
     deregistration protection and launch permissions."""
     if "all" in options.launch_permissions:
@@ -278,7 +283,7 @@ def register_image(ec2: Any, image_location: str, options: RegisterOptions) -> s
     return image_id
 
 
-def _after(ec2: Any, image_id: str, what: str, call: Any) -> None:
+def _after(ec2: EC2Client, image_id: str, what: str, call: Any) -> None:
     try:
         call()
     except (bexc.ClientError, bexc.BotoCoreError) as exc:
@@ -299,7 +304,7 @@ def _register_error(exc: BaseException, image_location: str) -> EC2Error:
     return ec2_error(exc, f"register {image_location}")  # type: ignore[return-value]
 
 
-def check_public_sharing_allowed(ec2: Any) -> None:
+def check_public_sharing_allowed(ec2: EC2Client) -> None:
     """Block public access for AMIs (on by default for new accounts) refuses ``all``."""
     region = ec2.meta.region_name
     try:
@@ -317,7 +322,7 @@ def _public_blocked(region: str) -> str:
             f"`aws ec2 disable-image-block-public-access --region {region}`")
 
 
-def add_launch_permissions(ec2: Any, image_id: str, who: list[str]) -> None:
+def add_launch_permissions(ec2: EC2Client, image_id: str, who: list[str]) -> None:
     adds = [launch_permission(w) for w in who]
     try:
         ec2.modify_image_attribute(ImageId=image_id, Attribute="launchPermission",
@@ -328,7 +333,7 @@ def add_launch_permissions(ec2: Any, image_id: str, who: list[str]) -> None:
         raise ec2_error(exc, f"set launch permissions on {image_id}") from None
 
 
-def describe_image(ec2: Any, image_id: str) -> dict[str, Any]:
+def describe_image(ec2: EC2Client, image_id: str) -> ImageTypeDef:
     with ec2_errors(f"describe {image_id}"):
         try:
             images = ec2.describe_images(ImageIds=[image_id])["Images"]
@@ -341,7 +346,7 @@ def describe_image(ec2: Any, image_id: str) -> dict[str, Any]:
     return images[0]
 
 
-def wait_available(ec2: Any, image_id: str, *, timeout: float = DEFAULT_WAIT_SECONDS, delay: float = 5.0) -> str:
+def wait_available(ec2: EC2Client, image_id: str, *, timeout: float = DEFAULT_WAIT_SECONDS, delay: float = 5.0) -> str:
     """Poll until the image is available (or failed), for at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -356,7 +361,7 @@ def wait_available(ec2: Any, image_id: str, *, timeout: float = DEFAULT_WAIT_SEC
         time.sleep(delay)
 
 
-def image_location_of(image: dict[str, Any]) -> str | None:
+def image_location_of(image: ImageTypeDef) -> str | None:
     """The bundle an instance-store AMI was registered from, as EC2 reports it."""
     location = image.get("ImageLocation")
     if location and location.endswith(".manifest.xml"):
@@ -364,7 +369,7 @@ def image_location_of(image: dict[str, Any]) -> str | None:
     return None
 
 
-def deregister_image(ec2: Any, image_id: str) -> None:
+def deregister_image(ec2: EC2Client, image_id: str) -> None:
     with ec2_errors(f"deregister {image_id}"):
         ec2.deregister_image(ImageId=image_id)
 

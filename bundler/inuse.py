@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions as bexc
 
 from .aws import ec2_errors, error_code
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
 
 log = logging.getLogger("bundler.inuse")
 
@@ -26,7 +29,7 @@ _DENIED = frozenset(
 
 
 def images_using(
-    ec2: Any,
+    ec2: EC2Client,
     image_location: str,
     *,
     exclude: Iterable[str] = (),
@@ -68,7 +71,7 @@ class InUse:
     connect: Callable[[], Any]
     exclude: Sequence[str] = field(default_factory=tuple)
     warn: Callable[[str], None] | None = None
-    _ec2: Any = field(default=None, repr=False)
+    _ec2: EC2Client | None = field(default=None, repr=False)
 
     def __call__(self, image_location: str) -> list[str] | None:
         if self._ec2 is None:

@@ -53,7 +53,7 @@ class Migration:
 
 
 def _same_key(a: Any, b: Any) -> bool:
-    return a.public_numbers() == b.public_numbers()
+    return bool(a.public_numbers() == b.public_numbers())
 
 
 def _new_id(old: str | None, explicit: Any, mapping: dict[str, str], what: str) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .aws import ec2_errors
 from .errors import EC2Error
@@ -21,6 +21,11 @@ from .manifest import ParsedManifest
 from .progress import NULL_PROGRESS, ProgressListener
 from .s3 import S3Location, load_remote_manifest, object_exists
 from .source import ImageSource
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger("bundler.rerun")
 
@@ -61,7 +66,11 @@ class ExistingBundle:
 
 
 def existing_bundle(
-    s3: Any, location: S3Location, manifest_name: str, image: ImageFingerprint, user_public_key: Any
+    s3: S3Client,
+    location: S3Location,
+    manifest_name: str,
+    image: ImageFingerprint,
+    user_public_key: RSAPublicKey,
 ) -> ExistingBundle | None:
     """The bundle at ``location``, if there is one, and whether it holds ``image``. A manifest
     not signed by the user's key is a different bundle (it cannot be proved to be ours)."""
@@ -83,7 +92,7 @@ def existing_bundle(
     return ExistingBundle(parsed, image.matches(parsed))
 
 
-def find_registered(ec2: Any, name: str, image_location: str) -> str | None:
+def find_registered(ec2: EC2Client, name: str, image_location: str) -> str | None:
     """The id of our AMI called ``name`` in this region, None if there is none; an AMI of that
     name for another bundle is an error (names are unique per region and account)."""
     from .ec2 import image_location_of

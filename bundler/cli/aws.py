@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BundleInUseError, ManifestError, S3Error, UsageError
 from ..inuse import InUse
@@ -42,6 +42,9 @@ from .context import (
     jobs_from_args,
 )
 from .registration import add_register_options, register_and_report, register_options_from_args
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger("bundler.cli")
 
@@ -196,8 +199,9 @@ def run_upload_bundle(args: argparse.Namespace, printer: Printer) -> int:
 def _manifest_object_name(args: argparse.Namespace) -> str:
     if args.manifest:
         if "/" in args.manifest:
-            raise UsageError("-m/--manifest is the manifest's object name (no '/'): put the key prefix in -b")
-        return args.manifest
+            raise UsageError("-m/--manifest is the manifest's object name (no '/'): "
+                             "put the key prefix in -b")
+        return str(args.manifest)
     return f"{args.prefix or 'image'}.manifest.xml"
 
 
@@ -317,7 +321,7 @@ def run_delete_bundle(args: argparse.Namespace, printer: Printer) -> int:
     return 0
 
 
-def _refuse_deleting_in_use(aws: AwsContext, client: Any, location: S3Location, keys: Sequence[str],
+def _refuse_deleting_in_use(aws: AwsContext, client: S3Client, location: S3Location, keys: Sequence[str],
                             args: argparse.Namespace, printer: Printer) -> list[str]:
     """EC2 first: the manifests among ``keys`` that a registered AMI uses are refused without
     --force (with it, a warning names the AMIs). Returns the AMI ids."""

@@ -14,6 +14,8 @@ from ..errors import BundlerError, UsageError
 from .common import Printer
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
     from ..parts import PartSource
 from .context import AwsContext, add_aws_options, add_jobs_option
 
@@ -200,7 +202,7 @@ def check_install_image(args: argparse.Namespace, printer: Printer) -> None:
                      public=public)
 
 
-def check_registered_bundle(args: argparse.Namespace, printer: Printer, client: Any,
+def check_registered_bundle(args: argparse.Namespace, printer: Printer, client: S3Client,
                             image_location: str) -> None:
     """register --launch-permission all -k KEY: the sharing rules on the bundle in S3 first."""
     if not going_public(args) or args.no_check:

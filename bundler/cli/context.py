@@ -36,6 +36,9 @@ from ..transfer import (
 from .common import Printer, count, seconds
 
 if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_s3 import S3Client
+
     from ..aws import AwsOptions
 
 log = logging.getLogger("bundler.cli")
@@ -273,7 +276,9 @@ class AwsContext:
         self.jobs = self.transfer.jobs
         self.attempts = self.transfer.attempts
 
-    def s3(self, bucket: str, *, region: str | None = None, opts: AwsOptions | None = None) -> Any:
+    def s3(
+        self, bucket: str, *, region: str | None = None, opts: AwsOptions | None = None
+    ) -> S3Client:
         from ..aws import s3_client
 
         return s3_client(
@@ -286,7 +291,7 @@ class AwsContext:
 
     def s3_in_bucket_region(
         self, bucket: str, *, must_exist: bool = True
-    ) -> tuple[Any, str | None]:
+    ) -> tuple[S3Client, str | None]:
         """A client in the bucket's region; an explicit --region that disagrees is an error,
         because the AMI must later be registered in the bucket's region."""
         from ..s3 import bucket_region
@@ -309,7 +314,7 @@ class AwsContext:
             client = self.s3(bucket, region=region)
         return client, region
 
-    def ec2(self, region: str | None, *, opts: AwsOptions | None = None) -> Any:
+    def ec2(self, region: str | None, *, opts: AwsOptions | None = None) -> EC2Client:
         from ..aws import ec2_client
 
         return ec2_client(opts or self.opts, session=self.session, region=region)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions as bexc
 
 from ..aws import NO_SUCH_BUCKET, error_code, response_header
 from ..errors import S3Error
 from .objects import DEFAULT_ATTEMPTS, s3_errors, with_attempts
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger("bundler.s3")
 
@@ -20,7 +23,7 @@ class BucketLocationError(S3Error):
     exit_code = 10
 
 
-def bucket_region(client: Any, bucket: str) -> str | None:
+def bucket_region(client: S3Client, bucket: str) -> str | None:
     """The bucket's region, or None if it does not exist."""
     with s3_errors("check bucket", bucket):
         try:
@@ -52,7 +55,7 @@ def location_region(location: str) -> str:
     return check_region(location, "--location")
 
 
-def ensure_bucket(client: Any, bucket: str, *, location: str | None = None) -> bool:
+def ensure_bucket(client: S3Client, bucket: str, *, location: str | None = None) -> bool:
     """Create ``bucket`` if missing (LocationConstraint per spec §6.2); True when created.
 
     An existing bucket in another place than an explicit --location is refused (classic exit 10).
@@ -83,7 +86,7 @@ def ensure_bucket(client: Any, bucket: str, *, location: str | None = None) -> b
     return True
 
 
-def delete_bucket_if_empty(client: Any, bucket: str) -> bool:
+def delete_bucket_if_empty(client: S3Client, bucket: str) -> bool:
     with s3_errors("delete bucket", bucket):
         try:
             resp = client.list_objects_v2(Bucket=bucket, MaxKeys=1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..manifest import ParsedManifest
@@ -13,6 +13,9 @@ from .location import S3Location
 from .lock import LOCK_SUFFIX
 from .objects import list_objects
 from .publish import MANIFEST_SUFFIX, PART_SUFFIX
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 def keys_from_manifest(location: S3Location, manifest_name: str, parsed: ParsedManifest) -> list[str]:
@@ -22,7 +25,7 @@ def keys_from_manifest(location: S3Location, manifest_name: str, parsed: ParsedM
     return keys
 
 
-def keys_by_prefix(client: Any, location: S3Location, name: str) -> list[str]:
+def keys_by_prefix(client: S3Client, location: S3Location, name: str) -> list[str]:
     """Keys ``keyprefix+NAME`` followed by ``.part.N``, ``.manifest[.xml]`` or the upload lock
     suffix (all pages): everything a bundle of that name, or an interrupted upload of it, left."""
     base = location.key(name)
@@ -34,7 +37,7 @@ def keys_by_prefix(client: Any, location: S3Location, name: str) -> list[str]:
     return selected
 
 
-def existing_keys(client: Any, bucket: str, keys: Sequence[str]) -> list[str]:
+def existing_keys(client: S3Client, bucket: str, keys: Sequence[str]) -> list[str]:
     if not keys:
         return []
     found = list_objects(client, bucket, os.path.commonprefix(list(keys)))
@@ -48,7 +51,7 @@ class DeletePlan:
     missing: list[str] = field(default_factory=list)
 
 
-def plan_delete(client: Any, location: S3Location, *, manifest: tuple[str, ParsedManifest] | None = None,
+def plan_delete(client: S3Client, location: S3Location, *, manifest: tuple[str, ParsedManifest] | None = None,
                 name: str | None = None) -> DeletePlan:
     """Which keys a delete-bundle removes: from a manifest (name, parsed) or by NAME listing."""
     if manifest is not None:

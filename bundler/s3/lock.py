@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions as bexc
 
@@ -20,6 +20,10 @@ from ..errors import S3Error
 from ..parts import pid_alive
 from .location import S3Location
 from .objects import DEFAULT_ACL, DEFAULT_ATTEMPTS, s3_errors, with_attempts
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import GetObjectOutputTypeDef, HeadObjectOutputTypeDef
 
 log = logging.getLogger("bundler.s3")
 
@@ -53,7 +57,7 @@ class UploadLock:
     conditional writes (501 NotImplemented) get a warning and no lock.
     """
 
-    def __init__(self, client: Any, location: S3Location, name: str, *, acl: str | None = DEFAULT_ACL,
+    def __init__(self, client: S3Client, location: S3Location, name: str, *, acl: str | None = DEFAULT_ACL,
                  stale_after: float = LOCK_STALE_SECONDS, renew_every: float | None = None) -> None:
         self.client = client
         self.location = location
@@ -89,7 +93,7 @@ class UploadLock:
         return str(resp.get("ETag", "")).strip('"').lower()
 
     def _holder(self) -> _Holder | None:
-        def get() -> tuple[dict[str, Any], bytes]:
+        def get() -> tuple[GetObjectOutputTypeDef, bytes]:
             resp = self.client.get_object(Bucket=self.location.bucket, Key=self.key)
             return resp, resp["Body"].read(64 * 1024)
 
@@ -187,7 +191,7 @@ class UploadLock:
             except bexc.BotoCoreError as exc:
                 log.warning("could not refresh %s: %s", self.key, type(exc).__name__)
 
-    def _head(self) -> dict[str, Any]:
+    def _head(self) -> HeadObjectOutputTypeDef:
         return with_attempts(lambda: self.client.head_object(Bucket=self.location.bucket, Key=self.key),
                               DEFAULT_ATTEMPTS, f"check lock {self.key}")
 

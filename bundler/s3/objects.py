@@ -8,9 +8,9 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import botocore.exceptions as bexc
 
@@ -33,6 +33,10 @@ from ..transfer import DEFAULT_ACL as DEFAULT_ACL
 from ..transfer import DEFAULT_ATTEMPTS as DEFAULT_ATTEMPTS
 from ..transfer import DEFAULT_JOBS as DEFAULT_JOBS
 from ..transfer import RETRY_ATTEMPTS as RETRY_ATTEMPTS
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import GetObjectOutputTypeDef
 
 log = logging.getLogger("bundler.s3")
 
@@ -145,7 +149,7 @@ def with_attempts(fn: Callable[[], T], attempts: int, describe: str) -> T:
     raise AssertionError("unreachable")
 
 
-def list_objects(client: Any, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
+def list_objects(client: S3Client, bucket: str, prefix: str) -> dict[str, tuple[int, str]]:
     """key → (size, ETag without quotes) for every key under ``prefix``, across all pages."""
     def attempt() -> dict[str, tuple[int, str]]:
         found: dict[str, tuple[int, str]] = {}
@@ -160,12 +164,12 @@ def list_objects(client: Any, bucket: str, prefix: str) -> dict[str, tuple[int, 
         return with_attempts(attempt, DEFAULT_ATTEMPTS, f"list s3://{bucket}/{prefix}")
 
 
-def _etag_not_md5(resp: dict[str, Any]) -> bool:
+def _etag_not_md5(resp: Mapping[str, Any]) -> bool:
     """Whether S3 says the object's ETag is not its MD5 (SSE-KMS, SSE-C)."""
     return resp.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse") or bool(resp.get("SSECustomerAlgorithm"))
 
 
-def put_bytes(client: Any, bucket: str, key: str, data: bytes, *, md5: bytes | None = None,
+def put_bytes(client: S3Client, bucket: str, key: str, data: bytes, *, md5: bytes | None = None,
               acl: str | None = DEFAULT_ACL, attempts: int = DEFAULT_ATTEMPTS) -> str:
     """One PUT with Content-MD5 and the canned ACL; returns the ETag (== hex MD5)."""
     md5 = md5 or hashlib.md5(data).digest()
@@ -196,8 +200,8 @@ def put_bytes(client: Any, bucket: str, key: str, data: bytes, *, md5: bytes | N
 BODY_PIECE = 1 << 20
 
 
-def _get_pieces(client: Any, bucket: str, key: str, limit: int,
-                what: str) -> tuple[dict[str, Any], list[bytes]]:
+def _get_pieces(client: S3Client, bucket: str, key: str, limit: int,
+                what: str) -> tuple[GetObjectOutputTypeDef, list[bytes]]:
     """GetObject and read the body in pieces; botocore/transport exceptions propagate
     untranslated so that ``with_attempts`` can retry a reset or truncated body. A body shorter
     than its Content-Length is a retryable ``_ShortBody`` even when the connection closed
@@ -228,7 +232,7 @@ def _get_pieces(client: Any, bucket: str, key: str, limit: int,
     return resp, pieces
 
 
-def _get_raw(client: Any, bucket: str, key: str, limit: int, what: str, *, check_md5: bool = False) -> bytes:
+def _get_raw(client: S3Client, bucket: str, key: str, limit: int, what: str, *, check_md5: bool = False) -> bytes:
     """``_get_pieces`` joined; with ``check_md5`` the body's MD5 must be the object's ETag
     (single-PUT objects without SSE-KMS/C), which catches bytes damaged in transit for objects
     that, unlike parts, have no digest of their own to check."""
@@ -247,7 +251,7 @@ def _translate_get(exc: BaseException, bucket: str, key: str, what: str) -> Bund
     return s3_error(exc, "download", bucket, key)
 
 
-def get_bytes(client: Any, bucket: str, key: str, *, limit: int, what: str = "object",
+def get_bytes(client: S3Client, bucket: str, key: str, *, limit: int, what: str = "object",
               attempts: int = DEFAULT_ATTEMPTS) -> bytes:
     """An object's bytes, checked against its length and (when it is one) its MD5 ETag."""
     with translate_errors(lambda exc: _translate_get(exc, bucket, key, what)):
@@ -259,7 +263,7 @@ def get_bytes(client: Any, bucket: str, key: str, *, limit: int, what: str = "ob
                                  "check the network and re-run") from None
 
 
-def fetch_manifest(client: Any, bucket: str, key: str, *, cap: int = MANIFEST_SIZE_CAP) -> bytes:
+def fetch_manifest(client: S3Client, bucket: str, key: str, *, cap: int = MANIFEST_SIZE_CAP) -> bytes:
     """The manifest object's bytes (capped: a manifest is a few KiB; anything huge is hostile)."""
     try:
         return get_bytes(client, bucket, key, limit=cap, what="manifest")
@@ -270,12 +274,12 @@ def fetch_manifest(client: Any, bucket: str, key: str, *, cap: int = MANIFEST_SI
         raise ManifestError(str(exc)) from None
 
 
-def fetch_part(client: Any, bucket: str, key: str, entry: PartEntry, attempts: int) -> bytes:
+def fetch_part(client: S3Client, bucket: str, key: str, entry: PartEntry, attempts: int) -> bytes:
     """A part's bytes, SHA-1 checked against the manifest; at least one retry on mismatch."""
     return b"".join(fetch_part_pieces(client, bucket, key, entry, attempts))
 
 
-def fetch_part_pieces(client: Any, bucket: str, key: str, entry: PartEntry,
+def fetch_part_pieces(client: S3Client, bucket: str, key: str, entry: PartEntry,
                       attempts: int) -> list[bytes]:
     """``fetch_part`` as the pieces the body was read in (never copied into one buffer)."""
     what = f"part {entry.filename}"
@@ -314,7 +318,7 @@ def _fetch_checked(attempt: Callable[[], T], attempts: int, bucket: str, key: st
                              "another bundle: re-upload it") from None
 
 
-def object_exists(client: Any, bucket: str, key: str) -> bool:
+def object_exists(client: S3Client, bucket: str, key: str) -> bool:
     with s3_errors("check", bucket, key):
         try:
             client.head_object(Bucket=bucket, Key=key)
@@ -325,7 +329,7 @@ def object_exists(client: Any, bucket: str, key: str) -> bool:
     return True
 
 
-def copy_object(client: Any, source: tuple[str, str], bucket: str, key: str, *, etag: str | None,
+def copy_object(client: S3Client, source: tuple[str, str], bucket: str, key: str, *, etag: str | None,
                 acl: str | None = DEFAULT_ACL, attempts: int = DEFAULT_ATTEMPTS) -> str:
     """Server-side CopyObject (sent to the destination's endpoint) with the canned ACL; the copy's
     ETag must equal the source's (both are the MD5 of a single-PUT part). Returns the copy's ETag."""
@@ -352,7 +356,7 @@ def copy_object(client: Any, source: tuple[str, str], bucket: str, key: str, *, 
             raise
 
 
-def delete_keys(client: Any, bucket: str, keys: Sequence[str], *, attempts: int = DEFAULT_ATTEMPTS) -> int:
+def delete_keys(client: S3Client, bucket: str, keys: Sequence[str], *, attempts: int = DEFAULT_ATTEMPTS) -> int:
     """DeleteObjects in batches of 1000; per-key failures are reported, not ignored."""
     deleted = 0
     for start in range(0, len(keys), DELETE_BATCH):

@@ -11,7 +11,7 @@ the upload may well work.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Final
 
 import botocore.exceptions as bexc
 
@@ -27,16 +27,21 @@ from .objects import (
     with_attempts,
 )
 
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import OwnershipControlsTypeDef
+
 log = logging.getLogger("bundler.s3")
 
 ENFORCED = "BucketOwnerEnforced"
-ACL_ENABLING = "BucketOwnerPreferred"  # what --enable-bucket-acls sets: objects stay the bucket owner's
+# What --enable-bucket-acls sets: objects stay the bucket owner's.
+ACL_ENABLING: Final = "BucketOwnerPreferred"
 _DENIED = ("AccessDenied", "403", "AllAccessDisabled")
 # An ACL the bucket accepts even with ACLs disabled (it grants nothing beyond the owner).
 _ALWAYS_ACCEPTED = (None, "", "bucket-owner-full-control")
 
 
-def ownership(client: Any, bucket: str) -> str | None:
+def ownership(client: S3Client, bucket: str) -> str | None:
     """The bucket's Object Ownership setting; None if it has none (ACLs enabled, a pre-2023 bucket)."""
     resp = with_attempts(lambda: client.get_bucket_ownership_controls(Bucket=bucket), DEFAULT_ATTEMPTS,
                          f"read the ownership controls of s3://{bucket}")
@@ -44,7 +49,7 @@ def ownership(client: Any, bucket: str) -> str | None:
     return rules[0].get("ObjectOwnership") if rules else None
 
 
-def check_bucket_for_bundles(client: Any, bucket: str, *, acl: str | None = DEFAULT_ACL,
+def check_bucket_for_bundles(client: S3Client, bucket: str, *, acl: str | None = DEFAULT_ACL,
                              enable_acls: bool = False) -> None:
     """Refuse (or with ``enable_acls`` fix) a bucket that cannot take ``acl``, before any write."""
     if acl in _ALWAYS_ACCEPTED:
@@ -72,8 +77,8 @@ def check_bucket_for_bundles(client: Any, bucket: str, *, acl: str | None = DEFA
         _check_public_allowed(client, bucket, acl)
 
 
-def _enable_acls(client: Any, bucket: str) -> None:
-    controls = {"Rules": [{"ObjectOwnership": ACL_ENABLING}]}
+def _enable_acls(client: S3Client, bucket: str) -> None:
+    controls: OwnershipControlsTypeDef = {"Rules": [{"ObjectOwnership": ACL_ENABLING}]}
     try:
         with_attempts(lambda: client.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls=controls),
                       DEFAULT_ATTEMPTS, f"enable ACLs on s3://{bucket}")
@@ -83,7 +88,7 @@ def _enable_acls(client: Any, bucket: str) -> None:
                 ACL_ENABLING)
 
 
-def _check_public_allowed(client: Any, bucket: str, acl: str) -> None:
+def _check_public_allowed(client: S3Client, bucket: str, acl: str) -> None:
     try:
         resp = with_attempts(lambda: client.get_public_access_block(Bucket=bucket), DEFAULT_ATTEMPTS,
                              f"read the public access block of s3://{bucket}")

@@ -22,7 +22,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import BundleInUseError, BundlerError, PartMissingError, ReplaceRefusedError
 from ..manifest import ParsedManifest, parse_manifest
@@ -37,6 +37,9 @@ from .objects import (
     list_objects,
     put_bytes,
 )
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger("bundler.s3")
 
@@ -77,7 +80,7 @@ class Publication:
     manifest last, orphans); ``close`` on every path (idempotent, never raises).
     """
 
-    def __init__(self, client: Any, location: S3Location, manifest_name: str, *, acl: str = DEFAULT_ACL,
+    def __init__(self, client: S3Client, location: S3Location, manifest_name: str, *, acl: str = DEFAULT_ACL,
                  attempts: int = DEFAULT_ATTEMPTS, force: bool = False, in_use: InUseLookup | None = None) -> None:
         self.client = client
         self.location = location
@@ -185,7 +188,7 @@ def check_replaceable(location: S3Location, manifest_name: str, *, force: bool,
     log.warning("replacing the different bundle at %s (--force)", url)
 
 
-def check_uploaded(client: Any, location: S3Location, expected: dict[str, tuple[int, str]]) -> None:
+def check_uploaded(client: S3Client, location: S3Location, expected: dict[str, tuple[int, str]]) -> None:
     """Every key in ``expected`` is in S3 with that (size, MD5): called right before the manifest
     PUT, so a part replaced or removed by someone else while we uploaded is never published."""
     if not expected:
@@ -212,7 +215,7 @@ def _orphan_parts(found: Iterable[str], location: S3Location, name: str, keep: I
                   and PART_SUFFIX.match(k[len(base):]))
 
 
-def remove_orphans(client: Any, location: S3Location, name: str, keep: Sequence[str], attempts: int) -> int:
+def remove_orphans(client: S3Client, location: S3Location, name: str, keep: Sequence[str], attempts: int) -> int:
     base = location.key(name) + ".part."
     if not all(k.startswith(base) for k in keep):
         return 0  # a manifest with unusual part names: what NAME.part.N belongs to is unclear
