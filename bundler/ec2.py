@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -361,10 +362,10 @@ def wait_available(ec2: EC2Client, image_id: str, *, timeout: float = DEFAULT_WA
         time.sleep(delay)
 
 
-def image_location_of(image: ImageTypeDef) -> str | None:
+def image_location_of(image: Mapping[str, Any]) -> str | None:
     """The bundle an instance-store AMI was registered from, as EC2 reports it."""
     location = image.get("ImageLocation")
-    if location and location.endswith(".manifest.xml"):
+    if isinstance(location, str) and location.endswith(".manifest.xml"):
         return location
     return None
 

@@ -11,8 +11,8 @@ import botocore.exceptions as bexc
 import pytest
 from botocore.config import Config
 
-from tests.integration.test_strict_aws import put_bundle
 from tests.support.bundles import make_fake_bundle
+from tests.support.s3kit import put_bundle
 
 
 def _code(exc: pytest.ExceptionInfo) -> str:

@@ -11,6 +11,7 @@ import botocore.exceptions as bexc
 import pytest
 
 from tests.support.bundles import make_fake_bundle
+from tests.support.s3kit import put_bundle
 from tests.support.strictaws.keyring import keyring
 from tests.support.strictaws.s3rules import EC2_CANONICAL_ID
 
@@ -77,14 +78,6 @@ def test_create_bucket_with_acl_enabling_ownership(s3):
 @pytest.fixture
 def bundle(tmp_path, signing_key):
     return make_fake_bundle(tmp_path / "b", "a", [64 * 1024, 20 * 1024], signing_key)
-
-
-def put_bundle(s3, bucket: str, bundle, *, acl: str = "aws-exec-read", skip_grant: str = "") -> str:
-    for name, part in zip(bundle.part_names, bundle.parts, strict=True):
-        extra = {} if name == skip_grant else {"ACL": acl}
-        s3.put_object(Bucket=bucket, Key=f"img/{name}", Body=part.data, **extra)
-    s3.put_object(Bucket=bucket, Key="img/a.manifest.xml", Body=bundle.manifest_bytes, ACL=acl)
-    return f"{bucket}/img/a.manifest.xml"
 
 
 def _manifest(s3, bucket: str, bundle) -> str:

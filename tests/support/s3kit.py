@@ -103,6 +103,17 @@ class Inspection:
         return not self.wrong
 
 
+def put_bundle(s3: Any, bucket: str, bundle: Any, *, acl: str = "aws-exec-read",
+               skip_grant: str = "") -> str:
+    """A fake bundle straight into ``bucket/img/`` with a plain client (``skip_grant``: the
+    part put without the ACL); its image location."""
+    for name, part in zip(bundle.part_names, bundle.parts, strict=True):
+        extra = {} if name == skip_grant else {"ACL": acl}
+        s3.put_object(Bucket=bucket, Key=f"img/{name}", Body=part.data, **extra)
+    s3.put_object(Bucket=bucket, Key="img/a.manifest.xml", Body=bundle.manifest_bytes, ACL=acl)
+    return f"{bucket}/img/a.manifest.xml"
+
+
 def list_keys(s3: Any, bucket: str, prefix: str = "") -> dict[str, tuple[int, str]]:
     """key → (size, ETag) under ``prefix``, read with a plain client."""
     out = {}
