@@ -219,3 +219,21 @@ def test_null_times_record_nothing():
     with NULL_TIMES.measure("x", 5), NULL_TIMES.phase("y"):
         pass
     assert NULL_TIMES.totals() == [] and NULL_TIMES.phases == []
+
+
+@pytest.mark.parametrize("cut", [1, 7, 15, 16, 17, 33, 4096, 1 << 20])
+def test_decryption_gives_the_stream_whatever_the_ciphertext_chunks(cut):
+    """The held last block (its padding is known only at the end) goes ahead of each new
+    chunk's plaintext as a piece of its own: chunks of any size, down to one byte, decrypt and
+    inflate to the same stream."""
+    import gzip
+
+    plain = os.urandom(50_000) + b"text " * 40_000
+    ciphertext = reference_ciphertext(gzip.compress(plain, 6))
+    chunks = [ciphertext[i:i + cut] for i in range(0, len(ciphertext), cut)]
+    stream = pipeline.DecryptedStream(iter(chunks), KEY, IV, len(plain) + 1024)
+    out = bytearray()
+    while data := stream.read(70_000):
+        out += data
+    stream.finish()
+    assert bytes(out) == plain and stream.sha1.hexdigest() == hashlib.sha1(plain).hexdigest()

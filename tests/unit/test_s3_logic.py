@@ -120,3 +120,46 @@ def test_tags_and_launch_permissions():
         parse_launch_permissions(["12345"])
 
 
+
+
+def _get_response(data: bytes, length: int | None = None) -> dict:
+    import io
+
+    from botocore.response import StreamingBody
+
+    n = len(data) if length is None else length
+    return {"Body": StreamingBody(io.BytesIO(data), n), "ContentLength": n}
+
+
+def test_a_part_is_downloaded_in_pieces_checked_as_one():
+    """A part's body is read in 1 MiB pieces that are kept as they came (no 10 MiB buffer and
+    its copy per download) and SHA-1 checked together; a damaged part is retried, then refused."""
+    import hashlib
+    import os
+
+    import boto3
+    from botocore.stub import Stubber
+
+    from bundler.errors import IntegrityError
+    from bundler.manifest import PartEntry
+    from bundler.s3.objects import BODY_PIECE, fetch_part_pieces
+
+    data = os.urandom(3 * BODY_PIECE + 12345)
+    entry = PartEntry(0, "img.part.0", hashlib.sha1(data).hexdigest())
+    s3 = boto3.client("s3", region_name="us-east-1", aws_access_key_id="x",
+                      aws_secret_access_key="x")
+    with Stubber(s3) as stub:
+        stub.add_response("get_object", _get_response(data), {"Bucket": "b", "Key": "k"})
+        pieces = fetch_part_pieces(s3, "b", "k", entry, 1)
+        assert b"".join(pieces) == data and len(pieces) == 4
+        assert all(len(p) <= BODY_PIECE for p in pieces)
+        damaged = bytes([data[0] ^ 1]) + data[1:]
+        for _ in range(2):
+            stub.add_response("get_object", _get_response(damaged), {"Bucket": "b", "Key": "k"})
+        with pytest.raises(IntegrityError, match="img.part.0 .* does not match the manifest"):
+            fetch_part_pieces(s3, "b", "k", entry, 1)
+        for _ in range(2):  # a body that ends before its Content-Length: retried, then one line
+            stub.add_response("get_object", _get_response(data[:1000], len(data)),
+                              {"Bucket": "b", "Key": "k"})
+        with pytest.raises(IntegrityError, match="kept closing early"):
+            fetch_part_pieces(s3, "b", "k", entry, 1)
