@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Boot test: bundle-vol a real Debian root filesystem, unbundle it and boot it under qemu.
 
-    scripts/boot_test.py [--schemes mbr,gpt,none] [--timeout S] [--cache DIR] [--workdir DIR]
-                         [--prepare-only] [--keep]
+    scripts/boot_test.py [--schemes mbr,gpt,none,mbr-xfs] [--timeout S] [--cache DIR]
+                         [--workdir DIR] [--prepare-only] [--keep]
 
 1. A Debian bookworm root filesystem with a kernel and GRUB 2 for BIOS (debootstrap
    ``--variant=minbase --include=linux-image-amd64,grub-pc-bin,systemd-sysv,udev``), built
@@ -14,6 +14,8 @@
    menu.lst generated for none), ``ami-bundler unbundle``, then boot the *unbundled* image:
    mbr/gpt from the disk (BIOS → GRUB 2 → kernel), none with ``-kernel/-initrd`` and the
    cmdline of the generated menu.lst (console=hvc0 → ttyS0: qemu has no Xen console).
+   A scheme ``SCHEME-TYPE`` (``mbr-xfs``, ``gpt-btrfs``) bundles with ``--fs-type TYPE``:
+   GRUB 2 then reads the root from that filesystem (its module in core.img).
 3. The serial log is polled for the marker until a timeout; the marker's UUID must be the
    image's filesystem UUID. Boot time (qemu start → marker) is reported.
 
@@ -189,12 +191,15 @@ def bundle_and_unbundle(tree: Path, scheme: str, work: Path,
     out = work / f"bundle-{scheme}"
     out.mkdir()
     prefix = f"boot-{scheme}"
+    part, _, fstype = scheme.partition("-")
     cmd = ami_bundler() + [
         "bundle-vol", "-v", str(tree), "-d", str(out), "--image-dir", str(tree.parent),
-        "-p", prefix, "-P", scheme, "--generate-fstab", "-k", str(key), "-c", str(cert),
+        "-p", prefix, "-P", part, "--generate-fstab", "-k", str(key), "-c", str(cert),
         "--ec2cert", str(ec2), "-u", "123456789012", "-r", "x86_64", "--batch", "--no-inherit",
         "--json", "--compression", "fast"]
-    if scheme == "none":
+    if fstype:
+        cmd += ["--fs-type", fstype]
+    if part == "none":
         cmd.append("--generate-menu-lst")
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -205,6 +210,8 @@ def bundle_and_unbundle(tree: Path, scheme: str, work: Path,
         if "warning" in line.lower():
             log(f"bundle-vol -P {scheme}: {line.strip()}")
     summary = json.loads(proc.stdout)
+    if fstype and summary["filesystem"] != fstype:
+        raise RuntimeError(f"bundle-vol --fs-type {fstype} made {summary['filesystem']}")
     unb = work / f"unbundled-{scheme}"
     unb.mkdir()
     started = time.monotonic()
@@ -310,9 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     results = run_boot_test([s.strip() for s in args.schemes.split(",") if s.strip()],
                             cache=args.cache, workdir=args.workdir, timeout=args.timeout,
                             keep=args.keep, accel=args.accel)
-    print(f"{'scheme':6} {'result':7} {'boot s':>7}  detail")
+    print(f"{'scheme':9} {'result':7} {'boot s':>7}  detail")
     for r in results:
-        print(f"{r.scheme:6} {'ok' if r.booted else 'FAILED':7} {r.seconds:7.1f}  "
+        print(f"{r.scheme:9} {'ok' if r.booted else 'FAILED':7} {r.seconds:7.1f}  "
               f"{r.detail.splitlines()[0] if r.booted else r.detail}")
     return 0 if results and all(r.booted for r in results) else 1
 

@@ -225,6 +225,13 @@ def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
         if change.dropped_options:
             human.append(f"  dropped options {result.fs_type} does not accept: "
                          f"{','.join(change.dropped_options)}")
+    se = result.selinux
+    if se is not None and se.autorelabel:
+        missing = ", ".join("/" + display(r) for r in se.unlabelled[:4])
+        human.append(f"SELinux: policy {se.policy} ({se.mode}) but no labels on {missing}: "
+                     "/.autorelabel written, the first boot relabels and reboots once")
+    elif se is not None and se.active:
+        human.append(f"SELinux: labels kept (policy {se.policy}, {se.mode})")
     if result.bootloader == "grub2":
         human.append(f"Bootloader: GRUB 2 (kernel {result.kernel}, serial console ttyS0)")
     if result.menu_lst:

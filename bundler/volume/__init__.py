@@ -38,6 +38,7 @@ from . import bootloader as bootlib
 from . import ext4feed, imagefs, loopdev, partition
 from . import fstab as fstablib
 from . import fstype as fstypelib
+from . import selinux as selinuxlib
 from . import staging as stagelib
 from .devices import DeviceName
 from .partition import MIB, Scheme
@@ -127,6 +128,7 @@ class VolumeResult:
     fs_type_reason: str = ""    # why this type (--fs-type, the source's type, a directory)
     fstab_change: fstablib.RootEntryChange | None = None  # the kept fstab's root line, fixed
     source_device: DeviceName | None = None               # the device the volume is mounted from
+    selinux: selinuxlib.SelinuxState | None = None        # policy, labels, /.autorelabel
 
     def summary(self) -> dict[str, Any]:
         reasons: dict[str, int] = {}
@@ -163,6 +165,7 @@ class VolumeResult:
             "filesystem_reason": self.fs_type_reason,
             "source_device": self.source_device.summary() if self.source_device else None,
             "fstab_root_changed": self.fstab_change.summary() if self.fstab_change else None,
+            "selinux": self.selinux.summary() if self.selinux else None,
             "bootloader": self.bootloader,
             "kernel": self.kernel,
             "menu_lst_generated": self.menu_lst,
@@ -341,6 +344,9 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
             # RHEL, another UUID for a plain directory): the image's root must mount anyway.
             fstab_change, fstab_warning = fstablib.rewrite_root_entry(
                 staging, fstype=fs_type, label=label, uuid=fs_uuid)
+        # Labels travel as xattrs on every path; an active policy without them needs a
+        # relabel at first boot, or enforcing mode denies nearly everything.
+        selinux_state = selinuxlib.prepare(staging)
         timings["stage"] = time.monotonic() - t
 
         t = time.monotonic()
@@ -417,7 +423,8 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
                               kernel=boot_plan.kernel.version if boot_plan.kernel else None,
                               menu_lst=boot_plan.menu_lst, warnings=boot_plan.warnings,
                               fstab_change=fstab_change, source_device=identity.device_name,
-                              fs_type=fs_type, fs_type_reason=fs_why)
+                              fs_type=fs_type, fs_type_reason=fs_why,
+                              selinux=selinux_state)
         if not config.clone_only:
             from ..pipeline import bundle
             from ..source import open_image

@@ -198,7 +198,7 @@ def _boot_test_module():
 @pytest.mark.skipif(os.environ.get("AMI_BUNDLER_BOOT_TEST") != "1",
                     reason="qemu boot test: set AMI_BUNDLER_BOOT_TEST=1 (root, debootstrap, qemu)")
 @pytest.mark.skipif(os.geteuid() != 0, reason="the boot test needs root")
-@pytest.mark.parametrize("scheme", ["mbr", "gpt", "none"])
+@pytest.mark.parametrize("scheme", ["mbr", "gpt", "none", "mbr-xfs"])
 def test_boots_under_qemu(scheme: str):
     boot_test = _boot_test_module()
     timeout = float(os.environ.get("AMI_BUNDLER_BOOT_TIMEOUT", "600"))
