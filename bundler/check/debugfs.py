@@ -49,8 +49,9 @@ def debugfs_binary() -> str:
 
 # ------------------------------------------------------------------------------ the disk
 
-def disk_facts(image: Path) -> tuple[VolumeFacts, int]:
-    """What the disk holds and where the root filesystem starts: (facts, byte offset).
+def disk_facts(image: Path, fs_types: tuple[str, ...] = EXT_TYPES) -> tuple[VolumeFacts, int]:
+    """What the disk holds and where the root filesystem (one of ``fs_types``) starts:
+    (facts, byte offset).
 
     The partition table and filesystems come from the image probe (``bundler.images.probe``);
     this adds what only booting cares about: the MBR's boot code and GRUB 2's core.img."""
@@ -76,7 +77,7 @@ def disk_facts(image: Path) -> tuple[VolumeFacts, int]:
         found = ([(0, layout.filesystem)] if layout.table is None else
                  [(p.start, p.filesystem) for p in layout.partitions])
         root = next(((start, fs) for start, fs in found
-                     if fs is not None and fs.type in EXT_TYPES), None)
+                     if fs is not None and fs.type in fs_types), None)
         if root is None:
             others = sorted({fs.type for _, fs in found if fs is not None})
             if others:

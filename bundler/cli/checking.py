@@ -162,16 +162,27 @@ def add_no_check_option(p: argparse._ActionsContainer, *, what: str) -> None:
 
 
 def check_image_file(image: Path, printer: Printer, *, what: str, no_check: bool,
-                     boot: bool = True, public: bool = False, stop: bool = True) -> Any:
+                     boot: bool = True, public: bool = False, stop: bool = True,
+                     built_here: bool = False) -> Any:
     """Run ``check``'s rules on an image this command builds or ships, print the findings as
     warnings, and raise CheckFailed on an error unless ``no_check`` (or not ``stop``).
-    An image check cannot read (not ext2/3/4) is a warning, not a failure."""
+    An image check cannot read (not ext2/3/4) is a warning, not a failure. ``built_here``:
+    the command made the image itself (bundle-vol), so an XFS/btrfs one may be mounted
+    read-only to be checked (never an image from elsewhere)."""
     from ..check import check_tree
     from ..check.debugfs import CheckSourceError, ImageTree
 
     try:
-        with ImageTree(image) as tree:
-            report = check_tree(tree, public=public, boot=boot, share=public)
+        try:
+            with ImageTree(image) as tree:
+                report = check_tree(tree, public=public, boot=boot, share=public)
+        except CheckSourceError:
+            if not built_here:
+                raise
+            from ..check.mounted import mounted_tree
+
+            with mounted_tree(image) as mtree:
+                report = check_tree(mtree, public=public, boot=boot, share=public)
     except CheckSourceError as exc:
         printer.warn(f"{what}: not checked: {exc}")
         return None

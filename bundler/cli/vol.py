@@ -203,7 +203,8 @@ def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
         from .checking import check_image_file
 
         checked.append(check_image_file(image, printer, what="bundle-vol",
-                                        no_check=args.no_check, stop=not config.clone_only))
+                                        no_check=args.no_check, stop=not config.clone_only,
+                                        built_here=True))
 
     result = bundle_volume(config, keys=keys, options=options, progress=printer.progress(),
                            on_selection=on_selection, on_image=on_image)

@@ -415,3 +415,19 @@ def test_mount_left_by_a_killed_run_is_released(tmp_path):
     bundle_volume(VolumeConfig(volume=tree, destination=dest, clone_only=True))
     assert _ours(dest) == []
     assert not dead.exists()
+
+
+@needs(*XFS_TOOLS)
+def test_boot_rules_read_the_xfs_image_through_a_read_only_mount(xfs_volume, tmp_path, capsys):
+    dest = tmp_path / "out"
+    dest.mkdir()
+    rc = main(["bundle-vol", "-v", str(xfs_volume), "-d", str(dest), "-p", "img", "--clone-only",
+               "--no-inherit", "--batch", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    data = json.loads(out.out)
+    assert "not checked" not in out.err
+    # the sample tree has no kernel: the boot rules saw the files of the XFS image
+    ids = {f["id"] for f in data["check"]["findings"]}
+    assert any(i.startswith("boot.") for i in ids), ids
+    assert _ours(tmp_path) == [] and not list(dest.glob(".check-mnt-*"))
