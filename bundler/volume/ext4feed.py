@@ -267,7 +267,7 @@ class Feed:
             if not dir_ids[""].matches(os.fstat(root)):
                 raise TreeChanged("", "the volume's top directory was replaced")
             if existing is None or not existing("", True):
-                self.meta_root(selection.entries[0])
+                self.meta_root(selection.entries[0], root)
             self.cwd = None         # "cd" first, and the parent's fd with it
             pfd = root
             for e in selection.entries[1:]:
@@ -348,10 +348,17 @@ class Feed:
 
     # ------------------------------------------------------------------ entries
 
-    def meta_root(self, e: Entry) -> None:
+    def meta_root(self, e: Entry, fd: int) -> None:
         self.db.send("cd /")
         self.cwd = ""
         self.times("/", e)
+        # The root directory's own label (security.selinux) and flags, like any directory's.
+        flags = inode_flags(fd) & KEPT_FLAGS
+        if flags:
+            self.db.send(f"sif / flags {flags | EXTENTS_FL:#x}")
+        values = read_xattrs(fd, "")
+        if values:
+            self.set_xattrs("/", "", values)
 
     def directory(self, pfd: int, name: str, e: Entry) -> None:
         fd = safefs.open_dir(pfd, name, e.rel, e.identity)
