@@ -226,6 +226,10 @@ def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
         if change.dropped_options:
             human.append(f"  dropped options {result.fs_type} does not accept: "
                          f"{','.join(change.dropped_options)}")
+    for mc in result.menu_changes:
+        human.append(f"{mc.path}: kernel line now names the image's filesystem:")
+        human.append(f"  was: {mc.old}")
+        human.append(f"  now: {mc.new}")
     se = result.selinux
     if se is not None and se.autorelabel:
         missing = ", ".join("/" + display(r) for r in se.unlabelled[:4])

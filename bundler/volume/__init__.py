@@ -129,6 +129,7 @@ class VolumeResult:
     fstab_change: fstablib.RootEntryChange | None = None  # the kept fstab's root line, fixed
     source_device: DeviceName | None = None               # the device the volume is mounted from
     selinux: selinuxlib.SelinuxState | None = None        # policy, labels, /.autorelabel
+    menu_changes: list[Any] = field(default_factory=list)  # the volume's boot menus, retargeted
 
     def summary(self) -> dict[str, Any]:
         reasons: dict[str, int] = {}
@@ -166,6 +167,7 @@ class VolumeResult:
             "source_device": self.source_device.summary() if self.source_device else None,
             "fstab_root_changed": self.fstab_change.summary() if self.fstab_change else None,
             "selinux": self.selinux.summary() if self.selinux else None,
+            "boot_menu_changed": [c.summary() for c in self.menu_changes],
             "bootloader": self.bootloader,
             "kernel": self.kernel,
             "menu_lst_generated": self.menu_lst,
@@ -354,6 +356,10 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
                                     label=label, workdir=private, fs_type=fs_type)
         if fstab_warning:
             boot_plan.warn(fstab_warning)
+        # The volume's own menus boot when bundle-vol wrote none (a generated grub.cfg or
+        # menu.lst is right already, and --kernel-cmdline's root= is the user's to choose).
+        menu_changes = [] if boot_plan.installed == "grub2" or boot_plan.menu_lst else (
+            bootlib.retarget_menus(staging, fs_uuid=fs_uuid, label=label, fs_type=fs_type))
         for rel, names in stats.dropped_xattrs:
             boot_plan.warn(f"/{display(rel)}: extended attributes {', '.join(names)} left out "
                            "(too large for an ext4 inode and one block; --drop-oversize-xattrs)")
@@ -424,7 +430,7 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
                               menu_lst=boot_plan.menu_lst, warnings=boot_plan.warnings,
                               fstab_change=fstab_change, source_device=identity.device_name,
                               fs_type=fs_type, fs_type_reason=fs_why,
-                              selinux=selinux_state)
+                              selinux=selinux_state, menu_changes=menu_changes)
         if not config.clone_only:
             from ..pipeline import bundle
             from ..source import open_image

@@ -311,6 +311,44 @@ def install_menu_lst(staging: Path, text: str) -> bool:
     return True
 
 
+# The volume's own boot menus: kept when bundle-vol installs no grub.cfg of its own.
+VOLUME_MENUS = ("boot/grub/menu.lst", "boot/grub/grub.conf", "boot/grub/grub.cfg",
+                "boot/grub2/grub.cfg")
+
+
+def retarget_menus(staging: Path, *, fs_uuid: str, label: str | None, fs_type: str) -> list:
+    """Make the kernel lines of the volume's own menus (``VOLUME_MENUS``; a symlinked
+    menu.lst -> grub.conf once) name the image's filesystem; the old file is kept as
+    ``NAME.orig``. Returns the ``cmdline.CmdlineChange``s."""
+    from . import cmdline
+    from .staging import write_file
+
+    changes: list = []
+    done: set[Path] = set()
+    for rel in VOLUME_MENUS:
+        path = tree_resolve(staging, rel)
+        if path is None or path in done:
+            continue
+        done.add(path)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        text = read_text(path)
+        if text is None:
+            continue
+        target = str(path.relative_to(staging))   # tree_resolve's answer has no links
+        new, found = cmdline.retarget(text, path="/" + target, uuid=fs_uuid, label=label,
+                                      fs_type=fs_type)
+        if found:
+            write_file(staging, target, new.encode(), mode=stat.S_IMODE(st.st_mode),
+                       keep_old=os.path.basename(target) + ".orig")
+            changes += found
+    return changes
+
+
 # ------------------------------------------------------------------------------ core image
 
 def mkimage_commands() -> list[tuple[str, list[str]]]:

@@ -431,3 +431,32 @@ def test_boot_rules_read_the_xfs_image_through_a_read_only_mount(xfs_volume, tmp
     ids = {f["id"] for f in data["check"]["findings"]}
     assert any(i.startswith("boot.") for i in ids), ids
     assert _ours(tmp_path) == [] and not list(dest.glob(".check-mnt-*"))
+
+
+def test_kept_pv_grub_menu_follows_the_image(tmp_path, capsys):
+    """-P none without --generate-menu-lst: the volume's own menu.lst (a symlink to grub.conf,
+    as on Amazon Linux) is what PV-GRUB boots; its kernel line must name the image."""
+    tree = tmp_path / "tree"
+    (tree / "boot/grub").mkdir(parents=True)
+    (tree / "boot/grub/grub.conf").write_text(
+        "default=0\ntitle AL2\nroot (hd0)\n"
+        f"kernel /boot/vmlinuz root=UUID={SRC_UUID} rootfstype=xfs console=hvc0\n")
+    os.chmod(tree / "boot/grub/grub.conf", 0o600)
+    os.symlink("grub.conf", tree / "boot/grub/menu.lst")
+    dest = tmp_path / "out"
+    dest.mkdir()
+    new_uuid = str(uuidlib.uuid4())
+    data, image = clone(tree, dest, capsys, "--uuid", new_uuid)
+    [change] = data["boot_menu_changed"]
+    assert change["path"] == "/boot/grub/grub.conf"
+    assert change["new"] == (f"kernel /boot/vmlinuz root=UUID={new_uuid} rootfstype=ext4 "
+                             "console=hvc0")
+    cat = subprocess.run(["debugfs", "-R", "cat /boot/grub/grub.conf", str(image)],
+                         capture_output=True, text=True, check=True).stdout
+    assert change["new"] in cat
+    ls = subprocess.run(["debugfs", "-R", "stat /boot/grub/menu.lst", str(image)],
+                        capture_output=True, text=True, check=True).stdout
+    assert "Type: symlink" in ls        # the link stays a link
+    orig = subprocess.run(["debugfs", "-R", "cat /boot/grub/grub.conf.orig", str(image)],
+                          capture_output=True, text=True, check=True).stdout
+    assert "rootfstype=xfs" in orig

@@ -74,3 +74,24 @@ def test_grub_follows_the_filesystem():
     assert bl.core_modules("mbr") == ("biosdisk", "part_msdos", "ext2")
     lst = bl.menu_lst(kernels, root="UUID=x", scheme="none", title="t", fs_type="btrfs")
     assert "root=UUID=x rootfstype=btrfs ro" in lst
+
+
+def test_kernel_lines_of_kept_menus_name_the_image():
+    from bundler.volume import cmdline
+
+    text = ("default 0\n"
+            "title Amazon Linux 2\n"
+            "  root (hd0)\n"
+            "  kernel /boot/vmlinuz-4.14 root=UUID=11111111-2222 rootfstype=xfs ro quiet\n"
+            "  kernel /boot/vmlinuz-old root=/dev/xvda1 ro\n"
+            "\tlinux /vmlinuz root=LABEL=/ ro\n")
+    new, changes = cmdline.retarget(text, path="/boot/grub/menu.lst", uuid=UUID,
+                                    label="cloudimg-rootfs", fs_type="ext4")
+    lines = new.split("\n")
+    assert lines[3] == f"  kernel /boot/vmlinuz-4.14 root=UUID={UUID} rootfstype=ext4 ro quiet"
+    assert lines[4] == "  kernel /boot/vmlinuz-old root=/dev/xvda1 ro"   # a device: kept
+    assert lines[5] == "\tlinux /vmlinuz root=LABEL=cloudimg-rootfs ro"
+    assert [c.old.split()[0] for c in changes] == ["kernel", "linux"]
+    same, none = cmdline.retarget(new, path="x", uuid=UUID, label="cloudimg-rootfs",
+                                  fs_type="ext4")
+    assert same == new and none == []
