@@ -3,8 +3,8 @@
 The library API (usable inside a pyfakefs fake filesystem)::
 
     import bundler
-    result = bundler.bundle_image("root.img", "out/", cert=..., private_key=..., user="123456789012",
-                                  ec2cert="cert-ec2.pem")
+    result = bundler.bundle_image("root.img", "out/", cert=..., private_key=...,
+                                  user="123456789012", ec2cert="cert-ec2.pem")
     bundler.verify("out/root.img.manifest.xml", cert=...)
     bundler.unbundle("out/root.img.manifest.xml", "key.pem", destination="restored/")
 """
@@ -27,8 +27,9 @@ from .pipeline import BundleKeys, BundleOptions, BundleResult, UnbundleResult, b
 from .source import open_image
 
 __all__ = [
-    "BundleKeys", "BundleOptions", "BundleResult", "BundlerError", "DirectorySink", "DirectorySource",
+    "BundleKeys", "BundleOptions", "BundleResult", "BundlerError", "DirectorySink",
+    "DirectorySource",
     "Manifest", "ParsedManifest", "Part", "PartEntry", "PartSink", "PartSource", "UnbundleResult",
-    "VerifyResult", "__version__", "bundle", "bundle_image", "keygen", "open_image", "parse_manifest",
-    "read_manifest", "resolve_ec2_cert", "unbundle", "verify",
+    "VerifyResult", "__version__", "bundle", "bundle_image", "keygen", "open_image",
+    "parse_manifest", "read_manifest", "resolve_ec2_cert", "unbundle", "verify",
 ]

@@ -74,7 +74,8 @@ def bundle_image(
         compression=compression, workers=workers,
     )
     sink = DirectorySink(Path(destination), overwrite=overwrite)
-    sink.check_clear(name, inputs=[image])  # before reading a byte: a clash would only show at commit
+    # Before reading a byte: a clash would only show at commit.
+    sink.check_clear(name, inputs=[image])
     source = open_image(image, name=name, allow_large=allow_large)
     return bundle(source, sink, keys, options, progress)
 
@@ -118,7 +119,8 @@ class VerifyResult:
     def summary(self) -> dict[str, object]:
         return {"manifest": self.manifest, "name": self.name, "signature": self.signature,
                 "parts": self.parts, "bundled_size": self.bundled_size, "ok": self.ok,
-                "problems": self.problems, "decrypted": self.decrypted, "image_digest": self.image_digest}
+                "problems": self.problems, "decrypted": self.decrypted,
+                "image_digest": self.image_digest}
 
 
 def verify(
@@ -168,7 +170,8 @@ def verify(
         if hasher.hexdigest() != entry.digest.lower():
             result.problems.append(part_mismatch(entry, hasher.hexdigest(), m.parts))
     if len(result.problems) == (result.signature == "invalid") and total != m.bundled_size:
-        result.problems.append(f"parts hold {total} bytes but the manifest's bundled_size is {m.bundled_size}")
+        result.problems.append(f"parts hold {total} bytes but the manifest's bundled_size is "
+                               f"{m.bundled_size}")
     if result.problems:
         more = len(result.problems) - 5
         kind = SignatureError if result.signature == "invalid" else IntegrityError
@@ -179,8 +182,8 @@ def verify(
         if private_key is None:
             raise UsageError("verify --decrypt needs -k PRIVATEKEY")
         key = keylib.load_private_key(Path(private_key))
-        unbundled = unbundle_parts(parsed, directory, None, key, verify_key=public, progress=progress,
-                                   verify_name=public_name)
+        unbundled = unbundle_parts(parsed, directory, None, key, verify_key=public,
+                                   progress=progress, verify_name=public_name)
         result.decrypted = True
         result.image_digest = unbundled.digest
     return result

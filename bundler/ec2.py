@@ -46,7 +46,8 @@ _EPHEMERAL = re.compile(r"^ephemeral[0-9]+$")
 _SNAPSHOT = re.compile(r"^snap-[0-9a-f]+$")
 _EBS_TYPES = ("standard", "gp2", "gp3", "io1", "io2", "sc1", "st1")
 _ORG_ARN = re.compile(r"^arn:aws[a-z-]*:organizations::[0-9]{12}:organization/o-[a-z0-9]{10,32}$")
-_OU_ARN = re.compile(r"^arn:aws[a-z-]*:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$")
+_OU_ARN = re.compile(r"^arn:aws[a-z-]*:organizations::[0-9]{12}:ou/o-[a-z0-9]{10,32}"
+                     r"/ou-[a-z0-9]{4,32}-[a-z0-9]{8,32}$")
 
 
 @dataclass
@@ -79,7 +80,8 @@ class PreflightReport:
     bucket_region: str | None
 
     def summary(self) -> dict[str, object]:
-        return {"image_location": self.image_location, "name": self.manifest.name, "parts": self.parts,
+        return {"image_location": self.image_location, "name": self.manifest.name,
+                "parts": self.parts,
                 "bundled_size": self.bundled_size, "bucket_region": self.bucket_region,
                 "architecture": self.manifest.arch}
 
@@ -97,8 +99,9 @@ def preflight(s3: S3Client, image_location: str, *, region: str | None = None) -
     if bucket_at is None:
         raise EC2Error(f"cannot register {image_location}: bucket {location.bucket} does not exist")
     if region and bucket_at != region:
-        raise EC2Error(f"cannot register {image_location} in {region}: the bucket is in {bucket_at}; "
-                       f"EC2 registers bundles only in the bucket's region: pass --region {bucket_at}")
+        raise EC2Error(f"cannot register {image_location} in {region}: the bucket is in "
+                       f"{bucket_at}; EC2 registers bundles only in the bucket's region: pass "
+                       f"--region {bucket_at}")
     raw = fetch_manifest(s3, location.bucket, key)
     if is_encrypted(raw):
         raise ManifestError(f"{location.url(name)} is a legacy encrypted manifest: migrate it "
@@ -106,8 +109,8 @@ def preflight(s3: S3Client, image_location: str, *, region: str | None = None) -
     parsed = parse_manifest(raw, source=location.url(name))
     manifest = parsed.manifest
     _check_parts(s3, location, manifest)
-    return PreflightReport(location.image_location(name), location.bucket, key, manifest, len(manifest.parts),
-                           manifest.bundled_size, bucket_at)
+    return PreflightReport(location.image_location(name), location.bucket, key, manifest,
+                           len(manifest.parts), manifest.bundled_size, bucket_at)
 
 
 def _check_parts(s3: S3Client, location: S3Location, manifest: Manifest) -> None:
@@ -117,14 +120,16 @@ def _check_parts(s3: S3Client, location: S3Location, manifest: Manifest) -> None
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise PartMissingError(
-            f"bundle {manifest.name} is incomplete in {location.url()}: part {missing[0]}{more} missing "
-            f"({len(manifest.parts) - len(missing)} of {len(manifest.parts)} present): re-run upload-bundle"
+            f"bundle {manifest.name} is incomplete in {location.url()}: part {missing[0]}{more} "
+            f"missing ({len(manifest.parts) - len(missing)} of {len(manifest.parts)} present): "
+            "re-run upload-bundle"
         )
     total = sum(found[k][0] for k in keys)
     if total != manifest.bundled_size:
         raise IntegrityError(
-            f"parts of {manifest.name} in {location.url()} hold {total} bytes but the manifest says "
-            f"bundled_size {manifest.bundled_size}: they belong to another bundle; re-run upload-bundle"
+            f"parts of {manifest.name} in {location.url()} hold {total} bytes but the manifest "
+            f"says bundled_size {manifest.bundled_size}: they belong to another bundle; re-run "
+            "upload-bundle"
         )
 
 
@@ -158,8 +163,8 @@ def parse_launch_permissions(values: list[str]) -> list[str]:
             continue
         digits = v.replace("-", "")
         if len(digits) != 12 or not digits.isdigit():
-            raise UsageError(f"--launch-permission {value!r}: expected a 12-digit account id, 'all', "
-                             "or an organization/OU ARN")
+            raise UsageError(f"--launch-permission {value!r}: expected a 12-digit account id, "
+                             "'all', or an organization/OU ARN")
         out.append(digits)
     return out
 
@@ -181,15 +186,16 @@ def parse_deprecate_at(value: str, *, now: datetime.datetime | None = None) -> d
     try:
         when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise UsageError(f"--deprecate-at {value!r}: expected a time like 2027-01-31T00:00:00Z or a date "
-                         "like 2027-01-31") from None
+        raise UsageError(f"--deprecate-at {value!r}: expected a time like 2027-01-31T00:00:00Z or "
+                         "a date like 2027-01-31") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.timezone.utc)
     now = now or datetime.datetime.now(datetime.timezone.utc)
     if when <= now:
         raise UsageError(f"--deprecate-at {value}: that is not in the future")
     if when > now + datetime.timedelta(days=365 * MAX_DEPRECATION_YEARS + 2):
-        raise UsageError(f"--deprecate-at {value}: EC2 allows at most {MAX_DEPRECATION_YEARS} years ahead")
+        raise UsageError(f"--deprecate-at {value}: EC2 allows at most {MAX_DEPRECATION_YEARS} "
+                         "years ahead")
     return when.astimezone(datetime.timezone.utc)
 
 
@@ -201,7 +207,8 @@ def parse_register_block_device_mappings(values: list[str]) -> list[dict[str, An
         for item in filter(None, (s.strip() for s in value.split(","))):
             device, sep, spec = item.partition("=")
             if not sep or not device or not spec:
-                raise UsageError(f"-b/--block-device-mapping {item!r}: expected DEVICE=ephemeralN|none|snap-id:size:…")
+                raise UsageError(f"-b/--block-device-mapping {item!r}: expected "
+                                 "DEVICE=ephemeralN|none|snap-id:size:…")
             mapping: dict[str, Any] = {"DeviceName": device}
             if _EPHEMERAL.match(spec):
                 mapping["VirtualName"] = spec
@@ -266,7 +273,8 @@ def register_image(ec2: EC2Client, image_location: str, options: RegisterOptions
         "ImdsSupport": options.imds_support,
         "BlockDeviceMappings": options.block_device_mappings or None,
         "TagSpecifications": [{"ResourceType": "image", "Tags": [{"Key": k, "Value": v}
-                                                                  for k, v in options.tags.items()]}]
+                                                                  for k,
+                                                                 v in options.tags.items()]}]
         if options.tags else None,
     }
     params.update({k: v for k, v in optional.items() if v is not None})
@@ -296,12 +304,15 @@ def _after(ec2: EC2Client, image_id: str, what: str, call: Any) -> None:
 def _register_error(exc: BaseException, image_location: str) -> EC2Error:
     code = error_code(exc)
     if code == "InvalidManifest":
-        detail = " ".join(str(getattr(exc, "response", {}).get("Error", {}).get("Message", "")).split())
-        return EC2Error(f"EC2 rejected {image_location} (InvalidManifest{': ' + detail if detail else ''}): "
-                        "check that the manifest and parts carry the aws-exec-read ACL and the bundle was "
-                        "made with this region's EC2 certificate (--region/--ec2cert)")
+        message = getattr(exc, "response", {}).get("Error", {}).get("Message", "")
+        detail = " ".join(str(message).split())
+        return EC2Error(f"EC2 rejected {image_location} "
+                        f"(InvalidManifest{': ' + detail if detail else ''}): "
+                        "check that the manifest and parts carry the aws-exec-read ACL and the "
+                        "bundle was made with this region's EC2 certificate (--region/--ec2cert)")
     if code == "InvalidAMIName.Duplicate":
-        return EC2Error("an AMI named like this already exists in the region: pick another -n/--name")
+        return EC2Error("an AMI named like this already exists in the region: pick another "
+                        "-n/--name")
     return ec2_error(exc, f"register {image_location}")  # type: ignore[return-value]
 
 
@@ -311,16 +322,17 @@ def check_public_sharing_allowed(ec2: EC2Client) -> None:
     try:
         state = ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"]
     except (bexc.ClientError, bexc.BotoCoreError) as exc:
-        log.info("cannot read the block-public-access-for-AMIs state of %s: %s", region, error_code(exc) or exc)
+        log.info("cannot read the block-public-access-for-AMIs state of %s: %s", region,
+                 error_code(exc) or exc)
         return
     if state == "block-new-sharing":
         raise EC2Error(_public_blocked(region))
 
 
 def _public_blocked(region: str) -> str:
-    return (f"block public access for AMIs is on in {region}: the AMI cannot be shared with all; share it with "
-            "accounts or an organization (--launch-permission ACCOUNT|ARN), or turn the block off with "
-            f"`aws ec2 disable-image-block-public-access --region {region}`")
+    return (f"block public access for AMIs is on in {region}: the AMI cannot be shared with all; "
+            "share it with accounts or an organization (--launch-permission ACCOUNT|ARN), or turn "
+            f"the block off with `aws ec2 disable-image-block-public-access --region {region}`")
 
 
 def add_launch_permissions(ec2: EC2Client, image_id: str, who: list[str]) -> None:
@@ -330,7 +342,8 @@ def add_launch_permissions(ec2: EC2Client, image_id: str, who: list[str]) -> Non
                                    LaunchPermission={"Add": adds})
     except (bexc.ClientError, bexc.BotoCoreError) as exc:
         if error_code(exc) == "OperationNotPermitted" and "all" in who:
-            raise EC2Error(f"registered {image_id} but " + _public_blocked(ec2.meta.region_name)) from None
+            raise EC2Error(f"registered {image_id} but "
+                           "" + _public_blocked(ec2.meta.region_name)) from None
         raise ec2_error(exc, f"set launch permissions on {image_id}") from None
 
 
@@ -347,7 +360,8 @@ def describe_image(ec2: EC2Client, image_id: str) -> ImageTypeDef:
     return images[0]
 
 
-def wait_available(ec2: EC2Client, image_id: str, *, timeout: float = DEFAULT_WAIT_SECONDS, delay: float = 5.0) -> str:
+def wait_available(ec2: EC2Client, image_id: str, *, timeout: float = DEFAULT_WAIT_SECONDS,
+                   delay: float = 5.0) -> str:
     """Poll until the image is available (or failed), for at most ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -355,7 +369,8 @@ def wait_available(ec2: EC2Client, image_id: str, *, timeout: float = DEFAULT_WA
         if state == "available":
             return state
         if state in ("failed", "invalid", "deregistered", "error"):
-            raise EC2Error(f"image {image_id} became {state}: check the bundle and the aws-exec-read ACL")
+            raise EC2Error(f"image {image_id} became {state}: check the bundle and the "
+                           "aws-exec-read ACL")
         if time.monotonic() + delay > deadline:
             raise EC2Error(f"image {image_id} is still {state or 'pending'} after {timeout:.0f}s: "
                            "check later with describe-images")

@@ -41,11 +41,14 @@ PARTITION_CERTS: dict[str, str] = {
 # SHA-256 fingerprints (of the DER certificate) of the shipped files.
 SHIPPED_FINGERPRINTS: dict[str, str] = {
     "cert-ec2.pem":
-        "F5:70:7A:ED:B5:42:51:79:8F:6B:BC:C1:A1:0A:9C:FD:1F:21:FC:69:90:9E:A1:27:63:19:AA:2F:09:8E:47:90",
+        "F5:70:7A:ED:B5:42:51:79:8F:6B:BC:C1:A1:0A:9C:FD:"
+        "1F:21:FC:69:90:9E:A1:27:63:19:AA:2F:09:8E:47:90",
     "cert-ec2-gov.pem":
-        "49:56:F9:66:C8:A0:E7:5D:22:B9:B2:34:42:95:94:64:46:8F:20:A6:76:01:0C:E8:23:B4:59:92:E1:22:F7:A9",
+        "49:56:F9:66:C8:A0:E7:5D:22:B9:B2:34:42:95:94:64:"
+        "46:8F:20:A6:76:01:0C:E8:23:B4:59:92:E1:22:F7:A9",
     "cert-ec2-cn-north-1.pem":
-        "84:80:E2:B6:0A:0E:51:3C:32:2E:04:60:1F:81:A5:FF:67:A9:CA:D5:53:89:92:5C:6C:B6:ED:6D:01:89:AA:09",
+        "84:80:E2:B6:0A:0E:51:3C:32:2E:04:60:1F:81:A5:FF:"
+        "67:A9:CA:D5:53:89:92:5C:6C:B6:ED:6D:01:89:AA:09",
 }
 # The aws-partition regions enabled by default; cert-ec2.pem is theirs. Any other aws region is
 # opt-in and has a certificate of its own.
@@ -155,7 +158,8 @@ def describe(path: Path, *, shipped: bool = False) -> EC2Certificate:
     except ValueError:
         raise KeyFileError(f"{path} is not an X.509 certificate or public key: "
                            "pass the EC2 certificate (cert-ec2*.pem)") from None
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    der = key.public_bytes(serialization.Encoding.DER,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
     return EC2Certificate(path, "", fingerprint(der), shipped)
 
 
@@ -163,13 +167,14 @@ def shipped(name: str) -> EC2Certificate:
     """A shipped certificate, checked against its pinned fingerprint."""
     found = describe(shipped_path(name), shipped=True)
     if found.sha256 != SHIPPED_FINGERPRINTS[name]:
-        raise KeyFileError(f"the shipped EC2 certificate {found.path} has fingerprint {found.sha256}, "
-                           f"not {SHIPPED_FINGERPRINTS[name]}: the installation is damaged; reinstall "
-                           "ami-bundler or pass --ec2cert")
+        raise KeyFileError(f"the shipped EC2 certificate {found.path} has fingerprint "
+                           f"{found.sha256}, not {SHIPPED_FINGERPRINTS[name]}: the installation is "
+                           "damaged; reinstall ami-bundler or pass --ec2cert")
     return found
 
 
-def find(region: str | None = None, *, ec2cert: Path | str | None = None, cert_dir: Path | str | None = None,
+def find(region: str | None = None, *, ec2cert: Path | str | None = None,
+         cert_dir: Path | str | None = None,
          env: Mapping[str, str] | None = None) -> EC2Certificate:
     """The certificate a bundle for ``region`` wraps its key to (see the module's lookup order)."""
     if ec2cert is not None:

@@ -107,7 +107,8 @@ class FileImageWriter:
     def open(self, size: int, mode: int) -> None:
         if not self.destination.is_dir():
             raise OutputError(f"destination directory {self.destination} does not exist")
-        lock = DestinationLock(self.destination, f"image-{self.final.name}", f"image {self.final.name}")
+        lock = DestinationLock(self.destination, f"image-{self.final.name}",
+                               f"image {self.final.name}")
         lock.acquire()
         try:
             with critical():
@@ -120,7 +121,8 @@ class FileImageWriter:
     def _open_locked(self, size: int, mode: int, lock: DestinationLock) -> None:
         remove_stale(self.destination, held=[lock])
         if not self.overwrite and (self.final.exists() or self.final.is_symlink()):
-            raise OutputError(f"{self.final} already exists: remove it, choose another -d, or pass --force")
+            raise OutputError(f"{self.final} already exists: remove it, choose another -d, or pass "
+                              "--force")
         self.size = size
         # The temporary file holds decrypted data: 0600 from creation; the image's own mode
         # (the archive's, narrowed by the umask as a create would) comes only with its name.
@@ -129,8 +131,8 @@ class FileImageWriter:
         try:
             with critical():  # created and recorded for clean-up as one step
                 self.temp = temp
-                self.fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0),
-                                  0o600)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+                self.fd = os.open(temp, flags, 0o600)
         except OSError as exc:
             self.temp = None
             raise OutputError(_explain(exc, self.destination)) from exc
@@ -184,7 +186,8 @@ class FileImageWriter:
                 self.temp = None
         except FileExistsError:
             self.abort()
-            raise OutputError(f"{self.final} appeared while unbundling (another run?); nothing was overwritten") from None
+            raise OutputError(f"{self.final} appeared while unbundling (another run?); nothing was "
+                              "overwritten") from None
         except OSError as exc:
             self.abort()
             raise OutputError(_explain(exc, self.destination)) from exc

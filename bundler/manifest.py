@@ -57,14 +57,15 @@ class EncryptedManifestError(ManifestError):
     """The manifest uses the legacy whole-file encryption (spec §2.4); decrypt it first."""
 
 
-def part_mismatch(entry: PartEntry, actual: str, entries: Sequence[PartEntry], where: str = "") -> str:
+def part_mismatch(entry: PartEntry, actual: str, entries: Sequence[PartEntry],
+                  where: str = "") -> str:
     """Why a part's SHA-1 is not the manifest's, in words: another part's data (parts renamed
     or given out of order) or just different bytes (corrupt or from another bundle)."""
     what = f"part {where or entry.filename} (index {entry.index})"
     for other in entries:
         if other.index != entry.index and other.digest.lower() == actual:
-            return (f"{what} holds the data of {other.filename} (index {other.index}): the parts were "
-                    "renamed or given out of order; give each part its own name")
+            return (f"{what} holds the data of {other.filename} (index {other.index}): the parts "
+                    "were renamed or given out of order; give each part its own name")
     return f"{what} is corrupt: SHA-1 {actual}, manifest says {entry.digest}"
 
 
@@ -125,8 +126,8 @@ class Manifest:
             inner.append(_el("architecture", self.arch))
         if self.block_device_mapping:
             maps = "".join(
-                f"<mapping>{_el('virtual', virtual)}{_el('device', self.block_device_mapping[virtual])}</mapping>"
-                for virtual in sorted(self.block_device_mapping)
+                f"<mapping>{_el('virtual', virtual)}{_el('device', device)}</mapping>"
+                for virtual, device in sorted(self.block_device_mapping.items())
             )
             inner.append(f"<block_device_mapping>{maps}</block_device_mapping>")
         # Empty strings would become <kernel_id></kernel_id>, which the spec says to avoid.
@@ -348,11 +349,13 @@ def _parse_tree(data: bytes, source: str) -> ET.Element:
         head = data.lstrip()
         if not head.startswith((b"<", b"\xef\xbb\xbf")):
             raise ManifestError(
-                f"{source} is not a manifest: neither XML (it does not start with '<') nor a legacy "
-                "encrypted manifest", hint="a manifest is the NAME.manifest.xml file of a bundle"
+                f"{source} is not a manifest: neither XML (it does not start with '<') nor a "
+                "legacy encrypted manifest",
+                hint="a manifest is the NAME.manifest.xml file of a bundle"
             ) from None
         raise ManifestError(
-            f"{source}: not well-formed XML ({_one_line(exc)}); the manifest is truncated or corrupt"
+            f"{source}: not well-formed XML ({_one_line(exc)}); the manifest is truncated or "
+            "corrupt"
         ) from exc
     # Iterative so that absurd nesting cannot blow the stack before we reject it.
     stack = [(root, 1)]
@@ -455,7 +458,8 @@ def _parse_manifest(data: bytes, source: str) -> ParsedManifest:
     raw = bytes(data)
     if len(raw) > MAX_MANIFEST_BYTES:
         raise ManifestError(
-            f"{source}: manifest is {len(raw)} bytes, larger than the {MAX_MANIFEST_BYTES}-byte limit"
+            f"{source}: manifest is {len(raw)} bytes, larger than the {MAX_MANIFEST_BYTES}-byte "
+            "limit"
         )
     if not raw.strip():
         raise ManifestError(f"{source}: manifest is empty")

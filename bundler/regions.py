@@ -113,7 +113,8 @@ def _suggestions(region: str, known: Sequence[str]) -> list[str]:
     return difflib.get_close_matches(region, known, n=2, cutoff=0.75)
 
 
-def parse_regions(value: str | Sequence[str], flag: str = "--regions", *, allow_unknown: bool = False) -> list[str]:
+def parse_regions(value: str | Sequence[str], flag: str = "--regions", *,
+                  allow_unknown: bool = False) -> list[str]:
     """``us-east-1,eu-west-1`` (or a list of such strings) → validated regions, first-seen order."""
     items = [value] if isinstance(value, str) else list(value)
     out: list[str] = []
@@ -131,7 +132,8 @@ def parse_regions(value: str | Sequence[str], flag: str = "--regions", *, allow_
 
 def bucket_map(regions: Sequence[str], *, template: str | None = None,
                pairs: Iterable[str] = ()) -> dict[str, tuple[str, str]]:
-    """Region → (bucket, key prefix) from ``--bucket-template`` and/or ``--bucket REGION=BUCKET[/PREFIX]``.
+    """Region → (bucket, key prefix) from ``--bucket-template`` and/or
+    ``--bucket REGION=BUCKET[/PREFIX]``.
 
     Explicit pairs win over the template; every region must end up with a bucket, and a pair for
     a region that is not in ``regions`` is an error (most likely a typo).
@@ -144,7 +146,8 @@ def bucket_map(regions: Sequence[str], *, template: str | None = None,
                              "(or use --bucket-template 'name-{region}')")
         region = validate_region(region, "--bucket")
         if region not in regions:
-            raise UsageError(f"--bucket {pair!r}: region {region} is not in --regions {','.join(regions)}")
+            raise UsageError(f"--bucket {pair!r}: region {region} is not in --regions "
+                             f"{','.join(regions)}")
         explicit[region] = bucket_and_prefix(target.strip())
     if template is not None and _TEMPLATE_FIELD not in template:
         raise UsageError(f"--bucket-template {template!r} must contain {_TEMPLATE_FIELD} "
@@ -156,13 +159,15 @@ def bucket_map(regions: Sequence[str], *, template: str | None = None,
         elif template is not None:
             out[region] = bucket_and_prefix(template.replace(_TEMPLATE_FIELD, region))
         else:
-            raise UsageError(f"no bucket for region {region}: pass --bucket {region}=BUCKET[/PREFIX] "
+            raise UsageError(f"no bucket for region {region}: pass --bucket "
+                             f"{region}=BUCKET[/PREFIX] "
                              "or --bucket-template 'my-amis-{region}'")
     buckets = [bucket for bucket, _ in out.values()]
     dupes = sorted({b for b in buckets if buckets.count(b) > 1})
     if dupes:
         # A bucket lives in one region, and EC2 registers a bundle only from its own region.
-        raise UsageError(f"bucket {dupes[0]} is given for more than one region: each region needs its own bucket")
+        raise UsageError(f"bucket {dupes[0]} is given for more than one region: each region needs "
+                         "its own bucket")
     return out
 
 

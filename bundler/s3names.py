@@ -57,7 +57,8 @@ def check_bucket(name: str, flag: str = "--bucket") -> str:
     problem = bucket_problem(name)
     if problem:
         raise UsageError(f"invalid bucket name {_show(name)} in {flag}: it {problem}",
-                         hint="S3 bucket names are 3-63 characters of a-z 0-9 . - (AWS's naming rules)")
+                         hint="S3 bucket names are 3-63 characters of a-z 0-9 . - (AWS's naming "
+                              "rules)")
     return name
 
 
@@ -68,8 +69,8 @@ def check_prefix(prefix: str, flag: str = "--bucket") -> str:
     for segment in prefix.split("/"):
         if segment in ("", ".", ".."):
             what = "an empty segment ('//')" if not segment else f"a {segment!r} segment"
-            raise UsageError(f"key prefix {_show(prefix)} in {flag} holds {what}: S3 keeps it literally, "
-                             "so the objects would not be where the path suggests",
+            raise UsageError(f"key prefix {_show(prefix)} in {flag} holds {what}: S3 keeps it "
+                             "literally, so the objects would not be where the path suggests",
                              hint="write the prefix as plain segments, e.g. BUCKET/amis/web")
     if _CONTROL.search(prefix):
         raise UsageError(f"key prefix {_show(prefix)} in {flag} holds control characters")
@@ -78,7 +79,8 @@ def check_prefix(prefix: str, flag: str = "--bucket") -> str:
     except UnicodeEncodeError:
         raise UsageError(f"key prefix {_show(prefix)} in {flag} is not valid UTF-8") from None
     if size + 1 > MAX_KEY_BYTES - 64:  # room for NAME.part.NN / NAME.manifest.xml
-        raise UsageError(f"key prefix in {flag} is {size} bytes: S3 keys are at most {MAX_KEY_BYTES} bytes")
+        raise UsageError(f"key prefix in {flag} is {size} bytes: S3 keys are at most "
+                         f"{MAX_KEY_BYTES} bytes")
     return prefix + "/"
 
 

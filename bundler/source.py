@@ -76,7 +76,8 @@ ZERO_GRANULE = 64 * 1024
 _ZEROS = bytes(ZERO_GRANULE)
 
 
-def drop_zero_runs(read_at: Callable[[int, int], bytes], regions: list[tuple[int, int]], granule: int = ZERO_GRANULE) -> list[tuple[int, int]]:
+def drop_zero_runs(read_at: Callable[[int, int], bytes], regions: list[tuple[int, int]],
+                   granule: int = ZERO_GRANULE) -> list[tuple[int, int]]:
     """Split data regions around granule-aligned runs of zeros.
 
     Filesystems allocate blocks that hold only zeros (journals, preallocated or dd'd images);
@@ -118,7 +119,8 @@ class FileImageSource:
     rereadable: ClassVar[bool] = True
 
     def regions(self) -> list[tuple[int, int]] | None:
-        # A dense file, or one too small to hold a whole hole, is a plain member, as GNU tar writes it.
+        # A dense file, or one too small to hold a whole hole, is a plain member, as GNU tar
+        # writes it.
         if self._regions == [(0, self.size)] or self.size < 512:
             if self._regions != [(0, self.size)]:
                 self._regions = [(0, self.size)]
@@ -146,8 +148,10 @@ class FileImageSource:
             while offset < end:
                 data = self.read_at(offset, min(READ_SIZE, end - offset))
                 if not data:
-                    raise ImageError(f"{self.path} shrank while it was being read (short read at offset {offset}): "
-                                     "nothing was kept; bundle an image nothing writes to (a copy or a snapshot)")
+                    raise ImageError(f"{self.path} shrank while it was being read (short read at "
+                                     f"offset {offset}): "
+                                     "nothing was kept; bundle an image nothing writes to (a copy "
+                                     "or a snapshot)")
                 offset += len(data)
                 yield data
         self.check_unchanged()
@@ -212,14 +216,16 @@ def _advise_sequential(fd: int) -> None:
 
 def open_image(path: Path | str, *, name: str | None = None, sparse: bool = True,
                allow_large: bool = False, zero_runs_as_holes: bool = True) -> FileImageSource:
-    """Open an image file for bundling; ImageError if it is missing, empty, unreadable or too big."""
+    """Open an image file for bundling; ImageError if it is missing, empty, unreadable or too
+    big."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ImageError(f"image {path} does not exist") from None
     except IsADirectoryError:
-        raise ImageError(f"image {path} is a directory: use bundle-vol for a root filesystem tree") from None
+        raise ImageError(f"image {path} is a directory: use bundle-vol for a root filesystem "
+                         "tree") from None
     except PermissionError:
         raise ImageError(f"image {path} is not readable (permission denied)") from None
     except OSError as exc:
@@ -227,18 +233,21 @@ def open_image(path: Path | str, *, name: str | None = None, sparse: bool = True
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            raise ImageError(f"image {path} is a directory: use bundle-vol for a root filesystem tree")
+            raise ImageError(f"image {path} is a directory: use bundle-vol for a root filesystem "
+                             "tree")
         if stat.S_ISBLK(st.st_mode):
             size = os.lseek(fd, 0, os.SEEK_END)
         elif stat.S_ISREG(st.st_mode):
             size = st.st_size
         else:
-            raise ImageError(f"image {path} is not a regular file or block device: use -i - with --image-size for a stream")
+            raise ImageError(f"image {path} is not a regular file or block device: use -i - with "
+                             "--image-size for a stream")
         check_size(size, path, allow_large)
         _advise_sequential(fd)
         regions = find_data_regions(fd, size) if sparse else [(0, size)]
         source = FileImageSource(path=path, name=name or path.name, size=size,
-                                 mode=stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o644,
+                                 mode=(stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode)
+                                       else 0o644),
                                  mtime=int(st.st_mtime), _fd=fd, _regions=regions, sparse=sparse,
                                  _stamp=FileStamp.of(fd, path))
         if sparse and zero_runs_as_holes:
@@ -288,11 +297,13 @@ class StreamImageSource:
         while remaining:
             data = self.stream.read(min(READ_SIZE, remaining))
             if not data:
-                raise ImageError(f"standard input ended after {self.size - remaining} bytes; --image-size said {self.size}")
+                raise ImageError(f"standard input ended after {self.size - remaining} bytes; "
+                                 f"--image-size said {self.size}")
             remaining -= len(data)
             yield data
         if self.stream.read(1):
-            raise ImageError(f"standard input has more than the {self.size} bytes --image-size declared")
+            raise ImageError(f"standard input has more than the {self.size} bytes --image-size "
+                             "declared")
 
     def close(self) -> None:
         pass

@@ -68,7 +68,8 @@ def run(
     check: bool = True,
     timeout: float | None = DEFAULT_TIMEOUT,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run ``cmd`` (argv list), capturing output; raise ToolError on a non-zero exit if ``check``."""
+    """Run ``cmd`` (argv list), capturing output; raise ToolError on a non-zero exit if
+    ``check``."""
     argv = [str(c) for c in cmd]
     argv[0] = which(argv[0]) if "/" not in argv[0] else argv[0]
     log.debug("running: %s", " ".join(argv))

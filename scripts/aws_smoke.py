@@ -6,7 +6,8 @@
 Uses the default credential chain (or --profile). Steps, each printed with what it did:
   1. keygen: a throwaway signing key pair (in a temporary directory, 0600);
   2. install: a small image (8 MiB, random head, zero tail) bundled, streamed to
-     s3://BUCKET/ami-bundler-smoke-<time>/ and registered as an AMI (tagged purpose=ami-bundler-smoke),
+     s3://BUCKET/ami-bundler-smoke-<time>/ and registered as an AMI (tagged
+     purpose=ami-bundler-smoke),
      waiting until it is available — this exercises the shipped EC2 certificate, the bucket's
      Object Ownership and the aws-exec-read grant, and EC2 decrypting the bundle;
   3. describe: the AMI as EC2 reports it (ImageLocation, RootDeviceType, state);
@@ -39,7 +40,8 @@ def say(text: str) -> None:
 
 def cli(argv: list[str], env: dict[str, str], *, json_out: bool = True) -> dict:
     say("$ ami-bundler " + " ".join(shlex.quote(a) for a in argv))
-    done = subprocess.run([sys.executable, "-m", "bundler", *argv, *(["--json"] if json_out else [])],
+    done = subprocess.run([sys.executable, "-m", "bundler", *argv,
+                           *(["--json"] if json_out else [])],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     if done.stderr.strip():
         sys.stderr.write(done.stderr)
@@ -58,10 +60,12 @@ def make_image(path: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--region", required=True)
-    ap.add_argument("--bucket", required=True, help="bucket for the bundle (created in --region if missing)")
+    ap.add_argument("--bucket", required=True,
+                    help="bucket for the bundle (created in --region if missing)")
     ap.add_argument("--profile", help="AWS profile (default: the default credential chain)")
     ap.add_argument("--keep", action="store_true", help="leave the AMI and bundle in place")
-    ap.add_argument("--enable-bucket-acls", action="store_true", help="passed to install (see README)")
+    ap.add_argument("--enable-bucket-acls", action="store_true",
+                    help="passed to install (see README)")
     args = ap.parse_args(argv)
 
     import boto3
@@ -81,25 +85,30 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         try:
             say("\n== 1. keygen")
-            cli(["keygen", "--key", str(work / "key.pem"), "--cert", str(work / "cert.pem")], env, json_out=False)
+            cli(["keygen", "--key", str(work / "key.pem"), "--cert", str(work / "cert.pem")], env,
+                json_out=False)
             image = work / "smoke.img"
             digest = make_image(image)
             say(f"image {image}: 8 MiB, sha1 {digest}")
 
             say("\n== 2. install (bundle → S3 → RegisterImage, wait until available)")
             extra = ["--enable-bucket-acls"] if args.enable_bucket_acls else []
-            installed = cli(["install", "-i", str(image), "-p", "smoke", "-c", str(work / "cert.pem"),
-                             "-k", str(work / "key.pem"), "-u", account, "-r", "x86_64", "--region", args.region,
-                             "-b", f"{args.bucket}/{name}", "-n", name, "--tag", "purpose=ami-bundler-smoke",
-                             "--wait", *extra], env)
+            installed = cli(["install", "-i", str(image), "-p", "smoke",
+                             "-c", str(work / "cert.pem"),
+                             "-k", str(work / "key.pem"), "-u", account, "-r", "x86_64",
+                             "--region", args.region,
+                             "-b", f"{args.bucket}/{name}", "-n", name,
+                             "--tag", "purpose=ami-bundler-smoke", "--wait", *extra], env)
             image_id = installed["image_id"]
             cert = installed.get("ec2_certificate", {})
-            say(f"registered {image_id} from {installed['image_location']} ({installed.get('state')}); key "
-                f"wrapped to {cert.get('path')} sha256 {cert.get('sha256')}")
+            say(f"registered {image_id} from {installed['image_location']} "
+                f"({installed.get('state')}); key wrapped to {cert.get('path')} sha256 "
+                f"{cert.get('sha256')}")
 
             say("\n== 3. describe")
             described = ec2.describe_images(ImageIds=[image_id])["Images"][0]
-            for key in ("ImageId", "Name", "State", "ImageLocation", "RootDeviceType", "Architecture"):
+            for key in ("ImageId", "Name", "State", "ImageLocation", "RootDeviceType",
+                        "Architecture"):
                 say(f"  {key:15} {described.get(key)}")
             if described.get("ImageLocation") != installed["image_location"]:
                 raise RuntimeError("EC2 reports another ImageLocation than the one registered")
@@ -107,10 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             say("\n== 4. unbundle --from-s3")
             out = work / "restored"
             out.mkdir()
-            cli(["unbundle", "--from-s3", "-m", installed["image_location"], "-k", str(work / "key.pem"),
+            cli(["unbundle", "--from-s3", "-m", installed["image_location"],
+                 "-k", str(work / "key.pem"),
                  "-d", str(out), "--region", args.region], env, json_out=False)
             restored = hashlib.sha1((out / "smoke").read_bytes()).hexdigest()
-            say(f"restored image sha1 {restored}: {'identical' if restored == digest else 'DIFFERENT'}")
+            say(f"restored image sha1 {restored}: "
+                f"{'identical' if restored == digest else 'DIFFERENT'}")
             if restored != digest:
                 raise RuntimeError("the image read back from S3 differs")
 
@@ -118,16 +129,19 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"\n== 5. skipped (--keep): {image_id} and s3://{args.bucket}/{name}/ stay")
             else:
                 say("\n== 5. deregister --delete-bundle")
-                cli(["deregister", image_id, "--delete-bundle", "--region", args.region], env, json_out=False)
+                cli(["deregister", image_id, "--delete-bundle", "--region", args.region], env,
+                    json_out=False)
                 image_id = None
         except Exception as exc:  # noqa: BLE001 - report, clean up, exit non-zero
             say(f"\nSMOKE TEST FAILED: {exc}")
             if image_id and not args.keep:
                 say(f"cleaning up {image_id} …")
                 try:
-                    cli(["deregister", image_id, "--delete-bundle", "--region", args.region], env, json_out=False)
+                    cli(["deregister", image_id, "--delete-bundle", "--region", args.region], env,
+                        json_out=False)
                 except RuntimeError as cleanup:
-                    say(f"cleanup failed ({cleanup}): remove {image_id} and s3://{args.bucket}/{name}/ by hand")
+                    say(f"cleanup failed ({cleanup}): remove {image_id} and "
+                        f"s3://{args.bucket}/{name}/ by hand")
             return 1
     say(f"\nsmoke test passed in {time.monotonic() - started:.0f}s")
     return 0

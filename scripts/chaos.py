@@ -58,14 +58,16 @@ def fuzz(tally: Tally, seconds: float) -> None:
     targets = ["manifest", "stream"]
     each = max(5, int(seconds / len(targets)))
     for target in targets:
-        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "fuzz.py"), target, "--seconds", str(each)],
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "fuzz.py"), target,
+                               "--seconds", str(each)],
                               capture_output=True, text=True, cwd=REPO, timeout=each + 120)
         out = proc.stdout + proc.stderr
         runs = re.findall(r"Done (\d+) runs", out) or re.findall(r"fuzz: \w+: (\d+) inputs", out)
         tally.inputs += int(runs[-1]) if runs else 0
         if proc.returncode != 0:
             tally.fuzz_findings += 1
-            tally.notes.append(f"fuzz {target}: exit {proc.returncode}: {out.strip().splitlines()[-1:]}")
+            tally.notes.append(f"fuzz {target}: exit {proc.returncode}: "
+                               f"{out.strip().splitlines()[-1:]}")
 
 
 # --------------------------------------------------------------------------- crashes
@@ -75,7 +77,8 @@ def crashes(tally: Tally, seconds: float, work: Path, keys: tuple[Path, Path, Pa
     from tests.support import crashkit
 
     key, cert, ec2cert = keys
-    small = crashkit.make_workspace(work / "small", key, cert, ec2cert, size=3 << 20, part_size=1 << 20)
+    small = crashkit.make_workspace(work / "small", key, cert, ec2cert, size=3 << 20,
+                                    part_size=1 << 20)
     big = crashkit.make_workspace(work / "big", key, cert, ec2cert, size=11 << 20)
     deadline = time.monotonic() + seconds
     rng = random.Random(int(time.time()))
@@ -104,7 +107,8 @@ def _check_bundle(tally: Tally, dest: Path, ws, when: str, allowed: tuple[str, .
     return seen
 
 
-def signal_walk(tally: Tally, kind: str, ws, work: Path, deadline: float, rng: random.Random) -> None:
+def signal_walk(tally: Tally, kind: str, ws, work: Path, deadline: float,
+                rng: random.Random) -> None:
     """SIGINT, SIGTERM or SIGHUP (at random) before every filesystem step: the run must exit
     128+signal and leave no staging, temporary file or lock, and nothing wrong."""
     import signal
@@ -214,9 +218,10 @@ def random_kill_vol(tally: Tally, ws, work: Path, rng: random.Random) -> None:
         (root / "blob").write_bytes(random.Random(5).randbytes(12 << 20))
     dest = work / "vol"
     crashkit.clean_dir(dest)
-    argv = ["bundle-vol", "-v", str(root), "-d", str(dest), "-p", "vol", "-c", str(ws.cert), "-k", str(ws.key),
-            "-u", "123456789012", "--ec2cert", str(ws.ec2cert), "-r", "x86_64", "--no-inherit", "-q", "-s", "64",
-            "--no-check"]
+    argv = ["bundle-vol", "-v", str(root), "-d", str(dest), "-p", "vol", "-c", str(ws.cert),
+            "-k", str(ws.key),
+            "-u", "123456789012", "--ec2cert", str(ws.ec2cert), "-r", "x86_64",
+            "--no-inherit", "-q", "-s", "64", "--no-check"]
     killed, _ = crashkit.kill_at_random(argv, rng.uniform(0.5, 3.0))
     tally.crashes += killed
     vol = crashkit.Workspace(ws.root, root, ws.key, ws.cert, ws.ec2cert, "")
@@ -228,7 +233,8 @@ def random_kill_vol(tally: Tally, ws, work: Path, rng: random.Random) -> None:
     seen = _check_bundle(tally, dest, vol, "bundle-vol re-run")
     leftovers = [n for n in os.listdir(dest) if not n.startswith("vol.")]
     if leftovers:
-        note = f"bundle-vol leaves work files a later run does not remove: {leftovers} (fix in bundler/volume)"
+        note = (f"bundle-vol leaves work files a later run does not remove: {leftovers} "
+                "(fix in bundler/volume)")
         if note not in tally.notes:
             tally.notes.append(note)
     del seen
@@ -253,8 +259,8 @@ def faults(tally: Tally, seconds: float, work: Path, keys: tuple[Path, Path, Pat
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
             if fsize:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-        return subprocess.run([sys.executable, "-m", "bundler", *argv], cwd=REPO, capture_output=True, text=True,
-                              preexec_fn=limits, timeout=120)
+        return subprocess.run([sys.executable, "-m", "bundler", *argv], cwd=REPO,
+                              capture_output=True, text=True, preexec_fn=limits, timeout=120)
 
     def clean_failure(proc, dest: Path, what: str) -> None:
         tally.faults += 1
@@ -273,9 +279,11 @@ def faults(tally: Tally, seconds: float, work: Path, keys: tuple[Path, Path, Pat
         fault = rng.choice(["fsize", "nofile", "tmpfs", "bomb"])
         if fault == "fsize":
             limit = rng.choice([1 << 16, 1 << 20, 5 << 20, 10 << 20, 11 << 20])
-            clean_failure(cli(ws.bundle_args(dest), fsize=limit), dest, f"bundle-image, RLIMIT_FSIZE {limit}")
+            clean_failure(cli(ws.bundle_args(dest), fsize=limit), dest,
+                          f"bundle-image, RLIMIT_FSIZE {limit}")
             crashkit.clean_dir(dest)
-            clean_failure(cli(ws.unbundle_args(manifest, dest), fsize=limit), dest, f"unbundle, RLIMIT_FSIZE {limit}")
+            clean_failure(cli(ws.unbundle_args(manifest, dest), fsize=limit), dest,
+                          f"unbundle, RLIMIT_FSIZE {limit}")
         elif fault == "nofile":
             n = rng.randint(5, 24)
             proc = cli(ws.bundle_args(dest), nofile=n)
@@ -288,13 +296,16 @@ def faults(tally: Tally, seconds: float, work: Path, keys: tuple[Path, Path, Pat
             point = work / "tmpfs"
             point.mkdir(exist_ok=True)
             size = rng.choice([1 << 20, 4 << 20, 10 << 20, (10 << 20) + 8192])
-            if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)]).returncode:
+            mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)]
+            if subprocess.run(mount).returncode:
                 continue
             try:
-                clean_failure(cli(ws.bundle_args(point)), point, f"bundle-image, disk of {size} bytes")
+                clean_failure(cli(ws.bundle_args(point)), point,
+                              f"bundle-image, disk of {size} bytes")
                 for name in os.listdir(point):
                     os.unlink(point / name)
-                clean_failure(cli(ws.unbundle_args(manifest, point)), point, f"unbundle, disk of {size} bytes")
+                clean_failure(cli(ws.unbundle_args(manifest, point)), point,
+                              f"unbundle, disk of {size} bytes")
             finally:
                 subprocess.run(["umount", "-l", str(point)])
         else:
@@ -329,7 +340,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=120)
     parser.add_argument("--no-fuzz", action="store_true")
-    parser.add_argument("--no-s3", action="store_true", help="skip the S3 part (moto server on 127.0.0.1)")
+    parser.add_argument("--no-s3", action="store_true",
+                        help="skip the S3 part (moto server on 127.0.0.1)")
     args = parser.parse_args()
     import logging
 
@@ -378,7 +390,8 @@ def main() -> int:
         print(f"{label:<{width}}  {value:>10}")
     for note in tally.notes[:20]:
         print(f"  {note}")
-    return 1 if tally.data_lost or tally.wrong_accepted or tally.fuzz_findings or tally.left_behind else 0
+    bad = tally.data_lost or tally.wrong_accepted or tally.fuzz_findings or tally.left_behind
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

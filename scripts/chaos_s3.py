@@ -55,8 +55,10 @@ log = logging.getLogger("chaos_s3")
 
 # (action, pattern, method, extra rule arguments): one or two are drawn per fault round.
 FAULTS = [
-    ("status", r".*", None, {"probability": 0.3, "seconds": 3.0, "status": 500, "code": "InternalError"}),
-    ("status", r".*", None, {"probability": 0.3, "seconds": 3.0, "status": 503, "code": "ServiceUnavailable"}),
+    ("status", r".*", None,
+     {"probability": 0.3, "seconds": 3.0, "status": 500, "code": "InternalError"}),
+    ("status", r".*", None,
+     {"probability": 0.3, "seconds": 3.0, "status": 503, "code": "ServiceUnavailable"}),
     ("status", r"\.part\.", "PUT", {"probability": 0.5, "status": 503, "code": "SlowDown"}),
     ("status", r"\.part\.", "PUT", {"status": 503, "code": "SlowDown"}),  # persistent throttling
     ("etag", r"\.part\.", "PUT", {"probability": 0.3}),
@@ -74,15 +76,18 @@ def fault_round(world: World, rng: random.Random, tally: Tally) -> None:
     from tests.support.bundles import make_fake_bundle
 
     bucket = world.new_bucket()
-    bundle = make_fake_bundle(world.root / f"f-{bucket}", "flt", [128 * 1024] * 5, world.signing_key)
+    bundle = make_fake_bundle(world.root / f"f-{bucket}", "flt", [128 * 1024] * 5,
+                              world.signing_key)
     world.proxy.clear()
     for action, pattern, method, extra in rng.sample(FAULTS, rng.choice((1, 2))):
         world.proxy.add_rule(action, pattern, method=method, times=None, **extra)
     env = {**world.env, "AMI_BUNDLER_READ_TIMEOUT": "1"}
     common = ["--endpoint-url", world.proxy.url, "--max-attempts", "3", "--retry"]
-    up = run_cli(["upload-bundle", "-b", f"{bucket}/f", "-m", str(bundle.manifest_path), *common], env, timeout=300)
+    up = run_cli(["upload-bundle", "-b", f"{bucket}/f", "-m", str(bundle.manifest_path), *common],
+                 env, timeout=300)
     tally.runs += 1
-    seen = inspect_bundles(world.s3, bucket, "f/", known={"flt.manifest.xml": bundle.manifest_bytes})
+    seen = inspect_bundles(world.s3, bucket, "f/",
+                           known={"flt.manifest.xml": bundle.manifest_bytes})
     for problem in seen.wrong:
         tally.wrong(f"upload under faults: {problem}")
     if up.returncode != 0:
@@ -93,8 +98,8 @@ def fault_round(world: World, rng: random.Random, tally: Tally) -> None:
         return
     dest = world.root / f"d-{bucket}"
     dest.mkdir()
-    down = run_cli(["download-bundle", "-b", f"{bucket}/f", "-p", "flt", "-d", str(dest), *common], env,
-                   timeout=300)
+    down = run_cli(["download-bundle", "-b", f"{bucket}/f", "-p", "flt", "-d", str(dest), *common],
+                   env, timeout=300)
     tally.runs += 1
     if down.returncode != 0:
         if not one_line_error(down.stderr):
@@ -134,7 +139,8 @@ def run(seconds: float, *, seed: int | None = None) -> dict:
             scenario = rng.choices(funcs, weights)[0]
             try:
                 scenario(world, rng, tally)
-            except Exception as exc:  # noqa: BLE001 - a harness error is reported, not a crash of the run
+            # A harness error is reported, not a crash of the run.
+            except Exception as exc:  # noqa: BLE001
                 tally.notes.append(f"harness: {type(exc).__name__}: {exc}")
         tally.faults_injected = proxy.faults_injected
     result = tally.as_dict()

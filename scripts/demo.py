@@ -60,8 +60,10 @@ def run(*args: object, env: dict[str, str], capture_json: bool = False) -> dict 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workdir", type=Path, help="where to work (default: a fresh temporary directory)")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", type=Path,
+                    help="where to work (default: a fresh temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ami-bundler-demo-"))
@@ -76,8 +78,10 @@ def main() -> int:
     import local_endpoint
 
     print(f"endpoint: {url}; its EC2 certificates: {local_endpoint.CERT_DIR}")
-    env = dict(os.environ, AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo", AWS_DEFAULT_REGION="us-east-1",
-               AWS_ENDPOINT_URL=url, AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    env = dict(os.environ, AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo",
+               AWS_DEFAULT_REGION="us-east-1",
+               AWS_ENDPOINT_URL=url, AWS_CONFIG_FILE=os.devnull,
+               AWS_SHARED_CREDENTIALS_FILE=os.devnull,
                AMI_BUNDLER_EC2_CERT_DIR=str(local_endpoint.CERT_DIR))
     env.pop("AWS_PROFILE", None)
     try:
@@ -86,7 +90,8 @@ def main() -> int:
         step("generate a signing key and certificate")
         if not (keys / "user-key.pem").exists():
             run("keygen", "--key", keys / "user-key.pem", "--cert", keys / "user-cert.pem", env=env)
-        sign = ["-c", keys / "user-cert.pem", "-k", keys / "user-key.pem", "-u", ACCOUNT, "-r", "x86_64"]
+        sign = ["-c", keys / "user-cert.pem", "-k", keys / "user-key.pem", "-u", ACCOUNT,
+                "-r", "x86_64"]
 
         step("build a small root filesystem directory")
         rootfs = work / "rootfs"
@@ -99,18 +104,22 @@ def main() -> int:
         out = work / "bundle"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
-        vol = run("bundle-vol", "-v", rootfs, "-d", out, "-p", "demo", "--keep-image", "--generate-fstab",
+        vol = run("bundle-vol", "-v", rootfs, "-d", out, "-p", "demo",
+                  "--keep-image", "--generate-fstab",
                   "--no-inherit", "--no-check", *sign, "--json", env=env, capture_json=True)
         image = Path(vol["image"])
         print(f"image {image} ({image.stat().st_size} bytes, ext4 {vol['uuid']}), "
-              f"{len(vol['bundle']['parts'])} part(s); {vol['entries']} entries kept, {vol['excluded']} left out")
+              f"{len(vol['bundle']['parts'])} part(s); {vol['entries']} entries kept, "
+              f"{vol['excluded']} left out")
 
-        step("install: bundle the image, stream parts to S3, register the AMI — one run, no parts on disk")
+        step("install: bundle the image, stream parts to S3, register the AMI — one run, no parts "
+             "on disk")
         # The sample tree has no kernel or init (it shows the pipeline, not a bootable OS), so
         # install's boot check would refuse it; `ami-bundler check` is how a real image is vetted.
-        installed = run("install", "-i", image, "-p", "demo", *sign, "-b", f"{BUCKET}/amis", "-n", "ami-bundler-demo",
-                        "--description", "made by scripts/demo.py", "--tag", "project=ami-bundler", "--json",
-                        "--no-check", env=env, capture_json=True)
+        installed = run("install", "-i", image, "-p", "demo", *sign, "-b", f"{BUCKET}/amis",
+                        "-n", "ami-bundler-demo",
+                        "--description", "made by scripts/demo.py", "--tag", "project=ami-bundler",
+                        "--json", "--no-check", env=env, capture_json=True)
         ami = installed["image_id"]
         location = installed["image_location"]
         cert = installed["ec2_certificate"]
@@ -119,17 +128,18 @@ def main() -> int:
         from tests.support.strictaws.bundlecheck import CHECKED
 
         seen = CHECKED[location]
-        print(f"the stand-in EC2 decrypted ec2_encrypted_key with the private key of its own {seen.key}, "
-              f"checked {seen.parts} part(s) against their SHA-1 and the aws-exec-read grant, and read the "
-              f"gzip'd tar: {seen.members} member(s), {seen.tar_bytes} bytes")
+        print("the stand-in EC2 decrypted ec2_encrypted_key with the private key of its own "
+              f"{seen.key}, checked {seen.parts} part(s) against their SHA-1 and the aws-exec-read "
+              f"grant, and read the gzip'd tar: {seen.members} member(s), {seen.tar_bytes} bytes")
 
         step("describe the AMI")
         import boto3
 
-        ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=url, aws_access_key_id="demo",
-                           aws_secret_access_key="demo")
+        ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=url,
+                           aws_access_key_id="demo", aws_secret_access_key="demo")
         described = ec2.describe_images(ImageIds=[ami])["Images"][0]
-        for key in ("ImageId", "Name", "Description", "ImageLocation", "Architecture", "RootDeviceType", "State"):
+        for key in ("ImageId", "Name", "Description", "ImageLocation", "Architecture",
+                    "RootDeviceType", "State"):
             print(f"  {key:15} {described.get(key)}")
         for tag in described.get("Tags", []):
             print(f"  tag             {tag['Key']}={tag['Value']}")
@@ -138,7 +148,8 @@ def main() -> int:
         restored = work / "restored"
         shutil.rmtree(restored, ignore_errors=True)
         restored.mkdir()
-        run("unbundle", "--from-s3", "-m", location, "-k", keys / "user-key.pem", "-d", restored, env=env)
+        run("unbundle", "--from-s3", "-m", location, "-k", keys / "user-key.pem", "-d", restored,
+            env=env)
         same = filecmp.cmp(image, restored / image.name, shallow=False)
         print(f"restored image identical to the bundled one: {same}")
         if not same:
@@ -146,7 +157,8 @@ def main() -> int:
 
         step("clean up: deregister the AMI and delete its bundle")
         run("deregister", ami, "--delete-bundle", env=env)
-        print(f"\ndemo finished in {time.monotonic() - started:.1f}s: {ami} built, verified, removed")
+        print(f"\ndemo finished in {time.monotonic() - started:.1f}s: {ami} built, verified, "
+              "removed")
     finally:
         stop()
         if not args.keep and args.workdir is None:

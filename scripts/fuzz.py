@@ -2,8 +2,9 @@
 """Coverage-guided fuzzing of the manifest parser and the unbundle stream reader (atheris).
 
     .venv/bin/python scripts/fuzz.py manifest --seconds 60
-    .venv/bin/python scripts/fuzz.py stream --seconds 60      # DecryptedStream + TarReader, and
-                                                              # pipeline.unbundle with a fake PartSource
+    .venv/bin/python scripts/fuzz.py stream --seconds 60      # DecryptedStream + TarReader,
+                                                              # and pipeline.unbundle with a
+                                                              # fake PartSource
     .venv/bin/python scripts/fuzz.py unbundle --seconds 60    # only the latter
     .venv/bin/python scripts/fuzz.py qcow2 --seconds 60       # an image reader: qcow2, vmdk, vhd,
                                                               # vhdx, compressed (seeds: qemu-img)
@@ -53,14 +54,17 @@ def seeds(target: str) -> list[bytes]:
     plain = tar(b"hello world" * 50)
     sparse = tar(b"z" * 700, [(0, 200), (5000, 500)], 9000)
     if target == "manifest":
-        m = Manifest(name="img", user="123456789012", digest="1" * 40, size=1 << 20, bundled_size=1 << 19,
-                     ec2_encrypted_key="ab" * 64, user_encrypted_key="cd" * 64, ec2_encrypted_iv="ef" * 64,
-                     user_encrypted_iv="01" * 64,
+        m = Manifest(name="img", user="123456789012", digest="1" * 40, size=1 << 20,
+                     bundled_size=1 << 19,
+                     ec2_encrypted_key="ab" * 64, user_encrypted_key="cd" * 64,
+                     ec2_encrypted_iv="ef" * 64, user_encrypted_iv="01" * 64,
                      parts=[PartEntry(i, n, "2" * 40) for i, n in enumerate(part_names("img", 2))],
                      kernel_id="aki-1", block_device_mapping={"ami": "sda1"}, product_codes=["x"])
         return [keylib.sign_manifest(m, harness.fuzz_key()), m.to_unsigned_xml()]
-    out = [b"\x02" + plain, b"\x02" + sparse, b"\x01" + harness.gzip_bytes(plain), b"\x00" + harness.aes(b"x")]
-    unbundle_seeds = [len(b"hello world" * 50).to_bytes(3, "big") + plain, (9000).to_bytes(3, "big") + sparse]
+    out = [b"\x02" + plain, b"\x02" + sparse, b"\x01" + harness.gzip_bytes(plain),
+           b"\x00" + harness.aes(b"x")]
+    unbundle_seeds = [len(b"hello world" * 50).to_bytes(3, "big") + plain,
+                      (9000).to_bytes(3, "big") + sparse]
     if target == "unbundle":
         return unbundle_seeds
     return out + [b"\x03" + s for s in unbundle_seeds]
@@ -115,7 +119,8 @@ def run_atheris(target: str, seconds: int, rss_mb: int, corpus: Path) -> int:
     try:
         atheris.Fuzz()
     finally:  # only reached on a Python-level exit; libFuzzer prints "Done N runs" itself
-        print(f"fuzz: {target}: {count[0]} inputs in {time.monotonic() - started:.0f} s", flush=True)
+        print(f"fuzz: {target}: {count[0]} inputs in {time.monotonic() - started:.0f} s",
+              flush=True)
     return 0
 
 
@@ -133,7 +138,8 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
         elif op == 3 and out:
             out[pos % len(out)] ^= 1 << rng.randrange(8)
         else:
-            interesting = [b"\x00", b"\xff", b"7777777", b"\x80" + bytes(11), b"\n", b"<", b"0" * 12]
+            interesting = [b"\x00", b"\xff", b"7777777", b"\x80" + bytes(11), b"\n", b"<",
+                           b"0" * 12]
             out[pos:pos] = rng.choice(interesting)
     return bytes(out)
 
@@ -154,12 +160,13 @@ def run_random(target: str, seconds: int, seed: int) -> int:
         except (Finding, Exception) as exc:
             path = Path(f"crash-{target}-{count}.bin")
             path.write_bytes(data)
-            print(f"fuzz: {target}: FINDING after {count} inputs: {type(exc).__name__}: {exc} (input saved to {path})",
-                  flush=True)
+            print(f"fuzz: {target}: FINDING after {count} inputs: {type(exc).__name__}: {exc} "
+                  f"(input saved to {path})", flush=True)
             return 1
         if len(pool) < 200 and rng.random() < 0.01:
             pool.append(data)
-    print(f"fuzz: {target}: {count} inputs in {time.monotonic() - started:.0f} s, 0 findings", flush=True)
+    print(f"fuzz: {target}: {count} inputs in {time.monotonic() - started:.0f} s, 0 findings",
+          flush=True)
     return 0
 
 
@@ -172,8 +179,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--engine", choices=["atheris", "random"], default=None,
                         help="default: atheris when installed, else random")
-    parser.add_argument("--rss-mb", type=int, default=2048, help="memory limit per process (atheris)")
-    parser.add_argument("--corpus", type=Path, help="corpus directory (default: a fresh temporary one)")
+    parser.add_argument("--rss-mb", type=int, default=2048,
+                        help="memory limit per process (atheris)")
+    parser.add_argument("--corpus", type=Path,
+                        help="corpus directory (default: a fresh temporary one)")
     parser.add_argument("--seed", type=int, default=0, help="random engine seed")
     args = parser.parse_args()
     engine = args.engine

@@ -51,7 +51,8 @@ def make_rootfs(root: Path) -> dict[str, list[str]]:
     (root / "etc/hostname").write_text("sample\n")
     (root / "etc/os-release").write_text('PRETTY_NAME="Sample Linux"\nID=sample\n')
     (root / "etc/fstab").write_text("/dev/sda1 / ext4 defaults 0 1\n")
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
+                                     "alice:x:1000:1000::/home/alice:/bin/sh\n")
     (root / "proc/1/status").write_text("Name: init\n")  # must not be copied
     sh = root / "usr/bin/sh"
     sh.write_bytes(b"#!/bin/true\n" + b"\x7fELF" * 1024)
@@ -67,7 +68,8 @@ def make_rootfs(root: Path) -> dict[str, list[str]]:
     (root / "etc/ssl/certs/sample-root-ca.pem").write_bytes(cert)
     (root / "etc/ssl/certs/ca-certificates.crt").write_bytes(cert)
     # A binary OpenPGP public-key packet header (tag 6) is what a dearmored apt keyring starts with.
-    (root / "etc/apt/trusted.gpg.d/sample-archive.gpg").write_bytes(b"\x99\x01\x0d\x04" + os.urandom(256))
+    keyring = root / "etc/apt/trusted.gpg.d/sample-archive.gpg"
+    keyring.write_bytes(b"\x99\x01\x0d\x04" + os.urandom(256))
     (root / "home/alice/.ssh/id_rsa").write_bytes(private_key)
     os.chmod(root / "home/alice/.ssh/id_rsa", 0o600)
     (root / "home/alice/.ssh/id_rsa.pub").write_text("ssh-rsa AAAAB3NzaC1yc2E sample@host\n")

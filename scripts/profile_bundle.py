@@ -73,7 +73,8 @@ def profile(image: Path, level: str, keys: Path, out: Path) -> dict:
     from bundler.stagetimes import StageTimes
 
     import_s = time.perf_counter() - imported
-    bundle_keys = BundleKeys.load(keys / "user-cert.pem", keys / "user-key.pem", keys / "ec2-cert.pem")
+    bundle_keys = BundleKeys.load(keys / "user-cert.pem", keys / "user-key.pem",
+                                  keys / "ec2-cert.pem")
     sampler = ThreadSampler()
     sampler.start()
     times = StageTimes()
@@ -91,9 +92,10 @@ def profile(image: Path, level: str, keys: Path, out: Path) -> dict:
         "import_s": import_s, "startup_cpu_s": before.ru_utime + before.ru_stime,
         "user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime,
         "minor_faults": after.ru_minflt - before.ru_minflt, "peak_rss_mib": after.ru_maxrss / 1024,
-        "phases": [{"name": p.name, "wall": p.wall, "cpu": p.cpu, "cores": p.cores} for p in times.phases],
-        "stages": [{"stage": t.stage, "thread": t.thread, "calls": t.calls, "busy": t.busy, "cpu": t.cpu,
-                    "mib": t.nbytes / 2**20} for t in times.totals()],
+        "phases": [{"name": p.name, "wall": p.wall, "cpu": p.cpu, "cores": p.cores}
+                   for p in times.phases],
+        "stages": [{"stage": t.stage, "thread": t.thread, "calls": t.calls, "busy": t.busy,
+                    "cpu": t.cpu, "mib": t.nbytes / 2**20} for t in times.totals()],
         "threads": sampler.by_name(),
         "process_s": time.perf_counter() - STARTED,
     }
@@ -110,22 +112,25 @@ def profile_in_child(image: Path, level: str, keys: Path, out: Path) -> str:
 
 def render(report: dict) -> str:
     lines = [f"{Path(report['image']).name} at --compression {report['level']}: "
-             f"{report['bundled_bytes'] / 2**20:.1f} MiB bundle, peak RSS {report['peak_rss_mib']:.0f} MiB, "
-             f"{report['minor_faults']} minor faults; imports {report['import_s'] * 1000:.0f} ms"]
+             f"{report['bundled_bytes'] / 2**20:.1f} MiB bundle, peak RSS "
+             f"{report['peak_rss_mib']:.0f} MiB, {report['minor_faults']} minor faults; imports "
+             f"{report['import_s'] * 1000:.0f} ms"]
     lines.append(f"  {'phase':28s} {'wall s':>8s} {'CPU s':>8s} {'cores':>6s}")
     for phase in report["phases"]:
-        lines.append(f"  {phase['name']:28s} {phase['wall']:8.3f} {phase['cpu']:8.3f} {phase['cores']:6.2f}")
+        lines.append(f"  {phase['name']:28s} {phase['wall']:8.3f} {phase['cpu']:8.3f} "
+                     f"{phase['cores']:6.2f}")
     data = next((p for p in report["phases"] if p["name"] == "data"), None)
-    lines.append(f"  {'stage':16s} {'thread':22s} {'calls':>6s} {'MiB':>7s} {'busy s':>7s} {'CPU s':>7s}"
+    lines.append(f"  {'stage':16s} {'thread':22s} {'calls':>6s} {'MiB':>7s} {'busy s':>7s} "
+                 f"{'CPU s':>7s}"
                  + ("  busy/data wall" if data else ""))
     for stage in report["stages"]:
         share = f"  {stage['busy'] / data['wall']:6.0%}" if data and data["wall"] > 0 else ""
-        lines.append(f"  {stage['stage']:16s} {stage['thread']:22s} {stage['calls']:6d} {stage['mib']:7.1f} "
-                     f"{stage['busy']:7.3f} {stage['cpu']:7.3f}{share}")
+        lines.append(f"  {stage['stage']:16s} {stage['thread']:22s} {stage['calls']:6d} "
+                     f"{stage['mib']:7.1f} {stage['busy']:7.3f} {stage['cpu']:7.3f}{share}")
     lines.append("  CPU s by thread (from /proc): " + ", ".join(
         f"{name} {cpu:.2f}" for name, cpu in report["threads"].items() if cpu >= 0.005))
-    lines.append(f"  process: user {report['user_s']:.2f} s + sys {report['sys_s']:.2f} s after start-up "
-                 f"(start-up and key loading {report['startup_cpu_s']:.2f} CPU-s)")
+    lines.append(f"  process: user {report['user_s']:.2f} s + sys {report['sys_s']:.2f} s after "
+                 f"start-up (start-up and key loading {report['startup_cpu_s']:.2f} CPU-s)")
     return "\n".join(lines)
 
 

@@ -156,7 +156,8 @@ class Tree:
         data = self.read(path, limit)
         return None if data is None else data.decode("utf-8", "replace")
 
-    def read_prefixes(self, entries: list[Entry], limit: int) -> Iterator[tuple[Entry, bytes | None]]:
+    def read_prefixes(self, entries: list[Entry],
+                      limit: int) -> Iterator[tuple[Entry, bytes | None]]:
         """The first ``limit`` bytes of each regular file; None for one that cannot be read."""
         for e in entries:
             yield e, self._read(e, limit)

@@ -54,26 +54,32 @@ log = logging.getLogger("bundler.cli")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("upload-bundle", help="upload a bundle to S3 (parallel, resumable)",
-                       description="Upload the parts (in parallel, each checked against the manifest first) and "
-                                   "then the manifest to BUCKET/PREFIX with the aws-exec-read ACL "
-                                   "(ec2-upload-bundle). A re-run skips the parts already in S3.")
+                       description="Upload the parts (in parallel, each checked against the "
+                                   "manifest first) and then the manifest to BUCKET/PREFIX with "
+                                   "the aws-exec-read ACL (ec2-upload-bundle). A re-run skips the "
+                                   "parts already in S3.")
     add_bucket_option(p)
     add_transfer_options(p)
     p.add_argument("-m", "--manifest", type=Path, required=True, help="local manifest path")
-    p.add_argument("-d", "--directory", type=Path, help="directory with the parts (default: the manifest's)")
+    p.add_argument("-d", "--directory", type=Path,
+                   help="directory with the parts (default: the manifest's)")
     add_acl_options(p)
     p.add_argument("--location", help="bucket location if it must be created (EU, US or a region)")
-    p.add_argument("--part", type=count(0, 99_999, "part index"), metavar="N", help="start at part index N (classic; resume is automatic)")
+    p.add_argument("--part", type=count(0, 99_999, "part index"), metavar="N",
+                   help="start at part index N (classic; resume is automatic)")
     p.add_argument("--skipmanifest", action="store_true", help="do not upload the manifest")
-    p.add_argument("--no-resume", action="store_true", help="re-upload parts that are already in S3")
+    p.add_argument("--no-resume", action="store_true",
+                   help="re-upload parts that are already in S3")
     p.add_argument("--force", action="store_true",
-                   help="replace a different bundle of the same name (never one a registered AMI uses)")
+                   help="replace a different bundle of the same name (never one a registered AMI "
+                        "uses)")
     add_aws_options(p)
     p.set_defaults(func=run_upload_bundle)
 
     p = sub.add_parser("download-bundle", help="download a bundle from S3, checking every part",
-                       description="Download the manifest and parts (in parallel) from BUCKET/PREFIX; every part's "
-                                   "SHA-1 is checked before it gets its final name (ec2-download-bundle).")
+                       description="Download the manifest and parts (in parallel) from "
+                                   "BUCKET/PREFIX; every part's SHA-1 is checked before it gets "
+                                   "its final name (ec2-download-bundle).")
     add_bucket_option(p)
     add_transfer_options(p)
     g = p.add_mutually_exclusive_group()
@@ -81,31 +87,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     g.add_argument("-p", "--prefix", help="bundle name (default: image)")
     p.add_argument("-d", "--directory", type=Path, default=Path("."),
                    help="download directory, created when missing (default: current)")
-    p.add_argument("-k", "--privatekey", type=Path, help="user private key: decrypts legacy manifests, verifies the signature")
-    p.add_argument("-c", "--cert", type=Path, help="certificate to verify the manifest signature with")
+    p.add_argument("-k", "--privatekey", type=Path,
+                   help="user private key: decrypts legacy manifests, verifies the signature")
+    p.add_argument("-c", "--cert", type=Path,
+                   help="certificate to verify the manifest signature with")
     p.add_argument("--no-verify", action="store_true", help="do not check the manifest signature")
     add_aws_options(p)
     p.set_defaults(func=run_download_bundle)
 
     p = sub.add_parser("delete-bundle", help="delete a bundle from S3",
-                       description="Delete a bundle's manifest and parts (ec2-delete-bundle). -m names a manifest "
-                                   "(local file, or the object when no such file exists); -p lists by name.")
+                       description="Delete a bundle's manifest and parts (ec2-delete-bundle). -m "
+                                   "names a manifest (local file, or the object when no such file "
+                                   "exists); -p lists by name.")
     add_bucket_option(p)
     add_transfer_options(p)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("-m", "--manifest", help="manifest (local path, or object name under the prefix)")
-    g.add_argument("-p", "--prefix", help="bundle name: deletes NAME.part.N and NAME.manifest[.xml]")
+    g.add_argument("-m", "--manifest", help="manifest (local path, or object name under the "
+                                            "prefix)")
+    g.add_argument("-p", "--prefix", help="bundle name: deletes NAME.part.N and "
+                                          "NAME.manifest[.xml]")
     p.add_argument("-k", "--privatekey", type=Path, help="decrypts a legacy encrypted manifest")
-    p.add_argument("--clear", action="store_true", help="delete the bucket afterwards if it is empty")
+    p.add_argument("--clear", action="store_true",
+                   help="delete the bucket afterwards if it is empty")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
-    p.add_argument("--force", action="store_true", help="delete it even though a registered AMI uses it")
+    p.add_argument("--force", action="store_true",
+                   help="delete it even though a registered AMI uses it")
     add_aws_options(p)
     p.set_defaults(func=run_delete_bundle)
 
     p = sub.add_parser("register", help="register an uploaded bundle as an AMI",
-                       description="Check the bundle in S3 (manifest, every part, total size), then call "
-                                   "RegisterImage with ImageLocation BUCKET/PREFIX/NAME.manifest.xml.")
+                       description="Check the bundle in S3 (manifest, every part, total size), "
+                                   "then call RegisterImage with ImageLocation "
+                                   "BUCKET/PREFIX/NAME.manifest.xml.")
     p.add_argument("location", help="BUCKET/[PREFIX/]NAME.manifest.xml")
     p.add_argument("-n", "--name", required=True, help="AMI name")
     p.add_argument("-b", "--block-device-mapping", action="append", default=[], metavar="DEV=SPEC",
@@ -115,14 +129,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     checks.add_argument("-k", "--privatekey", type=Path,
                         help="user private key: decrypt the bundle and check it (check --public) "
                              "before making it public")
-    checks.add_argument("--work-dir", type=Path, help="where the checked image is unpacked, privately")
+    checks.add_argument("--work-dir", type=Path,
+                        help="where the checked image is unpacked, privately")
     add_no_check_option(checks, what="the bundle")
     add_aws_options(p)
     p.set_defaults(func=run_register)
 
     p = sub.add_parser("deregister", help="deregister an AMI (and delete its bundle)")
     p.add_argument("image_id", metavar="AMI", help="image id (ami-…)")
-    p.add_argument("--delete-bundle", action="store_true", help="also delete the manifest and parts from S3")
+    p.add_argument("--delete-bundle", action="store_true",
+                   help="also delete the manifest and parts from S3")
     p.add_argument("--location", dest="bundle_location", metavar="BUCKET/PREFIX/NAME.manifest.xml",
                    help="bundle to delete when EC2 does not report the ImageLocation")
     add_jobs_option(p, help=argparse.SUPPRESS, metavar=None)
@@ -142,7 +158,8 @@ def _confirm(question: str, printer: Printer, args: argparse.Namespace) -> bool:
         raise UsageError("--batch never prompts, so it deletes nothing without -y/--yes",
                          hint="add -y to delete; --dry-run lists what would go")
     if not sys.stdin.isatty():
-        raise UsageError("refusing to delete without confirmation on a non-interactive input: pass -y/--yes")
+        raise UsageError("refusing to delete without confirmation on a non-interactive input: pass "
+                         "-y/--yes")
     printer.stderr.write(f"{question} [y/N] ")
     printer.stderr.flush()
     answer = sys.stdin.readline().strip().lower()
@@ -161,7 +178,8 @@ def run_upload_bundle(args: argparse.Namespace, printer: Printer) -> int:
     aws = AwsContext(args, printer)
     region = location_region(args.location) if args.location else None
     if region and aws.opts.region and region != aws.opts.region:
-        raise UsageError(f"--location {args.location} is in {region} but --region is {aws.opts.region}")
+        raise UsageError(f"--location {args.location} is in {region} but --region is "
+                         f"{aws.opts.region}")
     client, at = aws.s3_in_bucket_region(location.bucket, must_exist=False)
     created = False
     if at is None:
@@ -171,8 +189,10 @@ def run_upload_bundle(args: argparse.Namespace, printer: Printer) -> int:
         if created:
             printer.note(f"Created bucket {location.bucket} in {region or client.meta.region_name}")
     elif args.location:
-        ensure_bucket(client, location.bucket, location=args.location)  # raises on a location conflict
-    check_bucket_for_bundles(client, location.bucket, acl=args.acl, enable_acls=args.enable_bucket_acls)
+        # Raises on a location conflict.
+        ensure_bucket(client, location.bucket, location=args.location)
+    check_bucket_for_bundles(client, location.bucket, acl=args.acl,
+                             enable_acls=args.enable_bucket_acls)
     result = upload_bundle(
         client, location, args.manifest, transfer=aws.transfer, directory=args.directory,
         start_part=args.part, skip_manifest=args.skipmanifest, resume=not args.no_resume,
@@ -183,8 +203,8 @@ def run_upload_bundle(args: argparse.Namespace, printer: Printer) -> int:
     human = []
     if result.parts_skipped:
         human.append(f"Skipped {plural(result.parts_skipped, 'part')} already uploaded")
-    human.append(f"Uploaded {plural(result.parts_uploaded, 'part')} ({result.bytes_uploaded} bytes) "
-                 f"in {result.seconds:.2f}s")
+    human.append(f"Uploaded {plural(result.parts_uploaded, 'part')} ({result.bytes_uploaded} "
+                 f"bytes) in {result.seconds:.2f}s")
     if result.manifest_key:
         human.append(f"Manifest uploaded to: {result.image_location}")
     else:
@@ -213,7 +233,8 @@ def run_download_bundle(args: argparse.Namespace, printer: Printer) -> int:
     if "/" in name:
         # -p x/img: the manifest is BUCKET/x/img.manifest.xml, and its parts are beside it.
         folder, _, name = name.rpartition("/")
-        location = S3Location.parse(f"{location.bucket}/{location.prefix}{folder}", "-b/--bucket with -p")
+        location = S3Location.parse(f"{location.bucket}/{location.prefix}{folder}",
+                                    "-b/--bucket with -p")
     private_key = load_private_key(args.privatekey) if args.privatekey else None
     verify_key = verify_name = None
     if not args.no_verify:
@@ -233,17 +254,19 @@ def run_download_bundle(args: argparse.Namespace, printer: Printer) -> int:
         if created:
             remove_if_empty(args.directory)
         raise
-    human = [f"Downloaded {plural(result.parts_downloaded, 'part')} ({result.bytes_downloaded} bytes) "
-             f"in {result.seconds:.2f}s" + (f", {result.parts_skipped} already present" if result.parts_skipped else ""),
-             "Every part matches the manifest" + (" (signature verified)" if result.verified_signature
-                                                   else " (signature NOT checked)"),
+    present = f", {result.parts_skipped} already present" if result.parts_skipped else ""
+    checked = " (signature verified)" if result.verified_signature else " (signature NOT checked)"
+    human = [f"Downloaded {plural(result.parts_downloaded, 'part')} ({result.bytes_downloaded} "
+             f"bytes) in {result.seconds:.2f}s{present}",
+             f"Every part matches the manifest{checked}",
              f"Manifest: {result.manifest_path}"]
     if result.plaintext_path:
         human.append(f"Decrypted manifest: {result.plaintext_path}")
     if not result.verified_signature:
         why = "--no-verify" if args.no_verify else "no -c CERT or -k PRIVATEKEY given"
-        printer.warn(f"the manifest signature was not checked ({why}): the parts match the manifest, but "
-                     f"nothing shows who made it; check with: ami-bundler verify -c CERT {result.manifest_path}")
+        printer.warn(f"the manifest signature was not checked ({why}): the parts match the "
+                     "manifest, but nothing shows who made it; check with: ami-bundler verify -c "
+                     f"CERT {result.manifest_path}")
     printer.result(result.summary(), human)
     return 0
 
@@ -266,8 +289,8 @@ def run_delete_bundle(args: argparse.Namespace, printer: Printer) -> int:
             parsed = read_manifest(local, args.privatekey)
         else:
             if "/" in args.manifest:
-                raise UsageError(f"{args.manifest} is not a local file; to use the object, give its name "
-                                 "(no '/') and put the key prefix in -b")
+                raise UsageError(f"{args.manifest} is not a local file; to use the object, give "
+                                 "its name (no '/') and put the key prefix in -b")
             from ..keys import load_private_key
 
             key = load_private_key(args.privatekey) if args.privatekey else None
@@ -282,9 +305,11 @@ def run_delete_bundle(args: argparse.Namespace, printer: Printer) -> int:
         kept = [k for k in keys_by_prefix(client, location, bundle_name(name)) if k not in listed]
         if kept:
             printer.warn(f"{plural(len(kept), 'other object')} of bundle {bundle_name(name)} in "
-                         f"{location.url()} {'is' if len(kept) == 1 else 'are'} not named by {args.manifest} "
-                         f"and kept (e.g. {kept[0]}): S3 holds another version of this bundle; "
-                         f"see them with: delete-bundle -b {args.bucket} -p {bundle_name(name)} --dry-run")
+                         f"{location.url()} {'is' if len(kept) == 1 else 'are'} not named by "
+                         f"{args.manifest} and kept (e.g. {kept[0]}): S3 holds another version of "
+                         f"this bundle; see them with: delete-bundle -b {args.bucket} -p "
+                         f"{bundle_name(name)} "
+                         "--dry-run")
     else:
         plan = plan_delete(client, location, name=args.prefix)
 
@@ -300,7 +325,8 @@ def run_delete_bundle(args: argparse.Namespace, printer: Printer) -> int:
         printer.result(data, human)
         return 0
     if plan.missing:
-        printer.note(f"{plural(len(plan.missing), 'object')} named by the manifest are not in S3 (already deleted?)")
+        printer.note(f"{plural(len(plan.missing), 'object')} named by the manifest are not in S3 "
+                     "(already deleted?)")
     if args.dry_run:
         printer.result(data, [f"Would delete s3://{location.bucket}/{k}" for k in plan.keys]
                        + [f"{plural(len(plan.keys), 'object')} would be deleted (dry run)"])
@@ -308,11 +334,13 @@ def run_delete_bundle(args: argparse.Namespace, printer: Printer) -> int:
     if not (args.yes or args.batch):
         for object_key in plan.keys:
             printer.note(f"  s3://{location.bucket}/{object_key}")
-    if not _confirm(f"Delete {plural(len(plan.keys), 'object')} from s3://{location.bucket}?", printer, args):
+    if not _confirm(f"Delete {plural(len(plan.keys), 'object')} from s3://{location.bucket}?",
+                    printer, args):
         printer.result(data, "Nothing deleted.")
         return 1
     data["deleted"] = delete_keys(client, location.bucket, plan.keys, attempts=aws.attempts)
-    human = [f"Deleted {plural(data['deleted'], 'object')} from s3://{location.bucket}/{location.prefix}"]
+    human = [f"Deleted {plural(data['deleted'], 'object')} from "
+             f"s3://{location.bucket}/{location.prefix}"]
     if args.clear:
         data["bucket_deleted"] = delete_bucket_if_empty(client, location.bucket)
         human.append(f"Deleted bucket {location.bucket}" if data["bucket_deleted"]
@@ -321,7 +349,8 @@ def run_delete_bundle(args: argparse.Namespace, printer: Printer) -> int:
     return 0
 
 
-def _refuse_deleting_in_use(aws: AwsContext, client: S3Client, location: S3Location, keys: Sequence[str],
+def _refuse_deleting_in_use(aws: AwsContext, client: S3Client, location: S3Location,
+                            keys: Sequence[str],
                             args: argparse.Namespace, printer: Printer) -> list[str]:
     """EC2 first: the manifests among ``keys`` that a registered AMI uses are refused without
     --force (with it, a warning names the AMIs). Returns the AMI ids."""
@@ -336,15 +365,16 @@ def _refuse_deleting_in_use(aws: AwsContext, client: S3Client, location: S3Locat
         users.extend(ids)
         where, amis = f"s3://{location.bucket}/{key}", ", ".join(ids)
         if args.force:
-            printer.warn(f"{where} is the bundle of the registered AMI(s) {amis}: deleting it anyway (--force); "
-                         "they will fail to launch")
+            printer.warn(f"{where} is the bundle of the registered AMI(s) {amis}: deleting it "
+                         "anyway (--force); they will fail to launch")
         elif args.dry_run:
-            printer.warn(f"{where} is the bundle of the registered AMI(s) {amis}: delete-bundle refuses it "
-                         "without --force")
+            printer.warn(f"{where} is the bundle of the registered AMI(s) {amis}: delete-bundle "
+                         "refuses it without --force")
         else:
-            raise BundleInUseError(f"{where} is the bundle of the registered AMI(s) {amis}: nothing was deleted; "
-                                   "deregister them first (ami-bundler deregister AMI --delete-bundle), or pass "
-                                   "--force to delete it anyway")
+            raise BundleInUseError(f"{where} is the bundle of the registered AMI(s) {amis}: "
+                                   "nothing was deleted; deregister them first (ami-bundler "
+                                   "deregister AMI --delete-bundle), or pass --force to delete it "
+                                   "anyway")
     return sorted(set(users))
 
 
@@ -377,24 +407,26 @@ def run_deregister(args: argparse.Namespace, printer: Printer) -> int:
     ec2 = aws.ec2(None)
     image_location = None
     if args.delete_bundle:
-        image_location = args.bundle_location or image_location_of(describe_image(ec2, args.image_id))
+        image_location = (args.bundle_location
+                          or image_location_of(describe_image(ec2, args.image_id)))
         if not image_location:
             raise UsageError(f"{args.image_id} has no ImageLocation (not an instance-store AMI?): "
                              "pass --location BUCKET/PREFIX/NAME.manifest.xml to delete its bundle")
     else:
         describe_image(ec2, args.image_id)  # a clear "not found" before the delete call
     deregister_image(ec2, args.image_id)
-    data: dict[str, Any] = {"image_id": args.image_id, "deregistered": True, "image_location": image_location,
-                            "deleted": 0}
+    data: dict[str, Any] = {"image_id": args.image_id, "deregistered": True,
+                            "image_location": image_location, "deleted": 0}
     human = [f"Deregistered {args.image_id}"]
     others: list[str] = []
     if image_location:
         # Another AMI registered from the same manifest still launches from it: keep the bundle.
-        others = InUse(lambda: ec2, exclude=[args.image_id], warn=printer.warn)(image_location) or []
+        in_use = InUse(lambda: ec2, exclude=[args.image_id], warn=printer.warn)
+        others = in_use(image_location) or []
         data["kept_for"] = others
     if others:
-        human.append(f"Kept the bundle {image_location}: the registered AMI(s) {', '.join(others)} still use it "
-                     "(deregister them with --delete-bundle to delete it)")
+        human.append(f"Kept the bundle {image_location}: the registered AMI(s) {', '.join(others)} "
+                     "still use it (deregister them with --delete-bundle to delete it)")
     elif image_location:
         location, name = split_manifest_location(image_location)
         client, _ = aws.s3_in_bucket_region(location.bucket)
@@ -402,7 +434,8 @@ def run_deregister(args: argparse.Namespace, printer: Printer) -> int:
             parsed, _, _ = load_remote_manifest(client, location, name)
             plan = plan_delete(client, location, manifest=(name, parsed))
         except ManifestError as exc:
-            raise S3Error(f"deregistered {args.image_id}, but cannot read its bundle to delete it: {exc}") from None
+            raise S3Error(f"deregistered {args.image_id}, but cannot read its bundle to delete it: "
+                          f"{exc}") from None
         data["deleted"] = delete_keys(client, location.bucket, plan.keys, attempts=aws.attempts)
         human.append(f"Deleted {plural(data['deleted'], 'object')} of {image_location}")
     printer.result(data, human)

@@ -63,24 +63,29 @@ def add_global_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--verbose", action="store_true", help="informational logging")
     g.add_argument("--json", action="store_true", help="print a machine-readable result")
     g.add_argument("--batch", action="store_true",
-                   help="never prompt (classic): a step that would ask is refused instead; -y still answers yes")
+                   help="never prompt (classic): a step that would ask is refused instead; -y "
+                        "still answers yes")
     from .. import __version__
 
     g.add_argument("--version", action="version",
-                   version=f"%(prog)s: ami-bundler {__version__} (bundle manifest version 2007-10-10)",
+                   version=f"%(prog)s: ami-bundler {__version__} (bundle manifest version "
+                           "2007-10-10)",
                    help="show the version and exit (classic)")
-    g.add_argument("--manual", action=_Manual, nargs=0, help="show the manual for this command and exit (classic)")
+    g.add_argument("--manual", action=_Manual, nargs=0,
+                   help="show the manual for this command and exit (classic)")
 
 
 class _Manual(argparse.Action):
     """Classic ``--manual``: the command's whole manual (here: its description and every flag,
     and where the differences from the classic tool are written down), then exit 0."""
 
-    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+    def __call__(  # type: ignore[no-untyped-def]
+        self, parser, namespace, values, option_string=None
+    ):
         text = parser.format_help()
-        text += ("\nami-bundler keeps the classic flags of the ec2-ami-tools; how each classic command and "
-                 "flag maps\nand what behaves differently (and why) is in docs/migrating.md; "
-                 "--json output in docs/json.md.\n")
+        text += ("\nami-bundler keeps the classic flags of the ec2-ami-tools; how each classic "
+                 "command and flag maps\nand what behaves differently (and why) is in "
+                 "docs/migrating.md; --json output in docs/json.md.\n")
         parser._print_message(text, sys.stdout)
         parser.exit(0)
 
@@ -115,7 +120,8 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def count(minimum: int = 1, maximum: int | None = None, what: str = "number") -> Callable[[str], int]:
+def count(minimum: int = 1, maximum: int | None = None,
+          what: str = "number") -> Callable[[str], int]:
     """An argparse type: a whole number in [minimum, maximum], so a nonsensical value is a
     usage error naming the flag instead of a confusing failure later."""
 
@@ -125,7 +131,8 @@ def count(minimum: int = 1, maximum: int | None = None, what: str = "number") ->
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole {what}") from None
         if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            bound = (f"between {minimum} and {maximum}" if maximum is not None
+                     else f"at least {minimum}")
             raise argparse.ArgumentTypeError(f"{text!r}: the {what} must be {bound}")
         return value
 
@@ -142,7 +149,8 @@ def seconds(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value <= 0 or value > 7 * 86400:
-        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be more than 0 and at most a week")
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds must be more than 0 and at most a "
+                                         "week")
     return value
 
 

@@ -26,7 +26,8 @@ class Failure:
     result: dict[str, object] | None = None
 
     def envelope(self) -> dict[str, object]:
-        error = {"code": self.code, "message": self.message, "hint": self.hint, "exit_code": self.exit_code}
+        error = {"code": self.code, "message": self.message, "hint": self.hint,
+                 "exit_code": self.exit_code}
         return {**(self.result or {}), "ok": False, "error": error}
 
 
@@ -52,7 +53,8 @@ def failure_of(exc: BaseException) -> Failure:
     if isinstance(exc, BundlerError):
         hint = getattr(exc, "hint", None)
         return Failure(exc.code, _one_line(str(exc)) or type(exc).__name__,
-                       _one_line(hint) if hint else None, exc.exit_code, getattr(exc, "result", None))
+                       _one_line(hint) if hint else None, exc.exit_code,
+                       getattr(exc, "result", None))
     raise TypeError(f"not a user-facing failure: {exc!r}")
 
 

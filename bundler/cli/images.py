@@ -11,10 +11,12 @@ from .common import Printer
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("inspect-image", help="show an image's format, size, allocation and partitions",
+    p = sub.add_parser("inspect-image",
+                       help="show an image's format, size, allocation and partitions",
                        description="Read an image (raw, qcow2, VMDK, VHD, VHDX or a compressed raw "
-                                   "stream) and show what bundle-image would store: its format, virtual "
-                                   "size, allocated bytes, partition table and filesystems.")
+                                   "stream) and show what bundle-image would store: its format, "
+                                   "virtual size, allocated bytes, partition table and "
+                                   "filesystems.")
     p.add_argument("image", type=Path, help="image file")
     p.add_argument("--image-format", choices=FORMATS, metavar="FORMAT",
                    help=f"{' | '.join(FORMATS)} (default: by content)")
@@ -53,7 +55,8 @@ def run_inspect_image(args: argparse.Namespace, printer: Printer) -> int:
     else:
         human.append(f"Partitions    {layout.table}, {len(layout.partitions)} partition(s)")
         for p in layout.partitions:
-            human.append(f"  {p.number:>3}  start {p.start:>12}  size {p.size:>12}  {p.type}: {_fs(p.filesystem)}")
+            human.append(f"  {p.number:>3}  start {p.start:>12}  size {p.size:>12}  {p.type}: "
+                         f"{_fs(p.filesystem)}")
     human += [f"Note          {n}" for n in report.notes]
     printer.result(report.to_dict(), human)
     return 0

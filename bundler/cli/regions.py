@@ -42,12 +42,16 @@ log = logging.getLogger("bundler.cli")
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "migrate-manifest", help="re-wrap a manifest's key for another region's EC2 certificate",
-        description="Verify the manifest's signature, re-wrap its AES key and IV to the target region's EC2 "
-                    "certificate, optionally change kernel/ramdisk, re-sign; everything else is kept. The "
-                    "original is saved as MANIFEST.bak first (ec2-migrate-manifest). Parts are not touched.")
-    p.add_argument("-c", "--cert", type=Path, required=True, help="user certificate (verifies the signature)")
-    p.add_argument("-k", "--privatekey", type=Path, required=True, help="user private key (unwraps the key, re-signs)")
-    p.add_argument("-m", "--manifest", type=Path, required=True, help="manifest file, rewritten in place")
+        description="Verify the manifest's signature, re-wrap its AES key and IV to the target "
+                    "region's EC2 certificate, optionally change kernel/ramdisk, re-sign; "
+                    "everything else is kept. The original is saved as MANIFEST.bak first "
+                    "(ec2-migrate-manifest). Parts are not touched.")
+    p.add_argument("-c", "--cert", type=Path, required=True,
+                   help="user certificate (verifies the signature)")
+    p.add_argument("-k", "--privatekey", type=Path, required=True,
+                   help="user private key (unwraps the key, re-signs)")
+    p.add_argument("-m", "--manifest", type=Path, required=True,
+                   help="manifest file, rewritten in place")
     add_target_options(p)
     p.add_argument("-a", "--access-key", dest="access_key", help=argparse.SUPPRESS)
     p.add_argument("-s", "--secret-key", dest="secret_key", help=argparse.SUPPRESS)
@@ -55,28 +59,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser(
         "copy-bundle", help="copy a bundle to another bucket/region with a migrated manifest",
-        description="Copy a bundle's parts from -b SRC[/PREFIX] to -d DST[/PREFIX] (server-side CopyObject; "
-                    "a streamed GET→PUT between partitions), resumable, parts first; then write the manifest "
-                    "migrated to the target region's EC2 certificate last; optionally register the AMI there "
-                    "(ec2-migrate-bundle).")
-    p.add_argument("-c", "--cert", type=Path, required=True, help="user certificate (verifies the signature)")
-    p.add_argument("-k", "--privatekey", type=Path, required=True, help="user private key (unwraps the key, re-signs)")
-    p.add_argument("-m", "--manifest", required=True, help="manifest object name (NAME.manifest.xml, no '/')")
-    p.add_argument("-b", "--bucket", required=True, metavar="SRC[/PREFIX]", help="source bucket and key prefix")
+        description="Copy a bundle's parts from -b SRC[/PREFIX] to -d DST[/PREFIX] (server-side "
+                    "CopyObject; a streamed GET→PUT between partitions), resumable, parts first; "
+                    "then write the manifest migrated to the target region's EC2 certificate last; "
+                    "optionally register the AMI there (ec2-migrate-bundle).")
+    p.add_argument("-c", "--cert", type=Path, required=True,
+                   help="user certificate (verifies the signature)")
+    p.add_argument("-k", "--privatekey", type=Path, required=True,
+                   help="user private key (unwraps the key, re-signs)")
+    p.add_argument("-m", "--manifest", required=True,
+                   help="manifest object name (NAME.manifest.xml, no '/')")
+    p.add_argument("-b", "--bucket", required=True, metavar="SRC[/PREFIX]",
+                   help="source bucket and key prefix")
     p.add_argument("-d", "--destination-bucket", required=True, metavar="DST[/PREFIX]",
                    help="destination bucket and key prefix (created if missing)")
     add_acl_options(p, what="canned ACL of the copies")
-    p.add_argument("--location", help="destination bucket location if it must be created (EU, US or a region)")
+    p.add_argument("--location", help="destination bucket location if it must be created (EU, US "
+                                      "or a region)")
     p.add_argument("--source-region", help="region of the source bucket (default: asked from S3)")
-    p.add_argument("--source-endpoint-url", metavar="URL", help="S3 endpoint of the source (default: --endpoint-url)")
+    p.add_argument("--source-endpoint-url", metavar="URL",
+                   help="S3 endpoint of the source (default: --endpoint-url)")
     p.add_argument("--copy-mode", choices=COPY_MODES, default="auto",
-                   help="server: CopyObject; stream: GET→PUT through this machine; auto: server unless the "
-                        "buckets are in different partitions or endpoints (default)")
+                   help="server: CopyObject; stream: GET→PUT through this machine; auto: server "
+                        "unless the buckets are in different partitions or endpoints (default)")
     add_jobs_option(p, help="parallel copies (default: %(default)s)")
     add_retry_option(p)
-    p.add_argument("--register", action="store_true", help="register the AMI in the target region afterwards")
+    p.add_argument("--register", action="store_true",
+                   help="register the AMI in the target region afterwards")
     p.add_argument("--force", action="store_true",
-                   help="replace a different bundle of that name at the destination (never one a registered AMI uses)")
+                   help="replace a different bundle of that name at the destination (never one a "
+                        "registered AMI uses)")
     p.add_argument("-n", "--name", help="AMI name with --register (default: the bundle name)")
     add_target_options(p, with_region=False)
     add_aws_options(p)
@@ -99,12 +111,13 @@ def run_migrate_manifest(args: argparse.Namespace, printer: Printer) -> int:
     if bak.exists() or bak.is_symlink():
         from ..migrate import BackupExistsError
 
-        raise BackupExistsError(f"backup {bak} already exists: a previous migration left it; move it away "
-                                "(or restore it over the manifest) and re-run")
+        raise BackupExistsError(f"backup {bak} already exists: a previous migration left it; move "
+                                "it away (or restore it over the manifest) and re-run")
     original = read_manifest_bytes(path, error=UsageError)
     parsed = parse_manifest_bytes(original, str(path), args.privatekey)
     private_key, cert_key = load_user_keys(args)
-    migration = migrate(parsed, private_key=private_key, verify_key=cert_key, ec2_public_key=load_public_key(ec2cert),
+    migration = migrate(parsed, private_key=private_key, verify_key=cert_key,
+                        ec2_public_key=load_public_key(ec2cert),
                         ec2_cert_name=str(ec2cert), **migration_kwargs(args))
     warn_kept_ids(printer, parsed.manifest, migration.manifest, args)
     write_manifest_with_backup(path, original, migration.xml)
@@ -127,10 +140,12 @@ def _source_client(aws: AwsContext, args: argparse.Namespace, bucket: str) -> tu
     client = aws.s3(bucket, region=region, opts=opts)
     at = bucket_region(client, bucket)
     if at is None:
-        raise S3Error(f"source bucket {bucket} does not exist (check -b, --source-region, --endpoint-url)")
+        raise S3Error(f"source bucket {bucket} does not exist (check -b, --source-region, "
+                      "--endpoint-url)")
     if at != client.meta.region_name:
         if region:
-            raise S3Error(f"source bucket {bucket} is in {at}, not {region}: pass --source-region {at}")
+            raise S3Error(f"source bucket {bucket} is in {at}, not {region}: pass --source-region "
+                          f"{at}")
         client = aws.s3(bucket, region=at, opts=opts)
     return client, at
 
@@ -163,23 +178,26 @@ def run_copy_bundle(args: argparse.Namespace, printer: Printer) -> int:
     existing = bucket_region(probe, destination.bucket)
     if target is None:
         if existing is None:
-            raise UsageError(f"destination bucket {destination.bucket} does not exist: pass --region (or --location) "
-                             "for the region to create it in")
+            raise UsageError(f"destination bucket {destination.bucket} does not exist: pass "
+                             "--region (or --location) for the region to create it in")
         target = existing
     elif existing is not None and existing != target:
-        raise S3Error(f"destination bucket {destination.bucket} is in {existing}, not {target}: EC2 registers a "
-                      f"bundle only from its bucket's region; use another -d or --region {existing}")
+        raise S3Error(f"destination bucket {destination.bucket} is in {existing}, not {target}: "
+                      "EC2 registers a bundle only from its bucket's region; use another -d or "
+                      f"--region {existing}")
     chosen = ec2_certificate_for(args, target)
     ec2cert = chosen.path
     dst_client = aws.s3(destination.bucket, region=target)
     created = ensure_bucket(dst_client, destination.bucket, location=args.location or target)
     if created:
         printer.note(f"Created bucket {destination.bucket} in {target}")
-    check_bucket_for_bundles(dst_client, destination.bucket, acl=args.acl, enable_acls=args.enable_bucket_acls)
+    check_bucket_for_bundles(dst_client, destination.bucket, acl=args.acl,
+                             enable_acls=args.enable_bucket_acls)
 
     private_key, cert_key = load_user_keys(args)
     parsed, _, _ = load_remote_manifest(src_client, source, name, private_key=private_key)
-    migration = migrate(parsed, private_key=private_key, verify_key=cert_key, ec2_public_key=load_public_key(ec2cert),
+    migration = migrate(parsed, private_key=private_key, verify_key=cert_key,
+                        ec2_public_key=load_public_key(ec2cert),
                         ec2_cert_name=str(ec2cert), **migration_kwargs(args))
     warn_kept_ids(printer, parsed.manifest, migration.manifest, args)
     if args.copy_mode == "auto":
@@ -188,22 +206,25 @@ def run_copy_bundle(args: argparse.Namespace, printer: Printer) -> int:
     else:
         server_side = args.copy_mode == "server"
     if not server_side:
-        printer.note(f"Copying through this machine ({src_region} → {target}: different partition or endpoint)")
+        printer.note(f"Copying through this machine ({src_region} → {target}: different partition "
+                     "or endpoint)")
     result = copy_bundle(
         src_client, source, name, dst_client, destination, manifest=migration.xml, parsed=parsed,
         server_side=server_side, transfer=aws.transfer, force=args.force,
         in_use=InUse(lambda: aws.ec2(target), warn=printer.warn),
     )
     data: dict[str, Any] = {**result.summary(), **migration.summary(), "source_region": src_region,
-                            "region": target, "ec2cert": str(ec2cert), "ec2_certificate": chosen.as_json(),
-                            "bucket_created": created}
-    human = [f"Copied {result.parts_copied} part(s) ({result.bytes_copied} bytes, {result.mode}-side) in "
-             f"{result.seconds:.2f}s" + (f", {result.parts_skipped} already there" if result.parts_skipped else ""),
+                            "region": target, "ec2cert": str(ec2cert),
+                            "ec2_certificate": chosen.as_json(), "bucket_created": created}
+    human = [f"Copied {result.parts_copied} part(s) ({result.bytes_copied} bytes, "
+             f"{result.mode}-side) in {result.seconds:.2f}s"
+             + (f", {result.parts_skipped} already there" if result.parts_skipped else ""),
              *migration.changes, f"Migrated manifest uploaded to: {result.image_location}"]
     if args.register:
         ec2 = aws.ec2(target)
         report = preflight(dst_client, result.image_location, region=target)
-        options = RegisterOptions(name=args.name or parsed.manifest.name, architecture=report.manifest.arch)
+        options = RegisterOptions(name=args.name or parsed.manifest.name,
+                                  architecture=report.manifest.arch)
         data["image_id"] = register_image(ec2, result.image_location, options)
         human.append(f"Registered {data['image_id']} ({options.name}) in {target}")
     human.append(str(data.get("image_id") or result.image_location))

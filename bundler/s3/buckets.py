@@ -64,7 +64,8 @@ def ensure_bucket(client: S3Client, bucket: str, *, location: str | None = None)
     wanted = location_region(location) if location else None
     if region is not None:
         if wanted and region != wanted:
-            raise BucketLocationError(f"bucket {bucket} already exists in {region} and --location {location} "
+            raise BucketLocationError(f"bucket {bucket} already exists in {region} and --location "
+                                      f"{location} "
                                       "was given: drop --location or use another bucket")
         return False
     target = wanted or client.meta.region_name or "us-east-1"
@@ -81,7 +82,8 @@ def ensure_bucket(client: S3Client, bucket: str, *, location: str | None = None)
             if error_code(exc) in ("BucketAlreadyOwnedByYou",):
                 return False
             if error_code(exc) == "BucketAlreadyExists":
-                raise S3Error(f"bucket name {bucket} is taken by another account: choose another -b") from None
+                raise S3Error(f"bucket name {bucket} is taken by another account: choose another "
+                              "-b") from None
             raise
     return True
 

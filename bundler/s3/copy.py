@@ -71,28 +71,32 @@ def copy_bundle(
     GET → SHA-1 check → PUT, at most ``jobs`` parts in memory at a time.
     """
     started = time.monotonic()
-    acl, jobs, attempts, progress = transfer.acl, transfer.jobs, transfer.attempts, transfer.progress
+    acl, jobs, attempts = transfer.acl, transfer.jobs, transfer.attempts
+    progress = transfer.progress
     entries = sorted(parsed.manifest.parts, key=lambda e: e.index)
     src_keys = [source.key(e.filename) for e in entries]
     dst_keys = [destination.key(e.filename) for e in entries]
     have_src = list_objects(src_client, source.bucket, os.path.commonprefix(src_keys))
     missing = [e.filename for e, k in zip(entries, src_keys, strict=True) if k not in have_src]
     if missing:
-        raise PartMissingError(f"cannot copy {parsed.source}: part {missing[0]} is missing from {source.url()} "
-                               f"({len(entries) - len(missing)} of {len(entries)} present)")
+        raise PartMissingError(f"cannot copy {parsed.source}: part {missing[0]} is missing from "
+                               f"{source.url()} ({len(entries) - len(missing)} of {len(entries)} "
+                               "present)")
     total = sum(have_src[k][0] for k in src_keys)
     if total != parsed.manifest.bundled_size:
-        raise IntegrityError(f"parts in {source.url()} hold {total} bytes but {parsed.source} says bundled_size "
-                             f"{parsed.manifest.bundled_size}: they are not this bundle's parts")
-    publication = Publication(dst_client, destination, manifest_name, acl=acl, attempts=attempts, force=force,
-                              in_use=in_use)
+        raise IntegrityError(f"parts in {source.url()} hold {total} bytes but {parsed.source} says "
+                             f"bundled_size {parsed.manifest.bundled_size}: they are not this "
+                             "bundle's parts")
+    publication = Publication(dst_client, destination, manifest_name, acl=acl, attempts=attempts,
+                              force=force, in_use=in_use)
     target = publication.open(parsed)
     try:
         todo = [(e, s, d) for e, s, d in zip(entries, src_keys, dst_keys, strict=True)
                 if not target.has(d, *have_src[s])]
         skipped = len(entries) - len(todo)
         if skipped:
-            log.info("resuming: %d of %d parts are already in %s", skipped, len(entries), destination.url())
+            log.info("resuming: %d of %d parts are already in %s", skipped, len(entries),
+                     destination.url())
         progress.start("copy", sum(have_src[s][0] for _, s, _ in todo))
 
         def server(entry: PartEntry, src_key: str, dst_key: str) -> tuple[int, str]:
@@ -104,15 +108,16 @@ def copy_bundle(
 
         def stream(entry: PartEntry, src_key: str, dst_key: str) -> tuple[int, str]:
             data = fetch_part(src_client, source.bucket, src_key, entry, attempts)  # SHA-1 checked
-            etag = put_bytes(dst_client, destination.bucket, dst_key, data, acl=acl, attempts=attempts)
+            etag = put_bytes(dst_client, destination.bucket, dst_key, data, acl=acl,
+                             attempts=attempts)
             progress.advance("copy", len(data))
             return len(data), etag
 
         copy = server if server_side else stream
         try:
             copied = run_parallel([partial(copy, *t) for t in todo], jobs)
-            # What is at the destination now (what we copied, or what matched the source), re-checked
-            # with the lease right before the manifest goes up last.
+            # What is at the destination now (what we copied, or what matched the source),
+            # re-checked with the lease right before the manifest goes up last.
             expected = {d: have_src[s] for s, d in zip(src_keys, dst_keys, strict=True)}
             expected.update({d: got for (_, _, d), got in zip(todo, copied, strict=True)})
             publication.publish(manifest, expected)
@@ -120,5 +125,7 @@ def copy_bundle(
             progress.finish("copy")
     finally:
         publication.close()
-    return CopyResult(source.url(manifest_name), destination, manifest_name, "server" if server_side else "stream",
-                      len(entries), len(todo), skipped, sum(size for size, _ in copied), time.monotonic() - started)
+    return CopyResult(source.url(manifest_name), destination, manifest_name,
+                      "server" if server_side else "stream",
+                      len(entries), len(todo), skipped, sum(size for size, _ in copied),
+                      time.monotonic() - started)

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
-def keys_from_manifest(location: S3Location, manifest_name: str, parsed: ParsedManifest) -> list[str]:
+def keys_from_manifest(location: S3Location, manifest_name: str,
+                       parsed: ParsedManifest) -> list[str]:
     """Exactly the manifest object and the parts it names (document order), spec §6.8."""
     keys = [location.key(e.filename) for e in parsed.manifest.parts]
     keys.append(location.key(manifest_name))
@@ -51,7 +52,8 @@ class DeletePlan:
     missing: list[str] = field(default_factory=list)
 
 
-def plan_delete(client: S3Client, location: S3Location, *, manifest: tuple[str, ParsedManifest] | None = None,
+def plan_delete(client: S3Client, location: S3Location, *,
+                manifest: tuple[str, ParsedManifest] | None = None,
                 name: str | None = None) -> DeletePlan:
     """Which keys a delete-bundle removes: from a manifest (name, parsed) or by NAME listing."""
     if manifest is not None:

@@ -52,7 +52,8 @@ _MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 # Errors worth another whole-object attempt after botocore's own retries: the bytes got
 # damaged on the way (BadDigest) or the service was briefly unhappy.
 _RETRYABLE_CODES = {"BadDigest", "InvalidDigest", "RequestTimeout", "InternalError", "SlowDown",
-                    "ServiceUnavailable", "503", "500", "RequestTimeTooSkewed", "XAmzContentSHA256Mismatch"}
+                    "ServiceUnavailable", "503", "500", "RequestTimeTooSkewed",
+                    "XAmzContentSHA256Mismatch"}
 T = TypeVar("T")
 
 
@@ -66,15 +67,17 @@ class _ShortBody(_Corrupt):
 
 def acls_disabled(bucket: str, acl: str | None) -> str:
     """Why a bucket with ACLs disabled cannot hold a bundle, and the exact fix."""
-    return (f"bucket {bucket} has ACLs disabled (Object Ownership BucketOwnerEnforced) but EC2 reads bundles "
-            f"through the {acl or DEFAULT_ACL} ACL: run `aws s3api put-bucket-ownership-controls --bucket {bucket} "
-            "--ownership-controls 'Rules=[{ObjectOwnership=BucketOwnerPreferred}]'` or pass --enable-bucket-acls")
+    return (f"bucket {bucket} has ACLs disabled (Object Ownership BucketOwnerEnforced) but EC2 "
+            f"reads bundles through the {acl or DEFAULT_ACL} ACL: run `aws s3api "
+            f"put-bucket-ownership-controls --bucket {bucket} "
+            "--ownership-controls 'Rules=[{ObjectOwnership=BucketOwnerPreferred}]'` or pass "
+            "--enable-bucket-acls")
 
 
 def public_blocked(bucket: str, acl: str) -> str:
-    return (f"Block Public Access on bucket {bucket} (or on the account) refuses --acl {acl}: keep the default "
-            f"--acl {DEFAULT_ACL} and share the AMI with --launch-permission, or lift it with `aws s3api "
-            f"delete-public-access-block --bucket {bucket}`")
+    return (f"Block Public Access on bucket {bucket} (or on the account) refuses --acl {acl}: keep "
+            f"the default --acl {DEFAULT_ACL} and share the AMI with --launch-permission, or lift "
+            f"it with `aws s3api delete-public-access-block --bucket {bucket}`")
 
 
 def s3_error(exc: BaseException, action: str, bucket: str, key: str | None = None, *,
@@ -91,26 +94,30 @@ def s3_error(exc: BaseException, action: str, bucket: str, key: str | None = Non
         return S3Error(f"{what} failed: {' '.join(str(exc).split()) or type(exc).__name__}")
     code = error_code(exc)
     message = " ".join(str(exc.response.get("Error", {}).get("Message", "")).split())
-    region = response_header(exc, "x-amz-bucket-region") or exc.response.get("Error", {}).get("Region")
+    region = (response_header(exc, "x-amz-bucket-region")
+              or exc.response.get("Error", {}).get("Region"))
     if code == "NoSuchBucket" or (code in NO_SUCH_BUCKET and key is None):
-        return S3Error(f"{what}: bucket {bucket} does not exist (check -b, or --region/--endpoint-url)")
+        return S3Error(f"{what}: bucket {bucket} does not exist (check -b, or "
+                       "--region/--endpoint-url)")
     if code == "AccessControlListNotSupported":
         return S3Error(f"{what}: {acls_disabled(bucket, acl)}")
-    if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException",
-                "301", "400") and region:
+    if code in ("PermanentRedirect", "AuthorizationHeaderMalformed",
+                "IllegalLocationConstraintException", "301", "400") and region:
         return S3Error(f"{what}: bucket {bucket} is in region {region}: pass --region {region}")
     if code in ("AccessDenied", "403", "AllAccessDisabled"):
         if acl in PUBLIC_ACLS:
-            return S3Error(f"{what}: access denied: {public_blocked(bucket, acl)}, or the credentials lack "
-                           f"s3:PutObjectAcl on arn:aws:s3:::{bucket}/*")
+            return S3Error(f"{what}: access denied: {public_blocked(bucket, acl)}, or the "
+                           f"credentials lack s3:PutObjectAcl on arn:aws:s3:::{bucket}/*")
         if acl:
-            return S3Error(f"{what}: access denied: the credentials need s3:PutObject and s3:PutObjectAcl "
-                           f"(for --acl {acl}) on arn:aws:s3:::{bucket}/*")
-        return S3Error(f"{what}: access denied: check that the credentials' IAM policy allows it on {bucket}")
+            return S3Error(f"{what}: access denied: the credentials need s3:PutObject and "
+                           f"s3:PutObjectAcl (for --acl {acl}) on arn:aws:s3:::{bucket}/*")
+        return S3Error(f"{what}: access denied: check that the credentials' IAM policy allows it "
+                       f"on {bucket}")
     if code in NO_SUCH_OBJECT:
         return PartMissingError(f"{what}: no such object")
     if code in ("BadDigest", "InvalidDigest"):
-        return IntegrityError(f"{what}: S3 kept rejecting the upload as corrupt ({code}): check memory/network")
+        return IntegrityError(f"{what}: S3 kept rejecting the upload as corrupt ({code}): check "
+                              "memory/network")
     return S3Error(f"{what} failed: {code}: {message}" if message else f"{what} failed: {code}")
 
 
@@ -125,7 +132,8 @@ def _retryable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, bexc.ClientError):
         return error_code(exc) in _RETRYABLE_CODES
-    return isinstance(exc, (bexc.ConnectionError, bexc.ReadTimeoutError, bexc.ResponseStreamingError,
+    return isinstance(exc,
+                      (bexc.ConnectionError, bexc.ReadTimeoutError, bexc.ResponseStreamingError,
                             bexc.IncompleteReadError))
 
 
@@ -142,7 +150,8 @@ def with_attempts(fn: Callable[[], T], attempts: int, describe: str) -> T:
             if attempt >= attempts or not _retryable(exc):
                 raise
             delay = _backoff(attempt)
-            reason = str(exc) if isinstance(exc, _Corrupt) else error_code(exc) or type(exc).__name__
+            reason = (str(exc) if isinstance(exc, _Corrupt)
+                      else error_code(exc) or type(exc).__name__)
             log.warning("%s: %s; retrying in %.1fs (attempt %d of %d)", describe, reason,
                         delay, attempt + 1, attempts)
             time.sleep(delay)
@@ -166,7 +175,8 @@ def list_objects(client: S3Client, bucket: str, prefix: str) -> dict[str, tuple[
 
 def _etag_not_md5(resp: Mapping[str, Any]) -> bool:
     """Whether S3 says the object's ETag is not its MD5 (SSE-KMS, SSE-C)."""
-    return resp.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse") or bool(resp.get("SSECustomerAlgorithm"))
+    return (resp.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse")
+            or bool(resp.get("SSECustomerAlgorithm")))
 
 
 def put_bytes(client: S3Client, bucket: str, key: str, data: bytes, *, md5: bytes | None = None,
@@ -191,7 +201,8 @@ def put_bytes(client: S3Client, bucket: str, key: str, data: bytes, *, md5: byte
         try:
             return with_attempts(attempt, attempts, f"upload s3://{bucket}/{key}")
         except _Corrupt as exc:
-            raise IntegrityError(f"upload s3://{bucket}/{key}: {exc}; check memory/network") from None
+            raise IntegrityError(f"upload s3://{bucket}/{key}: {exc}; check "
+                                 "memory/network") from None
 
 
 # A body is read in pieces of this size: each read allocates only its own piece, where one
@@ -213,7 +224,8 @@ def _get_pieces(client: S3Client, bucket: str, key: str, limit: int,
     try:
         length = int(resp.get("ContentLength", -1))
         if length > limit:
-            raise IntegrityError(f"{what} s3://{bucket}/{key} is {length} bytes, more than the {limit}-byte limit")
+            raise IntegrityError(f"{what} s3://{bucket}/{key} is {length} bytes, more than the "
+                                 f"{limit}-byte limit")
         want = limit + 1 if length < 0 else length
         try:
             while got < want and (piece := body.read(min(BODY_PIECE, want - got))):
@@ -232,7 +244,8 @@ def _get_pieces(client: S3Client, bucket: str, key: str, limit: int,
     return resp, pieces
 
 
-def _get_raw(client: S3Client, bucket: str, key: str, limit: int, what: str, *, check_md5: bool = False) -> bytes:
+def _get_raw(client: S3Client, bucket: str, key: str, limit: int, what: str, *,
+             check_md5: bool = False) -> bytes:
     """``_get_pieces`` joined; with ``check_md5`` the body's MD5 must be the object's ETag
     (single-PUT objects without SSE-KMS/C), which catches bytes damaged in transit for objects
     that, unlike parts, have no digest of their own to check."""
@@ -240,8 +253,10 @@ def _get_raw(client: S3Client, bucket: str, key: str, limit: int, what: str, *, 
     data = b"".join(pieces)
     if check_md5:
         etag = str(resp.get("ETag", "")).strip('"').lower()
-        if _MD5_ETAG.match(etag) and not _etag_not_md5(resp) and hashlib.md5(data).hexdigest() != etag:
-            raise _Corrupt(f"MD5 {hashlib.md5(data).hexdigest()} of the bytes received is not the ETag {etag}")
+        if (_MD5_ETAG.match(etag) and not _etag_not_md5(resp)
+                and hashlib.md5(data).hexdigest() != etag):
+            raise _Corrupt(f"MD5 {hashlib.md5(data).hexdigest()} of the bytes received is not the "
+                           f"ETag {etag}")
     return data
 
 
@@ -259,17 +274,20 @@ def get_bytes(client: S3Client, bucket: str, key: str, *, limit: int, what: str 
             return with_attempts(lambda: _get_raw(client, bucket, key, limit, what, check_md5=True),
                                   max(2, attempts), f"download s3://{bucket}/{key}")
         except _Corrupt as exc:
-            raise IntegrityError(f"download {what} s3://{bucket}/{key}: kept arriving damaged ({exc}): "
+            raise IntegrityError(f"download {what} s3://{bucket}/{key}: kept arriving damaged "
+                                 f"({exc}): "
                                  "check the network and re-run") from None
 
 
-def fetch_manifest(client: S3Client, bucket: str, key: str, *, cap: int = MANIFEST_SIZE_CAP) -> bytes:
+def fetch_manifest(client: S3Client, bucket: str, key: str, *,
+                   cap: int = MANIFEST_SIZE_CAP) -> bytes:
     """The manifest object's bytes (capped: a manifest is a few KiB; anything huge is hostile)."""
     try:
         return get_bytes(client, bucket, key, limit=cap, what="manifest")
     except PartMissingError:
         raise ManifestError(f"manifest s3://{bucket}/{key} does not exist: check -b/-m/-p "
-                            "(the manifest is uploaded last; an interrupted upload has none)") from None
+                            "(the manifest is uploaded last; an interrupted upload has "
+                            "none)") from None
     except IntegrityError as exc:
         raise ManifestError(str(exc)) from None
 
@@ -310,12 +328,13 @@ def _fetch_checked(attempt: Callable[[], T], attempts: int, bucket: str, key: st
     try:
         return with_attempts(attempt, max(2, attempts), f"download {what}")
     except _ShortBody as exc:
-        raise IntegrityError(f"download {what} s3://{bucket}/{key}: the connection kept closing early ({exc}): "
+        raise IntegrityError(f"download {what} s3://{bucket}/{key}: the connection kept closing "
+                             f"early ({exc}): "
                              "check the network and re-run") from None
     except _Corrupt as exc:
         raise IntegrityError(f"part {entry.filename} (index {entry.index}) in s3://{bucket}/{key} "
-                             f"does not match the manifest: {exc}; the bundle in S3 is damaged or from "
-                             "another bundle: re-upload it") from None
+                             f"does not match the manifest: {exc}; the bundle in S3 is damaged or "
+                             "from another bundle: re-upload it") from None
 
 
 def object_exists(client: S3Client, bucket: str, key: str) -> bool:
@@ -329,10 +348,12 @@ def object_exists(client: S3Client, bucket: str, key: str) -> bool:
     return True
 
 
-def copy_object(client: S3Client, source: tuple[str, str], bucket: str, key: str, *, etag: str | None,
+def copy_object(client: S3Client, source: tuple[str, str], bucket: str, key: str, *,
+                etag: str | None,
                 acl: str | None = DEFAULT_ACL, attempts: int = DEFAULT_ATTEMPTS) -> str:
     """Server-side CopyObject (sent to the destination's endpoint) with the canned ACL; the copy's
-    ETag must equal the source's (both are the MD5 of a single-PUT part). Returns the copy's ETag."""
+    ETag must equal the source's (both are the MD5 of a single-PUT part). Returns the copy's
+    ETag."""
     params: dict[str, Any] = {"Bucket": bucket, "Key": key, "MetadataDirective": "COPY",
                               "CopySource": {"Bucket": source[0], "Key": source[1]}}
     if acl:
@@ -347,16 +368,19 @@ def copy_object(client: S3Client, source: tuple[str, str], bucket: str, key: str
 
     with s3_errors("copy to", bucket, key, acl=acl):
         try:
-            return with_attempts(attempt, attempts, f"copy s3://{source[0]}/{source[1]} to s3://{bucket}/{key}")
+            return with_attempts(attempt, attempts,
+                                 f"copy s3://{source[0]}/{source[1]} to s3://{bucket}/{key}")
         except _Corrupt as exc:
             raise IntegrityError(f"copy to s3://{bucket}/{key}: {exc}") from None
         except bexc.ClientError as exc:
             if is_not_found(exc, NO_SUCH_OBJECT):
-                raise PartMissingError(f"copy source s3://{source[0]}/{source[1]} does not exist") from None
+                raise PartMissingError(f"copy source s3://{source[0]}/{source[1]} does not "
+                                       "exist") from None
             raise
 
 
-def delete_keys(client: S3Client, bucket: str, keys: Sequence[str], *, attempts: int = DEFAULT_ATTEMPTS) -> int:
+def delete_keys(client: S3Client, bucket: str, keys: Sequence[str], *,
+                attempts: int = DEFAULT_ATTEMPTS) -> int:
     """DeleteObjects in batches of 1000; per-key failures are reported, not ignored."""
     deleted = 0
     for start in range(0, len(keys), DELETE_BATCH):
@@ -372,6 +396,7 @@ def delete_keys(client: S3Client, bucket: str, keys: Sequence[str], *, attempts:
         if errors:
             first = errors[0]
             raise S3Error(f"could not delete {len(errors)} object(s) from s3://{bucket}, e.g. "
-                          f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip())
+                          f"{first.get('Key')}: {first.get('Code')} "
+                          f"{first.get('Message', '')}".rstrip())
         deleted += len(batch)
     return deleted

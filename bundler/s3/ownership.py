@@ -42,9 +42,10 @@ _ALWAYS_ACCEPTED = (None, "", "bucket-owner-full-control")
 
 
 def ownership(client: S3Client, bucket: str) -> str | None:
-    """The bucket's Object Ownership setting; None if it has none (ACLs enabled, a pre-2023 bucket)."""
-    resp = with_attempts(lambda: client.get_bucket_ownership_controls(Bucket=bucket), DEFAULT_ATTEMPTS,
-                         f"read the ownership controls of s3://{bucket}")
+    """The bucket's Object Ownership setting; None if it has none (ACLs enabled, a pre-2023
+    bucket)."""
+    resp = with_attempts(lambda: client.get_bucket_ownership_controls(Bucket=bucket),
+                         DEFAULT_ATTEMPTS, f"read the ownership controls of s3://{bucket}")
     rules = resp.get("OwnershipControls", {}).get("Rules", [])
     return rules[0].get("ObjectOwnership") if rules else None
 
@@ -61,9 +62,9 @@ def check_bucket_for_bundles(client: S3Client, bucket: str, *, acl: str | None =
         if code == "OwnershipControlsNotFoundError":
             setting = None
         elif code in _DENIED:
-            log.warning("cannot read the ownership controls of s3://%s (no s3:GetBucketOwnershipControls): "
-                        "going on; if S3 answers AccessControlListNotSupported, the bucket has ACLs disabled",
-                        bucket)
+            log.warning("cannot read the ownership controls of s3://%s (no "
+                        "s3:GetBucketOwnershipControls): going on; if S3 answers "
+                        "AccessControlListNotSupported, the bucket has ACLs disabled", bucket)
             setting = "unknown"
         else:
             raise s3_error(exc, "read the ownership controls of", bucket) from None
@@ -80,25 +81,26 @@ def check_bucket_for_bundles(client: S3Client, bucket: str, *, acl: str | None =
 def _enable_acls(client: S3Client, bucket: str) -> None:
     controls: OwnershipControlsTypeDef = {"Rules": [{"ObjectOwnership": ACL_ENABLING}]}
     try:
-        with_attempts(lambda: client.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls=controls),
+        with_attempts(lambda: client.put_bucket_ownership_controls(Bucket=bucket,
+                                                                   OwnershipControls=controls),
                       DEFAULT_ATTEMPTS, f"enable ACLs on s3://{bucket}")
     except (bexc.ClientError, bexc.BotoCoreError) as exc:
         raise s3_error(exc, "enable ACLs (put-bucket-ownership-controls) on", bucket) from None
-    log.warning("enabled ACLs on s3://%s (Object Ownership %s), as --enable-bucket-acls asked", bucket,
-                ACL_ENABLING)
+    log.warning("enabled ACLs on s3://%s (Object Ownership %s), as --enable-bucket-acls asked",
+                bucket, ACL_ENABLING)
 
 
 def _check_public_allowed(client: S3Client, bucket: str, acl: str) -> None:
     try:
-        resp = with_attempts(lambda: client.get_public_access_block(Bucket=bucket), DEFAULT_ATTEMPTS,
-                             f"read the public access block of s3://{bucket}")
+        resp = with_attempts(lambda: client.get_public_access_block(Bucket=bucket),
+                             DEFAULT_ATTEMPTS, f"read the public access block of s3://{bucket}")
     except bexc.ClientError as exc:
         code = error_code(exc)
         if code == "NoSuchPublicAccessBlockConfiguration":
             return
         if code in _DENIED:
-            log.warning("cannot read the public access block of s3://%s (no s3:GetBucketPublicAccessBlock): "
-                        "going on", bucket)
+            log.warning("cannot read the public access block of s3://%s (no "
+                        "s3:GetBucketPublicAccessBlock): going on", bucket)
             return
         raise s3_error(exc, "read the public access block of", bucket) from None
     except bexc.BotoCoreError as exc:

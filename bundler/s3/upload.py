@@ -63,7 +63,8 @@ def read_local_manifest(path: Path) -> ParsedManifest:
     return parse_manifest(read_manifest_bytes(path, error=UsageError), source=str(path))
 
 
-def verify_local_parts(parsed: ParsedManifest, directory: Path, *, jobs: int = DEFAULT_JOBS) -> list[LocalPart]:
+def verify_local_parts(parsed: ParsedManifest, directory: Path, *,
+                       jobs: int = DEFAULT_JOBS) -> list[LocalPart]:
     """Every part file exists and its SHA-1 is the manifest's — checked before anything goes up."""
     manifest = parsed.manifest
     entries = sorted(manifest.parts, key=lambda e: e.index)
@@ -78,21 +79,23 @@ def verify_local_parts(parsed: ParsedManifest, directory: Path, *, jobs: int = D
                     md5.update(chunk)
                     size += len(chunk)
         except FileNotFoundError:
-            raise PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from {directory}: "
+            raise PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from "
+                                   f"{directory}: "
                                    "pass -d with the bundle directory") from None
         except OSError as exc:
             raise IntegrityError(f"cannot read part {path}: {exc.strerror}") from None
         if sha1.hexdigest() != entry.digest.lower():
             raise IntegrityError(
-                f"{part_mismatch(entry, sha1.hexdigest(), entries, str(path))} ({parsed.source}); nothing "
-                "was uploaded", hint="re-bundle, or point -d/-m at the bundle these parts belong to")
+                f"{part_mismatch(entry, sha1.hexdigest(), entries, str(path))} ({parsed.source}); "
+                "nothing was uploaded",
+                hint="re-bundle, or point -d/-m at the bundle these parts belong to")
         return LocalPart(entry, path, size, md5.digest())
 
     parts = run_parallel([partial(check, e) for e in entries], jobs)
     total = sum(p.size for p in parts)
     if total != manifest.bundled_size:
-        raise IntegrityError(f"local parts hold {total} bytes but {parsed.source} says bundled_size "
-                             f"{manifest.bundled_size}: re-bundle")
+        raise IntegrityError(f"local parts hold {total} bytes but {parsed.source} says "
+                             f"bundled_size {manifest.bundled_size}: re-bundle")
     return parts
 
 
@@ -127,11 +130,13 @@ def upload_bundle(
     ``prepared`` is ``prepare_upload``'s result when the caller checked the local side first
     (before creating the bucket, so a bad bundle leaves nothing behind in S3)."""
     started = time.monotonic()
-    acl, jobs, attempts, progress = transfer.acl, transfer.jobs, transfer.attempts, transfer.progress
+    acl, jobs, attempts = transfer.acl, transfer.jobs, transfer.attempts
+    progress = transfer.progress
     manifest_path = Path(manifest_path)
     parsed, parts = prepared or prepare_upload(manifest_path, directory, jobs=jobs)
     if start_part is not None and not 0 <= start_part < len(parts):
-        raise UsageError(f"--part {start_part}: {manifest_path.name} has parts 0 to {len(parts) - 1}")
+        raise UsageError(f"--part {start_part}: {manifest_path.name} has parts 0 to "
+                         f"{len(parts) - 1}")
 
     wanted = [p for p in parts if start_part is None or p.entry.index >= start_part]
     skipped_by_flag = len(parts) - len(wanted)
@@ -147,19 +152,21 @@ def upload_bundle(
                 f"--part {start_part} skips {absent[0]}{more}, but {location.url()} does not hold "
                 "them as they are here: nothing was uploaded",
                 hint="drop --part: a re-run skips by itself the parts already in S3")
-    publication = Publication(client, location, manifest_path.name, acl=acl, attempts=attempts, force=force,
-                              in_use=in_use)
+    publication = Publication(client, location, manifest_path.name, acl=acl, attempts=attempts,
+                              force=force, in_use=in_use)
     target = publication.open(parsed)
     try:
         todo: list[LocalPart] = []
         for part in wanted:
             if resume and target.has(location.key(part.entry.filename), part.size, part.md5.hex()):
-                log.info("skipping %s: already in S3 with the same size and MD5", part.entry.filename)
+                log.info("skipping %s: already in S3 with the same size and MD5",
+                         part.entry.filename)
             else:
                 todo.append(part)
         resumed = len(wanted) - len(todo)
         if resumed:
-            log.info("resuming: %d of %d parts are already in %s", resumed, len(wanted), location.url())
+            log.info("resuming: %d of %d parts are already in %s", resumed, len(wanted),
+                     location.url())
 
         total = sum(p.size for p in todo)
         progress.start("upload", total)
@@ -168,7 +175,8 @@ def upload_bundle(
             data = part.path.read_bytes()
             md5 = hashlib.md5(data).digest()
             if md5 != part.md5:
-                raise IntegrityError(f"part {part.path} changed while uploading: re-bundle and re-run")
+                raise IntegrityError(f"part {part.path} changed while uploading: re-bundle and "
+                                     "re-run")
             put_bytes(client, location.bucket, location.key(part.entry.filename), data, md5=md5,
                       acl=acl, attempts=attempts)
             progress.advance("upload", len(data))
@@ -178,9 +186,12 @@ def upload_bundle(
             run_parallel([partial(send, p) for p in todo], jobs)
             published = None
             if not skip_manifest:
-                published = publication.publish(parsed.raw, {k: (p.size, p.md5.hex()) for k, p in part_keys.items()})
+                published = publication.publish(parsed.raw,
+                                                {k: (p.size, p.md5.hex()) for k,
+                                                             p in part_keys.items()})
             else:
-                publication.check_parts({location.key(p.entry.filename): (p.size, p.md5.hex()) for p in wanted})
+                publication.check_parts({location.key(p.entry.filename): (p.size, p.md5.hex())
+                                         for p in wanted})
         finally:
             progress.finish("upload")
     finally:

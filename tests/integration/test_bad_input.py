@@ -193,7 +193,8 @@ def test_missing_image(tmp_path, user_key_pair, ec2_key_pair):
     proc = cli("bundle-image", "-i", tmp_path / "none.img", "-c", user_key_pair.cert_path, "-k",
                user_key_pair.key_path, "-u", "123456789012", "--ec2cert", ec2_key_pair.cert_path,
                "-d", tmp_path)
-    assert one_line_error(proc) == f"ami-bundler: error: image {tmp_path / 'none.img'} does not exist"
+    missing = tmp_path / "none.img"
+    assert one_line_error(proc) == f"ami-bundler: error: image {missing} does not exist"
 
 
 def test_empty_image(tmp_path, user_key_pair, ec2_key_pair):

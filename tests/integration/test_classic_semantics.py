@@ -41,11 +41,13 @@ def test_every_alias_has_an_entry_point():
 @pytest.mark.parametrize("name", sorted(ALIASES))
 def test_version_help_and_manual(capsys, name):
     code, out, err = alias(capsys, name, "--version")
-    assert code == 0 and out.strip() == f"{name}: ami-bundler {__version__} (bundle manifest version 2007-10-10)", err
+    version = f"{name}: ami-bundler {__version__} (bundle manifest version 2007-10-10)"
+    assert code == 0 and out.strip() == version, err
     # classic: these win over missing or bad flags
     code, out, _ = alias(capsys, name, "-x", "--help")
     code2, out2, _ = alias(capsys, name, "--help")
-    assert code2 == 0 and out2.startswith(f"usage: {name} ") and f"{name} {ALIASES[name]}" not in out2
+    assert code2 == 0 and out2.startswith(f"usage: {name} ")
+    assert f"{name} {ALIASES[name]}" not in out2
     code, out, err = alias(capsys, name, "--manual")
     assert code == 0 and out.startswith(f"usage: {name} ") and "docs/migrating.md" in out, err
 
@@ -64,4 +66,5 @@ def test_installed_script_runs_the_alias():
     if not script.exists():
         pytest.skip("package not installed into this interpreter's bin directory")
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and proc.stdout.startswith("ec2-delete-bundle: ami-bundler "), proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ec2-delete-bundle: ami-bundler "), proc.stderr

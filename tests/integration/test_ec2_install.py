@@ -6,7 +6,7 @@ import hashlib
 import json
 import uuid
 
-from tests.support.cli import MIB, keys_in, run, sparse_image
+from tests.support.cli import MIB, images_named, keys_in, run, sparse_image
 
 
 def test_install_then_download_and_unbundle(capsys, endpoint, proxy, s3, ec2, bucket, tmp_path,
@@ -76,4 +76,4 @@ def test_install_failure_leaves_nothing_behind(capsys, proxy, s3, ec2, bucket, t
                        "--endpoint-url", proxy.url)
     assert code == 3 and "s3:PutObjectAcl" in err
     assert keys_in(s3, bucket) == {}
-    assert ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"] == []
+    assert images_named(ec2, name) == []

@@ -26,7 +26,8 @@ def test_register_tags_permissions_and_deregister_with_bundle(capsys, endpoint, 
     [image] = images_named(ec2, name)
     assert image["ImageId"] == image_id
     assert {"Key": "team", "Value": "infra"} in image["Tags"]
-    perms = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")["LaunchPermissions"]
+    attribute = ec2.describe_image_attribute(ImageId=image_id, Attribute="launchPermission")
+    perms = attribute["LaunchPermissions"]
     assert {"UserId": "111122223333"} in perms
     # What went to EC2: the ImageLocation and the manifest's architecture.
     [call] = [r for r in proxy.requests("POST") if b"Action=RegisterImage" in r.body_prefix]

@@ -90,7 +90,8 @@ def test_opt_in_region_refused_then_its_own_certificate_used(fresh, user_key_pai
     (certs / "cert-ec2-af-south-1.pem").write_bytes(cape_town.cert_path.read_bytes())
     done = run(env, *argv, "--ec2cert-dir", certs)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["ec2_certificate"]["path"] == str(certs / "cert-ec2-af-south-1.pem")
+    chosen = json.loads(done.stdout)["ec2_certificate"]["path"]
+    assert chosen == str(certs / "cert-ec2-af-south-1.pem")
     xml = (dest / "small.img.manifest.xml").read_text()
     assert openssl_unwrap(cape_town.key_path, field(xml, "ec2_encrypted_key")) == \
         openssl_unwrap(user_key_pair.key_path, field(xml, "user_encrypted_key"))
@@ -98,7 +99,8 @@ def test_opt_in_region_refused_then_its_own_certificate_used(fresh, user_key_pai
 
 def test_packer_default_bundle_vol_command_needs_no_ec2cert(fresh, user_key_pair, tmp_path):
     """ec2-bundle-vol -k … -u … -c … -r x86_64 -e PRIVATE/* -d DEST -p image-… --batch --no-filter
-    (plus -v and the image's identity: the test bundles a small bootable PV tree, not this host's /)."""
+    (plus -v and the image's identity: the test bundles a small bootable PV tree, not this
+    host's /)."""
     from tests.support import roots
 
     _, env, _ = fresh

@@ -61,8 +61,9 @@ def our_bundle(tmp_path, user_key_pair, ec2_key_pair):
         fh.write(os.urandom(200_000))
     dest = tmp_path / "b"
     dest.mkdir()
-    assert main(["bundle-image", "-i", str(image), "-c", str(user_key_pair.cert_path), "-k", str(user_key_pair.key_path),
-                 "-u", "123456789012", "--ec2cert", str(ec2_key_pair.cert_path), "-d", str(dest),
+    assert main(["bundle-image", "-i", str(image), "-c", str(user_key_pair.cert_path),
+                 "-k", str(user_key_pair.key_path), "-u", "123456789012",
+                 "--ec2cert", str(ec2_key_pair.cert_path), "-d", str(dest),
                  "-r", "x86_64", "-B", "ami=sda1,root=/dev/sda1", "-q"]) == 0
     return image, dest, dest / "img.manifest.xml"
 
@@ -74,7 +75,8 @@ def _resign(text: bytes, private_key) -> bytes:
 
 
 def test_euca2ools_style_manifest(our_bundle, user_key_pair, tmp_path):
-    """Double quotes, pretty-printed, an encoding in the declaration, signed over those raw bytes."""
+    """Double quotes, pretty-printed, an encoding in the declaration, signed over those raw
+    bytes."""
     image, dest, manifest = our_bundle
     unsigned = re.sub(rb"<signature>[^<]*</signature>", b"", manifest.read_bytes())
     pretty = minidom.parseString(unsigned).toprettyxml(indent="  ").encode()
@@ -85,7 +87,8 @@ def test_euca2ools_style_manifest(our_bundle, user_key_pair, tmp_path):
     euca.write_bytes(_resign(pretty, user_key_pair.private_key))
     out = tmp_path / "out"
     out.mkdir()
-    assert main(["unbundle", "-m", str(euca), "-k", str(user_key_pair.key_path), "-d", str(out), "-q"]) == 0
+    assert main(["unbundle", "-m", str(euca), "-k", str(user_key_pair.key_path), "-d", str(out),
+                 "-q"]) == 0
     assert (out / "img").read_bytes() == image.read_bytes()
 
 
@@ -99,7 +102,8 @@ def test_v3_manifest_signed_over_image_only(our_bundle, user_key_pair, tmp_path)
     v3.write_bytes(_resign(text, user_key_pair.private_key))
     out = tmp_path / "out"
     out.mkdir()
-    assert main(["unbundle", "-m", str(v3), "-k", str(user_key_pair.key_path), "-d", str(out), "-q"]) == 0
+    assert main(["unbundle", "-m", str(v3), "-k", str(user_key_pair.key_path), "-d", str(out),
+                 "-q"]) == 0
     assert (out / "img").read_bytes() == image.read_bytes()
     assert main(["inspect", str(v3), "--json"]) == 0
 
@@ -111,8 +115,9 @@ def test_parts_are_taken_in_index_order_not_name_order(our_bundle, user_key_pair
     image.write_bytes(os.urandom(25 << 20))  # 3 parts
     dest = tmp_path / "b3"
     dest.mkdir()
-    assert main(["bundle-image", "-i", str(image), "-c", str(user_key_pair.cert_path), "-k", str(user_key_pair.key_path),
-                 "-u", "123456789012", "--ec2cert", str(ec2_key_pair.cert_path), "-d", str(dest),
+    assert main(["bundle-image", "-i", str(image), "-c", str(user_key_pair.cert_path),
+                 "-k", str(user_key_pair.key_path), "-u", "123456789012",
+                 "--ec2cert", str(ec2_key_pair.cert_path), "-d", str(dest),
                  "-r", "x86_64", "--compression", "fast", "-q"]) == 0
     manifest = dest / "big.manifest.xml"
     text = manifest.read_bytes()
@@ -127,5 +132,6 @@ def test_parts_are_taken_in_index_order_not_name_order(our_bundle, user_key_pair
     manifest.write_bytes(_resign(text, user_key_pair.private_key))
     out = tmp_path / "out"
     out.mkdir()
-    assert main(["unbundle", "-m", str(manifest), "-k", str(user_key_pair.key_path), "-d", str(out), "-q"]) == 0
+    assert main(["unbundle", "-m", str(manifest), "-k", str(user_key_pair.key_path), "-d", str(out),
+                 "-q"]) == 0
     assert (out / "big").read_bytes() == image.read_bytes()

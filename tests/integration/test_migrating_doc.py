@@ -15,7 +15,8 @@ HEADING = re.compile(r"^## (ec2-[a-z-]+) → `ami-bundler ([a-z-]+)`$")
 
 def options(command: str, prog: str = "ami-bundler") -> set[str]:
     parser = build_parser(prog, command)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = commands.choices[command]
     return {o for a in sub._actions for o in a.option_strings}
 
 
@@ -26,7 +27,10 @@ def classic_flags() -> dict[str, tuple[str, list[str]]]:
     for line in DOC.read_text().splitlines():
         if line.startswith("## "):
             m = HEADING.match(line)
-            current = (m.group(2), m.group(1)) if m else ("*", "") if line == "## Every command" else None
+            if m:
+                current = (m.group(2), m.group(1))
+            else:
+                current = ("*", "") if line == "## Every command" else None
             if current:
                 tables[current[0]] = (current[1], [])
         elif current and line.startswith("| `"):

@@ -38,7 +38,8 @@ def test_wheel_and_sdist_carry_the_certificates(tmp_path):
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         assert {f"bundler/certs/{c}" for c in CERTS} <= names
-        assert zf.read("bundler/certs/cert-ec2.pem") == (REPO / "bundler/certs/cert-ec2.pem").read_bytes()
+        shipped = (REPO / "bundler/certs/cert-ec2.pem").read_bytes()
+        assert zf.read("bundler/certs/cert-ec2.pem") == shipped
     with tarfile.open(sdist) as tf:
         members = {m.name.split("/", 1)[1] for m in tf.getmembers() if "/" in m.name}
     assert {f"bundler/certs/{c}" for c in CERTS} <= members

@@ -25,7 +25,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def typical_use() -> tuple[list[list[str]], list[list[str]]]:
     text = README.read_text()
-    block = text.split("Typical use on a build host", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    section = text.split("Typical use on a build host", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     first: list[list[str]] = []
     alternative: list[list[str]] = []
     current = first
@@ -55,7 +56,8 @@ def test_readme_typical_use_runs(capsys, tmp_path, endpoint, monkeypatch, ec2_ce
     (work / "web.img").write_bytes(os.urandom(3 << 20))
     monkeypatch.chdir(work)
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    # The stand-in EC2's certificates (on AWS the shipped ones serve): RegisterImage decrypts with its keys.
+    # The stand-in EC2's certificates (on AWS the shipped ones serve): RegisterImage decrypts
+    # with its keys.
     monkeypatch.setenv("AMI_BUNDLER_EC2_CERT_DIR", str(ec2_cert_dir))
 
     def substitute(argv: list[str]) -> list[str]:

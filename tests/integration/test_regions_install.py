@@ -49,7 +49,8 @@ def test_three_regions_one_failing_then_resume(capsys, endpoint, proxy, s3, tmp_
     images = {}
     for region in ("us-east-1", "cn-north-1"):
         assert regions[region]["action"] == "bundled" and regions[region]["registered"] == "new"
-        [img] = plain_client("ec2", endpoint, region).describe_images(ImageIds=[regions[region]["image_id"]])["Images"]
+        ec2 = plain_client("ec2", endpoint, region)
+        [img] = ec2.describe_images(ImageIds=[regions[region]["image_id"]])["Images"]
         assert img["Name"] == name
         images[region] = regions[region]["image_id"]
     parts = result["bundle"]["parts"]
@@ -57,7 +58,8 @@ def test_three_regions_one_failing_then_resume(capsys, endpoint, proxy, s3, tmp_
     for region in ("us-east-1", "cn-north-1"):
         stored = keys_in(s3, bucket[region], "amis/")
         assert set(stored) == {f"amis/{p['name']}" for p in parts} | {"amis/disk.manifest.xml"}
-    assert keys_in(s3, bucket["us-east-1"], "amis/disk.part") == keys_in(s3, bucket["cn-north-1"], "amis/disk.part")
+    us, cn = (keys_in(s3, bucket[r], "amis/disk.part") for r in ("us-east-1", "cn-north-1"))
+    assert us == cn
 
     # Re-run with the endpoint healed: only eu-west-1 is completed, by server-side copy.
     proxy.clear()
@@ -69,19 +71,22 @@ def test_three_regions_one_failing_then_resume(capsys, endpoint, proxy, s3, tmp_
     assert {r: regions[r]["image_id"] for r in images} == images  # not registered twice
     assert regions["us-east-1"]["registered"] == regions["cn-north-1"]["registered"] == "existing"
     eu = regions["eu-west-1"]
-    assert eu["action"] == "copied" and eu["registered"] == "new" and eu["copied_from"] in ("us-east-1", "cn-north-1")
+    assert eu["action"] == "copied" and eu["registered"] == "new"
+    assert eu["copied_from"] in ("us-east-1", "cn-north-1")
     # --wait waits for the AMI it registered, per region; the ones already there are not polled.
     assert eu["state"] == "available" and regions["us-east-1"]["state"] is None
     puts = proxy.requests("PUT")
     # Nothing went to the two complete regions; eu-west-1 got its bucket, copies, then the manifest.
     assert {r.path.split("/")[1] for r in puts} == {bucket["eu-west-1"]}
-    body_puts = [r for r in puts if r.key.startswith("amis/") and not r.headers.get("x-amz-copy-source")
-                 and not r.key.endswith(LOCK_SUFFIX)]
+    body_puts = [r for r in puts if r.key.startswith("amis/")
+                 and not r.headers.get("x-amz-copy-source") and not r.key.endswith(LOCK_SUFFIX)]
     assert [r.key for r in body_puts] == ["amis/disk.manifest.xml"]
-    assert sorted(r.key for r in puts if r.headers.get("x-amz-copy-source")) == sorted(f"amis/{p['name']}" for p in parts)
+    copies = sorted(r.key for r in puts if r.headers.get("x-amz-copy-source"))
+    assert copies == sorted(f"amis/{p['name']}" for p in parts)
     assert not proxy.requests("GET", r"\.part\.[0-9]+$")
 
-    # Each region's manifest opens with that region's EC2 key (China has its own) and gives the image.
+    # Each region's manifest opens with that region's EC2 key (China has its own) and gives the
+    # image.
     key, cert = user_keys
     for region in REGIONS:
         dest = tmp_path / f"out-{region}"
@@ -98,7 +103,8 @@ def test_three_regions_one_failing_then_resume(capsys, endpoint, proxy, s3, tmp_
     code, out, err = install(capsys, proxy, image, template, certs, user_keys, name)
     assert code == 0, err
     assert not proxy.requests("PUT") and not proxy.requests("POST", "RegisterImage")
-    assert {r: v["action"] for r, v in json.loads(out)["regions"].items()} == dict.fromkeys(REGIONS, "present")
+    actions = {r: v["action"] for r, v in json.loads(out)["regions"].items()}
+    assert actions == dict.fromkeys(REGIONS, "present")
 
 
 def test_bad_region_list(capsys, endpoint, proxy, tmp_path, user_keys, cert_dir):
@@ -116,5 +122,6 @@ def test_bad_region_list(capsys, endpoint, proxy, tmp_path, user_keys, cert_dir)
     assert code == 2 and "no bucket for region eu-west-1" in err
     code, _, err = run(capsys, *base, "--regions", "us-east-1,me-south-1",
                        "--bucket-template", "b-{region}")
-    assert code != 0 and "cert-ec2-me-south-1.pem" in err and "--ec2cert" in err  # opt-in: its own certificate
+    # An opt-in region: its own certificate.
+    assert code != 0 and "cert-ec2-me-south-1.pem" in err and "--ec2cert" in err
     assert not proxy.requests()  # all of it caught before any request

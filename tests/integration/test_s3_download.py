@@ -52,7 +52,8 @@ def test_persistently_corrupt_part_fails_naming_it_and_leaves_no_file(capsys, pr
     assert code == IntegrityError.exit_code
     assert "dl.part.2" in err and "does not match the manifest" in err
     assert not (dest / "dl.part.2").exists()
-    assert not (dest / "dl.manifest.xml").exists()  # the manifest comes last, only when all parts are good
+    # The manifest comes last, only when all parts are good.
+    assert not (dest / "dl.manifest.xml").exists()
     assert not [p for p in dest.iterdir() if p.name.startswith(".")]
 
 
@@ -148,7 +149,8 @@ def test_s3_sink_renames_to_final_names_and_puts_manifest_last(proxy, s3, bucket
         assert stored[f"inst/sk.part.{i}"] == (len(part.data), hashlib.md5(part.data).hexdigest())
     log = proxy.requests("PUT")
     provisional = {provisional_name("sk", i, 120) for i in range(5)}
-    assert {r.key.split("/", 1)[1] for r in log if ".part." in r.key and not r.headers.get("x-amz-copy-source")} == provisional
+    assert {r.key.split("/", 1)[1] for r in log
+            if ".part." in r.key and not r.headers.get("x-amz-copy-source")} == provisional
     assert log[-1].key == "inst/sk.manifest.xml"
     assert {r.headers.get("x-amz-acl") for r in log} == {"aws-exec-read"}
 

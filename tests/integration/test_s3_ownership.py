@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from tests.support.bundles import make_fake_bundle
-from tests.support.cli import KIB, keys_in, run, upload
+from tests.support.cli import KIB, images_named, keys_in, run, upload
 from tests.support.strictaws.s3rules import EC2_CANONICAL_ID
 
 
@@ -29,7 +29,8 @@ def acl_disabled_bucket(s3) -> str:
 
 def ec2_can_read(s3, bucket: str, key: str) -> bool:
     grants = s3.get_object_acl(Bucket=bucket, Key=key)["Grants"]
-    return any(g["Grantee"].get("ID") == EC2_CANONICAL_ID and g["Permission"] == "READ" for g in grants)
+    return any(g["Grantee"].get("ID") == EC2_CANONICAL_ID and g["Permission"] == "READ"
+               for g in grants)
 
 
 def one_line(err: str) -> str:
@@ -54,7 +55,8 @@ def test_acl_disabled_bucket_refused_before_any_write(capsys, endpoint, proxy, s
     code, _, err = upload(capsys, proxy.url, name, bundle2)
     line = one_line(err)
     assert code != 0
-    assert "ACLs disabled" in line and "BucketOwnerEnforced" in line and "--enable-bucket-acls" in line
+    assert "ACLs disabled" in line and "BucketOwnerEnforced" in line
+    assert "--enable-bucket-acls" in line
     assert (f"aws s3api put-bucket-ownership-controls --bucket {name} --ownership-controls "
             "'Rules=[{ObjectOwnership=BucketOwnerPreferred}]'") in line
     assert not proxy.requests("PUT") and not proxy.requests("POST")
@@ -136,5 +138,5 @@ def test_install_into_a_new_bucket_registers_and_every_object_has_the_grant(caps
         {"ObjectOwnership": "ObjectWriter"}]
     stored = keys_in(s3, name, "i/")
     assert stored and all(ec2_can_read(s3, name, k) for k in stored)
-    [image_desc] = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
+    [image_desc] = images_named(ec2, name)
     assert image_desc["ImageLocation"] == f"{name}/i/n.img.manifest.xml"

@@ -60,8 +60,8 @@ def test_public_read_acl_is_stored(capsys, endpoint, s3, bucket, bundle3):
     code, _, err = upload(capsys, endpoint, bucket, bundle3, "--acl", "public-read")
     assert code == 0, err
     grants = s3.get_object_acl(Bucket=bucket, Key="img.part.0")["Grants"]
-    assert any(g["Grantee"].get("URI", "").endswith("/global/AllUsers") and g["Permission"] == "READ"
-               for g in grants)
+    assert any(g["Grantee"].get("URI", "").endswith("/global/AllUsers")
+               and g["Permission"] == "READ" for g in grants)
 
 
 def test_parts_are_uploaded_in_parallel(capsys, proxy, s3, bucket, tmp_path, signing_key):
@@ -115,7 +115,8 @@ def test_interrupted_upload_resumes_with_only_missing_parts(capsys, proxy, s3, b
     assert code == 0, err
     result = json.loads(out)
     put_keys = sorted(r.key for r in bundle_puts(proxy))
-    expected = sorted([f"res.part.{i}" for i in range(6) if f"res.part.{i}" not in before] + ["res.manifest.xml"])
+    missing = [f"res.part.{i}" for i in range(6) if f"res.part.{i}" not in before]
+    expected = sorted([*missing, "res.manifest.xml"])
     assert put_keys == expected
     assert result["parts_skipped"] == len(before)
     assert len(keys_in(s3, bucket)) == 7

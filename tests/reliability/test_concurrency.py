@@ -111,7 +111,8 @@ def test_different_bundles_into_one_directory_run_side_by_side(ws, tmp_path):
     procs = [cli(ws.bundle_args(tmp_path, name)) for name in ("one", "two")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     names = sorted(os.listdir(tmp_path))
-    assert [n for n in names if n.endswith(".manifest.xml")] == ["one.manifest.xml", "two.manifest.xml"]
+    manifests = [n for n in names if n.endswith(".manifest.xml")]
+    assert manifests == ["one.manifest.xml", "two.manifest.xml"]
     assert not [n for n in names if n.startswith(".")]
 
 

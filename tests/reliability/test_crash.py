@@ -115,7 +115,8 @@ def test_unbundle_crash_at_every_step(ws, tmp_path):
         if rerun:
             assert seen.complete == ["img"] and seen.temporary == [], f"{when}: {seen}"
 
-    assert walk_crash_points(ws, ws.unbundle_args(manifest, out), out, check, lambda: clean_dir(out)) >= 5
+    argv = ws.unbundle_args(manifest, out)
+    assert walk_crash_points(ws, argv, out, check, lambda: clean_dir(out)) >= 5
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -131,7 +132,8 @@ def test_bundle_image_and_unbundle_survive_kill_9(big_ws, tmp_path, seed):
     assert seen.ok, seen.wrong
     rerun = run_cli(ws.bundle_args(dest))
     seen = inspect_bundle_dir(dest, ws)
-    assert seen.complete == ["img.manifest.xml"] and not seen.temporary and not seen.incomplete, (killed, rerun, seen)
+    assert seen.complete == ["img.manifest.xml"], (killed, rerun, seen)
+    assert not seen.temporary and not seen.incomplete, (killed, rerun, seen)
 
     killed, code = crashkit.kill_at_random(ws.unbundle_args(dest / "img.manifest.xml", out),
                                            rng.uniform(0.3, 1.8))
@@ -142,8 +144,8 @@ def test_bundle_image_and_unbundle_survive_kill_9(big_ws, tmp_path, seed):
     assert seen.complete == ["img"] and seen.temporary == [], seen
 
 
-needs_mke2fs = pytest.mark.skipif(shutil.which("mke2fs") is None and not Path("/sbin/mke2fs").exists(),
-                                  reason="e2fsprogs not installed")
+NO_MKE2FS = shutil.which("mke2fs") is None and not Path("/sbin/mke2fs").exists()
+needs_mke2fs = pytest.mark.skipif(NO_MKE2FS, reason="e2fsprogs not installed")
 
 
 @needs_mke2fs

@@ -117,7 +117,8 @@ def test_few_file_descriptors(ws, tmp_path, nofile):
         assert os.listdir(dest) == []
         return
     seen = inspect_bundle_dir(dest, ws)
-    assert seen.complete == ["img.manifest.xml"] and not seen.temporary and not seen.incomplete, seen
+    assert seen.complete == ["img.manifest.xml"], seen
+    assert not seen.temporary and not seen.incomplete, seen
     proc = cli(ws.unbundle_args(dest / "img.manifest.xml", out), nofile=nofile)
     assert proc.returncode == 0, proc.stderr
     seen = inspect_image_dir(out, ws)
@@ -142,8 +143,8 @@ def test_manifest_claiming_a_billion_parts(valid_parts):
 
 
 def test_manifest_with_too_many_part_elements():
-    parts = b"".join(b"<part index='%d'><filename>p.%d</filename><digest>%s</digest></part>" % (i, i, b"0" * 40)
-                     for i in range(100_001))
+    part = b"<part index='%d'><filename>p.%d</filename><digest>%s</digest></part>"
+    parts = b"".join(part % (i, i, b"0" * 40) for i in range(100_001))
     xml = (b"<?xml version='1.0'?><manifest><version>2007-10-10</version><image><name>x</name>"
            b"<user>123456789012</user><type>machine</type><digest algorithm='SHA1'>" + b"0" * 40
            + b"</digest><size>1</size><bundled_size>1</bundled_size>"

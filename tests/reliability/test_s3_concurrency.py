@@ -86,11 +86,13 @@ class _Intruder:
         pass
 
 
-def test_part_replaced_behind_our_back_blocks_the_manifest(world: World, env, tmp_path: Path) -> None:
+def test_part_replaced_behind_our_back_blocks_the_manifest(world: World, env,
+                                                           tmp_path: Path) -> None:
     bucket = world.new_bucket()
     bundle = make_fake_bundle(tmp_path / "b", "race", [3000] * 4, world.signing_key)
     client = s3_client(AwsOptions(endpoint_url=world.endpoint, max_attempts=2), bucket=bucket)
-    with pytest.raises(ConcurrentUploadError, match=r"another upload replaced race\.part\.2") as info:
+    with pytest.raises(ConcurrentUploadError, match=r"another upload replaced "
+                                                    r"race\.part\.2") as info:
         upload_bundle(client, S3Location(bucket, ""), bundle.manifest_path,
                       transfer=TransferConfig(jobs=1,
                                               progress=_Intruder(world.s3, bucket, "race.part.2",

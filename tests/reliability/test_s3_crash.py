@@ -52,7 +52,8 @@ def test_install_killed_at_random_then_rerun(world: World, i: int) -> None:
     assert_clean(tally)
 
 
-def test_delete_bundle_removes_what_a_killed_install_left(capsys, world: World, monkeypatch) -> None:
+def test_delete_bundle_removes_what_a_killed_install_left(capsys, world: World,
+                                                          monkeypatch) -> None:
     """Provisional parts and the lock of a dead run are NAME.part.N / NAME.ami-bundler-lock:
     ``delete-bundle -p NAME`` removes them (as does a re-run of install, see above)."""
     for k, v in world.env.items():
@@ -68,7 +69,8 @@ def test_delete_bundle_removes_what_a_killed_install_left(capsys, world: World, 
     assert list(list_keys(s3, bucket)) == ["x/other.part.0"]
 
 
-def test_stale_lock_of_a_dead_run_is_taken_over(capsys, world: World, monkeypatch, tmp_path: Path) -> None:
+def test_stale_lock_of_a_dead_run_is_taken_over(capsys, world: World, monkeypatch,
+                                                tmp_path: Path) -> None:
     import json
     import socket
 
@@ -96,9 +98,12 @@ def test_copy_bundle_over_another_bundle_killed_before_every_write(world: World)
     assert_clean(tally)
 
 
-def test_copy_bundle_into_an_empty_place_killed_between_parts_and_before_the_manifest(world: World) -> None:
+def test_copy_bundle_into_an_empty_place_killed_between_parts_and_before_the_manifest(
+    world: World,
+) -> None:
     tally = Tally()
-    assert copy_kills(world, tally, replace=False, steps=[2, 3]) == 5  # lease, 2 parts, manifest, release
+    # Writes: lease, 2 parts, manifest, release.
+    assert copy_kills(world, tally, replace=False, steps=[2, 3]) == 5
     assert tally.crashes_injected == 2
     assert_clean(tally)
 

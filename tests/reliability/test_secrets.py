@@ -36,7 +36,8 @@ def secrets_of(manifest: Path, key_path: Path) -> list[bytes]:
     key, iv = keylib.unwrap_key_iv(private, m)
     spelled = [v for raw in (key, iv) for v in (raw, raw.hex().encode(),
                                                 raw.hex().upper().encode())]
-    pem_lines = [line for line in key_path.read_bytes().splitlines() if line and not line.startswith(b"-----")]
+    pem_lines = [line for line in key_path.read_bytes().splitlines()
+                 if line and not line.startswith(b"-----")]
     assert len(pem_lines) > 10
     return spelled + pem_lines
 

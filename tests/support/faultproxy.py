@@ -64,7 +64,8 @@ class Rule:
             return False
         if self.seconds is not None and time.monotonic() - self.added > self.seconds:
             return False
-        if self.method and method.upper() not in self.method.upper().split("|"):  # "PUT|POST|DELETE"
+        # ``method`` may name several: "PUT|POST|DELETE".
+        if self.method and method.upper() not in self.method.upper().split("|"):
             return False
         if re.search(self.pattern, target) is None:
             return False
@@ -267,8 +268,9 @@ class _Handler(BaseHTTPRequestHandler):
             if rule and rule.action == "delay":
                 time.sleep(rule.delay)
             if rule and rule.action == "status":
-                payload = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{rule.code}</Code>"
-                           f"<Message>injected by faultproxy</Message></Error>").encode()
+                payload = ("<?xml version=\"1.0\" "
+                           f"encoding=\"UTF-8\"?><Error><Code>{rule.code}</Code><Message>injected "
+                           "by faultproxy</Message></Error>").encode()
                 record.status = rule.status
                 finish()
                 self._send(rule.status, [("Content-Type", "application/xml")], payload, method)

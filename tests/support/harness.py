@@ -38,7 +38,8 @@ class Finding(AssertionError):
 def check_error(exc: BundlerError) -> None:
     message = str(exc)
     if not message.strip() or "\n" in message:
-        raise Finding(f"{type(exc).__name__} without a clear one-line message: {message!r}") from exc
+        raise Finding(f"{type(exc).__name__} without a clear one-line message: "
+                      f"{message!r}") from exc
 
 
 # --------------------------------------------------------------------------- manifest
@@ -94,7 +95,8 @@ def chunked(data: bytes, size: int) -> list[bytes]:
     return [data[i:i + size] for i in range(0, len(data), size)] or [b""]
 
 
-def read_stream(parts: Iterable[bytes], limit: int, key: bytes = KEY, iv: bytes = IV) -> tuple[str, int]:
+def read_stream(parts: Iterable[bytes], limit: int, key: bytes = KEY,
+                iv: bytes = IV) -> tuple[str, int]:
     """Run DecryptedStream + TarReader over ciphertext parts as unbundle does."""
     stream = DecryptedStream(parts, key, iv, limit)
     reader = TarReader(stream)
@@ -240,7 +242,8 @@ def reference_image(tar: bytes) -> tuple[str, bytes] | None:
         return None
 
 
-def run_unbundle(tar: bytes, size: int, *, gzip_data: bytes | None = None) -> tuple[str, MemoryWriter]:
+def run_unbundle(tar: bytes, size: int, *,
+                 gzip_data: bytes | None = None) -> tuple[str, MemoryWriter]:
     manifest, parts = signed_bundle(tar, size, gzip_data=gzip_data)
     parsed = parse_manifest(manifest, source="fuzz.manifest.xml")
     writer = MemoryWriter()

@@ -29,7 +29,8 @@ def _pem(pair) -> tuple[bytes, bytes]:
 
 @pytest.fixture
 def user_key_pair_pem(user_key_pair):
-    # Requested before ``fs``: the real key files must be read before the fake filesystem hides them.
+    # Requested before ``fs``: the real key files must be read before the fake filesystem hides
+    # them.
     return _pem(user_key_pair)
 
 

@@ -23,7 +23,8 @@ def test_shipped_certificate_by_partition(region, name):
     found = ec2certs.find(region, env={})
     assert found.path.name == name and found.shipped
     assert found.sha256 == ec2certs.SHIPPED_FINGERPRINTS[name]
-    assert found.as_json() == {"path": str(found.path), "subject": found.subject, "sha256": found.sha256}
+    assert found.as_json() == {"path": str(found.path), "subject": found.subject,
+                               "sha256": found.sha256}
     assert "O=Amazon" in found.subject
 
 
@@ -32,7 +33,8 @@ def test_fingerprints_match_the_shared_readme_and_the_files_are_expired():
 
     assert ec2certs.SHIPPED_FINGERPRINTS["cert-ec2.pem"].startswith("F5:70:7A:ED")
     cert = x509.load_pem_x509_certificate((SHIPPED / "cert-ec2.pem").read_bytes())
-    assert cert.not_valid_after_utc.year == 2006  # expired long ago, still EC2's key: never rejected
+    # Expired long ago, still EC2's key: never rejected.
+    assert cert.not_valid_after_utc.year == 2006
 
 
 @pytest.mark.parametrize("region",
@@ -70,7 +72,8 @@ def test_lookup_order(fs):
         found = ec2certs.find("eu-west-1", cert_dir=Path("/cli/certs"), env=env)
         assert found.path == Path(d, "cert-ec2.pem") and not found.shipped, i
         os.remove(found.path)
-    assert ec2certs.find("eu-west-1", cert_dir=Path("/cli/certs"), env=env).shipped  # then the package's
+    # Then the package's.
+    assert ec2certs.find("eu-west-1", cert_dir=Path("/cli/certs"), env=env).shipped
     # --ec2cert beats everything, even for an opt-in region.
     fs.create_file("/mine/x.pem", contents=real)
     assert ec2certs.find("af-south-1", ec2cert="/mine/x.pem", env=env).path == Path("/mine/x.pem")

@@ -42,7 +42,8 @@ def serve(mode: str):
             self.wfile.write(data)
 
         def do_PUT(self):
-            requests.append(("PUT", self.path, self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")))
+            requests.append(("PUT", self.path,
+                             self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")))
             if mode == "v1":
                 return self._send(403)
             if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
@@ -110,7 +111,8 @@ def test_unreachable_fails_fast():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     started = time.monotonic()
-    with pytest.raises(MetadataError, match=r"not reachable at 127\.0\.0\.1.*use --no-inherit") as info:
+    with pytest.raises(MetadataError, match=r"not reachable at 127\.0\.0\.1.*use "
+                                            r"--no-inherit") as info:
         fetch_metadata(f"http://127.0.0.1:{port}")
     assert time.monotonic() - started < 3
     assert info.value.exit_code == 12

@@ -78,8 +78,10 @@ def image_xml(parts: str | None = None, **fields: str) -> str:
         "digest": f"<digest algorithm='SHA1'>{DIGEST}</digest>",
         "size": "<size>100</size>",
         "bundled_size": "<bundled_size>112</bundled_size>",
-        "ec2_encrypted_key": f"<ec2_encrypted_key algorithm='AES-128-CBC'>{EC2_KEY}</ec2_encrypted_key>",
-        "user_encrypted_key": f"<user_encrypted_key algorithm='AES-128-CBC'>{USER_KEY}</user_encrypted_key>",
+        "ec2_encrypted_key": "<ec2_encrypted_key "
+                             f"algorithm='AES-128-CBC'>{EC2_KEY}</ec2_encrypted_key>",
+        "user_encrypted_key": "<user_encrypted_key "
+                              f"algorithm='AES-128-CBC'>{USER_KEY}</user_encrypted_key>",
         "ec2_encrypted_iv": f"<ec2_encrypted_iv>{EC2_IV}</ec2_encrypted_iv>",
         "user_encrypted_iv": f"<user_encrypted_iv>{USER_IV}</user_encrypted_iv>",
     }

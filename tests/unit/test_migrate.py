@@ -63,7 +63,8 @@ def test_rewraps_to_the_new_ec2_key_and_keeps_everything_else(user_key_pair, ec2
         assert keylib.unwrap(ec2_key_pair.private_key, new.ec2_encrypted_key) != KEY
     except DecryptionError:
         pass
-    assert (new.user_encrypted_key, new.user_encrypted_iv) == (old.user_encrypted_key, old.user_encrypted_iv)
+    assert new.user_encrypted_key == old.user_encrypted_key
+    assert new.user_encrypted_iv == old.user_encrypted_iv
     for name in ("name", "user", "digest", "size", "bundled_size", "parts", "kernel_id",
                  "ramdisk_id",
                  "block_device_mapping", "product_codes", "ancestry", "bundler", "arch",
@@ -123,12 +124,14 @@ def test_backup_then_atomic_write(tmp_path):
         write_manifest_with_backup(path, b"new", b"newer")
     assert info.value.exit_code == 2
     assert path.read_bytes() == b"new"
-    assert sorted(os.listdir(tmp_path)) == ["web.manifest.xml", "web.manifest.xml.bak"]  # no temp files
+    # No temporary files left.
+    assert sorted(os.listdir(tmp_path)) == ["web.manifest.xml", "web.manifest.xml.bak"]
 
 
 def test_mapping_file(tmp_path):
     path = tmp_path / "map.csv"
-    path.write_text("source_id,target_id\n# old fedora kernels\naki-1111aaaa, aki-2222bbbb\n\nari-3,ari-4\n")
+    path.write_text("source_id,target_id\n# old fedora kernels\naki-1111aaaa, "
+                    "aki-2222bbbb\n\nari-3,ari-4\n")
     assert read_mapping_file(path) == {"aki-1111aaaa": "aki-2222bbbb", "ari-3": "ari-4"}
     path.write_text("aki-1111aaaa,aki-2222bbbb,extra\n")
     with pytest.raises(UsageError, match="line 1"):

@@ -75,7 +75,8 @@ def test_gpt_bytes_and_crcs():
     assert entries[56:56 + 10].decode("utf-16-le") == "Linux"
 
 
-@pytest.mark.skipif(shutil.which("sfdisk") is None, reason="sfdisk not installed (apt-get install fdisk)")
+@pytest.mark.skipif(shutil.which("sfdisk") is None,
+                    reason="sfdisk not installed (apt-get install fdisk)")
 @pytest.mark.parametrize("scheme", ["mbr", "gpt"])
 def test_sfdisk_accepts_table(tmp_path, scheme):
     img = tmp_path / "disk.img"

@@ -1,4 +1,5 @@
-"""regions: botocore partition data, suggestions, certificates by partition, bucket maps; FanOutSink."""
+"""regions: botocore partition data, suggestions, certificates by partition, bucket maps;
+FanOutSink."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def test_regions_come_from_botocore():
     session = botocore.session.get_session()
     assert set(regions.partitions()) == set(session.get_available_partitions())
     assert "eu-west-1" in regions.known_regions("aws")
-    assert regions.known_regions("aws-cn") == sorted(session.get_available_regions("ec2", partition_name="aws-cn"))
+    china = session.get_available_regions("ec2", partition_name="aws-cn")
+    assert regions.known_regions("aws-cn") == sorted(china)
 
 
 @pytest.mark.parametrize(("region", "partition", "cert"), [
@@ -31,7 +33,8 @@ def test_regions_come_from_botocore():
     ("cn-northwest-1", "aws-cn", "cert-ec2-cn-north-1.pem"),
     ("us-gov-west-1", "aws-us-gov", "cert-ec2-gov.pem"),
     ("us-gov-east-1", "aws-us-gov", "cert-ec2-gov.pem"),
-    ("cn-south-7", "aws-cn", "cert-ec2-cn-north-1.pem"),  # unknown to botocore: placed by the partition regex
+    # Unknown to botocore: placed by the partition regex.
+    ("cn-south-7", "aws-cn", "cert-ec2-cn-north-1.pem"),
 ])
 def test_partition_and_certificate(region, partition, cert):
     assert regions.partition_of(region) == partition

@@ -25,7 +25,8 @@ def test_drop_zero_runs_splits_around_zero_granules():
     data = b"a" * G + bytes(3 * G) + b"b" * 10 + bytes(G - 10) + bytes(G) + b"c" * 5
     regions = drop_zero_runs(reader(data), [(0, len(data))])
     assert regions == [(0, G), (4 * G, G), (6 * G, 5)]
-    assert b"".join(data[o:o + n] for o, n in regions).replace(b"\0", b"") == b"a" * G + b"b" * 10 + b"c" * 5
+    kept = b"".join(data[o:o + n] for o, n in regions)
+    assert kept.replace(b"\0", b"") == b"a" * G + b"b" * 10 + b"c" * 5
 
 
 def test_drop_zero_runs_respects_unaligned_region_edges():
@@ -65,7 +66,8 @@ def test_open_image_in_a_fake_filesystem_falls_back_to_dense(fs):
         assert src.size == 200_006
         # no SEEK_DATA in the fake: one region, then zero runs dropped
         regions = src.regions()
-        assert regions is not None and regions[0][0] == 0 and regions[-1][0] + regions[-1][1] == 200_006
+        assert regions is not None and regions[0][0] == 0
+        assert regions[-1][0] + regions[-1][1] == 200_006
         stored = b"".join(src.chunks())
         assert stored.startswith(b"abc") and stored.endswith(b"def")
         assert len(stored) < 200_006  # the zero granules in between are not stored
@@ -123,7 +125,8 @@ def test_part_cutter_cuts_exact_sizes_and_hashes(total):
         cutter.write(data[pos:pos + step])
         pos += step
     cutter.close()
-    assert [len(p.data) for p in sink.parts] == [PART_SIZE] * (total // PART_SIZE) + ([total % PART_SIZE] if total % PART_SIZE else [])
+    tail = [total % PART_SIZE] if total % PART_SIZE else []
+    assert [len(p.data) for p in sink.parts] == [PART_SIZE] * (total // PART_SIZE) + tail
     assert b"".join(p.data for p in sink.parts) == data
     assert all(p.sha1 == hashlib.sha1(p.data).hexdigest() for p in sink.parts)
     assert [p.index for p in sink.parts] == list(range(len(sink.parts)))
@@ -200,7 +203,8 @@ def test_first_part_predicts_the_part_count(user_key_pair, ec2_key_pair):
     first part must land in the right power of ten where the size bound would not."""
     from bundler.pipeline import BundleKeys, BundleOptions, bundle
 
-    text = b"".join(b"line %08d of a very compressible image\n" % i for i in range(2_600_000))[: 100 << 20]
+    lines = b"".join(b"line %08d of a very compressible image\n" % i for i in range(2_600_000))
+    text = lines[: 100 << 20]
     data = text + os.urandom(15 << 20)
     source = StreamImageSource(io.BytesIO(data), len(data), "est")
     sink = MemorySink()
