@@ -272,9 +272,8 @@ def register_image(ec2: EC2Client, image_location: str, options: RegisterOptions
         "EnaSupport": options.ena_support,
         "ImdsSupport": options.imds_support,
         "BlockDeviceMappings": options.block_device_mappings or None,
-        "TagSpecifications": [{"ResourceType": "image", "Tags": [{"Key": k, "Value": v}
-                                                                  for k,
-                                                                 v in options.tags.items()]}]
+        "TagSpecifications": [{"ResourceType": "image",
+                               "Tags": [{"Key": k, "Value": v} for k, v in options.tags.items()]}]
         if options.tags else None,
     }
     params.update({k: v for k, v in optional.items() if v is not None})

@@ -186,9 +186,8 @@ def upload_bundle(
             run_parallel([partial(send, p) for p in todo], jobs)
             published = None
             if not skip_manifest:
-                published = publication.publish(parsed.raw,
-                                                {k: (p.size, p.md5.hex()) for k,
-                                                             p in part_keys.items()})
+                sizes = {k: (p.size, p.md5.hex()) for k, p in part_keys.items()}
+                published = publication.publish(parsed.raw, sizes)
             else:
                 publication.check_parts({location.key(p.entry.filename): (p.size, p.md5.hex())
                                          for p in wanted})

@@ -158,9 +158,8 @@ def test_part_named_outside_the_source(bundled, user_key_pair, tmp_path):
     m.parts[1] = PartEntry(1, "../x", m.parts[1].digest)
     evil = dest / "evil.manifest.xml"
     unsigned = m.to_unsigned_xml()
-    evil.write_bytes(insert_signature(unsigned,
-                                      keylib.sign(user_key_pair.private_key,
-                                                            signed_data(unsigned))))
+    signature = keylib.sign(user_key_pair.private_key, signed_data(unsigned))
+    evil.write_bytes(insert_signature(unsigned, signature))
     (tmp_path / "x").write_bytes((dest / "img.part.1").read_bytes())
     err = one_line_error(unbundle(evil, user_key_pair.key_path, out))
     assert "unsafe part name" in err and "../x" in err

@@ -26,8 +26,8 @@ def test_copy_round_trip_server_side(capsys, endpoint, proxy, s3, bucket, source
                           "--register")
     assert code == 0, err
     result = json.loads(out)
-    assert (result["mode"], result["parts_copied"], result["region"]) == ("server", len(parts),
-                                                                          REGION_B)
+    got = (result["mode"], result["parts_copied"], result["region"])
+    assert got == ("server", len(parts), REGION_B)
     assert result["image_location"] == f"{dest_bucket}/copied/disk.manifest.xml"
     s3_b = plain_client("s3", endpoint, REGION_B)
     assert s3_b.get_bucket_location(Bucket=dest_bucket)["LocationConstraint"] == REGION_B

@@ -94,9 +94,8 @@ def test_part_replaced_behind_our_back_blocks_the_manifest(world: World, env,
     with pytest.raises(ConcurrentUploadError, match=r"another upload replaced "
                                                     r"race\.part\.2") as info:
         upload_bundle(client, S3Location(bucket, ""), bundle.manifest_path,
-                      transfer=TransferConfig(jobs=1,
-                                              progress=_Intruder(world.s3, bucket, "race.part.2",
-                                                                 4)))
+                      transfer=TransferConfig(
+                          jobs=1, progress=_Intruder(world.s3, bucket, "race.part.2", 4)))
     assert isinstance(info.value, BundlerError) and "\n" not in str(info.value)
     assert any(s in str(info.value) for s in CONCURRENT_OK)
     seen = inspect_bundles(world.s3, bucket)

@@ -160,8 +160,9 @@ class MemoryPartSource:
             if entry.filename not in self.parts:
                 raise PartMissingError(f"part {entry.filename} is missing")
 
-    def iter_parts(self, entries: Sequence[PartEntry]) -> Iterator[tuple[PartEntry,
-                                                                         Iterable[bytes]]]:
+    def iter_parts(
+        self, entries: Sequence[PartEntry]
+    ) -> Iterator[tuple[PartEntry, Iterable[bytes]]]:
         for entry in entries:
             yield entry, iter(chunked(self.parts[entry.filename], self.chunk))
 
@@ -223,8 +224,8 @@ def signed_bundle(tar: bytes, size: int, *, part_size: int = 4096,
         bundled_size=len(ciphertext),
         ec2_encrypted_key=keylib.wrap(public, KEY), user_encrypted_key=keylib.wrap(public, KEY),
         ec2_encrypted_iv=keylib.wrap(public, IV), user_encrypted_iv=keylib.wrap(public, IV),
-        parts=[PartEntry(i, n, hashlib.sha1(p).hexdigest()) for i,
-               (n, p) in enumerate(zip(names, cut, strict=True))],
+        parts=[PartEntry(i, n, hashlib.sha1(p).hexdigest())
+               for i, (n, p) in enumerate(zip(names, cut, strict=True))],
     )
     return keylib.sign_manifest(manifest, key), dict(zip(names, cut, strict=True))
 
