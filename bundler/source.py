@@ -183,7 +183,11 @@ class FileStamp:
     @classmethod
     def of(cls, fd: int, path: Path) -> FileStamp:
         st = os.fstat(fd)
-        size = os.lseek(fd, 0, os.SEEK_END) if stat.S_ISBLK(st.st_mode) else st.st_size
+        size = st.st_size
+        if stat.S_ISBLK(st.st_mode):  # the end offset, with the file position left where it was
+            here = os.lseek(fd, 0, os.SEEK_CUR)
+            size = os.lseek(fd, 0, os.SEEK_END)
+            os.lseek(fd, here, os.SEEK_SET)
         return cls(path, size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
 
     def check(self, fd: int) -> None:
