@@ -166,3 +166,27 @@ def test_every_image_source_declares_whether_it_is_rereadable():
     manifest = type("M", (), {"size": 1024, "digest": "0" * 40})
     assert not fingerprint.matches(type("P", (), {"manifest": manifest, "source": "x"})())
     assert stream.stream.tell() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("losetup"),
+                    reason="needs root and losetup")
+def test_a_compressed_image_on_a_block_device_reads_from_its_start(images, tmp_path):
+    """The stamp of a device measures its size by seeking to its end; the stream read after
+    the check must still start at offset 0 (an .xz written onto a device or partition)."""
+    path = tmp_path / "dev.img"
+    data = images["disk.raw.gz"].read_bytes()
+    path.write_bytes(data + bytes(-len(data) % 512))  # a device holds whole sectors
+    dev = subprocess.run(["losetup", "--find", "--show", "--read-only", str(path)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        source = open_source(dev, fmt="gz", name="disk")
+        try:
+            got = b"".join(source.chunks())
+        finally:
+            source.close()
+        regions = source.regions() or [(0, source.size)]
+        assert source.size == images["disk.raw"].stat().st_size
+        raw = images["disk.raw"].read_bytes()
+        assert got == b"".join(raw[o:o + n] for o, n in regions)
+    finally:
+        subprocess.run(["losetup", "--detach", dev], check=True)
