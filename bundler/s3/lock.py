@@ -19,7 +19,7 @@ from ..aws import NO_SUCH_OBJECT, error_code, is_not_found
 from ..errors import S3Error
 from ..parts import pid_alive
 from .location import S3Location
-from .objects import DEFAULT_ACL, DEFAULT_ATTEMPTS, s3_errors, with_attempts
+from .objects import DEFAULT_ACL, DEFAULT_ATTEMPTS, RETRY_ATTEMPTS, s3_errors, with_attempts
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -55,16 +55,23 @@ class UploadLock:
     ``If-Match`` on its ETag (again atomic): at once when it names a dead PID on this host,
     otherwise when it has not been refreshed for ``stale_after`` seconds. S3 clones without
     conditional writes (501 NotImplemented) get a warning and no lock.
+
+    Its requests get the run's whole-object ``attempts`` (``--retry``), like the parts: a lease
+    that gave up sooner than the transfer it guards would fail a run the parts survived. Its
+    release gets at least ``RETRY_ATTEMPTS``: a lock left behind after a published bundle
+    blocks the next run from another host for ``stale_after`` seconds.
     """
 
     def __init__(self, client: S3Client, location: S3Location, name: str, *, acl: str | None = DEFAULT_ACL,
-                 stale_after: float = LOCK_STALE_SECONDS, renew_every: float | None = None) -> None:
+                 stale_after: float = LOCK_STALE_SECONDS, renew_every: float | None = None,
+                 attempts: int = DEFAULT_ATTEMPTS) -> None:
         self.client = client
         self.location = location
         self.name = name
         self.key = location.key(name + LOCK_SUFFIX)
         self.acl = acl
         self.stale_after = stale_after
+        self.attempts = attempts
         self.renew_every = renew_every if renew_every is not None else max(1.0, stale_after / 5)
         self.info = {"tool": "ami-bundler", "host": socket.gethostname(), "pid": os.getpid(),
                      "token": secrets.token_hex(8), "started": time.time()}
@@ -98,7 +105,7 @@ class UploadLock:
             return resp, resp["Body"].read(64 * 1024)
 
         try:
-            resp, raw = with_attempts(get, DEFAULT_ATTEMPTS, f"read lock {self.key}")
+            resp, raw = with_attempts(get, self.attempts, f"read lock {self.key}")
         except bexc.ClientError as exc:
             if is_not_found(exc, NO_SUCH_OBJECT):
                 return None
@@ -144,7 +151,7 @@ class UploadLock:
         what = f"lock {self.location.url(self.name + LOCK_SUFFIX)}"
         for _ in range(5):
             try:
-                self._etag = with_attempts(lambda: self._put(IfNoneMatch="*"), DEFAULT_ATTEMPTS, what)
+                self._etag = with_attempts(lambda: self._put(IfNoneMatch="*"), self.attempts, what)
                 break
             except bexc.ClientError as exc:
                 code = error_code(exc)
@@ -191,9 +198,9 @@ class UploadLock:
             except bexc.BotoCoreError as exc:
                 log.warning("could not refresh %s: %s", self.key, type(exc).__name__)
 
-    def _head(self) -> HeadObjectOutputTypeDef:
+    def _head(self, attempts: int) -> HeadObjectOutputTypeDef:
         return with_attempts(lambda: self.client.head_object(Bucket=self.location.bucket, Key=self.key),
-                              DEFAULT_ATTEMPTS, f"check lock {self.key}")
+                             attempts, f"check lock {self.key}")
 
     def check(self) -> None:
         """Raise unless the lock is still ours (called right before the manifest goes up)."""
@@ -202,7 +209,7 @@ class UploadLock:
         if self._lost is None:
             with s3_errors("check lock", self.location.bucket, self.key):
                 try:
-                    resp = self._head()
+                    resp = self._head(self.attempts)
                     if str(resp.get("ETag", "")).strip('"').lower() != self._etag:
                         self._lost = "another run replaced it"
                 except bexc.ClientError as exc:
@@ -221,15 +228,23 @@ class UploadLock:
             self._thread = None
         if self._etag is None or self._unsupported:
             return
+        attempts = max(self.attempts, RETRY_ATTEMPTS)
         try:
-            resp = self._head()
+            resp = self._head(attempts)
             if str(resp.get("ETag", "")).strip('"').lower() == self._etag:
                 with_attempts(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=self.key),
-                               DEFAULT_ATTEMPTS, f"unlock {self.key}")
-        except (bexc.ClientError, bexc.BotoCoreError) as exc:
-            log.warning("could not remove the lock %s: %s (the next run takes it over)", self.key,
-                        error_code(exc) or type(exc).__name__)
+                              attempts, f"unlock {self.key}")
+        except bexc.ClientError as exc:
+            if not is_not_found(exc, NO_SUCH_OBJECT):
+                self._left_behind(error_code(exc) or type(exc).__name__)
+        except bexc.BotoCoreError as exc:
+            self._left_behind(type(exc).__name__)
         self._etag = None
+
+    def _left_behind(self, reason: str) -> None:
+        log.warning("could not remove the lock %s (%s): a run from this host takes it over, one from "
+                    "another host waits up to %.0fs; delete it when no upload of %s runs",
+                    self.location.url(self.name + LOCK_SUFFIX), reason, self.stale_after, self.name)
 
     def __enter__(self) -> UploadLock:
         self.acquire()

@@ -91,7 +91,7 @@ class Publication:
         self.attempts = attempts
         self.force = force
         self.in_use = in_use
-        self.lock = UploadLock(client, location, self.name, acl=acl)
+        self.lock = UploadLock(client, location, self.name, acl=acl, attempts=attempts)
         self.target: Target | None = None
         self.published = False
 

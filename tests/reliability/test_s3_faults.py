@@ -63,6 +63,35 @@ def test_5xx_storm_then_verified_round_trip(capsys, proxy, s3, bucket, small, tm
         assert (tmp_path / "d" / name).read_bytes() == part.data
 
 
+@pytest.mark.parametrize("retry", (False, True), ids=("default", "retry"))
+def test_lock_release_outlasts_what_the_parts_survive(capsys, proxy, s3, bucket, small,
+                                                      monkeypatch, retry):
+    """The storm test's flake, made deterministic: the lock's DELETE failing 4 times (no botocore
+    retries) used to exhaust its fixed 3 attempts, so a published bundle left its lock behind and
+    the next run from another host waited 5 minutes. Its release now gets at least --retry's 5."""
+    import bundler.s3.objects as objects
+
+    monkeypatch.setattr(objects, "_backoff", lambda attempt: 0.0)
+    proxy.add_rule("status", r"flt\.ami-bundler-lock$", method="DELETE", times=4, status=500,
+                   code="InternalError")
+    code, _, err = upload(capsys, proxy.url, bucket, small, "--max-attempts", "1",
+                          *(["--retry"] if retry else []))
+    assert code == 0, err
+    assert len(proxy.requests("DELETE", r"flt\.ami-bundler-lock$")) == 5
+    assert_stored(s3, bucket, small)  # no lock left
+
+
+def test_lock_left_behind_is_said_with_what_to_do(capsys, proxy, s3, bucket, small, monkeypatch):
+    import bundler.s3.objects as objects
+
+    monkeypatch.setattr(objects, "_backoff", lambda attempt: 0.0)
+    proxy.add_rule("status", r"flt\.ami-bundler-lock$", method="DELETE", times=None, status=500,
+                   code="InternalError")
+    code, _, err = upload(capsys, proxy.url, bucket, small, "--max-attempts", "1")
+    assert code == 0, err  # the bundle is published and whole: the lock is a warning
+    assert "could not remove the lock s3://" in err and "another host waits up to 300s" in err, err
+
+
 def test_persistent_throttling_fails_in_one_line_and_bounded_time(capsys, proxy, s3, bucket, small):
     proxy.add_rule("status", r"flt\.part\.2$", method="PUT", times=None, status=503, code="SlowDown")
     started = time.monotonic()
