@@ -16,13 +16,14 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import BundlerError, UsageError
+from .interrupts import critical
+from .newfiles import private_directory
 
 log = logging.getLogger("bundler.boottest")
 
@@ -157,8 +158,7 @@ def boot_image(image: Path, config: BootConfig) -> BootResult:
         accel = "kvm" if kvm_usable() else "tcg"
     elif accel == "kvm" and not kvm_usable():
         raise BootTestError("--accel kvm: /dev/kvm is not usable here (use --accel tcg)")
-    tmp = Path(tempfile.mkdtemp(prefix="ami-bundler-boot-", dir=config.work_dir))
-    try:
+    with private_directory("ami-bundler-boot-", config.work_dir) as tmp:
         overlay = tmp / "overlay.qcow2"
         made = subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-F", QEMU_FORMATS[fmt],
                                "-b", str(image.resolve()), str(overlay)],
@@ -182,20 +182,20 @@ def boot_image(image: Path, config: BootConfig) -> BootResult:
             shutil.copyfile(serial, config.console_log)
             result.console_log = config.console_log
         return result
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run(cmd: list[str], serial: Path, expect: re.Pattern[str], timeout: float) -> BootResult:
     log.info("qemu: %s", " ".join(cmd))
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
     failures = [(re.compile(p), what) for p, what in FAILURES]
     found: re.Match[str] | None = None
     failed: tuple[float, str] | None = None
     text = ""
+    proc: subprocess.Popen[bytes] | None = None
     try:
+        with critical():  # started and recorded at once: killed on every path out
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
         while time.monotonic() - started < timeout:
             try:
                 proc.wait(timeout=0.5)  # the wait is the poll interval
@@ -217,10 +217,12 @@ def _run(cmd: list[str], serial: Path, expect: re.Pattern[str], timeout: float) 
                 break
         elapsed = time.monotonic() - started
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        stderr = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+        if proc is not None:
+            with critical():
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+    stderr = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
     text = serial.read_text(errors="replace") if serial.exists() else text
     tail = [line.rstrip("\r") for line in text.splitlines()[-TAIL_LINES:]]
     if found:

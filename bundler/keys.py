@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
-import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +29,7 @@ from bundler.errors import (
     SignatureError,
     UsageError,
 )
+from bundler.interrupts import critical
 from bundler.manifest import (
     Manifest,
     ParsedManifest,
@@ -41,6 +40,7 @@ from bundler.manifest import (
     signed_data,
     signed_region_matches,
 )
+from bundler.newfiles import discard, write_new_file
 
 log = logging.getLogger("bundler.keys")
 
@@ -318,46 +318,6 @@ def sign_manifest(manifest: Manifest, private_key: rsa.RSAPrivateKey) -> bytes:
 # --------------------------------------------------------------------------- keygen
 
 
-def _write_new_file(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` with ``data`` so it never exists half-written or with a wider mode."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have narrowed it; we want exactly ``mode``
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            # link() fails if the target exists, so a racing writer is never clobbered.
-            os.link(tmp, path)
-        except FileExistsError:
-            raise  # an OSError too, but must not reach the no-hard-link fallback below
-        except OSError:
-            # Some filesystems (vfat, some FUSE) have no hard links.
-            if path.exists():
-                raise FileExistsError(path) from None
-            os.rename(tmp, path)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
 def keygen(
     key_path: Path,
     cert_path: Path,
@@ -406,20 +366,29 @@ def keygen(
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
 
-    try:
-        _write_new_file(key_path, key_pem, 0o600)
-    except FileExistsError as exc:
-        raise OutputError(f"{key_path} already exists; refusing to overwrite it") from exc
-    except OSError as exc:
-        raise OutputError(f"cannot write private key {key_path}: {exc.strerror or exc}") from exc
-    try:
-        _write_new_file(cert_path, cert_pem, 0o644)
-    except OSError as exc:
-        # Without its certificate the fresh key is useless; do not leave it behind.
-        key_path.unlink(missing_ok=True)
-        if isinstance(exc, FileExistsError):
-            raise OutputError(f"{cert_path} already exists; refusing to overwrite it") from exc
-        raise OutputError(f"cannot write certificate {cert_path}: {exc.strerror or exc}") from exc
+    # One critical section: a signal waits until both files are written (or neither is), so
+    # it never leaves a key without its certificate.
+    with critical():
+        try:
+            write_new_file(key_path, key_pem, 0o600)
+        except FileExistsError as exc:
+            raise OutputError(f"{key_path} already exists; refusing to overwrite it") from exc
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write private key {key_path}: {exc.strerror or exc}"
+            ) from exc
+        try:
+            write_new_file(cert_path, cert_pem, 0o644)
+        except BaseException as exc:
+            # Without its certificate the fresh key is useless; do not leave it behind.
+            discard(key_path)
+            if isinstance(exc, FileExistsError):
+                raise OutputError(f"{cert_path} already exists; refusing to overwrite it") from exc
+            if isinstance(exc, OSError):
+                raise OutputError(
+                    f"cannot write certificate {cert_path}: {exc.strerror or exc}"
+                ) from exc
+            raise
     log.info("wrote %d-bit RSA key %s and certificate %s", bits, key_path, cert_path)
 
 

@@ -15,16 +15,16 @@ import csv
 import dataclasses
 import io
 import logging
-import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import keys as keylib
 from .errors import KeyFileError, ManifestError, OutputError, UsageError
+from .interrupts import critical
 from .manifest import WRITE_VERSION, Manifest, ParsedManifest, parse_manifest
+from .newfiles import discard, write_new_file
 
 log = logging.getLogger("bundler.migrate")
 
@@ -180,57 +180,36 @@ def backup_path(manifest_path: Path) -> Path:
 
 def write_manifest_with_backup(manifest_path: Path, original: bytes, new: bytes) -> Path:
     """Classic order: ``<manifest>.bak`` first (refused if it exists), then the manifest —
-    both written to a temporary name and renamed, so neither is ever half-written."""
+    both written to a temporary name and renamed, so neither is ever half-written. One
+    critical section: a signal waits until both are written or the backup is gone again (a
+    stray backup would make the next run refuse)."""
     manifest_path = Path(manifest_path)
     bak = backup_path(manifest_path)
     if bak.exists() or bak.is_symlink():
         raise BackupExistsError(f"backup {bak} already exists: a previous migration left it; move it away "
                                 "(or restore it over the manifest) and re-run")
-    _write_new(bak, original, exclusive=True)
     try:
-        _write_new(manifest_path, new, exclusive=False)
-    except BaseException:
-        _discard(bak)  # the manifest is untouched, so the backup is not needed
-        raise
+        mode = manifest_path.stat().st_mode & 0o777  # the backup and the new manifest keep it
+    except OSError:
+        mode = 0o644
+    with critical():
+        _write_new(bak, original, mode, exclusive=True)
+        try:
+            _write_new(manifest_path, new, mode, exclusive=False)
+        except BaseException:
+            discard(bak)  # the manifest is untouched, so the backup is not needed
+            raise
     return bak
 
 
-def _write_new(path: Path, data: bytes, *, exclusive: bool) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+def _write_new(path: Path, data: bytes, mode: int, *, exclusive: bool) -> None:
     try:
-        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    except OSError:
-        mode = 0o644
-    try:
-        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if exclusive:
-            os.link(tmp, path)  # fails if a racing run created the backup meanwhile
-            tmp.unlink()
-        else:
-            os.replace(tmp, path)
+        write_new_file(path, data, mode, replace=not exclusive)
     except FileExistsError:
-        _discard(tmp)
         raise BackupExistsError(f"{path} already exists; refusing to overwrite it") from None
     except OSError as exc:
-        _discard(tmp)
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}",
                           hint="migrate a copy of the manifest in a writable directory") from None
-
-
-def _discard(path: Path) -> None:
-    """Clean-up that cannot fail: on a read-only filesystem even removing a file that was
-    never created is an error (EROFS), and it must not hide the real one."""
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
 
 
 __all__ = [

@@ -11,18 +11,20 @@ more run (``stat`` for fast links, ``cat`` for the rest), and file contents are 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from ..errors import BundlerError
+from ..interrupts import critical
+from ..newfiles import private_directory
 from ..volume import partition as partlib
 from .tree import Entry, Tree, VolumeFacts, join, kind_of
 
@@ -176,13 +178,21 @@ class Debugfs:
     def __init__(self, image: Path, offset: int = 0) -> None:
         self.binary = debugfs_binary()
         self.target = f"{image}?offset={offset}" if offset else str(image)
-        self.tmp = Path(tempfile.mkdtemp(prefix="ami-bundler-check-"))
+        self._tmp = contextlib.ExitStack()
+        self.tmp: Path | None = None  # made on first use: an object half-built by a signal owns none
+
+    def _dir(self) -> Path:
+        with critical():  # made and recorded for close() at once
+            if self.tmp is None:
+                self.tmp = self._tmp.enter_context(private_directory("ami-bundler-check-"))
+            return self.tmp
 
     def close(self) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._tmp.close()
+        self.tmp = None
 
     def _popen(self, commands: list[str]) -> subprocess.Popen[bytes]:
-        cmdfile = self.tmp / "commands"
+        cmdfile = self._dir() / "commands"
         cmdfile.write_text("".join(c + "\n" for c in commands))
         return subprocess.Popen([self.binary, "-c", "-f", str(cmdfile), self.target],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

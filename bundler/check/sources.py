@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ImageError, UsageError
 from ..imagewriter import FileImageWriter
+from ..newfiles import private_directory
 from ..parts import PartSource
 from .debugfs import ImageTree
 from .tree import DirTree, Tree, VolumeFacts
@@ -45,11 +44,8 @@ def private_dir(work_dir: Path | None = None) -> Iterator[Path]:
     base = Path(work_dir) if work_dir is not None else None
     if base is not None and not base.is_dir():
         raise UsageError(f"work directory {base} does not exist")
-    path = Path(tempfile.mkdtemp(prefix="ami-bundler-check-", dir=base))  # mode 0700
-    try:
+    with private_directory("ami-bundler-check-", base) as path:  # mode 0700
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

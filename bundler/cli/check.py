@@ -60,7 +60,8 @@ def run_boot_test(args: argparse.Namespace, printer: Printer) -> int:
     from ..boottest import BootConfig, boot_image
 
     config = BootConfig(timeout=args.timeout, accel=args.accel, memory_mib=args.memory,
-                        console_log=args.console_log, extra_cmdline=args.kernel_cmdline or "")
+                        console_log=args.console_log, extra_cmdline=args.kernel_cmdline or "",
+                        work_dir=args.work_dir)  # the overlay is private working data too
     if args.expect:
         config.expect = args.expect
     with open_source_image(args, printer) as image:

@@ -37,8 +37,8 @@ def add_source_options(p: argparse.ArgumentParser, *, what: str) -> None:
                    help="directory with the parts (default: the manifest's)")
     g.add_argument("--from-s3", action="store_true", help="read the bundle from S3")
     g.add_argument("--work-dir", type=Path,
-                   help="where a bundle's image is unpacked, privately, while it is read "
-                        "(default: $TMPDIR)")
+                   help="where a bundle's image is unpacked (and boot-test's overlay made), "
+                        "privately, while it is read (default: $TMPDIR)")
     a = add_aws_options(p, credentials=False, title="S3 (with --from-s3)",
                         region_help="AWS region of the bucket")
     add_jobs_option(a, help="parts fetched in parallel (default: %(default)s)")

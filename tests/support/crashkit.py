@@ -130,10 +130,12 @@ def crash_at_step(argv: Sequence[str], step: int, part_size: int | None = None) 
     return code == CRASH_EXIT, code
 
 
-def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int | None = None) -> tuple[bool, int]:
+def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int | None = None, *,
+                   http: bool = False, finished: int = 0) -> tuple[bool, int]:
     """Like ``crash_at_step``, but the child sends itself ``signum`` before its ``step``-th
-    filesystem call (from whichever thread makes it) and carries on. Returns (signalled,
-    exit code): not signalled means the run had fewer steps."""
+    filesystem call (from whichever thread makes it) and carries on; with ``http`` every HTTP
+    request botocore sends counts as a step too. Returns (signalled, exit code): not signalled
+    means the run had fewer steps (and ended with ``finished``, else the code is 72)."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -148,12 +150,12 @@ def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int |
                 import bundler.pipeline
 
                 bundler.pipeline.PART_SIZE = part_size
-            fired = _arm(step, signum)
+            fired = _arm(step, signum, http=http)
             from bundler.cli import main
 
             code = main(list(argv))
             if not fired[0]:
-                code = 0 if code == 0 else 72  # finished before the step: not signalled
+                code = 0 if code == finished else 72  # finished before the step: not signalled
             elif code == 0:
                 code = 73  # signalled, yet reported success
         except BaseException:  # noqa: BLE001 - the child must exit, whatever happened
@@ -165,7 +167,7 @@ def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int |
     return code not in (0, 72), code
 
 
-def _arm(step: int, signum: int | None = None) -> list[bool]:
+def _arm(step: int, signum: int | None = None, *, http: bool = False) -> list[bool]:
     calls = [0]
     fired = [False]
 
@@ -183,7 +185,38 @@ def _arm(step: int, signum: int | None = None) -> list[bool]:
     for module, name in STEP_FUNCTIONS:
         if hasattr(module, name):
             setattr(module, name, wrap(getattr(module, name)))
+    if http:
+        import botocore.httpsession
+
+        session = botocore.httpsession.URLLib3Session
+        session.send = wrap(session.send)  # type: ignore[method-assign]
     return fired
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def walk_signals(argv: Sequence[str], reset: Callable[[], None], check: Callable[[str], None], *,
+                 part_size: int | None = None, http: bool = False, stride: int = 1, offset: int = 0,
+                 limit: int = 400, finished: int = 0) -> int:
+    """Signal the run before step offset+1, offset+1+stride, … (see ``signal_at_step``) until a
+    run ends before its signal; the three signals take turns (one handler serves them all, so
+    every step sees one of them and each signal a third of the steps). Each signalled run must
+    exit 128+signal, then ``check(when)`` inspects what it left; the unsignalled run must exit
+    ``finished``. Returns the runs signalled."""
+    visited = 0
+    for step in range(1 + offset, limit, stride):
+        signum = SIGNALS[(step // stride) % len(SIGNALS)]
+        reset()
+        signalled, code = signal_at_step(argv, step, signum, part_size, http=http, finished=finished)
+        if not signalled:
+            assert code == 0, f"unsignalled run ended with {code}, not {finished}"
+            return visited
+        visited += 1
+        when = f"{signal.Signals(signum).name} before step {step}"
+        assert code == 128 + signum, f"{when}: exit {code}"
+        check(when)
+    raise AssertionError(f"the run still had steps after {limit}")
 
 
 def kill_at_random(argv: Sequence[str], delay: float, timeout: float = 120.0) -> tuple[bool, int]:

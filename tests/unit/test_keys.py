@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import NameOID
 
-from bundler import keys
+from bundler import keys, newfiles
 from bundler.errors import (
     DecryptionError,
     KeyFileError,
@@ -547,7 +547,7 @@ def test_keygen_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     def no_link(src: object, dst: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(keys.os, "link", no_link)
+    monkeypatch.setattr(newfiles.os, "link", no_link)
     keygen(tmp_path / "k.pem", tmp_path / "c.pem")
     assert stat.S_IMODE((tmp_path / "k.pem").stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pem", "k.pem"]
