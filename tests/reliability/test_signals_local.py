@@ -77,12 +77,11 @@ def test_migrate_manifest_keeps_the_original_or_a_whole_migration(ws, tmp_path, 
 
     def check(when: str) -> None:
         names = sorted(os.listdir(work))
-        assert names in (["img.manifest.xml"], ["img.manifest.xml", "img.manifest.xml.bak"]), \
-            f"{when}: left {names}"
-        if len(names) == 2:
+        if manifest.read_bytes() == original:  # a stray backup would make the re-run refuse
+            assert names == ["img.manifest.xml"], f"{when}: left {names}"
+        else:
+            assert names == ["img.manifest.xml", "img.manifest.xml.bak"], f"{when}: left {names}"
             assert (work / "img.manifest.xml.bak").read_bytes() == original, when
-        if manifest.read_bytes() != original:
-            assert len(names) == 2, f"{when}: migrated without its backup"
             keylib.verify_manifest(api.read_manifest(manifest), ws.cert)
 
     argv = ["migrate-manifest", "-m", str(manifest), "-c", str(ws.cert), "-k", str(ws.key),
