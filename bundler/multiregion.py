@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from . import migrate as migratelib
 from .concurrency import run_all
 from .errors import BundlerError, S3Error
+from .interrupts import critical
 from .manifest import ParsedManifest
 from .parts import Part, PartSink
 from .pipeline import BundleKeys
@@ -112,7 +113,10 @@ class FanOutSink:
             self.children[label].commit(names, manifest_name, data)
 
         labels = self.live
-        futures = run_all([partial(one, label) for label in labels], name="ami-bundler-fanout")
+        # A signal waits until every child's commit has ended: interrupting the wait would let
+        # abort() retract a child's parts while its thread is still publishing the manifest.
+        with critical():
+            futures = run_all([partial(one, label) for label in labels], name="ami-bundler-fanout")
         for label, fut in zip(labels, futures, strict=True):
             exc = fut.exception()
             if exc is None:

@@ -78,6 +78,7 @@ class UploadLock:
         self._body = json.dumps(self.info, sort_keys=True).encode()
         self._etag: str | None = None
         self._unsupported = False
+        self._attempted = False  # a create was sent: an interrupt may have hidden its answer
         self._lost: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -149,6 +150,7 @@ class UploadLock:
     def _take(self) -> bool:
         """Create the lock or take over a stale one; False when the endpoint cannot guard it."""
         what = f"lock {self.location.url(self.name + LOCK_SUFFIX)}"
+        self._attempted = True
         for _ in range(5):
             try:
                 self._etag = with_attempts(lambda: self._put(IfNoneMatch="*"), self.attempts, what)
@@ -226,10 +228,17 @@ class UploadLock:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._etag is None or self._unsupported:
+        if self._unsupported or not self._attempted:
             return
         attempts = max(self.attempts, RETRY_ATTEMPTS)
         try:
+            if self._etag is None:
+                # A signal (or a failure) between our create and its answer: the lock is ours
+                # if it holds our token.
+                holder = self._holder()
+                if holder is None or holder.info.get("token") != self.info["token"]:
+                    return
+                self._etag = holder.etag
             resp = self._head(attempts)
             if str(resp.get("ETag", "")).strip('"').lower() == self._etag:
                 with_attempts(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=self.key),
@@ -240,6 +249,7 @@ class UploadLock:
         except bexc.BotoCoreError as exc:
             self._left_behind(type(exc).__name__)
         self._etag = None
+        self._attempted = False
 
     def _left_behind(self, reason: str) -> None:
         log.warning("could not remove the lock %s (%s): a run from this host takes it over, one from "

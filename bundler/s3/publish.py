@@ -94,6 +94,7 @@ class Publication:
         self.lock = UploadLock(client, location, self.name, acl=acl, attempts=attempts)
         self.target: Target | None = None
         self.published = False
+        self.manifest_sent = False  # a manifest PUT was started: it may be visible
 
     def open(self, new: ParsedManifest | None = None) -> Target:
         """Lease, decide, retire. ``new`` is the bundle to be published when it is known (upload,
@@ -144,6 +145,7 @@ class Publication:
         """Re-check every part and the lease, PUT the manifest (last), then remove orphans (a failure
         there warns: the bundle is published and whole). Releases the lease; returns the key."""
         self.check_parts(expected)
+        self.manifest_sent = True
         put_bytes(self.client, self.location.bucket, self.manifest_key, manifest, acl=self.acl,
                   attempts=self.attempts)
         self.published = True
@@ -159,6 +161,27 @@ class Publication:
     @property
     def lost(self) -> bool:
         return self.lock.lost
+
+    def retract(self) -> bool:
+        """After a run failed or was interrupted: whether the parts it wrote may be removed.
+        Never once the manifest is published (the bundle is whole: an interrupt during the
+        orphan clean-up or the lease release must not take its parts), nor when the lease was
+        lost (they may be another run's). A manifest PUT whose answer never came may have
+        landed: it is deleted first, so that no visible manifest names removed parts."""
+        if self.published:
+            log.info("%s is published and whole: keeping it", self.location.url(self.manifest_name))
+            return False
+        if self.lost:
+            log.warning("not removing the partial upload from %s: the lock was lost", self.location.url())
+            return False
+        if self.manifest_sent:
+            try:
+                delete_keys(self.client, self.location.bucket, [self.manifest_key], attempts=self.attempts)
+            except BundlerError as exc:
+                log.warning("not removing the parts under %s: its manifest may be there and could not be "
+                            "deleted (%s)", self.location.url(), exc)
+                return False
+        return True
 
     def close(self) -> None:
         self.lock.release()

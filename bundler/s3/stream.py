@@ -175,10 +175,7 @@ class S3Sink:
         if self._publication is not None:
             publication, self._publication = self._publication, None
             try:
-                if publication.lost:
-                    # The parts under our keys may be another run's by now: leave them alone.
-                    log.warning("not removing the partial upload from %s: the lock was lost", self.location.url())
-                else:
+                if publication.retract():
                     self._abort_uploads()
             finally:
                 publication.close()

@@ -131,10 +131,10 @@ def crash_at_step(argv: Sequence[str], step: int, part_size: int | None = None) 
 
 
 def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int | None = None, *,
-                   http: bool = False, finished: int = 0) -> tuple[bool, int]:
+                   http: bool = False, fs: bool = True, finished: int = 0) -> tuple[bool, int]:
     """Like ``crash_at_step``, but the child sends itself ``signum`` before its ``step``-th
     filesystem call (from whichever thread makes it) and carries on; with ``http`` every HTTP
-    request botocore sends counts as a step too. Returns (signalled, exit code): not signalled
+    request botocore sends counts as a step too (``fs=False``: only those). Returns (signalled, exit code): not signalled
     means the run had fewer steps (and ended with ``finished``, else the code is 72)."""
     sys.stdout.flush()
     sys.stderr.flush()
@@ -142,15 +142,16 @@ def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int |
     if pid == 0:  # child: never returns
         code = 70
         try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the child exits
+            if not os.environ.get("CRASHKIT_STDERR"):  # set it to see why a child failed
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, 1)
+                os.dup2(devnull, 2)
+                sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the child exits
             if part_size:
                 import bundler.pipeline
 
                 bundler.pipeline.PART_SIZE = part_size
-            fired = _arm(step, signum, http=http)
+            fired = _arm(step, signum, http=http, fs=fs)
             from bundler.cli import main
 
             code = main(list(argv))
@@ -167,7 +168,7 @@ def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int |
     return code not in (0, 72), code
 
 
-def _arm(step: int, signum: int | None = None, *, http: bool = False) -> list[bool]:
+def _arm(step: int, signum: int | None = None, *, http: bool = False, fs: bool = True) -> list[bool]:
     calls = [0]
     fired = [False]
 
@@ -182,7 +183,7 @@ def _arm(step: int, signum: int | None = None, *, http: bool = False) -> list[bo
             return original(*args, **kwargs)
         return crashing
 
-    for module, name in STEP_FUNCTIONS:
+    for module, name in STEP_FUNCTIONS if fs else ():
         if hasattr(module, name):
             setattr(module, name, wrap(getattr(module, name)))
     if http:
@@ -196,19 +197,23 @@ def _arm(step: int, signum: int | None = None, *, http: bool = False) -> list[bo
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def walk_signals(argv: Sequence[str], reset: Callable[[], None], check: Callable[[str], None], *,
-                 part_size: int | None = None, http: bool = False, stride: int = 1, offset: int = 0,
-                 limit: int = 400, finished: int = 0) -> int:
+def walk_signals(argv: Sequence[str] | Callable[[], Sequence[str]], reset: Callable[[], None],
+                 check: Callable[[str], None], *,
+                 part_size: int | None = None, http: bool = False, fs: bool = True, stride: int = 1,
+                 offset: int = 0, limit: int = 400, finished: int = 0) -> int:
     """Signal the run before step offset+1, offset+1+stride, … (see ``signal_at_step``) until a
     run ends before its signal; the three signals take turns (one handler serves them all, so
     every step sees one of them and each signal a third of the steps). Each signalled run must
     exit 128+signal, then ``check(when)`` inspects what it left; the unsignalled run must exit
-    ``finished``. Returns the runs signalled."""
+    ``finished``. ``argv`` may be a function, called after each reset. Returns the runs
+    signalled."""
     visited = 0
     for step in range(1 + offset, limit, stride):
         signum = SIGNALS[(step // stride) % len(SIGNALS)]
         reset()
-        signalled, code = signal_at_step(argv, step, signum, part_size, http=http, finished=finished)
+        args = argv() if callable(argv) else argv
+        signalled, code = signal_at_step(args, step, signum, part_size, http=http, fs=fs,
+                                        finished=finished)
         if not signalled:
             assert code == 0, f"unsignalled run ended with {code}, not {finished}"
             return visited
