@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from .checking import add_source_options, open_source_image, open_source_tree, print_report
-from .common import Printer
+from .common import Printer, count, seconds
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,12 +33,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--expect", metavar="REGEX",
                    help="console text that means booted (default: a login prompt or systemd's "
                         "multi-user target)")
-    p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds, default=300.0, metavar="SECONDS",
                    help="how long to wait for it (default: %(default)s)")
     p.add_argument("--console-log", type=Path, metavar="FILE", help="save the whole console log")
     p.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto",
                    help="qemu accelerator (default: KVM when /dev/kvm works, else TCG)")
-    p.add_argument("--memory", type=int, default=1024, metavar="MIB",
+    p.add_argument("--memory", type=count(16, 1 << 20, "guest memory in MiB"), default=1024,
+                   metavar="MIB",
                    help="guest memory (default: %(default)s)")
     p.add_argument("--kernel-cmdline", metavar="ARGS",
                    help="for a partitionless (PV-GRUB) image: extra kernel arguments")

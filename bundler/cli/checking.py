@@ -55,7 +55,7 @@ def _bundle_inputs(args: argparse.Namespace, printer: Printer) -> tuple[Any, Any
     if args.from_s3:
         from ..s3 import S3PartSource, load_remote_manifest, split_manifest_location
 
-        location, name = split_manifest_location(str(args.manifest))
+        location, name = split_manifest_location(str(args.manifest), "-m")
         aws = AwsContext(args, printer)
         client, _ = aws.s3_in_bucket_region(location.bucket)
         parsed, _, _ = load_remote_manifest(client, location, name, private_key=private_key)

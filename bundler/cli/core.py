@@ -134,7 +134,7 @@ def _unbundle_from_s3(args: argparse.Namespace, printer: Printer) -> Any:
     from ..pipeline import unbundle
     from ..s3 import S3PartSource, load_remote_manifest, split_manifest_location
 
-    location, name = split_manifest_location(str(args.manifest))
+    location, name = split_manifest_location(str(args.manifest), "-m")
     private_key = load_private_key(args.privatekey)
     verify_key = load_public_key(args.cert) if getattr(args, "cert", None) else None
     aws = AwsContext(args, printer)

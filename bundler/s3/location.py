@@ -35,8 +35,9 @@ class S3Location:
         return f"{self.bucket}/{self.prefix}{manifest_name}"
 
 
-def split_manifest_location(value: str) -> tuple[S3Location, str]:
-    """``[s3://]BUCKET/[PREFIX/]NAME.manifest.xml`` → (location, manifest name)."""
+def split_manifest_location(value: str, flag: str = "the manifest location") -> tuple[S3Location, str]:
+    """``[s3://]BUCKET/[PREFIX/]NAME.manifest.xml`` → (location, manifest name); errors name
+    ``flag``, the argument the value came from."""
     text = value[5:] if value.startswith("s3://") else value
     text = text.strip()
     head, sep, name = text.lstrip("/").rpartition("/")
@@ -44,5 +45,5 @@ def split_manifest_location(value: str) -> tuple[S3Location, str]:
         raise UsageError(f"manifest location {value!r} must be BUCKET/[PREFIX/]NAME.manifest.xml")
     if not name.endswith(".manifest.xml"):
         raise UsageError(f"manifest location {value!r} does not end in .manifest.xml")
-    bucket, prefix = bucket_and_prefix(head)
+    bucket, prefix = bucket_and_prefix(head, flag)
     return S3Location(bucket, prefix), name

@@ -233,3 +233,22 @@ def test_bundle_vol_full_disk_is_not_a_size_problem(tmp_path, monkeypatch, stder
     with pytest.raises(VolumeError) as info:
         imagefs.make_filesystem(tmp_path, tmp_path / "img", params, min_mib=401)
     assert expected in str(info.value) and unexpected not in str(info.value)
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["boot-test", "/etc/hostname", "--timeout", "0"], "argument --timeout: '0'"),
+    (["boot-test", "/etc/hostname", "--memory", "0"], "argument --memory: '0'"),
+    (["check", "--from-s3", "-m", "My_Bucket/x.manifest.xml", "-k", "KEY"], "'My_Bucket' in -m"),
+    (["unbundle", "--from-s3", "-m", "b..b/x.manifest.xml", "-k", "KEY", "-d", "OUT"], "in -m"),
+    (["register", "ok-bucket/../x.manifest.xml", "-n", "n"], "in the manifest location"),
+])
+def test_check_boot_test_and_s3_manifests_are_validated_naming_the_argument(
+        capsys, tmp_path, user_key_pair, aws_env, argv, expected):
+    """boot-test's --timeout/--memory used to be taken as any number (0: an instant 'did not
+    boot'; qemu failing on 0 MiB); a bad bucket in -m was blamed on --bucket."""
+    argv = [str(user_key_pair.key_path) if a == "KEY" else str(tmp_path / "o") if a == "OUT" else a
+            for a in argv]
+    code, _, err = run(capsys, *argv, "--endpoint-url", "http://127.0.0.1:9")
+    assert code == EXIT_USAGE, err
+    line = error_line(err)
+    assert expected in line and "--bucket" not in line, line

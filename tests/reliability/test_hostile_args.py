@@ -16,12 +16,14 @@ import io
 import os
 import random
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import bundler.cli as cli
 from bundler.cli import COMMAND_MODULE, build_parser
+from tests.reliability.crashkit import one_model_loader
 
 SEED = 15
 PER_OPTION = 2  # hostile values tried per flag (seeded sample of the pool)
@@ -92,6 +94,12 @@ def sandbox(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("hostile")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def shared_models() -> Iterator[None]:
+    with one_model_loader():  # the service models parsed once, not in every case
+        yield
+
+
 def run_case(command: str, dest: str, flag: str, value: str, root: Path, monkeypatch) -> tuple[int, str]:
     parser = build_parser(command=command)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
@@ -120,6 +128,11 @@ def run_case(command: str, dest: str, flag: str, value: str, root: Path, monkeyp
 @pytest.mark.parametrize(("command", "dest", "flag", "index"), CASES,
                          ids=[f"{c}-{d}-{i}" for c, d, _, i in CASES])
 def test_hostile_argument(command, dest, flag, index, sandbox, monkeypatch):
+    import bundler.s3.objects
+
+    # Whole-object retries against the closed port would sleep up to a second per case; the
+    # error line they end in is the same without the back-off.
+    monkeypatch.setattr(bundler.s3.objects, "_backoff", lambda attempt: 0.0)
     monkeypatch.chdir(sandbox)
     for k in [k for k in os.environ if k.startswith("AWS_")]:
         monkeypatch.delenv(k)

@@ -77,7 +77,7 @@ def cloud(moto_server: str, tmp_path_factory, user_key_pair,  # noqa: F811
     ws = crashkit.make_workspace(tmp_path_factory.mktemp("sig-aws"), user_key_pair.key_path,
                                  user_key_pair.cert_path, ec2_keys[1], size=2 << 20,
                                  part_size=1 << 20)
-    with pytest.MonkeyPatch.context() as mp:
+    with pytest.MonkeyPatch.context() as mp, crashkit.one_model_loader("s3", "ec2", "sts"):
         for key, value in cli_env(read_timeout=10, connect_timeout=5).items():
             mp.setenv(key, value)
         cloud = Cloud(moto_server, ws, f"sig-{os.urandom(4).hex()}")

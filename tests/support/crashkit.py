@@ -15,6 +15,7 @@ the original; anything else is a clearly named ``.ami-bundler-*`` temporary entr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -22,7 +23,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -222,6 +223,27 @@ def walk_signals(argv: Sequence[str] | Callable[[], Sequence[str]], reset: Calla
         assert code == 128 + signum, f"{when}: exit {code}"
         check(when)
     raise AssertionError(f"the run still had steps after {limit}")
+
+
+@contextlib.contextmanager
+def one_model_loader(*warm: str) -> Iterator[None]:
+    """Every run makes a new boto3 session, whose loader parses the service models (EC2's is
+    megabytes of JSON) again: within this block all sessions share one loader, its models for
+    the ``warm`` services parsed once up front, so forked runs inherit them. What the tests
+    walk is the commands, not the model loading."""
+    import botocore.loaders
+    import botocore.session
+
+    shared = botocore.loaders.create_loader()
+    original = botocore.session.create_loader
+    botocore.session.create_loader = lambda *args, **kwargs: shared
+    try:
+        for service in warm:  # a client made here leaves every file it needs in the cache
+            botocore.session.Session().create_client(
+                service, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+        yield
+    finally:
+        botocore.session.create_loader = original
 
 
 def kill_at_random(argv: Sequence[str], delay: float, timeout: float = 120.0) -> tuple[bool, int]:
