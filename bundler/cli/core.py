@@ -169,7 +169,7 @@ def run_inspect(args: argparse.Namespace, printer: Printer) -> int:
         "kernel_id": m.kernel_id, "ramdisk_id": m.ramdisk_id, "kernel_name": m.kernel_name,
         "block_device_mapping": m.block_device_mapping, "product_codes": m.product_codes,
         "ancestry": m.ancestry, "size": m.size, "bundled_size": m.bundled_size, "digest": m.digest,
-        "cipher": m.cipher, "parts": [{"index": p.index, "filename": p.filename, "sha1": p.digest} for p in m.parts],
+        "cipher": m.cipher, "parts": [{"index": p.index, "name": p.filename, "sha1": p.digest} for p in m.parts],
         "signed": bool(m.signature and m.signature != "UNSIGNED"),
         "user_key_bits": len(m.user_encrypted_key) * 4, "ec2_key_bits": len(m.ec2_encrypted_key) * 4,
     }
