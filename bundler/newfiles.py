@@ -27,16 +27,19 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
 
 
-def write_new_file(path: Path, data: bytes, mode: int, *, replace: bool = False) -> None:
-    """Create ``path`` holding ``data`` with exactly ``mode``; FileExistsError if it exists
-    (unless ``replace``). OSErrors propagate; nothing is left under the temporary name."""
+def write_new_file(path: Path, data: bytes, mode: int, *, replace: bool = False,
+                   umask: bool = False) -> None:
+    """Create ``path`` holding ``data`` with exactly ``mode`` (``umask``: narrowed by the
+    umask, as open() does); FileExistsError if it exists (unless ``replace``). OSErrors
+    propagate; nothing is left under the temporary name."""
     path = Path(path)
     with critical():
         tmp = temporary_name(path)
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
         try:
             try:
-                os.fchmod(fd, mode)  # the umask may have narrowed it; we want exactly ``mode``
+                if not umask:
+                    os.fchmod(fd, mode)  # the umask may have narrowed it: exactly ``mode``
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -14,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..concurrency import run_parallel
 from ..errors import ManifestError, OutputError, UsageError
 from ..manifest import ParsedManifest, PartEntry, is_encrypted, parse_manifest
+from ..newfiles import write_new_file
 from ..transfer import DEFAULT_TRANSFER, TransferConfig
 from .location import S3Location
 from .objects import fetch_manifest, fetch_part
@@ -46,16 +45,9 @@ class DownloadResult:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        write_new_file(path, data, 0o666, replace=True, umask=True)
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
 
 
