@@ -206,9 +206,9 @@ def test_install_regions(cloud, strict_aws):
                      *[w for r, b in buckets.items() for w in ("-b", f"{r}={b}")],
                      "--ec2cert-dir", str(strict_aws.keys.cert_dir), "-n", name, "--no-check",
                      "--jobs", "2", "--jobs-compress", "2")
-    # Every fifth step: each region's steps are the single-region install's; what is its own
-    # is the fan-out's commit and abort.
-    walk(argv, reset, check, minimum=6, part_size=cloud.ws.part_size, stride=5)
+    # Every seventh step: each region's steps are the single-region install's; what is its own,
+    # the fan-out's commit and abort, has its pinned test below.
+    walk(argv, reset, check, minimum=4, part_size=cloud.ws.part_size, stride=7)
 
 
 def test_register_and_deregister_with_its_bundle(cloud):
@@ -276,3 +276,45 @@ def test_install_interrupted_after_its_manifest_keeps_the_bundle(cloud, monkeypa
                           "--no-check", "--no-register"))
     assert fired and code == 128 + 15
     assert cloud.check_prefix(where, prefix) == ["img.manifest.xml"]
+
+
+def test_install_regions_signal_during_a_regions_publish_keeps_it_whole(cloud, strict_aws,
+                                                                        monkeypatch):
+    """The regions walk's find, pinned: SIGTERM arriving while one region's thread publishes
+    (parts re-checked, manifest not yet PUT) used to let the main thread's abort delete that
+    region's parts under the thread, which then PUT a manifest naming them."""
+    import signal
+    import threading
+
+    import bundler.s3.publish as publish
+    from bundler.cli import main
+
+    original = publish.Publication.check_parts
+    sent = threading.Event()
+
+    def check_then_signal(self, expected):
+        original(self, expected)
+        if not sent.is_set():
+            sent.set()
+            # To the main thread itself (a process-wide kill may land on this one instead).
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+            # Wide open, the window the abort used to run in before this thread's manifest PUT.
+            threading.Event().wait(0.3)
+
+    monkeypatch.setattr(publish.Publication, "check_parts", check_then_signal)
+    bucket = f"pin-{os.urandom(4).hex()}"
+    regions = ("us-east-1", "eu-west-1")
+    for region in regions:
+        config = {} if region == "us-east-1" else {
+            "CreateBucketConfiguration": {"LocationConstraint": region}}
+        plain_client("s3", cloud.url, region).create_bucket(
+            Bucket=f"{bucket}-{region}", ObjectOwnership="ObjectWriter", **config)
+    ws = cloud.ws
+    code = main(cloud.aws("install", "-i", str(ws.image), "-p", "img", "-c", str(ws.cert), "-k",
+                          str(ws.key), "-u", "123456789012", "-r", "x86_64", "--regions",
+                          ",".join(regions), "--bucket-template", f"{bucket}-{{region}}",
+                          "--ec2cert-dir", str(strict_aws.keys.cert_dir), "--no-register",
+                          "--no-check"))
+    assert sent.is_set() and code == 128 + signal.SIGTERM
+    for region in regions:
+        cloud.check_prefix(region, "", f"{bucket}-{region}")
