@@ -35,7 +35,8 @@ class S3Location:
         return f"{self.bucket}/{self.prefix}{manifest_name}"
 
 
-def split_manifest_location(value: str, flag: str = "the manifest location") -> tuple[S3Location, str]:
+def split_manifest_location(value: str,
+                            flag: str = "the manifest location") -> tuple[S3Location, str]:
     """``[s3://]BUCKET/[PREFIX/]NAME.manifest.xml`` → (location, manifest name); errors name
     ``flag``, the argument the value came from."""
     text = value[5:] if value.startswith("s3://") else value
