@@ -23,7 +23,7 @@ import pytest
 
 import bundler.cli as cli
 from bundler.cli import COMMAND_MODULE, build_parser
-from tests.reliability.crashkit import one_model_loader
+from tests.support.crashkit import one_model_loader
 
 SEED = 15
 PER_OPTION = 2  # hostile values tried per flag (seeded sample of the pool)

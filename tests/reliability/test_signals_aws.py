@@ -16,15 +16,14 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.integration.conftest import ec2_keys, moto_server, plain_client  # noqa: F401 - fixtures
-from tests.reliability import crashkit
-from tests.reliability.crashkit import (
+from tests.support import crashkit
+from tests.support.crashkit import (
     clean_dir,
     inspect_bundle_dir,
     inspect_image_dir,
     walk_signals,
 )
-from tests.support.s3kit import cli_env, inspect_bundles, list_keys
+from tests.support.s3kit import cli_env, inspect_bundles, list_keys, plain_client
 
 
 class Cloud:
@@ -72,8 +71,7 @@ class Cloud:
 
 
 @pytest.fixture(scope="module")
-def cloud(moto_server: str, tmp_path_factory, user_key_pair,  # noqa: F811
-          ec2_keys) -> Iterator[Cloud]:  # noqa: F811
+def cloud(moto_server: str, tmp_path_factory, user_key_pair, ec2_keys) -> Iterator[Cloud]:
     ws = crashkit.make_workspace(tmp_path_factory.mktemp("sig-aws"), user_key_pair.key_path,
                                  user_key_pair.cert_path, ec2_keys[1], size=2 << 20,
                                  part_size=1 << 20)

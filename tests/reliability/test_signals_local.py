@@ -20,8 +20,8 @@ import pytest
 
 from bundler import api
 from bundler import keys as keylib
-from tests.reliability import crashkit
-from tests.reliability.crashkit import clean_dir, walk_signals
+from tests.support import crashkit
+from tests.support.crashkit import clean_dir, walk_signals
 
 MKE2FS = shutil.which("mke2fs") or "/sbin/mke2fs"
 
