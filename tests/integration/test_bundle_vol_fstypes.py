@@ -460,3 +460,22 @@ def test_kept_pv_grub_menu_follows_the_image(tmp_path, capsys):
     orig = subprocess.run(["debugfs", "-R", "cat /boot/grub/grub.conf.orig", str(image)],
                           capture_output=True, text=True, check=True).stdout
     assert "rootfstype=xfs" in orig
+
+
+@needs(*XFS_TOOLS)
+def test_xfs_size_floor_and_missing_tool(tmp_path, capsys, monkeypatch):
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    base = ["bundle-vol", "-v", str(tree), "-d", str(dest), "-p", "img", "--clone-only",
+            "--no-inherit", "--no-check", "--batch", "--fs-type", "xfs"]
+    assert main(base + ["-s", "200"]) != 0
+    assert "at least 300 MiB" in capsys.readouterr().err     # mkfs.xfs's own minimum
+    from bundler.volume import fstype
+
+    monkeypatch.setattr(fstype, "_which", lambda tool: None if tool == "mkfs.xfs" else tool)
+    assert main(base) != 0
+    err = capsys.readouterr().err
+    assert "cannot make an XFS image (--fs-type): mkfs.xfs not found" in err
+    assert "use --fs-type ext4" in err and list(dest.iterdir()) == []
