@@ -31,11 +31,13 @@ log = logging.getLogger("bundler.aws")
 
 DEFAULT_REGION = "us-east-1"
 NO_CREDENTIALS = (
-    "no AWS credentials found: set AWS_PROFILE (or --profile), AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-    "run 'aws sso login', or run on an instance with an IAM role"
+    "no AWS credentials found: set AWS_PROFILE (or --profile), "
+    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, run 'aws sso login', or run on an instance with an "
+    "IAM role"
 )
 
-_AWS_HOST_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws", ".c2s.ic.gov", ".sc2s.sgov.gov")
+_AWS_HOST_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws", ".c2s.ic.gov",
+                      ".sc2s.sgov.gov")
 # A virtual-hosted bucket must be a DNS label sequence that also matches the TLS wildcard
 # certificate, so dots force path style as well (spec §6.3).
 _VIRTUAL_HOST_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
@@ -59,7 +61,8 @@ class AwsOptions:
 
     def __repr__(self) -> str:  # never show secrets in logs or tracebacks
         return (f"AwsOptions(profile={self.profile!r}, region={self.region!r}, "
-                f"endpoint_url={self.endpoint_url!r}, access_key={'set' if self.access_key else None}, "
+                f"endpoint_url={self.endpoint_url!r}, "
+                f"access_key={'set' if self.access_key else None}, "
                 f"max_attempts={self.max_attempts}, retry_mode={self.retry_mode!r}, "
                 f"connect_timeout={self.connect_timeout}, read_timeout={self.read_timeout})")
 
@@ -78,7 +81,8 @@ def endpoint_url_value(text: str | None, what: str = "--endpoint-url") -> str | 
     except ValueError as exc:
         raise UsageError(f"{what} {value!r} is not a URL: {exc}") from None
     if parts.scheme not in ("http", "https"):
-        hint = f"write it as https://{value} (or http:// for a local endpoint)" if "://" not in value else None
+        hint = (f"write it as https://{value} (or http:// for a local endpoint)"
+                if "://" not in value else None)
         raise UsageError(f"{what} {value!r} needs a scheme: http:// or https://", hint=hint)
     if not parts.hostname or any(c.isspace() for c in value) or not value.isprintable():
         raise UsageError(f"{what} {value!r} names no host")
@@ -101,8 +105,8 @@ def make_session(opts: AwsOptions) -> boto3.Session:
     if opts.session_token and not (opts.access_key and opts.secret_key):
         raise UsageError("-t/--session-token needs -a/--access-key and -s/--secret-key too")
     if bool(opts.access_key) != bool(opts.secret_key):
-        given, other = ("-a/--access-key", "-s/--secret-key") if opts.access_key else ("-s/--secret-key",
-                                                                                       "-a/--access-key")
+        given, other = (("-a/--access-key", "-s/--secret-key") if opts.access_key
+                        else ("-s/--secret-key", "-a/--access-key"))
         raise UsageError(f"{given} needs {other} too (or use a profile or the environment)")
     try:
         return boto3.Session(
@@ -113,7 +117,8 @@ def make_session(opts: AwsOptions) -> boto3.Session:
             region_name=opts.region,
         )
     except bexc.ProfileNotFound:
-        raise UsageError(f"AWS profile {opts.profile!r} not found in the AWS config files") from None
+        raise UsageError(f"AWS profile {opts.profile!r} not found in the AWS config "
+                         "files") from None
     except bexc.BotoCoreError as exc:
         raise UsageError(f"cannot set up AWS access: {exc}") from None
 
@@ -217,7 +222,8 @@ def _one_line(exc: BaseException) -> str:
 # say 404 there (botocore calls it NotFound); GET/PUT/COPY name the missing object or bucket.
 NO_SUCH_OBJECT = frozenset({"NoSuchKey", "404", "NotFound"})
 NO_SUCH_BUCKET = frozenset({"NoSuchBucket", "404", "NotFound"})
-NO_SUCH_IMAGE = frozenset({"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable", "InvalidAMIID.Malformed"})
+NO_SUCH_IMAGE = frozenset({"InvalidAMIID.NotFound", "InvalidAMIID.Unavailable",
+                           "InvalidAMIID.Malformed"})
 BOTO_ERRORS = (bexc.ClientError, bexc.BotoCoreError)
 
 
@@ -234,11 +240,14 @@ def response_header(exc: BaseException, name: str) -> str | None:
     return None
 
 
-def common_error(exc: BaseException, what: str, cls: type[BundlerError] = S3Error) -> BundlerError | None:
+def common_error(exc: BaseException, what: str,
+                 cls: type[BundlerError] = S3Error) -> BundlerError | None:
     """Credential and connection failures phrased the same way for S3 and EC2; None otherwise."""
     if isinstance(exc, (bexc.NoCredentialsError, bexc.PartialCredentialsError)):
         return cls(NO_CREDENTIALS)
-    if isinstance(exc, (bexc.SSOTokenLoadError, bexc.UnauthorizedSSOTokenError, bexc.TokenRetrievalError)):
+    if isinstance(exc,
+                  (bexc.SSOTokenLoadError, bexc.UnauthorizedSSOTokenError,
+                        bexc.TokenRetrievalError)):
         return cls(f"{what}: the SSO session has expired or is missing: run 'aws sso login'")
     if isinstance(exc, bexc.EndpointConnectionError):
         return cls(f"{what}: cannot connect to {exc.kwargs.get('endpoint_url', 'the endpoint')}: "
@@ -249,9 +258,11 @@ def common_error(exc: BaseException, what: str, cls: type[BundlerError] = S3Erro
     code = error_code(exc)
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId",
                 "AuthFailure", "InvalidToken", "UnrecognizedClientException"):
-        return cls(f"{what}: AWS rejected the credentials ({code}): check the access key, secret and session token")
+        return cls(f"{what}: AWS rejected the credentials ({code}): check the access key, secret "
+                   "and session token")
     if code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired", "TokenRefreshRequired"):
-        return cls(f"{what}: the credentials have expired ({code}): refresh them (e.g. 'aws sso login') and re-run")
+        return cls(f"{what}: the credentials have expired ({code}): refresh them (e.g. 'aws sso "
+                   "login') and re-run")
     return None
 
 
@@ -286,7 +297,8 @@ def ec2_error(exc: BaseException, what: str) -> BundlerError:
         code = error_code(exc)
         message = exc.response.get("Error", {}).get("Message", "")
         if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
-            return EC2Error(f"{what}: access denied ({code}): the credentials need the matching ec2: permission")
+            return EC2Error(f"{what}: access denied ({code}): the credentials need the matching "
+                            "ec2: permission")
         return EC2Error(f"{what}: {code}: {_one_line(Exception(message))}")
     return EC2Error(f"{what}: {_one_line(exc)}")
 

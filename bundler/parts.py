@@ -125,7 +125,8 @@ class PartSource(Protocol):
     def check_present(self, entries: Sequence[PartEntry]) -> None:
         """Raise PartMissingError naming the first part that is not there."""
 
-    def iter_parts(self, entries: Sequence[PartEntry]) -> Iterator[tuple[PartEntry, Iterable[bytes]]]:
+    def iter_parts(self,
+                   entries: Sequence[PartEntry]) -> Iterator[tuple[PartEntry, Iterable[bytes]]]:
         """Yield each part's bytes as chunks, in the given order (sources may prefetch)."""
 
 
@@ -205,7 +206,8 @@ def remove_stale(directory: Path, held: Iterable[DestinationLock] = ()) -> list[
             continue
         finally:
             lock.release()
-        log.info("removed %s, left by ami-bundler process %s which no longer runs", path, match["pid"])
+        log.info("removed %s, left by ami-bundler process %s which no longer runs", path,
+                 match["pid"])
         removed.append(entry)
     return removed
 
@@ -225,7 +227,8 @@ def _roll_back_staging(directory: Path, staging: Path, name: str) -> None:
     # last. So: no staged manifest means nothing was linked yet, or the commit finished and
     # its clean-up had begun; the final manifest being the staged one means the commit
     # finished. Only a staged manifest that is not (yet) the final one marks a half-done commit.
-    committed = staged_manifest is None or _inode(directory / f"{name}.manifest.xml") == staged_manifest
+    committed = (staged_manifest is None
+                 or _inode(directory / f"{name}.manifest.xml") == staged_manifest)
     if not committed:
         part_prefix = f"{name}.part."
         for entry in os.scandir(directory):
@@ -303,7 +306,8 @@ class DestinationLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
             except OSError as exc:
-                raise OutputError(f"cannot write to {self.directory}: {why_write_failed(exc)}") from exc
+                raise OutputError(f"cannot write to {self.directory}: "
+                                  f"{why_write_failed(exc)}") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -365,7 +369,8 @@ class DirectorySink:
         self._syncer: BackgroundStage[tuple[Path, Path]] | None = None
         # Parts are written once and synced before the manifest: with fsync on, write them
         # past the page cache (where this is possible), which costs a fraction of the CPU.
-        self._direct: DirectWriter | None = DirectWriter() if fsync and DirectWriter.available() else None
+        self._direct: DirectWriter | None = (DirectWriter()
+                                             if fsync and DirectWriter.available() else None)
 
     def check_clear(self, name: str, *, inputs: Sequence[Path | str] = ()) -> None:
         """Fail before any work if the destination already holds a bundle called ``name``
@@ -396,8 +401,9 @@ class DirectorySink:
         except OSError:
             return  # an input that cannot be looked at fails when it is opened, not here
         if own is not None:
-            raise UsageError(f"input {path} is {self.destination / own}, one of the files this run would write: "
-                             "nothing was written; bundle into another --destination or --prefix")
+            raise UsageError(f"input {path} is {self.destination / own}, one of the files this run "
+                             "would write: nothing was written; bundle into another --destination "
+                             "or --prefix")
 
     def _existing(self, name: str) -> list[str]:
         manifest = f"{name}.manifest.xml"
@@ -430,7 +436,8 @@ class DirectorySink:
                 self._staging = staging
         except OSError as exc:
             self.abort()
-            raise OutputError(f"cannot write to {self.destination}: {why_write_failed(exc)}") from exc
+            raise OutputError(f"cannot write to {self.destination}: "
+                              f"{why_write_failed(exc)}") from exc
         except BaseException:
             self.abort()
             raise
@@ -473,7 +480,8 @@ class DirectorySink:
                     fh.flush()
                     os.fsync(fh.fileno())
         except OSError as exc:
-            raise OutputError(f"cannot write {path.name} in {self.destination}: {why_write_failed(exc)}") from exc
+            raise OutputError(f"cannot write {path.name} in {self.destination}: "
+                              f"{why_write_failed(exc)}") from exc
 
     def _sync_parts(self) -> None:
         # Every part was handed to the background syncer as it was written (so the disk
@@ -504,7 +512,8 @@ class DirectorySink:
     def commit(self, names: Sequence[str], manifest_name: str, manifest: bytes) -> None:
         assert self._staging is not None, "begin() not called"
         if len(names) != len(self._written):
-            raise OutputError(f"internal error: {len(self._written)} parts written, {len(names)} named")
+            raise OutputError(f"internal error: {len(self._written)} parts written, {len(names)} "
+                              "named")
         finals = [self.destination / n for n in [*names, manifest_name]]
         if not self.overwrite:
             clash = [p.name for p in finals if p.exists() or p.is_symlink()]
@@ -531,10 +540,12 @@ class DirectorySink:
                 _fsync_dir(self.destination)
         except FileExistsError as exc:
             raise OutputError(
-                f"{exc.filename2 or exc.filename} appeared while bundling (another run writing the same bundle?)"
+                f"{exc.filename2 or exc.filename} appeared while bundling (another run writing the "
+                "same bundle?)"
             ) from exc
         except OSError as exc:
-            raise OutputError(f"cannot move the bundle into {self.destination}: {why_write_failed(exc)}") from exc
+            raise OutputError(f"cannot move the bundle into {self.destination}: "
+                              f"{why_write_failed(exc)}") from exc
         with critical():
             self._remove_staging()
             self._committed.clear()
@@ -573,7 +584,8 @@ class DirectorySink:
         except OSError:
             shutil.rmtree(self._staging, ignore_errors=True)
             if self._staging.exists():
-                log.warning("could not remove %s; the next run in %s will", self._staging, self.destination)
+                log.warning("could not remove %s; the next run in %s will", self._staging,
+                            self.destination)
         self._written.clear()
         self._staging = None
 
@@ -615,8 +627,8 @@ class DirectWriter:
         buffer[:len(data)] = data
         head = len(data) - len(data) % self.ALIGN
         with memoryview(buffer) as view:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT | getattr(os, "O_CLOEXEC", 0),
-                         0o666)
+            fd = os.open(path, (os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT
+                                | getattr(os, "O_CLOEXEC", 0)), 0o666)
             try:
                 _write_all(fd, view[:head])
             finally:
@@ -650,7 +662,8 @@ def _sync_part(item: tuple[Path, Path]) -> None:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise OutputError(f"cannot flush {path.name} to disk in {destination}: {why_write_failed(exc)}") from exc
+        raise OutputError(f"cannot flush {path.name} to disk in {destination}: "
+                          f"{why_write_failed(exc)}") from exc
 
 
 def why_write_failed(exc: OSError) -> str:
@@ -697,13 +710,16 @@ class DirectorySource:
             except OSError:
                 st = None
             if st is None or not stat.S_ISREG(st.st_mode):
-                raise PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from {self.directory}")
+                raise PartMissingError(f"part {entry.filename} (index {entry.index}) is missing "
+                                       f"from {self.directory}")
             if st.st_size > MAX_PART_BYTES:
                 raise IntegrityError(
-                    f"part {entry.filename} is {st.st_size} bytes, larger than {MAX_PART_BYTES}: not a bundle part"
+                    f"part {entry.filename} is {st.st_size} bytes, larger than {MAX_PART_BYTES}: "
+                    "not a bundle part"
                 )
 
-    def iter_parts(self, entries: Sequence[PartEntry]) -> Iterator[tuple[PartEntry, Iterable[bytes]]]:
+    def iter_parts(self,
+                   entries: Sequence[PartEntry]) -> Iterator[tuple[PartEntry, Iterable[bytes]]]:
         for entry in entries:
             yield entry, self._chunks(entry)
 
@@ -712,7 +728,8 @@ class DirectorySource:
         try:
             fh = open(path, "rb")
         except FileNotFoundError:
-            raise PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from {self.directory}") from None
+            raise PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from "
+                                   f"{self.directory}") from None
         except OSError as exc:
             raise IntegrityError(f"cannot read part {entry.filename}: {exc.strerror}") from exc
         with fh:

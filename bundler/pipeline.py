@@ -90,7 +90,8 @@ class BundleKeys:
         if signing_key.public_key().public_numbers() != user_public.public_numbers():
             # Classic tools do not notice; the bundle could then never be unbundled by its owner.
             raise KeyFileError(f"certificate {cert} does not belong to private key {private_key}")
-        chosen = ec2cert if isinstance(ec2cert, EC2Certificate) else ec2certs.describe(Path(ec2cert))
+        chosen = (ec2cert if isinstance(ec2cert, EC2Certificate)
+                  else ec2certs.describe(Path(ec2cert)))
         log.info("EC2 certificate %s (subject %s, sha256 %s)", chosen.path, chosen.subject or "-",
                  chosen.sha256)
         return cls(signing_key, user_public, keylib.load_public_key(chosen.path), chosen)
@@ -116,7 +117,8 @@ class BundleResult:
             "name": self.manifest.name,
             "manifest": self.manifest_name,
             "parts": [{"name": n, "size": s, "sha1": p.digest}
-                      for n, s, p in zip(self.part_names, self.part_sizes, self.manifest.parts, strict=True)],
+                      for n, s, p in zip(self.part_names, self.part_sizes, self.manifest.parts,
+                                         strict=True)],
             "size": self.size,
             "bundled_size": self.bundled_size,
             "digest": self.digest,
@@ -272,15 +274,17 @@ def _preflight_manifest(name: str, options: BundleOptions) -> None:
     fails before the image is read, not after every part was written."""
     Manifest(
         name=name, user=options.user, digest="0" * 40, size=0, bundled_size=0,
-        ec2_encrypted_key="00", user_encrypted_key="00", ec2_encrypted_iv="00", user_encrypted_iv="00",
+        ec2_encrypted_key="00", user_encrypted_key="00", ec2_encrypted_iv="00",
+        user_encrypted_iv="00",
         parts=[], arch=options.arch, kernel_id=options.kernel_id, ramdisk_id=options.ramdisk_id,
-        block_device_mapping=dict(options.block_device_mapping), product_codes=list(options.product_codes),
-        ancestry=list(options.ancestry),
+        block_device_mapping=dict(options.block_device_mapping),
+        product_codes=list(options.product_codes), ancestry=list(options.ancestry),
     ).to_unsigned_xml()
 
 
 def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: BundleOptions,
-           progress: ProgressListener = NULL_PROGRESS, timings: StageTimes = NULL_TIMES) -> BundleResult:
+           progress: ProgressListener = NULL_PROGRESS,
+           timings: StageTimes = NULL_TIMES) -> BundleResult:
     """Bundle ``source`` into ``sink`` in one pass; the manifest is committed last."""
     started = time.monotonic()
     name = validate_name(options.name)
@@ -294,7 +298,8 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
     key, iv = secrets.token_bytes(16), secrets.token_bytes(16)
 
     if options.block_device_mapping and not {"ami", "root"} <= options.block_device_mapping.keys():
-        log.warning("block device mapping has no 'ami' or 'root' entry; EC2 may not find the root device")
+        log.warning("block device mapping has no 'ami' or 'root' entry; EC2 may not find the root "
+                    "device")
     compressed_blocks = 0
 
     def estimate_parts() -> int:
@@ -377,7 +382,8 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
             emit(data_padding(stored))
             emit(end_of_archive(written))
             if written != tar_size:
-                raise ArchiveError(f"internal error: tar stream is {written} bytes, expected {tar_size}")
+                raise ArchiveError(f"internal error: tar stream is {written} bytes, expected "
+                                   f"{tar_size}")
             hashing.close()
             gzip.close()
             output.close()
@@ -397,7 +403,8 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
                 user_encrypted_key=keylib.wrap(keys.user_public_key, key),
                 ec2_encrypted_iv=keylib.wrap(keys.ec2_public_key, iv),
                 user_encrypted_iv=keylib.wrap(keys.user_public_key, iv),
-                parts=[PartEntry(i, n, d) for i, (n, d) in enumerate(zip(names, cutter.digests, strict=True))],
+                parts=[PartEntry(i, n, d)
+                       for i, (n, d) in enumerate(zip(names, cutter.digests, strict=True))],
                 arch=options.arch,
                 kernel_id=options.kernel_id,
                 ramdisk_id=options.ramdisk_id,
@@ -436,7 +443,8 @@ class UnbundleResult:
     seconds: float = 0.0
 
     def summary(self) -> dict[str, object]:
-        return {"image": str(self.path) if self.path else None, "name": self.name, "size": self.size,
+        return {"image": str(self.path) if self.path else None, "name": self.name,
+                "size": self.size,
                 "digest": self.digest, "parts": self.parts, "bundled_size": self.bundled_size,
                 "seconds": round(self.seconds, 3)}
 
@@ -455,11 +463,13 @@ def verified_parts(source: PartSource, entries: Sequence[PartEntry], bundled_siz
             hasher.update(chunk)
             size += len(chunk)
             if size > MAX_PART_BYTES:
-                raise IntegrityError(f"part {entry.filename} is larger than {MAX_PART_BYTES} bytes: not a bundle part")
+                raise IntegrityError(f"part {entry.filename} is larger than {MAX_PART_BYTES} "
+                                     "bytes: not a bundle part")
             total += len(chunk)
             if total > bundled_size:
                 raise IntegrityError(
-                    f"part {entry.filename} goes past the manifest's bundled_size of {bundled_size} bytes"
+                    f"part {entry.filename} goes past the manifest's bundled_size of "
+                    f"{bundled_size} bytes"
                 )
         actual = hasher.hexdigest()
         if actual != entry.digest.lower():
@@ -468,7 +478,8 @@ def verified_parts(source: PartSource, entries: Sequence[PartEntry], bundled_siz
         while held:
             yield held.pop(0)
     if total != bundled_size:
-        raise IntegrityError(f"parts hold {total} bytes but the manifest's bundled_size is {bundled_size}")
+        raise IntegrityError(f"parts hold {total} bytes but the manifest's bundled_size is "
+                             f"{bundled_size}")
 
 
 FEED_SLICE = 256 * 1024  # decrypted input handed to the inflater at a time
@@ -495,7 +506,8 @@ class DecryptedStream:
         self._input_done = False
         self._limit = limit
         self.sha1 = hashlib.sha1()
-        self._hashing = BackgroundStage(self.sha1.update, depth=32, name="ami-bundler-sha1") if threaded_hash else None
+        self._hashing = (BackgroundStage(self.sha1.update, depth=32, name="ami-bundler-sha1")
+                         if threaded_hash else None)
         self.bytes_out = 0
         self._started = False
 
@@ -529,11 +541,13 @@ class DecryptedStream:
         try:
             tail = self._held + self._decryptor.finalize()
         except ValueError:
-            raise DecryptionError("the ciphertext is not a whole number of AES blocks: a part is truncated") from None
+            raise DecryptionError("the ciphertext is not a whole number of AES blocks: a part is "
+                                  "truncated") from None
         pad = tail[-1] if len(tail) == 16 else 0
         if not 1 <= pad <= 16 or tail[-pad:] != bytes([pad]) * pad:
             raise DecryptionError(
-                "the decrypted bundle has invalid padding: wrong key, or the parts are not this manifest's"
+                "the decrypted bundle has invalid padding: wrong key, or the parts are not this "
+                "manifest's"
             )
         self._held = b""
         if pad < 16:
@@ -576,7 +590,8 @@ class DecryptedStream:
         self.bytes_out += len(out)
         if self.bytes_out > self._limit:
             raise ArchiveError(
-                f"the archive decompresses to more than the {self._limit} bytes the manifest allows (gzip bomb?)"
+                f"the archive decompresses to more than the {self._limit} bytes the manifest "
+                "allows (gzip bomb?)"
             )
         if self._hashing is not None:
             self._hashing.write(out)
@@ -607,17 +622,21 @@ def check_member(member: Any, manifest: Manifest) -> str:
 
     name = member.name
     if not is_regular(member):
-        raise ArchiveError(f"archive member {name!r} is not a regular file (type {member.typeflag!r}); refusing it")
+        raise ArchiveError(f"archive member {name!r} is not a regular file (type "
+                           f"{member.typeflag!r}); refusing it")
     if not name or "/" in name.strip("/") or name in (".", "..") or "\\" in name or "\0" in name:
-        raise ArchiveError(f"archive member name {name!r} is not a plain file name; refusing to extract it")
+        raise ArchiveError(f"archive member name {name!r} is not a plain file name; refusing to "
+                           "extract it")
     name = name.strip("/")
     if member.size != manifest.size:
-        raise ArchiveError(f"archive member {name} is {member.size} bytes but the manifest says {manifest.size}")
+        raise ArchiveError(f"archive member {name} is {member.size} bytes but the manifest says "
+                           f"{manifest.size}")
     return name
 
 
 def unbundle(parsed: ParsedManifest, source: PartSource, destination: Path | None,
-             private_key: rsa.RSAPrivateKey, *, verify_key: rsa.RSAPublicKey | None = None, overwrite: bool = False, progress: ProgressListener = NULL_PROGRESS,
+             private_key: rsa.RSAPrivateKey, *, verify_key: rsa.RSAPublicKey | None = None,
+             overwrite: bool = False, progress: ProgressListener = NULL_PROGRESS,
              writer: ImageWriter | None = None, verify_name: str | None = None) -> UnbundleResult:
     """Verify and extract a bundle; the image appears in ``destination`` only when all checks pass.
 
@@ -626,7 +645,8 @@ def unbundle(parsed: ParsedManifest, source: PartSource, destination: Path | Non
     started = time.monotonic()
     manifest = parsed.manifest
     if verify_key is None:
-        verify_key, verify_name = private_key.public_key(), "the public half of the private key (-k; no -c given)"
+        verify_key, verify_name = (private_key.public_key(),
+                                   "the public half of the private key (-k; no -c given)")
     keylib.verify_manifest(parsed, verify_key, cert_name=verify_name or "the certificate (-c)")
     key, iv = keylib.unwrap_key_iv(private_key, manifest)
     entries = sorted(manifest.parts, key=lambda e: e.index)
@@ -646,21 +666,25 @@ def unbundle(parsed: ParsedManifest, source: PartSource, destination: Path | Non
             raise ArchiveError("the archive holds no file")
         name = check_member(member, manifest)
         if out is None:
-            out = NullImageWriter() if destination is None else FileImageWriter(Path(destination), name, overwrite=overwrite)
+            out = (NullImageWriter() if destination is None
+                   else FileImageWriter(Path(destination), name, overwrite=overwrite))
         out.open(member.size, member.mode)
         # Writing (zero checks, write calls) runs beside decryption and inflation.
         image = out
-        writing = BackgroundStage(lambda item: image.write_at(*item), depth=8, name="ami-bundler-write")
+        writing = BackgroundStage(lambda item: image.write_at(*item), depth=8,
+                                  name="ami-bundler-write")
         for offset, data in reader.iter_data():
             writing.write((offset, data))
         if reader.next_member() is not None:
-            raise ArchiveError("the archive holds more than one file; a bundle holds exactly one image")
+            raise ArchiveError("the archive holds more than one file; a bundle holds exactly one "
+                               "image")
         reader.drain()
         stream.finish()
         writing.close()
         digest = stream.sha1.hexdigest()
         if digest != manifest.digest.lower():
-            raise IntegrityError(f"image digest mismatch: the tar stream hashes to {digest}, manifest says {manifest.digest}")
+            raise IntegrityError(f"image digest mismatch: the tar stream hashes to {digest}, "
+                                 f"manifest says {manifest.digest}")
         path = out.commit()
     except BaseException:
         if writing is not None:

@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--env-file", type=Path, help="write the export lines to this file once ready")
     ap.add_argument("--region", default="us-east-1")
     ap.add_argument("--ec2-certs", type=Path, metavar="DIR",
-                    help="copy the stand-in EC2's certificates (cert-ec2*.pem) into DIR before printing the URL")
+                    help="copy the stand-in EC2's certificates (cert-ec2*.pem) into DIR before "
+                         "printing the URL")
     args = ap.parse_args(argv)
     url, stop = start_local_endpoint()
     if args.ec2_certs and CERT_DIR:

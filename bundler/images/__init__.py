@@ -25,7 +25,8 @@ def probe_format(path: Path, fmt: str | None = None) -> str:
     """The image's format: ``fmt`` if given (checked against the list), else by its bytes."""
     if fmt is not None:
         if fmt not in FORMATS:
-            raise UsageError(f"unknown image format {fmt!r} (expected one of: {', '.join(FORMATS)})")
+            raise UsageError(f"unknown image format {fmt!r} (expected one of: "
+                             f"{', '.join(FORMATS)})")
         return fmt
     file = BoundedFile(path, "image")
     try:
@@ -35,8 +36,8 @@ def probe_format(path: Path, fmt: str | None = None) -> str:
     finally:
         file.close()
     if isinstance(found, tuple):
-        raise ImageFormatError(f"image {path} is a {found[1]} image, which is not supported: convert it "
-                               "with qemu-img convert -O qcow2 (or raw) first")
+        raise ImageFormatError(f"image {path} is a {found[1]} image, which is not supported: "
+                               "convert it with qemu-img convert -O qcow2 (or raw) first")
     return found
 
 
@@ -70,7 +71,8 @@ def open_disk(path: Path, fmt: str, *, allow_backing: bool = False) -> VirtualDi
     raise ValueError(fmt)
 
 
-SUFFIXES = {"qcow2": (".qcow2", ".qcow"), "vmdk": (".vmdk",), "vhd": (".vhd", ".vpc"), "vhdx": (".vhdx",),
+SUFFIXES = {"qcow2": (".qcow2", ".qcow"), "vmdk": (".vmdk",), "vhd": (".vhd", ".vpc"),
+            "vhdx": (".vhdx",),
             "gz": (".gz",), "xz": (".xz",), "zst": (".zst", ".zstd"), "bz2": (".bz2",)}
 
 
@@ -84,7 +86,8 @@ def default_name(path: Path, fmt: str) -> str:
     return name
 
 
-def open_source(path: Path | str, *, name: str | None = None, fmt: str | None = None, image_size: int | None = None,
+def open_source(path: Path | str, *, name: str | None = None, fmt: str | None = None,
+                image_size: int | None = None,
                 allow_large: bool = False, allow_backing: bool = False) -> ImageSource:
     """An ImageSource for any supported image file, by content unless ``fmt`` says.
     ``allow_backing`` reads a qcow2 image's backing files (only from the image's directory)."""
@@ -108,6 +111,6 @@ def stdin_stream(stream: BinaryIO, fmt: str | None) -> BinaryIO:
     if fmt in (None, "raw"):
         return stream
     if fmt not in STREAM_FORMATS:
-        raise UsageError(f"a {fmt} image cannot be read from standard input (its tables need random "
-                         "access): give its path")
+        raise UsageError(f"a {fmt} image cannot be read from standard input (its tables need "
+                         "random access): give its path")
     return CheckedStream(open_stream(fmt, stream), fmt)  # type: ignore[return-value]

@@ -56,11 +56,12 @@ class BoundedFile:
             raise ImageError(f"cannot read image {self.path}: {exc.strerror}") from exc
         if stat.S_ISDIR(st.st_mode):
             self.close()
-            raise ImageError(f"image {self.path} is a directory: use bundle-vol for a root filesystem tree")
+            raise ImageError(f"image {self.path} is a directory: use bundle-vol for a root "
+                             "filesystem tree")
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
             self.close()
-            raise ImageError(f"image {self.path} is not a regular file or block device: use -i - with "
-                             "--image-size for a stream")
+            raise ImageError(f"image {self.path} is not a regular file or block device: use -i - "
+                             "with --image-size for a stream")
 
     def fail(self, structure: str, offset: int, problem: str) -> ImageFormatError:
         return fail(self.fmt, structure, offset, problem)
@@ -74,7 +75,8 @@ class BoundedFile:
     def check_table(self, offset: int, length: int, structure: str) -> None:
         """A metadata table: inside the file and within the memory limit."""
         if length > MAX_TABLE_BYTES:
-            raise self.fail(structure, offset, f"{length} bytes is over the {MAX_TABLE_BYTES >> 20} MiB "
+            raise self.fail(structure, offset,
+                            f"{length} bytes is over the {MAX_TABLE_BYTES >> 20} MiB "
                             "limit for metadata held in memory")
         self.check(offset, length, structure)
 
@@ -86,9 +88,11 @@ class BoundedFile:
             try:
                 data = os.pread(self.fd, length - len(out), offset + len(out))
             except OSError as exc:
-                raise ImageError(f"cannot read {self.path} at offset {offset}: {exc.strerror}") from exc
+                raise ImageError(f"cannot read {self.path} at offset {offset}: "
+                                 f"{exc.strerror}") from exc
             if not data:
-                raise self.fail(structure, offset, "the file ended early (it shrank while being read?)")
+                raise self.fail(structure, offset,
+                                "the file ended early (it shrank while being read?)")
             out += data
         return bytes(out)
 

@@ -185,8 +185,9 @@ class CompressedImageSource:
                 while pos < end:
                     data = _read(stream, self.fmt, min(READ_SIZE, end - pos), raw.tell())
                     if not data:
-                        raise ImageError(f"{self.path}: the {self.fmt} stream ended after {pos} bytes; "
-                                         f"{self.size_from} said {self.size} (changed while being read?)")
+                        raise ImageError(f"{self.path}: the {self.fmt} stream ended after {pos} "
+                                         f"bytes; {self.size_from} said {self.size} (changed while "
+                                         "being read?)")
                     pos += len(data)
                     yield data
             while True:
@@ -195,8 +196,8 @@ class CompressedImageSource:
                     break
                 pos += len(more)
                 if pos > self.size:
-                    raise ImageError(f"{self.path}: the {self.fmt} stream holds more than the {self.size} "
-                                     f"bytes {self.size_from} said")
+                    raise ImageError(f"{self.path}: the {self.fmt} stream holds more than the "
+                                     f"{self.size} bytes {self.size_from} said")
             self._check(raw)
         finally:
             stream.close()
@@ -285,14 +286,16 @@ def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None =
         size, size_from = recorded, RECORDED_IN[fmt]
     if size is not None:
         check_size(size, path, allow_large)
-        log.info("%s image %s: %d bytes (from %s), stored densely in one pass", fmt, path, size, size_from)
-        return CompressedImageSource(path, fmt, name, size, mode, mtime, False, size_from, [(0, size)],
-                                     stamp)
+        log.info("%s image %s: %d bytes (from %s), stored densely in one pass", fmt, path, size,
+                 size_from)
+        return CompressedImageSource(path, fmt, name, size, mode, mtime, False, size_from,
+                                     [(0, size)], stamp)
     log.info("%s image %s: size not recorded; one extra decompression pass learns it and its holes",
              fmt, path)
     size, regions = scan(path, fmt, None if allow_large else MAX_IMAGE_SIZE)
     check_size(size, path, allow_large)
-    return CompressedImageSource(path, fmt, name, size, mode, mtime, True, "the first pass", regions, stamp)
+    return CompressedImageSource(path, fmt, name, size, mode, mtime, True, "the first pass",
+                                 regions, stamp)
 
 
 class CheckedStream:

@@ -61,7 +61,8 @@ class HostRanges:
             self._runs[-1][1] = start + length
             return
         if len(self._runs) >= MAX_HOST_RUNS:
-            raise self.file.fail(structure, start, f"the image is fragmented into over {MAX_HOST_RUNS} "
+            raise self.file.fail(structure, start,
+                                 f"the image is fragmented into over {MAX_HOST_RUNS} "
                                  "host runs (hostile or corrupt layout)")
         self._runs.append([start, start + length, len(self._names)])
         self._names[len(self._names)] = structure
@@ -71,7 +72,8 @@ class HostRanges:
         prev_end, prev_name = -1, ""
         for start, end, name in self._runs:
             if start < prev_end:
-                raise self.file.fail(self._names[name], start, f"overlaps the {prev_name} before it "
+                raise self.file.fail(self._names[name], start,
+                                     f"overlaps the {prev_name} before it "
                                      "(a table loop, a shared cluster or data over metadata)")
             if end > prev_end:
                 prev_end, prev_name = end, self._names[name]
@@ -157,7 +159,8 @@ class VirtualDisk(ABC):
                 # Input left after a full block must not hold one more byte of output.
                 extra = d.decompress(d.unconsumed_tail, 1) if d.unconsumed_tail else b""
             except zlib.error as exc:
-                raise self.file.fail(f"compressed {where}", block.host, f"bad deflate data ({exc})") from None
+                raise self.file.fail(f"compressed {where}", block.host, "bad deflate data "
+                                                                        f"({exc})") from None
             if extra:
                 raise self.file.fail(f"compressed {where}", block.host,
                                      f"inflates beyond the {bs}-byte block (a decompression bomb?)")
@@ -225,7 +228,8 @@ class VirtualDisk(ABC):
                 parts.append(step[1])
             elif kind == RAW:
                 _, host, run, index = step
-                parts.append(self.file.read(host, run, f"data block {index} (guest offset {index * bs})"))
+                parts.append(self.file.read(host, run,
+                                            f"data block {index} (guest offset {index * bs})"))
             else:
                 _, index, block, inner, take = step
                 data = self._block_bytes(index, block) if cached else self.inflate(index, block)
@@ -322,7 +326,8 @@ class DiskImageSource:
             disk.close()
             raise
         log.info("%s image %s: %d bytes virtual, %d allocated, %d bytes in %d data regions",
-                 disk.fmt, disk.file.path, disk.virtual_size, used, sum(n for _, n in regions), len(regions))
+                 disk.fmt, disk.file.path, disk.virtual_size, used, sum(n for _, n in regions),
+                 len(regions))
         return cls(disk=disk, name=name, mtime=disk.file.mtime, size=disk.virtual_size,
                    allocated_bytes=used, _regions=regions)
 
@@ -346,7 +351,8 @@ class DiskImageSource:
         # here, in the reading thread, as the window refills.
         plans = (self.disk.plan(offset, n) for offset, n in pieces)
         with contextlib.closing(ordered_window(self.disk.fetch, plans, jobs=INFLATE_THREADS,
-                                               window=INFLATE_AHEAD, name="ami-bundler-inflate")) as done:
+                                               window=INFLATE_AHEAD,
+                                               name="ami-bundler-inflate")) as done:
             for _plan, data in done:
                 yield data
         self.disk.check_unchanged()
@@ -355,7 +361,8 @@ class DiskImageSource:
         self.disk.close()
 
 
-def coarsen(ranges: list[tuple[int, int]], size: int, granule: int = ZERO_GRANULE) -> list[tuple[int, int]]:
+def coarsen(ranges: list[tuple[int, int]], size: int,
+            granule: int = ZERO_GRANULE) -> list[tuple[int, int]]:
     """Round ranges out to granule boundaries and merge: at most size/granule/2 regions
     whatever the format's block size, so the tar map stays small."""
     out: list[tuple[int, int]] = []

@@ -35,7 +35,8 @@ class ImageReport:
                 "notes": self.notes, **self.layout.to_dict()}
 
 
-def inspect_image(path: Path | str, fmt: str | None = None, *, allow_backing: bool = False) -> ImageReport:
+def inspect_image(path: Path | str, fmt: str | None = None, *,
+                  allow_backing: bool = False) -> ImageReport:
     path = Path(path)
     fmt = probe_format(path, fmt)
     if fmt in STREAM_FORMATS:
@@ -92,7 +93,8 @@ def _inspect_stream(path: Path, fmt: str) -> ImageReport:
         if not parsed and len(head) >= HEAD_KEEP:
             parsed = True
             table, parts = partitions_in(bytes(head[:HEAD_BYTES]), recorded or 1 << 62)
-            wanted = [[p.start, min(PROBE_BYTES, p.size), bytearray(head[p.start:p.start + PROBE_BYTES]), p]
+            wanted = [[p.start, min(PROBE_BYTES, p.size),
+                       bytearray(head[p.start:p.start + PROBE_BYTES]), p]
                       for p in parts]
             del head[PROBE_BYTES:]
     if not parsed:  # a stream shorter than HEAD_KEEP

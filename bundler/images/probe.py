@@ -26,8 +26,10 @@ GPT_TYPES = {
     "ebd0a0a2-b9e5-4433-87c0-68b6b72699c7": "Microsoft basic data",
     "bc13c2ff-59e6-4262-a352-b275fd6f7172": "Linux extended boot",
 }
-MBR_TYPES = {0x83: "Linux", 0x82: "Linux swap", 0x8E: "Linux LVM", 0xEF: "EFI system", 0x0C: "FAT32 (LBA)",
-             0x0B: "FAT32", 0x07: "NTFS/exFAT", 0x05: "extended", 0x0F: "extended (LBA)", 0xFD: "Linux RAID"}
+MBR_TYPES = {0x83: "Linux", 0x82: "Linux swap", 0x8E: "Linux LVM", 0xEF: "EFI system",
+             0x0C: "FAT32 (LBA)",
+             0x0B: "FAT32", 0x07: "NTFS/exFAT", 0x05: "extended", 0x0F: "extended (LBA)",
+             0xFD: "Linux RAID"}
 
 
 @dataclass
@@ -84,7 +86,8 @@ def filesystem_at(data: bytes) -> Filesystem | None:
     if at(0, b"hsqs"):
         return Filesystem("squashfs")
     if at(4086, b"SWAPSPACE2") or at(4086, b"SWAP-SPACE"):
-        return Filesystem("swap", _text(data[1024 + 28:1024 + 44]), str(uuid.UUID(bytes=data[1024 + 12:1024 + 28])))
+        return Filesystem("swap", _text(data[1024 + 28:1024 + 44]),
+                          str(uuid.UUID(bytes=data[1024 + 12:1024 + 28])))
     if at(32769, b"CD001"):
         return Filesystem("iso9660")
     if at(510, b"\x55\xaa") and (at(82, b"FAT32") or at(54, b"FAT1")):
@@ -111,7 +114,8 @@ def _gpt(head: bytes, disk_size: int) -> list[Partition] | None:
             continue
         tguid = str(uuid.UUID(bytes_le=e[:16]))
         name = e[56:128].decode("utf-16-le", "replace").split("\0", 1)[0] or None
-        parts.append(Partition(i + 1, first * 512, (last - first + 1) * 512, GPT_TYPES.get(tguid, tguid), name))
+        parts.append(Partition(i + 1, first * 512, (last - first + 1) * 512,
+                               GPT_TYPES.get(tguid, tguid), name))
     return parts
 
 
@@ -127,7 +131,8 @@ def _mbr(head: bytes, disk_size: int) -> list[Partition] | None:
             continue
         if e[0] not in (0, 0x80):
             return None  # not a partition table (a filesystem boot sector, say)
-        parts.append(Partition(i + 1, first * 512, count * 512, MBR_TYPES.get(ptype, f"0x{ptype:02x}")))
+        parts.append(Partition(i + 1, first * 512, count * 512,
+                               MBR_TYPES.get(ptype, f"0x{ptype:02x}")))
     return parts
 
 

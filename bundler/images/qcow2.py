@@ -59,22 +59,28 @@ class Qcow2Disk(VirtualDisk):
             ext = file.read(72, 32, "version 3 header")
             incompat, _compat, _autoclear, _refcount_order, header_length = struct.unpack(">QQQII", ext)
             if header_length < 104 or header_length > cluster:
-                raise file.fail("header", 100, f"header_length {header_length} is not in 104..{cluster}")
+                raise file.fail("header", 100,
+                                f"header_length {header_length} is not in 104..{cluster}")
             if incompat & ~KNOWN_INCOMPAT:
-                raise file.fail("header", 72, f"unknown incompatible features 0x{incompat:x}: this qcow2 "
-                                "needs a newer reader (qemu-img convert it to a plain qcow2 or raw)")
+                raise file.fail("header", 72,
+                                f"unknown incompatible features 0x{incompat:x}: this qcow2 "
+                                "needs a newer reader (qemu-img convert it to a plain qcow2 or "
+                                "raw)")
             if incompat & INCOMPAT_CORRUPT:
                 raise file.fail("header", 72, "qemu marked this image corrupt: repair it with "
                                 "qemu-img check -r all first")
             if incompat & INCOMPAT_DATA_FILE:
-                raise file.fail("header", 72, "the data lives in an external data file, which is not "
+                raise file.fail("header", 72,
+                                "the data lives in an external data file, which is not "
                                 "supported: qemu-img convert it to a self-contained image")
             if incompat & INCOMPAT_EXTL2:
-                raise file.fail("header", 72, "extended L2 entries (subclusters) are not supported: "
+                raise file.fail("header", 72,
+                                "extended L2 entries (subclusters) are not supported: "
                                 "qemu-img convert it to a plain qcow2 or raw")
             if incompat & INCOMPAT_COMPRESSION:
                 if header_length < 105:
-                    raise file.fail("header", 104, "compression type flag set but no compression_type field")
+                    raise file.fail("header", 104,
+                                    "compression type flag set but no compression_type field")
                 ctype = file.read(104, 1, "compression_type")[0]
                 if ctype not in (0, 1):
                     raise file.fail("header", 104, f"unknown compression type {ctype}")
@@ -85,12 +91,15 @@ class Qcow2Disk(VirtualDisk):
         backing_name = None
         if backing_offset:
             if not 0 < backing_size <= 1023:
-                raise file.fail("header", 16, f"backing file name length {backing_size} is not 1..1023")
+                raise file.fail("header", 16,
+                                f"backing file name length {backing_size} is not 1..1023")
             backing_name = file.read(backing_offset, backing_size, "backing file name").decode("utf-8", "replace")
             if not allow_backing:
-                raise file.fail("header", 8, f"the image has a backing file {backing_name!r}: its unallocated "
-                                "clusters live there; flatten it with qemu-img convert first, or pass "
-                                "--allow-backing-file to read it (it must be in the image's directory)")
+                raise file.fail("header", 8,
+                                f"the image has a backing file {backing_name!r}: its unallocated "
+                                "clusters live there; flatten it with qemu-img convert first, or "
+                                "pass --allow-backing-file to read it (it must be in the image's "
+                                "directory)")
         self.cluster_bits = cluster_bits
         self.block_size = cluster
         self.virtual_size = size
@@ -124,24 +133,29 @@ class Qcow2Disk(VirtualDisk):
             if kind == 0:
                 return None
             if pos + 8 + length > end:
-                raise self.file.fail("header extension", pos, f"{length} bytes run past the header cluster")
+                raise self.file.fail("header extension", pos,
+                                     f"{length} bytes run past the header cluster")
             if kind == 0xE2792ACA:
                 return self.file.read(pos + 8, length, "backing format extension").decode("ascii", "replace")
             pos += 8 + length + (-length % 8)
         return None
 
-    def _open_backing(self, name: str, fmt: str | None, root: Path, chain: tuple[Path, ...]) -> VirtualDisk:
+    def _open_backing(self, name: str, fmt: str | None, root: Path,
+                      chain: tuple[Path, ...]) -> VirtualDisk:
         path = (self.file.path.parent / name).resolve()
         where = f"backing file {name!r}"
         if not path.is_relative_to(root):
-            raise self.file.fail("header", 8, f"{where} is outside the image's directory {root}: refused")
+            raise self.file.fail("header", 8,
+                                 f"{where} is outside the image's directory {root}: refused")
         if path in chain or path == self.file.path.resolve() or len(chain) >= MAX_CHAIN:
-            raise self.file.fail("header", 8, f"{where} makes a loop or a chain over {MAX_CHAIN} images")
+            raise self.file.fail("header", 8,
+                                 f"{where} makes a loop or a chain over {MAX_CHAIN} images")
         from . import probe_format
 
         fmt = fmt or probe_format(path)
         if fmt not in ("qcow2", "raw"):
-            raise self.file.fail("header", 8, f"{where} is {fmt}; only qcow2 and raw backing files are read")
+            raise self.file.fail("header", 8,
+                                 f"{where} is {fmt}; only qcow2 and raw backing files are read")
         backing = BoundedFile(path, fmt)
         try:
             if fmt == "raw":
@@ -178,7 +192,8 @@ class Qcow2Disk(VirtualDisk):
         if not offset:
             return None
         if offset % self.block_size:
-            raise self.file.fail("L2 table", offset, f"(L1 entry {l1_index}) is not cluster-aligned")
+            raise self.file.fail("L2 table", offset,
+                                 f"(L1 entry {l1_index}) is not cluster-aligned")
         if l1_index != self._l2_index:
             raw = self.file.read(offset, self.block_size, f"L2 table (L1 entry {l1_index})")
             self._l2 = struct.unpack(f">{self.l2_entries}Q", raw)
@@ -192,7 +207,8 @@ class Qcow2Disk(VirtualDisk):
             sectors = ((entry >> shift) & ((1 << (self.cluster_bits - 8)) - 1)) + 1
             length = sectors * 512 - (host & 511)
             if host >= self.file.size:
-                raise self.file.fail(f"compressed cluster {index}", host, "starts past the end of the file")
+                raise self.file.fail(f"compressed cluster {index}", host,
+                                     "starts past the end of the file")
             # The last compressed cluster's sector may run past the end of the file.
             return Block(self.compression_kind, host, min(length, self.file.size - host))
         if entry & ZERO:

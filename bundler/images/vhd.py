@@ -58,7 +58,8 @@ class VhdDisk(VirtualDisk):
         self.virtual_size = size
         self.details: dict[str, Any] = {"creator": creator.decode("latin-1").strip("\0 ")}
         if dtype == DIFFERENCING:
-            raise file.fail("footer", footer_offset, "a differencing VHD: its unallocated blocks live "
+            raise file.fail("footer", footer_offset,
+                            "a differencing VHD: its unallocated blocks live "
                             "in the parent disk; merge it (qemu-img convert) first")
         if dtype == FIXED:
             self.details["subformat"] = "fixed"

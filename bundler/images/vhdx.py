@@ -50,7 +50,8 @@ def crc32c(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def _checked(file: BoundedFile, offset: int, length: int, signature: bytes, structure: str) -> bytes | None:
+def _checked(file: BoundedFile, offset: int, length: int, signature: bytes,
+             structure: str) -> bytes | None:
     """The structure if its signature and CRC-32C (field at +4, zeroed for the sum) match."""
     data = file.read(offset, length, structure)
     if data[:4] != signature:
@@ -82,7 +83,8 @@ class VhdxDisk(VirtualDisk):
         if version != 1:
             raise file.fail("header", hoffset, f"version {version} is not supported (1 is)")
         if log_guid != bytes(16):
-            raise file.fail("log", log_offset, "the log is dirty (the image was not closed cleanly) and "
+            raise file.fail("log", log_offset,
+                            "the log is dirty (the image was not closed cleanly) and "
                             "would have to be replayed, which writes to the image: open it once in "
                             "Hyper-V, or run qemu-img check -r all on a copy")
         regions = None
@@ -92,7 +94,8 @@ class VhdxDisk(VirtualDisk):
                 roffset = offset
                 break
         if regions is None:
-            raise file.fail("region table", 192 * 1024, "both copies have bad signatures or CRC-32C "
+            raise file.fail("region table", 192 * 1024,
+                            "both copies have bad signatures or CRC-32C "
                             "checksums: corrupt image")
         count = struct.unpack("<I", regions[8:12])[0]
         if count > 2047:
@@ -105,11 +108,13 @@ class VhdxDisk(VirtualDisk):
             guid, off, length, required = struct.unpack("<16sQII", regions[16 + 32 * i:48 + 32 * i])
             if guid not in (BAT_GUID, METADATA_GUID):
                 if required & 1:
-                    raise file.fail("region table", roffset, f"entry {i} is a required region this reader "
+                    raise file.fail("region table", roffset,
+                                    f"entry {i} is a required region this reader "
                                     f"does not know ({uuid.UUID(bytes_le=guid)})")
                 continue
             if off % MIB or off < MIB:
-                raise file.fail("region table", roffset, f"entry {i} offset {off} is not a MiB multiple past the headers")
+                raise file.fail("region table", roffset,
+                                f"entry {i} offset {off} is not a MiB multiple past the headers")
             file.check(off, length, "BAT" if guid == BAT_GUID else "metadata region")
             found[guid] = (off, length)
         if BAT_GUID not in found or METADATA_GUID not in found:
@@ -127,7 +132,8 @@ class VhdxDisk(VirtualDisk):
                             f"{self.virtual_size} bytes need")
         self.bat = struct.unpack(f"<{entries}Q", file.read_table(bat_off, entries * 8, "BAT"))
         self.bat_offset = bat_off
-        self.details: dict[str, Any] = {"block_size": self.block_size, "logical_sector_size": sector}
+        self.details: dict[str, Any] = {"block_size": self.block_size,
+                                        "logical_sector_size": sector}
 
     def _metadata(self, moff: int, mlen: int) -> tuple[int, int, int]:
         file = self.file
@@ -143,11 +149,13 @@ class VhdxDisk(VirtualDisk):
             guid, off, length, flags = struct.unpack("<16sIII", table[32 * i:32 * i + 28])
             if guid not in KNOWN_ITEMS:
                 if flags & 4:
-                    raise file.fail("metadata table", moff, f"entry {i} is a required item this reader "
+                    raise file.fail("metadata table", moff,
+                                    f"entry {i} is a required item this reader "
                                     f"does not know ({uuid.UUID(bytes_le=guid)})")
                 continue
             if length > 64 * 1024 or off + length > mlen or (length and off < 64 * 1024):
-                raise file.fail("metadata item", moff + off, f"entry {i} ({length} bytes at {off}) lies "
+                raise file.fail("metadata item", moff + off,
+                                f"entry {i} ({length} bytes at {off}) lies "
                                 "outside the metadata region")
             items[guid] = file.read(moff + off, length, "metadata item")
         try:
@@ -155,18 +163,22 @@ class VhdxDisk(VirtualDisk):
             size = struct.unpack("<Q", items[VIRTUAL_DISK_SIZE][:8])[0]
             sector = struct.unpack("<I", items[LOGICAL_SECTOR][:4])[0]
         except (KeyError, struct.error):
-            raise file.fail("metadata table", moff, "lacks the file parameters, virtual disk size or "
+            raise file.fail("metadata table", moff,
+                            "lacks the file parameters, virtual disk size or "
                             "logical sector size") from None
         if fflags & 2:
-            raise file.fail("metadata item", moff, "a differencing VHDX: its unallocated blocks live in "
+            raise file.fail("metadata item", moff,
+                            "a differencing VHDX: its unallocated blocks live in "
                             "the parent disk; merge it (qemu-img convert) first")
         if block_size < MIB or block_size > 256 * MIB or block_size & (block_size - 1):
             raise file.fail("metadata item", moff, f"block size {block_size} is not a power of two "
                             "from 1 MiB to 256 MiB")
         if sector not in (512, 4096):
-            raise file.fail("metadata item", moff, f"logical sector size {sector} is not 512 or 4096")
+            raise file.fail("metadata item", moff,
+                            f"logical sector size {sector} is not 512 or 4096")
         if not 0 < size <= MAX_VIRTUAL_SIZE or size % sector:
-            raise file.fail("metadata item", moff, f"virtual disk size {size} is not a positive multiple "
+            raise file.fail("metadata item", moff,
+                            f"virtual disk size {size} is not a positive multiple "
                             f"of {sector} up to 64 TiB")
         return block_size, size, sector
 
@@ -177,11 +189,13 @@ class VhdxDisk(VirtualDisk):
         host = (entry >> 20) << 20
         where = f"BAT entry for block {index}"
         if state == PARTIALLY_PRESENT:
-            raise self.file.fail(where, self.bat_offset, "a partially present block outside a differencing disk")
+            raise self.file.fail(where, self.bat_offset,
+                                 "a partially present block outside a differencing disk")
         if state != FULLY_PRESENT:
             raise self.file.fail(where, self.bat_offset, f"unknown payload block state {state}")
         if host < MIB:
-            raise self.file.fail(where, self.bat_offset, f"block offset {host} is inside the headers")
+            raise self.file.fail(where, self.bat_offset,
+                                 f"block offset {host} is inside the headers")
         return Block(RAW, host, self.block_size)
 
     def lookup(self, index: int) -> Block:

@@ -38,13 +38,15 @@ class VmdkSparseDisk(VirtualDisk):
             marker = file.read(file.size - 1536, 16, "footer marker")
             val, size, mtype = struct.unpack("<QII", marker)
             if size != 0 or mtype != 3:
-                raise file.fail("footer marker", file.size - 1536, "missing (an incomplete stream?)")
+                raise file.fail("footer marker", file.size - 1536,
+                                "missing (an incomplete stream?)")
             header = self._header(file.size - 1024)
             (version, flags, capacity, grain, _d, _ds, gtes, _rgd, gd_offset, _o) = header
             if gd_offset == GD_AT_END:
                 raise file.fail("footer", file.size - 1024, "has no grain directory offset")
         if grain < 1 or grain & (grain - 1) or grain > 1 << 18:
-            raise file.fail("header", 20, f"grain size {grain} sectors is not a power of two up to 128 MiB")
+            raise file.fail("header", 20,
+                            f"grain size {grain} sectors is not a power of two up to 128 MiB")
         if not 1 <= gtes <= 1 << 16:
             raise file.fail("header", 44, f"{gtes} entries per grain table is out of range")
         self.flags = flags
@@ -55,7 +57,8 @@ class VmdkSparseDisk(VirtualDisk):
         self.gtes = gtes
         gts = -(-capacity // (grain * gtes))
         self.gd_offset = gd_offset * 512
-        self.gd = struct.unpack(f"<{gts}I", file.read_table(self.gd_offset, gts * 4, "grain directory"))
+        self.gd = struct.unpack(f"<{gts}I",
+                                file.read_table(self.gd_offset, gts * 4, "grain directory"))
         self._gt_index = -1
         self._gt: tuple[int, ...] = ()
         subformat = "streamOptimized" if self.compressed and flags & FLAG_MARKERS else (
@@ -73,7 +76,8 @@ class VmdkSparseDisk(VirtualDisk):
             raise self.file.fail("header", offset + 4, f"version {version} is not supported")
         algo = struct.unpack("<H", data[77:79])[0]
         if flags & FLAG_COMPRESSED and algo != 1:
-            raise self.file.fail("header", offset + 77, f"compression algorithm {algo} is not deflate")
+            raise self.file.fail("header", offset + 77,
+                                 f"compression algorithm {algo} is not deflate")
         return version, flags, capacity, grain, doff, dsize, gtes, rgd, gd, overhead
 
     def _table(self, gd_index: int) -> tuple[int, ...] | None:
@@ -94,7 +98,8 @@ class VmdkSparseDisk(VirtualDisk):
             return Block(RAW, host, self.block_size)
         lba, size = struct.unpack("<QI", self.file.read(host, 12, f"grain {index} marker"))
         if lba != index * (self.block_size // 512):
-            raise self.file.fail(f"grain {index} marker", host, f"says sector {lba}, the grain table "
+            raise self.file.fail(f"grain {index} marker", host,
+                                 f"says sector {lba}, the grain table "
                                  f"says {index * (self.block_size // 512)}")
         if size == 0:
             raise self.file.fail(f"grain {index} marker", host, "is a metadata marker, not a grain")
@@ -149,7 +154,8 @@ class VmdkDescriptorDisk(VirtualDisk):
     def __init__(self, file: BoundedFile) -> None:
         self.file = file
         if file.size > MAX_DESCRIPTOR:
-            raise file.fail("descriptor", 0, f"a {file.size}-byte text descriptor is implausibly large")
+            raise file.fail("descriptor", 0,
+                            f"a {file.size}-byte text descriptor is implausibly large")
         text = file.read(0, file.size, "descriptor").decode("utf-8", "replace")
         self.extents: list[tuple[int, int, Any, int]] = []  # (guest start, bytes, source, offset)
         pos = 0
@@ -169,7 +175,8 @@ class VmdkDescriptorDisk(VirtualDisk):
                 source: Any = None
             else:
                 if not name or Path(name).name != name or name in (".", ".."):
-                    raise file.fail("descriptor", 0, f"line {line_no}: extent file {name!r} must be a plain "
+                    raise file.fail("descriptor", 0,
+                                    f"line {line_no}: extent file {name!r} must be a plain "
                                     "file name beside the descriptor")
                 path = base / name
                 if kind in ("FLAT", "VMFS"):
@@ -179,7 +186,8 @@ class VmdkDescriptorDisk(VirtualDisk):
                 else:
                     sub = VmdkSparseDisk(BoundedFile(path, "vmdk"))
                     if sub.virtual_size < length:
-                        raise file.fail("descriptor", 0, f"line {line_no}: sparse extent {name!r} holds "
+                        raise file.fail("descriptor", 0,
+                                        f"line {line_no}: sparse extent {name!r} holds "
                                         f"{sub.virtual_size} bytes, the descriptor says {length}")
                     source = sub
             self.extents.append((pos, length, source, int(offset or 0) * 512))

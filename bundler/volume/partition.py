@@ -115,7 +115,8 @@ def protective_mbr(total_sectors: int) -> bytes:
 
 # ------------------------------------------------------------------------------------ GPT
 
-def gpt_partitions(layout: DiskLayout, part_guids: tuple[uuidlib.UUID, uuidlib.UUID]) -> list[GptPartition]:
+def gpt_partitions(layout: DiskLayout,
+                   part_guids: tuple[uuidlib.UUID, uuidlib.UUID]) -> list[GptPartition]:
     total = layout.sectors
     fs_first = layout.fs_offset // SECTOR
     fs_last = fs_first + layout.fs_bytes // SECTOR - 1

@@ -89,7 +89,8 @@ FILTERED = ["home/u/.ssh/id_rsa", "home/u/.bash_history", "proc/1"]
 
 
 def bundle_args(keys, ec2, dest: Path, *extra: str) -> list[str]:
-    return ["bundle-vol", "-k", str(keys.key_path), "-c", str(keys.cert_path), "-u", "1234-5678-9012",
+    return ["bundle-vol", "-k", str(keys.key_path), "-c", str(keys.cert_path),
+            "-u", "1234-5678-9012",
             "--ec2cert", str(ec2.cert_path), "-r", "x86_64", "-d", str(dest), "--batch",
             # The sample trees have no kernel: the boot check has its own tests (test_check.py).
             "--no-inherit", "-q", "--no-check", *extra]
@@ -115,7 +116,8 @@ def test_bundle_vol_roundtrip(rootfs, tmp_path, user_key_pair, ec2_key_pair, cap
 
     dump = tmp_path / "dump"
     dump.mkdir()
-    subprocess.run(["debugfs", "-R", f"rdump / {dump}", str(image)], capture_output=True, check=True)
+    subprocess.run(["debugfs", "-R", f"rdump / {dump}", str(image)], capture_output=True,
+                   check=True)
     for rel in KEPT:
         assert stat_of(image, "/" + rel), rel     # present (rdump skips FIFOs)
         src, got = rootfs / rel, dump / rel
@@ -149,7 +151,8 @@ def test_bundle_vol_roundtrip(rootfs, tmp_path, user_key_pair, ec2_key_pair, cap
     assert not any(p.name.startswith(".vol.") for p in dest.iterdir())
 
 
-@pytest.mark.skipif(shutil.which("sfdisk") is None, reason="sfdisk not installed (apt-get install fdisk)")
+@pytest.mark.skipif(shutil.which("sfdisk") is None,
+                    reason="sfdisk not installed (apt-get install fdisk)")
 @pytest.mark.parametrize("scheme", ["mbr", "gpt"])
 def test_partitioned_clone(rootfs, tmp_path, scheme):
     dest = tmp_path / "out"
@@ -191,7 +194,8 @@ def test_destination_inside_volume(rootfs, tmp_path):
 def test_size_too_small_and_estimate_is_enough(rootfs, tmp_path):
     (rootfs / "var/lib/blob").write_bytes(os.urandom(24 * 1024 * 1024))
     with pytest.raises(VolumeError, match=r"needs at least (\d+) MiB") as info:
-        bundle_volume(VolumeConfig(volume=rootfs, destination=tmp_path, clone_only=True, size_mib=16))
+        bundle_volume(VolumeConfig(volume=rootfs, destination=tmp_path, clone_only=True,
+                                   size_mib=16))
     assert list(tmp_path.iterdir()) == [rootfs]  # no temporary image or staging left behind
     minimum = int(info.value.args[0].split("at least ")[1].split()[0])
     assert 24 < minimum < 64
@@ -207,7 +211,8 @@ def test_mke2fs_full_is_translated(rootfs, tmp_path, monkeypatch):
     (rootfs / "var/lib/blob").write_bytes(os.urandom(12 * 1024 * 1024))
     monkeypatch.setattr(imagefs, "min_fs_mib", lambda selection, fs_type="ext4": 1)
     with pytest.raises(VolumeError, match=r"filled up; the image needs at least \d+ MiB"):
-        bundle_volume(VolumeConfig(volume=rootfs, destination=tmp_path, clone_only=True, size_mib=6))
+        bundle_volume(VolumeConfig(volume=rootfs, destination=tmp_path, clone_only=True,
+                                   size_mib=6))
 
 
 def test_cli_bad_input(rootfs, tmp_path, capsys, user_key_pair, ec2_key_pair):

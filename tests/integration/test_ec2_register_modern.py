@@ -19,7 +19,8 @@ def test_modern_register(capsys, endpoint, proxy, s3, ec2, bucket, reg_bundle):
     name = ami_name()
     location = f"{bucket}/amis/reg.manifest.xml"
     code, out, err = register(capsys, proxy.url, location, name, "--json", "--tag", "team=infra",
-                              "--tag", "os=debian", "--imds-support", "v2.0", "--deprecate-at", "2031-05-06T07:08:00Z",
+                              "--tag", "os=debian", "--imds-support", "v2.0",
+                              "--deprecate-at", "2031-05-06T07:08:00Z",
                               "--deregistration-protection", "--launch-permission", "1111-2222-3333",
                               "--launch-permission", ORG, "--launch-permission", OU)
     assert code == 0, err
@@ -37,12 +38,14 @@ def test_modern_register(capsys, endpoint, proxy, s3, ec2, bucket, reg_bundle):
     assert {"UserId": "111122223333"} in perms
     assert {"OrganizationArn": ORG} in perms and {"OrganizationalUnitArn": OU} in perms
     # Protected: deregister is refused and the bundle stays.
-    code, _, err = run(capsys, "deregister", image["ImageId"], "--delete-bundle", "--endpoint-url", endpoint)
+    code, _, err = run(capsys, "deregister", image["ImageId"],
+                       "--delete-bundle", "--endpoint-url", endpoint)
     assert code != 0 and "deregistration protection" in err
     assert len(keys_in(s3, bucket)) == 4
     ec2.disable_image_deregistration_protection(ImageId=image["ImageId"])
     # deregister --delete-bundle finds the bundle through ImageLocation (no tag exists).
-    code, out, err = run(capsys, "deregister", image["ImageId"], "--delete-bundle", "--endpoint-url", endpoint)
+    code, out, err = run(capsys, "deregister", image["ImageId"],
+                         "--delete-bundle", "--endpoint-url", endpoint)
     assert code == 0, err
     assert keys_in(s3, bucket) == {}
 
@@ -50,7 +53,8 @@ def test_modern_register(capsys, endpoint, proxy, s3, ec2, bucket, reg_bundle):
 def test_sharing_with_all_under_block_public_access(capsys, endpoint, ec2, bucket, reg_bundle):
     name = ami_name()
     assert ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"] == "block-new-sharing"
-    code, _, err = register(capsys, endpoint, f"{bucket}/amis/reg.manifest.xml", name, "--launch-permission", "all")
+    code, _, err = register(capsys, endpoint, f"{bucket}/amis/reg.manifest.xml", name,
+                            "--launch-permission", "all")
     assert code != 0 and "Traceback" not in err
     assert "block public access for AMIs" in err and "disable-image-block-public-access" in err
     assert images_named(ec2, name) == []  # refused before the AMI existed
@@ -69,7 +73,8 @@ def test_bad_register_flags(capsys, endpoint, bucket, reg_bundle):
     location = f"{bucket}/amis/reg.manifest.xml"
     for flags, text in ((["--deprecate-at", "2001-01-01"], "not in the future"),
                         (["--deprecate-at", "soon"], "expected a time"),
-                        (["--launch-permission", "arn:aws:iam::123456789012:root"], "organization ARN")):
+                        (["--launch-permission", "arn:aws:iam::123456789012:root"],
+                         "organization ARN")):
         code, _, err = register(capsys, endpoint, location, ami_name(), *flags)
         assert code == 2 and text in err, err
 
@@ -82,7 +87,8 @@ def test_bad_register_flags(capsys, endpoint, bucket, reg_bundle):
 def test_register_fails_clearly_for_a_bundle_ec2_cannot_use(capsys, endpoint, s3, ec2, bucket, tmp_path,
                                                           signing_key, strict_aws, damage, detail):
     other = strict_aws.keys.private_key("af-south-1").public_key() if damage == "other-region" else None
-    bundle = make_fake_bundle(tmp_path / "b", "bad", [64 * KIB, 16 * KIB], signing_key, ec2_public_key=other)
+    bundle = make_fake_bundle(tmp_path / "b", "bad", [64 * KIB, 16 * KIB], signing_key,
+                              ec2_public_key=other)
     code, _, err = upload(capsys, endpoint, f"{bucket}/amis", bundle)
     assert code == 0, err
     if damage == "grant":

@@ -123,7 +123,8 @@ def test_compressed_stream_gives_the_raw_image(images, name):
         source.close()
 
 
-def test_image_size_skips_the_extra_pass_and_is_checked(images, tmp_path, user_key_pair, ec2_key_pair):
+def test_image_size_skips_the_extra_pass_and_is_checked(images, tmp_path, user_key_pair,
+                                                        ec2_key_pair):
     source = open_source(images["disk.raw.gz"], image_size=SIZE)
     assert source.regions() is None and reassemble(source) == images["disk.raw"].read_bytes()
     source = open_source(images["disk.raw.gz"], image_size=SIZE - 512, name="short")
@@ -133,7 +134,8 @@ def test_image_size_skips_the_extra_pass_and_is_checked(images, tmp_path, user_k
 
 @pytest.mark.parametrize("name", ["compressed.qcow2", "stream.vmdk", "dynamic.vhd", "dynamic.vhdx",
                                   "disk.raw.xz", "disk.raw.gz"])
-def test_bundle_unbundles_with_the_classic_pipeline(images, tmp_path, user_key_pair, ec2_key_pair, name):
+def test_bundle_unbundles_with_the_classic_pipeline(images, tmp_path, user_key_pair, ec2_key_pair,
+                                                    name):
     if name not in images:
         pytest.skip("compressor not installed")
     dest = tmp_path / "bundle"
@@ -158,7 +160,8 @@ def test_forced_format_and_unsupported_containers(images, tmp_path):
     assert source.size == images["compressed.qcow2"].stat().st_size
     source.close()
     vdi = tmp_path / "disk.vdi"
-    subprocess.run(["qemu-img", "convert", "-O", "vdi", str(images["disk.raw"]), str(vdi)], check=True)
+    subprocess.run(["qemu-img", "convert", "-O", "vdi", str(images["disk.raw"]), str(vdi)],
+                   check=True)
     with pytest.raises(ImageError, match="VirtualBox VDI image, which is not supported"):
         open_source(vdi)
     with pytest.raises(ImageError, match="qcow2 image: header at offset 0: no qcow2 magic"):
@@ -169,7 +172,8 @@ def test_backing_file_refused_unless_allowed_and_only_beside_the_image(images, t
     base = tmp_path / "base.qcow2"
     shutil.copy(images["compressed.qcow2"], base)
     top = tmp_path / "top.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", str(top)],
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
+                    str(top)],
                    check=True)
     # Guest writes over the backing data: the overlay holds only these clusters.
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 1M 64k", "-c", "write -z 2M 64k",
@@ -205,7 +209,8 @@ def test_four_gib_qcow2_with_one_mib_of_data_stores_one_mib(tmp_path, user_key_p
     dest = tmp_path / "b"
     dest.mkdir()
     assert main(["bundle-image", "-i", str(image), "-c", str(user_key_pair.cert_path), "-k",
-                 str(user_key_pair.key_path), "-u", "123456789012", "--ec2cert", str(ec2_key_pair.cert_path),
+                 str(user_key_pair.key_path), "-u", "123456789012",
+                 "--ec2cert", str(ec2_key_pair.cert_path),
                  "-d", str(dest), "-r", "x86_64", "-q"]) == 0
     parts = sorted(dest.glob("big.part.*"))
     assert len(parts) == 1 and sum(p.stat().st_size for p in parts) < 2 * MIB
@@ -215,8 +220,8 @@ def test_inspect_image_reports_partitions_and_filesystems(images, tmp_path, caps
     disk = tmp_path / "gpt.raw"
     with open(disk, "wb") as fh:
         fh.truncate(64 * MIB)
-    subprocess.run(["sfdisk", "-q", str(disk)], input=b"label: gpt\n,1M,21686148-6449-6E6F-744E-656564454649\n,\n",
-                   check=True)
+    subprocess.run(["sfdisk", "-q", str(disk)],
+                   input=b"label: gpt\n,1M,21686148-6449-6E6F-744E-656564454649\n,\n", check=True)
     subprocess.run(["dd", f"if={images['disk.raw']}", f"of={disk}", "bs=1M", "seek=2", "count=20",
                     "conv=notrunc,sparse", "status=none"], check=True)
     qcow = tmp_path / "gpt.qcow2"
@@ -245,8 +250,8 @@ def test_compressed_image_on_standard_input(images, tmp_path, user_key_pair, ec2
     dest.mkdir()
     args = [sys.executable, "-m", "bundler", "bundle-image", "-i", "-", "--image-format", "zst",
             "--image-size", str(SIZE), "-p", "piped", "-c", str(user_key_pair.cert_path),
-            "-k", str(user_key_pair.key_path), "-u", "123456789012", "--ec2cert", str(ec2_key_pair.cert_path),
-            "-d", str(dest), "-r", "x86_64", "-q"]
+            "-k", str(user_key_pair.key_path), "-u", "123456789012",
+            "--ec2cert", str(ec2_key_pair.cert_path), "-d", str(dest), "-r", "x86_64", "-q"]
     with open(images["disk.raw.zst"], "rb") as stdin:
         done = subprocess.run(args, stdin=stdin, cwd=repo, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -257,7 +262,8 @@ def test_compressed_image_on_standard_input(images, tmp_path, user_key_pair, ec2
     broken.write_bytes(images["disk.raw.zst"].read_bytes()[:-4000] + b"\xff" * 4000)
     (tmp_path / "b2").mkdir()
     with open(broken, "rb") as stdin:
-        done = subprocess.run([*args[:-5], "-d", str(tmp_path / "b2"), "-r", "x86_64", "-q", "-p", "broken"],
+        done = subprocess.run([*args[:-5], "-d", str(tmp_path / "b2"), "-r", "x86_64",
+                               "-q", "-p", "broken"],
                               stdin=stdin, cwd=repo, capture_output=True, text=True)
     assert done.returncode != 0
     assert "zst image: compressed stream" in done.stderr and "Traceback" not in done.stderr

@@ -137,7 +137,8 @@ def test_block_public_access_for_amis_refuses_sharing_with_all(s3, ec2, bucket, 
     with pytest.raises(bexc.ClientError) as exc:
         ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"Group": "all"}]})
     assert _code(exc)[0] == "OperationNotPermitted"
-    ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"UserId": "210987654321"}]})
+    ec2.modify_image_attribute(ImageId=image_id,
+                               LaunchPermission={"Add": [{"UserId": "210987654321"}]})
 
 
 @pytest.mark.parametrize(("damage", "message"), [
@@ -146,7 +147,8 @@ def test_block_public_access_for_amis_refuses_sharing_with_all(s3, ec2, bucket, 
     ("tampered", "does not match its digest"),
     ("garbage", "gzip"),
 ])
-def test_register_checks_the_bundle_as_ec2_does(s3, ec2, bucket, tmp_path, signing_key, damage, message):
+def test_register_checks_the_bundle_as_ec2_does(s3, ec2, bucket, tmp_path, signing_key, damage,
+                                                message):
     sizes = [64 * 1024, 20 * 1024]
     if damage == "other-region":  # wrapped to Cape Town's certificate, registered in us-east-1
         bundle = make_fake_bundle(tmp_path / "b", "a", sizes, signing_key,
@@ -161,7 +163,8 @@ def test_register_checks_the_bundle_as_ec2_does(s3, ec2, bucket, tmp_path, signi
     if damage == "garbage":  # digests match, but the bytes are not an encrypted gzip stream
         junk = os.urandom(len(bundle.parts[0].data))
         s3.put_object(Bucket=bucket, Key="img/a.part.0", Body=junk, ACL="aws-exec-read")
-        manifest = bundle.manifest_bytes.replace(bundle.parts[0].sha1.encode(), hashlib.sha1(junk).hexdigest().encode())
+        manifest = bundle.manifest_bytes.replace(bundle.parts[0].sha1.encode(),
+                                                 hashlib.sha1(junk).hexdigest().encode())
         s3.put_object(Bucket=bucket, Key="img/a.manifest.xml", Body=manifest, ACL="aws-exec-read")
     with pytest.raises(bexc.ClientError) as exc:
         ec2.register_image(ImageLocation=location, Name=_name())

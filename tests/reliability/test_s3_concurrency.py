@@ -105,5 +105,5 @@ def test_part_replaced_behind_our_back_blocks_the_manifest(world: World, env,
     assert result.parts_uploaded == 1
     seen = inspect_bundles(world.s3, bucket, known={"race.manifest.xml": bundle.manifest_bytes})
     assert seen.ok and seen.complete == ["race.manifest.xml"]
-    assert hashlib.md5(world.s3.get_object(Bucket=bucket, Key="race.part.2")["Body"].read()).hexdigest() == \
-        hashlib.md5(bundle.parts[2].data).hexdigest()
+    assert (hashlib.md5(world.s3.get_object(Bucket=bucket, Key="race.part.2")["Body"].read())
+            .hexdigest() == hashlib.md5(bundle.parts[2].data).hexdigest())

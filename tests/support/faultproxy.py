@@ -230,7 +230,8 @@ class _Handler(BaseHTTPRequestHandler):
         method = self.command
         split = urlsplit(self.path)
         record = Record(method, split.path, split.query, started=time.monotonic(),
-                        headers={h: self.headers[h] for h in _RECORDED_HEADERS if self.headers.get(h)})
+                        headers={h: self.headers[h]
+                                 for h in _RECORDED_HEADERS if self.headers.get(h)})
         proxy._enter(method)
         done = False
 

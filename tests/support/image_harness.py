@@ -49,13 +49,15 @@ def seeds(target: str) -> tuple[bytes, ...]:
             for cmd in (["gzip", "-c"], ["xz", "-c"], ["xz", "-c", "-T2", "--block-size=256KiB"],
                         ["zstd", "-q", "-c"], ["bzip2", "-c"]):
                 if shutil.which(cmd[0]):
-                    out.append(subprocess.run([*cmd, str(raw)], capture_output=True, check=True).stdout)
+                    out.append(subprocess.run([*cmd, str(raw)], capture_output=True,
+                                              check=True).stdout)
             return tuple(out)
         if not shutil.which("qemu-img"):
             return ()
         for fmt, opts in _QEMU[target]:
             image = directory / f"seed.{fmt}"
-            subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, *opts, str(raw), str(image)],
+            subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, *opts, str(raw),
+                            str(image)],
                            check=True, capture_output=True)
             out.append(image.read_bytes())
         return tuple(out)
@@ -81,7 +83,8 @@ def check_image(data: bytes, target: str) -> str:
                 pos = 0
                 for offset, length in regions:
                     if offset < pos or length <= 0 or offset + length > source.size:
-                        raise Finding(f"bad region map {regions[:5]} for a {source.size}-byte image")
+                        raise Finding(f"bad region map {regions[:5]} for a {source.size}-byte "
+                                      "image")
                     pos = offset + length
             total = 0
             for chunk in source.chunks():

@@ -569,7 +569,8 @@ def test_incompressible_blocks_are_stored_and_decode_with_gzip(level, tmp_path):
     stream = b"".join(out)
     assert gzip.decompress(stream) == data
     (tmp_path / "s.gz").write_bytes(stream)
-    assert subprocess.run(["gzip", "-dc", str(tmp_path / "s.gz")], capture_output=True, check=True).stdout == data
+    assert subprocess.run(["gzip", "-dc", str(tmp_path / "s.gz")], capture_output=True,
+                          check=True).stdout == data
     # stored: the random parts cost 5 bytes per 64 KiB, not a deflate search
     assert len(stream) < len(random_a) + len(random_b) + len(text) // 2
 
@@ -577,7 +578,8 @@ def test_incompressible_blocks_are_stored_and_decode_with_gzip(level, tmp_path):
 def test_stored_fragments_mark_only_the_last_block_final():
     from bundler.deflate import _stored
 
-    for size, last in ((0, True), (0, False), (1, True), (0xFFFF, True), (0x10000, False), (300_000, True)):
+    for size, last in ((0, True), (0, False), (1, True), (0xFFFF, True), (0x10000, False),
+                       (300_000, True)):
         block = os.urandom(size)
         fragment = _stored(block, last)
         decoder = zlib.decompressobj(-15)

@@ -33,7 +33,8 @@ def raw(tmp_path_factory) -> Path:
 
 def convert(raw: Path, tmp_path: Path, fmt: str, *opts: str, name: str = "") -> Path:
     out = tmp_path / (name or f"disk.{fmt}")
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, *opts, str(raw), str(out)], check=True)
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, *opts, str(raw), str(out)],
+                   check=True)
     return out
 
 
@@ -173,7 +174,7 @@ def test_qcow2_encrypted_and_unknown_features_refused(raw, tmp_path):
     fails(image, "unknown incompatible features")
 
 
-# ---------------------------------------------------------------------------------- VHD / VHDX / VMDK
+# --------------------------------------------------------------------------- VHD / VHDX / VMDK
 
 
 def test_vhd_bad_footer_checksum(raw, tmp_path):

@@ -46,7 +46,8 @@ def serve(mode: str):
                              self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")))
             if mode == "v1":
                 return self._send(403)
-            if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+            if (self.path == "/latest/api/token"
+                    and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")):
                 return self._send(200, TOKEN)
             return self._send(400)
 

@@ -42,7 +42,8 @@ class FakeSource:
     mode = 0o644
     mtime = 0
 
-    def __init__(self, data: bytes, *, fail_at: int | None = None, exc: type[BaseException] = RuntimeError) -> None:
+    def __init__(self, data: bytes, *, fail_at: int | None = None,
+                 exc: type[BaseException] = RuntimeError) -> None:
         self.data = data
         self.size = len(data)
         self.fail_at = fail_at
@@ -160,9 +161,11 @@ def test_a_failing_bundle_aborts_the_sink_and_leaves_no_thread(small_parts, keys
     data = os.urandom(1 << 20)
     source = FakeSource(data, fail_at=(1 << 19) if failure in ("source", "interrupt") else None,
                         exc=KeyboardInterrupt if failure == "interrupt" else RuntimeError)
-    sink = MemorySink(fail_put=3 if failure == "put_part" else None, fail_commit=failure == "commit")
+    sink = MemorySink(fail_put=3 if failure == "put_part" else None,
+                      fail_commit=failure == "commit")
     progress = RecordingProgress()
-    expected = {"source": RuntimeError, "interrupt": KeyboardInterrupt, "put_part": OSError, "commit": OSError}
+    expected = {"source": RuntimeError, "interrupt": KeyboardInterrupt, "put_part": OSError,
+                "commit": OSError}
     with pytest.raises(expected[failure]):
         bundle(source, sink, keys, options(), progress)
     assert sink.aborted and source.closed
@@ -240,8 +243,8 @@ def test_a_source_that_reuses_its_buffer_is_hashed_as_it_was_read(small_parts, k
     result = bundle(ReusingSource(expected), sink, keys, options())
     monkeypatch.undo()
     writer = FakeWriter()
-    unbundle(parse_manifest(sink.manifest), FakePartSource(sink.data), None, user_key_pair.private_key,
-             writer=writer)
+    unbundle(parse_manifest(sink.manifest), FakePartSource(sink.data), None,
+             user_key_pair.private_key, writer=writer)
     assert bytes(writer.image) == expected
     assert result.digest == parse_manifest(sink.manifest).manifest.digest
     assert no_thread_left() == []
@@ -250,7 +253,8 @@ def test_a_source_that_reuses_its_buffer_is_hashed_as_it_was_read(small_parts, k
 # --------------------------------------------------------------------------- unbundle
 
 
-@pytest.mark.parametrize("failure", ["corrupt_first", "corrupt_later", "write", "open_interrupt", "commit"])
+@pytest.mark.parametrize("failure",
+                         ["corrupt_first", "corrupt_later", "write", "open_interrupt", "commit"])
 def test_a_failing_unbundle_stops_the_part_reader_and_leaves_no_thread(small_parts, keys, user_key_pair,
                                                                        no_thread_left, failure):
     data = os.urandom(4 << 20)
@@ -261,7 +265,9 @@ def test_a_failing_unbundle_stops_the_part_reader_and_leaves_no_thread(small_par
     # The writer fails on the first 1 MiB of the image; the reader waits at a part well past it
     # until then, so the failure is seen while many parts are still unread.
     hold = (24, writer.failed) if failure == "write" else None
-    source = FakePartSource(sink.data, corrupt={"corrupt_first": 0, "corrupt_later": 5}.get(failure), hold=hold)
+    source = FakePartSource(sink.data,
+                            corrupt={"corrupt_first": 0, "corrupt_later": 5}.get(failure),
+                            hold=hold)
     progress = RecordingProgress()
     expected = {"corrupt_first": IntegrityError, "corrupt_later": IntegrityError,
                 "write": OSError, "open_interrupt": KeyboardInterrupt, "commit": OSError}
@@ -276,13 +282,15 @@ def test_a_failing_unbundle_stops_the_part_reader_and_leaves_no_thread(small_par
 
 
 def test_unbundle_stops_the_part_reader_when_the_digest_thread_cannot_start(small_parts, keys, user_key_pair,
-                                                                           monkeypatch, no_thread_left):
+                                                                           monkeypatch,
+                                                                            no_thread_left):
     sink, parsed = make_bundle(keys, os.urandom(1 << 20))
     _refuse_to_start(monkeypatch, "ami-bundler-sha1")
     source = FakePartSource(sink.data)
     progress = RecordingProgress()
     with pytest.raises(RuntimeError, match="can't start new thread"):
-        unbundle(parsed, source, None, user_key_pair.private_key, writer=FakeWriter(), progress=progress)
+        unbundle(parsed, source, None, user_key_pair.private_key, writer=FakeWriter(),
+                 progress=progress)
     assert no_thread_left() == []
     assert progress.events[-1] == ("finish", "unbundle")
 
@@ -292,7 +300,8 @@ def test_unbundle_round_trip_leaves_no_thread(small_parts, keys, user_key_pair, 
     sink, parsed = make_bundle(keys, data)
     writer = FakeWriter()
     progress = RecordingProgress()
-    unbundle(parsed, FakePartSource(sink.data), None, user_key_pair.private_key, writer=writer, progress=progress)
+    unbundle(parsed, FakePartSource(sink.data), None, user_key_pair.private_key, writer=writer,
+             progress=progress)
     assert bytes(writer.image) == data
     assert progress.events[0] == ("start", "unbundle") and progress.events[-1] == ("finish", "unbundle")
     assert no_thread_left() == []
@@ -317,7 +326,8 @@ class _LockBucket:
     def _error(code: str, status: int, op: str):
         from botocore.exceptions import ClientError
 
-        return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        return ClientError({"Error": {"Code": code, "Message": code},
+                            "ResponseMetadata": {"HTTPStatusCode": status}},
                            op)
 
     def put_object(self, **params):
@@ -360,7 +370,8 @@ def test_a_lock_released_between_reading_it_and_taking_it_over_is_taken_fresh(mo
     from bundler import s3
 
     monkeypatch.setattr(s3.lock, "pid_alive", lambda pid: False)
-    holder = {"tool": "ami-bundler", "host": socket.gethostname(), "pid": 1 << 22, "token": "theirs"}
+    holder = {"tool": "ami-bundler", "host": socket.gethostname(), "pid": 1 << 22,
+              "token": "theirs"}
     client = _LockBucket(holder)
     lock = s3.UploadLock(client, s3.S3Location("bucket", "d/"), "dup")
     lock.acquire()

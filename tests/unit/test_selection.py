@@ -94,7 +94,8 @@ def test_virtual_dirs_kept_empty(tree):
 
 def test_secret_filter_removes_keys_keeps_public_material(tree):
     kept, excluded, _ = run()
-    for secret in ("home/bob/.ssh/id_rsa", "home/bob/.ssh/id_ed25519", "home/bob/.ssh/authorized_keys",
+    for secret in ("home/bob/.ssh/id_rsa", "home/bob/.ssh/id_ed25519",
+                   "home/bob/.ssh/authorized_keys",
                    "home/bob/.bash_history", "home/bob/.zsh_history", "home/bob/.python_history",
                    "home/bob/notes.txt~", "home/bob/.notes.txt.swp", "home/bob/.#lock",
                    "home/bob/#autosave#", "home/bob/deploy-key", "home/bob/server.pem",
@@ -199,7 +200,8 @@ def test_unreadable_file_warns_and_is_left_out(fs, caplog):
 
 def test_mount_policies(fs):
     make(fs, {"boot/vmlinuz": "k", "home/u/f": "x", "net/share/f": "x", "run/lock/x": "x"})
-    mounts = [Mount(str(VOL / "boot"), "ext4", "/dev/sda2"), Mount(str(VOL / "net"), "nfs4", "srv:/x"),
+    mounts = [Mount(str(VOL / "boot"), "ext4", "/dev/sda2"),
+              Mount(str(VOL / "net"), "nfs4", "srv:/x"),
               Mount(str(VOL / "run"), "tmpfs", "tmpfs"), Mount("/elsewhere", "ext4", "/dev/sdb")]
     kept, excluded, _ = run(mounts=mounts)                # default: no mount below the volume
     assert "boot" in kept and "boot/vmlinuz" not in kept
