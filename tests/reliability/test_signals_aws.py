@@ -316,3 +316,18 @@ def test_install_regions_signal_during_a_regions_publish_keeps_it_whole(cloud, s
     assert sent.is_set() and code == 128 + signal.SIGTERM
     for region in regions:
         cloud.check_prefix(region, "", f"{bucket}-{region}")
+
+
+def test_check_from_s3_removes_its_private_image(cloud, tmp_path):
+    """check --from-s3 unpacks the (decrypted) bundle into a private directory under
+    --work-dir: gone whichever request the signal lands before."""
+    work = tmp_path / "work"
+    work.mkdir()
+
+    def check(when: str) -> None:
+        assert os.listdir(work) == [], f"{when}: left {os.listdir(work)}"
+
+    argv = cloud.aws("check", "--from-s3", "-m", f"{cloud.bucket}/src/img.manifest.xml", "-k",
+                     str(cloud.ws.key), "--work-dir", str(work))
+    # The workspace image is random bytes: no filesystem to check, exit 1 when not signalled.
+    walk(argv, lambda: None, check, minimum=3, fs=False, finished=1)
