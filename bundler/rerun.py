@@ -52,11 +52,15 @@ class ImageFingerprint:
                 parsed.source,
             )
             return False
+        log.info("comparing the image with %s", parsed.source)
+        return self.digest() == manifest.digest.lower()
+
+    def digest(self) -> str:
+        """The SHA-1 a manifest of this image as ``name`` carries (read once, then kept)."""
         with self._lock:
             if self._digest is None:
-                log.info("comparing the image with %s", parsed.source)
                 self._digest = tar_digest(self.source, self.name, self.progress)
-        return self._digest == manifest.digest.lower()
+            return self._digest
 
 
 @dataclass

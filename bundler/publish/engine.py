@@ -1,0 +1,365 @@
+"""The publish: one image → every (account, region) of a plan, doing only what is missing.
+
+Data flows left to right: the image's digest (one read: ``rerun.ImageFingerprint``) → the
+generation (``state.resolve_generation``) → every target's state read from AWS in parallel
+(``state.read_target``) → the diff → the work. The work is ``multiregion.install_regions``
+(bundle ONCE, fan out to the first ``max_regions`` targets, copy to the others — server-side
+within an account, streamed across accounts — register with tags, launch permissions,
+deprecation and deregistration protection; every write through the one publish protocol of
+``bundler.s3.publish`` and its in-use rules), then the changes existing AMIs lack. A target
+that fails, or that holds another image (a conflict), never stops the others; its error is in
+its result.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from ..aws import ec2_errors
+from ..concurrency import run_all
+from ..ec2 import RegisterOptions, add_launch_permissions, parse_register_block_device_mappings
+from ..errors import BundlerError
+from ..inuse import InUse
+from ..multiregion import RegionTarget, install_regions
+from ..pipeline import BundleKeys, BundleOptions
+from ..progress import NULL_PROGRESS, ProgressListener
+from ..rerun import ImageFingerprint
+from ..source import ImageSource
+from ..transfer import DEFAULT_ACL, DEFAULT_ATTEMPTS, DEFAULT_JOBS
+from .plan import Plan, Target
+from .state import (
+    SAME,
+    Change,
+    Desired,
+    TargetState,
+    desired,
+    plan_images,
+    plan_transfers,
+    read_target,
+    resolve_generation,
+)
+
+log = logging.getLogger("bundler.publish")
+
+DONE, FAILED, REFUSED, PENDING = "done", "failed", "refused", "pending"
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A target's clients (made in the main thread: boto3 sessions are not thread-safe)."""
+
+    s3: Any
+    ec2: Any
+    endpoint: str | None = None  # the S3 endpoint override (decides server-side copies)
+
+
+@dataclass(frozen=True)
+class RegionKey:
+    """The EC2 certificate a region's manifest is wrapped to."""
+
+    public_key: Any
+    name: str  # for messages and the report
+
+
+@dataclass
+class TargetResult:
+    account: str
+    region: str
+    state: str = PENDING  # done | failed | refused | pending (dry run: something to do)
+    image_id: str | None = None
+    bundle: str | None = None  # s3://BUCKET/PREFIX/GENERATION/NAME.manifest.xml
+    error: str | None = None
+    changes: list[str] = field(default_factory=list)  # to do (dry run) or done
+
+    @property
+    def label(self) -> str:
+        return f"{self.account}/{self.region}"
+
+    def summary(self) -> dict[str, object]:
+        return {"account": self.account, "region": self.region, "state": self.state,
+                "ami_id": self.image_id, "bundle": self.bundle, "error": self.error,
+                "changes": list(self.changes)}
+
+
+@dataclass
+class PublishResult:
+    plan: str
+    generation: str | None
+    digest: str | None
+    dry_run: bool
+    results: list[TargetResult]
+    existing_generation: bool = False
+    bundled: bool = False
+    seconds: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return all(r.state == DONE for r in self.results)
+
+    @property
+    def has_changes(self) -> bool:
+        return any(r.changes for r in self.results)
+
+    @property
+    def incomplete(self) -> list[TargetResult]:
+        return [r for r in self.results if r.state in (FAILED, REFUSED)]
+
+    def summary(self) -> dict[str, object]:
+        """The report (docs/publish.md "Report")."""
+        return {"plan": self.plan, "generation": self.generation, "image_digest": self.digest,
+                "dry_run": self.dry_run, "existing_generation": self.existing_generation,
+                "bundled": self.bundled, "seconds": round(self.seconds, 3), "done": self.done,
+                "targets": [r.summary() for r in self.results]}
+
+
+@dataclass
+class PublishOptions:
+    dry_run: bool = False
+    max_regions: int | None = None  # targets worked on at once (None: all)
+    jobs: int = DEFAULT_JOBS  # parallel part transfers per target
+    attempts: int = DEFAULT_ATTEMPTS
+    acl: str = DEFAULT_ACL
+    copy_mode: str = "auto"
+    enable_bucket_acls: bool = False
+    progress: ProgressListener = NULL_PROGRESS
+    notify: Callable[[str, str], None] | None = None  # (target label, what happened)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, BundlerError):
+        return str(exc)
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def _bounded(items: Sequence[Any], fn: Callable[[Any], Any], limit: int | None) -> list[Any]:
+    """``fn(item)`` for each item in parallel, at most ``limit`` at once; each result is the
+    value or the Exception it raised (one target's failure is only that target's)."""
+    gate = threading.BoundedSemaphore(limit) if limit else None
+
+    def one(item: Any) -> Any:
+        try:
+            if gate is None:
+                return fn(item)
+            with gate:
+                return fn(item)
+        except Exception as exc:
+            log.debug("%s failed", getattr(item, "label", item), exc_info=True)
+            return exc
+
+    futures = run_all([partial(one, item) for item in items], name="ami-bundler-publish")
+    return [f.result() for f in futures]
+
+
+def register_options(plan: Plan, want: Desired, *, digest: str, generation: str,
+                     now: datetime.datetime) -> RegisterOptions:
+    boot = plan.boot
+    return RegisterOptions(
+        name=generation,
+        description=plan.rendered_description(digest=digest, generation=generation),
+        architecture=boot.architecture,
+        virtualization_type=boot.virtualization_type,
+        kernel_id=boot.kernel_id,
+        ramdisk_id=boot.ramdisk_id,
+        block_device_mappings=parse_register_block_device_mappings(
+            list(boot.block_device_mappings)),
+        ena_support=boot.ena_support,
+        sriov_net_support=boot.sriov_net_support,
+        boot_mode=boot.boot_mode,
+        tags=dict(want.tags),
+        launch_permissions=list(want.launch_permissions),
+        imds_support=boot.imds_support,
+        deprecate_at=None if want.deprecate_after is None else now + want.deprecate_after,
+        deregistration_protection=want.deregistration_protection,
+    )
+
+
+def bundle_options(plan: Plan) -> BundleOptions:
+    return BundleOptions(name=plan.bundle_name, user=plan.user, arch=plan.boot.architecture,
+                         kernel_id=plan.boot.kernel_id, ramdisk_id=plan.boot.ramdisk_id,
+                         compression=plan.compression)
+
+
+def publish(
+    plan: Plan,
+    *,
+    source: ImageSource,
+    keys: BundleKeys,
+    region_keys: Mapping[str, RegionKey],
+    connections: Mapping[str, Connection],
+    unreachable: Mapping[str, str] | None = None,
+    options: PublishOptions | None = None,
+    when: datetime.datetime | None = None,
+    now: datetime.datetime | None = None,
+) -> PublishResult:
+    """Publish (or with ``options.dry_run`` only diff) ``plan``. ``connections`` by target
+    label; ``unreachable``: label → why it has no connection (its account could not be
+    reached). ``when`` renders ``{date}``/``{time}``; ``now`` anchors deprecation."""
+    opts = options or PublishOptions()
+    started = time.monotonic()
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    when = when or now
+    unreachable = dict(unreachable or {})
+    results = {t.label: TargetResult(t.account.id, t.region) for t in plan.targets}
+
+    def fail(label: str, error: str, state: str = FAILED) -> None:
+        results[label].state, results[label].error = state, error
+        if opts.notify:
+            opts.notify(label, f"{state}: {error}")
+
+    for label, why in unreachable.items():
+        fail(label, why)
+    live = [t for t in plan.targets if t.label in connections and t.label not in unreachable]
+    fingerprint = ImageFingerprint(source, plan.bundle_name, opts.progress)
+    try:
+        digest = fingerprint.digest()
+        found = _bounded(live, lambda t: plan_images(connections[t.label].ec2, plan.name),
+                         opts.max_regions)
+        images: list[dict[str, Any]] = []
+        for t, answer in zip(live, found, strict=True):
+            if isinstance(answer, Exception):
+                fail(t.label, _message(answer))
+            else:
+                images += answer
+        live = [t for t in live if results[t.label].state == PENDING]
+        generation, existing = resolve_generation(plan, images, digest=digest, when=when)
+        log.info("plan %s: generation %s (%s)", plan.name, generation,
+                 "completing it" if existing else "new")
+        want = desired(plan, digest=digest, generation=generation)
+
+        def read(t: Target) -> TargetState:
+            c = connections[t.label]
+            return read_target(plan, t, generation, s3=c.s3, ec2=c.ec2, fingerprint=fingerprint,
+                               user_public_key=keys.user_public_key, want=want, now=now)
+
+        states: list[TargetState] = []
+        for t, answer in zip(live, _bounded(live, read, opts.max_regions), strict=True):
+            if isinstance(answer, Exception):
+                fail(t.label, _message(answer))
+                continue
+            states.append(answer)
+            results[t.label].bundle = f"s3://{answer.image_location}"
+            results[t.label].image_id = answer.image_id
+            if answer.conflict:
+                fail(t.label, answer.conflict, REFUSED)
+        states = [st for st in states if st.conflict is None]
+        plan_transfers(states, opts.max_regions)
+        for st in states:
+            results[st.target.label].changes = [str(c) for c in st.changes]
+            if not st.changes:
+                results[st.target.label].state = DONE
+        result = PublishResult(plan.name, generation, digest, opts.dry_run,
+                               list(results.values()), existing)
+        if not opts.dry_run:
+            result.bundled = _apply(plan, states, results, fail, source=source, keys=keys,
+                                    region_keys=region_keys, connections=connections, opts=opts,
+                                    options=register_options(plan, want, digest=digest,
+                                                             generation=generation, now=now),
+                                    fingerprint=fingerprint, want=want)
+    finally:
+        source.close()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _apply(plan: Plan, states: Sequence[TargetState], results: Mapping[str, TargetResult],
+           fail: Callable[..., None], *, source: ImageSource, keys: BundleKeys,
+           region_keys: Mapping[str, RegionKey], connections: Mapping[str, Connection],
+           opts: PublishOptions, options: RegisterOptions, fingerprint: ImageFingerprint,
+           want: Desired) -> bool:
+    """Do the changes; returns whether the image was bundled."""
+    work = [st for st in states if st.changes and st.image is None]
+    # Complete targets take part as sources: the others are copied from them, not bundled.
+    sources = [st for st in states if st.image is not None and st.bundle == SAME]
+    bundled = False
+    if work:
+        targets = []
+        for st in [*work, *sources]:
+            c = connections[st.target.label]
+            key = region_keys[st.target.region]
+            targets.append(RegionTarget(
+                region=st.target.region,
+                location=st.target.location(st.generation),
+                s3=c.s3, ec2=c.ec2, ec2_public_key=key.public_key, ec2_cert=key.name,
+                endpoint=c.endpoint, in_use=InUse(partial(lambda e: e, c.ec2)),
+                account=st.target.account.id))
+        outcome = install_regions(
+            targets, source=source, keys=keys, options=bundle_options(plan), register=options,
+            acl=opts.acl, jobs=opts.jobs, attempts=opts.attempts, copy_mode=opts.copy_mode,
+            force=False, progress=opts.progress, enable_bucket_acls=opts.enable_bucket_acls,
+            max_regions=opts.max_regions, fingerprint=fingerprint)
+        bundled = outcome.bundled
+        mine = {st.target.label for st in work}
+        for o in outcome.outcomes:
+            if o.label not in mine:
+                continue
+            r = results[o.label]
+            r.image_id = o.image_id or r.image_id
+            if not o.ok:
+                fail(o.label, o.error or "failed")
+            elif o.image_id:
+                r.state = DONE
+                if opts.notify:
+                    how = {"bundled": "bundled", "copied": f"copied from {o.copied_from}",
+                           "present": "bundle present"}.get(o.action, o.action)
+                    opts.notify(o.label, f"{how}, registered {o.image_id}")
+    fix = [st for st in states if st.changes and st.image is not None]
+
+    def one(st: TargetState) -> None:
+        apply_changes(connections[st.target.label].ec2, str(st.image_id), st.changes)
+
+    for st, answer in zip(fix, _bounded(fix, one, opts.max_regions), strict=True):
+        if isinstance(answer, Exception):
+            fail(st.target.label, _message(answer))
+        else:
+            results[st.target.label].state = DONE
+            if opts.notify:
+                opts.notify(st.target.label, ", ".join(str(c) for c in st.changes))
+    return bundled
+
+
+def apply_changes(ec2: Any, image_id: str, changes: Sequence[Change]) -> None:
+    """What an existing AMI lacks (``state.drift``): launch permissions, tags, deprecation,
+    deregistration protection. Tags go first: they are what marks the AMI as the plan's."""
+    tags = [c.detail.split("=", 1) for c in changes if c.kind == "tag"]
+    if tags:
+        with ec2_errors(f"tag {image_id}"):
+            ec2.create_tags(Resources=[image_id], Tags=[{"Key": k, "Value": v} for k, v in tags])
+    shares = [c.detail for c in changes if c.kind == "share"]
+    if shares:
+        if "all" in shares:
+            from ..ec2 import check_public_sharing_allowed
+
+            check_public_sharing_allowed(ec2)
+        add_launch_permissions(ec2, image_id, shares)
+    for c in changes:
+        if c.kind == "deprecate":
+            at = datetime.datetime.fromisoformat(c.detail)
+            with ec2_errors(f"set the deprecation time of {image_id}"):
+                ec2.enable_image_deprecation(ImageId=image_id, DeprecateAt=at)
+        elif c.kind == "protect":
+            with ec2_errors(f"turn on deregistration protection of {image_id}"):
+                ec2.enable_image_deregistration_protection(ImageId=image_id)
+
+
+__all__ = [
+    "Connection",
+    "DONE",
+    "FAILED",
+    "PENDING",
+    "PublishOptions",
+    "PublishResult",
+    "REFUSED",
+    "RegionKey",
+    "TargetResult",
+    "apply_changes",
+    "bundle_options",
+    "publish",
+    "register_options",
+]
