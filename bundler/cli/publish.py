@@ -114,8 +114,8 @@ def run_publish(args: argparse.Namespace, printer: Printer) -> int:
 
     plan = load_plan(args.plan)
     report: dict[str, Any] = {"plan": plan.name, "done": False, "targets": [
-        {"account": t.account.id, "region": t.region, "state": "pending", "ami_id": None,
-         "bundle": None, "error": None, "changes": []} for t in plan.targets]}
+        {"account": t.account.id, "region": t.region, "state": "pending", "image_id": None,
+         "image_location": None, "error": None, "changes": []} for t in plan.targets]}
     try:
         result = _publish(args, printer, plan)
     except BaseException as exc:

@@ -74,7 +74,7 @@ class TargetResult:
     region: str
     state: str = PENDING  # done | failed | refused | pending (dry run: something to do)
     image_id: str | None = None
-    bundle: str | None = None  # s3://BUCKET/PREFIX/GENERATION/NAME.manifest.xml
+    image_location: str | None = None  # BUCKET/PREFIX/GENERATION/NAME.manifest.xml
     error: str | None = None
     changes: list[str] = field(default_factory=list)  # to do (dry run) or done
 
@@ -84,7 +84,8 @@ class TargetResult:
 
     def summary(self) -> dict[str, object]:
         return {"account": self.account, "region": self.region, "state": self.state,
-                "ami_id": self.image_id, "bundle": self.bundle, "error": self.error,
+                "image_id": self.image_id, "image_location": self.image_location,
+                "error": self.error,
                 "changes": list(self.changes)}
 
 
@@ -113,7 +114,7 @@ class PublishResult:
 
     def summary(self) -> dict[str, object]:
         """The report (docs/publish.md "Report")."""
-        return {"plan": self.plan, "generation": self.generation, "image_digest": self.digest,
+        return {"plan": self.plan, "generation": self.generation, "digest": self.digest,
                 "dry_run": self.dry_run, "existing_generation": self.existing_generation,
                 "bundled": self.bundled, "seconds": round(self.seconds, 3), "done": self.done,
                 "targets": [r.summary() for r in self.results]}
@@ -244,7 +245,7 @@ def publish(
                 fail(t.label, _message(answer))
                 continue
             states.append(answer)
-            results[t.label].bundle = f"s3://{answer.image_location}"
+            results[t.label].image_location = answer.image_location
             results[t.label].image_id = answer.image_id
             if answer.conflict:
                 fail(t.label, answer.conflict, REFUSED)

@@ -113,18 +113,18 @@ def test_three_regions_fail_one_resume_dry_run_and_a_new_generation(
     for region in ("us-east-1", "eu-west-1"):
         t = targets[region]
         assert t["state"] == "done" and t["error"] is None and t["account"] == ACCOUNT
-        assert t["bundle"] == f"s3://{buckets[region]}/amis/{generation}/web-{tag}.manifest.xml"
-        images[region] = t["ami_id"]
+        assert t["image_location"] == f"{buckets[region]}/amis/{generation}/web-{tag}.manifest.xml"
+        images[region] = t["image_id"]
         ec2 = plain_client("ec2", endpoint, region)
-        [img] = ec2.describe_images(ImageIds=[t["ami_id"]])["Images"]
+        [img] = ec2.describe_images(ImageIds=[t["image_id"]])["Images"]
         tags = {x["Key"]: x["Value"] for x in img["Tags"]}
         assert tags["ami-bundler:plan"] == f"web-{tag}"
         assert tags["ami-bundler:generation"] == generation == img["Name"]
-        assert tags["ami-bundler:image-digest"] == result["image_digest"]
+        assert tags["ami-bundler:image-digest"] == result["digest"]
         assert tags["Team"] == "web" and img["Description"] == f"web tier {generation}"
         assert img["DeprecationTime"] and img["DeregistrationProtection"] != "disabled"
         assert img["ImdsSupport"] == "v2.0"
-        perms = ec2.describe_image_attribute(ImageId=t["ami_id"], Attribute="launchPermission")
+        perms = ec2.describe_image_attribute(ImageId=t["image_id"], Attribute="launchPermission")
         assert perms["LaunchPermissions"] == [{"UserId": SHARED}]
     assert result["bundled"] is True
 
@@ -134,10 +134,10 @@ def test_three_regions_fail_one_resume_dry_run_and_a_new_generation(
     assert code == 0, err
     assert result["bundled"] is False and result["existing_generation"] is True
     targets = by_region(result)
-    assert {r: targets[r]["ami_id"] for r in images} == images
+    assert {r: targets[r]["image_id"] for r in images} == images
     assert all(targets[r]["changes"] == [] for r in images)
     third = targets["ap-southeast-2"]
-    assert third["state"] == "done" and third["ami_id"]
+    assert third["state"] == "done" and third["image_id"]
     assert third["changes"][0].startswith(f"copy from {ACCOUNT}/")
     # nothing written to the regions that were done
     assert not [r for r in proxy.log if r.method == "PUT"
@@ -174,7 +174,7 @@ def test_three_regions_fail_one_resume_dry_run_and_a_new_generation(
             Owners=["self"], Filters=[{"Name": "tag:ami-bundler:plan", "Values": [f"web-{tag}"]}]
         )["Images"]
         assert sorted(i["Name"] for i in owned) == [generation, result["generation"]]
-        assert new[region]["ami_id"] not in images.values()
+        assert new[region]["image_id"] not in images.values()
 
 
 def test_a_re_run_the_next_day_completes_the_same_generation(capsys, published, tmp_path):

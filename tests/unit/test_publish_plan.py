@@ -348,3 +348,22 @@ def test_plan_lines_places_keys_tables_and_array_items() -> None:
     assert lines.line_of(("nothing",)) == 1
     text = 'a = """\nb = 1\n"""\nb = 2\n'
     assert PlanLines(text).line_of(("b",)) == 4  # not the line inside the string
+
+
+def test_the_example_plan_parses_and_every_key_is_in_it_and_documented() -> None:
+    from bundler.publish import plan as planlib
+
+    root = Path(__file__).resolve().parents[2]
+    example = (root / "examples" / "publish.toml").read_text()
+    docs = (root / "docs" / "publish.md").read_text()
+    parsed = parse_plan(example)
+    assert len(parsed.targets) == len(parsed.regions) * len(parsed.accounts) > 1
+    keys = [*planlib._TOP, *planlib._SOURCE, *planlib._BUNDLE, *planlib._ACCOUNT_KEYS,
+            *planlib._BOOT]
+    for key in keys:
+        written = rf"^(#? ?{key} =|\[\[?{key}\]\]?$)"
+        assert re.search(written, example, re.M), f"{key} missing from the example"
+        assert f"`{key}`" in docs or f"`[{key}]`" in docs or f"`[[{key}]]`" in docs, (
+            f"{key} not documented in docs/publish.md")
+    for name in (*planlib.NAME_FIELDS, *planlib.TEXT_FIELDS, *planlib.BUCKET_FIELDS):
+        assert f"`{{{name}}}`" in docs, name
