@@ -17,13 +17,13 @@ from .context import AwsContext, add_acl_options, add_aws_options, add_transfer_
 from .migration import COPY_MODES
 
 EXIT_CHANGES = 2  # --dry-run: the plan has changes (terraform plan -detailed-exitcode)
-EXIT_INCOMPLETE = 1  # a target failed or holds another image
 
 EPILOG = """\
-exit codes: 0 every target is done (with --dry-run: nothing to do); 1 a target failed or holds
-another image (see the report); with --dry-run, 2 means "there are changes" (as terraform plan
--detailed-exitcode) — and 2 is also the usage-error code, so CI telling them apart reads the
---json/--report output (a usage error has none). Other errors keep their codes (docs/json.md).
+exit codes: 0 every target is done (with --dry-run: nothing to do); with --dry-run, 2 means
+"there are changes" (as terraform plan -detailed-exitcode) — and 2 is also the usage-error
+code, so CI telling them apart reads the --json/--report output (a usage error has none).
+A target not done: the exit code of its error (the first such target in plan order): 1 it
+holds another image (refused), 3 S3, 4 EC2 or the account; see the report.
 Every key of a plan: docs/publish.md; a complete plan: examples/publish.toml."""
 
 
@@ -136,7 +136,7 @@ def run_publish(args: argparse.Namespace, printer: Printer) -> int:
     if result.incomplete:
         printer.warn(f"{len(result.incomplete)} of {len(result.results)} target(s) not done; "
                      "re-run the same command to complete them")
-        return EXIT_INCOMPLETE
+        return next(r.exit_code or 1 for r in result.incomplete)
     if args.dry_run:
         return EXIT_CHANGES if result.has_changes else 0
     return 0
@@ -203,10 +203,10 @@ def _publish(args: argparse.Namespace, printer: Printer, plan: Any) -> Any:
     opened = open_accounts(aws.session, plan.accounts, aws.opts,
                            region=aws.opts.region or plan.regions[0])
     connections: dict[str, Connection] = {}
-    unreachable: dict[str, str] = {}
+    unreachable: dict[str, BaseException | str] = {}
     for t in plan.targets:
         if t.account.id in opened.failed:
-            unreachable[t.label] = str(opened.failed[t.account.id])
+            unreachable[t.label] = opened.failed[t.account.id]
             continue
         session = opened.sessions[t.account.id].session
         opts = aws.opts

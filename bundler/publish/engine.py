@@ -25,7 +25,7 @@ from typing import Any
 from ..aws import ec2_errors
 from ..concurrency import run_all
 from ..ec2 import RegisterOptions, add_launch_permissions, parse_register_block_device_mappings
-from ..errors import BundlerError
+from ..errors import BundlerError, ReplaceRefusedError
 from ..inuse import InUse
 from ..multiregion import RegionTarget, install_regions
 from ..pipeline import BundleKeys, BundleOptions
@@ -77,6 +77,7 @@ class TargetResult:
     image_location: str | None = None  # BUCKET/PREFIX/GENERATION/NAME.manifest.xml
     error: str | None = None
     changes: list[str] = field(default_factory=list)  # to do (dry run) or done
+    exit_code: int | None = None  # of the error (BundlerError.exit_code)
 
     @property
     def label(self) -> str:
@@ -194,13 +195,13 @@ def publish(
     keys: BundleKeys,
     region_keys: Mapping[str, RegionKey],
     connections: Mapping[str, Connection],
-    unreachable: Mapping[str, str] | None = None,
+    unreachable: Mapping[str, BaseException | str] | None = None,
     options: PublishOptions | None = None,
     when: datetime.datetime | None = None,
     now: datetime.datetime | None = None,
 ) -> PublishResult:
     """Publish (or with ``options.dry_run`` only diff) ``plan``. ``connections`` by target
-    label; ``unreachable``: label → why it has no connection (its account could not be
+    label; ``unreachable``: label → why it has no connection (its account's error: could not be
     reached). ``when`` renders ``{date}``/``{time}``; ``now`` anchors deprecation."""
     opts = options or PublishOptions()
     started = time.monotonic()
@@ -209,13 +210,16 @@ def publish(
     unreachable = dict(unreachable or {})
     results = {t.label: TargetResult(t.account.id, t.region) for t in plan.targets}
 
-    def fail(label: str, error: str, state: str = FAILED) -> None:
-        results[label].state, results[label].error = state, error
+    def fail(label: str, error: BaseException | str, state: str = FAILED,
+             exit_code: int | None = None) -> None:
+        r = results[label]
+        r.state, r.error = state, error if isinstance(error, str) else _message(error)
+        r.exit_code = exit_code or getattr(error, "exit_code", None) or BundlerError.exit_code
         if opts.notify:
-            opts.notify(label, f"{state}: {error}")
+            opts.notify(label, f"{state}: {r.error}")
 
     for label, why in unreachable.items():
-        fail(label, why)
+        fail(label, why)  # an AccountError: its exit code
     live = [t for t in plan.targets if t.label in connections and t.label not in unreachable]
     fingerprint = ImageFingerprint(source, plan.bundle_name, opts.progress)
     try:
@@ -225,7 +229,7 @@ def publish(
         images: list[dict[str, Any]] = []
         for t, answer in zip(live, found, strict=True):
             if isinstance(answer, Exception):
-                fail(t.label, _message(answer))
+                fail(t.label, answer)
             else:
                 images += answer
         live = [t for t in live if results[t.label].state == PENDING]
@@ -242,13 +246,13 @@ def publish(
         states: list[TargetState] = []
         for t, answer in zip(live, _bounded(live, read, opts.max_regions), strict=True):
             if isinstance(answer, Exception):
-                fail(t.label, _message(answer))
+                fail(t.label, answer)
                 continue
             states.append(answer)
             results[t.label].image_location = answer.image_location
             results[t.label].image_id = answer.image_id
             if answer.conflict:
-                fail(t.label, answer.conflict, REFUSED)
+                fail(t.label, answer.conflict, REFUSED, ReplaceRefusedError.exit_code)
         states = [st for st in states if st.conflict is None]
         plan_transfers(states, opts.max_regions)
         for st in states:
@@ -303,7 +307,7 @@ def _apply(plan: Plan, states: Sequence[TargetState], results: Mapping[str, Targ
             r = results[o.label]
             r.image_id = o.image_id or r.image_id
             if not o.ok:
-                fail(o.label, o.error or "failed")
+                fail(o.label, o.error or "failed", FAILED, o.exit_code)
             elif o.image_id:
                 r.state = DONE
                 if opts.notify:
@@ -317,7 +321,7 @@ def _apply(plan: Plan, states: Sequence[TargetState], results: Mapping[str, Targ
 
     for st, answer in zip(fix, _bounded(fix, one, opts.max_regions), strict=True):
         if isinstance(answer, Exception):
-            fail(st.target.label, _message(answer))
+            fail(st.target.label, answer)
         else:
             results[st.target.label].state = DONE
             if opts.notify:
