@@ -310,6 +310,9 @@ def _apply(plan: Plan, states: Sequence[TargetState], results: Mapping[str, Targ
                 fail(o.label, o.error or "failed", FAILED, o.exit_code)
             elif o.image_id:
                 r.state = DONE
+                if o.copied_from:  # the source the copy actually came from
+                    r.changes = [f"copy from {o.copied_from}" if c.startswith("copy ") else c
+                                 for c in r.changes]
                 if opts.notify:
                     how = {"bundled": "bundled", "copied": f"copied from {o.copied_from}",
                            "present": "bundle present"}.get(o.action, o.action)

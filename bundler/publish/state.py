@@ -239,7 +239,9 @@ def plan_transfers(states: Sequence[TargetState], max_regions: int | None) -> No
             st.changes.insert(0, Change("bundle", st.image_location))
         have, need = first, need[len(first):]
     for st in need:
-        st.changes.insert(0, Change("copy", f"from {have[0].target.label}"))
+        # As install_regions ranks sources: one in the same account can copy server-side.
+        src = min(have, key=lambda h: h.target.account.id != st.target.account.id)
+        st.changes.insert(0, Change("copy", f"from {src.target.label}"))
 
 
 def summary(states: Sequence[TargetState]) -> dict[str, int]:
