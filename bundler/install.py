@@ -43,7 +43,7 @@ from .manifest import ParsedManifest, parse_manifest
 from .multiregion import FanOutSink, region_manifest
 from .parts import PartSink
 from .pipeline import BundleKeys, BundleOptions, BundleResult, bundle
-from .progress import NULL_PROGRESS
+from .progress import labelled
 from .regions import same_partition
 from .rerun import ImageFingerprint, existing_bundle, find_registered
 from .s3 import InUseLookup, S3Location, S3Sink, check_replaceable, copy_bundle, ensure_bucket
@@ -237,9 +237,8 @@ def install(
             log.info("%s already in %s: copying it to %s instead of bundling again", name,
                      ", ".join(st.target.label for st in have),
                      ", ".join(st.target.label for st in need))
-            # Parallel copies would interleave on one progress display: they stay quiet.
-            quiet = dataclasses.replace(transfer, progress=NULL_PROGRESS)
-            _parallel(need, lambda st: _copy_from(st, have, manifest_name, keys, quiet, copy_mode,
+            _parallel(need, lambda st: _copy_from(st, have, manifest_name, keys,
+                                                  _shown(transfer, st, len(need)), copy_mode,
                                                   force))
     finally:
         source.close()  # bundle() closes it too; closing twice is harmless, leaking it is not
@@ -249,6 +248,14 @@ def install(
                   lambda st: _register(st, chosen, wait, wait_timeout))
     result.seconds = time.monotonic() - started
     return result
+
+
+def _shown(transfer: TransferConfig, st: _State, together: int) -> TransferConfig:
+    """One target's progress: the run's own display when it is alone, else a bar of its own
+    (named for it), so several never interleave on one."""
+    if together <= 1:
+        return transfer
+    return dataclasses.replace(transfer, progress=labelled(transfer.progress, st.target.label))
 
 
 def _in_parallel(states: Sequence[_State], fn: Callable[[_State], None], *,
@@ -332,12 +339,10 @@ def _bundle_to(need: Sequence[_State], source: ImageSource, keys: BundleKeys,
     first = need[0].target
     bundle_keys = BundleKeys(keys.signing_key, keys.user_public_key, first.ec2_public_key,
                              keys.ec2_certificate)
-    # One region's upload progress is the run's; several would interleave on one display.
-    sink_transfer = (transfer if len(need) == 1
-                     else dataclasses.replace(transfer, progress=NULL_PROGRESS))
     sinks = {
-        st.target.label: S3Sink(st.target.s3, st.target.location, transfer=sink_transfer,
-                                 force=force, in_use=st.target.in_use)
+        st.target.label: S3Sink(st.target.s3, st.target.location,
+                                transfer=_shown(transfer, st, len(need)), force=force,
+                                in_use=st.target.in_use)
         for st in need
     }
 

@@ -29,3 +29,25 @@ class NullProgress:
 
 
 NULL_PROGRESS = NullProgress()
+
+
+class LabelledProgress:
+    """Another listener's stages, named for one destination (``upload 123456789012/eu-west-1``):
+    one bar per target on a TTY when a bundle fans out or is copied to several at once."""
+
+    def __init__(self, listener: ProgressListener, label: str) -> None:
+        self.listener = listener
+        self.label = label
+
+    def start(self, stage: str, total: int | None) -> None:
+        self.listener.start(f"{stage} {self.label}", total)
+
+    def advance(self, stage: str, amount: int) -> None:
+        self.listener.advance(f"{stage} {self.label}", amount)
+
+    def finish(self, stage: str) -> None:
+        self.listener.finish(f"{stage} {self.label}")
+
+
+def labelled(listener: ProgressListener, label: str) -> ProgressListener:
+    return listener if listener is NULL_PROGRESS else LabelledProgress(listener, label)

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BundlerError, UsageError
+from ..transfer import COPY_MODES
 from .common import Printer, count
 from .context import AwsContext, add_acl_options, add_aws_options, add_transfer_options
-from .migration import COPY_MODES
 
 EXIT_CHANGES = 2  # --dry-run: the plan has changes (terraform plan -detailed-exitcode)
 
@@ -220,9 +220,8 @@ def _publish(args: argparse.Namespace, printer: Printer, plan: Any) -> Any:
     source = open_source(plan.source.image, name=plan.bundle_name, fmt=plan.source.format,
                          allow_backing=plan.source.allow_backing_file)
     options = PublishOptions(
-        dry_run=args.dry_run, max_regions=args.max_regions, jobs=aws.jobs,
-        attempts=aws.attempts, acl=args.acl, copy_mode=args.copy_mode,
-        enable_bucket_acls=args.enable_bucket_acls, progress=printer.progress(),
+        dry_run=args.dry_run, max_regions=args.max_regions, transfer=aws.transfer,
+        copy_mode=args.copy_mode, enable_bucket_acls=args.enable_bucket_acls,
         notify=lambda label, what: printer.note(f"{label}: {what}"))
     return publish(plan, source=source, keys=keys, region_keys=region_keys,
                    connections=connections, unreachable=unreachable, options=options, when=when)

@@ -2,7 +2,7 @@
 
 Data flows left to right: the image's digest (one read: ``rerun.ImageFingerprint``) → the
 generation (``state.resolve_generation``) → every target's state read from AWS in parallel
-(``state.read_target``) → the diff → the work. The work is ``multiregion.install_regions``
+(``state.read_target``) → the diff → the work. The work is ``bundler.install.install``
 (bundle ONCE, fan out to the first ``max_regions`` targets, copy to the others — server-side
 within an account, streamed across accounts — register with tags, launch permissions,
 deprecation and deregistration protection; every write through the one publish protocol of
@@ -26,13 +26,12 @@ from ..aws import ec2_errors
 from ..concurrency import run_all
 from ..ec2 import RegisterOptions, add_launch_permissions, parse_register_block_device_mappings
 from ..errors import BundlerError, ReplaceRefusedError
+from ..install import RegionTarget, install
 from ..inuse import InUse
-from ..multiregion import RegionTarget, install_regions
 from ..pipeline import BundleKeys, BundleOptions
-from ..progress import NULL_PROGRESS, ProgressListener
 from ..rerun import ImageFingerprint
 from ..source import ImageSource
-from ..transfer import DEFAULT_ACL, DEFAULT_ATTEMPTS, DEFAULT_JOBS
+from ..transfer import DEFAULT_TRANSFER, TransferConfig
 from .plan import Plan, Target
 from .state import (
     SAME,
@@ -125,12 +124,9 @@ class PublishResult:
 class PublishOptions:
     dry_run: bool = False
     max_regions: int | None = None  # targets worked on at once (None: all)
-    jobs: int = DEFAULT_JOBS  # parallel part transfers per target
-    attempts: int = DEFAULT_ATTEMPTS
-    acl: str = DEFAULT_ACL
+    transfer: TransferConfig = DEFAULT_TRANSFER  # jobs: parallel part transfers per target
     copy_mode: str = "auto"
     enable_bucket_acls: bool = False
-    progress: ProgressListener = NULL_PROGRESS
     notify: Callable[[str, str], None] | None = None  # (target label, what happened)
 
 
@@ -221,7 +217,7 @@ def publish(
     for label, why in unreachable.items():
         fail(label, why)  # an AccountError: its exit code
     live = [t for t in plan.targets if t.label in connections and t.label not in unreachable]
-    fingerprint = ImageFingerprint(source, plan.bundle_name, opts.progress)
+    fingerprint = ImageFingerprint(source, plan.bundle_name, opts.transfer.progress)
     try:
         digest = fingerprint.digest()
         found = _bounded(live, lambda t: plan_images(connections[t.label].ec2, plan.name),
@@ -294,11 +290,11 @@ def _apply(plan: Plan, states: Sequence[TargetState], results: Mapping[str, Targ
                 s3=c.s3, ec2=c.ec2, ec2_public_key=key.public_key, ec2_cert=key.name,
                 endpoint=c.endpoint, in_use=InUse(partial(lambda e: e, c.ec2)),
                 account=st.target.account.id))
-        outcome = install_regions(
-            targets, source=source, keys=keys, options=bundle_options(plan), register=options,
-            acl=opts.acl, jobs=opts.jobs, attempts=opts.attempts, copy_mode=opts.copy_mode,
-            force=False, progress=opts.progress, enable_bucket_acls=opts.enable_bucket_acls,
-            max_regions=opts.max_regions, fingerprint=fingerprint)
+        outcome = install(
+            source, keys, bundle_options(plan), targets, transfer=opts.transfer,
+            register=options, copy_mode=opts.copy_mode, force=False,
+            enable_bucket_acls=opts.enable_bucket_acls, max_regions=opts.max_regions,
+            fingerprint=fingerprint)
         bundled = outcome.bundled
         mine = {st.target.label for st in work}
         for o in outcome.outcomes:
@@ -307,7 +303,7 @@ def _apply(plan: Plan, states: Sequence[TargetState], results: Mapping[str, Targ
             r = results[o.label]
             r.image_id = o.image_id or r.image_id
             if not o.ok:
-                fail(o.label, o.error or "failed", FAILED, o.exit_code)
+                fail(o.label, o.exception or o.error or "failed", FAILED, o.exit_code)
             elif o.image_id:
                 r.state = DONE
                 if o.copied_from:  # the source the copy actually came from

@@ -50,6 +50,7 @@ DIGEST_CHARS = 12  # {digest}: the first 12 hex digits of the image digest
 DEFAULT_NAME_TEMPLATE = "{plan}-{date}-{arch}"
 BUNDLE_ARCHITECTURES = ("i386", "x86_64", "arm64")
 MAX_DEPRECATE_DAYS = 3650  # EC2: at most 10 years ahead
+MAX_PLAN_BYTES = 1 << 20
 
 _PLAN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # AMI names allow more, but the generation name is also an S3 folder and a tag value.
@@ -197,13 +198,20 @@ def load_plan(path: Path | str) -> Plan:
     """Read and check the plan at ``path``; relative paths in it are relative to its directory."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_PLAN_BYTES + 1)  # /dev/zero is a path too
     except FileNotFoundError:
         raise PlanError(f"plan {path} not found") from None
+    except OSError as exc:
+        raise PlanError(f"cannot read plan {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a NUL in the path
+        raise PlanError(f"cannot read plan {path!r}: {exc}") from None
+    if len(data) > MAX_PLAN_BYTES:
+        raise PlanError(f"plan {path} is larger than {MAX_PLAN_BYTES // 1024} KiB: not a plan")
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise PlanError(f"plan {path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise PlanError(f"cannot read plan {path}: {exc.strerror}") from None
     return parse_plan(text, source=str(path), base=path.parent)
 
 

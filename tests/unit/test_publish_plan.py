@@ -333,6 +333,10 @@ def test_a_plan_file_that_is_missing_or_not_text(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xfe")
     with pytest.raises(PlanError, match="not UTF-8"):
         load_plan(bad)
+    with pytest.raises(PlanError, match="larger than 1024 KiB"):
+        load_plan("/dev/zero")
+    with pytest.raises(PlanError, match="cannot read plan"):
+        load_plan(tmp_path)
     good = tmp_path / "p.toml"
     good.write_text(GOOD)
     assert load_plan(good).source.image == tmp_path / "build/web.img"
