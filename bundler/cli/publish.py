@@ -184,8 +184,8 @@ def _publish(args: argparse.Namespace, printer: Printer, plan: Any) -> Any:
     from ..images import open_source
     from ..keys import load_public_key
     from ..pipeline import BundleKeys
-    from ..publish.engine import Connection, PublishOptions, RegionKey, publish
     from ..publish.accounts import open_accounts
+    from ..publish.engine import Connection, PublishOptions, RegionKey, publish
     from ..publish.plan import publish_time
 
     cert = args.cert or plan.keys.cert
