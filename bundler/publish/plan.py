@@ -281,7 +281,7 @@ class _Reader:
         return value
 
     def text(self, table: Mapping[str, Any], key: str, path: Sequence[str | int]) -> str | None:
-        value = self.get(table, key, str, path, "a string")
+        value: str | None = self.get(table, key, str, path, "a string")
         if value is not None and not value.strip():
             raise self.error((*path, key), f"{self.where((*path, key))} is empty")
         return value
@@ -544,7 +544,8 @@ class _Reader:
         return tuple(out)
 
     def deprecate_days(self) -> int | None:
-        days = self.get(self.data, "deprecate_after_days", int, (), "a whole number of days")
+        days: int | None = self.get(self.data, "deprecate_after_days", int, (),
+                                    "a whole number of days")
         if days is not None and not 1 <= days <= MAX_DEPRECATE_DAYS:
             raise self.error(("deprecate_after_days",), f"deprecate_after_days {days}: EC2 "
                              f"allows 1 to {MAX_DEPRECATE_DAYS} days (10 years)")

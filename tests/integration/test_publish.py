@@ -13,8 +13,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.integration.conftest import plain_client
-from tests.integration.test_s3_upload import MIB, run
+from tests.support.cli import MIB, run
+from tests.support.s3kit import plain_client
 
 REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
 ACCOUNT = "123456789012"
