@@ -152,3 +152,8 @@ def run_all(run: Runner, root: Path, endpoint: str, cert_dir: Path, ec2cert: Pat
     run("install --regions", "install", "-i", str(image), "-p", "multi", *signing,
         "--regions", "us-east-1,eu-west-1", "--bucket-template", f"{bucket}-{{region}}",
         "--ec2cert-dir", str(cert_dir), "-n", "doc-multi", "--no-check", *aws)
+    plan = root / "plan.toml"
+    plan.write_text(f'name = "doc"\nregions = ["us-east-1"]\nbucket = "{bucket}-pub"\n'
+                    f'[source]\nimage = "{image}"\n[bundle]\ncert = "{cert}"\n'
+                    f'private_key = "{key}"\n[[accounts]]\nid = "123456789012"\n')
+    run("publish", "publish", str(plan), "--ec2cert-dir", str(cert_dir), *aws)
