@@ -14,7 +14,7 @@ import uuid
 
 from bundler.s3 import LOCK_SUFFIX
 from tests.support.bundles import make_fake_bundle
-from tests.support.cli import KIB, MIB, install_argv, run, sparse_image, upload
+from tests.support.cli import KIB, MIB, copy_argv, install_argv, run, sparse_image, upload
 from tests.support.s3kit import inspect_bundles
 
 
@@ -109,29 +109,9 @@ def test_copy_bundle_order(
             )
         assert upload(capsys, endpoint, f"{dest}/{mode}", old, "--region", "eu-west-1")[0] == 0
         proxy.clear()
-        code, _, err = run(
-            capsys,
-            "copy-bundle",
-            "-c",
-            str(cert),
-            "-k",
-            str(key),
-            "-m",
-            "disk.manifest.xml",
-            "-b",
-            f"{bucket}/src",
-            "-d",
-            f"{dest}/{mode}",
-            "--region",
-            "eu-west-1",
-            "--ec2cert",
-            str(region_b.cert_path),
-            "--copy-mode",
-            mode,
-            "--force",
-            "--endpoint-url",
-            proxy.url,
-        )
+        argv = copy_argv(user_keys, f"{bucket}/src", f"{dest}/{mode}", "eu-west-1",
+                         region_b.cert_path, proxy.url)
+        code, _, err = run(capsys, *argv, "--copy-mode", mode, "--force")
         assert code == 0, err
         check_order(proxy.requests(), dest, f"{mode}/", "disk", replaced=True)
 

@@ -11,7 +11,7 @@ import pytest
 from botocore.stub import Stubber
 
 from tests.support.bundles import make_fake_bundle
-from tests.support.cli import KIB, install_argv, keys_in, run, upload
+from tests.support.cli import KIB, copy_argv, install_argv, keys_in, run, upload
 from tests.support.s3kit import inspect_bundles, one_line_error
 
 
@@ -232,25 +232,8 @@ def test_registered_ami_protects_its_bundle_from_copy_bundle(
     )
     there = make_fake_bundle(tmp_path / "there", "disk", [64 * KIB, 5 * KIB], signing_key)
     assert upload(capsys, endpoint, f"{dest}/amis", there, "--region", "eu-west-1")[0] == 0
-    argv = [
-        "copy-bundle",
-        "-c",
-        str(cert),
-        "-k",
-        str(key),
-        "-m",
-        "disk.manifest.xml",
-        "-b",
-        f"{bucket}/src",
-        "-d",
-        f"{dest}/amis",
-        "--region",
-        "eu-west-1",
-        "--ec2cert",
-        str(region_b.cert_path),
-        "--endpoint-url",
-        endpoint,
-    ]
+    argv = copy_argv(user_keys, f"{bucket}/src", f"{dest}/amis", "eu-west-1",
+                     region_b.cert_path, endpoint)
     code, _, err = run(capsys, *argv)
     line = one_line_error(err)
     assert code == 1 and line and "different bundle" in line and "--force" in line

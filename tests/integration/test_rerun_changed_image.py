@@ -10,6 +10,8 @@ import uuid
 from tests.support.cli import MIB, install_argv, run
 from tests.support.s3kit import inspect_bundles
 
+ALL_THREE = ("us-east-1", "eu-west-1", "cn-north-1")
+
 
 def install(capsys, endpoint, image, template, certs, user_keys, regions, *extra):
     argv = install_argv(image, user_keys, endpoint, name="disk", regions=regions,
@@ -64,15 +66,7 @@ def test_changed_image_is_not_present_and_never_copied_to_a_new_region(
     # Changed in place, same size and mtime: the old regions hold a different bundle now (refused
     # without --force), and the new region gets the new image, bundled, not the old one copied.
     rewrite_same_size_same_mtime(image)
-    code, out, err = install(
-        capsys,
-        endpoint,
-        image,
-        template,
-        certs,
-        user_keys,
-        ["us-east-1", "eu-west-1", "cn-north-1"],
-    )
+    code, out, err = install(capsys, endpoint, image, template, certs, user_keys, ALL_THREE)
     assert code == 3
     result = json.loads(out)
     regions = result["regions"]
@@ -87,16 +81,8 @@ def test_changed_image_is_not_present_and_never_copied_to_a_new_region(
     assert digest_in(s3, bucket["us-east-1"]) == digest_in(s3, bucket["eu-west-1"]) == old_digest
 
     # With --force (no AMI uses them) the old regions are re-bundled with the new image.
-    code, out, err = install(
-        capsys,
-        endpoint,
-        image,
-        template,
-        certs,
-        user_keys,
-        ["us-east-1", "eu-west-1", "cn-north-1"],
-        "--force",
-    )
+    code, out, err = install(capsys, endpoint, image, template, certs, user_keys, ALL_THREE,
+                             "--force")
     assert code == 0, err
     result = json.loads(out)
     assert result["regions"]["cn-north-1"]["action"] == "present"

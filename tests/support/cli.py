@@ -86,6 +86,16 @@ def images_named(ec2, name: str) -> list[dict]:
     return ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
 
 
+def copy_argv(user_keys: tuple[Path, Path], source: str, destination: str, region: str,
+              ec2cert: Path, endpoint: str) -> list[str]:
+    """``copy-bundle`` of ``disk.manifest.xml`` from ``source`` to ``destination`` (both
+    BUCKET/PREFIX) in ``region``, wrapped to ``ec2cert``."""
+    key, cert = user_keys
+    return ["copy-bundle", "-c", str(cert), "-k", str(key), "-m", "disk.manifest.xml",
+            "-b", source, "-d", destination, "--region", region, "--ec2cert", str(ec2cert),
+            "--endpoint-url", endpoint]
+
+
 def bundle_puts(proxy, pattern: str = ".*"):
     """PUTs of bundle objects (not of the upload's lock object, see bundler.s3.UploadLock)."""
     return [r for r in proxy.requests("PUT", pattern) if not r.path.endswith(LOCK_SUFFIX)]
