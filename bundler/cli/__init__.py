@@ -31,7 +31,7 @@ COMMAND_MODULE = {
     "deregister": "aws", "install": "install", "bundle-vol": "vol",
     "migrate-manifest": "regions", "copy-bundle": "regions",
     "check": "check", "boot-test": "check", "inspect-image": "images",
-    "publish": "publish",
+    "publish": "publish", "prune": "prune",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(COMMAND_MODULE.values()))
 

@@ -144,53 +144,6 @@ def _snapshot(world: World) -> list[tuple[set[str], set[str]]]:
     return [(_registered(t), _keys(t)) for t in world.targets]
 
 
-def test_dry_run_then_keep_one_removes_exactly_the_old_generation(world):
-    before = _snapshot(world)
-    report = prune(world.prune_targets(), plan=world.plan, retention=Retention(keep=1),
-                   opts=world.opts, plan_tag=PLAN_TAG, generation_tag=GENERATION_TAG,
-                   dry_run=True, now=NOW)
-    assert _snapshot(world) == before
-    assert report.changed and not report.failed
-    first, middle, last = world.targets[0], world.targets[1:-1], world.targets[-1]
-    # g1's bundle in the first target is shared, in the last its AMI is protected: not freed
-    assert report.bytes_freed == sum(t.sizes["g1"] for t in middle)
-    by_target = {(r.account, r.region): r for r in report.targets}
-    r = by_target[(first.account, first.region)]
-    assert [(i.image_id, i.state) for i in r.images] == [(first.images["g1"], "would-deregister")]
-    assert [(b.state, b.kept_for) for b in r.bundles] == [("in-use", [first.images["sharer"]])]
-    assert r.kept == [f"{world.plan}-g2"]
-    r = by_target[(last.account, last.region)]
-    assert [(i.image_id, i.state) for i in r.images] == [(last.images["g1"], "protected")]
-    assert [b.state for b in r.bundles] == ["kept"]
-
-    report = prune(world.prune_targets(), plan=world.plan, retention=Retention(keep=1),
-                   opts=world.opts, plan_tag=PLAN_TAG, generation_tag=GENERATION_TAG, now=NOW)
-    assert not report.failed
-    first, last = world.targets[0], world.targets[-1]
-    assert report.bytes_freed == sum(t.sizes["g1"] for t in world.targets[1:-1])
-    for t in world.targets:
-        images, keys = _registered(t), _keys(t)
-        assert t.images["g2"] in images
-        assert {k for k in keys if k.startswith("g2/")} == {
-            "g2/img.manifest.xml", "g2/img.part.0", "g2/img.part.1"}
-        if t is first:  # g1's AMI goes; its bundle stays for the non-plan AMI that shares it
-            assert t.images["g1"] not in images
-            assert {t.images["sharer"], t.images["unrelated"]} <= images
-            assert "g1/img.manifest.xml" in keys and "unrelated/img.manifest.xml" in keys
-        elif t is last:  # protected: AMI and bundle kept, and reported
-            assert t.images["g1"] in images and "g1/img.manifest.xml" in keys
-        else:
-            assert t.images["g1"] not in images
-            assert not {k for k in keys if k.startswith("g1/")}
-    r = next(r for r in report.targets if (r.account, r.region) == (last.account, last.region))
-    assert [i.state for i in r.images] == ["protected"]
-    # a second run finds nothing more to do (the protected one is reported again, unchanged)
-    again = prune(world.prune_targets(), plan=world.plan, retention=Retention(keep=1),
-                  opts=world.opts, plan_tag=PLAN_TAG, generation_tag=GENERATION_TAG,
-                  dry_run=True, now=NOW)
-    assert not again.changed and again.bytes_freed == 0
-
-
 def test_older_than_keeps_younger_generations(small):
     world = small
     base = world.targets
