@@ -18,7 +18,8 @@ buckets, EC2 images and GetCallerIdentity are per account. Where moto is more le
   stays invisible to it. Here account B sees account A's image in the same region when A made
   it public or gave B a launch permission (``UserId``): DescribeImages by ImageIds, with
   ExecutableUsers (``self``/B/``all``), with Owners naming A, or with no scope at all — and,
-  as in AWS, without A's tags (tags are the viewer's own).
+  as in AWS, without A's tags (tags are the viewer's own). ExecutableUsers means explicit
+  launch permissions, as in EC2 (moto returned every public image for any value).
 
 ``make_role`` creates a role in any account directly in the backend (a test's setup, as an
 administrator of that account would); ``StrictEndpoint.make_role`` calls it.
@@ -254,26 +255,32 @@ def _install_ec2() -> None:
         exec_users = self._get_param("ExecutableUsers", [])
         backend = self.ec2_backend
         me = backend.account_id
+        users = {me if u == "self" else u for u in exec_users}
+
+        def launchable(ami: Any) -> bool:
+            # EC2: "explicit launch permissions" (``all``: public); moto adds every public image
+            return ("all" in users and ami.is_public) or any(
+                {"UserId": u} in ami.launch_permissions for u in users)
+
         shared = _foreign_images(backend)
         if ami_ids:
             shared = [a for a in shared if a.id in ami_ids]
         else:
             if exec_users:
-                users = {me if u == "self" else u for u in exec_users}
-                shared = [a for a in shared if ("all" in users and a.is_public)
-                          or any({"UserId": u} in a.launch_permissions for u in users)]
+                shared = [a for a in shared if launchable(a)]
             if owners:
                 wanted = {me if o == "self" else o for o in owners}
                 shared = [a for a in shared if a.owner_id in wanted]
             if filters:
                 shared = list(generic_filter(filters, shared))
         try:
-            own = backend.describe_images(ami_ids=ami_ids, filters=filters, exec_users=exec_users,
-                                          owners=owners)
+            own = backend.describe_images(ami_ids=ami_ids, filters=filters, owners=owners)
         except InvalidAMIIdError:
             if not shared:
                 raise
             own = []
+        if exec_users and not ami_ids:
+            own = [a for a in own if launchable(a)]
         return ActionResult({"Images": list(own) + shared})
 
     AmisResponse.describe_images = describe_images
