@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 one.append(t1)
                 many.append(t6)
-                loop.append(tl)
+                if not args.no_loop:
+                    loop.append(tl)
                 print(f"run {i}: publish 1 region {t1:.2f}s, {len(regions)} regions {t6:.2f}s"
                       + ("" if args.no_loop else f", {len(regions)} × install {tl:.2f}s"),
                       file=sys.stderr)
