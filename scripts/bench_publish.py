@@ -2,8 +2,8 @@
 """``publish`` of one image to 6 regions vs 1 region vs the shell-loop way (6 × ``install``),
 against the strict local AWS behind the latency proxy.
 
-    python scripts/bench_publish.py                       # 256 MiB, 6 regions, 20 ms, median of 3
-    python scripts/bench_publish.py --delay 0.05 --repeat 1
+    python scripts/bench_publish.py           # 256 MiB, 6 regions, 20 ms, 16 MiB/s, median of 3
+    python scripts/bench_publish.py --delay 0.05 --bandwidth 0 --repeat 1
     python scripts/bench_publish.py --size-mib 64 --regions us-east-1,eu-west-1
 
 Each run is its own ``ami-bundler`` process; the endpoint is emptied between runs. ``publish``
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_multiregion import make_image, reset  # noqa: E402
+from bench_multiregion import cpu_seconds, make_image, reset  # noqa: E402
 from bench_upload import MIB, local_env, start  # noqa: E402
 
 REGIONS = "us-east-1,eu-west-1,eu-central-1,ap-southeast-2,ap-northeast-1,sa-east-1"
@@ -49,14 +50,26 @@ def write_plan(path: Path, *, name: str, regions: list[str], image: Path, work: 
         f'[[accounts]]\nid = "{ACCOUNT}"\n')
 
 
-def timed(env: dict[str, str], argv: list[str]) -> float:
-    started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "bundler", *argv], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    seconds = time.monotonic() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{argv[0]} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return seconds
+class Run:
+    """Wall seconds of ami-bundler runs, with the CPU seconds they and the endpoint spent."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.wall = self.client_cpu = self.server_cpu = 0.0
+
+    def __call__(self, env: dict[str, str], argv: list[str]) -> None:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server = cpu_seconds(self.server_pid)
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "bundler", *argv], cwd=ROOT, env=env,
+                              capture_output=True, text=True)
+        self.wall += time.monotonic() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            raise SystemExit(f"{argv[0]} failed ({proc.returncode}): "
+                             f"{proc.stderr.strip()[-2000:]}")
+        self.client_cpu += (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        self.server_cpu += cpu_seconds(self.server_pid) - server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--delay", type=float, default=0.02,
                     help="seconds the proxy adds to every request (default: %(default)s)")
+    ap.add_argument("--bandwidth", type=float, default=16.0,
+                    help="MiB/s per request stream through the proxy (a WAN link's per-connection "
+                    "limit; server-side copies do not cross it); 0 = unlimited")
+    ap.add_argument("--max-regions", type=int, default=0,
+                    help="publish --max-regions (default: publish's own)")
     ap.add_argument("--no-loop", action="store_true", help="skip the 6 × install runs")
     args = ap.parse_args(argv)
     regions = args.regions.split(",")
@@ -81,16 +99,21 @@ def main(argv: list[str] | None = None) -> int:
                                 str(certs)], env)
         helpers = [moto]
         url = moto_url
-        if args.delay:
+        if args.delay or args.bandwidth:
+            shaping = ["--delay", str(args.delay)]
+            if args.bandwidth > 0:
+                shaping += ["--bandwidth", str(args.bandwidth * MIB)]
             proxy, url = start([sys.executable, "-m", "tests.support.faultproxy", "--upstream",
-                                moto_url, "--delay", str(args.delay)], env)
+                                moto_url, *shaping], env)
             helpers.append(proxy)
         try:
             keylib.keygen(work / "key.pem", work / "cert.pem")
             image = work / "bench.img"
             make_image(image, args.size_mib * MIB)
             flags = ["--endpoint-url", url, "--jobs", str(args.jobs), "-q", "--json"]
-            one, many, loop = [], [], []
+            one: list[Run] = []
+            many: list[Run] = []
+            loop: list[Run] = []
             load_before = os.getloadavg()
             # Run 0 warms the endpoint up (moto loads its EC2 data per region on first use).
             for i in range(args.repeat + 1):
@@ -98,17 +121,19 @@ def main(argv: list[str] | None = None) -> int:
                 reset(moto_url)
                 plan1 = work / f"one-{tag}.toml"
                 write_plan(plan1, name=f"one-{tag}", regions=regions[:1], image=image, work=work)
-                t1 = timed(env, ["publish", str(plan1), *flags])
+                t1 = Run(moto.pid)
+                t1(env, ["publish", str(plan1), *flags])
                 reset(moto_url)
                 plan6 = work / f"many-{tag}.toml"
                 write_plan(plan6, name=f"many-{tag}", regions=regions, image=image, work=work)
-                t6 = timed(env, ["publish", str(plan6), "--max-regions", str(len(regions)),
-                                 *flags])
-                tl = 0.0
+                fan = ["--max-regions", str(args.max_regions)] if args.max_regions else []
+                t6 = Run(moto.pid)
+                t6(env, ["publish", str(plan6), *fan, *flags])
+                tl = Run(moto.pid)
                 if not args.no_loop:
                     reset(moto_url)
                     for region in regions:  # what users do today: a shell loop of installs
-                        tl += timed(env, [
+                        tl(env, [
                             "install", "-i", str(image), "-c", str(work / "cert.pem"),
                             "-k", str(work / "key.pem"), "-u", ACCOUNT, "-r", "x86_64",
                             "--ec2cert-dir", str(certs), "-b", f"loop-{tag}-{region}",
@@ -120,25 +145,37 @@ def main(argv: list[str] | None = None) -> int:
                 many.append(t6)
                 if not args.no_loop:
                     loop.append(tl)
-                print(f"run {i}: publish 1 region {t1:.2f}s, {len(regions)} regions {t6:.2f}s"
-                      + ("" if args.no_loop else f", {len(regions)} × install {tl:.2f}s"),
-                      file=sys.stderr)
+                print(f"run {i}: publish 1 region {t1.wall:.2f}s, {len(regions)} regions "
+                      f"{t6.wall:.2f}s" + ("" if args.no_loop else
+                                           f", {len(regions)} × install {tl.wall:.2f}s")
+                      + f" (CPU-s ami-bundler/endpoint: {t1.client_cpu:.1f}/{t1.server_cpu:.1f}, "
+                      f"{t6.client_cpu:.1f}/{t6.server_cpu:.1f}, "
+                      f"{tl.client_cpu:.1f}/{tl.server_cpu:.1f})", file=sys.stderr)
             load_after = os.getloadavg()
         finally:
             for helper in helpers:
                 helper.terminate()
                 helper.wait(timeout=10)
-    s, m = statistics.median(one), statistics.median(many)
+    s, m = statistics.median(r.wall for r in one), statistics.median(r.wall for r in many)
+
+    def cpu(runs: list[Run]) -> list[float]:
+        return [round(statistics.median(r.client_cpu for r in runs), 1),
+                round(statistics.median(r.server_cpu for r in runs), 1)]
+
     report: dict[str, object] = {
         "image_mib": args.size_mib, "regions": len(regions), "delay_s": args.delay,
-        "jobs": args.jobs, "cpus": os.cpu_count(), "repeat": args.repeat,
+        "bandwidth_mib_s": args.bandwidth,
+        "jobs": args.jobs, "max_regions": args.max_regions or None, "cpus": os.cpu_count(),
+        "repeat": args.repeat,
         "publish_1_region_s": round(s, 2), "publish_s": round(m, 2),
         "ratio_vs_1_region": round(m / s, 2), "target_vs_1_region": 1.5,
+        "cpu_s_tool_endpoint": {"publish_1_region": cpu(one), "publish": cpu(many)},
         "load_avg_1min": [round(load_before[0], 2), round(load_after[0], 2)]}
     line = (f"publish to {len(regions)} regions: {m:.2f}s vs 1 region {s:.2f}s → {m / s:.2f}× "
             "(target ≤ 1.5×)")
     if loop:
-        lp = statistics.median(loop)
+        lp = statistics.median(r.wall for r in loop)
+        report["cpu_s_tool_endpoint"]["loop"] = cpu(loop)  # type: ignore[index]
         report.update(loop_s=round(lp, 2), ratio_vs_loop=round(m / lp, 2), target_vs_loop=0.3)
         line += f"; vs {len(regions)} × install {lp:.2f}s → {m / lp:.2f}× (target ≤ 0.3×)"
     print(json.dumps(report))
