@@ -157,3 +157,4 @@ def run_all(run: Runner, root: Path, endpoint: str, cert_dir: Path, ec2cert: Pat
                     f'[source]\nimage = "{image}"\n[bundle]\ncert = "{cert}"\n'
                     f'private_key = "{key}"\n[[accounts]]\nid = "123456789012"\n')
     run("publish", "publish", str(plan), "--ec2cert-dir", str(cert_dir), *aws)
+    run("prune", "prune", "--plan", str(plan), "--keep", "1", *aws)
