@@ -21,7 +21,7 @@ MAX_SYMLINK_HOPS = 40
 READ_LIMIT = 4 * 1024 * 1024   # rules read configuration files, never whole images or initrds
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # slots: bundle-vol checks images of 400 000 entries
 class Entry:
     path: str            # absolute inside the tree: "/etc/fstab" ("/" for the root)
     kind: Kind
