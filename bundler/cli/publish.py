@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -77,23 +76,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def write_report(path: Path, data: dict[str, Any]) -> None:
-    """Atomically: a reader sees the old report or the whole new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
+    """Atomically (bundler.newfiles): a reader sees the old report or the whole new one."""
+    from ..errors import OutputError
+    from ..newfiles import write_new_file
+
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+        write_new_file(Path(path), text.encode("utf-8"), 0o644, replace=True, umask=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write the report {path}: {exc.strerror or exc}") from None
 
 
 def _endpoints(args: argparse.Namespace, regions: tuple[str, ...]) -> dict[str, str]:
