@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,15 @@ import pytest
 
 from tests.support.keypairs import KeyPair, make_key_pair
 from tests.support.threads import no_thread_left  # noqa: F401 - a fixture for every test
+
+# A runner may start the suite with SIGINT/SIGHUP ignored (a background job without job
+# control, nohup). The CLI rightly keeps an ignored signal ignored, so the tests that deliver
+# signals to it would see runs carry on. They test delivery: give the suite, and every child it
+# forks or starts, the signals' ordinary dispositions.
+for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    if signal.getsignal(_signum) is signal.SIG_IGN:
+        signal.signal(_signum, signal.default_int_handler if _signum == signal.SIGINT
+                      else signal.SIG_DFL)
 
 # The S3/EC2 fixtures (strict local AWS, buckets, keys), for integration and reliability tests.
 pytest_plugins = ["tests.support.awsfixtures"]
