@@ -62,7 +62,8 @@ def _new_id(old: str | None, explicit: Any, mapping: dict[str, str], what: str) 
             return None
         value = str(explicit).strip()
         if not _IMAGE_ID.match(value):
-            raise UsageError(f"--{what} {value!r} is not an image id like a{what[0]}i-0123abcd (or 'none' to remove it)")
+            raise UsageError(f"--{what} {value!r} is not an image id like a{what[0]}i-0123abcd (or "
+                             "'none' to remove it)")
         return value
     if old and old in mapping:
         return mapping[old]
@@ -116,7 +117,8 @@ def migrate(
     _check_round_trip(parsed, xml, private_key)
 
     changes = [f"AES key and IV re-wrapped to {ec2_cert_name or 'the EC2 certificate'}"]
-    for what, before, after in (("kernel", old.kernel_id, new_kernel), ("ramdisk", old.ramdisk_id, new_ramdisk)):
+    for what, before, after in (("kernel", old.kernel_id, new_kernel),
+                                ("ramdisk", old.ramdisk_id, new_ramdisk)):
         if before != after:
             if after is None:
                 log.warning("the manifest's %s %s is removed", what, before)
@@ -131,12 +133,14 @@ def _check_round_trip(parsed: ParsedManifest, xml: bytes, private_key: Any) -> N
     again = parse_manifest(xml, source=f"migrated {parsed.source}")
     keylib.verify_manifest(again, private_key.public_key())
     old, new = parsed.manifest, again.manifest
-    carried = ("name", "user", "digest", "size", "bundled_size", "user_encrypted_key", "user_encrypted_iv",
-               "parts", "arch", "image_type", "kernel_name", "block_device_mapping", "product_codes",
-               "ancestry", "bundler")
+    carried = ("name", "user", "digest", "size", "bundled_size", "user_encrypted_key",
+               "user_encrypted_iv",
+               "parts", "arch", "image_type", "kernel_name", "block_device_mapping",
+               "product_codes", "ancestry", "bundler")
     changed = [f for f in carried if _norm(getattr(old, f)) != _norm(getattr(new, f))]
     if changed:
-        raise ManifestError(f"internal error: migrating {parsed.source} changed {', '.join(changed)}")
+        raise ManifestError(f"internal error: migrating {parsed.source} changed "
+                            f"{', '.join(changed)}")
     if keylib.unwrap_key_iv(private_key, old) != keylib.unwrap_key_iv(private_key, new):
         raise ManifestError(f"internal error: migrating {parsed.source} changed the AES key")
 
@@ -157,7 +161,8 @@ def read_mapping_file(path: Path) -> dict[str, str]:
     except FileNotFoundError:
         raise UsageError(f"--mapping-file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read --mapping-file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+        raise UsageError(f"cannot read --mapping-file {path}: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
     mapping: dict[str, str] = {}
     for lineno, row in enumerate(csv.reader(io.StringIO(text)), 1):
         cells = [c.strip() for c in row]
@@ -186,8 +191,8 @@ def write_manifest_with_backup(manifest_path: Path, original: bytes, new: bytes)
     manifest_path = Path(manifest_path)
     bak = backup_path(manifest_path)
     if bak.exists() or bak.is_symlink():
-        raise BackupExistsError(f"backup {bak} already exists: a previous migration left it; move it away "
-                                "(or restore it over the manifest) and re-run")
+        raise BackupExistsError(f"backup {bak} already exists: a previous migration left it; move "
+                                "it away (or restore it over the manifest) and re-run")
     try:
         mode = manifest_path.stat().st_mode & 0o777  # the backup and the new manifest keep it
     except OSError:

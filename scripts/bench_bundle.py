@@ -34,11 +34,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 CLI = [sys.executable, "-m", "bundler"]
 
 
-def timed(cmd: list[str] | str, *, shell: bool = False, cwd: Path | None = None) -> tuple[float, int]:
+def timed(cmd: list[str] | str, *, shell: bool = False,
+          cwd: Path | None = None) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of one command, which must succeed."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, shell=shell, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            executable="/bin/bash" if shell else None)
+    proc = subprocess.Popen(cmd, shell=shell, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, executable="/bin/bash" if shell else None)
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -63,26 +64,31 @@ def dir_size(path: Path, pattern: str) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", type=Path, default=Path("/tmp/corpus"))
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--images", nargs="*", default=["rootfs.img", "random-512M.img", "zeros-4G.img"])
+    ap.add_argument("--images", nargs="*",
+                    default=["rootfs.img", "random-512M.img", "zeros-4G.img"])
     ap.add_argument("--levels", nargs="*", default=["default", "fast"])
-    ap.add_argument("--profile", action="store_true", help="per-stage CPU and busy time instead of ratios")
+    ap.add_argument("--profile", action="store_true",
+                    help="per-stage CPU and busy time instead of ratios")
     args = ap.parse_args()
     # Start-up is part of what is timed: byte-compile the package first, as an install does
     # (PYTHONDONTWRITEBYTECODE, set in some CI shells, would otherwise recompile every run).
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "bundler")], check=True,
                    stdout=subprocess.DEVNULL)
     if not (args.corpus / "rootfs.img").exists():
-        raise SystemExit(f"no corpus in {args.corpus}: run sudo bash ../shared/bench/make-corpus.sh {args.corpus}")
+        raise SystemExit(f"no corpus in {args.corpus}: run sudo bash "
+                         f"../shared/bench/make-corpus.sh {args.corpus}")
 
     work = Path(tempfile.mkdtemp(prefix="ami-bench-"))
     try:
         keys = work / "keys"
         keys.mkdir()
         for who in ("user", "ec2"):
-            subprocess.run([*CLI, "keygen", "--key", str(keys / f"{who}-key.pem"), "--cert", str(keys / f"{who}-cert.pem")],
+            subprocess.run([*CLI, "keygen", "--key", str(keys / f"{who}-key.pem"),
+                            "--cert", str(keys / f"{who}-cert.pem")],
                            check=True, capture_output=True)
         if args.profile:
             return profile_all(args, keys, work)
@@ -97,15 +103,17 @@ def main() -> int:
             classic = (
                 f"set -o pipefail; tar -c -h -S --owner 0 --group 0 -C {image.parent} {image.name} "
                 f"| tee >(sha1sum > {classic_dir}/digest) | gzip -9 "
-                f"| openssl enc -e -aes-128-cbc -K {key_hex} -iv {iv_hex} > {classic_dir}/b.tar.gz.enc "
-                f"&& split -b 10485760 -a 4 -d {classic_dir}/b.tar.gz.enc {classic_dir}/b.part. "
-                f"&& sha1sum {classic_dir}/b.part.* > /dev/null && rm {classic_dir}/b.tar.gz.enc"
+                f"| openssl enc -e -aes-128-cbc -K {key_hex} -iv {iv_hex} > "
+                f"{classic_dir}/b.tar.gz.enc && split -b 10485760 -a 4 -d "
+                f"{classic_dir}/b.tar.gz.enc {classic_dir}/b.part. && sha1sum "
+                f"{classic_dir}/b.part.* > /dev/null && rm {classic_dir}/b.tar.gz.enc"
             )
             c_time, c_rss = best(args.repeat, classic, classic_dir, shell=True)
             c_size = dir_size(classic_dir, "b.part.*")
             classic_out = work / "classic-out"
-            classic_un = (f"set -o pipefail; cat {classic_dir}/b.part.* | openssl enc -d -aes-128-cbc -K {key_hex} "
-                          f"-iv {iv_hex} | gunzip | tar -x -C {classic_out}")
+            classic_un = (f"set -o pipefail; cat {classic_dir}/b.part.* | openssl enc -d "
+                          f"-aes-128-cbc -K {key_hex} -iv {iv_hex} | gunzip | tar -x -C "
+                          f"{classic_out}")
             cu_time, _ = best(args.repeat, classic_un, classic_out, shell=True)
 
             for level in args.levels:
@@ -118,26 +126,31 @@ def main() -> int:
                 o_size = dir_size(ours_dir, "b.part.*")
                 row = {"image": image_name, "level": level, "classic_s": c_time, "ours_s": o_time,
                        "speedup": c_time / o_time, "classic_bytes": c_size, "ours_bytes": o_size,
-                       "size_ratio": o_size / c_size, "ours_rss_mib": o_rss / 1024, "classic_rss_mib": c_rss / 1024}
+                       "size_ratio": o_size / c_size, "ours_rss_mib": o_rss / 1024,
+                       "classic_rss_mib": c_rss / 1024}
                 if level == "default":
                     ours_out = work / "ours-out"
                     ours_un = [*CLI, "unbundle", "-m", str(ours_dir / "b.manifest.xml"), "-k",
                                str(keys / "user-key.pem"), "-d", str(ours_out), "-q"]
                     u_time, u_rss = best(args.repeat, ours_un, ours_out)
                     same = subprocess.run(["cmp", "-s", str(image), str(ours_out / "b")]).returncode == 0
-                    row.update(classic_unbundle_s=cu_time, ours_unbundle_s=u_time, unbundle_ratio=cu_time / u_time,
+                    row.update(classic_unbundle_s=cu_time, ours_unbundle_s=u_time,
+                               unbundle_ratio=cu_time / u_time,
                                unbundle_rss_mib=u_rss / 1024, identical=same)
                 rows.append(row)
                 print_row(row)
                 sys.stdout.flush()
         print()
-        print("| image | level | classic bundle | ours | speed-up | size vs classic | peak RSS | classic unbundle | ours | ratio |")
+        print("| image | level | classic bundle | ours | speed-up | size vs classic | peak RSS | "
+              "classic unbundle | ours | ratio |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
-            unb = (f"{r['classic_unbundle_s']:.2f} s | {r['ours_unbundle_s']:.2f} s | {r['unbundle_ratio']:.1f}×"
+            unb = (f"{r['classic_unbundle_s']:.2f} s | {r['ours_unbundle_s']:.2f} s | "
+                   f"{r['unbundle_ratio']:.1f}×"
                    if "ours_unbundle_s" in r else "| |")
-            print(f"| {r['image']} | {r['level']} | {r['classic_s']:.2f} s | {r['ours_s']:.2f} s | {r['speedup']:.1f}× "
-                  f"| {r['size_ratio']:.3f} | {r['ours_rss_mib']:.0f} MiB | {unb} |")
+            print(f"| {r['image']} | {r['level']} | {r['classic_s']:.2f} s | {r['ours_s']:.2f} s | "
+                  f"{r['speedup']:.1f}× | {r['size_ratio']:.3f} | {r['ours_rss_mib']:.0f} MiB | "
+                  f"{unb} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
@@ -146,8 +159,8 @@ def main() -> int:
 def profile_all(args: argparse.Namespace, keys: Path, work: Path) -> int:
     from profile_bundle import profile_in_child
 
-    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} "
-          f"on {os.cpu_count()} cores")
+    print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
+          f"{os.getloadavg()[2]:.2f} on {os.cpu_count()} cores")
     for image_name in args.images:
         image = args.corpus / image_name
         if not image.exists():

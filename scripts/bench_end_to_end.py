@@ -54,7 +54,8 @@ class Step:
 
 def run(name: str, cmd: list[str] | str, env: dict[str, str], *, shell: bool = False) -> Step:
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, shell=shell, executable="/bin/bash" if shell else None,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, shell=shell,
+                            executable="/bin/bash" if shell else None,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
@@ -73,7 +74,8 @@ def classic_upload(directory: Path, prefix: str, bucket: str, endpoint: str) -> 
     import boto3
     from botocore.config import Config
 
-    config = Config(s3={"addressing_style": "path"}, max_pool_connections=1, retries={"max_attempts": 1})
+    config = Config(s3={"addressing_style": "path"}, max_pool_connections=1,
+                    retries={"max_attempts": 1})
     s3 = boto3.client("s3", endpoint_url=endpoint, config=config)
     manifest = directory / f"{prefix}.manifest.xml"
     parts = sorted(p for p in directory.iterdir() if p.name.startswith(f"{prefix}.part."))
@@ -83,8 +85,8 @@ def classic_upload(directory: Path, prefix: str, bucket: str, endpoint: str) -> 
         s3.put_object(Bucket=bucket, Key=path.name, Body=data, ContentMD5=md5, ACL="aws-exec-read")
         s3._endpoint.http_session.close()  # the next request opens a new connection
     ec2 = boto3.client("ec2", endpoint_url=endpoint)
-    ec2.register_image(ImageLocation=f"{bucket}/{manifest.name}", Name=f"classic-{prefix}-{os.getpid()}",
-                       Architecture="x86_64")
+    ec2.register_image(ImageLocation=f"{bucket}/{manifest.name}",
+                       Name=f"classic-{prefix}-{os.getpid()}", Architecture="x86_64")
 
 
 def classic_manifest(directory: Path, prefix: str, image: Path, keys: Path, ec2cert: Path) -> None:
@@ -102,8 +104,10 @@ def classic_manifest(directory: Path, prefix: str, image: Path, keys: Path, ec2c
     (directory / "aes").unlink()
     user, ec2 = keylib.load_public_key(keys / "user-cert.pem"), keylib.load_public_key(ec2cert)
     manifest = Manifest(name=prefix, user=USER, digest=digest, size=image.stat().st_size,
-                        bundled_size=sum(p.stat().st_size for p in parts), ec2_encrypted_key=keylib.wrap(ec2, key),
-                        user_encrypted_key=keylib.wrap(user, key), ec2_encrypted_iv=keylib.wrap(ec2, iv),
+                        bundled_size=sum(p.stat().st_size for p in parts),
+                        ec2_encrypted_key=keylib.wrap(ec2, key),
+                        user_encrypted_key=keylib.wrap(user, key),
+                        ec2_encrypted_iv=keylib.wrap(ec2, iv),
                         user_encrypted_iv=keylib.wrap(user, iv), parts=entries)
     (directory / f"{prefix}.manifest.xml").write_bytes(
         keylib.sign_manifest(manifest, keylib.load_private_key(keys / "user-key.pem")))
@@ -130,12 +134,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=Path("/tmp/corpus"))
     ap.add_argument("--images", nargs="*", default=["rootfs.img", "random-512M.img"])
-    ap.add_argument("--delay", type=float, default=0.020, help="seconds added per request (default 0.020)")
-    ap.add_argument("--bandwidth", type=float, default=16.0, help="MiB/s per request stream; 0 = unlimited")
+    ap.add_argument("--delay", type=float, default=0.020,
+                    help="seconds added per request (default 0.020)")
+    ap.add_argument("--bandwidth", type=float, default=16.0,
+                    help="MiB/s per request stream; 0 = unlimited")
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--compression", default="default")
     ap.add_argument("--check", action="store_true",
-                    help="let install run its boot checks (the corpus images do not boot; classic checks nothing)")
+                    help="let install run its boot checks (the corpus images do not boot; classic "
+                         "checks nothing)")
     ap.add_argument("--classic-upload", nargs=4, metavar=("DIR", "PREFIX", "BUCKET", "ENDPOINT"),
                     help=argparse.SUPPRESS)  # the classic upload, run as a child process
     args = ap.parse_args()
@@ -152,7 +159,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     ec2certs = work / "ec2-certs"  # the stand-in EC2's certificates: RegisterImage decrypts with its keys
     moto, moto_url = start([sys.executable, "scripts/local_endpoint.py", "--ec2-certs", str(ec2certs)], env)
-    proxy_cmd = [sys.executable, "-m", "tests.support.faultproxy", "--upstream", moto_url, "--delay", str(args.delay)]
+    proxy_cmd = [sys.executable, "-m", "tests.support.faultproxy", "--upstream", moto_url,
+                 "--delay", str(args.delay)]
     if args.bandwidth > 0:
         proxy_cmd += ["--bandwidth", str(args.bandwidth * MIB)]
     proxy, proxy_url = start(proxy_cmd, env)
@@ -162,18 +170,22 @@ def main() -> int:
         import boto3
         from botocore.config import Config
 
-        s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing", config=Config(s3={"addressing_style": "path"}))
+        s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1",
+                          aws_access_key_id="testing",
+                          aws_secret_access_key="testing",
+                          config=Config(s3={"addressing_style": "path"}))
         keys = work / "keys"
         keys.mkdir()
         subprocess.run([*CLI, "keygen", "--key", str(keys / "user-key.pem"), "--cert",
-                        str(keys / "user-cert.pem")], check=True, capture_output=True, env=env, cwd=ROOT)
+                        str(keys / "user-cert.pem")], check=True, capture_output=True, env=env,
+                       cwd=ROOT)
         sign = ["-c", str(keys / "user-cert.pem"), "-k", str(keys / "user-key.pem"), "-u", USER,
                 "--ec2cert-dir", str(ec2certs), "-r", "x86_64"]
         s3_flags = ["--endpoint-url", proxy_url, "--jobs", str(args.jobs)]
         conditions = (f"{args.delay * 1000:.0f} ms per request, "
                       f"{'no bandwidth cap' if args.bandwidth <= 0 else f'{args.bandwidth:g} MiB/s per stream'}, "
-                      f"--jobs {args.jobs}, --compression {args.compression}, {os.cpu_count()} cores")
+                      f"--jobs {args.jobs}, --compression {args.compression}, {os.cpu_count()} "
+                      "cores")
         print(f"end to end through a local endpoint: {conditions}", flush=True)
         for image_name in args.images:
             image = args.corpus / image_name
@@ -192,54 +204,65 @@ def main() -> int:
             classic_manifest(classic_dir, "classic", image, keys, ec2certs / "cert-ec2.pem")
             bucket = f"e2e-classic-{tag}-{os.getpid()}"
             s3.create_bucket(Bucket=bucket, ObjectOwnership="ObjectWriter")  # ACLs on, as EC2 needs
-            c_upload = run("classic upload + register", [sys.executable, __file__, "--classic-upload",
+            c_upload = run("classic upload + register",
+                           [sys.executable, __file__, "--classic-upload",
                                                           str(classic_dir), "classic", bucket, proxy_url], env)
             endpoint_mid = cpu_seconds(moto, proxy)
 
             # ours: install
             our_bucket = f"e2e-ours-{tag}-{os.getpid()}"
-            ours = run("install", [*CLI, "install", "-i", str(image), "-p", tag, *sign, "--compression",
-                                   args.compression, "-b", our_bucket, "-n", f"ours-{tag}-{os.getpid()}",
+            ours = run("install",
+                       [*CLI, "install", "-i", str(image), "-p", tag, *sign, "--compression",
+                                   args.compression, "-b", our_bucket,
+                                   "-n", f"ours-{tag}-{os.getpid()}",
                                    *s3_flags, "-q", *([] if args.check else ["--no-check"])], env)
             endpoint_after = cpu_seconds(moto, proxy)
             classic_total = c_bundle.wall + c_upload.wall
             size = sum(p.stat().st_size for p in classic_dir.glob("classic.part.*"))
             shutil.rmtree(classic_dir)
-            print(f"\n{image_name} ({image.stat().st_size / MIB:.0f} MiB, classic bundle {size / MIB:.0f} MiB), "
-                  f"load average {load:.2f}", flush=True)
+            print(f"\n{image_name} ({image.stat().st_size / MIB:.0f} MiB, classic bundle "
+                  f"{size / MIB:.0f} MiB), load average {load:.2f}", flush=True)
             for step in (c_bundle, c_upload):
-                print(f"  {step.name:28s} {step.wall:7.2f} s wall  {step.cpu:6.2f} CPU-s", flush=True)
-            print(f"  {'classic total':28s} {classic_total:7.2f} s wall  {c_bundle.cpu + c_upload.cpu:6.2f} CPU-s"
-                  f"  (endpoint + proxy {endpoint_mid - endpoint_before:.1f} CPU-s)")
+                print(f"  {step.name:28s} {step.wall:7.2f} s wall  {step.cpu:6.2f} CPU-s",
+                      flush=True)
+            print(f"  {'classic total':28s} {classic_total:7.2f} s wall  "
+                  f"{c_bundle.cpu + c_upload.cpu:6.2f} CPU-s  (endpoint + proxy "
+                  f"{endpoint_mid - endpoint_before:.1f} CPU-s)")
             print(f"  {'ami-bundler install':28s} {ours.wall:7.2f} s wall  {ours.cpu:6.2f} CPU-s"
-                  f"  (endpoint + proxy {endpoint_after - endpoint_mid:.1f} CPU-s), peak RSS {ours.rss_mib:.0f} MiB")
+                  f"  (endpoint + proxy {endpoint_after - endpoint_mid:.1f} CPU-s), peak RSS "
+                  f"{ours.rss_mib:.0f} MiB")
             print(f"  image → AMI: {classic_total / ours.wall:.1f}× faster", flush=True)
 
             # the way back
             down = work / f"down-{tag}"
             down.mkdir()
             manifest = f"{tag}.manifest.xml"
-            dl = run("download-bundle", [*CLI, "download-bundle", "-b", our_bucket, "-m", manifest, "-d", str(down),
+            dl = run("download-bundle",
+                     [*CLI, "download-bundle", "-b", our_bucket, "-m", manifest, "-d", str(down),
                                          "-k", str(keys / "user-key.pem"), *s3_flags, "-q"], env)
-            un = run("unbundle", [*CLI, "unbundle", "-m", str(down / manifest), "-k", str(keys / "user-key.pem"),
-                                  "-d", str(down), "-q"], env)
+            un = run("unbundle",
+                     [*CLI, "unbundle", "-m", str(down / manifest),
+                                  "-k", str(keys / "user-key.pem"), "-d", str(down), "-q"], env)
             shutil.rmtree(down)
             streamed = work / f"streamed-{tag}"
             streamed.mkdir()
-            st = run("unbundle --from-s3", [*CLI, "unbundle", "--from-s3", "-m", f"{our_bucket}/{manifest}", "-k",
+            st = run("unbundle --from-s3",
+                     [*CLI, "unbundle", "--from-s3", "-m", f"{our_bucket}/{manifest}", "-k",
                                             str(keys / "user-key.pem"), "-d", str(streamed), *s3_flags[:2], "-q"], env)
             same = subprocess.run(["cmp", "-s", str(image), str(streamed / tag)]).returncode == 0
             shutil.rmtree(streamed)
-            print(f"  download-bundle + unbundle   {dl.wall + un.wall:7.2f} s wall  {dl.cpu + un.cpu:6.2f} CPU-s")
-            print(f"  unbundle --from-s3           {st.wall:7.2f} s wall  {st.cpu:6.2f} CPU-s, peak RSS "
-                  f"{st.rss_mib:.0f} MiB, image identical: {same}")
+            print(f"  download-bundle + unbundle   {dl.wall + un.wall:7.2f} s wall  "
+                  f"{dl.cpu + un.cpu:6.2f} CPU-s")
+            print(f"  unbundle --from-s3           {st.wall:7.2f} s wall  {st.cpu:6.2f} CPU-s, "
+                  f"peak RSS {st.rss_mib:.0f} MiB, image identical: {same}")
             print(f"  S3 → image: {(dl.wall + un.wall) / st.wall:.1f}× faster", flush=True)
-            rows.append(f"| {image_name} | {classic_total:.1f} s ({c_bundle.wall:.1f} + {c_upload.wall:.1f}) "
-                        f"| {ours.wall:.1f} s | {classic_total / ours.wall:.1f}× | {c_bundle.cpu + c_upload.cpu:.1f} "
-                        f"/ {ours.cpu:.1f} | {dl.wall + un.wall:.1f} s | {st.wall:.1f} s "
-                        f"| {(dl.wall + un.wall) / st.wall:.1f}× | {load:.1f} |")
-        print("\n| image | classic: bundle + serial upload + register | install | ratio | CPU-s classic / ours "
-              "| download-bundle + unbundle | unbundle --from-s3 | ratio | load |")
+            rows.append(f"| {image_name} | {classic_total:.1f} s ({c_bundle.wall:.1f} + "
+                        f"{c_upload.wall:.1f}) | {ours.wall:.1f} s | "
+                        f"{classic_total / ours.wall:.1f}× | {c_bundle.cpu + c_upload.cpu:.1f} / "
+                        f"{ours.cpu:.1f} | {dl.wall + un.wall:.1f} s | {st.wall:.1f} s | "
+                        f"{(dl.wall + un.wall) / st.wall:.1f}× | {load:.1f} |")
+        print("\n| image | classic: bundle + serial upload + register | install | ratio | CPU-s "
+              "classic / ours | download-bundle + unbundle | unbundle --from-s3 | ratio | load |")
         print("|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
     finally:

@@ -58,7 +58,8 @@ def allocated(path: Path) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--image", type=Path, default=Path("/tmp/corpus/rootfs.img"))
     ap.add_argument("--standin-tree", type=Path, default=Path("/usr/lib"))
     ap.add_argument("--repeat", type=int, default=2)
@@ -76,7 +77,8 @@ def main() -> int:
         else:
             image = standin(work, args.standin_tree)
             what = f"STAND-IN: 2 GiB ext4 of {args.standin_tree} (no corpus at {args.image})"
-        print(f"input: {what}: {image.stat().st_size} bytes, {allocated(image)} allocated", flush=True)
+        print(f"input: {what}: {image.stat().st_size} bytes, {allocated(image)} allocated",
+              flush=True)
         keys = work / "keys"
         keys.mkdir()
         for who in ("user", "ec2"):
@@ -85,8 +87,8 @@ def main() -> int:
 
         def bundle_cmd(path: Path, dest: Path) -> list[str]:
             return [*CLI, "bundle-image", "-i", str(path), "-c", str(keys / "user-cert.pem"), "-k",
-                    str(keys / "user-key.pem"), "--ec2cert", str(keys / "ec2-cert.pem"), "-u", "123456789012",
-                    "-r", "x86_64", "-d", str(dest), "-p", "b", "-q"]
+                    str(keys / "user-key.pem"), "--ec2cert", str(keys / "ec2-cert.pem"),
+                    "-u", "123456789012", "-r", "x86_64", "-d", str(dest), "-p", "b", "-q"]
 
         rows = []
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
@@ -113,9 +115,11 @@ def main() -> int:
                 dest.mkdir()
                 scratch.unlink(missing_ok=True)
                 if kind == "xz":
-                    c, _ = run_timed(f"xz -dc {variant} | cp --sparse=always /dev/stdin {scratch}", shell=True)
+                    c, _ = run_timed(f"xz -dc {variant} | cp --sparse=always /dev/stdin {scratch}",
+                                     shell=True)
                 else:
-                    c, _ = run_timed(["qemu-img", "convert", "-O", "raw", str(variant), str(scratch)])
+                    c, _ = run_timed(["qemu-img", "convert", "-O", "raw", str(variant),
+                                      str(scratch)])
                 peak_scratch = max(peak_scratch, allocated(scratch))
                 b, _ = run_timed(bundle_cmd(scratch, dest))
                 convert_s.append(c)
@@ -132,13 +136,14 @@ def main() -> int:
             variant.unlink()
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print()
-        print("| input | file size | direct bundle-image | qemu-img convert + bundle-image | ratio | "
-              "scratch disk (two-step) | peak RSS (direct) |")
+        print("| input | file size | direct bundle-image | qemu-img convert + bundle-image | ratio "
+              "| scratch disk (two-step) | peak RSS (direct) |")
         print("|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['variant']} | {r['size'] >> 20} MiB | {r['direct']:.2f} s | {r['two_step']:.2f} s "
-                  f"({r['convert']:.2f} + {r['two_step'] - r['convert']:.2f}) | {r['ratio']:.2f}× | "
-                  f"{r['scratch'] >> 20} MiB | {r['rss_mib']:.0f} MiB |")
+            print(f"| {r['variant']} | {r['size'] >> 20} MiB | {r['direct']:.2f} s | "
+                  f"{r['two_step']:.2f} s ({r['convert']:.2f} + "
+                  f"{r['two_step'] - r['convert']:.2f}) | {r['ratio']:.2f}× | {r['scratch'] >> 20} "
+                  f"MiB | {r['rss_mib']:.0f} MiB |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -37,7 +37,8 @@ def cpu_seconds(*procs: subprocess.Popen) -> float:
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.monotonic() - started
     if os.waitstatus_to_exitcode(status) != 0:
@@ -50,16 +51,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--image", type=Path, default=Path("/tmp/corpus/random-512M.img"))
     ap.add_argument("--delay", type=float, default=0.020)
-    ap.add_argument("--bandwidth", type=float, default=16.0, help="MiB/s per request stream; 0 = unlimited")
+    ap.add_argument("--bandwidth", type=float, default=16.0,
+                    help="MiB/s per request stream; 0 = unlimited")
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--compression", default="default")
     args = ap.parse_args()
     if not args.image.exists():
-        raise SystemExit(f"{args.image} not found: run ../shared/bench/make-corpus.sh or pass --image")
+        raise SystemExit(f"{args.image} not found: run ../shared/bench/make-corpus.sh or pass "
+                         "--image")
 
     env = local_env()
     moto, moto_url = start([sys.executable, "scripts/local_endpoint.py"], env)
-    proxy_cmd = [sys.executable, "-m", "tests.support.faultproxy", "--upstream", moto_url, "--delay", str(args.delay)]
+    proxy_cmd = [sys.executable, "-m", "tests.support.faultproxy", "--upstream", moto_url,
+                 "--delay", str(args.delay)]
     if args.bandwidth > 0:
         proxy_cmd += ["--bandwidth", str(args.bandwidth * MIB)]
     proxy, proxy_url = start(proxy_cmd, env)
@@ -69,29 +73,36 @@ def main() -> int:
             work = Path(tmp)
             for who in ("user", "ec2"):
                 subprocess.run([*cli, "keygen", "--key", str(work / f"{who}-key.pem"), "--cert",
-                                str(work / f"{who}-cert.pem")], check=True, capture_output=True, env=env)
-            sign = ["-c", str(work / "user-cert.pem"), "-k", str(work / "user-key.pem"), "-u", "123456789012",
-                    "--ec2cert", str(work / "ec2-cert.pem"), "-r", "x86_64", "--compression", args.compression]
+                                str(work / f"{who}-cert.pem")], check=True, capture_output=True,
+                               env=env)
+            sign = ["-c", str(work / "user-cert.pem"), "-k", str(work / "user-key.pem"),
+                    "-u", "123456789012",
+                    "--ec2cert", str(work / "ec2-cert.pem"), "-r", "x86_64",
+                    "--compression", args.compression]
             s3 = ["--endpoint-url", proxy_url, "--jobs", str(args.jobs)]
             out = work / "bundle"
             out.mkdir()
             subprocess.run(["cat", str(args.image)], stdout=subprocess.DEVNULL, check=True)
             b_time, b_rss = timed([*cli, "bundle-image", "-i", str(args.image), "-p", "bench", "-d", str(out), *sign, "-q"], env)
             before = cpu_seconds(moto, proxy)
-            u_time, u_rss = timed([*cli, "upload-bundle", "-b", "bench-separate/amis", "-m", str(out / "bench.manifest.xml"),
-                                   *s3, "-q"], env)
+            u_time, u_rss = timed([*cli, "upload-bundle", "-b", "bench-separate/amis",
+                                   "-m", str(out / "bench.manifest.xml"), *s3, "-q"], env)
             endpoint_cpu = cpu_seconds(moto, proxy) - before
             # Registering is not part of "bundle + upload": install stops after the upload here.
-            i_time, i_rss = timed([*cli, "install", "-i", str(args.image), "-p", "bench", *sign, "-b", "bench-stream/amis",
+            i_time, i_rss = timed([*cli, "install", "-i", str(args.image), "-p", "bench", *sign,
+                                   "-b", "bench-stream/amis",
                                    "-n", "bench", "--no-register", *s3, "-q"], env)
             size = sum(p.stat().st_size for p in out.glob("bench.part.*"))
-            print(f"image {args.image} ({args.image.stat().st_size / MIB:.0f} MiB), bundle {size / MIB:.0f} MiB; "
-                  f"{args.delay * 1000:.0f} ms/request, "
-                  f"{'no cap' if args.bandwidth <= 0 else f'{args.bandwidth:g} MiB/s per stream'}, --jobs {args.jobs}")
+            print(f"image {args.image} ({args.image.stat().st_size / MIB:.0f} MiB), bundle "
+                  f"{size / MIB:.0f} MiB; {args.delay * 1000:.0f} ms/request, "
+                  f"{'no cap' if args.bandwidth <= 0 else f'{args.bandwidth:g} MiB/s per stream'}, "
+                  f"--jobs {args.jobs}")
             print(f"bundle-image  {b_time:6.2f} s  peak RSS {b_rss:5.0f} MiB")
             print(f"upload-bundle {u_time:6.2f} s  peak RSS {u_rss:5.0f} MiB  "
-                  f"(the local endpoint used {endpoint_cpu:.1f} CPU-s of this {os.cpu_count()}-core machine meanwhile)")
-            print(f"install       {i_time:6.2f} s  peak RSS {i_rss:5.0f} MiB  (bundle + upload, streaming, no parts on disk)")
+                  f"(the local endpoint used {endpoint_cpu:.1f} CPU-s of this "
+                  f"{os.cpu_count()}-core machine meanwhile)")
+            print(f"install       {i_time:6.2f} s  peak RSS {i_rss:5.0f} MiB  (bundle + upload, "
+                  "streaming, no parts on disk)")
             print(f"install / (bundle + upload) = {i_time / (b_time + u_time):.2f}  (target ≤ 0.6; "
                   f"ideal max/sum = {max(b_time, u_time) / (b_time + u_time):.2f})")
     finally:

@@ -64,13 +64,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_install(env: dict[str, str], argv: list[str], server_pid: int) -> tuple[float, dict, float, float]:
+def run_install(env: dict[str, str], argv: list[str],
+                server_pid: int) -> tuple[float, dict, float, float]:
     """(wall seconds, JSON result, install CPU seconds, endpoint CPU seconds)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before = cpu_seconds(server_pid)
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "bundler", "install", *argv, "--json", "-q"], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "bundler", "install", *argv, "--json", "-q"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -83,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--regions", default="us-east-1,eu-west-1,ap-southeast-2")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per configuration; the median is reported")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per configuration; the median is reported")
     ap.add_argument("--jobs", type=int, default=8)
-    ap.add_argument("--delay", type=float, default=0.0, help="seconds a proxy adds to every request")
+    ap.add_argument("--delay", type=float, default=0.0,
+                    help="seconds a proxy adds to every request")
     args = ap.parse_args(argv)
     regions = args.regions.split(",")
 
@@ -96,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         env = local_env()
         helpers = []
         certs = work / "certs"  # the stand-in EC2's certificates: RegisterImage decrypts with its keys
-        moto, url = start([sys.executable, "scripts/local_endpoint.py", "--ec2-certs", str(certs)], env)
+        moto, url = start([sys.executable, "scripts/local_endpoint.py", "--ec2-certs", str(certs)],
+                          env)
         moto_url = url
         helpers.append(moto)
         if args.delay:
@@ -107,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
             keylib.keygen(work / "key.pem", work / "cert.pem")
             image = work / "bench.img"
             make_image(image, args.size_mib * MIB)
-            common = ["-i", str(image), "-p", "bench", "-c", str(work / "cert.pem"), "-k", str(work / "key.pem"),
-                      "-u", "123456789012", "-r", "x86_64", "--ec2cert-dir", str(certs), "--jobs", str(args.jobs),
-                      "--endpoint-url", url]
+            common = ["-i", str(image), "-p", "bench", "-c", str(work / "cert.pem"),
+                      "-k", str(work / "key.pem"),
+                      "-u", "123456789012", "-r", "x86_64", "--ec2cert-dir", str(certs),
+                      "--jobs", str(args.jobs), "--endpoint-url", url]
             single, multi = [], []
             # Run 0 warms the endpoint up (moto loads its EC2 data on first use) and is not counted.
             for i in range(args.repeat + 1):
@@ -118,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 one = run_install(env, [*common, "-b", f"bench-{tag}-single", "-n", f"single-{tag}",
                                         "--region", regions[0]], moto.pid)
                 reset(moto_url)
-                many = run_install(env, [*common, "--regions", ",".join(regions), "--bucket-template",
+                many = run_install(env,
+                                   [*common, "--regions", ",".join(regions), "--bucket-template",
                                          f"bench-{tag}-{{region}}", "-n", f"multi-{tag}"], moto.pid)
                 assert not many[1]["failed"], many[1]
                 if i == 0:
@@ -126,19 +132,21 @@ def main(argv: list[str] | None = None) -> int:
                 single.append(one)
                 multi.append(many)
                 print(f"run {i}: 1 region {one[0]:.2f}s, {len(regions)} regions {many[0]:.2f}s "
-                      f"(install CPU {one[2]:.1f}s → {many[2]:.1f}s, endpoint CPU {one[3]:.1f}s → {many[3]:.1f}s)",
-                      file=sys.stderr)
+                      f"(install CPU {one[2]:.1f}s → {many[2]:.1f}s, endpoint CPU {one[3]:.1f}s → "
+                      f"{many[3]:.1f}s)", file=sys.stderr)
 
             def median(runs: list, i: int) -> float:
                 return round(statistics.median(r[i] for r in runs), 2)
 
             s, m = median(single, 0), median(multi, 0)
-            report = {"image_mib": args.size_mib, "regions": len(regions), "delay_s": args.delay, "jobs": args.jobs,
-                      "cpus": os.cpu_count(), "single_s": s, "multi_s": m, "ratio": round(m / s, 2), "target": 1.3,
-                      "install_cpu_s": [median(single, 2), median(multi, 2)],
+            report = {"image_mib": args.size_mib, "regions": len(regions), "delay_s": args.delay,
+                      "jobs": args.jobs,
+                      "cpus": os.cpu_count(), "single_s": s, "multi_s": m, "ratio": round(m / s, 2),
+                      "target": 1.3, "install_cpu_s": [median(single, 2), median(multi, 2)],
                       "endpoint_cpu_s": [median(single, 3), median(multi, 3)]}
             print(json.dumps(report))
-            print(f"{len(regions)} regions: {m:.2f}s vs 1 region: {s:.2f}s → {m / s:.2f}× (target ≤ 1.3×)")
+            print(f"{len(regions)} regions: {m:.2f}s vs 1 region: {s:.2f}s → {m / s:.2f}× (target "
+                  "≤ 1.3×)")
         finally:
             for helper in helpers:
                 helper.terminate()

@@ -31,7 +31,8 @@ PART = 10 * MIB
 
 def start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     """Start a helper that prints its URL on the first stdout line."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if not line.startswith("http://127.0.0.1:"):
@@ -45,8 +46,10 @@ def local_env() -> dict[str, str]:
     benchmarks only ever talk to the local endpoint."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
     nowhere = tempfile.mkdtemp(prefix="bench-noaws-")
-    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-               AWS_CONFIG_FILE=f"{nowhere}/config", AWS_SHARED_CREDENTIALS_FILE=f"{nowhere}/credentials",
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_DEFAULT_REGION="us-east-1",
+               AWS_CONFIG_FILE=f"{nowhere}/config",
+               AWS_SHARED_CREDENTIALS_FILE=f"{nowhere}/credentials",
                AWS_EC2_METADATA_DISABLED="true", PYTHONPATH=str(ROOT))
     return env
 
@@ -64,7 +67,8 @@ def make_bundle(directory: Path, size: int) -> Path:
         (directory / name).write_bytes(data)
         entries.append(PartEntry(i, name, hashlib.sha1(data).hexdigest()))
     keylib.keygen(directory / "key.pem", directory / "cert.pem")
-    manifest = Manifest(name="bench", user="123456789012", digest="0" * 40, size=size, bundled_size=size,
+    manifest = Manifest(name="bench", user="123456789012", digest="0" * 40, size=size,
+                        bundled_size=size,
                         ec2_encrypted_key="ab" * 128, user_encrypted_key="ab" * 128,
                         ec2_encrypted_iv="ab" * 128, user_encrypted_iv="ab" * 128, parts=entries)
     path = directory / "bench.manifest.xml"
@@ -72,11 +76,14 @@ def make_bundle(directory: Path, size: int) -> Path:
     return path
 
 
-def upload(manifest: Path, endpoint: str, bucket: str, jobs: int, env: dict[str, str]) -> tuple[float, float, float]:
+def upload(manifest: Path, endpoint: str, bucket: str, jobs: int,
+           env: dict[str, str]) -> tuple[float, float, float]:
     """(upload seconds as reported, wall seconds incl. interpreter start, peak RSS MiB) of one
     full upload in a child process."""
-    cmd = [sys.executable, "-c", "from bundler.cli import run; run()", "upload-bundle", "-b", bucket,
-           "-m", str(manifest), "--endpoint-url", endpoint, "--jobs", str(jobs), "--no-resume", "--json"]
+    cmd = [sys.executable, "-c", "from bundler.cli import run; run()", "upload-bundle",
+           "-b", bucket,
+           "-m", str(manifest), "--endpoint-url", endpoint, "--jobs", str(jobs),
+           "--no-resume", "--json"]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE)
     assert proc.stdout is not None
@@ -91,15 +98,19 @@ def upload(manifest: Path, endpoint: str, bucket: str, jobs: int, env: dict[str,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size-mib", type=int, default=1024)
-    ap.add_argument("--delay", type=float, default=0.020, help="seconds added per request (default 0.020)")
-    ap.add_argument("--bandwidth", type=float, default=16.0, help="MiB/s per request stream; 0 = unlimited")
-    ap.add_argument("--jobs", type=int, nargs="*", default=[1, 8], help="job counts to compare (default 1 8)")
+    ap.add_argument("--delay", type=float, default=0.020,
+                    help="seconds added per request (default 0.020)")
+    ap.add_argument("--bandwidth", type=float, default=16.0,
+                    help="MiB/s per request stream; 0 = unlimited")
+    ap.add_argument("--jobs", type=int, nargs="*", default=[1, 8],
+                    help="job counts to compare (default 1 8)")
     args = ap.parse_args()
 
     env = local_env()
 
     moto, moto_url = start([sys.executable, "scripts/local_endpoint.py"], env)
-    proxy_cmd = [sys.executable, "-m", "tests.support.faultproxy", "--upstream", moto_url, "--delay", str(args.delay)]
+    proxy_cmd = [sys.executable, "-m", "tests.support.faultproxy", "--upstream", moto_url,
+                 "--delay", str(args.delay)]
     if args.bandwidth > 0:
         proxy_cmd += ["--bandwidth", str(args.bandwidth * MIB)]
     proxy, proxy_url = start(proxy_cmd, env)
@@ -107,8 +118,10 @@ def main() -> int:
         import boto3
         from botocore.config import Config
 
-        s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing", config=Config(s3={"addressing_style": "path"}))
+        s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1",
+                          aws_access_key_id="testing",
+                          aws_secret_access_key="testing",
+                          config=Config(s3={"addressing_style": "path"}))
         with tempfile.TemporaryDirectory(prefix="bench-upload-") as tmp:
             size = args.size_mib * MIB
             print(f"making a {args.size_mib} MiB bundle …", flush=True)
@@ -127,8 +140,8 @@ def main() -> int:
                     s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start_at:start_at + 1000]]})
             if len(results) >= 2:
                 base, best = results[args.jobs[0]], results[args.jobs[-1]]
-                print(f"speed-up --jobs {args.jobs[-1]} vs --jobs {args.jobs[0]}: {base / best:.1f}x "
-                      f"(delay {args.delay * 1000:.0f} ms/request, "
+                print(f"speed-up --jobs {args.jobs[-1]} vs --jobs {args.jobs[0]}: "
+                      f"{base / best:.1f}x (delay {args.delay * 1000:.0f} ms/request, "
                       f"{'no bandwidth cap' if args.bandwidth <= 0 else f'{args.bandwidth:g} MiB/s per stream'})")
     finally:
         for proc in (proxy, moto):

@@ -310,7 +310,8 @@ class ImageTree(Tree):
     def _read(self, entry: Entry, limit: int) -> bytes | None:
         return next(self.debugfs.cat_prefixes([(int(entry.ref), entry.size)], limit))
 
-    def read_prefixes(self, entries: list[Entry], limit: int) -> Iterator[tuple[Entry, bytes | None]]:
+    def read_prefixes(self, entries: list[Entry],
+                      limit: int) -> Iterator[tuple[Entry, bytes | None]]:
         yield from zip(entries, self.debugfs.cat_prefixes(
             [(int(e.ref), e.size) for e in entries], limit), strict=True)
 

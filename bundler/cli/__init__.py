@@ -26,7 +26,8 @@ log = logging.getLogger("bundler.cli")
 # pay). A new command goes in a new module with ``register(subparsers)``, listed here;
 # tests/unit/test_cli_structure.py checks the table against what each module registers.
 COMMAND_MODULE = {
-    "keygen": "core", "bundle-image": "core", "unbundle": "core", "verify": "core", "inspect": "core",
+    "keygen": "core", "bundle-image": "core", "unbundle": "core", "verify": "core",
+    "inspect": "core",
     "upload-bundle": "aws", "download-bundle": "aws", "delete-bundle": "aws", "register": "aws",
     "deregister": "aws", "install": "install", "bundle-vol": "vol",
     "migrate-manifest": "regions", "copy-bundle": "regions",
@@ -75,7 +76,8 @@ def _configure_logging(args: argparse.Namespace) -> None:
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"
-                                           if level == logging.DEBUG else "%(levelname)s: %(message)s"))
+                                           if level == logging.DEBUG else "%(levelname)s: "
+                                                                          "%(message)s"))
     root = logging.getLogger("bundler")
     root.handlers[:] = [handler]
     root.setLevel(level)

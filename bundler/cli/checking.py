@@ -30,7 +30,8 @@ def add_source_options(p: argparse.ArgumentParser, *, what: str) -> None:
     g = p.add_argument_group("bundle source (instead of SOURCE)")
     g.add_argument("-m", "--manifest",
                    help="bundle manifest (BUCKET/PREFIX/NAME.manifest.xml with --from-s3)")
-    g.add_argument("-k", "--privatekey", type=Path, help="user private key that decrypts the bundle")
+    g.add_argument("-k", "--privatekey", type=Path,
+                   help="user private key that decrypts the bundle")
     g.add_argument("-c", "--cert", type=Path,
                    help="certificate to verify the manifest with (default: public half of -k)")
     g.add_argument("-s", "--parts", dest="parts_dir", type=Path,

@@ -23,52 +23,67 @@ from .inputs import (
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("keygen", help="create a signing key and self-signed certificate",
-                       description="Create an RSA key (mode 0600) and a self-signed X.509 certificate for "
-                                   "signing bundles; AWS no longer issues these.")
-    p.add_argument("--key", type=Path, default=Path("ami-bundler-key.pem"), help="private key path (default: %(default)s)")
-    p.add_argument("--cert", type=Path, default=Path("ami-bundler-cert.pem"), help="certificate path (default: %(default)s)")
+                       description="Create an RSA key (mode 0600) and a self-signed X.509 "
+                                   "certificate for signing bundles; AWS no longer issues these.")
+    p.add_argument("--key", type=Path, default=Path("ami-bundler-key.pem"),
+                   help="private key path (default: %(default)s)")
+    p.add_argument("--cert", type=Path, default=Path("ami-bundler-cert.pem"),
+                   help="certificate path (default: %(default)s)")
     p.add_argument("--bits", type=int, default=2048, choices=[2048, 3072, 4096])
     p.add_argument("--common-name", default="ami-bundler", help="certificate subject CN")
-    p.add_argument("--days", type=count(1, 36500, "day count"), default=3650, help="certificate validity in days")
+    p.add_argument("--days", type=count(1, 36500, "day count"), default=3650,
+                   help="certificate validity in days")
     p.set_defaults(func=run_keygen)
 
     p = sub.add_parser("bundle-image", help="bundle a disk image into parts and a signed manifest",
-                       description="Bundle an image file (or standard input) into encrypted 10 MiB parts "
-                                   "and a signed manifest, in one streaming pass (ec2-bundle-image).")
+                       description="Bundle an image file (or standard input) into encrypted 10 MiB "
+                                   "parts and a signed manifest, in one streaming pass "
+                                   "(ec2-bundle-image).")
     add_image_options(p)
     p.add_argument("-d", "--destination", type=Path, default=Path("/tmp"),
                    help="output directory, created when missing (default: %(default)s)")
     add_cert_region_option(p)
-    p.add_argument("--force", action="store_true", help="replace an existing bundle of the same name")
+    p.add_argument("--force", action="store_true",
+                   help="replace an existing bundle of the same name")
     add_bundle_options(p, image_flag=True)
     p.set_defaults(func=run_bundle_image)
 
     p = sub.add_parser("unbundle", help="verify and extract the image from a bundle",
-                       description="Verify the manifest signature and every part, then extract the image "
-                                   "(ec2-unbundle). Nothing is written under its final name unless every check passes.")
-    p.add_argument("-m", "--manifest", required=True, help="manifest file (or BUCKET/PREFIX/NAME.manifest.xml with --from-s3)")
+                       description="Verify the manifest signature and every part, then extract the "
+                                   "image (ec2-unbundle). Nothing is written under its final name "
+                                   "unless every check passes.")
+    p.add_argument("-m", "--manifest", required=True,
+                   help="manifest file (or BUCKET/PREFIX/NAME.manifest.xml with --from-s3)")
     p.add_argument("-k", "--privatekey", type=Path, required=True, help="user private key")
-    p.add_argument("-c", "--cert", type=Path, help="certificate to verify the signature with (default: public half of -k)")
-    p.add_argument("-s", "--source", type=Path, help="directory with the parts (default: the manifest's)")
+    p.add_argument("-c", "--cert", type=Path,
+                   help="certificate to verify the signature with (default: public half of -k)")
+    p.add_argument("-s", "--source", type=Path,
+                   help="directory with the parts (default: the manifest's)")
     p.add_argument("-d", "--destination", type=Path, default=Path("."),
                    help="output directory, created mode 0700 when missing (default: current)")
     p.add_argument("--force", action="store_true", help="replace an existing image file")
-    p.add_argument("--from-s3", action="store_true", help="stream the parts from S3 (-m BUCKET/PREFIX/NAME.manifest.xml)")
+    p.add_argument("--from-s3", action="store_true",
+                   help="stream the parts from S3 (-m BUCKET/PREFIX/NAME.manifest.xml)")
     # Long options only: unbundle's classic -s means --source, not --secret-key.
-    g = add_aws_options(p, credentials=False, title="S3 (with --from-s3; credentials from the usual AWS chain)",
+    g = add_aws_options(p, credentials=False,
+                        title="S3 (with --from-s3; credentials from the usual AWS chain)",
                         region_help="AWS region of the bucket")
     add_jobs_option(g, help="parts fetched in parallel (default: %(default)s)")
     p.set_defaults(func=run_unbundle)
 
     p = sub.add_parser("verify", help="check a bundle's signature, parts and digests",
-                       description="Check the signature, that every part is present with the right SHA-1, and "
-                                   "the total size; --decrypt also runs the whole unbundle to nowhere.")
+                       description="Check the signature, that every part is present with the right "
+                                   "SHA-1, and the total size; --decrypt also runs the whole "
+                                   "unbundle to nowhere.")
     p.add_argument("manifest", type=Path, nargs="?", help="manifest file")
     p.add_argument("-m", "--manifest", dest="manifest_opt", type=Path, help=argparse.SUPPRESS)
     p.add_argument("-c", "--cert", type=Path, help="certificate to verify the signature with")
-    p.add_argument("-k", "--privatekey", type=Path, help="private key (public half verifies; needed for --decrypt)")
-    p.add_argument("-s", "--source", type=Path, help="directory with the parts (default: the manifest's)")
-    p.add_argument("--decrypt", action="store_true", help="also decrypt, decompress and check the image digest")
+    p.add_argument("-k", "--privatekey", type=Path,
+                   help="private key (public half verifies; needed for --decrypt)")
+    p.add_argument("-s", "--source", type=Path,
+                   help="directory with the parts (default: the manifest's)")
+    p.add_argument("--decrypt", action="store_true",
+                   help="also decrypt, decompress and check the image digest")
     p.set_defaults(func=run_verify)
 
     p = sub.add_parser("inspect", help="show a readable summary of a manifest")
@@ -117,14 +132,14 @@ def run_unbundle(args: argparse.Namespace, printer: Printer) -> int:
             result = _unbundle_from_s3(args, printer)
         else:
             result = api.unbundle(args.manifest, args.privatekey, source=args.source,
-                                  destination=args.destination, cert=args.cert, overwrite=args.force,
-                                  progress=printer.progress())
+                                  destination=args.destination, cert=args.cert,
+                                  overwrite=args.force, progress=printer.progress())
     except BaseException:
         if created:
             remove_if_empty(args.destination)
         raise
-    printer.result(result.summary(), [f"Unbundled {result.path} ({result.size} bytes, sha1 of tar stream {result.digest})",
-                                      "Unbundle complete."])
+    printer.result(result.summary(), [f"Unbundled {result.path} ({result.size} bytes, sha1 of tar "
+                                      f"stream {result.digest})", "Unbundle complete."])
     return 0
 
 
@@ -164,17 +179,21 @@ def run_inspect(args: argparse.Namespace, printer: Printer) -> int:
     parsed = api.read_manifest(args.manifest, args.privatekey)
     m = parsed.manifest
     data = {
-        "manifest": str(args.manifest), "version": m.version, "bundler": list(m.bundler) if m.bundler else None,
+        "manifest": str(args.manifest), "version": m.version,
+        "bundler": list(m.bundler) if m.bundler else None,
         "name": m.name, "user": m.user, "type": m.image_type, "arch": m.arch,
         "kernel_id": m.kernel_id, "ramdisk_id": m.ramdisk_id, "kernel_name": m.kernel_name,
         "block_device_mapping": m.block_device_mapping, "product_codes": m.product_codes,
         "ancestry": m.ancestry, "size": m.size, "bundled_size": m.bundled_size, "digest": m.digest,
-        "cipher": m.cipher, "parts": [{"index": p.index, "name": p.filename, "sha1": p.digest} for p in m.parts],
+        "cipher": m.cipher,
+        "parts": [{"index": p.index, "name": p.filename, "sha1": p.digest} for p in m.parts],
         "signed": bool(m.signature and m.signature != "UNSIGNED"),
-        "user_key_bits": len(m.user_encrypted_key) * 4, "ec2_key_bits": len(m.ec2_encrypted_key) * 4,
+        "user_key_bits": len(m.user_encrypted_key) * 4,
+        "ec2_key_bits": len(m.ec2_encrypted_key) * 4,
     }
     human = [
-        f"Manifest      {args.manifest} (version {m.version}, written by {' '.join(m.bundler) if m.bundler else 'unknown'})",
+        f"Manifest      {args.manifest} (version {m.version}, written by "
+        f"{' '.join(m.bundler) if m.bundler else 'unknown'})",
         f"Image         {m.name} ({m.image_type}, {m.arch or 'arch not set'}), account {m.user}",
         f"Size          {m.size} bytes; bundled {m.bundled_size} bytes in {len(m.parts)} part(s)",
         f"Digest        sha1 {m.digest} (tar stream)",
@@ -187,7 +206,8 @@ def run_inspect(args: argparse.Namespace, printer: Printer) -> int:
         human.append("Product codes " + ", ".join(m.product_codes))
     if m.ancestry:
         human.append("Ancestry      " + ", ".join(m.ancestry))
-    human.append(f"Keys          AES-128-CBC key wrapped for user ({data['user_key_bits']}-bit) and EC2 ({data['ec2_key_bits']}-bit)")
+    human.append(f"Keys          AES-128-CBC key wrapped for user ({data['user_key_bits']}-bit) "
+                 f"and EC2 ({data['ec2_key_bits']}-bit)")
     human.append(f"Signature     {'present (verify with: ami-bundler verify -c CERT)' if data['signed'] else 'none'}")
     for p in m.parts[:3]:
         human.append(f"  part {p.index:>4}  {p.filename}  {p.digest}")

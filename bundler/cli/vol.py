@@ -27,10 +27,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "devices or mounts; XFS needs root and a loop device.")
     g = p.add_argument_group("volume")
     g.add_argument("-v", "--volume", type=Path, default=Path("/"),
-                   help="root filesystem directory to image (default: / , the running system; needs root)")
+                   help="root filesystem directory to image (default: / , the running system; "
+                        "needs root)")
     g.add_argument("-d", "--destination", type=Path, default=Path("/tmp"),
-                   help="output directory for parts, manifest and a kept image, created when missing "
-                        "(default: %(default)s)")
+                   help="output directory for parts, manifest and a kept image, created when "
+                        "missing (default: %(default)s)")
     # nargs="+" and commas: Packer's `-e {{.PrivatePath}}/*` arrives glob-expanded or not.
     g.add_argument("-e", "--exclude", action="extend", nargs="+", default=[], metavar="PATH",
                    help="paths/globs (relative to the volume, or absolute under it) to leave out; "
@@ -54,9 +55,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="partition table; the filesystem starts at 1 MiB for mbr/gpt, which get "
                         "the volume's GRUB 2 (default: none — a plain filesystem for PV-GRUB)")
     g.add_argument("--bootloader", choices=["auto", "grub2", "none"], default="auto",
-                   help="for -P mbr/gpt: install the volume's GRUB 2 for BIOS (auto: when the volume "
-                        "has GRUB 2 and a kernel, else warn that the image will not boot; grub2: "
-                        "fail instead) (default: %(default)s)")
+                   help="for -P mbr/gpt: install the volume's GRUB 2 for BIOS (auto: when the "
+                        "volume has GRUB 2 and a kernel, else warn that the image will not boot; "
+                        "grub2: fail instead) (default: %(default)s)")
     g.add_argument("--kernel-cmdline", default="", metavar="ARGS",
                    help="extra kernel arguments for the generated grub.cfg / menu.lst")
     g.add_argument("--generate-menu-lst", action="store_true",
@@ -139,7 +140,8 @@ def config_from_args(args: argparse.Namespace) -> VolumeConfig:
     )
 
 
-def inherit_options(args: argparse.Namespace, options: BundleOptions, printer: Printer) -> BundleOptions:
+def inherit_options(args: argparse.Namespace, options: BundleOptions,
+                    printer: Printer) -> BundleOptions:
     """Merge instance metadata into the bundle options per spec §8.11 (--inherit/--no-inherit)."""
     from ..volume.imds import fetch_metadata, merge_inherited
 
@@ -186,8 +188,8 @@ def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
     listed: list[dict[str, str]] = []
 
     def on_selection(selection: Selection) -> None:
-        printer.note(f"Selected {len(selection.entries)} entries from {display(str(selection.volume))}; "
-                     f"left out {len(selection.excluded)}")
+        printer.note(f"Selected {len(selection.entries)} entries from "
+                     f"{display(str(selection.volume))}; left out {len(selection.excluded)}")
         for warning in selection.warnings:
             printer.warn(warning)
         if args.list_excluded:

@@ -72,7 +72,8 @@ def load_remote_manifest(client: S3Client, location: S3Location, manifest_name: 
     data = raw
     if is_encrypted(raw):
         if private_key is None:
-            raise UsageError(f"{location.url(manifest_name)} is a legacy encrypted manifest: pass -k PRIVATEKEY")
+            raise UsageError(f"{location.url(manifest_name)} is a legacy encrypted manifest: pass "
+                             "-k PRIVATEKEY")
         from ..keys import decrypt_legacy_manifest
 
         plaintext = data = decrypt_legacy_manifest(raw, private_key)
@@ -98,7 +99,8 @@ def download_bundle(
     directory = Path(directory)
     if not directory.is_dir():
         raise OutputError(f"download directory {directory} does not exist")
-    parsed, raw, plaintext = load_remote_manifest(client, location, manifest_name, private_key=private_key)
+    parsed, raw, plaintext = load_remote_manifest(client, location, manifest_name,
+                                                  private_key=private_key)
     verified = False
     if verify_key is not None:
         from ..keys import verify_manifest
@@ -109,7 +111,8 @@ def download_bundle(
     entries = sorted(manifest.parts, key=lambda e: e.index)
     for entry in entries:
         if "/" in entry.filename or entry.filename in (".", ".."):
-            raise ManifestError(f"{parsed.source}: part name {entry.filename!r} is not a plain file name")
+            raise ManifestError(f"{parsed.source}: part name {entry.filename!r} is not a plain "
+                                "file name")
     todo = [e for e in entries if not _local_part_ok(directory / e.filename, e)]
     progress.start("download", manifest.bundled_size if len(todo) == len(entries) else None)
 
@@ -129,5 +132,7 @@ def download_bundle(
     if plaintext is not None:
         plaintext_path = directory / f"{manifest_name}.plaintext"
         _write_atomic(plaintext_path, plaintext)
-    return DownloadResult(directory, manifest_path, plaintext_path, manifest.name, len(entries), len(todo),
-                          len(entries) - len(todo), sum(sizes), verified, time.monotonic() - started)
+    return DownloadResult(directory, manifest_path, plaintext_path, manifest.name, len(entries),
+                          len(todo),
+                          len(entries) - len(todo), sum(sizes), verified,
+                          time.monotonic() - started)

@@ -62,7 +62,8 @@ class UploadLock:
     blocks the next run from another host for ``stale_after`` seconds.
     """
 
-    def __init__(self, client: S3Client, location: S3Location, name: str, *, acl: str | None = DEFAULT_ACL,
+    def __init__(self, client: S3Client, location: S3Location, name: str, *,
+                 acl: str | None = DEFAULT_ACL,
                  stale_after: float = LOCK_STALE_SECONDS, renew_every: float | None = None,
                  attempts: int = DEFAULT_ATTEMPTS) -> None:
         self.client = client
@@ -93,7 +94,8 @@ class UploadLock:
         return self._lost is not None
 
     def _put(self, **condition: str) -> str:
-        params: dict[str, Any] = {"Bucket": self.location.bucket, "Key": self.key, "Body": self._body,
+        params: dict[str, Any] = {"Bucket": self.location.bucket, "Key": self.key,
+                                  "Body": self._body,
                                   "ContentType": "application/json", **condition}
         if self.acl:
             params["ACL"] = self.acl
@@ -136,9 +138,10 @@ class UploadLock:
         info = holder.info
         who = f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
         return ConcurrentUploadError(
-            f"another upload of {self.name} into {self.location.url()} is in progress ({who}, last seen "
-            f"{holder.age:.0f}s ago): run one upload of a name at a time; if that run is dead, re-run after "
-            f"{self.stale_after:.0f}s or delete {self.location.url(self.name + LOCK_SUFFIX)}")
+            f"another upload of {self.name} into {self.location.url()} is in progress ({who}, last "
+            f"seen {holder.age:.0f}s ago): run one upload of a name at a time; if that run is "
+            f"dead, re-run after {self.stale_after:.0f}s or delete "
+            f"{self.location.url(self.name + LOCK_SUFFIX)}")
 
     def acquire(self) -> None:
         with s3_errors("lock", self.location.bucket, self.key, acl=self.acl):
@@ -158,8 +161,8 @@ class UploadLock:
             except bexc.ClientError as exc:
                 code = error_code(exc)
                 if code in ("NotImplemented", "501"):
-                    log.warning("%s does not support conditional writes: concurrent uploads of %s are not "
-                                "guarded", self.location.url(), self.name)
+                    log.warning("%s does not support conditional writes: concurrent uploads of %s "
+                                "are not guarded", self.location.url(), self.name)
                     self._unsupported = True
                     return False
                 if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
@@ -172,20 +175,21 @@ class UploadLock:
                 break
             if not self._stale(holder):
                 raise self._busy(holder)
-            log.info("taking over the stale lock of pid %s on %s (%.0fs old)", holder.info.get("pid"),
-                     holder.info.get("host"), holder.age)
+            log.info("taking over the stale lock of pid %s on %s (%.0fs old)",
+                     holder.info.get("pid"), holder.info.get("host"), holder.age)
             try:
                 self._etag = self._put(IfMatch=f'"{holder.etag}"')
                 break
             except bexc.ClientError as exc:
-                if error_code(exc) not in ("PreconditionFailed", "412", "ConditionalRequestConflict",
-                                           "409", *NO_SUCH_OBJECT):
+                if error_code(exc) not in ("PreconditionFailed", "412",
+                                           "ConditionalRequestConflict", "409", *NO_SUCH_OBJECT):
                     raise
                 # another run took it over first, or its holder released it (and exited)
                 # between our read and our take-over: look again
         else:
-            raise ConcurrentUploadError(f"could not lock {self.name} in {self.location.url()}: other runs "
-                                        "keep taking it; run one upload of a name at a time")
+            raise ConcurrentUploadError(f"could not lock {self.name} in {self.location.url()}: "
+                                        "other runs keep taking it; run one upload of a name at a "
+                                        "time")
         return True
 
     def _renew(self) -> None:
@@ -201,7 +205,8 @@ class UploadLock:
                 log.warning("could not refresh %s: %s", self.key, type(exc).__name__)
 
     def _head(self, attempts: int) -> HeadObjectOutputTypeDef:
-        return with_attempts(lambda: self.client.head_object(Bucket=self.location.bucket, Key=self.key),
+        return with_attempts(lambda: self.client.head_object(Bucket=self.location.bucket,
+                                                             Key=self.key),
                              attempts, f"check lock {self.key}")
 
     def check(self) -> None:
@@ -219,8 +224,10 @@ class UploadLock:
                         raise
                     self._lost = "it was deleted"
         if self._lost is not None:
-            raise ConcurrentUploadError(f"lost the lock on {self.name} in {self.location.url()} ({self._lost}) "
-                                        "while uploading: another upload of the same name ran; re-run when it is done")
+            raise ConcurrentUploadError(f"lost the lock on {self.name} in {self.location.url()} "
+                                        f"({self._lost}) "
+                                        "while uploading: another upload of the same name ran; "
+                                        "re-run when it is done")
 
     def release(self) -> None:
         """Stop refreshing and delete the lock if it is still ours; never raises."""
@@ -241,7 +248,8 @@ class UploadLock:
                 self._etag = holder.etag
             resp = self._head(attempts)
             if str(resp.get("ETag", "")).strip('"').lower() == self._etag:
-                with_attempts(lambda: self.client.delete_object(Bucket=self.location.bucket, Key=self.key),
+                with_attempts(lambda: self.client.delete_object(Bucket=self.location.bucket,
+                                                                Key=self.key),
                               attempts, f"unlock {self.key}")
         except bexc.ClientError as exc:
             if not is_not_found(exc, NO_SUCH_OBJECT):
@@ -252,8 +260,8 @@ class UploadLock:
         self._attempted = False
 
     def _left_behind(self, reason: str) -> None:
-        log.warning("could not remove the lock %s (%s): a run from this host takes it over, one from "
-                    "another host waits up to %.0fs; delete it when no upload of %s runs",
+        log.warning("could not remove the lock %s (%s): a run from this host takes it over, one "
+                    "from another host waits up to %.0fs; delete it when no upload of %s runs",
                     self.location.url(self.name + LOCK_SUFFIX), reason, self.stale_after, self.name)
 
     def __enter__(self) -> UploadLock:

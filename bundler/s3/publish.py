@@ -80,8 +80,10 @@ class Publication:
     manifest last, orphans); ``close`` on every path (idempotent, never raises).
     """
 
-    def __init__(self, client: S3Client, location: S3Location, manifest_name: str, *, acl: str = DEFAULT_ACL,
-                 attempts: int = DEFAULT_ATTEMPTS, force: bool = False, in_use: InUseLookup | None = None) -> None:
+    def __init__(self, client: S3Client, location: S3Location, manifest_name: str, *,
+                 acl: str = DEFAULT_ACL,
+                 attempts: int = DEFAULT_ATTEMPTS, force: bool = False,
+                 in_use: InUseLookup | None = None) -> None:
         self.client = client
         self.location = location
         self.manifest_name = manifest_name
@@ -109,7 +111,8 @@ class Publication:
                 # visible manifest ever names parts of another bundle, whenever we die.
                 log.info("removing %s: the different bundle of that name is being replaced",
                          self.location.url(self.manifest_name))
-                delete_keys(self.client, self.location.bucket, [self.manifest_key], attempts=self.attempts)
+                delete_keys(self.client, self.location.bucket, [self.manifest_key],
+                            attempts=self.attempts)
                 listing.pop(self.manifest_key, None)
         except BaseException:
             self.lock.release()
@@ -121,8 +124,8 @@ class Publication:
         if new is None:
             return DIFFERENT
         try:
-            raw = get_bytes(self.client, self.location.bucket, self.manifest_key, limit=MANIFEST_SIZE_CAP,
-                            what="manifest", attempts=self.attempts)
+            raw = get_bytes(self.client, self.location.bucket, self.manifest_key,
+                            limit=MANIFEST_SIZE_CAP, what="manifest", attempts=self.attempts)
         except PartMissingError:
             return NOTHING  # removed since the listing
         if raw == new.raw:
@@ -172,14 +175,16 @@ class Publication:
             log.info("%s is published and whole: keeping it", self.location.url(self.manifest_name))
             return False
         if self.lost:
-            log.warning("not removing the partial upload from %s: the lock was lost", self.location.url())
+            log.warning("not removing the partial upload from %s: the lock was lost",
+                        self.location.url())
             return False
         if self.manifest_sent:
             try:
-                delete_keys(self.client, self.location.bucket, [self.manifest_key], attempts=self.attempts)
+                delete_keys(self.client, self.location.bucket, [self.manifest_key],
+                            attempts=self.attempts)
             except BundlerError as exc:
-                log.warning("not removing the parts under %s: its manifest may be there and could not be "
-                            "deleted (%s)", self.location.url(), exc)
+                log.warning("not removing the parts under %s: its manifest may be there and could "
+                            "not be deleted (%s)", self.location.url(), exc)
                 return False
         return True
 
@@ -201,17 +206,18 @@ def check_replaceable(location: S3Location, manifest_name: str, *, force: bool,
                 raise  # about to destroy it: not knowing whether an AMI uses it is an error
     if users:
         raise BundleInUseError(
-            f"{url} holds a different bundle that the registered AMI(s) {', '.join(users)} use: it is "
-            "never replaced, not even with --force; deregister them first (ami-bundler deregister AMI) "
-            "or publish under another name (-p), prefix or bucket")
+            f"{url} holds a different bundle that the registered AMI(s) {', '.join(users)} use: it "
+            "is never replaced, not even with --force; deregister them first (ami-bundler "
+            "deregister AMI) or publish under another name (-p), prefix or bucket")
     if not force:
         raise ReplaceRefusedError(
-            f"{url} already holds a different bundle named {bundle_name(manifest_name)}: nothing was changed; "
-            "pass --force to replace it, or use another name (-p), prefix or bucket")
+            f"{url} already holds a different bundle named {bundle_name(manifest_name)}: nothing "
+            "was changed; pass --force to replace it, or use another name (-p), prefix or bucket")
     log.warning("replacing the different bundle at %s (--force)", url)
 
 
-def check_uploaded(client: S3Client, location: S3Location, expected: dict[str, tuple[int, str]]) -> None:
+def check_uploaded(client: S3Client, location: S3Location,
+                   expected: dict[str, tuple[int, str]]) -> None:
     """Every key in ``expected`` is in S3 with that (size, MD5): called right before the manifest
     PUT, so a part replaced or removed by someone else while we uploaded is never published."""
     if not expected:
@@ -221,15 +227,19 @@ def check_uploaded(client: S3Client, location: S3Location, expected: dict[str, t
         have = found.get(key)
         name = key[len(location.prefix):]
         if have is None:
-            raise ConcurrentUploadError(f"{name} disappeared from {location.url()} while uploading (deleted by "
-                                        "another run?): the manifest was not uploaded; re-run")
+            raise ConcurrentUploadError(f"{name} disappeared from {location.url()} while uploading "
+                                        "(deleted by another run?): the manifest was not uploaded; "
+                                        "re-run")
         if have != (size, md5):
-            raise ConcurrentUploadError(f"another upload replaced {name} in {location.url()} while uploading "
-                                        f"(it is now {have[0]} bytes, MD5 {have[1]}; ours: {size} bytes, MD5 {md5}): "
-                                        "the manifest was not uploaded; run one upload of a name at a time")
+            raise ConcurrentUploadError(f"another upload replaced {name} in {location.url()} while "
+                                        f"uploading (it is now {have[0]} bytes, MD5 {have[1]}; "
+                                        f"ours: {size} bytes, MD5 {md5}): "
+                                        "the manifest was not uploaded; run one upload of a name "
+                                        "at a time")
 
 
-def _orphan_parts(found: Iterable[str], location: S3Location, name: str, keep: Iterable[str]) -> list[str]:
+def _orphan_parts(found: Iterable[str], location: S3Location, name: str,
+                  keep: Iterable[str]) -> list[str]:
     """Keys NAME.part.N under the prefix that the new manifest does not name: provisional parts
     of runs that died, or the tail of an older, longer bundle of the same name."""
     base = location.key(name)
@@ -238,14 +248,16 @@ def _orphan_parts(found: Iterable[str], location: S3Location, name: str, keep: I
                   and PART_SUFFIX.match(k[len(base):]))
 
 
-def remove_orphans(client: S3Client, location: S3Location, name: str, keep: Sequence[str], attempts: int) -> int:
+def remove_orphans(client: S3Client, location: S3Location, name: str, keep: Sequence[str],
+                   attempts: int) -> int:
     base = location.key(name) + ".part."
     if not all(k.startswith(base) for k in keep):
         return 0  # a manifest with unusual part names: what NAME.part.N belongs to is unclear
-    orphans = _orphan_parts(list_objects(client, location.bucket, location.key(name) + ".part."), location,
-                            name, keep)
+    orphans = _orphan_parts(list_objects(client, location.bucket, location.key(name) + ".part."),
+                            location, name, keep)
     if orphans:
-        log.info("removing %d stale part(s) of %s no manifest names, e.g. %s", len(orphans), name, orphans[0])
+        log.info("removing %d stale part(s) of %s no manifest names, e.g. %s", len(orphans), name,
+                 orphans[0])
         delete_keys(client, location.bucket, orphans, attempts=attempts)
     return len(orphans)
 

@@ -222,10 +222,11 @@ class S3PartSource:
         existing = list_objects(self.client, self.location.bucket, os.path.commonprefix(keys))
         for entry, key in zip(entries, keys, strict=True):
             if key not in existing:
-                raise PartMissingError(f"part {entry.filename} (index {entry.index}) is missing from "
-                                       f"{self.location.url()}")
+                raise PartMissingError(f"part {entry.filename} (index {entry.index}) is missing "
+                                       f"from {self.location.url()}")
 
-    def iter_parts(self, entries: Sequence[PartEntry]) -> Iterator[tuple[PartEntry, Iterable[bytes]]]:
+    def iter_parts(self,
+                   entries: Sequence[PartEntry]) -> Iterator[tuple[PartEntry, Iterable[bytes]]]:
         def fetch(entry: PartEntry) -> list[bytes]:
             return fetch_part_pieces(self.client, self.location.bucket,
                                      self.location.key(entry.filename), entry, self.attempts)

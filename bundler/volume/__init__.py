@@ -251,7 +251,8 @@ def plan_size(config: VolumeConfig, selection: Selection,
     if config.size_mib is not None:
         if config.size_mib < min_disk:
             raise VolumeError(f"image size {config.size_mib} MiB is too small: the image needs at "
-                              f"least {min_disk} MiB for the selected files (use -s {min_disk} or more)")
+                              f"least {min_disk} MiB for the selected files (use -s {min_disk} or "
+                              "more)")
         return config.size_mib, min_disk
     disk = imagefs.default_fs_mib(selection, fs_type) + overhead
     if disk > imagefs.MAX_IMAGE_MIB and config.size_checks:

@@ -72,8 +72,9 @@ _PUBLIC_SUFFIXES = (".pub",)
 # files that embed *test* keys (Python, Ruby, ...) must not be torn out of the packages they belong to.
 _SKIP_EXTENSIONS = frozenset(
     ".so .a .o .ko .gz .xz .bz2 .zst .lz4 .zip .deb .rpm .jar .png .jpg .jpeg .gif .svg .ico .ttf "
-    ".otf .woff .woff2 .mo .pyc .py .rb .pl .pm .js .ts .go .c .h .cc .cpp .hpp .rs .java .php .tcl "
-    ".lua .html .htm .css .md .rst .txt .json .xml .yaml .yml .ps .pdf .db .sqlite .mp3 .wav".split()
+    ".otf .woff .woff2 .mo .pyc .py .rb .pl .pm .js .ts .go .c .h .cc .cpp .hpp .rs .java .php "
+    ".tcl .lua .html .htm .css .md .rst .txt .json .xml .yaml .yml .ps .pdf .db .sqlite .mp3 "
+    ".wav".split()
 )
 
 _PEM_PRIVATE = re.compile(

@@ -48,7 +48,8 @@ def hostile_values(root: Path) -> list[str]:
     ]
 
 
-def required_base(parser: argparse.ArgumentParser, command: str, root: Path) -> dict[str, list[str]]:
+def required_base(parser: argparse.ArgumentParser, command: str,
+                  root: Path) -> dict[str, list[str]]:
     """For each required flag (and positional), a value that fails fast."""
     missing = str(root / "does-not-exist.pem")
     base: dict[str, list[str]] = {}
@@ -78,7 +79,9 @@ def cases() -> list[tuple[str, str, str, int]]:
     pool_size = len(hostile_values(Path("/tmp")))  # only its length is used here
     for command in sorted(COMMAND_MODULE):
         for action in sub.choices[command]._actions:
-            if action.dest in SKIP_DESTS or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            if action.dest in SKIP_DESTS or isinstance(action,
+                                                       (argparse._HelpAction,
+                                                                argparse._VersionAction)):
                 continue
             flag = action.option_strings[0] if action.option_strings else ""
             for index in rng.sample(range(pool_size), PER_OPTION):
@@ -100,7 +103,8 @@ def shared_models() -> Iterator[None]:
         yield
 
 
-def run_case(command: str, dest: str, flag: str, value: str, root: Path, monkeypatch) -> tuple[int, str]:
+def run_case(command: str, dest: str, flag: str, value: str, root: Path,
+             monkeypatch) -> tuple[int, str]:
     parser = build_parser(command=command)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
     base = required_base(sub, command, root)

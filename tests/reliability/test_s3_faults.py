@@ -27,14 +27,14 @@ def small(tmp_path: Path, signing_key) -> FakeBundle:
 
 
 def upload(capsys, url: str, bucket: str, bundle: FakeBundle, *extra: str):
-    return run(capsys, "upload-bundle", "-b", f"{bucket}/f", "-m", str(bundle.manifest_path), "--endpoint-url", url,
-               "--max-attempts", "3", *extra)
+    return run(capsys, "upload-bundle", "-b", f"{bucket}/f", "-m", str(bundle.manifest_path),
+               "--endpoint-url", url, "--max-attempts", "3", *extra)
 
 
 def download(capsys, url: str, bucket: str, dest: Path, *extra: str):
     dest.mkdir(exist_ok=True)
-    return run(capsys, "download-bundle", "-b", f"{bucket}/f", "-p", "flt", "-d", str(dest), "--endpoint-url", url,
-               "--max-attempts", "3", *extra)
+    return run(capsys, "download-bundle", "-b", f"{bucket}/f", "-p", "flt", "-d", str(dest),
+               "--endpoint-url", url, "--max-attempts", "3", *extra)
 
 
 def assert_stored(s3, bucket: str, bundle: FakeBundle) -> None:
@@ -51,8 +51,10 @@ def assert_nothing_published(s3, bucket: str) -> None:
 
 def test_5xx_storm_then_verified_round_trip(capsys, proxy, s3, bucket, small, tmp_path):
     # 30 % of all requests answer 500 or 503 for a while: botocore and whole-object retries ride it out.
-    proxy.add_rule("status", times=None, probability=0.2, seconds=4, status=500, code="InternalError")
-    proxy.add_rule("status", times=None, probability=0.125, seconds=4, status=503, code="ServiceUnavailable")
+    proxy.add_rule("status", times=None, probability=0.2, seconds=4, status=500,
+                   code="InternalError")
+    proxy.add_rule("status", times=None, probability=0.125, seconds=4, status=503,
+                   code="ServiceUnavailable")
     code, _, err = upload(capsys, proxy.url, bucket, small, "--retry")
     assert code == 0, err
     assert proxy.faults_injected > 0
@@ -93,7 +95,8 @@ def test_lock_left_behind_is_said_with_what_to_do(capsys, proxy, s3, bucket, sma
 
 
 def test_persistent_throttling_fails_in_one_line_and_bounded_time(capsys, proxy, s3, bucket, small):
-    proxy.add_rule("status", r"flt\.part\.2$", method="PUT", times=None, status=503, code="SlowDown")
+    proxy.add_rule("status", r"flt\.part\.2$", method="PUT", times=None, status=503,
+                   code="SlowDown")
     started = time.monotonic()
     code, _, err = upload(capsys, proxy.url, bucket, small, "--max-attempts", "2")
     assert time.monotonic() - started < 20
@@ -183,24 +186,25 @@ def test_corrupted_manifest_body_is_caught_by_its_etag(capsys, proxy, s3, bucket
     assert not list((tmp_path / "bad").iterdir())
 
 
-def test_unbundle_from_s3_never_accepts_a_flipped_byte(capsys, proxy, endpoint, s3, bucket, tmp_path,
-                                                       user_keys, ec2_keys):
+def test_unbundle_from_s3_never_accepts_a_flipped_byte(capsys, proxy, endpoint, s3, bucket,
+                                                       tmp_path, user_keys, ec2_keys):
     key, cert = user_keys
     image = tmp_path / "u.img"
     image.write_bytes(bytes(range(256)) * 4096 + hashlib.sha512(b"x").digest() * 40_000)
     out = tmp_path / "bundle"
     out.mkdir()
-    code, _, err = run(capsys, "bundle-image", "-i", str(image), "-c", str(cert), "-k", str(key), "-u", "123456789012",
+    code, _, err = run(capsys, "bundle-image", "-i", str(image), "-c", str(cert), "-k", str(key),
+                       "-u", "123456789012",
                        "--ec2cert", str(ec2_keys[1]), "-d", str(out), "-r", "x86_64")
     assert code == 0, err
-    code, _, err = run(capsys, "upload-bundle", "-b", f"{bucket}/u", "-m", str(out / "u.img.manifest.xml"),
-                       "--endpoint-url", endpoint)
+    code, _, err = run(capsys, "upload-bundle", "-b", f"{bucket}/u",
+                       "-m", str(out / "u.img.manifest.xml"), "--endpoint-url", endpoint)
     assert code == 0, err
 
     def unbundle(dest: Path):
         dest.mkdir()
-        return run(capsys, "unbundle", "--from-s3", "-m", f"{bucket}/u/u.img.manifest.xml", "-k", str(key),
-                   "-d", str(dest), "--endpoint-url", proxy.url)
+        return run(capsys, "unbundle", "--from-s3", "-m", f"{bucket}/u/u.img.manifest.xml",
+                   "-k", str(key), "-d", str(dest), "--endpoint-url", proxy.url)
 
     proxy.add_rule("corrupt", r"\.part\.0$", method="GET", times=1)
     code, _, err = unbundle(tmp_path / "ok")

@@ -88,13 +88,15 @@ def big_ws(tmp_path_factory, user_key_pair, ec2_key_pair) -> crashkit.Workspace:
                                    user_key_pair.cert_path, ec2_key_pair.cert_path, size=48 << 20)
 
 
-@pytest.mark.parametrize("signum", (signal.SIGTERM, signal.SIGHUP), ids=lambda s: signal.Signals(s).name)
+@pytest.mark.parametrize("signum", (signal.SIGTERM, signal.SIGHUP),
+                         ids=lambda s: signal.Signals(s).name)
 def test_real_bundle_image_signalled_while_staging(big_ws, tmp_path, signum):
     dest = tmp_path / "dest"
     dest.mkdir()
     proc = start(big_ws.bundle_args(dest))
     try:
-        staged = wait_for(lambda: any(os.scandir(p) for p in dest.glob(f"{TEMP_MARK}staging-*")), 60)
+        staged = wait_for(lambda: any(os.scandir(p) for p in dest.glob(f"{TEMP_MARK}staging-*")),
+                          60)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -104,7 +106,8 @@ def test_real_bundle_image_signalled_while_staging(big_ws, tmp_path, signum):
         pytest.skip("the run finished before the signal landed")  # a very fast machine
     assert proc.returncode == 128 + signum, err
     assert err.strip().splitlines() == [
-        f"ami-bundler: error: interrupted by {signal.Signals(signum).name}: stopped; nothing partial was kept"]
+        f"ami-bundler: error: interrupted by {signal.Signals(signum).name}: stopped; nothing "
+        "partial was kept"]
     assert os.listdir(dest) == [], os.listdir(dest)
 
 
@@ -164,11 +167,12 @@ def test_upload_bundle_signalled_while_sending_parts(world, signum, after_puts):
     from tests.support.s3kit import inspect_bundles, list_keys
 
     bucket = world.new_bucket()
-    bundle = make_fake_bundle(world.root / f"sig-{bucket}", "sig", [64 * 1024] * 8, world.signing_key)
+    bundle = make_fake_bundle(world.root / f"sig-{bucket}", "sig", [64 * 1024] * 8,
+                              world.signing_key)
     world.proxy.clear()
     world.proxy.add_rule("delay", r"\.part\.", method="PUT", times=None, delay=0.15)
-    proc = start(["upload-bundle", "-b", f"{bucket}/s", "-m", str(bundle.manifest_path), "--jobs", "2",
-                  "--endpoint-url", world.proxy.url], world.env)
+    proc = start(["upload-bundle", "-b", f"{bucket}/s", "-m", str(bundle.manifest_path),
+                  "--jobs", "2", "--endpoint-url", world.proxy.url], world.env)
     try:
         sent = wait_for(lambda: len(world.proxy.requests("PUT", r"\.part\.")) >= after_puts, 60)
         proc.send_signal(signum)
@@ -179,7 +183,8 @@ def test_upload_bundle_signalled_while_sending_parts(world, signum, after_puts):
     world.proxy.wait_idle()
     assert proc.returncode == 128 + signum, err
     assert len(err.strip().splitlines()) == 1, err
-    seen = inspect_bundles(world.s3, bucket, "s/", known={"sig.manifest.xml": bundle.manifest_bytes})
+    seen = inspect_bundles(world.s3, bucket, "s/",
+                           known={"sig.manifest.xml": bundle.manifest_bytes})
     assert not seen.wrong and seen.complete == [], seen
     assert seen.locks == [], f"the upload lock was left behind: {seen.locks}"
     assert "s/sig.manifest.xml" not in list_keys(world.s3, bucket)
@@ -195,9 +200,10 @@ def test_real_bundle_vol_signalled_while_building(ws, tmp_path, signum):
     (root / "etc/hostname").write_text("sig\n")
     (root / "blob").write_bytes(os.urandom(24 << 20))
     dest = tmp_path / "dest"
-    argv = ["bundle-vol", "-v", str(root), "-d", str(dest), "-p", "vol", "-c", str(ws.cert), "-k", str(ws.key),
-            "-u", "123456789012", "--ec2cert", str(ws.ec2cert), "-r", "x86_64", "--no-inherit", "-q", "-s", "64",
-            "--no-check"]
+    argv = ["bundle-vol", "-v", str(root), "-d", str(dest), "-p", "vol", "-c", str(ws.cert),
+            "-k", str(ws.key),
+            "-u", "123456789012", "--ec2cert", str(ws.ec2cert), "-r", "x86_64",
+            "--no-inherit", "-q", "-s", "64", "--no-check"]
     proc = start(argv)
     try:
         busy = wait_for(lambda: dest.is_dir() and any(os.scandir(dest)), 60)

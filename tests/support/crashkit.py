@@ -58,8 +58,8 @@ class Workspace:
 
     def bundle_args(self, dest: Path, name: str = "img", *extra: str) -> list[str]:
         return ["bundle-image", "-i", str(self.image), "-c", str(self.cert), "-k", str(self.key),
-                "-u", "123456789012", "--ec2cert", str(self.ec2cert), "-d", str(dest), "-r", "x86_64",
-                "-p", name, "-q", "--jobs-compress", "2", *extra]
+                "-u", "123456789012", "--ec2cert", str(self.ec2cert), "-d", str(dest),
+                "-r", "x86_64", "-p", name, "-q", "--jobs-compress", "2", *extra]
 
     def unbundle_args(self, manifest: Path, out: Path, *extra: str) -> list[str]:
         return ["unbundle", "-m", str(manifest), "-k", str(self.key), "-d", str(out), "-q", *extra]
@@ -169,7 +169,8 @@ def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int |
     return code not in (0, 72), code
 
 
-def _arm(step: int, signum: int | None = None, *, http: bool = False, fs: bool = True) -> list[bool]:
+def _arm(step: int, signum: int | None = None, *, http: bool = False,
+         fs: bool = True) -> list[bool]:
     calls = [0]
     fired = [False]
 
@@ -287,12 +288,14 @@ def inspect_bundle_dir(dest: Path, ws: Workspace, *, decrypt: bool = False) -> I
             try:
                 parsed = api.read_manifest(path)
                 claimed.update(p.filename for p in parsed.manifest.parts)
-                api.verify(path, cert=ws.cert, private_key=ws.key if decrypt else None, decrypt=decrypt)
+                api.verify(path, cert=ws.cert, private_key=ws.key if decrypt else None,
+                           decrypt=decrypt)
             except BundlerError as exc:
                 seen.wrong.append(f"{name}: {exc}")
                 continue
             if ws.digest and parsed.manifest.digest != ws.digest:
-                seen.wrong.append(f"{name}: digest {parsed.manifest.digest} is not the image's {ws.digest}")
+                seen.wrong.append(f"{name}: digest {parsed.manifest.digest} is not the image's "
+                                  f"{ws.digest}")
             else:
                 seen.complete.append(name)
     for name in names:

@@ -385,7 +385,8 @@ def test_golden_tampered_digest_fails(golden_dir: Path, name: str) -> None:
     parsed = parse_manifest(tampered, source="tampered.xml")
     with pytest.raises(
         SignatureError,
-        match="tampered.xml: manifest signature does not verify against .*user-cert.pem: the manifest was edited",
+        match="tampered.xml: manifest signature does not verify against .*user-cert.pem: the "
+              "manifest was edited",
     ):
         verify_manifest(parsed, golden_dir / "keys" / "user-cert.pem")
 

@@ -77,8 +77,8 @@ def _unwrap(key: Any, hex_text: str | None, what: str) -> bytes:
         plain = key.decrypt(bytes.fromhex((hex_text or "").strip()), asym_padding.PKCS1v15())
         value = bytes.fromhex(plain.decode("ascii"))  # the classic format wraps the hex string
     except ValueError:
-        raise _invalid(f"Unable to decrypt {what} with this region's EC2 key: the bundle was made for "
-                       "another region's EC2 certificate") from None
+        raise _invalid(f"Unable to decrypt {what} with this region's EC2 key: the bundle was made "
+                       "for another region's EC2 certificate") from None
     if len(value) != 16:
         raise _invalid(f"{what} does not decrypt to an AES-128 value")
     return value
@@ -111,7 +111,8 @@ class _Plain:
                 if not self._gunzip.eof:
                     raise _invalid("the image is not a complete gzip stream")
         except ValueError:
-            raise _invalid("the parts do not decrypt to a gzip stream (bad padding or bad data)") from None
+            raise _invalid("the parts do not decrypt to a gzip stream (bad padding or bad "
+                           "data)") from None
         except zlib.error:
             raise _invalid("the decrypted parts are not a valid gzip stream") from None
 
@@ -139,7 +140,8 @@ def check_bundle(account: str, region: str, image_location: str) -> Checked:
     for part in root.findall("image/parts/part"):
         name, digest = part.findtext("filename"), part.findtext("digest")
         if not name or "/" in name or not digest:
-            raise _invalid(f"manifest {image_location} names a part without a plain file name or digest")
+            raise _invalid(f"manifest {image_location} names a part without a plain file name or "
+                           "digest")
         parts.append((prefix + name, digest.strip().lower()))
     if not parts:
         raise _invalid(f"manifest {image_location} names no parts")

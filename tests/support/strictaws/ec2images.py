@@ -125,7 +125,8 @@ def install() -> None:
             return orig_register(self)
         self.error_on_dryrun()
         params = {k: self._get_param(k) for k in (
-            "Name", "Description", "ImageLocation", "Architecture", "VirtualizationType", "KernelId",
+            "Name", "Description", "ImageLocation", "Architecture", "VirtualizationType",
+            "KernelId",
             "RamdiskId", "RootDeviceName", "ImdsSupport", "BootMode", "SriovNetSupport")}
         params["EnaSupport"] = self._get_bool_param("EnaSupport")
         params["BlockDeviceMappings"] = self._get_param("BlockDeviceMappings", [])
@@ -142,7 +143,8 @@ def install() -> None:
         tags: dict[str, str] = {}
         for spec in self._get_param("TagSpecifications", []) or []:
             if spec.get("ResourceType") != "image":
-                raise _error("InvalidParameterValue", f"'{spec.get('ResourceType')}' is not a valid "
+                raise _error("InvalidParameterValue",
+                             f"'{spec.get('ResourceType')}' is not a valid "
                              "taggable resource type for this operation.")
             tags.update({t["Key"]: t.get("Value", "") for t in spec.get("Tags", [])})
         found = bundlecheck.check_bundle(backend.account_id, backend.region_name, location)
@@ -222,13 +224,15 @@ def install() -> None:
         public = any(p.get("Group") == "all" for p in adds) or (
             self._get_param("OperationType") == "add" and "all" in group)
         if public and IMAGE_BPA.get(_bpa_key(self), DEFAULT_IMAGE_BPA) == "block-new-sharing":
-            raise _error("OperationNotPermitted", "You can't publicly share this image because block "
+            raise _error("OperationNotPermitted",
+                         "You can't publicly share this image because block "
                          "public access for AMIs is enabled for this account in this Region.")
         return orig_modify(self)
 
     for fn in (register_image, enable_image_deprecation, disable_image_deprecation,
                enable_image_deregistration_protection, disable_image_deregistration_protection,
-               deregister_image, get_image_block_public_access_state, enable_image_block_public_access,
+               deregister_image, get_image_block_public_access_state,
+               enable_image_block_public_access,
                disable_image_block_public_access, modify_image_attribute):
         setattr(AmisResponse, fn.__name__, fn)
     _installed = True

@@ -63,7 +63,8 @@ _lock = threading.Lock()
 def _make(directory: Path, key_dir: Path, name: str, file_name: str) -> Any:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "strict local AWS"),
-                         x509.NameAttribute(NameOID.COMMON_NAME, f"EC2 AMI manifests {name} (test)")])
+                         x509.NameAttribute(NameOID.COMMON_NAME,
+                                            f"EC2 AMI manifests {name} (test)")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))

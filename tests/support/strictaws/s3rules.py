@@ -48,7 +48,8 @@ def _query(full_url: str) -> dict[str, list[str]]:
     return parse_qs(urlparse(full_url).query, keep_blank_values=True)
 
 
-def acl_in_request(request: Any, query: dict[str, list[str]], body: bytes) -> tuple[bool, bool, bool]:
+def acl_in_request(request: Any, query: dict[str, list[str]],
+                   body: bytes) -> tuple[bool, bool, bool]:
     """(sets an ACL at all, sets only bucket-owner-full-control, sets a public ACL)."""
     headers = _headers(request)
     canned = headers.get("x-amz-acl")
@@ -81,14 +82,15 @@ def check_acl(resp: Any, request: Any, full_url: str, bucket_name: str, *, creat
         ownership = _headers(request).get("x-amz-object-ownership", ENFORCED)
         if ownership == ENFORCED and not owner_full_only and _headers(request).get("x-amz-acl") != "private":
             return _error(400, "InvalidBucketAclWithObjectOwnership",
-                          "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced setting",
-                          bucket_name)
+                          "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced "
+                          "setting", bucket_name)
         return None
     bucket = _bucket(resp.backend, bucket_name)
     if bucket is None:
         return None
     if (bucket.ownership_rule or ENFORCED) == ENFORCED and not owner_full_only:
-        return _error(400, "AccessControlListNotSupported", "The bucket does not allow ACLs", bucket_name)
+        return _error(400, "AccessControlListNotSupported", "The bucket does not allow ACLs",
+                      bucket_name)
     pab = bucket.public_access_block
     if public and pab is not None and pab.block_public_acls:
         return _error(403, "AccessDenied", "Access Denied", bucket_name)
