@@ -145,7 +145,8 @@ def is_aws_endpoint(url: str | None) -> bool:
 
 
 def needs_path_style(bucket: str | None, endpoint_url: str | None) -> bool:
-    """Path style for non-AWS endpoints (127.0.0.1, MinIO…) and bucket names that cannot be hosts."""
+    """Path style for non-AWS endpoints (127.0.0.1, MinIO…) and bucket names that cannot be
+    hosts."""
     if not is_aws_endpoint(endpoint_url):
         return True
     return bool(bucket) and not _VIRTUAL_HOST_BUCKET.match(bucket or "")
@@ -157,7 +158,8 @@ def _config(opts: AwsOptions, region: str, *, pool: int, path_style: bool) -> Co
     return Config(
         region_name=region,
         # mode is one of RETRY_MODES (checked where the flag is parsed)
-        retries={"total_max_attempts": opts.max_attempts, "mode": opts.retry_mode},  # type: ignore[arg-type]
+        retries={"total_max_attempts": opts.max_attempts,  # type: ignore[arg-type]
+                 "mode": opts.retry_mode},
         max_pool_connections=pool,
         connect_timeout=opts.connect_timeout,
         read_timeout=opts.read_timeout,

@@ -115,7 +115,8 @@ def available_backends() -> list[str]:
 _crc_module: ModuleType = _isal or _zlib_ng or zlib
 _crc32: Callable[..., int] = _crc_module.crc32
 _crc32_combine: Callable[[int, int, int], int] = (
-    _crc_module.crc32_combine if hasattr(_crc_module, "crc32_combine") else None  # type: ignore[assignment]
+    _crc_module.crc32_combine  # type: ignore[assignment]
+    if hasattr(_crc_module, "crc32_combine") else None
 )
 
 

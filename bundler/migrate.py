@@ -151,8 +151,8 @@ def _norm(value: Any) -> Any:
 
 
 def read_mapping_file(path: Path) -> dict[str, str]:
-    """``--mapping-file``: CSV lines ``source_id,target_id``; blank lines and ``#`` comments skipped,
-    a header line (``source_id,target_id``) allowed."""
+    """``--mapping-file``: CSV lines ``source_id,target_id``; blank lines and ``#`` comments
+    skipped, a header line (``source_id,target_id``) allowed."""
     path = Path(path)
     try:
         if path.stat().st_size > _MAX_MAPPING_BYTES:

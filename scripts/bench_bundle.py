@@ -2,7 +2,8 @@
 """Benchmark bundle-image and unbundle against the classic pipeline, in the same run.
 
 Classic bundling is what ec2-bundle-image runs (spec §1.9):
-    tar -c -h -S --owner 0 --group 0 IMG | tee >(sha1sum) | gzip -9 | openssl enc -aes-128-cbc -K … -iv … > IMG.tar.gz.enc
+    tar -c -h -S --owner 0 --group 0 IMG | tee >(sha1sum) | gzip -9
+        | openssl enc -aes-128-cbc -K … -iv … > IMG.tar.gz.enc
     split -b 10M; sha1sum of every part
 and classic unbundling: cat parts | openssl enc -d | gunzip | tar -x.
 
@@ -97,7 +98,8 @@ def main() -> int:
             image = args.corpus / image_name
             if not image.exists():
                 continue
-            subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)  # warm the cache alike for both
+            # warm the cache alike for both
+            subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)
             key_hex, iv_hex = os.urandom(16).hex(), os.urandom(16).hex()
             classic_dir = work / "classic"
             classic = (
@@ -133,7 +135,8 @@ def main() -> int:
                     ours_un = [*CLI, "unbundle", "-m", str(ours_dir / "b.manifest.xml"), "-k",
                                str(keys / "user-key.pem"), "-d", str(ours_out), "-q"]
                     u_time, u_rss = best(args.repeat, ours_un, ours_out)
-                    same = subprocess.run(["cmp", "-s", str(image), str(ours_out / "b")]).returncode == 0
+                    same = subprocess.run(["cmp", "-s", str(image),
+                                           str(ours_out / "b")]).returncode == 0
                     row.update(classic_unbundle_s=cu_time, ours_unbundle_s=u_time,
                                unbundle_ratio=cu_time / u_time,
                                unbundle_rss_mib=u_rss / 1024, identical=same)

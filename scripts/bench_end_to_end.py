@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""What users wait for, image file to registered AMI: the classic way against ``install``, in one run.
+"""What users wait for, image file to registered AMI: the classic way against ``install``, in one
+run.
 
     python scripts/bench_end_to_end.py [--corpus /tmp/corpus] [--images rootfs.img random-512M.img]
                                        [--delay 0.02] [--bandwidth 16]
@@ -97,7 +98,8 @@ def classic_manifest(directory: Path, prefix: str, image: Path, keys: Path, ec2c
 
     parts = sorted(p for p in directory.iterdir() if p.name.startswith(f"{prefix}.part."))
     digest = (directory / "digest").read_text().split()[0]
-    entries = [PartEntry(i, p.name, hashlib.sha1(p.read_bytes()).hexdigest()) for i, p in enumerate(parts)]
+    entries = [PartEntry(i, p.name, hashlib.sha1(p.read_bytes()).hexdigest())
+               for i, p in enumerate(parts)]
     # The key and IV the pipeline encrypted with, wrapped to the user and to the (stand-in) EC2
     # certificate: RegisterImage decrypts the bundle as EC2 does.
     key, iv = (bytes.fromhex(v) for v in (directory / "aes").read_text().split())
@@ -115,7 +117,8 @@ def classic_manifest(directory: Path, prefix: str, image: Path, keys: Path, ec2c
 
 def classic_pipeline(image: Path, out: Path) -> str:
     key_hex, iv_hex = os.urandom(16).hex(), os.urandom(16).hex()
-    fd = os.open(out / "aes", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # for the manifest, untimed
+    # for the manifest, untimed
+    fd = os.open(out / "aes", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(f"{key_hex} {iv_hex}\n")
     return (
@@ -157,8 +160,10 @@ def main() -> int:
 
     env = local_env()
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    ec2certs = work / "ec2-certs"  # the stand-in EC2's certificates: RegisterImage decrypts with its keys
-    moto, moto_url = start([sys.executable, "scripts/local_endpoint.py", "--ec2-certs", str(ec2certs)], env)
+    # the stand-in EC2's certificates: RegisterImage decrypts with its keys
+    ec2certs = work / "ec2-certs"
+    moto, moto_url = start([sys.executable, "scripts/local_endpoint.py", "--ec2-certs",
+                            str(ec2certs)], env)
     proxy_cmd = [sys.executable, "-m", "tests.support.faultproxy", "--upstream", moto_url,
                  "--delay", str(args.delay)]
     if args.bandwidth > 0:
@@ -183,7 +188,8 @@ def main() -> int:
                 "--ec2cert-dir", str(ec2certs), "-r", "x86_64"]
         s3_flags = ["--endpoint-url", proxy_url, "--jobs", str(args.jobs)]
         conditions = (f"{args.delay * 1000:.0f} ms per request, "
-                      f"{'no bandwidth cap' if args.bandwidth <= 0 else f'{args.bandwidth:g} MiB/s per stream'}, "
+                      f"""{'no bandwidth cap' if args.bandwidth <= 0
+                           else f'{args.bandwidth:g} MiB/s per stream'}, """
                       f"--jobs {args.jobs}, --compression {args.compression}, {os.cpu_count()} "
                       "cores")
         print(f"end to end through a local endpoint: {conditions}", flush=True)
@@ -206,7 +212,7 @@ def main() -> int:
             s3.create_bucket(Bucket=bucket, ObjectOwnership="ObjectWriter")  # ACLs on, as EC2 needs
             c_upload = run("classic upload + register",
                            [sys.executable, __file__, "--classic-upload",
-                                                          str(classic_dir), "classic", bucket, proxy_url], env)
+                            str(classic_dir), "classic", bucket, proxy_url], env)
             endpoint_mid = cpu_seconds(moto, proxy)
 
             # ours: install
@@ -248,7 +254,7 @@ def main() -> int:
             streamed.mkdir()
             st = run("unbundle --from-s3",
                      [*CLI, "unbundle", "--from-s3", "-m", f"{our_bucket}/{manifest}", "-k",
-                                            str(keys / "user-key.pem"), "-d", str(streamed), *s3_flags[:2], "-q"], env)
+                      str(keys / "user-key.pem"), "-d", str(streamed), *s3_flags[:2], "-q"], env)
             same = subprocess.run(["cmp", "-s", str(image), str(streamed / tag)]).returncode == 0
             shutil.rmtree(streamed)
             print(f"  download-bundle + unbundle   {dl.wall + un.wall:7.2f} s wall  "

@@ -29,7 +29,8 @@ CLI = [sys.executable, "-m", "bundler"]
 VARIANTS = {
     "qcow2": (["qemu-img", "convert", "-O", "qcow2"], "qemu"),
     "qcow2 (compressed)": (["qemu-img", "convert", "-c", "-O", "qcow2"], "qemu"),
-    "vmdk (streamOptimized)": (["qemu-img", "convert", "-O", "vmdk", "-o", "subformat=streamOptimized"], "qemu"),
+    "vmdk (streamOptimized)": (["qemu-img", "convert", "-O", "vmdk",
+                                "-o", "subformat=streamOptimized"], "qemu"),
     "raw.xz": (["xz", "-T0", "-1", "-c"], "xz"),
 }
 
@@ -101,7 +102,8 @@ def main() -> int:
                     subprocess.run([*make, str(image)], stdout=fh, check=True)
             else:
                 subprocess.run([*make, str(image), str(variant)], check=True)
-            subprocess.run(["cat", str(variant)], stdout=subprocess.DEVNULL, check=True)  # warm alike
+            # warm alike
+            subprocess.run(["cat", str(variant)], stdout=subprocess.DEVNULL, check=True)
             scratch = work / "scratch.raw"
             dest = work / "out"
             direct, two_step, convert_s, peak_scratch, rss = [], [], [], 0, 0

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Streaming ``install`` vs ``bundle-image`` followed by ``upload-bundle``, measured in one run.
 
-    python scripts/bench_install.py [--image /tmp/corpus/random-512M.img] [--delay 0.02] [--bandwidth 16]
+    python scripts/bench_install.py [--image /tmp/corpus/random-512M.img] [--delay 0.02]
+                                    [--bandwidth 16]
 
 A local moto server and a proxy adding per-request latency (and a per-stream bandwidth cap,
 standing in for a WAN) run in their own processes on 127.0.0.1. The three commands run as
@@ -83,7 +84,8 @@ def main() -> int:
             out = work / "bundle"
             out.mkdir()
             subprocess.run(["cat", str(args.image)], stdout=subprocess.DEVNULL, check=True)
-            b_time, b_rss = timed([*cli, "bundle-image", "-i", str(args.image), "-p", "bench", "-d", str(out), *sign, "-q"], env)
+            b_time, b_rss = timed([*cli, "bundle-image", "-i", str(args.image), "-p", "bench",
+                                   "-d", str(out), *sign, "-q"], env)
             before = cpu_seconds(moto, proxy)
             u_time, u_rss = timed([*cli, "upload-bundle", "-b", "bench-separate/amis",
                                    "-m", str(out / "bench.manifest.xml"), *s3, "-q"], env)

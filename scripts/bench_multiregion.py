@@ -2,7 +2,8 @@
 """Multi-region install vs single-region install of the same image, against a local endpoint.
 
     python scripts/bench_multiregion.py                  # 256 MiB image, 3 regions, best of 3
-    python scripts/bench_multiregion.py --size-mib 512 --regions us-east-1,eu-west-1,ap-southeast-2,sa-east-1
+    python scripts/bench_multiregion.py --size-mib 512
+                                        --regions us-east-1,eu-west-1,ap-southeast-2,sa-east-1
     python scripts/bench_multiregion.py --delay 0.02     # through a proxy adding 20 ms per request
 
 Each run is a separate ``ami-bundler install`` process (bundle → S3 → register) against moto in
@@ -52,7 +53,8 @@ def reset(url: str) -> None:
     """Empty moto between runs, so that stored objects do not slow later runs down."""
     import urllib.request
 
-    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=30).read()
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"),
+                           timeout=30).read()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         env = local_env()
         helpers = []
-        certs = work / "certs"  # the stand-in EC2's certificates: RegisterImage decrypts with its keys
+        # the stand-in EC2's certificates: RegisterImage decrypts with its keys
+        certs = work / "certs"
         moto, url = start([sys.executable, "scripts/local_endpoint.py", "--ec2-certs", str(certs)],
                           env)
         moto_url = url

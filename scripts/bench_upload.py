@@ -44,7 +44,8 @@ def start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
 def local_env() -> dict[str, str]:
     """This environment minus any real AWS settings and proxies, with fake credentials: the
     benchmarks only ever talk to the local endpoint."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and "proxy" not in k.lower()}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AWS_") and "proxy" not in k.lower()}
     nowhere = tempfile.mkdtemp(prefix="bench-noaws-")
     env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                AWS_DEFAULT_REGION="us-east-1",
@@ -137,12 +138,14 @@ def main() -> int:
                 # Free moto's copy before the next run.
                 keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
                 for start_at in range(0, len(keys), 1000):
-                    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start_at:start_at + 1000]]})
+                    s3.delete_objects(Bucket=bucket, Delete={
+                        "Objects": [{"Key": k} for k in keys[start_at:start_at + 1000]]})
             if len(results) >= 2:
                 base, best = results[args.jobs[0]], results[args.jobs[-1]]
                 print(f"speed-up --jobs {args.jobs[-1]} vs --jobs {args.jobs[0]}: "
                       f"{base / best:.1f}x (delay {args.delay * 1000:.0f} ms/request, "
-                      f"{'no bandwidth cap' if args.bandwidth <= 0 else f'{args.bandwidth:g} MiB/s per stream'})")
+                      f"""{'no bandwidth cap' if args.bandwidth <= 0
+                           else f'{args.bandwidth:g} MiB/s per stream'})""")
     finally:
         for proc in (proxy, moto):
             proc.terminate()

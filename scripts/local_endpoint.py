@@ -2,7 +2,8 @@
 """The strict local AWS (S3 + EC2: moto in server mode, patched as ``tests/support/strictaws``
 describes) on 127.0.0.1 with an ephemeral port.
 
-    python scripts/local_endpoint.py --print-env          # prints export lines, stays in the foreground
+    python scripts/local_endpoint.py --print-env          # prints export lines, stays in the
+                                                            foreground
     python scripts/local_endpoint.py --env-file env.sh &   # writes them once the server is ready
 
     from local_endpoint import start_local_endpoint

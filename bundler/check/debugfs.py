@@ -179,7 +179,8 @@ class Debugfs:
         self.binary = debugfs_binary()
         self.target = f"{image}?offset={offset}" if offset else str(image)
         self._tmp = contextlib.ExitStack()
-        self.tmp: Path | None = None  # made on first use: an object half-built by a signal owns none
+        # made on first use: an object half-built by a signal owns none
+        self.tmp: Path | None = None
 
     def _dir(self) -> Path:
         with critical():  # made and recorded for close() at once

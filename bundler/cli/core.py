@@ -201,14 +201,16 @@ def run_inspect(args: argparse.Namespace, printer: Printer) -> int:
     if m.kernel_id or m.ramdisk_id:
         human.append(f"Kernel        {m.kernel_id or '-'}  ramdisk {m.ramdisk_id or '-'}")
     if m.block_device_mapping:
-        human.append("Devices       " + ", ".join(f"{k}={v}" for k, v in sorted(m.block_device_mapping.items())))
+        human.append("Devices       " + ", ".join(f"{k}={v}" for k, v
+                                                  in sorted(m.block_device_mapping.items())))
     if m.product_codes:
         human.append("Product codes " + ", ".join(m.product_codes))
     if m.ancestry:
         human.append("Ancestry      " + ", ".join(m.ancestry))
     human.append(f"Keys          AES-128-CBC key wrapped for user ({data['user_key_bits']}-bit) "
                  f"and EC2 ({data['ec2_key_bits']}-bit)")
-    human.append(f"Signature     {'present (verify with: ami-bundler verify -c CERT)' if data['signed'] else 'none'}")
+    human.append(f"""Signature     {'present (verify with: ami-bundler verify -c CERT)'
+                                   if data['signed'] else 'none'}""")
     for p in m.parts[:3]:
         human.append(f"  part {p.index:>4}  {p.filename}  {p.digest}")
     if len(m.parts) > 3:

@@ -99,7 +99,8 @@ def _inspect_stream(path: Path, fmt: str) -> ImageReport:
             del head[PROBE_BYTES:]
     if not parsed:  # a stream shorter than HEAD_KEEP
         table, parts = partitions_in(bytes(head[:HEAD_BYTES]), pos)
-        wanted = [[p.start, 0, bytearray(head[p.start:p.start + min(PROBE_BYTES, p.size)]), p] for p in parts]
+        wanted = [[p.start, 0, bytearray(head[p.start:p.start + min(PROBE_BYTES, p.size)]), p]
+                  for p in parts]
     layout = DiskLayout(table, [])
     if table is None:
         layout.filesystem = filesystem_at(bytes(head))

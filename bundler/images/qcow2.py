@@ -45,7 +45,8 @@ class Qcow2Disk(VirtualDisk):
         self.backing: VirtualDisk | None = None
         head = file.read(0, 72, "header")
         (magic, version, backing_offset, backing_size, cluster_bits, size, crypt, l1_size,
-         l1_offset, _rc_offset, _rc_clusters, snapshots, _snap_offset) = struct.unpack(">4sIQIIQIIQQIIQ", head)
+         l1_offset, _rc_offset, _rc_clusters, snapshots, _snap_offset) = struct.unpack(
+             ">4sIQIIQIIQQIIQ", head)
         if magic != MAGIC:
             raise file.fail("header", 0, "no qcow2 magic")
         if version not in (2, 3):
@@ -57,7 +58,8 @@ class Qcow2Disk(VirtualDisk):
         header_length = 72
         if version == 3:
             ext = file.read(72, 32, "version 3 header")
-            incompat, _compat, _autoclear, _refcount_order, header_length = struct.unpack(">QQQII", ext)
+            incompat, _compat, _autoclear, _refcount_order, header_length = struct.unpack(
+                ">QQQII", ext)
             if header_length < 104 or header_length > cluster:
                 raise file.fail("header", 100,
                                 f"header_length {header_length} is not in 104..{cluster}")
@@ -93,7 +95,8 @@ class Qcow2Disk(VirtualDisk):
             if not 0 < backing_size <= 1023:
                 raise file.fail("header", 16,
                                 f"backing file name length {backing_size} is not 1..1023")
-            backing_name = file.read(backing_offset, backing_size, "backing file name").decode("utf-8", "replace")
+            backing_name = file.read(backing_offset, backing_size,
+                                     "backing file name").decode("utf-8", "replace")
             if not allow_backing:
                 raise file.fail("header", 8,
                                 f"the image has a backing file {backing_name!r}: its unallocated "
@@ -136,7 +139,8 @@ class Qcow2Disk(VirtualDisk):
                 raise self.file.fail("header extension", pos,
                                      f"{length} bytes run past the header cluster")
             if kind == 0xE2792ACA:
-                return self.file.read(pos + 8, length, "backing format extension").decode("ascii", "replace")
+                return self.file.read(pos + 8, length,
+                                      "backing format extension").decode("ascii", "replace")
             pos += 8 + length + (-length % 8)
         return None
 

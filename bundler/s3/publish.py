@@ -66,7 +66,8 @@ class Target:
     """What a writer found at its target when it opened its publication."""
 
     state: str  # NOTHING | SAME | DIFFERENT (already retired when the writer gets it)
-    listing: dict[str, tuple[int, str]] = field(default_factory=dict)  # key → (size, MD5) under NAME
+    # key → (size, MD5) under NAME
+    listing: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def has(self, key: str, size: int, md5: str) -> bool:
         """Whether ``key`` is already there intact (only ever true of the same bundle's parts)."""
@@ -100,7 +101,8 @@ class Publication:
 
     def open(self, new: ParsedManifest | None = None) -> Target:
         """Lease, decide, retire. ``new`` is the bundle to be published when it is known (upload,
-        copy); a streaming writer passes None: its fresh AES key makes any bundle there another one."""
+        copy); a streaming writer passes None: its fresh AES key makes any bundle there another
+        one."""
         self.lock.acquire()
         try:
             listing = list_objects(self.client, self.location.bucket, self.location.key(self.name))
@@ -145,8 +147,9 @@ class Publication:
         self.lock.check()
 
     def publish(self, manifest: bytes, expected: Mapping[str, tuple[int, str]]) -> str:
-        """Re-check every part and the lease, PUT the manifest (last), then remove orphans (a failure
-        there warns: the bundle is published and whole). Releases the lease; returns the key."""
+        """Re-check every part and the lease, PUT the manifest (last), then remove orphans (a
+        failure there warns: the bundle is published and whole). Releases the lease; returns the
+        key."""
         self.check_parts(expected)
         self.manifest_sent = True
         put_bytes(self.client, self.location.bucket, self.manifest_key, manifest, acl=self.acl,

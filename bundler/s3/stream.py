@@ -162,7 +162,8 @@ class S3Sink:
                 self._created.difference_update(stale)
         final = [self.location.key(n) for n in names]
         assert self._publication is not None and manifest_name == self._publication.manifest_name
-        self.manifest_key = self._publication.publish(manifest, {k: self._sizes[i] for i, k in enumerate(final)})
+        self.manifest_key = self._publication.publish(
+            manifest, {k: self._sizes[i] for i, k in enumerate(final)})
         with self._created_lock:
             self._created.add(self.manifest_key)
         self._publication = None

@@ -68,8 +68,9 @@ class ImdsClient:
 
     def connect(self) -> None:
         """Get an IMDSv2 token, or settle on IMDSv1 when the token endpoint refuses."""
-        req = urllib.request.Request(f"{self.endpoint}/latest/api/token", method="PUT",
-                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL)})
+        req = urllib.request.Request(
+            f"{self.endpoint}/latest/api/token", method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL)})
         try:
             with self.opener.open(req, timeout=self._timeout()) as resp:
                 self.token = resp.read().decode().strip()

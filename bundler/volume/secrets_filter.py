@@ -69,7 +69,8 @@ _PARENT_RULES: tuple[tuple[str, str, str], ...] = (
 _PUBLIC_SUFFIXES = (".pub",)
 
 # Extensions whose content is never a key file: skipping them keeps the scan cheap, and source
-# files that embed *test* keys (Python, Ruby, ...) must not be torn out of the packages they belong to.
+# files that embed *test* keys (Python, Ruby, ...) must not be torn out of the packages they
+# belong to.
 _SKIP_EXTENSIONS = frozenset(
     ".so .a .o .ko .gz .xz .bz2 .zst .lz4 .zip .deb .rpm .jar .png .jpg .jpeg .gif .svg .ico .ttf "
     ".otf .woff .woff2 .mo .pyc .py .rb .pl .pm .js .ts .go .c .h .cc .cpp .hpp .rs .java .php "

@@ -129,10 +129,11 @@ def test_truncated_manifest(bundled, user_key_pair):
     assert leftovers(out) == []
 
 
-BOMB = b"""<?xml version="1.0"?>
-<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
-<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
-<manifest><version>&lol3;</version></manifest>"""
+BOMB = (b'<?xml version="1.0"?>\n'
+        b'<!DOCTYPE lolz [<!ENTITY lol "lol">'
+        b'<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">\n'
+        b'<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>\n'
+        b"<manifest><version>&lol3;</version></manifest>")
 
 EXTERNAL = b"""<?xml version="1.0"?>
 <!DOCTYPE m [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>

@@ -105,7 +105,8 @@ def test_mbr_image_has_grub(tree: Path, tmp_path: Path):
     disk = image.read_bytes()
     check_mbr_code(disk[:512], 1)
     used = check_core(disk, 1, 2048)
-    assert disk[(1 + used) * 512:2048 * 512] == bytes((2047 - used) * 512)  # nothing else in the gap
+    # nothing else in the gap
+    assert disk[(1 + used) * 512:2048 * 512] == bytes((2047 - used) * 512)
     cfg = debugfs(image, "cat /boot/grub/grub.cfg")
     assert f"search --no-floppy --fs-uuid --set=root {UUID}" in cfg and "insmod part_msdos" in cfg
     assert (f"linux /boot/vmlinuz-{KERNEL} root=UUID={UUID} rootfstype=ext4 ro console=tty0 "
@@ -148,7 +149,8 @@ def test_menu_lst_for_pv(tree: Path, tmp_path: Path):
     text = subprocess.run(["debugfs", "-R", "cat /boot/grub/menu.lst", str(result.image_path)],
                           capture_output=True, text=True, check=True).stdout
     assert "root (hd0)\n" in text
-    assert f"kernel /boot/vmlinuz-{KERNEL} root=LABEL=cloudimg-rootfs rootfstype=ext4 ro console=hvc0" in text
+    assert (f"kernel /boot/vmlinuz-{KERNEL} root=LABEL=cloudimg-rootfs rootfstype=ext4 "
+            "ro console=hvc0") in text
     assert result.image_path.read_bytes()[:1024] == bytes(1024)  # no boot code: plain ext4
 
 

@@ -15,7 +15,8 @@ from bundler.cli import main
 from bundler.errors import UsageError, VolumeError
 from bundler.volume import VolumeConfig, bundle_volume
 
-pytestmark = pytest.mark.skipif(shutil.which("mke2fs") is None and not Path("/sbin/mke2fs").exists(),
+pytestmark = pytest.mark.skipif(shutil.which("mke2fs") is None
+                                and not Path("/sbin/mke2fs").exists(),
                                 reason="e2fsprogs not installed")
 is_root = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not is_root, reason="needs root (chown, mknod, security.* xattrs)")
@@ -100,7 +101,8 @@ def test_bundle_vol_roundtrip(rootfs, tmp_path, user_key_pair, ec2_key_pair, cap
     dest = tmp_path / "out"
     dest.mkdir()
     rc = main(bundle_args(user_key_pair, ec2_key_pair, dest, "-v", str(rootfs), "-p", "vol",
-                          "--generate-fstab", "--list-excluded", "-e", f"{rootfs}/srv/*.none,etc/none"))
+                          "--generate-fstab", "--list-excluded",
+                          "-e", f"{rootfs}/srv/*.none,etc/none"))
     out = capsys.readouterr().out
     assert rc == 0
     assert "excluded /home/u/.ssh/id_rsa: secret" in out
@@ -222,7 +224,8 @@ def test_cli_bad_input(rootfs, tmp_path, capsys, user_key_pair, ec2_key_pair):
     assert main(["bundle-vol", "-v", str(rootfs), "-d", str(tmp_path), "--clone-only",
                  "--fstab", str(rootfs / "etc/fstab"), "--generate-fstab"]) == UsageError.exit_code
     assert "mutually exclusive" in capsys.readouterr().err
-    assert main(["bundle-vol", "-v", str(rootfs), "-d", str(tmp_path), "--clone-only", "-s", "4"]) != 0
+    assert main(["bundle-vol", "-v", str(rootfs), "-d", str(tmp_path), "--clone-only",
+                 "-s", "4"]) != 0
     assert "needs at least" in capsys.readouterr().err
     if is_root:
         return
@@ -259,7 +262,8 @@ def test_packer_command_line(rootfs, tmp_path, user_key_pair, ec2_key_pair, monk
     assert "x509-key.pem" not in debugfs(dest2 / "packer", "ls /tmp").split()
 
 
-def test_existing_bundle_refused_up_front_and_stale_work_files_removed(rootfs, tmp_path, user_key_pair,
+def test_existing_bundle_refused_up_front_and_stale_work_files_removed(rootfs, tmp_path,
+                                                                       user_key_pair,
                                                                        ec2_key_pair, capsys):
     dest = tmp_path / "dest"
     dest.mkdir()

@@ -21,7 +21,8 @@ def test_modern_register(capsys, endpoint, proxy, s3, ec2, bucket, reg_bundle):
     code, out, err = register(capsys, proxy.url, location, name, "--json", "--tag", "team=infra",
                               "--tag", "os=debian", "--imds-support", "v2.0",
                               "--deprecate-at", "2031-05-06T07:08:00Z",
-                              "--deregistration-protection", "--launch-permission", "1111-2222-3333",
+                              "--deregistration-protection",
+                              "--launch-permission", "1111-2222-3333",
                               "--launch-permission", ORG, "--launch-permission", OU)
     assert code == 0, err
     assert not [r for r in proxy.requests("POST") if b"Action=CreateTags" in r.body_prefix]
@@ -30,11 +31,13 @@ def test_modern_register(capsys, endpoint, proxy, s3, ec2, bucket, reg_bundle):
     assert form["TagSpecification.1.ResourceType"] == ["image"]
     [image] = images_named(ec2, name)
     assert image["ImageLocation"] == location and image["RootDeviceType"] == "instance-store"
-    assert sorted((t["Key"], t["Value"]) for t in image["Tags"]) == [("os", "debian"), ("team", "infra")]
+    assert (sorted((t["Key"], t["Value"]) for t in image["Tags"])
+            == [("os", "debian"), ("team", "infra")])
     assert image["ImdsSupport"] == "v2.0"
     assert image["DeprecationTime"].startswith("2031-05-06T07:08")
     assert image["DeregistrationProtection"] == "enabled-without-cooldown"
-    perms = ec2.describe_image_attribute(ImageId=image["ImageId"], Attribute="launchPermission")["LaunchPermissions"]
+    perms = ec2.describe_image_attribute(ImageId=image["ImageId"],
+                                         Attribute="launchPermission")["LaunchPermissions"]
     assert {"UserId": "111122223333"} in perms
     assert {"OrganizationArn": ORG} in perms and {"OrganizationalUnitArn": OU} in perms
     # Protected: deregister is refused and the bundle stays.
@@ -52,7 +55,8 @@ def test_modern_register(capsys, endpoint, proxy, s3, ec2, bucket, reg_bundle):
 
 def test_sharing_with_all_under_block_public_access(capsys, endpoint, ec2, bucket, reg_bundle):
     name = ami_name()
-    assert ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"] == "block-new-sharing"
+    assert (ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"]
+            == "block-new-sharing")
     code, _, err = register(capsys, endpoint, f"{bucket}/amis/reg.manifest.xml", name,
                             "--launch-permission", "all")
     assert code != 0 and "Traceback" not in err
@@ -84,9 +88,11 @@ def test_bad_register_flags(capsys, endpoint, bucket, reg_bundle):
     ("grant", "aws-exec-read grant"),
     ("tampered", "does not match its digest"),
 ])
-def test_register_fails_clearly_for_a_bundle_ec2_cannot_use(capsys, endpoint, s3, ec2, bucket, tmp_path,
-                                                          signing_key, strict_aws, damage, detail):
-    other = strict_aws.keys.private_key("af-south-1").public_key() if damage == "other-region" else None
+def test_register_fails_clearly_for_a_bundle_ec2_cannot_use(capsys, endpoint, s3, ec2, bucket,
+                                                          tmp_path, signing_key, strict_aws,
+                                                          damage, detail):
+    other = (strict_aws.keys.private_key("af-south-1").public_key()
+             if damage == "other-region" else None)
     bundle = make_fake_bundle(tmp_path / "b", "bad", [64 * KIB, 16 * KIB], signing_key,
                               ec2_public_key=other)
     code, _, err = upload(capsys, endpoint, f"{bucket}/amis", bundle)

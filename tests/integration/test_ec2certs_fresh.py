@@ -98,9 +98,9 @@ def test_opt_in_region_refused_then_its_own_certificate_used(fresh, user_key_pai
 
 
 def test_packer_default_bundle_vol_command_needs_no_ec2cert(fresh, user_key_pair, tmp_path):
-    """ec2-bundle-vol -k … -u … -c … -r x86_64 -e PRIVATE/* -d DEST -p image-… --batch --no-filter
-    (plus -v and the image's identity: the test bundles a small bootable PV tree, not this
-    host's /)."""
+    """ec2-bundle-vol -k … -u … -c … -r x86_64 -e PRIVATE/* -d DEST -p image-… --batch
+    --no-filter (plus -v and the image's identity: the test bundles a small bootable PV tree,
+    not this host's /)."""
     from tests.support import roots
 
     _, env, _ = fresh

@@ -63,7 +63,8 @@ def test_parts_out_of_order_say_so(capsys, tmp_path, bundle_dir, user_key_pair):
                        "-d", tmp_path / "out")
     line = error_line(err)
     assert code == EXIT_INTEGRITY
-    assert "img.part.0 (index 0) holds the data of img.part.1 (index 1)" in line and "out of order" in line
+    assert ("img.part.0 (index 0) holds the data of img.part.1 (index 1)" in line
+            and "out of order" in line)
     assert "AES key" not in line
     assert not (tmp_path / "out").exists()  # created for the run, removed with its failure
     code, _, err = run(capsys, "verify", manifest, "-k", user_key_pair.key_path)
@@ -119,7 +120,8 @@ def test_image_size_out_of_range_is_a_usage_error(capsys, tmp_path, value, expec
                          user_key_pair.cert_path, "-k", user_key_pair.key_path, "-u", ACCOUNT,
                          "--ec2cert", ec2_key_pair.cert_path, "-d", tmp_path, "--json")
     line = error_line(err)
-    assert code == EXIT_USAGE and "--image-size" in line and expected in line and "empty" not in line
+    assert (code == EXIT_USAGE and "--image-size" in line and expected in line
+            and "empty" not in line)
     assert json.loads(out)["error"] == {"code": "usage", "message": line.split("error: ", 1)[1],
                                         "hint": "see 'ami-bundler bundle-image --help'",
                                         "exit_code": 2}
@@ -178,7 +180,8 @@ def test_bucket_and_prefix_rules_are_checked_first(capsys, tmp_path, target, end
     assert {b["Name"] for b in s3.list_buckets()["Buckets"]} == before
 
 
-def test_corrupt_local_part_is_not_called_another_bundles(capsys, tmp_path, endpoint, s3, signing_key):
+def test_corrupt_local_part_is_not_called_another_bundles(capsys, tmp_path, endpoint, s3,
+                                                          signing_key):
     bundle = make_fake_bundle(tmp_path / "b", "c", [1000, 2000, 3000], signing_key)
     (tmp_path / "b" / bundle.part_names[1]).write_bytes(os.urandom(2000))
     new_bucket = f"never-made-{os.urandom(4).hex()}"
@@ -196,14 +199,16 @@ def test_upload_part_n_to_an_empty_prefix(capsys, tmp_path, endpoint, s3, bucket
     code, _, err = run(capsys, "upload-bundle", "-b", f"{bucket}/x", "-m", bundle.manifest_path,
                        "--part", "2", "--endpoint-url", endpoint)
     line = error_line(err)
-    assert code == EXIT_USAGE and "--part 2 skips p.part.0 and 1 more" in line and "disappeared" not in line
+    assert (code == EXIT_USAGE and "--part 2 skips p.part.0 and 1 more" in line
+            and "disappeared" not in line)
     assert keys_in(s3, bucket) == {}
     code, _, err = run(capsys, "upload-bundle", "-b", f"{bucket}/x", "-m", bundle.manifest_path,
                        "--part", "3", "--endpoint-url", endpoint)
     assert code == EXIT_USAGE and "parts 0 to 2" in error_line(err)
 
 
-def test_download_prefix_with_a_folder_finds_the_parts_beside_the_manifest(capsys, tmp_path, endpoint, bucket,
+def test_download_prefix_with_a_folder_finds_the_parts_beside_the_manifest(capsys, tmp_path,
+                                                                           endpoint, bucket,
                                                                            signing_key):
     bundle = make_fake_bundle(tmp_path / "b", "img", [1000, 2000], signing_key)
     code, _, err = run(capsys, "upload-bundle", "-b", f"{bucket}/x", "-m", bundle.manifest_path,
@@ -218,7 +223,8 @@ def test_download_prefix_with_a_folder_finds_the_parts_beside_the_manifest(capsy
     assert "signature was not checked" in err and "(signature NOT checked)" in out
 
 
-def test_output_directories_are_created_unbundle_private(capsys, tmp_path, bundle_dir, user_key_pair):
+def test_output_directories_are_created_unbundle_private(capsys, tmp_path, bundle_dir,
+                                                         user_key_pair):
     out = tmp_path / "a" / "b"
     code, _, err = run(capsys, "unbundle", "-m", bundle_dir / "img.manifest.xml",
                        "-k", user_key_pair.key_path, "-d", out, "-q")

@@ -64,7 +64,8 @@ def images(tmp_path_factory) -> dict[str, Path]:
     subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(tree), str(raw)], check=True)
     out = {"disk.raw": raw}
     for name, (fmt, opts) in DISKS.items():
-        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, *opts, str(raw), str(d / name)], check=True)
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, *opts, str(raw),
+                        str(d / name)], check=True)
         out[name] = d / name
     for name, cmd in STREAMS.items():
         if shutil.which(cmd[0]):
@@ -228,7 +229,8 @@ def test_inspect_image_reports_partitions_and_filesystems(images, tmp_path, caps
     subprocess.run(["qemu-img", "convert", "-c", "-O", "qcow2", str(disk), str(qcow)], check=True)
     assert main(["inspect-image", "--json", str(qcow)]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["format"] == "qcow2" and report["virtual_size"] == 64 * MIB and report["table"] == "gpt"
+    assert (report["format"] == "qcow2" and report["virtual_size"] == 64 * MIB
+            and report["table"] == "gpt")
     assert [p["type"] for p in report["partitions"]] == ["BIOS boot", "Linux filesystem"]
     assert report["partitions"][1]["filesystem"]["type"] == "ext4"
     assert report["partitions"][1]["start"] == 2 * MIB

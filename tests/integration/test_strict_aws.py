@@ -90,7 +90,8 @@ def test_register_image_keeps_what_ec2_reports(s3, ec2, bucket, bundle):
         ImageLocation=location, Name=_name(), VirtualizationType="hvm", ImdsSupport="v2.0",
         KernelId="aki-12345678", BootMode="uefi",
         BlockDeviceMappings=[{"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"}],
-        TagSpecifications=[{"ResourceType": "image", "Tags": [{"Key": "team", "Value": "os"}]}])["ImageId"]
+        TagSpecifications=[{"ResourceType": "image",
+                            "Tags": [{"Key": "team", "Value": "os"}]}])["ImageId"]
     image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
     assert image["ImageLocation"] == location
     assert image["Architecture"] == "x86_64"  # from the manifest
@@ -105,8 +106,8 @@ def test_register_image_keeps_what_ec2_reports(s3, ec2, bucket, bundle):
                     [{"Name": "owner-id", "Values": [image["OwnerId"]]},
                      {"Name": "tag:team", "Values": ["os"]}]):
         assert [i["ImageId"] for i in ec2.describe_images(Filters=filters)["Images"]] == [image_id]
-    assert ec2.describe_images(Filters=[{"Name": "manifest-location", "Values": ["x/y.manifest.xml"]}])[
-        "Images"] == []
+    assert ec2.describe_images(Filters=[{"Name": "manifest-location",
+                                         "Values": ["x/y.manifest.xml"]}])["Images"] == []
 
     ec2.enable_image_deprecation(ImageId=image_id, DeprecateAt="2030-01-02T03:04:00Z")
     ec2.enable_image_deregistration_protection(ImageId=image_id)
@@ -132,8 +133,10 @@ def test_register_image_refuses_what_ec2_refuses(s3, ec2, bucket, bundle):
 
 
 def test_block_public_access_for_amis_refuses_sharing_with_all(s3, ec2, bucket, bundle):
-    image_id = ec2.register_image(ImageLocation=_manifest(s3, bucket, bundle), Name=_name())["ImageId"]
-    assert ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"] == "block-new-sharing"
+    image_id = ec2.register_image(ImageLocation=_manifest(s3, bucket, bundle),
+                                  Name=_name())["ImageId"]
+    assert (ec2.get_image_block_public_access_state()["ImageBlockPublicAccessState"]
+            == "block-new-sharing")
     with pytest.raises(bexc.ClientError) as exc:
         ec2.modify_image_attribute(ImageId=image_id, LaunchPermission={"Add": [{"Group": "all"}]})
     assert _code(exc)[0] == "OperationNotPermitted"

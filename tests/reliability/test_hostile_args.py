@@ -64,7 +64,8 @@ def required_base(parser: argparse.ArgumentParser, command: str,
                 value = "hostile-test-bucket/p"
             elif action.dest in ("name", "image_id"):
                 value = "ami-0123456789abcdef0" if action.dest == "image_id" else "n"
-            base[action.dest] = ([action.option_strings[0]] if action.option_strings else []) + [value]
+            base[action.dest] = (([action.option_strings[0]] if action.option_strings else [])
+                                 + [value])
     if command == "bundle-vol":  # never the live root: -v defaults to /
         base["volume"] = ["-v", missing]
     return base
@@ -106,7 +107,8 @@ def shared_models() -> Iterator[None]:
 def run_case(command: str, dest: str, flag: str, value: str, root: Path,
              monkeypatch) -> tuple[int, str]:
     parser = build_parser(command=command)
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    sub = next(a for a in parser._actions
+               if isinstance(a, argparse._SubParsersAction)).choices[command]
     base = required_base(sub, command, root)
     base.pop(dest, None)
     argv = [command]
@@ -119,7 +121,8 @@ def run_case(command: str, dest: str, flag: str, value: str, root: Path,
         argv += [flag, value]
     else:
         argv.append(value)
-    if any(o.startswith("--endpoint-url") for a in sub._actions for o in a.option_strings) and dest != "endpoint_url":
+    if (any(o.startswith("--endpoint-url") for a in sub._actions for o in a.option_strings)
+            and dest != "endpoint_url"):
         argv += AWS_BASE
     stderr = io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)

@@ -143,7 +143,8 @@ def test_real_unbundle_gives_the_image_its_archived_mode(big_ws, tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     # the reference bundle was made from a 0644 (or umask-narrowed) image
-    assert stat.S_IMODE((out / "img").stat().st_mode) == stat.S_IMODE(big_ws.image.stat().st_mode) & ~umask
+    assert (stat.S_IMODE((out / "img").stat().st_mode)
+            == stat.S_IMODE(big_ws.image.stat().st_mode) & ~umask)
 
 
 # --------------------------------------------------------------------------- upload-bundle
@@ -161,7 +162,8 @@ def world(moto_server: str, tmp_path_factory) -> Iterator:
 # Each signal once, at an early and a later point in turn (one handler serves all three).
 @pytest.mark.parametrize(("signum", "after_puts"),
                          [(signal.SIGINT, 1), (signal.SIGTERM, 4), (signal.SIGHUP, 1)],
-                         ids=lambda v: signal.Signals(v).name if isinstance(v, signal.Signals) else str(v))
+                         ids=lambda v: (signal.Signals(v).name if isinstance(v, signal.Signals)
+                                        else str(v)))
 def test_upload_bundle_signalled_while_sending_parts(world, signum, after_puts):
     from tests.support.bundles import make_fake_bundle
     from tests.support.s3kit import inspect_bundles, list_keys

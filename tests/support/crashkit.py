@@ -135,8 +135,9 @@ def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int |
                    http: bool = False, fs: bool = True, finished: int = 0) -> tuple[bool, int]:
     """Like ``crash_at_step``, but the child sends itself ``signum`` before its ``step``-th
     filesystem call (from whichever thread makes it) and carries on; with ``http`` every HTTP
-    request botocore sends counts as a step too (``fs=False``: only those). Returns (signalled, exit code): not signalled
-    means the run had fewer steps (and ended with ``finished``, else the code is 72)."""
+    request botocore sends counts as a step too (``fs=False``: only those). Returns (signalled,
+    exit code): not signalled means the run had fewer steps (and ended with ``finished``, else
+    the code is 72)."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -266,9 +267,11 @@ def kill_at_random(argv: Sequence[str], delay: float, timeout: float = 120.0) ->
 
 @dataclass
 class Inspection:
-    wrong: list[str] = field(default_factory=list)      # complete-looking but wrong: must never happen
+    # complete-looking but wrong: must never happen
+    wrong: list[str] = field(default_factory=list)
     temporary: list[str] = field(default_factory=list)  # .ami-bundler-* entries
-    incomplete: list[str] = field(default_factory=list)  # parts with no manifest (visibly unfinished)
+    # parts with no manifest (visibly unfinished)
+    incomplete: list[str] = field(default_factory=list)
     complete: list[str] = field(default_factory=list)   # verified bundles / identical images
 
     @property

@@ -222,7 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
     owner: FaultProxy
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep test output quiet
+    # keep test output quiet
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
 
     def _handle(self) -> None:

@@ -185,7 +185,8 @@ def test_menu_lst():
     text = bl.menu_lst(kernels, root="LABEL=cloudimg-rootfs", scheme="none", title="Deb")
     assert text.splitlines()[1:4] == ["default 0", "timeout 0", "hiddenmenu"]
     assert "title Deb (6.1)\nroot (hd0)\n" in text
-    assert "kernel /boot/vmlinuz-6.1 root=LABEL=cloudimg-rootfs rootfstype=ext4 ro console=hvc0\n" in text
+    assert ("kernel /boot/vmlinuz-6.1 root=LABEL=cloudimg-rootfs rootfstype=ext4 "
+            "ro console=hvc0\n") in text
     assert "initrd /boot/initrd.img-6.1\n" in text
     assert "root (hd0,0)" in bl.menu_lst(kernels, root="UUID=x", scheme="mbr", title="D")
 
@@ -302,7 +303,8 @@ def test_prepare_menu_lst(tmp_path: Path):
     plan = prepare(tree, scheme="none", generate_menu_lst=True)
     assert plan.menu_lst and plan.installed == "none" and plan.warnings == []
     text = (tree / "boot/grub/menu.lst").read_text()
-    assert "root=LABEL=cloudimg-rootfs rootfstype=ext4 ro console=hvc0" in text and "root (hd0)\n" in text
+    assert ("root=LABEL=cloudimg-rootfs rootfstype=ext4 ro console=hvc0" in text
+            and "root (hd0)\n" in text)
     (tree / "boot/grub/menu.lst").write_text("mine\n")
     assert not prepare(tree, scheme="none", generate_menu_lst=True).menu_lst
     assert (tree / "boot/grub/menu.lst").read_text() == "mine\n"
@@ -316,7 +318,7 @@ def test_bootloader_none_on_partitioned_image_warns(tmp_path: Path):
 def test_unsupported_filesystem_features(tmp_path: Path):
     sb = bytearray(1024)
     struct.pack_into("<H", sb, 0x38, 0xEF53)
-    struct.pack_into("<I", sb, 0x60, 0x2 | 0x40 | 0x80 | 0x200)      # filetype extents 64bit flex_bg
+    struct.pack_into("<I", sb, 0x60, 0x2 | 0x40 | 0x80 | 0x200)  # filetype extents 64bit flex_bg
     assert bl.unsupported_features(bytes(sb)) == []
     struct.pack_into("<I", sb, 0x60, 0x2 | 0x8000 | 0x20000)
     assert bl.unsupported_features(bytes(sb)) == ["inline_data", "casefold"]

@@ -261,7 +261,8 @@ def test_failing_worker_propagates(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_failure_in_the_last_block_surfaces_from_close(monkeypatch: pytest.MonkeyPatch) -> None:
     real = deflate._compress_block
 
-    def fail_last(module: object, level: int, block: bytes, zdict: bytes, last: bool):  # type: ignore[no-untyped-def]
+    def fail_last(  # type: ignore[no-untyped-def]
+            module: object, level: int, block: bytes, zdict: bytes, last: bool):
         if last:
             raise Boom("last")
         return real(module, level, block, zdict, last)  # type: ignore[arg-type]

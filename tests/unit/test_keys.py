@@ -447,7 +447,8 @@ def test_load_keys_from_files(user_key_pair: KeyPair, fs) -> None:  # noqa: ANN0
         ("encrypted", "passphrase-protected"),
     ],
 )
-def test_load_private_key_errors(user_key_pair: KeyPair, fs, content: object, message: str) -> None:  # noqa: ANN001
+def test_load_private_key_errors(user_key_pair: KeyPair, fs,  # noqa: ANN001
+                                 content: object, message: str) -> None:
     path = Path("/k/key.pem")
     fs.create_dir("/k")
     if content == "cert":

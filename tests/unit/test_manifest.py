@@ -326,7 +326,8 @@ def test_signed_data_minimal() -> None:
     xml = make_manifest().to_signed_xml("ab")
     data = signed_data(xml)
     assert data.startswith(
-        b"<machine_configuration><architecture>x86_64</architecture></machine_configuration><image><name>image</name>"
+        b"<machine_configuration><architecture>x86_64</architecture></machine_configuration>"
+        b"<image><name>image</name>"
     )
     assert data.endswith(b"</parts></image>")
     assert b"<signature>" not in data and b"<bundler>" not in data
@@ -417,13 +418,18 @@ def test_parse_euca2ools_pretty_printed_double_quoted() -> None:
     assert signed_data(EUCA).count(b'algorithm="SHA1"') == 3
 
 
-V3 = f"""<?xml version="1.0"?>
-<manifest><version>3</version><bundler><name>ec2-ami-tools</name><version>1.3</version><release>20041</release></bundler>
-<image><name>old</name><user>123456789012</user><digest algorithm="SHA1">{DIGEST}</digest><size>10</size><bundled_size>32</bundled_size>
-<ec2_encrypted_key algorithm="AES-128-CBC">{EC2_KEY}</ec2_encrypted_key><user_encrypted_key algorithm="AES-128-CBC">{USER_KEY}</user_encrypted_key>
-<ec2_encrypted_iv>{EC2_IV}</ec2_encrypted_iv><user_encrypted_iv>{USER_IV}</user_encrypted_iv>
-<parts count="1"><part index="0"><filename>old.part.0</filename><digest algorithm="SHA1">{PART_DIGESTS[0]}</digest></part></parts></image>
-<signature>abcd</signature></manifest>""".encode()
+V3 = ('<?xml version="1.0"?>\n'
+      "<manifest><version>3</version><bundler><name>ec2-ami-tools</name><version>1.3</version>"
+      "<release>20041</release></bundler>\n"
+      "<image><name>old</name><user>123456789012</user>"
+      f'<digest algorithm="SHA1">{DIGEST}</digest><size>10</size><bundled_size>32</bundled_size>\n'
+      f'<ec2_encrypted_key algorithm="AES-128-CBC">{EC2_KEY}</ec2_encrypted_key>'
+      f'<user_encrypted_key algorithm="AES-128-CBC">{USER_KEY}</user_encrypted_key>\n'
+      f"<ec2_encrypted_iv>{EC2_IV}</ec2_encrypted_iv>"
+      f"<user_encrypted_iv>{USER_IV}</user_encrypted_iv>\n"
+      '<parts count="1"><part index="0"><filename>old.part.0</filename>'
+      f'<digest algorithm="SHA1">{PART_DIGESTS[0]}</digest></part></parts></image>\n'
+      "<signature>abcd</signature></manifest>").encode()
 
 
 def test_parse_v3_defaults_arch_i386_type_machine() -> None:
@@ -627,7 +633,8 @@ def test_duplicate_image_element_rejected() -> None:
 def test_bdm_mapping_without_device() -> None:
     data = doc().replace(
         b"</architecture>",
-        b"</architecture><block_device_mapping><mapping><virtual>ami</virtual></mapping></block_device_mapping>",
+        b"</architecture><block_device_mapping><mapping><virtual>ami</virtual></mapping>"
+        b"</block_device_mapping>",
     )
     with pytest.raises(ManifestError, match=re.escape("block_device_mapping/mapping[1]/device")):
         parse_manifest(data)

@@ -84,8 +84,10 @@ def test_sfdisk_accepts_table(tmp_path, scheme):
         fh.truncate(64 * MIB)
     write_table(img, layout_for(scheme, 64), disk_id=DISK_GUID)
     verify = subprocess.run(["sfdisk", "--verify", str(img)], capture_output=True, text=True)
-    assert verify.returncode == 0 and "No errors detected" in verify.stdout, verify.stdout + verify.stderr
-    dump = subprocess.run(["sfdisk", "--dump", str(img)], capture_output=True, text=True, check=True).stdout
+    assert verify.returncode == 0 and "No errors detected" in verify.stdout, (
+        verify.stdout + verify.stderr)
+    dump = subprocess.run(["sfdisk", "--dump", str(img)], capture_output=True, text=True,
+                          check=True).stdout
     first = next(ln for ln in dump.splitlines() if ln.startswith(f"{img}1 "))
     assert "start=        2048" in first
     if scheme == "gpt":

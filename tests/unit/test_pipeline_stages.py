@@ -61,7 +61,8 @@ def test_aes_into_part_buffers_is_the_same_ciphertext_cut_exactly(monkeypatch, t
     assert cutter.digests == [hashlib.sha1(p.data).hexdigest() for p in sink.parts]
     assert cutter.sizes == [len(p.data) for p in sink.parts]
     assert all(isinstance(p.data, bytes) for p in sink.parts)  # sinks may keep them
-    assert sink.threads == ({"ami-bundler-parts"} if threaded else {threading.current_thread().name})
+    assert sink.threads == ({"ami-bundler-parts"} if threaded
+                            else {threading.current_thread().name})
 
 
 def test_a_failing_part_store_surfaces_in_the_encrypting_thread(monkeypatch):

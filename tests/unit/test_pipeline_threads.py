@@ -157,7 +157,8 @@ def make_bundle(keys: BundleKeys, data: bytes) -> tuple[MemorySink, object]:
 
 
 @pytest.mark.parametrize("failure", ["source", "interrupt", "put_part", "commit"])
-def test_a_failing_bundle_aborts_the_sink_and_leaves_no_thread(small_parts, keys, no_thread_left, failure):
+def test_a_failing_bundle_aborts_the_sink_and_leaves_no_thread(small_parts, keys, no_thread_left,
+                                                              failure):
     data = os.urandom(1 << 20)
     source = FakeSource(data, fail_at=(1 << 19) if failure in ("source", "interrupt") else None,
                         exc=KeyboardInterrupt if failure == "interrupt" else RuntimeError)
@@ -255,7 +256,8 @@ def test_a_source_that_reuses_its_buffer_is_hashed_as_it_was_read(small_parts, k
 
 @pytest.mark.parametrize("failure",
                          ["corrupt_first", "corrupt_later", "write", "open_interrupt", "commit"])
-def test_a_failing_unbundle_stops_the_part_reader_and_leaves_no_thread(small_parts, keys, user_key_pair,
+def test_a_failing_unbundle_stops_the_part_reader_and_leaves_no_thread(small_parts, keys,
+                                                                       user_key_pair,
                                                                        no_thread_left, failure):
     data = os.urandom(4 << 20)
     sink, parsed = make_bundle(keys, data)
@@ -281,9 +283,10 @@ def test_a_failing_unbundle_stops_the_part_reader_and_leaves_no_thread(small_par
     assert progress.events.count(("finish", "unbundle")) == 1
 
 
-def test_unbundle_stops_the_part_reader_when_the_digest_thread_cannot_start(small_parts, keys, user_key_pair,
+def test_unbundle_stops_the_part_reader_when_the_digest_thread_cannot_start(small_parts, keys,
+                                                                           user_key_pair,
                                                                            monkeypatch,
-                                                                            no_thread_left):
+                                                                           no_thread_left):
     sink, parsed = make_bundle(keys, os.urandom(1 << 20))
     _refuse_to_start(monkeypatch, "ami-bundler-sha1")
     source = FakePartSource(sink.data)
@@ -303,7 +306,8 @@ def test_unbundle_round_trip_leaves_no_thread(small_parts, keys, user_key_pair, 
     unbundle(parsed, FakePartSource(sink.data), None, user_key_pair.private_key, writer=writer,
              progress=progress)
     assert bytes(writer.image) == data
-    assert progress.events[0] == ("start", "unbundle") and progress.events[-1] == ("finish", "unbundle")
+    assert (progress.events[0] == ("start", "unbundle")
+            and progress.events[-1] == ("finish", "unbundle"))
     assert no_thread_left() == []
 
 
@@ -361,7 +365,8 @@ class _LockBucket:
         return {}
 
 
-def test_a_lock_released_between_reading_it_and_taking_it_over_is_taken_fresh(monkeypatch, no_thread_left):
+def test_a_lock_released_between_reading_it_and_taking_it_over_is_taken_fresh(monkeypatch,
+                                                                              no_thread_left):
     # The CLI now exits at once after releasing its lock: a concurrent run that read the lock a
     # moment earlier finds the holder's PID gone, and its take-over (If-Match) gets a 404. That
     # is a free lock, not an error.

@@ -167,7 +167,8 @@ def check_bundle(account: str, region: str, image_location: str) -> Checked:
 
     plain = _Plain(chunks(), aes_key, aes_iv)
     try:
-        with tarfile.open(fileobj=plain, mode="r|", bufsize=1 << 20) as tar:  # type: ignore[arg-type]
+        with tarfile.open(fileobj=plain,  # type: ignore[arg-type]
+                          mode="r|", bufsize=1 << 20) as tar:
             members = 0
             # Moving to the next member reads (decrypts, inflates) every stored byte of this
             # one; reading it through extractfile would only add the zeros of its holes (2 GiB

@@ -194,7 +194,8 @@ def install() -> None:
 
     def deregister_image(self: Any) -> Any:
         image = self.ec2_backend.amis.get(self._get_param("ImageId"))
-        if image is not None and getattr(image, "deregistration_protection", "disabled") != "disabled":
+        if (image is not None
+                and getattr(image, "deregistration_protection", "disabled") != "disabled"):
             raise _error("InvalidParameterValue", f"Image {image.id} has deregistration protection "
                          "enabled: disable it first (DisableImageDeregistrationProtection)")
         return orig_deregister(self)

@@ -66,8 +66,9 @@ def _make(directory: Path, key_dir: Path, name: str, file_name: str) -> Any:
                          x509.NameAttribute(NameOID.COMMON_NAME,
                                             f"EC2 AMI manifests {name} (test)")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256()))
     (directory / file_name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     path = key_dir / f"{name}-key.pem"

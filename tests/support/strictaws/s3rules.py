@@ -55,10 +55,12 @@ def acl_in_request(request: Any, query: dict[str, list[str]],
     canned = headers.get("x-amz-acl")
     grants = {k: v for k, v in headers.items() if _GRANT_HEADER.match(k)}
     xml_acl = "acl" in query and request.method == "PUT" and bool(body)
-    if canned is None and not grants and not xml_acl and not ("acl" in query and request.method == "PUT"):
+    if (canned is None and not grants and not xml_acl
+            and not ("acl" in query and request.method == "PUT")):
         return False, False, False
     text = body.decode(errors="replace") if xml_acl else ""
-    public = (canned in PUBLIC_CANNED or any(uri in v for v in grants.values() for uri in PUBLIC_URIS)
+    public = (canned in PUBLIC_CANNED
+              or any(uri in v for v in grants.values() for uri in PUBLIC_URIS)
               or any(uri in text for uri in PUBLIC_URIS))
     owner_full_only = canned == "bucket-owner-full-control" and not grants and not xml_acl
     return True, owner_full_only, public
@@ -80,7 +82,8 @@ def check_acl(resp: Any, request: Any, full_url: str, bucket_name: str, *, creat
         return None
     if creating:
         ownership = _headers(request).get("x-amz-object-ownership", ENFORCED)
-        if ownership == ENFORCED and not owner_full_only and _headers(request).get("x-amz-acl") != "private":
+        if (ownership == ENFORCED and not owner_full_only
+                and _headers(request).get("x-amz-acl") != "private"):
             return _error(400, "InvalidBucketAclWithObjectOwnership",
                           "Bucket cannot have ACLs set with ObjectOwnership's BucketOwnerEnforced "
                           "setting", bucket_name)
