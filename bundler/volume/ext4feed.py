@@ -411,12 +411,7 @@ class Feed:
         return True
 
     def special(self, pfd: int, name: str, e: Entry) -> None:
-        try:
-            st = os.lstat(name, dir_fd=pfd)
-        except FileNotFoundError:
-            raise TreeChanged(e.rel, "removed") from None
-        if not e.identity.matches(st):
-            raise TreeChanged(e.rel, "replaced")
+        safefs.check_same(pfd, name, e.rel, e.identity)
         mode = e.st_mode
         if self.lost_found_clash(e.rel):
             self.db.send('rmdir "lost+found"')

@@ -124,6 +124,17 @@ def _still(parent_fd: int | None, name: str, expect: Identity) -> bool:
         return False
 
 
+def check_same(parent_fd: int, name: str, rel: str, expect: Identity) -> None:
+    """``name`` of ``parent_fd`` (an entry never opened: a symlink, device or FIFO) must still be
+    the inode the selection saw, else :class:`TreeChanged`."""
+    try:
+        st = os.lstat(name, dir_fd=parent_fd)
+    except FileNotFoundError:
+        raise TreeChanged(rel, "removed") from None
+    if not expect.matches(st):
+        raise TreeChanged(rel, "replaced")
+
+
 def open_file(parent_fd: int | None, name: str, rel: str, expect: Identity | None = None) -> int:
     """Regular file ``name`` of ``parent_fd`` for reading: no symlink, no blocking open, and
     (with ``expect``) the very inode the selection saw, else :class:`TreeChanged`."""

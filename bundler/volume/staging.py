@@ -257,12 +257,7 @@ class _Stager:
             os.close(dst)
 
     def make_special(self, sfd: int, dfd: int, name: str, entry: Entry) -> None:
-        try:
-            st = os.lstat(name, dir_fd=sfd)
-        except FileNotFoundError:
-            raise TreeChanged(entry.rel, "removed") from None
-        if not entry.identity.matches(st):
-            raise TreeChanged(entry.rel, "replaced")
+        safefs.check_same(sfd, name, entry.rel, entry.identity)
         mode = entry.st_mode
         if stat.S_ISLNK(mode):
             os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
