@@ -79,7 +79,7 @@ def discard(path: Path) -> None:
 def sync_directory(directory: Path) -> None:
     """Make a rename or link in ``directory`` durable (best effort: not every filesystem can)."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return
     try:

@@ -30,6 +30,7 @@ from .concurrency import BackgroundStage
 from .errors import IntegrityError, OutputError, PartMissingError, UsageError
 from .interrupts import critical
 from .manifest import PartEntry, part_names
+from .newfiles import sync_directory
 
 log = logging.getLogger("bundler.parts")
 
@@ -507,7 +508,7 @@ class DirectorySink:
             except FileNotFoundError:
                 pass
             if name == manifest_name and self.fsync:
-                _fsync_dir(self.destination)
+                sync_directory(self.destination)
 
     def commit(self, names: Sequence[str], manifest_name: str, manifest: bytes) -> None:
         assert self._staging is not None, "begin() not called"
@@ -537,7 +538,7 @@ class DirectorySink:
                     os.link(src, dst)
                     self._committed.append(dst)
             if self.fsync:
-                _fsync_dir(self.destination)
+                sync_directory(self.destination)
         except FileExistsError as exc:
             raise OutputError(
                 f"{exc.filename2 or exc.filename} appeared while bundling (another run writing the "
@@ -675,19 +676,6 @@ def why_write_failed(exc: OSError) -> str:
     if exc.errno == errno.EDQUOT:
         return "disk quota exceeded"
     return exc.strerror or str(exc)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class DirectorySource:
