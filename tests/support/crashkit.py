@@ -99,52 +99,17 @@ def run_cli(argv: Sequence[str], part_size: int | None = None) -> int:
     return crash_at_step(argv, 0, part_size)[1]
 
 
-def crash_at_step(argv: Sequence[str], step: int, part_size: int | None = None) -> tuple[bool, int]:
-    """Run the CLI in a forked child that dies before its ``step``-th filesystem call
-    (0: never). ``part_size`` shrinks the parts (more commit steps from a small image).
-    Returns (crashed, exit code)."""
+def _run_in_child(body: Callable[[], int], part_size: int | None) -> int:
+    """Fork; the child runs ``body`` (the CLI, armed) with its output silenced (unless
+    $CRASHKIT_STDERR is set, to see why a child failed) and exits with its code (71 when it
+    raised). Returns the child's exit code."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # child: never returns
         code = 70
         try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the child exits
-            if part_size:
-                import bundler.pipeline
-
-                bundler.pipeline.PART_SIZE = part_size
-            if step:
-                _arm(step)
-            from bundler.cli import main
-
-            code = main(list(argv))
-        except BaseException:  # noqa: BLE001 - the child must exit, whatever happened
-            code = 71
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    return code == CRASH_EXIT, code
-
-
-def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int | None = None, *,
-                   http: bool = False, fs: bool = True, finished: int = 0) -> tuple[bool, int]:
-    """Like ``crash_at_step``, but the child sends itself ``signum`` before its ``step``-th
-    filesystem call (from whichever thread makes it) and carries on; with ``http`` every HTTP
-    request botocore sends counts as a step too (``fs=False``: only those). Returns (signalled,
-    exit code): not signalled means the run had fewer steps (and ended with ``finished``, else
-    the code is 72)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # child: never returns
-        code = 70
-        try:
-            if not os.environ.get("CRASHKIT_STDERR"):  # set it to see why a child failed
+            if not os.environ.get("CRASHKIT_STDERR"):
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, 1)
                 os.dup2(devnull, 2)
@@ -153,20 +118,49 @@ def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int |
                 import bundler.pipeline
 
                 bundler.pipeline.PART_SIZE = part_size
-            fired = _arm(step, signum, http=http, fs=fs)
-            from bundler.cli import main
-
-            code = main(list(argv))
-            if not fired[0]:
-                code = 0 if code == finished else 72  # finished before the step: not signalled
-            elif code == 0:
-                code = 73  # signalled, yet reported success
+            code = body()
         except BaseException:  # noqa: BLE001 - the child must exit, whatever happened
             code = 71
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _main(argv: Sequence[str]) -> int:
+    from bundler.cli import main
+
+    return main(list(argv))
+
+
+def crash_at_step(argv: Sequence[str], step: int, part_size: int | None = None) -> tuple[bool, int]:
+    """Run the CLI in a forked child that dies before its ``step``-th filesystem call
+    (0: never). ``part_size`` shrinks the parts (more commit steps from a small image).
+    Returns (crashed, exit code)."""
+    def body() -> int:
+        if step:
+            _arm(step)
+        return _main(argv)
+
+    code = _run_in_child(body, part_size)
+    return code == CRASH_EXIT, code
+
+
+def signal_at_step(argv: Sequence[str], step: int, signum: int, part_size: int | None = None, *,
+                   http: bool = False, fs: bool = True, finished: int = 0) -> tuple[bool, int]:
+    """Like ``crash_at_step``, but the child sends itself ``signum`` before its ``step``-th
+    filesystem call (from whichever thread makes it) and carries on; with ``http`` every HTTP
+    request botocore sends counts as a step too (``fs=False``: only those). Returns
+    (signalled, exit code): not signalled means the run had fewer steps (and ended with
+    ``finished``, else the code is 72)."""
+    def body() -> int:
+        fired = _arm(step, signum, http=http, fs=fs)
+        code = _main(argv)
+        if not fired[0]:
+            return 0 if code == finished else 72  # finished before the step: not signalled
+        return 73 if code == 0 else code  # 73: signalled, yet reported success
+
+    code = _run_in_child(body, part_size)
     return code not in (0, 72), code
 
 
