@@ -51,7 +51,9 @@ def assert_nothing_published(s3, bucket: str) -> None:
 
 def test_5xx_storm_then_verified_round_trip(capsys, proxy, s3, bucket, small, tmp_path):
     # 30 % of all requests answer 500 or 503 for a while: botocore and whole-object retries
-    # ride it out.
+    # ride it out. The draws are seeded: a small bundle makes few requests, and an unseeded
+    # storm missed all of them about once in 30 runs (seed 1 makes the first one a 500).
+    proxy.rng.seed(1)
     proxy.add_rule("status", times=None, probability=0.2, seconds=4, status=500,
                    code="InternalError")
     proxy.add_rule("status", times=None, probability=0.125, seconds=4, status=503,
