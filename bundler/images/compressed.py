@@ -3,8 +3,11 @@
 A stream has no allocation map and its size is recorded only by some formats, while the tar
 header (size and sparse map) must be written before the data. So:
 
-* size known (``--image-size``, the xz index, a zstd frame header): one pass, and the image
-  is stored densely (zeros included), like ``-i -``;
+* a multi-block xz (what ``xz -T`` writes): the index gives the size and the blocks; the
+  all-zero blocks are found from it without decoding them all (xzblocks.data_regions), and
+  only the data blocks are decoded, on several threads, and stored sparsely;
+* size known otherwise (``--image-size``, a one-block xz index, a zstd frame header): one
+  pass, and the image is stored densely (zeros included), like ``-i -``;
 * size unknown (gzip, whose ISIZE is modulo 4 GiB; bzip2; zstd without a content size): one
   extra decompression pass learns the size and where the zero runs are, and the second pass
   stores only the data, sparsely, as for a raw file. The cost is one more decompression.
@@ -29,7 +32,7 @@ from ..concurrency import ordered_window
 from ..errors import ImageError
 from ..source import MAX_IMAGE_SIZE, READ_SIZE, ZERO_GRANULE, FileStamp, check_size
 from .bounded import BoundedFile, fail
-from .xzblocks import XzIndex, decode_block, read_index
+from .xzblocks import XzBlock, XzIndex, data_regions, decode_block, read_index
 
 log = logging.getLogger("bundler.images")
 
@@ -135,6 +138,8 @@ class CompressedImageSource:
     # The file as first opened: the size pass, the compare of a re-run and the data pass must
     # all read that file, unchanged.
     stamp: FileStamp | None = field(default=None, repr=False)
+    # A multi-block xz: its blocks are decoded on threads, those outside the regions never.
+    xz_index: XzIndex | None = field(default=None, repr=False)
 
     def regions(self) -> list[tuple[int, int]] | None:
         if not self.sparse or self._regions == [(0, self.size)] or self.size < 512:
@@ -159,19 +164,17 @@ class CompressedImageSource:
             self.stamp.check(raw.fileno())
 
     def chunks(self) -> Iterator[bytes]:
-        if self.fmt == "xz" and self._regions == [(0, self.size)]:
+        if self.xz_index is not None:
             file = BoundedFile(self.path, self.fmt)
             try:
-                index = read_index(file)
-                if index is not None and _parallel_blocks(index, self.size):
-                    if self.stamp is not None:
-                        self.stamp.check(file.fd)
-                    yield from _xz_blocks(file, index)
-                    if self.stamp is not None:
-                        self.stamp.check(file.fd)
-                    return
+                if self.stamp is not None:
+                    self.stamp.check(file.fd)
+                yield from _xz_blocks(file, self.xz_index, self._regions)
+                if self.stamp is not None:
+                    self.stamp.check(file.fd)
             finally:
                 file.close()
+            return
         raw, stream = self._open()
         try:
             pos = 0
@@ -222,13 +225,37 @@ def _parallel_blocks(index: XzIndex, size: int) -> bool:
             and index.largest <= XZ_MAX_BLOCK)
 
 
-def _xz_blocks(file: BoundedFile, index: XzIndex) -> Iterator[bytes]:
+def _xz_blocks(file: BoundedFile, index: XzIndex,
+               regions: list[tuple[int, int]]) -> Iterator[bytes]:
+    """The bytes of ``regions``, from the blocks that overlap them (the others are never read)."""
     window = max(XZ_THREADS, min(2 * XZ_THREADS, XZ_WINDOW_BYTES // max(1, index.largest)))
-    with closing(ordered_window(lambda block: decode_block(file, index, block), index.blocks,
+    wanted = _cuts(index.blocks, regions)
+    with closing(ordered_window(lambda item: decode_block(file, index, item[0]), wanted,
                                 jobs=XZ_THREADS, window=window, name="ami-bundler-xz")) as done:
-        for _block, data in done:
-            if data:
-                yield data
+        for (_block, cuts), data in done:
+            for lo, hi in cuts:
+                yield data if (lo, hi) == (0, len(data)) else data[lo:hi]
+
+
+def _cuts(blocks: tuple[XzBlock, ...], regions: list[tuple[int, int]]
+          ) -> Iterator[tuple[XzBlock, list[tuple[int, int]]]]:
+    """Each block overlapping the sorted ``regions``, with the ranges of its output inside them."""
+    pos = r = 0
+    for block in blocks:
+        lo, hi = pos, pos + block.size
+        pos = hi
+        if lo == hi:
+            continue
+        while r < len(regions) and regions[r][0] + regions[r][1] <= lo:
+            r += 1
+        cuts = []
+        k = r
+        while k < len(regions) and regions[k][0] < hi:
+            start, end = regions[k][0], regions[k][0] + regions[k][1]
+            cuts.append((max(lo, start) - lo, min(hi, end) - lo))
+            k += 1
+        if cuts:
+            yield block, cuts
 
 
 def decompressed(path: Path, fmt: str) -> Iterator[bytes]:
@@ -277,6 +304,16 @@ def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None =
         mtime = file.mtime
         mode = os.fstat(file.fd).st_mode & 0o7777
         stamp = file.stamp
+        index = read_index(file) if fmt == "xz" else None
+        if index is not None and _parallel_blocks(index, image_size or index.size):
+            check_size(index.size, path, allow_large)
+            regions, decoded = data_regions(file, index)
+            stamp.check(file.fd)
+            log.info("xz image %s: %d bytes (from the xz index) in %d blocks; %d bytes in data "
+                     "blocks, stored sparsely (%d block(s) decoded to find the zero ones)",
+                     path, index.size, len(index.blocks), sum(n for _, n in regions), decoded)
+            return CompressedImageSource(path, fmt, name, index.size, mode, mtime, True,
+                                         RECORDED_IN[fmt], regions, stamp, index)
     finally:
         file.close()
     size: int | None = None

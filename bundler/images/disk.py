@@ -18,9 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from isal import isal_zlib
+
 from ..concurrency import ordered_window
 from ..source import READ_SIZE, ZERO_GRANULE, check_size, drop_zero_runs, find_data_regions
 from .bounded import BoundedFile
+
+# ISA-L inflates deflate 2-3x faster than zlib, with zlib's API (max_length, unconsumed_tail,
+# adler32 check), and releases the GIL, so the inflate threads really run side by side.
+_INFLATE_ERRORS: tuple[type[BaseException], ...] = (
+    zlib.error, getattr(isal_zlib, "error"))  # noqa: B009 - typed as an instance in the stubs
 
 log = logging.getLogger("bundler.images")
 
@@ -153,12 +160,12 @@ class VirtualDisk(ABC):
             if problem:
                 raise self.file.fail(f"compressed {where}", block.host, problem)
         else:
-            d = zlib.decompressobj(-15 if block.kind == DEFLATE else 15)
+            d = isal_zlib.decompressobj(-15 if block.kind == DEFLATE else 15)
             try:
                 out = d.decompress(data, bs)
                 # Input left after a full block must not hold one more byte of output.
                 extra = d.decompress(d.unconsumed_tail, 1) if d.unconsumed_tail else b""
-            except zlib.error as exc:
+            except _INFLATE_ERRORS as exc:
                 raise self.file.fail(f"compressed {where}", block.host, "bad deflate data "
                                                                         f"({exc})") from None
             if extra:

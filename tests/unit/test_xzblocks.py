@@ -1,6 +1,7 @@
 """Multi-block .xz images decode block by block on several threads (bundler/images/xzblocks.py):
-the same bytes as one serial decoder, in order; a damaged block or a lying index is one
-ImageFormatError naming the block; what does not fit the parallel path reads serially."""
+the same bytes as one serial decoder, in order; the all-zero blocks are holes found from the
+index (one decode per kind of block) and never decoded again; a damaged block or a lying index
+is one ImageFormatError naming the block; what does not fit the parallel path reads serially."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from bundler.errors import ImageFormatError
 from bundler.images import compressed, open_source
 from bundler.images.bounded import BoundedFile
-from bundler.images.xzblocks import encode_vli, read_index, vli
+from bundler.images.xzblocks import data_regions, encode_vli, read_index, vli
 
 pytestmark = pytest.mark.skipif(not shutil.which("xz"), reason="needs xz (xz-utils)")
 
@@ -45,25 +46,35 @@ def xz(raw: Path, out: Path, *opts: str) -> Path:
     return out
 
 
-def decoded(path: Path) -> tuple[bytes, set[str]]:
-    """The source's bytes, and the names of the threads that decoded blocks."""
+def decoded(path: Path, calls: list | None = None) -> tuple[bytes, set[str]]:
+    """The guest disk the source stores (its regions placed, zeros elsewhere), and the names of
+    the threads that decoded blocks while it was read (each decoded block added to ``calls``)."""
     threads: set[str] = set()
     decode = compressed.decode_block
 
     def spy(*args):
         threads.add(threading.current_thread().name)
+        if calls is not None:
+            calls.append(args[2])
         return decode(*args)
 
+    source = open_source(path)
     compressed.decode_block = spy
     try:
-        source = open_source(path)
-        try:
-            assert source.regions() is None  # the size is in the index: one dense pass
-            return b"".join(source.chunks()), threads
-        finally:
-            source.close()
+        data = b"".join(source.chunks())
+        regions = source.regions()
+        if regions is None:
+            return data, threads
+        disk = bytearray(source.size)
+        pos = 0
+        for offset, length in regions:
+            disk[offset:offset + length] = data[pos:pos + length]
+            pos += length
+        assert pos == len(data)
+        return bytes(disk), threads
     finally:
         compressed.decode_block = decode
+        source.close()
 
 
 def test_blocks_decode_in_parallel_to_the_serial_bytes(raw, multi):
@@ -124,3 +135,52 @@ def test_an_index_that_lies_about_a_block_size_fails_at_that_block(multi, tmp_pa
     path.write_bytes(bytes(data))
     with pytest.raises(ImageFormatError, match="xz image: block at offset [0-9]+: decodes to"):
         decoded(path)
+
+
+def test_zero_blocks_are_holes_decoded_once_per_kind(raw, multi, tmp_path):
+    file = BoundedFile(multi, "xz")
+    index = read_index(file)
+    assert index is not None
+    regions, decoded_kinds = data_regions(file, index)
+    file.close()
+    # Blocks 3..6 are 1 MiB of zeros each, stored alike: one decode tells them all. Blocks 1
+    # and 2 (repeated text) store as small as zeros, so they are decoded too, and found to be
+    # data. The 4 KiB tail of zeros does not store 1024 times smaller: it stays data unread.
+    assert regions == [(0, 3 * MIB), (7 * MIB, 4096)]
+    assert decoded_kinds == 3
+    calls: list = []
+    source = open_source(multi)
+    try:
+        assert source.regions() == regions
+    finally:
+        source.close()
+    data, _ = decoded(multi, calls)
+    assert data == raw.read_bytes()
+    # The data pass decodes the data blocks only, each once.
+    assert [b.offset for b in calls] == [index.blocks[i].offset for i in (0, 1, 2, 7)]
+
+
+def test_a_compressible_block_that_is_not_zeros_is_data(tmp_path):
+    raw = tmp_path / "ff.raw"
+    raw.write_bytes(b"\xff" * (2 * MIB) + bytes(2 * MIB) + b"\xff" * MIB)
+    path = xz(raw, tmp_path / "ff.raw.xz", "-T2", "--block-size=1MiB")
+    source = open_source(path)
+    try:
+        assert source.regions() == [(0, 2 * MIB), (4 * MIB, MIB)]
+    finally:
+        source.close()
+    assert decoded(path)[0] == raw.read_bytes()
+
+
+def test_a_damaged_zero_block_fails_when_the_image_is_opened(multi, tmp_path):
+    path = Path(shutil.copy(multi, tmp_path / "disk.raw.xz"))
+    file = BoundedFile(path, "xz")
+    index = read_index(file)
+    file.close()
+    assert index is not None
+    block = index.blocks[5]  # the third zero block: identical to block 3 until damaged
+    data = bytearray(path.read_bytes())
+    data[block.offset + block.unpadded - 2] ^= 0x01  # in its check
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageFormatError, match=f"xz image: block at offset {block.offset}: "):
+        open_source(path)
