@@ -225,6 +225,18 @@ def _parallel_blocks(index: XzIndex, size: int) -> bool:
             and index.largest <= XZ_MAX_BLOCK)
 
 
+def xz_block_map(file: BoundedFile, size: int | None = None
+                 ) -> tuple[XzIndex, list[tuple[int, int]], int] | None:
+    """A multi-block xz's index, the ranges its data blocks hold and the blocks decoded to
+    learn it (xzblocks.data_regions), if its blocks are read in parallel (``size``, when
+    given, must be the index's); else None."""
+    index = read_index(file)
+    if index is None or not _parallel_blocks(index, index.size if size is None else size):
+        return None
+    regions, decoded = data_regions(file, index)
+    return index, regions, decoded
+
+
 def _xz_blocks(file: BoundedFile, index: XzIndex,
                regions: list[tuple[int, int]]) -> Iterator[bytes]:
     """The bytes of ``regions``, from the blocks that overlap them (the others are never read)."""
@@ -304,14 +316,14 @@ def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None =
         mtime = file.mtime
         mode = os.fstat(file.fd).st_mode & 0o7777
         stamp = file.stamp
-        index = read_index(file) if fmt == "xz" else None
-        if index is not None and _parallel_blocks(index, image_size or index.size):
-            check_size(index.size, path, allow_large)
-            regions, decoded = data_regions(file, index)
+        sparse_xz = xz_block_map(file, image_size) if fmt == "xz" else None
+        if sparse_xz is not None:
+            index, regions, decoded = sparse_xz
             stamp.check(file.fd)
             log.info("xz image %s: %d bytes (from the xz index) in %d blocks; %d bytes in data "
                      "blocks, stored sparsely (%d block(s) decoded to find the zero ones)",
                      path, index.size, len(index.blocks), sum(n for _, n in regions), decoded)
+            check_size(index.size, path, allow_large)
             return CompressedImageSource(path, fmt, name, index.size, mode, mtime, True,
                                          RECORDED_IN[fmt], regions, stamp, index)
     finally:

@@ -10,7 +10,13 @@ from typing import Any
 from ..source import MAX_IMAGE_SIZE, drop_zero_runs, find_data_regions
 from . import open_disk, probe_format
 from .bounded import BoundedFile
-from .compressed import STREAM_FORMATS, decompressed, nonzero_granules, recorded_size
+from .compressed import (
+    STREAM_FORMATS,
+    decompressed,
+    nonzero_granules,
+    recorded_size,
+    xz_block_map,
+)
 from .disk import coarsen
 from .probe import HEAD_BYTES, PROBE_BYTES, DiskLayout, filesystem_at, partitions_in, probe
 
@@ -72,6 +78,7 @@ def _inspect_stream(path: Path, fmt: str) -> ImageReport:
     file = BoundedFile(path, fmt)
     try:
         recorded = recorded_size(fmt, file)
+        block_map = xz_block_map(file) if fmt == "xz" else None
     finally:
         file.close()
     head = bytearray()
@@ -111,5 +118,20 @@ def _inspect_stream(path: Path, fmt: str) -> ImageReport:
     notes = [f"size {'recorded in the file' if recorded else 'found by decompressing it once'}"]
     if recorded is not None and recorded != pos:
         notes.append(f"the recorded size {recorded} differs from the stream's {pos} bytes")
-    return ImageReport(str(path), fmt, pos, nonzero, nonzero if recorded is None else pos, layout,
-                       {}, notes)
+    bundled = nonzero if recorded is None else pos
+    details: dict[str, Any] = {}
+    if block_map is not None:
+        index, regions, _ = block_map
+        bundled = sum(n for _, n in regions)
+        details = {"blocks": len(index.blocks),
+                   "data_blocks": sum(1 for _ in _data_blocks(index.blocks, regions))}
+        notes.append("the all-zero blocks (found from the xz index) are holes")
+    return ImageReport(str(path), fmt, pos, nonzero, bundled, layout, details, notes)
+
+
+def _data_blocks(blocks: Any, regions: list[tuple[int, int]]) -> Any:
+    pos = 0
+    for block in blocks:
+        if any(o < pos + block.size and pos < o + n for o, n in regions):
+            yield block
+        pos += block.size
