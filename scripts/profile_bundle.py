@@ -67,9 +67,9 @@ class ThreadSampler(threading.Thread):
 
 def profile(image: Path, level: str, keys: Path, out: Path) -> dict:
     imported = time.perf_counter()
+    from bundler.images import open_source  # any image format (raw: open_image)
     from bundler.parts import DirectorySink
     from bundler.pipeline import BundleKeys, BundleOptions, bundle
-    from bundler.source import open_image
     from bundler.stagetimes import StageTimes
 
     import_s = time.perf_counter() - imported
@@ -80,7 +80,7 @@ def profile(image: Path, level: str, keys: Path, out: Path) -> dict:
     times = StageTimes()
     before = resource.getrusage(resource.RUSAGE_SELF)
     with times.phase("scan (open_image)"):
-        source = open_image(image, name="b")
+        source = open_source(image, name="b")
     result = bundle(source, DirectorySink(out), bundle_keys,
                     BundleOptions(name="b", user="123456789012", compression=level), timings=times)
     after = resource.getrusage(resource.RUSAGE_SELF)
