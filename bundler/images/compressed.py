@@ -6,11 +6,12 @@ header (size and sparse map) must be written before the data. So:
 * a multi-block xz (what ``xz -T`` writes): the index gives the size and the blocks; the
   all-zero blocks are found from it without decoding them all (xzblocks.data_regions), and
   only the data blocks are decoded, on several threads, and stored sparsely;
-* size known otherwise (``--image-size``, a one-block xz index, a zstd frame header): one
-  pass, and the image is stored densely (zeros included), like ``-i -``;
-* size unknown (gzip, whose ISIZE is modulo 4 GiB; bzip2; zstd without a content size): one
-  extra decompression pass learns the size and where the zero runs are, and the second pass
-  stores only the data, sparsely, as for a raw file. The cost is one more decompression.
+* size known otherwise (``--image-size``, a one-block xz index): one pass, and the image is
+  stored densely (zeros included), like ``-i -``;
+* otherwise (gzip, whose ISIZE is modulo 4 GiB; bzip2; zstd, whose frame header size is only
+  checked: it decodes zeros at memory speed, so finding them costs far less than hashing and
+  compressing them): one extra decompression pass learns the size and where the zero runs
+  are, and the second pass stores only the data, sparsely, as for a raw file.
 
 Nothing is written to disk either way, and memory is one read buffer plus the region list.
 """
@@ -39,6 +40,7 @@ log = logging.getLogger("bundler.images")
 STREAM_FORMATS = ("gz", "xz", "zst", "bz2")
 RECORDED_IN = {"xz": "the xz index", "zst": "the zstd frame header"}
 _ZEROS = bytes(ZERO_GRANULE)
+_ZERO_READ = bytes(READ_SIZE)
 
 
 class Reader(Protocol):
@@ -225,14 +227,16 @@ def _parallel_blocks(index: XzIndex, size: int) -> bool:
             and index.largest <= XZ_MAX_BLOCK)
 
 
-def xz_block_map(file: BoundedFile, size: int | None = None
+def xz_block_map(file: BoundedFile, size: int | None = None, *, allow_large: bool = True
                  ) -> tuple[XzIndex, list[tuple[int, int]], int] | None:
     """A multi-block xz's index, the ranges its data blocks hold and the blocks decoded to
     learn it (xzblocks.data_regions), if its blocks are read in parallel (``size``, when
-    given, must be the index's); else None."""
+    given, must be the index's); else None. The size is checked before any block is read."""
     index = read_index(file)
-    if index is None or not _parallel_blocks(index, index.size if size is None else size):
+    if (index is None or not index.size
+            or not _parallel_blocks(index, index.size if size is None else size)):
         return None
+    check_size(index.size, file.path, allow_large)
     regions, decoded = data_regions(file, index)
     return index, regions, decoded
 
@@ -284,9 +288,13 @@ def decompressed(path: Path, fmt: str) -> Iterator[bytes]:
 def nonzero_granules(data: bytes, at: int) -> Iterator[tuple[int, int]]:
     """(offset, length) of each 64 KiB granule of ``data`` (found at offset ``at``) that holds a
     non-zero byte."""
-    view = memoryview(data)
+    if len(data) == READ_SIZE and data == _ZERO_READ:
+        return  # one memcmp for the common case: a whole read of zeros
+    # bytes slices (a copy, then memcmp) compare ~100x faster than memoryview slices, which
+    # compare item by item.
+    data = bytes(data)
     for start in range(0, len(data), ZERO_GRANULE):
-        piece = view[start:start + ZERO_GRANULE]
+        piece = data[start:start + ZERO_GRANULE]
         if piece != _ZEROS[:len(piece)]:
             yield at + start, len(piece)
 
@@ -316,14 +324,13 @@ def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None =
         mtime = file.mtime
         mode = os.fstat(file.fd).st_mode & 0o7777
         stamp = file.stamp
-        sparse_xz = xz_block_map(file, image_size) if fmt == "xz" else None
+        sparse_xz = xz_block_map(file, image_size, allow_large=allow_large) if fmt == "xz" else None
         if sparse_xz is not None:
             index, regions, decoded = sparse_xz
             stamp.check(file.fd)
             log.info("xz image %s: %d bytes (from the xz index) in %d blocks; %d bytes in data "
                      "blocks, stored sparsely (%d block(s) decoded to find the zero ones)",
                      path, index.size, len(index.blocks), sum(n for _, n in regions), decoded)
-            check_size(index.size, path, allow_large)
             return CompressedImageSource(path, fmt, name, index.size, mode, mtime, True,
                                          RECORDED_IN[fmt], regions, stamp, index)
     finally:
@@ -331,7 +338,8 @@ def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None =
     size: int | None = None
     if image_size is not None:
         size, size_from = image_size, "--image-size"
-    elif recorded is not None:
+    elif recorded is not None and fmt == "xz":
+        # One xz block: a second decoding would cost more than storing the zeros.
         size, size_from = recorded, RECORDED_IN[fmt]
     if size is not None:
         check_size(size, path, allow_large)
@@ -339,9 +347,18 @@ def open_compressed(path: Path, fmt: str, *, name: str, image_size: int | None =
                  size_from)
         return CompressedImageSource(path, fmt, name, size, mode, mtime, False, size_from,
                                      [(0, size)], stamp)
-    log.info("%s image %s: size not recorded; one extra decompression pass learns it and its holes",
-             fmt, path)
+    if recorded is not None:
+        # zstd decodes zeros at memory speed: finding the holes costs far less than hashing
+        # and compressing them.
+        check_size(recorded, path, allow_large)
+        log.info("%s image %s: %d bytes (from %s); one extra decompression pass finds its holes",
+                 fmt, path, recorded, RECORDED_IN[fmt])
+    else:
+        log.info("%s image %s: size not recorded; one extra decompression pass learns it and its "
+                 "holes", fmt, path)
     size, regions = scan(path, fmt, None if allow_large else MAX_IMAGE_SIZE)
+    if recorded is not None and size != recorded:
+        raise fail(fmt, RECORDED_IN[fmt], 0, f"says {recorded} bytes, the stream holds {size}")
     check_size(size, path, allow_large)
     return CompressedImageSource(path, fmt, name, size, mode, mtime, True, "the first pass",
                                  regions, stamp)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.errors import ImageFormatError
+from bundler.errors import ImageError, ImageFormatError
 from bundler.images import compressed, open_source
 from bundler.images.bounded import BoundedFile
 from bundler.images.xzblocks import data_regions, encode_vli, read_index, vli
@@ -184,3 +184,16 @@ def test_a_damaged_zero_block_fails_when_the_image_is_opened(multi, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ImageFormatError, match=f"xz image: block at offset {block.offset}: "):
         open_source(path)
+
+
+def test_an_image_over_the_size_limit_is_refused_before_any_block_is_read(multi, monkeypatch):
+    import bundler.source
+
+    monkeypatch.setattr(bundler.source, "MAX_IMAGE_SIZE", 4 * MIB)
+
+    def no_blocks(*args):
+        raise AssertionError("a block was read")
+
+    monkeypatch.setattr(compressed, "data_regions", no_blocks)
+    with pytest.raises(ImageError, match="over EC2's 10 GiB instance-store limit"):
+        open_source(multi)
