@@ -51,10 +51,12 @@ class Step:
     wall: float
     cpu: float
     rss_mib: float
+    started: float = 0.0  # time.monotonic() at launch (the proxy's trace uses the same clock)
 
 
 def run(name: str, cmd: list[str] | str, env: dict[str, str], *, shell: bool = False) -> Step:
     started = time.perf_counter()
+    launched = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, shell=shell,
                             executable="/bin/bash" if shell else None,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -63,7 +65,22 @@ def run(name: str, cmd: list[str] | str, env: dict[str, str], *, shell: bool = F
     if os.waitstatus_to_exitcode(status) != 0:
         err = proc.stderr.read().decode() if proc.stderr else ""
         raise SystemExit(f"{name} failed:\n{err}")
-    return Step(name, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    return Step(name, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, launched)
+
+
+def print_timeline(trace: Path, step: Step) -> None:
+    """The requests the proxy saw during ``step``, relative to its launch."""
+    end = step.started + step.wall
+    rows = []
+    for line in trace.read_text().splitlines():
+        began, ended, method, path, status, size = line.split(" ", 5)
+        if step.started <= float(began) <= end:
+            rows.append((float(began) - step.started, float(ended) - step.started, method, path,
+                         status, int(size)))
+    print(f"  timeline of {step.name} (s from launch; ends {step.wall:.2f}):")
+    for began, ended, method, path, status, size in sorted(rows):
+        body = f" {size / MIB:.1f} MiB" if size > 65536 else ""
+        print(f"    {began:6.2f} {ended:6.2f} {method:6s} {status} {path[:70]}{body}")
 
 
 # --------------------------------------------------------------------------- the classic upload
@@ -133,7 +150,16 @@ def classic_pipeline(image: Path, out: Path) -> str:
 # --------------------------------------------------------------------------- main
 
 
+def product_defaults() -> tuple[int, str]:
+    """install's own --jobs and --compression defaults: the benchmark times what users get."""
+    from bundler.pipeline import BundleOptions
+    from bundler.transfer import DEFAULT_JOBS
+
+    return DEFAULT_JOBS, str(BundleOptions.__dataclass_fields__["compression"].default)
+
+
 def main() -> int:
+    jobs, compression = product_defaults()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=Path("/tmp/corpus"))
     ap.add_argument("--images", nargs="*", default=["rootfs.img", "random-512M.img"])
@@ -141,11 +167,21 @@ def main() -> int:
                     help="seconds added per request (default 0.020)")
     ap.add_argument("--bandwidth", type=float, default=16.0,
                     help="MiB/s per request stream; 0 = unlimited")
-    ap.add_argument("--jobs", type=int, default=8)
-    ap.add_argument("--compression", default="default")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help=f"install's --jobs (default: the product's, {jobs})")
+    ap.add_argument("--compression", default=None,
+                    help=f"install's --compression (default: the product's, {compression})")
+    ap.add_argument("--register-check", choices=("manifest", "full"), default="manifest",
+                    help="how deep the stand-in's RegisterImage checks a bundle: manifest "
+                         "(default: what EC2 checks at registration) or full (it also decrypts "
+                         "and inflates every part, on this machine's cores)")
     ap.add_argument("--check", action="store_true",
-                    help="let install run its boot checks (the corpus images do not boot; classic "
-                         "checks nothing)")
+                    help="let install stop on its boot checks (default --no-check: the corpus "
+                         "images do not boot; classic checks nothing)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="print install's requests as the proxy saw them, relative to its start")
+    ap.add_argument("--no-classic", action="store_true",
+                    help="time only ami-bundler (while developing: no ratio)")
     ap.add_argument("--classic-upload", nargs=4, metavar=("DIR", "PREFIX", "BUCKET", "ENDPOINT"),
                     help=argparse.SUPPRESS)  # the classic upload, run as a child process
     args = ap.parse_args()
@@ -163,9 +199,9 @@ def main() -> int:
     # the stand-in EC2's certificates: RegisterImage decrypts with its keys
     ec2certs = work / "ec2-certs"
     moto, moto_url = start([sys.executable, "scripts/local_endpoint.py", "--ec2-certs",
-                            str(ec2certs)], env)
+                            str(ec2certs), "--register-check", args.register_check], env)
     proxy_cmd = [sys.executable, "-m", "tests.support.faultproxy", "--upstream", moto_url,
-                 "--delay", str(args.delay)]
+                 "--delay", str(args.delay), "--trace", str(work / "trace")]
     if args.bandwidth > 0:
         proxy_cmd += ["--bandwidth", str(args.bandwidth * MIB)]
     proxy, proxy_url = start(proxy_cmd, env)
@@ -179,6 +215,11 @@ def main() -> int:
                           aws_access_key_id="testing",
                           aws_secret_access_key="testing",
                           config=Config(s3={"addressing_style": "path"}))
+        # moto builds its EC2 region (default VPCs, the public AMI catalogue) on first use,
+        # ~0.3 s that real EC2 never charges: warmed up before anything is timed.
+        boto3.client("ec2", endpoint_url=moto_url, region_name="us-east-1",
+                     aws_access_key_id="testing", aws_secret_access_key="testing",
+                     ).describe_images(Owners=["self"])
         keys = work / "keys"
         keys.mkdir()
         subprocess.run([*CLI, "keygen", "--key", str(keys / "user-key.pem"), "--cert",
@@ -186,12 +227,18 @@ def main() -> int:
                        cwd=ROOT)
         sign = ["-c", str(keys / "user-cert.pem"), "-k", str(keys / "user-key.pem"), "-u", USER,
                 "--ec2cert-dir", str(ec2certs), "-r", "x86_64"]
-        s3_flags = ["--endpoint-url", proxy_url, "--jobs", str(args.jobs)]
-        conditions = (f"{args.delay * 1000:.0f} ms per request, "
-                      f"""{'no bandwidth cap' if args.bandwidth <= 0
-                           else f'{args.bandwidth:g} MiB/s per stream'}, """
-                      f"--jobs {args.jobs}, --compression {args.compression}, {os.cpu_count()} "
-                      "cores")
+        tuning = ([] if args.jobs is None else ["--jobs", str(args.jobs)]) + (
+            [] if args.compression is None else ["--compression", args.compression])
+        s3_flags = ["--endpoint-url", proxy_url, *tuning[:2]]
+        cap = "no bandwidth cap" if args.bandwidth <= 0 else f"{args.bandwidth:g} MiB/s per stream"
+        used_jobs = args.jobs or jobs
+        used_compression = args.compression or compression
+        checks = ("the manifest (as EC2 does)" if args.register_check == "manifest"
+                  else "every part (decrypt + inflate)")
+        conditions = (f"{args.delay * 1000:.0f} ms per request, {cap}, RegisterImage checks "
+                      f"{checks}, install --jobs {used_jobs} "
+                      f"--compression {used_compression}"
+                      f"{'' if tuning else ' (the product defaults)'}, {os.cpu_count()} cores")
         print(f"end to end through a local endpoint: {conditions}", flush=True)
         for image_name in args.images:
             image = args.corpus / image_name
@@ -203,41 +250,50 @@ def main() -> int:
             load = os.getloadavg()[0]
             endpoint_before = cpu_seconds(moto, proxy)
 
-            # classic: bundle, then serial upload + register
             classic_dir = work / f"classic-{tag}"
-            classic_dir.mkdir()
-            c_bundle = run("classic bundle", classic_pipeline(image, classic_dir), env, shell=True)
-            classic_manifest(classic_dir, "classic", image, keys, ec2certs / "cert-ec2.pem")
-            bucket = f"e2e-classic-{tag}-{os.getpid()}"
-            s3.create_bucket(Bucket=bucket, ObjectOwnership="ObjectWriter")  # ACLs on, as EC2 needs
-            c_upload = run("classic upload + register",
-                           [sys.executable, __file__, "--classic-upload",
-                            str(classic_dir), "classic", bucket, proxy_url], env)
+            c_bundle = c_upload = None
+            if not args.no_classic:  # bundle, then serial upload + register
+                classic_dir.mkdir()
+                c_bundle = run("classic bundle", classic_pipeline(image, classic_dir), env,
+                               shell=True)
+                classic_manifest(classic_dir, "classic", image, keys, ec2certs / "cert-ec2.pem")
+                bucket = f"e2e-classic-{tag}-{os.getpid()}"
+                s3.create_bucket(Bucket=bucket, ObjectOwnership="ObjectWriter")  # ACLs on
+                c_upload = run("classic upload + register",
+                               [sys.executable, __file__, "--classic-upload",
+                                str(classic_dir), "classic", bucket, proxy_url], env)
             endpoint_mid = cpu_seconds(moto, proxy)
 
-            # ours: install
+            # ours: install, with the product's defaults unless told otherwise
             our_bucket = f"e2e-ours-{tag}-{os.getpid()}"
             ours = run("install",
-                       [*CLI, "install", "-i", str(image), "-p", tag, *sign, "--compression",
-                                   args.compression, "-b", our_bucket,
-                                   "-n", f"ours-{tag}-{os.getpid()}",
-                                   *s3_flags, "-q", *([] if args.check else ["--no-check"])], env)
+                       [*CLI, "install", "-i", str(image), "-p", tag, *sign, *tuning,
+                        "-b", our_bucket, "-n", f"ours-{tag}-{os.getpid()}",
+                        "--endpoint-url", proxy_url, "-q",
+                        *([] if args.check else ["--no-check"])], env)
             endpoint_after = cpu_seconds(moto, proxy)
-            classic_total = c_bundle.wall + c_upload.wall
-            size = sum(p.stat().st_size for p in classic_dir.glob("classic.part.*"))
-            shutil.rmtree(classic_dir)
-            print(f"\n{image_name} ({image.stat().st_size / MIB:.0f} MiB, classic bundle "
-                  f"{size / MIB:.0f} MiB), load average {load:.2f}", flush=True)
-            for step in (c_bundle, c_upload):
-                print(f"  {step.name:28s} {step.wall:7.2f} s wall  {step.cpu:6.2f} CPU-s",
-                      flush=True)
-            print(f"  {'classic total':28s} {classic_total:7.2f} s wall  "
-                  f"{c_bundle.cpu + c_upload.cpu:6.2f} CPU-s  (endpoint + proxy "
-                  f"{endpoint_mid - endpoint_before:.1f} CPU-s)")
+            if args.timeline:
+                print_timeline(work / "trace", ours)
+            print(f"\n{image_name} ({image.stat().st_size / MIB:.0f} MiB), load average "
+                  f"{load:.2f}", flush=True)
+            ratio = None
+            if c_bundle is not None and c_upload is not None:
+                classic_total = c_bundle.wall + c_upload.wall
+                size = sum(p.stat().st_size for p in classic_dir.glob("classic.part.*"))
+                shutil.rmtree(classic_dir)
+                print(f"  classic bundle: {size / MIB:.0f} MiB")
+                for step in (c_bundle, c_upload):
+                    print(f"  {step.name:28s} {step.wall:7.2f} s wall  {step.cpu:6.2f} CPU-s",
+                          flush=True)
+                print(f"  {'classic total':28s} {classic_total:7.2f} s wall  "
+                      f"{c_bundle.cpu + c_upload.cpu:6.2f} CPU-s  (endpoint + proxy "
+                      f"{endpoint_mid - endpoint_before:.1f} CPU-s)")
+                ratio = classic_total / ours.wall
             print(f"  {'ami-bundler install':28s} {ours.wall:7.2f} s wall  {ours.cpu:6.2f} CPU-s"
                   f"  (endpoint + proxy {endpoint_after - endpoint_mid:.1f} CPU-s), peak RSS "
                   f"{ours.rss_mib:.0f} MiB")
-            print(f"  image → AMI: {classic_total / ours.wall:.1f}× faster", flush=True)
+            if ratio is not None:
+                print(f"  image → AMI: {ratio:.1f}× faster", flush=True)
 
             # the way back
             down = work / f"down-{tag}"
@@ -245,16 +301,16 @@ def main() -> int:
             manifest = f"{tag}.manifest.xml"
             dl = run("download-bundle",
                      [*CLI, "download-bundle", "-b", our_bucket, "-m", manifest, "-d", str(down),
-                                         "-k", str(keys / "user-key.pem"), *s3_flags, "-q"], env)
+                      "-k", str(keys / "user-key.pem"), *s3_flags, "-q"], env)
             un = run("unbundle",
                      [*CLI, "unbundle", "-m", str(down / manifest),
-                                  "-k", str(keys / "user-key.pem"), "-d", str(down), "-q"], env)
+                      "-k", str(keys / "user-key.pem"), "-d", str(down), "-q"], env)
             shutil.rmtree(down)
             streamed = work / f"streamed-{tag}"
             streamed.mkdir()
             st = run("unbundle --from-s3",
                      [*CLI, "unbundle", "--from-s3", "-m", f"{our_bucket}/{manifest}", "-k",
-                      str(keys / "user-key.pem"), "-d", str(streamed), *s3_flags[:2], "-q"], env)
+                      str(keys / "user-key.pem"), "-d", str(streamed), *s3_flags, "-q"], env)
             same = subprocess.run(["cmp", "-s", str(image), str(streamed / tag)]).returncode == 0
             shutil.rmtree(streamed)
             print(f"  download-bundle + unbundle   {dl.wall + un.wall:7.2f} s wall  "
@@ -262,15 +318,21 @@ def main() -> int:
             print(f"  unbundle --from-s3           {st.wall:7.2f} s wall  {st.cpu:6.2f} CPU-s, "
                   f"peak RSS {st.rss_mib:.0f} MiB, image identical: {same}")
             print(f"  S3 → image: {(dl.wall + un.wall) / st.wall:.1f}× faster", flush=True)
-            rows.append(f"| {image_name} | {classic_total:.1f} s ({c_bundle.wall:.1f} + "
-                        f"{c_upload.wall:.1f}) | {ours.wall:.1f} s | "
-                        f"{classic_total / ours.wall:.1f}× | {c_bundle.cpu + c_upload.cpu:.1f} / "
-                        f"{ours.cpu:.1f} | {dl.wall + un.wall:.1f} s | {st.wall:.1f} s | "
-                        f"{(dl.wall + un.wall) / st.wall:.1f}× | {load:.1f} |")
-        print("\n| image | classic: bundle + serial upload + register | install | ratio | CPU-s "
-              "classic / ours | download-bundle + unbundle | unbundle --from-s3 | ratio | load |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        print("\n".join(rows))
+            if c_bundle is not None and c_upload is not None and ratio is not None:
+                rows.append(f"| {image_name} | {args.register_check} | "
+                            f"{c_bundle.wall + c_upload.wall:.1f} s ({c_bundle.wall:.1f} + "
+                            f"{c_upload.wall:.1f}) | {ours.wall:.1f} s | {ratio:.1f}× | "
+                            f"{c_bundle.cpu + c_upload.cpu:.1f} / {ours.cpu:.1f} | "
+                            f"{ours.rss_mib:.0f} MiB | {dl.wall + un.wall:.1f} s | "
+                            f"{st.wall:.1f} s | {(dl.wall + un.wall) / st.wall:.1f}× | "
+                            f"{load:.1f} |")
+        if rows:
+            print(f"\nREADME rows ({time.strftime('%Y-%m-%d')}, {conditions}):")
+            print("| image | RegisterImage checks | classic: bundle + serial upload + register | "
+                  "install | ratio | CPU-s classic / ours | install peak RSS | "
+                  "download-bundle + unbundle | unbundle --from-s3 | ratio | load |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|")
+            print("\n".join(rows))
     finally:
         for proc in (proxy, moto):
             proc.terminate()

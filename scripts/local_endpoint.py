@@ -5,6 +5,8 @@ describes) on 127.0.0.1 with an ephemeral port.
     python scripts/local_endpoint.py --print-env          # prints export lines, stays in the
                                                             foreground
     python scripts/local_endpoint.py --env-file env.sh &   # writes them once the server is ready
+    python scripts/local_endpoint.py --register-check manifest   # RegisterImage reads only the
+                                                                  manifest, as EC2 does
 
     from local_endpoint import start_local_endpoint
     url, stop = start_local_endpoint()
@@ -27,13 +29,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def start_local_endpoint() -> tuple[str, Callable[[], None]]:
-    """Start the strict local AWS on 127.0.0.1:<ephemeral> in this process; returns (url, stop)."""
+def start_local_endpoint(register_check: str = "full") -> tuple[str, Callable[[], None]]:
+    """Start the strict local AWS on 127.0.0.1:<ephemeral> in this process; returns (url, stop).
+    ``register_check``: how deep RegisterImage checks a bundle (tests/support/strictaws/
+    bundlecheck.py): ``full`` also decrypts and inflates every part, ``manifest`` checks what
+    EC2 checks at registration (the manifest, its keys, the parts' presence, grants, sizes)."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
     from tests.support.strictaws import StrictEndpoint
 
-    endpoint = StrictEndpoint()
+    endpoint = StrictEndpoint(register_check=register_check)
     url = endpoint.start()
     global CERT_DIR, SECOND_ROLE_ARN
     CERT_DIR = endpoint.keys.cert_dir
@@ -62,7 +67,7 @@ def env_lines(url: str, region: str = "us-east-1") -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--print-env", action="store_true", help="print export lines for a shell")
     ap.add_argument("--env-file", type=Path, help="write the export lines to this file once ready")
@@ -70,8 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ec2-certs", type=Path, metavar="DIR",
                     help="copy the stand-in EC2's certificates (cert-ec2*.pem) into DIR before "
                          "printing the URL")
-    args = ap.parse_args(argv)
-    url, stop = start_local_endpoint()
+    ap.add_argument("--register-check", choices=("full", "manifest"), default="full",
+                    help="how deep RegisterImage checks a bundle: full (default: every part "
+                         "decrypted and inflated) or manifest (what EC2 checks at registration: "
+                         "the manifest, its keys, the parts' presence, grants and sizes)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    url, stop = start_local_endpoint(args.register_check)
     if args.ec2_certs and CERT_DIR:
         args.ec2_certs.mkdir(parents=True, exist_ok=True)
         for cert in CERT_DIR.glob("cert-ec2*.pem"):

@@ -173,3 +173,79 @@ def test_register_checks_the_bundle_as_ec2_does(s3, ec2, bucket, tmp_path, signi
         ec2.register_image(ImageLocation=location, Name=_name())
     assert _code(exc)[0] == "InvalidManifest"
     assert message in exc.value.response["Error"]["Message"]
+
+
+@pytest.fixture(params=["full", "manifest"])
+def register_check(request, monkeypatch):
+    """The stand-in's RegisterImage depth (the server runs in this process)."""
+    from tests.support.strictaws import bundlecheck
+
+    monkeypatch.setattr(bundlecheck, "REGISTER_CHECK", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    ("unsigned", "not signed"),
+    ("missing", "part not found"),
+    ("short", "bundled_size"),
+    ("other-region", "another region's EC2 certificate"),
+    ("grant", "lacks the aws-exec-read grant"),
+])
+def test_register_refuses_a_bad_manifest_at_either_depth(s3, ec2, bucket, tmp_path, signing_key,
+                                                         register_check, damage, message):
+    """What EC2 learns from the manifest and the bucket's listing is checked at both depths
+    (`manifest` is what benchmarks use: it must not let these through)."""
+    sizes = [64 * 1024, 20 * 1024]
+    ec2_key = (keyring().private_key("af-south-1").public_key() if damage == "other-region"
+               else None)
+    bundle = make_fake_bundle(tmp_path / "b", "a", sizes, signing_key, ec2_public_key=ec2_key)
+    location = put_bundle(s3, bucket, bundle, skip_grant="a.part.1" if damage == "grant" else "")
+    if damage == "unsigned":
+        start = bundle.manifest_bytes.index(b"<signature>") + len(b"<signature>")
+        end = bundle.manifest_bytes.index(b"</signature>")
+        s3.put_object(Bucket=bucket, Key="img/a.manifest.xml", ACL="aws-exec-read",
+                      Body=bundle.manifest_bytes[:start] + bundle.manifest_bytes[end:])
+    if damage == "missing":
+        s3.delete_object(Bucket=bucket, Key="img/a.part.1")
+    if damage == "short":  # 16 bytes gone: whole AES blocks still, but not the bundle described
+        s3.put_object(Bucket=bucket, Key="img/a.part.1", Body=bundle.parts[1].data[:-16],
+                      ACL="aws-exec-read")
+    with pytest.raises(bexc.ClientError) as exc:
+        ec2.register_image(ImageLocation=location, Name=_name())
+    assert _code(exc)[0] == "InvalidManifest"
+    assert message in exc.value.response["Error"]["Message"]
+
+
+def test_only_the_full_check_reads_the_parts(s3, ec2, bucket, tmp_path, signing_key,
+                                             register_check):
+    """A part corrupted in place (same size, its digest no longer matching) is what only reading
+    it finds: `full` refuses it, `manifest` registers it as EC2 would (the launch would fail)."""
+    bundle = make_fake_bundle(tmp_path / "b", "a", [64 * 1024, 20 * 1024], signing_key)
+    location = put_bundle(s3, bucket, bundle)
+    data = bytearray(bundle.parts[1].data)
+    data[100] ^= 1
+    s3.put_object(Bucket=bucket, Key="img/a.part.1", Body=bytes(data), ACL="aws-exec-read")
+    if register_check == "manifest":
+        assert ec2.register_image(ImageLocation=location, Name=_name())["ImageId"]
+        return
+    with pytest.raises(bexc.ClientError) as exc:
+        ec2.register_image(ImageLocation=location, Name=_name())
+    assert "does not match its digest" in exc.value.response["Error"]["Message"]
+
+
+def test_local_endpoint_takes_the_register_check():
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[2] / "scripts"))
+    import local_endpoint
+
+    assert local_endpoint.parser().parse_args([]).register_check == "full"
+    assert local_endpoint.parser().parse_args(
+        ["--register-check", "manifest"]).register_check == "manifest"
+    with pytest.raises(SystemExit):
+        local_endpoint.parser().parse_args(["--register-check", "lenient"])
+    from tests.support.strictaws import StrictEndpoint
+
+    assert StrictEndpoint(register_check="manifest").register_check == "manifest"
+    with pytest.raises(ValueError, match="register_check"):
+        StrictEndpoint(register_check="none")

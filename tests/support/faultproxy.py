@@ -36,6 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TextIO
 from urllib.parse import urlsplit
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -93,7 +94,7 @@ class Record:
 
 class FaultProxy:
     def __init__(self, upstream: str, *, delay: float = 0.0, bandwidth: float | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, trace: TextIO | None = None) -> None:
         split = urlsplit(upstream)
         self.upstream_host = split.hostname or "127.0.0.1"
         self.upstream_port = split.port or 80
@@ -110,6 +111,9 @@ class FaultProxy:
         self.faults_injected = 0
         # Set on stop: releases every stalled connection so handler threads end.
         self.released = threading.Event()
+        # One line per request (CLOCK_MONOTONIC start and end, method, path, status, body
+        # bytes): a benchmark's request timeline, comparable with its own monotonic clock.
+        self.trace = trace
 
     # ------------------------------------------------------------------ control
 
@@ -209,6 +213,11 @@ class FaultProxy:
     def _record(self, record: Record) -> None:
         with self._lock:
             self.log.append(record)
+            if self.trace is not None:
+                self.trace.write(f"{record.started:.6f} {record.ended:.6f} {record.method} "
+                                 f"{record.path}{'?' + record.query if record.query else ''} "
+                                 f"{record.status} {record.headers.get('content-length', 0)}\n")
+                self.trace.flush()
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -360,8 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delay", type=float, default=0.0, help="seconds added to every request")
     ap.add_argument("--bandwidth", type=float,
                     help="bytes/s per request body (simulates a per-stream WAN limit)")
+    ap.add_argument("--trace", type=argparse.FileType("w"),
+                    help="write one line per request to this file (a benchmark's timeline)")
     args = ap.parse_args(argv)
-    proxy = FaultProxy(args.upstream, delay=args.delay, bandwidth=args.bandwidth)
+    proxy = FaultProxy(args.upstream, delay=args.delay, bandwidth=args.bandwidth,
+                       trace=args.trace)
     print(proxy.start(), flush=True)
     try:
         threading.Event().wait()

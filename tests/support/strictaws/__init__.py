@@ -52,8 +52,16 @@ def wait_ready(host: str, port: int, timeout: float = READY_TIMEOUT) -> None:
 class StrictEndpoint:
     """``with StrictEndpoint() as url:`` — the strict local AWS on 127.0.0.1:<ephemeral>."""
 
-    def __init__(self, ready_timeout: float = READY_TIMEOUT) -> None:
+    def __init__(self, ready_timeout: float = READY_TIMEOUT, *,
+                 register_check: str = "full") -> None:
+        from .bundlecheck import REGISTER_CHECKS
+
+        if register_check not in REGISTER_CHECKS:
+            raise ValueError(f"register_check must be one of {', '.join(REGISTER_CHECKS)}")
         self.ready_timeout = ready_timeout
+        # How deep RegisterImage checks the bundle (bundlecheck): "full" reads every part,
+        # "manifest" only what EC2 checks at registration.
+        self.register_check = register_check
         self._server: Any = None
         self.url = ""
 
@@ -76,7 +84,10 @@ class StrictEndpoint:
                          max_session=max_session)
 
     def start(self) -> str:
+        from . import bundlecheck
+
         install()
+        bundlecheck.REGISTER_CHECK = self.register_check  # the server runs in this process
         self.keys  # noqa: B018 - make the key pairs before the first RegisterImage needs them
         from moto.server import ThreadedMotoServer
 
@@ -89,6 +100,9 @@ class StrictEndpoint:
         return self.url
 
     def stop(self) -> None:
+        from . import bundlecheck
+
+        bundlecheck.REGISTER_CHECK = bundlecheck.FULL
         if self._server is not None:
             self._server.stop()
             self._server = None

@@ -1,12 +1,33 @@
 """What EC2 checks of an instance-store bundle at RegisterImage, against the stand-in's S3.
 
-EC2 reads the manifest at ImageLocation and every part with its own identity, so each object
-needs the ``aws-exec-read`` grant; it parses the manifest, decrypts ``ec2_encrypted_key`` and
-``ec2_encrypted_iv`` with the private key of *that region's* EC2 certificate (``keyring``),
-and reads the parts: each must match its SHA-1 and together they must decrypt to a valid gzip'd
-tar stream. Anything else is ``InvalidManifest``. Independent of the product's reader: its own
-XML walk (defusedxml), ``cryptography`` for RSA/AES, the standard library's zlib and tarfile.
-A bundle that passed is remembered by its objects' ETags, so registering it again is cheap.
+EC2 reads the manifest at ImageLocation with its own identity, so it needs the
+``aws-exec-read`` grant; it parses the manifest, decrypts ``ec2_encrypted_key`` and
+``ec2_encrypted_iv`` with the private key of *that region's* EC2 certificate (``keyring``), and
+every part the manifest names must be there, readable by EC2 (the same grant), their sizes
+adding up to the manifest's ``bundled_size`` (whole AES blocks); the manifest must carry a
+signature (the classic tools note that EC2 refuses a missing one with 400 and an empty one
+with 500; nothing says EC2 verifies it against a certificate, and the stand-in cannot: it
+does not know the user's). Anything else is ``InvalidManifest``.
+
+Two depths (``REGISTER_CHECK``, set per endpoint: ``StrictEndpoint(register_check=)``,
+``scripts/local_endpoint.py --register-check``):
+
+* ``full`` (the default, what every test uses): also reads the parts — each must match its
+  SHA-1 and together they must decrypt to a valid gzip'd tar stream — so a test learns that a
+  bundle is whole, not merely well described.
+* ``manifest``: only what EC2 checks at RegisterImage, which is the manifest. The AWS
+  documentation of RegisterImage: "During registration, Amazon EC2 retrieves the specified
+  image manifest from Amazon S3 and verifies that the image is owned by the user registering
+  the image. The image manifest is retrieved once and stored within the Amazon EC2"
+  (AWS SDK for .NET, AmazonEC2.RegisterImage remarks,
+  https://docs.aws.amazon.com/sdkfornet1/latest/apidocs/html/M_Amazon_EC2_AmazonEC2_RegisterImage.htm);
+  the parts are read when an instance launches. Benchmarks use it
+  (``scripts/bench_end_to_end.py``): a full check decrypts and inflates the whole bundle on
+  the benchmark's own cores, which real EC2 does not do at registration.
+
+Independent of the product's reader: its own XML walk (defusedxml), ``cryptography`` for
+RSA/AES, the standard library's zlib and tarfile. A bundle that passed is remembered by its
+objects' ETags (and the depth), so registering it again is cheap.
 """
 
 from __future__ import annotations
@@ -37,6 +58,10 @@ class Checked:
     members: int = 0
     tar_bytes: int = 0
 
+
+FULL, MANIFEST = "full", "manifest"
+REGISTER_CHECKS = (FULL, MANIFEST)
+REGISTER_CHECK = FULL  # this server's depth (see the module docstring)
 
 _passed: dict[tuple[str, ...], Checked] = {}
 CHECKED: dict[str, Checked] = {}
@@ -126,7 +151,13 @@ class _Plain:
         return out
 
 
-def check_bundle(account: str, region: str, image_location: str) -> Checked:
+def check_bundle(account: str, region: str, image_location: str, *,
+                 mode: str | None = None) -> Checked:
+    """Check the bundle at ``image_location`` as EC2 does; ``mode``: ``full`` or ``manifest``
+    (None: this server's ``REGISTER_CHECK``)."""
+    mode = REGISTER_CHECK if mode is None else mode
+    if mode not in REGISTER_CHECKS:
+        raise ValueError(f"register check must be one of {', '.join(REGISTER_CHECKS)}: {mode!r}")
     bucket, _, key = image_location.partition("/")
     if not bucket or not key.endswith(".manifest.xml"):
         raise _invalid(f"Invalid manifest location {image_location}")
@@ -145,9 +176,13 @@ def check_bundle(account: str, region: str, image_location: str) -> Checked:
         parts.append((prefix + name, digest.strip().lower()))
     if not parts:
         raise _invalid(f"manifest {image_location} names no parts")
+    signature = (root.findtext("signature") or "").strip()
+    if not signature:
+        raise _invalid(f"manifest {image_location} is not signed (no signature)")
     objects = [_readable(account, region, bucket, k, "part") for k, _ in parts]
+    _check_sizes(image_location, root, objects)
     arch = root.findtext("machine_configuration/architecture")
-    memo = (account, region, image_location, manifest.etag, *(o.etag for o in objects))
+    memo = (mode, account, region, image_location, manifest.etag, *(o.etag for o in objects))
     with _lock:
         if memo in _passed:
             return _passed[memo]
@@ -157,6 +192,8 @@ def check_bundle(account: str, region: str, image_location: str) -> Checked:
         raise _invalid(f"the stand-in has no EC2 key for {region}")
     aes_key = _unwrap(ec2_key, root.findtext("image/ec2_encrypted_key"), "ec2_encrypted_key")
     aes_iv = _unwrap(ec2_key, root.findtext("image/ec2_encrypted_iv"), "ec2_encrypted_iv")
+    if mode == MANIFEST:
+        return _passes(memo, image_location, Checked(arch, len(parts), ring.cert_path(region).name))
 
     def chunks() -> Any:
         for (name, digest), obj in zip(parts, objects, strict=True):
@@ -179,8 +216,24 @@ def check_bundle(account: str, region: str, image_location: str) -> Checked:
         raise _invalid("the decrypted image is not a valid tar stream") from None
     if not members:
         raise _invalid("the decrypted image is an empty tar stream")
-    found = Checked(arch, len(parts), ring.cert_path(region).name, members, plain.size)
+    return _passes(memo, image_location,
+                   Checked(arch, len(parts), ring.cert_path(region).name, members, plain.size))
+
+
+def _passes(memo: tuple[str, ...], image_location: str, found: Checked) -> Checked:
     with _lock:
         _passed[memo] = found
         CHECKED[image_location] = found
     return found
+
+
+def _check_sizes(image_location: str, root: Any, objects: list[Any]) -> None:
+    """The parts hold exactly ``bundled_size`` bytes, whole AES blocks (their sizes are in the
+    bucket's listing: nothing is read)."""
+    text = (root.findtext("image/bundled_size") or "").strip()
+    if not text.isdigit():
+        raise _invalid(f"manifest {image_location} has no valid bundled_size")
+    total = sum(o.size for o in objects)
+    if total != int(text) or total % 16:
+        raise _invalid(f"the parts of {image_location} hold {total} bytes, the manifest's "
+                       f"bundled_size is {text}")
