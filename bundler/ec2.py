@@ -17,13 +17,15 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 import botocore.exceptions as bexc
 
 from .aws import NO_SUCH_IMAGE, ec2_error, ec2_errors, error_code, is_not_found, translate_errors
+from .concurrency import run_all
 from .errors import EC2Error, IntegrityError, ManifestError, PartMissingError, UsageError
 from .manifest import Manifest, is_encrypted, parse_manifest
 from .s3 import S3Location, bucket_region, fetch_manifest, list_objects, split_manifest_location
@@ -95,14 +97,19 @@ def preflight(s3: S3Client, image_location: str, *, region: str | None = None) -
     """Check the bundle EC2 is about to read; raise naming what is wrong and how to fix it."""
     location, name = split_manifest_location(image_location)
     key = location.key(name)
-    bucket_at = bucket_region(s3, location.bucket)
+    # Two independent round trips, asked together; the bucket's answer is judged first (a
+    # missing bucket makes the manifest's error meaningless).
+    reads: list[Callable[[], object]] = [partial(bucket_region, s3, location.bucket),
+                                         partial(fetch_manifest, s3, location.bucket, key)]
+    where, fetched = run_all(reads, name="ami-bundler-preflight")
+    bucket_at = cast("str | None", where.result())
     if bucket_at is None:
         raise EC2Error(f"cannot register {image_location}: bucket {location.bucket} does not exist")
     if region and bucket_at != region:
         raise EC2Error(f"cannot register {image_location} in {region}: the bucket is in "
                        f"{bucket_at}; EC2 registers bundles only in the bucket's region: pass "
                        f"--region {bucket_at}")
-    raw = fetch_manifest(s3, location.bucket, key)
+    raw = cast(bytes, fetched.result())
     if is_encrypted(raw):
         raise ManifestError(f"{location.url(name)} is a legacy encrypted manifest: migrate it "
                             "(ec2-migrate-manifest) before registering")

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .concurrency import run_all
 from .ec2 import RegisterOptions, preflight, register_image, wait_available
@@ -45,7 +45,7 @@ from .parts import PartSink
 from .pipeline import BundleKeys, BundleOptions, BundleResult, bundle
 from .progress import labelled
 from .regions import same_partition
-from .rerun import ImageFingerprint, existing_bundle, find_registered
+from .rerun import ExistingBundle, ImageFingerprint, existing_bundle, find_registered
 from .s3 import InUseLookup, S3Location, S3Sink, check_replaceable, copy_bundle, ensure_bucket
 from .s3.ownership import check_bucket_for_bundles
 from .source import ImageSource
@@ -74,6 +74,9 @@ class RegionTarget:
     endpoint: str | None = None  # the S3 endpoint override, if any (decides server-side copy)
     in_use: InUseLookup | None = None  # which AMIs use a bundle there (see bundler.inuse)
     account: str | None = None  # whose bucket and AMI (publish plans: several accounts)
+    # The caller has just made sure the bucket exists in ``region`` (the CLI does, to pick the
+    # region): install does not ask again.
+    bucket_ready: bool = False
 
     @property
     def label(self) -> str:
@@ -177,6 +180,7 @@ def install(
     enable_bucket_acls: bool = False,
     max_regions: int | None = None,
     fingerprint: ImageFingerprint | None = None,
+    gate: Callable[[], None] | None = None,
 ) -> InstallResult:
     """Bundle ``source`` once into every target (or complete an earlier run) and register it.
 
@@ -189,7 +193,9 @@ def install(
     registered AMI uses). ``max_regions``: at most this many targets worked on at once;
     bundling fans out to the first ones and the others are copied from them (None: all at
     once). ``fingerprint``: the image's, when the caller has computed it already (it reads the
-    whole image). ``source`` is closed.
+    whole image). ``gate``: called once every target is probed, before anything is bundled,
+    copied or registered (the CLI's image check, run meanwhile); what it raises, install
+    raises. ``source`` is closed.
     """
     started = time.monotonic()
     try:
@@ -221,6 +227,8 @@ def install(
         _parallel([st for st in states if st.outcome.ok and st.different],
                   lambda st: check_replaceable(st.target.location, manifest_name, force=force,
                                                in_use=st.target.in_use))
+        if gate is not None:
+            gate()
         alive = [st for st in states if st.outcome.ok]
         have = [st for st in alive if st.parsed is not None]
         need = [st for st in alive if st.parsed is None]
@@ -281,11 +289,18 @@ def _probe(st: _State, manifest_name: str, keys: BundleKeys, image: ImageFingerp
            register: RegisterOptions | None, transfer: TransferConfig,
            enable_bucket_acls: bool) -> None:
     t = st.target
-    ensure_bucket(t.s3, t.location.bucket, location=t.region)
-    # Before the first part is bundled: a bucket that cannot take the ACL fails its region here.
-    check_bucket_for_bundles(t.s3, t.location.bucket, acl=transfer.acl,
-                             enable_acls=enable_bucket_acls)
-    existing = existing_bundle(t.s3, t.location, manifest_name, image, keys.user_public_key)
+    if not t.bucket_ready:
+        ensure_bucket(t.s3, t.location.bucket, location=t.region)
+    # Two independent reads, each a round trip: asked together. Before the first part is
+    # bundled, a bucket that cannot take the ACL fails its region (its error first).
+    reads: list[Callable[[], object]] = [
+        partial(check_bucket_for_bundles, t.s3, t.location.bucket, acl=transfer.acl,
+                enable_acls=enable_bucket_acls),
+        partial(existing_bundle, t.s3, t.location, manifest_name, image, keys.user_public_key),
+    ]
+    fitness, found = run_all(reads, name="ami-bundler-probe")
+    fitness.result()
+    existing = cast("ExistingBundle | None", found.result())
     if existing is None:
         return
     if not existing.same_image or existing.parsed is None:

@@ -266,6 +266,8 @@ def main() -> int:
 
             # ours: install, with the product's defaults unless told otherwise
             our_bucket = f"e2e-ours-{tag}-{os.getpid()}"
+            # an existing bucket, as the classic side gets (and as users have)
+            s3.create_bucket(Bucket=our_bucket, ObjectOwnership="ObjectWriter")
             ours = run("install",
                        [*CLI, "install", "-i", str(image), "-p", tag, *sign, *tuning,
                         "-b", our_bucket, "-n", f"ours-{tag}-{os.getpid()}",

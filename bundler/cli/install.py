@@ -10,6 +10,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..aws import endpoint_url_value
+from ..concurrency import BackgroundTask
 from ..errors import S3Error, UsageError
 from ..inuse import InUse
 from ..s3 import S3Location, ensure_bucket, location_region
@@ -105,13 +106,72 @@ def run_install(args: argparse.Namespace, printer: Printer) -> int:
     return _install_one(args, printer)
 
 
+class _HeldWarnings(Printer):
+    """A printer whose warnings wait in a list (the check's findings, printed by the main
+    thread at the gate: in order, and not at all when the run failed before it)."""
+
+    def __init__(self, printer: Printer) -> None:
+        super().__init__(json_mode=printer.json_mode, quiet=printer.quiet, stdout=printer.stdout,
+                         stderr=printer.stderr)
+        self.held: list[str] = []
+
+    def warn(self, message: str) -> None:
+        self.held.append(message)
+
+
+class _ImageCheck:
+    """install's image check (``checking.check_install_image``: debugfs over the whole image,
+    ~0.3 s for a 2 GiB root filesystem) on a thread of its own, started before the S3 and EC2
+    set-up so that it overlaps their round trips instead of preceding them. ``wait`` is
+    install()'s gate: called before anything is bundled, copied or registered, it prints the
+    findings and re-raises what the check raised (CheckFailed stops the run there, nothing
+    uploaded). With --no-check the findings are still printed, as the option promises: they
+    only do not stop the run."""
+
+    def __init__(self, args: argparse.Namespace, printer: Printer) -> None:
+        self._printer = printer
+        self._task: BackgroundTask | None = None
+        self._held = _HeldWarnings(printer)
+        if getattr(args, "image", None) in (None, "-"):
+            check_install_image(args, printer)  # nothing to read: only its usage rule
+            return
+        self._task = BackgroundTask(name="ami-bundler-check")
+        self._task.start(partial(check_install_image, args, self._held))
+
+    def wait(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.join()
+        for message in self._held.held:
+            self._printer.warn(message)
+        if task.error is not None:
+            raise task.error
+
+    def close(self) -> None:
+        """After a failure before the gate: no thread outlives the run; findings dropped."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.join()
+
+
 # --------------------------------------------------------------------------- one region
 
 
 def _install_one(args: argparse.Namespace, printer: Printer) -> int:
+    location = S3Location.parse(args.bucket[0])
+    check = _ImageCheck(args, printer)
+    try:
+        return _install_one_checked(args, printer, location, check)
+    except Exception:
+        check.close()
+        raise
+
+
+def _install_one_checked(args: argparse.Namespace, printer: Printer, location: S3Location,
+                         check: _ImageCheck) -> int:
     from ..install import RegionTarget, install
 
-    location = S3Location.parse(args.bucket[0])
     aws = AwsContext(args, printer)
     region = location_region(args.location) if args.location else None
     if region and aws.opts.region and region != aws.opts.region:
@@ -136,7 +196,6 @@ def _install_one(args: argparse.Namespace, printer: Printer) -> int:
             options = register_options_from_args(
                 args, args.name or bundle_options.name, full=False
             )
-        check_install_image(args, printer)
     except BaseException:
         source.close()
         raise
@@ -152,6 +211,7 @@ def _install_one(args: argparse.Namespace, printer: Printer) -> int:
         ec2_cert=str(cert.path) if cert else "EC2 certificate",
         endpoint=aws.opts.endpoint_url,
         in_use=InUse(lambda: aws.ec2(ec2_region), warn=printer.warn),
+        bucket_ready=True,  # found or created above, in the region it is in
     )
     result = install(
         source,
@@ -164,6 +224,7 @@ def _install_one(args: argparse.Namespace, printer: Printer) -> int:
         wait_timeout=args.wait_timeout,
         force=args.force,
         enable_bucket_acls=args.enable_bucket_acls,
+        gate=check.wait,
     )
     outcome = result.outcomes[0]
     if outcome.exception is not None:
@@ -235,6 +296,16 @@ def _region_endpoints(args: argparse.Namespace, regions: list[str]) -> dict[str,
 
 
 def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
+    check = _ImageCheck(args, printer)
+    try:
+        return _install_regions_checked(args, printer, check)
+    except Exception:
+        check.close()
+        raise
+
+
+def _install_regions_checked(args: argparse.Namespace, printer: Printer,
+                             check: _ImageCheck) -> int:
     from ..ec2certs import partition_cert_name
     from ..install import RegionTarget, install
     from ..keys import load_public_key
@@ -290,7 +361,6 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
             )
         )
     source, options = source_and_options(args)
-    check_install_image(args, printer)
     try:
         register = None
         if not args.no_register:
@@ -310,6 +380,7 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
         copy_mode=args.copy_mode,
         force=args.force,
         enable_bucket_acls=args.enable_bucket_acls,
+        gate=check.wait,
     )
     rows = [("REGION", "RESULT", "AMI", "IMAGE LOCATION")]
     for o in result.outcomes:

@@ -22,8 +22,10 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, cast
 
+from ..concurrency import run_all
 from ..errors import BundleInUseError, BundlerError, PartMissingError, ReplaceRefusedError
 from ..manifest import ParsedManifest, parse_manifest
 from .location import S3Location
@@ -141,23 +143,36 @@ class Publication:
     def _may_replace(self) -> None:
         check_replaceable(self.location, self.manifest_name, force=self.force, in_use=self.in_use)
 
-    def check_parts(self, expected: Mapping[str, tuple[int, str]]) -> None:
-        """Every key in ``expected`` is there with that (size, MD5), and the lease is still ours."""
-        check_uploaded(self.client, self.location, dict(expected))
-        self.lock.check()
+    def check_parts(self, expected: Mapping[str, tuple[int, str]]) -> dict[str, tuple[int, str]]:
+        """Every key in ``expected`` is there with that (size, MD5), and the lease is still ours.
+        The listing and the lease's HEAD are independent round trips: asked together (the
+        listing's error first). Returns the listing: every NAME.part.* key when the expected
+        keys are all of that form (what the orphan clean-up needs)."""
+        prefix = self.location.key(self.name) + ".part."
+        if not all(k.startswith(prefix) for k in expected):
+            prefix = os.path.commonprefix(list(expected))
+        reads: list[Callable[[], object]] = [
+            partial(list_objects, self.client, self.location.bucket, prefix), self.lock.check]
+        listed, leased = run_all(reads, name="ami-bundler-publish")
+        found = cast("dict[str, tuple[int, str]]", listed.result())
+        check_uploaded(self.client, self.location, dict(expected), found=found)
+        leased.result()
+        return found
 
     def publish(self, manifest: bytes, expected: Mapping[str, tuple[int, str]]) -> str:
         """Re-check every part and the lease, PUT the manifest (last), then remove orphans (a
         failure there warns: the bundle is published and whole). Releases the lease; returns the
         key."""
-        self.check_parts(expected)
+        found = self.check_parts(expected)
         self.manifest_sent = True
         put_bytes(self.client, self.location.bucket, self.manifest_key, manifest, acl=self.acl,
                   attempts=self.attempts)
         self.published = True
         try:
-            # Provisional parts of runs that were killed, or the tail of a longer older bundle.
-            remove_orphans(self.client, self.location, self.name, list(expected), self.attempts)
+            # Provisional parts of runs that were killed, or the tail of a longer older bundle:
+            # the listing made under the lease just before the manifest holds them all.
+            remove_orphans(self.client, self.location, self.name, list(expected), self.attempts,
+                           found=found)
         except BundlerError as exc:
             log.warning("could not remove stale parts of %s: %s (delete-bundle -p %s removes them)",
                         self.name, exc, self.name)
@@ -220,12 +235,15 @@ def check_replaceable(location: S3Location, manifest_name: str, *, force: bool,
 
 
 def check_uploaded(client: S3Client, location: S3Location,
-                   expected: dict[str, tuple[int, str]]) -> None:
+                   expected: dict[str, tuple[int, str]], *,
+                   found: Mapping[str, tuple[int, str]] | None = None) -> None:
     """Every key in ``expected`` is in S3 with that (size, MD5): called right before the manifest
-    PUT, so a part replaced or removed by someone else while we uploaded is never published."""
+    PUT, so a part replaced or removed by someone else while we uploaded is never published.
+    ``found``: a listing just made that covers every expected key (else S3 is listed here)."""
     if not expected:
         return
-    found = list_objects(client, location.bucket, os.path.commonprefix(list(expected)))
+    if found is None:
+        found = list_objects(client, location.bucket, os.path.commonprefix(list(expected)))
     for key, (size, md5) in sorted(expected.items()):
         have = found.get(key)
         name = key[len(location.prefix):]
@@ -252,12 +270,15 @@ def _orphan_parts(found: Iterable[str], location: S3Location, name: str,
 
 
 def remove_orphans(client: S3Client, location: S3Location, name: str, keep: Sequence[str],
-                   attempts: int) -> int:
+                   attempts: int, *, found: Iterable[str] | None = None) -> int:
+    """Delete NAME.part.* keys that ``keep`` does not name; ``found``: a listing of every
+    NAME.part.* key made under the lease (else S3 is listed here)."""
     base = location.key(name) + ".part."
     if not all(k.startswith(base) for k in keep):
         return 0  # a manifest with unusual part names: what NAME.part.N belongs to is unclear
-    orphans = _orphan_parts(list_objects(client, location.bucket, location.key(name) + ".part."),
-                            location, name, keep)
+    if found is None:
+        found = list_objects(client, location.bucket, base)
+    orphans = _orphan_parts(found, location, name, keep)
     if orphans:
         log.info("removing %d stale part(s) of %s no manifest names, e.g. %s", len(orphans), name,
                  orphans[0])

@@ -1,0 +1,89 @@
+"""install's critical path: the image check runs while S3 is being set up (not before it) and
+still gates the first part; independent requests go together; the publish tail lists once."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+
+import pytest
+
+import bundler.cli.install as cli_install
+from bundler.cli.checking import CheckFailed
+from tests.support.cli import MIB, install_argv, keys_in, run, sparse_image
+from tests.support.ext4images import mkfs
+from tests.support.roots import dirty_tree
+
+
+def _argv(image, user_keys, ec2_keys, proxy, bucket, *extra):
+    return [*install_argv(image, user_keys, proxy.url, bucket=f"{bucket}/cp",
+                          ec2cert=ec2_keys[1], name="disk"),
+            "-n", f"cp-{uuid.uuid4().hex[:8]}", "--jobs", "2", *extra]
+
+
+def _seen(proxy, method: str, pattern: str, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # poll: the request comes from another thread
+        if proxy.requests(method, pattern):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_the_check_overlaps_the_s3_set_up_and_gates_the_parts(capsys, monkeypatch, proxy, s3,
+                                                              bucket, tmp_path, user_keys,
+                                                              ec2_keys):
+    """A check that only ends once install has asked S3 about the bucket: were it run first (as
+    it was), install would never get there and the check would give up."""
+    image = tmp_path / "disk.img"
+    sparse_image(image, 12 * MIB)
+    calls = []
+
+    def slow_check(args, printer):
+        calls.append(_seen(proxy, "GET", r"ownershipControls"))
+        printer.warn("install: boot.kernel: /boot: no kernel (fix: install one)")
+        raise CheckFailed("install: 1 check error(s), first: boot.kernel; pass --no-check to go "
+                          "on anyway")
+
+    monkeypatch.setattr(cli_install, "check_install_image", slow_check)
+    code, _, err = run(capsys, *_argv(image, user_keys, ec2_keys, proxy, bucket))
+    assert calls == [True]  # S3 was asked while the check ran
+    assert code == 1
+    assert "warning: install: boot.kernel" in err
+    assert "--no-check" in err.strip().splitlines()[-1]
+    assert not proxy.requests("PUT", r"\.part\.")  # the gate held before the first part
+    assert not keys_in(s3, bucket, "cp/")
+
+
+@pytest.mark.skipif(not shutil.which("debugfs"), reason="needs e2fsprogs")
+def test_no_check_still_reports_what_the_check_found(capsys, proxy, s3, bucket, tmp_path,
+                                                      user_keys, ec2_keys):
+    """--no-check promises "do not stop on errors found by the checks": they still run."""
+    image = mkfs(dirty_tree(tmp_path / "dirty"), tmp_path / "dirty.img")
+    code, _, err = run(capsys, *_argv(image, user_keys, ec2_keys, proxy, bucket, "--no-check",
+                                      "--no-register"))
+    assert code == 0, err
+    assert "warning: install: boot." in err
+    assert "cp/disk.manifest.xml" in keys_in(s3, bucket, "cp/")
+
+
+def test_the_publish_tail_lists_once_and_still_removes_orphans(capsys, proxy, s3, bucket,
+                                                               tmp_path, user_keys, ec2_keys):
+    image = tmp_path / "disk.img"
+    sparse_image(image, 12 * MIB)
+    # a provisional part a killed run left behind
+    s3.put_object(Bucket=bucket, Key="cp/disk.part.07", Body=b"stale", ACL="aws-exec-read")
+    code, _, err = run(capsys, *_argv(image, user_keys, ec2_keys, proxy, bucket, "--no-check"))
+    assert code == 0, err
+    assert "cp/disk.part.07" not in keys_in(s3, bucket, "cp/")
+    log = [r for r in proxy.requests() if f"/{bucket}" in r.path]
+    manifest_put = next(i for i, r in enumerate(log)
+                        if r.method == "PUT" and r.path.endswith("disk.manifest.xml"))
+    last_part = max(i for i, r in enumerate(log) if r.method == "PUT" and ".part." in r.path)
+    listings = [r for r in log[last_part:manifest_put] if "list-type" in r.query]
+    assert len(listings) == 1  # the parts' re-check, made together with the lease's HEAD
+    # after the manifest: the lease goes, EC2's preflight lists the parts; no second clean-up
+    # listing
+    after = [r for r in log[manifest_put:] if "list-type" in r.query]
+    assert len(after) == 1
