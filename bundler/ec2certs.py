@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from .errors import KeyFileError
@@ -146,6 +145,8 @@ def describe(path: Path, *, shipped: bool = False) -> EC2Certificate:
         data = path.read_bytes()
     except OSError as exc:
         raise KeyFileError(f"cannot read EC2 certificate {path}: {exc.strerror or exc}") from None
+    from cryptography import x509  # the largest import of a run: only when a cert is read
+
     try:
         cert = (x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data
                 else x509.load_der_x509_certificate(data))
