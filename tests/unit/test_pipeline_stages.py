@@ -213,6 +213,10 @@ def test_stage_times_add_up_per_stage_and_thread():
     assert merged["a"].calls == 2 and merged["a"].thread == "2 thread(s)"
     [phase] = times.phases
     assert phase.name == "all" and phase.wall >= sum(t.busy for t in rows.values()) * 0.5
+    # the timeline: one span per measurement, inside the phase, in the order they ended
+    assert [stage for stage, _, _ in times.spans] == ["a", "a", "b"]
+    assert all(phase.start <= start <= end <= phase.start + phase.wall
+               for _, start, end in times.spans)
     assert phase.cpu > 0 and phase.cores > 0
 
 
@@ -238,3 +242,25 @@ def test_decryption_gives_the_stream_whatever_the_ciphertext_chunks(cut):
         out += data
     stream.finish()
     assert bytes(out) == plain and stream.sha1.hexdigest() == hashlib.sha1(plain).hexdigest()
+
+
+@pytest.mark.parametrize("capacity", [1, 16, 100, SMALL_PART // 2, SMALL_PART + 1])
+@pytest.mark.parametrize("total", [0, 1, 31, SMALL_PART // 2 + 5, 2 * SMALL_PART + 3])
+def test_a_part_buffer_sized_to_a_small_bundle_grows_when_more_arrives(monkeypatch, capacity,
+                                                                          total):
+    # ``capacity`` is the bundle's expected size: smaller buffers for small bundles, and a hint
+    # only, so a stream longer than it (a wrong estimate) is still cut into whole parts.
+    monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
+    data = os.urandom(total)
+    sink = MemorySink()
+    cutter = PartCutter(sink, capacity=capacity)
+    assert len(cutter.space()) <= max(16, -(-capacity // 16) * 16) + 16
+    enc = AesCbcEncryptor(KEY, IV, cutter=cutter)
+    for start in range(0, total, 23):
+        enc.write(data[start:start + 23])
+    enc.close()
+    cutter.close()
+    expected = reference_ciphertext(data)
+    assert b"".join(p.data for p in sink.parts) == expected
+    assert [len(p.data) for p in sink.parts[:-1]] == [SMALL_PART] * (len(sink.parts) - 1)
+    assert cutter.digests == [hashlib.sha1(p.data).hexdigest() for p in sink.parts]
