@@ -8,10 +8,17 @@ import os
 
 import pytest
 
+from bundler import source as source_module
 from bundler.errors import ImageError, OutputError
 from bundler.parts import PART_SIZE, DirectorySink, Part, provisional_name
 from bundler.pipeline import AesCbcEncryptor, PartCutter, max_bundled_size
-from bundler.source import StreamImageSource, drop_zero_runs, find_data_regions, open_image
+from bundler.source import (
+    StreamImageSource,
+    drop_zero_runs,
+    find_data_regions,
+    open_image,
+    scan_zero_runs,
+)
 from tests.support.sinks import MemorySink
 
 G = 64 * 1024
@@ -27,6 +34,40 @@ def test_drop_zero_runs_splits_around_zero_granules():
     assert regions == [(0, G), (4 * G, G), (6 * G, 5)]
     kept = b"".join(data[o:o + n] for o, n in regions)
     assert kept.replace(b"\0", b"") == b"a" * G + b"b" * 10 + b"c" * 5
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("piece", [G, 3 * G, 1 << 20])
+def test_the_threaded_zero_scan_finds_what_drop_zero_runs_finds(tmp_path, monkeypatch, seed,
+                                                                piece):
+    # The scan of real files (positioned reads on threads, pieces of SCAN_PIECE) must give the
+    # same regions as the reference, granule for granule, whatever the region edges.
+    import random
+
+    rng = random.Random(seed)
+    monkeypatch.setattr(source_module, "SCAN_PIECE", piece)
+    size = rng.randrange(G, 40 * G)
+    data = bytearray(size)
+    for _ in range(rng.randrange(1, 12)):
+        at = rng.randrange(size)
+        data[at:at + rng.randrange(1, 3 * G)] = os.urandom(1) * rng.randrange(1, 3 * G)
+    data = data[:size]
+    path = tmp_path / "img"
+    path.write_bytes(bytes(data))
+    cuts = sorted(rng.sample(range(1, size), min(size - 1, 2 * rng.randrange(1, 5))))
+    regions = [(a, b - a) for a, b in zip(cuts[::2], cuts[1::2], strict=True) if b > a]
+    regions = regions or [(0, size)]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = scan_zero_runs(fd, regions, path)
+        want = drop_zero_runs(lambda o, n: bytes(data[o:o + n]), regions)
+        assert got == want
+        os.truncate(path, size // 2)  # shrunk under the scan: the unread granules are data
+        got = scan_zero_runs(fd, regions, path)
+        want = drop_zero_runs(lambda o, n: bytes(data[:size // 2][o:o + n]), regions)
+        assert got == want
+    finally:
+        os.close(fd)
 
 
 def test_drop_zero_runs_respects_unaligned_region_edges():
