@@ -43,8 +43,8 @@ class _Measurement:
 
     def __exit__(self, *exc: object) -> None:
         cpu = time.thread_time() - self._cpu
-        busy = time.perf_counter() - self._wall
-        self._times.add(self._stage, busy, cpu, self._nbytes)
+        end = time.perf_counter()
+        self._times.add(self._stage, end - self._wall, cpu, self._nbytes, start=self._wall)
 
 
 @dataclass
@@ -54,6 +54,7 @@ class PhaseTotal:
     name: str
     wall: float
     cpu: float
+    start: float = 0.0  # perf_counter seconds
 
     @property
     def cores(self) -> float:
@@ -73,7 +74,7 @@ class _Phase:
 
     def __exit__(self, *exc: object) -> None:
         self._times.add_phase(PhaseTotal(self._name, time.perf_counter() - self._wall,
-                                         time.process_time() - self._cpu))
+                                         time.process_time() - self._cpu, self._wall))
 
 
 class _NullMeasurement:
@@ -98,6 +99,9 @@ class StageTimes:
         self._lock = threading.Lock()
         self._totals: dict[tuple[str, str], StageTotal] = {}
         self.phases: list[PhaseTotal] = []
+        # (stage, start, end) in perf_counter seconds: when each stage ran, so that a profile
+        # can show what runs at the head and the tail of the data phase, where cores idle.
+        self.spans: list[tuple[str, float, float]] = []
 
     def phase(self, name: str) -> _Phase | _NullMeasurement:
         """Measure a stretch of the whole run (all threads' CPU), e.g. the data phase."""
@@ -110,9 +114,12 @@ class StageTimes:
     def measure(self, stage: str, nbytes: int = 0) -> _Measurement | _NullMeasurement:
         return _Measurement(self, stage, nbytes)
 
-    def add(self, stage: str, busy: float, cpu: float, nbytes: int = 0) -> None:
+    def add(self, stage: str, busy: float, cpu: float, nbytes: int = 0, *,
+            start: float | None = None) -> None:
         thread = threading.current_thread().name
         with self._lock:
+            if start is not None:
+                self.spans.append((stage, start, start + busy))
             total = self._totals.get((stage, thread))
             if total is None:
                 total = self._totals[(stage, thread)] = StageTotal(stage, thread)
@@ -152,7 +159,8 @@ class _NullTimes(StageTimes):
     def measure(self, stage: str, nbytes: int = 0) -> _Measurement | _NullMeasurement:
         return _NULL_MEASUREMENT
 
-    def add(self, stage: str, busy: float, cpu: float, nbytes: int = 0) -> None:
+    def add(self, stage: str, busy: float, cpu: float, nbytes: int = 0, *,
+            start: float | None = None) -> None:
         return None
 
 

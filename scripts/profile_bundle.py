@@ -31,6 +31,7 @@ class ThreadSampler(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True, name="profile-sampler")
         self.cpu: dict[int, float] = {}
+        self.waited: dict[int, float] = {}  # runnable but not running: other processes' load
         self.names: dict[int, str] = {}
         self.halt = threading.Event()
         self.tick = os.sysconf("SC_CLK_TCK")
@@ -50,14 +51,19 @@ class ThreadSampler(threading.Thread):
             except OSError:
                 continue  # the thread just ended; its last sample stands
             self.cpu[int(tid)] = (int(fields[11]) + int(fields[12])) / self.tick
+            try:  # on-CPU ns, run-queue wait ns, time slices (needs schedstats; most kernels)
+                with open(f"/proc/self/task/{tid}/schedstat") as fh:
+                    self.waited[int(tid)] = int(fh.read().split()[1]) / 1e9
+            except (OSError, IndexError, ValueError):
+                pass
 
     def run(self) -> None:
         while not self.halt.wait(0.005):
             self.sample()
 
-    def by_name(self) -> dict[str, float]:
+    def by_name(self, values: dict[int, float] | None = None) -> dict[str, float]:
         merged: dict[str, float] = {}
-        for tid, cpu in self.cpu.items():
+        for tid, cpu in (self.cpu if values is None else values).items():
             name = self.names.get(tid, f"tid {tid}")
             if "_" in name and name.rsplit("_", 1)[1].isdigit():
                 name = name.rsplit("_", 1)[0] + "_*"  # a pool's threads together
@@ -87,7 +93,24 @@ def profile(image: Path, level: str, keys: Path, out: Path) -> dict:
     sampler.halt.set()
     sampler.join()
     sampler.sample()
+    data = next(p for p in times.phases if p.name == "data")
+    data_end = data.start + data.wall
+    reads = [end for stage, _, end in times.spans if stage == "read"]
+    last_read = max(reads, default=data.start)
+    # The tail: from the last image read to the end of the data phase, only the pipeline's
+    # later stages run (the pool drains, the last part is hashed and written): time where a
+    # core may idle. Busy time per stage inside it says which stage holds the end up.
+    tail: dict[str, float] = {}
+    for stage, start, end in times.spans:
+        overlap = min(end, data_end) - max(start, last_read)
+        if overlap > 0:
+            tail[stage] = tail.get(stage, 0.0) + overlap
+    first_aes = min((start for stage, start, _ in times.spans if stage == "aes"),
+                    default=data.start)
     return {
+        "tail_s": data_end - last_read, "tail_stages": tail, "head_s": first_aes - data.start,
+        "cores_available": len(os.sched_getaffinity(0)),
+        "waited": sampler.by_name(sampler.waited),
         "image": str(image), "level": level, "bundled_bytes": result.bundled_size,
         "import_s": import_s, "startup_cpu_s": before.ru_utime + before.ru_stime,
         "user_s": after.ru_utime - before.ru_utime, "sys_s": after.ru_stime - before.ru_stime,
@@ -127,8 +150,24 @@ def render(report: dict) -> str:
         share = f"  {stage['busy'] / data['wall']:6.0%}" if data and data["wall"] > 0 else ""
         lines.append(f"  {stage['stage']:16s} {stage['thread']:22s} {stage['calls']:6d} "
                      f"{stage['mib']:7.1f} {stage['busy']:7.3f} {stage['cpu']:7.3f}{share}")
-    lines.append("  CPU s by thread (from /proc): " + ", ".join(
-        f"{name} {cpu:.2f}" for name, cpu in report["threads"].items() if cpu >= 0.005))
+    waited = report.get("waited", {})
+    lines.append("  CPU s by thread (from /proc; in brackets: s runnable but waiting for a core, "
+                 "i.e. the machine's other load): " + ", ".join(
+                     f"{name} {cpu:.2f} [{waited.get(name, 0.0):.2f}]"
+                     for name, cpu in report["threads"].items() if cpu >= 0.005))
+    if data:
+        threads = {n: c for n, c in report["threads"].items() if n != "profile-sampler"}
+        serial = max((c for n, c in threads.items() if not n.endswith("_*")), default=0.0)
+        cores = report.get("cores_available", 2)
+        bound = max(data["cpu"] / cores, serial)
+        lines.append(f"  data phase: {data['cpu']:.3f} CPU-s on {cores} cores → at best "
+                     f"{bound:.3f} s on idle cores (measured {data['wall']:.3f} s, "
+                     f"{data['cores']:.2f} cores); "
+                     f"{sum(waited.values()):.3f} s of threads' waits for a core in the run")
+        tail = ", ".join(f"{stage} {busy:.3f}" for stage, busy in
+                         sorted(report["tail_stages"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"  head (data start → first AES) {report['head_s']:.3f} s; tail (last "
+                     f"read → data end) {report['tail_s']:.3f} s, busy in it: {tail or '-'}")
     lines.append(f"  process: user {report['user_s']:.2f} s + sys {report['sys_s']:.2f} s after "
                  f"start-up (start-up and key loading {report['startup_cpu_s']:.2f} CPU-s)")
     return "\n".join(lines)
