@@ -255,8 +255,8 @@ def sign(private_key: rsa.RSAPrivateKey, data: bytes) -> str:
     """RSASSA-PKCS1-v1_5 with SHA-1, lowercase hex (spec §4.1), verified before it is returned.
 
     The verification (a public-key operation, ~0.1 ms) is what makes skipping the key's
-    consistency check at load safe: a key whose CRT values are inconsistent makes a wrong
-    signature, and a wrong signature must never leave this function (it would leak the key).
+    consistency check at load safe: a key with damaged private values makes a wrong
+    signature, and a wrong signature must never leave this function (it can leak the key).
     It also catches a crypto provider that silently refuses or mangles SHA-1.
     """
     signature = private_key.sign(data, asym_padding.PKCS1v15(), hashes.SHA1()).hex()

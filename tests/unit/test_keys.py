@@ -229,6 +229,29 @@ def test_sign_verify(user_key_pair: KeyPair, ec2_key_pair: KeyPair) -> None:
 
 
 @needs_openssl
+def test_a_damaged_key_loads_but_never_yields_a_signature(user_key_pair: KeyPair,
+                                                         tmp_path: Path) -> None:
+    # Keys load without OpenSSL's consistency check (it was a fifth of a small bundle's run);
+    # a key whose private values are wrong then makes a wrong signature (OpenSSL falls back
+    # from a failing CRT result to d, so d is damaged too), which can leak the key: sign()
+    # verifies each signature and refuses it, so nothing signed with it ever leaves.
+    numbers = user_key_pair.private_key.private_numbers()
+    damaged = rsa.RSAPrivateNumbers(
+        numbers.p, numbers.q, numbers.d ^ 2, numbers.dmp1 ^ 2, numbers.dmq1, numbers.iqmp,
+        numbers.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    pem = tmp_path / "damaged.pem"
+    pem.write_bytes(damaged.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    pem.chmod(0o600)
+    loaded = load_private_key(pem)
+    with pytest.raises(SignatureError, match="private key is damaged"):
+        sign(loaded, b"manifest bytes")
+    good = load_private_key(user_key_pair.key_path)
+    assert verify(user_key_pair.private_key.public_key(), b"x", sign(good, b"x"))
+
+
 def test_signature_interoperates_with_openssl(user_key_pair: KeyPair, tmp_path: Path) -> None:
     data = tmp_path / "data.bin"
     data.write_bytes(b"<machine_configuration></machine_configuration><image>x</image>")
