@@ -36,11 +36,12 @@ one stream; 256 KiB..4 MiB blocks differ by 0.03%).  Mapping (see
 :func:`compression_settings`):
 
 * ``"fast"``    -> isal 1: the fastest, 12-15% larger than gzip -9.
-* ``"default"`` -> zlib-ng 5: the fastest setting within 3% of gzip -9 on disk
-  images (1.9% on the ext4 image; 1.8% for the whole bundle of the benchmark
-  rootfs image), about 18x gzip -9's speed on 2 cores. On a plain tar of /usr
-  it is 3.7% over; ``--compression 7`` stays within 3% there too, at 0.6x the
-  speed.
+* ``"default"`` -> zlib-ng 5, with ISA-L 3 for hard-to-compress blocks (those whose
+  first sample shrinks to more than 55 %: binaries, packed data, where zlib-ng's deeper
+  search saves least): within 3% of gzip -9 on disk images (2.8% for the whole bundle of the
+  benchmark rootfs image; zlib-ng 5 alone: 1.8% at 15% more deflate CPU), about 20x gzip
+  -9's speed on 2 cores. On a plain tar of /usr zlib-ng 5 alone is 3.7% over;
+  ``--compression 7`` stays within 3% there too, at 0.6x the speed.
 * ``"best"``    -> zlib 9: gzip -9's own algorithm and size (zlib-ng 9 is twice
   as fast but 0.7% larger on the ext4 image).
 
@@ -150,8 +151,16 @@ class CompressionSettings:
     backend: str  # "isal" | "zlib-ng" | "zlib"
     level: int
     block_size: int = 1 << 20
+    # (backend, level, ratio): a block whose first sample compresses to more than ``ratio`` of
+    # its size (binaries, packed data) gets that faster deflate instead; it saves little on
+    # such blocks however hard it searches (see HARD_BLOCKS).
+    hard: tuple[str, int, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.hard is not None:
+            backend, level, ratio = self.hard
+            if backend not in _LEVELS or level not in _LEVELS[backend] or not 0 < ratio <= 1:
+                raise UsageError(f"invalid setting for hard-to-compress blocks: {self.hard!r}")
         if self.backend not in _LEVELS:
             raise UsageError(
                 f"unknown compression backend {self.backend!r} (expected isal, zlib-ng or zlib)"
@@ -182,6 +191,14 @@ _BY_LEVEL: dict[int, list[tuple[str, int]]] = {
     # twice as fast but 0.5% larger on ext4 images, and "best" is about size.
     9: [("zlib", 9)],
 }
+
+
+# Level -> how its hard-to-compress blocks are deflated. For ``default`` (5): a block whose
+# first 16 KiB sample (taken anyway, for the incompressible check) shrinks to more than 55 %
+# under ISA-L level 1 is deflated by ISA-L level 3, at 3-4x zlib-ng 5's speed. On the benchmark
+# rootfs image that is 22 of 178 blocks: deflate CPU -15 %, bundle 1.018 -> 1.028x gzip -9.
+# Thresholds measured there: 0.50 -> 1.031x (over the 3 % bound), 0.60 -> 1.024x at -10 %.
+HARD_BLOCKS: dict[int, tuple[str, int, float]] = {5: ("isal", 3, 0.55)}
 
 
 def compression_settings(spec: str | int) -> CompressionSettings:
@@ -221,9 +238,12 @@ def compression_settings(spec: str | int) -> CompressionSettings:
     if level not in _BY_LEVEL:
         raise UsageError(f"invalid compression level {spec!r}: use 1-9")
     available = available_backends()
+    hard = HARD_BLOCKS.get(level)
+    if hard is not None and hard[0] not in available:
+        hard = None
     for backend, backend_level in _BY_LEVEL[level]:
         if backend in available:
-            return CompressionSettings(backend, backend_level)
+            return CompressionSettings(backend, backend_level, hard=hard)
     raise AssertionError("zlib is always available")  # pragma: no cover
 
 
@@ -241,20 +261,31 @@ _SAMPLE = 16 * 1024
 _FAST_MODULE: ModuleType = _isal or _zlib_ng or zlib
 
 
-def _looks_incompressible(block: bytes | bytearray) -> bool:
-    """Whether three samples of the block (start, middle, end) all fail to shrink by 3%.
+def _probe(block: bytes | bytearray) -> tuple[bool, float]:
+    """(incompressible, first sample's ratio): whether three samples of the block (start,
+    middle, end) all fail to shrink by 3%, and what the first compressed to (compressed /
+    plain bytes; 0.0 for a block too small to judge).
 
-    The decision depends only on the block's bytes, so output stays deterministic
+    The result depends only on the block's bytes, so output stays deterministic
     whatever order the threads finish in.
     """
     if len(block) < 4 * _SAMPLE:
-        return False
+        return False, 0.0
     view = memoryview(block)
+    first = -1.0
     for start in (0, len(block) // 2, len(block) - _SAMPLE):
         piece = view[start:start + _SAMPLE]
-        if len(_FAST_MODULE.compress(piece, level=1, wbits=-15)) < _SAMPLE * 0.97:
-            return False
-    return True
+        ratio = len(_FAST_MODULE.compress(piece, level=1, wbits=-15)) / _SAMPLE
+        if first < 0:
+            first = ratio
+        if ratio < 0.97:
+            return False, first
+    return True, first
+
+
+def _looks_incompressible(block: bytes | bytearray) -> bool:
+    """Whether three samples of the block (start, middle, end) all fail to shrink by 3%."""
+    return _probe(block)[0]
 
 
 _STORED_MAX = 0xFFFF
@@ -281,7 +312,8 @@ def _stored(block: bytes | bytearray, last: bool) -> bytes:
 
 
 def _compress_block(
-    module: ModuleType, level: int, block: bytes | bytearray, zdict: bytes, last: bool
+    module: ModuleType, level: int, block: bytes | bytearray, zdict: bytes, last: bool,
+    hard: tuple[ModuleType, int, float] | None = None,
 ) -> tuple[bytes, int]:
     """Deflate one block as a raw deflate fragment; return it and the block's CRC-32.
 
@@ -290,11 +322,16 @@ def _compress_block(
     thread); the dictionary restores the window a single stream would have.
     Non-final blocks end with a sync flush so the next fragment starts on a
     byte boundary and no final-block bit is set; the last one with Z_FINISH.
+    ``hard`` = (module, level, ratio): the deflate for a block whose first sample compresses
+    to more than ``ratio`` (fragments of different deflaters concatenate like any others).
     """
-    if _looks_incompressible(block):
+    incompressible, ratio = _probe(block)
+    if incompressible:
         # Random or already-compressed data (encrypted volumes, packed archives): every
         # deflate stores it anyway, after searching for matches; storing it at once is a copy.
         return _stored(block, last), _crc32(block)
+    if hard is not None and ratio > hard[2]:
+        module, level = hard[0], hard[1]
     if zdict:
         comp = module.compressobj(level, zlib.DEFLATED, -15, zdict=zdict)
     else:
@@ -341,6 +378,8 @@ class ParallelGzipWriter:
         self._timings = timings
         self._settings = settings
         self._module = _backend_module(settings.backend)
+        self._hard = (None if settings.hard is None else
+                      (_backend_module(settings.hard[0]), settings.hard[1], settings.hard[2]))
         self._block_size = settings.block_size
         self._max_pending = max_pending
         self._executor = ThreadPoolExecutor(max_workers=workers,
@@ -450,7 +489,10 @@ class ParallelGzipWriter:
 
     def _timed_compress(self, block: bytearray, zdict: bytes, last: bool) -> tuple[bytes, int]:
         with self._timings.measure("deflate", len(block)):
-            return _compress_block(self._module, self._settings.level, block, zdict, last)
+            if self._hard is None:
+                return _compress_block(self._module, self._settings.level, block, zdict, last)
+            return _compress_block(self._module, self._settings.level, block, zdict, last,
+                                   self._hard)
 
     def _emit_done(self) -> None:
         # Pass on whatever has finished at the head of the queue so output

@@ -586,3 +586,42 @@ def test_stored_fragments_mark_only_the_last_block_final():
         decoder = zlib.decompressobj(-15)
         assert decoder.decompress(fragment) == block
         assert decoder.eof == last
+
+
+def _hard(n: int, seed: int = 7) -> bytes:
+    """Bytes of 6 bits of entropy each: compressible (~80 %), but hard (no long matches)."""
+    rng = random.Random(seed)
+    return bytes(rng.getrandbits(6) for _ in range(n))
+
+
+@pytest.mark.skipif(not deflate._isal or not deflate._zlib_ng, reason="needs isal and zlib-ng")
+def test_default_deflates_hard_blocks_with_the_faster_deflater(tmp_path) -> None:
+    settings = compression_settings("default")
+    assert (settings.backend, settings.level, settings.hard) == ("zlib-ng", 5, ("isal", 3, 0.55))
+    hard_module = (deflate._isal, 3, 0.55)
+    easy, hard = _text(1 << 18), _hard(1 << 18)
+    assert deflate._probe(easy)[1] < 0.55 < deflate._probe(hard)[1] < 0.97
+    zdict = _text(32768, seed=9)
+    # a hard block: exactly ISA-L 3's fragment; an easy one: zlib-ng 5's, as before
+    assert (deflate._compress_block(deflate._zlib_ng, 5, hard, zdict, False, hard_module)
+            == deflate._compress_block(deflate._isal, 3, hard, zdict, False))
+    assert (deflate._compress_block(deflate._zlib_ng, 5, easy, zdict, False, hard_module)
+            == deflate._compress_block(deflate._zlib_ng, 5, easy, zdict, False))
+    # mixed fragments make one standard gzip member, the same for every run
+    data = easy + hard + _random(1 << 18) + easy + hard[:1000]
+    small = CompressionSettings("zlib-ng", 5, block_size=1 << 18, hard=settings.hard)
+    stream = _compress(data, small)
+    assert stream == _compress(data, small, workers=1)
+    (tmp_path / "s.gz").write_bytes(stream)
+    assert subprocess.run(["gzip", "-dc", str(tmp_path / "s.gz")], capture_output=True,
+                          check=True).stdout == data
+
+
+def test_hard_block_settings_are_validated_and_need_their_backend(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad in (("lz4", 1, 0.5), ("isal", 7, 0.5), ("isal", 3, 0.0), ("isal", 3, 1.5)):
+        with pytest.raises(UsageError, match="hard-to-compress"):
+            CompressionSettings("zlib-ng", 5, hard=bad)
+    assert compression_settings("fast").hard is None and compression_settings(9).hard is None
+    monkeypatch.setattr(deflate, "_isal", None)
+    assert compression_settings("default").hard is None  # no ISA-L: zlib-ng 5 throughout
