@@ -31,6 +31,7 @@ class ThreadSampler(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True, name="profile-sampler")
         self.cpu: dict[int, float] = {}
+        self.baseline: dict[int, float] = {}  # CPU before the bundle started, subtracted
         self.waited: dict[int, float] = {}  # runnable but not running: other processes' load
         self.names: dict[int, str] = {}
         self.halt = threading.Event()
@@ -63,7 +64,9 @@ class ThreadSampler(threading.Thread):
 
     def by_name(self, values: dict[int, float] | None = None) -> dict[str, float]:
         merged: dict[str, float] = {}
-        for tid, cpu in (self.cpu if values is None else values).items():
+        if values is None:
+            values = {tid: cpu - self.baseline.get(tid, 0.0) for tid, cpu in self.cpu.items()}
+        for tid, cpu in values.items():
             name = self.names.get(tid, f"tid {tid}")
             if "_" in name and name.rsplit("_", 1)[1].isdigit():
                 name = name.rsplit("_", 1)[0] + "_*"  # a pool's threads together
@@ -82,6 +85,9 @@ def profile(image: Path, level: str, keys: Path, out: Path) -> dict:
     bundle_keys = BundleKeys.load(keys / "user-cert.pem", keys / "user-key.pem",
                                   keys / "ec2-cert.pem")
     sampler = ThreadSampler()
+    sampler.sample()
+    # This thread's CPU so far (imports, key loading) is not the bundle's: counted from here.
+    sampler.baseline = dict(sampler.cpu)
     sampler.start()
     times = StageTimes()
     before = resource.getrusage(resource.RUSAGE_SELF)
