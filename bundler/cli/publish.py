@@ -208,8 +208,10 @@ def _publish(args: argparse.Namespace, printer: Printer, plan: Any) -> Any:
                          pool=aws.transfer.pool_size),
             ec2=ec2_client(opts, session=session, region=t.region),
             endpoint=opts.endpoint_url)
-    source = open_source(plan.source.image, name=plan.bundle_name, fmt=plan.source.format,
-                         allow_backing=plan.source.allow_backing_file)
+    # A directory is fingerprinted by the engine and imaged only when a target needs it.
+    source = None if plan.source.image is None else open_source(
+        plan.source.image, name=plan.bundle_name, fmt=plan.source.format,
+        allow_backing=plan.source.allow_backing_file)
     options = PublishOptions(
         dry_run=args.dry_run, max_regions=args.max_regions, transfer=aws.transfer,
         copy_mode=args.copy_mode, enable_bucket_acls=args.enable_bucket_acls,

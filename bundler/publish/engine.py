@@ -13,14 +13,16 @@ its result.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from ..aws import ec2_errors
 from ..concurrency import run_all
@@ -32,7 +34,7 @@ from ..pipeline import BundleKeys, BundleOptions
 from ..rerun import ImageFingerprint
 from ..source import ImageSource
 from ..transfer import DEFAULT_TRANSFER, TransferConfig
-from .plan import Plan, Target
+from .plan import BUNDLE_DIGEST_TAG, Plan, Target
 from .state import (
     SAME,
     Change,
@@ -44,6 +46,7 @@ from .state import (
     read_target,
     resolve_generation,
 )
+from .tree import TreeProof, built_image, fingerprint_tree, known_bundle_digests
 
 log = logging.getLogger("bundler.publish")
 
@@ -187,7 +190,7 @@ def bundle_options(plan: Plan) -> BundleOptions:
 def publish(
     plan: Plan,
     *,
-    source: ImageSource,
+    source: ImageSource | None,
     keys: BundleKeys,
     region_keys: Mapping[str, RegionKey],
     connections: Mapping[str, Connection],
@@ -198,7 +201,9 @@ def publish(
 ) -> PublishResult:
     """Publish (or with ``options.dry_run`` only diff) ``plan``. ``connections`` by target
     label; ``unreachable``: label → why it has no connection (its account's error: could not be
-    reached). ``when`` renders ``{date}``/``{time}``; ``now`` anchors deprecation."""
+    reached). ``when`` renders ``{date}``/``{time}``; ``now`` anchors deprecation. ``source``:
+    the opened image, None for a directory source (``plan.source.directory``: fingerprinted
+    here, imaged by bundle-vol only when a target needs it bundled, see ``publish.tree``)."""
     opts = options or PublishOptions()
     started = time.monotonic()
     now = now or datetime.datetime.now(datetime.timezone.utc)
@@ -217,8 +222,14 @@ def publish(
     for label, why in unreachable.items():
         fail(label, why)  # an AccountError: its exit code
     live = [t for t in plan.targets if t.label in connections and t.label not in unreachable]
-    fingerprint = ImageFingerprint(source, plan.bundle_name, opts.transfer.progress)
+    fingerprint: ImageFingerprint
     try:
+        if plan.source.directory is not None:
+            fingerprint = TreeProof(fingerprint_tree(plan.source.directory, plan.source.volume,
+                                                     plan.bundle_name))
+        else:
+            assert source is not None, "an image source needs its opened image"
+            fingerprint = ImageFingerprint(source, plan.bundle_name, opts.transfer.progress)
         digest = fingerprint.digest()
         found = _bounded(live, lambda t: plan_images(connections[t.label].ec2, plan.name),
                          opts.max_regions)
@@ -230,6 +241,9 @@ def publish(
                 images += answer
         live = [t for t in live if results[t.label].state == PENDING]
         generation, existing = resolve_generation(plan, images, digest=digest, when=when)
+        if isinstance(fingerprint, TreeProof):
+            for known in known_bundle_digests(images, digest=digest, generation=generation):
+                fingerprint.add(known)
         log.info("plan %s: generation %s (%s)", plan.name, generation,
                  "completing it" if existing else "new")
         want = desired(plan, digest=digest, generation=generation)
@@ -264,13 +278,14 @@ def publish(
                                                              generation=generation, now=now),
                                     fingerprint=fingerprint, want=want)
     finally:
-        source.close()
+        if source is not None:
+            source.close()
     result.seconds = time.monotonic() - started
     return result
 
 
 def _apply(plan: Plan, states: Sequence[TargetState], results: Mapping[str, TargetResult],
-           fail: Callable[..., None], *, source: ImageSource, keys: BundleKeys,
+           fail: Callable[..., None], *, source: ImageSource | None, keys: BundleKeys,
            region_keys: Mapping[str, RegionKey], connections: Mapping[str, Connection],
            opts: PublishOptions, options: RegisterOptions, fingerprint: ImageFingerprint,
            want: Desired) -> bool:
@@ -279,40 +294,15 @@ def _apply(plan: Plan, states: Sequence[TargetState], results: Mapping[str, Targ
     # Complete targets take part as sources: the others are copied from them, not bundled.
     sources = [st for st in states if st.image is not None and st.bundle == SAME]
     bundled = False
-    if work:
-        targets = []
-        for st in [*work, *sources]:
-            c = connections[st.target.label]
-            key = region_keys[st.target.region]
-            targets.append(RegionTarget(
-                region=st.target.region,
-                location=st.target.location(st.generation),
-                s3=c.s3, ec2=c.ec2, ec2_public_key=key.public_key, ec2_cert=key.name,
-                endpoint=c.endpoint, in_use=InUse(partial(lambda e: e, c.ec2)),
-                account=st.target.account.id))
-        outcome = install(
-            source, keys, bundle_options(plan), targets, transfer=opts.transfer,
-            register=options, copy_mode=opts.copy_mode, force=False,
-            enable_bucket_acls=opts.enable_bucket_acls, max_regions=opts.max_regions,
-            fingerprint=fingerprint)
-        bundled = outcome.bundled
-        mine = {st.target.label for st in work}
-        for o in outcome.outcomes:
-            if o.label not in mine:
-                continue
-            r = results[o.label]
-            r.image_id = o.image_id or r.image_id
-            if not o.ok:
-                fail(o.label, o.exception or o.error or "failed", FAILED, o.exit_code)
-            elif o.image_id:
-                r.state = DONE
-                if o.copied_from:  # the source the copy actually came from
-                    r.changes = [f"copy from {o.copied_from}" if c.startswith("copy ") else c
-                                 for c in r.changes]
-                if opts.notify:
-                    how = {"bundled": "bundled", "copied": f"copied from {o.copied_from}",
-                           "present": "bundle present"}.get(o.action, o.action)
-                    opts.notify(o.label, f"{how}, registered {o.image_id}")
+    with contextlib.ExitStack() as stack:
+        if work and isinstance(fingerprint, TreeProof):
+            source, options, sources, work = _tree_work(plan, stack, fingerprint, options,
+                                                        sources, work, fail, opts)
+        if work:
+            assert source is not None
+            bundled = _install(plan, work, sources, results, fail, source=source, keys=keys,
+                               region_keys=region_keys, connections=connections, opts=opts,
+                               options=options, fingerprint=fingerprint)
     fix = [st for st in states if st.changes and st.image is not None]
 
     def one(st: TargetState) -> None:
@@ -325,6 +315,98 @@ def _apply(plan: Plan, states: Sequence[TargetState], results: Mapping[str, Targ
             results[st.target.label].state = DONE
             if opts.notify:
                 opts.notify(st.target.label, ", ".join(str(c) for c in st.changes))
+    return bundled
+
+
+class _NoImage:
+    """The image of a directory source that every target gets by copy: never read."""
+
+    name = ""
+    size = 0
+    mode = 0o600
+    mtime = 0
+    rereadable: ClassVar[bool] = False
+
+    def regions(self) -> list[tuple[int, int]] | None:
+        raise AssertionError("a copied bundle's image is never read")
+
+    def chunks(self) -> Iterator[bytes]:
+        raise AssertionError("a copied bundle's image is never read")
+
+    def close(self) -> None:
+        pass
+
+
+def _tree_work(plan: Plan, stack: contextlib.ExitStack, proof: TreeProof,
+               options: RegisterOptions, sources: list[TargetState], work: list[TargetState],
+               fail: Callable[..., None], opts: PublishOptions
+               ) -> tuple[ImageSource, RegisterOptions, list[TargetState], list[TargetState]]:
+    """A directory source's image and the bundle digest its new AMIs record: the bundle the
+    targets that have it hold (copied from them), else one built now by bundle-vol."""
+    assert plan.source.directory is not None
+    have = [st for st in [*sources, *work] if st.bundle == SAME]
+    if have:
+        chosen = have[0].bundle_digest
+        assert chosen is not None
+        # Every AMI registered now records the one bundle it is registered from.
+        sources = [st for st in sources if st.bundle_digest == chosen]
+        for st in work:
+            if st.bundle == SAME and st.bundle_digest != chosen:
+                fail(st.target.label, f"{st.image_location} holds another bundle of this tree "
+                     f"(digest {st.bundle_digest}, not {chosen}): register it by hand or delete "
+                     "it and re-run", REFUSED, ReplaceRefusedError.exit_code)
+        work = [st for st in work if st.bundle != SAME or st.bundle_digest == chosen]
+        image: ImageSource = _NoImage()
+    else:
+        built = stack.enter_context(built_image(
+            plan.source.directory, plan.source.volume, plan.bundle_name, proof.fingerprint,
+            progress=opts.transfer.progress))
+        chosen = built.bundle_digest
+        proof.add(chosen)
+        image = built.source()
+    tags = {**options.tags, BUNDLE_DIGEST_TAG: chosen}
+    return image, dataclasses.replace(options, tags=tags), sources, work
+
+
+def _install(plan: Plan, work: Sequence[TargetState], sources: Sequence[TargetState],
+             results: Mapping[str, TargetResult], fail: Callable[..., None], *,
+             source: ImageSource, keys: BundleKeys, region_keys: Mapping[str, RegionKey],
+             connections: Mapping[str, Connection], opts: PublishOptions,
+             options: RegisterOptions, fingerprint: ImageFingerprint) -> bool:
+    """Bundle once (or copy) to the targets without an AMI and register them there."""
+    targets = []
+    for st in [*work, *sources]:
+        c = connections[st.target.label]
+        key = region_keys[st.target.region]
+        targets.append(RegionTarget(
+            region=st.target.region,
+            location=st.target.location(st.generation),
+            s3=c.s3, ec2=c.ec2, ec2_public_key=key.public_key, ec2_cert=key.name,
+            endpoint=c.endpoint, in_use=InUse(partial(lambda e: e, c.ec2)),
+            account=st.target.account.id))
+    outcome = install(
+        source, keys, bundle_options(plan), targets, transfer=opts.transfer,
+        register=options, copy_mode=opts.copy_mode, force=False,
+        enable_bucket_acls=opts.enable_bucket_acls, max_regions=opts.max_regions,
+        fingerprint=fingerprint)
+    bundled = outcome.bundled
+    mine = {st.target.label for st in work}
+    for o in outcome.outcomes:
+        if o.label not in mine:
+            continue
+        r = results[o.label]
+        r.image_id = o.image_id or r.image_id
+        if not o.ok:
+            fail(o.label, o.exception or o.error or "failed", FAILED, o.exit_code)
+        elif o.image_id:
+            r.state = DONE
+            if o.copied_from:  # the source the copy actually came from
+                r.changes = [f"copy from {o.copied_from}" if c.startswith("copy ") else c
+                             for c in r.changes]
+            if opts.notify:
+                how = {"bundled": "bundled", "copied": f"copied from {o.copied_from}",
+                       "present": "bundle present"}.get(o.action, o.action)
+                opts.notify(o.label, f"{how}, registered {o.image_id}")
     return bundled
 
 

@@ -9,7 +9,9 @@ call, naming the plan's line (``PLAN.toml:12: unknown key 'regoin' (did you mean
 The tag names every AMI a plan registers carries are pinned here (prune reads them too):
 ``PLAN_TAG`` (the plan's ``name``), ``GENERATION_TAG`` (the rendered AMI name) and
 ``DIGEST_TAG`` (the bundle manifest's digest: the image's tar-stream SHA-1, the proof that an
-existing AMI holds this image, see ``bundler.rerun``).
+existing AMI holds this image, see ``bundler.rerun``; for a directory source the tree's
+fingerprint, and ``BUNDLE_DIGEST_TAG`` the manifest digest of the image built from it, see
+``publish.tree``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import BundlerError, UsageError
 from ..manifest import validate_name
 from ..regions import validate_region
 from ..s3.location import S3Location
@@ -39,6 +41,7 @@ else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
 PLAN_TAG = "ami-bundler:plan"
 GENERATION_TAG = "ami-bundler:generation"
 DIGEST_TAG = "ami-bundler:image-digest"
+BUNDLE_DIGEST_TAG = "ami-bundler:bundle-digest"  # a directory source's AMIs (see publish.tree)
 RESERVED_TAG_PREFIXES = ("ami-bundler:", "aws:")
 
 # Placeholders: the AMI name template's, and those of the description and tag values (which
@@ -97,10 +100,38 @@ class Target:
 
 
 @dataclass(frozen=True)
+class VolumeOptions:
+    """What a plan's ``[source]`` says about the image bundle-vol builds from a directory (the
+    same meaning as bundle-vol's flags of these names); part of the tree's fingerprint."""
+
+    exclude: tuple[str, ...] = ()
+    include: tuple[str, ...] = ()
+    secret_filter: bool = True
+    fs_type: str = "auto"
+    size_mib: int | None = None
+    partition: str = "none"
+    bootloader: str = "auto"
+    kernel_cmdline: str = ""
+    generate_menu_lst: bool = False
+    generate_fstab: bool = False
+    label: str | None = None
+    uuid: str | None = None
+    drop_oversize_xattrs: bool = False
+
+
+@dataclass(frozen=True)
 class Source:
-    image: Path  # resolved against the plan file's directory
+    image: Path | None  # resolved against the plan file's directory; or:
     format: str | None = None  # None: by content
     allow_backing_file: bool = False
+    directory: Path | None = None  # a root filesystem tree, imaged by bundle-vol
+    volume: VolumeOptions = field(default_factory=VolumeOptions)
+
+    @property
+    def path(self) -> Path:
+        out = self.image if self.image is not None else self.directory
+        assert out is not None
+        return out
 
 
 @dataclass(frozen=True)
@@ -230,7 +261,12 @@ def parse_plan(text: str, *, source: str = "PLAN.toml", base: Path | None = None
 _TOP = ("name", "ami_name", "description", "regions", "bucket", "source", "bundle", "accounts",
         "boot", "tags", "launch_permissions", "deprecate_after_days",
         "deregistration_protection")
-_SOURCE = ("image", "format", "allow_backing_file")
+_IMAGE_SOURCE = ("image", "format", "allow_backing_file")
+_DIRECTORY_SOURCE = ("directory", "exclude", "include", "secret_filter", "fs_type", "size_mib",
+                     "partition", "bootloader", "kernel_cmdline", "generate_menu_lst",
+                     "generate_fstab", "label", "uuid", "drop_oversize_xattrs")
+_SOURCE = (*_IMAGE_SOURCE, *_DIRECTORY_SOURCE)
+MAX_SIZE_MIB = 10240  # EC2's instance-store image limit
 _BUNDLE = ("name", "user", "cert", "private_key", "ec2cert_dir", "compression")
 _ACCOUNT_KEYS = ("id", "role_arn", "external_id")
 _BOOT = ("architecture", "virtualization_type", "kernel_id", "ramdisk_id", "boot_mode",
@@ -462,16 +498,68 @@ class _Reader:
 
     def source_table(self) -> Source:
         table = self.table("source")
-        self.keys(table, _SOURCE, ("source",))
-        image = self.path_value(table, "image", ("source",))
-        if image is None:
-            raise self.error(("source",), "source needs image = \"PATH\" (a disk image in any "
-                             "format the bundler reads)")
-        from ..images import FORMATS
+        p = ("source",)
+        self.keys(table, _SOURCE, p)
+        image = self.path_value(table, "image", p)
+        directory = self.path_value(table, "directory", p)
+        if image is None and directory is None:
+            raise self.error(p, "source needs image = \"PATH\" (a disk image in any format the "
+                             "bundler reads) or directory = \"PATH\" (a root filesystem tree)")
+        if image is not None and directory is not None:
+            raise self.error((*p, "directory"), "source has both image and directory: give one")
+        if image is not None:
+            wrong = [k for k in table if k in _DIRECTORY_SOURCE]
+            if wrong:
+                raise self.error((*p, wrong[0]), f"source.{wrong[0]} goes with a directory "
+                                 "source, not an image")
+            from ..images import FORMATS
 
-        fmt = self.choice(table, "format", ("source",), FORMATS)
-        backing = self.get(table, "allow_backing_file", bool, ("source",), "true or false")
-        return Source(image, fmt, bool(backing))
+            fmt = self.choice(table, "format", p, FORMATS)
+            backing = self.get(table, "allow_backing_file", bool, p, "true or false")
+            return Source(image, fmt, bool(backing))
+        wrong = [k for k in table if k in _IMAGE_SOURCE and k != "image"]
+        if wrong:
+            raise self.error((*p, wrong[0]), f"source.{wrong[0]} goes with an image source, not "
+                             "a directory")
+        return Source(None, directory=directory, volume=self.volume_options(table, p))
+
+    def volume_options(self, table: Mapping[str, Any], p: tuple[str, ...]) -> VolumeOptions:
+        from ..volume import imagefs
+
+        def flag(key: str, default: bool) -> bool:
+            value = self.get(table, key, bool, p, "true or false")
+            return default if value is None else bool(value)
+
+        size = self.get(table, "size_mib", int, p, "a whole number of MiB")
+        if size is not None and not 1 <= size <= MAX_SIZE_MIB:
+            raise self.error((*p, "size_mib"), f"source.size_mib {size}: 1 to {MAX_SIZE_MIB} MiB "
+                             "(EC2's instance-store image limit)")
+        fs_type = self.choice(table, "fs_type", p, ("auto", "ext4", "xfs", "btrfs")) or "auto"
+        partition = self.choice(table, "partition", p, ("none", "mbr", "gpt")) or "none"
+        bootloader = self.choice(table, "bootloader", p, ("auto", "grub2", "none")) or "auto"
+        label = self.get(table, "label", str, p, "a string")
+        uuid = self.text(table, "uuid", p)
+        for key, check in (("label", lambda v: imagefs.check_label(
+                v, "btrfs" if fs_type == "auto" else fs_type)), ("uuid", imagefs.check_uuid)):
+            value = label if key == "label" else uuid
+            if value:
+                try:
+                    check(value)
+                except BundlerError as exc:
+                    message = str(exc).replace("--uuid", "uuid").replace(
+                        ": pass a shorter --label", "")
+                    raise self.error((*p, key), f"source.{key}: {message}") from None
+        cmdline = self.get(table, "kernel_cmdline", str, p, "a string") or ""
+        if "\n" in cmdline:
+            raise self.error((*p, "kernel_cmdline"), "source.kernel_cmdline is one line")
+        return VolumeOptions(
+            exclude=tuple(self.strings(table, "exclude", p)),
+            include=tuple(self.strings(table, "include", p)),
+            secret_filter=flag("secret_filter", True), fs_type=fs_type, size_mib=size,
+            partition=partition, bootloader=bootloader, kernel_cmdline=cmdline,
+            generate_menu_lst=flag("generate_menu_lst", False),
+            generate_fstab=flag("generate_fstab", False), label=label, uuid=uuid,
+            drop_oversize_xattrs=flag("drop_oversize_xattrs", False))
 
     def boot(self) -> Boot:
         from ..ec2 import BOOT_MODES, IMDS_SUPPORT, VIRTUALIZATION_TYPES
@@ -580,6 +668,7 @@ class _Reader:
 
 __all__ = [
     "AccountSpec",
+    "BUNDLE_DIGEST_TAG",
     "Boot",
     "DIGEST_TAG",
     "GENERATION_TAG",
@@ -589,6 +678,7 @@ __all__ = [
     "PlanError",
     "Source",
     "Target",
+    "VolumeOptions",
     "load_plan",
     "parse_plan",
     "publish_time",

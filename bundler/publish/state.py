@@ -23,7 +23,7 @@ from typing import Any
 from ..aws import ec2_errors
 from ..rerun import ImageFingerprint, existing_bundle
 from ..s3 import bucket_region
-from .plan import DIGEST_TAG, GENERATION_TAG, PLAN_TAG, Plan, Target
+from .plan import BUNDLE_DIGEST_TAG, DIGEST_TAG, GENERATION_TAG, PLAN_TAG, Plan, Target
 
 log = logging.getLogger("bundler.publish.state")
 
@@ -54,6 +54,7 @@ class TargetState:
     launch_permissions: frozenset[str] = frozenset()  # the AMI's, as the plan writes them
     conflict: str | None = None  # why nothing may be done here
     changes: list[Change] = field(default_factory=list)
+    bundle_digest: str | None = None  # the bucket's manifest's digest (SAME or DIFFERENT)
 
     @property
     def image_id(self) -> str | None:
@@ -161,10 +162,15 @@ def read_target(plan: Plan, target: Target, generation: str, *, s3: Any, ec2: An
         found = existing_bundle(s3, location, plan.manifest_name, fingerprint, user_public_key)
         if found is not None:
             st.bundle = SAME if found.same_image else DIFFERENT
+            if found.parsed is not None:
+                st.bundle_digest = found.parsed.manifest.digest.lower()
     digest = fingerprint.digest()
     for image in images_named(ec2, generation):
         st.image = image
         theirs = tags_of(image).get(DIGEST_TAG)
+        recorded = tags_of(image).get(BUNDLE_DIGEST_TAG)
+        if recorded and st.bundle == SAME and recorded.lower() != st.bundle_digest:
+            st.bundle = DIFFERENT  # the bucket's bundle is not the one this AMI came from
         if image.get("ImageLocation") != st.image_location:
             st.conflict = (f"AMI {image['ImageId']} is already named {generation} but was "
                            f"registered from {image.get('ImageLocation') or 'a snapshot'}")
@@ -179,8 +185,17 @@ def read_target(plan: Plan, target: Target, generation: str, *, s3: Any, ec2: An
                            f"{st.image_location} is gone: deregister it (it cannot launch)")
         break
     if st.conflict is None and st.bundle == DIFFERENT:
-        st.conflict = (f"{st.image_location} holds a different bundle (not this image): it is "
-                       "never replaced; give the new image a new generation name")
+        if plan.source.directory is not None:
+            folder = f"{target.bucket}/{location.prefix}".rstrip("/")
+            st.conflict = (
+                f"{st.image_location} holds a bundle that is not provably this tree's: no AMI "
+                f"of generation {generation} records its digest (a run stopped between upload "
+                "and registration, or another tree); it is never replaced: delete it "
+                f"(ami-bundler delete-bundle -b {folder} -m {plan.manifest_name} --region "
+                f"{target.region}) and re-run, or give the tree a new generation name")
+        else:
+            st.conflict = (f"{st.image_location} holds a different bundle (not this image): it "
+                           "is never replaced; give the new image a new generation name")
     if st.conflict is not None:
         return st
     if st.image is None:

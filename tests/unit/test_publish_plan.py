@@ -284,6 +284,20 @@ CASES = [
         r"unknown key 'crt' in \[bundle\] \(did you mean 'cert'\?\)",
     ),
     ("[tags]", "[tag]", "[tag]", r"unknown key 'tag' \(did you mean 'tags'\?\)"),
+    # directory sources
+    ('image = "build/web.img"', 'directory = "rootfs"\nimage = "x"', "directory",
+     r"both image and directory"),
+    ('image = "build/web.img"', 'directory = "rootfs"', 'format = "raw"',
+     r"source.format goes with an image source"),
+    ('format = "raw"', 'exclude = ["tmp"]', "exclude", r"source.exclude goes with a directory"),
+    ('image = "build/web.img"\nformat = "raw"', 'directory = "rootfs"\nsize_mib = 20000',
+     "size_mib", r"size_mib 20000: 1 to 10240 MiB"),
+    ('image = "build/web.img"\nformat = "raw"', 'directory = "rootfs"\nuuid = "nope"',
+     "uuid", r"source.uuid: uuid 'nope' is not a UUID"),
+    ('image = "build/web.img"\nformat = "raw"', 'directory = "rootfs"\nfs_type = "ext5"',
+     "fs_type", r"'ext5' is not one of auto, ext4, xfs, btrfs \(did you mean 'ext4'\?\)"),
+    ('image = "build/web.img"\nformat = "raw"', 'directory = "rootfs"\nexclude = "tmp"\n'
+     'secret_filter = "no"', "secret_filter", r"source.secret_filter must be true or false"),
     (
         "deprecate_after_days = 90",
         "deprecate_after_days = 90\ndeprecate_after_days = 91",
@@ -311,6 +325,17 @@ def test_plan_errors_name_the_line(
     assert message.startswith(f"site/PLAN.toml:{want}: "), message
     assert re.search(pattern, message), message
     assert "\n" not in message
+
+
+def test_a_directory_source_and_its_image_options() -> None:
+    text = GOOD.replace('image = "build/web.img"\nformat = "raw"', 'directory = "rootfs"\n'
+                        'exclude = ["var/cache", "tmp"]\nsecret_filter = false\nsize_mib = 512\n'
+                        'partition = "gpt"\nlabel = "root"')
+    source = parse_plan(text, base=Path("/site")).source
+    assert source.image is None and source.directory == Path("/site/rootfs")
+    v = source.volume
+    assert v.exclude == ("var/cache", "tmp") and v.secret_filter is False
+    assert (v.size_mib, v.partition, v.label, v.fs_type) == (512, "gpt", "root", "auto")
 
 
 @pytest.mark.parametrize("key", ["name", "regions", "bucket", "source", "accounts"])
