@@ -65,7 +65,9 @@ def run_prune(args: argparse.Namespace, printer: Printer) -> int:
             unreachable.append(TargetResult(target.account.id, target.region, error=str(error),
                                             exit_code=error.exit_code))
         else:
-            targets.append(PruneTarget(account.account_id, target.region, account.session))
+            targets.append(PruneTarget(account.account_id, target.region, account.session,
+                                       bucket=target.bucket, prefix=target.prefix,
+                                       manifest_name=plan.manifest_name))
     report = prune(targets, plan=plan.name, retention=retention, opts=aws.opts,
                    plan_tag=PLAN_TAG, generation_tag=GENERATION_TAG, dry_run=args.dry_run,
                    warn=printer.warn, attempts=aws.attempts)
@@ -115,7 +117,8 @@ def _human(report: PruneReport) -> list[str]:
                     "in-use": f"kept: used by {', '.join(b.kept_for)}",
                     "kept": "kept" + (f" for {', '.join(b.kept_for)}" if b.kept_for else "")
                     }[b.state]
-            lines.append(f"  s3://{b.image_location}: {what}")
+            orphan = " (no AMI uses it)" if b.orphan else ""
+            lines.append(f"  s3://{b.image_location}{orphan}: {what}")
             bundles += b.state in ("would-delete", "deleted")
     freed = _size(report.bytes_freed)
     if dry:

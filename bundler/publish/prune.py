@@ -10,10 +10,13 @@ others):
 2. ``Retention`` picks the old generations (pure: ``old_generations``).
 3. An AMI with deregistration protection on is kept and reported, and so is its bundle.
 4. A bundle is exactly what its AMI's ImageLocation names: that manifest and the parts it lists
-   (``s3.delete.plan_delete``), nothing found by listing. It is deleted only when no other
-   registered AMI of the account uses it (``inuse``: asked again after the deregistrations, so
-   an AMI registered meanwhile from the same manifest keeps it), never when its AMI could not
-   be deregistered, and never when the manifest cannot be read.
+   (``s3.delete.plan_delete``). Besides those, the plan's bundles no AMI names (left by a stop
+   between DeregisterImage and the delete) are found by the plan's naming and deleted when
+   they are older than every generation kept (``orphans``; the targets need their bucket).
+   A bundle is deleted only when no other registered AMI of the account uses it (``inuse``:
+   asked again after the deregistrations, so an AMI registered meanwhile from the same
+   manifest keeps it), never when its AMI could not be deregistered, and never when the
+   manifest cannot be read. The manifest goes first, then the parts.
 
 A dry run asks the same questions and changes nothing; both report the S3 bytes (to be) freed.
 """
@@ -38,6 +41,7 @@ from ..s3.location import split_manifest_location
 from ..s3.objects import delete_keys, list_objects
 from ..s3.publish import bundle_name
 from ..transfer import DEFAULT_ATTEMPTS
+from .orphans import Orphan, list_with_times, orphan_folders
 
 if TYPE_CHECKING:
     import boto3
@@ -134,6 +138,7 @@ class BundleAction:
     state: str = "would-delete"
     kept_for: list[str] = field(default_factory=list)
     error: str | None = None
+    orphan: bool = False  # no AMI names it: an older generation's bundle left behind (orphans)
 
 
 @dataclass
@@ -193,6 +198,11 @@ class PruneTarget:
     account: str
     region: str
     session: boto3.Session = field(repr=False, compare=False)
+    # Where the plan's bundles are (plan.Target): BUCKET/PREFIX/GENERATION/MANIFEST. Without
+    # them only the bundles of old AMIs are pruned, not the orphans (bundler.publish.orphans).
+    bucket: str | None = None
+    prefix: str = ""
+    manifest_name: str | None = None
 
 
 def plan_images(ec2: Any, plan: str, plan_tag: str) -> list[dict[str, Any]]:
@@ -247,10 +257,20 @@ class _Bundles:
         return found
 
     def delete(self, action: BundleAction) -> None:
-        location, _ = split_manifest_location(action.image_location)
-        delete_keys(self.s3, location.bucket, self.keys[action.image_location],
-                    attempts=self.attempts)
+        """The manifest first, then the parts: a visible manifest never names a missing part
+        (even when a stop or a 1000-key batch falls between them)."""
+        location, name = split_manifest_location(action.image_location)
+        keys = self.keys[action.image_location]
+        manifest = [k for k in keys if k == location.key(name)]
+        for batch in (manifest, [k for k in keys if k not in manifest]):
+            if batch:
+                delete_keys(self.s3, location.bucket, batch, attempts=self.attempts)
         action.state = "deleted"
+
+    def leftover(self, action: BundleAction, orphan: Orphan) -> None:
+        """Parts whose manifest is gone already: deleted by their names."""
+        self.keys[action.image_location] = list(orphan.keys)
+        action.objects, action.bytes = len(orphan.keys), orphan.bytes
 
 
 def prune_target(target: PruneTarget, *, plan: str, retention: Retention, opts: AwsOptions,
@@ -260,8 +280,8 @@ def prune_target(target: PruneTarget, *, plan: str, retention: Retention, opts: 
     result = TargetResult(target.account, target.region)
     ec2 = ec2_client(opts, session=target.session, region=target.region)
     s3 = s3_client(opts, session=target.session, region=target.region)
-    kept, old = old_generations(generations(plan_images(ec2, plan, plan_tag), generation_tag),
-                                retention, now)
+    registered = plan_images(ec2, plan, plan_tag)
+    kept, old = old_generations(generations(registered, generation_tag), retention, now)
     result.kept = [g.name for g in kept]
     bundles: dict[str, BundleAction] = {}
     for generation in old:
@@ -277,12 +297,20 @@ def prune_target(target: PruneTarget, *, plan: str, retention: Retention, opts: 
                 bundle.images.append(action.image_id)
     result.bundles = list(bundles.values())
     store = _Bundles(s3, ec2, warn, attempts)
+    leftovers: dict[str, Orphan] = {}
+    for orphan in _orphans(target, s3, registered, kept, retention, now, attempts):
+        result.bundles.append(BundleAction(orphan.image_location, [], orphan=True))
+        if not orphan.manifest:
+            leftovers[orphan.image_location] = orphan
     leaving = [i.image_id for i in result.images if i.state == "would-deregister"]
     for bundle in result.bundles:
         staying = [i for i in result.images if i.image_id in bundle.images
                    and i.state == "protected"]
         try:
-            store.inspect(bundle)
+            if bundle.image_location in leftovers:
+                store.leftover(bundle, leftovers[bundle.image_location])
+            else:
+                store.inspect(bundle)
             if staying:
                 bundle.state, bundle.kept_for = "kept", [i.image_id for i in staying]
             elif bundle.state == "would-delete":
@@ -314,6 +342,24 @@ def prune_target(target: PruneTarget, *, plan: str, retention: Retention, opts: 
             bundle.error = str(exc)
             result.exit_code = result.exit_code or exc.exit_code
     return result
+
+
+def _orphans(target: PruneTarget, s3: Any, registered: Sequence[Mapping[str, Any]],
+             kept: Sequence[Generation], retention: Retention, now: datetime.datetime,
+             attempts: int) -> list[Orphan]:
+    """The plan's bundles in the target's bucket no AMI names, older than every generation
+    kept (``bundler.publish.orphans``); none when no generation is kept there (which one is
+    the newest could not be told)."""
+    if target.bucket is None or target.manifest_name is None or not kept:
+        return []
+    horizon = min(g.created for g in kept)
+    if retention.older_than_days is not None:
+        horizon = min(horizon, now - datetime.timedelta(days=retention.older_than_days))
+    used = {loc for loc in (image_location_of(dict(i)) for i in registered) if loc}
+    listing = list_with_times(s3, target.bucket, target.prefix, attempts)
+    return orphan_folders(listing, bucket=target.bucket, prefix=target.prefix,
+                          manifest_name=target.manifest_name, used=used,
+                          kept={g.name for g in kept}, older_than=horizon)
 
 
 def _deregister(ec2: Any, images: Sequence[ImageAction]) -> list[str]:

@@ -180,7 +180,8 @@ def test_prune(env, tmp_path, signing_key):
     argv = ["prune", "--plan", str(plan), "--keep", "1", "--endpoint-url", env.url,
             "--max-attempts", "1", "-q"]
     # Every step (8, about 2 s). A signal after g1's DeregisterImage and before its bundle is
-    # deleted leaves that bundle in S3 (whole, used by no AMI); a re-run does not find it.
+    # deleted leaves that bundle in S3 (whole, used by no AMI); the next prune deletes it by
+    # the plan's naming (tests/integration/test_prune_orphans.py).
     walk(argv, reset, check, minimum=6)
     assert [i["ImageId"] for i in env.plan_images(name)] == [target.images["g2"]]
     assert not any(k.startswith("g1/") for k in list_keys(env.s3, bucket))
