@@ -19,7 +19,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar
@@ -28,9 +28,10 @@ from ..aws import ec2_errors
 from ..concurrency import run_all
 from ..ec2 import RegisterOptions, add_launch_permissions, parse_register_block_device_mappings
 from ..errors import BundlerError, ReplaceRefusedError
-from ..install import RegionTarget, install
+from ..install import InstallResult, RegionTarget, install
 from ..inuse import InUse
 from ..pipeline import BundleKeys, BundleOptions
+from ..regions import partition_of
 from ..rerun import ImageFingerprint
 from ..source import ImageSource
 from ..transfer import DEFAULT_TRANSFER, TransferConfig
@@ -264,7 +265,7 @@ def publish(
             if answer.conflict:
                 fail(t.label, answer.conflict, REFUSED, ReplaceRefusedError.exit_code)
         states = [st for st in states if st.conflict is None]
-        plan_transfers(states, opts.max_regions)
+        plan_transfers(states, opts.max_regions, _copy_group(opts, connections))
         for st in states:
             results[st.target.label].changes = [str(c) for c in st.changes]
             if not st.changes:
@@ -368,28 +369,66 @@ def _tree_work(plan: Plan, stack: contextlib.ExitStack, proof: TreeProof,
     return image, dataclasses.replace(options, tags=tags), sources, work
 
 
+def _copy_group(opts: PublishOptions, connections: Mapping[str, Connection]
+                ) -> Callable[[TargetState], Hashable] | None:
+    """Which targets a server-side copy reaches from each other (as install decides it: the
+    same account, partition and endpoint; ``--copy-mode server``: all; ``stream``: none)."""
+    if opts.copy_mode == "stream":
+        return None
+    if opts.copy_mode == "server":
+        return lambda st: "all"
+    return lambda st: (st.target.account.id, partition_of(st.target.region),
+                       connections[st.target.label].endpoint)
+
+
 def _install(plan: Plan, work: Sequence[TargetState], sources: Sequence[TargetState],
              results: Mapping[str, TargetResult], fail: Callable[..., None], *,
              source: ImageSource, keys: BundleKeys, region_keys: Mapping[str, RegionKey],
              connections: Mapping[str, Connection], opts: PublishOptions,
              options: RegisterOptions, fingerprint: ImageFingerprint) -> bool:
-    """Bundle once (or copy) to the targets without an AMI and register them there."""
-    targets = []
-    for st in [*work, *sources]:
+    """Bundle once (or copy) to the targets without an AMI and register them there.
+
+    When ``plan_transfers`` bundles to some of the targets and copies to the others, that is two
+    calls of ``install``: the bundling pass to those (upload only), then the copies from them
+    and every registration, all in parallel (``--max-regions``)."""
+    def target(st: TargetState) -> RegionTarget:
         c = connections[st.target.label]
         key = region_keys[st.target.region]
-        targets.append(RegionTarget(
+        return RegionTarget(
             region=st.target.region,
             location=st.target.location(st.generation),
             s3=c.s3, ec2=c.ec2, ec2_public_key=key.public_key, ec2_cert=key.name,
             endpoint=c.endpoint, in_use=InUse(partial(lambda e: e, c.ec2)),
-            account=st.target.account.id))
-    outcome = install(
-        source, keys, bundle_options(plan), targets, transfer=opts.transfer,
-        register=options, copy_mode=opts.copy_mode, force=False,
-        enable_bucket_acls=opts.enable_bucket_acls, max_regions=opts.max_regions,
-        fingerprint=fingerprint)
-    bundled = outcome.bundled
+            account=st.target.account.id)
+
+    def run(states: Sequence[TargetState], image: ImageSource, register: RegisterOptions | None,
+            limit: int | None) -> InstallResult:
+        return install(
+            image, keys, bundle_options(plan), [target(st) for st in states],
+            transfer=opts.transfer, register=register, copy_mode=opts.copy_mode, force=False,
+            enable_bucket_acls=opts.enable_bucket_acls, max_regions=limit,
+            fingerprint=fingerprint)
+
+    leaders = [st for st in work if st.changes and st.changes[0].kind == "bundle"]
+    bundled_to: set[str] = set()
+    bundled = False
+    if leaders and len(leaders) < len(work) and not sources:
+        first = run(leaders, source, None, len(leaders))
+        bundled = first.bundled
+        for o in first.outcomes:
+            if o.ok:
+                bundled_to.add(o.label)
+            else:
+                fail(o.label, o.exception or o.error or "failed", FAILED, o.exit_code)
+        rest = [st for st in work if all(st is not x for x in leaders)]
+        if not bundled_to:
+            for st in rest:
+                fail(st.target.label, "not bundled: every target it was bundled to first failed")
+            return bundled
+        work = [*[st for st in leaders if st.target.label in bundled_to], *rest]
+        source = _NoImage()  # from here on every target is copied from the ones bundled to
+    outcome = run([*work, *sources], source, options, opts.max_regions)
+    bundled = bundled or outcome.bundled
     mine = {st.target.label for st in work}
     for o in outcome.outcomes:
         if o.label not in mine:
@@ -404,8 +443,9 @@ def _install(plan: Plan, work: Sequence[TargetState], sources: Sequence[TargetSt
                 r.changes = [f"copy from {o.copied_from}" if c.startswith("copy ") else c
                              for c in r.changes]
             if opts.notify:
+                action = "bundled" if o.label in bundled_to else o.action
                 how = {"bundled": "bundled", "copied": f"copied from {o.copied_from}",
-                       "present": "bundle present"}.get(o.action, o.action)
+                       "present": "bundle present"}.get(action, action)
                 opts.notify(o.label, f"{how}, registered {o.image_id}")
     return bundled
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,21 +241,34 @@ def deprecation_time(image: Mapping[str, Any], after: datetime.timedelta,
     return max(_created(image) + after, now + datetime.timedelta(minutes=1))
 
 
-def plan_transfers(states: Sequence[TargetState], max_regions: int | None) -> None:
+def plan_transfers(states: Sequence[TargetState], max_regions: int | None,
+                   copy_group: Callable[[TargetState], Hashable] | None = None) -> None:
     """Put the bundle's way to each target that lacks it first in its changes: copied from a
-    target that has it, or — when none has — bundled once to the first ``max_regions`` of
-    them and copied from those to the rest (as ``multiregion.install_regions`` does)."""
+    target that has it, or — when none has — bundled in one pass to one target of each copy
+    group (``copy_group``: targets a server-side copy can reach from each other, the same
+    account, partition and endpoint; at most ``max_regions`` of them) and copied from those to
+    the rest, server-side where possible. A server-side copy never crosses the build host's
+    network, so bundling to one region and copying beats uploading the bundle again. Without
+    ``copy_group`` (copies are streamed) the first ``max_regions`` targets are bundled to."""
     ok = [st for st in states if st.conflict is None]
     have = [st for st in ok if st.bundle == SAME]
     need = [st for st in ok if st.bundle == ABSENT]
-    if not have:
-        first = need[:max_regions] if max_regions else need
+    if not have and need:
+        if copy_group is None:
+            first = need[:max_regions] if max_regions else need
+        else:
+            leaders: dict[Hashable, TargetState] = {}
+            for st in need:
+                leaders.setdefault(copy_group(st), st)
+            first = list(leaders.values())
+            first = first[:max_regions] if max_regions else first
         for st in first:
             st.changes.insert(0, Change("bundle", st.image_location))
-        have, need = first, need[len(first):]
+        have, need = first, [st for st in need if all(st is not f for f in first)]
     for st in need:
-        # As install_regions ranks sources: one in the same account can copy server-side.
-        src = min(have, key=lambda h: h.target.account.id != st.target.account.id)
+        # As install ranks sources: one in the same copy group can copy server-side.
+        src = min(have, key=lambda h: (copy_group is None or copy_group(h) != copy_group(st),
+                                       h.target.account.id != st.target.account.id))
         st.changes.insert(0, Change("copy", f"from {src.target.label}"))
 
 

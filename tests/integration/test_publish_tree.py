@@ -86,6 +86,13 @@ def test_a_directory_publishes_once_re_runs_as_a_no_op_and_a_change_is_a_new_gen
     code, result, err = publish(capsys)
     assert code == 0, err
     assert result["generation"] == generation and result["bundled"] is True
+    # Bundled once, to one region; the other gets a server-side copy (nothing uploaded twice).
+    [first, second] = result["targets"]
+    assert first["changes"][0].startswith("bundle ") and second["changes"][0] == (
+        f"copy from {ACCOUNT}/{REGIONS[0]}")
+    uploads = [r for r in proxy.log if r.method == "PUT" and ".part." in r.path
+               and not any(k.lower() == "x-amz-copy-source" for k in r.headers)]
+    assert uploads and {r.path.split("/")[1] for r in uploads} == {f"tree-{tag}-{REGIONS[0]}"}
     fingerprint = result["digest"]
     assert len(fingerprint) == 64  # the tree's SHA-256, not an image's SHA-1
     digests = set()

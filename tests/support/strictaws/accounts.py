@@ -16,7 +16,8 @@ buckets, EC2 images and GetCallerIdentity are per account. Where moto is more le
   RegisterImage is not a request of the caller (``bundlecheck`` reads with EC2's own grant).
 * **EC2 images** are per (account, region) in moto, and an image shared with another account
   stays invisible to it. Here account B sees account A's image in the same region when A made
-  it public or gave B a launch permission (``UserId``): DescribeImages by ImageIds, with
+  it public or gave B a launch permission (``UserId``, or the ARN of B's organization or of
+  an OU B is in, below it too: ``organizations``): DescribeImages by ImageIds, with
   ExecutableUsers (``self``/B/``all``), with Owners naming A, or with no scope at all — and,
   as in AWS, without A's tags (tags are the viewer's own). ExecutableUsers means explicit
   launch permissions, as in EC2 (moto returned every public image for any value).
@@ -34,6 +35,9 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from . import organizations
+from .organizations import permits
 
 BASE_ACCOUNT = "123456789012"  # moto's default: any credentials it did not issue itself
 SECOND_ACCOUNT = "210987654321"
@@ -234,7 +238,7 @@ def _foreign_images(viewer: Any) -> list[Any]:
             # moto gives every account its own copy of the public catalogue: skip those
             if ami.owner_id != account:
                 continue
-            if ami.is_public or {"UserId": me} in ami.launch_permissions:
+            if ami.is_public or permits(ami.launch_permissions, me):
                 view = copy.copy(ami)
                 view.ec2_backend = viewer
                 seen.append(view)
@@ -260,7 +264,7 @@ def _install_ec2() -> None:
         def launchable(ami: Any) -> bool:
             # EC2: "explicit launch permissions" (``all``: public); moto adds every public image
             return ("all" in users and ami.is_public) or any(
-                {"UserId": u} in ami.launch_permissions for u in users)
+                permits(ami.launch_permissions, u) for u in users)
 
         shared = _foreign_images(backend)
         if ami_ids:
@@ -294,4 +298,5 @@ def install() -> None:
     _install_sts()
     _install_s3()
     _install_ec2()
+    organizations.install()
     _installed = True
