@@ -1,30 +1,31 @@
 """``ImageTree``: an ext2/3/4 filesystem inside an image file, read through debugfs, never
 mounted and never extracted.
 
-debugfs runs in catastrophic mode (``-c``: read-only, no bitmaps) with a command file, so one
-process answers a whole batch; entries are addressed by inode number (``<12>``) so no file
-name is ever parsed by debugfs's command line. The index is built level by level (one debugfs
-run per directory depth: ``ls -p`` of every directory of that depth), symlink targets in one
-more run (``stat`` for fast links, ``cat`` for the rest), and file contents are streamed from
-``cat`` in batches, keeping only the prefix each rule asks for.
+One debugfs per tree, in catastrophic mode (``-c``: read-only, no bitmaps), answers commands
+sent on a pipe; entries are addressed by inode number (``<12>``) so no file name is ever
+parsed by debugfs's command line. A directory is listed (``ls -p``) when a lookup first needs
+it — the boot rules of a 400 000-entry image read a few dozen — or a whole level per batch
+when every entry is asked for; symlink targets follow in one more batch (``stat`` for fast
+links, ``cat`` for the rest), and file contents are streamed from ``cat``, keeping only the
+prefix each rule asks for.
 """
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import logging
 import os
 import re
+import secrets
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 from ..errors import BundlerError
 from ..interrupts import critical
-from ..newfiles import private_directory
 from ..volume import partition as partlib
 from .tree import Entry, Tree, VolumeFacts, join, kind_of
 
@@ -33,7 +34,6 @@ log = logging.getLogger("bundler.check")
 EXT_TYPES = ("ext2", "ext3", "ext4")
 _LS_P = re.compile(rb"/(\d+)/([0-7]{6})/(\d+)/(\d+)/([^/]*)/(\d*)/\n")
 _FAST_LINK = re.compile(rb'^\s*Fast link dest: "(.*)"\s*$', re.M)
-BATCH = 2000          # commands per debugfs run
 
 
 class CheckSourceError(BundlerError):
@@ -111,148 +111,189 @@ def _grub_core(data: bytes) -> bool:
                                         or data[:2] == b"\x52\xe8")
 
 
-# ------------------------------------------------------------------------------ debugfs runs
+# ------------------------------------------------------------------------------ the session
 
-class _Stream:
-    """A debugfs stdout with lookahead: each command's output follows ``debugfs: CMD\\n``."""
+class _Reader:
+    """One ``outputs`` call: how much of each output it keeps, and those read for it."""
 
-    def __init__(self, fh: IO[bytes]) -> None:
-        self.fh = fh
-        self.buf = b""
-        self.eof = False
-
-    def _fill(self, n: int) -> None:
-        while len(self.buf) < n and not self.eof:
-            chunk = self.fh.read1(1024 * 1024) if hasattr(self.fh, "read1") else self.fh.read(65536)
-            if not chunk:
-                self.eof = True
-            self.buf += chunk
-
-    def take_header(self, header: bytes) -> bool:
-        self._fill(len(header))
-        if self.buf.startswith(header):
-            self.buf = self.buf[len(header):]
-            return True
-        return False
-
-    def until(self, header: bytes | None) -> bytes:
-        """Everything up to the next ``header`` (or the end)."""
-        while True:
-            at = self.buf.find(header) if header else -1
-            if at >= 0:
-                out, self.buf = self.buf[:at], self.buf[at:]
-                return out
-            if self.eof:
-                out, self.buf = self.buf, b""
-                return out
-            self._fill(len(self.buf) + 1024 * 1024)
-
-    def exactly(self, n: int, keep: int, header: bytes | None) -> bytes | None:
-        """n bytes of a file's contents, keeping the first ``keep``; None when debugfs printed
-        fewer (an error went to stderr) — then resynchronised on the next header."""
-        kept = b""
-        remaining = n
-        while remaining:
-            self._fill(min(remaining, 1024 * 1024))
-            if not self.buf:
-                return None
-            piece = self.buf[:remaining]
-            if header is not None and header in piece and not self._at(header, len(piece)):
-                at = piece.find(header)
-                self.buf = self.buf[at:]
-                return None
-            self.buf = self.buf[len(piece):]
-            if len(kept) < keep:
-                kept += piece[:keep - len(kept)]
-            remaining -= len(piece)
-        return kept
-
-    def _at(self, header: bytes, pos: int) -> bool:
-        self._fill(pos + len(header))
-        return self.buf[pos:pos + len(header)] == header or (self.eof and len(self.buf) == pos)
+    def __init__(self, keep: int | None, sink: Callable[[bytes], object] | None) -> None:
+        self.keep = keep
+        self.sink = sink
+        self.ready: collections.deque[tuple[bytes, int]] = collections.deque()
 
 
 class Debugfs:
-    """Batches of debugfs commands against one filesystem of an image."""
+    """One read-only ``debugfs -c -f -`` session on a filesystem of an image.
+
+    Commands go in on a pipe, each followed by a comment line holding a random token of this
+    session; debugfs prints a comment as it reads it, after the output of the command before,
+    so each output ends at the token (nothing in an image can hold a token it cannot know).
+    At most ``WINDOW`` bytes of commands are in the pipe at once, less than it holds: a write
+    never waits for this process to read."""
+
+    WINDOW = 16 * 1024
 
     def __init__(self, image: Path, offset: int = 0) -> None:
         self.binary = debugfs_binary()
         self.target = f"{image}?offset={offset}" if offset else str(image)
-        self._tmp = contextlib.ExitStack()
-        # made on first use: an object half-built by a signal owns none
-        self.tmp: Path | None = None
+        # started on first use: an object half-built by a signal owns no process
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.token = b""
+        self.buf = b""
+        self.owed: collections.deque[tuple[str, _Reader]] = collections.deque()
+        self.errors: list[str] = []
+        self._stderr: threading.Thread | None = None
 
-    def _dir(self) -> Path:
-        with critical():  # made and recorded for close() at once
-            if self.tmp is None:
-                self.tmp = self._tmp.enter_context(private_directory("ami-bundler-check-"))
-            return self.tmp
+    def _start(self) -> subprocess.Popen[bytes]:
+        with critical():  # started and recorded for close() at once
+            if self.proc is None:
+                self.token = f"#ami-bundler-{secrets.token_hex(16)}\n".encode()
+                self.proc = subprocess.Popen([self.binary, "-c", "-f", "-", self.target],
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE)
+                self._stderr = threading.Thread(target=self._read_stderr, daemon=True,
+                                                name="ami-bundler-check-debugfs")
+                self._stderr.start()
+            return self.proc
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").strip()
+            if line and not line.startswith("debugfs ") and len(self.errors) < 20:
+                self.errors.append(line)
 
     def close(self) -> None:
-        self._tmp.close()
-        self.tmp = None
+        with critical():
+            proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        if self._stderr is not None:
+            self._stderr.join()
 
-    def _popen(self, commands: list[str]) -> subprocess.Popen[bytes]:
-        cmdfile = self._dir() / "commands"
-        cmdfile.write_text("".join(c + "\n" for c in commands))
-        return subprocess.Popen([self.binary, "-c", "-f", str(cmdfile), self.target],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+    def _failed(self, what: str) -> CheckSourceError:
+        proc = self.proc
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            if self._stderr is not None:
+                self._stderr.join()
+        detail = "; ".join(self.errors[-3:])[-300:] or what
+        self.owed.clear()
+        self.close()
+        return CheckSourceError(f"debugfs cannot read {self.target}: {detail}")
 
-    def _finish(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.read()
-        err = proc.stderr.read().decode(errors="replace")
-        proc.wait()
-        if proc.returncode:
-            raise CheckSourceError(f"debugfs cannot read {self.target}: {err.strip()[-300:]}")
+    def outputs(self, commands: list[str], keep: int | None = None,
+                sink: Callable[[bytes], object] | None = None) -> Iterator[tuple[bytes, int]]:
+        """(output, its length) of each command, in order: the first ``keep`` bytes of it
+        (all when None), or nothing with every byte passed to ``sink``. Calls may nest (a
+        lookup while reading files): outputs read for another call wait in its queue."""
+        proc = self._start()
+        assert proc.stdin is not None
+        mine = _Reader(keep, sink)
+        try:
+            i = 0
+            while i < len(commands):
+                size = 0
+                window: list[str] = []
+                while i < len(commands) and size < self.WINDOW:
+                    window.append(commands[i])
+                    size += len(commands[i]) + len(self.token) + 1
+                    i += 1
+                self._catch_up()
+                data = b"".join(c.encode() + b"\n" + self.token for c in window)
+                try:
+                    proc.stdin.write(data)
+                    proc.stdin.flush()
+                except BrokenPipeError:
+                    raise self._failed("it exited") from None
+                self.owed.extend((c, mine) for c in window)
+                for _ in window:
+                    while not mine.ready:
+                        command, reader = self.owed.popleft()
+                        reader.ready.append(self._output(command, reader.keep, reader.sink))
+                    yield mine.ready.popleft()
+        finally:
+            mine.keep, mine.sink = 0, None    # what is still owed to it is read and dropped
+            mine.ready.clear()
 
-    def outputs(self, commands: list[str]) -> Iterator[bytes]:
-        """Each command's whole output, in order."""
-        for start in range(0, len(commands), BATCH):
-            batch = commands[start:start + BATCH]
-            proc = self._popen(batch)
-            assert proc.stdout is not None
-            stream = _Stream(proc.stdout)
-            for i, cmd in enumerate(batch):
-                if not stream.take_header(f"debugfs: {cmd}\n".encode()):
-                    proc.kill()
-                    self._finish(proc)
-                    raise CheckSourceError(f"unexpected output from debugfs for {cmd!r}")
-                nxt = f"debugfs: {batch[i + 1]}\n".encode() if i + 1 < len(batch) else None
-                yield stream.until(nxt)
-            self._finish(proc)
+    def _catch_up(self) -> None:
+        """Read what is owed before writing more, so the pipe holds at most one window."""
+        while self.owed:
+            command, reader = self.owed.popleft()
+            reader.ready.append(self._output(command, reader.keep, reader.sink))
+
+    def _fill(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        chunk = self.proc.stdout.read1(1024 * 1024)
+        if not chunk:
+            raise self._failed("it exited")
+        self.buf += chunk
+
+    def _output(self, command: str, keep: int | None,
+                sink: Callable[[bytes], object] | None) -> tuple[bytes, int]:
+        header = f"debugfs: {command}\n".encode()
+        while len(self.buf) < len(header):
+            self._fill()
+        if not self.buf.startswith(header):
+            raise self._failed(f"unexpected output for {command!r}")
+        self.buf = self.buf[len(header):]
+        token = self.token
+        kept: list[bytes] = []
+        room = -1 if keep is None else keep
+        total = 0
+        while True:
+            at = self.buf.find(token)
+            end = at if at >= 0 else max(0, len(self.buf) - len(token) + 1)
+            piece = self.buf[:end]
+            self.buf = self.buf[end + len(token):] if at >= 0 else self.buf[end:]
+            total += len(piece)
+            if sink is not None:
+                sink(piece)
+            elif room < 0:
+                kept.append(piece)
+            elif room:
+                kept.append(piece[:room])
+                room -= len(kept[-1])
+            if at >= 0:
+                return b"".join(kept), total
+            self._fill()
 
     def cat_prefixes(self, files: list[tuple[int, int]], keep: int) -> Iterator[bytes | None]:
         """The first ``keep`` bytes of each (inode, size), streamed; None for a failed read."""
-        for start in range(0, len(files), BATCH):
-            batch = files[start:start + BATCH]
-            cmds = [f"cat <{ino}>" for ino, _ in batch]
-            proc = self._popen(cmds)
-            assert proc.stdout is not None
-            stream = _Stream(proc.stdout)
-            for i, (_, size) in enumerate(batch):
-                nxt = f"debugfs: {cmds[i + 1]}\n".encode() if i + 1 < len(batch) else None
-                if not stream.take_header(f"debugfs: {cmds[i]}\n".encode()):
-                    stream.until(f"debugfs: {cmds[i]}\n".encode())
-                    if not stream.take_header(f"debugfs: {cmds[i]}\n".encode()):
-                        yield None
-                        continue
-                yield stream.exactly(size, keep, nxt)
-            self._finish(proc)
+        for (_, size), (data, total) in zip(
+                files, self.outputs([f"cat <{ino}>" for ino, _ in files], keep), strict=True):
+            yield data if total == size else None
 
 
 # ------------------------------------------------------------------------------ the tree
 
 class ImageTree(Tree):
+    """Directories are listed by inode (``ls -p <ino>``), the ones a lookup needs when it
+    needs them, a whole level per batch for ``entries()``; the symlinks' targets of each
+    batch follow in one more (``stat`` for fast links, ``cat`` for the rest)."""
+
     def __init__(self, image: Path, *, facts: VolumeFacts | None = None,
                  offset: int | None = None) -> None:
         image = Path(image)
         if facts is None or offset is None:
             facts, offset = disk_facts(image)
         self.debugfs = Debugfs(image, offset)
+        self.seen = {2}     # directory inodes met: a corrupt or hostile cycle is listed once
         try:
-            super().__init__(self._index_all(), facts)
+            super().__init__(Entry("/", "dir", 0o40755, 0, 0, 0, ref=2), facts)
+            self.listdir("/")     # an unreadable filesystem fails here, not in a rule
         except BaseException:
             self.debugfs.close()
             raise
@@ -260,52 +301,44 @@ class ImageTree(Tree):
     def close(self) -> None:
         self.debugfs.close()
 
-    def _index_all(self) -> list[Entry]:
-        entries = [Entry("/", "dir", 0o40755, 0, 0, 0, ref=2)]
-        level = [("/", 2)]
-        seen = {2}
-        links: list[Entry] = []
-        while level:
-            nxt: list[tuple[str, int]] = []
-            outputs = self.debugfs.outputs([f"ls -p <{ino}>" for _, ino in level])
-            for (parent, _), out in zip(level, outputs, strict=True):
-                for m in _LS_P.finditer(out):
-                    ino, mode = int(m.group(1)), int(m.group(2), 8)
-                    name = m.group(5).decode("utf-8", "surrogateescape")
-                    if name in (".", "..") or not name or ino == 0:
+    def _list_dirs(self, dirs: list[Entry]) -> Iterator[list[Entry]]:
+        listed: list[list[Entry]] = []
+        for parent, (out, _) in zip(dirs, self.debugfs.outputs(
+                [f"ls -p <{d.ref}>" for d in dirs]), strict=True):
+            found: list[Entry] = []
+            if parent.ref == 2 and not _LS_P.search(out):   # not even "." and ".."
+                raise self.debugfs._failed("no root directory")
+            for m in _LS_P.finditer(out):
+                ino, mode = int(m.group(1)), int(m.group(2), 8)
+                name = m.group(5).decode("utf-8", "surrogateescape")
+                if name in (".", "..") or not name or ino == 0:
+                    continue
+                kind = kind_of(mode)
+                if kind == "dir":
+                    if ino in self.seen:
                         continue
-                    path = join(parent, name)
-                    kind = kind_of(mode)
-                    e = Entry(path, kind, mode, int(m.group(3)), int(m.group(4)),
-                              int(m.group(6) or 0), ref=ino)
-                    if kind == "dir":
-                        if ino in seen:      # a corrupt or hostile directory cycle
-                            continue
-                        seen.add(ino)
-                        nxt.append((path, ino))
-                    if kind == "symlink":
-                        links.append(e)
-                    else:
-                        entries.append(e)
-            level = nxt
-        entries += self._with_targets(links)
-        return entries
+                    self.seen.add(ino)
+                found.append(Entry(join(parent.path, name), kind, mode, int(m.group(3)),
+                                   int(m.group(4)), int(m.group(6) or 0), ref=ino))
+            listed.append(found)
+        targets = self._targets([e for found in listed for e in found if e.kind == "symlink"])
+        for found in listed:
+            yield [_linked(e, targets[e.path]) if e.kind == "symlink" else e for e in found]
 
-    def _with_targets(self, links: list[Entry]) -> list[Entry]:
+    def _targets(self, links: list[Entry]) -> dict[str, bytes | None]:
         fast = [e for e in links if e.size < 60]
         slow = [e for e in links if e.size >= 60]
-        out: list[Entry] = []
-        for e, text in zip(fast, self.debugfs.outputs([f"stat <{e.ref}>" for e in fast]),
-                           strict=True):
+        out: dict[str, bytes | None] = {}
+        for e, (text, _) in zip(fast, self.debugfs.outputs([f"stat <{e.ref}>" for e in fast]),
+                                strict=True):
             m = _FAST_LINK.search(text)
-            target = m.group(1) if m else None
-            if target is None:  # inline-data or a long link: read it like a slow one
+            if m is None:   # inline-data or a long link: read it like a slow one
                 slow.append(e)
-                continue
-            out.append(_linked(e, target))
+            else:
+                out[e.path] = m.group(1)
         for e, data in zip(slow, self.debugfs.cat_prefixes([(int(e.ref), e.size) for e in slow],
                                                            4096), strict=True):
-            out.append(_linked(e, data))
+            out[e.path] = data
         return out
 
     def _read(self, entry: Entry, limit: int) -> bytes | None:
@@ -327,23 +360,10 @@ def copy_out(tree: ImageTree, path: str, dest: Path) -> Path:
     e = tree.entry(path)
     if e is None or e.kind != "file":
         raise CheckSourceError(f"{path} is not a file in the image")
-    proc = tree.debugfs._popen([f"cat <{e.ref}>"])
-    assert proc.stdout is not None
-    stream = _Stream(proc.stdout)
-    if not stream.take_header(f"debugfs: cat <{e.ref}>\n".encode()):
-        proc.kill()
-        tree.debugfs._finish(proc)
-        raise CheckSourceError(f"cannot read {path} from the image")
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    written = 0
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "wb") as out:
-        out.write(stream.buf)
-        written += len(stream.buf)
-        stream.buf = b""
-        while chunk := proc.stdout.read(1024 * 1024):
-            out.write(chunk)
-            written += len(chunk)
-    tree.debugfs._finish(proc)
-    if written != e.size:
-        raise CheckSourceError(f"read {written} of {e.size} bytes of {path} from the image")
+        for _, written in tree.debugfs.outputs([f"cat <{e.ref}>"], sink=out.write):
+            if written != e.size:
+                raise CheckSourceError(f"read {written} of {e.size} bytes of {path} from the "
+                                       "image")
     return dest

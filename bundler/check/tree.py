@@ -1,7 +1,8 @@
-"""A read-only view of a root filesystem for the check rules: an index of every entry, symlinks
-resolved *inside* the tree, and file contents read on demand.
+"""A read-only view of a root filesystem for the check rules: an index of its entries (each
+directory listed when a lookup first needs it), symlinks resolved *inside* the tree, and file
+contents read on demand.
 
-Backends fill the index and read contents: ``DirTree`` (a directory, through ``os``; works under
+Backends list directories and read contents: ``DirTree`` (a directory, through ``os``; works under
 pyfakefs) and ``ImageTree`` (an ext2/3/4 filesystem inside an image file, through debugfs,
 never mounted: ``bundler.check.debugfs``). Rules only ever see this interface, so they are
 pure logic over the index and the few bytes they ask for.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -71,40 +72,62 @@ class VolumeFacts:
 
 
 class Tree:
-    """The index and path logic; subclasses supply ``_read`` (and may batch ``read_prefixes``)."""
+    """The index and path logic. Directories are listed when a lookup first needs them
+    (``_list_dirs``), so rules that read a few dozen paths of a 400 000-entry image index a
+    few dozen directories; ``entries()`` lists the rest. Subclasses supply ``_list_dirs``
+    and ``_read`` (and may batch ``read_prefixes``)."""
 
-    def __init__(self, entries: Iterable[Entry], facts: VolumeFacts) -> None:
+    def __init__(self, root: Entry, facts: VolumeFacts) -> None:
         self.facts = facts
-        self._index: dict[str, Entry] = {}
-        self._children: dict[str, list[str]] = {}
-        for e in entries:
-            self._index[e.path] = e
-            if e.path != "/":
-                parent = e.path.rsplit("/", 1)[0] or "/"
-                self._children.setdefault(parent, []).append(e.name)
+        self._index: dict[str, Entry] = {"/": root}
+        self._children: dict[str, list[str]] = {}    # listed directories only
+
+    def _list_dirs(self, dirs: list[Entry]) -> Iterator[list[Entry]]:
+        """The entries of each directory (paths joined, symlink targets read), in order."""
+        raise NotImplementedError
+
+    def _load(self, dirs: list[Entry]) -> None:
+        todo = [d for d in dirs if d.kind == "dir" and d.path not in self._children]
+        for d, found in zip(todo, self._list_dirs(todo), strict=True):
+            names = self._children[d.path] = []
+            for e in found:
+                if e.path not in self._index:
+                    self._index[e.path] = e
+                    names.append(e.name)
+
+    def _child(self, parent: Entry, name: str) -> Entry | None:
+        if parent.path not in self._children:
+            self._load([parent])
+        return self._index.get(join(parent.path, name))
 
     # -------------------------------------------------------------- index and symlinks
 
     def __len__(self) -> int:
+        """The entries indexed so far (every entry once ``entries()`` ran)."""
         return len(self._index)
 
     def entries(self) -> Iterator[Entry]:
         """Every entry (symlinks not followed), parents before children."""
+        level = [self._index["/"]]
+        while level:
+            self._load(level)
+            level = [self._index[join(d.path, n)] for d in level
+                     for n in self._children.get(d.path, ())]
+            level = [e for e in level if e.kind == "dir"]
         return iter(sorted(self._index.values(), key=lambda e: e.path))
 
     def resolve(self, path: str, *, follow_last: bool = True) -> str | None:
         """The canonical path of ``path`` with symlinks resolved inside the tree (an absolute
         target means the tree's root), or None when it does not exist or loops."""
         parts = [p for p in path.split("/") if p and p != "."]
-        resolved = "/"
+        resolved = self._index["/"]
         hops = 0
         while parts:
             name = parts.pop(0)
             if name == "..":
-                resolved = resolved.rsplit("/", 1)[0] or "/"
+                resolved = self._index[resolved.path.rsplit("/", 1)[0] or "/"]
                 continue
-            candidate = join(resolved, name)
-            entry = self._index.get(candidate)
+            entry = self._child(resolved, name)
             if entry is None:
                 return None
             if entry.kind == "symlink" and (parts or follow_last):
@@ -112,11 +135,11 @@ class Tree:
                 if hops > MAX_SYMLINK_HOPS or entry.target is None:
                     return None
                 if entry.target.startswith("/"):
-                    resolved = "/"
+                    resolved = self._index["/"]
                 parts = [p for p in entry.target.split("/") if p and p != "."] + parts
                 continue
-            resolved = candidate
-        return resolved
+            resolved = entry
+        return resolved.path
 
     def entry(self, path: str, *, follow: bool = True) -> Entry | None:
         real = self.resolve(path, follow_last=follow)
@@ -135,10 +158,11 @@ class Tree:
 
     def listdir(self, path: str) -> list[Entry]:
         """The entries of a directory (itself followed if a symlink), sorted by name."""
-        real = self.resolve(path)
-        if real is None or self._index[real].kind != "dir":
+        e = self.entry(path)
+        if e is None or e.kind != "dir":
             return []
-        return [self._index[join(real, n)] for n in sorted(self._children.get(real, []))]
+        self._load([e])
+        return [self._index[join(e.path, n)] for n in sorted(self._children.get(e.path, []))]
 
     def glob(self, directory: str, pattern: str) -> list[Entry]:
         return [e for e in self.listdir(directory) if fnmatch.fnmatchcase(e.name, pattern)]
@@ -189,38 +213,41 @@ class DirTree(Tree):
         st = os.lstat(self.root)
         if not stat.S_ISDIR(st.st_mode):
             raise NotADirectoryError(self.root)
+        self.dev = st.st_dev
         facts = facts or VolumeFacts(kind="directory", description=self.root)
-        super().__init__(self._walk(st), facts)
+        super().__init__(Entry("/", "dir", st.st_mode, st.st_uid, st.st_gid, 0, ref=self.root),
+                         facts)
 
-    def _walk(self, root_st: os.stat_result) -> Iterator[Entry]:
-        yield Entry("/", "dir", root_st.st_mode, root_st.st_uid, root_st.st_gid, 0, ref=self.root)
-        stack = ["/"]
-        while stack:
-            rel = stack.pop()
-            host = self.root if rel == "/" else self.root + rel
-            try:
-                it = os.scandir(host)
-            except OSError:
-                continue
-            with it:
-                for d in it:
+    def _list_dirs(self, dirs: list[Entry]) -> Iterator[list[Entry]]:
+        for d in dirs:
+            yield self._list(d)
+
+    def _list(self, parent: Entry) -> list[Entry]:
+        host = str(parent.ref)
+        try:
+            if parent.path in self.SKIP_CONTENTS or os.lstat(host).st_dev != self.dev:
+                return []
+            it = os.scandir(host)
+        except OSError:
+            return []
+        found: list[Entry] = []
+        with it:
+            for d in it:
+                try:
+                    st = d.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                kind = kind_of(st.st_mode)
+                target = None
+                if kind == "symlink":
                     try:
-                        st = d.stat(follow_symlinks=False)
+                        target = os.readlink(d.path)
                     except OSError:
-                        continue
-                    path = join(rel, d.name)
-                    kind = kind_of(st.st_mode)
-                    target = None
-                    if kind == "symlink":
-                        try:
-                            target = os.readlink(d.path)
-                        except OSError:
-                            target = None
-                    yield Entry(path, kind, st.st_mode, st.st_uid, st.st_gid,
-                                st.st_size if kind != "dir" else 0, target, d.path)
-                    if kind == "dir" and path not in self.SKIP_CONTENTS \
-                            and st.st_dev == root_st.st_dev:
-                        stack.append(path)
+                        target = None
+                found.append(Entry(join(parent.path, d.name), kind, st.st_mode, st.st_uid,
+                                   st.st_gid, st.st_size if kind != "dir" else 0, target,
+                                   d.path))
+        return found
 
     def _read(self, entry: Entry, limit: int) -> bytes | None:
         try:
