@@ -16,7 +16,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .interrupts import critical
@@ -91,15 +91,25 @@ def sync_directory(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def private_directory(prefix: str, parent: Path | None = None) -> Iterator[Path]:
-    """A new mode-0700 directory under ``parent`` (default: $TMPDIR), removed with all it holds
-    on every path out (a signal during the removal waits until it is done)."""
+def private_directory(prefix: str, parent: Path | None = None, *, name: str | None = None,
+                      remove: Callable[[Path], object] | None = None) -> Iterator[Path]:
+    """A new mode-0700 directory under ``parent`` (default: $TMPDIR), named ``prefix`` and a
+    random suffix, or exactly ``name`` (which must not exist); removed with all it holds on
+    every path out, by ``remove`` when given (a signal during the removal waits until it is
+    done)."""
     path: Path | None = None
     try:
         with critical():
-            path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+            if name is None:
+                path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+            else:
+                target = Path(parent or tempfile.gettempdir()) / name
+                os.mkdir(target, 0o700)
+                path = target
         yield path
     finally:
         if path is not None:
             with critical():
+                if remove is not None:
+                    remove(path)
                 shutil.rmtree(path, ignore_errors=True)

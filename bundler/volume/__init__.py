@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, UsageError, VolumeError
+from ..newfiles import private_directory
 from ..parts import VOLUME_KIND, DirectorySink, remove_stale, temp_name
 from ..progress import NULL_PROGRESS, ProgressListener
 from . import bootloader as bootlib
@@ -285,8 +286,17 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
     if not config.clone_only and sink is None:
         DirectorySink(Path(config.destination)).check_clear(config.prefix)  # fail before the work
     # One private directory (0700 from creation) holds the unencrypted image, the staging
-    # tree and spooled xattrs: nothing in it is readable by other users even in /tmp.
-    private = work / temp_name(VOLUME_KIND, f"{config.prefix}.work")
+    # tree and spooled xattrs: nothing in it is readable by other users even in /tmp. It is
+    # removed on every way out, a signal at any point included.
+    with private_directory("", work, name=temp_name(VOLUME_KIND, f"{config.prefix}.work"),
+                           remove=stagelib.remove_tree) as private:
+        return _build(config, private, timings, t0, keys=keys, options=options, sink=sink,
+                      progress=progress, on_selection=on_selection, on_image=on_image)
+
+
+def _build(config: VolumeConfig, private: Path, timings: dict[str, float], t0: float, *,
+           keys, options, sink, progress: ProgressListener, on_selection,
+           on_image) -> VolumeResult:
     tmp_image = private / "image"
     staging = private / "staging"
     mounts = host_mounts()
@@ -326,7 +336,6 @@ def bundle_volume(config: VolumeConfig, *, keys=None, options=None, sink=None,
     # GRUB 2 cannot read ea_inode filesystems; without it, oversize xattrs are kept that way.
     grub_possible = (config.partition != "none" and config.bootloader != "none"
                      and fs_type == "ext4")
-    os.mkdir(private, 0o700)
     try:
         t = time.monotonic()
         spool = private / "xattrs"

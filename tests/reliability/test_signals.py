@@ -218,3 +218,36 @@ def test_real_bundle_vol_signalled_while_building(ws, tmp_path, signum):
         pytest.skip("the run finished before the signal landed")
     assert proc.returncode == 128 + signum, err
     assert not dest.exists() or os.listdir(dest) == [], os.listdir(dest)
+
+
+@pytest.mark.skipif(shutil.which("mke2fs") is None and not Path("/sbin/mke2fs").exists(),
+                    reason="e2fsprogs not installed")
+def test_bundle_vol_signalled_just_after_making_its_work_directory(tmp_path):
+    """A signal the moment bundle-vol's private work directory exists (the instant between
+    creating it and guarding it) leaves nothing; the directory is 0700 from creation."""
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hostname").write_text("sig\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    modes = tmp_path / "modes"
+
+    def body() -> int:
+        real = os.mkdir
+
+        def mkdir(path, mode=0o777, *args, **kwargs):
+            real(path, mode, *args, **kwargs)
+            name = os.fspath(path)
+            if isinstance(name, str) and os.path.basename(name).startswith(TEMP_MARK) \
+                    and ".work-" in name:
+                with open(modes, "a") as fh:
+                    fh.write(f"{stat.S_IMODE(os.lstat(name).st_mode):o}\n")
+                os.kill(os.getpid(), signal.SIGTERM)
+        os.mkdir = mkdir
+        return crashkit._main(["bundle-vol", "-v", str(root), "-d", str(dest), "-p", "vol",
+                               "--clone-only", "--no-inherit", "-q", "-s", "16"])
+
+    code = crashkit._run_in_child(body, None)
+    assert modes.read_text() == "700\n"
+    assert code == 128 + signal.SIGTERM
+    assert os.listdir(dest) == []
