@@ -162,7 +162,7 @@ def boot_image(image: Path, config: BootConfig) -> BootResult:
         overlay = tmp / "overlay.qcow2"
         made = subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", "-F", QEMU_FORMATS[fmt],
                                "-b", str(image.resolve()), str(overlay)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, umask=0o077)  # 0600 overlay
         if made.returncode:
             raise BootTestError(f"qemu-img cannot make an overlay on {image}: "
                                 f"{made.stderr.strip()}")
@@ -194,8 +194,9 @@ def _run(cmd: list[str], serial: Path, expect: re.Pattern[str], timeout: float) 
     proc: subprocess.Popen[bytes] | None = None
     try:
         with critical():  # started and recorded at once: killed on every path out
+            # umask: the console log it writes is 0600 like everything in the directory
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE)
+                                    stderr=subprocess.PIPE, umask=0o077)
         while time.monotonic() - started < timeout:
             try:
                 proc.wait(timeout=0.5)  # the wait is the poll interval

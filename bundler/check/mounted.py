@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..errors import VolumeError
+from ..interrupts import critical
 from .debugfs import CheckSourceError, disk_facts
 from .tree import DirTree
 
@@ -34,8 +35,11 @@ def mounted_tree(image: Path, *, work_dir: Path | None = None) -> Iterator[DirTr
         raise CheckSourceError(f"{image}: the {facts.fs_type} filesystem is read through a "
                                f"mount, and {why}")
     fstype = facts.fs_type or ""
-    where = Path(tempfile.mkdtemp(prefix=".check-mnt-", dir=work_dir or Path(image).parent))
+    where: Path | None = None
     try:
+        with critical():    # made and recorded for the removal at once
+            where = Path(tempfile.mkdtemp(prefix=".check-mnt-",
+                                          dir=work_dir or Path(image).parent))
         with ExitStack() as stack:
             try:
                 device = stack.enter_context(
@@ -47,4 +51,5 @@ def mounted_tree(image: Path, *, work_dir: Path | None = None) -> Iterator[DirTr
                                        f"check it: {exc}") from exc
             yield DirTree(root, facts)
     finally:
-        os.rmdir(where)
+        if where is not None:
+            os.rmdir(where)     # never rmtree: it may still be a mount point

@@ -24,8 +24,11 @@ with open(serial, "w") as fh:
     time.sleep(60)
 """
 FAKE_QEMU_IMG = """#!{python}
-import sys
+import os, sys
 open(sys.argv[-1], "wb").write(b"QFI\\xfb")
+if os.environ.get("MODE_LOG"):
+    with open(os.environ["MODE_LOG"], "a") as fh:
+        fh.write(oct(os.stat(sys.argv[-1]).st_mode & 0o777) + "\\n")
 """
 
 
@@ -55,6 +58,31 @@ def test_marker_found(tmp_path, monkeypatch, disk):
     result = boot_image(disk, BootConfig(timeout=30, accel="tcg", console_log=log))
     assert result.booted and result.marker == "box login:"
     assert "box login: " in log.read_text()
+
+
+def test_overlay_and_console_are_private_from_creation(tmp_path, monkeypatch, disk):
+    fake_tools(tmp_path, monkeypatch, "box login: ")
+    modes = tmp_path / "modes"
+    monkeypatch.setenv("MODE_LOG", str(modes))
+    seen: list[int] = []
+    real = time.monotonic
+
+    def watch() -> float:       # the console log, seen from the watching loop
+        for p in (tmp_path / "work").glob("ami-bundler-boot-*/console.log"):
+            seen.append(p.stat().st_mode & 0o777)
+        return real()
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.setattr("bundler.boottest.time.monotonic", watch)
+    old = os.umask(0o022)
+    try:
+        result = boot_image(disk, BootConfig(timeout=30, accel="tcg",
+                                             work_dir=tmp_path / "work"))
+    finally:
+        os.umask(old)
+    assert result.booted
+    assert modes.read_text() == "0o600\n"
+    assert seen and set(seen) == {0o600}
 
 
 def test_panic_stops_the_wait_and_is_shown(tmp_path, monkeypatch, disk):
