@@ -341,10 +341,13 @@ def _build(config: VolumeConfig, private: Path, timings: dict[str, float], t0: f
         spool = private / "xattrs"
         os.mkdir(spool, 0o700)
         xpolicy = stagelib.XattrPolicy(keep=not config.drop_oversize_xattrs, spool_dir=spool)
-        if feed:
-            # Only what the tool reads or rewrites is staged; the feed writes the rest.
-            scan_deferred(selection, lambda rel: ext4feed.staged(rel, False))
-            stats = stagelib.stage(ext4feed.staged_subset(selection), staging, xattrs=xpolicy)
+        # Only what the tool reads or rewrites is staged (with the files hard-linked to
+        # those); the feed writes the rest.
+        which = ext4feed.split(selection) if feed else None
+        if which is not None:
+            scan_deferred(selection, lambda rel: which(rel, False))
+            stats = stagelib.stage(ext4feed.staged_subset(selection, which), staging,
+                                   xattrs=xpolicy)
         else:
             stats = stagelib.stage(selection, staging, xattrs=xpolicy)
         check_staged(stats, config, grub_possible)
@@ -394,11 +397,11 @@ def _build(config: VolumeConfig, private: Path, timings: dict[str, float], t0: f
                                                dev_nodes=dev_nodes, check=config.fsck,
                                                selection=selection):
             boot_plan.warn(warning)
-        if feed:
+        if which is not None:
             try:
                 left_out, warnings = ext4feed.populate(selection, staging, tmp_image,
                                                        offset=layout.fs_offset, stats=stats,
-                                                       xattrs=xpolicy)
+                                                       xattrs=xpolicy, which=which)
             except ext4feed.DebugfsError as exc:
                 full = imagefs.explain_full(exc.stderr, tmp_image, params, min_mib=min_disk)
                 if full is not None:

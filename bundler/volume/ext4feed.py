@@ -35,6 +35,7 @@ import stat
 import subprocess
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VolumeError
@@ -532,7 +533,7 @@ STAGED_FILES = ("usr/lib/os-release",)
 
 
 def staged(rel: str, is_dir: bool) -> bool:
-    """Whether ``rel`` is written from the small staging tree rather than from the source."""
+    """Whether ``rel`` is one of the paths the tool may read or rewrite (see ``Split``)."""
     if not rel:
         return False
     if rel.split("/", 1)[0] in STAGED_TOPS or rel in STAGED_FILES:
@@ -540,17 +541,45 @@ def staged(rel: str, is_dir: bool) -> bool:
     return "/" not in rel and not is_dir
 
 
-def staged_subset(selection: Selection) -> Selection:
+@dataclass(frozen=True)
+class Split:
+    """Which entries are written from the small staging tree rather than from the source: the
+    ``staged`` paths, and every other member of a hard-link group that has one (``linked``),
+    so the group stays one inode — the staging tree holds it the way ``mke2fs -d`` of a full
+    staging copy would see it, the tool's rewrites included."""
+
+    linked: frozenset[str] = frozenset()
+
+    def __call__(self, rel: str, is_dir: bool) -> bool:
+        return staged(rel, is_dir) or (not is_dir and rel in self.linked)
+
+
+def split(selection: Selection) -> Split:
+    groups: dict[tuple[int, int], list[str]] = {}
+    for e in selection.entries:
+        if e.st_nlink > 1 and stat.S_ISREG(e.st_mode):
+            groups.setdefault((e.st_dev, e.st_ino), []).append(e.rel)
+    linked = {rel for rels in groups.values() if any(staged(r, False) for r in rels)
+              for rel in rels if not staged(rel, False)}
+    return Split(frozenset(linked))
+
+
+def staged_subset(selection: Selection, which: Split | None = None) -> Selection:
     """The entries to stage: the root, the staged ones and the directories above them."""
-    parents = {f.rpartition("/")[0] for f in STAGED_FILES}
-    parents |= {p.rpartition("/")[0] for p in parents}
+    which = which or Split()
+    parents: set[str] = set()
+    for rel in (*STAGED_FILES, *which.linked):
+        while rel:
+            rel = rel.rpartition("/")[0]
+            parents.add(rel)
     entries = [e for e in selection.entries
-               if not e.rel or e.rel in parents or staged(e.rel, stat.S_ISDIR(e.st_mode))]
+               if not e.rel or e.rel in parents or which(e.rel, stat.S_ISDIR(e.st_mode))]
     return Selection(selection.volume, entries, [], [], [])
 
 
 def populate(selection: Selection, staging: Path, image: Path, *, offset: int,
-             stats: StageStats, xattrs: XattrPolicy) -> tuple[list[Exclusion], list[str]]:
+             stats: StageStats, xattrs: XattrPolicy,
+             which: Split | None = None) -> tuple[list[Exclusion], list[str]]:
     """Write the selection into the empty ext4 filesystem of ``image``: the staged entries
     from ``staging``, the rest from the source. Returns the entries the secret scan left out
     and warnings; ``stats`` gets the counts, flags and oversize xattrs."""
@@ -559,7 +588,8 @@ def populate(selection: Selection, staging: Path, image: Path, *, offset: int,
     db = Debugfs(image_target(image, offset))
     feed = Feed(db, stats, xattrs)
     try:
-        feed.run(selection, skip=staged)
+        which = which or Split()
+        feed.run(selection, skip=which)
         ours = select_files(SelectionConfig(volume=staging, secret_filter=False,
                                             mount_policy="all", virtual_dirs=()))
         feed.run(ours, existing=lambda rel, is_dir: is_dir and not staged(rel, True),

@@ -166,3 +166,58 @@ def test_quoting_is_what_debugfs_parses(tmp_path):
     assert ext4feed.quote('a"b') == '"a""b"'
     assert ext4feed.here("<2>") == '"./<2>"'
     assert ext4feed.escape_value(b'a "\\\x00') == "a\\x20\\x22\\x5c\\x00"
+
+
+def inode_groups(image: Path) -> set[frozenset[str]]:
+    """The image's regular files grouped by inode (hard links), each group of its paths."""
+    by_ino: dict[str, set[str]] = {}
+    todo = ["/"]
+    while todo:
+        d = todo.pop()
+        out = run_debugfs(image, [f"ls -p {ext4feed.quote(d)}"]).decode("utf-8", "surrogateescape")
+        for line in out.splitlines():
+            fields = line.split("/")
+            if not line.startswith("/") or fields[5] in (".", ".."):
+                continue
+            path = d.rstrip("/") + "/" + fields[5]
+            if fields[2].startswith("04") and fields[5] != "lost+found":
+                todo.append(path)
+            elif fields[2].startswith("10"):
+                by_ino.setdefault(fields[1], set()).add(path)
+    return {frozenset(paths) for paths in by_ino.values()}
+
+
+def test_hard_links_between_staged_and_fed_files_stay_one_inode(tmp_path):
+    tree = tmp_path / "tree"
+    for d in ("etc/ssl", "boot", "usr/bin", "usr/lib", "var/lib/x", "srv"):
+        (tree / d).mkdir(parents=True)
+    pairs = {"etc/ssl/cert.pem": ["usr/lib/cert.pem"],        # staged ↔ fed
+             "boot/vmlinuz-6": ["usr/lib/vmlinuz", "var/lib/x/vmlinuz"],
+             "toplevel": ["srv/toplevel"],                    # a root-level file is staged
+             "etc/fstab": ["var/lib/x/fstab"],                # bundle-vol rewrites this one
+             "usr/bin/a": ["usr/bin/b"]}                      # fed ↔ fed, as before
+    for first, others in pairs.items():
+        (tree / first).write_bytes(os.urandom(3000))
+        for other in others:
+            os.link(tree / first, tree / other)
+    os.utime(tree / "usr/lib/cert.pem", ns=(1, 1_650_000_000_987_654_321))
+    out = tmp_path / "out"
+    out.mkdir()
+    fed, _ = clone(tree, out, "fed", "auto", generate_fstab=True)
+    staged, _ = clone(tree, out, "staged", "staging", generate_fstab=True)
+    assert fed.stage.fed > 0 and staged.stage.fed == 0
+    groups = inode_groups(out / "fed")
+    assert groups == inode_groups(out / "staged")
+    assert {"/etc/ssl/cert.pem", "/usr/lib/cert.pem"} in groups
+    assert {"/boot/vmlinuz-6", "/usr/lib/vmlinuz", "/var/lib/x/vmlinuz"} in groups
+    assert {"/toplevel", "/srv/toplevel"} in groups
+    # The rewritten fstab is a new file; the original stays linked as fstab.old.
+    assert {"/etc/fstab.old", "/var/lib/x/fstab"} in groups
+    for path in listing(out / "staged"):
+        got, want = describe(out / "fed", path), describe(out / "staged", path)
+        if want["Type"] == "directory":
+            got.pop("Size"), want.pop("Size")
+        got.pop("mtime"), want.pop("mtime")
+        assert got == want, path
+    assert describe(out / "fed", "/usr/lib/cert.pem")["mtime"] == mtime_fields(
+        tree, "/usr/lib/cert.pem")
