@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import secrets
 import shutil
 import subprocess
@@ -129,8 +130,15 @@ def make_tree(root: Path, count: int) -> None:
 
 RSS_WRAPPER = ("import resource, sys\nfrom bundler.cli import main\n"
                "code = main(sys.argv[1:])\n"
-               "r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-               "print(f'RSS {r}', file=sys.stderr)\nsys.exit(code)")
+               "s = resource.getrusage(resource.RUSAGE_SELF)\n"
+               "c = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+               "print(f'RSS {s.ru_maxrss} CPU {s.ru_utime + s.ru_stime:.2f} '\n"
+               "      f'{c.ru_utime + c.ru_stime:.2f}', file=sys.stderr)\nsys.exit(code)")
+
+
+def children_cpu() -> float:
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return c.ru_utime + c.ru_stime
 
 
 def scale_row(tree: Path, work: Path, count: int) -> dict:
@@ -146,7 +154,8 @@ def scale_row(tree: Path, work: Path, count: int) -> dict:
     if proc.returncode:
         sys.exit(f"bundle-vol failed: {proc.stderr.strip()[-2000:]}")
     data = json.loads(proc.stdout)
-    rss = int(proc.stderr.rsplit("RSS ", 1)[1].split()[0])
+    fields = proc.stderr.rsplit("RSS ", 1)[1].split()
+    rss, cpu_self, cpu_tools = int(fields[0]), float(fields[2]), float(fields[3])
     image = out / "image"
     image_blocks = os.stat(image).st_blocks * 512
     size_mib = data["image_size"] // 2**20
@@ -157,14 +166,15 @@ def scale_row(tree: Path, work: Path, count: int) -> dict:
     alone = work / f"alone-{count}.img"
     with open(alone, "wb") as fh:
         fh.truncate(size_mib * 2**20)
-    started = time.monotonic()
+    started, cpu0 = time.monotonic(), children_cpu()
     # The same size and inode count as ours: only the population differs.
     subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-N", str(inodes), "-d", str(tree),
                     str(alone)], check=True, capture_output=True)
-    mke2fs = time.monotonic() - started
+    mke2fs, mke2fs_cpu = time.monotonic() - started, children_cpu() - cpu0
     alone.unlink()
     return {"count": count, "entries": data["entries"], "ours": ours, "mke2fs": mke2fs,
-            "timings": data["timings"], "rss": rss // 1024,
+            "timings": data["timings"], "rss": rss // 1024, "cpu_self": cpu_self,
+            "cpu_tools": cpu_tools, "mke2fs_cpu": mke2fs_cpu,
             "temp": (data["staged"]["bytes"] + image_blocks) // 2**20, "size": size_mib}
 
 
@@ -185,19 +195,24 @@ def scale(counts: list[int], workdir: Path | None, keep_trees: Path | None) -> i
         shutil.rmtree(work, ignore_errors=True)
         if keep_trees is None:
             shutil.rmtree(base, ignore_errors=True)
-    print(f"\nbundle-vol --clone-only vs mke2fs -d alone ({os.cpu_count()} CPUs; load "
-          f"{os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f})")
-    print("| entries | mke2fs -d | bundle-vol | ratio | select | stage | mkfs | fsck "
-          "| other | peak RSS | temp disk / image |")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"\nbundle-vol --clone-only vs mke2fs -d alone, {when}, {os.cpu_count()} CPUs, "
+          f"load {load} (README rows:)\n")
+    print("| entries | `mke2fs -d` alone | bundle-vol | ratio | select | stage | mkfs + feed "
+          "| fsck | CPU: bundle-vol + its tools / `mke2fs -d` | peak RSS | temp disk / image |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = r["timings"]
-        print(f"| {r['entries']} | {r['mke2fs']:.1f} s | {r['ours']:.1f} s | "
+        entries = f"{r['entries']:,}".replace(",", " ")
+        print(f"| {entries} | {r['mke2fs']:.1f} s | {r['ours']:.1f} s | "
               f"{r['ours'] / r['mke2fs']:.2f}× | {t.get('select', 0):.1f} | "
               f"{t.get('stage', 0):.1f} | {t.get('mkfs', 0):.1f} | {t.get('fsck', 0):.1f} | "
-              f"{r['ours'] - sum(t.get(k, 0) for k in ('select', 'stage', 'mkfs', 'fsck')):.1f}"
-              f" | {r['rss']} MiB | {r['temp']} / {r['size']} MiB |")
-        print(f"  phases: {t}", flush=True)
+              f"{r['cpu_self']:.1f} + {r['cpu_tools']:.1f} / {r['mke2fs_cpu']:.1f} s | "
+              f"{r['rss']} MiB | {r['temp']} / {r['size']} MiB |")
+    print()
+    for r in rows:
+        print(f"  {r['entries']}: phases {r['timings']}", flush=True)
     if len(rows) > 1:
         a, b = rows[0], rows[-1]
         print(f"growth {a['entries']} → {b['entries']} entries: bundle-vol "
