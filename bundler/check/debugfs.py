@@ -236,7 +236,7 @@ class Debugfs:
 
     def _fill(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        chunk = self.proc.stdout.read1(1024 * 1024)
+        chunk = os.read(self.proc.stdout.fileno(), 1024 * 1024)
         if not chunk:
             raise self._failed("it exited")
         self.buf += chunk
