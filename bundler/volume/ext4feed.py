@@ -42,7 +42,7 @@ from ..errors import VolumeError
 from ..tools import which
 from . import safefs, secrets_filter
 from . import staging as stagelib
-from .safefs import TreeChanged, display, split_rel
+from .safefs import display
 from .selection import Entry, Exclusion, Selection
 from .staging import (
     KEPT_FLAGS,
@@ -58,6 +58,7 @@ log = logging.getLogger("bundler.volume")
 
 LINE_MAX = 8000          # debugfs reads each command with fgets() into an 8 KiB (BUFSIZ) buffer
 MAX_OPEN = 512           # source files open at once (written, debugfs not done with them yet)
+REAP_AT = 32             # files written before the finished ones are looked for
 FLUSH_BYTES = 1 << 15    # commands are written to the pipe in chunks of this size
 EXTENTS_FL = 0x80000     # set on every extent-mapped inode; "sif flags" replaces the field
 # Lines debugfs prints: the echo of each command, and "write"'s new inode number.
@@ -146,6 +147,14 @@ class Debugfs:
         if self.buf_len >= FLUSH_BYTES:
             self.flush()
         return self.sent - 1
+
+    def send_fixed(self, text: str, n: int) -> None:
+        """``n`` short commands of fixed form (numbers, no names) joined by line breaks."""
+        self.buf.append(text)
+        self.buf_len += len(text)
+        self.sent += n
+        if self.buf_len >= FLUSH_BYTES:
+            self.flush()
 
     def flush(self) -> None:
         if not self.buf:
@@ -248,7 +257,7 @@ class Feed:
         self.db = db
         self.stats = stats
         self.xattrs = xattrs
-        self.pid = os.getpid()
+        self.write_cmd = f"write /proc/{os.getpid()}/fd/"
         # (command number, fd, entry, inode flags, xattrs) of each write not yet done
         self.pending: collections.deque[tuple[int, int, Entry, int, list[tuple[str, bytes]]]] = \
             collections.deque()
@@ -261,34 +270,34 @@ class Feed:
             existing: Callable[[str, bool], bool] | None = None, count: bool = True) -> None:
         """Feed ``selection`` (read from its volume). ``skip(rel, is_dir)``: entries another
         feed writes; ``existing(rel, is_dir)``: directories already in the image."""
-        dir_ids = {e.rel: e.identity for e in selection.entries if e.kind == "dir"}
-        root = safefs.open_root(selection.volume)
-        src = safefs.DirCursor(root, dir_ids.get)
+        src = selection.open_cursor()
+        root = src.root_fd
         first: dict[tuple[int, int], str] = {}
         links: dict[str, int] = {}
         try:
-            if not dir_ids[""].matches(os.fstat(root)):
-                raise TreeChanged("", "the volume's top directory was replaced")
             if existing is None or not existing("", True):
                 self.meta_root(selection.entries[0], root)
             self.cwd = None         # "cd" first, and the parent's fd with it
             pfd = root
+            pending = self.pending
             for e in selection.entries[1:]:
-                is_dir = stat.S_ISDIR(e.st_mode)
-                if skip is not None and skip(e.rel, is_dir):
+                mode = e.st_mode
+                is_dir = stat.S_ISDIR(mode)
+                rel = e.rel
+                if skip is not None and skip(rel, is_dir):
                     continue
-                if is_dir and existing is not None and existing(e.rel, True):
+                if is_dir and existing is not None and existing(rel, True):
                     continue
-                parent, name = split_rel(e.rel)
+                parent, _, name = rel.rpartition("/")
                 if count and stagelib.STAGE_HOOK is not None:
-                    stagelib.STAGE_HOOK(e.rel)     # tests: swap things at exactly this moment
+                    stagelib.STAGE_HOOK(rel)     # tests: swap things at exactly this moment
                 if parent != self.cwd:
                     self.db.send(f"cd {quote('/' + parent)}")
                     self.cwd = parent
                     pfd = src.fd_for(parent)
                 if is_dir:
                     self.directory(pfd, name, e)
-                elif stat.S_ISREG(e.st_mode):
+                elif stat.S_ISREG(mode):
                     key = (e.st_dev, e.st_ino)
                     if e.st_nlink > 1 and key in first:
                         self.db.send(f"ln {quote('/' + first[key])} {quote(name)}")
@@ -300,7 +309,9 @@ class Feed:
                         links[e.rel] = 1
                 else:
                     self.special(pfd, name, e)
-                self.reap()
+                # Every few entries: a failed command is noticed a few commands late at most.
+                if len(pending) >= REAP_AT or self.db.error_count:
+                    self.reap()
             self.drain()
             # debugfs "ln" leaves the link count alone.
             for rel, n in links.items():
@@ -311,7 +322,6 @@ class Feed:
             self.db.flush()
         finally:
             src.close()
-            os.close(root)
 
     def finish(self) -> None:
         self.db.close()
@@ -324,13 +334,21 @@ class Feed:
     def reap(self) -> None:
         """Close the files debugfs is done with; wait when too many are open. A failed
         command stops the feed (debugfs would go on with the rest)."""
-        if self.db.error_count:
-            self.db.flush()
-            raise self.db.failure()
-        while self.pending and self.db.done(self.pending[0][0]):
-            self.written(*self.pending.popleft())
-        if len(self.pending) >= MAX_OPEN:
-            self.db.wait_done(self.pending[0][0])
+        db = self.db
+        if db.error_count:
+            db.flush()
+            raise db.failure()
+        pending = self.pending
+        if pending and db.done(pending[0][0]):
+            done = []
+            with db.cond:       # once for all of them
+                while pending and db.done(pending[0][0]):
+                    item = pending.popleft()
+                    done.append((db.inodes.pop(item[0], None), item))
+            for ino, item in done:
+                self.written(ino, *item)
+        if len(pending) >= MAX_OPEN:
+            db.wait_done(pending[0][0])
             self.reap()
 
     def drain(self) -> None:
@@ -339,15 +357,16 @@ class Feed:
             self.db.wait_done(self.pending[-1][0])
             self.reap()
 
-    def written(self, index: int, fd: int, e: Entry, flags: int,
+    def written(self, ino: int | None, index: int, fd: int, e: Entry, flags: int,
                 values: list[tuple[str, bytes]]) -> None:
         os.close(fd)
-        with self.db.cond:
-            ino = self.db.inodes.pop(index, None)
         if ino is None:
             self.db.flush()
             raise self.db.failure()
-        self.meta(f"<{ino}>", e, mode=False, flags=flags, values=values, named=False)
+        if e.st_uid or e.st_gid or flags or values:
+            self.meta(f"<{ino}>", e, mode=False, flags=flags, values=values, named=False)
+        else:                    # most files: the times only, as one string
+            self.times(f"<{ino}>", e)
 
     # ------------------------------------------------------------------ entries
 
@@ -386,9 +405,15 @@ class Feed:
                 raise VolumeError(f"cannot read /{display(e.rel)}: {exc.strerror}") from None
             return self.leave_out(e.rel, exc.strerror or "permission denied")
         try:
-            if getattr(e, "scan", False):
+            if e.scan:
                 try:
-                    data = os.pread(fd, secrets_filter.SCAN_PREFIX, 0)
+                    # What the selection saw plus one byte, not a whole prefix buffer for the
+                    # small files most are; a file that grew since is read up to the prefix.
+                    prefix = secrets_filter.SCAN_PREFIX
+                    want = min(prefix, e.st_size + 1)
+                    data = os.pread(fd, want, 0)
+                    if len(data) == want < prefix:
+                        data += os.pread(fd, prefix - want, want)
                 except OSError as exc:
                     return self.leave_out(e.rel, exc.strerror or str(exc))
                 kind = secrets_filter.private_key_in(data, name.lower())
@@ -399,7 +424,7 @@ class Feed:
             flags = inode_flags(fd) & KEPT_FLAGS
             if self.lost_found_clash(e.rel):
                 self.db.send('rmdir "lost+found"')
-            index = self.db.send(f"write /proc/{self.pid}/fd/{fd} {quote(name)}")
+            index = self.db.send(f"{self.write_cmd}{fd} {quote(name)}")
         except BaseException:
             os.close(fd)
             raise
@@ -467,9 +492,13 @@ class Feed:
 
     def times(self, t: str, e: Entry) -> None:
         mtime = e.st_mtime_ns
-        sec = mtime // 1_000_000_000
-        self.db.send(f"sif {t} {time_field('mtime', sec)}")
-        if mtime % 1_000_000_000 or not 0 <= sec < 2 ** 31:
+        sec, ns = divmod(mtime, 1_000_000_000)
+        if not ns and 0 <= sec < 2 ** 31:
+            self.db.send_fixed(f"sif {t} mtime @{sec}", 1)
+        elif 0 < sec < 2 ** 31:
+            self.db.send_fixed(f"sif {t} mtime @{sec}\nsif {t} mtime_extra {ns << 2:#x}", 2)
+        else:
+            self.db.send(f"sif {t} {time_field('mtime', sec)}")
             self.db.send(f"sif {t} mtime_extra {time_extra(mtime):#x}")
 
     def set_xattrs(self, t: str, rel: str, values: list[tuple[str, bytes]]) -> None:
@@ -589,7 +618,7 @@ def populate(selection: Selection, staging: Path, image: Path, *, offset: int,
     feed = Feed(db, stats, xattrs)
     try:
         which = which or Split()
-        feed.run(selection, skip=which)
+        feed.run(selection, skip=which if which.linked else staged)
         ours = select_files(SelectionConfig(volume=staging, secret_filter=False,
                                             mount_policy="all", virtual_dirs=()))
         feed.run(ours, existing=lambda rel, is_dir: is_dir and not staged(rel, True),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import VolumeError
 
@@ -39,8 +39,9 @@ class TreeChanged(VolumeError):
         self.rel = rel
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(NamedTuple):
+    """What the selection saw of an entry (a tuple: one is made for every file opened)."""
+
     dev: int
     ino: int
     fmt: int   # stat.S_IFMT of the mode
@@ -50,7 +51,8 @@ class Identity:
         return cls(st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode))
 
     def matches(self, st) -> bool:
-        return (st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode)) == (self.dev, self.ino, self.fmt)
+        return (st.st_ino == self.ino and st.st_dev == self.dev
+                and stat.S_IFMT(st.st_mode) == self.fmt)
 
 
 def display(rel: str) -> str:
@@ -189,9 +191,10 @@ class DirCursor:
     ``identities`` (rel → Identity, optional) are checked on every open.
     """
 
-    def __init__(self, root_fd: int, identities=None) -> None:
+    def __init__(self, root_fd: int, identities=None, *, owns_root: bool = False) -> None:
         self.root_fd = root_fd
         self.identities = identities
+        self.owns_root = owns_root                # close() closes the root fd too
         self.stack: list[tuple[str, int]] = []   # (name, fd) below the root
 
     def fd_for(self, rel: str) -> int:
@@ -213,6 +216,9 @@ class DirCursor:
         for _, fd in self.stack:
             os.close(fd)
         self.stack.clear()
+        if self.owns_root and self.root_fd >= 0:
+            os.close(self.root_fd)
+            self.root_fd = -1
 
 
 def split_rel(rel: str) -> tuple[str, str]:

@@ -142,9 +142,10 @@ def worth_scanning(rel: str, st: os.stat_result) -> bool:
     """Whether a kept regular file is a plausible key file (by size and extension)."""
     if not stat.S_ISREG(st.st_mode) or st.st_size == 0 or st.st_size > SCAN_MAX_SIZE:
         return False
-    name = rel.rsplit("/", 1)[-1]
-    ext = os.path.splitext(name)[1].lower()
-    return ext not in _SKIP_EXTENSIONS
+    name = rel.rpartition("/")[2]
+    dot = name.rfind(".")
+    # os.path.splitext's rule (leading dots start no extension), without its cost
+    return dot <= 0 or not name[:dot].strip(".") or name[dot:].lower() not in _SKIP_EXTENSIONS
 
 
 class UnreadableError(Exception):

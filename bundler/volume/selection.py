@@ -141,7 +141,7 @@ class Entry:
 
     @property
     def identity(self) -> Identity:
-        return Identity.of(self)
+        return Identity(self.st_dev, _PACK.unpack(self._packed)[2], stat.S_IFMT(self.st_mode))
 
     def __repr__(self) -> str:
         return f"Entry({self.rel!r}, {self.kind})"
@@ -201,6 +201,17 @@ class Selection:
             if stat.S_ISREG(e.st_mode) or stat.S_ISDIR(e.st_mode) or stat.S_ISLNK(e.st_mode):
                 total += _allocated(e)
         return total
+
+    def open_cursor(self) -> safefs.DirCursor:
+        """Directory fds into the volume for a walk over the entries, each checked against
+        the identity the selection recorded, the volume's top directory first; ``close()``
+        closes them all."""
+        dir_ids = {e.rel: e.identity for e in self.entries if stat.S_ISDIR(e.st_mode)}
+        cursor = safefs.DirCursor(safefs.open_root(self.volume), dir_ids.get, owns_root=True)
+        if not dir_ids[""].matches(os.fstat(cursor.root_fd)):
+            cursor.close()
+            raise safefs.TreeChanged("", "the volume's top directory was replaced")
+        return cursor
 
     @property
     def inode_count(self) -> int:
@@ -642,9 +653,7 @@ def scan_deferred(selection: Selection, wanted=None) -> None:
     jobs = [e for e in selection.entries if e.scan and (wanted is None or wanted(e.rel))]
     if not jobs:
         return
-    dir_ids = {e.rel: e.identity for e in selection.entries if e.kind == "dir"}
-    root = safefs.open_root(selection.volume)
-    cursor = safefs.DirCursor(root, dir_ids.get)
+    cursor = selection.open_cursor()
     drop: set[str] = set()
     try:
         for e in jobs:
@@ -663,7 +672,6 @@ def scan_deferred(selection: Selection, wanted=None) -> None:
             e.scan = False
     finally:
         cursor.close()
-        os.close(root)
     if drop:
         selection.entries = [e for e in selection.entries if e.rel not in drop]
 

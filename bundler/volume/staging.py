@@ -42,7 +42,7 @@ from pathlib import Path
 
 from ..errors import VolumeError
 from . import safefs
-from .safefs import Identity, TreeChanged, display, split_rel
+from .safefs import Identity, display, split_rel
 from .selection import Entry, Selection
 
 log = logging.getLogger("bundler.volume")
@@ -121,11 +121,10 @@ class _Stager:
 
     def run(self) -> StageStats:
         os.mkdir(self.staging, 0o700)
-        dir_ids = {e.rel: e.identity for e in self.sel.entries if e.kind == "dir"}
-        src_root = safefs.open_root(self.sel.volume)
-        dst_root = safefs.open_root(self.staging)
-        src = safefs.DirCursor(src_root, dir_ids.get)
-        dst = safefs.DirCursor(dst_root)
+        src = self.sel.open_cursor()
+        src_root = src.root_fd
+        dst = safefs.DirCursor(safefs.open_root(self.staging), owns_root=True)
+        dst_root = dst.root_fd
         pool = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="stage-copy")
         pending: deque[Future] = deque()
         dirs: list[tuple[str, Entry]] = []
@@ -146,8 +145,6 @@ class _Stager:
                 while len(pending) > IN_FLIGHT:
                     pending.popleft().result()
         try:
-            if not dir_ids[""].matches(os.fstat(src_root)):
-                raise TreeChanged("", "the volume's top directory was replaced")
             self.meta_from_fd(src_root, dst_root, "", self.sel.entries[0], owner_only=True)
             first_copy: dict[tuple[int, int], str] = {}
             for entry in self.sel.entries[1:]:
@@ -199,8 +196,6 @@ class _Stager:
             pool.shutdown(wait=True, cancel_futures=True)
             src.close()
             dst.close()
-            os.close(src_root)
-            os.close(dst_root)
         s = self.stats
         log.info("staged %d copies (%d MiB, %d reflinked), %d hard links, %d dirs/symlinks/"
                  "nodes", s.copied, s.copied_bytes // MIB, s.reflinked, s.linked, s.created)

@@ -221,3 +221,29 @@ def test_hard_links_between_staged_and_fed_files_stay_one_inode(tmp_path):
         assert got == want, path
     assert describe(out / "fed", "/usr/lib/cert.pem")["mtime"] == mtime_fields(
         tree, "/usr/lib/cert.pem")
+
+
+def test_a_file_grown_since_the_selection_is_scanned_whole(tmp_path):
+    """The feed reads what the selection saw plus a byte for the scan; a key appended after
+    the selection (past the recorded size) is still found."""
+    from bundler.volume import staging as stagelib
+
+    tree = tmp_path / "tree"
+    (tree / "var/lib").mkdir(parents=True)
+    grown = tree / "var/lib/notes"
+    grown.write_bytes(b"nothing here\n")
+
+    def grow(rel: str) -> None:
+        if rel == "var/lib/notes":
+            with open(grown, "ab") as fh:
+                fh.write(b"x" * 5000 + PRIVATE)
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stagelib.STAGE_HOOK = grow
+    try:
+        fed, seen = clone(tree, out, "fed", "auto")
+    finally:
+        stagelib.STAGE_HOOK = None
+    assert fed.summary()["excluded_reasons"] == {"secret: private key": 1}
+    assert "/var/lib/notes" not in listing(out / "fed")
