@@ -253,20 +253,9 @@ class _Stager:
 
     def make_special(self, sfd: int, dfd: int, name: str, entry: Entry) -> None:
         safefs.check_same(sfd, name, entry.rel, entry.identity)
-        mode = entry.st_mode
-        if stat.S_ISLNK(mode):
-            os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
-        elif stat.S_ISFIFO(mode):
-            os.mkfifo(name, 0o600, dir_fd=dfd)
-        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            os.mknod(name, stat.S_IFMT(mode) | 0o600, entry.st_rdev, dir_fd=dfd)
-        else:
+        if not make_node(sfd, dfd, name, entry, chown=self.is_root):
             self.stats.skipped.append((entry.rel, f"unsupported file type {entry.kind}"))
             return
-        if self.is_root:
-            os.chown(name, entry.st_uid, entry.st_gid, dir_fd=dfd, follow_symlinks=False)
-        if not stat.S_ISLNK(mode):
-            os.chmod(name, stat.S_IMODE(mode), dir_fd=dfd)
         self.copy_xattrs(_proc_path(sfd, name), _proc_path(dfd, name), entry.rel)
         os.utime(name, ns=(entry.st_atime_ns, entry.st_mtime_ns), dir_fd=dfd,
                  follow_symlinks=False)
@@ -347,6 +336,26 @@ def _proc_path(dir_fd: int, name: str) -> str | None:
     not followed."""
     base = f"/proc/self/fd/{dir_fd}"
     return f"{base}/{name}" if os.path.isdir(base) else None
+
+
+def make_node(sfd: int, dfd: int, name: str, st, *, chown: bool = True) -> bool:
+    """A copy of the symlink, FIFO or device node ``name`` of ``sfd`` in ``dfd`` (created 0600,
+    then its owner and mode); False for a type that is not copied (a socket). Times and xattrs
+    are the caller's: they must come after the attributes are set."""
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
+    elif stat.S_ISFIFO(mode):
+        os.mkfifo(name, 0o600, dir_fd=dfd)
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        os.mknod(name, stat.S_IFMT(mode) | 0o600, st.st_rdev, dir_fd=dfd)
+    else:
+        return False
+    if chown:
+        os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
+    if not stat.S_ISLNK(mode):
+        os.chmod(name, stat.S_IMODE(mode), dir_fd=dfd)
+    return True
 
 
 def inode_flags(fd: int) -> int:

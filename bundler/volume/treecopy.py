@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import VolumeError
 from .safefs import display
-from .staging import copy_data
+from .staging import copy_data, make_node
 
 log = logging.getLogger("bundler.volume")
 
@@ -132,19 +132,9 @@ def _meta_fd(src: int, dst: int, st: os.stat_result, rel: str, stats: CopyStats)
 
 def _copy_special(sfd: int, dfd: int, name: str, st: os.stat_result, rel: str,
                   stats: CopyStats) -> None:
-    mode = st.st_mode
-    if stat.S_ISLNK(mode):
-        os.symlink(os.readlink(name, dir_fd=sfd), name, dir_fd=dfd)
-    elif stat.S_ISFIFO(mode):
-        os.mkfifo(name, 0o600, dir_fd=dfd)
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        os.mknod(name, stat.S_IFMT(mode) | 0o600, st.st_rdev, dir_fd=dfd)
-    else:  # a socket: the staging step already left those out
+    if not make_node(sfd, dfd, name, st):   # a socket: the staging step left those out
         stats.warnings.append(f"/{display(rel)}: socket not copied")
         return
-    os.chown(name, st.st_uid, st.st_gid, dir_fd=dfd, follow_symlinks=False)
-    if not stat.S_ISLNK(mode):
-        os.chmod(name, stat.S_IMODE(mode), dir_fd=dfd)
     # xattrs of a symlink or node: by path through /proc/self/fd (the last component is not
     # followed).
     _copy_xattrs(f"/proc/self/fd/{sfd}/{name}", f"/proc/self/fd/{dfd}/{name}", rel, stats)
