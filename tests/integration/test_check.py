@@ -177,3 +177,21 @@ def test_bundle_vol_grub_images_pass_the_boot_rules(tmp_path, scheme):
     data = json.loads(proc.stdout)
     assert proc.returncode == 0 and data["findings"] == [], data["findings"]
     assert data["disk"]["boot_code"] == "grub2" and data["disk"]["partition_table"] == scheme
+
+
+@pytest.mark.parametrize("fstype", ["xfs", "btrfs"])
+def test_an_image_of_another_filesystem_is_one_clear_error(tmp_path, fstype):
+    """check reads ext2/3/4 without mounting (an image from elsewhere is never mounted): XFS
+    and btrfs images, which bundle-vol makes too, get one line naming the filesystem."""
+    mkfs = shutil.which(f"mkfs.{fstype}")
+    if mkfs is None:
+        pytest.skip(f"mkfs.{fstype} not installed")
+    image = tmp_path / f"{fstype}.img"
+    with open(image, "wb") as fh:
+        fh.truncate(320 * 2**20)
+    subprocess.run([mkfs, "-q", "-f", str(image)], check=True, capture_output=True)
+    proc = cli("check", image)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"ami-bundler: error: {image}: the filesystem is {fstype}; check reads ext2/3/4 "
+        "(check the root directory instead)"]
