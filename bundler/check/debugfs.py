@@ -173,12 +173,12 @@ class Debugfs:
             proc.stdin.close()
         except BrokenPipeError:
             pass
+        proc.stdout.close()    # output nobody read must not keep it blocked on the pipe
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        proc.stdout.close()
         if self._stderr is not None:
             self._stderr.join()
 
