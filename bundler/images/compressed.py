@@ -5,7 +5,8 @@ header (size and sparse map) must be written before the data. So:
 
 * a multi-block xz (what ``xz -T`` writes): the index gives the size and the blocks; the
   all-zero blocks are found from it without decoding them all (xzblocks.data_regions), and
-  only the data blocks are decoded, on several threads, and stored sparsely;
+  only the data blocks are decoded (on several threads; blocks over XZ_MAX_BLOCK one at a
+  time, in pieces) and stored sparsely;
 * size known otherwise (``--image-size``, a one-block xz index): one pass, and the image is
   stored densely (zeros included), like ``-i -``;
 * otherwise (gzip, whose ISIZE is modulo 4 GiB; bzip2; zstd, whose frame header size is only
@@ -33,7 +34,7 @@ from ..concurrency import ordered_window
 from ..errors import ImageError
 from ..source import MAX_IMAGE_SIZE, READ_SIZE, ZERO_GRANULE, FileStamp, check_size
 from .bounded import BoundedFile, fail
-from .xzblocks import XzBlock, XzIndex, data_regions, decode_block, read_index
+from .xzblocks import XzBlock, XzIndex, block_pieces, data_regions, decode_block, read_index
 
 log = logging.getLogger("bundler.images")
 
@@ -171,7 +172,10 @@ class CompressedImageSource:
             try:
                 if self.stamp is not None:
                     self.stamp.check(file.fd)
-                yield from _xz_blocks(file, self.xz_index, self._regions)
+                if _parallel_blocks(self.xz_index):
+                    yield from _xz_blocks(file, self.xz_index, self._regions)
+                else:
+                    yield from _xz_pieces(file, self.xz_index, self._regions)
                 if self.stamp is not None:
                     self.stamp.check(file.fd)
             finally:
@@ -217,14 +221,19 @@ class CompressedImageSource:
 XZ_THREADS = max(1, min(4, os.cpu_count() or 1))
 XZ_WINDOW_BYTES = 64 << 20
 XZ_MAX_BLOCK = 32 << 20
+XZ_PIECE = READ_SIZE  # what a larger block is decoded in
 
 
-def _parallel_blocks(index: XzIndex, size: int) -> bool:
-    """Whether decoding blocks on several threads pays and stays within memory: several
-    blocks, none too large, adding up to the size the source declared (else the serial
-    reader reports the mismatch)."""
-    return (XZ_THREADS > 1 and len(index.blocks) > 1 and index.size == size
-            and index.largest <= XZ_MAX_BLOCK)
+def _block_map_fits(index: XzIndex, size: int) -> bool:
+    """Whether the blocks can be read one by one: several, adding up to the size the source
+    declared (else the serial reader reports the mismatch)."""
+    return len(index.blocks) > 1 and index.size == size
+
+
+def _parallel_blocks(index: XzIndex) -> bool:
+    """Whether decoding whole blocks on several threads pays and stays within memory (else
+    they are decoded one at a time, in pieces)."""
+    return XZ_THREADS > 1 and index.largest <= XZ_MAX_BLOCK
 
 
 def xz_block_map(file: BoundedFile, size: int | None = None, *, allow_large: bool = True
@@ -234,7 +243,7 @@ def xz_block_map(file: BoundedFile, size: int | None = None, *, allow_large: boo
     given, must be the index's); else None. The size is checked before any block is read."""
     index = read_index(file)
     if (index is None or not index.size
-            or not _parallel_blocks(index, index.size if size is None else size)):
+            or not _block_map_fits(index, index.size if size is None else size)):
         return None
     check_size(index.size, file.path, allow_large)
     regions, decoded = data_regions(file, index)
@@ -251,6 +260,21 @@ def _xz_blocks(file: BoundedFile, index: XzIndex,
         for (_block, cuts), data in done:
             for lo, hi in cuts:
                 yield data if (lo, hi) == (0, len(data)) else data[lo:hi]
+
+
+def _xz_pieces(file: BoundedFile, index: XzIndex,
+               regions: list[tuple[int, int]]) -> Iterator[bytes]:
+    """The bytes of ``regions``, from the blocks that overlap them, one block at a time, each
+    decoded in pieces (blocks too large to hold whole)."""
+    for block, cuts in _cuts(index.blocks, regions):
+        pos = 0
+        for piece in block_pieces(file, index, block, XZ_PIECE):
+            end = pos + len(piece)
+            for lo, hi in cuts:
+                lo, hi = max(lo, pos), min(hi, end)
+                if lo < hi:
+                    yield piece if (lo, hi) == (pos, end) else piece[lo - pos:hi - pos]
+            pos = end
 
 
 def _cuts(blocks: tuple[XzBlock, ...], regions: list[tuple[int, int]]

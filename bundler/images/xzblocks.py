@@ -22,9 +22,11 @@ than the data (liblzma writes zeros at ~0.5 GB/s).
 
 from __future__ import annotations
 
+import itertools
 import lzma
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .bounded import BoundedFile
@@ -33,6 +35,7 @@ HEADER_MAGIC = b"\xfd7zXZ\x00"
 FOOTER_MAGIC = b"YZ"
 MAX_INDEX_BYTES = 16 << 20
 MAX_BLOCKS = 1 << 20
+PIECE = 1 << 20  # what block_pieces reads and yields at a time
 # A block that may be all zeros: stored in at most 1/ZERO_RATIO of its size (a zero block is
 # stored in ~1/4000-1/5000 at every xz level). Only such blocks are decoded to make the map:
 # the first of each kind (remembered by its bytes, up to MAX_KINDS kinds), so at worst, an
@@ -126,27 +129,73 @@ def read_index(file: BoundedFile) -> XzIndex | None:
     return XzIndex(header, tuple(blocks))
 
 
+def _index_and_footer(index: XzIndex, block: XzBlock) -> bytes:
+    """What follows the block in a stream holding only that block: a one-record index and
+    the stream footer."""
+    record = b"\x00" + encode_vli(1) + encode_vli(block.unpadded) + encode_vli(block.size)
+    record += bytes(-len(record) % 4)
+    record += struct.pack("<I", zlib.crc32(record))
+    flags = index.header[6:8]
+    tail = struct.pack("<I", len(record) // 4 - 1) + flags
+    return record + struct.pack("<I", zlib.crc32(tail)) + tail + FOOTER_MAGIC
+
+
 def decode_block(file: BoundedFile, index: XzIndex, block: XzBlock,
                  data: bytes | None = None) -> bytes:
     """One block's bytes, checked by liblzma (see the module's doc); ImageFormatError if not.
     ``data`` is the block as stored, if already read."""
     if data is None:
         data = file.read(block.offset, block.stored, "block")
-    record = b"\x00" + encode_vli(1) + encode_vli(block.unpadded) + encode_vli(block.size)
-    record += bytes(-len(record) % 4)
-    record += struct.pack("<I", zlib.crc32(record))
-    flags = index.header[6:8]
-    tail = struct.pack("<I", len(record) // 4 - 1) + flags
-    footer = struct.pack("<I", zlib.crc32(tail)) + tail + FOOTER_MAGIC
     decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ)
     try:
-        out = decoder.decompress(index.header + data + record + footer, block.size + 1)
+        out = decoder.decompress(index.header + data + _index_and_footer(index, block),
+                                 block.size + 1)
     except lzma.LZMAError as exc:
         raise file.fail("block", block.offset, f"corrupt data ({exc})") from None
     if len(out) != block.size or not decoder.eof:
         raise file.fail("block", block.offset, f"decodes to {len(out)}+ bytes, the index says "
                         f"{block.size}")
     return out
+
+
+def block_pieces(file: BoundedFile, index: XzIndex, block: XzBlock, piece: int = PIECE,
+                 data: bytes | None = None) -> Iterator[bytes]:
+    """One block's bytes in pieces of up to ``piece`` bytes, read from the file in pieces too:
+    a block of any size in bounded memory. liblzma's checks (integrity, exact size) end the
+    block, so its last piece is yielded only after them."""
+    decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+    if data is not None:
+        feeds: Iterator[bytes] = iter((index.header, data))
+    else:
+        feeds = itertools.chain((index.header,), (
+            file.read(at, min(piece, block.offset + block.stored - at), "block")
+            for at in range(block.offset, block.offset + block.stored, piece)))
+    feeds = itertools.chain(feeds, (_index_and_footer(index, block),))
+    produced = 0
+    held = b""
+    try:
+        for feed in feeds:
+            while True:
+                out = decoder.decompress(feed, piece)
+                feed = b""
+                if out:
+                    produced += len(out)
+                    if produced > block.size:
+                        break
+                    if held:
+                        yield held
+                    held = out
+                if decoder.eof or decoder.needs_input:
+                    break
+            if decoder.eof or produced > block.size:
+                break
+    except lzma.LZMAError as exc:
+        raise file.fail("block", block.offset, f"corrupt data ({exc})") from None
+    if produced != block.size or not decoder.eof:
+        raise file.fail("block", block.offset, f"decodes to {produced}+ bytes, the index says "
+                        f"{block.size}")
+    if held:
+        yield held
 
 
 def data_regions(file: BoundedFile, index: XzIndex) -> tuple[list[tuple[int, int]], int]:
@@ -165,9 +214,9 @@ def data_regions(file: BoundedFile, index: XzIndex) -> tuple[list[tuple[int, int
             key = (block.unpadded, block.size, data)
             seen = known.get(key)
             if seen is None:
-                out = decode_block(file, index, block, data)
                 decoded += 1
-                seen = out == bytes(len(out))
+                seen = all(out == bytes(len(out))
+                           for out in block_pieces(file, index, block, data=data))
                 if len(known) < MAX_KINDS:
                     known[key] = seen
             zero = seen

@@ -92,9 +92,54 @@ def test_one_block_or_large_blocks_read_serially(raw, multi, tmp_path, monkeypat
     single = xz(raw, tmp_path / "one.raw.xz", "-T1")
     data, threads = decoded(single)
     assert data == raw.read_bytes() and not threads
+    # Blocks too large to hold whole: one at a time, in pieces; the zero ones still holes.
     monkeypatch.setattr(compressed, "XZ_MAX_BLOCK", MIB - 1)
+    monkeypatch.setattr(compressed, "XZ_PIECE", 100_000)
+    source = open_source(multi)
+    try:
+        assert source.regions() == [(0, 3 * MIB), (7 * MIB, 4096)]
+    finally:
+        source.close()
     data, threads = decoded(multi)
     assert data == raw.read_bytes() and not threads
+
+
+@pytest.mark.parametrize(("reader", "piece"), [("_xz_blocks", MIB), ("_xz_pieces", MIB),
+                                               ("_xz_pieces", 100_000)])
+def test_any_regions_read_from_the_blocks_give_those_bytes(raw, multi, reader, piece,
+                                                           monkeypatch):
+    monkeypatch.setattr(compressed, "XZ_PIECE", piece)
+    image = raw.read_bytes()
+    file = BoundedFile(multi, "xz")
+    index = read_index(file)
+    assert index is not None
+    read = getattr(compressed, reader)
+    try:
+        for regions in ([(0, len(image))], [(5, 10)], [(MIB - 7, 14), (3 * MIB + 1, 2 * MIB)],
+                        [(0, 1), (MIB, 1), (2 * MIB + 99_999, 100_002), (len(image) - 3, 3)]):
+            expected = b"".join(image[o:o + n] for o, n in regions)
+            assert b"".join(read(file, index, regions)) == expected, regions
+    finally:
+        file.close()
+
+
+def test_a_damaged_large_block_names_it(multi, tmp_path, monkeypatch):
+    monkeypatch.setattr(compressed, "XZ_MAX_BLOCK", MIB - 1)
+    path = Path(shutil.copy(multi, tmp_path / "disk.raw.xz"))
+    file = BoundedFile(path, "xz")
+    index = read_index(file)
+    file.close()
+    assert index is not None
+    block = index.blocks[0]  # random data: a data block, read only when bundled
+    data = bytearray(path.read_bytes())
+    data[block.offset + block.unpadded - 2] ^= 0x01  # in its check
+    path.write_bytes(bytes(data))
+    source = open_source(path)
+    try:
+        with pytest.raises(ImageFormatError, match=f"xz image: block at offset {block.offset}: "):
+            b"".join(source.chunks())
+    finally:
+        source.close()
 
 
 def test_a_damaged_block_names_it(multi, tmp_path):
