@@ -19,12 +19,13 @@ Prints the seconds of each and the ratio (target: ours ≥ 5× faster).
 
 Scale mode: for each count, a synthetic tree of that many entries (small files of 0-8 KiB in
 directories of 200, some symlinks and hard links) is built once, then ``mke2fs -d`` of the
-tree alone and ``bundle-vol --clone-only`` of it (selection; staging of etc/boot; mke2fs of an
-empty filesystem and the ext4 feed into debugfs, in the "mkfs" column; e2fsck) are timed on the
-same image size. Prints a table with bundle-vol's phases, its peak
-RSS (its own process; a child's ru_maxrss starts from its parent's, so mke2fs's is not shown),
-the temporary disk
-it used (staged bytes + image blocks) against the image size, and the growth between the first
+tree alone and ``bundle-vol --clone-only`` of it with the CLI's defaults (selection; staging
+of etc/boot; mke2fs of an empty filesystem and the ext4 feed into debugfs, in the "mkfs + feed"
+column; e2fsck; the boot check) are timed on the same image size, each after the tree was read
+once (a warm cache for both). Prints README-ready rows: bundle-vol's phases, the CPU seconds of
+its process + the tools it ran against ``mke2fs -d``'s, its peak RSS (its own process; a
+child's ru_maxrss starts from its parent's, so mke2fs's is not shown), the temporary disk it
+used (staged bytes + image blocks) against the image size, and the growth between the first
 and the last count (targets at 400k: wall ≤ 2× mke2fs -d, growth 100k→400k ≤ 4.5×, RSS < 300
 MiB, temporary disk ≤ image size).
 """
@@ -141,9 +142,22 @@ def children_cpu() -> float:
     return c.ru_utime + c.ru_stime
 
 
+def warm(tree: Path) -> None:
+    """Read the whole tree once (inodes, directories, data) so that neither side is timed on
+    a cold cache: bundle-vol runs first and would otherwise warm it for ``mke2fs -d``."""
+    for dirpath, _, names in os.walk(tree):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                with open(path, "rb") as fh:
+                    while fh.read(1 << 20):
+                        pass
+
+
 def scale_row(tree: Path, work: Path, count: int) -> dict:
     import json
 
+    warm(tree)
     out = work / f"out-{count}"
     out.mkdir()
     cmd = [sys.executable, "-c", RSS_WRAPPER, "bundle-vol", "-v", str(tree), "-d", str(out),
@@ -163,6 +177,7 @@ def scale_row(tree: Path, work: Path, count: int) -> dict:
                             text=True).stdout
     inodes = int(header.split("Inode count:")[1].split()[0])
     image.unlink()
+    warm(tree)
     alone = work / f"alone-{count}.img"
     with open(alone, "wb") as fh:
         fh.truncate(size_mib * 2**20)
