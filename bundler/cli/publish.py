@@ -49,9 +49,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--max-regions",
         type=count(1, 64, "target count"),
-        default=4,
+        default=None,
         metavar="N",
-        help="targets worked on at once (default: %(default)s)",
+        help="targets worked on at once (default: 4 bundled to or streamed to, and every "
+        "server-side copy and registration at once: those cost this host nothing)",
     )
     p.add_argument("-c", "--cert", type=Path, help="user certificate (default: the plan's)")
     p.add_argument("-k", "--privatekey", type=Path, help="user private key (default: the plan's)")

@@ -3,7 +3,7 @@
 Data flows left to right: the image's digest (one read: ``rerun.ImageFingerprint``) → the
 generation (``state.resolve_generation``) → every target's state read from AWS in parallel
 (``state.read_target``) → the diff → the work. The work is ``bundler.install.install``
-(bundle ONCE, fan out to the first ``max_regions`` targets, copy to the others — server-side
+(bundle ONCE, to one target per account, copy to the others — server-side
 within an account, streamed across accounts — register with tags, launch permissions,
 deprecation and deregistration protection; every write through the one publish protocol of
 ``bundler.s3.publish`` and its in-use rules), then the changes existing AMIs lack. A target
@@ -52,6 +52,7 @@ from .tree import TreeProof, built_image, fingerprint_tree, known_bundle_digests
 log = logging.getLogger("bundler.publish")
 
 DONE, FAILED, REFUSED, PENDING = "done", "failed", "refused", "pending"
+DEFAULT_MAX_REGIONS = 4  # targets bundled to, or streamed to, at once unless told
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,9 @@ class PublishResult:
 @dataclass
 class PublishOptions:
     dry_run: bool = False
-    max_regions: int | None = None  # targets worked on at once (None: all)
+    # Targets worked on at once. None (auto): DEFAULT_MAX_REGIONS bundled to or streamed to,
+    # and every server-side copy and registration at once (they cost the build host nothing).
+    max_regions: int | None = None
     transfer: TransferConfig = DEFAULT_TRANSFER  # jobs: parallel part transfers per target
     copy_mode: str = "auto"
     enable_bucket_acls: bool = False
@@ -265,7 +268,8 @@ def publish(
             if answer.conflict:
                 fail(t.label, answer.conflict, REFUSED, ReplaceRefusedError.exit_code)
         states = [st for st in states if st.conflict is None]
-        plan_transfers(states, opts.max_regions, _copy_group(opts, connections))
+        plan_transfers(states, opts.max_regions or DEFAULT_MAX_REGIONS,
+                       _copy_group(opts, connections))
         for st in states:
             results[st.target.label].changes = [str(c) for c in st.changes]
             if not st.changes:
@@ -381,6 +385,21 @@ def _copy_group(opts: PublishOptions, connections: Mapping[str, Connection]
                        connections[st.target.label].endpoint)
 
 
+def _limit(opts: PublishOptions, work: Sequence[TargetState], sources: Sequence[TargetState],
+           connections: Mapping[str, Connection]) -> int | None:
+    """install's ``max_regions``: the user's, else none when every target without the bundle
+    gets it by a server-side copy (only requests leave the host), else the default."""
+    if opts.max_regions is not None:
+        return opts.max_regions
+    group = _copy_group(opts, connections)
+    have = [st for st in [*work, *sources]
+            if st.bundle == SAME or (st.changes and st.changes[0].kind == "bundle")]
+    reach = {group(st) for st in have} if group is not None else set()
+    if group is not None and all(group(st) in reach for st in work):
+        return None
+    return DEFAULT_MAX_REGIONS
+
+
 def _install(plan: Plan, work: Sequence[TargetState], sources: Sequence[TargetState],
              results: Mapping[str, TargetResult], fail: Callable[..., None], *,
              source: ImageSource, keys: BundleKeys, region_keys: Mapping[str, RegionKey],
@@ -427,7 +446,7 @@ def _install(plan: Plan, work: Sequence[TargetState], sources: Sequence[TargetSt
             return bundled
         work = [*[st for st in leaders if st.target.label in bundled_to], *rest]
         source = _NoImage()  # from here on every target is copied from the ones bundled to
-    outcome = run([*work, *sources], source, options, opts.max_regions)
+    outcome = run([*work, *sources], source, options, _limit(opts, work, sources, connections))
     bundled = bundled or outcome.bundled
     mine = {st.target.label for st in work}
     for o in outcome.outcomes:
