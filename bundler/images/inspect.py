@@ -118,7 +118,9 @@ def _inspect_stream(path: Path, fmt: str) -> ImageReport:
     notes = [f"size {'recorded in the file' if recorded else 'found by decompressing it once'}"]
     if recorded is not None and recorded != pos:
         notes.append(f"the recorded size {recorded} differs from the stream's {pos} bytes")
-    bundled = nonzero if recorded is None else pos
+    # What bundle-image stores: a one-block xz densely (compressed.open_compressed), the rest
+    # sparsely, the data blocks of a multi-block xz (below) or the non-zero granules.
+    bundled = pos if fmt == "xz" and recorded is not None else nonzero
     details: dict[str, Any] = {}
     if block_map is not None:
         index, regions, _ = block_map

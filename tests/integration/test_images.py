@@ -247,6 +247,13 @@ def test_inspect_image_reports_partitions_and_filesystems(images, tmp_path, caps
     if "disk.raw.gz" in images:
         report = inspect_image(images["disk.raw.gz"])
         assert report.virtual_size == SIZE and report.layout.filesystem.type == "ext4"
+    for name in ("disk.raw.zst", "disk.raw.gz", "disk.raw.xz"):
+        if name in images:
+            # inspect-image's bundled bytes are what bundle-image stores, format by format.
+            source = open_source(images[name])
+            stored = sum(n for _, n in source.regions() or [(0, source.size)])
+            source.close()
+            assert inspect_image(images[name]).bundled_bytes == stored, name
     if "blocks/disk.raw.xz" in images:
         # What bundle-image would store: the data blocks, as the source says.
         report = inspect_image(images["blocks/disk.raw.xz"])
