@@ -63,7 +63,7 @@ class Part:
 
     __slots__ = ("index", "data", "sha1", "_md5")
 
-    def __init__(self, index: int, data: bytes, sha1: str | None = None) -> None:
+    def __init__(self, index: int, data: bytes | memoryview, sha1: str | None = None) -> None:
         self.index = index
         self.data = data
         self.sha1 = sha1 if sha1 is not None else hashlib.sha1(data).hexdigest()
@@ -80,7 +80,7 @@ class Part:
         return len(self.data)
 
     @classmethod
-    def of(cls, index: int, data: bytes) -> Part:
+    def of(cls, index: int, data: bytes | memoryview) -> Part:
         return cls(index, data)
 
     def __repr__(self) -> str:
@@ -97,7 +97,14 @@ def provisional_name(name: str, index: int, max_parts: int) -> str:
 
 
 class PartSink(Protocol):
-    """Where the bundling pipeline puts parts and, last, the manifest."""
+    """Where the bundling pipeline puts parts and, last, the manifest.
+
+    ``part.data`` is bytes the sink may keep, unless the sink's class says
+    ``done_with_part_data = True``: it has finished with the data when ``put_part`` returns
+    (it wrote it somewhere), so the pipeline hands it a view of the part buffer itself, no
+    copy, and reuses the buffer for a later part (the view is released first: a sink that kept
+    it after all fails on its next use instead of reading another part's bytes).
+    """
 
     def begin(self, name: str, max_parts: int) -> None:
         """Called once before any part; ``max_parts`` bounds the final count from above."""
@@ -357,6 +364,8 @@ class DirectorySink:
     """
 
     STAGING_PREFIX = f"{TEMP_MARK}{STAGING_KIND}-"
+    # put_part writes the part before it returns; the syncer works by path (see PartSink).
+    done_with_part_data = True
 
     def __init__(self, destination: Path, *, overwrite: bool = False, fsync: bool = True) -> None:
         self.destination = Path(destination)
@@ -459,7 +468,7 @@ class DirectorySink:
                 self._syncer = BackgroundStage(_sync_part, depth=4, name="ami-bundler-fsync")
             self._syncer.write((self.destination, path))
 
-    def _write_part(self, path: Path, data: bytes) -> None:
+    def _write_part(self, path: Path, data: bytes | memoryview) -> None:
         if self._direct is not None:
             try:
                 self._direct.write(path, data)
@@ -473,7 +482,7 @@ class DirectorySink:
                 self._direct = None
         self._write_file(path, data, sync=False)
 
-    def _write_file(self, path: Path, data: bytes, *, sync: bool) -> None:
+    def _write_file(self, path: Path, data: bytes | memoryview, *, sync: bool) -> None:
         try:
             with open(path, "wb") as fh:
                 fh.write(data)
@@ -623,24 +632,37 @@ class DirectWriter:
             self._buffer = mmap.mmap(-1, want)  # anonymous maps are page-aligned
         return self._buffer
 
-    def write(self, path: Path, data: bytes) -> None:
+    def write(self, path: Path, data: bytes | memoryview) -> None:
+        if isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap):
+            # A view of a mapping (the pipeline's part buffers are anonymous maps, so
+            # page-aligned): straight from it, without the copy. EINVAL: not aligned after all
+            # (or no direct I/O here, which the copy's attempt tells the caller).
+            try:
+                self._write_aligned(path, data)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
         buffer = self._aligned(len(data))
         buffer[:len(data)] = data
-        head = len(data) - len(data) % self.ALIGN
         with memoryview(buffer) as view:
-            fd = os.open(path, (os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT
-                                | getattr(os, "O_CLOEXEC", 0)), 0o666)
+            self._write_aligned(path, view[:len(data)])
+
+    def _write_aligned(self, path: Path, view: memoryview) -> None:
+        head = len(view) - len(view) % self.ALIGN
+        fd = os.open(path, (os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT
+                            | getattr(os, "O_CLOEXEC", 0)), 0o666)
+        try:
+            _write_all(fd, view[:head])
+        finally:
+            os.close(fd)
+        if head < len(view):
+            fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
             try:
-                _write_all(fd, view[:head])
+                os.lseek(fd, head, os.SEEK_SET)
+                _write_all(fd, view[head:])
             finally:
                 os.close(fd)
-            if head < len(data):
-                fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
-                try:
-                    os.lseek(fd, head, os.SEEK_SET)
-                    _write_all(fd, view[head:len(data)])
-                finally:
-                    os.close(fd)
 
 
 def _write_all(fd: int, view: memoryview) -> None:

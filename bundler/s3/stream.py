@@ -106,8 +106,10 @@ class S3Sink:
         self.progress.start("upload", None)
 
     def _put(self, key: str, part: Part) -> None:
-        put_bytes(self.client, self.location.bucket, key, part.data, md5=part.md5, acl=self.acl,
-                  attempts=self.attempts)
+        # Bytes already (this sink keeps parts, so it gets copies: PartSink): bytes() of bytes
+        # is the same object, no copy.
+        put_bytes(self.client, self.location.bucket, key, bytes(part.data), md5=part.md5,
+                  acl=self.acl, attempts=self.attempts)
         with self._created_lock:
             self._created.add(key)
             self._sizes[part.index] = (len(part.data), part.md5.hex())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import mmap
 import os
 import threading
 
@@ -158,6 +159,78 @@ def test_direct_writes_store_every_byte_of_aligned_and_unaligned_parts(tmp_path,
     assert (tmp_path / "p").read_bytes() == data
     writer.write(tmp_path / "p", data[: size // 2])  # rewritten shorter: truncated
     assert (tmp_path / "p").read_bytes() == data[: size // 2]
+
+
+@pytest.mark.parametrize("offset", [0, 100, 4096])
+def test_direct_writes_from_a_mapped_view_need_no_copy_and_survive_misalignment(tmp_path, offset):
+    # The pipeline's part buffers are anonymous maps: written from the view itself; a view
+    # that does not start on a page (the kernel refuses it) goes through the aligned copy.
+    writer = parts_module.DirectWriter()
+    size = 3 * 4096 + 77
+    mapped = mmap.mmap(-1, offset + size)
+    data = os.urandom(size)
+    mapped[offset:offset + size] = data
+    with memoryview(mapped) as view:
+        try:
+            writer.write(tmp_path / "p", view[offset:offset + size])
+        except OSError as exc:
+            pytest.skip(f"no direct I/O on {tmp_path}: {exc}")
+    assert (tmp_path / "p").read_bytes() == data
+    assert writer._buffer is None or offset % 4096  # the copy's buffer only when misaligned
+
+
+class _Recording:
+    """A sink that records what put_part was given (a view or bytes) and keeps nothing."""
+
+    done_with_part_data = True
+
+    def __init__(self, keep: bool = False) -> None:
+        self.kinds: list[tuple[type, object]] = []
+        self.digests: list[str] = []
+        self.data = bytearray()
+        self.kept: list[memoryview] = []
+        self.keep = keep
+
+    def expect_parts(self, count: int) -> None:
+        pass
+
+    def put_part(self, part: Part) -> None:
+        self.kinds.append((type(part.data), getattr(part.data, "obj", None).__class__))
+        self.digests.append(hashlib.sha1(part.data).hexdigest())
+        self.data += part.data
+        if self.keep:
+            self.kept.append(part.data)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_a_sink_done_with_part_data_gets_the_buffer_itself_and_buffers_are_reused(
+        monkeypatch, threaded):
+    monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
+    sink = _Recording()
+    cutter = PartCutter(sink)
+    if threaded:
+        cutter.stage = BackgroundStage(cutter.store, depth=1, name="ami-bundler-parts")
+    data = os.urandom(7 * SMALL_PART + 100)
+    enc = AesCbcEncryptor(KEY, IV, cutter=cutter)
+    enc.write(data)
+    enc.close()
+    cutter.close()
+    if cutter.stage is not None:
+        cutter.stage.close()
+    assert bytes(sink.data) == reference_ciphertext(data)
+    assert sink.kinds == [(memoryview, mmap.mmap)] * 8  # no copies
+    assert cutter.digests == sink.digests
+    assert cutter._free.qsize() <= 3  # 8 parts through at most 3 buffers (depth 1 + 2)
+
+
+def test_a_sink_that_keeps_a_borrowed_view_cannot_read_another_part_through_it(monkeypatch):
+    monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
+    sink = _Recording(keep=True)
+    cutter = PartCutter(sink)
+    cutter.write(os.urandom(3 * SMALL_PART))
+    cutter.close()
+    with pytest.raises(ValueError, match="released"):
+        bytes(sink.kept[0])
 
 
 def test_a_filesystem_without_direct_io_gets_plain_writes(tmp_path, monkeypatch):
