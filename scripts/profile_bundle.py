@@ -5,7 +5,7 @@
 
 Used by ``scripts/bench_bundle.py --profile``, which runs it in a child process per image and
 level and prints the table. Stage totals come from the pipeline's own ``StageTimes`` hooks;
-per-thread CPU from sampling /proc/self/task (Linux) every 5 ms while the bundle runs, so a
+per-thread CPU from sampling /proc/self/task (Linux) every 10 ms while the bundle runs, so a
 thread's CPU is counted even where no stage measures it.
 """
 
@@ -59,7 +59,7 @@ class ThreadSampler(threading.Thread):
                 pass
 
     def run(self) -> None:
-        while not self.halt.wait(0.005):
+        while not self.halt.wait(0.01):  # cumulative counters: only ended threads lose a tick
             self.sample()
 
     def by_name(self, values: dict[int, float] | None = None) -> dict[str, float]:
