@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..aws import endpoint_url_value
 from ..concurrency import BackgroundTask
@@ -33,6 +34,8 @@ from .migration import (
 from .registration import add_register_options, register_options_from_args
 
 if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+
     from ..install import InstallResult
 
 
@@ -119,6 +122,34 @@ class _HeldWarnings(Printer):
         self.held.append(message)
 
 
+class _ClientLater:
+    """The EC2 client, made on a thread of its own: loading EC2's service model costs ~75 ms of
+    CPU, which then overlaps the S3 set-up's round trips instead of preceding them. Attribute
+    access (the client's methods) waits for it; the main thread makes no other client
+    meanwhile (a boto3 session is not safe for that)."""
+
+    def __init__(self, make: Callable[[], EC2Client]) -> None:
+        self._client: EC2Client | None = None
+        self._task = BackgroundTask(name="ami-bundler-ec2-client")
+        self._task.start(partial(self._make, make))
+
+    def _make(self, make: Callable[[], EC2Client]) -> None:
+        self._client = make()
+
+    def join(self) -> None:
+        self._task.join()
+
+    def get(self) -> EC2Client:
+        self._task.join()
+        if self._task.error is not None:
+            raise self._task.error
+        assert self._client is not None
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.get(), name)
+
+
 class _ImageCheck:
     """install's image check (``checking.check_install_image``: debugfs over the whole image,
     ~0.3 s for a 2 GiB root filesystem) on a thread of its own, started before the S3 and EC2
@@ -189,6 +220,9 @@ def _install_one_checked(args: argparse.Namespace, printer: Printer, location: S
         at = client.meta.region_name
     elif args.location:
         ensure_bucket(client, location.bucket, location=args.location)
+    # The EC2 region follows the bucket's region unless --region says otherwise.
+    ec2_region = aws.opts.region or at
+    ec2 = None if args.no_register else _ClientLater(partial(aws.ec2, ec2_region))
     source, keys, bundle_options = bundle_inputs(args)
     try:
         options = None
@@ -198,34 +232,47 @@ def _install_one_checked(args: argparse.Namespace, printer: Printer, location: S
             )
     except BaseException:
         source.close()
+        if ec2 is not None:
+            ec2.join()
         raise
-    # The EC2 region follows the bucket's region unless --region says otherwise.
-    ec2_region = aws.opts.region or at
     cert = keys.ec2_certificate
     target = RegionTarget(
         region=ec2_region,
         location=location,
         s3=client,
-        ec2=None if options is None else aws.ec2(ec2_region),
+        ec2=None if ec2 is None else cast("EC2Client", ec2),
         ec2_public_key=keys.ec2_public_key,
         ec2_cert=str(cert.path) if cert else "EC2 certificate",
         endpoint=aws.opts.endpoint_url,
-        in_use=InUse(lambda: aws.ec2(ec2_region), warn=printer.warn),
+        in_use=InUse(partial(aws.ec2, ec2_region) if ec2 is None else ec2.get,
+                     warn=printer.warn),
         bucket_ready=True,  # found or created above, in the region it is in
     )
-    result = install(
-        source,
-        keys,
-        bundle_options,
-        [target],
-        transfer=aws.transfer,
-        register=options,
-        wait=args.wait,
-        wait_timeout=args.wait_timeout,
-        force=args.force,
-        enable_bucket_acls=args.enable_bucket_acls,
-        gate=check.wait,
-    )
+
+    def gate() -> None:
+        check.wait()
+        if ec2 is not None:
+            ec2.get()  # a client that cannot be made fails the run before bundling
+
+
+    try:
+        result = install(
+            source,
+            keys,
+            bundle_options,
+            [target],
+            transfer=aws.transfer,
+            register=options,
+            wait=args.wait,
+            wait_timeout=args.wait_timeout,
+            force=args.force,
+            enable_bucket_acls=args.enable_bucket_acls,
+            gate=gate,
+        )
+    finally:
+        if ec2 is not None:
+            ec2.join()  # no thread outlives the run
+
     outcome = result.outcomes[0]
     if outcome.exception is not None:
         raise outcome.exception  # one region: its failure is the command's, with its exit code
