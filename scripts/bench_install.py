@@ -54,7 +54,10 @@ def main() -> int:
     ap.add_argument("--delay", type=float, default=0.020)
     ap.add_argument("--bandwidth", type=float, default=16.0,
                     help="MiB/s per request stream; 0 = unlimited")
-    ap.add_argument("--jobs", type=int, default=8)
+    from bundler.transfer import DEFAULT_JOBS
+
+    ap.add_argument("--jobs", type=int, default=DEFAULT_JOBS,
+                    help="parallel transfers (default: the product's, %(default)s)")
     ap.add_argument("--compression", default="default")
     args = ap.parse_args()
     if not args.image.exists():

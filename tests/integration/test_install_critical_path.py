@@ -10,8 +10,8 @@ import uuid
 import pytest
 
 import bundler.cli.install as cli_install
-from bundler.s3 import LOCK_SUFFIX
 from bundler.cli.checking import CheckFailed
+from bundler.s3 import LOCK_SUFFIX
 from tests.support.cli import MIB, install_argv, keys_in, run, sparse_image
 from tests.support.ext4images import mkfs
 from tests.support.roots import dirty_tree
