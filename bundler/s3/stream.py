@@ -6,7 +6,6 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future
 from contextlib import closing
 from functools import partial
 from typing import TYPE_CHECKING
@@ -25,7 +24,7 @@ from .objects import (
     s3_errors,
     with_attempts,
 )
-from .publish import InUseLookup, Publication, Target
+from .publish import InUseLookup, Publication
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -86,7 +85,6 @@ class S3Sink:
         self._created_lock = threading.Lock()
         self._sizes: dict[int, tuple[int, str]] = {}
         self._publication: Publication | None = None
-        self._opened: Future[Target] | None = None
         self.bytes_uploaded = 0
         self.manifest_key: str | None = None
 
@@ -99,21 +97,18 @@ class S3Sink:
         self._width_parts = max_parts
         publication = Publication(self.client, self.location, f"{name}.manifest.xml", acl=self.acl,
                                   attempts=self.attempts, force=self.force, in_use=self.in_use)
+        # Synchronous on purpose: a signal during the lease must find it taken and released on
+        # this thread (an open on a pool thread outlives an interrupt raised before the
+        # pipeline can abort this sink, and leaves the lock behind).
+        publication.open(None)  # lease; a bundle already there is another one: refused or retired
         self._publication = publication
         # Parts are 10 MiB in memory each: ``jobs`` uploading plus two ready keeps every
         # uploader busy while bounding memory whatever the image size.
         self._pool = BoundedExecutor(self.jobs, self.jobs + 2, name="ami-bundler-s3")
-        # The lease and the look at the target (a bundle already there is another one: refused
-        # or retired) are round trips the pipeline need not wait for: its first part takes
-        # longer to make. Every PUT waits for them, so no part is written before they are done,
-        # and their failure is the sink's first.
-        self._opened = self._pool.submit(publication.open, None)
         _return_large_buffers_to_the_os()
         self.progress.start("upload", None)
 
     def _put(self, key: str, part: Part) -> None:
-        assert self._opened is not None
-        self._opened.result()
         # Bytes already (this sink keeps parts, so it gets copies: PartSink): bytes() of bytes
         # is the same object, no copy.
         put_bytes(self.client, self.location.bucket, key, bytes(part.data), md5=part.md5,

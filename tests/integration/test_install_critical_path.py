@@ -88,8 +88,7 @@ def test_the_publish_tail_lists_once_and_still_removes_orphans(capsys, proxy, s3
     # listing
     after = [r for r in log[manifest_put:] if "list-type" in r.query]
     assert len(after) == 1
-    # The sink takes the lease while the first part is being made, but no part is written
-    # before the lease is taken and the target looked at.
+    # No part is written before the lease is taken and the target looked at.
     lease = next(r for r in log if r.method == "PUT" and r.path.endswith(LOCK_SUFFIX))
     opened = next(r for r in log if "list-type" in r.query and r.started >= lease.ended)
     assert min(r.started for r in log if ".part." in r.path and r.method == "PUT") >= opened.ended
