@@ -263,11 +263,8 @@ def _install_one_checked(args: argparse.Namespace, printer: Printer, location: S
             [target],
             transfer=aws.transfer,
             register=options,
-            wait=args.wait,
-            wait_timeout=args.wait_timeout,
-            force=args.force,
-            enable_bucket_acls=args.enable_bucket_acls,
             gate=gate,
+            **_flag_options(args),
         )
     finally:
         if ec2 is not None:
@@ -308,6 +305,16 @@ def _install_one_checked(args: argparse.Namespace, printer: Printer, location: S
         ]
     printer.result(data, human)
     return 0
+
+
+def _flag_options(args: argparse.Namespace) -> dict[str, Any]:
+    """install()'s keywords taken from the flags as they are, for one region and for many."""
+    return {
+        "wait": args.wait,
+        "wait_timeout": args.wait_timeout,
+        "force": args.force,
+        "enable_bucket_acls": args.enable_bucket_acls,
+    }
 
 
 def _one_region_summary(result: InstallResult) -> dict[str, Any]:
@@ -422,12 +429,9 @@ def _install_regions_checked(args: argparse.Namespace, printer: Printer,
         targets,
         transfer=aws.transfer,
         register=register,
-        wait=args.wait,
-        wait_timeout=args.wait_timeout,
         copy_mode=args.copy_mode,
-        force=args.force,
-        enable_bucket_acls=args.enable_bucket_acls,
         gate=check.wait,
+        **_flag_options(args),
     )
     rows = [("REGION", "RESULT", "AMI", "IMAGE LOCATION")]
     for o in result.outcomes:

@@ -13,7 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.support.cli import MIB, run
+from tests.support.cli import MIB, publish_runner, run
 from tests.support.s3kit import plain_client
 
 REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
@@ -81,12 +81,7 @@ def published(request, tmp_path, endpoint, proxy, user_keys, ec2_cert_dir, monke
     write_plan(plan, tag, image, user_keys, second)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH))
 
-    def publish(capsys, *extra: str) -> tuple[int, dict, str]:
-        code, out, err = run(capsys, "publish", str(plan), "--endpoint-url", proxy.url,
-                             "--ec2cert-dir", str(ec2_cert_dir), "--max-attempts", "1",
-                             "--json", *extra)
-        return code, json.loads(out) if out.strip() else {}, err
-
+    publish = publish_runner(plan, proxy.url, ec2_cert_dir)
     return tag, image, publish
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cli import run
+from tests.support.cli import publish_runner
 from tests.support.roots import write_clean_root
 from tests.support.s3kit import plain_client
 
@@ -59,12 +59,7 @@ def tree_plan(tmp_path, proxy, user_keys, ec2_cert_dir, monkeypatch):
     write_plan(plan, tag, tree, user_keys)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH))
 
-    def publish(capsys, *extra: str) -> tuple[int, dict, str]:
-        code, out, err = run(capsys, "publish", str(plan), "--endpoint-url", proxy.url,
-                             "--ec2cert-dir", str(ec2_cert_dir), "--max-attempts", "1",
-                             "--json", *extra)
-        return code, json.loads(out) if out.strip() else {}, err
-
+    publish = publish_runner(plan, proxy.url, ec2_cert_dir)
     return tag, tree, publish
 
 

@@ -4,10 +4,12 @@ place for the helpers the integration and reliability tests share."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from bundler.cli import main
 from bundler.s3 import LOCK_SUFFIX
@@ -27,6 +29,19 @@ def run(capsys, *argv: object) -> tuple[int, str, str]:
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def publish_runner(plan: Path, endpoint: str, ec2_cert_dir: Path) -> Callable[..., Any]:
+    """``publish PLAN --json`` through ``endpoint`` (no retries, so a fault shows at once):
+    a function of (capsys, *extra flags) giving (exit code, the parsed report, stderr)."""
+
+    def publish(capsys, *extra: str) -> tuple[int, dict, str]:
+        code, out, err = run(capsys, "publish", str(plan), "--endpoint-url", endpoint,
+                             "--ec2cert-dir", str(ec2_cert_dir), "--max-attempts", "1",
+                             "--json", *extra)
+        return code, json.loads(out) if out.strip() else {}, err
+
+    return publish
 
 
 def upload(

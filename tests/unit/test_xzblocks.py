@@ -11,6 +11,7 @@ import struct
 import subprocess
 import threading
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -123,36 +124,37 @@ def test_any_regions_read_from_the_blocks_give_those_bytes(raw, multi, reader, p
         file.close()
 
 
-def test_a_damaged_large_block_names_it(multi, tmp_path, monkeypatch):
-    monkeypatch.setattr(compressed, "XZ_MAX_BLOCK", MIB - 1)
+def damaged_copy(multi: Path, tmp_path: Path, number: int, at: Callable[[int], int],
+                 flip: int) -> tuple[Path, int]:
+    """A copy of the multi-block image whose block ``number`` has the byte ``at(unpadded size)``
+    (counted from the block's start) XORed with ``flip``: (the copy, the block's offset)."""
     path = Path(shutil.copy(multi, tmp_path / "disk.raw.xz"))
     file = BoundedFile(path, "xz")
     index = read_index(file)
     file.close()
     assert index is not None
-    block = index.blocks[0]  # random data: a data block, read only when bundled
+    block = index.blocks[number]
     data = bytearray(path.read_bytes())
-    data[block.offset + block.unpadded - 2] ^= 0x01  # in its check
+    data[block.offset + at(block.unpadded)] ^= flip
     path.write_bytes(bytes(data))
+    return path, block.offset
+
+
+def test_a_damaged_large_block_names_it(multi, tmp_path, monkeypatch):
+    monkeypatch.setattr(compressed, "XZ_MAX_BLOCK", MIB - 1)
+    # random data: a data block, read only when bundled; damaged in its check
+    path, offset = damaged_copy(multi, tmp_path, 0, lambda unpadded: unpadded - 2, 0x01)
     source = open_source(path)
     try:
-        with pytest.raises(ImageFormatError, match=f"xz image: block at offset {block.offset}: "):
+        with pytest.raises(ImageFormatError, match=f"xz image: block at offset {offset}: "):
             b"".join(source.chunks())
     finally:
         source.close()
 
 
 def test_a_damaged_block_names_it(multi, tmp_path):
-    path = Path(shutil.copy(multi, tmp_path / "disk.raw.xz"))
-    file = BoundedFile(path, "xz")
-    index = read_index(file)
-    file.close()
-    assert index is not None
-    block = index.blocks[3]
-    data = bytearray(path.read_bytes())
-    data[block.offset + block.unpadded // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    where = f"xz image: block at offset {block.offset}: corrupt"
+    path, offset = damaged_copy(multi, tmp_path, 3, lambda unpadded: unpadded // 2, 0xFF)
+    where = f"xz image: block at offset {offset}: corrupt"
     with pytest.raises(ImageFormatError, match=where):
         decoded(path)
 
@@ -218,16 +220,9 @@ def test_a_compressible_block_that_is_not_zeros_is_data(tmp_path):
 
 
 def test_a_damaged_zero_block_fails_when_the_image_is_opened(multi, tmp_path):
-    path = Path(shutil.copy(multi, tmp_path / "disk.raw.xz"))
-    file = BoundedFile(path, "xz")
-    index = read_index(file)
-    file.close()
-    assert index is not None
-    block = index.blocks[5]  # the third zero block: identical to block 3 until damaged
-    data = bytearray(path.read_bytes())
-    data[block.offset + block.unpadded - 2] ^= 0x01  # in its check
-    path.write_bytes(bytes(data))
-    with pytest.raises(ImageFormatError, match=f"xz image: block at offset {block.offset}: "):
+    # the third zero block, identical to block 3 until damaged in its check
+    path, offset = damaged_copy(multi, tmp_path, 5, lambda unpadded: unpadded - 2, 0x01)
+    with pytest.raises(ImageFormatError, match=f"xz image: block at offset {offset}: "):
         open_source(path)
 
 
