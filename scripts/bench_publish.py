@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_multiregion import cpu_seconds, make_image, reset  # noqa: E402
 from bench_upload import MIB, local_env, start  # noqa: E402
 
+from bundler.transfer import DEFAULT_JOBS  # noqa: E402
+
 REGIONS = "us-east-1,eu-west-1,eu-central-1,ap-southeast-2,ap-northeast-1,sa-east-1"
 ACCOUNT = "123456789012"  # the stand-in's account for the `testing` credentials
 
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size-mib", type=int, default=256)
     ap.add_argument("--regions", default=REGIONS)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each; the median is reported")
-    ap.add_argument("--jobs", type=int, default=8)
+    ap.add_argument("--jobs", type=int, default=None,
+                    help=f"--jobs of every run (default: the product's, {DEFAULT_JOBS})")
     ap.add_argument("--delay", type=float, default=0.02,
                     help="seconds the proxy adds to every request (default: %(default)s)")
     ap.add_argument("--bandwidth", type=float, default=16.0,
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                     "full (decrypt and inflate every part: work AWS does on its own machines, on "
                     "this host's cores here)")
     args = ap.parse_args(argv)
+    if args.jobs is None:
+        args.jobs = DEFAULT_JOBS
     regions = args.regions.split(",")
 
     from bundler import keys as keylib
