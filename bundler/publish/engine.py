@@ -26,7 +26,12 @@ from typing import Any, ClassVar
 
 from ..aws import ec2_errors
 from ..concurrency import run_all
-from ..ec2 import RegisterOptions, add_launch_permissions, parse_register_block_device_mappings
+from ..ec2 import (
+    RegisterOptions,
+    add_launch_permissions,
+    check_public_sharing_allowed,
+    parse_register_block_device_mappings,
+)
 from ..errors import BundlerError, ReplaceRefusedError
 from ..install import InstallResult, RegionTarget, install
 from ..inuse import InUse
@@ -479,8 +484,6 @@ def apply_changes(ec2: Any, image_id: str, changes: Sequence[Change]) -> None:
     shares = [c.detail for c in changes if c.kind == "share"]
     if shares:
         if "all" in shares:
-            from ..ec2 import check_public_sharing_allowed
-
             check_public_sharing_allowed(ec2)
         add_launch_permissions(ec2, image_id, shares)
     for c in changes:
