@@ -26,7 +26,14 @@ import botocore.exceptions as bexc
 
 from .aws import NO_SUCH_IMAGE, ec2_error, ec2_errors, error_code, is_not_found, translate_errors
 from .concurrency import run_all
-from .errors import EC2Error, IntegrityError, ManifestError, PartMissingError, UsageError
+from .errors import (
+    BundlerError,
+    EC2Error,
+    IntegrityError,
+    ManifestError,
+    PartMissingError,
+    UsageError,
+)
 from .manifest import Manifest, is_encrypted, parse_manifest
 from .s3 import S3Location, bucket_region, fetch_manifest, list_objects, split_manifest_location
 
@@ -288,23 +295,42 @@ def register_image(ec2: EC2Client, image_location: str, options: RegisterOptions
         image_id = ec2.register_image(**params)["ImageId"]
     log.info("registered %s as %s", image_location, image_id)
     if options.deprecate_at is not None:
-        _after(ec2, image_id, "set its deprecation time", lambda: ec2.enable_image_deprecation(
-            ImageId=image_id, DeprecateAt=options.deprecate_at))
+        set_deprecation(ec2, image_id, options.deprecate_at, just_registered=True)
     if options.deregistration_protection:
-        _after(ec2, image_id, "turn on deregistration protection",
-               lambda: ec2.enable_image_deregistration_protection(ImageId=image_id))
+        protect_from_deregistration(ec2, image_id, just_registered=True)
     if options.launch_permissions:
-        add_launch_permissions(ec2, image_id, options.launch_permissions)
+        add_launch_permissions(ec2, image_id, options.launch_permissions, just_registered=True)
     return image_id
 
 
-def _after(ec2: EC2Client, image_id: str, what: str, call: Any) -> None:
-    try:
-        call()
-    except (bexc.ClientError, bexc.BotoCoreError) as exc:
-        err = ec2_error(exc, what)
-        raise EC2Error(f"registered {image_id} but could not {what}: {err}; fix it and set it on "
-                       f"{image_id} with the aws CLI, or deregister it") from None
+def set_deprecation(ec2: EC2Client, image_id: str, at: datetime.datetime, *,
+                    just_registered: bool = False) -> None:
+    """EnableImageDeprecation: the AMI stays launchable by its owner after ``at``."""
+    with translate_errors(lambda exc: _setting_error(exc, image_id, "set its deprecation time",
+                                                     just_registered)):
+        ec2.enable_image_deprecation(ImageId=image_id, DeprecateAt=at)
+
+
+def protect_from_deregistration(ec2: EC2Client, image_id: str, *,
+                                just_registered: bool = False) -> None:
+    """EnableImageDeregistrationProtection: DeregisterImage is refused until it is turned off."""
+    with translate_errors(lambda exc: _setting_error(exc, image_id,
+                                                     "turn on deregistration protection",
+                                                     just_registered)):
+        ec2.enable_image_deregistration_protection(ImageId=image_id)
+
+
+def _setting_error(exc: BaseException, image_id: str, what: str,
+                   just_registered: bool) -> BundlerError:
+    """A setting that failed on an AMI. One just registered exists now without it: the message
+    says so and gives the ways out, because the run's failure would otherwise hide the AMI."""
+    err = ec2_error(exc, f"{what} on {image_id}")
+    if not just_registered:
+        return err
+    text = str(err)
+    reason = text.removeprefix(f"{what} on {image_id}: ")
+    return EC2Error(f"registered {image_id} but could not {what}: {reason}; fix it and set it on "
+                    f"{image_id} with the aws CLI, or deregister it")
 
 
 def _register_error(exc: BaseException, image_location: str) -> EC2Error:
@@ -341,16 +367,18 @@ def _public_blocked(region: str) -> str:
             f"the block off with `aws ec2 disable-image-block-public-access --region {region}`")
 
 
-def add_launch_permissions(ec2: EC2Client, image_id: str, who: list[str]) -> None:
+def add_launch_permissions(ec2: EC2Client, image_id: str, who: list[str], *,
+                           just_registered: bool = False) -> None:
     adds = [launch_permission(w) for w in who]
     try:
         ec2.modify_image_attribute(ImageId=image_id, Attribute="launchPermission",
                                    LaunchPermission={"Add": adds})
     except (bexc.ClientError, bexc.BotoCoreError) as exc:
         if error_code(exc) == "OperationNotPermitted" and "all" in who:
-            raise EC2Error(f"registered {image_id} but "
-                           "" + _public_blocked(ec2.meta.region_name)) from None
-        raise ec2_error(exc, f"set launch permissions on {image_id}") from None
+            blocked = _public_blocked(ec2.meta.region_name)
+            raise EC2Error(f"registered {image_id} but {blocked}" if just_registered
+                           else f"{image_id}: {blocked}") from None
+        raise _setting_error(exc, image_id, "set launch permissions", just_registered) from None
 
 
 def describe_image(ec2: EC2Client, image_id: str) -> ImageTypeDef:
@@ -415,6 +443,8 @@ __all__ = [
     "parse_register_block_device_mappings",
     "parse_tags",
     "preflight",
+    "protect_from_deregistration",
     "register_image",
+    "set_deprecation",
     "wait_available",
 ]

@@ -31,6 +31,8 @@ from ..ec2 import (
     add_launch_permissions,
     check_public_sharing_allowed,
     parse_register_block_device_mappings,
+    protect_from_deregistration,
+    set_deprecation,
 )
 from ..errors import BundlerError, ReplaceRefusedError
 from ..install import InstallResult, RegionTarget, install
@@ -488,12 +490,9 @@ def apply_changes(ec2: Any, image_id: str, changes: Sequence[Change]) -> None:
         add_launch_permissions(ec2, image_id, shares)
     for c in changes:
         if c.kind == "deprecate":
-            at = datetime.datetime.fromisoformat(c.detail)
-            with ec2_errors(f"set the deprecation time of {image_id}"):
-                ec2.enable_image_deprecation(ImageId=image_id, DeprecateAt=at)
+            set_deprecation(ec2, image_id, datetime.datetime.fromisoformat(c.detail))
         elif c.kind == "protect":
-            with ec2_errors(f"turn on deregistration protection of {image_id}"):
-                ec2.enable_image_deregistration_protection(ImageId=image_id)
+            protect_from_deregistration(ec2, image_id)
 
 
 __all__ = [
