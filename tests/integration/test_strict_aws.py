@@ -249,3 +249,36 @@ def test_local_endpoint_takes_the_register_check():
     assert StrictEndpoint(register_check="manifest").register_check == "manifest"
     with pytest.raises(ValueError, match="register_check"):
         StrictEndpoint(register_check="none")
+
+
+def test_copy_etag_is_the_md5_of_the_data_without_hashing_it_again(s3, bucket, monkeypatch):
+    """AWS: a plaintext copy's ETag is the MD5 of its data, so a single-PUT source's ETag; a
+    multipart source's copy gets the MD5 of the whole data, not the source's "-N" ETag. The
+    stand-in takes the known MD5 instead of hashing the copied bytes (its CPU per copy)."""
+    import moto.s3.models as models
+
+    data = os.urandom(3 << 20)
+    md5 = hashlib.md5(data).hexdigest()
+    s3.put_object(Bucket=bucket, Key="src", Body=data)
+    hashed = []
+    original = models.md5_hash
+    monkeypatch.setattr(models, "md5_hash", lambda *a, **k: hashed.append(1) or original(*a, **k))
+    copied = s3.copy_object(Bucket=bucket, Key="dst", CopySource={"Bucket": bucket, "Key": "src"},
+                            ACL="aws-exec-read")
+    assert copied["CopyObjectResult"]["ETag"].strip('"') == md5
+    assert hashed == []  # the copy's ETag came from the source, not from hashing 3 MiB again
+    assert s3.get_object(Bucket=bucket, Key="dst")["Body"].read() == data
+    assert s3.head_object(Bucket=bucket, Key="dst")["ETag"].strip('"') == md5
+    monkeypatch.setattr(models, "md5_hash", original)
+
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="multi")["UploadId"]
+    pieces = [os.urandom(5 << 20), os.urandom(1 << 20)]
+    etags = [s3.upload_part(Bucket=bucket, Key="multi", UploadId=upload, PartNumber=n + 1,
+                            Body=piece)["ETag"] for n, piece in enumerate(pieces)]
+    s3.complete_multipart_upload(Bucket=bucket, Key="multi", UploadId=upload, MultipartUpload={
+        "Parts": [{"ETag": e, "PartNumber": n + 1} for n, e in enumerate(etags)]})
+    assert s3.head_object(Bucket=bucket, Key="multi")["ETag"].strip('"').endswith("-2")
+    copied = s3.copy_object(Bucket=bucket, Key="multi-copy",
+                            CopySource={"Bucket": bucket, "Key": "multi"})
+    whole = hashlib.md5(b"".join(pieces)).hexdigest()
+    assert copied["CopyObjectResult"]["ETag"].strip('"') == whole

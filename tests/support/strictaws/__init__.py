@@ -7,7 +7,8 @@ checks need the S3 state (objects, ACLs) that only the server holds, and one pro
 stand-in fast. Everything that starts a local endpoint — the integration fixtures,
 ``tests/support/s3kit.MotoEndpoint``, ``scripts/local_endpoint.py`` (benchmarks, demo) — goes
 through ``StrictEndpoint``. See ``s3rules``, ``ec2images`` and ``bundlecheck`` for what is
-enforced, ``accounts`` for several accounts (STS AssumeRole, per-account S3 and images, launch
+enforced, ``s3copy`` for CopyObject's ETag (as AWS documents it, without hashing the copy
+again), ``accounts`` for several accounts (STS AssumeRole, per-account S3 and images, launch
 permissions across accounts), and ``keyring`` for the stand-in EC2's own key pairs (one per
 partition and one opt-in region), whose certificates the tool gets through ``--ec2cert-dir``.
 """
@@ -24,9 +25,10 @@ READY_TIMEOUT = 15.0
 
 def install() -> None:
     """Patch moto in this process (idempotent)."""
-    from . import accounts, ec2images, s3rules
+    from . import accounts, ec2images, s3copy, s3rules
 
     s3rules.install()
+    s3copy.install()
     ec2images.install()
     accounts.install()  # after both: it wraps their S3 handlers and replaces DescribeImages
 
