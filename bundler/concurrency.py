@@ -209,19 +209,26 @@ class BackgroundStage(Generic[T]):
         self._consume = consume
         self._queue: queue.Queue[object] = queue.Queue(depth)
         self._error: BaseException | None = None
+        # Set when the thread has ended. Waited on instead of Thread.join/is_alive: a join that
+        # a signal interrupts (CPython before 3.12) marks a thread that is still running as
+        # stopped, and an abort after it would then not wait for the item in progress.
+        self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                return
-            if self._error is None:
-                try:
-                    self._consume(item)  # type: ignore[arg-type]  # only write() puts items
-                except BaseException as exc:  # re-raised in the writer's thread
-                    self._error = exc
+        try:
+            while True:
+                item = self._queue.get()
+                if item is self._END:
+                    return
+                if self._error is None:
+                    try:
+                        self._consume(item)  # type: ignore[arg-type]  # only write() puts items
+                    except BaseException as exc:  # re-raised in the writer's thread
+                        self._error = exc
+        finally:
+            self._finished.set()
 
     def _raise(self) -> None:
         # The error stays set: the thread keeps skipping whatever is still queued.
@@ -235,19 +242,20 @@ class BackgroundStage(Generic[T]):
                 self._queue.put(item, timeout=0.5)
                 return
             except queue.Full:
-                if not self._thread.is_alive():
+                if self._finished.is_set():
                     raise RuntimeError("the output stage stopped") from None
 
     def close(self) -> None:
         """Wait until everything written is consumed; raise the stage's failure, if any."""
-        if self._thread.is_alive():
+        if not self._finished.is_set():
             self._queue.put(self._END)
-            self._thread.join()
+            self._finished.wait()
+            self._thread.join(timeout=JOIN_TIMEOUT)  # it has ended: only the exit itself is left
         self._raise()
 
     def abort(self) -> None:
         self._error = self._error or RuntimeError("aborted")  # the thread skips the rest
-        if self._thread.is_alive():
+        if not self._finished.is_set():
             while True:
                 try:
                     self._queue.get_nowait()
@@ -257,7 +265,8 @@ class BackgroundStage(Generic[T]):
                 self._queue.put(self._END, timeout=5)
             except queue.Full:
                 pass
-            self._thread.join(timeout=JOIN_TIMEOUT)
+            if self._finished.wait(timeout=JOIN_TIMEOUT):
+                self._thread.join(timeout=JOIN_TIMEOUT)
 
 
 # --------------------------------------------------------------------------- prefetch

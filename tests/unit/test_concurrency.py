@@ -5,6 +5,7 @@ a KeyboardInterrupt)."""
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 
 import pytest
@@ -273,6 +274,46 @@ def test_background_stage_abort_ends_its_thread(no_thread_left):
     assert not stage._thread.is_alive()
     with pytest.raises(RuntimeError, match="aborted"):
         stage.write(b"y")
+    assert no_thread_left() == []
+
+
+def test_abort_after_an_interrupted_close_waits_for_the_item_in_progress(no_thread_left):
+    """A signal during close() (while it waits for the thread) must not make abort() think the
+    thread has ended: the pipeline's abort would then abort the sink while the thread still
+    puts a part into it (CPython before 3.12 marks a thread whose join a signal interrupted as
+    stopped though it still runs)."""
+    entered, release = threading.Event(), threading.Event()
+    done: list[bytes] = []
+
+    def consume(item: bytes) -> None:
+        entered.set()
+        release.wait(5)
+        done.append(item)
+
+    class Stop(Exception):
+        pass
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stop
+
+    stage = BackgroundStage(consume, depth=1, name="ami-bundler-test")
+    stage.write(b"part")
+    assert entered.wait(5)
+    previous = signal.signal(signal.SIGUSR1, stop)
+    kill = threading.Timer(0.1, signal.pthread_kill, (threading.main_thread().ident,
+                                                      signal.SIGUSR1))
+    try:
+        kill.start()
+        with pytest.raises(Stop):
+            stage.close()
+    finally:
+        kill.join()
+        signal.signal(signal.SIGUSR1, previous)
+    later = threading.Timer(0.2, release.set)
+    later.start()
+    stage.abort()
+    later.join()
+    assert done == [b"part"], "abort() returned while the item was still being consumed"
     assert no_thread_left() == []
 
 
