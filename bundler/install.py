@@ -21,6 +21,10 @@ Design (see also README "Several regions"):
   CopyObject within a partition and endpoint, a bounded GET→PUT stream otherwise — plus its
   migrated manifest (resumable itself). Only when no region has the bundle is the image
   bundled again.
+* **Relay within a copy group.** With ``bundle_to`` (publish: one target per account), each
+  other target a server-side copy reaches from one of those gets every part copied there as
+  soon as it has landed (``s3.relay``), so the copies overlap the upload; its manifest goes
+  up last, through the same publish protocol.
 * **Register last.** Only after a region's manifest is in its bucket (``ec2.preflight`` reads
   it back), once per region, optionally waiting until the AMI is available.
 """
@@ -31,7 +35,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, cast
@@ -48,6 +52,7 @@ from .regions import same_partition
 from .rerun import ExistingBundle, ImageFingerprint, existing_bundle, find_registered
 from .s3 import InUseLookup, S3Location, S3Sink, check_replaceable, copy_bundle, ensure_bucket
 from .s3.ownership import check_bucket_for_bundles
+from .s3.relay import RelaySink, RelaySource, SourceLost, relay_hook
 from .source import ImageSource
 from .transfer import COPY_MODES, DEFAULT_TRANSFER, TransferConfig
 
@@ -181,6 +186,7 @@ def install(
     max_regions: int | None = None,
     fingerprint: ImageFingerprint | None = None,
     gate: Callable[[], None] | None = None,
+    bundle_to: Collection[str] | None = None,
 ) -> InstallResult:
     """Bundle ``source`` once into every target (or complete an earlier run) and register it.
 
@@ -195,7 +201,11 @@ def install(
     once). ``fingerprint``: the image's, when the caller has computed it already (it reads the
     whole image). ``gate``: called once every target is probed, before anything is bundled,
     copied or registered (the CLI's image check, run meanwhile); what it raises, install
-    raises. ``source`` is closed.
+    raises. ``bundle_to``: the labels of the targets bundled to when none has the bundle
+    (default: the first ``max_regions``); while ``max_regions`` leaves room, each other target
+    that a server-side copy reaches from one of them is relayed to (``s3.relay``: every part
+    copied there as soon as it has landed, its manifest last), the rest are copied after the
+    bundle is complete. ``source`` is closed.
     """
     started = time.monotonic()
     try:
@@ -233,10 +243,26 @@ def install(
         have = [st for st in alive if st.parsed is not None]
         need = [st for st in alive if st.parsed is None]
         if need and not have:
-            first, need = (need[:max_regions], need[max_regions:]) if max_regions else (need, [])
-            result.bundle = _bundle_to(first, source, keys, options, transfer, force)
+            if bundle_to is not None:
+                first = [st for st in need if st.target.label in bundle_to]
+                need = [st for st in need if st.target.label not in bundle_to]
+                # One whose target to bundle to failed its probe is bundled to itself.
+                for st in list(need):
+                    if (not any(_server_side(f.target, st.target, copy_mode) for f in first)
+                            and (max_regions is None or len(first) < max_regions)):
+                        first.append(st)
+                        need.remove(st)
+            else:
+                first, need = (need[:max_regions], need[max_regions:]) if max_regions else (
+                    need, [])
+            relays = _relays(first, need, copy_mode, max_regions)
+            relayed = [st for group in relays.values() for st in group]
+            need = [st for st in need if all(st is not r for r in relayed)]
+            result.bundle = _bundle_to(first, relays, source, keys, options, transfer, force)
             result.bundled = True
-            have = [st for st in first if st.outcome.ok and st.parsed is not None]
+            have = [st for st in [*first, *relayed] if st.outcome.ok and st.parsed is not None]
+            # A relay whose source failed is completed from one that has the bundle.
+            need += [st for st in relayed if st.outcome.ok and st.parsed is None]
             if need and not have:
                 for st in need:
                     st.outcome.failed("not bundled: every target it was bundled to first failed")
@@ -347,19 +373,49 @@ def _copy_from(st: _State, have: Sequence[_State], manifest_name: str, keys: Bun
     st.outcome.bytes_uploaded = copied.bytes_copied
 
 
-def _bundle_to(need: Sequence[_State], source: ImageSource, keys: BundleKeys,
-               options: BundleOptions, transfer: TransferConfig,
+def _relays(first: Sequence[_State], rest: Sequence[_State], copy_mode: str,
+            max_regions: int | None) -> dict[str, list[_State]]:
+    """Which of ``rest`` each target bundled to relays to: those a server-side copy reaches
+    from it, as many as ``max_regions`` leaves room for beside ``first``."""
+    room = None if max_regions is None else max(0, max_regions - len(first))
+    out: dict[str, list[_State]] = {st.target.label: [] for st in first}
+    for st in rest:
+        if room is not None and room <= 0:
+            break
+        src = next((f for f in first if _server_side(f.target, st.target, copy_mode)), None)
+        if src is not None:
+            out[src.target.label].append(st)
+            room = None if room is None else room - 1
+    return out
+
+
+def _bundle_to(need: Sequence[_State], relays: dict[str, list[_State]], source: ImageSource,
+               keys: BundleKeys, options: BundleOptions, transfer: TransferConfig,
                force: bool) -> BundleResult | None:
-    by_label = {st.target.label: st for st in need}
+    """Bundle once to ``need`` (uploaded) and ``relays`` (copied from the one they are listed
+    under, part by part as each lands). A relay whose source failed is left as it was (no
+    bundle, not failed), for the caller to complete otherwise."""
+    everyone = [*need, *(r for st in need for r in relays.get(st.target.label, []))]
+    by_label = {st.target.label: st for st in everyone}
     first = need[0].target
     bundle_keys = BundleKeys(keys.signing_key, keys.user_public_key, first.ec2_public_key,
                              keys.ec2_certificate)
-    sinks = {
-        st.target.label: S3Sink(st.target.s3, st.target.location,
-                                transfer=_shown(transfer, st, len(need)), force=force,
-                                in_use=st.target.in_use)
-        for st in need
-    }
+    sinks: dict[str, S3Sink] = {}
+    children: dict[str, PartSink] = {}
+    relay_sinks: dict[str, RelaySink] = {}
+    for st in need:
+        label = st.target.label
+        group = [RelaySink(r.target.s3, r.target.location, st.target.location,
+                           transfer=_shown(transfer, r, len(everyone)), force=force,
+                           in_use=r.target.in_use, source_label=label)
+                 for r in relays.get(label, [])]
+        sinks[label] = S3Sink(st.target.s3, st.target.location,
+                              transfer=_shown(transfer, st, len(everyone)), force=force,
+                              in_use=st.target.in_use,
+                              on_stored=relay_hook(group) if group else None)
+        children[label] = RelaySource(sinks[label], group) if group else sinks[label]
+        for r, relay in zip(relays.get(label, []), group, strict=True):
+            children[r.target.label] = relay_sinks[r.target.label] = relay
 
     def manifest_for(label: str, data: bytes) -> bytes:
         st = by_label[label]
@@ -370,20 +426,30 @@ def _bundle_to(need: Sequence[_State], source: ImageSource, keys: BundleKeys,
         st.parsed = parse_manifest(out, source=st.outcome.image_location)
         return out
 
-    children: dict[str, PartSink] = dict(sinks)
+    def failed(st: _State, failure: BaseException) -> None:
+        if isinstance(failure, SourceLost):
+            st.parsed = None  # not failed: another target may have the bundle to copy
+        elif st.outcome.ok:
+            st.outcome.failed(failure)
+
     fan = FanOutSink(children, manifest_for=manifest_for)
     try:
         bundled = bundle(source, fan, bundle_keys, options, transfer.progress)
     except Exception as exc:
         # Every sink failed (or bundling itself did): every region fails with the reason.
-        for st in need:
-            if st.outcome.ok:
-                st.outcome.failed(fan.failures.get(st.target.label, exc))
+        for st in everyone:
+            failed(st, fan.failures.get(st.target.label, exc))
         return None
     for label, failure in fan.failures.items():
-        by_label[label].outcome.failed(failure)
+        failed(by_label[label], failure)
     for label in fan.committed:
         outcome = by_label[label].outcome
+        if label in relay_sinks:
+            relay = relay_sinks[label]
+            outcome.action, outcome.copied_from = "copied", relay.source_label
+            outcome.parts_transferred = relay.parts_copied
+            outcome.bytes_uploaded = relay.bytes_copied
+            continue
         outcome.action = "bundled"
         outcome.parts_transferred = len(bundled.part_names)
         outcome.bytes_uploaded = sinks[label].bytes_uploaded

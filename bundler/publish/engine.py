@@ -35,7 +35,7 @@ from ..ec2 import (
     set_deprecation,
 )
 from ..errors import BundlerError, ReplaceRefusedError
-from ..install import InstallResult, RegionTarget, install
+from ..install import RegionTarget, install
 from ..inuse import InUse
 from ..pipeline import BundleKeys, BundleOptions
 from ..regions import partition_of
@@ -414,9 +414,10 @@ def _install(plan: Plan, work: Sequence[TargetState], sources: Sequence[TargetSt
              options: RegisterOptions, fingerprint: ImageFingerprint) -> bool:
     """Bundle once (or copy) to the targets without an AMI and register them there.
 
-    When ``plan_transfers`` bundles to some of the targets and copies to the others, that is two
-    calls of ``install``: the bundling pass to those (upload only), then the copies from them
-    and every registration, all in parallel (``--max-regions``)."""
+    One ``install``: when ``plan_transfers`` bundles to some of the targets (one per copy
+    group), those are its ``bundle_to``, and the others of their groups get every part copied
+    server-side as soon as it has landed there (relayed); the rest are copied afterwards, and
+    every target is registered, all in parallel (``--max-regions``)."""
     def target(st: TargetState) -> RegionTarget:
         c = connections[st.target.label]
         key = region_keys[st.target.region]
@@ -427,34 +428,13 @@ def _install(plan: Plan, work: Sequence[TargetState], sources: Sequence[TargetSt
             endpoint=c.endpoint, in_use=InUse(partial(lambda e: e, c.ec2)),
             account=st.target.account.id)
 
-    def run(states: Sequence[TargetState], image: ImageSource, register: RegisterOptions | None,
-            limit: int | None) -> InstallResult:
-        return install(
-            image, keys, bundle_options(plan), [target(st) for st in states],
-            transfer=opts.transfer, register=register, copy_mode=opts.copy_mode, force=False,
-            enable_bucket_acls=opts.enable_bucket_acls, max_regions=limit,
-            fingerprint=fingerprint)
-
-    leaders = [st for st in work if st.changes and st.changes[0].kind == "bundle"]
-    bundled_to: set[str] = set()
-    bundled = False
-    if leaders and len(leaders) < len(work) and not sources:
-        first = run(leaders, source, None, len(leaders))
-        bundled = first.bundled
-        for o in first.outcomes:
-            if o.ok:
-                bundled_to.add(o.label)
-            else:
-                fail(o.label, o.exception or o.error or "failed", FAILED, o.exit_code)
-        rest = [st for st in work if all(st is not x for x in leaders)]
-        if not bundled_to:
-            for st in rest:
-                fail(st.target.label, "not bundled: every target it was bundled to first failed")
-            return bundled
-        work = [*[st for st in leaders if st.target.label in bundled_to], *rest]
-        source = _NoImage()  # from here on every target is copied from the ones bundled to
-    outcome = run([*work, *sources], source, options, _limit(opts, work, sources, connections))
-    bundled = bundled or outcome.bundled
+    leaders = {st.target.label for st in work if st.changes and st.changes[0].kind == "bundle"}
+    outcome = install(
+        source, keys, bundle_options(plan), [target(st) for st in [*work, *sources]],
+        transfer=opts.transfer, register=options, copy_mode=opts.copy_mode, force=False,
+        enable_bucket_acls=opts.enable_bucket_acls,
+        max_regions=_limit(opts, work, sources, connections), fingerprint=fingerprint,
+        bundle_to=leaders or None)
     mine = {st.target.label for st in work}
     for o in outcome.outcomes:
         if o.label not in mine:
@@ -465,15 +445,18 @@ def _install(plan: Plan, work: Sequence[TargetState], sources: Sequence[TargetSt
             fail(o.label, o.exception or o.error or "failed", FAILED, o.exit_code)
         elif o.image_id:
             r.state = DONE
-            if o.copied_from:  # the source the copy actually came from
-                r.changes = [f"copy from {o.copied_from}" if c.startswith("copy ") else c
+            # How the bundle actually got there: copied from which target, or bundled to it
+            # (in place of a target to bundle to that failed).
+            done = (f"copy from {o.copied_from}" if o.copied_from else
+                    f"bundle {o.image_location}" if o.action == "bundled" else None)
+            if done:
+                r.changes = [done if c.split(" ", 1)[0] in ("copy", "bundle") else c
                              for c in r.changes]
             if opts.notify:
-                action = "bundled" if o.label in bundled_to else o.action
                 how = {"bundled": "bundled", "copied": f"copied from {o.copied_from}",
-                       "present": "bundle present"}.get(action, action)
+                       "present": "bundle present"}.get(o.action, o.action)
                 opts.notify(o.label, f"{how}, registered {o.image_id}")
-    return bundled
+    return outcome.bundled
 
 
 def apply_changes(ec2: Any, image_id: str, changes: Sequence[Change]) -> None:

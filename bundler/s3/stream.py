@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from functools import partial
 from typing import TYPE_CHECKING
@@ -66,8 +66,12 @@ class S3Sink:
         transfer: TransferConfig = DEFAULT_TRANSFER,
         force: bool = False,
         in_use: InUseLookup | None = None,
+        on_stored: Callable[[int, str, int, str], None] | None = None,
     ) -> None:
         self.client = client
+        # (index, key, size, hex MD5 of the bytes) once a part is in S3: relays copy it on
+        # (bundler.s3.relay). Called on the uploader thread; it must not raise.
+        self.on_stored = on_stored
         self.force = force
         self.in_use = in_use
         self.location = location
@@ -118,6 +122,8 @@ class S3Sink:
             self._sizes[part.index] = (len(part.data), part.md5.hex())
             self.bytes_uploaded += len(part.data)
         self.progress.advance("upload", len(part.data))
+        if self.on_stored is not None:
+            self.on_stored(part.index, key, len(part.data), part.md5.hex())
 
     def expect_parts(self, count: int) -> None:
         """The pipeline's estimate of the final part count, given before the first part: keys

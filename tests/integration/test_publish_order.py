@@ -10,7 +10,9 @@ PUT once; the lease is released after it."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
+from urllib.parse import unquote
 
 from bundler.s3 import LOCK_SUFFIX
 from tests.support.bundles import make_fake_bundle
@@ -141,3 +143,73 @@ def test_install_regions_order_fan_out_then_copy(
     assert code == 0, err
     assert json.loads(out)["regions"]["eu-west-1"]["action"] == "copied"
     check_order(proxy.requests(), f"order-{tag}-eu-west-1", "amis/", "disk", replaced=False)
+
+
+def test_publish_relay_order_copies_overlap_the_upload(
+    capsys, endpoint, proxy, s3, tmp_path, user_keys, ec2_cert_dir, monkeypatch
+):
+    """publish to three regions of one account: bundled to the first, each part copied
+    server-side to the other two as soon as it has landed (bundler.s3.relay). Each relayed
+    bucket follows the protocol's order, and its copies start while the upload still runs."""
+    import bundler.pipeline
+
+    monkeypatch.setattr(bundler.pipeline, "PART_SIZE", 64 * KIB)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")
+    tag = uuid.uuid4().hex[:8]
+    regions = ("us-east-1", "eu-west-1", "eu-central-1")
+    image = tmp_path / "disk"
+    with open(image, "wb") as fh:  # 1 MiB that does not compress: 17 parts of 64 KiB
+        fh.write(os.urandom(MIB))
+    key, cert = user_keys
+    plan = tmp_path / "plan.toml"
+    plan.write_text(f"""\
+name = "relay-{tag}"
+ami_name = "relay-{tag}-{{date}}"
+regions = {json.dumps(list(regions))}
+bucket = "relay-{tag}-{{region}}/amis"
+
+[source]
+image = "{image}"
+
+[bundle]
+cert = "{cert}"
+private_key = "{key}"
+
+[[accounts]]
+id = "123456789012"
+
+[boot]
+architecture = "x86_64"
+""")
+    proxy.clear()
+    code, out, err = run(capsys, "publish", plan, "--endpoint-url", proxy.url, "--ec2cert-dir",
+                         ec2_cert_dir, "--jobs", "2", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    changes = {t["region"]: t["changes"][0] for t in result["targets"]}
+    assert changes == {"us-east-1": f"bundle {result['targets'][0]['image_location']}",
+                       "eu-west-1": "copy from 123456789012/us-east-1",
+                       "eu-central-1": "copy from 123456789012/us-east-1"}
+    generation = result["generation"]
+    records = proxy.requests()
+    leader = f"relay-{tag}-us-east-1"
+    writes = [r for r in records if r.method == "PUT" and r.path.startswith(f"/{leader}/")
+              and ".part." in r.key]
+    uploads = [r for r in writes if not r.headers.get("x-amz-copy-source")]
+    assert len(uploads) == 17
+    landed = {r.key: r.ended for r in writes}  # uploaded, or renamed at its commit
+    for region in regions:
+        bucket = f"relay-{tag}-{region}"
+        check_order(records, bucket, f"amis/{generation}/", f"relay-{tag}", replaced=False)
+        bundle_ok(s3, bucket, f"amis/{generation}/", f"relay-{tag}.manifest.xml")
+        if region == "us-east-1":
+            continue
+        copies = [r for r in records if r.path.startswith(f"/{bucket}/")
+                  and r.headers.get("x-amz-copy-source")]
+        assert len(copies) >= 17
+        # Pipelined: copies began before the upload ended, each after its source landed.
+        assert min(c.started for c in copies) < max(u.ended for u in uploads)
+        for c in copies:
+            src_bucket, _, src_key = unquote(c.headers["x-amz-copy-source"]).lstrip(
+                "/").partition("/")
+            assert src_bucket == leader and c.started >= landed[src_key], c.key
