@@ -58,11 +58,13 @@ class Run:
     def __init__(self, server_pid: int) -> None:
         self.server_pid = server_pid
         self.wall = self.client_cpu = self.server_cpu = 0.0
+        self.launched = 0.0  # time.monotonic() of the first launch (the proxy's trace clock)
 
     def __call__(self, env: dict[str, str], argv: list[str]) -> None:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         server = cpu_seconds(self.server_pid)
         started = time.monotonic()
+        self.launched = self.launched or started
         proc = subprocess.run([sys.executable, "-m", "bundler", *argv], cwd=ROOT, env=env,
                               capture_output=True, text=True)
         self.wall += time.monotonic() - started
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-regions", type=int, default=0,
                     help="publish --max-regions (default: publish's own)")
     ap.add_argument("--no-loop", action="store_true", help="skip the 6 × install runs")
+    ap.add_argument("--timeline", action="store_true",
+                    help="print the requests of the last publish runs (the proxy's trace)")
     ap.add_argument("--key-buffer-mib", type=int, default=16,
                     help="objects up to this size stay in the stand-in's memory (moto's "
                     "MOTO_S3_DEFAULT_KEY_BUFFER_SIZE; moto's own default 5 spills every part to "
@@ -123,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             shaping = ["--delay", str(args.delay)]
             if args.bandwidth > 0:
                 shaping += ["--bandwidth", str(args.bandwidth * MIB)]
+            if args.timeline:
+                shaping += ["--trace", str(work / "trace")]
             proxy, url = start([sys.executable, "-m", "tests.support.faultproxy", "--upstream",
                                 moto_url, *shaping], env)
             helpers.append(proxy)
@@ -172,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{t6.client_cpu:.1f}/{t6.server_cpu:.1f}, "
                       f"{tl.client_cpu:.1f}/{tl.server_cpu:.1f})", file=sys.stderr)
             load_after = os.getloadavg()
+            if args.timeline and many:
+                print_timeline(work / "trace", one[-1], "1 region")
+                print_timeline(work / "trace", many[-1], f"{len(regions)} regions")
         finally:
             for helper in helpers:
                 helper.terminate()
@@ -207,6 +216,22 @@ def main(argv: list[str] | None = None) -> int:
     print(readme_row(report, regions=len(regions), when=time.strftime("%H:%M UTC",
                                                                       time.gmtime())))
     return 0
+
+
+def print_timeline(trace: Path, run: Run, what: str) -> None:
+    """The requests the proxy saw during ``run``, in seconds from its launch."""
+    end = run.launched + run.wall
+    rows = []
+    for line in trace.read_text().splitlines():
+        began, ended, method, path, status, size = line.split(" ", 5)
+        if run.launched <= float(began) <= end:
+            rows.append((float(began) - run.launched, float(ended) - run.launched, method, path,
+                         status, int(size)))
+    print(f"timeline of {what} (s from launch; ends {run.wall:.2f}):", file=sys.stderr)
+    for began, ended, method, path, status, size in sorted(rows):
+        body = f" {size / MIB:.1f} MiB" if size > 65536 else ""
+        print(f"  {began:6.2f} {ended:6.2f} {method:6s} {status} {path[:90]}{body}",
+              file=sys.stderr)
 
 
 def readme_row(r: dict, *, regions: int, when: str) -> str:
