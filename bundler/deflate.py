@@ -261,7 +261,7 @@ _SAMPLE = 16 * 1024
 _FAST_MODULE: ModuleType = _isal or _zlib_ng or zlib
 
 
-def _probe(block: bytes | bytearray) -> tuple[bool, float]:
+def _probe(block: bytes | bytearray | memoryview) -> tuple[bool, float]:
     """(incompressible, first sample's ratio): whether three samples of the block (start,
     middle, end) all fail to shrink by 3%, and what the first compressed to (compressed /
     plain bytes; 0.0 for a block too small to judge).
@@ -291,7 +291,7 @@ def _looks_incompressible(block: bytes | bytearray) -> bool:
 _STORED_MAX = 0xFFFF
 
 
-def _stored(block: bytes | bytearray, last: bool) -> bytes:
+def _stored(block: bytes | bytearray | memoryview, last: bool) -> bytes:
     """``block`` as deflate stored blocks (RFC 1951 3.2.4), BFINAL on the last one if ``last``.
 
     Every fragment starts and ends on a byte boundary (after the header, or after the previous
@@ -312,7 +312,8 @@ def _stored(block: bytes | bytearray, last: bool) -> bytes:
 
 
 def _compress_block(
-    module: ModuleType, level: int, block: bytes | bytearray, zdict: bytes, last: bool,
+    module: ModuleType, level: int, block: bytes | bytearray | memoryview, zdict: bytes,
+    last: bool,
     hard: tuple[ModuleType, int, float] | None = None,
 ) -> tuple[bytes, int]:
     """Deflate one block as a raw deflate fragment; return it and the block's CRC-32.
@@ -365,6 +366,7 @@ class ParallelGzipWriter:
         workers: int | None = None,
         max_pending: int | None = None,
         timings: StageTimes = NULL_TIMES,
+        expected_size: int | None = None,
     ) -> None:
         if workers is None:
             workers = os.cpu_count() or 1
@@ -381,6 +383,7 @@ class ParallelGzipWriter:
         self._hard = (None if settings.hard is None else
                       (_backend_module(settings.hard[0]), settings.hard[1], settings.hard[2]))
         self._block_size = settings.block_size
+        self._expected_size = expected_size
         self._max_pending = max_pending
         self._executor = ThreadPoolExecutor(max_workers=workers,
                                             thread_name_prefix="bundler-deflate")
@@ -388,14 +391,21 @@ class ParallelGzipWriter:
         self._pending: collections.deque[tuple[Future[tuple[bytes, int]], int]] = (
             collections.deque()
         )
-        self._buf = bytearray()
+        # The block being filled: allocated whole, so that a reader can fill it in place
+        # (``space``/``advance``) and a view of it stays valid until it is handed on.
+        self._submitted = 0  # input bytes handed to the pool
+        self.blocks = 0
+        self._buf = bytearray(self._next_block_size())
+        self._fill = 0
         self._window = b""  # last WINDOW_SIZE bytes of input already submitted
         self._crc = 0
         self._header: bytes | None = _gzip_header(settings)
         self._state = "open"  # "open" | "closed" | "aborted"
         self.bytes_in = 0
         self.bytes_out = 0
-        self.blocks = 0
+        # Input whose output has gone to ``out`` (the block being handed over included, so
+        # ``out`` can tell how much input its chunks stand for).
+        self.bytes_in_emitted = 0
         self.max_in_flight = 0
         log.debug("gzip writer: %s level %d, %d-byte blocks, %d workers, window %d",
                   settings.backend, settings.level, self._block_size, workers, max_pending)
@@ -414,16 +424,39 @@ class ParallelGzipWriter:
             # final block (flushed with Z_FINISH by close) is never empty
             # unless the whole input is.
             while view:
-                if len(self._buf) == self._block_size:
+                if self._fill == len(self._buf):
                     self._submit(last=False)
-                take = min(self._block_size - len(self._buf), len(view))
-                self._buf += view[:take]
+                take = min(len(self._buf) - self._fill, len(view))
+                self._buf[self._fill:self._fill + take] = view[:take]
+                self._fill += take
                 view = view[take:]
                 self.bytes_in += take
             self._emit_done()
         except BaseException:
             self.abort()
             raise
+
+    def space(self) -> memoryview:
+        """The unfilled rest of the current block, for a reader to put input straight into
+        (``readinto``, ``preadv``: no copy of it here); ``advance`` says how much it put.
+        Call it only with more input to come: a full block is submitted first. The bytes a
+        reader puts there are not changed afterwards, so a view of them may be hashed later."""
+        self._check_open()
+        try:
+            if self._fill == len(self._buf):
+                self._submit(last=False)
+            self._emit_done()
+        except BaseException:
+            self.abort()
+            raise
+        return memoryview(self._buf)[self._fill:]
+
+    def advance(self, count: int) -> None:
+        """``count`` bytes of input were put into ``space()``."""
+        if not 0 <= count <= len(self._buf) - self._fill:
+            raise ValueError(f"advance({count}) past the end of the block")
+        self._fill += count
+        self.bytes_in += count
 
     def close(self) -> None:
         """Compress what is buffered as the final block, write the trailer, stop the pool."""
@@ -452,6 +485,7 @@ class ParallelGzipWriter:
             fut.cancel()
         self._pending.clear()
         self._buf = bytearray()
+        self._fill = 0
         # wait=True: a block already running finishes (bounded by one block of
         # work) so no thread outlives the writer.
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -476,18 +510,45 @@ class ParallelGzipWriter:
     def _submit(self, *, last: bool) -> None:
         while len(self._pending) >= self._max_pending:
             self._emit_oldest(final=False)
-        block = self._buf
-        self._buf = bytearray()  # hand the buffer over: no copy of the block
+        # Hand the buffer over (no copy of the block); a partial last block as a view of it.
+        block: bytearray | memoryview = (self._buf if self._fill == len(self._buf)
+                                         else memoryview(self._buf)[:self._fill])
+        self._fill = 0
         fut = self._executor.submit(self._timed_compress, block, self._window, last)
         self._pending.append((fut, len(block)))
         self.blocks += 1
+        self._submitted += len(block)
+        if not last:
+            self._buf = bytearray(self._next_block_size())
         self.max_in_flight = max(self.max_in_flight, len(self._pending))
         if len(block) >= WINDOW_SIZE:
             self._window = bytes(block[-WINDOW_SIZE:])
         else:  # tiny blocks: the window spans several of them
             self._window = (self._window + block)[-WINDOW_SIZE:]
 
-    def _timed_compress(self, block: bytearray, zdict: bytes, last: bool) -> tuple[bytes, int]:
+    def _next_block_size(self) -> int:
+        """The size of the next block: ``block_size``, except at the two ends of the stream.
+
+        The pool's first work comes after an eighth of a block is read rather than a whole one
+        (the first block's worth of input goes as 1/8, 1/8, 1/4, 1/2: boundaries after it
+        stay where they would be, and with them which blocks the incompressible probe, which
+        samples fixed places of a block, stores), and, when the input's size is known, its
+        last four blocks' worth goes in quarter blocks, so that the last deflate, encryption and
+        part write, which nothing overlaps, wait for a quarter block instead of a whole one.
+        Depends only on the input's size: the output stays deterministic.
+        """
+        size = self._block_size
+        if size < 8 * WINDOW_SIZE:  # pieces smaller than the window: not worth it
+            return size
+        if self.blocks < 4:
+            return size >> (3, 3, 2, 1)[self.blocks]
+        if (self._expected_size is not None
+                and self._expected_size - self._submitted <= 4 * size):
+            return size >> 2
+        return size
+
+    def _timed_compress(self, block: bytearray | memoryview, zdict: bytes,
+                        last: bool) -> tuple[bytes, int]:
         with self._timings.measure("deflate", len(block)):
             if self._hard is None:
                 return _compress_block(self._module, self._settings.level, block, zdict, last)
@@ -507,6 +568,7 @@ class ParallelGzipWriter:
         data, crc = fut.result()  # re-raises a worker's exception as-is
         self._pending.popleft()
         self._crc = _crc32_combine(self._crc, crc, length)
+        self.bytes_in_emitted += length
         parts = []
         if self._header is not None:
             parts.append(self._header)

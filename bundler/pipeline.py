@@ -350,13 +350,12 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
     if options.block_device_mapping and not {"ami", "root"} <= options.block_device_mapping.keys():
         log.warning("block device mapping has no 'ami' or 'root' entry; EC2 may not find the root "
                     "device")
-    compressed_blocks = 0
+    consumed = 0  # tar stream bytes whose ciphertext has been made
 
     def estimate_parts() -> int:
-        # When the first part is full, the compressor has emitted about this many blocks of
-        # input: the ratio so far, applied to the whole tar stream, predicts the part count.
-        consumed = max(1, compressed_blocks * settings.block_size)
-        return max(1, math.ceil(tar_size / consumed))
+        # When the first part is full, this much of the tar stream went into it: the ratio so
+        # far, applied to the whole tar stream, predicts the part count.
+        return max(1, math.ceil(tar_size / max(1, consumed)))
 
     # Left to right, each serial stage on a thread of its own so that they overlap each other
     # and the parallel deflate: read + dispatch (this thread) → tar SHA-1 (ami-bundler-sha1)
@@ -366,15 +365,15 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
                         capacity=max_bundled_size(tar_size))
     encryptor = AesCbcEncryptor(key, iv, cutter=cutter)
 
-    def encrypt_block(block: bytes) -> None:
-        nonlocal compressed_blocks
-        compressed_blocks += 1
+    def encrypt_block(item: tuple[bytes, int]) -> None:
+        nonlocal consumed
+        block, consumed = item
         with timings.measure("aes", len(block)):
             encryptor.write(block)
 
     tar_hash = hashlib.sha1()
 
-    def hash_block(data: bytes) -> None:
+    def hash_block(data: bytes | memoryview) -> None:
         with timings.measure("tar sha1", len(data)):
             tar_hash.update(data)
 
@@ -386,7 +385,7 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
         sink.abort()
 
     gzip: ParallelGzipWriter | None = None
-    hashing: BackgroundStage[bytes] | None = None
+    hashing: BackgroundStage[bytes | memoryview] | None = None
     written = 0
 
     def emit(data: bytes) -> None:
@@ -410,7 +409,12 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
         started_stages.append(cutter.stage)
         output = BackgroundStage(encrypt_block)
         started_stages.insert(0, output)
-        gzip = ParallelGzipWriter(output.write, settings, workers=options.workers, timings=timings)
+        def compressed(chunk: bytes) -> None:
+            assert gzip is not None
+            output.write((chunk, gzip.bytes_in_emitted))
+
+        gzip = ParallelGzipWriter(compressed, settings, workers=options.workers, timings=timings,
+                                  expected_size=tar_size)
         started_stages.insert(0, gzip)
         hashing = BackgroundStage(hash_block, depth=16, name="ami-bundler-sha1")
         started_stages.insert(0, hashing)
@@ -422,14 +426,34 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
         progress.start("bundle", stored)
         with timings.phase("data"):
             emit(member_header(info, regions))
-            chunks = iter(source.chunks())
-            while True:
-                with timings.measure("read"):
-                    chunk = next(chunks, None)
-                if chunk is None:
-                    break
-                emit(chunk)
-                progress.advance("bundle", len(chunk))
+            filler = getattr(source, "filler", None)
+            fill = filler() if filler is not None else None
+            if fill is not None:
+                # The image is read straight into the deflate block being filled: no bytes
+                # object per chunk and no copy of it into the block (which held the GIL).
+                # The end of the archive always follows, so asking for space after the last
+                # read is right.
+                space = gzip.space()
+                while True:
+                    with timings.measure("read"):
+                        count = fill(space)
+                    if not count:
+                        break
+                    with timings.measure("dispatch", count):
+                        hashing.write(space[:count])
+                        gzip.advance(count)
+                        space = gzip.space()  # a full block goes to the pool (window permitting)
+                    written += count
+                    progress.advance("bundle", count)
+            else:
+                chunks = iter(source.chunks())
+                while True:
+                    with timings.measure("read"):
+                        chunk = next(chunks, None)
+                    if chunk is None:
+                        break
+                    emit(chunk)
+                    progress.advance("bundle", len(chunk))
             emit(data_padding(stored))
             emit(end_of_archive(written))
             if written != tar_size:

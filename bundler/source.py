@@ -243,13 +243,43 @@ class FileImageSource:
             while offset < end:
                 data = self.read_at(offset, min(READ_SIZE, end - offset))
                 if not data:
-                    raise ImageError(f"{self.path} shrank while it was being read (short read at "
-                                     f"offset {offset}): "
-                                     "nothing was kept; bundle an image nothing writes to (a copy "
-                                     "or a snapshot)")
+                    raise _shrank(self.path, offset)
                 offset += len(data)
                 yield data
         self.check_unchanged()
+
+    def filler(self) -> Callable[[memoryview], int] | None:
+        """What ``chunks`` yields, read straight into the caller's buffers instead: a function
+        that fills as much of a buffer as the current data region allows and returns the
+        count (0 at the end, after the same checks as ``chunks``). One positioned read per
+        call, the kernel's copy with the GIL released, no bytes object per chunk. None where
+        positioned reads into buffers are unavailable (a fake filesystem: see
+        ``scan_zero_runs``); use ``chunks`` then."""
+        if not isinstance(os, types.ModuleType) or not hasattr(os, "preadv"):
+            return None
+        regions = iter(self._regions)
+        pos = end = 0
+
+        def fill(view: memoryview) -> int:
+            nonlocal pos, end
+            while pos == end:
+                region = next(regions, None)
+                if region is None:
+                    self.check_unchanged()
+                    return 0
+                pos, end = region[0], region[0] + region[1]
+            want = min(len(view), end - pos)
+            try:
+                got = os.preadv(self._fd, [view[:want]], pos)
+            except OSError as exc:
+                raise ImageError(f"cannot read {self.path} at offset {pos}: "
+                                 f"{exc.strerror}") from exc
+            if got <= 0:
+                raise _shrank(self.path, pos)
+            pos += got
+            return got
+
+        return fill
 
     def check_unchanged(self) -> None:
         if self._stamp is not None and self._fd >= 0:
@@ -259,6 +289,11 @@ class FileImageSource:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def _shrank(path: Path, offset: int) -> ImageError:
+    return ImageError(f"{path} shrank while it was being read (short read at offset {offset}): "
+                      "nothing was kept; bundle an image nothing writes to (a copy or a snapshot)")
 
 
 @dataclass(frozen=True)

@@ -625,3 +625,66 @@ def test_hard_block_settings_are_validated_and_need_their_backend(
     assert compression_settings("fast").hard is None and compression_settings(9).hard is None
     monkeypatch.setattr(deflate, "_isal", None)
     assert compression_settings("default").hard is None  # no ISA-L: zlib-ng 5 throughout
+
+
+# -- ParallelGzipWriter: filling blocks in place, block sizes ---------------------------
+
+
+def test_filling_blocks_in_place_writes_what_write_writes():
+    data = _text(5 * BLOCK + 12345, seed=5) + _random(BLOCK // 2, seed=6)
+    settings = _small("fast")
+    written = _compress(data, settings)
+    parts: list[bytes] = []
+    w = ParallelGzipWriter(parts.append, settings)
+    pos = 0
+    for n in [1, 1000, BLOCK, 3 * BLOCK, 77] * 20:
+        if pos == len(data):
+            break
+        space = w.space()
+        take = min(n, len(space), len(data) - pos)
+        space[:take] = data[pos:pos + take]
+        w.advance(take)
+        pos += take
+    assert pos == len(data)
+    with pytest.raises(ValueError):
+        w.advance(BLOCK + 1)  # past the block
+    w.close()
+    assert b"".join(parts) == written
+    _assert_single_member(written, data)
+
+
+def _block_sizes(monkeypatch, data: bytes, settings: CompressionSettings,
+                 **kw: int) -> list[int]:
+    sizes: list[int] = []
+    original = ParallelGzipWriter._timed_compress
+
+    def record(self, block, zdict, last):
+        sizes.append(len(block))
+        return original(self, block, zdict, last)
+
+    monkeypatch.setattr(ParallelGzipWriter, "_timed_compress", record)
+    blob = _compress(data, settings, sizes=[100_000] * (len(data) // 100_000), **kw)
+    _assert_single_member(blob, data)
+    return sizes
+
+
+def test_blocks_are_small_at_both_ends_and_in_place_in_between(monkeypatch):
+    block = 8 * deflate.WINDOW_SIZE
+    base = compression_settings("fast")
+    settings = CompressionSettings(base.backend, base.level, block)
+    data = _text(10 * block + 5000, seed=7)
+    # without the size: only the first block's worth is cut smaller
+    sizes = _block_sizes(monkeypatch, data, settings)
+    assert sizes[:4] == [block // 8, block // 8, block // 4, block // 2]
+    assert sizes[4:] == [block] * 9 + [5000]
+    # with it, the last four blocks' worth goes in quarters; all boundaries before stay put
+    sizes = _block_sizes(monkeypatch, data, settings, expected_size=len(data))
+    assert sum(sizes) == len(data)
+    assert sizes[:4] == [block // 8, block // 8, block // 4, block // 2]
+    last_whole = max(i for i, n in enumerate(sizes) if n == block)
+    tail = sizes[last_whole + 1:]
+    assert 3 * block < sum(tail) <= 4 * block and set(tail[:-1]) == {block // 4}
+    ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
+    assert all(end % block == 0 for end in ends[3:] if end <= len(data) - 4 * block)
+    # small blocks are not cut further
+    assert set(_block_sizes(monkeypatch, _text(5 * BLOCK), _small("fast"))[:-1]) == {BLOCK}

@@ -116,6 +116,61 @@ def test_open_image_in_a_fake_filesystem_falls_back_to_dense(fs):
         src.close()
 
 
+def _fill_all(fill, sizes) -> bytes:
+    out = bytearray()
+    for n in sizes:
+        buffer = bytearray(n)
+        count = fill(memoryview(buffer))
+        if not count:
+            return bytes(out)
+        out += buffer[:count]
+    raise AssertionError("the filler did not end")
+
+
+def test_filler_reads_what_chunks_yields(tmp_path):
+    path = tmp_path / "img"
+    with open(path, "wb") as fh:
+        fh.truncate(8 << 20)
+        for at, data in ((0, b"a" * 3000), (G, os.urandom(5 * G + 17)), (3 << 20, b"z" * G),
+                         ((8 << 20) - 100, b"end" * 33)):
+            fh.seek(at)
+            fh.write(data)
+    src = open_image(path)
+    try:
+        expected = b"".join(src.chunks())
+        fill = src.filler()
+        assert fill is not None
+        # buffers smaller than, equal to and larger than a region; odd sizes
+        assert _fill_all(fill, [7, G, 3 * G + 1, 1 << 20] * 40) == expected
+        assert fill(memoryview(bytearray(16))) == 0  # and stays at the end
+    finally:
+        src.close()
+
+
+def test_filler_reports_an_image_that_shrank(tmp_path):
+    path = tmp_path / "img"
+    path.write_bytes(os.urandom(4 * G))
+    src = open_image(path)
+    try:
+        fill = src.filler()
+        assert fill is not None
+        assert fill(memoryview(bytearray(G))) == G
+        os.truncate(path, 2 * G)
+        with pytest.raises(ImageError, match="shrank while it was being read"):
+            _fill_all(fill, [G] * 8)
+    finally:
+        src.close()
+
+
+def test_a_fake_filesystem_gets_no_filler(fs):
+    fs.create_file("/img", contents=b"abc" + bytes(200_000) + b"def")
+    src = open_image("/img")
+    try:
+        assert src.filler() is None  # the pipeline uses chunks(): fake descriptors stay fake
+    finally:
+        src.close()
+
+
 def test_small_and_dense_images_are_plain_members(fs):
     fs.create_file("/tiny", contents=b"hello instance store\n")
     src = open_image("/tiny")
