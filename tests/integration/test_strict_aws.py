@@ -270,6 +270,10 @@ def test_copy_etag_is_the_md5_of_the_data_without_hashing_it_again(s3, bucket, m
     assert s3.get_object(Bucket=bucket, Key="dst")["Body"].read() == data
     assert s3.head_object(Bucket=bucket, Key="dst")["ETag"].strip('"') == md5
     monkeypatch.setattr(models, "md5_hash", original)
+    # The copy is its own object: replacing, then deleting its source leaves it as it was.
+    s3.put_object(Bucket=bucket, Key="src", Body=b"another object")
+    s3.delete_object(Bucket=bucket, Key="src")
+    assert s3.get_object(Bucket=bucket, Key="dst")["Body"].read() == data
 
     upload = s3.create_multipart_upload(Bucket=bucket, Key="multi")["UploadId"]
     pieces = [os.urandom(5 << 20), os.urandom(1 << 20)]

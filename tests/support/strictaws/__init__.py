@@ -8,9 +8,11 @@ stand-in fast. Everything that starts a local endpoint — the integration fixtu
 ``tests/support/s3kit.MotoEndpoint``, ``scripts/local_endpoint.py`` (benchmarks, demo) — goes
 through ``StrictEndpoint``. See ``s3rules``, ``ec2images`` and ``bundlecheck`` for what is
 enforced, ``s3copy`` for CopyObject's ETag (as AWS documents it, without hashing the copy
-again), ``accounts`` for several accounts (STS AssumeRole, per-account S3 and images, launch
-permissions across accounts), and ``keyring`` for the stand-in EC2's own key pairs (one per
-partition and one opt-in region), whose certificates the tool gets through ``--ec2cert-dir``.
+again) and ``dispatch`` for a request's way to its service (both: less of the host's CPU per
+request, the same answers), ``accounts`` for several accounts (STS AssumeRole, per-account S3
+and images, launch permissions across accounts), and ``keyring`` for the stand-in EC2's own
+key pairs (one per partition and one opt-in region), whose certificates the tool gets through
+``--ec2cert-dir``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ READY_TIMEOUT = 15.0
 
 def install() -> None:
     """Patch moto in this process (idempotent)."""
-    from . import accounts, ec2images, s3copy, s3rules
+    from . import accounts, dispatch, ec2images, s3copy, s3rules
 
+    dispatch.install()
     s3rules.install()
     s3copy.install()
     ec2images.install()
