@@ -2,9 +2,10 @@
 
 Layout and order follow spec §6: keys are ``keyprefix + file name``, every object gets the
 canned ACL ``aws-exec-read`` (EC2 must read them), parts go up before the manifest so that a
-visible manifest always means a complete bundle. Parts are ≤ 10 MiB, so every object is one
-PUT with Content-MD5 and its ETag is the MD5 of the bytes — which is what makes resume cheap:
-one listing tells which parts are already there intact.
+visible manifest always means a complete bundle. Parts are ≤ 10 MiB, so an object is one PUT
+with Content-MD5 and its ETag is the MD5 of the bytes; only the tail of a streaming upload goes
+in two pieces (multipart.py), whose ETag etags.py computes from the bytes too — which is what
+makes resume cheap: one listing tells which parts are already there intact.
 """
 
 from ..concurrency import run_parallel

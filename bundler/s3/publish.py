@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING, cast
 from ..concurrency import run_all
 from ..errors import BundleInUseError, BundlerError, PartMissingError, ReplaceRefusedError
 from ..manifest import ParsedManifest, parse_manifest
+from .etags import BytesReader, holds
 from .location import S3Location
 from .lock import ConcurrentUploadError, UploadLock
+from .multipart import abort_upload, open_uploads
 from .objects import (
     DEFAULT_ACL,
     DEFAULT_ATTEMPTS,
@@ -68,12 +70,14 @@ class Target:
     """What a writer found at its target when it opened its publication."""
 
     state: str  # NOTHING | SAME | DIFFERENT (already retired when the writer gets it)
-    # key → (size, MD5) under NAME
+    # key → (size, ETag) under NAME
     listing: dict[str, tuple[int, str]] = field(default_factory=dict)
 
-    def has(self, key: str, size: int, md5: str) -> bool:
-        """Whether ``key`` is already there intact (only ever true of the same bundle's parts)."""
-        return self.state != DIFFERENT and self.listing.get(key) == (size, md5)
+    def has(self, key: str, size: int, etag: str, *, data: BytesReader | None = None) -> bool:
+        """Whether ``key`` is already there intact (only ever true of the same bundle's parts):
+        ``etag`` is that of the bytes wanted there, in either form ``etags`` knows; ``data``
+        reads them, for a listing in the other form."""
+        return self.state != DIFFERENT and holds(self.listing.get(key), size, etag, data=data)
 
 
 class Publication:
@@ -144,26 +148,43 @@ class Publication:
         check_replaceable(self.location, self.manifest_name, force=self.force, in_use=self.in_use)
 
     def check_parts(self, expected: Mapping[str, tuple[int, str]]) -> dict[str, tuple[int, str]]:
-        """Every key in ``expected`` is there with that (size, MD5), and the lease is still ours.
+        """Every key in ``expected`` is there with that (size, ETag), and the lease is still ours.
         The listing and the lease's HEAD are independent round trips: asked together (the
         listing's error first). Returns the listing: every NAME.part.* key when the expected
         keys are all of that form (what the orphan clean-up needs)."""
-        prefix = self.location.key(self.name) + ".part."
+        return self._check_parts(expected, uploads=False)[0]
+
+    def _check_parts(self, expected: Mapping[str, tuple[int, str]], *,
+                     uploads: bool) -> tuple[dict[str, tuple[int, str]], list[tuple[str, str]]]:
+        """``check_parts``; with ``uploads`` also (asked together) the multipart uploads still
+        open under NAME.part.: pieces a killed writer left."""
+        name_key = self.location.key(self.name)
+        base = prefix = name_key + ".part."
         if not all(k.startswith(prefix) for k in expected):
             prefix = os.path.commonprefix(list(expected))
         reads: list[Callable[[], object]] = [
             partial(list_objects, self.client, self.location.bucket, prefix), self.lock.check]
-        listed, leased = run_all(reads, name="ami-bundler-publish")
-        found = cast("dict[str, tuple[int, str]]", listed.result())
+        if uploads:
+            reads.append(partial(open_uploads, self.client, self.location.bucket, base))
+        answers = run_all(reads, name="ami-bundler-publish")
+        found = cast("dict[str, tuple[int, str]]", answers[0].result())
         check_uploaded(self.client, self.location, dict(expected), found=found)
-        leased.result()
-        return found
+        answers[1].result()
+        stale: list[tuple[str, str]] = []
+        if uploads:
+            try:
+                stale = [(k, u) for k, u in cast("list[tuple[str, str]]", answers[2].result())
+                         if PART_SUFFIX.match(k[len(name_key):])]
+            except BundlerError as exc:  # e.g. no s3:ListBucketMultipartUploads: not ours to fix
+                log.debug("could not list open multipart uploads of %s: %s", self.name, exc)
+        return found, stale
 
     def publish(self, manifest: bytes, expected: Mapping[str, tuple[int, str]]) -> str:
-        """Re-check every part and the lease, PUT the manifest (last), then remove orphans (a
-        failure there warns: the bundle is published and whole). Releases the lease; returns the
+        """Re-check every part and the lease, PUT the manifest (last), then remove orphans —
+        parts no manifest names, and multipart uploads a killed writer left open (a failure
+        there warns: the bundle is published and whole). Releases the lease; returns the
         key."""
-        found = self.check_parts(expected)
+        found, stale = self._check_parts(expected, uploads=True)
         self.manifest_sent = True
         put_bytes(self.client, self.location.bucket, self.manifest_key, manifest, acl=self.acl,
                   attempts=self.attempts)
@@ -173,6 +194,8 @@ class Publication:
             # the listing made under the lease just before the manifest holds them all.
             remove_orphans(self.client, self.location, self.name, list(expected), self.attempts,
                            found=found)
+            for key, upload_id in stale:
+                abort_upload(self.client, self.location.bucket, key, upload_id)
         except BundlerError as exc:
             log.warning("could not remove stale parts of %s: %s (delete-bundle -p %s removes them)",
                         self.name, exc, self.name)
@@ -237,24 +260,25 @@ def check_replaceable(location: S3Location, manifest_name: str, *, force: bool,
 def check_uploaded(client: S3Client, location: S3Location,
                    expected: dict[str, tuple[int, str]], *,
                    found: Mapping[str, tuple[int, str]] | None = None) -> None:
-    """Every key in ``expected`` is in S3 with that (size, MD5): called right before the manifest
+    """Every key in ``expected`` is in S3 with that (size, ETag) — the one the writer's upload or
+    copy answered, or the listing it resumed from — called right before the manifest
     PUT, so a part replaced or removed by someone else while we uploaded is never published.
     ``found``: a listing just made that covers every expected key (else S3 is listed here)."""
     if not expected:
         return
     if found is None:
         found = list_objects(client, location.bucket, os.path.commonprefix(list(expected)))
-    for key, (size, md5) in sorted(expected.items()):
+    for key, (size, etag) in sorted(expected.items()):
         have = found.get(key)
         name = key[len(location.prefix):]
         if have is None:
             raise ConcurrentUploadError(f"{name} disappeared from {location.url()} while uploading "
                                         "(deleted by another run?): the manifest was not uploaded; "
                                         "re-run")
-        if have != (size, md5):
+        if have != (size, etag):
             raise ConcurrentUploadError(f"another upload replaced {name} in {location.url()} while "
-                                        f"uploading (it is now {have[0]} bytes, MD5 {have[1]}; "
-                                        f"ours: {size} bytes, MD5 {md5}): "
+                                        f"uploading (it is now {have[0]} bytes, ETag {have[1]}; "
+                                        f"ours: {size} bytes, ETag {etag}): "
                                         "the manifest was not uploaded; run one upload of a name "
                                         "at a time")
 

@@ -13,16 +13,17 @@ from typing import TYPE_CHECKING
 from ..concurrency import BoundedExecutor, ordered_window, run_parallel
 from ..errors import BundlerError, PartMissingError, S3Error
 from ..manifest import PartEntry
-from ..parts import Part, provisional_name
+from ..parts import PART_SIZE, Part, provisional_name
 from ..transfer import DEFAULT_TRANSFER, TransferConfig
+from .etags import piece_sizes
 from .location import S3Location
+from .multipart import put_in_pieces
 from .objects import (
+    copy_object,
     delete_keys,
     fetch_part_pieces,
     list_objects,
     put_bytes,
-    s3_errors,
-    with_attempts,
 )
 from .publish import InUseLookup, Publication
 
@@ -56,6 +57,11 @@ class S3Sink:
     that many 10 MiB parts), a failed PUT surfaces at the next ``put_part``/``commit``, and
     ``abort`` removes everything this sink created. ``transfer`` gives the jobs, whole-object
     attempts, ACL and the progress listener ("upload").
+
+    The tail: the last part (the one shorter than a full part) can only start once it is cut,
+    and on one stream it alone would keep the run waiting; it, and any part whose upload only
+    starts after it was handed over, goes up in two pieces (``multipart``) on two streams.
+    At most ``jobs`` requests carry bytes at any time, pieces included.
     """
 
     def __init__(
@@ -89,6 +95,10 @@ class S3Sink:
         self._created_lock = threading.Lock()
         self._sizes: dict[int, tuple[int, str]] = {}
         self._publication: Publication | None = None
+        self._pieces: BoundedExecutor | None = None
+        self._streams = threading.BoundedSemaphore(self.jobs)
+        self._tail = False  # the last part has been handed over: what starts now is the tail
+        self._stopping = threading.Event()
         self.bytes_uploaded = 0
         self.manifest_key: str | None = None
 
@@ -109,21 +119,35 @@ class S3Sink:
         # Parts are 10 MiB in memory each: ``jobs`` uploading plus two ready keeps every
         # uploader busy while bounding memory whatever the image size.
         self._pool = BoundedExecutor(self.jobs, self.jobs + 2, name="ami-bundler-s3")
+        self._pieces = BoundedExecutor(self.jobs, self.jobs, name="ami-bundler-s3-piece")
         _return_large_buffers_to_the_os()
         self.progress.start("upload", None)
 
     def _put(self, key: str, part: Part) -> None:
         # Bytes already (this sink keeps parts, so it gets copies: PartSink): bytes() of bytes
         # is the same object, no copy.
-        put_bytes(self.client, self.location.bucket, key, bytes(part.data), md5=part.md5,
-                  acl=self.acl, attempts=self.attempts)
+        data = bytes(part.data)
+        if self._tail and self.jobs > 1 and piece_sizes(len(data)) is not None:
+            pieces = self._pieces
+            assert pieces is not None
+            with self._created_lock:
+                # Before the upload can complete: an abort racing its answer still removes it.
+                self._created.add(key)
+            etag = put_in_pieces(self.client, self.location.bucket, key, data, acl=self.acl,
+                                 attempts=self.attempts, submit=pieces.submit,
+                                 streams=self._streams, stopping=self._stopping)
+        else:
+            with self._streams:
+                etag = put_bytes(self.client, self.location.bucket, key, data, md5=part.md5,
+                                 acl=self.acl, attempts=self.attempts)
         with self._created_lock:
             self._created.add(key)
-            self._sizes[part.index] = (len(part.data), part.md5.hex())
-            self.bytes_uploaded += len(part.data)
-        self.progress.advance("upload", len(part.data))
+            self._sizes[part.index] = (len(data), etag)
+            self.bytes_uploaded += len(data)
+        self.progress.advance("upload", len(data))
         if self.on_stored is not None:
-            self.on_stored(part.index, key, len(part.data), part.md5.hex())
+            # The MD5, whatever the upload's form: a server-side copy's ETag is the MD5 (etags).
+            self.on_stored(part.index, key, len(data), part.md5.hex())
 
     def expect_parts(self, count: int) -> None:
         """The pipeline's estimate of the final part count, given before the first part: keys
@@ -136,38 +160,38 @@ class S3Sink:
         assert self._pool is not None, "begin() not called"
         key = self.location.key(provisional_name(self._name, part.index, self._width_parts))
         self._keys[part.index] = key
+        if part.size < PART_SIZE:
+            self._tail = True  # only the last part is short: nothing more will come
         self._pool.submit(self._put, key, part)
 
-    def _copy(self, source: str, target: str) -> None:
-        def attempt() -> None:
-            resp = self.client.copy_object(
-                Bucket=self.location.bucket, Key=target, ACL=self.acl, MetadataDirective="COPY",
-                CopySource={"Bucket": self.location.bucket, "Key": source},
-            )
-            with self._created_lock:
-                self._created.add(target)
-            etag = str(resp.get("CopyObjectResult", {}).get("ETag", "")).strip('"')
-            log.debug("copied %s → %s (ETag %s)", source, target, etag)
-
-        with s3_errors("copy to", self.location.bucket, target, acl=self.acl):
-            with_attempts(attempt, self.attempts, f"copy s3://{self.location.bucket}/{source}")
+    def _copy(self, index: int, source: str, target: str) -> None:
+        with self._created_lock:
+            self._created.add(target)  # before the copy's answer: an abort still removes it
+            size, etag = self._sizes[index]
+        # A copy's ETag is the source's MD5, also of a two-piece source (etags): what the
+        # manifest's re-check then expects.
+        got = copy_object(self.client, (self.location.bucket, source), self.location.bucket,
+                          target, etag=etag, acl=self.acl, attempts=self.attempts)
+        log.debug("copied %s → %s (ETag %s)", source, target, got)
+        with self._created_lock:
+            self._sizes[index] = (size, got or etag)
 
     def commit(self, names: Sequence[str], manifest_name: str, manifest: bytes) -> None:
         assert self._pool is not None, "begin() not called"
         try:
             self._pool.join()
         finally:
-            self._pool.shutdown(cancel=True)
+            self._shutdown()
         if len(names) != len(self._keys):
             raise S3Error(f"internal error: {len(self._keys)} parts uploaded, {len(names)} named")
-        renames = [(self._keys[i], self.location.key(n)) for i, n in enumerate(names)
+        renames = [(i, self._keys[i], self.location.key(n)) for i, n in enumerate(names)
                    if self._keys[i] != self.location.key(n)]
         if renames:
             # The final index width is only known now; server-side copies are cheap and
             # keep the bytes off this machine.
             log.info("renaming %d parts to their final names", len(renames))
-            run_parallel([partial(self._copy, s, t) for s, t in renames], self.jobs)
-            stale = [s for s, _ in renames]
+            run_parallel([partial(self._copy, i, s, t) for i, s, t in renames], self.jobs)
+            stale = [s for _, s, _ in renames]
             delete_keys(self.client, self.location.bucket, stale, attempts=self.attempts)
             with self._created_lock:
                 self._created.difference_update(stale)
@@ -180,9 +204,18 @@ class S3Sink:
         self._publication = None
         self.progress.finish("upload")
 
+    def _shutdown(self) -> None:
+        """No upload thread outlives this call (parts not started are cancelled)."""
+        assert self._pool is not None
+        self._pool.shutdown(cancel=True)
+        if self._pieces is not None:
+            self._pieces.shutdown(cancel=True)
+
     def abort(self) -> None:
+        # Two-piece uploads still running are aborted instead of completed.
+        self._stopping.set()
         if self._pool is not None:
-            self._pool.shutdown(cancel=True)
+            self._shutdown()
         self.progress.finish("upload")
         if self._publication is not None:
             publication, self._publication = self._publication, None

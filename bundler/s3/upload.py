@@ -16,6 +16,7 @@ from ..errors import IntegrityError, PartMissingError, UsageError
 from ..localmanifest import read_manifest_bytes
 from ..manifest import ParsedManifest, PartEntry, parse_manifest, part_mismatch
 from ..transfer import DEFAULT_JOBS, DEFAULT_TRANSFER, TransferConfig
+from .etags import holds
 from .location import S3Location
 from .objects import list_objects, put_bytes
 from .publish import InUseLookup, Publication
@@ -141,11 +142,19 @@ def upload_bundle(
     wanted = [p for p in parts if start_part is None or p.entry.index >= start_part]
     skipped_by_flag = len(parts) - len(wanted)
     part_keys = {location.key(p.entry.filename): p for p in parts}
+    # key → (size, ETag) of what is there once the parts are up: the listing's ETag for a
+    # part already there (in whichever form, see etags), the upload's answer otherwise.
+    there: dict[str, tuple[int, str]] = {}
     if start_part and not skip_manifest:
         # Checked before the publication opens: a refusal here must leave S3 as it was.
         existing = list_objects(client, location.bucket, os.path.commonprefix(list(part_keys)))
-        absent = [p.entry.filename for p in parts if p.entry.index < start_part
-                  and existing.get(location.key(p.entry.filename)) != (p.size, p.md5.hex())]
+        absent = []
+        for k, p in part_keys.items():
+            if p.entry.index < start_part:
+                if holds(existing.get(k), p.size, p.md5.hex(), data=p.path.read_bytes):
+                    there[k] = existing[k]
+                else:
+                    absent.append(p.entry.filename)
         if absent:
             more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
             raise UsageError(
@@ -158,9 +167,11 @@ def upload_bundle(
     try:
         todo: list[LocalPart] = []
         for part in wanted:
-            if resume and target.has(location.key(part.entry.filename), part.size, part.md5.hex()):
-                log.info("skipping %s: already in S3 with the same size and MD5",
+            key = location.key(part.entry.filename)
+            if resume and target.has(key, part.size, part.md5.hex(), data=part.path.read_bytes):
+                log.info("skipping %s: already in S3 with the same size and bytes",
                          part.entry.filename)
+                there[key] = target.listing[key]
             else:
                 todo.append(part)
         resumed = len(wanted) - len(todo)
@@ -177,8 +188,9 @@ def upload_bundle(
             if md5 != part.md5:
                 raise IntegrityError(f"part {part.path} changed while uploading: re-bundle and "
                                      "re-run")
-            put_bytes(client, location.bucket, location.key(part.entry.filename), data, md5=md5,
-                      acl=acl, attempts=attempts)
+            key = location.key(part.entry.filename)
+            there[key] = (len(data), put_bytes(client, location.bucket, key, data, md5=md5,
+                                               acl=acl, attempts=attempts))
             progress.advance("upload", len(data))
             return len(data)
 
@@ -186,11 +198,11 @@ def upload_bundle(
             run_parallel([partial(send, p) for p in todo], jobs)
             published = None
             if not skip_manifest:
-                sizes = {k: (p.size, p.md5.hex()) for k, p in part_keys.items()}
+                sizes = {k: there[k] for k in part_keys}
                 published = publication.publish(parsed.raw, sizes)
             else:
-                publication.check_parts({location.key(p.entry.filename): (p.size, p.md5.hex())
-                                         for p in wanted})
+                publication.check_parts({k: there[k] for k in (location.key(p.entry.filename)
+                                                               for p in wanted)})
         finally:
             progress.finish("upload")
     finally:

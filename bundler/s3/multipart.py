@@ -1,0 +1,165 @@
+"""A part as a multipart upload of two pieces on two streams.
+
+The last part of a streaming upload can only start once it is cut, and one stream carries it
+at one stream's bandwidth: on a WAN its transfer is the run's tail. Two pieces (S3's minimum
+piece is 5 MiB except the last; see ``etags.piece_sizes``) on two streams halve it, for two
+short requests more (create, complete). Each piece goes with its Content-MD5, and the
+completed object's ETag must be the one ``etags`` computes from the pieces' MD5s.
+
+An upload that fails or is stopped is aborted (AbortMultipartUpload), so no hidden, billed
+pieces stay behind; one left by a killed process is removed by the next publication of that
+bundle name (``publish``'s clean-up).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import botocore.exceptions as bexc
+
+from ..aws import error_code
+from ..errors import BundlerError, IntegrityError
+from .etags import multipart_etag, piece_sizes
+from .objects import _Corrupt, s3_errors, with_attempts
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger("bundler.s3")
+
+# Runs a piece's upload on another thread; returns its future.
+Submit = Callable[[Callable[[], str]], "Future[str]"]
+
+
+class Stopped(BundlerError):
+    """The writer was stopped (its sink aborted) before the upload completed: aborted."""
+
+
+def put_in_pieces(client: S3Client, bucket: str, key: str, data: bytes, *, acl: str | None,
+                  attempts: int, submit: Submit, streams: threading.Semaphore,
+                  stopping: threading.Event | None = None) -> str:
+    """Upload ``data`` as two pieces, the second on ``submit``'s thread, each while holding
+    one of ``streams`` (the writer's bound on requests carrying bytes); returns the ETag.
+    Aborted on any failure, and instead of completing when ``stopping`` is set."""
+    sizes = piece_sizes(len(data))
+    if sizes is None:
+        raise ValueError(f"{len(data)} bytes cannot be split into pieces")
+    view = memoryview(data)
+    pieces = [view[:sizes[0]], view[sizes[0]:]]
+    params: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if acl:
+        params["ACL"] = acl
+    what = f"upload s3://{bucket}/{key}"
+    with s3_errors("upload", bucket, key, acl=acl):
+        created = with_attempts(lambda: client.create_multipart_upload(**params), attempts, what)
+    upload_id = created["UploadId"]
+    md5s: list[bytes] = [b"", b""]
+
+    def piece(number: int) -> str:
+        # One copy out of the part (botocore takes bytes-like bodies, not views); a bytearray,
+        # which botocore sends as it is, where it would append bytes to the request head (its
+        # validator accepts bytearray blobs; the type stubs do not list it).
+        body = bytearray(pieces[number - 1])
+        md5 = hashlib.md5(body).digest()
+        md5s[number - 1] = md5
+
+        def attempt() -> str:
+            resp = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
+                                      PartNumber=number, Body=body,  # type: ignore[arg-type]
+                                      ContentMD5=base64.b64encode(md5).decode("ascii"))
+            etag = str(resp.get("ETag", "")).strip('"').lower()
+            if etag != md5.hex():
+                raise _Corrupt(f"piece {number} has ETag {etag}, not the MD5 {md5.hex()} sent")
+            return etag
+
+        with streams, s3_errors("upload", bucket, key, acl=acl):
+            return with_attempts(attempt, attempts, f"{what} (piece {number})")
+
+    second: Future[str] | None = None
+    try:
+        second = submit(partial(piece, 2))
+        first = piece(1)
+        last = second.result()
+        if stopping is not None and stopping.is_set():
+            raise Stopped(f"{what}: stopped before it completed")
+        expected = multipart_etag(md5s)
+        return _complete(client, bucket, key, upload_id, [first, last], expected,
+                         acl=acl, attempts=attempts)
+    except _Corrupt as exc:
+        _abort(client, bucket, key, upload_id, second)
+        raise IntegrityError(f"{what}: {exc}; check memory/network") from None
+    except BaseException:
+        _abort(client, bucket, key, upload_id, second)
+        raise
+
+
+def _complete(client: S3Client, bucket: str, key: str, upload_id: str, etags: list[str],
+              expected: str, *, acl: str | None, attempts: int) -> str:
+    done = {"Parts": [{"ETag": f'"{e}"', "PartNumber": n} for n, e in enumerate(etags, 1)]}
+    tried = [0]
+
+    def attempt() -> str:
+        tried[0] += 1
+        try:
+            resp = client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                                    MultipartUpload=done)  # type: ignore[arg-type]
+        except bexc.ClientError as exc:
+            # An earlier attempt completed it but its answer was lost: the object says so.
+            if tried[0] > 1 and error_code(exc) == "NoSuchUpload":
+                head = client.head_object(Bucket=bucket, Key=key)
+                resp = {"ETag": head.get("ETag", "")}  # type: ignore[typeddict-item]
+            else:
+                raise
+        etag = str(resp.get("ETag", "")).strip('"').lower()
+        if etag != expected:
+            raise _Corrupt(f"ETag {etag} is not {expected}, the one of the pieces sent")
+        return etag
+
+    with s3_errors("upload", bucket, key, acl=acl):
+        return with_attempts(attempt, attempts, f"complete s3://{bucket}/{key}")
+
+
+def _abort(client: S3Client, bucket: str, key: str, upload_id: str,
+           second: Future[str] | None) -> None:
+    """Abort the upload once its second piece is no longer being sent (never raises: the
+    failure that brought us here is what the caller reports)."""
+    if second is not None:
+        second.cancel()
+        try:
+            second.exception()  # waits for a piece in flight
+        except BaseException:  # cancelled: nothing in flight
+            pass
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except Exception as exc:
+        log.warning("could not abort the multipart upload of s3://%s/%s (%s): a lifecycle rule "
+                    "(AbortIncompleteMultipartUpload) or the next upload of that bundle removes "
+                    "it", bucket, key, error_code(exc) or type(exc).__name__)
+
+
+def open_uploads(client: S3Client, bucket: str, prefix: str) -> list[tuple[str, str]]:
+    """(key, upload id) of every multipart upload in progress under ``prefix``."""
+    found: list[tuple[str, str]] = []
+    with s3_errors("list multipart uploads in", bucket, prefix):
+        pages = client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket,
+                                                                        Prefix=prefix)
+        for page in pages:
+            found += [(u["Key"], u["UploadId"]) for u in page.get("Uploads", [])]
+    return found
+
+
+def abort_upload(client: S3Client, bucket: str, key: str, upload_id: str) -> None:
+    """AbortMultipartUpload; one that is already gone is what was wanted."""
+    with s3_errors("abort the multipart upload of", bucket, key):
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except bexc.ClientError as exc:
+            if error_code(exc) != "NoSuchUpload":
+                raise

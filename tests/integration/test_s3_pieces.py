@@ -1,0 +1,156 @@
+"""The tail of a streaming upload in two pieces: install sends its last part (when it is over
+5 MiB) as a two-piece multipart upload; its ETag is then not an MD5, and every "does this
+object hold these bytes" check (publish's re-check, upload-bundle's resume, copy-bundle) still
+holds; a failure aborts the upload, leaving nothing hidden behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from bundler.s3.etags import is_md5, pieces_etag
+from bundler.s3.multipart import Stopped, open_uploads, put_in_pieces
+from tests.support.cli import MIB, copy_argv, install_argv, keys_in, run
+from tests.support.s3kit import inspect_bundles, list_keys, plain_s3
+
+
+def _random_image(path, size=16 * MIB):
+    path.write_bytes(os.urandom(size))  # incompressible: ~16 MiB bundled, a ~6 MiB last part
+    return path
+
+
+def _uploads(s3, bucket):
+    return s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def _install(capsys, proxy, bucket, image, user_keys, ec2_keys, *extra):
+    argv = [*install_argv(image, user_keys, proxy.url, bucket=f"{bucket}/pc",
+                          ec2cert=ec2_keys[1], name="disk"),
+            "-n", f"pc-{uuid.uuid4().hex[:8]}", "--jobs", "3", "--no-check", *extra]
+    return run(capsys, *argv)
+
+
+def test_install_sends_the_last_part_in_two_pieces(capsys, proxy, s3, ec2, bucket, tmp_path,
+                                                   user_keys, ec2_keys):
+    image = _random_image(tmp_path / "disk.img")
+    code, out, err = _install(capsys, proxy, bucket, image, user_keys, ec2_keys)
+    assert code == 0, err
+    listing = list_keys(s3, bucket, "pc/")
+    parts = sorted(k for k in listing if ".part." in k)
+    assert len(parts) == 2
+    first, last = parts
+    assert listing[first][0] == 10 * MIB and is_md5(listing[first][1])  # a full part: one PUT
+    data = s3.get_object(Bucket=bucket, Key=last)["Body"].read()
+    assert 5 * MIB < len(data) < 10 * MIB
+    assert listing[last][1] == pieces_etag(data) and listing[last][1].endswith("-2")
+    assert len(proxy.requests("PUT", r"partNumber=")) == 2
+    assert not _uploads(s3, bucket)  # completed, none left open
+    # the bundle is whole (the stand-in's RegisterImage decrypted and inflated every part too)
+    seen = inspect_bundles(s3, bucket, "pc/")
+    assert seen.complete == ["disk.manifest.xml"] and not seen.wrong and not seen.locks
+    grants = s3.get_object_acl(Bucket=bucket, Key=last)["Grants"]
+    assert any(g["Permission"] == "READ" for g in grants)  # aws-exec-read: EC2 may read it
+    assert out.strip().splitlines()[-1].startswith("ami-")
+
+
+def test_a_failed_piece_aborts_the_upload_and_publishes_nothing(capsys, proxy, s3, bucket,
+                                                                tmp_path, user_keys, ec2_keys):
+    image = _random_image(tmp_path / "disk.img")
+    proxy.add_rule("status", r"partNumber=2", method="PUT", times=None, status=500,
+                   code="InternalError")
+    code, _, err = _install(capsys, proxy, bucket, image, user_keys, ec2_keys, "--no-register")
+    assert code != 0
+    assert err.strip().splitlines()[-1].startswith("ami-bundler: error: upload ")
+    assert "Traceback" not in err
+    assert proxy.requests("DELETE", r"uploadId=")  # AbortMultipartUpload
+    assert not _uploads(s3, bucket)
+    assert not keys_in(s3, bucket, "pc/")  # no part, no manifest, no lock
+
+
+def test_copy_bundle_of_a_two_piece_part_gets_an_md5_copy(capsys, proxy, s3, ec2, bucket,
+                                                          tmp_path, user_keys, ec2_keys):
+    """CopyObject makes a single-operation object: its ETag is the MD5 (as AWS documents); the
+    copy's publish re-check expects that, and a re-run over the finished copy changes nothing."""
+    image = _random_image(tmp_path / "disk.img")
+    code, _, err = _install(capsys, proxy, bucket, image, user_keys, ec2_keys, "--no-register")
+    assert code == 0, err
+    argv = copy_argv(user_keys, f"{bucket}/pc", f"{bucket}/copy", "us-east-1", ec2_keys[1],
+                     proxy.url)
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    copied = list_keys(s3, bucket, "copy/")
+    last = sorted(k for k in copied if ".part." in k)[-1]
+    data = s3.get_object(Bucket=bucket, Key=last)["Body"].read()
+    assert copied[last][1] == hashlib.md5(data).hexdigest()
+    assert inspect_bundles(s3, bucket, "copy/").complete == ["disk.manifest.xml"]
+    code, _, err = run(capsys, *argv)  # the same bundle there: resumed, nothing lost
+    assert code == 0, err
+    assert inspect_bundles(s3, bucket, "copy/").complete == ["disk.manifest.xml"]
+
+
+def test_upload_bundle_resumes_over_a_part_in_two_pieces(capsys, proxy, s3, bucket, tmp_path,
+                                                         user_keys, ec2_keys):
+    """A part already there as a two-piece upload of the same bytes is proved from the local
+    bytes (its ETag recomputed) and not sent again; the publish re-check accepts it."""
+    image = _random_image(tmp_path / "disk.img")
+    key, cert = user_keys
+    out_dir = tmp_path / "bundle"
+    code, _, err = run(capsys, "bundle-image", "-i", image, "-c", cert, "-k", key, "-u",
+                       "123456789012", "-r", "x86_64", "--ec2cert", ec2_keys[1], "-d", out_dir,
+                       "-p", "disk")
+    assert code == 0, err
+    last = sorted(out_dir.glob("disk.part.*"))[-1]
+    with ThreadPoolExecutor(1) as pool:
+        put_in_pieces(s3, bucket, f"up/{last.name}", last.read_bytes(), acl="aws-exec-read",
+                      attempts=1, submit=lambda fn: pool.submit(fn),
+                      streams=threading.BoundedSemaphore(2))
+    proxy.clear()
+    code, _, err = run(capsys, "upload-bundle", "-b", f"{bucket}/up", "-m",
+                       out_dir / "disk.manifest.xml", "--endpoint-url", proxy.url)
+    assert code == 0, err
+    assert not proxy.requests("PUT", last.name)  # proved there, not sent again
+    assert list_keys(s3, bucket, "up/")[f"up/{last.name}"][1].endswith("-2")
+    assert inspect_bundles(s3, bucket, "up/").complete == ["disk.manifest.xml"]
+
+
+def test_the_next_publication_aborts_pieces_a_killed_writer_left(capsys, proxy, s3, bucket,
+                                                                  tmp_path, user_keys, ec2_keys):
+    """SIGKILL leaves a multipart upload open (hidden, billed): the next install of that name
+    aborts it after its manifest, and leaves other names' uploads alone."""
+    left = s3.create_multipart_upload(Bucket=bucket, Key="pc/disk.part.1", ACL="aws-exec-read")
+    s3.upload_part(Bucket=bucket, Key="pc/disk.part.1", UploadId=left["UploadId"],
+                   PartNumber=1, Body=b"x" * 1024)
+    s3.create_multipart_upload(Bucket=bucket, Key="pc/other.part.1")
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(MIB))
+    code, _, err = _install(capsys, proxy, bucket, image, user_keys, ec2_keys, "--no-register")
+    assert code == 0, err
+    assert [u["Key"] for u in _uploads(s3, bucket)] == ["pc/other.part.1"]
+    assert open_uploads(s3, bucket, "pc/disk.") == []
+
+
+def test_a_stopped_writer_aborts_its_pieces_instead_of_completing(proxy, bucket):
+    """The sink's abort sets ``stopping``: pieces in flight finish, the upload is aborted."""
+    s3 = plain_s3(proxy.url)
+    stopping = threading.Event()
+    stopping.set()
+    with ThreadPoolExecutor(1) as pool, pytest.raises(Stopped):
+        put_in_pieces(s3, bucket, "st/disk.part.0", os.urandom(6 * MIB), acl="aws-exec-read",
+                      attempts=1, submit=lambda fn: pool.submit(fn),
+                      streams=threading.BoundedSemaphore(2), stopping=stopping)
+    assert len(proxy.requests("PUT", r"partNumber=")) == 2
+    assert proxy.requests("DELETE", r"uploadId=")  # AbortMultipartUpload
+    assert not proxy.requests("POST", r"uploadId=")  # never completed
+    assert not _uploads(s3, bucket) and not keys_in(s3, bucket, "st/")
+
+
+def test_a_short_object_is_never_split(s3, bucket):
+    with ThreadPoolExecutor(1) as pool, pytest.raises(ValueError):
+        put_in_pieces(s3, bucket, "x", b"y" * (5 * MIB), acl=None, attempts=1,
+                      submit=lambda fn: pool.submit(fn), streams=threading.BoundedSemaphore(2))
+    assert not _uploads(s3, bucket)
