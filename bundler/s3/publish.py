@@ -104,6 +104,7 @@ class Publication:
         self.target: Target | None = None
         self.published = False
         self.manifest_sent = False  # a manifest PUT was started: it may be visible
+        self._stale: list[tuple[str, str]] = []  # (key, upload id) left open by a killed writer
 
     def open(self, new: ParsedManifest | None = None) -> Target:
         """Lease, decide, retire. ``new`` is the bundle to be published when it is known (upload,
@@ -150,41 +151,34 @@ class Publication:
     def check_parts(self, expected: Mapping[str, tuple[int, str]]) -> dict[str, tuple[int, str]]:
         """Every key in ``expected`` is there with that (size, ETag), and the lease is still ours.
         The listing and the lease's HEAD are independent round trips: asked together (the
-        listing's error first). Returns the listing: every NAME.part.* key when the expected
-        keys are all of that form (what the orphan clean-up needs)."""
-        return self._check_parts(expected, uploads=False)[0]
-
-    def _check_parts(self, expected: Mapping[str, tuple[int, str]], *,
-                     uploads: bool) -> tuple[dict[str, tuple[int, str]], list[tuple[str, str]]]:
-        """``check_parts``; with ``uploads`` also (asked together) the multipart uploads still
-        open under NAME.part.: pieces a killed writer left."""
+        listing's error first), and with them the multipart uploads still open under
+        NAME.part. (pieces a killed writer left: ``publish`` aborts them). Returns the
+        listing: every NAME.part.* key when the expected keys are all of that form (what the
+        orphan clean-up needs)."""
         name_key = self.location.key(self.name)
         base = prefix = name_key + ".part."
         if not all(k.startswith(prefix) for k in expected):
             prefix = os.path.commonprefix(list(expected))
         reads: list[Callable[[], object]] = [
-            partial(list_objects, self.client, self.location.bucket, prefix), self.lock.check]
-        if uploads:
-            reads.append(partial(open_uploads, self.client, self.location.bucket, base))
-        answers = run_all(reads, name="ami-bundler-publish")
-        found = cast("dict[str, tuple[int, str]]", answers[0].result())
+            partial(list_objects, self.client, self.location.bucket, prefix), self.lock.check,
+            partial(open_uploads, self.client, self.location.bucket, base)]
+        listed, leased, uploads = run_all(reads, name="ami-bundler-publish")
+        found = cast("dict[str, tuple[int, str]]", listed.result())
         check_uploaded(self.client, self.location, dict(expected), found=found)
-        answers[1].result()
-        stale: list[tuple[str, str]] = []
-        if uploads:
-            try:
-                stale = [(k, u) for k, u in cast("list[tuple[str, str]]", answers[2].result())
-                         if PART_SUFFIX.match(k[len(name_key):])]
-            except BundlerError as exc:  # e.g. no s3:ListBucketMultipartUploads: not ours to fix
-                log.debug("could not list open multipart uploads of %s: %s", self.name, exc)
-        return found, stale
+        leased.result()
+        try:
+            self._stale = [(k, u) for k, u in cast("list[tuple[str, str]]", uploads.result())
+                           if PART_SUFFIX.match(k[len(name_key):])]
+        except BundlerError as exc:  # e.g. no s3:ListBucketMultipartUploads: not ours to fix
+            log.debug("could not list open multipart uploads of %s: %s", self.name, exc)
+        return found
 
     def publish(self, manifest: bytes, expected: Mapping[str, tuple[int, str]]) -> str:
         """Re-check every part and the lease, PUT the manifest (last), then remove orphans —
         parts no manifest names, and multipart uploads a killed writer left open (a failure
         there warns: the bundle is published and whole). Releases the lease; returns the
         key."""
-        found, stale = self._check_parts(expected, uploads=True)
+        found = self.check_parts(expected)
         self.manifest_sent = True
         put_bytes(self.client, self.location.bucket, self.manifest_key, manifest, acl=self.acl,
                   attempts=self.attempts)
@@ -194,7 +188,7 @@ class Publication:
             # the listing made under the lease just before the manifest holds them all.
             remove_orphans(self.client, self.location, self.name, list(expected), self.attempts,
                            found=found)
-            for key, upload_id in stale:
+            for key, upload_id in self._stale:
                 abort_upload(self.client, self.location.bucket, key, upload_id)
         except BundlerError as exc:
             log.warning("could not remove stale parts of %s: %s (delete-bundle -p %s removes them)",
