@@ -104,6 +104,11 @@ class PartSink(Protocol):
     (it wrote it somewhere), so the pipeline hands it a view of the part buffer itself, no
     copy, and reuses the buffer for a later part (the view is released first: a sink that kept
     it after all fails on its next use instead of reading another part's bytes).
+
+    A sink may also have ``put_part_ahead(index, data, offset)``: the pipeline then hands it
+    each part's bytes as the part fills, in order from offset 0 (``data`` is a view it must not
+    keep), so it can start writing them; ``put_part`` still follows with the whole part, and a
+    sink that did not write some of it ahead writes it then.
     """
 
     def begin(self, name: str, max_parts: int) -> None:
@@ -381,6 +386,8 @@ class DirectorySink:
         # past the page cache (where this is possible), which costs a fraction of the CPU.
         self._direct: DirectWriter | None = (DirectWriter()
                                              if fsync and DirectWriter.available() else None)
+        # The part being written ahead: (index, descriptor opened with O_DIRECT, bytes written).
+        self._ahead: tuple[int, int, int] | None = None
 
     def check_clear(self, name: str, *, inputs: Sequence[Path | str] = ()) -> None:
         """Fail before any work if the destination already holds a bundle called ``name``
@@ -455,12 +462,73 @@ class DirectorySink:
     def expect_parts(self, count: int) -> None:
         pass  # parts are named at commit, when the count is known
 
+    def put_part_ahead(self, index: int, data: memoryview, offset: int) -> None:
+        """Write a filling part's bytes at ``offset`` with O_DIRECT now, so that the disk works
+        while the rest is being made (PartSink). Only page-aligned pieces of a mapping go
+        ahead; anything else waits for put_part, which writes whatever was not written."""
+        assert self._staging is not None, "begin() not called"
+        direct = self._direct
+        if (direct is None or not DirectWriter.mapped(data) or offset % DirectWriter.ALIGN
+                or len(data) % DirectWriter.ALIGN):
+            return
+        path = self._staging / f"part-{index}"
+        with critical():
+            if self._ahead is None or self._ahead[0] != index:
+                if offset:
+                    return  # not from the start (an earlier piece was refused): put_part writes it
+                self._close_ahead()
+                self._note_written(path)
+                try:
+                    self._ahead = (index, direct.open(path), 0)
+                except OSError as exc:
+                    self._direct_failed(path, exc)
+                    return
+            _, fd, done = self._ahead
+            if done != offset:
+                return  # not the next piece: put_part writes the rest
+            try:
+                direct.write_at(fd, data, offset)
+            except OSError as exc:
+                self._close_ahead()
+                if exc.errno != errno.EINVAL:  # EINVAL: not aligned after all; put_part writes it
+                    self._direct_failed(path, exc)
+                return
+            self._ahead = (index, fd, offset + len(data))
+
+    def _note_written(self, path: Path) -> None:
+        # Before the file exists: a half-written part is removed by name too.
+        if not self._written or self._written[-1] != path:
+            self._written.append(path)
+
+    def _close_ahead(self) -> None:
+        if self._ahead is not None:
+            fd, self._ahead = self._ahead[1], None
+            os.close(fd)
+
+    def _direct_failed(self, path: Path, exc: OSError) -> None:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise OutputError(f"cannot write {path.name} in {self.destination}: "
+                              f"{why_write_failed(exc)}") from exc
+        log.debug("%s does not take direct I/O (%s): writing parts through the page cache",
+                  self.destination, exc.strerror)
+        self._direct = None
+
     def put_part(self, part: Part) -> None:
         assert self._staging is not None, "begin() not called"
         path = self._staging / f"part-{part.index}"
+        ahead = self._ahead if self._ahead is not None and self._ahead[0] == part.index else None
         with critical():
-            self._written.append(path)  # first: a half-written part is removed by name too
-            self._write_part(path, part.data)
+            if ahead is not None and self._direct is not None:
+                self._ahead = None
+                try:
+                    self._direct.finish(path, ahead[1], memoryview(part.data), ahead[2])
+                except OSError as exc:
+                    raise OutputError(f"cannot write {path.name} in {self.destination}: "
+                                      f"{why_write_failed(exc)}") from exc
+            else:
+                self._close_ahead()
+                self._note_written(path)
+                self._write_part(path, part.data)
         if self.fsync:
             # Durability is bought in the background while later parts are made (a bounded
             # queue: a slow disk holds the writer back); commit waits for every part.
@@ -474,12 +542,7 @@ class DirectorySink:
                 self._direct.write(path, data)
                 return
             except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-                    raise OutputError(f"cannot write {path.name} in {self.destination}: "
-                                      f"{why_write_failed(exc)}") from exc
-                log.debug("%s does not take direct I/O (%s): writing parts through the page cache",
-                          self.destination, exc.strerror)
-                self._direct = None
+                self._direct_failed(path, exc)
         self._write_file(path, data, sync=False)
 
     def _write_file(self, path: Path, data: bytes | memoryview, *, sync: bool) -> None:
@@ -563,6 +626,7 @@ class DirectorySink:
 
     def abort(self) -> None:
         with critical():  # an interrupt waits for the roll-back
+            self._close_ahead()
             if self._syncer is not None:
                 self._syncer.abort()
                 self._syncer = None
@@ -631,6 +695,54 @@ class DirectWriter:
                 self._buffer.close()
             self._buffer = mmap.mmap(-1, want)  # anonymous maps are page-aligned
         return self._buffer
+
+    @staticmethod
+    def mapped(data: bytes | memoryview) -> bool:
+        """Whether ``data`` may go to O_DIRECT as it is: a view into a mapping (the pipeline's
+        part buffers are anonymous maps, so page-aligned). A view that starts inside a page
+        fails with EINVAL, and the caller copies it."""
+        return isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap)
+
+    def open(self, path: Path) -> int:
+        """A new file for direct writes (``write_at``, then ``finish``)."""
+        return os.open(path, (os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT
+                              | getattr(os, "O_CLOEXEC", 0)), 0o666)
+
+    def write_at(self, fd: int, view: memoryview, offset: int) -> None:
+        """Aligned bytes at an aligned offset of a file from ``open`` (lseek and write, not
+        pwrite: fake filesystems in users' tests fake only the former, and would hand a fake
+        descriptor to the real pwrite)."""
+        os.lseek(fd, offset, os.SEEK_SET)
+        _write_all(fd, view)
+
+    def finish(self, path: Path, fd: int, data: memoryview, offset: int) -> None:
+        """Write ``data[offset:]`` (the part after what ``write_at`` wrote) and close ``fd``:
+        the aligned head direct, an unaligned tail through a plain descriptor."""
+        rest = data[offset:]
+        head = len(rest) - len(rest) % self.ALIGN
+        try:
+            if head and self.mapped(rest):
+                try:
+                    self.write_at(fd, rest[:head], offset)
+                    head = -head  # written
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+            if head > 0:
+                buffer = self._aligned(head)
+                buffer[:head] = rest[:head]
+                with memoryview(buffer) as copy:
+                    self.write_at(fd, copy[:head], offset)
+            head = abs(head)
+        finally:
+            os.close(fd)
+        if head < len(rest):
+            tail = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                os.lseek(tail, offset + head, os.SEEK_SET)
+                _write_all(tail, rest[head:])
+            finally:
+                os.close(tail)
 
     def write(self, path: Path, data: bytes | memoryview) -> None:
         if isinstance(data, memoryview) and isinstance(data.obj, mmap.mmap):

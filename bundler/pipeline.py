@@ -142,14 +142,21 @@ class PartCutter:
     done with a part's data when put_part returns (PartSink) writes straight from the buffer;
     any other gets bytes of its own, one allocation and copy per part. The stage's bounded
     queue bounds the buffers in use (its depth + 2).
+
+    While a part fills, every ``SLICE`` bytes of it go to the stage as well: the part's SHA-1
+    is computed as it fills, and a sink that can (``put_part_ahead``, PartSink) writes them
+    ahead, so that after the last block only the last slice is left to hash and write.
     """
+
+    SLICE = 4 << 20  # a multiple of the page size: slices written ahead stay aligned
 
     def __init__(self, sink: PartSink, estimate: Callable[[], int] | None = None, *,
                  timings: StageTimes = NULL_TIMES, capacity: int | None = None) -> None:
         self.sink = sink
         self.estimate = estimate
         self.timings = timings
-        self.stage: BackgroundStage[tuple[int, mmap.mmap, int]] | None = None
+        # (index, buffer, start, end, whole part): a slice of a part, or its end
+        self.stage: BackgroundStage[tuple[int, mmap.mmap, int, int, bool]] | None = None
         self.digests: list[str] = []
         self.sizes: list[int] = []
         self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
@@ -161,7 +168,10 @@ class PartCutter:
                       else min(PART_SIZE, max(AES_BLOCK, -(-capacity // AES_BLOCK) * AES_BLOCK)))
         self._buffer = self._new_buffer()
         self._fill = 0
+        self._sent = 0  # bytes of the current part handed on as slices
         self._count = 0
+        self._ahead = getattr(sink, "put_part_ahead", None)
+        self._hasher: Any = None  # the SHA-1 of the part being stored (the stage's thread)
 
     def _new_buffer(self) -> mmap.mmap:
         # AES_BLOCK bytes of slack: update_into wants room for a block more than it writes.
@@ -193,6 +203,16 @@ class PartCutter:
         self._fill += count
         if self._fill == PART_SIZE:
             self._emit()
+        elif self._fill - self._sent >= self.SLICE:
+            end = self._fill - self._fill % self.SLICE
+            self._hand_on((self._count, self._buffer, self._sent, end, False))
+            self._sent = end
+
+    def _hand_on(self, item: tuple[int, mmap.mmap, int, int, bool]) -> None:
+        if self.stage is None:
+            self.store(item)
+        else:
+            self.stage.write(item)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -206,13 +226,10 @@ class PartCutter:
         if not self._count:
             # Sinks that must name parts before the count is known (S3) get an estimate.
             self.sink.expect_parts(1 if last else self.estimate() if self.estimate else 0)
-        item = (self._count, self._buffer, self._fill)
+        item = (self._count, self._buffer, self._sent, self._fill, True)
         self._count += 1
-        self._fill = 0
-        if self.stage is None:
-            self.store(item)
-        else:
-            self.stage.write(item)
+        self._fill = self._sent = 0
+        self._hand_on(item)
         if last:
             return  # no buffer for a part that will never come
         try:
@@ -220,22 +237,33 @@ class PartCutter:
         except queue.Empty:
             self._buffer = self._new_buffer()
 
-    def store(self, item: tuple[int, mmap.mmap, int]) -> None:
-        """Hash a full buffer's part, put the part into the sink, give the buffer back.
+    def store(self, item: tuple[int, mmap.mmap, int, int, bool]) -> None:
+        """Hash a slice of a part (and write it ahead, where the sink can), or, at the end of
+        the part, hash the rest, put the part into the sink and give the buffer back.
 
         A sink that is done with a part's data when put_part returns (PartSink) gets a view
         of the buffer itself; any other gets a copy it may keep."""
-        index, buffer, size = item
+        index, buffer, start, size, whole = item
+        if start == 0:
+            self._hasher = hashlib.sha1()
+        with self.timings.measure("part sha1", size - start), memoryview(buffer) as whole_view:
+            self._hasher.update(whole_view[start:size])
+        if not whole:
+            if self._ahead is not None:
+                with self.timings.measure("put_part ahead", size - start), \
+                        memoryview(buffer) as ahead:
+                    self._ahead(index, ahead[start:size], start)
+            return
         borrowed = getattr(self.sink, "done_with_part_data", False)
-        with self.timings.measure("part sha1" if borrowed else "part sha1+copy", size):
-            view = memoryview(buffer)[:size]
-            if not borrowed:
+        view = memoryview(buffer)[:size]
+        if not borrowed:
+            with self.timings.measure("part copy", size):
                 data: bytes | memoryview = bytes(view)
-                view.release()
-                self._free.put(buffer)
-            else:
-                data = view
-            part = Part(index, data)
+            view.release()
+            self._free.put(buffer)
+        else:
+            data = view
+        part = Part(index, data, sha1=self._hasher.hexdigest())
         self.digests.append(part.sha1)
         self.sizes.append(size)
         with self.timings.measure("put_part", size):
@@ -365,8 +393,13 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
                         capacity=max_bundled_size(tar_size))
     encryptor = AesCbcEncryptor(key, iv, cutter=cutter)
 
-    def encrypt_block(item: tuple[bytes, int]) -> None:
+    def encrypt_block(item: tuple[bytes, int] | None) -> None:
         nonlocal consumed
+        if item is None:  # the end: the last part is cut here, without waiting for the writer
+            with timings.measure("aes"):
+                encryptor.close()
+                cutter.close()
+            return
         block, consumed = item
         with timings.measure("aes", len(block)):
             encryptor.write(block)
@@ -405,7 +438,7 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
     try:
         _preflight_manifest(name, options)
         sink.begin(name, max_parts)
-        cutter.stage = BackgroundStage(cutter.store, depth=1, name="ami-bundler-parts")
+        cutter.stage = BackgroundStage(cutter.store, depth=2, name="ami-bundler-parts")
         started_stages.append(cutter.stage)
         output = BackgroundStage(encrypt_block)
         started_stages.insert(0, output)
@@ -459,13 +492,14 @@ def bundle(source: ImageSource, sink: PartSink, keys: BundleKeys, options: Bundl
             if written != tar_size:
                 raise ArchiveError(f"internal error: tar stream is {written} bytes, expected "
                                    f"{tar_size}")
-            # The last (partial) deflate block goes to the pool first: waiting for the digest
-            # thread's backlog before submitting it left a core idle at the tail.
+            # The end, ordered so that the serial stages finish side by side: the last
+            # (partial) deflate block goes to the pool first, the encryptor's thread cuts the
+            # last part as soon as it has encrypted the last block, and the tar digest's
+            # backlog is waited for while the last part is hashed and written.
             gzip.close()
-            hashing.close()
+            output.write(None)
             output.close()
-            encryptor.close()
-            cutter.close()
+            hashing.close()
             cutter.stage.close()
 
         with timings.phase("manifest + commit"):

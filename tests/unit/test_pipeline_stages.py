@@ -337,3 +337,90 @@ def test_a_part_buffer_sized_to_a_small_bundle_grows_when_more_arrives(monkeypat
     assert b"".join(p.data for p in sink.parts) == expected
     assert [len(p.data) for p in sink.parts[:-1]] == [SMALL_PART] * (len(sink.parts) - 1)
     assert cutter.digests == [hashlib.sha1(p.data).hexdigest() for p in sink.parts]
+
+
+class _Ahead(_Recording):
+    """Also takes parts' bytes ahead, as a directory sink does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ahead: list[tuple[int, int, bytes]] = []
+
+    def put_part_ahead(self, index: int, data: memoryview, offset: int) -> None:
+        self.ahead.append((index, offset, bytes(data)))
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_parts_are_hashed_and_handed_ahead_as_they_fill(monkeypatch, threaded):
+    monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
+    monkeypatch.setattr(PartCutter, "SLICE", SMALL_PART // 4)
+    sink = _Ahead()
+    cutter = PartCutter(sink)
+    if threaded:
+        cutter.stage = BackgroundStage(cutter.store, depth=2, name="ami-bundler-parts")
+    data = os.urandom(3 * SMALL_PART + 5000)
+    enc = AesCbcEncryptor(KEY, IV, cutter=cutter)
+    for start in range(0, len(data), 333):  # blocks smaller than a slice, as deflate gives
+        enc.write(data[start:start + 333])
+    enc.close()
+    cutter.close()
+    if cutter.stage is not None:
+        cutter.stage.close()
+    cipher = reference_ciphertext(data)
+    assert bytes(sink.data) == cipher
+    assert cutter.digests == sink.digests  # hashed piece by piece, the same digests
+    # each part's pieces: from offset 0, in order, contiguous, whole slices, before put_part
+    slice_ = SMALL_PART // 4
+    for index in range(-(-len(cipher) // SMALL_PART)):
+        pieces = [(offset, got) for i, offset, got in sink.ahead if i == index]
+        part = cipher[index * SMALL_PART:(index + 1) * SMALL_PART]
+        offsets = [offset for offset, _ in pieces]
+        assert offsets == list(range(0, len(offsets) * slice_, slice_))
+        assert b"".join(got for _, got in pieces) == part[:len(offsets) * slice_]
+        # a whole part: every slice but the one that ends it; the last part: whole slices
+        assert len(offsets) == (3 if len(part) == SMALL_PART else (len(part) - 1) // slice_)
+
+
+def test_the_directory_sink_writes_parts_ahead_and_then_the_rest(tmp_path):
+    size = 3 * 4096 * 256 + 1234  # three aligned MiB-ish pieces and an unaligned tail
+    buffer = mmap.mmap(-1, size + 4096)
+    buffer[:size] = os.urandom(size)
+    sink = DirectorySink(tmp_path)
+    sink.begin("b", 3)
+    with memoryview(buffer) as view:
+        piece = 4096 * 256
+        sink.put_part_ahead(0, view[:piece], 0)
+        sink.put_part_ahead(0, view[piece:2 * piece], piece)
+        sink.put_part_ahead(0, view[2 * piece + 1:3 * piece + 1], 2 * piece + 1)  # refused
+        if sink._direct is None:
+            pytest.skip(f"no direct I/O on {tmp_path}")
+        staging = next(p for p in tmp_path.iterdir() if "staging" in p.name)
+        assert (staging / "part-0").stat().st_size == 2 * piece  # on its way already
+        sink.put_part(Part(0, view[:size]))
+        # a part whose first piece is refused (not aligned) is written whole by put_part
+        sink.put_part_ahead(1, view[1:piece + 1], 0)
+        sink.put_part(Part(1, view[:size]))
+        # and one that put_part_ahead began, then abort: nothing stays
+        sink.put_part_ahead(2, view[:piece], 0)
+    staged = [p for p in tmp_path.iterdir() if p.name.startswith(".ami-bundler-staging-")]
+    assert len(staged) == 1
+    assert (staged[0] / "part-0").read_bytes() == buffer[:size]
+    assert (staged[0] / "part-1").read_bytes() == buffer[:size]
+    assert (staged[0] / "part-2").exists()
+    sink.abort()
+    assert not staged[0].exists()
+    assert [p.name for p in tmp_path.iterdir() if "staging" in p.name or "part" in p.name] == []
+
+
+def test_a_sink_with_parts_written_ahead_commits_them(tmp_path):
+    size = 2 * 4096 * 256 + 77
+    buffer = mmap.mmap(-1, size + 4096)
+    buffer[:size] = os.urandom(size)
+    sink = DirectorySink(tmp_path)
+    sink.begin("b", 1)
+    with memoryview(buffer) as view:
+        sink.put_part_ahead(0, view[:4096 * 256], 0)
+        sink.put_part(Part(0, view[:size]))
+    sink.commit(["b.part.0"], "b.manifest.xml", b"<m/>")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.manifest.xml", "b.part.0"]
+    assert (tmp_path / "b.part.0").read_bytes() == buffer[:size]
