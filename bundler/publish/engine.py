@@ -426,7 +426,8 @@ def _install(plan: Plan, work: Sequence[TargetState], sources: Sequence[TargetSt
             location=st.target.location(st.generation),
             s3=c.s3, ec2=c.ec2, ec2_public_key=key.public_key, ec2_cert=key.name,
             endpoint=c.endpoint, in_use=InUse(partial(lambda e: e, c.ec2)),
-            account=st.target.account.id)
+            account=st.target.account.id,
+            bucket_ready=st.bucket_exists)  # just found in its region: not asked again
 
     leaders = {st.target.label for st in work if st.changes and st.changes[0].kind == "bundle"}
     outcome = install(

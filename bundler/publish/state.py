@@ -55,6 +55,7 @@ class TargetState:
     conflict: str | None = None  # why nothing may be done here
     changes: list[Change] = field(default_factory=list)
     bundle_digest: str | None = None  # the bucket's manifest's digest (SAME or DIFFERENT)
+    bucket_exists: bool = False  # the bucket was found, in the target's region
 
     @property
     def image_id(self) -> str | None:
@@ -159,6 +160,7 @@ def read_target(plan: Plan, target: Target, generation: str, *, s3: Any, ec2: An
                        "a bundle only in its bucket's region (fix the plan's bucket template)")
         return st
     if at is not None:
+        st.bucket_exists = True
         found = existing_bundle(s3, location, plan.manifest_name, fingerprint, user_public_key)
         if found is not None:
             st.bundle = SAME if found.same_image else DIFFERENT
