@@ -16,7 +16,16 @@ from urllib.parse import unquote
 
 from bundler.s3 import LOCK_SUFFIX
 from tests.support.bundles import make_fake_bundle
-from tests.support.cli import KIB, MIB, copy_argv, install_argv, run, sparse_image, upload
+from tests.support.cli import (
+    KIB,
+    MIB,
+    copy_argv,
+    install_argv,
+    run,
+    sparse_image,
+    upload,
+    write_publish_plan,
+)
 from tests.support.s3kit import inspect_bundles
 
 
@@ -160,27 +169,9 @@ def test_publish_relay_order_copies_overlap_the_upload(
     image = tmp_path / "disk"
     with open(image, "wb") as fh:  # 1 MiB that does not compress: 17 parts of 64 KiB
         fh.write(os.urandom(MIB))
-    key, cert = user_keys
     plan = tmp_path / "plan.toml"
-    plan.write_text(f"""\
-name = "relay-{tag}"
-ami_name = "relay-{tag}-{{date}}"
-regions = {json.dumps(list(regions))}
-bucket = "relay-{tag}-{{region}}/amis"
-
-[source]
-image = "{image}"
-
-[bundle]
-cert = "{cert}"
-private_key = "{key}"
-
-[[accounts]]
-id = "123456789012"
-
-[boot]
-architecture = "x86_64"
-""")
+    write_publish_plan(plan, f"relay-{tag}", regions, f"relay-{tag}-{{region}}/amis", image,
+                       user_keys)
     proxy.clear()
     code, out, err = run(capsys, "publish", plan, "--endpoint-url", proxy.url, "--ec2cert-dir",
                          ec2_cert_dir, "--jobs", "2", "--json")

@@ -8,7 +8,6 @@ anywhere looks published. A re-run completes what is missing."""
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from pathlib import Path
@@ -16,11 +15,10 @@ from pathlib import Path
 import pytest
 
 from bundler.errors import S3Error
-from tests.support.cli import KIB, MIB, publish_runner
+from tests.support.cli import ACCOUNT, KIB, MIB, publish_runner, write_publish_plan
 from tests.support.s3kit import inspect_bundles, list_keys, plain_client
 
 REGIONS = ("us-east-1", "eu-west-1", "eu-central-1")
-ACCOUNT = "123456789012"
 
 
 @pytest.fixture
@@ -34,27 +32,9 @@ def plan(tmp_path: Path, user_keys, monkeypatch) -> tuple[str, Path]:
     with open(image, "wb") as fh:  # 640 KiB that does not compress: 11 parts of 64 KiB
         fh.write(os.urandom(640 * KIB))
         fh.truncate(MIB)
-    key, cert = user_keys
     path = tmp_path / "plan.toml"
-    path.write_text(f"""\
-name = "relay-{tag}"
-ami_name = "relay-{tag}-{{date}}"
-regions = {json.dumps(list(REGIONS))}
-bucket = "relay-{tag}-{{region}}/amis"
-
-[source]
-image = "{image}"
-
-[bundle]
-cert = "{cert}"
-private_key = "{key}"
-
-[[accounts]]
-id = "{ACCOUNT}"
-
-[boot]
-architecture = "x86_64"
-""")
+    write_publish_plan(path, f"relay-{tag}", REGIONS, f"relay-{tag}-{{region}}/amis", image,
+                       user_keys)
     return tag, path
 
 

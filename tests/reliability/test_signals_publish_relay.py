@@ -23,6 +23,7 @@ import pytest
 from tests.reliability.test_signals_aws import walk
 from tests.reliability.test_signals_publish import Env
 from tests.support import crashkit
+from tests.support.cli import write_publish_plan
 from tests.support.s3kit import cli_env, inspect_bundles, list_keys, plain_client
 from tests.support.strictaws.accounts import BASE_ACCOUNT
 
@@ -78,31 +79,6 @@ class Regions:
         return out
 
 
-def write_plan(path: Path, name: str, image: Path, user_keys: tuple[Path, Path],
-               buckets: dict[str, str]) -> None:
-    key, cert = user_keys
-    template = buckets[REGIONS[0]].removesuffix(REGIONS[0]) + "{region}/amis"
-    path.write_text(f"""\
-name = "{name}"
-ami_name = "{name}-{{date}}"
-regions = {list(REGIONS)!r}
-bucket = "{template}"
-
-[source]
-image = "{image.name}"
-
-[bundle]
-cert = "{cert}"
-private_key = "{key}"
-
-[[accounts]]
-id = "{BASE_ACCOUNT}"
-
-[boot]
-architecture = "x86_64"
-""".replace("'", '"'))
-
-
 @pytest.fixture
 def relay(moto_server: str, tmp_path: Path, user_keys, ec2_cert_dir) -> Iterator[tuple]:
     with pytest.MonkeyPatch.context() as mp, crashkit.one_model_loader("s3", "ec2", "sts"):
@@ -115,7 +91,9 @@ def relay(moto_server: str, tmp_path: Path, user_keys, ec2_cert_dir) -> Iterator
             fh.truncate(1 << 20)
             fh.write(random.Random(11).randbytes(200 << 10))
         plan = tmp_path / "plan.toml"
-        write_plan(plan, regions.name, image, user_keys, regions.buckets)
+        template = regions.buckets[REGIONS[0]].removesuffix(REGIONS[0]) + "{region}/amis"
+        write_publish_plan(plan, regions.name, image=image, regions=REGIONS, bucket=template,
+                           user_keys=user_keys, account=BASE_ACCOUNT)
         argv = ["publish", str(plan), "--endpoint-url", moto_server, "--ec2cert-dir",
                 str(ec2_cert_dir), "--max-attempts", "1", "-q", "--jobs", "2"]
         yield regions, argv

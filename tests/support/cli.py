@@ -31,6 +31,32 @@ def run(capsys, *argv: object) -> tuple[int, str, str]:
     return code, out, err
 
 
+def write_publish_plan(path: Path, name: str, regions: Sequence[str], bucket: str, image: Path,
+                       user_keys: tuple[Path, Path], *, account: str = ACCOUNT) -> None:
+    """A plan of ``image`` (raw) as AMIs ``NAME-{date}`` in ``regions`` of ``account``, into
+    ``bucket`` (a template: ``{region}``), x86_64, signed with ``user_keys`` (key, cert)."""
+    key, cert = user_keys
+    path.write_text(f"""\
+name = "{name}"
+ami_name = "{name}-{{date}}"
+regions = {json.dumps(list(regions))}
+bucket = "{bucket}"
+
+[source]
+image = "{image}"
+
+[bundle]
+cert = "{cert}"
+private_key = "{key}"
+
+[[accounts]]
+id = "{account}"
+
+[boot]
+architecture = "x86_64"
+""")
+
+
 def publish_runner(plan: Path, endpoint: str, ec2_cert_dir: Path) -> Callable[..., Any]:
     """``publish PLAN --json`` through ``endpoint`` (no retries, so a fault shows at once):
     a function of (capsys, *extra flags) giving (exit code, the parsed report, stderr)."""
