@@ -4,9 +4,14 @@
     python scripts/profile_bundle.py IMAGE LEVEL KEYDIR OUTDIR     (prints JSON)
 
 Used by ``scripts/bench_bundle.py --profile``, which runs it in a child process per image and
-level and prints the table. Stage totals come from the pipeline's own ``StageTimes`` hooks;
-per-thread CPU from sampling /proc/self/task (Linux) every 10 ms while the bundle runs, so a
-thread's CPU is counted even where no stage measures it.
+level and prints the table. The data phase is the pipeline's own ``timings.phase("data")``:
+from the first byte of the tar stream handed to the compressor (the zero scan done, the sink
+begun, the serial stages' threads started; the deflate pool's threads start with its first
+block, inside the phase) to the last part stored in the sink (written; the syncs, manifest and
+links are the "manifest + commit" phase after it). The zero scan before it reads the image
+too: the report also gives the two together. Stage totals come from the pipeline's own
+``StageTimes`` hooks; per-thread CPU from /proc/<pid>/task, sampled every 10 ms by a child
+process, so a thread's CPU is counted even where no stage measures it.
 """
 
 from __future__ import annotations
@@ -209,6 +214,11 @@ def render(report: dict) -> str:
                      f"{sum(waited.values()):.3f} s of threads' waits for a core in the run")
         tail = ", ".join(f"{stage} {busy:.3f}" for stage, busy in
                          sorted(report["tail_stages"].items(), key=lambda kv: -kv[1]))
+        scan = next((p for p in report["phases"] if p["name"].startswith("scan")), None)
+        if scan is not None:  # the zero scan reads the image too: both together, for honesty
+            wall, cpu = scan["wall"] + data["wall"], scan["cpu"] + data["cpu"]
+            lines.append(f"  zero scan + data phase: {cpu:.3f} CPU-s in {wall:.3f} s, "
+                         f"{cpu / wall:.2f} cores")
         lines.append(f"  head (data start → first AES) {report['head_s']:.3f} s; tail (last "
                      f"read → data end) {report['tail_s']:.3f} s, busy in it: {tail or '-'}")
     lines.append(f"  process: user {report['user_s']:.2f} s + sys {report['sys_s']:.2f} s after "
