@@ -34,7 +34,7 @@ from .errors import (
     PartMissingError,
     UsageError,
 )
-from .manifest import Manifest, is_encrypted, parse_manifest
+from .manifest import Manifest, ParsedManifest, is_encrypted, parse_manifest
 from .s3 import S3Location, bucket_region, fetch_manifest, list_objects, split_manifest_location
 
 if TYPE_CHECKING:
@@ -100,36 +100,54 @@ def normalize_image_location(value: str) -> str:
     return location.image_location(name)
 
 
-def preflight(s3: S3Client, image_location: str, *, region: str | None = None) -> PreflightReport:
-    """Check the bundle EC2 is about to read; raise naming what is wrong and how to fix it."""
+def preflight(s3: S3Client, image_location: str, *, region: str | None = None,
+              published: ParsedManifest | None = None) -> PreflightReport:
+    """Check the bundle EC2 is about to read; raise naming what is wrong and how to fix it.
+
+    ``published``: the manifest the caller has just put there (install). Its part names are
+    known, so the parts' listing is asked together with the bucket and the manifest instead of
+    after them; the manifest read back must then be those very bytes."""
     location, name = split_manifest_location(image_location)
     key = location.key(name)
-    # Two independent round trips, asked together; the bucket's answer is judged first (a
+    # Independent round trips, asked together; the bucket's answer is judged first (a
     # missing bucket makes the manifest's error meaningless).
     reads: list[Callable[[], object]] = [partial(bucket_region, s3, location.bucket),
                                          partial(fetch_manifest, s3, location.bucket, key)]
-    where, fetched = run_all(reads, name="ami-bundler-preflight")
-    bucket_at = cast("str | None", where.result())
+    if published is not None:
+        reads.append(partial(_list_parts, s3, location, published.manifest))
+    answers = run_all(reads, name="ami-bundler-preflight")
+    bucket_at = cast("str | None", answers[0].result())
     if bucket_at is None:
         raise EC2Error(f"cannot register {image_location}: bucket {location.bucket} does not exist")
     if region and bucket_at != region:
         raise EC2Error(f"cannot register {image_location} in {region}: the bucket is in "
                        f"{bucket_at}; EC2 registers bundles only in the bucket's region: pass "
                        f"--region {bucket_at}")
-    raw = cast(bytes, fetched.result())
+    raw = cast(bytes, answers[1].result())
+    if published is not None and raw != published.raw:
+        raise ManifestError(f"{location.url(name)} is no longer the manifest this run uploaded "
+                            "(another upload of that name?): not registering it; re-run")
     if is_encrypted(raw):
         raise ManifestError(f"{location.url(name)} is a legacy encrypted manifest: migrate it "
                             "(ec2-migrate-manifest) before registering")
     parsed = parse_manifest(raw, source=location.url(name))
     manifest = parsed.manifest
-    _check_parts(s3, location, manifest)
+    found = (cast("dict[str, tuple[int, str]]", answers[2].result()) if published is not None
+             else _list_parts(s3, location, manifest))
+    _check_parts(location, manifest, found)
     return PreflightReport(location.image_location(name), location.bucket, key, manifest,
                            len(manifest.parts), manifest.bundled_size, bucket_at)
 
 
-def _check_parts(s3: S3Client, location: S3Location, manifest: Manifest) -> None:
+def _list_parts(s3: S3Client, location: S3Location,
+                manifest: Manifest) -> dict[str, tuple[int, str]]:
     keys = [location.key(p.filename) for p in manifest.parts]
-    found = list_objects(s3, location.bucket, os.path.commonprefix(keys)) if keys else {}
+    return list_objects(s3, location.bucket, os.path.commonprefix(keys)) if keys else {}
+
+
+def _check_parts(location: S3Location, manifest: Manifest,
+                 found: Mapping[str, tuple[int, str]]) -> None:
+    keys = [location.key(p.filename) for p in manifest.parts]
     missing = [p.filename for p, k in zip(manifest.parts, keys, strict=True) if k not in found]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""

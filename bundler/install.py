@@ -460,7 +460,9 @@ def _register(st: _State, register: RegisterOptions, wait: bool, wait_timeout: f
     t = st.target
     if st.outcome.image_id or t.ec2 is None:
         return
-    report = preflight(t.s3, st.outcome.image_location, region=t.region)
+    # The manifest this run published or found there (st.parsed): read back with the parts'
+    # listing in one round trip.
+    report = preflight(t.s3, st.outcome.image_location, region=t.region, published=st.parsed)
     options = dataclasses.replace(register, tags=dict(register.tags),
                                   launch_permissions=list(register.launch_permissions))
     if options.architecture is None and report.manifest.arch:

@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ..aws import endpoint_url_value
 from ..concurrency import BackgroundTask
@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
 
     from ..install import InstallResult
+    from ..pipeline import BundleKeys, BundleOptions
+    from ..source import ImageSource
+
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -122,29 +126,43 @@ class _HeldWarnings(Printer):
         self.held.append(message)
 
 
-class _ClientLater:
+class _Later(Generic[T]):
+    """A value made on a thread of its own, so that its CPU and I/O overlap the main thread's
+    set-up (boto3's session, clients and first round trips) instead of preceding or following
+    it. ``get`` waits for it and raises what making it raised; ``join`` only waits."""
+
+    def __init__(self, make: Callable[[], T], *, name: str) -> None:
+        self._value: T | None = None
+        self._task = BackgroundTask(name=name)
+        self._task.start(partial(self._make, make))
+
+    def _make(self, make: Callable[[], T]) -> None:
+        self._value = make()
+
+    def join(self) -> None:
+        self._task.join()
+
+    def get(self) -> T:
+        self._task.join()
+        if self._task.error is not None:
+            raise self._task.error
+        assert self._value is not None
+        return self._value
+
+    @property
+    def made(self) -> T | None:
+        """The value once made (after ``join``), None if making it failed."""
+        return self._value
+
+
+class _ClientLater(_Later["EC2Client"]):
     """The EC2 client, made on a thread of its own: loading EC2's service model costs ~75 ms of
     CPU, which then overlaps the S3 set-up's round trips instead of preceding them. Attribute
     access (the client's methods) waits for it; the main thread makes no other client
     meanwhile (a boto3 session is not safe for that)."""
 
     def __init__(self, make: Callable[[], EC2Client]) -> None:
-        self._client: EC2Client | None = None
-        self._task = BackgroundTask(name="ami-bundler-ec2-client")
-        self._task.start(partial(self._make, make))
-
-    def _make(self, make: Callable[[], EC2Client]) -> None:
-        self._client = make()
-
-    def join(self) -> None:
-        self._task.join()
-
-    def get(self) -> EC2Client:
-        self._task.join()
-        if self._task.error is not None:
-            raise self._task.error
-        assert self._client is not None
-        return self._client
+        super().__init__(make, name="ami-bundler-ec2-client")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.get(), name)
@@ -189,18 +207,29 @@ class _ImageCheck:
 # --------------------------------------------------------------------------- one region
 
 
+Inputs = tuple["ImageSource", "BundleKeys", "BundleOptions"]
+
+
 def _install_one(args: argparse.Namespace, printer: Printer) -> int:
     location = S3Location.parse(args.bucket[0])
     check = _ImageCheck(args, printer)
+    # The keys and the image, opened meanwhile: opening an image scans its data for zero runs
+    # (all of a 2 GiB root filesystem's blocks), which then overlaps the AWS set-up.
+    inputs: _Later[Inputs] = _Later(partial(bundle_inputs, args), name="ami-bundler-inputs")
     try:
-        return _install_one_checked(args, printer, location, check)
-    except Exception:
-        check.close()
+        return _install_one_checked(args, printer, location, check, inputs)
+    except BaseException as exc:
+        inputs.join()  # no thread outlives the run, no image left open
+        made = inputs.made
+        if made is not None:
+            made[0].close()  # install() closes it too: closing twice is harmless
+        if isinstance(exc, Exception):
+            check.close()
         raise
 
 
 def _install_one_checked(args: argparse.Namespace, printer: Printer, location: S3Location,
-                         check: _ImageCheck) -> int:
+                         check: _ImageCheck, inputs: _Later[Inputs]) -> int:
     from ..install import RegionTarget, install
 
     aws = AwsContext(args, printer)
@@ -223,7 +252,12 @@ def _install_one_checked(args: argparse.Namespace, printer: Printer, location: S
     # The EC2 region follows the bucket's region unless --region says otherwise.
     ec2_region = aws.opts.region or at
     ec2 = None if args.no_register else _ClientLater(partial(aws.ec2, ec2_region))
-    source, keys, bundle_options = bundle_inputs(args)
+    try:
+        source, keys, bundle_options = inputs.get()
+    except BaseException:
+        if ec2 is not None:
+            ec2.join()
+        raise
     try:
         options = None
         if not args.no_register:

@@ -13,7 +13,9 @@ from ..concurrency import run_parallel
 from ..errors import IntegrityError, PartMissingError
 from ..manifest import ParsedManifest, PartEntry
 from ..transfer import DEFAULT_TRANSFER, TransferConfig
+from .etags import is_md5, is_pieces
 from .location import S3Location
+from .multipart import recorded_md5
 from .objects import copy_object, fetch_part, list_objects, put_bytes
 from .publish import InUseLookup, Publication
 
@@ -91,8 +93,18 @@ def copy_bundle(
                               force=force, in_use=in_use)
     target = publication.open(parsed)
     try:
-        todo = [(e, s, d) for e, s, d in zip(entries, src_keys, dst_keys, strict=True)
-                if not target.has(d, *have_src[s])]
+        unproved = [(e, s, d) for e, s, d in zip(entries, src_keys, dst_keys, strict=True)
+                    if not target.has(d, *have_src[s])]
+        # A source part sent in two pieces has no MD5 ETag, its earlier copy has: proved by the
+        # MD5 the upload recorded (a HEAD each, only for these).
+        ask = [(s, d) for _, s, d in unproved
+               if is_pieces(have_src[s][1]) and d in target.listing
+               and is_md5(target.listing[d][1])]
+        recorded = run_parallel([partial(recorded_md5, src_client, source.bucket, s)
+                                 for s, _ in ask], jobs)
+        proved = {d for (s, d), md5 in zip(ask, recorded, strict=True)
+                  if md5 and target.has(d, *have_src[s], md5=md5)}
+        todo = [t for t in unproved if t[2] not in proved]
         skipped = len(entries) - len(todo)
         if skipped:
             log.info("resuming: %d of %d parts are already in %s", skipped, len(entries),
@@ -118,7 +130,8 @@ def copy_bundle(
             copied = run_parallel([partial(copy, *t) for t in todo], jobs)
             # What is at the destination now (what we copied, or what matched the source),
             # re-checked with the lease right before the manifest goes up last.
-            expected = {d: have_src[s] for s, d in zip(src_keys, dst_keys, strict=True)}
+            expected = {d: target.listing[d] if d in proved else have_src[s]
+                        for s, d in zip(src_keys, dst_keys, strict=True)}
             expected.update({d: got for (_, _, d), got in zip(todo, copied, strict=True)})
             publication.publish(manifest, expected)
         finally:

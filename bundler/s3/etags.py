@@ -10,7 +10,9 @@ multipart uploads) proves nothing: never "the same".
 
 A server-side copy (CopyObject) of a multipart object is a single-operation object: its ETag is
 the plain MD5 again (S3's Object.ETag documentation: objects created by PUT, POST or Copy and
-not encrypted with SSE-KMS/SSE-C have an MD5 ETag; multipart uploads never do).
+not encrypted with SSE-KMS/SSE-C have an MD5 ETag; multipart uploads never do). So a two-piece
+upload also records the part's MD5 in its metadata (``MD5_METADATA``, kept by copies): a copy
+that resumes without the bytes proves the destination's MD5 ETag against it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ PIECES = 2
 
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 _MULTIPART = re.compile(r"^[0-9a-f]{32}-([0-9]+)$")
+
+# User metadata (x-amz-meta-…) of a two-piece upload: the hex MD5 of the whole part.
+MD5_METADATA = "ami-bundler-md5"
 
 # The bytes of an object, read only when its ETag cannot be compared without them.
 BytesReader = Callable[[], bytes]
@@ -68,16 +73,19 @@ def is_pieces(etag: str) -> bool:
 
 
 def holds(listed: tuple[int, str] | None, size: int, etag: str, *,
-          data: BytesReader | None = None) -> bool:
+          data: BytesReader | None = None, md5: str | None = None) -> bool:
     """Whether an object listed as ``listed`` (size, ETag) holds the bytes known as (``size``,
     ``etag``) — ``etag`` in either form. The same form compares directly; a listing in the
-    other form is decided from the bytes when ``data`` can read them (else: not proved, so not
-    the same — the caller uploads or copies again, which is never wrong)."""
+    other form is decided from the bytes when ``data`` can read them, or, for an MD5 listing,
+    from ``md5``, the bytes' MD5 a two-piece upload recorded (else: not proved, so not the
+    same — the caller uploads or copies again, which is never wrong)."""
     if listed is None or listed[0] != size:
         return False
     have = listed[1]
     if have == etag:  # the same MD5, or the same pieces' MD5s: the same bytes
         return is_md5(have) or _MULTIPART.match(have) is not None
+    if md5 is not None and is_md5(have) and is_pieces(etag):
+        return md5.lower() == have
     if data is None:
         return False
     if is_pieces(have) and is_md5(etag):

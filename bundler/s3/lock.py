@@ -246,6 +246,29 @@ class UploadLock:
                 if holder is None or holder.info.get("token") != self.info["token"]:
                     return
                 self._etag = holder.etag
+            etag = self._etag
+            # One conditional DELETE (If-Match our ETag: S3's conditional deletes): deleted
+            # only while it is still ours, in one round trip; a lock another run took over
+            # answers 412 and stays.
+            with_attempts(lambda: self.client.delete_object(Bucket=self.location.bucket,
+                                                            Key=self.key, IfMatch=f'"{etag}"'),
+                          attempts, f"unlock {self.key}")
+        except bexc.ClientError as exc:
+            if error_code(exc) in ("PreconditionFailed", "412"):
+                log.debug("not removing %s: another run holds it now", self.key)
+            elif error_code(exc) in ("NotImplemented", "501"):
+                self._release_unconditional_delete(attempts)
+            elif not is_not_found(exc, NO_SUCH_OBJECT):
+                self._left_behind(error_code(exc) or type(exc).__name__)
+        except bexc.BotoCoreError as exc:
+            self._left_behind(type(exc).__name__)
+        self._etag = None
+        self._attempted = False
+
+    def _release_unconditional_delete(self, attempts: int) -> None:
+        """Where DELETE takes no If-Match (an S3-compatible store): the lock is deleted when
+        its HEAD still shows our ETag."""
+        try:
             resp = self._head(attempts)
             if str(resp.get("ETag", "")).strip('"').lower() == self._etag:
                 with_attempts(lambda: self.client.delete_object(Bucket=self.location.bucket,
@@ -256,8 +279,6 @@ class UploadLock:
                 self._left_behind(error_code(exc) or type(exc).__name__)
         except bexc.BotoCoreError as exc:
             self._left_behind(type(exc).__name__)
-        self._etag = None
-        self._attempted = False
 
     def _left_behind(self, reason: str) -> None:
         log.warning("could not remove the lock %s (%s): a run from this host takes it over, one "

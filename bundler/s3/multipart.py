@@ -19,6 +19,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ import botocore.exceptions as bexc
 
 from ..aws import error_code
 from ..errors import BundlerError, IntegrityError
-from .etags import multipart_etag, piece_sizes
+from .etags import MD5_METADATA, multipart_etag, piece_sizes
 from .objects import _Corrupt, s3_errors, with_attempts
 
 if TYPE_CHECKING:
@@ -43,11 +44,12 @@ class Stopped(BundlerError):
 
 
 def put_in_pieces(client: S3Client, bucket: str, key: str, data: bytes, *, acl: str | None,
-                  attempts: int, submit: Submit, streams: threading.Semaphore,
-                  stopping: threading.Event | None = None) -> str:
+                  attempts: int, submit: Submit, streams: AbstractContextManager[object],
+                  stopping: threading.Event | None = None, md5: bytes | None = None) -> str:
     """Upload ``data`` as two pieces, the second on ``submit``'s thread, each while holding
     one of ``streams`` (the writer's bound on requests carrying bytes); returns the ETag.
-    Aborted on any failure, and instead of completing when ``stopping`` is set."""
+    ``md5``: the whole part's, recorded in its metadata (``etags.MD5_METADATA``). Aborted on
+    any failure, and instead of completing when ``stopping`` is set."""
     sizes = piece_sizes(len(data))
     if sizes is None:
         raise ValueError(f"{len(data)} bytes cannot be split into pieces")
@@ -56,6 +58,8 @@ def put_in_pieces(client: S3Client, bucket: str, key: str, data: bytes, *, acl: 
     params: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if acl:
         params["ACL"] = acl
+    if md5 is not None:
+        params["Metadata"] = {MD5_METADATA: md5.hex()}
     what = f"upload s3://{bucket}/{key}"
     with s3_errors("upload", bucket, key, acl=acl):
         created = with_attempts(lambda: client.create_multipart_upload(**params), attempts, what)
@@ -142,6 +146,15 @@ def _abort(client: S3Client, bucket: str, key: str, upload_id: str,
         log.warning("could not abort the multipart upload of s3://%s/%s (%s): a lifecycle rule "
                     "(AbortIncompleteMultipartUpload) or the next upload of that bundle removes "
                     "it", bucket, key, error_code(exc) or type(exc).__name__)
+
+
+def recorded_md5(client: S3Client, bucket: str, key: str) -> str | None:
+    """The whole part's MD5 a two-piece upload recorded in its metadata (None: none there)."""
+    with s3_errors("check", bucket, key):
+        head = with_attempts(lambda: client.head_object(Bucket=bucket, Key=key), 2,
+                             f"check s3://{bucket}/{key}")
+    value = head.get("Metadata", {}).get(MD5_METADATA)
+    return str(value).lower() if value else None
 
 
 def open_uploads(client: S3Client, bucket: str, prefix: str) -> list[tuple[str, str]]:

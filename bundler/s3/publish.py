@@ -73,11 +73,13 @@ class Target:
     # key → (size, ETag) under NAME
     listing: dict[str, tuple[int, str]] = field(default_factory=dict)
 
-    def has(self, key: str, size: int, etag: str, *, data: BytesReader | None = None) -> bool:
+    def has(self, key: str, size: int, etag: str, *, data: BytesReader | None = None,
+            md5: str | None = None) -> bool:
         """Whether ``key`` is already there intact (only ever true of the same bundle's parts):
         ``etag`` is that of the bytes wanted there, in either form ``etags`` knows; ``data``
-        reads them, for a listing in the other form."""
-        return self.state != DIFFERENT and holds(self.listing.get(key), size, etag, data=data)
+        reads them, or ``md5`` is their recorded MD5, for a listing in the other form."""
+        return self.state != DIFFERENT and holds(self.listing.get(key), size, etag, data=data,
+                                                 md5=md5)
 
 
 class Publication:

@@ -50,6 +50,32 @@ def _return_large_buffers_to_the_os() -> None:
         pass
 
 
+class _Streams:
+    """At most ``jobs`` requests carrying bytes at once (a context manager per request), and
+    how many more could start now."""
+
+    def __init__(self, jobs: int) -> None:
+        self._slots = threading.BoundedSemaphore(jobs)
+        self._lock = threading.Lock()
+        self._free = jobs
+
+    @property
+    def free(self) -> int:
+        with self._lock:
+            return self._free
+
+    def __enter__(self) -> _Streams:
+        self._slots.acquire()
+        with self._lock:
+            self._free -= 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._free += 1
+        self._slots.release()
+
+
 class S3Sink:
     """PartSink that PUTs parts as they are cut: a bounded queue in front of parallel PUTs.
 
@@ -58,10 +84,12 @@ class S3Sink:
     ``abort`` removes everything this sink created. ``transfer`` gives the jobs, whole-object
     attempts, ACL and the progress listener ("upload").
 
-    The tail: the last part (the one shorter than a full part) can only start once it is cut,
-    and on one stream it alone would keep the run waiting; it, and any part whose upload only
-    starts after it was handed over, goes up in two pieces (``multipart``) on two streams.
-    At most ``jobs`` requests carry bytes at any time, pieces included.
+    Pieces: a part goes up in two pieces (``multipart``) on two streams when a second stream
+    is free as its upload starts (a stream carries a part at its own bandwidth: two halve the
+    part's time, which is what a WAN's per-connection cap makes of it), and so do the last part
+    (the one shorter than a full part: it can only start once cut, and alone it keeps the run
+    waiting) and any part whose upload only starts after it. At most ``jobs`` requests carry
+    bytes at any time, pieces included.
     """
 
     def __init__(
@@ -96,7 +124,7 @@ class S3Sink:
         self._sizes: dict[int, tuple[int, str]] = {}
         self._publication: Publication | None = None
         self._pieces: BoundedExecutor | None = None
-        self._streams = threading.BoundedSemaphore(self.jobs)
+        self._streams = _Streams(self.jobs)
         self._tail = False  # the last part has been handed over: what starts now is the tail
         self._stopping = threading.Event()
         self.bytes_uploaded = 0
@@ -127,7 +155,8 @@ class S3Sink:
         # Bytes already (this sink keeps parts, so it gets copies: PartSink): bytes() of bytes
         # is the same object, no copy.
         data = bytes(part.data)
-        if self._tail and self.jobs > 1 and piece_sizes(len(data)) is not None:
+        if (self.jobs > 1 and piece_sizes(len(data)) is not None
+                and (self._tail or self._streams.free >= 2)):
             pieces = self._pieces
             assert pieces is not None
             with self._created_lock:
@@ -135,7 +164,8 @@ class S3Sink:
                 self._created.add(key)
             etag = put_in_pieces(self.client, self.location.bucket, key, data, acl=self.acl,
                                  attempts=self.attempts, submit=pieces.submit,
-                                 streams=self._streams, stopping=self._stopping)
+                                 streams=self._streams, stopping=self._stopping,
+                                 md5=part.md5)
         else:
             with self._streams:
                 etag = put_bytes(self.client, self.location.bucket, key, data, md5=part.md5,

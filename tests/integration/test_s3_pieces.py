@@ -6,6 +6,7 @@ holds; a failure aborts the upload, leaving nothing hidden behind."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 import uuid
@@ -35,27 +36,37 @@ def _install(capsys, proxy, bucket, image, user_keys, ec2_keys, *extra):
     return run(capsys, *argv)
 
 
-def test_install_sends_the_last_part_in_two_pieces(capsys, proxy, s3, ec2, bucket, tmp_path,
-                                                   user_keys, ec2_keys):
+def test_install_sends_parts_in_two_pieces_on_free_streams(capsys, proxy, s3, ec2, bucket,
+                                                            tmp_path, user_keys, ec2_keys):
     image = _random_image(tmp_path / "disk.img")
     code, out, err = _install(capsys, proxy, bucket, image, user_keys, ec2_keys)
     assert code == 0, err
     listing = list_keys(s3, bucket, "pc/")
     parts = sorted(k for k in listing if ".part." in k)
     assert len(parts) == 2
-    first, last = parts
-    assert listing[first][0] == 10 * MIB and is_md5(listing[first][1])  # a full part: one PUT
-    data = s3.get_object(Bucket=bucket, Key=last)["Body"].read()
-    assert 5 * MIB < len(data) < 10 * MIB
-    assert listing[last][1] == pieces_etag(data) and listing[last][1].endswith("-2")
-    assert len(proxy.requests("PUT", r"partNumber=")) == 2
+    for key in parts:  # three streams, two parts: each had a second stream free
+        data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert listing[key][1] == pieces_etag(data) and listing[key][1].endswith("-2")
+    assert 5 * MIB < listing[parts[-1]][0] < 10 * MIB  # the last part, split 5 MiB + the rest
+    assert len(proxy.requests("PUT", r"partNumber=")) == 4
+    assert proxy.max_in_flight("PUT") <= 3  # never more requests carrying bytes than --jobs
     assert not _uploads(s3, bucket)  # completed, none left open
     # the bundle is whole (the stand-in's RegisterImage decrypted and inflated every part too)
     seen = inspect_bundles(s3, bucket, "pc/")
     assert seen.complete == ["disk.manifest.xml"] and not seen.wrong and not seen.locks
-    grants = s3.get_object_acl(Bucket=bucket, Key=last)["Grants"]
+    grants = s3.get_object_acl(Bucket=bucket, Key=parts[-1])["Grants"]
     assert any(g["Permission"] == "READ" for g in grants)  # aws-exec-read: EC2 may read it
     assert out.strip().splitlines()[-1].startswith("ami-")
+
+
+def test_one_stream_sends_whole_parts(capsys, proxy, s3, bucket, tmp_path, user_keys, ec2_keys):
+    image = _random_image(tmp_path / "disk.img")
+    code, _, err = _install(capsys, proxy, bucket, image, user_keys, ec2_keys, "--jobs", "1",
+                            "--no-register")
+    assert code == 0, err
+    assert not proxy.requests("PUT", r"partNumber=")
+    listing = list_keys(s3, bucket, "pc/")
+    assert all(is_md5(etag) for key, (_, etag) in listing.items() if ".part." in key)
 
 
 def test_a_failed_piece_aborts_the_upload_and_publishes_nothing(capsys, proxy, s3, bucket,
@@ -88,8 +99,13 @@ def test_copy_bundle_of_a_two_piece_part_gets_an_md5_copy(capsys, proxy, s3, ec2
     data = s3.get_object(Bucket=bucket, Key=last)["Body"].read()
     assert copied[last][1] == hashlib.md5(data).hexdigest()
     assert inspect_bundles(s3, bucket, "copy/").complete == ["disk.manifest.xml"]
-    code, _, err = run(capsys, *argv)  # the same bundle there: resumed, nothing lost
+    s3.delete_object(Bucket=bucket, Key="copy/disk.manifest.xml")  # as if interrupted
+    proxy.clear()
+    code, out, err = run(capsys, *argv, "--json")
     assert code == 0, err
+    # every part proved there by the MD5 its two-piece upload recorded: nothing copied again
+    assert json.loads(out)["parts_copied"] == 0
+    assert not proxy.requests("PUT", r"/copy/disk\.part\.")
     assert inspect_bundles(s3, bucket, "copy/").complete == ["disk.manifest.xml"]
 
 

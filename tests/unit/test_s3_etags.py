@@ -55,3 +55,12 @@ def test_holds_in_either_form():
     assert not holds((size, kms), size, kms)
     three = pieces[:-1] + "3"
     assert not holds((size, three), size, md5, data=lambda: data)
+
+
+def test_a_recorded_md5_proves_an_md5_copy_of_a_two_piece_part():
+    data = os.urandom(PIECE_MIN + 10)
+    md5, pieces = hashlib.md5(data).hexdigest(), pieces_etag(data)
+    assert pieces is not None
+    assert holds((len(data), md5), len(data), pieces, md5=md5)
+    assert not holds((len(data), md5), len(data), pieces, md5="0" * 32)
+    assert not holds((len(data), pieces), len(data), md5, md5=md5)  # only MD5 listings
