@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 # S3's smallest multipart piece, except the last one.
 PIECE_MIN = 5 * 1024 * 1024
@@ -60,6 +61,15 @@ def pieces_etag(data: bytes | memoryview) -> str | None:
     view = memoryview(data)
     return multipart_etag([hashlib.md5(view[:sizes[0]]).digest(),
                            hashlib.md5(view[sizes[0]:]).digest()])
+
+
+def says_not_md5(resp: Mapping[str, Any]) -> bool:
+    """Whether S3's answer (PUT, UploadPart, Complete, Copy, HEAD, GET) says the object is
+    SSE-KMS, DSSE-KMS or SSE-C encrypted: its ETag is then not an MD5 of its bytes (nor its
+    pieces' ETags), so it proves nothing — S3 checked Content-MD5 on the way in; the parts'
+    SHA-1s in the manifest prove the bytes."""
+    return (resp.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse")
+            or bool(resp.get("SSECustomerAlgorithm")))
 
 
 def is_md5(etag: str) -> bool:

@@ -27,7 +27,7 @@ import botocore.exceptions as bexc
 
 from ..aws import error_code
 from ..errors import BundlerError, IntegrityError
-from .etags import MD5_METADATA, multipart_etag, piece_sizes
+from .etags import MD5_METADATA, multipart_etag, piece_sizes, says_not_md5
 from .objects import _Corrupt, s3_errors, with_attempts
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def put_in_pieces(client: S3Client, bucket: str, key: str, data: bytes, *, acl: 
                                       PartNumber=number, Body=body,  # type: ignore[arg-type]
                                       ContentMD5=base64.b64encode(md5).decode("ascii"))
             etag = str(resp.get("ETag", "")).strip('"').lower()
-            if etag != md5.hex():
+            if etag != md5.hex() and not says_not_md5(resp):  # SSE-KMS: no MD5 ETag
                 raise _Corrupt(f"piece {number} has ETag {etag}, not the MD5 {md5.hex()} sent")
             return etag
 
@@ -118,11 +118,11 @@ def _complete(client: S3Client, bucket: str, key: str, upload_id: str, etags: li
             # An earlier attempt completed it but its answer was lost: the object says so.
             if tried[0] > 1 and error_code(exc) == "NoSuchUpload":
                 head = client.head_object(Bucket=bucket, Key=key)
-                resp = {"ETag": head.get("ETag", "")}  # type: ignore[typeddict-item]
+                resp = head  # type: ignore[assignment]
             else:
                 raise
         etag = str(resp.get("ETag", "")).strip('"').lower()
-        if etag != expected:
+        if etag != expected and not says_not_md5(resp):
             raise _Corrupt(f"ETag {etag} is not {expected}, the one of the pieces sent")
         return etag
 

@@ -8,7 +8,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,6 +33,7 @@ from ..transfer import DEFAULT_ACL as DEFAULT_ACL
 from ..transfer import DEFAULT_ATTEMPTS as DEFAULT_ATTEMPTS
 from ..transfer import DEFAULT_JOBS as DEFAULT_JOBS
 from ..transfer import RETRY_ATTEMPTS as RETRY_ATTEMPTS
+from .etags import says_not_md5
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -173,12 +174,6 @@ def list_objects(client: S3Client, bucket: str, prefix: str) -> dict[str, tuple[
         return with_attempts(attempt, DEFAULT_ATTEMPTS, f"list s3://{bucket}/{prefix}")
 
 
-def _etag_not_md5(resp: Mapping[str, Any]) -> bool:
-    """Whether S3 says the object's ETag is not its MD5 (SSE-KMS, SSE-C)."""
-    return (resp.get("ServerSideEncryption") in ("aws:kms", "aws:kms:dsse")
-            or bool(resp.get("SSECustomerAlgorithm")))
-
-
 def put_bytes(client: S3Client, bucket: str, key: str, data: bytes, *, md5: bytes | None = None,
               acl: str | None = DEFAULT_ACL, attempts: int = DEFAULT_ATTEMPTS) -> str:
     """One PUT with Content-MD5 and the canned ACL; returns the ETag (== hex MD5)."""
@@ -193,7 +188,7 @@ def put_bytes(client: S3Client, bucket: str, key: str, data: bytes, *, md5: byte
         etag = str(resp.get("ETag", "")).strip('"').lower()
         # SSE-KMS/SSE-C objects have a non-MD5 ETag; S3 has already checked Content-MD5 then.
         # A single PUT never has a multipart ("-N") ETag, so one here is as wrong as any other.
-        if etag != md5.hex() and not _etag_not_md5(resp):
+        if etag != md5.hex() and not says_not_md5(resp):
             raise _Corrupt(f"ETag {etag} is not the MD5 {md5.hex()} of what was sent")
         return etag
 
@@ -253,7 +248,7 @@ def _get_raw(client: S3Client, bucket: str, key: str, limit: int, what: str, *,
     data = b"".join(pieces)
     if check_md5:
         etag = str(resp.get("ETag", "")).strip('"').lower()
-        if (_MD5_ETAG.match(etag) and not _etag_not_md5(resp)
+        if (_MD5_ETAG.match(etag) and not says_not_md5(resp)
                 and hashlib.md5(data).hexdigest() != etag):
             raise _Corrupt(f"MD5 {hashlib.md5(data).hexdigest()} of the bytes received is not the "
                            f"ETag {etag}")
@@ -352,8 +347,9 @@ def copy_object(client: S3Client, source: tuple[str, str], bucket: str, key: str
                 etag: str | None,
                 acl: str | None = DEFAULT_ACL, attempts: int = DEFAULT_ATTEMPTS) -> str:
     """Server-side CopyObject (sent to the destination's endpoint) with the canned ACL; the copy's
-    ETag must equal the source's (both are the MD5 of a single-PUT part). Returns the copy's
-    ETag."""
+    ETag must equal the source's (both are the MD5 of a single-PUT part) unless S3 answers that
+    the copy is SSE-KMS/SSE-C encrypted (a KMS bucket's default): its ETag is then no MD5 and
+    proves nothing either way (``etags.says_not_md5``). Returns the copy's ETag."""
     params: dict[str, Any] = {"Bucket": bucket, "Key": key, "MetadataDirective": "COPY",
                               "CopySource": {"Bucket": source[0], "Key": source[1]}}
     if acl:
@@ -362,7 +358,7 @@ def copy_object(client: S3Client, source: tuple[str, str], bucket: str, key: str
     def attempt() -> str:
         resp = client.copy_object(**params)
         got = str(resp.get("CopyObjectResult", {}).get("ETag", "")).strip('"').lower()
-        if etag and got and "-" not in etag and got != etag:
+        if etag and got and "-" not in etag and got != etag and not says_not_md5(resp):
             raise _Corrupt(f"copy has ETag {got}, source has {etag}")
         return got
 

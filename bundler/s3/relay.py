@@ -63,6 +63,9 @@ class RelaySink:
         self._publication: Publication | None = None
         self._landed: dict[int, tuple[str, int, str]] = {}  # index → (source key, size, MD5)
         self._copied: dict[int, str] = {}  # index → our key holding the part (ETag checked)
+        # our key → the ETag its copy answered: the MD5, or in a KMS bucket one that is not
+        # (etags.says_not_md5) and that the publication's re-check must compare with instead
+        self._etags: dict[str, str] = {}
         self._running = 0  # pipelined copies submitted and not yet ended
         self._created: set[str] = set()  # keys our requests may have created
         self._source_ok: bool | None = None  # None: the source is still going
@@ -134,9 +137,10 @@ class RelaySink:
         self._pool.submit(self._pipelined, index, src, dst, size, md5)
 
     def _copy(self, src: str, dst: str, size: int, md5: str) -> None:
-        copy_object(self.client, (self.source.bucket, src), self.location.bucket, dst, etag=md5,
-                    acl=self.transfer.acl, attempts=self.transfer.attempts)
+        got = copy_object(self.client, (self.source.bucket, src), self.location.bucket, dst,
+                          etag=md5, acl=self.transfer.acl, attempts=self.transfer.attempts)
         with self._cond:
+            self._etags[dst] = got or md5
             self.parts_copied += 1
             self.bytes_copied += size
         self.transfer.progress.advance("copy", size)
@@ -201,7 +205,10 @@ class RelaySink:
             with self._cond:
                 self._created.difference_update(stale)
         assert manifest_name == self._publication.manifest_name
-        self.manifest_key = self._publication.publish(manifest, expected)
+        with self._cond:
+            answered = {key: (size, self._etags.get(key, md5))
+                        for key, (size, md5) in expected.items()}
+        self.manifest_key = self._publication.publish(manifest, answered)
         self._publication = None
         self._pool.shutdown(cancel=False)
         self.transfer.progress.finish("copy")

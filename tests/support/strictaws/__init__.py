@@ -9,7 +9,8 @@ stand-in fast. Everything that starts a local endpoint — the integration fixtu
 through ``StrictEndpoint``. See ``s3rules``, ``ec2images`` and ``bundlecheck`` for what is
 enforced, ``s3copy`` for CopyObject's ETag (as AWS documents it, without hashing the copy
 again) and ``dispatch`` for a request's way to its service (both: less of the host's CPU per
-request, the same answers), ``accounts`` for several accounts (STS AssumeRole, per-account S3
+request, the same answers), ``s3kms`` for SSE-KMS objects' ETags (not their MD5, as on AWS),
+``accounts`` for several accounts (STS AssumeRole, per-account S3
 and images, launch permissions across accounts), and ``keyring`` for the stand-in EC2's own
 key pairs (one per partition and one opt-in region), whose certificates the tool gets through
 ``--ec2cert-dir``.
@@ -27,11 +28,12 @@ READY_TIMEOUT = 15.0
 
 def install() -> None:
     """Patch moto in this process (idempotent)."""
-    from . import accounts, dispatch, ec2images, s3copy, s3rules
+    from . import accounts, dispatch, ec2images, s3copy, s3kms, s3rules
 
     dispatch.install()
     s3rules.install()
     s3copy.install()
+    s3kms.install()  # after s3copy: a KMS object's ETag is never the MD5 it passes on
     ec2images.install()
     accounts.install()  # after both: it wraps their S3 handlers and replaces DescribeImages
 
