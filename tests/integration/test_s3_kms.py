@@ -153,10 +153,11 @@ def test_copy_bundle_server_side_into_a_kms_bucket(capsys, endpoint, proxy, sour
     key, cert = user_keys
     s3_b = plain_client("s3", endpoint, REGION_B)
     dest = kms_bucket(s3_b, region=REGION_B)
+    name = f"kms-{uuid.uuid4().hex[:8]}"
     code, out, err = run(capsys, "copy-bundle", "-c", str(cert), "-k", str(key),
                          "-m", "disk.manifest.xml", "-b", f"{bucket}/src", "-d", f"{dest}/copied",
                          "--region", REGION_B, "--ec2cert", str(region_b.cert_path),
-                         "--endpoint-url", proxy.url, "--json", "--register")
+                         "--endpoint-url", proxy.url, "--json", "--register", "-n", name)
     assert code == 0, err  # main refused: "copy has ETag …, source has …"
     result = json.loads(out)
     assert (result["mode"], result["parts_copied"]) == ("server", len(parts))
@@ -174,7 +175,7 @@ def test_copy_bundle_server_side_into_a_kms_bucket(capsys, endpoint, proxy, sour
     assert hashlib.sha1((out_dir / "disk").read_bytes()).hexdigest() == digest
     [image] = plain_client("ec2", endpoint, REGION_B).describe_images(
         ImageIds=[result["image_id"]])["Images"]
-    assert image["Name"] == "disk"
+    assert image["Name"] == name
 
 
 @pytest.fixture
