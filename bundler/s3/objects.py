@@ -349,7 +349,10 @@ def copy_object(client: S3Client, source: tuple[str, str], bucket: str, key: str
     """Server-side CopyObject (sent to the destination's endpoint) with the canned ACL; the copy's
     ETag must equal the source's (both are the MD5 of a single-PUT part) unless S3 answers that
     the copy is SSE-KMS/SSE-C encrypted (a KMS bucket's default): its ETag is then no MD5 and
-    proves nothing either way (``etags.says_not_md5``). Returns the copy's ETag."""
+    proves nothing either way (``etags.says_not_md5``). A plaintext copy's ETag is its MD5; when
+    it is not the source's, the source's was no MD5 only if the source is SSE-KMS/SSE-C (a copy
+    out of a KMS bucket): one HEAD of the source decides, else the copy is refused. Returns the
+    copy's ETag."""
     params: dict[str, Any] = {"Bucket": bucket, "Key": key, "MetadataDirective": "COPY",
                               "CopySource": {"Bucket": source[0], "Key": source[1]}}
     if acl:
@@ -358,7 +361,8 @@ def copy_object(client: S3Client, source: tuple[str, str], bucket: str, key: str
     def attempt() -> str:
         resp = client.copy_object(**params)
         got = str(resp.get("CopyObjectResult", {}).get("ETag", "")).strip('"').lower()
-        if etag and got and "-" not in etag and got != etag and not says_not_md5(resp):
+        if (etag and got and "-" not in etag and got != etag and not says_not_md5(resp)
+                and not _source_not_md5(client, source)):
             raise _Corrupt(f"copy has ETag {got}, source has {etag}")
         return got
 
@@ -373,6 +377,16 @@ def copy_object(client: S3Client, source: tuple[str, str], bucket: str, key: str
                 raise PartMissingError(f"copy source s3://{source[0]}/{source[1]} does not "
                                        "exist") from None
             raise
+
+
+def _source_not_md5(client: S3Client, source: tuple[str, str]) -> bool:
+    """Whether the copy source's ETag is no MD5 (SSE-KMS/SSE-C), as its HEAD says; not proved
+    (any failure) is False."""
+    try:
+        head = client.head_object(Bucket=source[0], Key=source[1])
+    except (bexc.BotoCoreError, bexc.ClientError):
+        return False
+    return says_not_md5(head)
 
 
 def delete_keys(client: S3Client, bucket: str, keys: Sequence[str], *,

@@ -5,8 +5,9 @@ in many enterprises) has an ETag that is not the MD5 of its data, nor are its mu
 ETags (S3 Object ETag; tests/support/strictaws/s3kms.py gives such objects such ETags). So an
 ETag there proves nothing: every command must still work — install (its two-piece tail
 included), upload-bundle and its resume (which must upload again what it cannot prove),
-copy-bundle server-side into a KMS bucket, publish relayed into a KMS region, download and
-unbundle of a KMS bundle — and the parts' SHA-1s in the signed manifest prove the bytes."""
+copy-bundle server-side into and out of a KMS bucket, publish relayed into a KMS region,
+download and unbundle of a KMS bundle — and the parts' SHA-1s in the signed manifest prove the
+bytes."""
 
 from __future__ import annotations
 
@@ -176,6 +177,40 @@ def test_copy_bundle_server_side_into_a_kms_bucket(capsys, endpoint, proxy, sour
     [image] = plain_client("ec2", endpoint, REGION_B).describe_images(
         ImageIds=[result["image_id"]])["Images"]
     assert image["Name"] == name
+
+
+def test_copy_bundle_server_side_out_of_a_kms_bucket(capsys, endpoint, s3, tmp_path, user_keys,
+                                                     ec2_keys, region_b):
+    key, cert = user_keys
+    source = kms_bucket(s3)
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as fh:
+        fh.write(os.urandom(2 * MIB))
+    digest = hashlib.sha1(image.read_bytes()).hexdigest()
+    argv = install_argv(image, user_keys, endpoint, bucket=f"{source}/src", ec2cert=ec2_keys[1],
+                        name="disk", register=False)
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    s3_b = plain_client("s3", endpoint, REGION_B)
+    dest = f"plain-{uuid.uuid4().hex[:12]}"
+    code, out, err = run(capsys, "copy-bundle", "-c", str(cert), "-k", str(key),
+                         "-m", "disk.manifest.xml", "-b", f"{source}/src", "-d", f"{dest}/copied",
+                         "--region", REGION_B, "--ec2cert", str(region_b.cert_path),
+                         "--endpoint-url", endpoint, "--json")
+    assert code == 0, err  # a plaintext copy's MD5 ETag is not the KMS source's ETag
+    result = json.loads(out)
+    assert result["mode"] == "server"
+    stored = keys_in(s3_b, dest, "copied/")
+    for name, (_, etag) in stored.items():  # plaintext copies: MD5 ETags again
+        assert etag == hashlib.md5(s3_b.get_object(Bucket=dest, Key=name)["Body"].read()
+                                   ).hexdigest()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, _, err = run(capsys, "unbundle", "--from-s3", "-m", result["image_location"],
+                       "-k", str(key), "-c", str(cert), "-d", str(out_dir),
+                       "--endpoint-url", endpoint)
+    assert code == 0, err
+    assert hashlib.sha1((out_dir / "disk").read_bytes()).hexdigest() == digest
 
 
 @pytest.fixture

@@ -16,18 +16,24 @@ OTHER = "f" * 32
 
 
 class Answering:
-    """A client whose CopyObject answers ``resp``."""
+    """A client whose CopyObject answers ``resp`` and whose HEAD of the source ``head``."""
 
-    def __init__(self, resp: dict[str, Any]) -> None:
-        self.resp = resp
+    def __init__(self, resp: dict[str, Any], head: dict[str, Any] | None = None) -> None:
+        self.resp, self.head = resp, head or {}
+        self.heads = 0
 
     def copy_object(self, **params: Any) -> dict[str, Any]:
         return self.resp
 
+    def head_object(self, **params: Any) -> dict[str, Any]:
+        assert params == {"Bucket": "src", "Key": "a"}
+        self.heads += 1
+        return self.head
 
-def copy(resp: dict[str, Any]) -> str:
-    return copy_object(Answering(resp), ("src", "a"), "dst", "a", etag=MD5,  # type: ignore[arg-type]
-                       attempts=1)
+
+def copy(resp: dict[str, Any], head: dict[str, Any] | None = None) -> str:
+    return copy_object(Answering(resp, head), ("src", "a"), "dst", "a",  # type: ignore[arg-type]
+                       etag=MD5, attempts=1)
 
 
 def test_a_plaintext_copy_with_another_etag_is_refused():
@@ -43,6 +49,17 @@ def test_a_plaintext_copy_with_another_etag_is_refused():
 def test_an_encrypted_copy_answers_an_etag_that_proves_nothing(sse):
     assert says_not_md5(sse)
     assert copy({"CopyObjectResult": {"ETag": f'"{OTHER}"'}, **sse}) == OTHER
+
+
+def test_a_plaintext_copy_of_a_kms_source_is_taken_with_its_md5():
+    # The source's listed ETag (MD5 here) was no MD5 when its HEAD says KMS: the copy's is.
+    client = Answering({"CopyObjectResult": {"ETag": f'"{OTHER}"'}},
+                       {"ServerSideEncryption": "aws:kms"})
+    assert copy_object(client, ("src", "a"), "dst", "a", etag=MD5,  # type: ignore[arg-type]
+                       attempts=1) == OTHER
+    assert client.heads == 1
+    with pytest.raises(IntegrityError, match="copy has ETag"):
+        copy({"CopyObjectResult": {"ETag": f'"{OTHER}"'}}, {"ServerSideEncryption": "AES256"})
 
 
 def test_plaintext_and_sse_s3_answers_are_md5s():
