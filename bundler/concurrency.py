@@ -25,6 +25,8 @@ from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, Generic, TypeVar
 
+from .interrupts import critical
+
 log = logging.getLogger("bundler.concurrency")
 
 T = TypeVar("T")
@@ -37,6 +39,28 @@ JOIN_TIMEOUT = 30.0
 
 
 # --------------------------------------------------------------------------- bounded executor
+
+
+class Executor(ThreadPoolExecutor):
+    """The thread pool every pool of the product is.
+
+    ``ThreadPoolExecutor.submit`` starts its threads lazily, and ``Thread.start`` waits for the
+    new thread to run: a signal raising ``Interrupted`` in that wait leaves a thread running
+    that the pool never recorded, so ``shutdown(wait=True)`` and the interpreter's exit do not
+    wait for it, and it goes on writing or uploading while the clean-up runs. Here a submit is
+    a critical section: the signal is raised once the thread is the pool's."""
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        with critical():
+            return super().submit(fn, *args, **kwargs)
+
+
+def start_thread(thread: threading.Thread) -> threading.Thread:
+    """``thread.start()`` that a signal cannot split (see ``Executor``): once it returns or
+    raises ``Interrupted``, the caller holds a thread that is running."""
+    with critical():
+        thread.start()
+    return thread
 
 
 class BoundedExecutor:
@@ -52,7 +76,7 @@ class BoundedExecutor:
     ) -> None:
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, not {jobs}")
-        self._executor = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix=name)
+        self._executor = Executor(max_workers=jobs, thread_name_prefix=name)
         self._slots = threading.BoundedSemaphore(limit if limit is not None else 2 * jobs)
         self._futures: list[Future[Any]] = []
         self._error: BaseException | None = None
@@ -141,7 +165,7 @@ def run_all(
     """
     if not tasks:
         return []
-    with ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix=name) as pool:
+    with Executor(max_workers=len(tasks), thread_name_prefix=name) as pool:
         return [pool.submit(task) for task in tasks]
 
 
@@ -164,7 +188,7 @@ def ordered_window(
     """
     if window < 1:
         raise ValueError(f"window must be at least 1, not {window}")
-    executor = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix=name)
+    executor = Executor(max_workers=max(1, jobs), thread_name_prefix=name)
     pending: list[tuple[T, Future[R]]] = []
     todo = iter(items)
     end = object()
@@ -214,7 +238,7 @@ class BackgroundStage(Generic[T]):
         # stopped, and an abort after it would then not wait for the item in progress.
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        start_thread(self._thread)
 
     def _run(self) -> None:
         try:
@@ -290,7 +314,7 @@ class Prefetch(Generic[T]):
         self._queue: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        start_thread(self._thread)
 
     def _put(self, entry: tuple[object, BaseException | None]) -> bool:
         while not self._stop.is_set():
@@ -372,7 +396,7 @@ class BackgroundTask:
                     self.error = exc
 
         self._thread = threading.Thread(target=run, name=self._name, daemon=True)
-        self._thread.start()
+        start_thread(self._thread)
         return True
 
     def join(self) -> None:
@@ -386,8 +410,10 @@ __all__ = [
     "BackgroundStage",
     "BackgroundTask",
     "BoundedExecutor",
+    "Executor",
     "Prefetch",
     "ordered_window",
     "run_all",
     "run_parallel",
+    "start_thread",
 ]

@@ -57,12 +57,14 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from types import ModuleType
 
 from bundler.errors import ArchiveError, UsageError
 from bundler.stagetimes import NULL_TIMES, StageTimes
+
+from .concurrency import Executor
 
 log = logging.getLogger("bundler.deflate")
 
@@ -385,7 +387,7 @@ class ParallelGzipWriter:
         self._block_size = settings.block_size
         self._expected_size = expected_size
         self._max_pending = max_pending
-        self._executor = ThreadPoolExecutor(max_workers=workers,
+        self._executor = Executor(max_workers=workers,
                                             thread_name_prefix="bundler-deflate")
         # (future, uncompressed length) in submission order = output order.
         self._pending: collections.deque[tuple[Future[tuple[bytes, int]], int]] = (

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..concurrency import start_thread
 from ..errors import BundlerError
 from ..interrupts import critical
 from ..volume import partition as partlib
@@ -153,7 +154,7 @@ class Debugfs:
                                              stderr=subprocess.PIPE)
                 self._stderr = threading.Thread(target=self._read_stderr, daemon=True,
                                                 name="ami-bundler-check-debugfs")
-                self._stderr.start()
+                start_thread(self._stderr)
             return self.proc
 
     def _read_stderr(self) -> None:

@@ -15,6 +15,8 @@ import threading
 import zlib
 from collections.abc import Iterator
 
+from ..concurrency import start_thread
+
 MAX_BYTES = 512 * 1024 * 1024     # an initramfs larger than this is not read
 CHUNK = 1024 * 1024
 _MAGICS = (b"070701", b"070702")
@@ -72,7 +74,7 @@ def _through_tool(name: str, data: memoryview) -> Iterator[bytes]:
                 pass
 
     writer = threading.Thread(target=feed, daemon=True)
-    writer.start()
+    start_thread(writer)
     try:
         while True:
             out = proc.stdout.read(CHUNK)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import botocore.exceptions as bexc
 
 from ..aws import NO_SUCH_OBJECT, error_code, is_not_found
+from ..concurrency import start_thread
 from ..errors import S3Error
 from ..parts import pid_alive
 from .location import S3Location
@@ -148,7 +149,7 @@ class UploadLock:
             if not self._take():
                 return
         self._thread = threading.Thread(target=self._renew, name="ami-bundler-lock", daemon=True)
-        self._thread.start()
+        start_thread(self._thread)
 
     def _take(self) -> bool:
         """Create the lock or take over a stale one; False when the endpoint cannot guard it."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..concurrency import start_thread
 from ..errors import OutputError, UsageError, VolumeError
 from ..newfiles import private_directory
 from ..parts import VOLUME_KIND, DirectorySink, remove_stale, temp_name
@@ -426,7 +427,7 @@ def _build(config: VolumeConfig, private: Path, timings: dict[str, float], t0: f
         # CPU-bound bundling instead of adding to the wall time.
         cleaner = threading.Thread(target=stagelib.remove_tree, args=(staging,),
                                    name="staging-cleanup", daemon=True)
-        cleaner.start()
+        start_thread(cleaner)
         if config.fsck:
             t = time.monotonic()
             imagefs.fsck(tmp_image, offset=layout.fs_offset, fs_type=fs_type)

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..concurrency import start_thread
 from ..errors import VolumeError
 from ..tools import which
 from . import safefs, secrets_filter
@@ -134,7 +135,7 @@ class Debugfs:
         self.threads = [threading.Thread(target=f, name=f"ami-bundler-debugfs-{n}", daemon=True)
                         for n, f in (("out", self._read_out), ("err", self._read_err))]
         for t in self.threads:
-            t.start()
+            start_thread(t)
 
     def send(self, line: str) -> int:
         """Queue one command; returns its number."""

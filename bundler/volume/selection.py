@@ -38,12 +38,13 @@ import stat
 import struct
 from collections import deque
 from collections.abc import Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
+from ..concurrency import Executor
 from ..errors import VolumeError
 from . import safefs, secrets_filter
 from .safefs import Identity, display
@@ -379,7 +380,7 @@ class _Walker:
         self.warnings: list[str] = []
         self.root_dev = 0
         self.dir_ids: dict[str, Identity] = {}
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool: Executor | None = None
         self.scans: deque[Future] = deque()
         self.scan_results: list[tuple[str, str | None, str | None]] = []
 
@@ -415,7 +416,7 @@ class _Walker:
             self.dir_ids[""] = Identity.of(st)
             cursor = safefs.DirCursor(root_fd, self.dir_ids.get)
             if self.c.secret_filter:
-                self.pool = ThreadPoolExecutor(SCAN_WORKERS, thread_name_prefix="secret-scan")
+                self.pool = Executor(SCAN_WORKERS, thread_name_prefix="secret-scan")
             try:
                 self.walk(cursor)
                 self.finish_scans()

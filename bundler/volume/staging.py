@@ -36,10 +36,11 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..concurrency import Executor
 from ..errors import VolumeError
 from . import safefs
 from .safefs import Identity, display, split_rel
@@ -125,7 +126,7 @@ class _Stager:
         src_root = src.root_fd
         dst = safefs.DirCursor(safefs.open_root(self.staging), owns_root=True)
         dst_root = dst.root_fd
-        pool = ThreadPoolExecutor(max(1, self.workers), thread_name_prefix="stage-copy")
+        pool = Executor(max(1, self.workers), thread_name_prefix="stage-copy")
         pending: deque[Future] = deque()
         dirs: list[tuple[str, Entry]] = []
         # Files are opened, created and copied by the workers, a batch of one directory's
