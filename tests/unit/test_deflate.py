@@ -11,11 +11,11 @@ import threading
 import time
 import tracemalloc
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from bundler import deflate
+from bundler.concurrency import Executor
 from bundler.deflate import (
     CompressionSettings,
     GzipDecoder,
@@ -322,7 +322,7 @@ def test_blocks_in_flight_never_exceed_max_pending(
     emitted = 0
     high = 0
 
-    class CountingExecutor(ThreadPoolExecutor):
+    class CountingExecutor(Executor):
         def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def, override]
             nonlocal submitted, high
             submitted += 1
@@ -334,7 +334,7 @@ def test_blocks_in_flight_never_exceed_max_pending(
         time.sleep(0.002)
         emitted += 1
 
-    monkeypatch.setattr(deflate, "ThreadPoolExecutor", CountingExecutor)
+    monkeypatch.setattr(deflate, "Executor", CountingExecutor)
     w = ParallelGzipWriter(slow_out, _small("fast"), workers=workers, max_pending=max_pending)
     limit = max_pending if max_pending is not None else 2 * workers + 2
     data = _text(30 * BLOCK)
