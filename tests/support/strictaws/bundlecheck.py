@@ -98,14 +98,18 @@ def _readable(account: str, region: str, bucket: str, key: str, what: str) -> An
 
 
 def _unwrap(key: Any, hex_text: str | None, what: str) -> bytes:
+    # OpenSSL answers a PKCS#1 v1.5 padding failure with a pseudo-random plaintext ("implicit
+    # rejection"), not an error: a wrong region's key shows only as a value that is not the
+    # 32 hex digits of an AES-128 key/IV (sometimes an empty one), so every such shape is that.
     try:
         plain = key.decrypt(bytes.fromhex((hex_text or "").strip()), asym_padding.PKCS1v15())
         value = bytes.fromhex(plain.decode("ascii"))  # the classic format wraps the hex string
     except ValueError:
-        raise _invalid(f"Unable to decrypt {what} with this region's EC2 key: the bundle was made "
-                       "for another region's EC2 certificate") from None
+        value = b""
     if len(value) != 16:
-        raise _invalid(f"{what} does not decrypt to an AES-128 value")
+        raise _invalid(f"Unable to decrypt {what} with this region's EC2 key: the bundle was made "
+                       "for another region's EC2 certificate, or the value is not an AES-128 "
+                       "key/IV")
     return value
 
 
