@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_install import cpu_seconds  # noqa: E402
-from bench_upload import MIB, local_env, start  # noqa: E402
+from bench_upload import MIB, local_env, print_timeline, start  # noqa: E402
 
 CLI = [sys.executable, "-m", "bundler"]
 USER = "123456789012"
@@ -66,21 +66,6 @@ def run(name: str, cmd: list[str] | str, env: dict[str, str], *, shell: bool = F
         err = proc.stderr.read().decode() if proc.stderr else ""
         raise SystemExit(f"{name} failed:\n{err}")
     return Step(name, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, launched)
-
-
-def print_timeline(trace: Path, step: Step) -> None:
-    """The requests the proxy saw during ``step``, relative to its launch."""
-    end = step.started + step.wall
-    rows = []
-    for line in trace.read_text().splitlines():
-        began, ended, method, path, status, size = line.split(" ", 5)
-        if step.started <= float(began) <= end:
-            rows.append((float(began) - step.started, float(ended) - step.started, method, path,
-                         status, int(size)))
-    print(f"  timeline of {step.name} (s from launch; ends {step.wall:.2f}):")
-    for began, ended, method, path, status, size in sorted(rows):
-        body = f" {size / MIB:.1f} MiB" if size > 65536 else ""
-        print(f"    {began:6.2f} {ended:6.2f} {method:6s} {status} {path[:70]}{body}")
 
 
 # --------------------------------------------------------------------------- the classic upload
@@ -285,7 +270,7 @@ def main() -> int:
                         *([] if args.check else ["--no-check"])], env)
             endpoint_after = cpu_seconds(moto, proxy)
             if args.timeline:
-                print_timeline(work / "trace", ours)
+                print_timeline(work / "trace", ours.started, ours.wall, ours.name, width=70)
             print(f"\n{image_name} ({image.stat().st_size / MIB:.0f} MiB), load average "
                   f"{load:.2f}", flush=True)
             ratio = None

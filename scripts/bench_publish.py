@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_multiregion import cpu_seconds, make_image, reset  # noqa: E402
-from bench_upload import MIB, local_env, start  # noqa: E402
+from bench_upload import MIB, local_env, print_timeline, start  # noqa: E402
 
 from bundler.transfer import DEFAULT_JOBS  # noqa: E402
 
@@ -186,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{tl.client_cpu:.1f}/{tl.server_cpu:.1f})", file=sys.stderr)
             load_after = os.getloadavg()
             if args.timeline and many:
-                print_timeline(work / "trace", one[-1], "1 region")
-                print_timeline(work / "trace", many[-1], f"{len(regions)} regions")
+                print_timeline(work / "trace", one[-1].launched, one[-1].wall, "1 region",
+                               indent="", file=sys.stderr)
+                print_timeline(work / "trace", many[-1].launched, many[-1].wall,
+                               f"{len(regions)} regions", indent="", file=sys.stderr)
         finally:
             for helper in helpers:
                 helper.terminate()
@@ -224,22 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     print(readme_row(report, regions=len(regions), when=time.strftime("%H:%M UTC",
                                                                       time.gmtime())))
     return 0
-
-
-def print_timeline(trace: Path, run: Run, what: str) -> None:
-    """The requests the proxy saw during ``run``, in seconds from its launch."""
-    end = run.launched + run.wall
-    rows = []
-    for line in trace.read_text().splitlines():
-        began, ended, method, path, status, size = line.split(" ", 5)
-        if run.launched <= float(began) <= end:
-            rows.append((float(began) - run.launched, float(ended) - run.launched, method, path,
-                         status, int(size)))
-    print(f"timeline of {what} (s from launch; ends {run.wall:.2f}):", file=sys.stderr)
-    for began, ended, method, path, status, size in sorted(rows):
-        body = f" {size / MIB:.1f} MiB" if size > 65536 else ""
-        print(f"  {began:6.2f} {ended:6.2f} {method:6s} {status} {path[:90]}{body}",
-              file=sys.stderr)
 
 
 def readme_row(r: dict, *, regions: int, when: str) -> str:

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -94,6 +95,24 @@ def upload(manifest: Path, endpoint: str, bucket: str, jobs: int,
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"upload with --jobs {jobs} failed")
     return json.loads(out)["seconds"], wall, usage.ru_maxrss / 1024  # ru_maxrss is KiB on Linux
+
+
+def print_timeline(trace: Path, launched: float, wall: float, title: str, *,
+                   indent: str = "  ", width: int = 90, file: Any = None) -> None:
+    """The requests the latency proxy traced (``--trace``) while a run started at ``launched``
+    (monotonic) lasted ``wall`` seconds, in seconds from its launch."""
+    end = launched + wall
+    rows = []
+    for line in trace.read_text().splitlines():
+        began, ended, method, path, status, size = line.split(" ", 5)
+        if launched <= float(began) <= end:
+            rows.append((float(began) - launched, float(ended) - launched, method, path,
+                         status, int(size)))
+    print(f"{indent}timeline of {title} (s from launch; ends {wall:.2f}):", file=file)
+    for began, ended, method, path, status, size in sorted(rows):
+        body = f" {size / MIB:.1f} MiB" if size > 65536 else ""
+        print(f"{indent}  {began:6.2f} {ended:6.2f} {method:6s} {status} {path[:width]}{body}",
+              file=file)
 
 
 def main() -> int:
