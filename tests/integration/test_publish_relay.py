@@ -8,14 +8,13 @@ anywhere looks published. A re-run completes what is missing."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 
 import pytest
 
 from bundler.errors import S3Error
-from tests.support.cli import ACCOUNT, KIB, MIB, publish_runner, write_publish_plan
+from tests.support.cli import ACCOUNT, publish_runner, relay_image, write_publish_plan
 from tests.support.s3kit import inspect_bundles, list_keys, plain_client
 
 REGIONS = ("us-east-1", "eu-west-1", "eu-central-1")
@@ -23,15 +22,8 @@ REGIONS = ("us-east-1", "eu-west-1", "eu-central-1")
 
 @pytest.fixture
 def plan(tmp_path: Path, user_keys, monkeypatch) -> tuple[str, Path]:
-    import bundler.pipeline
-
-    monkeypatch.setattr(bundler.pipeline, "PART_SIZE", 64 * KIB)
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")
     tag = uuid.uuid4().hex[:8]
-    image = tmp_path / "disk.img"
-    with open(image, "wb") as fh:  # 640 KiB that does not compress: 11 parts of 64 KiB
-        fh.write(os.urandom(640 * KIB))
-        fh.truncate(MIB)
+    image = relay_image(tmp_path, monkeypatch)
     path = tmp_path / "plan.toml"
     write_publish_plan(path, f"relay-{tag}", REGIONS, f"relay-{tag}-{{region}}/amis", image,
                        user_keys)

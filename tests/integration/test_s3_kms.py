@@ -29,6 +29,7 @@ from tests.support.cli import (
     install_argv,
     keys_in,
     publish_runner,
+    relay_image,
     run,
     upload,
     write_publish_plan,
@@ -167,16 +168,23 @@ def test_copy_bundle_server_side_into_a_kms_bucket(capsys, endpoint, proxy, sour
     seen = inspect_bundles(s3_b, dest, "copied/")
     assert seen.ok and seen.complete == ["disk.manifest.xml"] and not seen.locks, seen.wrong
 
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    code, _, err = run(capsys, "unbundle", "--from-s3", "-m", result["image_location"],
-                       "-k", str(key), "-c", str(cert), "-d", str(out_dir),
-                       "--endpoint-url", endpoint)
-    assert code == 0, err
-    assert hashlib.sha1((out_dir / "disk").read_bytes()).hexdigest() == digest
+    assert_unbundles_to(capsys, endpoint, result["image_location"], user_keys, tmp_path, digest)
     [image] = plain_client("ec2", endpoint, REGION_B).describe_images(
         ImageIds=[result["image_id"]])["Images"]
     assert image["Name"] == name
+
+
+def assert_unbundles_to(capsys, endpoint: str, location: str, user_keys, tmp_path: Path,
+                        digest: str) -> None:
+    """``unbundle --from-s3`` of the bundle at ``location`` gives back the image of SHA-1
+    ``digest``."""
+    key, cert = user_keys
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    code, _, err = run(capsys, "unbundle", "--from-s3", "-m", location, "-k", str(key),
+                       "-c", str(cert), "-d", str(out_dir), "--endpoint-url", endpoint)
+    assert code == 0, err
+    assert hashlib.sha1((out_dir / "disk").read_bytes()).hexdigest() == digest
 
 
 def test_copy_bundle_server_side_out_of_a_kms_bucket(capsys, endpoint, s3, tmp_path, user_keys,
@@ -204,26 +212,13 @@ def test_copy_bundle_server_side_out_of_a_kms_bucket(capsys, endpoint, s3, tmp_p
     for name, (_, etag) in stored.items():  # plaintext copies: MD5 ETags again
         assert etag == hashlib.md5(s3_b.get_object(Bucket=dest, Key=name)["Body"].read()
                                    ).hexdigest()
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    code, _, err = run(capsys, "unbundle", "--from-s3", "-m", result["image_location"],
-                       "-k", str(key), "-c", str(cert), "-d", str(out_dir),
-                       "--endpoint-url", endpoint)
-    assert code == 0, err
-    assert hashlib.sha1((out_dir / "disk").read_bytes()).hexdigest() == digest
+    assert_unbundles_to(capsys, endpoint, result["image_location"], user_keys, tmp_path, digest)
 
 
 @pytest.fixture
 def kms_plan(tmp_path: Path, user_keys, endpoint, monkeypatch) -> tuple[str, Path]:
-    import bundler.pipeline
-
-    monkeypatch.setattr(bundler.pipeline, "PART_SIZE", 64 * KIB)
-    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")
     tag = uuid.uuid4().hex[:8]
-    image = tmp_path / "disk.img"
-    with open(image, "wb") as fh:  # 640 KiB that does not compress: 11 parts of 64 KiB
-        fh.write(os.urandom(640 * KIB))
-        fh.truncate(MIB)
+    image = relay_image(tmp_path, monkeypatch)
     kms_bucket(plain_client("s3", endpoint, "eu-west-1"), f"kms-{tag}-eu-west-1", "eu-west-1")
     path = tmp_path / "plan.toml"
     write_publish_plan(path, f"kms-{tag}", ("us-east-1", "eu-west-1"),

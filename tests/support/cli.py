@@ -31,6 +31,20 @@ def run(capsys, *argv: object) -> tuple[int, str, str]:
     return code, out, err
 
 
+def relay_image(tmp_path: Path, monkeypatch) -> Path:
+    """A 1 MiB raw image whose first 640 KiB do not compress, bundled in 64 KiB parts (11):
+    enough parts for a relay's copies to overlap its upload, in well under a second."""
+    import bundler.pipeline
+
+    monkeypatch.setattr(bundler.pipeline, "PART_SIZE", 64 * KIB)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as fh:
+        fh.write(os.urandom(640 * KIB))
+        fh.truncate(MIB)
+    return image
+
+
 def write_publish_plan(path: Path, name: str, regions: Sequence[str], bucket: str, image: Path,
                        user_keys: tuple[Path, Path], *, account: str = ACCOUNT) -> None:
     """A plan of ``image`` (raw) as AMIs ``NAME-{date}`` in ``regions`` of ``account``, into
