@@ -20,11 +20,15 @@ from .api import (
     unbundle,
     verify,
 )
+from .bundlerun import BundleKeys, BundleOptions, BundleResult
+from .bundling import bundle
+from .dirsink import DirectorySink
+from .dirsource import DirectorySource
 from .errors import BundlerError
 from .manifest import Manifest, ParsedManifest, PartEntry, parse_manifest
-from .parts import DirectorySink, DirectorySource, Part, PartSink, PartSource
-from .pipeline import BundleKeys, BundleOptions, BundleResult, UnbundleResult, bundle
+from .parts import Part, PartSink, PartSource
 from .source import open_image
+from .unbundling import UnbundleResult
 
 __all__ = [
     "BundleKeys", "BundleOptions", "BundleResult", "BundlerError", "DirectorySink",

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from . import ec2certs
 from . import keys as keylib
+from .bundlerun import BundleKeys, BundleOptions, BundleResult
+from .bundling import bundle
+from .dirsink import DirectorySink
+from .dirsource import DirectorySource
 from .errors import (
     IntegrityError,
     OutputError,
@@ -26,11 +30,10 @@ from .manifest import (
     part_mismatch,
     validate_name,
 )
-from .parts import DirectorySink, DirectorySource
-from .pipeline import BundleKeys, BundleOptions, BundleResult, UnbundleResult, bundle
-from .pipeline import unbundle as unbundle_parts
 from .progress import NULL_PROGRESS, ProgressListener
 from .source import open_image
+from .unbundling import UnbundleResult
+from .unbundling import unbundle as unbundle_parts
 
 log = logging.getLogger("bundler.api")
 

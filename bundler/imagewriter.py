@@ -12,16 +12,12 @@ from pathlib import Path
 from typing import Protocol
 
 from .concurrency import BackgroundTask
+from .destlock import DestinationLock
 from .errors import OutputError
 from .interrupts import critical
-from .parts import (
-    TEMP_MARK,
-    UNBUNDLE_KIND,
-    DestinationLock,
-    remove_stale,
-    temp_name,
-    why_write_failed,
-)
+from .stale import remove_stale
+from .tempnames import TEMP_MARK, UNBUNDLE_KIND, temp_name
+from .writeerrors import why_write_failed
 
 log = logging.getLogger("bundler.imagewriter")
 

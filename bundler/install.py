@@ -40,13 +40,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
+from .bundlerun import BundleKeys, BundleOptions, BundleResult
+from .bundling import bundle
 from .concurrency import run_all
 from .ec2 import RegisterOptions, preflight, register_image, wait_available
 from .errors import BundlerError, S3Error, UsageError
 from .manifest import ParsedManifest, parse_manifest
 from .multiregion import FanOutSink, region_manifest
 from .parts import PartSink
-from .pipeline import BundleKeys, BundleOptions, BundleResult, bundle
 from .progress import labelled
 from .regions import same_partition
 from .rerun import ExistingBundle, ImageFingerprint, existing_bundle, find_registered

@@ -21,12 +21,12 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from . import migrate as migratelib
+from .bundlerun import BundleKeys
 from .concurrency import run_all
 from .errors import BundlerError, S3Error
 from .interrupts import critical
 from .manifest import ParsedManifest
 from .parts import Part, PartSink
-from .pipeline import BundleKeys
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey

@@ -119,8 +119,8 @@ class ThreadSampler:
 
 def profile(image: Path, level: str, keys: Path, out: Path) -> dict:
     imported = time.perf_counter()
+    from bundler.dirsink import DirectorySink
     from bundler.images import open_source  # any image format (raw: open_image)
-    from bundler.parts import DirectorySink
     from bundler.pipeline import BundleKeys, BundleOptions, bundle
     from bundler.stagetimes import StageTimes
 

@@ -52,8 +52,8 @@ def private_dir(work_dir: Path | None = None) -> Iterator[Path]:
 def unbundled_image(parsed, source: PartSource, private_key, *, verify_key=None,
                     work_dir: Path | None = None, progress=None) -> Iterator[Path]:
     """The bundle's image as a private temporary sparse file, verified; removed on exit."""
-    from ..pipeline import unbundle
     from ..progress import NULL_PROGRESS
+    from ..unbundling import unbundle
 
     with private_dir(work_dir) as tmp:
         writer = _PrivateImageWriter(tmp, "image")

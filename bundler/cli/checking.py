@@ -63,7 +63,7 @@ def _bundle_inputs(args: argparse.Namespace, printer: Printer) -> tuple[Any, Any
         source: PartSource = S3PartSource(client, location, transfer=aws.transfer)
     else:
         from .. import api
-        from ..parts import DirectorySource
+        from ..dirsource import DirectorySource
 
         manifest = Path(args.manifest)
         parsed = api.read_manifest(manifest, args.privatekey)

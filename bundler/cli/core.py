@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import api
+from ..bundling import bundle
+from ..dirsink import DirectorySink
 from ..errors import UsageError
-from ..parts import DirectorySink
-from ..pipeline import bundle
 from .common import Printer, count, ensure_directory, remove_if_empty
 from .context import AwsContext, add_aws_options, add_jobs_option
 from .inputs import (
@@ -146,8 +146,8 @@ def run_unbundle(args: argparse.Namespace, printer: Printer) -> int:
 def _unbundle_from_s3(args: argparse.Namespace, printer: Printer) -> Any:
     """``unbundle --from-s3 -m BUCKET/PREFIX/NAME.manifest.xml``: S3 → image, no parts on disk."""
     from ..keys import load_private_key, load_public_key
-    from ..pipeline import unbundle
     from ..s3 import S3PartSource, load_remote_manifest, split_manifest_location
+    from ..unbundling import unbundle
 
     location, name = split_manifest_location(str(args.manifest), "-m")
     private_key = load_private_key(args.privatekey)

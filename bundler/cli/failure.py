@@ -44,7 +44,7 @@ def failure_of(exc: BaseException) -> Failure:
     if isinstance(exc, OSError):
         # A system call on a path the user gave failed where no check expected it (a name too
         # long, a device, an I/O error): still one line naming the file, exit code "input".
-        from ..parts import why_write_failed
+        from ..writeerrors import why_write_failed
 
         where = exc.filename if exc.filename is not None else ""
         shown = str(where) if len(str(where)) <= 120 else str(where)[:120] + "…"

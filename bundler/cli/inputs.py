@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 from .. import ec2certs
+from ..bundlerun import BundleKeys, BundleOptions, BundleResult
 from ..errors import UsageError
 from ..images import FORMATS as IMAGE_FORMATS
 from ..images import open_source, stdin_stream
 from ..manifest import parse_block_device_mapping, parse_product_codes, validate_name
-from ..pipeline import BundleKeys, BundleOptions, BundleResult
 from ..source import ImageSource, StreamImageSource
 from .common import account_id, count, detect_arch, require
 

@@ -36,8 +36,8 @@ from .registration import add_register_options, register_options_from_args
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
 
+    from ..bundlerun import BundleKeys, BundleOptions
     from ..install import InstallResult
-    from ..pipeline import BundleKeys, BundleOptions
     from ..source import ImageSource
 
 T = TypeVar("T")
@@ -394,10 +394,10 @@ def _install_regions(args: argparse.Namespace, printer: Printer) -> int:
 
 def _install_regions_checked(args: argparse.Namespace, printer: Printer,
                              check: _ImageCheck) -> int:
+    from ..bundlerun import BundleKeys
     from ..ec2certs import partition_cert_name
     from ..install import RegionTarget, install
     from ..keys import load_public_key
-    from ..pipeline import BundleKeys
     from ..regions import bucket_map, parse_regions
 
     if args.region:

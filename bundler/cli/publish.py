@@ -173,9 +173,9 @@ def _human(result: Any) -> list[str]:
 def _publish(args: argparse.Namespace, printer: Printer, plan: Any) -> Any:
     from .. import ec2certs
     from ..aws import ec2_client, s3_client
+    from ..bundlerun import BundleKeys
     from ..images import open_source
     from ..keys import load_public_key
-    from ..pipeline import BundleKeys
     from ..publish.accounts import open_accounts
     from ..publish.engine import Connection, PublishOptions, RegionKey, publish
     from ..publish.plan import publish_time

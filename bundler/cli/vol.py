@@ -13,7 +13,7 @@ from .common import Printer, count, ensure_directory, remove_if_empty
 from .inputs import add_bundle_options, add_cert_region_option, bundle_human
 
 if TYPE_CHECKING:  # the volume package loads only when bundle-vol runs
-    from ..pipeline import BundleOptions
+    from ..bundlerun import BundleOptions
     from ..volume import VolumeConfig
     from ..volume.selection import Selection
 

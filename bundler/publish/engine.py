@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 from ..aws import ec2_errors
+from ..bundlerun import BundleKeys, BundleOptions
 from ..concurrency import run_all
 from ..ec2 import (
     RegisterOptions,
@@ -37,7 +38,6 @@ from ..ec2 import (
 from ..errors import BundlerError, ReplaceRefusedError
 from ..install import RegionTarget, install
 from ..inuse import InUse
-from ..pipeline import BundleKeys, BundleOptions
 from ..regions import partition_of
 from ..rerun import ImageFingerprint
 from ..source import ImageSource

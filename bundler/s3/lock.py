@@ -18,7 +18,7 @@ import botocore.exceptions as bexc
 from ..aws import NO_SUCH_OBJECT, error_code, is_not_found
 from ..concurrency import start_thread
 from ..errors import S3Error
-from ..parts import pid_alive
+from ..stale import pid_alive
 from .location import S3Location
 from .objects import DEFAULT_ACL, DEFAULT_ATTEMPTS, RETRY_ATTEMPTS, s3_errors, with_attempts
 

@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from ..concurrency import start_thread
+from ..dirsink import DirectorySink
 from ..errors import OutputError, UsageError, VolumeError
 from ..newfiles import private_directory
-from ..parts import VOLUME_KIND, DirectorySink, remove_stale, temp_name
 from ..progress import NULL_PROGRESS, ProgressListener
+from ..stale import remove_stale
+from ..tempnames import VOLUME_KIND, temp_name
 from . import bootloader as bootlib
 from . import ext4feed, imagefs, loopdev, partition
 from . import fstab as fstablib
@@ -446,7 +448,7 @@ def _build(config: VolumeConfig, private: Path, timings: dict[str, float], t0: f
                               fs_type=fs_type, fs_type_reason=fs_why,
                               selinux=selinux_state, menu_changes=menu_changes)
         if not config.clone_only:
-            from ..pipeline import bundle
+            from ..bundling import bundle
             from ..source import open_image
 
             t = time.monotonic()

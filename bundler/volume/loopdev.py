@@ -125,7 +125,8 @@ def release_stale(work: Path) -> None:
     """Unmount what killed bundle-vol runs left mounted in their work directories under
     ``work`` (``.ami-bundler-vol-PID-...``, PID gone) and detach the loop devices backing
     files there, so removing those directories removes nothing but our own files."""
-    from ..parts import TEMP_MARK, VOLUME_KIND, pid_alive
+    from ..stale import pid_alive
+    from ..tempnames import TEMP_MARK, VOLUME_KIND
 
     if os.geteuid() != 0:
         return

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from bundler.dirsink import DirectorySink
 from bundler.errors import ImageError
 from bundler.images import open_source
 from bundler.images.compressed import CompressedImageSource
 from bundler.images.disk import DiskImageSource
 from bundler.imagetar import tar_digest
 from bundler.localmanifest import read_manifest
-from bundler.parts import DirectorySink
 from bundler.pipeline import BundleKeys, BundleOptions, bundle
 from bundler.rerun import ImageFingerprint
 from bundler.source import FileImageSource, ImageSource, StreamImageSource

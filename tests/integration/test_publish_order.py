@@ -160,9 +160,9 @@ def test_publish_relay_order_copies_overlap_the_upload(
     """publish to three regions of one account: bundled to the first, each part copied
     server-side to the other two as soon as it has landed (bundler.s3.relay). Each relayed
     bucket follows the protocol's order, and its copies start while the upload still runs."""
-    import bundler.pipeline
+    import bundler.partcutter
 
-    monkeypatch.setattr(bundler.pipeline, "PART_SIZE", 64 * KIB)
+    monkeypatch.setattr(bundler.partcutter, "PART_SIZE", 64 * KIB)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")
     tag = uuid.uuid4().hex[:8]
     regions = ("us-east-1", "eu-west-1", "eu-central-1")

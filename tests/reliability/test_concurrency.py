@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from bundler.destlock import DestinationLock
+from bundler.dirsink import DirectorySink
 from bundler.errors import OutputError
 from bundler.imagewriter import FileImageWriter
-from bundler.parts import DestinationLock, DirectorySink, Part, remove_stale, temp_name
+from bundler.parts import Part
+from bundler.stale import remove_stale
+from bundler.tempnames import temp_name
 from tests.support import crashkit
 from tests.support.crashkit import REPO, inspect_bundle_dir, inspect_image_dir
 
@@ -119,7 +123,7 @@ def test_different_bundles_into_one_directory_run_side_by_side(ws, tmp_path):
 HOLDER = """
 import sys, time
 from pathlib import Path
-from bundler.parts import DestinationLock
+from bundler.destlock import DestinationLock
 lock = DestinationLock(Path(sys.argv[1]), "bundle-x", "bundle x")
 lock.acquire()
 print("locked", flush=True)

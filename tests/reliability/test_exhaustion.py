@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from bundler import keys as keylib
+from bundler.dirsource import DirectorySource
 from bundler.errors import ArchiveError, BundlerError, IntegrityError, ManifestError
 from bundler.manifest import parse_manifest
-from bundler.parts import DirectorySource
 from bundler.pipeline import STREAM_SLACK, unbundle
 from bundler.tarstream import MemberInfo, data_padding, end_of_archive, member_header
 from tests.support import crashkit, harness

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.parts import TEMP_MARK
+from bundler.tempnames import TEMP_MARK
 from tests.support import crashkit
 from tests.support.crashkit import (
     REPO,

@@ -34,9 +34,9 @@ def run(capsys, *argv: object) -> tuple[int, str, str]:
 def relay_image(tmp_path: Path, monkeypatch) -> Path:
     """A 1 MiB raw image whose first 640 KiB do not compress, bundled in 64 KiB parts (11):
     enough parts for a relay's copies to overlap its upload, in well under a second."""
-    import bundler.pipeline
+    import bundler.partcutter
 
-    monkeypatch.setattr(bundler.pipeline, "PART_SIZE", 64 * KIB)
+    monkeypatch.setattr(bundler.partcutter, "PART_SIZE", 64 * KIB)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")
     image = tmp_path / "disk.img"
     with open(image, "wb") as fh:

@@ -31,7 +31,7 @@ import bundler.cli
 from bundler import api
 from bundler.errors import BundlerError
 from bundler.manifest import parse_manifest
-from bundler.parts import TEMP_MARK
+from bundler.tempnames import TEMP_MARK
 
 REPO = Path(__file__).resolve().parents[2]
 # Forked runs inherit what the parent imported: build the parser once so the command modules
@@ -115,9 +115,9 @@ def _run_in_child(body: Callable[[], int], part_size: int | None) -> int:
                 os.dup2(devnull, 2)
                 sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the child exits
             if part_size:
-                import bundler.pipeline
+                import bundler.partcutter
 
-                bundler.pipeline.PART_SIZE = part_size
+                bundler.partcutter.PART_SIZE = part_size
             code = body()
         except BaseException:  # noqa: BLE001 - the child must exit, whatever happened
             code = 71

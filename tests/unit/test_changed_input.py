@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from botocore.stub import Stubber
 
+from bundler.dirsink import DirectorySink
 from bundler.errors import ImageError
 from bundler.imagetar import tar_digest
 from bundler.inuse import images_using
-from bundler.parts import DirectorySink
 from bundler.pipeline import BundleKeys, BundleOptions, bundle
 from bundler.source import open_image
 

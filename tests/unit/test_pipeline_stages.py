@@ -12,11 +12,12 @@ import threading
 
 import pytest
 
-from bundler import parts as parts_module
-from bundler import pipeline
+from bundler import directio, dirsink, partcutter, pipeline
+from bundler.concurrency import BackgroundStage
+from bundler.dirsink import DirectorySink
 from bundler.errors import OutputError
-from bundler.parts import DirectorySink, Part
-from bundler.pipeline import AesCbcEncryptor, BackgroundStage, PartCutter
+from bundler.parts import Part
+from bundler.pipeline import AesCbcEncryptor, PartCutter
 from bundler.stagetimes import NULL_TIMES, StageTimes
 from tests.support.sinks import MemorySink
 
@@ -37,7 +38,7 @@ def reference_ciphertext(data: bytes) -> bytes:
                                    3 * SMALL_PART + 7])
 @pytest.mark.parametrize("threaded", [False, True])
 def test_aes_into_part_buffers_is_the_same_ciphertext_cut_exactly(monkeypatch, total, threaded):
-    monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
+    monkeypatch.setattr(partcutter, "PART_SIZE", SMALL_PART)
     data = os.urandom(total)
     sink = MemorySink()
     cutter = PartCutter(sink)
@@ -67,7 +68,7 @@ def test_aes_into_part_buffers_is_the_same_ciphertext_cut_exactly(monkeypatch, t
 
 
 def test_a_failing_part_store_surfaces_in_the_encrypting_thread(monkeypatch):
-    monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
+    monkeypatch.setattr(partcutter, "PART_SIZE", SMALL_PART)
 
     cutter = PartCutter(MemorySink(fail_put=0))
     cutter.stage = BackgroundStage(cutter.store, depth=1, name="ami-bundler-parts")
@@ -150,7 +151,7 @@ def test_a_part_that_cannot_be_synced_fails_the_commit_before_any_manifest(tmp_p
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 5, 1 << 20])
 def test_direct_writes_store_every_byte_of_aligned_and_unaligned_parts(tmp_path, size):
-    writer = parts_module.DirectWriter()
+    writer = directio.DirectWriter()
     data = os.urandom(size)
     try:
         writer.write(tmp_path / "p", data)
@@ -165,7 +166,7 @@ def test_direct_writes_store_every_byte_of_aligned_and_unaligned_parts(tmp_path,
 def test_direct_writes_from_a_mapped_view_need_no_copy_and_survive_misalignment(tmp_path, offset):
     # The pipeline's part buffers are anonymous maps: written from the view itself; a view
     # that does not start on a page (the kernel refuses it) goes through the aligned copy.
-    writer = parts_module.DirectWriter()
+    writer = directio.DirectWriter()
     size = 3 * 4096 + 77
     mapped = mmap.mmap(-1, offset + size)
     data = os.urandom(size)
@@ -205,7 +206,7 @@ class _Recording:
 @pytest.mark.parametrize("threaded", [False, True])
 def test_a_sink_done_with_part_data_gets_the_buffer_itself_and_buffers_are_reused(
         monkeypatch, threaded):
-    monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
+    monkeypatch.setattr(partcutter, "PART_SIZE", SMALL_PART)
     sink = _Recording()
     cutter = PartCutter(sink)
     if threaded:
@@ -224,7 +225,7 @@ def test_a_sink_done_with_part_data_gets_the_buffer_itself_and_buffers_are_reuse
 
 
 def test_a_sink_that_keeps_a_borrowed_view_cannot_read_another_part_through_it(monkeypatch):
-    monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
+    monkeypatch.setattr(partcutter, "PART_SIZE", SMALL_PART)
     sink = _Recording(keep=True)
     cutter = PartCutter(sink)
     cutter.write(os.urandom(3 * SMALL_PART))
@@ -237,7 +238,7 @@ def test_a_filesystem_without_direct_io_gets_plain_writes(tmp_path, monkeypatch)
     def refuse(self, path, data):
         raise OSError(errno.EINVAL, "Invalid argument")
 
-    monkeypatch.setattr(parts_module.DirectWriter, "write", refuse)
+    monkeypatch.setattr(directio.DirectWriter, "write", refuse)
     sink = DirectorySink(tmp_path)
     _bundle_into(sink, 3)
     assert sink._direct is None  # given up after the first refusal
@@ -248,7 +249,7 @@ def test_a_full_disk_during_a_direct_write_is_one_clear_error(tmp_path, monkeypa
     def full(self, path, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(parts_module.DirectWriter, "write", full)
+    monkeypatch.setattr(directio.DirectWriter, "write", full)
     sink = DirectorySink(tmp_path)
     with pytest.raises(OutputError, match="no space left"):
         _bundle_into(sink, 1)
@@ -257,7 +258,7 @@ def test_a_full_disk_during_a_direct_write_is_one_clear_error(tmp_path, monkeypa
 
 
 def test_without_fsync_no_sync_thread_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(parts_module, "BackgroundStage", None)  # would fail if used
+    monkeypatch.setattr(dirsink, "BackgroundStage", None)  # would fail if used
     _bundle_into(DirectorySink(tmp_path, fsync=False), 2)
     assert (tmp_path / "img.manifest.xml").exists()
 
@@ -323,7 +324,7 @@ def test_a_part_buffer_sized_to_a_small_bundle_grows_when_more_arrives(monkeypat
                                                                           total):
     # ``capacity`` is the bundle's expected size: smaller buffers for small bundles, and a hint
     # only, so a stream longer than it (a wrong estimate) is still cut into whole parts.
-    monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
+    monkeypatch.setattr(partcutter, "PART_SIZE", SMALL_PART)
     data = os.urandom(total)
     sink = MemorySink()
     cutter = PartCutter(sink, capacity=capacity)
@@ -352,7 +353,7 @@ class _Ahead(_Recording):
 
 @pytest.mark.parametrize("threaded", [False, True])
 def test_parts_are_hashed_and_handed_ahead_as_they_fill(monkeypatch, threaded):
-    monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
+    monkeypatch.setattr(partcutter, "PART_SIZE", SMALL_PART)
     monkeypatch.setattr(PartCutter, "SLICE", SMALL_PART // 4)
     sink = _Ahead()
     cutter = PartCutter(sink)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bundler import pipeline
+from bundler import bundling, partcutter
 from bundler.errors import IntegrityError
 from bundler.manifest import parse_manifest
 from bundler.pipeline import BundleKeys, BundleOptions, bundle, unbundle
@@ -24,7 +24,7 @@ SMALL_PART = 64 * 1024  # many parts from a small image
 
 @pytest.fixture
 def small_parts(monkeypatch):
-    monkeypatch.setattr(pipeline, "PART_SIZE", SMALL_PART)
+    monkeypatch.setattr(partcutter, "PART_SIZE", SMALL_PART)
 
 
 @pytest.fixture
@@ -227,7 +227,7 @@ class _GatedSha1:
 def test_a_source_that_reuses_its_buffer_is_hashed_as_it_was_read(small_parts, keys, user_key_pair,
                                                                   monkeypatch, no_thread_left):
     gate = threading.Event()
-    monkeypatch.setattr(pipeline, "hashlib", SimpleNamespace(sha1=lambda: _GatedSha1(gate)))
+    monkeypatch.setattr(bundling, "hashlib", SimpleNamespace(sha1=lambda: _GatedSha1(gate)))
     chunk = 4096
     expected = b"".join(bytes([i + 1]) * chunk for i in range(4))
 

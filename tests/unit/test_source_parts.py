@@ -9,8 +9,9 @@ import os
 import pytest
 
 from bundler import source as source_module
+from bundler.dirsink import DirectorySink
 from bundler.errors import ImageError, OutputError
-from bundler.parts import PART_SIZE, DirectorySink, Part, provisional_name
+from bundler.parts import PART_SIZE, Part, provisional_name
 from bundler.pipeline import AesCbcEncryptor, PartCutter, max_bundled_size
 from bundler.source import (
     StreamImageSource,
