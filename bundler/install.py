@@ -52,6 +52,7 @@ from .progress import labelled
 from .regions import same_partition
 from .rerun import ExistingBundle, ImageFingerprint, existing_bundle, find_registered
 from .s3 import InUseLookup, S3Location, S3Sink, check_replaceable, copy_bundle, ensure_bucket
+from .s3.held import HeldSink
 from .s3.ownership import check_bucket_for_bundles
 from .s3.relay import RelaySink, RelaySource, SourceLost, relay_hook
 from .source import ImageSource
@@ -200,9 +201,11 @@ def install(
     registered AMI uses). ``max_regions``: at most this many targets worked on at once;
     bundling fans out to the first ones and the others are copied from them (None: all at
     once). ``fingerprint``: the image's, when the caller has computed it already (it reads the
-    whole image). ``gate``: called once every target is probed, before anything is bundled,
+    whole image). ``gate``: called once every target is probed, before anything is uploaded,
     copied or registered (the CLI's image check, run meanwhile); what it raises, install
-    raises. ``bundle_to``: the labels of the targets bundled to when none has the bundle
+    raises. When the image is bundled, the gate runs on a thread of its own while the first
+    parts are made (``s3.held``: they wait for it, and for each target's lease).
+    ``bundle_to``: the labels of the targets bundled to when none has the bundle
     (default: the first ``max_regions``); while ``max_regions`` leaves room, each other target
     that a server-side copy reaches from one of them is relayed to (``s3.relay``: every part
     copied there as soon as it has landed, its manifest last), the rest are copied after the
@@ -238,8 +241,6 @@ def install(
         _parallel([st for st in states if st.outcome.ok and st.different],
                   lambda st: check_replaceable(st.target.location, manifest_name, force=force,
                                                in_use=st.target.in_use))
-        if gate is not None:
-            gate()
         alive = [st for st in states if st.outcome.ok]
         have = [st for st in alive if st.parsed is not None]
         need = [st for st in alive if st.parsed is None]
@@ -259,7 +260,8 @@ def install(
             relays = _relays(first, need, copy_mode, max_regions)
             relayed = [st for group in relays.values() for st in group]
             need = [st for st in need if all(st is not r for r in relayed)]
-            result.bundle = _bundle_to(first, relays, source, keys, options, transfer, force)
+            result.bundle = _bundle_to(first, relays, source, keys, options, transfer, force,
+                                       gate)
             result.bundled = True
             have = [st for st in [*first, *relayed] if st.outcome.ok and st.parsed is not None]
             # A relay whose source failed is completed from one that has the bundle.
@@ -268,6 +270,8 @@ def install(
                 for st in need:
                     st.outcome.failed("not bundled: every target it was bundled to first failed")
                 need = []
+        elif gate is not None:
+            gate()
         if need:
             log.info("%s already in %s: copying it to %s instead of bundling again", name,
                      ", ".join(st.target.label for st in have),
@@ -392,10 +396,14 @@ def _relays(first: Sequence[_State], rest: Sequence[_State], copy_mode: str,
 
 def _bundle_to(need: Sequence[_State], relays: dict[str, list[_State]], source: ImageSource,
                keys: BundleKeys, options: BundleOptions, transfer: TransferConfig,
-               force: bool) -> BundleResult | None:
+               force: bool, gate: Callable[[], None] | None) -> BundleResult | None:
     """Bundle once to ``need`` (uploaded) and ``relays`` (copied from the one they are listed
     under, part by part as each lands). A relay whose source failed is left as it was (no
-    bundle, not failed), for the caller to complete otherwise."""
+    bundle, not failed), for the caller to complete otherwise.
+
+    Bundling starts at once: ``gate`` and every sink's ``begin`` (its lease and listing) run on
+    a thread meanwhile, and the first parts wait for them (``HeldSink``, at most as many as a
+    sink keeps in flight). What ``gate`` raises is raised."""
     everyone = [*need, *(r for st in need for r in relays.get(st.target.label, []))]
     by_label = {st.target.label: st for st in everyone}
     first = need[0].target
@@ -434,9 +442,14 @@ def _bundle_to(need: Sequence[_State], relays: dict[str, list[_State]], source: 
             st.outcome.failed(failure)
 
     fan = FanOutSink(children, manifest_for=manifest_for)
+    held = HeldSink(fan, gate, hold=transfer.jobs + 2)
     try:
-        bundled = bundle(source, fan, bundle_keys, options, transfer.progress)
+        bundled = bundle(source, held, bundle_keys, options, transfer.progress)
     except Exception as exc:
+        if held.setup_error is not None:
+            if held.setup_error is exc:
+                raise
+            raise held.setup_error from exc  # the gate stopped the run: its error is the run's
         # Every sink failed (or bundling itself did): every region fails with the reason.
         for st in everyone:
             failed(st, fan.failures.get(st.target.label, exc))

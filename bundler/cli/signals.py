@@ -31,6 +31,7 @@ class _State:
     def handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
         if self.count == 1:
+            interrupts.note(signum)
             if interrupts.deferring():
                 interrupts.defer(signum)  # raised when the critical section ends
                 return

@@ -139,9 +139,11 @@ class S3Sink:
         self._width_parts = max_parts
         publication = Publication(self.client, self.location, f"{name}.manifest.xml", acl=self.acl,
                                   attempts=self.attempts, force=self.force, in_use=self.in_use)
-        # Synchronous on purpose: a signal during the lease must find it taken and released on
-        # this thread (an open on a pool thread outlives an interrupt raised before the
-        # pipeline can abort this sink, and leaves the lock behind).
+        # Synchronous on purpose: begin returns with the lease taken (or raises with it
+        # released), so an abort after it finds the lease (an open left running on a pool
+        # thread would outlive the abort and leave the lock behind). install runs begin on a
+        # thread of its own while the first parts are made (s3.held), and waits for it before
+        # aborting.
         publication.open(None)  # lease; a bundle already there is another one: refused or retired
         self._publication = publication
         # Parts are 10 MiB in memory each: ``jobs`` uploading plus two ready keeps every
