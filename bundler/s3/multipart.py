@@ -45,11 +45,14 @@ class Stopped(BundlerError):
 
 def put_in_pieces(client: S3Client, bucket: str, key: str, data: bytes, *, acl: str | None,
                   attempts: int, submit: Submit, streams: AbstractContextManager[object],
-                  stopping: threading.Event | None = None, md5: bytes | None = None) -> str:
+                  stopping: threading.Event | None = None,
+                  md5: bytes | None = None) -> tuple[str, bytes]:
     """Upload ``data`` as two pieces, the second on ``submit``'s thread, each while holding
-    one of ``streams`` (the writer's bound on requests carrying bytes); returns the ETag.
-    ``md5``: the whole part's, recorded in its metadata (``etags.MD5_METADATA``). Aborted on
-    any failure, and instead of completing when ``stopping`` is set."""
+    one of ``streams`` (the writer's bound on requests carrying bytes); returns the ETag and
+    the whole part's MD5, which is recorded in its metadata (``etags.MD5_METADATA``): ``md5``
+    when the caller knows it, else computed here, in the same pass as the first piece's while
+    the second piece's is computed on its own thread. Aborted on any failure, and instead of
+    completing when ``stopping`` is set."""
     sizes = piece_sizes(len(data))
     if sizes is None:
         raise ValueError(f"{len(data)} bytes cannot be split into pieces")
@@ -58,49 +61,69 @@ def put_in_pieces(client: S3Client, bucket: str, key: str, data: bytes, *, acl: 
     params: dict[str, Any] = {"Bucket": bucket, "Key": key}
     if acl:
         params["ACL"] = acl
-    if md5 is not None:
-        params["Metadata"] = {MD5_METADATA: md5.hex()}
     what = f"upload s3://{bucket}/{key}"
-    with s3_errors("upload", bucket, key, acl=acl):
-        created = with_attempts(lambda: client.create_multipart_upload(**params), attempts, what)
-    upload_id = created["UploadId"]
     md5s: list[bytes] = [b"", b""]
+    upload_id: list[str] = []  # set once created; empty when the create failed
+    created = threading.Event()
 
     def piece(number: int) -> str:
         # One copy out of the part (botocore takes bytes-like bodies, not views); a bytearray,
         # which botocore sends as it is, where it would append bytes to the request head (its
         # validator accepts bytearray blobs; the type stubs do not list it).
         body = bytearray(pieces[number - 1])
-        md5 = hashlib.md5(body).digest()
-        md5s[number - 1] = md5
+        if not md5s[number - 1]:
+            md5s[number - 1] = hashlib.md5(body).digest()
+        digest = md5s[number - 1]
+        created.wait()  # the create's answer comes while the digests are computed
+        if not upload_id:
+            return ""  # the create failed: that failure is the caller's to report
 
         def attempt() -> str:
-            resp = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id,
+            resp = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id[0],
                                       PartNumber=number, Body=body,  # type: ignore[arg-type]
-                                      ContentMD5=base64.b64encode(md5).decode("ascii"))
+                                      ContentMD5=base64.b64encode(digest).decode("ascii"))
             etag = str(resp.get("ETag", "")).strip('"').lower()
-            if etag != md5.hex() and not says_not_md5(resp):  # SSE-KMS: no MD5 ETag
-                raise _Corrupt(f"piece {number} has ETag {etag}, not the MD5 {md5.hex()} sent")
+            if etag != digest.hex() and not says_not_md5(resp):  # SSE-KMS: no MD5 ETag
+                raise _Corrupt(f"piece {number} has ETag {etag}, not the MD5 {digest.hex()} "
+                               "sent")
             return etag
 
         with streams, s3_errors("upload", bucket, key, acl=acl):
             return with_attempts(attempt, attempts, f"{what} (piece {number})")
 
-    second: Future[str] | None = None
+    # The second piece's digest (then its upload, once created) on its own thread; the whole
+    # part's here, the first piece's on the way (an MD5 object's digest so far is the first
+    # piece's), so that the create, which records the whole part's, waits for one pass only.
+    second: Future[str] = submit(partial(piece, 2))
     try:
-        second = submit(partial(piece, 2))
+        if md5 is None:
+            whole = hashlib.md5(pieces[0])
+            md5s[0] = whole.digest()
+            whole.update(pieces[1])
+            md5 = whole.digest()
+        params["Metadata"] = {MD5_METADATA: md5.hex()}
+        with s3_errors("upload", bucket, key, acl=acl):
+            answer = with_attempts(lambda: client.create_multipart_upload(**params), attempts,
+                                   what)
+        upload_id.append(answer["UploadId"])
+    except BaseException:
+        created.set()  # the second piece ends without sending
+        _wait_for(second)
+        raise
+    created.set()
+    try:
         first = piece(1)
         last = second.result()
         if stopping is not None and stopping.is_set():
             raise Stopped(f"{what}: stopped before it completed")
         expected = multipart_etag(md5s)
-        return _complete(client, bucket, key, upload_id, [first, last], expected,
-                         acl=acl, attempts=attempts)
+        return _complete(client, bucket, key, upload_id[0], [first, last], expected,
+                         acl=acl, attempts=attempts), md5
     except _Corrupt as exc:
-        _abort(client, bucket, key, upload_id, second)
+        _abort(client, bucket, key, upload_id[0], second)
         raise IntegrityError(f"{what}: {exc}; check memory/network") from None
     except BaseException:
-        _abort(client, bucket, key, upload_id, second)
+        _abort(client, bucket, key, upload_id[0], second)
         raise
 
 
@@ -130,16 +153,21 @@ def _complete(client: S3Client, bucket: str, key: str, upload_id: str, etags: li
         return with_attempts(attempt, attempts, f"complete s3://{bucket}/{key}")
 
 
-def _abort(client: S3Client, bucket: str, key: str, upload_id: str,
-           second: Future[str] | None) -> None:
-    """Abort the upload once its second piece is no longer being sent (never raises: the
-    failure that brought us here is what the caller reports)."""
+def _wait_for(second: Future[str] | None) -> None:
+    """Until the second piece is no longer being sent (cancelled if it has not started)."""
     if second is not None:
         second.cancel()
         try:
             second.exception()  # waits for a piece in flight
         except BaseException:  # cancelled: nothing in flight
             pass
+
+
+def _abort(client: S3Client, bucket: str, key: str, upload_id: str,
+           second: Future[str] | None) -> None:
+    """Abort the upload once its second piece is no longer being sent (never raises: the
+    failure that brought us here is what the caller reports)."""
+    _wait_for(second)
     try:
         client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
     except Exception as exc:

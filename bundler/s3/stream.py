@@ -164,13 +164,15 @@ class S3Sink:
             with self._created_lock:
                 # Before the upload can complete: an abort racing its answer still removes it.
                 self._created.add(key)
-            etag = put_in_pieces(self.client, self.location.bucket, key, data, acl=self.acl,
-                                 attempts=self.attempts, submit=pieces.submit,
-                                 streams=self._streams, stopping=self._stopping,
-                                 md5=part.md5)
+            # The whole part's MD5 comes out of the pieces' own pass (multipart).
+            etag, md5 = put_in_pieces(self.client, self.location.bucket, key, data,
+                                      acl=self.acl, attempts=self.attempts,
+                                      submit=pieces.submit, streams=self._streams,
+                                      stopping=self._stopping)
         else:
+            md5 = part.md5
             with self._streams:
-                etag = put_bytes(self.client, self.location.bucket, key, data, md5=part.md5,
+                etag = put_bytes(self.client, self.location.bucket, key, data, md5=md5,
                                  acl=self.acl, attempts=self.attempts)
         with self._created_lock:
             self._created.add(key)
@@ -179,7 +181,7 @@ class S3Sink:
         self.progress.advance("upload", len(data))
         if self.on_stored is not None:
             # The MD5, whatever the upload's form: a server-side copy's ETag is the MD5 (etags).
-            self.on_stored(part.index, key, len(data), part.md5.hex())
+            self.on_stored(part.index, key, len(data), md5.hex())
 
     def expect_parts(self, count: int) -> None:
         """The pipeline's estimate of the final part count, given before the first part: keys

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from bundler.errors import S3Error
 from bundler.s3.etags import is_md5, pieces_etag
 from bundler.s3.multipart import Stopped, open_uploads, put_in_pieces
 from tests.support.cli import MIB, copy_argv, install_argv, keys_in, run
@@ -170,3 +171,25 @@ def test_a_short_object_is_never_split(s3, bucket):
         put_in_pieces(s3, bucket, "x", b"y" * (5 * MIB), acl=None, attempts=1,
                       submit=lambda fn: pool.submit(fn), streams=threading.BoundedSemaphore(2))
     assert not _uploads(s3, bucket)
+
+
+def test_a_split_part_records_its_whole_md5_and_a_failed_create_sends_nothing(proxy, bucket):
+    """The whole part's MD5 (computed in the first piece's pass) is in the object's metadata
+    and returned; when the create fails, no piece is sent and no upload is left open."""
+    s3 = plain_s3(proxy.url)
+    data = os.urandom(7 * MIB)
+    with ThreadPoolExecutor(1) as pool:
+        etag, md5 = put_in_pieces(s3, bucket, "md/disk.part.0", data, acl="aws-exec-read",
+                                  attempts=1, submit=lambda fn: pool.submit(fn),
+                                  streams=threading.BoundedSemaphore(2))
+    assert md5 == hashlib.md5(data).digest() and etag == pieces_etag(data)
+    head = s3.head_object(Bucket=bucket, Key="md/disk.part.0")
+    assert head["Metadata"]["ami-bundler-md5"] == md5.hex()
+    proxy.clear()
+    proxy.add_rule("status", r"disk\.part\.1\?uploads", method="POST", times=None, status=500,
+                   code="InternalError")
+    with ThreadPoolExecutor(1) as pool, pytest.raises(S3Error):
+        put_in_pieces(s3, bucket, "md/disk.part.1", data, acl="aws-exec-read", attempts=1,
+                      submit=lambda fn: pool.submit(fn), streams=threading.BoundedSemaphore(2))
+    assert not proxy.requests("PUT", r"partNumber=")
+    assert not _uploads(s3, bucket) and "md/disk.part.1" not in keys_in(s3, bucket, "md/")
