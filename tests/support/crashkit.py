@@ -103,6 +103,13 @@ def _run_in_child(body: Callable[[], int], part_size: int | None) -> int:
     """Fork; the child runs ``body`` (the CLI, armed) with its output silenced (unless
     $CRASHKIT_STDERR is set, to see why a child failed) and exits with its code (71 when it
     raised). Returns the child's exit code."""
+    _, status = os.waitpid(start_in_child(body, part_size), 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def start_in_child(body: Callable[[], int], part_size: int | None = None) -> int:
+    """Fork a child that runs ``body`` as ``_run_in_child`` describes; returns its PID (the
+    caller reaps it)."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -123,8 +130,7 @@ def _run_in_child(body: Callable[[], int], part_size: int | None) -> int:
             code = 71
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return pid
 
 
 def _main(argv: Sequence[str]) -> int:

@@ -105,6 +105,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._in_flight: dict[str, int] = {}
         self._max_in_flight: dict[str, int] = {}
+        self._stalled = 0  # requests a stall rule holds (counted in _in_flight too)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.rng = random.Random(seed)
@@ -170,11 +171,13 @@ class FaultProxy:
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Poll until no request is in flight (e.g. after its client was killed, so that a PUT
-        still being forwarded has landed before the bucket is inspected)."""
+        still being forwarded has landed before the bucket is inspected). Stalled requests do
+        not count: they never reach S3, so there is nothing of theirs to land (waiting for
+        their ``delay`` was half a second per killed run in the crash walks)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._lock:
-                if not self._in_flight.get("*", 0):
+                if self._in_flight.get("*", 0) <= self._stalled:
                     return True
             time.sleep(0.01)
         return False
@@ -267,7 +270,13 @@ class _Handler(BaseHTTPRequestHandler):
             body = self.rfile.read(length) if length else b""
             if rule and rule.action == "stall":
                 # Accepted and read, never answered: only the client's read timeout ends this.
-                proxy.released.wait(rule.delay or None)
+                with proxy._lock:
+                    proxy._stalled += 1
+                try:
+                    proxy.released.wait(rule.delay or None)
+                finally:
+                    with proxy._lock:
+                        proxy._stalled -= 1
                 finish()
                 self._reset()
                 return

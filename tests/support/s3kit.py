@@ -276,8 +276,8 @@ def upload_crash(world: World, rng: Any, tally: Tally, *, replace_old: bool | No
         argv.append("--force")  # a different bundle of that name is replaced only when told
         old = make_fake_bundle(world.root / f"old-{tag}", "crash", [96 * 1024] * 6,
                                world.signing_key)
-        rc = run_cli(["upload-bundle", "-b", f"{bucket}/c", "-m", str(old.manifest_path),
-                      "--endpoint-url", world.endpoint], world.env)
+        rc = run_cli_here(["upload-bundle", "-b", f"{bucket}/c", "-m", str(old.manifest_path),
+                           "--endpoint-url", world.endpoint], world.env)
         tally.runs += 1
         if rc.returncode != 0:
             tally.lost(f"upload of the old bundle failed: {rc.stderr.strip()}")
@@ -295,7 +295,7 @@ def upload_crash(world: World, rng: Any, tally: Tally, *, replace_old: bool | No
     before = list_keys(world.s3, bucket, "c/")
     intact = {n for n, v in _md5s(bundle).items() if before.get("c/" + n) == v}
     world.proxy.clear()
-    again = run_cli(argv, world.env)
+    again = run_cli_here(argv, world.env)
     tally.runs += 1
     if again.returncode != 0:
         tally.lost(f"upload-bundle re-run failed: {again.stderr.strip()}")
@@ -333,7 +333,7 @@ def install_crash(world: World, rng: Any, tally: Tally, *, verify_image: bool = 
     for problem in seen.wrong:
         tally.wrong(f"after killed install: {problem}")
     world.proxy.clear()
-    again = run_cli(argv, world.env)
+    again = run_cli_here(argv, world.env)
     tally.runs += 1
     if again.returncode != 0:
         tally.lost(f"install re-run failed: {again.stderr.strip()}")
@@ -348,9 +348,9 @@ def install_crash(world: World, rng: Any, tally: Tally, *, verify_image: bool = 
     if verify_image:
         out = world.root / f"unb-{os.urandom(3).hex()}"
         out.mkdir()
-        rc = run_cli(["unbundle", "--from-s3", "-m", f"{bucket}/i/inst.img.manifest.xml",
-                      "-k", str(world.key), "-d", str(out), "--endpoint-url", world.endpoint],
-                     world.env)
+        rc = run_cli_here(["unbundle", "--from-s3", "-m", f"{bucket}/i/inst.img.manifest.xml",
+                           "-k", str(world.key), "-d", str(out), "--endpoint-url",
+                           world.endpoint], world.env)
         tally.runs += 1
         got = out / "inst.img"
         if rc.returncode != 0 or hashlib.sha1(got.read_bytes()).hexdigest() != world.image_sha1:
@@ -417,24 +417,33 @@ WRITES = "PUT|POST|DELETE"
 
 def run_cli_killed_at(rule: Any, argv: list[str], env: dict[str, str], *,
                       timeout: float = 120.0) -> CliRun:
-    """``python -m bundler ARGV``, SIGKILLed the moment the proxy ``rule`` holds one of its
-    requests (the request never reaches S3): a kill right before that step. If the run ends
-    first, it is not killed."""
+    """The CLI with ``env`` in a forked child (this process has loaded it: no interpreter
+    start-up, which was most of each killed run), SIGKILLed the moment the proxy ``rule``
+    holds one of its requests (the request never reaches S3): a kill right before that step.
+    If the run ends first, it is not killed. Its output is discarded (``stderr`` is empty)."""
+    from tests.support.crashkit import start_in_child
+
+    def body() -> int:
+        from bundler.cli import main
+
+        os.environ.clear()
+        os.environ.update(env)
+        return main(list(argv))
+
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "bundler", *argv], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pid = start_in_child(body)
     killed = False
-    while proc.poll() is None:
-        if rule.hits:
-            proc.send_signal(signal.SIGKILL)
-            killed = True
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
             break
-        if time.monotonic() - started > timeout:
-            proc.kill()
+        if rule.hits or time.monotonic() - started > timeout:
+            killed = bool(rule.hits)
+            os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)  # reaped: its PID is really gone
             break
         time.sleep(0.005)
-    _, err = proc.communicate(timeout=timeout)
-    return CliRun(killed, proc.returncode, err.decode(errors="replace"), time.monotonic() - started)
+    return CliRun(killed, os.waitstatus_to_exitcode(status), "", time.monotonic() - started)
 
 
 def run_cli_here(argv: list[str], env: dict[str, str]) -> CliRun:
