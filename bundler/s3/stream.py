@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from functools import partial
@@ -76,6 +77,47 @@ class _Streams:
         self._slots.release()
 
 
+class _Pace:
+    """Whether a part is worth two pieces: only if its whole upload would end after the last
+    part's, which is cut ``left`` parts later (by the pipeline's estimate of the count) and
+    goes in pieces. Part ``i`` uploaded whole ends a whole upload's time ``W`` after it is
+    cut; the last part ends about ``left * interval + W / 2`` after that (``interval``: the
+    mean time between parts so far; ``W`` measured, from a split part as twice its time,
+    which errs towards splitting). Until both are known, every part with a second stream free
+    is split: never later, only dearer."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.estimate = 0  # the pipeline's estimate of the part count (0: unknown)
+        self._first: float | None = None
+        self._latest = 0.0
+        self._cuts = 0
+        self._whole: float | None = None  # seconds the latest whole full part took
+
+    def cut(self) -> None:
+        now = self._clock()
+        with self._lock:
+            if self._first is None:
+                self._first = now
+            self._latest = now
+            self._cuts += 1
+
+    def sent_whole(self, seconds: float) -> None:
+        """A full part's whole upload took (or, from its pieces, would have taken) this long."""
+        with self._lock:
+            self._whole = seconds
+
+    def worth_splitting(self, index: int) -> bool:
+        with self._lock:
+            if not self.estimate or self._whole is None or self._cuts < 2:
+                return True
+            assert self._first is not None
+            interval = (self._latest - self._first) / (self._cuts - 1)
+            left = self.estimate - 1 - index
+            return left * interval < self._whole / 2
+
+
 class S3Sink:
     """PartSink that PUTs parts as they are cut: a bounded queue in front of parallel PUTs.
 
@@ -84,12 +126,14 @@ class S3Sink:
     ``abort`` removes everything this sink created. ``transfer`` gives the jobs, whole-object
     attempts, ACL and the progress listener ("upload").
 
-    Pieces: a part goes up in two pieces (``multipart``) on two streams when a second stream
-    is free as its upload starts (a stream carries a part at its own bandwidth: two halve the
-    part's time, which is what a WAN's per-connection cap makes of it), and so do the last part
-    (the one shorter than a full part: it can only start once cut, and alone it keeps the run
-    waiting) and any part whose upload only starts after it. At most ``jobs`` requests carry
-    bytes at any time, pieces included.
+    Pieces: a part goes up in two pieces (``multipart``) on two streams when that can shorten
+    the run (see ``_Pace``): a stream carries a part at its own bandwidth, two halve the part's
+    time (what a WAN's per-connection cap makes of it), for three requests more (create,
+    second piece, complete), which cost CPU on both ends. So the last part (the one shorter
+    than a full part: it can only start once cut, and alone it keeps the run waiting) and any
+    part whose upload only starts after it go in pieces, and so do the parts whose whole upload
+    would still be running when the last one's ends, while a second stream is free. At most
+    ``jobs`` requests carry bytes at any time, pieces included.
     """
 
     def __init__(
@@ -126,6 +170,7 @@ class S3Sink:
         self._pieces: BoundedExecutor | None = None
         self._streams = _Streams(self.jobs)
         self._tail = False  # the last part has been handed over: what starts now is the tail
+        self._pace = _Pace()
         self._stopping = threading.Event()
         self.bytes_uploaded = 0
         self.manifest_key: str | None = None
@@ -158,22 +203,29 @@ class S3Sink:
         # is the same object, no copy.
         data = bytes(part.data)
         if (self.jobs > 1 and piece_sizes(len(data)) is not None
-                and (self._tail or self._streams.free >= 2)):
+                and (self._tail or (self._streams.free >= 2
+                                    and self._pace.worth_splitting(part.index)))):
             pieces = self._pieces
             assert pieces is not None
             with self._created_lock:
                 # Before the upload can complete: an abort racing its answer still removes it.
                 self._created.add(key)
+            started = time.monotonic()
             # The whole part's MD5 comes out of the pieces' own pass (multipart).
             etag, md5 = put_in_pieces(self.client, self.location.bucket, key, data,
                                       acl=self.acl, attempts=self.attempts,
                                       submit=pieces.submit, streams=self._streams,
                                       stopping=self._stopping)
+            if len(data) == PART_SIZE:  # half the part on each stream, and two requests more
+                self._pace.sent_whole(2 * (time.monotonic() - started))
         else:
             md5 = part.md5
             with self._streams:
+                started = time.monotonic()
                 etag = put_bytes(self.client, self.location.bucket, key, data, md5=md5,
                                  acl=self.acl, attempts=self.attempts)
+                if len(data) == PART_SIZE:
+                    self._pace.sent_whole(time.monotonic() - started)
         with self._created_lock:
             self._created.add(key)
             self._sizes[part.index] = (len(data), etag)
@@ -187,6 +239,7 @@ class S3Sink:
         """The pipeline's estimate of the final part count, given before the first part: keys
         get the index width it implies, so the rename in ``commit`` is only needed when the
         estimate crossed a power of ten the wrong way."""
+        self._pace.estimate = count
         if not self._keys:
             self._width_parts = max(1, min(count, self._max_parts))
 
@@ -196,6 +249,7 @@ class S3Sink:
         self._keys[part.index] = key
         if part.size < PART_SIZE:
             self._tail = True  # only the last part is short: nothing more will come
+        self._pace.cut()
         self._pool.submit(self._put, key, part)
 
     def _copy(self, index: int, source: str, target: str) -> None:
