@@ -172,13 +172,18 @@ def profile(image: Path, level: str, keys: Path, out: Path) -> dict:
     }
 
 
-def profile_in_child(image: Path, level: str, keys: Path, out: Path) -> str:
-    """Run this script for one image and level in a fresh interpreter; the report as text."""
+def report_in_child(image: Path, level: str, keys: Path, out: Path) -> dict:
+    """Run this script for one image and level in a fresh interpreter; the report."""
     proc = subprocess.run([sys.executable, __file__, str(image), level, str(keys), str(out)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"profiling {image} at {level} failed:\n{proc.stderr}")
-    return render(json.loads(proc.stdout))
+    return json.loads(proc.stdout)
+
+
+def profile_in_child(image: Path, level: str, keys: Path, out: Path) -> str:
+    """Run this script for one image and level in a fresh interpreter; the report as text."""
+    return render(report_in_child(image, level, keys, out))
 
 
 def render(report: dict) -> str:
