@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import botocore.exceptions as bexc
 
+from . import interrupts
 from .aws import NO_SUCH_IMAGE, ec2_error, ec2_errors, error_code, is_not_found, translate_errors
 from .concurrency import run_all
 from .errors import (
@@ -311,6 +312,7 @@ def register_image(ec2: EC2Client, image_location: str, options: RegisterOptions
     params.update({k: v for k, v in optional.items() if v is not None})
     with translate_errors(lambda exc: _register_error(exc, image_location)):
         image_id = ec2.register_image(**params)["ImageId"]
+    interrupts.registered(image_location, image_id)
     log.info("registered %s as %s", image_location, image_id)
     if options.deprecate_at is not None:
         set_deprecation(ec2, image_id, options.deprecate_at, just_registered=True)

@@ -10,7 +10,14 @@ clean-up will see it.
 Only the main thread receives signals, so only its sections defer; in other threads
 ``critical()`` costs one attribute lookup. Those threads can ask ``signalled()`` instead: work
 that would create something (a lease, an upload) and that a signal's clean-up would only have
-to undo is not started once the run has been told to stop.
+to undo is not started once the run has been told to stop, and a step that cannot be undone
+(a manifest PUT) is not taken (``stop_if_signalled``).
+
+Some steps can be undone only until they are taken: once a bundle's manifest is visible, an
+AMI may be registered from it (by another process, a CI job), so an interrupt after that never
+removes it. The publish protocol records each manifest it made visible (``published``), and
+the registration each AMI made from one (``registered``); the CLI tells the interrupted user
+what is there and how to finish (``kept``).
 """
 
 from __future__ import annotations
@@ -18,12 +25,26 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 from .errors import Interrupted
 
 _local = threading.local()
 _pending: list[int] = []
 _signalled: list[int] = []  # the first signal of this run (noted by the handler, any thread reads)
+
+
+@dataclass(frozen=True)
+class Published:
+    """A manifest this run made visible: the bundle is whole and stays, whatever follows."""
+
+    url: str  # s3://BUCKET/PREFIX/NAME.manifest.xml
+    image_location: str  # BUCKET/PREFIX/NAME.manifest.xml, as RegisterImage takes it
+    image_id: str | None = None  # the AMI this run registered from it
+
+
+_ledger: dict[str, Published] = {}  # image location → what was published there
+_ledger_lock = threading.Lock()
 
 
 def deferring() -> bool:
@@ -40,6 +61,15 @@ def note(signum: int) -> None:
 def signalled() -> int | None:
     """The signal this run was told to stop by, if any (for threads the signal cannot reach)."""
     return _signalled[0] if _signalled else None
+
+
+def stop_if_signalled() -> None:
+    """Raise ``Interrupted`` once the run has been told to stop: before a step that cannot be
+    undone, a run that is stopping does not take it (on the main thread the signal itself is
+    raised too, now or when its critical section ends)."""
+    signum = signalled()
+    if signum is not None:
+        raise Interrupted(signum)
 
 
 def defer(signum: int) -> None:
@@ -60,7 +90,29 @@ def critical() -> Iterator[None]:
             raise Interrupted(signum)
 
 
+def published(url: str, image_location: str) -> None:
+    """Record that the manifest at ``url`` is visible (called right after its PUT)."""
+    with _ledger_lock:
+        _ledger[image_location] = Published(url, image_location)
+
+
+def registered(image_location: str, image_id: str) -> None:
+    """Record the AMI this run registered from a manifest it published."""
+    with _ledger_lock:
+        if image_location in _ledger:
+            _ledger[image_location] = replace(_ledger[image_location], image_id=image_id)
+
+
+def kept() -> list[Published]:
+    """Every manifest this run published, in the order it did."""
+    with _ledger_lock:
+        return list(_ledger.values())
+
+
 def clear() -> None:
-    """Forget a held signal (a new run in the same process starts clean)."""
+    """Forget a held signal and what was published (a new run in the same process starts
+    clean)."""
     _pending.clear()
     _signalled.clear()
+    with _ledger_lock:
+        _ledger.clear()

@@ -115,6 +115,8 @@ class FanOutSink:
         labels = self.live
         # A signal waits until every child's commit has ended: interrupting the wait would let
         # abort() retract a child's parts while its thread is still publishing the manifest.
+        # A child that has not reached its commit point yet stops there (s3.publish); one past
+        # it is published, and its abort keeps it.
         with critical():
             futures = run_all([partial(one, label) for label in labels], name="ami-bundler-fanout")
         for label, fut in zip(labels, futures, strict=True):

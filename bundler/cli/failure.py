@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import NoReturn, TextIO
 
+from .. import interrupts
 from ..errors import EXIT_INPUT, BundlerError, Interrupted, UsageError
 
 log = logging.getLogger("bundler.cli")
@@ -35,8 +36,27 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _left(kept: list[interrupts.Published]) -> str:
+    """What an interrupted run leaves: each bundle it published (whole, and kept: an AMI may
+    already use it) and how to finish what the run did not."""
+    said = []
+    for p in kept:
+        if p.image_id:
+            said.append(f"{p.url} is published and registered as {p.image_id}")
+        else:
+            name = p.image_location.rsplit("/", 1)[-1].removesuffix(".manifest.xml")
+            said.append(f"{p.url} is published (a complete bundle, kept), AMI not registered; "
+                        f"to finish: ami-bundler register {p.image_location} -n {name}")
+    return "; ".join(said)
+
+
 def failure_of(exc: BaseException) -> Failure:
     if isinstance(exc, Interrupted):
+        kept = interrupts.kept()
+        if kept:
+            return Failure("interrupted", f"{exc}: stopped; {_left(kept)}", None, exc.exit_code,
+                           {"published": [{"manifest": p.url, "image_location": p.image_location,
+                                           "image_id": p.image_id} for p in kept]})
         return Failure("interrupted", f"{exc}: stopped; nothing partial was kept",
                        None, exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):

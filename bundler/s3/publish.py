@@ -10,7 +10,10 @@ launch. So a writer, through :class:`Publication`:
    registered AMI uses it (``in_use``, asked of EC2 by the caller's lookup);
 3. retires a different bundle's manifest before its first part is written, so a visible
    manifest never names parts of another bundle, not even after a crash;
-4. re-checks every part and the lease right before the manifest, which goes up last;
+4. re-checks every part and the lease right before the manifest, which goes up last — the
+   commit point: a signal held until then stops the run before it, and once the manifest PUT
+   has started nothing of the bundle is ever retracted (an AMI may already use it): a signal
+   waits until the publication ends and the run then says what it left;
 5. after publishing, removes parts no manifest names — a failure there only warns: the bundle
    is published and whole.
 """
@@ -25,8 +28,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
+from .. import interrupts
 from ..concurrency import run_all
 from ..errors import BundleInUseError, BundlerError, PartMissingError, ReplaceRefusedError
+from ..interrupts import critical, stop_if_signalled
 from ..manifest import ParsedManifest, parse_manifest
 from .etags import BytesReader, holds
 from .location import S3Location
@@ -181,21 +186,30 @@ class Publication:
         there warns: the bundle is published and whole). Releases the lease; returns the
         key."""
         found = self.check_parts(expected)
-        self.manifest_sent = True
-        put_bytes(self.client, self.location.bucket, self.manifest_key, manifest, acl=self.acl,
-                  attempts=self.attempts)
-        self.published = True
-        try:
-            # Provisional parts of runs that were killed, or the tail of a longer older bundle:
-            # the listing made under the lease just before the manifest holds them all.
-            remove_orphans(self.client, self.location, self.name, list(expected), self.attempts,
-                           found=found)
-            for key, upload_id in self._stale:
-                abort_upload(self.client, self.location.bucket, key, upload_id)
-        except BundlerError as exc:
-            log.warning("could not remove stale parts of %s: %s (delete-bundle -p %s removes them)",
-                        self.name, exc, self.name)
-        self.close()
+        # The commit point. A signal held until now stops the run before it; once the manifest
+        # PUT has started, the bundle may be visible and an AMI registered from it, so it is
+        # never retracted: a signal from here on waits until the publication is finished —
+        # orphans removed, stale uploads aborted, lease released — and the run then ends
+        # saying what it left (interrupts.kept).
+        with critical():
+            stop_if_signalled()
+            self.manifest_sent = True
+            put_bytes(self.client, self.location.bucket, self.manifest_key, manifest,
+                      acl=self.acl, attempts=self.attempts)
+            self.published = True
+            interrupts.published(self.location.url(self.manifest_name),
+                                 self.location.image_location(self.manifest_name))
+            try:
+                # Provisional parts of runs that were killed, or the tail of a longer older
+                # bundle: the listing made under the lease just before the manifest holds them.
+                remove_orphans(self.client, self.location, self.name, list(expected),
+                               self.attempts, found=found)
+                for key, upload_id in self._stale:
+                    abort_upload(self.client, self.location.bucket, key, upload_id)
+            except BundlerError as exc:
+                log.warning("could not remove stale parts of %s: %s (delete-bundle -p %s "
+                            "removes them)", self.name, exc, self.name)
+            self.close()
         return self.manifest_key
 
     @property

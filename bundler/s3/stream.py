@@ -123,7 +123,8 @@ class S3Sink:
 
     ``put_part`` blocks while ``jobs + 2`` parts are in flight (so memory stays bounded at about
     that many 10 MiB parts), a failed PUT surfaces at the next ``put_part``/``commit``, and
-    ``abort`` removes everything this sink created. ``transfer`` gives the jobs, whole-object
+    ``abort`` removes everything this sink created — until its manifest was published, then
+    nothing (``Publication.retract``). ``transfer`` gives the jobs, whole-object
     attempts, ACL and the progress listener ("upload").
 
     Pieces: a part goes up in two pieces (``multipart``) on two streams when that can shorten
@@ -285,11 +286,10 @@ class S3Sink:
                 self._created.difference_update(stale)
         final = [self.location.key(n) for n in names]
         assert self._publication is not None and manifest_name == self._publication.manifest_name
+        # Kept after publishing: an abort that follows (a signal held through the commit, a
+        # failure in another region) asks it, and a published bundle is never retracted.
         self.manifest_key = self._publication.publish(
             manifest, {k: self._sizes[i] for i, k in enumerate(final)})
-        with self._created_lock:
-            self._created.add(self.manifest_key)
-        self._publication = None
         self.progress.finish("upload")
 
     def _shutdown(self) -> None:
@@ -310,6 +310,9 @@ class S3Sink:
             try:
                 if publication.retract():
                     self._abort_uploads()
+                else:  # published (or the lease lost): nothing of it is ever ours to remove
+                    with self._created_lock:
+                        self._created.clear()
             finally:
                 publication.close()
             return

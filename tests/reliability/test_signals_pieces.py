@@ -3,8 +3,10 @@ multipart upload is left open (hidden, billed pieces) and nothing of the run sta
 bucket — no part, no manifest, no lock.
 
 The last part is in flight only once bundling has ended, i.e. while the sink commits: a signal
-there waits for the commit (``FanOutSink.commit`` is a critical section), and the interrupted
-run then removes what it wrote.
+there is held (``FanOutSink.commit`` is a critical section) until the publication reaches its
+commit point, the manifest PUT, and stops it there: the manifest is never sent, and the
+interrupted run removes what it wrote. (A signal once the manifest PUT has started keeps the
+bundle: test_signals_commit.py.)
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def test_sigterm_during_the_pieces_aborts_the_upload(proxy, s3, bucket, tmp_path
             proc.communicate()
     assert proc.returncode == 128 + signal.SIGTERM, err.decode()
     assert proxy.wait_idle()
-    assert "interrupted by SIGTERM" in err.decode().strip().splitlines()[-1]
+    last = err.decode().strip().splitlines()[-1]
+    assert "interrupted by SIGTERM" in last and "nothing partial was kept" in last, last
+    assert proxy.requests("PUT", r"\.manifest\.xml$") == []  # stopped before the commit point
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert not keys_in(s3, bucket, "sig/")
