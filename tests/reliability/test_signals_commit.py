@@ -76,10 +76,11 @@ def _says_published(err: str, url: str, signum: int = signal.SIGTERM) -> str:
     return last
 
 
-def _finish(url: str, line: str, name: str, endpoint: str) -> None:
-    """The command the line gives registers the kept bundle."""
+def _finish(url: str, line: str, bundle: str, name: str, endpoint: str) -> None:
+    """The command the line gives (under another AMI name: names are unique per region)
+    registers the kept bundle."""
     location = url.removeprefix("s3://")
-    assert f"ami-bundler register {location} -n {name}" in line, line
+    assert f"ami-bundler register {location} -n {bundle}" in line, line
     done = subprocess.run([sys.executable, "-m", "bundler", "register", location, "-n", name,
                            "--endpoint-url", endpoint, "-q"],
                           cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
@@ -103,7 +104,8 @@ def test_install_interrupted_at_its_manifest_put_keeps_the_bundle(proxy, moto_se
     line = _says_published(err, url)
     _kept(s3, bucket, "sig/")
     assert images_named(ec2, name) == []  # the run stopped before registering
-    _finish(url, line, "disk", moto_server)
+    _finish(url, line, "disk", name, moto_server)
+    assert [i["ImageLocation"] for i in images_named(ec2, name)] == [url.removeprefix("s3://")]
 
 
 def test_upload_bundle_interrupted_at_its_manifest_put_keeps_the_bundle(proxy, s3, bucket,
