@@ -48,11 +48,25 @@ class Executor(ThreadPoolExecutor):
     new thread to run: a signal raising ``Interrupted`` in that wait leaves a thread running
     that the pool never recorded, so ``shutdown(wait=True)`` and the interpreter's exit do not
     wait for it, and it goes on writing or uploading while the clean-up runs. Here a submit is
-    a critical section: the signal is raised once the thread is the pool's."""
+    a critical section: the signal is raised once the thread is the pool's.
+
+    ``shutdown(wait=True)`` is one too. On CPython before 3.12 a signal that interrupts
+    ``Thread.join`` marks a thread that is still running as stopped, and the join loop ends
+    there: the threads after it are not waited for, and the one interrupted is never waited
+    for again. A shutdown waits for the tasks under way (each ends after its item: a shutdown
+    is a clean-up, never the wait for the work itself, which the callers do on futures), and a
+    signal meanwhile is raised once they have ended."""
 
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
         with critical():
             return super().submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if not wait:
+            super().shutdown(wait=False, cancel_futures=cancel_futures)
+            return
+        with critical():
+            super().shutdown(wait=True, cancel_futures=cancel_futures)
 
 
 def start_thread(thread: threading.Thread) -> threading.Thread:
@@ -149,9 +163,20 @@ def run_parallel(
     if jobs <= 1 or len(tasks) == 1:
         return [task() for task in tasks]
     futures: list[Future[T]] = []
-    with BoundedExecutor(jobs, max(jobs * 2, 1), name=name) as pool:
+    pool = BoundedExecutor(jobs, max(jobs * 2, 1), name=name)
+    # Not ``with pool``: a signal landing on ``__exit__``'s first instruction, after the last
+    # submit, would leave every task running while the caller cleans up and returns (a
+    # download thread writing a part's temporary file when the process exits). Here the wait
+    # is inside the try, so whatever instruction the interrupt lands on, the tasks under way
+    # have ended before it reaches the caller.
+    try:
         for task in tasks:
             futures.append(pool.submit(task))
+        pool.join()
+    except BaseException:
+        pool.shutdown(cancel=True)
+        raise
+    pool.shutdown(cancel=False)  # every task has ended: only idle threads are left
     return [fut.result() for fut in futures]
 
 
@@ -165,8 +190,15 @@ def run_all(
     """
     if not tasks:
         return []
-    with Executor(max_workers=len(tasks), thread_name_prefix=name) as pool:
-        return [pool.submit(task) for task in tasks]
+    futures: list[Future[T]] = []
+    pool = Executor(max_workers=len(tasks), thread_name_prefix=name)
+    try:  # the wait inside the try, as in run_parallel
+        for task in tasks:
+            futures.append(pool.submit(task))
+        wait(futures)
+    finally:
+        pool.shutdown(wait=True)
+    return futures
 
 
 # --------------------------------------------------------------------------- ordered window

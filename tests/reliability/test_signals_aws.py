@@ -12,6 +12,7 @@ AMI still uses it, and a registered AMI always names a whole bundle.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -331,3 +332,101 @@ def test_check_from_s3_removes_its_private_image(cloud, tmp_path):
                      str(cloud.ws.key), "--work-dir", str(work))
     # The workspace image is random bytes: no filesystem to check, exit 1 when not signalled.
     walk(argv, lambda: None, check, minimum=3, fs=False, finished=1)
+
+
+def _signal_at_a_call_while_a_part_is_written(argv: list[str], call: int, hold: float = 0.05):
+    """The CLI in a forked child whose part writes each hold ``hold`` seconds in their fsync
+    (on a download thread, the temporary file open); once the main thread is in run_parallel,
+    its ``call``-th call into bundler's code waits for such a held write and gets SIGTERM
+    there: the signal lands at that function's first instruction (a trace function raising
+    on the call event is exactly that), as it does when a loaded machine delivers it late.
+    Returns the exit code: 0 when the run made fewer calls, 74 when no part was being
+    written at that call (not signalled), 72 when an unsignalled run failed."""
+    import sys
+    import threading
+
+    import bundler
+
+    root = os.path.dirname(bundler.__file__)
+    fired = [False]
+
+    def body() -> int:
+        held, lock, fsync = [0], threading.Lock(), os.fsync
+        writing = threading.Condition(lock)
+
+        def held_fsync(fd: int) -> None:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if threading.current_thread() is threading.main_thread() or not (
+                    ".part." in path and path.endswith(".tmp")):
+                return fsync(fd)
+            with writing:
+                held[0] += 1
+                writing.notify_all()
+            try:
+                threading.Event().wait(hold)
+                return fsync(fd)
+            finally:
+                with writing:
+                    held[0] -= 1
+
+        armed, calls = [False], [0]
+
+        def trace(frame, event, arg):
+            if event != "call" or fired[0]:
+                return None
+            code = frame.f_code
+            if not armed[0]:
+                armed[0] = code.co_name == "run_parallel"
+                return None
+            if not code.co_filename.startswith(root):
+                return None
+            calls[0] += 1
+            if calls[0] == call:
+                with writing:
+                    if writing.wait_for(lambda: held[0] > 0, timeout=0.25):
+                        fired[0] = True
+                if fired[0]:
+                    os.kill(os.getpid(), signal.SIGTERM)  # raised here, on the call event
+            return None
+
+        os.fsync = held_fsync
+        sys.settrace(trace)
+        try:
+            code = crashkit._main(argv)
+        finally:
+            sys.settrace(None)
+        if calls[0] < call:
+            return 0 if code == 0 else 72  # fewer calls: the walk is over
+        if not fired[0]:
+            return 74 if code == 0 else 72  # no part being written at that call
+        return 73 if code == 0 else code
+
+    return crashkit._run_in_child(body, None)
+
+
+def test_download_bundle_signal_at_any_call_while_a_part_is_written(cloud, tmp_path):
+    """The load-only leak of test_download_bundle, pinned: a signal that reaches the main
+    thread while a download thread has a part's temporary file open, at any call of bundler's
+    code from the pool's start on, leaves no ``.part.N.*.tmp`` (and no other file but the
+    bundle's)."""
+    out = tmp_path / "out"
+    argv = cloud.aws("download-bundle", "-b", f"{cloud.bucket}/src", "-p", "img", "-d", str(out),
+                     "-c", str(cloud.ws.cert))
+    visited = 0
+    for call in range(1, 200):
+        clean_dir(out)
+        code = _signal_at_a_call_while_a_part_is_written(argv, call)
+        assert code != 72, f"call {call}: the unsignalled run failed"
+        if code == 0:
+            break  # the run made fewer calls
+        if code == 74:
+            continue  # no part being written at that call (before the first, after the last)
+        visited += 1
+        when = f"SIGTERM at call {call}"
+        assert code == 128 + signal.SIGTERM, f"{when}: exit {code}"
+        seen = inspect_bundle_dir(out, cloud.ws)
+        assert seen.ok, f"{when}: {seen.wrong}"
+        assert set(os.listdir(out)) <= set(cloud.names), f"{when}: left {os.listdir(out)}"
+    else:
+        raise AssertionError("the run still had calls after 200")
+    assert visited >= 5, f"only {visited} signalled runs"
