@@ -13,8 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
-from ..errors import BundlerError
+from .. import __version__, interrupts
+from ..errors import BundlerError, Interrupted
 from .common import Printer, add_global_options
 from .failure import ArgumentParser, report, wants_json
 from .signals import interrupts_roll_back
@@ -100,7 +100,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "ami-bundler") -> int
             json_mode, debug = getattr(args, "json", False), getattr(args, "debug", False)
             _configure_logging(args)
             printer = Printer(json_mode=json_mode, quiet=getattr(args, "quiet", False))
-            return int(args.func(args, printer) or 0)
+            code = int(args.func(args, printer) or 0)
+            signum = interrupts.signalled()
+            if code == 0 and signum is not None:
+                # The signal's Interrupted was lost: Python ignores an exception raised in a
+                # finalizer (__del__, a weakref callback), and the handler may have run in
+                # one. The run went on to the end; it still ends as interrupted, saying what
+                # it left (the result it printed stays the only JSON on stdout).
+                return report(Interrupted(signum), prog=prog, json_mode=False, debug=debug)
+            return code
         except BrokenPipeError:
             return 141
         except (BundlerError, KeyboardInterrupt, OSError) as exc:
