@@ -77,6 +77,14 @@ def start_thread(thread: threading.Thread) -> threading.Thread:
     return thread
 
 
+def join_thread(thread: threading.Thread, timeout: float | None = None) -> None:
+    """``thread.join(timeout)`` that a signal cannot cut short (see ``Executor.shutdown``): on
+    CPython 3.11 an interrupted join marks the thread stopped while it still runs (a lease's
+    renewal still under way would then land after the lease's release)."""
+    with critical():
+        thread.join(timeout)
+
+
 class BoundedExecutor:
     """A thread pool whose ``submit`` blocks while ``limit`` tasks are pending.
 
@@ -409,6 +417,7 @@ class BackgroundTask:
     def __init__(self, *, name: str = "ami-bundler-task") -> None:
         self._name = name
         self._thread: threading.Thread | None = None
+        self._done = threading.Event()
         self.error: BaseException | None = None
 
     @property
@@ -420,20 +429,29 @@ class BackgroundTask:
         if self.running:
             return False
 
+        done = threading.Event()
+
         def run() -> None:
             try:
                 fn()
             except BaseException as exc:  # reported by the owner
                 if self.error is None:
                     self.error = exc
+            finally:
+                done.set()
 
         self._thread = threading.Thread(target=run, name=self._name, daemon=True)
+        self._done = done
         start_thread(self._thread)
         return True
 
     def join(self) -> None:
+        """Wait for the call under way. A signal may interrupt the wait (it is on an event, which
+        an interrupt leaves intact: a later join still waits); the thread is joined only once
+        the call has ended (see ``join_thread``)."""
         if self._thread is not None:
-            self._thread.join()
+            self._done.wait()
+            join_thread(self._thread)
             self._thread = None
 
 
@@ -446,6 +464,7 @@ __all__ = [
     "Prefetch",
     "ordered_window",
     "run_all",
+    "join_thread",
     "run_parallel",
     "start_thread",
 ]

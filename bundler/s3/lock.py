@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import botocore.exceptions as bexc
 
 from ..aws import NO_SUCH_OBJECT, error_code, is_not_found
-from ..concurrency import start_thread
+from ..concurrency import join_thread, start_thread
 from ..errors import S3Error
 from ..stale import pid_alive
 from .location import S3Location
@@ -234,7 +234,7 @@ class UploadLock:
         """Stop refreshing and delete the lock if it is still ours; never raises."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            join_thread(self._thread)  # a renewal under way lands before the release
             self._thread = None
         if self._unsupported or not self._attempted:
             return

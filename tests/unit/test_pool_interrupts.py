@@ -101,27 +101,63 @@ def test_an_interrupt_anywhere_in_a_pool_reaches_the_caller_after_its_tasks(prim
     assert no_thread_left() == []
 
 
-def test_a_signal_while_a_shutdown_joins_a_running_task_waits_for_it(no_thread_left):
-    ended = threading.Event()
+def _waiting_in(frame, names: tuple[str, ...]) -> bool:
+    """Whether ``frame`` blocks in a wait called (within a few frames) from one of ``names``."""
+    if frame is None or frame.f_code.co_name not in ("_wait_for_tstate_lock", "wait"):
+        return False
+    for _ in range(6):
+        frame = frame.f_back
+        if frame is None:
+            return False
+        if frame.f_code.co_name in names:
+            return True
+    return False
+
+
+def _signal_once_main_waits(then: float, ended: threading.Event) -> Callable[[], None]:
+    """A task that sends SIGTERM to the main thread once it is blocked waiting in a join or a
+    shutdown, then works ``then`` seconds more and sets ``ended``."""
     main = threading.main_thread()
 
     def task() -> None:
-        # Until the main thread is blocked joining this thread, then the signal, then the
-        # rest of the task's work.
-        deadline = threading.Event()
+        pause = threading.Event()
         for _ in range(1000):
             frame = sys._current_frames().get(main.ident)
-            if frame is not None and frame.f_code.co_name == "_wait_for_tstate_lock":
+            if _waiting_in(frame, ("join", "join_thread", "shutdown")):
                 break
-            deadline.wait(0.005)
+            pause.wait(0.005)
         signal.pthread_kill(main.ident, signal.SIGTERM)
-        deadline.wait(0.2)
+        pause.wait(then)
         ended.set()
 
+    return task
+
+
+def test_a_signal_while_a_shutdown_joins_a_running_task_waits_for_it(no_thread_left):
+    ended = threading.Event()
     with interrupts_roll_back():
         pool = concurrency.Executor(max_workers=1, thread_name_prefix="ami-bundler-t")
-        pool.submit(task)
+        pool.submit(_signal_once_main_waits(0.2, ended))
         with pytest.raises(Interrupted):
             pool.shutdown(wait=True)
         assert ended.is_set(), "the shutdown stopped waiting while its task still ran"
+    assert no_thread_left() == []
+
+
+def test_join_thread_and_a_background_task_survive_a_signal_in_their_wait(no_thread_left):
+    ended = threading.Event()
+    thread = threading.Thread(target=_signal_once_main_waits(0.2, ended), name="ami-bundler-j")
+    with interrupts_roll_back():
+        concurrency.start_thread(thread)
+        with pytest.raises(Interrupted):
+            concurrency.join_thread(thread)
+        assert ended.is_set(), "the join stopped waiting while the thread still ran"
+    ended = threading.Event()
+    task = concurrency.BackgroundTask(name="ami-bundler-bg")
+    with interrupts_roll_back():
+        task.start(_signal_once_main_waits(0.2, ended))
+        with pytest.raises(Interrupted):
+            task.join()  # the wait is interrupted, not the thread's bookkeeping
+        task.join()  # so the clean-up's join still waits for the call
+        assert ended.is_set(), "the clean-up's join did not wait for the call"
     assert no_thread_left() == []
