@@ -16,6 +16,7 @@ import datetime
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -428,7 +429,12 @@ def wait_available(ec2: EC2Client, image_id: str, *, timeout: float = DEFAULT_WA
         if time.monotonic() + delay > deadline:
             raise EC2Error(f"image {image_id} is still {state or 'pending'} after {timeout:.0f}s: "
                            "check later with describe-images")
-        time.sleep(delay)
+        # On a worker thread (install's regions) no signal reaches this wait, and the run's
+        # clean-up waits for it: a run told to stop ends it here.
+        pause, resume = threading.Event(), time.monotonic() + delay
+        while (left := resume - time.monotonic()) > 0:
+            interrupts.stop_if_signalled()
+            pause.wait(min(0.1, left))
 
 
 def image_location_of(image: Mapping[str, Any]) -> str | None:

@@ -161,3 +161,32 @@ def test_join_thread_and_a_background_task_survive_a_signal_in_their_wait(no_thr
         task.join()  # so the clean-up's join still waits for the call
         assert ended.is_set(), "the clean-up's join did not wait for the call"
     assert no_thread_left() == []
+
+
+def test_a_regions_wait_for_its_ami_ends_once_the_run_is_signalled():
+    """install waits for each region's AMI on a worker thread, which no signal reaches, and
+    the clean-up waits for that thread: the wait ends as soon as the run is told to stop."""
+    from bundler.ec2 import wait_available
+
+    class Pending:
+        def describe_images(self, **kwargs):
+            return {"Images": [{"ImageId": "ami-1", "State": "pending"}]}
+
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            wait_available(Pending(), "ami-1", timeout=60, delay=30)  # type: ignore[arg-type]
+        except BaseException as exc:  # noqa: BLE001 - what ended the wait is the finding
+            outcome.append(exc)
+
+    thread = threading.Thread(target=wait, name="ami-bundler-wait")
+    interrupts.clear()
+    try:
+        thread.start()
+        interrupts.note(signal.SIGTERM)  # what the handler does on the main thread
+        thread.join(5)
+    finally:
+        interrupts.clear()
+    assert not thread.is_alive(), "the wait went on after the run was signalled"
+    assert [type(e) for e in outcome] == [Interrupted]
