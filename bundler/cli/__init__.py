@@ -90,6 +90,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None, *, prog: str = "ami-bundler") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     json_mode, debug = wants_json(argv), "--debug" in argv
+    args: argparse.Namespace | None = None
     with interrupts_roll_back():
         try:
             parser = build_parser(prog, _command_of(argv))
@@ -107,12 +108,21 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "ami-bundler") -> int
                 # finalizer (__del__, a weakref callback), and the handler may have run in
                 # one. The run went on to the end; it still ends as interrupted, saying what
                 # it left (the result it printed stays the only JSON on stdout).
-                return report(Interrupted(signum), prog=prog, json_mode=False, debug=debug)
+                return report(Interrupted(signum), prog=prog, json_mode=False, debug=debug,
+                              finish=_finish_of(args))
             return code
         except BrokenPipeError:
             return 141
         except (BundlerError, KeyboardInterrupt, OSError) as exc:
-            return report(exc, prog=prog, json_mode=json_mode, debug=debug)
+            return report(exc, prog=prog, json_mode=json_mode, debug=debug,
+                          finish=_finish_of(args))
+
+
+def _finish_of(args: argparse.Namespace | None) -> str | None:
+    """How the command is finished after an interrupt kept what it published, for a command
+    that registers AMIs from it (its parser's ``finish_hint``); None for one that does not."""
+    hint = getattr(args, "finish_hint", None)
+    return hint(args) if hint is not None else None
 
 
 def _classic(command: str, prog: str) -> int:

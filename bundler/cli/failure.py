@@ -36,31 +36,35 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _left(kept: list[interrupts.Published]) -> str:
+def _left(kept: list[interrupts.Published], registers: bool) -> str:
     """What an interrupted run leaves: each bundle it published (whole, and kept: an AMI may
-    already use it) and how to finish what the run did not."""
+    already use it) and, for a run that was to register AMIs, the ones it did not."""
     said = []
     for p in kept:
         if p.image_id:
             said.append(f"{p.url} is published and registered as {p.image_id}")
         else:
-            name = p.image_location.rsplit("/", 1)[-1].removesuffix(".manifest.xml")
-            said.append(f"{p.url} is published (a complete bundle, kept), AMI not registered; "
-                        f"to finish: ami-bundler register {p.image_location} -n {name}")
+            said.append(f"{p.url} is published (a complete bundle, kept)"
+                        + (", AMI not registered" if registers else ""))
     return "; ".join(said)
 
 
-def failure_of(exc: BaseException) -> Failure:
+def failure_of(exc: BaseException, finish: str | None = None) -> Failure:
+    """``finish``: how the command that ran is finished after an interrupt, when it was to
+    register AMIs from what it published (the command's ``finish_hint``); the hint is
+    given only when some bundle it published has no AMI yet."""
     if isinstance(exc, Interrupted):
         kept = interrupts.kept()
         if kept:
-            return Failure("interrupted", f"{exc}: stopped; {_left(kept)}", None, exc.exit_code,
+            unregistered = any(p.image_id is None for p in kept)
+            return Failure("interrupted", f"{exc}: stopped; {_left(kept, finish is not None)}",
+                           finish if unregistered else None, exc.exit_code,
                            {"published": [{"manifest": p.url, "image_location": p.image_location,
                                            "image_id": p.image_id} for p in kept]})
         return Failure("interrupted", f"{exc}: stopped; nothing partial was kept",
                        None, exc.exit_code)
     if isinstance(exc, KeyboardInterrupt):
-        return failure_of(Interrupted())
+        return failure_of(Interrupted(), finish)
     if isinstance(exc, OSError):
         # A system call on a path the user gave failed where no check expected it (a name too
         # long, a device, an I/O error): still one line naming the file, exit code "input".
@@ -79,11 +83,12 @@ def failure_of(exc: BaseException) -> Failure:
 
 
 def report(exc: BaseException, *, prog: str, json_mode: bool, debug: bool,
-           stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+           stdout: TextIO | None = None, stderr: TextIO | None = None,
+           finish: str | None = None) -> int:
     """Print the failure (traceback only with --debug) and return its exit code."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
-    failure = failure_of(exc)
+    failure = failure_of(exc, finish)
     if debug:
         log.debug("traceback", exc_info=exc)
     try:

@@ -69,7 +69,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_register_options(p, full=False)
     add_region_options(p)
     add_aws_options(p)
-    p.set_defaults(func=run_install)
+    p.set_defaults(func=run_install, finish_hint=_finish_hint)
+
+
+def _finish_hint(args: argparse.Namespace) -> str | None:
+    """An install interrupted once its bundle was published is finished by the same command:
+    it finds that bundle (the same image), uploads nothing and registers the AMI with the
+    settings given — which a bare register command would not all repeat."""
+    if args.no_register:
+        return None
+    return ("run the same command again: it finds the published bundle, uploads nothing and "
+            "registers the AMI")
 
 
 def add_region_options(p: argparse.ArgumentParser) -> None:

@@ -73,7 +73,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_transfer_options(p, jobs_help="parallel part transfers per target (default: %(default)s)")
     add_acl_options(p)
     add_aws_options(p, region_help="region of STS for assuming roles (default: the plan's first)")
-    p.set_defaults(func=run_publish)
+    p.set_defaults(func=run_publish, finish_hint=_finish_hint)
+
+
+def _finish_hint(args: argparse.Namespace) -> str:
+    """A publish interrupted once a region's bundle was published is finished by publishing
+    the same plan again: what is there is kept and only what is missing is done."""
+    return ("run the same publish again: it keeps what is published and registers what is "
+            "missing")
 
 
 def write_report(path: Path, data: dict[str, Any]) -> None:

@@ -4,8 +4,9 @@ and a multi-region relayed ``publish``), upload-bundle and copy-bundle (ec2-migr
 The commit point is the manifest PUT (``bundler.s3.publish``): the proxy holds that request
 and the signal is sent from outside while it is held — so the manifest lands and may be
 seen, and an AMI registered from it, by anyone. From then on the bundle is never deleted:
-the run exits 128+signal with one line saying what is published and how to finish (the
-register command, which then works), the lease is released, and nothing else is left: no
+the run exits 128+signal with one line saying what is published — and, for a command that
+was to register an AMI, a hint line saying how to finish (the same command again, which then
+registers it with the settings given) — the lease is released, and nothing else is left: no
 orphan part, no open multipart upload, no AMI registered by the interrupted run. (The other
 side of the commit point, a signal held while the sink commits and the manifest is never sent:
 test_signals_pieces.py.)
@@ -68,23 +69,22 @@ def _kept(s3, bucket: str, prefix: str, manifest: str = "disk.manifest.xml") -> 
     assert uploads == [], f"multipart uploads left open: {uploads}"
 
 
-def _says_published(err: str, url: str, signum: int = signal.SIGTERM) -> str:
-    last = err.strip().splitlines()[-1]
-    assert f"interrupted by {signal.Signals(signum).name}" in last, err
-    assert f"{url} is published" in last and "AMI not registered" in last, err
+RERUN_HINT = ("hint: run the same command again: it finds the published bundle, uploads "
+              "nothing and registers the AMI")
+
+
+def _says_published(err: str, url: str, signum: int = signal.SIGTERM, *,
+                    hint: str | None = None) -> str:
+    """The error line names what is published; a command that was to register an AMI says
+    that it did not and gives ``hint`` on the line after, one that was not gives none."""
+    lines = err.strip().splitlines()
+    [line] = [entry for entry in lines if ": error: " in entry]
+    assert f"interrupted by {signal.Signals(signum).name}" in line, err
+    assert f"{url} is published (a complete bundle, kept)" in line, err
+    assert ("AMI not registered" in line) == (hint is not None), err
+    assert lines[-1] == (hint or line), err
     assert "Traceback" not in err, err
-    return last
-
-
-def _finish(url: str, line: str, bundle: str, name: str, endpoint: str) -> None:
-    """The command the line gives (under another AMI name: names are unique per region)
-    registers the kept bundle."""
-    location = url.removeprefix("s3://")
-    assert f"ami-bundler register {location} -n {bundle}" in line, line
-    done = subprocess.run([sys.executable, "-m", "bundler", "register", location, "-n", name,
-                           "--endpoint-url", endpoint, "-q"],
-                          cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    return line
 
 
 def test_install_interrupted_at_its_manifest_put_keeps_the_bundle(proxy, moto_server, s3, ec2,
@@ -101,11 +101,18 @@ def test_install_interrupted_at_its_manifest_put_keeps_the_bundle(proxy, moto_se
     assert code == 128 + signal.SIGTERM, err
     assert proxy.wait_idle()
     url = f"s3://{bucket}/sig/disk.manifest.xml"
-    line = _says_published(err, url)
+    _says_published(err, url, hint=RERUN_HINT)
     _kept(s3, bucket, "sig/")
     assert images_named(ec2, name) == []  # the run stopped before registering
-    _finish(url, line, "disk", name, moto_server)
+    # The hint's way to finish: the same command registers the kept bundle, under the AMI
+    # name given (-n), uploading no part again.
+    parts_before = len(proxy.requests("PUT", r"\.part\."))
+    done = subprocess.run([sys.executable, "-m", "bundler", *argv, "-q"], cwd=REPO,
+                          env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(proxy.requests("PUT", r"\.part\.")) == parts_before
     assert [i["ImageLocation"] for i in images_named(ec2, name)] == [url.removeprefix("s3://")]
+    _kept(s3, bucket, "sig/")
 
 
 def test_upload_bundle_interrupted_at_its_manifest_put_keeps_the_bundle(proxy, s3, bucket,
@@ -176,7 +183,9 @@ def test_relayed_publish_interrupted_at_a_manifest_put_keeps_what_is_published(
     assert code == 128 + signal.SIGTERM, err
     assert proxy.wait_idle()
     first = proxy.requests("PUT", MANIFEST_PUT)[0].path
-    line = err.strip().splitlines()[-1]
+    *_, line, hint = err.strip().splitlines()
+    assert hint == "hint: run the same publish again: it keeps what is published and registers "\
+        "what is missing", err
     published = 0
     for region in regions:
         bucket = f"sig-commit-{tag}-{region}"
@@ -193,6 +202,7 @@ def test_relayed_publish_interrupted_at_a_manifest_put_keeps_what_is_published(
         prefix = manifest.rpartition("/")[0] + "/"
         _kept(client, bucket, prefix, manifest[len(prefix):])
         assert f"s3://{bucket}/{manifest} is published" in line, err
+        assert line.endswith("AMI not registered") or "AMI not registered;" in line, err
         published += 1
     assert published >= 1, err
 
@@ -211,14 +221,18 @@ def test_the_ledger_says_what_a_run_published():
         interrupts.published("s3://c/b.manifest.xml", "c/b.manifest.xml")
         interrupts.registered("c/b.manifest.xml", "ami-12345678")
         interrupts.registered("d/never.manifest.xml", "ami-0")  # not published by this run
-        failure = failure_of(Interrupted(15))
+        failure = failure_of(Interrupted(15), "run it again")
         assert failure.exit_code == 143 and "\n" not in failure.message
         assert ("s3://b/p/a.manifest.xml is published (a complete bundle, kept), AMI not "
-                "registered; to finish: ami-bundler register b/p/a.manifest.xml -n a"
+                "registered; s3://c/b.manifest.xml is published and registered as ami-12345678"
                 in failure.message)
-        assert "s3://c/b.manifest.xml is published and registered as ami-12345678" in (
-            failure.message)
+        assert failure.hint == "run it again"
         assert [p["image_id"] for p in failure.envelope()["published"]] == [None, "ami-12345678"]
+        # A command that registers nothing (upload-bundle, copy-bundle) names no AMI
+        uploaded = failure_of(Interrupted(15))
+        assert "AMI" not in uploaded.message.replace("ami-12345678", "") and not uploaded.hint
+        interrupts.registered("b/p/a.manifest.xml", "ami-87654321")  # every AMI made: no hint
+        assert failure_of(Interrupted(15), "run it again").hint is None
     finally:
         interrupts.clear()
     assert interrupts.kept() == []
