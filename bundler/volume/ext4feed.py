@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..concurrency import start_thread
+from ..concurrency import join_thread, start_thread
 from ..errors import VolumeError
 from ..tools import which
 from . import safefs, secrets_filter
@@ -193,8 +193,8 @@ class Debugfs:
         except BrokenPipeError:
             pass
         code = self.proc.wait()
-        for t in self.threads:
-            t.join()
+        for t in self.threads:  # debugfs has exited: its readers end at the pipes' EOF
+            join_thread(t)
         if code or self.error_count:
             raise self.failure()
 
@@ -207,7 +207,7 @@ class Debugfs:
             self.proc.kill()
         self.proc.wait()
         for t in self.threads:
-            t.join()
+            join_thread(t)
 
     def error_summary(self) -> str:
         return "; ".join(self.errors[:3]) or f"exit {self.proc.returncode}"
