@@ -115,15 +115,21 @@ def test_install_interrupted_at_its_manifest_put_keeps_the_bundle(proxy, moto_se
     _kept(s3, bucket, "sig/")
 
 
+def _small_image_args(tmp_path, user_keys, ec2_keys) -> list[str]:
+    """A 300 KiB image (several 64 KiB parts) and the arguments every bundling command takes
+    for it: image, keys, account, architecture, EC2 certificate."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(300 * KIB))
+    key, cert = user_keys
+    return ["-i", str(image), "-c", str(cert), "-k", str(key), "-u", "123456789012",
+            "-r", "x86_64", "--ec2cert", str(ec2_keys[1])]
+
+
 def test_upload_bundle_interrupted_at_its_manifest_put_keeps_the_bundle(proxy, s3, bucket,
                                                                         tmp_path, user_keys,
                                                                         ec2_keys):
-    image = tmp_path / "disk.img"
-    image.write_bytes(os.urandom(300 * KIB))
     out = tmp_path / "bundle"
-    key, cert = user_keys
-    code = crashkit.run_cli(["bundle-image", "-i", str(image), "-c", str(cert), "-k", str(key),
-                             "-u", "123456789012", "-r", "x86_64", "--ec2cert", str(ec2_keys[1]),
+    code = crashkit.run_cli(["bundle-image", *_small_image_args(tmp_path, user_keys, ec2_keys),
                              "-d", str(out), "-p", "disk", "-q"], 64 * KIB)
     assert code == 0
     # A stale part of an earlier, longer bundle: removed after the manifest, signal or not.
@@ -141,12 +147,8 @@ def test_upload_bundle_interrupted_at_its_manifest_put_keeps_the_bundle(proxy, s
 def test_copy_bundle_interrupted_at_its_manifest_put_keeps_the_copy(proxy, s3, bucket,
                                                                     tmp_path, user_keys,
                                                                     ec2_keys):
-    image = tmp_path / "disk.img"
-    image.write_bytes(os.urandom(300 * KIB))
-    key, cert = user_keys
     src = f"{bucket}/src"
-    code = crashkit.run_cli(["install", "-i", str(image), "-c", str(cert), "-k", str(key), "-u",
-                             "123456789012", "-r", "x86_64", "--ec2cert", str(ec2_keys[1]),
+    code = crashkit.run_cli(["install", *_small_image_args(tmp_path, user_keys, ec2_keys),
                              "-b", src, "-p", "disk", "--no-register", "--no-check",
                              "--endpoint-url", proxy.url, "-q"], 64 * KIB)
     assert code == 0
