@@ -281,10 +281,24 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reset()
                 return
             record.body_prefix = body[:4096] if "amazonaws" not in split.path else b""
-            if proxy.bandwidth:
-                time.sleep(len(body) / proxy.bandwidth)
-            if proxy.delay:
-                time.sleep(proxy.delay)
+            # The link: the body takes len / bandwidth to arrive, then the answer ``delay``
+            # more. Without a rule the upstream handles the request meanwhile, as S3 does
+            # while the bytes stream in (answered no earlier than the link allows, so the
+            # stand-in's own time per request is not added to every transfer); a rule's
+            # request reaches the upstream only after the link's time, as before.
+            link = (len(body) / proxy.bandwidth if proxy.bandwidth else 0.0) + proxy.delay
+            if rule is None and link:
+                answer_at = record.started + link
+                status, headers, data = self._forward(method, body)
+                record.status = status
+                pause = answer_at - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                finish()
+                self._send(status, headers, data, method)
+                return
+            if link:
+                time.sleep(link)
             if rule and rule.action == "delay":
                 time.sleep(rule.delay)
             if rule and rule.action == "status":
