@@ -193,8 +193,11 @@ class S3Sink:
         publication.open(None)  # lease; a bundle already there is another one: refused or retired
         self._publication = publication
         # Parts are 10 MiB in memory each: ``jobs`` uploading plus two ready keeps every
-        # uploader busy while bounding memory whatever the image size.
-        self._pool = BoundedExecutor(self.jobs, self.jobs + 2, name="ami-bundler-s3")
+        # uploader busy while bounding memory whatever the image size. Each of those parts has
+        # a worker: a split part's worker waits for its CompleteMultipartUpload (and a whole
+        # part's for its MD5) holding no stream, and the next part must not wait for it while
+        # a stream is free (``_streams`` bounds the requests carrying bytes to ``jobs``).
+        self._pool = BoundedExecutor(self.jobs + 2, self.jobs + 2, name="ami-bundler-s3")
         self._pieces = BoundedExecutor(self.jobs, self.jobs, name="ami-bundler-s3-piece")
         _return_large_buffers_to_the_os()
         self.progress.start("upload", None)

@@ -197,3 +197,23 @@ def test_a_split_part_records_its_whole_md5_and_a_failed_create_sends_nothing(pr
                       submit=lambda fn: pool.submit(fn), streams=threading.BoundedSemaphore(2))
     assert not proxy.requests("PUT", r"partNumber=")
     assert not _uploads(s3, bucket) and "md/disk.part.1" not in keys_in(s3, bucket, "md/")
+
+
+def test_a_part_never_waits_for_a_worker_busy_completing_another(capsys, proxy, s3, bucket,
+                                                                 tmp_path, user_keys, ec2_keys):
+    """A split part's worker holds no stream while its CompleteMultipartUpload is answered: the
+    parts after it start on the free streams meanwhile (every part in flight has a worker of
+    its own), instead of waiting for that answer."""
+    image = _random_image(tmp_path / "disk.img", 32 * MIB)  # 4 parts: 3 × 10 MiB + the rest
+    proxy.add_rule("delay", r"uploadId=", method="POST", times=None, delay=1.0)  # completes
+    code, _, err = _install(capsys, proxy, bucket, image, user_keys, ec2_keys, "--jobs", "2",
+                            "--no-register")
+    assert code == 0, err
+    completes = proxy.requests("POST", r"uploadId=")
+    assert completes  # the first parts went in pieces, with two streams free
+    later = proxy.requests("PUT", r"\.part\.[23]")
+    assert later
+    # parts 2 and 3 started while the first complete was still held
+    assert min(r.started for r in later) < min(r.ended for r in completes)
+    listing = list_keys(s3, bucket, "pc/")
+    assert len([k for k in listing if ".part." in k]) == 4 and not _uploads(s3, bucket)
