@@ -28,7 +28,7 @@ from .parts import PartSink
 from .progress import NULL_PROGRESS, ProgressListener
 from .source import ImageSource
 from .stagetimes import NULL_TIMES, StageTimes
-from .tarstream import archive_size, data_padding, end_of_archive, member_header
+from .tarwriter import archive_size, data_padding, end_of_archive, member_header
 
 log = logging.getLogger("bundler.pipeline")  # its name before the split: users filter by it
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from .progress import NULL_PROGRESS, ProgressListener
 from .source import ImageSource
-from .tarstream import MemberInfo, archive_size, data_padding, end_of_archive, member_header
+from .tarwriter import MemberInfo, archive_size, data_padding, end_of_archive, member_header
 
 
 def member_info(source: ImageSource, name: str) -> MemberInfo:

@@ -26,7 +26,7 @@ from .imagewriter import FileImageWriter, ImageWriter, NullImageWriter
 from .manifest import Manifest, ParsedManifest, PartEntry, part_mismatch
 from .parts import MAX_PART_BYTES, PartSource
 from .progress import NULL_PROGRESS, ProgressListener
-from .tarstream import TarReader
+from .tarreader import TarReader
 
 # Slack allowed beyond the image size in the decompressed stream (headers, sparse maps,
 # padding); anything more is a gzip bomb or a lie, and reading stops there.
@@ -85,7 +85,7 @@ def verified_parts(source: PartSource, entries: Sequence[PartEntry], bundled_siz
 
 def check_member(member: Any, manifest: Manifest) -> str:
     """The one member a bundle may hold: a regular file with a plain name of the image's size."""
-    from .tarstream import is_regular
+    from .tarreader import is_regular
 
     name = member.name
     if not is_regular(member):

@@ -316,7 +316,7 @@ def faults(tally: Tally, seconds: float, work: Path, keys: tuple[Path, Path, Pat
 
 
 def bomb_input(rng: random.Random) -> bytes:
-    from bundler.tarstream import MemberInfo, data_padding, end_of_archive, member_header
+    from bundler.tarwriter import MemberInfo, data_padding, end_of_archive, member_header
 
     data = rng.randbytes(rng.randint(1, 4096))
     head = member_header(MemberInfo("img", len(data)))

@@ -43,7 +43,7 @@ def seeds(target: str) -> list[bytes]:
         return list(image_seeds(target))
     from bundler import keys as keylib
     from bundler.manifest import Manifest, PartEntry, part_names
-    from bundler.tarstream import MemberInfo, data_padding, end_of_archive, member_header
+    from bundler.tarwriter import MemberInfo, data_padding, end_of_archive, member_header
     from tests.support import harness
 
     def tar(data: bytes, regions=None, size=None) -> bytes:
@@ -101,7 +101,8 @@ def run_atheris(target: str, seconds: int, rss_mb: int, corpus: Path) -> int:
         import bundler.images.vmdk  # noqa: F401
         import bundler.manifest  # noqa: F401
         import bundler.pipeline  # noqa: F401
-        import bundler.tarstream  # noqa: F401
+        import bundler.tarreader  # noqa: F401
+        import bundler.tarwriter  # noqa: F401
     if not any(corpus.iterdir()):
         for i, data in enumerate(seeds(target)):
             (corpus / f"seed-{i}").write_bytes(data)

@@ -1,4 +1,5 @@
-"""tarstream against the real GNU tar binary: extraction, listing and byte-identical archives."""
+"""tarwriter and tarreader against the real GNU tar binary: extraction, listing and byte-identical
+archives."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from bundler.tarstream import (
+from bundler.tarreader import TarReader, is_regular
+from bundler.tarwriter import (
     MemberInfo,
-    TarReader,
     archive_size,
     data_padding,
     end_of_archive,
-    is_regular,
     member_header,
     stored_size,
 )

@@ -21,7 +21,7 @@ from bundler.dirsource import DirectorySource
 from bundler.errors import ArchiveError, BundlerError, IntegrityError, ManifestError
 from bundler.manifest import parse_manifest
 from bundler.pipeline import STREAM_SLACK, unbundle
-from bundler.tarstream import MemberInfo, data_padding, end_of_archive, member_header
+from bundler.tarwriter import MemberInfo, data_padding, end_of_archive, member_header
 from tests.support import crashkit, harness
 from tests.support.crashkit import REPO, inspect_bundle_dir, inspect_image_dir
 

@@ -30,15 +30,9 @@ from bundler.manifest import (
     validate_name,
 )
 from bundler.parts import provisional_name
-from bundler.tarstream import (
-    BLOCK,
-    MemberInfo,
-    TarReader,
-    archive_size,
-    data_padding,
-    end_of_archive,
-    member_header,
-)
+from bundler.tarformat import BLOCK
+from bundler.tarreader import TarReader
+from bundler.tarwriter import MemberInfo, archive_size, data_padding, end_of_archive, member_header
 from tests.support import harness
 from tests.support.properties import FAST, SLOWER, no_hang
 

@@ -23,7 +23,7 @@ from bundler import keys as keylib
 from bundler.errors import BundlerError, ManifestError, PartMissingError
 from bundler.manifest import Manifest, PartEntry, parse_manifest, part_names
 from bundler.pipeline import AesCbcEncryptor, DecryptedStream, unbundle
-from bundler.tarstream import TarReader
+from bundler.tarreader import TarReader
 
 # Fuzzed streams are small; a reader that produces more than this from one input is unbounded.
 OUTPUT_CAP = 8 * 1024 * 1024

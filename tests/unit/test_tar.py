@@ -1,4 +1,5 @@
-"""Unit tests for bundler.tarstream: pure bytes in/out, cross-checked with Python's tarfile."""
+"""Unit tests for bundler.tarwriter and bundler.tarreader: pure bytes in/out, cross-checked with
+Python's tarfile."""
 
 from __future__ import annotations
 
@@ -9,18 +10,16 @@ from collections.abc import Sequence
 
 import pytest
 
+from bundler import tarformat
 from bundler.errors import ArchiveError, UsageError
-from bundler.tarstream import (
-    BLOCK,
-    RECORD,
-    Member,
+from bundler.tarformat import BLOCK, RECORD
+from bundler.tarreader import Member, TarReader, is_regular
+from bundler.tarwriter import (
     MemberInfo,
-    TarReader,
     archive_size,
     data_padding,
     end_of_archive,
     gnu_sparse_map,
-    is_regular,
     member_header,
     stored_size,
 )
@@ -159,6 +158,30 @@ def pax_sparse_archive(version: str, name: str, size: int,
     out = pax_member(pax_records(items))
     out += ustar_block(header_name, len(body)) + body + data_padding(len(body))
     return out + end_of_archive(len(out))
+
+
+# ---------------------------------------------------------------------------------------------
+# format
+# ---------------------------------------------------------------------------------------------
+
+
+def test_header_fields_tile_the_block():
+    """The ustar fields follow each other without gaps up to the magic, and the old GNU sparse
+    fields fit between the owner names and the block's end."""
+    order = [tarformat.NAME, tarformat.MODE, tarformat.UID, tarformat.GID, tarformat.SIZE,
+             tarformat.MTIME, tarformat.CHKSUM, tarformat.TYPEFLAG, tarformat.LINKNAME,
+             tarformat.MAGIC, tarformat.UNAME, tarformat.GNAME]
+    assert order[0].start == 0
+    assert all(a.stop == b.start for a, b in zip(order, order[1:], strict=False))
+    assert tarformat.PREFIX.stop <= BLOCK
+    entries = tarformat.SPARSES_IN_HEADER * tarformat.SPARSE_ENTRY
+    assert tarformat.GNAME.stop < tarformat.SPARSE
+    assert tarformat.SPARSE + entries == tarformat.ISEXTENDED == tarformat.REALSIZE.start - 1
+    assert tarformat.REALSIZE.stop <= BLOCK
+    assert tarformat.SPARSES_IN_EXTENSION * tarformat.SPARSE_ENTRY == tarformat.EXT_ISEXTENDED
+    assert tarformat.width(tarformat.MAGIC) == len(tarformat.GNU_MAGIC)
+    assert tarformat.width(tarformat.MAGIC) == len(tarformat.USTAR_MAGIC)
+    assert RECORD % BLOCK == 0
 
 
 # ---------------------------------------------------------------------------------------------

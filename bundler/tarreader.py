@@ -1,16 +1,12 @@
-"""Tar framing for the bundle's single-member archive: GNU headers out, tolerant parsing in.
+"""Strict streaming tar reader (bundles come from anywhere, S3 included): no malformation passes.
 
-Writer: produces exactly the bytes GNU tar 1.34 writes for
-``tar -c -h -S --owner 0 --group 0 -C dir NAME`` (GNU format, blocking factor 20), given the
-member's metadata and its data regions; the caller streams the region data itself.  Nothing here
-needs the data, so headers and sizes for a 10 GiB image cost microseconds.
-
-Reader: pulls from any ``read(n)`` stream and understands old-GNU sparse, PAX sparse 0.0/0.1/1.0,
+Pulls from any ``read(n)`` stream and understands old-GNU sparse, PAX sparse 0.0/0.1/1.0,
 plain GNU/ustar members, base-256 numbers, GNU long names and PAX ``path``.  Every malformation
 becomes an :class:`ArchiveError`; reads are bounded so hostile headers cannot make it allocate
-or loop without consuming input.
+or loop without consuming input.  The field layout is :mod:`bundler.tarformat`'s; the writer is
+:mod:`bundler.tarwriter`.
 
-Pure: no file system access.  Spec: bundle-format.md §1.2 and §5.
+Pure: no file system access.  Spec: bundle-format.md §5.
 """
 
 from __future__ import annotations
@@ -20,230 +16,42 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bundler.errors import ArchiveError, UsageError
+from .errors import ArchiveError
+from .tarformat import (
+    BLOCK,
+    CHKSUM,
+    DIRTYPE,
+    EXT_ISEXTENDED,
+    GID,
+    GNUTYPE_LONGLINK,
+    GNUTYPE_LONGNAME,
+    GNUTYPE_SPARSE,
+    ISEXTENDED,
+    LINKNAME,
+    MAGIC,
+    MAX_OFFSET,
+    META_TYPES,
+    MODE,
+    MTIME,
+    NAME,
+    PREFIX,
+    REALSIZE,
+    REGULAR_TYPES,
+    SIZE,
+    SOLARIS_XHDTYPE,
+    SPARSE,
+    SPARSE_ENTRY,
+    SPARSE_NUMBER,
+    SPARSES_IN_EXTENSION,
+    SPARSES_IN_HEADER,
+    TYPEFLAG,
+    UID,
+    USTAR_MAGIC,
+    XHDTYPE,
+    width,
+)
 
-log = logging.getLogger("bundler.tarstream")
-
-BLOCK = 512
-RECORD = 10240  # GNU default blocking factor 20
-
-# off_t is signed 64-bit in GNU tar; anything larger cannot be a real file size or offset.
-MAX_OFFSET = (1 << 63) - 1
-
-_GNU_MAGIC = b"ustar  \x00"  # magic + version as GNU tar's --format=gnu writes them
-_USTAR_MAGIC = b"ustar\x0000"
-_LONGLINK_NAME = b"././@LongLink"
-_SPARSES_IN_HEADER = 4
-_SPARSES_IN_EXTENSION = 21
-_NAME_LEN = 100
-
-# Header field offsets (POSIX ustar / old GNU layout).
-_OFF_MODE, _OFF_UID, _OFF_GID, _OFF_SIZE, _OFF_MTIME = 100, 108, 116, 124, 136
-_OFF_CHKSUM, _OFF_TYPE, _OFF_LINKNAME, _OFF_MAGIC = 148, 156, 157, 257
-_OFF_UNAME, _OFF_GNAME, _OFF_PREFIX = 265, 297, 345
-_OFF_SPARSE, _OFF_ISEXT, _OFF_REALSIZE = 386, 482, 483
-_OFF_EXT_ISEXT = 504
-
-_REGULAR_TYPES = frozenset({b"0", b"\x00", b"7", b"S"})
-_DIRTYPE = b"5"
-_META_TYPES = frozenset({b"L", b"K", b"x", b"g", b"X"})
-
-
-# --------------------------------------------------------------------------------------------
-# Writer
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MemberInfo:
-    """Metadata of the one member the bundle's archive holds."""
-
-    name: str  # plain basename
-    size: int  # real (apparent) file size
-    mode: int = 0o644
-    mtime: int = 0
-    uid: int = 0
-    gid: int = 0
-    uname: str = "root"
-    gname: str = "root"
-
-
-def _encode_num(value: int, width: int, what: str) -> bytes:
-    """GNU tar's to_chars(): octal + NUL when it fits in width-1 digits, else base-256."""
-    if value < 0:
-        raise UsageError(f"tar header field {what} cannot be negative ({value})")
-    if value < 8 ** (width - 1):
-        return b"%0*o\x00" % (width - 1, value)
-    # Base-256: first byte 0x80 marks it, the remaining width-1 bytes hold the value big-endian.
-    if value >= 256 ** (width - 1):
-        raise UsageError(f"tar header field {what} too large ({value})")
-    return b"\x80" + value.to_bytes(width - 1, "big")
-
-
-def _set_checksum(block: bytearray) -> None:
-    """Store the ustar checksum the way GNU tar does: six octal digits, NUL, space."""
-    block[_OFF_CHKSUM : _OFF_CHKSUM + 8] = b" " * 8
-    block[_OFF_CHKSUM : _OFF_CHKSUM + 8] = b"%06o\x00 " % sum(block)
-
-
-def _encode_name(text: str, what: str, limit: int | None = None) -> bytes:
-    raw = text.encode("utf-8", "surrogateescape")
-    if b"\x00" in raw:
-        raise UsageError(f"tar {what} {text!r} contains a NUL byte")
-    if limit is not None and len(raw) > limit:
-        raise UsageError(f"tar {what} {text!r} is longer than {limit} bytes")
-    return raw
-
-
-def _base_header(
-    name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
-    typeflag: bytes, uname: bytes, gname: bytes,
-) -> bytearray:
-    """A GNU-format header block with everything but the checksum (and sparse fields) filled in."""
-    block = bytearray(BLOCK)
-    # GNU copies at most 100 bytes and omits the NUL when the name fills the field.
-    block[0 : min(len(name), _NAME_LEN)] = name[:_NAME_LEN]
-    block[_OFF_MODE : _OFF_MODE + 8] = _encode_num(mode, 8, "mode")
-    block[_OFF_UID : _OFF_UID + 8] = _encode_num(uid, 8, "uid")
-    block[_OFF_GID : _OFF_GID + 8] = _encode_num(gid, 8, "gid")
-    block[_OFF_SIZE : _OFF_SIZE + 12] = _encode_num(size, 12, "size")
-    block[_OFF_MTIME : _OFF_MTIME + 12] = _encode_num(mtime, 12, "mtime")
-    block[_OFF_TYPE : _OFF_TYPE + 1] = typeflag
-    block[_OFF_MAGIC : _OFF_MAGIC + 8] = _GNU_MAGIC
-    block[_OFF_UNAME : _OFF_UNAME + len(uname)] = uname
-    block[_OFF_GNAME : _OFF_GNAME + len(gname)] = gname
-    # devmajor/devminor, atime/ctime and the rest stay zero: GNU only fills them for devices
-    # or --incremental, and never for this pipeline's regular file.
-    return block
-
-
-def _validate_info(info: MemberInfo) -> None:
-    if not info.name or "/" in info.name or info.name in (".", ".."):
-        raise UsageError(f"tar member name must be a plain file name, got {info.name!r}")
-    if not 0 <= info.size <= MAX_OFFSET:
-        raise UsageError(f"tar member size {info.size} is out of range")
-    if not 0 <= info.mode <= 0o7777:
-        # GNU format stores permission bits only (mode_to_chars drops S_IFMT).
-        raise UsageError(f"tar member mode {info.mode:o} has bits outside 07777")
-
-
-def gnu_sparse_map(
-    info: MemberInfo, regions: Sequence[tuple[int, int]]
-) -> list[tuple[int, int]]:
-    """The (offset, numbytes) list GNU tar 1.34 stores for a file with these data regions.
-
-    GNU's SEEK_DATA/SEEK_HOLE scan always ends with an empty region at the real size (its way of
-    recording the file length; for an all-hole file it is the only entry), so we append it.
-    Zero-length input regions carry no data and GNU's scan never yields them, so they are dropped.
-    """
-    result: list[tuple[int, int]] = []
-    prev_end = 0
-    for item in regions:
-        offset, length = item
-        if offset < 0 or length < 0:
-            raise UsageError(f"sparse region {item} has a negative offset or length")
-        if offset < prev_end:
-            raise UsageError(f"sparse regions must be sorted and non-overlapping (at {item})")
-        if offset + length > info.size:
-            raise UsageError(f"sparse region {item} extends past the file size {info.size}")
-        if length:
-            result.append((offset, length))
-            prev_end = offset + length
-    result.append((info.size, 0))
-    return result
-
-
-def _long_name_blocks(raw_name: bytes) -> bytes:
-    """GNU tar's ././@LongLink 'L' member carrying a name longer than 100 bytes."""
-    data = raw_name + b"\x00"
-    # GNU's start_private_header: mode 0644, ids 0, mtime 0, owner names of id 0.
-    block = _base_header(_LONGLINK_NAME, 0o644, 0, 0, len(data), 0, b"L", b"root", b"root")
-    _set_checksum(block)
-    return bytes(block) + data + data_padding(len(data))
-
-
-def member_header(info: MemberInfo, regions: Sequence[tuple[int, int]] | None = None) -> bytes:
-    """All header bytes that precede the member's data (long-name member, header, sparse blocks).
-
-    regions=None: plain regular file (typeflag '0'), data is the whole file.
-    regions=[(offset, length), ...]: old-GNU sparse member (typeflag 'S'); the data that follows
-    is the regions' bytes concatenated in order.
-    """
-    _validate_info(info)
-    raw_name = _encode_name(info.name, "member name")
-    uname = _encode_name(info.uname, "user name", 32)
-    gname = _encode_name(info.gname, "group name", 32)
-    prefix = _long_name_blocks(raw_name) if len(raw_name) > _NAME_LEN else b""
-
-    if regions is None:
-        block = _base_header(
-            raw_name, info.mode, info.uid, info.gid, info.size, info.mtime, b"0", uname, gname
-        )
-        _set_checksum(block)
-        return prefix + bytes(block)
-
-    smap = gnu_sparse_map(info, regions)
-    stored = sum(length for _, length in smap)
-    block = _base_header(
-        raw_name, info.mode, info.uid, info.gid, stored, info.mtime, b"S", uname, gname
-    )
-    block[_OFF_REALSIZE : _OFF_REALSIZE + 12] = _encode_num(info.size, 12, "realsize")
-    _store_sparse(block, _OFF_SPARSE, smap[:_SPARSES_IN_HEADER])
-    rest = smap[_SPARSES_IN_HEADER:]
-    block[_OFF_ISEXT] = 1 if rest else 0  # GNU stores the C bool, i.e. byte 0x01
-    _set_checksum(block)
-
-    out = [prefix, bytes(block)]
-    while rest:
-        ext = bytearray(BLOCK)
-        _store_sparse(ext, 0, rest[:_SPARSES_IN_EXTENSION])
-        rest = rest[_SPARSES_IN_EXTENSION:]
-        ext[_OFF_EXT_ISEXT] = 1 if rest else 0
-        out.append(bytes(ext))  # extension blocks carry no checksum
-    return b"".join(out)
-
-
-def _store_sparse(block: bytearray, start: int, entries: Sequence[tuple[int, int]]) -> None:
-    pos = start
-    for offset, length in entries:
-        block[pos : pos + 12] = _encode_num(offset, 12, "sparse offset")
-        block[pos + 12 : pos + 24] = _encode_num(length, 12, "sparse numbytes")
-        pos += 24
-
-
-def stored_size(info: MemberInfo, regions: Sequence[tuple[int, int]] | None = None) -> int:
-    """Number of data bytes the member stores in the archive (before block padding)."""
-    if regions is None:
-        return info.size
-    return sum(length for _, length in gnu_sparse_map(info, regions))
-
-
-def data_padding(length: int) -> bytes:
-    """Zeros that pad length bytes of member data to the next 512-byte boundary."""
-    return bytes(-length % BLOCK)
-
-
-def _end_length(bytes_so_far: int) -> int:
-    if bytes_so_far < 0 or bytes_so_far % BLOCK:
-        raise UsageError(f"archive length {bytes_so_far} is not a whole number of tar blocks")
-    return 2 * BLOCK + (-(bytes_so_far + 2 * BLOCK) % RECORD)
-
-
-def end_of_archive(bytes_so_far: int) -> bytes:
-    """Two zero blocks, then zeros up to a multiple of RECORD, exactly as GNU tar's write_eot."""
-    return bytes(_end_length(bytes_so_far))
-
-
-def archive_size(info: MemberInfo, regions: Sequence[tuple[int, int]] | None = None) -> int:
-    """Total length of the one-member archive, computed without touching any data."""
-    data = stored_size(info, regions)
-    body = len(member_header(info, regions)) + data + (-data % BLOCK)
-    return body + _end_length(body)
-
-
-# --------------------------------------------------------------------------------------------
-# Reader
-# --------------------------------------------------------------------------------------------
+log = logging.getLogger("bundler.tarstream")  # its name before the split: users filter by it
 
 
 @dataclass
@@ -266,7 +74,7 @@ class Member:
 
 def is_regular(member: Member) -> bool:
     """True for a regular-file member (plain, contiguous or sparse), whatever its format."""
-    return member.typeflag in _REGULAR_TYPES
+    return member.typeflag in REGULAR_TYPES
 
 
 def _decode_text(raw: bytes) -> str:
@@ -425,13 +233,14 @@ class TarReader:
         block = self._read_exact(BLOCK, context)
         if not any(block):
             return None
-        stored_raw = block[_OFF_CHKSUM : _OFF_CHKSUM + 8]
+        stored_raw = block[CHKSUM]
         text = _cstr(stored_raw).strip(b" ")
-        unsigned = sum(block[:_OFF_CHKSUM]) + 8 * 0x20 + sum(block[_OFF_CHKSUM + 8 :])
+        # The checksum field itself counts as spaces.
+        unsigned = sum(block[: CHKSUM.start]) + width(CHKSUM) * 0x20 + sum(block[CHKSUM.stop :])
         # Some historic tars summed signed chars; accept both like GNU tar and Python's tarfile.
         signed = unsigned - 256 * (
-            sum(1 for b in block[:_OFF_CHKSUM] if b & 0x80)
-            + sum(1 for b in block[_OFF_CHKSUM + 8 :] if b & 0x80)
+            sum(1 for b in block[: CHKSUM.start] if b & 0x80)
+            + sum(1 for b in block[CHKSUM.stop :] if b & 0x80)
         )
         if (
             not text
@@ -445,7 +254,7 @@ class TarReader:
 
     def _meta_data(self, block: bytes, used: list[int], where: str) -> bytes:
         """Data of a long-name / PAX metadata member, bounded by max_header_blocks."""
-        size = _parse_num(block[_OFF_SIZE : _OFF_SIZE + 12], "size", where)
+        size = _parse_num(block[SIZE], "size", where)
         nblocks = -(-size // BLOCK)
         self._count_blocks(used, nblocks)
         data = self._read_exact(size, f"inside {where}")
@@ -486,16 +295,16 @@ class TarReader:
                     )
                 self._finish_end(header_start)
                 return None
-            typeflag = block[_OFF_TYPE : _OFF_TYPE + 1]
+            typeflag = block[TYPEFLAG]
             where = f"the header at byte {header_start}"
-            if typeflag in _META_TYPES:
+            if typeflag in META_TYPES:
                 self._count_blocks(used, 1)
                 data = self._meta_data(block, used, where)
-                if typeflag == b"L":
+                if typeflag == GNUTYPE_LONGNAME:
                     long_name = _cstr(data)
-                elif typeflag == b"K":
+                elif typeflag == GNUTYPE_LONGLINK:
                     long_link = _cstr(data)
-                elif typeflag in (b"x", b"X"):
+                elif typeflag in (XHDTYPE, SOLARIS_XHDTYPE):
                     pax.extend(_parse_pax(data, where))
                 else:
                     # Global PAX headers carry defaults (charset, comments) we have no use for;
@@ -521,18 +330,18 @@ class TarReader:
         long_name: bytes | None, long_link: bytes | None, pax: list[tuple[str, bytes]],
     ) -> Member:
         where = f"the header at byte {header_start}"
-        typeflag = block[_OFF_TYPE : _OFF_TYPE + 1]
-        raw_name = _cstr(block[:_NAME_LEN])
-        if block[_OFF_MAGIC : _OFF_MAGIC + 8] == _USTAR_MAGIC:
-            prefix = _cstr(block[_OFF_PREFIX : _OFF_PREFIX + 155])
+        typeflag = block[TYPEFLAG]
+        raw_name = _cstr(block[NAME])
+        if block[MAGIC] == USTAR_MAGIC:
+            prefix = _cstr(block[PREFIX])
             if prefix:
                 raw_name = prefix + b"/" + raw_name
-        mode = _parse_num(block[_OFF_MODE : _OFF_MODE + 8], "mode", where)
-        uid = _parse_num(block[_OFF_UID : _OFF_UID + 8], "uid", where)
-        gid = _parse_num(block[_OFF_GID : _OFF_GID + 8], "gid", where)
-        size = _parse_num(block[_OFF_SIZE : _OFF_SIZE + 12], "size", where)
-        mtime = _parse_num(block[_OFF_MTIME : _OFF_MTIME + 12], "mtime", where, signed=True)
-        linkname = long_link if long_link is not None else _cstr(block[157:257])
+        mode = _parse_num(block[MODE], "mode", where)
+        uid = _parse_num(block[UID], "uid", where)
+        gid = _parse_num(block[GID], "gid", where)
+        size = _parse_num(block[SIZE], "size", where)
+        mtime = _parse_num(block[MTIME], "mtime", where, signed=True)
+        linkname = long_link if long_link is not None else _cstr(block[LINKNAME])
         if long_name is not None:
             raw_name = long_name
 
@@ -563,14 +372,14 @@ class TarReader:
             gid = _parse_decimal(keys["gid"], "PAX gid", where)
 
         member_where = f"member {_decode_text(raw_name)!r}"
-        stored = 0 if typeflag == _DIRTYPE else size
+        stored = 0 if typeflag == DIRTYPE else size
         realsize = stored
         sparse_format = ""
         smap: list[tuple[int, int]] | None = None
 
-        if typeflag == b"S":
+        if typeflag == GNUTYPE_SPARSE:
             sparse_format = "oldgnu"
-            realsize = _parse_num(block[_OFF_REALSIZE : _OFF_REALSIZE + 12], "realsize", where)
+            realsize = _parse_num(block[REALSIZE], "realsize", where)
             smap = self._old_gnu_map(block, used, member_where)
         elif any(k.startswith("GNU.sparse.") for k in keys):
             if "GNU.sparse.name" in keys:
@@ -654,14 +463,14 @@ class TarReader:
     def _old_gnu_map(self, block: bytes, used: list[int], where: str) -> list[tuple[int, int]]:
         """Sparse entries from an 'S' header and its extension blocks."""
         smap: list[tuple[int, int]] = []
-        done = self._sparse_entries(block, _OFF_SPARSE, _SPARSES_IN_HEADER, smap, where)
-        extended = block[_OFF_ISEXT]
+        done = self._sparse_entries(block, SPARSE, SPARSES_IN_HEADER, smap, where)
+        extended = block[ISEXTENDED]
         while extended:
             self._count_blocks(used, 1)
             ext = self._read_exact(BLOCK, f"inside the sparse map of {where}")
             if not done:
-                done = self._sparse_entries(ext, 0, _SPARSES_IN_EXTENSION, smap, where)
-            extended = ext[_OFF_EXT_ISEXT]
+                done = self._sparse_entries(ext, 0, SPARSES_IN_EXTENSION, smap, where)
+            extended = ext[EXT_ISEXTENDED]
         return smap
 
     @staticmethod
@@ -670,12 +479,13 @@ class TarReader:
     ) -> bool:
         """Append a block's entries to smap; True once an empty entry ends the map (as GNU)."""
         for i in range(count):
-            pos = start + 24 * i
-            if block[pos + 12] == 0:  # GNU's oldgnu_add_sparse stops at an empty numbytes
+            pos = start + SPARSE_ENTRY * i
+            mid = pos + SPARSE_NUMBER
+            if block[mid] == 0:  # GNU's oldgnu_add_sparse stops at an empty numbytes
                 return True
             smap.append((
-                _parse_num(block[pos : pos + 12], "sparse offset", where),
-                _parse_num(block[pos + 12 : pos + 24], "sparse numbytes", where),
+                _parse_num(block[pos:mid], "sparse offset", where),
+                _parse_num(block[mid : pos + SPARSE_ENTRY], "sparse numbytes", where),
             ))
         return False
 
