@@ -14,7 +14,7 @@ from .concurrency import BackgroundStage
 from .destlock import DestinationLock
 from .directio import DirectWriter
 from .errors import OutputError, UsageError
-from .interrupts import critical
+from .interrupts import critical, stop_if_signalled
 from .newfiles import sync_directory
 from .parts import Part
 from .stale import remove_stale
@@ -264,6 +264,9 @@ class DirectorySink:
 
     def commit(self, names: Sequence[str], manifest_name: str, manifest: bytes) -> None:
         assert self._staging is not None, "begin() not called"
+        # A run told to stop whose Interrupted was lost (raised in a finalizer, which Python
+        # ignores) kept running to here: it still keeps nothing.
+        stop_if_signalled()
         if len(names) != len(self._written):
             raise OutputError(f"internal error: {len(self._written)} parts written, {len(names)} "
                               "named")

@@ -6,12 +6,20 @@ temporary files unlinked, locks released, multipart uploads aborted — runs for
 the run exits 128+signal. A second signal while that clean-up runs is acknowledged and
 ignored (clean-up is short); a third exits at once, leaving what the next run removes.
 Signals that were ignored when we started (``nohup``, a background job's SIGINT) stay ignored.
+
+The handler runs between two bytecodes of the main thread, which may be those of a finalizer
+(a ``__del__``, a weakref callback: the garbage collector or a dropped reference runs them
+anywhere). Python swallows an exception raised there and prints its traceback. The signal is
+not lost for all that (it is noted first: the run stops at its next ``stop_if_signalled``, and
+the CLI ends it as interrupted), so that traceback is not printed: the user sees the one line
+any interrupted run prints.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +35,7 @@ HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 class _State:
     def __init__(self) -> None:
         self.count = 0
+        self.previous_hook: Any = sys.unraisablehook
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         self.count += 1
@@ -40,6 +49,14 @@ class _State:
             os.write(2, b"ami-bundler: still cleaning up; send the signal again to exit now\n")
             return
         os._exit(128 + signum)
+
+    def unraisable(self, info: Any) -> None:
+        """``sys.unraisablehook``: an ``Interrupted`` that a finalizer swallowed on the main
+        thread is already noted (``interrupts.signalled``); anything else goes to the hook that
+        was there before."""
+        if not (isinstance(info.exc_value, Interrupted)
+                and threading.current_thread() is threading.main_thread()):
+            self.previous_hook(info)
 
 
 @contextmanager
@@ -58,8 +75,10 @@ def interrupts_roll_back() -> Iterator[None]:
             continue
         previous[signum] = old
         signal.signal(signum, state.handle)
+    sys.unraisablehook = state.unraisable
     try:
         yield
     finally:
         for number, old in previous.items():
             signal.signal(number, old)
+        sys.unraisablehook = state.previous_hook
