@@ -45,6 +45,7 @@ from . import fstype as fstypelib
 from . import selinux as selinuxlib
 from . import staging as stagelib
 from .devices import DeviceName
+from .mounts import host_mounts, host_swap_files
 from .partition import MIB, Scheme
 from .safefs import display
 from .selection import (
@@ -53,8 +54,6 @@ from .selection import (
     MountPolicy,
     Selection,
     SelectionConfig,
-    host_mounts,
-    host_swap_files,
     scan_deferred,
     select_files,
 )

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import VolumeError
 from ..interrupts import critical
 from ..tools import ToolError, run
+from .mounts import host_mounts
 
 log = logging.getLogger("bundler.volume")
 
@@ -103,24 +104,6 @@ def unmount(mountpoint: Path) -> None:
             raise VolumeError(f"cannot unmount the image at {mountpoint}: {first}") from first
 
 
-def _mountinfo() -> list[tuple[str, str]]:
-    """(mount point, source) of every mount of this mount namespace."""
-    rows = []
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
-            for line in fh:
-                fields = line.split()
-                if len(fields) < 10:
-                    continue
-                sep = fields.index("-", 6) if "-" in fields[6:] else None
-                source = fields[sep + 2] if sep is not None and len(fields) > sep + 2 else ""
-                point = fields[4].replace("\\040", " ").replace("\\011", "\t")
-                rows.append((point.replace("\\012", "\n").replace("\\134", "\\"), source))
-    except OSError:
-        return []
-    return rows
-
-
 def release_stale(work: Path) -> None:
     """Unmount what killed bundle-vol runs left mounted in their work directories under
     ``work`` (``.ami-bundler-vol-PID-...``, PID gone) and detach the loop devices backing
@@ -142,7 +125,8 @@ def release_stale(work: Path) -> None:
             stale.append(os.path.join(os.path.realpath(work), name) + "/")
     if not stale:
         return
-    for point, _source in reversed(_mountinfo()):
+    for mount in reversed(host_mounts()):
+        point = mount.mount_point
         if any(point.startswith(p) for p in stale):
             log.info("unmounting %s left by an interrupted run", point)
             run(["umount", "--lazy", point], check=False, timeout=60)

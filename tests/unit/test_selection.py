@@ -10,13 +10,11 @@ from pyfakefs.fake_filesystem import set_uid
 
 from bundler.errors import UsageError, VolumeError
 from bundler.volume import VolumeConfig, check_preconditions, select_volume
+from bundler.volume.mounts import Mount, parse_mountinfo, parse_swaps
 from bundler.volume.secrets_filter import private_key_in, secret_by_name
 from bundler.volume.selection import (
-    Mount,
     SelectionConfig,
     normalize_pattern,
-    parse_mountinfo,
-    parse_swaps,
     select_files,
     split_patterns,
 )
