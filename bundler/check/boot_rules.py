@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from ..source import MAX_IMAGE_SIZE
 from ..volume.bootloader import INIT_PATHS, INITRD_NAMES, KERNEL_GLOBS
 from ..volume.fstab import check_root_entry
 from . import initramfs
 from .findings import Finding
 from .tree import Tree
 
-MAX_IMAGE_BYTES = 10 * 1024 ** 3
 INSTANCE_TYPES = "C1, C3, D2, I2, M1, M2, M3, R3, X1"
 ELF_MACHINES = {0x3E: "x86_64", 0x03: "i386", 0xB7: "arm64", 0x28: "arm", 0xF3: "riscv64",
                 0x15: "ppc64", 0x16: "s390x"}
@@ -191,7 +191,7 @@ def rule_size(ctx: BootContext) -> None:
     if size is None:
         size = sum(e.size for e in ctx.tree.entries() if e.kind == "file")
         what = "files in the tree"
-    if size > MAX_IMAGE_BYTES:
+    if size > MAX_IMAGE_SIZE:
         ctx.add("error", "boot.size", None,
                 f"the {what} take {size / 1024 ** 3:.1f} GiB, over the 10 GiB limit of "
                 "instance-store root devices",

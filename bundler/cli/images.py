@@ -45,7 +45,7 @@ def run_inspect_image(args: argparse.Namespace, printer: Printer) -> int:
         f"Image         {report.path}",
         f"Format        {report.format}" + (f" ({details})" if details else ""),
         f"Virtual size  {_mib(report.virtual_size)}"
-        + ("  [over EC2's 10 GiB instance-store limit]" if report.virtual_size > 10 << 30 else ""),
+        + ("  [over EC2's 10 GiB instance-store limit]" if report.over_ec2_limit else ""),
         f"Allocated     {_mib(report.allocated_bytes)}",
         f"Bundled data  {_mib(report.bundled_bytes)} (zero runs and holes are not stored)",
     ]

@@ -34,10 +34,15 @@ class ImageReport:
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def over_ec2_limit(self) -> bool:
+        """Larger than an instance-store AMI's image may be."""
+        return self.virtual_size > MAX_IMAGE_SIZE
+
     def to_dict(self) -> dict[str, Any]:
         return {"path": self.path, "format": self.format, "virtual_size": self.virtual_size,
                 "allocated_bytes": self.allocated_bytes, "bundled_bytes": self.bundled_bytes,
-                "over_ec2_limit": self.virtual_size > MAX_IMAGE_SIZE, "details": self.details,
+                "over_ec2_limit": self.over_ec2_limit, "details": self.details,
                 "notes": self.notes, **self.layout.to_dict()}
 
 

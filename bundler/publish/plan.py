@@ -31,6 +31,7 @@ from ..manifest import validate_name
 from ..regions import validate_region
 from ..s3.location import S3Location
 from ..s3names import bucket_and_prefix
+from ..source import MAX_IMAGE_SIZE
 from .planlines import PlanLines
 
 if sys.version_info >= (3, 11):
@@ -266,7 +267,7 @@ _DIRECTORY_SOURCE = ("directory", "exclude", "include", "secret_filter", "fs_typ
                      "partition", "bootloader", "kernel_cmdline", "generate_menu_lst",
                      "generate_fstab", "label", "uuid", "drop_oversize_xattrs")
 _SOURCE = (*_IMAGE_SOURCE, *_DIRECTORY_SOURCE)
-MAX_SIZE_MIB = 10240  # EC2's instance-store image limit
+MAX_SIZE_MIB = MAX_IMAGE_SIZE >> 20  # bundle-vol's -s: EC2's instance-store image limit
 _BUNDLE = ("name", "user", "cert", "private_key", "ec2cert_dir", "compression")
 _ACCOUNT_KEYS = ("id", "role_arn", "external_id")
 _BOOT = ("architecture", "virtualization_type", "kernel_id", "ramdisk_id", "boot_mode",

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import VolumeError
+from ..source import MAX_IMAGE_SIZE
 from ..tools import ToolError, run
 from . import mke2fsconf
 from .devices import DeviceName, split_device
@@ -32,7 +33,7 @@ log = logging.getLogger("bundler.volume")
 MIB = 1024 * 1024
 BLOCK = 4096
 INODE_SIZE = 256
-MAX_IMAGE_MIB = 10240
+MAX_IMAGE_MIB = MAX_IMAGE_SIZE // MIB
 DEFAULT_LABEL = "cloudimg-rootfs"
 FS_TYPE = "ext4"   # the default type (fstype.resolve picks the one a run makes)
 # Classic device nodes every image gets in /dev (spec §8.5), for the boot before devtmpfs.
