@@ -9,15 +9,21 @@ and classic unbundling: cat parts | openssl enc -d | gunzip | tar -x.
 
 Usage: scripts/bench_bundle.py [--corpus /tmp/corpus] [--repeat 3] [--profile]
                                [--images rootfs.img ...] [--levels default fast]
+                               [--sample-ms MS]
 The corpus comes from ../shared/bench/make-corpus.sh (rootfs.img, random-512M.img, zeros-4G.img).
 Each command runs as its own process; times are the best of --repeat runs (warm page cache),
 peak RSS comes from wait4's rusage of that process.
 
---profile bundles each image --repeat times per level, each in a child process, lists the runs'
-data phases and prints, for the median run (by cores), per pipeline stage
-and thread, its busy time (wall time inside the stage) and CPU seconds, each thread's CPU, and
-the cores used during the data phase. CPU seconds hardly depend on the load of other processes,
-so they are what to compare on a shared machine; wall times are not.
+--profile bundles each image 2 × --repeat times per level, each in a child process, lists the
+runs' data phases: --repeat runs as bundle-image runs (the pipeline's phases measured, nothing
+else: the headline cores, median run) interleaved with --repeat runs with the per-stage hooks
+(the median one's stage table: per pipeline stage and thread, busy time (wall time inside the
+stage) and CPU seconds; and what the hooks cost). Either kind reports each thread's CPU and the
+cores used during the data phase: process CPU clock and wall clock read at the phase's two
+ends, per thread and the machine's idle from the kernel's counters at the same instants, no
+periodic sampling unless --sample-ms (see scripts/profile_bundle.py). CPU seconds hardly depend
+on the load of other processes, so they are what to compare on a shared machine; wall times
+are not.
 """
 
 from __future__ import annotations
@@ -82,6 +88,9 @@ def main() -> int:
     ap.add_argument("--levels", nargs="*", default=["default", "fast"])
     ap.add_argument("--profile", action="store_true",
                     help="per-stage CPU and busy time instead of ratios")
+    ap.add_argument("--sample-ms", type=float, default=0.0, metavar="MS",
+                    help="with --profile: also sample each thread's CPU from /proc every MS ms "
+                         "over the whole run (perturbs what it measures; default: not)")
     ap.add_argument("--repeat-startup", type=int, default=10, metavar="N",
                     help="also time `bundle-image --help` and a 1 MiB bundle, best of N (0: not)")
     args = ap.parse_args()
@@ -205,6 +214,11 @@ def startup_rows(n: int, keys: Path, work: Path) -> list[tuple[str, float, float
     return rows
 
 
+def _median(reports: list[tuple[float, int, dict]]) -> tuple[float, int, dict]:
+    reports = sorted(reports, key=lambda r: r[:2])
+    return reports[(len(reports) - 1) // 2]
+
+
 def profile_all(args: argparse.Namespace, keys: Path, work: Path) -> int:
     from profile_bundle import render, report_in_child
 
@@ -216,23 +230,43 @@ def profile_all(args: argparse.Namespace, keys: Path, work: Path) -> int:
             continue
         subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)
         for level in args.levels:
-            # One run's cores move by ±0.05 with what else the machine does: --repeat runs,
-            # each listed, and the full report of the median one (by data-phase cores).
-            reports = []
+            # One run's cores move by ±0.05 with what else the machine does: --repeat runs of
+            # each kind, each listed, and the full report of the median one (by data-phase
+            # cores). The headline runs as bundle-image does, without the per-stage hooks
+            # (their clock reads and bookkeeping under the GIL cost cores themselves); the
+            # runs with them, interleaved, give the stage table and what the hooks cost.
+            runs: dict[str, list[tuple[float, int, dict]]] = {"phases only": [],
+                                                              "stage hooks": []}
             for run in range(max(1, args.repeat)):
-                out = work / f"profile-{level}"
-                shutil.rmtree(out, ignore_errors=True)
-                out.mkdir()
-                report = report_in_child(image, level, keys, out)
-                data = next(p for p in report["phases"] if p["name"] == "data")
-                print(f"{image_name} {level} run {run + 1}: data phase {data['wall']:.3f} s, "
-                      f"{data['cpu']:.3f} CPU-s, {data['cores']:.2f} cores "
-                      f"(load {os.getloadavg()[0]:.2f})")
-                reports.append((data["cores"], run, report))
-            reports.sort(key=lambda r: r[:2])
-            cores, run, median = reports[(len(reports) - 1) // 2]
-            print(f"median of {len(reports)} runs: run {run + 1}, {cores:.2f} cores")
-            print(render(median))
+                kinds = list(runs) if run % 2 == 0 else list(reversed(runs))
+                for kind in kinds:
+                    hooks = kind == "stage hooks"
+                    out = work / f"profile-{level}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    out.mkdir()
+                    report = report_in_child(image, level, keys, out,
+                                             sample_ms=args.sample_ms if hooks else 0.0,
+                                             stage_times=hooks)
+                    data = next(p for p in report["phases"] if p["name"] == "data")
+                    idle = ""
+                    if data.get("idle") is not None:
+                        rest = (report.get("machine_cpus", 2) * data["wall"] - data["cpu"]
+                                - data["idle"])
+                        idle = (f", machine idle {data['idle']:.3f} CPU-s, other use "
+                                f"{rest:.3f}")
+                    print(f"{image_name} {level} run {run + 1} ({kind}): data phase "
+                          f"{data['wall']:.3f} s, {data['cpu']:.3f} CPU-s, "
+                          f"{data['cores']:.2f} cores{idle} (load {os.getloadavg()[0]:.2f})")
+                    runs[kind].append((data["cores"], run, report))
+            plain, hooked = _median(runs["phases only"]), _median(runs["stage hooks"])
+            spread = [r[0] for r in runs["phases only"]]
+            print(f"data phase, as bundle-image runs it (phases only): median of {len(spread)} "
+                  f"runs {plain[0]:.2f} cores (runs {min(spread):.2f}–{max(spread):.2f}; "
+                  f"median run {plain[1] + 1})")
+            print(render(plain[2]))
+            print(f"with the per-stage hooks: median {hooked[0]:.2f} cores (median run "
+                  f"{hooked[1] + 1}; the hooks cost {plain[0] - hooked[0]:+.2f} cores)")
+            print(render(hooked[2]))
             print()
     return 0
 

@@ -9,16 +9,17 @@ import hashlib
 import mmap
 import os
 import threading
+import time
 
 import pytest
 
-from bundler import directio, dirsink, partcutter, pipeline
+from bundler import directio, dirsink, partcutter, pipeline, stagetimes
 from bundler.concurrency import BackgroundStage
 from bundler.dirsink import DirectorySink
 from bundler.errors import OutputError
 from bundler.parts import Part
 from bundler.pipeline import AesCbcEncryptor, PartCutter
-from bundler.stagetimes import NULL_TIMES, StageTimes
+from bundler.stagetimes import NULL_TIMES, Boundary, PhaseTotal, StageTimes, ThreadCpu
 from tests.support.sinks import MemorySink
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
@@ -292,6 +293,105 @@ def test_stage_times_add_up_per_stage_and_thread():
     assert all(phase.start <= start <= end <= phase.start + phase.wall
                for _, start, end in times.spans)
     assert phase.cpu > 0 and phase.cores > 0
+
+
+def _burn(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        hashlib.sha1(bytes(4096)).digest()
+
+
+needs_schedstat = pytest.mark.skipif(not os.path.exists("/proc/thread-self/schedstat"),
+                                     reason="no per-thread schedstat in this kernel")
+
+
+@needs_schedstat
+def test_a_phase_with_boundaries_gives_each_thread_its_cpu_and_they_add_up():
+    """Threads alive at both ends, started inside and ended inside: each one's CPU in the
+    phase; a thread that ended before the phase is not in it; their sum is the process's."""
+    times = StageTimes(boundaries=True)
+    before = threading.Thread(target=_burn, args=(0.02,), name="before")
+    before.start()  # started and ended before the phase: it is not in the phase
+    stop = threading.Event()
+    throughout = threading.Thread(target=lambda: (_burn(0.03), stop.wait()), name="throughout")
+    with stagetimes.thread_exits() as exits:
+        before.join()
+        throughout.start()
+        time.sleep(0.05)  # its 30 ms of CPU are done before the phase starts
+        with times.phase("p"):
+            _burn(0.04)
+            inside = threading.Thread(target=_burn, args=(0.06,), name="inside")
+            inside.start()
+            inside.join()
+        stop.set()
+        throughout.join()
+    [phase] = times.phases
+    per = {t.name: t for t in phase.threads(exits).values()}
+    assert "before" not in per
+    assert per["inside"].cpu == pytest.approx(0.06, abs=0.015)
+    assert per[threading.current_thread().name].cpu == pytest.approx(0.04, abs=0.015)
+    assert per.get("throughout", ThreadCpu("throughout", 0.0, 0.0)).cpu < 0.005
+    # Read from the kernel's counters at the same instants as the process clock: they agree.
+    assert sum(t.cpu for t in per.values()) == pytest.approx(phase.cpu, abs=0.005)
+    assert all(t.waited >= 0 for t in per.values())
+    assert phase.before is not None and phase.after is not None
+    assert phase.before.at <= phase.start <= phase.start + phase.wall <= phase.after.at
+
+
+def test_thread_exits_are_recorded_only_while_inside_and_run_is_restored():
+    original = threading.Thread.run
+    with stagetimes.thread_exits() as exits:
+        assert threading.Thread.run is not original
+        t = threading.Thread(target=_burn, args=(0.01,), name="short")
+        t.start()
+        t.join()
+    assert threading.Thread.run is original
+    [(at, cpu)] = exits.values()
+    assert cpu.name == "short" and cpu.cpu >= 0.009 and at <= time.perf_counter()
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+    assert len(exits) == 1
+
+
+def test_phase_threads_arithmetic():
+    """From the value at the phase's start (0 for a thread started in it) to the value at the
+    phase's end, or at the thread's end when it ended inside the phase."""
+    before = Boundary(10.0, {1: ThreadCpu("main", 1.0, 0.5), 2: ThreadCpu("stage", 2.0, 0.1),
+                             3: ThreadCpu("quits-later", 0.5, 0.0)}, idle=100.0)
+    after = Boundary(11.0, {1: ThreadCpu("main", 1.3, 0.6)}, idle=100.4)
+    exits = {2: (10.5, ThreadCpu("stage", 2.25, 0.2)),   # ended inside
+             4: (10.9, ThreadCpu("pool_0", 0.7, 0.05)),  # started and ended inside
+             5: (9.0, ThreadCpu("earlier", 9.0, 0.0)),   # ended before the phase
+             3: (12.0, ThreadCpu("quits-later", 0.9, 0.0))}  # ended after: no end value
+    phase = PhaseTotal("data", 1.0, 1.25, 10.0, before, after)
+    got = {tid: (t.name, round(t.cpu, 6), round(t.waited, 6))
+           for tid, t in phase.threads(exits).items()}
+    assert got == {1: ("main", 0.3, 0.1), 2: ("stage", 0.25, 0.1), 4: ("pool_0", 0.7, 0.05)}
+    assert phase.idle == pytest.approx(0.4)
+    assert PhaseTotal("x", 1.0, 1.0).threads() == {} and PhaseTotal("x", 1.0, 1.0).idle is None
+    assert PhaseTotal("x", 1.0, 1.0, 0.0, Boundary(0.0, {}, None), after).idle is None
+
+
+def test_machine_idle_sums_the_cpuidle_counters(tmp_path, monkeypatch):
+    for cpu, states in {0: [0, 1_500_000], 1: [250_000, 2_000_000]}.items():
+        for state, usec in enumerate(states):
+            d = tmp_path / f"cpu{cpu}" / "cpuidle" / f"state{state}"
+            d.mkdir(parents=True)
+            (d / "time").write_text(f"{usec}\n")
+    monkeypatch.setattr(stagetimes, "_IDLE_FILES", str(tmp_path / "cpu[0-9]*/cpuidle/state*/time"))
+    assert stagetimes.machine_idle() == pytest.approx(3.75)
+    monkeypatch.setattr(stagetimes, "_IDLE_FILES", str(tmp_path / "none*/time"))
+    assert stagetimes.machine_idle() is None
+
+
+def test_reading_the_boundary_leaves_the_thread_where_it_may_run():
+    allowed = os.sched_getaffinity(0)
+    boundary = stagetimes.read_boundary()
+    assert os.sched_getaffinity(0) == allowed
+    if os.path.exists("/proc/thread-self/schedstat"):
+        me = boundary.threads[threading.get_native_id()]
+        assert me.name == threading.current_thread().name and me.cpu > 0
 
 
 def test_null_times_record_nothing():
