@@ -22,7 +22,6 @@ perturbed by the measurement.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import threading
 import time
@@ -116,6 +115,8 @@ def machine_idle() -> float | None:
     in it yet: this thread first runs briefly on every CPU it may use (which ends their idle
     stretches; a few tens of µs), then reads the counters. None without cpuidle.
     """
+    import glob  # only profiles read it: not on every command's start-up path
+
     files = glob.glob(_IDLE_FILES)
     if not files:
         return None
