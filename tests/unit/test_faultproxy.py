@@ -77,3 +77,42 @@ def test_a_request_a_rule_acts_on_reaches_the_upstream_after_the_link(upstream):
     assert data == b"ok"
     assert arrivals[0] - started >= LINK
     assert took >= LINK + UPSTREAM_SECONDS
+
+
+def test_a_response_with_a_body_is_not_held_back_by_nagle():
+    """The headers and the body leave in two writes: without TCP_NODELAY the body waited for
+    the client's delayed ACK of the headers, ~40 ms per response on Linux (20 requests on one
+    connection: ≥ 0.8 s; a few ms each without the stall)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            body = b"<ListBucketResult/>" * 20
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with FaultProxy(f"http://127.0.0.1:{server.server_address[1]}") as proxy:
+            conn = http.client.HTTPConnection("127.0.0.1", int(proxy.url.rsplit(":", 1)[1]),
+                                              timeout=10)
+            conn.request("GET", "/bucket?list-type=2")  # the connection is set up
+            conn.getresponse().read()
+            started = time.monotonic()
+            for _ in range(20):
+                conn.request("GET", "/bucket?list-type=2")
+                assert conn.getresponse().read().startswith(b"<ListBucketResult/>")
+            took = time.monotonic() - started
+            conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert took < 0.4, f"20 responses took {took:.2f} s: delayed behind the client's ACKs"
