@@ -20,7 +20,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..aws import BOTO_ERRORS, AwsOptions, common_error, error_code, sts_client, translate_errors
+from ..aws import (
+    BOTO_ERRORS,
+    AwsOptions,
+    common_error,
+    error_code,
+    plain_dict_models,
+    sts_client,
+    translate_errors,
+)
 from ..errors import AccountError
 
 if TYPE_CHECKING:
@@ -124,6 +132,7 @@ def _role_session(base: boto3.Session, fetch: Callable[[], dict[str, Any]],
 
     core = botocore.session.Session()
     core.register_component("credential_provider", CredentialResolver([_Assumed()]))
+    plain_dict_models(core)
     return boto3.Session(botocore_session=core, region_name=base.region_name or region)
 
 
