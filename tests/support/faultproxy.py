@@ -292,17 +292,7 @@ class _Handler(BaseHTTPRequestHandler):
             # stand-in's own time per request is not added to every transfer); a rule's
             # request reaches the upstream only after the link's time, as before.
             link = (len(body) / proxy.bandwidth if proxy.bandwidth else 0.0) + proxy.delay
-            if rule is None and link:
-                answer_at = record.started + link
-                status, headers, data = self._forward(method, body)
-                record.status = status
-                pause = answer_at - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)
-                finish()
-                self._send(status, headers, data, method)
-                return
-            if link:
+            if rule is not None and link:
                 time.sleep(link)
             if rule and rule.action == "delay":
                 time.sleep(rule.delay)
@@ -316,6 +306,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             status, headers, data = self._forward(method, body)
             record.status = status
+            if rule is None:
+                pause = record.started + link - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
             if rule and rule.action == "corrupt" and data:
                 with proxy._lock:
                     at = proxy.rng.randrange(len(data))
