@@ -65,3 +65,9 @@ META_TYPES = frozenset({GNUTYPE_LONGNAME, GNUTYPE_LONGLINK, XHDTYPE, XGLTYPE, SO
 def width(field: slice) -> int:
     """Length in bytes of a header field."""
     return int(field.stop - field.start)
+
+
+def header_checksum(block: bytes | bytearray) -> int:
+    """The ustar header checksum: the sum of the block's bytes, the checksum field itself
+    counted as spaces (what the writer stores and the reader checks)."""
+    return sum(block[: CHKSUM.start]) + width(CHKSUM) * 0x20 + sum(block[CHKSUM.stop :])

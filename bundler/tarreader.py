@@ -48,7 +48,7 @@ from .tarformat import (
     UID,
     USTAR_MAGIC,
     XHDTYPE,
-    width,
+    header_checksum,
 )
 
 log = logging.getLogger("bundler.tarstream")  # its name before the split: users filter by it
@@ -235,8 +235,7 @@ class TarReader:
             return None
         stored_raw = block[CHKSUM]
         text = _cstr(stored_raw).strip(b" ")
-        # The checksum field itself counts as spaces.
-        unsigned = sum(block[: CHKSUM.start]) + width(CHKSUM) * 0x20 + sum(block[CHKSUM.stop :])
+        unsigned = header_checksum(block)
         # Some historic tars summed signed chars; accept both like GNU tar and Python's tarfile.
         signed = unsigned - 256 * (
             sum(1 for b in block[: CHKSUM.start] if b & 0x80)

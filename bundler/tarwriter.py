@@ -43,6 +43,7 @@ from .tarformat import (
     TYPEFLAG,
     UID,
     UNAME,
+    header_checksum,
     width,
 )
 
@@ -84,8 +85,7 @@ def _put_text(block: bytearray, field: slice, raw: bytes) -> None:
 
 def _set_checksum(block: bytearray) -> None:
     """Store the ustar checksum the way GNU tar does: six octal digits, NUL, space."""
-    block[CHKSUM] = b" " * width(CHKSUM)
-    block[CHKSUM] = b"%06o\x00 " % sum(block)
+    block[CHKSUM] = b"%06o\x00 " % header_checksum(block)
 
 
 def _encode_name(text: str, what: str, limit: int | None = None) -> bytes:
