@@ -38,6 +38,7 @@ from urllib.parse import parse_qs, urlparse
 
 from . import organizations
 from .organizations import permits
+from .s3rules import error_response
 
 BASE_ACCOUNT = "123456789012"  # moto's default: any credentials it did not issue itself
 SECOND_ACCOUNT = "210987654321"
@@ -181,10 +182,7 @@ def _install_sts() -> None:
 
 
 def _s3_denied(name: str) -> tuple[int, dict[str, str], str]:
-    body = ('<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
-            f"<Message>Access Denied</Message><BucketName>{name}</BucketName>"
-            "<RequestId>strict-local-aws</RequestId></Error>")
-    return 403, {"content-type": "application/xml"}, body
+    return error_response(403, "AccessDenied", "Access Denied", BucketName=name)
 
 
 def bucket_owner(name: str) -> str | None:

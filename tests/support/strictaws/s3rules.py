@@ -19,6 +19,7 @@ import functools
 import re
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+from xml.sax.saxutils import escape
 
 ENFORCED = "BucketOwnerEnforced"
 ACL_OWNERSHIPS = ("ObjectWriter", "BucketOwnerPreferred")
@@ -33,11 +34,19 @@ _GRANT_HEADER = re.compile(r"^x-amz-grant-")
 _installed = False
 
 
-def _error(status: int, code: str, message: str, bucket: str) -> tuple[int, dict[str, str], str]:
+def error_response(status: int, code: str, message: str,
+                   **details: str) -> tuple[int, dict[str, str], str]:
+    """S3's REST error: the XML document botocore parses into a ClientError with ``code``;
+    ``details`` are the error's own elements (``BucketName``, ``ExpectedDigest``…), in order."""
+    extra = "".join(f"<{name}>{escape(value)}</{name}>" for name, value in details.items())
     body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-            f"<Error><Code>{code}</Code><Message>{message}</Message>"
-            f"<BucketName>{bucket}</BucketName><RequestId>strict-local-aws</RequestId></Error>")
+            f"<Error><Code>{code}</Code><Message>{escape(message)}</Message>{extra}"
+            "<RequestId>strict-local-aws</RequestId></Error>")
     return status, {"content-type": "application/xml"}, body
+
+
+def _error(status: int, code: str, message: str, bucket: str) -> tuple[int, dict[str, str], str]:
+    return error_response(status, code, message, BucketName=bucket)
 
 
 def _headers(request: Any) -> dict[str, str]:
