@@ -24,15 +24,15 @@ from __future__ import annotations
 import functools
 import io
 import re
-import threading
 from typing import Any
+
+from . import s3digests
+from .s3digests import known_etag
 
 _MD5 = re.compile(r"^[0-9a-f]{32}$")
 PLAIN = (None, "AES256")  # no server-side encryption, or SSE-S3: the ETag is the data's MD5
 
 _installed = False
-# Within this thread's copy: the ETag its put_object must give the copy (None: moto's own).
-_pending = threading.local()
 
 
 def known_md5(key: Any) -> str | None:
@@ -64,7 +64,8 @@ def install() -> None:
         return
     from moto.s3.models import FakeKey, S3Backend
 
-    orig_copy, orig_put = S3Backend.copy_object, S3Backend.put_object
+    s3digests.install()  # its put_object takes the ETag handed over (known_etag)
+    orig_copy = S3Backend.copy_object
 
     @functools.wraps(orig_copy)
     def copy_object(self: Any, src_key: Any, dest_bucket_name: str, dest_key_name: str,
@@ -73,18 +74,8 @@ def install() -> None:
         if etag is not None and copy_encryption(self, dest_bucket_name,
                                                 kwargs.get("encryption")) not in PLAIN:
             etag = None
-        _pending.etag = etag
-        try:
+        with known_etag(etag):  # the copy's one put_object
             return orig_copy(self, src_key, dest_bucket_name, dest_key_name, *args, **kwargs)
-        finally:
-            _pending.etag = None
-
-    @functools.wraps(orig_put)
-    def put_object(self: Any, *args: Any, **kwargs: Any) -> Any:
-        etag, _pending.etag = getattr(_pending, "etag", None), None  # this copy's one PUT only
-        if etag is not None and kwargs.get("etag") is None:
-            kwargs["etag"] = etag
-        return orig_put(self, *args, **kwargs)
 
     orig_value = FakeKey.value
 
@@ -98,6 +89,5 @@ def install() -> None:
         self.contentsize = len(new_value)
 
     S3Backend.copy_object = copy_object
-    S3Backend.put_object = put_object
     FakeKey.value = property(orig_value.fget, set_value)
     _installed = True
