@@ -18,7 +18,7 @@ from bundler.errors import S3Error
 from bundler.s3.etags import is_md5, pieces_etag
 from bundler.s3.multipart import Stopped, open_uploads, put_in_pieces
 from tests.support.cli import MIB, copy_argv, install_argv, keys_in, run
-from tests.support.s3kit import inspect_bundles, list_keys, plain_s3
+from tests.support.s3kit import inspect_bundles, list_keys, one_line_error, plain_s3
 
 
 def _random_image(path, size=16 * MIB):
@@ -83,6 +83,36 @@ def test_a_failed_piece_aborts_the_upload_and_publishes_nothing(capsys, proxy, s
     assert len(proxy.requests("PUT", r"partNumber=2")) >= 2  # the piece was retried, then failed
     assert err.strip().splitlines()[-1].startswith("ami-bundler: error: upload ")
     assert "Traceback" not in err
+    assert proxy.requests("DELETE", r"uploadId=")  # AbortMultipartUpload
+    assert not _uploads(s3, bucket)
+    assert not keys_in(s3, bucket, "pc/")  # no part, no manifest, no lock
+
+
+def test_a_piece_damaged_on_the_way_is_sent_again_or_fails_clearly(capsys, proxy, s3, bucket,
+                                                                   tmp_path, user_keys,
+                                                                   ec2_keys):
+    """install's S3 sink: a byte flipped in an UploadPart on its way to S3 is refused there
+    (BadDigest: the piece is not its Content-MD5), nothing stored; the piece is sent again and
+    the bundle is whole. Damaged every time: one clear line, the upload aborted, nothing
+    published."""
+    image = _random_image(tmp_path / "disk.img")
+    proxy.add_rule("flip", r"partNumber=2", method="PUT", times=1)
+    code, _, err = _install(capsys, proxy, bucket, image, user_keys, ec2_keys, "--no-register")
+    assert code == 0, err
+    statuses = [r.status for r in proxy.requests("PUT", r"partNumber=2")]
+    assert statuses.count(400) == 1 and statuses.count(200) == len(statuses) - 1, statuses
+    seen = inspect_bundles(s3, bucket, "pc/")
+    assert seen.complete == ["disk.manifest.xml"] and not seen.wrong and not seen.locks
+    assert not _uploads(s3, bucket)
+
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys_in(s3, bucket)]})
+    proxy.clear()
+    proxy.add_rule("flip", r"partNumber=2", method="PUT", times=None)
+    code, _, err = _install(capsys, proxy, bucket, image, user_keys, ec2_keys, "--no-register")
+    assert code != 0
+    line = one_line_error(err)
+    assert line and "BadDigest" in line and ".part." in line, err
+    assert {r.status for r in proxy.requests("PUT", r"partNumber=2")} == {400}
     assert proxy.requests("DELETE", r"uploadId=")  # AbortMultipartUpload
     assert not _uploads(s3, bucket)
     assert not keys_in(s3, bucket, "pc/")  # no part, no manifest, no lock

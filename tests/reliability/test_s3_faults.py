@@ -130,6 +130,29 @@ def test_wrong_etag_on_put_is_retried_then_fails_clearly(capsys, proxy, s3, buck
     assert_nothing_published(s3, bucket)
 
 
+def test_body_damaged_on_the_way_is_bad_digest_then_sent_again(capsys, proxy, s3, bucket, small):
+    """A byte flipped between the tool and S3: S3 refuses the PUT (BadDigest: the body is not
+    its Content-MD5) and stores nothing; the tool sends the part again. Damaged every time: one
+    clear line after bounded attempts, no traceback, nothing published."""
+    proxy.add_rule("flip", r"flt\.part\.1$", method="PUT", times=1)
+    code, _, err = upload(capsys, proxy.url, bucket, small)
+    assert code == 0, err
+    assert [r.status for r in bundle_puts(proxy, r"flt\.part\.1$")] == [400, 200]
+    assert_stored(s3, bucket, small)
+
+    s3.delete_object(Bucket=bucket, Key="f/flt.manifest.xml")
+    s3.delete_object(Bucket=bucket, Key="f/flt.part.3")
+    proxy.clear()
+    proxy.add_rule("flip", r"flt\.part\.3$", method="PUT", times=None)
+    code, _, err = upload(capsys, proxy.url, bucket, small)
+    assert code == 5
+    line = one_line_error(err)
+    assert line and "flt.part.3" in line and "BadDigest" in line, err
+    assert [r.status for r in bundle_puts(proxy, r"flt\.part\.3$")] == [400] * 3
+    assert "f/flt.part.3" not in keys_in(s3, bucket, "f/")  # the damaged bytes never stored
+    assert_nothing_published(s3, bucket)
+
+
 def test_stalled_connections_time_out_and_are_retried(capsys, proxy, s3, bucket, small, tmp_path,
                                                        monkeypatch):
     monkeypatch.setenv("AMI_BUNDLER_READ_TIMEOUT", "0.5")

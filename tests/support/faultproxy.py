@@ -10,6 +10,8 @@ request to the upstream (moto server) and records it. Rules make matching reques
 * ``short``    forward, then send only half of the response body and close cleanly (FIN): the
                client sees nothing wrong but a body shorter than its Content-Length
 * ``corrupt``  forward, then flip one byte of the response body (headers, ETag included, intact)
+* ``flip``     flip one byte of the request body, then forward it (headers, Content-MD5 included,
+               intact): damage on the way in, which S3 refuses as ``BadDigest``
 * ``etag``     forward, then replace the response's ETag header with another MD5-looking value
 * ``stall``    read the request, then never answer: hold the connection until ``delay`` seconds
                (0: until the proxy stops), then close it without a response
@@ -286,6 +288,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reset()
                 return
             record.body_prefix = body[:4096] if "amazonaws" not in split.path else b""
+            if rule and rule.action == "flip" and body:
+                with proxy._lock:
+                    at = proxy.rng.randrange(len(body))
+                body = body[:at] + bytes([body[at] ^ 0x01]) + body[at + 1:]
             # The link: the body takes len / bandwidth to arrive, then the answer ``delay``
             # more. Without a rule the upstream handles the request meanwhile, as S3 does
             # while the bytes stream in (answered no earlier than the link allows, so the
