@@ -25,6 +25,12 @@ Design (see also README "Several regions"):
   other target a server-side copy reaches from one of those gets every part copied there as
   soon as it has landed (``s3.relay``), so the copies overlap the upload; its manifest goes
   up last, through the same publish protocol.
+* **Bundle while probing.** Nearly every run finds nothing there: with an image that can be
+  read again, bundling starts at once and the probes run first in its held set-up
+  (``s3.held``), before the gate and the leases. Each only asks whether the target can take a
+  bundle and whether its manifest is there. Anything else than "nothing there" on every target
+  (a manifest, a failure) stops that bundle before any request of its own — no lease, no
+  part — and the run starts over with the full probes, reading the image again.
 * **Register last.** Only after a region's manifest is in its bucket (``ec2.preflight`` reads
   it back), once per region, optionally waiting until the AMI is available.
 """
@@ -51,7 +57,15 @@ from .parts import PartSink
 from .progress import labelled
 from .regions import same_partition
 from .rerun import ExistingBundle, ImageFingerprint, existing_bundle, find_registered
-from .s3 import InUseLookup, S3Location, S3Sink, check_replaceable, copy_bundle, ensure_bucket
+from .s3 import (
+    InUseLookup,
+    S3Location,
+    S3Sink,
+    check_replaceable,
+    copy_bundle,
+    ensure_bucket,
+    object_exists,
+)
 from .s3.held import HeldSink
 from .s3.ownership import check_bucket_for_bundles
 from .s3.relay import RelaySink, RelaySource, SourceLost, relay_hook
@@ -236,42 +250,40 @@ def install(
     _parallel = partial(_in_parallel, limit=limit)
     image = fingerprint or ImageFingerprint(source, name)
     try:
-        _parallel(states, lambda st: _probe(st, manifest_name, keys, image, register, transfer,
-                                            enable_bucket_acls))
-        _parallel([st for st in states if st.outcome.ok and st.different],
-                  lambda st: check_replaceable(st.target.location, manifest_name, force=force,
-                                               in_use=st.target.in_use))
-        alive = [st for st in states if st.outcome.ok]
-        have = [st for st in alive if st.parsed is not None]
-        need = [st for st in alive if st.parsed is None]
-        if need and not have:
-            if bundle_to is not None:
-                first = [st for st in need if st.target.label in bundle_to]
-                need = [st for st in need if st.target.label not in bundle_to]
-                # One whose target to bundle to failed its probe is bundled to itself.
-                for st in list(need):
-                    if (not any(_server_side(f.target, st.target, copy_mode) for f in first)
-                            and (max_regions is None or len(first) < max_regions)):
-                        first.append(st)
-                        need.remove(st)
-            else:
-                first, need = (need[:max_regions], need[max_regions:]) if max_regions else (
-                    need, [])
-            relays = _relays(first, need, copy_mode, max_regions)
-            relayed = [st for group in relays.values() for st in group]
-            need = [st for st in need if all(st is not r for r in relayed)]
-            result.bundle = _bundle_to(first, relays, source, keys, options, transfer, force,
-                                       gate)
+        plan: _Plan | None = None  # what this run bundles to, when it bundles
+        early = (_bundle_while_probing(states, manifest_name, source, keys, options, transfer,
+                                       force, gate, enable_bucket_acls, bundle_to, max_regions,
+                                       copy_mode)
+                 if source.rereadable else None)
+        if early is not None:
+            plan, result.bundle = early
+            have, need = [], plan.rest
+        else:
+            _parallel(states, lambda st: _probe(st, manifest_name, keys, image, register,
+                                                transfer, enable_bucket_acls))
+            _parallel([st for st in states if st.outcome.ok and st.different],
+                      lambda st: check_replaceable(st.target.location, manifest_name,
+                                                   force=force, in_use=st.target.in_use))
+            alive = [st for st in states if st.outcome.ok]
+            have = [st for st in alive if st.parsed is not None]
+            need = [st for st in alive if st.parsed is None]
+            if need and not have:
+                plan = _plan(need, bundle_to, max_regions, copy_mode)
+                need = plan.rest
+                result.bundle = _bundle_to(plan.first, plan.relays, source, keys, options,
+                                           transfer, force, gate)
+            elif gate is not None:
+                gate()
+        if plan is not None:
             result.bundled = True
-            have = [st for st in [*first, *relayed] if st.outcome.ok and st.parsed is not None]
+            relayed = [st for group in plan.relays.values() for st in group]
+            have = [st for st in [*plan.first, *relayed] if st.outcome.ok and st.parsed is not None]
             # A relay whose source failed is completed from one that has the bundle.
             need += [st for st in relayed if st.outcome.ok and st.parsed is None]
             if need and not have:
                 for st in need:
                     st.outcome.failed("not bundled: every target it was bundled to first failed")
                 need = []
-        elif gate is not None:
-            gate()
         if need:
             log.info("%s already in %s: copying it to %s instead of bundling again", name,
                      ", ".join(st.target.label for st in have),
@@ -344,6 +356,99 @@ def _probe(st: _State, manifest_name: str, keys: BundleKeys, image: ImageFingerp
         if image_id:
             st.outcome.image_id = image_id
             st.outcome.registered = "existing"
+
+
+class _Replan(Exception):
+    """The probes of a run that started bundling found something there (or failed): that
+    bundle stops before any request of its own, and the run probes again in full."""
+
+
+@dataclass
+class _Plan:
+    first: list[_State]  # bundled to
+    relays: dict[str, list[_State]]  # relayed to, by the label of the target bundled to
+    rest: list[_State]  # completed by a copy once the bundle is there
+
+
+def _plan(need: Sequence[_State], bundle_to: Collection[str] | None, max_regions: int | None,
+          copy_mode: str) -> _Plan:
+    """Which of ``need`` (no target has the bundle) are bundled to, relayed to or copied to."""
+    if bundle_to is not None:
+        first = [st for st in need if st.target.label in bundle_to]
+        rest = [st for st in need if st.target.label not in bundle_to]
+        # One whose target to bundle to failed its probe is bundled to itself.
+        for st in list(rest):
+            if (not any(_server_side(f.target, st.target, copy_mode) for f in first)
+                    and (max_regions is None or len(first) < max_regions)):
+                first.append(st)
+                rest.remove(st)
+    else:
+        first, rest = ((list(need[:max_regions]), list(need[max_regions:])) if max_regions
+                       else (list(need), []))
+    relays = _relays(first, rest, copy_mode, max_regions)
+    relayed = [st for group in relays.values() for st in group]
+    return _Plan(first, relays, [st for st in rest if all(st is not r for r in relayed)])
+
+
+def _bundle_while_probing(
+    states: Sequence[_State], manifest_name: str, source: ImageSource, keys: BundleKeys,
+    options: BundleOptions, transfer: TransferConfig, force: bool,
+    gate: Callable[[], None] | None, enable_bucket_acls: bool,
+    bundle_to: Collection[str] | None, max_regions: int | None, copy_mode: str,
+) -> tuple[_Plan, BundleResult | None] | None:
+    """Bundle as if every probe will find nothing there, the probes running first in the
+    bundle's held set-up (before the gate and the leases). None: they found something there
+    or failed, the bundle stopped before any request of its own, and ``source`` is still open
+    for the run to probe in full and read again."""
+    plan = _plan(states, bundle_to, max_regions, copy_mode)
+
+    def probe_then_gate() -> None:
+        looks = run_all([partial(_nothing_there, st, manifest_name, transfer.acl,
+                                 enable_bucket_acls) for st in states], name="ami-bundler-probe")
+        if not all(f.exception() is None and f.result() for f in looks):
+            raise _Replan()
+        if gate is not None:
+            gate()
+
+    try:
+        bundled = _bundle_to(plan.first, plan.relays, cast("ImageSource", _Unclosed(source)),
+                             keys, options,
+                             transfer, force, probe_then_gate)
+    except _Replan:
+        log.info("%s: found at a target or a probe failed: probing in full", options.name)
+        return None
+    return plan, bundled
+
+
+def _nothing_there(st: _State, manifest_name: str, acl: str | None,
+                   enable_bucket_acls: bool) -> bool:
+    """The probe of a run that is bundling already: whether the target's bucket can take the
+    bundle and holds no manifest of that name (each a round trip: asked together)."""
+    t = st.target
+    if not t.bucket_ready:
+        ensure_bucket(t.s3, t.location.bucket, location=t.region)
+    reads: list[Callable[[], object]] = [
+        partial(check_bucket_for_bundles, t.s3, t.location.bucket, acl=acl,
+                enable_acls=enable_bucket_acls),
+        partial(object_exists, t.s3, t.location.bucket, t.location.key(manifest_name)),
+    ]
+    fitness, found = run_all(reads, name="ami-bundler-probe")
+    fitness.result()
+    return not found.result()
+
+
+class _Unclosed:
+    """``source`` lent to a bundle that may be stopped by its probes: closing it is left to
+    its owner, who may read it again."""
+
+    def __init__(self, source: ImageSource) -> None:
+        self._source = source
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._source, name)
+
+    def close(self) -> None:
+        pass
 
 
 def _server_side(src: RegionTarget, dst: RegionTarget, mode: str) -> bool:

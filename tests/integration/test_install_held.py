@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import uuid
 
 import bundler.cli.install as cli_install
 from bundler.errors import BundlerError
+from bundler.s3 import S3Sink
 from bundler.s3.held import HeldSink
 from tests.support import crashkit
 from tests.support.cli import KIB, install_argv, relay_image, run
@@ -68,14 +70,54 @@ def test_a_failing_image_check_stops_the_run_before_any_write(capsys, monkeypatc
     assert list_keys(s3, bucket, "held/") == {}
 
 
-def test_a_signal_while_parts_are_held_leaves_nothing(monkeypatch, proxy, s3, bucket, tmp_path,
-                                                      user_keys, ec2_keys):
+def _signalled_child(argv, hook) -> int:
+    def body() -> int:
+        hook()  # patches the forked child's own copy of the classes
+        return crashkit._main(argv)
+
+    return crashkit._run_in_child(body, 64 * KIB)
+
+
+def _left_nothing(proxy, s3, bucket):
+    assert proxy.wait_idle()
+    assert list_keys(s3, bucket, "held/") == {}  # no lease, no part, no manifest
+    assert s3.list_multipart_uploads(Bucket=bucket, Prefix="held/").get("Uploads", []) == []
+    log = [r for r in proxy.requests() if r.path.startswith(f"/{bucket}")]
+    assert [r for r in log if ".part." in r.path] == []  # no part was ever sent
+    return log
+
+
+def test_a_signal_while_parts_are_held_behind_the_lease_leaves_nothing(
+        monkeypatch, proxy, s3, bucket, tmp_path, user_keys, ec2_keys):
     image = relay_image(tmp_path, monkeypatch)
-    # The lease is slow to answer: the signal lands while parts are held behind it.
+    # The lease is slow to answer; the signal comes once it is asked for, parts held behind it.
     proxy.add_rule("delay", r"held/disk\.ami-bundler-lock$", method="PUT", times=1, delay=1.0)
     argv = _argv(image, user_keys, ec2_keys, proxy, bucket, "--no-check")
 
-    def body() -> int:
+    def hook() -> None:
+        real = S3Sink.begin
+
+        def begin(self: S3Sink, name: str, max_parts: int) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled on the main thread, holding parts
+            real(self, name, max_parts)
+
+        S3Sink.begin = begin
+
+    assert _signalled_child(argv, hook) == 128 + signal.SIGTERM
+    log = _left_nothing(proxy, s3, bucket)
+    lease = _lease(log)
+    release = [r for r in log if r.method == "DELETE" and r.path == lease.path]
+    assert release and release[0].started >= lease.ended  # taken, then given back
+
+
+def test_a_signal_while_parts_are_held_behind_the_probe_takes_no_lease(
+        monkeypatch, proxy, s3, bucket, tmp_path, user_keys, ec2_keys):
+    image = relay_image(tmp_path, monkeypatch)
+    # Bundling starts before the probes: the manifest's HEAD is slow, parts are cut meanwhile.
+    proxy.add_rule("delay", r"held/disk\.manifest\.xml$", method="HEAD", times=1, delay=1.0)
+    argv = _argv(image, user_keys, ec2_keys, proxy, bucket, "--no-check")
+
+    def hook() -> None:
         real = HeldSink.put_part
 
         def put_part(self: HeldSink, part) -> None:
@@ -83,16 +125,111 @@ def test_a_signal_while_parts_are_held_leaves_nothing(monkeypatch, proxy, s3, bu
             if part.index == 1 and not self.ready:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-        HeldSink.put_part = put_part  # the forked child's own copy of the class
-        return crashkit._main(argv)
+        HeldSink.put_part = put_part
 
-    code = crashkit._run_in_child(body, 64 * KIB)
-    assert code == 128 + signal.SIGTERM
-    assert proxy.wait_idle()
-    assert list_keys(s3, bucket, "held/") == {}  # no lease, no part, no manifest
-    assert s3.list_multipart_uploads(Bucket=bucket, Prefix="held/").get("Uploads", []) == []
+    assert _signalled_child(argv, hook) == 128 + signal.SIGTERM
+    log = _left_nothing(proxy, s3, bucket)
+    probe = next(r for r in log if r.method == "HEAD" and r.path.endswith("disk.manifest.xml"))
+    assert probe.ended - probe.started >= 1.0  # the signal came while it was being answered
+    assert [r for r in log if r.method in ("PUT", "POST", "DELETE")] == []  # not even a lease
+
+
+def test_parts_are_cut_while_the_probes_are_answered(capsys, monkeypatch, proxy, s3, bucket,
+                                                     tmp_path, user_keys, ec2_keys):
+    image = relay_image(tmp_path, monkeypatch)
+    proxy.add_rule("delay", r"held/disk\.manifest\.xml$", method="HEAD", times=1, delay=0.6)
+    handed_over = []
+    cut = []
+    real, real_put = HeldSink._hand_over, HeldSink.put_part
+
+    def hand_over(self: HeldSink) -> None:
+        handed_over.append(len(self._held))
+        real(self)
+
+    def put_part(self: HeldSink, part) -> None:
+        cut.append(time.monotonic())  # the proxy's clock too
+        real_put(self, part)
+
+    monkeypatch.setattr(HeldSink, "_hand_over", hand_over)
+    monkeypatch.setattr(HeldSink, "put_part", put_part)
+    code, _, err = run(capsys, *_argv(image, user_keys, ec2_keys, proxy, bucket, "--no-check"))
+    assert code == 0, err
     log = [r for r in proxy.requests() if r.path.startswith(f"/{bucket}")]
-    assert [r for r in log if ".part." in r.path] == []  # no part was ever sent
+    probe = next(r for r in log if r.method == "HEAD" and r.path.endswith("disk.manifest.xml"))
+    assert cut[3] < probe.ended  # the hold filled while the probe was answered
+    assert handed_over == [4]  # and no more
     lease = _lease(log)
-    release = [r for r in log if r.method == "DELETE" and r.path == lease.path]
-    assert release and release[0].started >= lease.ended  # taken, then given back
+    assert lease.started >= probe.ended  # the lease only once the probe found nothing
+    assert min(r.started for r in log if ".part." in r.path) >= lease.ended
+
+
+def _count_early_stops(monkeypatch) -> list[int]:
+    """How many parts each early bundle (started before the probes) had cut when stopped."""
+    import bundler.install as install_module
+
+    stops: list[int] = []
+    real = install_module._bundle_while_probing
+
+    def counted(*args, **kwargs):
+        calls = []
+        real_put = HeldSink.put_part
+
+        def put_part(self: HeldSink, part) -> None:
+            calls.append(part.index)
+            real_put(self, part)
+
+        monkeypatch.setattr(HeldSink, "put_part", put_part)
+        try:
+            out = real(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(HeldSink, "put_part", real_put)
+        if out is None:
+            stops.append(len(calls))
+        return out
+
+    monkeypatch.setattr(install_module, "_bundle_while_probing", counted)
+    return stops
+
+
+def test_a_bundle_already_there_stops_the_early_bundle_before_any_write(
+        capsys, monkeypatch, proxy, s3, bucket, tmp_path, user_keys, ec2_keys):
+    image = relay_image(tmp_path, monkeypatch)
+    argv = _argv(image, user_keys, ec2_keys, proxy, bucket, "--no-check")
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    before = list_keys(s3, bucket, "held/")
+    # The probe is slow, so the early bundle has parts cut when it learns the bundle is there.
+    proxy.clear()
+    proxy.add_rule("delay", r"held/disk\.manifest\.xml$", method="HEAD", times=1, delay=0.5)
+    stops = _count_early_stops(monkeypatch)
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert "already holds this image: nothing bundled or uploaded" in out
+    assert len(stops) == 1 and stops[0] >= 1  # it had begun, and was stopped
+    assert [r for r in proxy.requests() if r.method in ("PUT", "POST", "DELETE")] == []
+    assert list_keys(s3, bucket, "held/") == before
+
+
+def test_force_over_a_different_bundle_reads_the_image_again(
+        capsys, monkeypatch, endpoint, proxy, s3, bucket, tmp_path, user_keys, ec2_keys):
+    image = relay_image(tmp_path, monkeypatch)
+    argv = _argv(image, user_keys, ec2_keys, proxy, bucket, "--no-check")
+    assert run(capsys, *argv)[0] == 0
+    with open(image, "r+b") as fh:  # another image under the same bundle name
+        fh.write(os.urandom(640 * KIB))
+    stops = _count_early_stops(monkeypatch)
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and "different bundle" in err  # refused without --force: nothing written
+    assert len(stops) == 1
+    proxy.clear()
+    code, out, err = run(capsys, *argv, "--force")
+    assert code == 0, err
+    assert len(stops) == 2  # stopped again, then bundled from the image read anew
+    key, cert = user_keys
+    dest = tmp_path / "out"
+    dest.mkdir()
+    code, _, err = run(capsys, "unbundle", "--from-s3", "-m", f"{bucket}/held/disk.manifest.xml",
+                       "-k", str(ec2_keys[0]), "-c", str(cert), "-d", str(dest),
+                       "--endpoint-url", endpoint)
+    assert code == 0, err
+    assert (dest / "disk").read_bytes() == image.read_bytes()
