@@ -3,9 +3,10 @@
 ``install`` used to take the lease (``Publication.open``: lease PUT, then the listing) and run
 its gate (the image check, the EC2 client) before the pipeline made its first part, so every
 part waited for those round trips. ``HeldSink`` turns that around: ``begin`` starts the set-up
-on a thread of its own — the gate, then the wrapped sink's ``begin`` (the lease and the
-listing) — and returns at once; the pipeline cuts parts meanwhile, and they are held here until
-the set-up has ended, then handed over in order. Nothing reaches the wrapped sink before its
+on a thread of its own — the caller's ``setup`` (install's: the probes, then the gate), then
+the wrapped sink's ``begin`` (the lease and the listing) — and returns at once; the pipeline
+cuts parts meanwhile, and they are held here until the set-up has ended, then handed over in
+order. Nothing reaches the wrapped sink before its
 ``begin`` has returned, so no part request precedes the lease and the listing.
 
 Memory stays bounded: at most ``hold`` parts are held (the wrapped sink's own bound on parts in
