@@ -332,18 +332,9 @@ def _probe(st: _State, manifest_name: str, keys: BundleKeys, image: ImageFingerp
            register: RegisterOptions | None, transfer: TransferConfig,
            enable_bucket_acls: bool) -> None:
     t = st.target
-    if not t.bucket_ready:
-        ensure_bucket(t.s3, t.location.bucket, location=t.region)
-    # Two independent reads, each a round trip: asked together. Before the first part is
-    # bundled, a bucket that cannot take the ACL fails its region (its error first).
-    reads: list[Callable[[], object]] = [
-        partial(check_bucket_for_bundles, t.s3, t.location.bucket, acl=transfer.acl,
-                enable_acls=enable_bucket_acls),
-        partial(existing_bundle, t.s3, t.location, manifest_name, image, keys.user_public_key),
-    ]
-    fitness, found = run_all(reads, name="ami-bundler-probe")
-    fitness.result()
-    existing = cast("ExistingBundle | None", found.result())
+    existing = cast("ExistingBundle | None", _fit_and(
+        st, transfer.acl, enable_bucket_acls,
+        partial(existing_bundle, t.s3, t.location, manifest_name, image, keys.user_public_key)))
     if existing is None:
         return
     if not existing.same_image or existing.parsed is None:
@@ -412,8 +403,7 @@ def _bundle_while_probing(
 
     try:
         bundled = _bundle_to(plan.first, plan.relays, cast("ImageSource", _Unclosed(source)),
-                             keys, options,
-                             transfer, force, probe_then_gate)
+                             keys, options, transfer, force, probe_then_gate)
     except _Replan:
         log.info("%s: found at a target or a probe failed: probing in full", options.name)
         return None
@@ -423,18 +413,29 @@ def _bundle_while_probing(
 def _nothing_there(st: _State, manifest_name: str, acl: str | None,
                    enable_bucket_acls: bool) -> bool:
     """The probe of a run that is bundling already: whether the target's bucket can take the
-    bundle and holds no manifest of that name (each a round trip: asked together)."""
+    bundle and holds no manifest of that name."""
+    t = st.target
+    return not _fit_and(st, acl, enable_bucket_acls,
+                        partial(object_exists, t.s3, t.location.bucket,
+                                t.location.key(manifest_name)))
+
+
+def _fit_and(st: _State, acl: str | None, enable_bucket_acls: bool,
+             read: Callable[[], object]) -> object:
+    """Every probe's first step: the bucket (made if it must be), then its fitness for bundles
+    and ``read`` — independent reads, each a round trip: asked together. Before the first part
+    is bundled, a bucket that cannot take the ACL fails its region (its error first)."""
     t = st.target
     if not t.bucket_ready:
         ensure_bucket(t.s3, t.location.bucket, location=t.region)
     reads: list[Callable[[], object]] = [
         partial(check_bucket_for_bundles, t.s3, t.location.bucket, acl=acl,
                 enable_acls=enable_bucket_acls),
-        partial(object_exists, t.s3, t.location.bucket, t.location.key(manifest_name)),
+        read,
     ]
     fitness, found = run_all(reads, name="ami-bundler-probe")
     fitness.result()
-    return not found.result()
+    return found.result()
 
 
 class _Unclosed:

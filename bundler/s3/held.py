@@ -6,8 +6,8 @@ part waited for those round trips. ``HeldSink`` turns that around: ``begin`` sta
 on a thread of its own — the caller's ``setup`` (install's: the probes, then the gate), then
 the wrapped sink's ``begin`` (the lease and the listing) — and returns at once; the pipeline
 cuts parts meanwhile, and they are held here until the set-up has ended, then handed over in
-order. Nothing reaches the wrapped sink before its
-``begin`` has returned, so no part request precedes the lease and the listing.
+order. Nothing reaches the wrapped sink before its ``begin`` has returned, so no part request
+precedes the lease and the listing.
 
 Memory stays bounded: at most ``hold`` parts are held (the wrapped sink's own bound on parts in
 flight); the next ``put_part`` waits for the set-up, which is the pipeline's back-pressure.
