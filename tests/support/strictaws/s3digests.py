@@ -135,24 +135,25 @@ def install() -> None:
     cls = responses.S3Response
     orig_put, orig_part, orig_bucket = cls.put_object, cls.upload_part, cls._bucket_response
 
-    @functools.wraps(orig_put)
-    def put_object(self: Any) -> Any:
+    def checked_then(self: Any, store: Any) -> Any:
+        """The body refused as S3 refuses it, or stored by moto with the checked MD5 as its
+        ETag (hashed once)."""
         refused, md5 = check(self.headers, _body(self))
         if refused is not None:
             return refused
         with known_etag(md5.hex() if md5 is not None else None):
-            return orig_put(self)
+            return store(self)
+
+    @functools.wraps(orig_put)
+    def put_object(self: Any) -> Any:
+        return checked_then(self, orig_put)
 
     @functools.wraps(orig_part)
     def upload_part(self: Any) -> Any:
         bucket = self.backend.get_bucket(self.bucket_name)
         if self._get_param("uploadId") not in bucket.multiparts:
             return orig_part(self)  # moto's answer for an upload that does not exist
-        refused, md5 = check(self.headers, _body(self))
-        if refused is not None:
-            return refused
-        with known_etag(md5.hex() if md5 is not None else None):
-            return orig_part(self)
+        return checked_then(self, orig_part)
 
     @functools.wraps(orig_bucket)
     def _bucket_response(self: Any, request: Any, full_url: str) -> Any:
