@@ -25,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_upload import start  # noqa: E402
 
 MIB = 1024 * 1024
 TICK = os.sysconf("SC_CLK_TCK")
@@ -39,15 +42,7 @@ def cpu_seconds(pid: int) -> float:
 def start_endpoint(repo: Path) -> tuple[subprocess.Popen[str], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PYTHONPATH"] = str(repo)
-    proc = subprocess.Popen([sys.executable, str(repo / "scripts" / "local_endpoint.py")],
-                            cwd=repo, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    if not url.startswith("http://127.0.0.1:"):
-        proc.kill()
-        raise SystemExit(f"local_endpoint.py did not start: {url!r}")
-    return proc, url
+    return start([sys.executable, str(repo / "scripts" / "local_endpoint.py")], env, cwd=repo)
 
 
 def measure(url: str, pid: int, count: int, size: int, rounds: int) -> dict[str, list[float]]:

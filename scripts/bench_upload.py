@@ -30,9 +30,10 @@ MIB = 1024 * 1024
 PART = 10 * MIB
 
 
-def start(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def start(cmd: list[str], env: dict[str, str], *,
+          cwd: Path = ROOT) -> tuple[subprocess.Popen, str]:
     """Start a helper that prints its URL on the first stdout line."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
