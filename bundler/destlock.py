@@ -16,6 +16,21 @@ from .tempnames import LOCK_KIND, TEMP_MARK, short_name
 from .writeerrors import why_write_failed
 
 
+def try_flock(fd: int) -> bool | None:
+    """An exclusive ``flock`` on ``fd``, taken now or not at all: True taken, False another
+    process holds it, None this system or filesystem has no locking (the caller decides what
+    that means: the destination lock goes on unlocked, the stale clean-up removes nothing)."""
+    if fcntl is None:  # pragma: no cover - not on Windows
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
+
+
 def same_file(fd: int, path: Path) -> bool:
     """Whether ``fd`` is the file ``path`` names now (not one removed since)."""
     try:
@@ -65,15 +80,14 @@ class DestinationLock:
             except OSError as exc:
                 raise OutputError(f"cannot write to {self.directory}: "
                                   f"{why_write_failed(exc)}") from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            taken = try_flock(fd)
+            if taken is False:
                 os.close(fd)
                 raise OutputError(
                     f"another ami-bundler run is writing {self.display} in {self.directory}; "
                     "wait for it to finish or choose another name/destination"
-                ) from None
-            except OSError:
+                )
+            if taken is None:
                 # No locking on this filesystem: go on unlocked; link() still refuses clashes.
                 self._fd = fd
                 return

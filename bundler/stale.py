@@ -13,12 +13,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on Windows
-    fcntl = None  # type: ignore[assignment]
-
-from .destlock import DestinationLock, same_file
+from .destlock import DestinationLock, same_file, try_flock
 from .tempnames import LOCK_KIND, STAGING_KIND, TEMP_MARK, TEMP_RE, VOLUME_KIND
 
 log = logging.getLogger("bundler.parts")  # its name before the split: users filter by it
@@ -118,15 +113,11 @@ def _roll_back_staging(directory: Path, staging: Path, name: str) -> None:
 
 def _remove_unlocked(path: Path) -> bool:
     """Remove a lock file nobody holds (its owner died); False if it is in use or gone."""
-    if fcntl is None:
-        return False
     try:
         fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    if try_flock(fd) is not True:  # held, or no locking here: nothing proves its owner died
         os.close(fd)
         return False
     try:
