@@ -9,8 +9,9 @@ stand-in fast. Everything that starts a local endpoint — the integration fixtu
 through ``StrictEndpoint``. See ``s3rules``, ``ec2images`` and ``bundlecheck`` for what is
 enforced, ``s3digests`` for Content-MD5 and x-amz-checksum-* (BadDigest, InvalidDigest, as S3
 answers them; a checked MD5 becomes the object's ETag, not hashed again), ``s3copy`` for
-CopyObject's ETag (as AWS documents it, without hashing the copy again) and ``dispatch`` for a
-request's way to its service (both: less of the host's CPU per request, the same answers),
+CopyObject's ETag (as AWS documents it, without hashing the copy again), ``s3complete`` for
+CompleteMultipartUpload's object (one copy of its bytes, not moto's five) and ``dispatch`` for a
+request's way to its service (all three: less of the host's CPU per request, the same answers),
 ``s3kms`` for SSE-KMS objects' ETags (not their MD5, as on AWS), ``accounts`` for several
 accounts (STS AssumeRole, per-account S3 and images, launch permissions across accounts), and
 ``keyring`` for the stand-in EC2's own key pairs (one per partition and one opt-in region), whose
@@ -29,10 +30,20 @@ READY_TIMEOUT = 15.0
 
 def install() -> None:
     """Patch moto in this process (idempotent)."""
-    from . import accounts, dispatch, ec2images, s3copy, s3digests, s3kms, s3rules
+    from . import (
+        accounts,
+        dispatch,
+        ec2images,
+        s3complete,
+        s3copy,
+        s3digests,
+        s3kms,
+        s3rules,
+    )
 
     dispatch.install()
     s3rules.install()
+    s3complete.install()
     s3digests.install()
     s3copy.install()
     s3kms.install()  # after s3copy: a KMS object's ETag is never the MD5 it passes on
