@@ -10,8 +10,9 @@ through ``StrictEndpoint``. See ``s3rules``, ``ec2images`` and ``bundlecheck`` f
 enforced, ``s3digests`` for Content-MD5 and x-amz-checksum-* (BadDigest, InvalidDigest, as S3
 answers them; a checked MD5 becomes the object's ETag, not hashed again), ``s3copy`` for
 CopyObject's ETag (as AWS documents it, without hashing the copy again), ``s3complete`` for
-CompleteMultipartUpload's object (one copy of its bytes, not moto's five) and ``dispatch`` for a
-request's way to its service (all three: less of the host's CPU per request, the same answers),
+CompleteMultipartUpload's object (one copy of its bytes, not moto's five), ``requestbody`` for a
+request's body (read from the socket at once) and ``dispatch`` for a request's way to its
+service (all four: less of the host's CPU per request, the same answers),
 ``s3kms`` for SSE-KMS objects' ETags (not their MD5, as on AWS), ``accounts`` for several
 accounts (STS AssumeRole, per-account S3 and images, launch permissions across accounts), and
 ``keyring`` for the stand-in EC2's own key pairs (one per partition and one opt-in region), whose
@@ -34,6 +35,7 @@ def install() -> None:
         accounts,
         dispatch,
         ec2images,
+        requestbody,
         s3complete,
         s3copy,
         s3digests,
@@ -42,6 +44,7 @@ def install() -> None:
     )
 
     dispatch.install()
+    requestbody.install()
     s3rules.install()
     s3complete.install()
     s3digests.install()
