@@ -12,7 +12,8 @@ answers them; a checked MD5 becomes the object's ETag, not hashed again), ``s3co
 CopyObject's ETag (as AWS documents it, without hashing the copy again), ``s3complete`` for
 CompleteMultipartUpload's object (one copy of its bytes, not moto's five), ``requestbody`` for a
 request's body (read from the socket at once) and ``dispatch`` for a request's way to its
-service (all four: less of the host's CPU per request, the same answers),
+service (all four: less of the host's CPU per request, the same answers), ``s3uploads`` for
+multipart uploads' part order and unknown upload ids (InvalidPartOrder, NoSuchUpload),
 ``s3kms`` for SSE-KMS objects' ETags (not their MD5, as on AWS), ``accounts`` for several
 accounts (STS AssumeRole, per-account S3 and images, launch permissions across accounts), and
 ``keyring`` for the stand-in EC2's own key pairs (one per partition and one opt-in region), whose
@@ -41,11 +42,13 @@ def install() -> None:
         s3digests,
         s3kms,
         s3rules,
+        s3uploads,
     )
 
     dispatch.install()
     requestbody.install()
     s3rules.install()
+    s3uploads.install()
     s3complete.install()
     s3digests.install()
     s3copy.install()
