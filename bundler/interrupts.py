@@ -31,6 +31,9 @@ from .errors import Interrupted
 
 _local = threading.local()
 _pending: list[int] = []
+# What the main thread's wait in its outermost critical section blocks on (``held_wait``): a
+# signal held meanwhile releases it, so the section ends and raises the signal at once.
+_waking: list[threading.Lock] = []
 _signalled: list[int] = []  # the first signal of this run (noted by the handler, any thread reads)
 
 
@@ -76,6 +79,38 @@ def defer(signum: int) -> None:
     """Hold ``signum`` until the current critical section ends (called by the handler)."""
     if not _pending:
         _pending.append(signum)
+    for waiter in _waking:
+        wake(waiter)
+
+
+def wake(waiter: threading.Lock) -> None:
+    """Release a waiter's lock (``held_wait``), which may have been released already: a notify
+    and a held signal can both end one wait."""
+    try:
+        waiter.release()
+    except RuntimeError:  # released already: the wait is ending anyway
+        pass
+
+
+def held_wait(waiter: threading.Lock, timeout: float | None = None) -> None:
+    """Block until ``waiter`` (a locked ``threading.Lock``) is released or ``timeout`` passes,
+    inside a critical section: a wait that a signal can end without an exception landing
+    in the middle of anything. In the main thread's outermost section a signal held before or
+    during the wait ends it at once (the caller sees an early wake-up, and the section's end
+    raises the signal); in an inner section it waits, as the whole of the outer section does.
+    """
+    outermost = (getattr(_local, "depth", 0) == 1
+                 and threading.current_thread() is threading.main_thread())
+    if outermost:
+        _waking.append(waiter)
+    try:
+        # Looked at once the waiter is registered: a signal held before that is seen here,
+        # one held after it releases the waiter (the handler runs on this thread).
+        if not (outermost and _pending):
+            waiter.acquire(timeout=-1 if timeout is None else max(timeout, 0.0))
+    finally:
+        if outermost:
+            _waking.remove(waiter)
 
 
 @contextmanager

@@ -1,0 +1,188 @@
+"""Locks, waits, events and semaphores that a signal's ``Interrupted`` cannot leave held.
+
+The CLI's handler raises ``Interrupted`` on the main thread between any two bytecodes,
+including those of ``threading``'s own Python code. ``threading.Condition.__enter__`` is
+Python (``return self._lock.__enter__()``): raised after that call returns, the lock stays
+acquired with no ``with`` block to release it, and every other thread that needs it blocks for
+ever (a relay's uploader thread in ``stored``, then the executor's shutdown that waits for it).
+``Semaphore.acquire``, ``Event.wait``/``set`` and ``Condition.wait`` (which releases and
+re-acquires in Python) have the same gaps.
+
+What is safe: a ``threading.Lock`` entered as ``with lock:`` (its ``__enter__`` is C, and
+``BEFORE_WITH`` checks for no signal before the block's clean-up covers it), and Python code
+inside ``interrupts.critical()``, where the handler only holds the signal. So the primitives
+here guard their state with a ``threading.Lock`` and do every step that must not be split in a
+critical section; the one thing that is not, the blocking wait itself, is
+``interrupts.held_wait``, which a signal ends early instead of splitting.
+
+Use them wherever the main thread may be inside the primitive when a signal comes; code that
+only worker threads run (no signal reaches them) may keep ``threading``'s.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from .interrupts import critical, held_wait, wake
+
+T = TypeVar("T")
+
+
+class Condition:
+    """``wait``/``notify_all`` for state guarded by ``lock``, a ``threading.Lock`` the caller
+    holds as ``with lock:``. A signal during ``wait`` raises ``Interrupted`` with the lock held
+    again, as ``with`` expects, and never leaves a waiter that a notify would miss."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self._waiters: list[threading.Lock] = []  # one locked lock per waiting thread
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Release the lock until a notify, ``timeout`` or a signal (the caller re-checks its
+        predicate: a return says nothing about it); return or raise with the lock held."""
+        if not self._lock.locked():
+            raise RuntimeError("Condition.wait without its lock held")
+        with critical():
+            waiter = threading.Lock()
+            waiter.acquire()
+            self._waiters.append(waiter)
+            self._lock.release()
+            try:
+                held_wait(waiter, timeout)
+            finally:
+                self._lock.acquire()  # in the section: a signal meanwhile is held, not raised
+                if waiter in self._waiters:  # timed out or ended by a signal, not notified
+                    self._waiters.remove(waiter)
+
+    def wait_for(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            self.wait()
+
+    def notify_all(self) -> None:
+        """Wake every waiter (with the lock held)."""
+        with critical():  # all of them or none: a waiter skipped would wait for ever
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                wake(waiter)
+
+
+class Event:
+    """``threading.Event``'s ``set``/``is_set``/``wait`` on the primitives above."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = Condition(self._lock)
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def set(self) -> None:
+        with critical():  # set and every waiter woken, or not set at all
+            with self._lock:
+                self._flag = True
+                self._changed.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until set (True) or ``timeout`` has passed (the flag then: False if unset)."""
+        with self._lock:
+            if timeout is None:
+                self._changed.wait_for(lambda: self._flag)
+                return True
+            deadline = time.monotonic() + timeout
+            while not self._flag:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+            return self._flag
+
+
+class Semaphore:
+    """A bounded semaphore whose unit is taken together with what the caller does with it
+    (``holding``): a signal either comes while waiting, with nothing taken, or after the
+    caller's step has recorded the unit (a future that releases it when done)."""
+
+    def __init__(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"a semaphore of {value}")
+        self._lock = threading.Lock()
+        self._freed = Condition(self._lock)
+        self._value = self._limit = value
+
+    def holding(self, then: Callable[[], T]) -> T:
+        """Take a unit, waiting for one, then return ``then()``: the unit is then the caller's
+        to ``release``. If ``then`` raises, the unit is given back first. No signal is raised
+        between taking the unit and ``then``'s end (one held meanwhile is raised after it, the
+        unit still the caller's)."""
+        while True:
+            with self._lock:
+                self._freed.wait_for(lambda: self._value > 0)
+            with critical():
+                with self._lock:
+                    if not self._value:  # another thread took it in between
+                        continue
+                    self._value -= 1
+                try:
+                    return then()
+                except BaseException:
+                    self.release()
+                    raise
+
+    def release(self) -> None:
+        with critical():
+            with self._lock:
+                if self._value >= self._limit:
+                    raise ValueError("Semaphore released too many times")
+                self._value += 1
+                self._freed.notify_all()
+
+
+class Queue(Generic[T]):
+    """``queue.Queue``'s ``put``/``get``/``get_nowait`` (raising its ``Full`` and ``Empty``) on
+    the primitives above: an item is queued or taken together with the notify that wakes the
+    other side (one held signal is raised after both)."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: deque[T] = deque()
+        self._maxsize = maxsize
+        self._lock = threading.Lock()
+        self._not_empty = Condition(self._lock)
+        self._not_full = Condition(self._lock)
+
+    def put(self, item: T, timeout: float | None = None) -> None:
+        with self._lock:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while len(self._items) >= self._maxsize:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise queue.Full
+                self._not_full.wait(left)
+            with critical():
+                self._items.append(item)
+                self._not_empty.notify_all()
+
+    def get(self) -> T:
+        with self._lock:
+            self._not_empty.wait_for(lambda: bool(self._items))
+            return self._take()
+
+    def get_nowait(self) -> T:
+        with self._lock:
+            if not self._items:
+                raise queue.Empty
+            return self._take()
+
+    def _take(self) -> T:
+        with critical():
+            item = self._items.popleft()
+            self._not_full.notify_all()
+            return item
+
+
+__all__ = ["Condition", "Event", "Queue", "Semaphore"]
