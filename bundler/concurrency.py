@@ -26,6 +26,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, Generic, TypeVar
 
 from .interrupts import critical
+from .signalsafe import Event, Queue, Semaphore
 
 log = logging.getLogger("bundler.concurrency")
 
@@ -99,7 +100,9 @@ class BoundedExecutor:
         if jobs < 1:
             raise ValueError(f"jobs must be at least 1, not {jobs}")
         self._executor = Executor(max_workers=jobs, thread_name_prefix=name)
-        self._slots = threading.BoundedSemaphore(limit if limit is not None else 2 * jobs)
+        # Taken on the caller's thread, the main one too: a signal must not leave a slot (or
+        # the semaphore's own lock) taken with no task to give it back (signalsafe).
+        self._slots = Semaphore(limit if limit is not None else 2 * jobs)
         self._futures: list[Future[Any]] = []
         self._error: BaseException | None = None
         self._lock = threading.Lock()
@@ -121,13 +124,13 @@ class BoundedExecutor:
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         self.check()
-        self._slots.acquire()
-        try:
-            self.check()
-            fut = self._executor.submit(fn, *args)
-        except BaseException:
-            self._slots.release()
-            raise
+        return self._slots.holding(lambda: self._start(fn, args))
+
+    def _start(self, fn: Callable[..., T], args: tuple[Any, ...]) -> Future[T]:
+        """Submit with a slot taken: the future given the slot to release is recorded before
+        any signal (``Semaphore.holding``)."""
+        self.check()
+        fut = self._executor.submit(fn, *args)
         self._futures.append(fut)
         fut.add_done_callback(self._done)
         return fut
@@ -136,8 +139,9 @@ class BoundedExecutor:
         """Wait for everything; on the first failure cancel what has not started and raise it."""
         _, pending = wait(self._futures, return_when=FIRST_EXCEPTION)
         if pending:
-            for fut in pending:
-                fut.cancel()
+            with critical():  # a cancel runs the slot's release: all of them, or none started
+                for fut in pending:
+                    fut.cancel()
             wait(pending)
         self.check()
         for fut in self._futures:
@@ -271,12 +275,13 @@ class BackgroundStage(Generic[T]):
         self, consume: Callable[[T], object], *, depth: int = 8, name: str = "ami-bundler-out"
     ) -> None:
         self._consume = consume
-        self._queue: queue.Queue[object] = queue.Queue(depth)
+        # signalsafe's: the main thread writes and aborts (threading's would be left locked).
+        self._queue: Queue[object] = Queue(depth)
         self._error: BaseException | None = None
         # Set when the thread has ended. Waited on instead of Thread.join/is_alive: a join that
         # a signal interrupts (CPython before 3.12) marks a thread that is still running as
         # stopped, and an abort after it would then not wait for the item in progress.
-        self._finished = threading.Event()
+        self._finished = Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         start_thread(self._thread)
 
@@ -351,8 +356,9 @@ class Prefetch(Generic[T]):
         self, items: Iterable[T], *, depth: int = 2, name: str = "ami-bundler-parts"
     ) -> None:
         self._items = items
-        self._queue: queue.Queue[tuple[object, BaseException | None]] = queue.Queue(depth)
-        self._stop = threading.Event()
+        # signalsafe's: the main thread reads and closes (threading's would be left locked).
+        self._queue: Queue[tuple[object, BaseException | None]] = Queue(depth)
+        self._stop = Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         start_thread(self._thread)
 
@@ -417,7 +423,7 @@ class BackgroundTask:
     def __init__(self, *, name: str = "ami-bundler-task") -> None:
         self._name = name
         self._thread: threading.Thread | None = None
-        self._done = threading.Event()
+        self._done = Event()
         self.error: BaseException | None = None
 
     @property
@@ -429,7 +435,7 @@ class BackgroundTask:
         if self.running:
             return False
 
-        done = threading.Event()
+        done = Event()
 
         def run() -> None:
             try:

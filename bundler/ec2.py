@@ -16,7 +16,6 @@ import datetime
 import logging
 import os
 import re
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from .errors import (
 )
 from .manifest import Manifest, ParsedManifest, is_encrypted, parse_manifest
 from .s3 import S3Location, bucket_region, fetch_manifest, list_objects, split_manifest_location
+from .signalsafe import Event
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -431,7 +431,7 @@ def wait_available(ec2: EC2Client, image_id: str, *, timeout: float = DEFAULT_WA
                            "check later with describe-images")
         # On a worker thread (install's regions) no signal reaches this wait, and the run's
         # clean-up waits for it: a run told to stop ends it here.
-        pause, resume = threading.Event(), time.monotonic() + delay
+        pause, resume = Event(), time.monotonic() + delay
         while (left := resume - time.monotonic()) > 0:
             interrupts.stop_if_signalled()
             pause.wait(min(0.1, left))

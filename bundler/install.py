@@ -246,6 +246,7 @@ def install(
         for t in targets
     ]
     result = InstallResult(name, [st.outcome for st in states], False, 0.0)
+    # threading's, not signalsafe's: only run_all's threads take it, which no signal reaches.
     limit = threading.BoundedSemaphore(max_regions) if max_regions else None
     _parallel = partial(_in_parallel, limit=limit)
     image = fingerprint or ImageFingerprint(source, name)

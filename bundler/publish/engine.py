@@ -153,6 +153,7 @@ def _message(exc: BaseException) -> str:
 def _bounded(items: Sequence[Any], fn: Callable[[Any], Any], limit: int | None) -> list[Any]:
     """``fn(item)`` for each item in parallel, at most ``limit`` at once; each result is the
     value or the Exception it raised (one target's failure is only that target's)."""
+    # threading's, not signalsafe's: only run_all's threads take it, which no signal reaches.
     gate = threading.BoundedSemaphore(limit) if limit else None
 
     def one(item: Any) -> Any:

@@ -20,13 +20,13 @@ and a part waiting for the set-up raises ``Interrupted`` instead of waiting on.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 
 from .. import interrupts
 from ..concurrency import BackgroundTask
 from ..errors import Interrupted
 from ..parts import Part, PartSink
+from ..signalsafe import Event
 
 # How often a part waiting for the set-up looks whether the run was signalled.
 _POLL_SECONDS = 0.05
@@ -47,7 +47,7 @@ class HeldSink:
         self.setup_error: BaseException | None = None
         self._setup = setup
         self._task = BackgroundTask(name="ami-bundler-setup")
-        self._ready = threading.Event()
+        self._ready = Event()  # waited for on the main thread too (signalsafe)
         self._error: BaseException | None = None
         self._begun = False  # sink.begin was called: abort must reach the sink
         self._open = False  # the held parts were handed over: parts go straight through

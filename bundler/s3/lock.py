@@ -18,6 +18,7 @@ import botocore.exceptions as bexc
 from ..aws import NO_SUCH_OBJECT, error_code, is_not_found
 from ..concurrency import join_thread, start_thread
 from ..errors import S3Error
+from ..signalsafe import Event
 from ..stale import pid_alive
 from .location import S3Location
 from .objects import DEFAULT_ACL, DEFAULT_ATTEMPTS, RETRY_ATTEMPTS, s3_errors, with_attempts
@@ -82,7 +83,7 @@ class UploadLock:
         self._unsupported = False
         self._attempted = False  # a create was sent: an interrupt may have hidden its answer
         self._lost: str | None = None
-        self._stop = threading.Event()
+        self._stop = Event()  # set by release, on the main thread too (signalsafe)
         self._thread: threading.Thread | None = None
 
     @property

@@ -27,6 +27,7 @@ import botocore.exceptions as bexc
 
 from ..aws import error_code
 from ..errors import BundlerError, IntegrityError
+from ..signalsafe import Event
 from .etags import MD5_METADATA, multipart_etag, piece_sizes, says_not_md5
 from .objects import _Corrupt, s3_errors, with_attempts
 
@@ -45,7 +46,7 @@ class Stopped(BundlerError):
 
 def put_in_pieces(client: S3Client, bucket: str, key: str, data: bytes, *, acl: str | None,
                   attempts: int, submit: Submit, streams: AbstractContextManager[object],
-                  stopping: threading.Event | None = None,
+                  stopping: Event | None = None,
                   md5: bytes | None = None) -> tuple[str, bytes]:
     """Upload ``data`` as two pieces, the second on ``submit``'s thread, each while holding
     one of ``streams`` (the writer's bound on requests carrying bytes); returns the ETag and

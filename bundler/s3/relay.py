@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from ..concurrency import BoundedExecutor, run_parallel
 from ..errors import BundlerError, S3Error
 from ..parts import Part, PartSink
+from ..signalsafe import Condition
 from ..transfer import DEFAULT_TRANSFER, TransferConfig
 from .location import S3Location
 from .objects import copy_object, delete_keys
@@ -57,7 +58,10 @@ class RelaySink:
         self.in_use = in_use
         self.parts_copied = 0
         self.bytes_copied = 0
-        self._cond = threading.Condition()
+        # A plain lock (its ``with`` cannot be split by a signal on the main thread, where
+        # begin, commit and abort run) and a condition for the waits only (signalsafe).
+        self._lock = threading.Lock()
+        self._changed = Condition(self._lock)
         self._pool: BoundedExecutor | None = None
         self._opened: Future[object] | None = None
         self._publication: Publication | None = None
@@ -80,21 +84,21 @@ class RelaySink:
     def stored(self, index: int, key: str, size: int, md5: str) -> None:
         """The source's hook: part ``index`` is in the source bucket as ``key``. Never raises
         (it runs on the source's uploader thread)."""
-        with self._cond:
+        with self._lock:
             self._landed[index] = (key, size, md5)
             try:
                 self._submit(index)
             except Exception:  # the copy is made at commit instead; the upload goes on
                 log.debug("could not start the copy of %s", key, exc_info=True)
                 self._pipelining = False
-            self._cond.notify_all()
+            self._changed.notify_all()
 
     def source_done(self, ok: bool) -> None:
         """The source committed (its parts have their final names) or failed."""
-        with self._cond:
+        with self._lock:
             if self._source_ok is None:
                 self._source_ok = ok
-            self._cond.notify_all()
+            self._changed.notify_all()
 
     # ------------------------------------------------------------------ PartSink
 
@@ -104,7 +108,7 @@ class RelaySink:
                                   force=self.force, in_use=self.in_use)
         # Never full: a submit must not block the source's uploader thread that calls it.
         pool = BoundedExecutor(self.transfer.jobs, max_parts + 2, name="ami-bundler-relay")
-        with self._cond:
+        with self._lock:
             self._publication, self._pool = publication, pool
             # A bundle already there is another one (fresh key): refused, or retired first.
             # abort() waits for this before it releases the lease.
@@ -117,7 +121,7 @@ class RelaySink:
     def put_part(self, part: Part) -> None:
         # The bytes are not needed (the copy is server-side); what fails this relay early is
         # its lease or its source having failed.
-        with self._cond:
+        with self._lock:
             opened, lost = self._opened, self._source_ok is False
         if lost:
             raise SourceLost(f"{self.source_label} failed: nothing to copy to "
@@ -139,7 +143,7 @@ class RelaySink:
     def _copy(self, src: str, dst: str, size: int, md5: str) -> None:
         got = copy_object(self.client, (self.source.bucket, src), self.location.bucket, dst,
                           etag=md5, acl=self.transfer.acl, attempts=self.transfer.attempts)
-        with self._cond:
+        with self._lock:
             self._etags[dst] = got or md5
             self.parts_copied += 1
             self.bytes_copied += size
@@ -150,18 +154,18 @@ class RelaySink:
             assert self._opened is not None
             self._opened.result()  # our lease first
             self._copy(src, dst, size, md5)
-            with self._cond:
+            with self._lock:
                 self._copied[index] = dst
         except Exception as exc:
             # Commit copies what is missing again (from the source's final names); only that
             # failing fails this relay.
             log.debug("pipelined copy of %s to %s failed: %s", src, self.location.url(), exc)
-            with self._cond:
+            with self._lock:
                 self._pipelining = False
         finally:
-            with self._cond:
+            with self._lock:
                 self._running -= 1
-                self._cond.notify_all()
+                self._changed.notify_all()
 
     def _settled(self, count: int) -> bool:
         if self._source_ok is not None or not self._pipelining:
@@ -170,19 +174,19 @@ class RelaySink:
 
     def commit(self, names: Sequence[str], manifest_name: str, manifest: bytes) -> None:
         assert self._pool is not None and self._opened is not None and self._publication
-        with self._cond:
+        with self._lock:
             # Every part has landed and been copied, or the source ended, or pipelining did.
-            self._cond.wait_for(lambda: self._settled(len(names)))
+            self._changed.wait_for(lambda: self._settled(len(names)))
             self._pipelining = False
         self._opened.result()  # the lease's error, if it had one, is this relay's
         final = [self.location.key(n) for n in names]
         todo = [i for i, key in enumerate(final) if self._copied.get(i) != key]
-        with self._cond:
+        with self._lock:
             renamed = any(self._landed.get(i, ("",))[0] != self.source.key(names[i])
                           for i in todo)
             if renamed or any(i not in self._landed for i in todo):
                 # Copied from the source's final names, which exist once it has committed.
-                self._cond.wait_for(lambda: self._source_ok is not None)
+                self._changed.wait_for(lambda: self._source_ok is not None)
             if self._source_ok is False:
                 raise SourceLost(f"{self.source_label} failed: nothing to copy to "
                                  f"{self.location.url()}")
@@ -194,7 +198,7 @@ class RelaySink:
                               f"{len(expected)} stored by {self.source_label}")
             log.info("copying %d of %d parts to %s at commit", len(todo), len(names),
                      self.location.url())
-            with self._cond:
+            with self._lock:
                 self._created.update(final[i] for i in todo)
             run_parallel([partial(self._copy, self.source.key(names[i]), final[i],
                                   *expected[final[i]]) for i in todo],
@@ -202,10 +206,10 @@ class RelaySink:
         stale = sorted(set(self._copied.values()) - set(final))
         if stale:
             delete_keys(self.client, self.location.bucket, stale, attempts=self.transfer.attempts)
-            with self._cond:
+            with self._lock:
                 self._created.difference_update(stale)
         assert manifest_name == self._publication.manifest_name
-        with self._cond:
+        with self._lock:
             answered = {key: (size, self._etags.get(key, md5))
                         for key, (size, md5) in expected.items()}
         self.manifest_key = self._publication.publish(manifest, answered)
@@ -214,7 +218,7 @@ class RelaySink:
         self.transfer.progress.finish("copy")
 
     def abort(self) -> None:
-        with self._cond:
+        with self._lock:
             self._pipelining = False
             pool, publication = self._pool, self._publication
             self._publication = None
@@ -232,7 +236,7 @@ class RelaySink:
             publication.close()
 
     def _remove_created(self) -> None:
-        with self._cond:
+        with self._lock:
             keys = sorted(self._created)
             self._created.clear()
         if not keys:

@@ -15,6 +15,7 @@ from ..concurrency import BoundedExecutor, ordered_window, run_parallel
 from ..errors import BundlerError, PartMissingError, S3Error
 from ..manifest import PartEntry
 from ..parts import PART_SIZE, Part, provisional_name
+from ..signalsafe import Event
 from ..transfer import DEFAULT_TRANSFER, TransferConfig
 from .etags import piece_sizes
 from .location import S3Location
@@ -56,6 +57,8 @@ class _Streams:
     how many more could start now."""
 
     def __init__(self, jobs: int) -> None:
+        # threading's, not signalsafe's: only the upload threads take it, which no signal
+        # reaches.
         self._slots = threading.BoundedSemaphore(jobs)
         self._lock = threading.Lock()
         self._free = jobs
@@ -172,7 +175,7 @@ class S3Sink:
         self._streams = _Streams(self.jobs)
         self._tail = False  # the last part has been handed over: what starts now is the tail
         self._pace = _Pace()
-        self._stopping = threading.Event()
+        self._stopping = Event()  # set by abort, on the main thread too (signalsafe)
         self.bytes_uploaded = 0
         self.manifest_key: str | None = None
 

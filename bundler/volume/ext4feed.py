@@ -40,6 +40,7 @@ from pathlib import Path
 
 from ..concurrency import join_thread, start_thread
 from ..errors import VolumeError
+from ..signalsafe import Condition
 from ..tools import which
 from . import safefs, secrets_filter
 from . import staging as stagelib
@@ -129,7 +130,10 @@ class Debugfs:
         self.eof = False
         self.errors: list[str] = []
         self.error_count = 0
-        self.cond = threading.Condition()
+        # The main thread waits for and reads what the readers record: a lock that a signal
+        # cannot leave held, and a condition for the waits only (signalsafe).
+        self.lock = threading.Lock()
+        self.changed = Condition(self.lock)
         self.buf: list[str] = []
         self.buf_len = 0
         self.threads = [threading.Thread(target=f, name=f"ami-bundler-debugfs-{n}", daemon=True)
@@ -180,9 +184,9 @@ class Debugfs:
         if index + 1 >= self.sent:
             self.send("cd .")    # a command after it, whose echo says it is done
         self.flush()
-        with self.cond:
+        with self.lock:
             while not self.done(index):
-                self.cond.wait(1.0)
+                self.changed.wait(1.0)
 
     def close(self) -> None:
         """Send the rest, let debugfs finish; raise when any command failed."""
@@ -232,13 +236,13 @@ class Debugfs:
                     started += 1
                 else:
                     found.append((started - 1, int(m.group(1))))
-            with self.cond:
+            with self.lock:
                 self.inodes.update(found)
                 self.started = started
-                self.cond.notify_all()
-        with self.cond:
+                self.changed.notify_all()
+        with self.lock:
             self.eof = True
-            self.cond.notify_all()
+            self.changed.notify_all()
 
     def _read_err(self) -> None:
         assert self.proc.stderr is not None
@@ -342,7 +346,7 @@ class Feed:
         pending = self.pending
         if pending and db.done(pending[0][0]):
             done = []
-            with db.cond:       # once for all of them
+            with db.lock:       # once for all of them
                 while pending and db.done(pending[0][0]):
                     item = pending.popleft()
                     done.append((db.inodes.pop(item[0], None), item))

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from bundler import concurrency
+from bundler import concurrency, signalsafe
 from bundler.concurrency import (
     BackgroundStage,
     BackgroundTask,
@@ -317,17 +317,17 @@ def test_abort_after_an_interrupted_close_waits_for_the_item_in_progress(no_thre
     assert no_thread_left() == []
 
 
-class _ImpatientQueue(queue.Queue):
+class _ImpatientQueue(signalsafe.Queue):
     """A timed put gives up at once: stands for a consumer stuck (a slow PUT) for longer than
     abort() waits to hand over its end marker."""
 
-    def __init__(self, maxsize: int = 0) -> None:
+    def __init__(self, maxsize: int) -> None:
         super().__init__(maxsize)
         self.gave_up = threading.Event()
 
-    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, item, timeout: float | None = None) -> None:
         try:
-            super().put(item, block, None if timeout is None else min(timeout, 0.01))
+            super().put(item, None if timeout is None else min(timeout, 0.01))
         except queue.Full:
             self.gave_up.set()
             raise
@@ -336,7 +336,7 @@ class _ImpatientQueue(queue.Queue):
 def test_abort_ends_the_thread_of_a_consumer_that_was_stuck_behind_a_full_queue(
     monkeypatch, no_thread_left
 ):
-    monkeypatch.setattr(concurrency.queue, "Queue", _ImpatientQueue)
+    monkeypatch.setattr(concurrency, "Queue", _ImpatientQueue)
     entered, release = threading.Event(), threading.Event()
     seen: list[bytes] = []
 
@@ -358,7 +358,7 @@ def test_abort_ends_the_thread_of_a_consumer_that_was_stuck_behind_a_full_queue(
     try:
         # abort() has either handed over its end marker or given up doing so
         assert wait_until(
-            lambda: q.gave_up.is_set() or any(i is BackgroundStage._END for i in list(q.queue))
+            lambda: q.gave_up.is_set() or any(i is BackgroundStage._END for i in list(q._items))
         )
         release.set()  # the slow item finishes at last
         assert wait_until(lambda: not stage._thread.is_alive(), timeout=2), (
