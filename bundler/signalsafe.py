@@ -59,9 +59,16 @@ class Condition:
                 if waiter in self._waiters:  # timed out or ended by a signal, not notified
                     self._waiters.remove(waiter)
 
-    def wait_for(self, predicate: Callable[[], bool]) -> None:
+    def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait until ``predicate()`` holds (True) or ``timeout`` has passed with it still
+        false (False), the lock held as for ``wait``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not predicate():
-            self.wait()
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self.wait(left)
+        return True
 
     def notify_all(self) -> None:
         """Wake every waiter (with the lock held)."""
@@ -91,16 +98,7 @@ class Event:
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until set (True) or ``timeout`` has passed (the flag then: False if unset)."""
         with self._lock:
-            if timeout is None:
-                self._changed.wait_for(lambda: self._flag)
-                return True
-            deadline = time.monotonic() + timeout
-            while not self._flag:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._changed.wait(left)
-            return self._flag
+            return self._changed.wait_for(lambda: self._flag, timeout)
 
 
 class Semaphore:
@@ -157,12 +155,8 @@ class Queue(Generic[T]):
 
     def put(self, item: T, timeout: float | None = None) -> None:
         with self._lock:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while len(self._items) >= self._maxsize:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise queue.Full
-                self._not_full.wait(left)
+            if not self._not_full.wait_for(lambda: len(self._items) < self._maxsize, timeout):
+                raise queue.Full
             with critical():
                 self._items.append(item)
                 self._not_empty.notify_all()
