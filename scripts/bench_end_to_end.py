@@ -27,6 +27,7 @@ import base64
 import hashlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,11 @@ def empty_bucket(s3: Any, bucket: str) -> None:
 
 
 # --------------------------------------------------------------------------- main
+
+
+def _walls(walls: list[float]) -> str:
+    return (f"{', '.join(f'{w:.2f}' for w in walls)} s (median "
+            f"{statistics.median(walls):.2f})")
 
 
 def product_defaults() -> tuple[int, str]:
@@ -262,6 +268,8 @@ def main() -> int:
             c_bundle = c_upload = None
             classic_endpoint = size = 0.0
             best: tuple[Step, float, str] | None = None  # install: step, endpoint CPU, bucket
+            classic_walls: list[float] = []  # every run, for the medians beside the fastest
+            our_walls: list[float] = []
             for rep in range(args.repeat):
                 endpoint_before = cpu_seconds(moto, proxy)
                 if not args.no_classic:  # bundle, then serial upload + register
@@ -277,6 +285,7 @@ def main() -> int:
                              [sys.executable, __file__, "--classic-upload",
                               str(classic_dir), "classic", bucket, proxy_url], env)
                     used = cpu_seconds(moto, proxy) - endpoint_before
+                    classic_walls.append(cb.wall + cu.wall)
                     size = sum(p.stat().st_size for p in classic_dir.glob("classic.part.*"))
                     shutil.rmtree(classic_dir)
                     if c_bundle is None or c_upload is None or (
@@ -295,6 +304,7 @@ def main() -> int:
                             "--endpoint-url", proxy_url, "-q",
                             *([] if args.check else ["--no-check"])], env)
                 endpoint = cpu_seconds(moto, proxy) - endpoint_mid
+                our_walls.append(step.wall)
                 if best is None or step.wall < best[0].wall:
                     if best is not None:
                         empty_bucket(s3, best[2])
@@ -323,6 +333,13 @@ def main() -> int:
                   f"{ours.rss_mib:.0f} MiB")
             if ratio is not None:
                 print(f"  image → AMI: {ratio:.1f}× faster", flush=True)
+            if args.repeat > 1:
+                # The fastest run of each side is what the machine can do; the medians say how
+                # much a run on this (shared) machine can be off it.
+                print(f"  every run: install {_walls(our_walls)}"
+                      + (f"; classic {_walls(classic_walls)}; ratio of the medians "
+                         f"{statistics.median(classic_walls) / statistics.median(our_walls):.1f}×"
+                         if classic_walls else ""), flush=True)
 
             # the way back
             down = work / f"down-{tag}"
