@@ -17,6 +17,17 @@ critical section; the one thing that is not, the blocking wait itself, is
 
 Use them wherever the main thread may be inside the primitive when a signal comes; code that
 only worker threads run (no signal reaches them) may keep ``threading``'s.
+
+``concurrent.futures`` has the same gaps: every method of a ``Future`` takes its
+``threading.Condition`` (``with self._condition:``, in Python), and so do
+``concurrent.futures.wait`` and ``as_completed``; one left held by the main thread blocks the
+worker's ``set_result`` for ever, and the pool's ``shutdown(wait=True)`` with it. The main
+thread reads and waits for futures through the functions below instead: a wait is
+``held_wait`` on a lock that the futures' done callbacks release (registered in the same
+critical section), as ``Event.wait`` is, and each call into the future itself is made in a
+critical section, where it cannot block for long (the future is done, or the call never
+waits). Submitting is ``concurrency.Executor.submit``'s (a critical section: every
+pool of the product is one).
 """
 
 from __future__ import annotations
@@ -25,8 +36,9 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import Any, Generic, TypeVar
 
 from .interrupts import critical, held_wait, wake
 
@@ -179,4 +191,76 @@ class Queue(Generic[T]):
             return item
 
 
-__all__ = ["Condition", "Event", "Queue", "Semaphore"]
+# --------------------------------------------------------------------------- futures
+
+
+def wait(futures: Iterable[Future[Any]], *, first_exception: bool = False) -> None:
+    """Return once every future is done (cancelled counts as done), or, with
+    ``first_exception``, as soon as one has raised: ``concurrent.futures.wait`` that a signal
+    ends with ``Interrupted`` and nothing of the futures' held (in an outer critical section it
+    waits on, as that section does)."""
+    futures = list(futures)
+    if not futures:
+        return
+    waiter = threading.Lock()  # released by the last future's callback (or a failure's)
+    waiter.acquire()
+    left = [len(futures)]
+    count = threading.Lock()
+
+    def done(future: Future[Any]) -> None:
+        # On the thread that ended the future, or here, in the section below, if it is done.
+        with count:
+            left[0] -= 1
+            last = not left[0]
+        if last or (first_exception and not future.cancelled()
+                    and future.exception() is not None):
+            wake(waiter)
+
+    with critical():  # every callback registered, and the wait a held signal ends
+        for future in futures:
+            future.add_done_callback(done)
+        held_wait(waiter)
+
+
+def result(future: Future[T]) -> T:
+    """``future.result()``: wait until it is done, then its value (or what it raised, or
+    ``CancelledError``)."""
+    with critical():
+        if future.done():
+            return future.result()
+    wait((future,))
+    with critical():
+        return future.result()
+
+
+def exception(future: Future[Any]) -> BaseException | None:
+    """``future.exception()``: wait until it is done, then what it raised, or None
+    (``CancelledError`` if it was cancelled)."""
+    with critical():
+        if future.done():
+            return future.exception()
+    wait((future,))
+    with critical():
+        return future.exception()
+
+
+def done(future: Future[Any]) -> bool:
+    """``future.done()``."""
+    with critical():
+        return future.done()
+
+
+def cancelled(future: Future[Any]) -> bool:
+    """``future.cancelled()``."""
+    with critical():
+        return future.cancelled()
+
+
+def cancel(future: Future[Any]) -> bool:
+    """``future.cancel()``: True if it will not run (its done callbacks have run then)."""
+    with critical():
+        return future.cancel()
+
+
+__all__ = ["Condition", "Event", "Queue", "Semaphore", "cancel", "cancelled", "done",
+           "exception", "result", "wait"]

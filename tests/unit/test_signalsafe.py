@@ -7,10 +7,11 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+from concurrent.futures import CancelledError, Future
 
 import pytest
 
-from bundler import interrupts
+from bundler import interrupts, signalsafe
 from bundler.cli.signals import interrupts_roll_back
 from bundler.errors import Interrupted
 from bundler.signalsafe import Condition, Event, Queue, Semaphore
@@ -149,3 +150,62 @@ def test_in_an_inner_section_a_held_signal_waits_for_the_outer_one() -> None:
         with pytest.raises(Interrupted), interrupts.critical():
             woken.append(ev.wait())  # not ended by the signal: the outer section holds it
     assert woken == [True]
+
+
+def test_future_waits_and_reads_keep_concurrent_futures_answers() -> None:
+    ok: Future[int] = Future()
+    failing: Future[int] = Future()
+    never: Future[int] = Future()
+    threading.Thread(target=lambda: failing.set_exception(ValueError("no"))).start()
+    signalsafe.wait([failing, never], first_exception=True)  # ends at the failure
+    assert isinstance(signalsafe.exception(failing), ValueError)
+    with pytest.raises(ValueError, match="no"):
+        signalsafe.result(failing)
+    assert not signalsafe.done(never) and signalsafe.cancel(never) and signalsafe.cancelled(never)
+    with pytest.raises(CancelledError):
+        signalsafe.result(never)
+    threading.Thread(target=lambda: ok.set_result(3)).start()
+    signalsafe.wait([ok, never])  # a cancelled future is done
+    assert signalsafe.result(ok) == 3 and signalsafe.exception(ok) is None
+    signalsafe.wait([])
+
+
+def test_a_future_wait_signalled_anywhere_leaves_the_future_to_its_thread() -> None:
+    made: list[tuple[Future[int], threading.Thread, threading.Event]] = []
+
+    def make():  # type: ignore[no-untyped-def]
+        fut: Future[int] = Future()
+        over = threading.Event()
+
+        def end() -> None:  # a pool's thread, once the main thread waits (or has given up)
+            wait_until(lambda: over.is_set() or main_thread_waits(("held_wait",)), 10)
+            fut.set_result(1)
+
+        thread = threading.Thread(target=end, daemon=True)
+        thread.start()
+        made.append((fut, thread, over))
+        return lambda: signalsafe.result(fut)
+
+    for n, error in every_instruction(make):
+        fut, thread, over = made[-1]
+        assert error is None or isinstance(error, Interrupted), repr(error)
+        over.set()
+        thread.join(10)
+        assert not thread.is_alive() and finishes(fut.done), f"point {n}: the future's lock held"
+
+
+def test_a_real_signal_ends_a_future_wait_and_the_future_still_ends() -> None:
+    fut: Future[int] = Future()
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def kill() -> None:
+        if wait_until(lambda: main_thread_waits(("held_wait",)), 10):
+            signal.pthread_kill(main, signal.SIGTERM)
+
+    with interrupts_roll_back():
+        threading.Thread(target=kill, daemon=True).start()
+        with pytest.raises(Interrupted):
+            signalsafe.result(fut)  # nothing ends it: only the signal does
+    assert finishes(lambda: fut.set_result(2))
+    assert signalsafe.result(fut) == 2
