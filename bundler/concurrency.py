@@ -22,9 +22,10 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
+from . import signalsafe
 from .interrupts import critical
 from .signalsafe import Event, Queue, Semaphore
 
@@ -136,17 +137,20 @@ class BoundedExecutor:
         return fut
 
     def join(self) -> None:
-        """Wait for everything; on the first failure cancel what has not started and raise it."""
-        _, pending = wait(self._futures, return_when=FIRST_EXCEPTION)
-        if pending:
-            with critical():  # a cancel runs the slot's release: all of them, or none started
-                for fut in pending:
-                    fut.cancel()
-            wait(pending)
+        """Wait for everything; on the first failure cancel what has not started and raise it.
+        (The futures' own waits and reads are signalsafe's: the main thread joins.)"""
+        signalsafe.wait(self._futures, first_exception=True)
+        with critical():  # a cancel runs the slot's release: all of them, or none started
+            pending = [fut for fut in self._futures if not fut.done()]
+            for fut in pending:
+                fut.cancel()
+        signalsafe.wait(pending)
         self.check()
-        for fut in self._futures:
-            if not fut.cancelled() and fut.exception() is not None:
-                raise fut.exception()  # type: ignore[misc]  # not None: checked on the line above
+        with critical():  # every future is done: their reads do not wait
+            failed = next((error for fut in self._futures if not fut.cancelled()
+                           and (error := fut.exception()) is not None), None)
+        if failed is not None:
+            raise failed
 
     def shutdown(self, *, cancel: bool) -> None:
         self._executor.shutdown(wait=True, cancel_futures=cancel)
@@ -189,7 +193,7 @@ def run_parallel(
         pool.shutdown(cancel=True)
         raise
     pool.shutdown(cancel=False)  # every task has ended: only idle threads are left
-    return [fut.result() for fut in futures]
+    return [signalsafe.result(fut) for fut in futures]
 
 
 def run_all(
@@ -198,7 +202,8 @@ def run_all(
     """Run every callable at once, each on its own thread, and wait for all of them.
 
     Unlike ``run_parallel`` a failure does not stop the others (one region failing must not
-    stop the rest): every returned future is done; read ``exception()`` for each outcome.
+    stop the rest): every returned future is done; read each outcome with
+    ``signalsafe.exception``/``result`` (a done future's own methods still take its lock).
     """
     if not tasks:
         return []
@@ -207,7 +212,7 @@ def run_all(
     try:  # the wait inside the try, as in run_parallel
         for task in tasks:
             futures.append(pool.submit(task))
-        wait(futures)
+        signalsafe.wait(futures)
     finally:
         pool.shutdown(wait=True)
     return futures
@@ -248,12 +253,13 @@ def ordered_window(
         fill()
         while pending:
             item, fut = pending.pop(0)
-            result = fut.result()
+            result = signalsafe.result(fut)
             fill()
             yield item, result
     finally:
-        for _, fut in pending:
-            fut.cancel()
+        with critical():
+            for _, fut in pending:
+                fut.cancel()
         executor.shutdown(wait=True, cancel_futures=True)
 
 

@@ -18,7 +18,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from bundler.concurrency import BackgroundTask, BoundedExecutor, Prefetch
+from bundler.concurrency import BackgroundTask, BoundedExecutor, Executor, Prefetch
 from bundler.errors import Interrupted
 from bundler.s3.location import S3Location
 from bundler.s3.relay import RelaySink
@@ -50,6 +50,63 @@ def test_a_signal_anywhere_in_submit_leaves_every_slot_to_the_pool() -> None:
             pool._futures.clear()
     finally:
         pool.shutdown(cancel=True)
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_a_signal_anywhere_in_a_pools_submit_leaves_its_threads_going(warm: bool) -> None:
+    # ThreadPoolExecutor.submit starts a thread (Thread.start waits on an Event) or takes
+    # its idle semaphore (a threading.Semaphore: a Condition), both Python: left held, every
+    # worker blocks in the semaphore's release after its task and the shutdown waits for it.
+    pools: list[Executor] = []
+
+    def make():  # type: ignore[no-untyped-def]
+        pool = Executor(max_workers=1, thread_name_prefix="ami-bundler-test-submit")
+        if warm:  # its thread there and idle: the submit takes the idle semaphore
+            pool.submit(lambda: None).result()
+        pools.append(pool)
+        return lambda: pool.submit(lambda: None)
+
+    for n, error in every_instruction(make):
+        _only_interrupted(error)
+        pool = pools[-1]
+        assert finishes(lambda pool=pool: [pool.submit(lambda: None).result()  # type: ignore[misc]
+                                           for _ in range(3)]), \
+            f"signal at instruction {n}: the pool's thread is stuck"
+        assert finishes(pool.shutdown), f"signal at instruction {n}: its shutdown is stuck"
+
+
+def test_a_signal_anywhere_in_a_pools_join_leaves_its_futures_to_their_threads() -> None:
+    # concurrent.futures.wait takes each future's Condition, then waits on a threading.Event
+    # that the thread ending a future sets with that future's Condition held: either left
+    # held by the main thread, that thread's set_result blocks for ever.
+    made: list[tuple[list[Future[None]], threading.Thread, threading.Event]] = []
+
+    def make():  # type: ignore[no-untyped-def]
+        pool = BoundedExecutor(1, 2, name="ami-bundler-test-join")
+        futures: list[Future[None]] = [Future(), Future()]
+        pool._futures.extend(futures)  # two tasks under way: their threads are the test's
+        over = threading.Event()
+
+        def end_them() -> None:  # as a pool's thread ends its task
+            wait_until(lambda: over.is_set() or main_thread_waits(), 10)
+            for fut in futures:
+                fut.set_result(None)
+
+        thread = threading.Thread(target=end_them, name="test-tasks", daemon=True)
+        thread.start()
+        made.append((futures, thread, over))
+        return pool.join
+
+    for n, error in every_instruction(make):
+        futures, thread, over = made[-1]
+        _only_interrupted(error)
+        over.set()
+        thread.join(10)
+        assert not thread.is_alive(), \
+            f"signal at instruction {n}: a future's end is stuck on a lock the join left held"
+        # Ended before the signal or not, each future's own lock is free for other threads.
+        assert finishes(lambda futures=futures: [fut.done() for fut in futures]), \
+            f"signal at instruction {n}: the join left a future's lock held"
 
 
 # --------------------------------------------------------------------------- RelaySink
