@@ -23,8 +23,10 @@ from concurrent.futures import Future
 from functools import partial
 from typing import TYPE_CHECKING
 
+from .. import signalsafe
 from ..concurrency import BoundedExecutor, run_parallel
 from ..errors import BundlerError, S3Error
+from ..interrupts import critical
 from ..parts import Part, PartSink
 from ..signalsafe import Condition
 from ..transfer import DEFAULT_TRANSFER, TransferConfig
@@ -108,7 +110,10 @@ class RelaySink:
                                   force=self.force, in_use=self.in_use)
         # Never full: a submit must not block the source's uploader thread that calls it.
         pool = BoundedExecutor(self.transfer.jobs, max_parts + 2, name="ami-bundler-relay")
-        with self._lock:
+        # The lease's future stored with its submit: a signal raised between the two (once
+        # the submit's own section ends) would leave abort() waiting for a lease it then does
+        # not release.
+        with critical(), self._lock:
             self._publication, self._pool = publication, pool
             # A bundle already there is another one (fresh key): refused, or retired first.
             # abort() waits for this before it releases the lease.
@@ -126,8 +131,10 @@ class RelaySink:
         if lost:
             raise SourceLost(f"{self.source_label} failed: nothing to copy to "
                              f"{self.location.url()}")
-        if opened is not None and opened.done() and opened.exception() is not None:
-            raise opened.exception()  # type: ignore[misc]  # checked just above
+        failed = (signalsafe.exception(opened)
+                  if opened is not None and signalsafe.done(opened) else None)
+        if failed is not None:
+            raise failed
 
     def _submit(self, index: int) -> None:
         """Copy a landed part now (called with the lock held)."""
@@ -178,7 +185,7 @@ class RelaySink:
             # Every part has landed and been copied, or the source ended, or pipelining did.
             self._changed.wait_for(lambda: self._settled(len(names)))
             self._pipelining = False
-        self._opened.result()  # the lease's error, if it had one, is this relay's
+        signalsafe.result(self._opened)  # the lease's error, if it had one, is this relay's
         final = [self.location.key(n) for n in names]
         todo = [i for i, key in enumerate(final) if self._copied.get(i) != key]
         with self._lock:
@@ -228,8 +235,8 @@ class RelaySink:
         if publication is None:
             return
         try:
-            opened = self._opened is not None and not self._opened.cancelled() \
-                and self._opened.exception() is None
+            opened = (self._opened is not None and not signalsafe.cancelled(self._opened)
+                      and signalsafe.exception(self._opened) is None)
             if opened and publication.retract():
                 self._remove_created()
         finally:

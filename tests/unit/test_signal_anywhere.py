@@ -20,6 +20,7 @@ import pytest
 
 from bundler.concurrency import BackgroundTask, BoundedExecutor, Executor, Prefetch
 from bundler.errors import Interrupted
+from bundler.s3 import relay as relay_module
 from bundler.s3.location import S3Location
 from bundler.s3.relay import RelaySink
 from bundler.volume import ext4feed
@@ -193,6 +194,105 @@ def test_a_signal_anywhere_in_commit_leaves_the_relay_to_its_uploaders() -> None
     relay, copy = made[-1]
     copy.join(10)
     assert relay.manifest_key == "b.manifest.xml"
+
+
+def _main_thread_reads_a_future() -> bool:
+    """The main thread is in a future's wait or read (``Future.result``, ``signalsafe``'s)."""
+    return main_thread_waits(("result", "exception", "wait"))
+
+
+def test_a_signal_anywhere_in_commits_lease_wait_leaves_the_lease_to_its_thread() -> None:
+    # Commit waits for the lease, a future the relay's pool ends: a future's Condition left
+    # held by the main thread blocks that thread's set_result, and the clean-up's shutdown
+    # waits for the thread for ever.
+    made: list[tuple[RelaySink, threading.Thread, threading.Event]] = []
+
+    def make():  # type: ignore[no-untyped-def]
+        relay = _relay()
+        relay._pool = BoundedExecutor(1, 2, name="ami-bundler-test-relay")
+        lease: Future[object] = Future()
+        relay._opened = lease
+        relay._publication = _Publication()  # type: ignore[assignment]
+        relay._landed[0] = ("p/b.part.0", 1, "00")
+        relay._copied[0] = "p/b.part.0"  # copied: commit goes straight to the lease
+        over = threading.Event()
+
+        def open_lease() -> None:  # the pool's thread, once the main thread waits
+            wait_until(lambda: over.is_set() or _main_thread_reads_a_future(), 10)
+            lease.set_result(None)
+
+        thread = threading.Thread(target=open_lease, name="test-lease", daemon=True)
+        thread.start()
+        made.append((relay, thread, over))
+        return lambda: relay.commit(["b.part.0"], "b.manifest.xml", b"<manifest/>")
+
+    for n, error in every_instruction(make):
+        relay, thread, over = made[-1]
+        _only_interrupted(error)
+        over.set()
+        thread.join(10)
+        assert not thread.is_alive(), \
+            f"signal at instruction {n}: the lease's end is stuck on a lock commit left held"
+        lease = relay._opened
+        assert lease is not None
+        assert finishes(lease.done), f"signal at instruction {n}: commit left the lease's lock held"
+        relay.abort()  # the clean-up that follows the signal: it must end
+    assert made[-1][0].manifest_key == "b.manifest.xml"
+
+
+class _Lease(_Publication):
+    """The publication a relay's begin makes: its lease taken on the pool, released by
+    ``retract``."""
+
+    made: list[_Lease] = []
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.opened = self.retracted = self.closed = False
+        _Lease.made.append(self)
+
+    def open(self, _: object) -> None:
+        self.opened = True
+
+    def retract(self) -> bool:
+        self.retracted = True
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_signal_anywhere_in_begin_leaves_no_lease_that_abort_does_not_release(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lease is taken on the relay's pool: a signal raised after its submit and before its
+    # future is stored left abort waiting for the lease (the pool's shutdown) and then not
+    # releasing it.
+    monkeypatch.setattr(relay_module, "Publication", _Lease)
+    pools: list[BoundedExecutor] = []
+
+    class Pool(BoundedExecutor):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            pools.append(self)
+
+    monkeypatch.setattr(relay_module, "BoundedExecutor", Pool)
+    relays: list[RelaySink] = []
+
+    def make():  # type: ignore[no-untyped-def]
+        _Lease.made.clear()
+        pools.clear()
+        relays.append(_relay())
+        return lambda: relays[-1].begin("b", 3)
+
+    for n, error in every_instruction(make):
+        _only_interrupted(error)
+        for pool in pools:
+            for fut in list(pool._futures):  # the lease's, if begin submitted it: let it run
+                assert wait_until(fut.done, 10), f"signal at instruction {n}: no lease taken"
+        relays[-1].abort()  # the clean-up that follows the signal
+        for lease in _Lease.made:
+            assert lease.retracted or not lease.opened, \
+                f"signal at instruction {n}: the lease was taken and abort did not release it"
+    assert [lease.opened for lease in _Lease.made] == [True]
 
 
 # --------------------------------------------------------------------------- events
