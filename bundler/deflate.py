@@ -71,7 +71,9 @@ from typing import TYPE_CHECKING, Union
 from bundler.errors import ArchiveError, UsageError
 from bundler.stagetimes import NULL_TIMES, StageTimes
 
+from . import signalsafe
 from .concurrency import Executor
+from .interrupts import critical
 
 if TYPE_CHECKING:
     from .deflate_isal import IsalDeflate
@@ -528,8 +530,9 @@ class ParallelGzipWriter:
             return
         was_closed = self._state == "closed"
         self._state = "aborted"
-        for fut, _ in self._pending:
-            fut.cancel()
+        with critical():
+            for fut, _ in self._pending:
+                fut.cancel()
         self._pending.clear()
         self._buf = bytearray()
         self._fill = 0
@@ -607,12 +610,12 @@ class ParallelGzipWriter:
         # keeps flowing (and memory is released) without waiting for the window.
         # Blocks pending during write() are never the last one (that is only
         # submitted by close()), so none of them carries the trailer.
-        while self._pending and self._pending[0][0].done():
+        while self._pending and signalsafe.done(self._pending[0][0]):
             self._emit_oldest(final=False)
 
     def _emit_oldest(self, *, final: bool) -> None:
         fut, length = self._pending[0]
-        data, crc = fut.result()  # re-raises a worker's exception as-is
+        data, crc = signalsafe.result(fut)  # re-raises a worker's exception as-is
         self._pending.popleft()
         self._crc = _crc32_combine(self._crc, crc, length)
         self.bytes_in_emitted += length
