@@ -43,6 +43,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
+from .. import signalsafe
 from ..concurrency import Executor
 from ..errors import VolumeError
 from . import safefs, secrets_filter
@@ -505,11 +506,11 @@ class _Walker:
             return
         self.scans.append(self.pool.submit(_scan_batch, os.dup(dir_fd), jobs))
         while len(self.scans) > SCAN_QUEUE:
-            self.scan_results.extend(self.scans.popleft().result())
+            self.scan_results.extend(signalsafe.result(self.scans.popleft()))
 
     def finish_scans(self) -> None:
         while self.scans:
-            self.scan_results.extend(self.scans.popleft().result())
+            self.scan_results.extend(signalsafe.result(self.scans.popleft()))
         self.scans.clear()
         drop: set[str] = set()
         for rel, kind, error in self.scan_results:

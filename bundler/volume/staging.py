@@ -40,6 +40,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import signalsafe
 from ..concurrency import Executor
 from ..errors import VolumeError
 from . import safefs
@@ -144,7 +145,7 @@ class _Stager:
                 pending.append(pool.submit(self.copy_batch, fds, batch))
                 batch = []
                 while len(pending) > IN_FLIGHT:
-                    pending.popleft().result()
+                    signalsafe.result(pending.popleft())
         try:
             self.meta_from_fd(src_root, dst_root, "", self.sel.entries[0], owner_only=True)
             first_copy: dict[tuple[int, int], str] = {}
@@ -173,7 +174,7 @@ class _Stager:
                     self.make_special(sfd, dfd, name, entry)
             flush()
             while pending:
-                pending.popleft().result()
+                signalsafe.result(pending.popleft())
             for target, rel in links:
                 parent, name = split_rel(rel)
                 os.link(target, name, src_dir_fd=dst_root, dst_dir_fd=dst.fd_for(parent),
@@ -193,7 +194,7 @@ class _Stager:
             os.chmod(dst_root, 0o700)   # the staging root stays private; mke2fs sets the root
         finally:
             for f in pending:
-                f.cancel()
+                signalsafe.cancel(f)
             pool.shutdown(wait=True, cancel_futures=True)
             src.close()
             dst.close()
