@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import botocore.exceptions as bexc
 
-from . import interrupts
+from . import interrupts, signalsafe
 from .aws import NO_SUCH_IMAGE, ec2_error, ec2_errors, error_code, is_not_found, translate_errors
 from .concurrency import run_all
 from .errors import (
@@ -118,14 +118,14 @@ def preflight(s3: S3Client, image_location: str, *, region: str | None = None,
     if published is not None:
         reads.append(partial(_list_parts, s3, location, published.manifest))
     answers = run_all(reads, name="ami-bundler-preflight")
-    bucket_at = cast("str | None", answers[0].result())
+    bucket_at = cast("str | None", signalsafe.result(answers[0]))
     if bucket_at is None:
         raise EC2Error(f"cannot register {image_location}: bucket {location.bucket} does not exist")
     if region and bucket_at != region:
         raise EC2Error(f"cannot register {image_location} in {region}: the bucket is in "
                        f"{bucket_at}; EC2 registers bundles only in the bucket's region: pass "
                        f"--region {bucket_at}")
-    raw = cast(bytes, answers[1].result())
+    raw = cast(bytes, signalsafe.result(answers[1]))
     if published is not None and raw != published.raw:
         raise ManifestError(f"{location.url(name)} is no longer the manifest this run uploaded "
                             "(another upload of that name?): not registering it; re-run")
@@ -134,7 +134,8 @@ def preflight(s3: S3Client, image_location: str, *, region: str | None = None,
                             "(ec2-migrate-manifest) before registering")
     parsed = parse_manifest(raw, source=location.url(name))
     manifest = parsed.manifest
-    found = (cast("dict[str, tuple[int, str]]", answers[2].result()) if published is not None
+    found = (cast("dict[str, tuple[int, str]]", signalsafe.result(answers[2]))
+             if published is not None
              else _list_parts(s3, location, manifest))
     _check_parts(location, manifest, found)
     return PreflightReport(location.image_location(name), location.bucket, key, manifest,

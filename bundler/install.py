@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
+from . import signalsafe
 from .bundlerun import BundleKeys, BundleOptions, BundleResult
 from .bundling import bundle
 from .concurrency import run_all
@@ -326,7 +327,7 @@ def _in_parallel(states: Sequence[_State], fn: Callable[[_State], None], *,
             st.outcome.failed(exc)
 
     for fut in run_all([partial(guarded, st) for st in states], name="ami-bundler-region"):
-        fut.result()  # guarded() keeps Exceptions; a KeyboardInterrupt is raised here
+        signalsafe.result(fut)  # guarded() keeps Exceptions; a KeyboardInterrupt is raised here
 
 
 def _probe(st: _State, manifest_name: str, keys: BundleKeys, image: ImageFingerprint,

@@ -21,6 +21,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from . import migrate as migratelib
+from . import signalsafe
 from .bundlerun import BundleKeys
 from .concurrency import run_all
 from .errors import BundlerError, S3Error
@@ -120,7 +121,7 @@ class FanOutSink:
         with critical():
             futures = run_all([partial(one, label) for label in labels], name="ami-bundler-fanout")
         for label, fut in zip(labels, futures, strict=True):
-            exc = fut.exception()
+            exc = signalsafe.exception(fut)
             if exc is None:
                 self.committed.append(label)
             elif isinstance(exc, Exception):

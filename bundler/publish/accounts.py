@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .. import signalsafe
 from ..aws import (
     BOTO_ERRORS,
     AwsOptions,
@@ -188,9 +189,9 @@ def open_accounts(base: boto3.Session, accounts: Sequence[AccountRef], opts: Aws
     done = run_all(tasks, name="ami-bundler-accounts")
     opened = OpenedAccounts({}, {})
     for account, future in zip(accounts, done, strict=True):
-        error = future.exception()
+        error = signalsafe.exception(future)
         if error is None:
-            result = future.result()
+            result = signalsafe.result(future)
             opened.sessions[account.id or result.account_id] = result
         elif isinstance(error, AccountError):
             opened.failed[account.id or "self"] = error

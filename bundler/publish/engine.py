@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, ClassVar
 
+from .. import signalsafe
 from ..aws import ec2_errors
 from ..bundlerun import BundleKeys, BundleOptions
 from ..concurrency import run_all
@@ -167,7 +168,7 @@ def _bounded(items: Sequence[Any], fn: Callable[[Any], Any], limit: int | None) 
             return exc
 
     futures = run_all([partial(one, item) for item in items], name="ami-bundler-publish")
-    return [f.result() for f in futures]
+    return [signalsafe.result(f) for f in futures]
 
 
 def register_options(plan: Plan, want: Desired, *, digest: str, generation: str,

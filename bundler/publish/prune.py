@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .. import signalsafe
 from ..aws import AwsOptions, ec2_client, ec2_errors, s3_client
 from ..concurrency import run_all
 from ..ec2 import deregister_image, image_location_of
@@ -389,9 +390,9 @@ def prune(targets: Sequence[PruneTarget], *, plan: str, retention: Retention, op
                           now=when, warn=warn, attempts=attempts) for t in targets]
     results: list[TargetResult] = []
     for target, future in zip(targets, run_all(tasks, name="ami-bundler-prune"), strict=True):
-        error = future.exception()
+        error = signalsafe.exception(future)
         if error is None:
-            results.append(future.result())
+            results.append(signalsafe.result(future))
         elif isinstance(error, BundlerError):
             results.append(TargetResult(target.account, target.region, error=str(error),
                                         exit_code=error.exit_code))

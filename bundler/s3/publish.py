@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
-from .. import interrupts
+from .. import interrupts, signalsafe
 from ..concurrency import run_all
 from ..errors import BundleInUseError, BundlerError, PartMissingError, ReplaceRefusedError
 from ..interrupts import critical, stop_if_signalled
@@ -170,11 +170,12 @@ class Publication:
             partial(list_objects, self.client, self.location.bucket, prefix), self.lock.check,
             partial(open_uploads, self.client, self.location.bucket, base)]
         listed, leased, uploads = run_all(reads, name="ami-bundler-publish")
-        found = cast("dict[str, tuple[int, str]]", listed.result())
+        found = cast("dict[str, tuple[int, str]]", signalsafe.result(listed))
         check_uploaded(self.client, self.location, dict(expected), found=found)
-        leased.result()
+        signalsafe.result(leased)
         try:
-            self._stale = [(k, u) for k, u in cast("list[tuple[str, str]]", uploads.result())
+            self._stale = [(k, u) for k, u in cast("list[tuple[str, str]]",
+                                                   signalsafe.result(uploads))
                            if PART_SUFFIX.match(k[len(name_key):])]
         except BundlerError as exc:  # e.g. no s3:ListBucketMultipartUploads: not ours to fix
             log.debug("could not list open multipart uploads of %s: %s", self.name, exc)
