@@ -7,8 +7,8 @@ Walked deterministically: the main thread's N-th call into the pool's own code (
 concurrency and critical sections), while a task is under way, gets SIGTERM; the handler
 raises on that call's first instruction (a trace function raising on the call event is
 exactly that) or holds it in a critical section, as the CLI's does. (The standard library's
-own locks are not walked: a KeyboardInterrupt landing inside ``concurrent.futures.wait`` can
-leave a future's lock held, which no caller can repair.) And a signal that arrives while a
+own code is not walked here: tests/unit/test_signal_anywhere.py walks every instruction of a
+pool's submit and join, the futures' locks included.) And a signal that arrives while a
 shutdown joins a running task's thread — where CPython 3.11 marks the thread stopped and
 stops waiting — is raised only after the task has ended.
 """

@@ -7,7 +7,9 @@ begins, left a ``RelaySink``'s lock held for ever, its uploader threads blocked 
 and the clean-up's executor shutdown waiting for them (a publish to two regions hung). Each
 test here runs one main-thread operation with the signal at its N-th instruction, for every
 N (tests/support/anywhere.py), and after each checks that another thread can still do what it
-must with the object: take the lock, get a slot, see the event.
+must with the object: take the lock, get a slot, see the event, end a future (whose
+``concurrent.futures`` Condition is the same kind of gap), and that an abort releases what
+the operation took.
 """
 
 from __future__ import annotations
