@@ -68,20 +68,18 @@ def put_in_pieces(client: S3Client, bucket: str, key: str, data: bytes, *, acl: 
     created = threading.Event()
 
     def piece(number: int) -> str:
-        # One copy out of the part (botocore takes bytes-like bodies, not views); a bytearray,
-        # which botocore sends as it is, where it would append bytes to the request head (its
-        # validator accepts bytearray blobs; the type stubs do not list it).
-        body = bytearray(pieces[number - 1])
+        view = pieces[number - 1]
         if not md5s[number - 1]:
-            md5s[number - 1] = hashlib.md5(body).digest()
+            md5s[number - 1] = hashlib.md5(view).digest()
         digest = md5s[number - 1]
         created.wait()  # the create's answer comes while the digests are computed
         if not upload_id:
             return ""  # the create failed: that failure is the caller's to report
+        body: list[bytearray] = []
 
         def attempt() -> str:
             resp = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id[0],
-                                      PartNumber=number, Body=body,  # type: ignore[arg-type]
+                                      PartNumber=number, Body=body[0],  # type: ignore[arg-type]
                                       ContentMD5=base64.b64encode(digest).decode("ascii"))
             etag = str(resp.get("ETag", "")).strip('"').lower()
             if etag != digest.hex() and not says_not_md5(resp):  # SSE-KMS: no MD5 ETag
@@ -90,7 +88,17 @@ def put_in_pieces(client: S3Client, bucket: str, key: str, data: bytes, *, acl: 
             return etag
 
         with streams, s3_errors("upload", bucket, key, acl=acl):
-            return with_attempts(attempt, attempts, f"{what} (piece {number})")
+            # One copy out of the part (botocore takes bytes-like bodies, not views); a
+            # bytearray, which botocore sends as it is, where it would append bytes to the
+            # request head (its validator accepts bytearray blobs; the type stubs do not list
+            # it). Made once a stream is held and dropped when the request ends (a failure's
+            # traceback keeps this frame): a piece waiting for a stream holds no copy, so the
+            # copies are at most the streams' (``jobs``), not two per part in flight.
+            body.append(bytearray(view))
+            try:
+                return with_attempts(attempt, attempts, f"{what} (piece {number})")
+            finally:
+                body.clear()
 
     # The second piece's digest (then its upload, once created) on its own thread; the whole
     # part's here, the first piece's on the way (an MD5 object's digest so far is the first
