@@ -178,6 +178,12 @@ class S3Sink:
         self._stopping = Event()  # set by abort, on the main thread too (signalsafe)
         self.bytes_uploaded = 0
         self.manifest_key: str | None = None
+        # Before the first part is made, not in ``begin``: install cuts parts while the lease
+        # is taken (s3.held), and a part allocated from an arena under glibc's default
+        # threshold leaves the arena that size (and fragmented) for the rest of the run, since
+        # later parts are served from its free chunks before any mmap (random-512M.img: an
+        # arena of ~185 MiB, 70-90 MiB of it free, kept to the end).
+        _return_large_buffers_to_the_os()
 
     def describe(self) -> str:
         return self.location.url()
@@ -202,7 +208,6 @@ class S3Sink:
         # a stream is free (``_streams`` bounds the requests carrying bytes to ``jobs``).
         self._pool = BoundedExecutor(self.jobs + 2, self.jobs + 2, name="ami-bundler-s3")
         self._pieces = BoundedExecutor(self.jobs, self.jobs, name="ami-bundler-s3-piece")
-        _return_large_buffers_to_the_os()
         self.progress.start("upload", None)
 
     def _put(self, key: str, part: Part) -> None:
