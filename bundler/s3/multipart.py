@@ -55,6 +55,12 @@ def put_in_pieces(client: S3Client, bucket: str, key: str, data: bytes, *, acl: 
     the second piece's is computed on its own thread. Aborted on any failure, and instead of
     completing when ``stopping`` is set."""
     sizes = piece_sizes(len(data))
+    # botocore adds Expect: 100-continue to any upload of a file (a round trip more per
+    # piece), in a handler of "before-call.s3", which runs after those of UploadPart's own
+    # event; a bytes-like body, what a piece was before it was a view, goes without, and so
+    # does ours (only ours: ``_no_expect`` looks at the body). Registered once per client.
+    client.meta.events.register_last("before-call.s3", _no_expect,
+                                     unique_id="ami-bundler-piece-no-expect")
     if sizes is None:
         raise ValueError(f"{len(data)} bytes cannot be split into pieces")
     view = memoryview(data)
@@ -75,11 +81,10 @@ def put_in_pieces(client: S3Client, bucket: str, key: str, data: bytes, *, acl: 
         created.wait()  # the create's answer comes while the digests are computed
         if not upload_id:
             return ""  # the create failed: that failure is the caller's to report
-        body: list[bytearray] = []
 
         def attempt() -> str:
             resp = client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id[0],
-                                      PartNumber=number, Body=body[0],  # type: ignore[arg-type]
+                                      PartNumber=number, Body=_Body(view),  # type: ignore[arg-type]
                                       ContentMD5=base64.b64encode(digest).decode("ascii"))
             etag = str(resp.get("ETag", "")).strip('"').lower()
             if etag != digest.hex() and not says_not_md5(resp):  # SSE-KMS: no MD5 ETag
@@ -88,17 +93,7 @@ def put_in_pieces(client: S3Client, bucket: str, key: str, data: bytes, *, acl: 
             return etag
 
         with streams, s3_errors("upload", bucket, key, acl=acl):
-            # One copy out of the part (botocore takes bytes-like bodies, not views); a
-            # bytearray, which botocore sends as it is, where it would append bytes to the
-            # request head (its validator accepts bytearray blobs; the type stubs do not list
-            # it). Made once a stream is held and dropped when the request ends (a failure's
-            # traceback keeps this frame): a piece waiting for a stream holds no copy, so the
-            # copies are at most the streams' (``jobs``), not two per part in flight.
-            body.append(bytearray(view))
-            try:
-                return with_attempts(attempt, attempts, f"{what} (piece {number})")
-            finally:
-                body.clear()
+            return with_attempts(attempt, attempts, f"{what} (piece {number})")
 
     # The second piece's digest (then its upload, once created) on its own thread; the whole
     # part's here, the first piece's on the way (an MD5 object's digest so far is the first
@@ -134,6 +129,39 @@ def put_in_pieces(client: S3Client, bucket: str, key: str, data: bytes, *, acl: 
     except BaseException:
         _abort(client, bucket, key, upload_id[0], second)
         raise
+
+
+class _Body:
+    """A piece as a file whose reads are views of the part: no copy of its bytes. (botocore
+    takes bytes, bytearray or a file as a body, not a view; urllib3 sends whatever it reads
+    as it is. Seekable, for botocore's retries and its payload hash over plain HTTP.)"""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self._at = 0
+
+    def __len__(self) -> int:
+        return len(self._view)
+
+    def read(self, size: int | None = -1) -> memoryview:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view),
+                                                                   self._at + size)
+        chunk = self._view[self._at:end]
+        self._at = end
+        return chunk
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self._at, len(self._view))[whence]
+        self._at = max(0, min(len(self._view), base + offset))
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+
+def _no_expect(params: dict[str, Any], **kwargs: Any) -> None:
+    if isinstance(params.get("body"), _Body):
+        params["headers"].pop("Expect", None)
 
 
 def _complete(client: S3Client, bucket: str, key: str, upload_id: str, etags: list[str],

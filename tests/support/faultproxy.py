@@ -43,7 +43,8 @@ from urllib.parse import urlsplit
 
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
                "trailers", "transfer-encoding", "upgrade", "expect", "content-length"}
-_RECORDED_HEADERS = ("x-amz-acl", "content-md5", "content-length", "x-amz-copy-source", "range")
+_RECORDED_HEADERS = ("x-amz-acl", "content-md5", "content-length", "x-amz-copy-source", "range",
+                     "expect")
 
 
 @dataclass
