@@ -115,9 +115,9 @@ def test_a_queue_signalled_anywhere_loses_no_lock() -> None:
     assert q.get() == 1
 
 
-def test_a_real_signal_ends_the_main_threads_wait_with_the_lock_held() -> None:
-    lock = threading.Lock()
-    changed = Condition(lock)
+def _sigterm_once_the_main_thread_waits() -> None:
+    """A real SIGTERM to the main thread, sent from another one once the main thread is in
+    ``held_wait`` (the blocking wait every primitive here ends in)."""
     main = threading.main_thread().ident
     assert main is not None
 
@@ -125,8 +125,14 @@ def test_a_real_signal_ends_the_main_threads_wait_with_the_lock_held() -> None:
         if wait_until(lambda: main_thread_waits(("held_wait",)), 10):
             signal.pthread_kill(main, signal.SIGTERM)
 
+    threading.Thread(target=kill, daemon=True).start()
+
+
+def test_a_real_signal_ends_the_main_threads_wait_with_the_lock_held() -> None:
+    lock = threading.Lock()
+    changed = Condition(lock)
     with interrupts_roll_back():
-        threading.Thread(target=kill, daemon=True).start()
+        _sigterm_once_the_main_thread_waits()
         with pytest.raises(Interrupted), lock:
             changed.wait_for(lambda: False)  # nothing ever notifies: only the signal ends it
             pytest.fail("woken without the signal")
@@ -196,15 +202,8 @@ def test_a_future_wait_signalled_anywhere_leaves_the_future_to_its_thread() -> N
 
 def test_a_real_signal_ends_a_future_wait_and_the_future_still_ends() -> None:
     fut: Future[int] = Future()
-    main = threading.main_thread().ident
-    assert main is not None
-
-    def kill() -> None:
-        if wait_until(lambda: main_thread_waits(("held_wait",)), 10):
-            signal.pthread_kill(main, signal.SIGTERM)
-
     with interrupts_roll_back():
-        threading.Thread(target=kill, daemon=True).start()
+        _sigterm_once_the_main_thread_waits()
         with pytest.raises(Interrupted):
             signalsafe.result(fut)  # nothing ends it: only the signal does
     assert finishes(lambda: fut.set_result(2))
