@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import http.client
 import logging
+import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 READY_TIMEOUT = 15.0
@@ -57,12 +59,14 @@ def install() -> None:
     accounts.install()  # after both: it wraps their S3 handlers and replaces DescribeImages
 
 
-def wait_ready(host: str, port: int, timeout: float = READY_TIMEOUT) -> None:
+def wait_ready(host: str, port: int, timeout: float = READY_TIMEOUT, *,
+               tls: ssl.SSLContext | None = None) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while True:  # poll until it answers: no fixed sleeps
         try:
-            conn = http.client.HTTPConnection(host, port, timeout=2)
+            conn = (http.client.HTTPConnection(host, port, timeout=2) if tls is None
+                    else http.client.HTTPSConnection(host, port, timeout=2, context=tls))
             conn.request("GET", "/moto-api/")
             status = conn.getresponse().status
             conn.close()
@@ -79,7 +83,9 @@ class StrictEndpoint:
     """``with StrictEndpoint() as url:`` — the strict local AWS on 127.0.0.1:<ephemeral>."""
 
     def __init__(self, ready_timeout: float = READY_TIMEOUT, *,
-                 register_check: str = "full") -> None:
+                 register_check: str = "full", tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: (certificate, key) PEM files: served over HTTPS with them, as AWS is
+        reached (the client must trust the certificate: ``AWS_CA_BUNDLE``)."""
         from .bundlecheck import REGISTER_CHECKS
 
         if register_check not in REGISTER_CHECKS:
@@ -88,6 +94,7 @@ class StrictEndpoint:
         # How deep RegisterImage checks the bundle (bundlecheck): "full" reads every part,
         # "manifest" only what EC2 checks at registration.
         self.register_check = register_check
+        self.tls = tls
         self._server: Any = None
         self.url = ""
 
@@ -118,11 +125,18 @@ class StrictEndpoint:
         from moto.server import ThreadedMotoServer
 
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        if self.tls is None:
+            self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        else:
+            self._server = _tls_moto_server(self.tls, ip_address="127.0.0.1", port=0,
+                                            verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
-        wait_ready(host, port, self.ready_timeout)
-        self.url = f"http://{host}:{port}"
+        client_tls = None
+        if self.tls is not None:
+            client_tls = ssl.create_default_context(cafile=str(self.tls[0]))
+        wait_ready(host, port, self.ready_timeout, tls=client_tls)
+        self.url = f"{'http' if self.tls is None else 'https'}://{host}:{port}"
         return self.url
 
     def stop(self) -> None:
@@ -138,3 +152,28 @@ class StrictEndpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _tls_moto_server(tls: tuple[Path, Path], **kwargs: Any) -> Any:
+    """moto's threaded server with werkzeug's TLS, serving ``tls`` (certificate, key): moto's
+    own has no TLS option. (moto imported here, as in ``start``.)"""
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    class TlsMotoServer(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._server = make_server(self._ip_address, self._port,
+                                       DomainDispatcherApplication(create_backend_app), True,
+                                       request_handler=MotoRequestHandler,
+                                       ssl_context=context)
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return TlsMotoServer(**kwargs)
