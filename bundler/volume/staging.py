@@ -43,6 +43,7 @@ from pathlib import Path
 from .. import signalsafe
 from ..concurrency import Executor
 from ..errors import VolumeError
+from ..interrupts import critical
 from . import safefs
 from .safefs import Identity, display, split_rel
 from .selection import Entry, Selection
@@ -108,6 +109,11 @@ def stage(selection: Selection, staging: Path, *, xattrs: XattrPolicy | None = N
     return _Stager(selection, staging, xattrs or XattrPolicy(), workers).run()
 
 
+def _close_all(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 class _Stager:
     def __init__(self, selection: Selection, staging: Path, xattrs: XattrPolicy,
                  workers: int) -> None:
@@ -128,7 +134,9 @@ class _Stager:
         dst = safefs.DirCursor(safefs.open_root(self.staging), owns_root=True)
         dst_root = dst.root_fd
         pool = Executor(max(1, self.workers), thread_name_prefix="stage-copy")
-        pending: deque[Future] = deque()
+        # Each batch's future with the two directory fds it owns: copy_batch closes them, and
+        # a batch cancelled before it ran leaves that to the clean-up below.
+        pending: deque[tuple[Future, tuple[int, int]]] = deque()
         dirs: list[tuple[str, Entry]] = []
         # Files are opened, created and copied by the workers, a batch of one directory's
         # files per task with its own duplicates of the two directory fds (creating a file is
@@ -141,11 +149,20 @@ class _Stager:
         def flush() -> None:
             nonlocal batch
             if batch:
-                fds = (os.dup(src.fd_for(batch_parent)), os.dup(dst.fd_for(batch_parent)))
-                pending.append(pool.submit(self.copy_batch, fds, batch))
+                sfd, dfd = src.fd_for(batch_parent), dst.fd_for(batch_parent)
+                # The duplicates and the task that owns them, or neither: a signal in between
+                # is held until both are recorded, a failure closes what was duplicated.
+                with critical():
+                    fds = (os.dup(sfd),)
+                    try:
+                        fds += (os.dup(dfd),)
+                        pending.append((pool.submit(self.copy_batch, fds, batch), fds))
+                    except BaseException:
+                        _close_all(fds)
+                        raise
                 batch = []
                 while len(pending) > IN_FLIGHT:
-                    signalsafe.result(pending.popleft())
+                    signalsafe.result(pending.popleft()[0])
         try:
             self.meta_from_fd(src_root, dst_root, "", self.sel.entries[0], owner_only=True)
             first_copy: dict[tuple[int, int], str] = {}
@@ -174,7 +191,7 @@ class _Stager:
                     self.make_special(sfd, dfd, name, entry)
             flush()
             while pending:
-                signalsafe.result(pending.popleft())
+                signalsafe.result(pending.popleft()[0])
             for target, rel in links:
                 parent, name = split_rel(rel)
                 os.link(target, name, src_dir_fd=dst_root, dst_dir_fd=dst.fd_for(parent),
@@ -193,8 +210,9 @@ class _Stager:
                     os.close(fd)
             os.chmod(dst_root, 0o700)   # the staging root stays private; mke2fs sets the root
         finally:
-            for f in pending:
-                signalsafe.cancel(f)
+            for f, fds in pending:
+                if signalsafe.cancel(f):  # it will never run: its fds are closed here
+                    _close_all(fds)
             pool.shutdown(wait=True, cancel_futures=True)
             src.close()
             dst.close()
