@@ -43,6 +43,7 @@ from typing import Any, Generic, TypeVar
 from .interrupts import critical, held_wait, wake
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Condition:
@@ -225,23 +226,24 @@ def wait(futures: Iterable[Future[Any]], *, first_exception: bool = False) -> No
 def result(future: Future[T]) -> T:
     """``future.result()``: wait until it is done, then its value (or what it raised, or
     ``CancelledError``)."""
-    with critical():
-        if future.done():
-            return future.result()
-    wait((future,))
-    with critical():
-        return future.result()
+    return _once_done(future, future.result)
 
 
 def exception(future: Future[Any]) -> BaseException | None:
     """``future.exception()``: wait until it is done, then what it raised, or None
     (``CancelledError`` if it was cancelled)."""
+    return _once_done(future, future.exception)
+
+
+def _once_done(future: Future[Any], read: Callable[[], R]) -> R:
+    """``read()`` (a method of ``future``, which enters its lock) once ``future`` is done, in a
+    critical section; a future done already skips the wait's set-up."""
     with critical():
         if future.done():
-            return future.exception()
+            return read()
     wait((future,))
     with critical():
-        return future.exception()
+        return read()
 
 
 def done(future: Future[Any]) -> bool:
