@@ -18,9 +18,15 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import NamedTuple, TypeVar
 
+from ..concurrency import Executor
 from ..errors import VolumeError
+from ..interrupts import critical
+
+T = TypeVar("T")
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | _CLOEXEC
@@ -225,3 +231,31 @@ def split_rel(rel: str) -> tuple[str, str]:
     """(parent rel, name) of a volume-relative path."""
     parent, _, name = rel.rpartition("/")
     return parent, name
+
+
+def submit_with_dups(pool: Executor, fds: Sequence[int],
+                     task: Callable[[tuple[int, ...]], T]) -> Future[T]:
+    """``task(dups)`` on ``pool``, where ``dups`` are duplicates of ``fds`` that the task owns
+    (closes). A task cancelled before it ran (a failed run's clean-up, a pool shut down with
+    ``cancel_futures``) never closes them: its future's done callback does. The duplicates,
+    the submit and the callback are one critical section, which closes the duplicates if the
+    submit fails: a signal never leaves them with no owner."""
+    dups: list[int] = []
+    with critical():
+        try:
+            for fd in fds:
+                dups.append(os.dup(fd))
+            owned = tuple(dups)
+            future = pool.submit(task, owned)
+        except BaseException:
+            for fd in dups:
+                os.close(fd)
+            raise
+
+        def close_if_cancelled(done: Future[T]) -> None:
+            if done.cancelled():
+                for fd in owned:
+                    os.close(fd)
+
+        future.add_done_callback(close_if_cancelled)
+    return future

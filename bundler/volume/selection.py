@@ -40,6 +40,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -504,7 +505,8 @@ class _Walker:
         if self.pool is None:
             self.scan_results.extend(_scan_batch(dir_fd, jobs, close=False))
             return
-        self.scans.append(self.pool.submit(_scan_batch, os.dup(dir_fd), jobs))
+        self.scans.append(safefs.submit_with_dups(self.pool, (dir_fd,),
+                                                  partial(_scan_dups, jobs=jobs)))
         while len(self.scans) > SCAN_QUEUE:
             self.scan_results.extend(signalsafe.result(self.scans.popleft()))
 
@@ -524,6 +526,12 @@ class _Walker:
                 drop.add(rel)
         if drop:
             self.entries = [e for e in self.entries if e.rel not in drop]
+
+
+def _scan_dups(fds: tuple[int, ...], jobs: list[tuple[str, str, Identity]]
+               ) -> list[tuple[str, str | None, str | None]]:
+    """``_scan_batch`` on the one directory fd a task owns (``safefs.submit_with_dups``)."""
+    return _scan_batch(fds[0], jobs)
 
 
 def _scan_batch(dir_fd: int, jobs: list[tuple[str, str, Identity]], *,

@@ -38,12 +38,12 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from .. import signalsafe
 from ..concurrency import Executor
 from ..errors import VolumeError
-from ..interrupts import critical
 from . import safefs
 from .safefs import Identity, display, split_rel
 from .selection import Entry, Selection
@@ -109,11 +109,6 @@ def stage(selection: Selection, staging: Path, *, xattrs: XattrPolicy | None = N
     return _Stager(selection, staging, xattrs or XattrPolicy(), workers).run()
 
 
-def _close_all(fds: tuple[int, ...]) -> None:
-    for fd in fds:
-        os.close(fd)
-
-
 class _Stager:
     def __init__(self, selection: Selection, staging: Path, xattrs: XattrPolicy,
                  workers: int) -> None:
@@ -134,9 +129,7 @@ class _Stager:
         dst = safefs.DirCursor(safefs.open_root(self.staging), owns_root=True)
         dst_root = dst.root_fd
         pool = Executor(max(1, self.workers), thread_name_prefix="stage-copy")
-        # Each batch's future with the two directory fds it owns: copy_batch closes them, and
-        # a batch cancelled before it ran leaves that to the clean-up below.
-        pending: deque[tuple[Future, tuple[int, int]]] = deque()
+        pending: deque[Future] = deque()
         dirs: list[tuple[str, Entry]] = []
         # Files are opened, created and copied by the workers, a batch of one directory's
         # files per task with its own duplicates of the two directory fds (creating a file is
@@ -149,20 +142,12 @@ class _Stager:
         def flush() -> None:
             nonlocal batch
             if batch:
-                sfd, dfd = src.fd_for(batch_parent), dst.fd_for(batch_parent)
-                # The duplicates and the task that owns them, or neither: a signal in between
-                # is held until both are recorded, a failure closes what was duplicated.
-                with critical():
-                    fds = (os.dup(sfd),)
-                    try:
-                        fds += (os.dup(dfd),)
-                        pending.append((pool.submit(self.copy_batch, fds, batch), fds))
-                    except BaseException:
-                        _close_all(fds)
-                        raise
+                pending.append(safefs.submit_with_dups(
+                    pool, (src.fd_for(batch_parent), dst.fd_for(batch_parent)),
+                    partial(self.copy_batch, batch=batch)))
                 batch = []
                 while len(pending) > IN_FLIGHT:
-                    signalsafe.result(pending.popleft()[0])
+                    signalsafe.result(pending.popleft())
         try:
             self.meta_from_fd(src_root, dst_root, "", self.sel.entries[0], owner_only=True)
             first_copy: dict[tuple[int, int], str] = {}
@@ -191,7 +176,7 @@ class _Stager:
                     self.make_special(sfd, dfd, name, entry)
             flush()
             while pending:
-                signalsafe.result(pending.popleft()[0])
+                signalsafe.result(pending.popleft())
             for target, rel in links:
                 parent, name = split_rel(rel)
                 os.link(target, name, src_dir_fd=dst_root, dst_dir_fd=dst.fd_for(parent),
@@ -210,9 +195,8 @@ class _Stager:
                     os.close(fd)
             os.chmod(dst_root, 0o700)   # the staging root stays private; mke2fs sets the root
         finally:
-            for f, fds in pending:
-                if signalsafe.cancel(f):  # it will never run: its fds are closed here
-                    _close_all(fds)
+            for f in pending:
+                signalsafe.cancel(f)  # one that will never run has its fds closed (safefs)
             pool.shutdown(wait=True, cancel_futures=True)
             src.close()
             dst.close()
@@ -236,7 +220,7 @@ class _Stager:
             os.close(src)
         self.stats.created += 1
 
-    def copy_batch(self, fds: tuple[int, int], batch: list[tuple[str, Entry]]) -> None:
+    def copy_batch(self, fds: tuple[int, ...], batch: list[tuple[str, Entry]]) -> None:
         """Open (checked against the selection), create and copy each file of one directory;
         the two directory fds are this task's own and closed here."""
         sfd, dfd = fds
