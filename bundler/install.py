@@ -52,6 +52,7 @@ from .bundling import bundle
 from .concurrency import run_all
 from .ec2 import RegisterOptions, preflight, register_image, wait_available
 from .errors import BundlerError, S3Error, UsageError
+from .interrupts import critical
 from .manifest import ParsedManifest, parse_manifest
 from .multiregion import FanOutSink, region_manifest
 from .parts import PartSink
@@ -179,6 +180,9 @@ class _State:
     outcome: RegionOutcome
     parsed: ParsedManifest | None = None  # the region's manifest, when it holds this image
     different: bool = False  # the region holds a bundle of that name that is not this image
+    # Waits for the release of the lease this run published the region's bundle under, which
+    # is under way meanwhile (S3Sink's release_later) beside the registration's first reads.
+    released: Callable[[], None] | None = None
 
 
 def _message(exc: BaseException) -> str:
@@ -293,14 +297,29 @@ def install(
             _parallel(need, lambda st: _copy_from(st, have, manifest_name, keys,
                                                   _shown(transfer, st, len(need)), copy_mode,
                                                   force))
+    except BaseException:
+        _released(states)
+        raise
     finally:
         source.close()  # bundle() closes it too; closing twice is harmless, leaking it is not
-    if register is not None:
-        chosen = register
-        _parallel([st for st in states if st.outcome.ok],
-                  lambda st: _register(st, chosen, wait, wait_timeout))
+    try:
+        if register is not None:
+            chosen = register
+            _parallel([st for st in states if st.outcome.ok],
+                      lambda st: _register(st, chosen, wait, wait_timeout))
+    finally:
+        _released(states)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _released(states: Sequence[_State]) -> None:
+    """No lease release outlives the run (see ``_State.released``): a signal meanwhile waits
+    until they have ended, as it did when they were the publication's last step."""
+    with critical():
+        for st in states:
+            if st.released is not None:
+                st.released()
 
 
 def _shown(transfer: TransferConfig, st: _State, together: int) -> TransferConfig:
@@ -529,7 +548,9 @@ def _bundle_to(need: Sequence[_State], relays: dict[str, list[_State]], source: 
         sinks[label] = S3Sink(st.target.s3, st.target.location,
                               transfer=_shown(transfer, st, len(everyone)), force=force,
                               in_use=st.target.in_use,
-                              on_stored=relay_hook(group) if group else None)
+                              on_stored=relay_hook(group) if group else None,
+                              release_later=True)
+        st.released = sinks[label].released
         children[label] = RelaySource(sinks[label], group) if group else sinks[label]
         for r, relay in zip(relays.get(label, []), group, strict=True):
             children[r.target.label] = relay_sinks[r.target.label] = relay

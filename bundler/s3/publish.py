@@ -181,11 +181,14 @@ class Publication:
             log.debug("could not list open multipart uploads of %s: %s", self.name, exc)
         return found
 
-    def publish(self, manifest: bytes, expected: Mapping[str, tuple[int, str]]) -> str:
+    def publish(self, manifest: bytes, expected: Mapping[str, tuple[int, str]], *,
+                release: bool = True) -> str:
         """Re-check every part and the lease, PUT the manifest (last), then remove orphans —
         parts no manifest names, and multipart uploads a killed writer left open (a failure
-        there warns: the bundle is published and whole). Releases the lease; returns the
-        key."""
+        there warns: the bundle is published and whole). Releases the lease, unless
+        ``release`` is False: then the caller releases it (``close``) once it has no more use
+        for the round trip's wait — install, beside the registration's first reads. Returns
+        the key."""
         found = self.check_parts(expected)
         # The commit point. A signal held until now stops the run before it; once the manifest
         # PUT has started, the bundle may be visible and an AMI registered from it, so it is
@@ -210,7 +213,8 @@ class Publication:
             except BundlerError as exc:
                 log.warning("could not remove stale parts of %s: %s (delete-bundle -p %s "
                             "removes them)", self.name, exc, self.name)
-            self.close()
+            if release:
+                self.close()
         return self.manifest_key
 
     @property

@@ -11,7 +11,7 @@ from contextlib import closing
 from functools import partial
 from typing import TYPE_CHECKING
 
-from ..concurrency import BoundedExecutor, ordered_window, run_parallel
+from ..concurrency import BackgroundTask, BoundedExecutor, ordered_window, run_parallel
 from ..errors import BundlerError, PartMissingError, S3Error
 from ..manifest import PartEntry
 from ..parts import PART_SIZE, Part, provisional_name
@@ -138,6 +138,12 @@ class S3Sink:
     part whose upload only starts after it go in pieces, and so do the parts whose whole upload
     would still be running when the last one's ends, while a second stream is free. At most
     ``jobs`` requests carry bytes at any time, pieces included.
+
+    ``release_later``: ``commit`` returns as soon as the manifest is published, the lease's
+    release (a round trip nothing after it waits for) going on on a thread of its own;
+    ``released`` waits for it, and ``abort`` does too before anything else. The caller calls
+    one of them on every path (install: once its registration's first reads, which the
+    release overlaps, are done).
     """
 
     def __init__(
@@ -149,8 +155,11 @@ class S3Sink:
         force: bool = False,
         in_use: InUseLookup | None = None,
         on_stored: Callable[[int, str, int, str], None] | None = None,
+        release_later: bool = False,
     ) -> None:
         self.client = client
+        self.release_later = release_later
+        self._releasing = BackgroundTask(name="ami-bundler-unlock")
         # (index, key, size, hex MD5 of the bytes) once a part is in S3: relays copy it on
         # (bundler.s3.relay). Called on the uploader thread; it must not raise.
         self.on_stored = on_stored
@@ -300,8 +309,15 @@ class S3Sink:
         # Kept after publishing: an abort that follows (a signal held through the commit, a
         # failure in another region) asks it, and a published bundle is never retracted.
         self.manifest_key = self._publication.publish(
-            manifest, {k: self._sizes[i] for i, k in enumerate(final)})
+            manifest, {k: self._sizes[i] for i, k in enumerate(final)},
+            release=not self.release_later)
+        if self.release_later:
+            self._releasing.start(self._publication.close)  # never raises
         self.progress.finish("upload")
+
+    def released(self) -> None:
+        """Wait for the lease's release that ``commit`` left under way (``release_later``)."""
+        self._releasing.join()
 
     def _shutdown(self) -> None:
         """No upload thread outlives this call (parts not started are cancelled)."""
@@ -311,6 +327,8 @@ class S3Sink:
             self._pieces.shutdown(cancel=True)
 
     def abort(self) -> None:
+        # A release under way after a commit ends first: the one below must not race it.
+        self._releasing.join()
         # Two-piece uploads still running are aborted instead of completed.
         self._stopping.set()
         if self._pool is not None:

@@ -92,3 +92,26 @@ def test_the_publish_tail_lists_once_and_still_removes_orphans(capsys, proxy, s3
     lease = next(r for r in log if r.method == "PUT" and r.path.endswith(LOCK_SUFFIX))
     opened = next(r for r in log if "list-type" in r.query and r.started >= lease.ended)
     assert min(r.started for r in log if ".part." in r.path and r.method == "PUT") >= opened.ended
+
+
+def test_the_lease_is_released_beside_the_registrations_preflight(capsys, proxy, s3, bucket,
+                                                                   tmp_path, user_keys,
+                                                                   ec2_keys):
+    """The release is a round trip nothing after it needs: the preflight's reads go out while
+    it is under way (a slow DELETE shows it: they end before it does), the AMI is registered,
+    and the lease is gone when install returns."""
+    image = tmp_path / "disk.img"
+    sparse_image(image, 12 * MIB)
+    proxy.add_rule("delay", LOCK_SUFFIX.replace(".", r"\.") + "$", method="DELETE", delay=0.5)
+    code, out, err = run(capsys, *_argv(image, user_keys, ec2_keys, proxy, bucket, "--no-check"))
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith("ami-")
+    log = [r for r in proxy.requests() if f"/{bucket}" in r.path]
+    manifest_put = next(r for r in log
+                        if r.method == "PUT" and r.path.endswith("disk.manifest.xml"))
+    release = next(r for r in log if r.method == "DELETE" and r.path.endswith(LOCK_SUFFIX))
+    read_back = next(r for r in log if r.method == "GET" and r.path.endswith("disk.manifest.xml")
+                     and r.started >= manifest_put.ended)
+    assert release.started >= manifest_put.ended  # the lease held until the manifest is up
+    assert read_back.ended < release.ended  # the preflight did not wait for the release
+    assert not [k for k in keys_in(s3, bucket, "cp/") if k.endswith(LOCK_SUFFIX)]
