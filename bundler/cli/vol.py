@@ -14,7 +14,7 @@ from .inputs import add_bundle_options, add_cert_region_option, bundle_human
 
 if TYPE_CHECKING:  # the volume package loads only when bundle-vol runs
     from ..bundlerun import BundleOptions
-    from ..volume import VolumeConfig
+    from ..volume.bundle_vol import VolumeConfig
     from ..volume.selection import Selection
 
 
@@ -97,7 +97,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> VolumeConfig:
-    from ..volume import VolumeConfig
+    from ..volume.bundle_vol import VolumeConfig
 
     if args.script:
         raise UsageError("-S/--script is not supported: there is no mounted image to run it on; "
@@ -173,7 +173,7 @@ def run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
 
 
 def _run_bundle_vol(args: argparse.Namespace, printer: Printer) -> int:
-    from ..volume import bundle_volume, check_preconditions
+    from ..volume.bundle_vol import bundle_volume, check_preconditions
 
     config = config_from_args(args)
     check_preconditions(config)

@@ -42,7 +42,7 @@ from .plan import BUNDLE_DIGEST_TAG, DIGEST_TAG, GENERATION_TAG, VolumeOptions
 if TYPE_CHECKING:
     from ..manifest import ParsedManifest
     from ..source import ImageSource
-    from ..volume import VolumeConfig
+    from ..volume.bundle_vol import VolumeConfig
     from ..volume.selection import Selection
 
 log = logging.getLogger("bundler.publish.tree")
@@ -53,7 +53,7 @@ READ_SIZE = 1 << 20
 
 def volume_config(directory: Path, opts: VolumeOptions, *, work: Path,
                   clone_only: bool = False) -> VolumeConfig:
-    from ..volume import VolumeConfig
+    from ..volume.bundle_vol import VolumeConfig
 
     return VolumeConfig(
         volume=directory, destination=work, image_dir=work, prefix="image",
@@ -155,7 +155,7 @@ class TreeFingerprint:
 
 def fingerprint_tree(directory: Path, opts: VolumeOptions, bundle_name: str) -> TreeFingerprint:
     """Select the tree as bundle-vol would (excludes, the secret filter, mounts) and hash it."""
-    from ..volume import check_preconditions, select_volume
+    from ..volume.bundle_vol import check_preconditions, select_volume
 
     with tempfile.TemporaryDirectory(prefix="ami-bundler-fingerprint-") as work:
         config = volume_config(directory, opts, work=Path(work))
@@ -220,7 +220,7 @@ def built_image(directory: Path, opts: VolumeOptions, bundle_name: str,
     from ..imagetar import tar_digest
     from ..newfiles import private_directory
     from ..source import open_image
-    from ..volume import bundle_volume
+    from ..volume.bundle_vol import bundle_volume
 
     changed: list[str] = []
 
