@@ -1,9 +1,12 @@
-"""AWS access through boto3 only: options, sessions, clients, and error translation.
+"""AWS access through botocore only: options, sessions, clients, and error translation.
 
-Credentials come from boto3's default chain (environment, profiles, SSO, container and IMDSv2
-instance roles) unless the classic ``-a/-s/-t`` flags override them. Retries for throttling,
-5xx and connection errors are botocore's (standard/adaptive mode); callers add their own
-per-object retry only for what botocore cannot see (a checksum mismatch).
+The sessions are botocore's own, never boto3's: boto3 adds nothing the product calls (its S3
+transfer methods and resources are unused) and its import (s3transfer's with it) cost ~20 ms
+on every command's path. Credentials come from botocore's default chain (environment,
+profiles, SSO, container and IMDSv2 instance roles) unless the classic ``-a/-s/-t`` flags
+override them. Retries for throttling, 5xx and connection errors are botocore's
+(standard/adaptive mode); callers add their own per-object retry only for what botocore cannot
+see (a checksum mismatch).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import botocore.exceptions as bexc
@@ -21,9 +24,9 @@ import botocore.exceptions as bexc
 from .errors import BundlerError, EC2Error, S3Error, UsageError
 from .transfer import DEFAULT_MAX_ATTEMPTS, default_timeouts
 
-if TYPE_CHECKING:  # boto3 and botocore.config cost ~0.15 s to import: only when AWS is used
-    import boto3
+if TYPE_CHECKING:  # botocore's session and config cost ~0.1 s to import: only when AWS is used
     from botocore.config import Config
+    from botocore.session import Session
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_s3 import S3Client
 
@@ -46,7 +49,7 @@ _REGION_RE = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-\d+$")
 
 @dataclass
 class AwsOptions:
-    """How to reach AWS; every field None means "boto3's default"."""
+    """How to reach AWS; every field None means "botocore's default"."""
 
     profile: str | None = None
     region: str | None = None
@@ -119,10 +122,12 @@ def plain_dict_models(core: Any) -> None:
     core.get_component("data_loader").file_loader = _PlainJSONFileLoader()
 
 
-def make_session(opts: AwsOptions) -> boto3.Session:
-    import boto3
+def make_session(opts: AwsOptions) -> Session:
+    """A botocore session as ``boto3.Session(profile_name=, aws_access_key_id=, ...,
+    region_name=)`` made it (without boto3's user agent, resources and S3 transfer methods)."""
+    import botocore.session
 
-    # boto3 takes a half-given key pair (or a token alone) silently and fails inside request
+    # botocore takes a half-given key pair (or a token alone) silently and fails inside request
     # signing; classic -a/-s/-t go together.
     if opts.session_token and not (opts.access_key and opts.secret_key):
         raise UsageError("-t/--session-token needs -a/--access-key and -s/--secret-key too")
@@ -131,14 +136,14 @@ def make_session(opts: AwsOptions) -> boto3.Session:
                         else ("-s/--secret-key", "-a/--access-key"))
         raise UsageError(f"{given} needs {other} too (or use a profile or the environment)")
     try:
-        session = boto3.Session(
-            profile_name=opts.profile,
-            aws_access_key_id=opts.access_key,
-            aws_secret_access_key=opts.secret_key,
-            aws_session_token=opts.session_token,
-            region_name=opts.region,
-        )
-        plain_dict_models(session._session)
+        session = botocore.session.Session(profile=opts.profile)
+        # boto3.Session's "any of the three given": after the checks above, the key pair.
+        if opts.access_key and opts.secret_key:
+            session.set_credentials(opts.access_key, opts.secret_key, opts.session_token)
+        if opts.region is not None:
+            session.set_config_variable("region", opts.region)
+        # The first look at the config files (an unknown profile raises ProfileNotFound here).
+        plain_dict_models(session)
         return session
     except bexc.ProfileNotFound:
         raise UsageError(f"AWS profile {opts.profile!r} not found in the AWS config "
@@ -147,11 +152,11 @@ def make_session(opts: AwsOptions) -> boto3.Session:
         raise UsageError(f"cannot set up AWS access: {exc}") from None
 
 
-def session_region(session: boto3.Session, opts: AwsOptions) -> str:
-    return opts.region or session.region_name or DEFAULT_REGION
+def session_region(session: Session, opts: AwsOptions) -> str:
+    return opts.region or session.get_config_variable("region") or DEFAULT_REGION
 
 
-def require_credentials(session: boto3.Session) -> None:
+def require_credentials(session: Session) -> None:
     """Fail early, with the fix, instead of on the first request of a long transfer."""
     try:
         creds = session.get_credentials()
@@ -196,7 +201,7 @@ def _config(opts: AwsOptions, region: str, *, pool: int, path_style: bool) -> Co
     )
 
 
-def s3_client(opts: AwsOptions, *, session: boto3.Session | None = None, bucket: str | None = None,
+def s3_client(opts: AwsOptions, *, session: Session | None = None, bucket: str | None = None,
               region: str | None = None, pool: int = 10,
               check_credentials: bool = True) -> S3Client:
     session = session or make_session(opts)
@@ -204,38 +209,39 @@ def s3_client(opts: AwsOptions, *, session: boto3.Session | None = None, bucket:
         require_credentials(session)
     region = region or session_region(session, opts)
     path_style = needs_path_style(bucket, opts.endpoint_url)
-    client: S3Client = session.client(
+    client = cast("S3Client", session.create_client(
         "s3", endpoint_url=opts.endpoint_url,
-        config=_config(opts, region, pool=pool, path_style=path_style))
+        config=_config(opts, region, pool=pool, path_style=path_style)))
     # The endpoint may come from AWS_ENDPOINT_URL(_S3) or the profile rather than a flag.
     if not path_style and not is_aws_endpoint(client.meta.endpoint_url):
-        client = session.client("s3", endpoint_url=opts.endpoint_url,
-                                config=_config(opts, region, pool=pool, path_style=True))
+        client = cast("S3Client", session.create_client(
+            "s3", endpoint_url=opts.endpoint_url,
+            config=_config(opts, region, pool=pool, path_style=True)))
     log.debug("s3 client: region %s endpoint %s", region, client.meta.endpoint_url)
     return client
 
 
-def ec2_client(opts: AwsOptions, *, session: boto3.Session | None = None,
+def ec2_client(opts: AwsOptions, *, session: Session | None = None,
                region: str | None = None, check_credentials: bool = True) -> EC2Client:
     session = session or make_session(opts)
     if check_credentials:
         require_credentials(session)
     region = region or session_region(session, opts)
-    client: EC2Client = session.client(
+    client = cast("EC2Client", session.create_client(
         "ec2", endpoint_url=opts.endpoint_url,
-        config=_config(opts, region, pool=10, path_style=False))
+        config=_config(opts, region, pool=10, path_style=False)))
     log.debug("ec2 client: region %s endpoint %s", region, client.meta.endpoint_url)
     return client
 
 
-def sts_client(opts: AwsOptions, *, session: boto3.Session | None = None,
+def sts_client(opts: AwsOptions, *, session: Session | None = None,
                region: str | None = None) -> Any:
     """STS in ``region``, at that region's own endpoint (botocore's default
     ``sts_regional_endpoints = regional``): no dependency on us-east-1 being reachable."""
     session = session or make_session(opts)
     region = region or session_region(session, opts)
-    client = session.client("sts", endpoint_url=opts.endpoint_url,
-                            config=_config(opts, region, pool=2, path_style=False))
+    client = session.create_client("sts", endpoint_url=opts.endpoint_url,
+                                   config=_config(opts, region, pool=2, path_style=False))
     log.debug("sts client: region %s endpoint %s", region, client.meta.endpoint_url)
     return client
 

@@ -1,4 +1,4 @@
-"""A boto3 session per account of a plan, each proven to be that account before anything is done.
+"""A botocore session per account of a plan, each proven to be that account before anything is done.
 
 The caller's own credentials serve an account without a role; an account with ``role_arn`` is
 reached through STS AssumeRole from them (session name ``ami-bundler-publish``, so CloudTrail
@@ -33,7 +33,7 @@ from ..aws import (
 from ..errors import AccountError
 
 if TYPE_CHECKING:
-    import boto3
+    from botocore.session import Session
 
 log = logging.getLogger("bundler.publish.accounts")
 
@@ -68,7 +68,7 @@ class AccountSession:
 
     account_id: str
     role_arn: str | None
-    session: boto3.Session = field(repr=False, compare=False)
+    session: Session = field(repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -112,9 +112,8 @@ def _assume_role_fetcher(sts: Any, role_arn: str, *, session_name: str, external
     return fetch
 
 
-def _role_session(base: boto3.Session, fetch: Callable[[], dict[str, Any]],
-                  region: str) -> boto3.Session:
-    import boto3
+def _role_session(base: Session, fetch: Callable[[], dict[str, Any]],
+                  region: str) -> Session:
     import botocore.session
     from botocore.credentials import (
         CredentialProvider,
@@ -134,15 +133,16 @@ def _role_session(base: boto3.Session, fetch: Callable[[], dict[str, Any]],
     core = botocore.session.Session()
     core.register_component("credential_provider", CredentialResolver([_Assumed()]))
     plain_dict_models(core)
-    return boto3.Session(botocore_session=core, region_name=base.region_name or region)
+    core.set_config_variable("region", base.get_config_variable("region") or region)
+    return core
 
 
-def caller_account(session: boto3.Session, opts: AwsOptions, region: str) -> str:
+def caller_account(session: Session, opts: AwsOptions, region: str) -> str:
     """The account the session's credentials belong to (GetCallerIdentity)."""
     return str(sts_client(opts, session=session, region=region).get_caller_identity()["Account"])
 
 
-def open_account(base: boto3.Session, account: AccountRef, opts: AwsOptions, *, region: str,
+def open_account(base: Session, account: AccountRef, opts: AwsOptions, *, region: str,
                  session_name: str = SESSION_NAME,
                  duration: int = DEFAULT_DURATION) -> AccountSession:
     """``account``'s session from the caller's ``base`` session, verified; AccountError if not."""
@@ -176,7 +176,7 @@ class OpenedAccounts:
     failed: dict[str, AccountError]
 
 
-def open_accounts(base: boto3.Session, accounts: Sequence[AccountRef], opts: AwsOptions, *,
+def open_accounts(base: Session, accounts: Sequence[AccountRef], opts: AwsOptions, *,
                   region: str, session_name: str = SESSION_NAME,
                   duration: int = DEFAULT_DURATION) -> OpenedAccounts:
     from ..concurrency import run_all

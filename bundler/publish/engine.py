@@ -65,7 +65,7 @@ DEFAULT_MAX_REGIONS = 4  # targets bundled to, or streamed to, at once unless to
 
 @dataclass(frozen=True)
 class Connection:
-    """A target's clients (made in the main thread: boto3 sessions are not thread-safe)."""
+    """A target's clients (made in the main thread: botocore sessions are not thread-safe)."""
 
     s3: Any
     ec2: Any

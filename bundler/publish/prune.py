@@ -45,7 +45,7 @@ from ..transfer import DEFAULT_ATTEMPTS
 from .orphans import Orphan, list_with_times, orphan_folders
 
 if TYPE_CHECKING:
-    import boto3
+    from botocore.session import Session
 
 log = logging.getLogger("bundler.publish.prune")
 
@@ -198,7 +198,7 @@ class PruneTarget:
 
     account: str
     region: str
-    session: boto3.Session = field(repr=False, compare=False)
+    session: Session = field(repr=False, compare=False)
     # Where the plan's bundles are (plan.Target): BUCKET/PREFIX/GENERATION/MANIFEST. Without
     # them only the bundles of old AMIs are pruned, not the orphans (bundler.publish.orphans).
     bucket: str | None = None

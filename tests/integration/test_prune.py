@@ -1,7 +1,7 @@
 """Retention (bundler.publish.prune) against the strict local AWS: two generations of a plan in
 2 regions × 2 accounts (the second reached by AssumeRole); exactly the old generation's AMIs and
 bundles go, and nothing else: not another AMI sharing a bundle, not a non-plan AMI, not a
-protected AMI, not another account's images. Checked with plain boto3 clients."""
+protected AMI, not another account's images. Checked with plain botocore clients."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import boto3
 import pytest
 from botocore.config import Config
+from botocore.session import Session
 
-from bundler.aws import AwsOptions
+from bundler.aws import AwsOptions, make_session
 from bundler.publish.accounts import Account, open_account
 from bundler.publish.prune import PruneTarget, Retention, prune
 from tests.support.bundles import make_fake_bundle
@@ -25,17 +25,17 @@ REGIONS = ("us-east-1", "eu-west-1")
 NOW = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.timezone.utc)
 
 
-def _client(session: boto3.Session, service: str, endpoint: str, region: str):
-    return session.client(service, endpoint_url=endpoint, region_name=region,
-                          config=Config(s3={"addressing_style": "path"},
-                                        retries={"total_max_attempts": 1}))
+def _client(session: Session, service: str, endpoint: str, region: str):
+    return session.create_client(service, endpoint_url=endpoint, region_name=region,
+                                 config=Config(s3={"addressing_style": "path"},
+                                               retries={"total_max_attempts": 1}))
 
 
 @dataclass
 class Target:
     account: str
     region: str
-    session: boto3.Session
+    session: Session
     s3: object
     ec2: object
     bucket: str
@@ -85,7 +85,7 @@ def _build(endpoint, accounts, tmp_path, signing_key, *, full: bool) -> World:
     also has a non-plan AMI from g1's manifest (sharing it) and a non-plan AMI of its own."""
     plan = f"web-{uuid.uuid4().hex[:8]}"
     opts = AwsOptions(endpoint_url=endpoint, region="us-east-1", max_attempts=1)
-    base = boto3.Session(region_name="us-east-1")
+    base = make_session(AwsOptions(region="us-east-1"))  # the caller's, as the CLI makes it
     sessions = [(accounts.base, base)]
     if full:
         second = open_account(base, Account(accounts.second, accounts.role_arn), opts,
@@ -158,13 +158,13 @@ def test_older_than_keeps_younger_generations(small):
     assert base[0].images["g2"] in _registered(base[0])
 
 
-def _no_credentials() -> boto3.Session:
-    import botocore.session
+def _no_credentials() -> Session:
     from botocore.credentials import CredentialResolver
 
-    core = botocore.session.Session()
-    core.register_component("credential_provider", CredentialResolver([]))
-    return boto3.Session(botocore_session=core, region_name="us-east-1")
+    session = Session()
+    session.register_component("credential_provider", CredentialResolver([]))
+    session.set_config_variable("region", "us-east-1")
+    return session
 
 
 def test_a_failing_target_does_not_stop_the_others(small):

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import uuid
 
-import boto3
 import pytest
+from botocore.session import Session
 
-from bundler.aws import AwsOptions, s3_client
+from bundler.aws import AwsOptions, make_session, s3_client
 from bundler.errors import AccountError
 from bundler.publish.accounts import Account, open_account, open_accounts
 
 
 @pytest.fixture
-def base(endpoint) -> boto3.Session:
-    return boto3.Session(region_name="us-east-1")
+def base(endpoint) -> Session:
+    return make_session(AwsOptions(region="us-east-1"))  # the caller's, as the CLI makes it
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def test_plain_dicts_load_the_same_models(service):
 def test_the_sessions_the_product_makes_use_them():
     session = make_session(AwsOptions(region="us-east-1", access_key="AKIDEXAMPLE",
                                       secret_key="secret"))
-    loader = session._session.get_component("data_loader")
+    loader = session.get_component("data_loader")
     assert type(loader.load_service_model("s3", "service-2")) is dict
-    client = session.client("s3", endpoint_url="http://127.0.0.1:9")
+    client = session.create_client("s3", endpoint_url="http://127.0.0.1:9")
     assert client.meta.service_model.operation_model("PutObject").input_shape.members
