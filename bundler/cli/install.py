@@ -138,7 +138,7 @@ class _HeldWarnings(Printer):
 
 class _Later(Generic[T]):
     """A value made on a thread of its own, so that its CPU and I/O overlap the main thread's
-    set-up (boto3's session, clients and first round trips) instead of preceding or following
+    set-up (botocore's session, clients and first round trips) instead of preceding or following
     it. ``get`` waits for it and raises what making it raised; ``join`` only waits."""
 
     def __init__(self, make: Callable[[], T], *, name: str) -> None:
@@ -169,7 +169,7 @@ class _ClientLater(_Later["EC2Client"]):
     """The EC2 client, made on a thread of its own: loading EC2's service model costs ~75 ms of
     CPU, which then overlaps the S3 set-up's round trips instead of preceding them. Attribute
     access (the client's methods) waits for it; the main thread makes no other client
-    meanwhile (a boto3 session is not safe for that)."""
+    meanwhile (a botocore session is not safe for that)."""
 
     def __init__(self, make: Callable[[], EC2Client]) -> None:
         super().__init__(make, name="ami-bundler-ec2-client")
