@@ -181,8 +181,12 @@ class _State:
     parsed: ParsedManifest | None = None  # the region's manifest, when it holds this image
     different: bool = False  # the region holds a bundle of that name that is not this image
     # Waits for the release of the lease this run published the region's bundle under, which
-    # is under way meanwhile (S3Sink's release_later) beside the registration's first reads.
+    # is under way meanwhile (S3Sink's release_later), beside the registration.
     released: Callable[[], None] | None = None
+    # This run has just published the region's bundle (``parsed``) through its S3Sink: every
+    # part and the lease re-checked right before the manifest, in a bucket probed (or made) in
+    # the target's region. Registering it needs no preflight of its own.
+    published: bool = False
 
 
 def _message(exc: BaseException) -> str:
@@ -594,6 +598,7 @@ def _bundle_to(need: Sequence[_State], relays: dict[str, list[_State]], source: 
             outcome.bytes_uploaded = relay.bytes_copied
             continue
         outcome.action = "bundled"
+        by_label[label].published = True
         outcome.parts_transferred = len(bundled.part_names)
         outcome.bytes_uploaded = sinks[label].bytes_uploaded
     return bundled
@@ -603,13 +608,21 @@ def _register(st: _State, register: RegisterOptions, wait: bool, wait_timeout: f
     t = st.target
     if st.outcome.image_id or t.ec2 is None:
         return
-    # The manifest this run published or found there (st.parsed): read back with the parts'
-    # listing in one round trip.
-    report = preflight(t.s3, st.outcome.image_location, region=t.region, published=st.parsed)
+    if st.published and st.parsed is not None:
+        # Its preflight would only repeat the publication's own checks, made a round trip ago
+        # (the parts, the bucket's region) or the PUT itself (the manifest's bytes). The lease
+        # is released beside RegisterImage, so another run of ours cannot have replaced it
+        # before EC2 reads it (a replacement needs the lease first, then --force).
+        manifest = st.parsed.manifest
+    else:
+        # A manifest found there or copied by this run: read back with the parts' listing in
+        # one round trip.
+        manifest = preflight(t.s3, st.outcome.image_location, region=t.region,
+                             published=st.parsed).manifest
     options = dataclasses.replace(register, tags=dict(register.tags),
                                   launch_permissions=list(register.launch_permissions))
-    if options.architecture is None and report.manifest.arch:
-        options.architecture = report.manifest.arch
+    if options.architecture is None and manifest.arch:
+        options.architecture = manifest.arch
     st.outcome.image_id = register_image(t.ec2, st.outcome.image_location, options)
     st.outcome.registered = "new"
     if wait:

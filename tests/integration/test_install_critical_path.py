@@ -84,34 +84,38 @@ def test_the_publish_tail_lists_once_and_still_removes_orphans(capsys, proxy, s3
     last_part = max(i for i, r in enumerate(log) if r.method == "PUT" and ".part." in r.path)
     listings = [r for r in log[last_part:manifest_put] if "list-type" in r.query]
     assert len(listings) == 1  # the parts' re-check, made together with the lease's HEAD
-    # after the manifest: the lease goes, EC2's preflight lists the parts; no second clean-up
-    # listing
+    # after the manifest: the lease goes and the AMI is registered; no second clean-up listing,
+    # and no preflight listing of what the re-check has just listed
     after = [r for r in log[manifest_put:] if "list-type" in r.query]
-    assert len(after) == 1
+    assert after == []
     # No part is written before the lease is taken and the target looked at.
     lease = next(r for r in log if r.method == "PUT" and r.path.endswith(LOCK_SUFFIX))
     opened = next(r for r in log if "list-type" in r.query and r.started >= lease.ended)
     assert min(r.started for r in log if ".part." in r.path and r.method == "PUT") >= opened.ended
 
 
-def test_the_lease_is_released_beside_the_registrations_preflight(capsys, proxy, s3, bucket,
-                                                                   tmp_path, user_keys,
-                                                                   ec2_keys):
-    """The release is a round trip nothing after it needs: the preflight's reads go out while
-    it is under way (a slow DELETE shows it: they end before it does), the AMI is registered,
-    and the lease is gone when install returns."""
+def test_a_bundle_just_published_is_registered_beside_the_leases_release(capsys, proxy, s3,
+                                                                          bucket, tmp_path,
+                                                                          user_keys, ec2_keys):
+    """The publication re-checked every part and the lease right before the manifest, in a
+    bucket found in its region: RegisterImage follows the manifest's PUT with no preflight
+    reading it all back, and the lease's release (a round trip nothing waits for) goes beside
+    it — a slowed DELETE shows it: RegisterImage has its answer first. The lease is gone once
+    install returns."""
     image = tmp_path / "disk.img"
     sparse_image(image, 12 * MIB)
     proxy.add_rule("delay", LOCK_SUFFIX.replace(".", r"\.") + "$", method="DELETE", delay=0.5)
     code, out, err = run(capsys, *_argv(image, user_keys, ec2_keys, proxy, bucket, "--no-check"))
     assert code == 0, err
     assert out.strip().splitlines()[-1].startswith("ami-")
-    log = [r for r in proxy.requests() if f"/{bucket}" in r.path]
+    log = proxy.requests()
     manifest_put = next(r for r in log
                         if r.method == "PUT" and r.path.endswith("disk.manifest.xml"))
     release = next(r for r in log if r.method == "DELETE" and r.path.endswith(LOCK_SUFFIX))
-    read_back = next(r for r in log if r.method == "GET" and r.path.endswith("disk.manifest.xml")
-                     and r.started >= manifest_put.ended)
+    registered = next(r for r in log if r.method == "POST" and r.path == "/"
+                      and "RegisterImage" in r.body_prefix.decode(errors="replace"))
+    after = [r for r in log if r.started >= manifest_put.ended and f"/{bucket}" in r.path]
+    assert [r.method for r in after] == ["DELETE"]  # nothing read back
     assert release.started >= manifest_put.ended  # the lease held until the manifest is up
-    assert read_back.ended < release.ended  # the preflight did not wait for the release
+    assert registered.ended < release.ended  # RegisterImage did not wait for the release
     assert not [k for k in keys_in(s3, bucket, "cp/") if k.endswith(LOCK_SUFFIX)]
