@@ -313,11 +313,13 @@ def test_a_phase_with_boundaries_gives_each_thread_its_cpu_and_they_add_up():
     before = threading.Thread(target=_burn, args=(0.02,), name="before")
     before.start()  # started and ended before the phase: it is not in the phase
     stop = threading.Event()
-    throughout = threading.Thread(target=lambda: (_burn(0.03), stop.wait()), name="throughout")
+    burnt = threading.Event()
+    throughout = threading.Thread(target=lambda: (_burn(0.03), burnt.set(), stop.wait()),
+                                  name="throughout")
     with stagetimes.thread_exits() as exits:
         before.join()
         throughout.start()
-        time.sleep(0.05)  # its 30 ms of CPU are done before the phase starts
+        assert burnt.wait(30)  # its 30 ms of CPU are done before the phase starts
         with times.phase("p"):
             _burn(0.04)
             inside = threading.Thread(target=_burn, args=(0.06,), name="inside")
