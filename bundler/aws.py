@@ -122,6 +122,53 @@ def plain_dict_models(core: Any) -> None:
     core.get_component("data_loader").file_loader = _PlainJSONFileLoader()
 
 
+class _ServicesOnDemand:
+    """What ``Loader.list_available_services`` answers, found service by service.
+
+    botocore asks it before it loads any service's model of a type (its API, its endpoint
+    rules, its paginators), only to check that the service is known, and answers it by walking
+    every service's directory (~450 directory listings and ~1,400 stats: ~20 ms, once per
+    model type and session; S3's API and endpoint rules are on every command's path before its
+    first request, its paginators before the first listing). Whether one service is known is
+    what ``list_api_versions`` finds for it alone, from the same search path and with the same
+    test (some API version holds the type's file); anything else (the list of known services
+    in an unknown service's error) walks as before."""
+
+    def __init__(self, loader: Any, type_name: str, walk: Callable[[str], list[str]]) -> None:
+        self._loader = loader
+        self._type_name = type_name
+        self._walk = walk
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        try:
+            return bool(self._loader.list_api_versions(name, self._type_name))
+        except (bexc.DataNotFoundError, OSError):  # OSError: a file of that name, not a service
+            return False
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._walk(self._type_name))
+
+    def __len__(self) -> int:
+        return len(self._walk(self._type_name))
+
+
+def services_on_demand(core: Any) -> None:
+    """``core``'s (a botocore session's) loader finds a service when asked about it instead
+    of listing every service first (see ``_ServicesOnDemand``)."""
+    loader = core.get_component("data_loader")
+    walk = loader.list_available_services
+    loader.list_available_services = lambda type_name: _ServicesOnDemand(loader, type_name, walk)
+
+
+def quick_models(core: Any) -> None:
+    """Every session the product makes loads its models these cheaper ways (plain dicts,
+    services found on demand): the same models, sooner."""
+    plain_dict_models(core)
+    services_on_demand(core)
+
+
 def make_session(opts: AwsOptions) -> Session:
     """A botocore session as ``boto3.Session(profile_name=, aws_access_key_id=, ...,
     region_name=)`` made it (without boto3's user agent, resources and S3 transfer methods)."""
@@ -143,7 +190,7 @@ def make_session(opts: AwsOptions) -> Session:
         if opts.region is not None:
             session.set_config_variable("region", opts.region)
         # The first look at the config files (an unknown profile raises ProfileNotFound here).
-        plain_dict_models(session)
+        quick_models(session)
         return session
     except bexc.ProfileNotFound:
         raise UsageError(f"AWS profile {opts.profile!r} not found in the AWS config "
@@ -355,6 +402,8 @@ __all__ = [
     "is_aws_endpoint",
     "make_session",
     "plain_dict_models",
+    "quick_models",
+    "services_on_demand",
     "needs_path_style",
     "require_credentials",
     "response_header",

@@ -26,7 +26,7 @@ from ..aws import (
     AwsOptions,
     common_error,
     error_code,
-    plain_dict_models,
+    quick_models,
     sts_client,
     translate_errors,
 )
@@ -132,7 +132,7 @@ def _role_session(base: Session, fetch: Callable[[], dict[str, Any]],
 
     core = botocore.session.Session()
     core.register_component("credential_provider", CredentialResolver([_Assumed()]))
-    plain_dict_models(core)
+    quick_models(core)
     core.set_config_variable("region", base.get_config_variable("region") or region)
     return core
 

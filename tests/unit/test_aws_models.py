@@ -39,3 +39,55 @@ def test_the_sessions_the_product_makes_use_them():
     assert type(loader.load_service_model("s3", "service-2")) is dict
     client = session.create_client("s3", endpoint_url="http://127.0.0.1:9")
     assert client.meta.service_model.operation_model("PutObject").input_shape.members
+
+
+_TYPES = ["service-2", "endpoint-rule-set-1", "paginators-1", "waiters-2"]
+
+
+@pytest.mark.parametrize("type_name", _TYPES)
+def test_services_on_demand_know_the_same_services(type_name):
+    """Every service directory (and a few names that are none) is known on demand exactly when
+    botocore's full listing has it."""
+    import os
+
+    from bundler.aws import services_on_demand
+
+    stock = botocore.session.Session().get_component("data_loader")
+    ours_session = botocore.session.Session()
+    services_on_demand(ours_session)
+    ours = ours_session.get_component("data_loader").list_available_services(type_name)
+    listed = set(stock.list_available_services(type_name))
+    data = os.path.join(os.path.dirname(botocore.__file__), "data")
+    candidates = set(os.listdir(data)) | {"no-such-service", "", "s3x", 3}
+    assert {n for n in candidates if n in ours} == listed
+    assert sorted(ours) == sorted(listed) and len(ours) == len(listed)
+
+
+def test_an_unknown_service_still_names_the_known_ones():
+    from botocore.exceptions import UnknownServiceError
+
+    session = make_session(AwsOptions(region="us-east-1", access_key="AKIDEXAMPLE",
+                                      secret_key="secret"))
+    with pytest.raises(UnknownServiceError, match=r"Valid service names are: .*\bs3\b"):
+        session.create_client("no-such-service")
+
+
+def test_the_product_s_session_does_not_walk_every_service(monkeypatch):
+    """S3's client and its first paginator: a handful of directory listings, not ~900."""
+    import os
+
+    import botocore.loaders  # noqa: F401  (imported before the count starts)
+
+    session = make_session(AwsOptions(region="us-east-1", access_key="AKIDEXAMPLE",
+                                      secret_key="secret"))
+    listed = []
+    real = os.listdir
+
+    def counting(path="."):
+        listed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", counting)
+    client = session.create_client("s3", endpoint_url="http://127.0.0.1:9")
+    client.get_paginator("list_objects_v2")
+    assert 0 < len(listed) < 20, listed[:30]
