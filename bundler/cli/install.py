@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -139,12 +140,24 @@ class _HeldWarnings(Printer):
 class _Later(Generic[T]):
     """A value made on a thread of its own, so that its CPU and I/O overlap the main thread's
     set-up (botocore's session, clients and first round trips) instead of preceding or following
-    it. ``get`` waits for it and raises what making it raised; ``join`` only waits."""
+    it. ``get`` waits for it and raises what making it raised; ``join`` only waits. ``lazy``:
+    made once ``start`` is called, or ``get``."""
 
-    def __init__(self, make: Callable[[], T], *, name: str) -> None:
+    def __init__(self, make: Callable[[], T], *, name: str, lazy: bool = False) -> None:
         self._value: T | None = None
+        self._make_it = make
         self._task = BackgroundTask(name=name)
-        self._task.start(partial(self._make, make))
+        self._started = False
+        # threading's: a C lock's ``with`` cannot be split by a signal (see bundler.signalsafe)
+        self._starting = threading.Lock()
+        if not lazy:
+            self.start()
+
+    def start(self) -> None:
+        with self._starting:
+            if not self._started:
+                self._started = True
+                self._task.start(partial(self._make, self._make_it))
 
     def _make(self, make: Callable[[], T]) -> None:
         self._value = make()
@@ -153,6 +166,7 @@ class _Later(Generic[T]):
         self._task.join()
 
     def get(self) -> T:
+        self.start()
         self._task.join()
         if self._task.error is not None:
             raise self._task.error
@@ -166,13 +180,15 @@ class _Later(Generic[T]):
 
 
 class _ClientLater(_Later["EC2Client"]):
-    """The EC2 client, made on a thread of its own: loading EC2's service model costs ~75 ms of
-    CPU, which then overlaps the S3 set-up's round trips instead of preceding them. Attribute
-    access (the client's methods) waits for it; the main thread makes no other client
-    meanwhile (a botocore session is not safe for that)."""
+    """The EC2 client, made on a thread of its own once the bundle's last part is cut
+    (RegionTarget.prepare), or when first used: loading EC2's service model costs ~50-75 ms of
+    CPU, and its JSON parse holds the GIL for ~20 ms at a stretch, which while the image is
+    bundled keeps the pipeline from handing the deflate threads their next blocks; while the
+    last part uploads the CPU is idle. Attribute access (the client's methods) waits for it;
+    no other client is made meanwhile (a botocore session is not safe for that)."""
 
     def __init__(self, make: Callable[[], EC2Client]) -> None:
-        super().__init__(make, name="ami-bundler-ec2-client")
+        super().__init__(make, name="ami-bundler-ec2-client", lazy=True)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.get(), name)
@@ -290,13 +306,12 @@ def _install_one_checked(args: argparse.Namespace, printer: Printer, location: S
         endpoint=aws.opts.endpoint_url,
         in_use=InUse(partial(aws.ec2, ec2_region) if ec2 is None else ec2.get,
                      warn=printer.warn),
+        prepare=None if ec2 is None else ec2.start,
         bucket_ready=True,  # found or created above, in the region it is in
     )
 
     def gate() -> None:
         check.wait()
-        if ec2 is not None:
-            ec2.get()  # a client that cannot be made fails the run before bundling
 
 
     try:

@@ -119,3 +119,71 @@ def test_a_bundle_just_published_is_registered_beside_the_leases_release(capsys,
     assert release.started >= manifest_put.ended  # the lease held until the manifest is up
     assert registered.ended < release.ended  # RegisterImage did not wait for the release
     assert not [k for k in keys_in(s3, bucket, "cp/") if k.endswith(LOCK_SUFFIX)]
+
+
+def test_the_ec2_client_is_made_once_the_last_part_is_cut(capsys, monkeypatch, proxy, s3,
+                                                          bucket, tmp_path, user_keys,
+                                                          ec2_keys):
+    """Making it (EC2's model: ~50-75 ms of CPU, ~20 ms of it holding the GIL) would compete
+    with the bundling; while the last part uploads the CPU is idle. So it is made then: once
+    the whole image has been read, before the manifest."""
+    import os
+
+    from bundler.cli.context import AwsContext
+
+    image = tmp_path / "disk.img"
+    sparse_image(image, 12 * MIB)  # two parts
+    read = [0]  # bytes the bundling has read (positioned reads into its buffers)
+    real_preadv = os.preadv
+
+    def counting(fd, buffers, offset, *rest):
+        got = real_preadv(fd, buffers, offset, *rest)
+        read[0] += got
+        return got
+
+    seen = []
+    real = AwsContext.ec2
+
+    def making(self, *args, **kwargs):
+        seen.append((read[0], bool(proxy.requests("PUT", r"disk\.manifest\.xml$"))))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(os, "preadv", counting)
+    monkeypatch.setattr(AwsContext, "ec2", making)
+    code, out, err = run(capsys, *_argv(image, user_keys, ec2_keys, proxy, bucket, "--no-check"))
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith("ami-")
+    assert proxy.requests(pattern=r"disk\.part\.1")  # two parts indeed
+    assert read[0] > 11 * MIB
+    assert seen == [(read[0], False)]
+
+
+def test_an_ec2_client_that_cannot_be_made_leaves_the_bundle_for_a_re_run(capsys, monkeypatch,
+                                                                         proxy, s3, bucket,
+                                                                         tmp_path, user_keys,
+                                                                         ec2_keys):
+    """Made at the end, it fails the run after the bundle is published: one line, the bundle
+    kept whole, no AMI; the next run registers it without bundling again."""
+    from bundler.cli.context import AwsContext
+    from bundler.errors import UsageError
+
+    image = tmp_path / "disk.img"
+    sparse_image(image, 12 * MIB)
+    argv = _argv(image, user_keys, ec2_keys, proxy, bucket, "--no-check")
+
+    def broken(self, *args, **kwargs):
+        raise UsageError("cannot set up AWS access: no EC2 here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(AwsContext, "ec2", broken)
+        code, _, err = run(capsys, *argv)
+    assert code != 0
+    assert err.strip().splitlines()[-1] == ("ami-bundler: error: cannot set up AWS access: no "
+                                            "EC2 here")
+    assert "Traceback" not in err
+    assert "cp/disk.manifest.xml" in keys_in(s3, bucket, "cp/")
+    proxy.clear()
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert out.strip().splitlines()[-1].startswith("ami-")
+    assert not proxy.requests("PUT", r"\.part\.")  # registered, not bundled again
