@@ -55,7 +55,7 @@ from .errors import BundlerError, S3Error, UsageError
 from .interrupts import critical
 from .manifest import ParsedManifest, parse_manifest
 from .multiregion import FanOutSink, region_manifest
-from .parts import Part, PartSink
+from .parts import PartSink
 from .progress import labelled
 from .regions import same_partition
 from .rerun import ExistingBundle, ImageFingerprint, existing_bundle, find_registered
@@ -100,9 +100,9 @@ class RegionTarget:
     # The caller has just made sure the bucket exists in ``region`` (the CLI does, to pick the
     # region): install does not ask again.
     bucket_ready: bool = False
-    # Called once when a bundle for this target has its last part cut (its upload under way):
-    # what registering needs can be made then, while the link is busy and the CPU idle (the
-    # CLI makes its EC2 client). Must not raise.
+    # Called once when the last part of a bundle for this target is on its way up (its requests
+    # about to go out): what registering needs can be made then, while the link is busy and the
+    # CPU idle (the CLI makes its EC2 client). Must not raise.
     prepare: Callable[[], None] | None = None
 
     @property
@@ -557,7 +557,7 @@ def _bundle_to(need: Sequence[_State], relays: dict[str, list[_State]], source: 
                               transfer=_shown(transfer, st, len(everyone)), force=force,
                               in_use=st.target.in_use,
                               on_stored=relay_hook(group) if group else None,
-                              release_later=True)
+                              release_later=True, on_tail_sent=st.target.prepare)
         st.released = sinks[label].released
         children[label] = RelaySource(sinks[label], group) if group else sinks[label]
         for r, relay in zip(relays.get(label, []), group, strict=True):
@@ -580,10 +580,8 @@ def _bundle_to(need: Sequence[_State], relays: dict[str, list[_State]], source: 
 
     fan = FanOutSink(children, manifest_for=manifest_for)
     held = HeldSink(fan, gate, hold=transfer.jobs + 2)
-    prepares = [st.target.prepare for st in everyone if st.target.prepare is not None]
     try:
-        bundled = bundle(source, _BeforeCommit(held, prepares) if prepares else held,
-                         bundle_keys, options, transfer.progress)
+        bundled = bundle(source, held, bundle_keys, options, transfer.progress)
     except Exception as exc:
         if held.setup_error is not None:
             if held.setup_error is exc:
@@ -608,35 +606,6 @@ def _bundle_to(need: Sequence[_State], relays: dict[str, list[_State]], source: 
         outcome.parts_transferred = len(bundled.part_names)
         outcome.bytes_uploaded = sinks[label].bytes_uploaded
     return bundled
-
-
-class _BeforeCommit:
-    """``sink`` (a PartSink), with ``prepares`` called as its commit starts: the last part is
-    cut and on its way up, and nothing else needs the CPU until the run ends."""
-
-    def __init__(self, sink: PartSink, prepares: Sequence[Callable[[], None]]) -> None:
-        self._sink = sink
-        self._prepares = prepares
-
-    def __getattr__(self, name: str) -> object:  # the sink's own (put_part_ahead if it has it)
-        return getattr(self._sink, name)
-
-    def begin(self, name: str, max_parts: int) -> None:
-        self._sink.begin(name, max_parts)
-
-    def expect_parts(self, count: int) -> None:
-        self._sink.expect_parts(count)
-
-    def put_part(self, part: Part) -> None:
-        self._sink.put_part(part)
-
-    def commit(self, names: Sequence[str], manifest_name: str, manifest: bytes) -> None:
-        for prepare in self._prepares:
-            prepare()
-        self._sink.commit(names, manifest_name, manifest)
-
-    def abort(self) -> None:
-        self._sink.abort()
 
 
 def _register(st: _State, register: RegisterOptions, wait: bool, wait_timeout: float) -> None:

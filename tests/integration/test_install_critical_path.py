@@ -121,18 +121,20 @@ def test_a_bundle_just_published_is_registered_beside_the_leases_release(capsys,
     assert not [k for k in keys_in(s3, bucket, "cp/") if k.endswith(LOCK_SUFFIX)]
 
 
-def test_the_ec2_client_is_made_once_the_last_part_is_cut(capsys, monkeypatch, proxy, s3,
-                                                          bucket, tmp_path, user_keys,
-                                                          ec2_keys):
+def test_the_ec2_client_is_made_once_the_last_part_is_on_its_way(capsys, monkeypatch, proxy,
+                                                                 s3, bucket, tmp_path,
+                                                                 user_keys, ec2_keys):
     """Making it (EC2's model: ~50-75 ms of CPU, ~20 ms of it holding the GIL) would compete
-    with the bundling; while the last part uploads the CPU is idle. So it is made then: once
-    the whole image has been read, before the manifest."""
+    with the bundling, and with the last part's requests; while the last part uploads the CPU
+    is idle. So it is made then: the whole image read, and the last part's pieces on their way
+    — after its multipart upload's creation, slowed here, was answered — the manifest not yet."""
     import os
+    import time
 
     from bundler.cli.context import AwsContext
 
     image = tmp_path / "disk.img"
-    sparse_image(image, 12 * MIB)  # two parts
+    image.write_bytes(os.urandom(17 * MIB))  # two parts, the last one in two pieces
     read = [0]  # bytes the bundling has read (positioned reads into its buffers)
     real_preadv = os.preadv
 
@@ -145,17 +147,23 @@ def test_the_ec2_client_is_made_once_the_last_part_is_cut(capsys, monkeypatch, p
     real = AwsContext.ec2
 
     def making(self, *args, **kwargs):
-        seen.append((read[0], bool(proxy.requests("PUT", r"disk\.manifest\.xml$"))))
+        seen.append((read[0], bool(proxy.requests("PUT", r"disk\.manifest\.xml$")),
+                     time.monotonic()))
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(os, "preadv", counting)
     monkeypatch.setattr(AwsContext, "ec2", making)
+    proxy.add_rule("delay", r"disk\.part\.1\?uploads", method="POST", delay=0.5)
     code, out, err = run(capsys, *_argv(image, user_keys, ec2_keys, proxy, bucket, "--no-check"))
     assert code == 0, err
     assert out.strip().splitlines()[-1].startswith("ami-")
-    assert proxy.requests(pattern=r"disk\.part\.1")  # two parts indeed
-    assert read[0] > 11 * MIB
-    assert seen == [(read[0], False)]
+    [create] = proxy.requests("POST", r"disk\.part\.1\?uploads")
+    pieces = proxy.requests("PUT", r"disk\.part\.1\?.*uploadId")
+    assert len(pieces) == 2
+    assert read[0] >= 17 * MIB  # (the zero scan reads it too)
+    [(at_read, manifest_up, made)] = seen
+    assert (at_read, manifest_up) == (read[0], False)
+    assert create.ended <= made < min(p.ended for p in pieces)
 
 
 def test_an_ec2_client_that_cannot_be_made_leaves_the_bundle_for_a_re_run(capsys, monkeypatch,
