@@ -31,8 +31,12 @@ Design (see also README "Several regions"):
   bundle and whether its manifest is there. Anything else than "nothing there" on every target
   (a manifest, a failure) stops that bundle before any request of its own — no lease, no
   part — and the run starts over with the full probes, reading the image again.
-* **Register last.** Only after a region's manifest is in its bucket (``ec2.preflight`` reads
-  it back), once per region, optionally waiting until the AMI is available.
+* **Register last.** Only after a region's manifest is in its bucket, once per region,
+  optionally waiting until the AMI is available. A bundle this run has just published (its
+  parts and lease re-checked under the lease a round trip before) is registered at once, the
+  lease's release beside RegisterImage; one found there or copied is read back first, its parts
+  listed (``ec2.preflight``). The EC2 client is made once the last part's requests have gone
+  out (``RegionTarget.prepare``): the CPU is idle while they upload.
 """
 
 from __future__ import annotations
