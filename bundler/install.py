@@ -191,10 +191,6 @@ class _State:
     # Waits for the release of the lease this run published the region's bundle under, which
     # is under way meanwhile (S3Sink's release_later), beside the registration.
     released: Callable[[], None] | None = None
-    # This run has just published the region's bundle (``parsed``) through its S3Sink: every
-    # part and the lease re-checked right before the manifest, in a bucket probed (or made) in
-    # the target's region. Registering it needs no preflight of its own.
-    published: bool = False
 
 
 def _message(exc: BaseException) -> str:
@@ -606,7 +602,6 @@ def _bundle_to(need: Sequence[_State], relays: dict[str, list[_State]], source: 
             outcome.bytes_uploaded = relay.bytes_copied
             continue
         outcome.action = "bundled"
-        by_label[label].published = True
         outcome.parts_transferred = len(bundled.part_names)
         outcome.bytes_uploaded = sinks[label].bytes_uploaded
     return bundled
@@ -616,11 +611,13 @@ def _register(st: _State, register: RegisterOptions, wait: bool, wait_timeout: f
     t = st.target
     if st.outcome.image_id or t.ec2 is None:
         return
-    if st.published and st.parsed is not None:
-        # Its preflight would only repeat the publication's own checks, made a round trip ago
-        # (the parts, the bucket's region) or the PUT itself (the manifest's bytes). The lease
-        # is released beside RegisterImage, so another run of ours cannot have replaced it
-        # before EC2 reads it (a replacement needs the lease first, then --force).
+    if st.outcome.action == "bundled" and st.parsed is not None:
+        # This run has just published it through its S3Sink: its preflight would only repeat
+        # the publication's own checks, made a round trip ago under the lease (every part, in
+        # a bucket probed or made in the target's region), or the PUT itself (the manifest's
+        # bytes). The lease is released beside RegisterImage, so another run of ours cannot
+        # have replaced it before EC2 reads it (a replacement needs the lease first, then
+        # --force).
         manifest = st.parsed.manifest
     else:
         # A manifest found there or copied by this run: read back with the parts' listing in

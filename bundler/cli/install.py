@@ -180,12 +180,13 @@ class _Later(Generic[T]):
 
 
 class _ClientLater(_Later["EC2Client"]):
-    """The EC2 client, made on a thread of its own once the bundle's last part is cut
-    (RegionTarget.prepare), or when first used: loading EC2's service model costs ~50-75 ms of
-    CPU, and its JSON parse holds the GIL for ~20 ms at a stretch, which while the image is
-    bundled keeps the pipeline from handing the deflate threads their next blocks; while the
-    last part uploads the CPU is idle. Attribute access (the client's methods) waits for it;
-    no other client is made meanwhile (a botocore session is not safe for that)."""
+    """The EC2 client, made on a thread of its own once the bundle's last part's requests have
+    gone out (RegionTarget.prepare), or when first used: loading EC2's service model costs
+    ~50-75 ms of CPU, and its JSON parse holds the GIL for ~20 ms at a stretch, which while the
+    image is bundled keeps the pipeline from handing the deflate threads their next blocks (and
+    would delay those requests); while the last part uploads the CPU is idle. Attribute access
+    (the client's methods) waits for it; no other client is made meanwhile (a botocore session
+    is not safe for that)."""
 
     def __init__(self, make: Callable[[], EC2Client]) -> None:
         super().__init__(make, name="ami-bundler-ec2-client", lazy=True)

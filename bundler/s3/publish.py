@@ -186,9 +186,9 @@ class Publication:
         """Re-check every part and the lease, PUT the manifest (last), then remove orphans —
         parts no manifest names, and multipart uploads a killed writer left open (a failure
         there warns: the bundle is published and whole). Releases the lease, unless
-        ``release`` is False: then the caller releases it (``close``) once it has no more use
-        for the round trip's wait — install, beside the registration's first reads. Returns
-        the key."""
+        ``release`` is False: then the caller releases it (``close``), so that the round trip
+        goes beside what follows instead of before it — install's RegisterImage. Returns the
+        key."""
         found = self.check_parts(expected)
         # The commit point. A signal held until now stops the run before it; once the manifest
         # PUT has started, the bundle may be visible and an AMI registered from it, so it is

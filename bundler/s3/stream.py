@@ -207,8 +207,8 @@ class S3Sink:
     ``release_later``: ``commit`` returns as soon as the manifest is published, the lease's
     release (a round trip nothing after it waits for) going on on a thread of its own;
     ``released`` waits for it, and ``abort`` does too before anything else. The caller calls
-    one of them on every path (install: once its registration's first reads, which the
-    release overlaps, are done).
+    one of them on every path (install: once it has registered the AMI, which the release
+    overlaps).
     """
 
     def __init__(
